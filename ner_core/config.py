@@ -1,0 +1,174 @@
+"""One pydantic configuration tree: the single source of hyper-parameters.
+
+The CLI flags, the Prefect flow parameters and the saved model directory all use :class:`NERConfig`.
+Every model forbids unknown keys, so a typo in a flag, a YAML file or a saved ``config.json`` is an
+error that names the key instead of being silently ignored.
+
+Names follow the seed (keras-bert-ner) where one existed: ``max_epochs``, ``hard_epochs``,
+``best_fit``, ``batch_size``, ``max_len``, ``learning_rate``, ``dropout_rate``, ``rnn_units``,
+``rnn_num_hidden_layers``, ``cnn_filters``, ``cnn_kernel_size``, ``cnn_blocks``, ``device``.
+The seed's ``tag_padding`` is not needed: padding is handled by masks.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HeadType(str, Enum):
+    """Layers between the encoder and the CRF."""
+
+    BILSTM = "bilstm"
+    BIGRU = "bigru"
+    IDCNN = "idcnn"
+    NONE = "none"
+
+
+class DataConfig(_Strict):
+    dataset: str = Field("sample", description="dataset name in DuckDB (or a label for file input)")
+    scheme: Literal["BIO", "BIOES"] = Field(
+        "BIOES", description="tag scheme the model is trained in; spans are converted on the fly"
+    )
+    max_len: int = Field(
+        128, ge=8, le=510,
+        description="characters per model window ([CLS]/[SEP] come on top, so BERT's 512 = 510 here)",
+    )
+    window_stride: int | None = Field(
+        None, ge=1, description="stride between windows of a long training text (default max_len // 2)"
+    )
+    untyped_label: str = Field("ENT", description="label given to untyped B/I/O entities (seed data)")
+
+    @model_validator(mode="after")
+    def _stride(self) -> "DataConfig":
+        if self.window_stride is not None and self.window_stride > self.max_len:
+            raise ValueError(f"window_stride ({self.window_stride}) must not exceed max_len ({self.max_len})")
+        return self
+
+    @property
+    def stride(self) -> int:
+        return self.window_stride or max(1, self.max_len // 2)
+
+
+class EncoderConfig(_Strict):
+    name: str = Field(
+        "m3e-small",
+        description=(
+            "short name (m3e-small: the packaged encoder, research / non-commercial use only), "
+            "a local folder with a HF model, or a hub id (needs network or a warm cache)"
+        ),
+    )
+    freeze: bool = Field(False, description="keep the encoder's weights fixed")
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0, description="dropout on the encoder's output")
+
+
+class HeadConfig(_Strict):
+    type: HeadType = Field(HeadType.BILSTM, description="bilstm | bigru | idcnn | none")
+    rnn_units: int = Field(128, ge=1, description="hidden units per direction (BiLSTM/BiGRU)")
+    rnn_num_hidden_layers: int = Field(1, ge=1, description="stacked recurrent layers")
+    cnn_filters: int = Field(128, ge=1, description="IDCNN filters")
+    cnn_kernel_size: int = Field(3, ge=1, description="IDCNN kernel width (odd)")
+    cnn_dilations: list[int] = Field(default_factory=lambda: [1, 1, 2], description="dilations of one block")
+    cnn_blocks: int = Field(4, ge=1, description="times the block is applied (shared weights)")
+    dropout_rate: float = Field(0.1, ge=0.0, lt=1.0, description="dropout inside the head")
+
+    @field_validator("cnn_kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"cnn_kernel_size must be odd to keep the sequence length, got {v}")
+        return v
+
+    @field_validator("cnn_dilations")
+    @classmethod
+    def _dilations(cls, v: list[int]) -> list[int]:
+        if not v or any(d < 1 for d in v):
+            raise ValueError(f"cnn_dilations must be a non-empty list of positive ints, got {v}")
+        return v
+
+
+class CRFConfig(_Strict):
+    constrained: bool = Field(True, description="forbid transitions the scheme disallows (O -> I-X, ...)")
+
+
+class TrainingConfig(_Strict):
+    max_epochs: int = Field(10, ge=1, description="upper bound on epochs")
+    hard_epochs: int | None = Field(None, ge=1, description="train exactly this many epochs, no early stop")
+    best_fit: bool = Field(True, description="early stopping + LR reduction on dev entity F1, best kept")
+    early_stop_patience: int = Field(3, ge=1)
+    reduce_lr_patience: int = Field(1, ge=1)
+    reduce_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, description="encoder learning rate")
+    head_learning_rate: float = Field(1e-3, gt=0)
+    crf_learning_rate: float = Field(1e-2, gt=0, description="the CRF usually needs a much larger one")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    grad_accum_steps: int = Field(1, ge=1)
+    seed: int = 42
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    mixed_precision: bool = Field(True, description="autocast on CUDA only; ignored on CPU")
+    max_train_seconds: float | None = Field(None, gt=0, description="time budget; stops after the epoch")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v == "cpu" or v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {v!r}")
+
+
+class PredictionConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    max_len: int | None = Field(None, ge=8, le=510, description="window size (default: the model's)")
+    stride: int | None = Field(None, ge=1, description="window stride (default: max_len // 2)")
+    device: str = "cpu"
+    num_threads: int | None = Field(None, ge=1)
+
+
+class NERConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    crf: CRFConfig = Field(default_factory=CRFConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    prediction: PredictionConfig = Field(default_factory=PredictionConfig)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "NERConfig":
+        p = Path(path)
+        try:
+            raw: Any = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{p}: configuration file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        return cls.model_validate(raw)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "NERConfig":
+        """Return a copy with dotted keys replaced, e.g. ``{"head.type": "idcnn"}``; validated."""
+        data = self.model_dump(mode="json")
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if part not in node or not isinstance(node[part], dict):
+                    raise KeyError(f"unknown configuration key {key!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise KeyError(f"unknown configuration key {key!r}")
+            node[parts[-1]] = value
+        return NERConfig.model_validate(data)
