@@ -1,0 +1,249 @@
+"""A linear-chain CRF whose decoding respects a tag scheme's allowed transitions.
+
+The likelihood is pytorch-crf's (:class:`torchcrf.CRF`, ``batch_first=True``, ``reduction="mean"``,
+negated into a loss). Decoding (batched Viterbi) and the posterior marginals (forward-backward) are
+implemented here, batched over the whole mini-batch, with the scheme's constraints applied to the
+start, transition and end scores.
+
+Constraints and training
+------------------------
+Constraints apply at **decoding and in the marginals only**, as in allennlp: the training loss is plain
+pytorch-crf. Gold paths are valid by construction, so the learned transition scores of disallowed moves
+simply drift low; decoding then forbids them outright (a score of :data:`DISALLOWED` is added), so a path
+such as ``O -> I-PER`` or a sequence starting with ``I-PER`` or ending in ``B-PER`` (BIOES) never comes
+out, whatever the emissions. Keeping the loss unconstrained also keeps it finite on a noisy gold
+sequence that breaks the scheme.
+
+Padding: masks are boolean ``(B, T)``, right-padded, and every row's first step must be on (slice
+``[CLS]`` off before the CRF instead of masking it). A padded row decodes exactly as the same row without
+padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchcrf import CRF
+
+__all__ = ["DISALLOWED", "ConstrainedCRF"]
+
+#: Score added to a disallowed start / transition / end during decoding. Finite (not -inf) so that a
+#: problem with no allowed path at all still decodes (to the least bad path) instead of producing NaN.
+DISALLOWED = -1.0e4
+
+AllowedMasks = tuple[np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence]
+
+
+def _as_bool_tensor(value: object, shape: tuple[int, ...], what: str) -> Tensor:
+    t = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+    if tuple(t.shape) != shape:
+        raise ValueError(f"expected allowed {what} mask of shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != torch.bool:
+        if t.dtype.is_floating_point or t.dtype.is_complex:
+            raise ValueError(f"expected allowed {what} mask to be boolean, got dtype {t.dtype}")
+        t = t != 0
+    return t.clone()
+
+
+class ConstrainedCRF(nn.Module):
+    """CRF over ``num_tags`` tags with optional allowed-transition masks.
+
+    Args:
+        num_tags: K, the number of tags.
+        allowed: ``(start (K,), trans (K, K) [from, to], end (K,))`` boolean arrays, e.g. from
+            :func:`ner_core.schemes.allowed_transitions`; ``None`` allows everything.
+
+    Parameters live in ``self.crf`` (a :class:`torchcrf.CRF`): ``start_transitions (K,)``,
+    ``transitions (K, K)`` (from, to), ``end_transitions (K,)``. The masks are persistent buffers
+    ``allowed_start``, ``allowed_trans``, ``allowed_end`` so a saved model keeps its constraints.
+    """
+
+    def __init__(self, num_tags: int, allowed: AllowedMasks | None = None) -> None:
+        if not isinstance(num_tags, int) or isinstance(num_tags, bool) or num_tags <= 0:
+            raise ValueError(f"expected a positive int num_tags, got {num_tags!r}")
+        super().__init__()
+        self.num_tags = num_tags
+        self.crf = CRF(num_tags, batch_first=True)
+        K = num_tags
+        if allowed is None:
+            start = torch.ones(K, dtype=torch.bool)
+            trans = torch.ones(K, K, dtype=torch.bool)
+            end = torch.ones(K, dtype=torch.bool)
+        else:
+            if not isinstance(allowed, (tuple, list)) or len(allowed) != 3:
+                raise ValueError(
+                    "expected allowed = (start (K,), trans (K, K), end (K,)) or None, "
+                    f"got {type(allowed).__name__}"
+                    + (f" of length {len(allowed)}" if isinstance(allowed, (tuple, list)) else "")
+                )
+            start = _as_bool_tensor(allowed[0], (K,), "start")
+            trans = _as_bool_tensor(allowed[1], (K, K), "transition")
+            end = _as_bool_tensor(allowed[2], (K,), "end")
+        self.register_buffer("allowed_start", start)  # (K,)
+        self.register_buffer("allowed_trans", trans)  # (K, K)
+        self.register_buffer("allowed_end", end)  # (K,)
+
+    def extra_repr(self) -> str:
+        return f"num_tags={self.num_tags}, constrained={self.is_constrained}"
+
+    @property
+    def is_constrained(self) -> bool:
+        return not bool(self.allowed_trans.all() and self.allowed_start.all() and self.allowed_end.all())
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, emissions: Tensor, mask: Tensor, tags: Tensor | None = None) -> Tensor:
+        if not isinstance(emissions, Tensor) or emissions.dim() != 3:
+            got = tuple(emissions.shape) if isinstance(emissions, Tensor) else type(emissions).__name__
+            raise ValueError(f"expected emissions of shape (B, T, K={self.num_tags}), got {got}")
+        B, T, K = emissions.shape
+        if K != self.num_tags:
+            raise ValueError(f"expected last dimension of emissions is {self.num_tags}, got {K}")
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != (B, T):
+            got = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise ValueError(f"expected mask of shape {(B, T)} matching emissions, got {got}")
+        if mask.dtype != torch.bool:
+            raise ValueError(f"expected a bool mask, got dtype {mask.dtype}")
+        if tags is not None:
+            if not isinstance(tags, Tensor) or tuple(tags.shape) != (B, T):
+                got = tuple(tags.shape) if isinstance(tags, Tensor) else type(tags).__name__
+                raise ValueError(f"expected tags of shape {(B, T)} matching emissions, got {got}")
+            if tags.dtype != torch.long:
+                raise ValueError(f"expected tags of dtype torch.long, got {tags.dtype}")
+        if T == 0 or B == 0:
+            raise ValueError(f"expected at least one row and one time step, got emissions of shape {(B, T, K)}")
+        if not bool(mask[:, 0].all()):
+            raise ValueError("mask of the first timestep must all be on (slice [CLS] off instead of masking it)")
+        if T > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("expected right-padded masks (no on step after an off step)")
+        return emissions
+
+    # ------------------------------------------------------------------ scores
+    def _constrained_scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """Start (K,), transition (K, K) and end (K,) scores with :data:`DISALLOWED` added where forbidden."""
+        zero = torch.zeros((), dtype=dtype, device=self.allowed_trans.device)
+        pen = torch.tensor(DISALLOWED, dtype=dtype, device=self.allowed_trans.device)
+        start = self.crf.start_transitions.to(dtype) + torch.where(self.allowed_start, zero, pen)  # (K,)
+        trans = self.crf.transitions.to(dtype) + torch.where(self.allowed_trans, zero, pen)  # (K, K)
+        end = self.crf.end_transitions.to(dtype) + torch.where(self.allowed_end, zero, pen)  # (K,)
+        return start, trans, end
+
+    # ------------------------------------------------------------------ public API
+    def neg_log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
+        """Mean negative log-likelihood over the batch (pytorch-crf, unconstrained; see module doc).
+
+        Args:
+            emissions: ``(B, T, K)`` scores.
+            tags: ``(B, T)`` long gold tag ids (padded positions may hold anything in ``[0, K)``).
+            mask: ``(B, T)`` bool, right-padded, ``mask[:, 0]`` all True.
+
+        Returns:
+            A scalar tensor: ``-mean_b log p(tags_b | emissions_b)``.
+        """
+        self._validate(emissions, mask, tags)
+        if tags.numel() and (int(tags.min()) < 0 or int(tags.max()) >= self.num_tags):
+            raise ValueError(
+                f"expected tag ids in [0, {self.num_tags}), got values in [{int(tags.min())}, {int(tags.max())}]"
+            )
+        llh = self.crf(emissions.float(), tags, mask=mask, reduction="mean")  # ()
+        return -llh
+
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:
+        """Constrained batched Viterbi.
+
+        Args:
+            emissions: ``(B, T, K)``; mask: ``(B, T)`` bool, right-padded, first step on.
+
+        Returns:
+            For each row, the best allowed tag path as a list of ``mask[b].sum()`` ints.
+        """
+        self._validate(emissions, mask)
+        paths, lengths = self.viterbi_tensor(emissions, mask)
+        rows = paths.tolist()
+        return [row[:n] for row, n in zip(rows, lengths.tolist(), strict=True)]
+
+    @torch.no_grad()
+    def viterbi_tensor(self, emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Batched Viterbi returning tensors: paths ``(B, T)`` long (padded steps hold copies of the last
+        tag) and lengths ``(B,)`` long. Inputs as in :meth:`decode` (validated there)."""
+        B, T, K = emissions.shape
+        em = emissions.float()  # (B, T, K)
+        start, trans, end = self._constrained_scores(em.dtype)
+        score = start.unsqueeze(0) + em[:, 0]  # (B, K)
+        history = torch.empty(T, B, K, dtype=torch.long, device=em.device)  # backpointers
+        identity = torch.arange(K, device=em.device).expand(B, K)  # (B, K)
+        history[0] = identity
+        trans_e = trans.unsqueeze(0)  # (1, K, K) [from, to]
+        for t in range(1, T):
+            # (B, K, 1) + (1, K, K) -> (B, K, K); best previous tag for every next tag
+            best, idx = (score.unsqueeze(2) + trans_e).max(dim=1)  # (B, K), (B, K)
+            step_on = mask[:, t].unsqueeze(1)  # (B, 1)
+            score = torch.where(step_on, best + em[:, t], score)  # (B, K)
+            history[t] = torch.where(step_on, idx, identity)  # (B, K)
+        score = score + end.unsqueeze(0)  # (B, K)
+        # Padded steps carry the score forward with identity backpointers, so back-tracking from the
+        # last column walks through them unchanged and each row decodes exactly as unpadded.
+        last = score.argmax(dim=1)  # (B,)
+        paths = torch.empty(B, T, dtype=torch.long, device=em.device)
+        paths[:, T - 1] = last
+        cur = last.unsqueeze(1)  # (B, 1)
+        for t in range(T - 1, 0, -1):
+            cur = history[t].gather(1, cur)  # (B, 1)
+            paths[:, t - 1] = cur.squeeze(1)
+        lengths = mask.sum(dim=1)  # (B,)
+        return paths, lengths
+
+    def log_partition(self, emissions: Tensor, mask: Tensor, constrained: bool = True) -> Tensor:
+        """log Z per row ``(B,)`` by the forward algorithm; over allowed paths when ``constrained``."""
+        self._validate(emissions, mask)
+        alphas, end = self._forward_alphas(emissions.float(), mask, constrained)
+        return torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1)  # (B,)
+
+    def _forward_alphas(self, em: Tensor, mask: Tensor, constrained: bool) -> tuple[Tensor, Tensor]:
+        if constrained:
+            start, trans, end = self._constrained_scores(em.dtype)
+        else:
+            start = self.crf.start_transitions.to(em.dtype)  # (K,)
+            trans = self.crf.transitions.to(em.dtype)  # (K, K)
+            end = self.crf.end_transitions.to(em.dtype)  # (K,)
+        B, T, K = em.shape
+        alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
+        out = [alpha]
+        for t in range(1, T):
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + trans.unsqueeze(0), dim=1) + em[:, t]  # (B, K)
+            alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)  # (B, K)
+            out.append(alpha)
+        return torch.stack(out, dim=1), end  # (B, T, K), (K,)
+
+    @torch.no_grad()
+    def marginals(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """Posterior tag probabilities by forward-backward over the allowed paths.
+
+        Args:
+            emissions: ``(B, T, K)``; mask: ``(B, T)`` bool, right-padded, first step on.
+
+        Returns:
+            ``(B, T, K)`` float32: ``p(y_t = k | x)``; each on step sums to 1, padded steps are all 0.
+            Computed in float64: alpha + beta - log Z cancels large magnitudes on long sequences.
+        """
+        self._validate(emissions, mask)
+        em = emissions.double()  # (B, T, K)
+        B, T, K = em.shape
+        start, trans, end = self._constrained_scores(em.dtype)
+        alphas, _ = self._forward_alphas(em, mask, constrained=True)  # (B, T, K)
+        end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
+        beta = end_b
+        betas = [beta]
+        for t in range(T - 2, -1, -1):
+            # beta_t(i) = logsumexp_j trans[i, j] + em[t+1, j] + beta_{t+1}(j)
+            nxt = torch.logsumexp(trans.unsqueeze(0) + (em[:, t + 1] + beta).unsqueeze(1), dim=2)  # (B, K)
+            # when step t+1 is padding, step t is the row's last (or padding): only the end score remains
+            beta = torch.where(mask[:, t + 1].unsqueeze(1), nxt, end_b)  # (B, K)
+            betas.append(beta)
+        betas_t = torch.stack(betas[::-1], dim=1)  # (B, T, K)
+        log_z = torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1)  # (B,)
+        post = torch.exp(alphas + betas_t - log_z.view(B, 1, 1))  # (B, T, K)
+        return (post * mask.unsqueeze(2).to(post.dtype)).float()  # (B, T, K)

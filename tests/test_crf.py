@@ -1,0 +1,326 @@
+"""ConstrainedCRF against brute-force enumeration, pytorch-crf and the scheme's rules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchcrf import CRF
+
+from ner_core.crf import ConstrainedCRF
+
+LABELS = ["PER", "LOC"]
+
+
+def tag_set(scheme: str) -> list[str]:
+    parts = "BI" if scheme == "BIO" else "BIES"
+    return ["O"] + [f"{p}-{lab}" for lab in LABELS for p in parts]
+
+
+def hand_allowed(tags: list[str], scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Allowed (start, trans[from, to], end) written out from the scheme's rules, independent of schemes.py."""
+    K = len(tags)
+    start = np.zeros(K, bool)
+    end = np.zeros(K, bool)
+    trans = np.zeros((K, K), bool)
+    split = [(t, None) if t == "O" else tuple(t.split("-", 1)) for t in tags]
+    for i, (p, lab) in enumerate(split):
+        if scheme == "BIO":
+            start[i] = p in ("O", "B")  # I-X cannot open a sequence
+            end[i] = True  # any tag can close a BIO sequence
+        else:
+            start[i] = p in ("O", "B", "S")  # I-X, E-X continue an entity
+            end[i] = p in ("O", "E", "S")  # B-X, I-X leave an entity open
+        for j, (q, lab2) in enumerate(split):
+            if scheme == "BIO":
+                # I-X only after B-X or I-X of the same label; everything else may follow anything
+                trans[i, j] = q != "I" or (p in ("B", "I") and lab == lab2)
+            else:
+                if p in ("B", "I"):  # inside an entity: continue it with I-X or close it with E-X
+                    trans[i, j] = q in ("I", "E") and lab == lab2
+                else:  # outside (O, E-X, S-X): O, B-Y or S-Y
+                    trans[i, j] = q in ("O", "B", "S")
+    return start, trans, end
+
+
+def path_score(crf: ConstrainedCRF, em: torch.Tensor, path: tuple[int, ...]) -> float:
+    """Unconstrained score of one path over em (T, K)."""
+    em = em.detach()
+    s = float(crf.crf.start_transitions.detach()[path[0]]) + float(em[0, path[0]])
+    for t in range(1, len(path)):
+        s += float(crf.crf.transitions.detach()[path[t - 1], path[t]]) + float(em[t, path[t]])
+    return s + float(crf.crf.end_transitions.detach()[path[-1]])
+
+
+def path_allowed(allowed, path) -> bool:
+    start, trans, end = allowed
+    return bool(start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in zip(path, path[1:])))
+
+
+def brute(crf, em, n, allowed=None):
+    """(log Z, best path, marginals (n, K)) over all (allowed) paths of length n."""
+    K = em.shape[1]
+    paths = [p for p in itertools.product(range(K), repeat=n) if allowed is None or path_allowed(allowed, p)]
+    scores = np.array([path_score(crf, em, p) for p in paths], dtype=np.float64)
+    log_z = float(np.logaddexp.reduce(scores))
+    best = paths[int(scores.argmax())]
+    marg = np.zeros((n, K))
+    probs = np.exp(scores - log_z)
+    for p, pr in zip(paths, probs):
+        for t, k in enumerate(p):
+            marg[t, k] += pr
+    return log_z, list(best), marg
+
+
+def random_problem(B, T, K, seed, min_len=1):
+    g = torch.Generator().manual_seed(seed)
+    em = torch.randn(B, T, K, generator=g) * 2
+    lengths = torch.randint(min_len, T + 1, (B,), generator=g)
+    lengths[0] = T  # at least one full row
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    tags = torch.randint(0, K, (B, T), generator=g)
+    return em, mask, tags
+
+
+def make_crf(K, allowed=None, seed=0):
+    torch.manual_seed(seed)
+    crf = ConstrainedCRF(K, allowed)
+    with torch.no_grad():  # larger transitions than the default +-0.1 make the tests sharper
+        crf.crf.transitions.uniform_(-2, 2)
+        crf.crf.start_transitions.uniform_(-2, 2)
+        crf.crf.end_transitions.uniform_(-2, 2)
+    return crf
+
+
+# ------------------------------------------------------------------ likelihood
+
+
+@pytest.mark.parametrize("K,T", [(2, 1), (3, 4), (4, 3), (2, 6)])
+def test_nll_equals_brute_force(K, T):
+    crf = make_crf(K, seed=K * 10 + T)
+    em, mask, tags = random_problem(4, T, K, seed=T)
+    nll = crf.neg_log_likelihood(em, tags, mask)
+    expected = []
+    for b in range(4):
+        n = int(mask[b].sum())
+        log_z, _, _ = brute(crf, em[b], n)
+        gold = tuple(tags[b, :n].tolist())
+        expected.append(log_z - path_score(crf, em[b], gold))
+    assert nll.item() == pytest.approx(float(np.mean(expected)), rel=1e-5, abs=1e-4)
+
+
+def test_nll_is_mean_of_torchcrf_and_has_gradients():
+    crf = make_crf(5)
+    em, mask, tags = random_problem(6, 7, 5, seed=3)
+    em.requires_grad_(True)
+    nll = crf.neg_log_likelihood(em, tags, mask)
+    ref = CRF(5, batch_first=True)
+    ref.load_state_dict({k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")})
+    assert nll.item() == pytest.approx(-ref(em, tags, mask, reduction="mean").item(), rel=1e-6)
+    assert nll.item() > 0
+    nll.backward()
+    assert crf.crf.transitions.grad is not None and crf.crf.transitions.grad.abs().sum() > 0
+    assert em.grad is not None and em.grad[~mask].abs().sum() == 0  # padding gets no gradient
+
+
+def test_constrained_log_partition_equals_brute_force_over_allowed_paths():
+    tags = tag_set("BIOES")
+    allowed = hand_allowed(tags, "BIOES")
+    K = len(tags)
+    crf = make_crf(K, allowed, seed=1)
+    em, mask, _ = random_problem(3, 3, K, seed=5)
+    log_z = crf.log_partition(em, mask)
+    log_z_free = crf.log_partition(em, mask, constrained=False)
+    for b in range(3):
+        n = int(mask[b].sum())
+        assert log_z[b].item() == pytest.approx(brute(crf, em[b], n, allowed)[0], abs=1e-4)
+        assert log_z_free[b].item() == pytest.approx(brute(crf, em[b], n)[0], abs=1e-4)
+
+
+# ------------------------------------------------------------------ Viterbi
+
+
+@pytest.mark.parametrize("K,T,seed", [(3, 4, 0), (4, 3, 1), (2, 7, 2), (5, 1, 3)])
+def test_viterbi_equals_brute_force_unconstrained(K, T, seed):
+    crf = make_crf(K, seed=seed)
+    em, mask, _ = random_problem(5, T, K, seed=seed)
+    paths = crf.decode(em, mask)
+    for b in range(5):
+        n = int(mask[b].sum())
+        assert paths[b] == brute(crf, em[b], n)[1]
+
+
+@pytest.mark.parametrize("scheme,T,seed", [("BIO", 4, 0), ("BIOES", 3, 1), ("BIOES", 4, 2), ("BIO", 1, 3)])
+def test_viterbi_equals_brute_force_over_allowed_paths(scheme, T, seed):
+    tags = tag_set(scheme)
+    allowed = hand_allowed(tags, scheme)
+    crf = make_crf(len(tags), allowed, seed=seed)
+    em, mask, _ = random_problem(4, T, len(tags), seed=seed)
+    em[:, :, 0] -= 3  # push away from all-O so the constraints matter
+    paths = crf.decode(em, mask)
+    for b in range(4):
+        n = int(mask[b].sum())
+        best = brute(crf, em[b], n, allowed)[1]
+        assert paths[b] == best
+        assert path_allowed(allowed, best)
+
+
+def test_unconstrained_decode_identical_to_torchcrf():
+    for seed in range(5):
+        K = 3 + seed
+        crf = make_crf(K, seed=seed)
+        em, mask, _ = random_problem(16, 20, K, seed=100 + seed)
+        ref = CRF(K, batch_first=True)
+        ref.load_state_dict({k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")})
+        assert crf.decode(em, mask) == ref.decode(em, mask)
+
+
+def test_padded_rows_decode_exactly_as_unpadded():
+    tags = tag_set("BIOES")
+    crf = make_crf(len(tags), hand_allowed(tags, "BIOES"), seed=4)
+    em, mask, _ = random_problem(8, 15, len(tags), seed=9)
+    batch = crf.decode(em, mask)
+    for b in range(8):
+        n = int(mask[b].sum())
+        alone = crf.decode(em[b : b + 1, :n], torch.ones(1, n, dtype=torch.bool))[0]
+        assert batch[b] == alone
+        assert len(batch[b]) == n
+
+
+def test_constraints_change_the_decoded_path():
+    tags = tag_set("BIO")
+    allowed = hand_allowed(tags, "BIO")
+    K = len(tags)
+    crf = ConstrainedCRF(K, allowed)
+    free = ConstrainedCRF(K)
+    free.load_state_dict({k: v for k, v in crf.state_dict().items() if k.startswith("crf.")}, strict=False)
+    with torch.no_grad():
+        for c in (crf, free):
+            c.crf.transitions.zero_()
+            c.crf.start_transitions.zero_()
+            c.crf.end_transitions.zero_()
+    em = torch.zeros(1, 2, K)
+    em[0, 0, tags.index("O")] = 5.0
+    em[0, 1, tags.index("I-PER")] = 5.0  # emissions alone want O -> I-PER
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    assert free.decode(em, mask) == [[0, tags.index("I-PER")]]
+    out = crf.decode(em, mask)[0]
+    assert [tags[i] for i in out] != ["O", "I-PER"]
+    assert path_allowed(allowed, out)
+
+
+@st.composite
+def constrained_problems(draw):
+    scheme = draw(st.sampled_from(["BIO", "BIOES"]))
+    tags = tag_set(scheme)
+    K = len(tags)
+    start, trans, end = hand_allowed(tags, scheme)
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # random extra restrictions on top of the scheme; O -> O, start O and end O stay so a path exists
+    keep = draw(st.floats(0.3, 1.0))
+    trans = trans & (rng.random((K, K)) < keep)
+    start = start & (rng.random(K) < keep)
+    end = end & (rng.random(K) < keep)
+    trans[0, 0] = start[0] = end[0] = True
+    B = draw(st.integers(1, 6))
+    T = draw(st.integers(1, 12))
+    scale = draw(st.sampled_from([1.0, 10.0, 100.0]))
+    return (start, trans, end), B, T, scale, seed
+
+
+@settings(max_examples=60, deadline=None)
+@given(constrained_problems())
+def test_constrained_decoding_never_emits_a_disallowed_transition(problem):
+    allowed, B, T, scale, seed = problem
+    K = allowed[0].shape[0]
+    crf = make_crf(K, allowed, seed=seed % 1000)
+    em, mask, _ = random_problem(B, T, K, seed=seed)
+    em = em * scale
+    for path in crf.decode(em, mask):
+        assert path_allowed(allowed, path), path
+
+
+# ------------------------------------------------------------------ marginals
+
+
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES", None])
+def test_marginals_sum_to_one_and_equal_brute_force(scheme):
+    if scheme is None:
+        K, allowed = 3, None
+    else:
+        tags = tag_set(scheme)
+        K, allowed = len(tags), hand_allowed(tags, scheme)
+    crf = make_crf(K, allowed, seed=7)
+    em, mask, _ = random_problem(3, 3 if scheme == "BIOES" else 4, K, seed=11)
+    marg = crf.marginals(em, mask)
+    assert marg.shape == em.shape
+    torch.testing.assert_close(marg.sum(-1), mask.float())  # 1 on steps, 0 on padding
+    for b in range(3):
+        n = int(mask[b].sum())
+        expected = brute(crf, em[b], n, allowed)[2]
+        np.testing.assert_allclose(marg[b, :n].numpy(), expected, atol=1e-5)
+        if allowed is not None:  # a tag that cannot open a sequence has zero probability at step 0
+            assert float(marg[b, 0, ~torch.as_tensor(allowed[0])].sum()) < 1e-6
+
+
+# ------------------------------------------------------------------ errors and state
+
+
+def test_bad_shapes_and_masks_raise_clear_errors():
+    crf = ConstrainedCRF(5)
+    em = torch.randn(2, 4, 5)
+    ok = torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="expected last dimension of emissions is 5, got 7"):
+        crf.decode(torch.randn(2, 4, 7), ok)
+    with pytest.raises(ValueError, match=r"expected emissions of shape \(B, T, K=5\), got \(2, 4\)"):
+        crf.decode(torch.randn(2, 4), ok)
+    with pytest.raises(ValueError, match=r"expected mask of shape \(2, 4\) matching emissions, got \(2, 3\)"):
+        crf.decode(em, ok[:, :3])
+    with pytest.raises(ValueError, match="expected a bool mask, got dtype torch.uint8"):
+        crf.decode(em, ok.to(torch.uint8))
+    first_off = ok.clone()
+    first_off[1, 0] = False
+    with pytest.raises(ValueError, match="mask of the first timestep must all be on"):
+        crf.marginals(em, first_off)
+    holes = ok.clone()
+    holes[0, 1] = False
+    with pytest.raises(ValueError, match="right-padded"):
+        crf.decode(em, holes)
+    with pytest.raises(ValueError, match=r"expected tags of shape \(2, 4\) matching emissions, got \(2, 3\)"):
+        crf.neg_log_likelihood(em, torch.zeros(2, 3, dtype=torch.long), ok)
+    with pytest.raises(ValueError, match="expected tags of dtype torch.long"):
+        crf.neg_log_likelihood(em, torch.zeros(2, 4, dtype=torch.int32), ok)
+    with pytest.raises(ValueError, match=r"expected tag ids in \[0, 5\), got values in \[0, 9\]"):
+        crf.neg_log_likelihood(em, torch.full((2, 4), 9, dtype=torch.long).index_fill_(1, torch.tensor([0]), 0), ok)
+    with pytest.raises(ValueError, match=r"expected allowed transition mask of shape \(5, 5\), got \(4, 4\)"):
+        ConstrainedCRF(5, (np.ones(5, bool), np.ones((4, 4), bool), np.ones(5, bool)))
+    with pytest.raises(ValueError, match="expected a positive int num_tags, got 0"):
+        ConstrainedCRF(0)
+
+
+def test_constraints_are_saved_in_the_state_dict():
+    tags = tag_set("BIOES")
+    allowed = hand_allowed(tags, "BIOES")
+    crf = make_crf(len(tags), allowed)
+    assert crf.is_constrained and not ConstrainedCRF(3).is_constrained
+    other = ConstrainedCRF(len(tags))
+    other.load_state_dict(crf.state_dict())
+    assert other.is_constrained
+    assert torch.equal(other.allowed_trans, torch.as_tensor(allowed[1]))
+    em, mask, _ = random_problem(4, 9, len(tags), seed=2)
+    assert other.decode(em, mask) == crf.decode(em, mask)
+
+
+def test_log_partition_is_finite_for_long_sequences_with_large_scores():
+    crf = make_crf(4)
+    em = torch.randn(2, 200, 4) * 50
+    mask = torch.ones(2, 200, dtype=torch.bool)
+    assert torch.isfinite(crf.log_partition(em, mask)).all()
+    marg = crf.marginals(em, mask)
+    assert torch.isfinite(marg).all() and math.isclose(float(marg.sum()), 400.0, rel_tol=1e-4)
