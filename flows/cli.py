@@ -1,0 +1,367 @@
+"""The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``) plus ``ingest``,
+``pipeline``, ``demo``, ``runs``, ``promote``, ``ui`` and ``bench``.
+
+Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input gives
+one clear line on stderr and exit status 2, not a traceback (``NER_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ner_core.config import HeadType, NERConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "sample_corpus"
+DEFAULT_DB = "ner.duckdb"
+
+# Config fields exposed as flags on `train`/`pipeline`: flag -> dotted key. Seed names first.
+_SECTIONS_PLAIN = ("data", "head", "crf", "training")
+_RENAMED = {"encoder.name": "encoder", "encoder.freeze": "freeze_encoder",
+            "encoder.dropout_rate": "encoder_dropout_rate", "head.type": "head"}
+
+
+def _config_flags() -> dict[str, tuple[str, Any]]:
+    flags: dict[str, tuple[str, Any]] = {}
+    for section in ("encoder", *_SECTIONS_PLAIN):
+        model = NERConfig.model_fields[section].annotation
+        for name, field in model.model_fields.items():
+            key = f"{section}.{name}"
+            flag = _RENAMED.get(key, name)
+            flags[flag] = (key, field)
+    return flags
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and training options (defaults shown; seed keras-bert-ner names)")
+    g.add_argument("--config", help="JSON file with a full or partial NERConfig; flags override it")
+    defaults = NERConfig()
+    for flag, (key, field) in _config_flags().items():
+        section, name = key.split(".")
+        default = getattr(getattr(defaults, section), name)
+        if isinstance(default, HeadType):
+            default = default.value
+        ann = field.annotation
+        kwargs: dict[str, Any] = {"dest": f"cfg__{section}__{name}", "default": None}
+        helptext = (field.description or "").replace("%", "%%")
+        if ann is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kwargs.update(nargs="+", type=int)
+        elif key == "head.type":
+            kwargs["choices"] = [h.value for h in HeadType]
+        else:
+            kwargs["type"] = _scalar_type(ann, default)
+        g.add_argument(f"--{flag}", *([f"--{flag.replace('_', '-')}"] if "_" in flag else []),
+                       help=f"{helptext} (default: {default})".strip(), **kwargs)
+    g.add_argument("--model_type", choices=["rnn", "cnn"], help="seed name: rnn (with --cell_type) or cnn (idcnn)")
+    g.add_argument("--cell_type", choices=["lstm", "gru"], help="seed name: lstm -> bilstm, gru -> bigru")
+
+
+def _scalar_type(ann: Any, default: Any):
+    text = str(ann)
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+def build_config(args: argparse.Namespace) -> NERConfig:
+    cfg = NERConfig.from_file(args.config) if getattr(args, "config", None) else NERConfig()
+    overrides = {}
+    for k, v in vars(args).items():
+        if k.startswith("cfg__") and v is not None:
+            _, section, name = k.split("__")
+            overrides[f"{section}.{name}"] = v
+    if getattr(args, "model_type", None) == "cnn":
+        overrides["head.type"] = "idcnn"
+    elif getattr(args, "model_type", None) == "rnn" or getattr(args, "cell_type", None):
+        overrides["head.type"] = "bigru" if getattr(args, "cell_type", None) == "gru" else "bilstm"
+    return cfg.with_overrides(overrides)
+
+
+def _prefect_env() -> None:
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _run(args: argparse.Namespace, flow_name: str, step, **kwargs):
+    """Run the flow (Prefect) or the plain step (--no-prefect)."""
+    if args.no_prefect:
+        return step(**kwargs)
+    from flows import pipeline
+
+    return getattr(pipeline, flow_name)(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- commands
+def cmd_ingest(args) -> int:
+    from flows import steps
+
+    if args.train or args.dev or args.test:
+        files: dict[str, str] | list[str] = {k: v for k, v in (("train", args.train), ("dev", args.dev),
+                                                               ("test", args.test)) if v}
+    elif args.files:
+        files = list(args.files)
+    else:
+        raise ValueError("give --train/--dev/--test files or FILES with --split-ratios")
+    for f in (files.values() if isinstance(files, dict) else files):
+        if not Path(f).exists():
+            raise FileNotFoundError(f"{f}: no such file")
+    if args.no_prefect or args.split_ratios:
+        out = steps.ingest_step(args.db, args.name, files, format=args.format, policy=args.policy,
+                                untyped_label=args.untyped_label,
+                                split_ratios=tuple(args.split_ratios) if args.split_ratios else None)
+    else:
+        from flows.pipeline import ingest_flow
+
+        out = ingest_flow(args.db, args.name, files, args.format, args.policy, args.untyped_label)
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from flows import steps
+
+    config = build_config(args)
+    out = _run(args, "train_flow", steps.train_step if args.no_prefect else None,
+               **({"db_path": args.db, "config": config, "runs_root": args.runs_root, "run_id": args.resume,
+                   "resume": bool(args.resume)}))
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from flows import steps
+
+    model_dir, run_id = _resolve_model(args)
+    out = _run(args, "evaluate_flow", steps.evaluate_step, db_path=args.db, model_dir=model_dir,
+               dataset=args.dataset, split=args.split, run_id=run_id)
+    if args.no_prefect:
+        print(out.pop("markdown"))
+        out.pop("per_type")
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from flows import pipeline, steps
+
+    model_dir, run_id = _resolve_model(args)
+    source = {"files": args.files} if args.files else {"dataset": args.dataset, "split": args.split}
+    for f in args.files or []:
+        if not Path(f).exists():
+            raise FileNotFoundError(f"{f}: no such file")
+    if args.no_prefect:
+        docs, kind, ref = pipeline.load_prediction_input(args.db, source)
+        out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
+    else:
+        out = pipeline.predict_flow(args.db, model_dir, source, run_id)
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _resolve_model(args) -> tuple[str, str | None]:
+    from storage import runs as runs_db
+
+    if args.model_dir:
+        if not Path(args.model_dir).is_dir():
+            raise FileNotFoundError(f"{args.model_dir}: no such model directory")
+        return args.model_dir, None
+    run = runs_db.get_run(args.db, args.run) if args.run else runs_db.production_run(args.db)
+    if run is None:
+        raise ValueError("no model given: pass --model-dir or --run, or promote a run with `ner promote RUN_ID`")
+    if not run.get("model_dir"):
+        raise ValueError(f"run {run['run_id']} has no model directory (status {run['status']})")
+    return run["model_dir"], run["run_id"]
+
+
+def cmd_pipeline(args) -> int:
+    config = build_config(args)
+    return _pipeline(args, config, args.train, args.dev, args.test, args.predict_files)
+
+
+def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_files: list[str]) -> int:
+    from flows import pipeline, steps
+
+    for f in (train, dev, test, *predict_files):
+        if not Path(f).exists():
+            raise FileNotFoundError(f"{f}: no such file")
+    if args.no_prefect:
+        ds = config.data.dataset
+        ingest = steps.ingest_step(args.db, ds, {"train": train, "dev": dev, "test": test})
+        trained = steps.train_step(args.db, config, args.runs_root)
+        evaluation = steps.evaluate_step(args.db, trained["model_dir"], ds, "test", run_id=trained["run_id"])
+        docs, kind, ref = pipeline.load_prediction_input(args.db, {"files": predict_files})
+        predicted = steps.predict_step(args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref,
+                                       run_id=trained["run_id"])
+        out = {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}
+    else:
+        out = pipeline.pipeline_flow(args.db, config, train, dev, test, predict_files, args.runs_root)
+    _print_pipeline_summary(args.db, out)
+    return 0
+
+
+def _print_pipeline_summary(db: str, out: dict) -> None:
+    from storage import runs as runs_db
+
+    ev, pr, tr = out["evaluate"], out["predict"], out["train"]
+    print()
+    print(f"run {tr['run_id']}: best epoch {tr['best_epoch']} ({tr['stopped_reason']}), "
+          f"{tr['seconds']} s, model in {tr['model_dir']}")
+    print(f"test: entity F1 {ev['f1'] * 100:.2f}  (P {ev['precision'] * 100:.2f}, R {ev['recall'] * 100:.2f}), "
+          f"char accuracy {ev['char_accuracy'] * 100:.2f}, sentence accuracy {ev['sentence_accuracy'] * 100:.2f}")
+    print(f"predicted {pr['n_entities']} entities in {pr['n_documents']} documents "
+          f"({pr['n_chars']} characters) -> {db}, prediction run {pr['pred_run_id']}")
+    sql = ("SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
+           "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC")
+    print(f"\nSQL> {sql.replace('?', repr(pr['pred_run_id']))};")
+    for row in runs_db.query(db, sql, [pr["pred_run_id"]]):
+        examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
+        print(f"  {row['label']:<6} {row['n']:>5}  {examples}")
+    print(f"\nOpen the dashboard:  ner ui --db {db}    (or: make ui)")
+
+
+def cmd_demo(args) -> int:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    args.db = str(Path(args.out) / "ner.duckdb")
+    args.runs_root = str(Path(args.out) / "runs")
+    config = build_config(args)
+    raw = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
+    print("Demo: sample corpus -> DuckDB -> train (m3e-small encoder: research / non-commercial use only) "
+          "-> evaluate -> predict", flush=True)
+    return _pipeline(args, config, str(SAMPLE / "train.jsonl"), str(SAMPLE / "dev.jsonl"),
+                     str(SAMPLE / "test.jsonl"), raw)
+
+
+def cmd_runs(args) -> int:
+    from storage import runs as runs_db
+
+    rows = runs_db.list_runs(args.db)
+    if not rows:
+        print(f"no training runs in {args.db}")
+    for r in rows:
+        f1 = f"{r['best_dev_f1'] * 100:.2f}" if r["best_dev_f1"] is not None else "-"
+        star = " [production]" if r["is_production"] else ""
+        print(f"{r['run_id']}  {r['status']:<9} {r['dataset']:<10} {r['head']:<6} {r['encoder']:<12} "
+              f"epochs {r['n_epochs']:<3} dev F1 {f1}{star}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from storage import runs as runs_db
+
+    runs_db.promote_run(args.db, args.run_id)
+    print(f"run {args.run_id} is now the production model")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    env = {**os.environ, "NER_DB": str(Path(args.db).resolve())}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.address", args.host,
+           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"dashboard on http://{args.host}:{args.port}  (database {args.db})", flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_bench(args) -> int:
+    return subprocess.call([sys.executable, "-m", "bench", *args.only], cwd=ROOT)
+
+
+# ----------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, db=True):
+        if db:
+            sp.add_argument("--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)")
+        sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
+        return sp
+
+    sp = common(sub.add_parser("ingest", help="load labelled or raw files into DuckDB"))
+    sp.add_argument("--name", required=True, help="dataset name")
+    sp.add_argument("--train"), sp.add_argument("--dev"), sp.add_argument("--test")
+    sp.add_argument("files", nargs="*", help="files to split with --split-ratios")
+    sp.add_argument("--split-ratios", nargs=3, type=float, metavar=("TRAIN", "DEV", "TEST"))
+    sp.add_argument("--format", help="override format detection (seed_json, seed_texts, conll, bmes, cluener, jsonl, text)")
+    sp.add_argument("--policy", choices=["repair", "strict"], default="repair")
+    sp.add_argument("--untyped-label", default="ENT", help="label for untyped B/I/O tags (default %(default)s)")
+    sp.set_defaults(func=cmd_ingest)
+
+    sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset)"))
+    sp.add_argument("--runs-root", default="runs", help="where run directories go (default %(default)s)")
+    sp.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    _add_config_args(sp)
+    sp.set_defaults(func=cmd_train)
+
+    for name, func, helptext in (("test", cmd_test, "evaluate a model on a dataset split"),
+                                 ("predict", cmd_predict, "tag texts and store the entities in DuckDB")):
+        sp = common(sub.add_parser(name, help=helptext))
+        sp.add_argument("--model-dir", help="model directory (default: the production run's)")
+        sp.add_argument("--run", help="use this training run's model")
+        sp.add_argument("--dataset", default="sample")
+        sp.add_argument("--split", default="test" if name == "test" else None)
+        if name == "predict":
+            sp.add_argument("files", nargs="*", help="input files (any supported format)")
+        sp.set_defaults(func=func)
+
+    sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
+    sp.add_argument("--train", required=True), sp.add_argument("--dev", required=True)
+    sp.add_argument("--test", required=True)
+    sp.add_argument("--predict-files", nargs="+", required=True)
+    sp.add_argument("--runs-root", default="runs")
+    _add_config_args(sp)
+    sp.set_defaults(func=cmd_pipeline)
+
+    sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
+    sp.add_argument("--out", default="demo_out", help="folder for the DuckDB file and runs (default %(default)s)")
+    _add_config_args(sp)
+    sp.set_defaults(func=cmd_demo, **{"cfg__training__max_epochs": 8})
+
+    sp = common(sub.add_parser("runs", help="list training runs"))
+    sp.set_defaults(func=cmd_runs)
+    sp = common(sub.add_parser("promote", help="mark a run as the production model"))
+    sp.add_argument("run_id")
+    sp.set_defaults(func=cmd_promote)
+    sp = common(sub.add_parser("ui", help="start the Streamlit dashboard"))
+    sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
+    sp.set_defaults(func=cmd_ui)
+    sp = sub.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
+    sp.add_argument("only", nargs="*", help="benchmark module names (default: all)")
+    sp.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _prefect_env()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, ValidationError, RuntimeError) as exc:
+        if os.environ.get("NER_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()
+        print(f"ner {args.command}: error: {' '.join(m.strip() for m in msg[:6])}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Training loop: AdamW with warm-up and linear decay, separate encoder / head / CRF learning rates,
+gradient clipping and accumulation, length-bucketed batches, mixed precision on CUDA, early stopping and
+learning-rate reduction on dev entity F1 (strict), a checkpoint every epoch and exact resumption.
+
+Resumption: the checkpoint holds model, optimiser, schedule position, plateau state, history and the
+torch / python RNG states at the end of the epoch. Batch order depends only on ``(seed, epoch)``. A run
+killed after epoch k and resumed therefore computes epochs k+1.. exactly as the uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ner_core.alignment import CharAligner
+from ner_core.config import NERConfig
+from ner_core.data import TaggedDataset
+from ner_core.documents import Document
+from ner_core.encoder import load_encoder
+from ner_core.metrics import EvaluationReport, evaluate
+from ner_core.model import NERModel
+from ner_core.modeldir import save_model_dir
+from ner_core.predict import Tagger
+from ner_core.schemes import tag_set
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    dev_f1: float | None
+    dev_precision: float | None
+    dev_recall: float | None
+    dev_char_accuracy: float | None
+    dev_sentence_accuracy: float | None
+    learning_rate: float
+    seconds: float
+    sentences_per_second: float
+    chars_per_second: float
+    is_best: bool = False
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    best_epoch: int
+    best_dev_f1: float | None
+    history: list[EpochStats] = field(default_factory=list)
+    stopped_reason: str = ""
+    seconds: float = 0.0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def evaluate_model(model: NERModel, tokenizer, docs: Sequence[Document], *, max_len: int,
+                   batch_size: int = 32, device: str = "cpu") -> EvaluationReport:
+    """Tag ``docs`` (whole, windowed) and score them against their gold entities."""
+    from ner_core.documents import Entity
+
+    tagger = Tagger(model, tokenizer, max_len=max_len, batch_size=batch_size, device=device)
+    preds = tagger.predict([d.text for d in docs], confidence=False)
+    pred_ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
+    return evaluate(docs, pred_ents, scheme=model.config.data.scheme)
+
+
+def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[Document],
+          labels: Sequence[str], run_dir: str | Path, *, resume: bool = False,
+          on_epoch: Callable[[EpochStats], None] | None = None, progress: bool = True,
+          extra_metadata: dict | None = None) -> TrainResult:
+    """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
+
+    ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
+    and the run's scheme. With ``resume=True`` the run continues from ``run_dir/checkpoint.pt``.
+    """
+    t0 = time.perf_counter()
+    tc = config.training
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not train_docs:
+        raise ValueError("no training documents: the training split is empty")
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {tc.device!r} requested but CUDA is not available on this machine")
+    set_seed(tc.seed)
+    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+
+    tags = tag_set(sorted(labels), config.data.scheme)
+    encoder, tokenizer = load_encoder(config.encoder)
+    model = NERModel(config, tags, encoder).to(device)
+    aligner = CharAligner(tokenizer)
+    train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
+
+    groups = model.param_groups(tc)
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    optimizer = torch.optim.AdamW(groups, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / tc.batch_size) / tc.grad_accum_steps)
+    n_epochs = tc.hard_epochs or tc.max_epochs
+    total_steps = steps_per_epoch * n_epochs
+    warmup_steps = int(total_steps * tc.warmup_ratio)
+    use_amp = tc.mixed_precision and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    state = {"epoch": 0, "step": 0, "plateau_scale": 1.0, "best_f1": None, "best_epoch": 0,
+             "bad_epochs": 0, "plateau_bad": 0, "history": [], "elapsed": 0.0}
+    ckpt_path = run_dir / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        state = ckpt["state"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        random.setstate(ckpt["py_rng"])
+        np.random.set_state(ckpt["np_rng"])
+    history = [EpochStats(**h) for h in state["history"]]
+    stopped = ""
+    model_dir = run_dir / "model"
+
+    for epoch in range(state["epoch"] + 1, n_epochs + 1):
+        ep_t0 = time.perf_counter()
+        model.train()
+        loss_sum, loss_n = 0.0, 0
+        n_batches = math.ceil(len(train_set) / tc.batch_size)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{n_epochs}", disable=not progress, leave=False)
+        optimizer.zero_grad(set_to_none=True)
+        budget_hit = False
+        for bi, batch in enumerate(train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = model(batch["input_ids"], batch["attention_mask"], batch["tags"])
+            scaler.scale(loss / tc.grad_accum_steps).backward()
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
+                factor = _lr_factor(state["step"], warmup_steps, total_steps) * state["plateau_scale"]
+                for g in optimizer.param_groups:
+                    g["lr"] = g["initial_lr"] * factor
+                if tc.grad_clip:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}")
+            if tc.max_train_seconds and state["elapsed"] + time.perf_counter() - ep_t0 > tc.max_train_seconds:
+                budget_hit = True
+                break
+        bar.close()
+        train_seconds = time.perf_counter() - ep_t0
+        report = evaluate_model(model, tokenizer, dev_docs, max_len=config.data.max_len,
+                                batch_size=max(tc.batch_size, 32), device=tc.device) if dev_docs else None
+        f1 = report.f1 if report else None
+        stats = EpochStats(
+            epoch=epoch, train_loss=loss_sum / max(1, loss_n), dev_f1=f1,
+            dev_precision=report.precision if report else None, dev_recall=report.recall if report else None,
+            dev_char_accuracy=report.char_accuracy if report else None,
+            dev_sentence_accuracy=report.sentence_accuracy if report else None,
+            learning_rate=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - ep_t0,
+            sentences_per_second=len(train_set) / max(train_seconds, 1e-9),
+            chars_per_second=train_set.n_chars / max(train_seconds, 1e-9),
+        )
+        improved = state["best_f1"] is None or (f1 is not None and f1 > state["best_f1"])
+        if improved or not tc.best_fit:
+            state["best_f1"], state["best_epoch"] = f1, epoch
+            state["bad_epochs"] = state["plateau_bad"] = 0
+            stats.is_best = True
+            save_model_dir(model_dir, model, tokenizer, metrics={
+                "best_epoch": epoch, "dev": report.summary() if report else None, **(extra_metadata or {})})
+        else:
+            state["bad_epochs"] += 1
+            state["plateau_bad"] += 1
+            if state["plateau_bad"] >= tc.reduce_lr_patience:
+                state["plateau_scale"] *= tc.reduce_lr_factor
+                state["plateau_bad"] = 0
+        history.append(stats)
+        state["history"] = [asdict(h) for h in history]
+        state["epoch"] = epoch
+        state["elapsed"] += stats.seconds
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
+                    "py_rng": random.getstate(), "np_rng": np.random.get_state()}, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        if on_epoch:
+            on_epoch(stats)
+        if progress:
+            dev = f"dev F1 {f1 * 100:.2f}" if f1 is not None else "no dev set"
+            print(f"epoch {epoch}: loss {stats.train_loss:.4f}, {dev}, {stats.sentences_per_second:.1f} sent/s, "
+                  f"{stats.seconds:.1f} s{' *best*' if stats.is_best else ''}", flush=True)
+        if budget_hit:
+            stopped = f"time budget of {tc.max_train_seconds:.0f} s reached"
+            break
+        if tc.best_fit and not tc.hard_epochs and state["bad_epochs"] >= tc.early_stop_patience:
+            stopped = f"early stop: no dev F1 gain for {state['bad_epochs']} epochs"
+            break
+    else:
+        stopped = f"finished {n_epochs} epochs"
+    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2), encoding="utf-8")
+    return TrainResult(run_dir=run_dir, model_dir=model_dir, best_epoch=state["best_epoch"],
+                       best_dev_f1=state["best_f1"], history=history, stopped_reason=stopped,
+                       seconds=time.perf_counter() - t0)

@@ -1,0 +1,218 @@
+"""Training runs, epochs, evaluations and prediction runs in DuckDB.
+
+Every function opens a short-lived connection (``storage.db.open_db``), so no process holds the file
+longer than one call. Bulk rows go in through Arrow inside one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from storage.db import open_db
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _rows(con, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+    cur = con.execute(sql, list(params))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+# ---------------------------------------------------------------------------- training runs
+def create_run(db_path: str | Path, run_id: str, *, dataset: str, dataset_version: int | None,
+               config_json: str, run_dir: str | Path) -> None:
+    cfg = json.loads(config_json)
+    with open_db(db_path) as con:
+        con.execute(
+            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, status, "
+            "run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            [run_id, dataset, dataset_version, cfg["encoder"]["name"], cfg["head"]["type"],
+             cfg["data"]["scheme"], config_json, str(run_dir), _now()],
+        )
+
+
+def record_epoch(db_path: str | Path, run_id: str, stats: dict) -> None:
+    cols = ["train_loss", "dev_f1", "dev_precision", "dev_recall", "dev_char_accuracy",
+            "dev_sentence_accuracy", "learning_rate", "seconds", "sentences_per_second", "chars_per_second",
+            "is_best"]
+    with open_db(db_path) as con:
+        con.execute(
+            f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(cols)}) "
+            f"VALUES (?, ?, {', '.join('?' for _ in cols)})",
+            [run_id, stats["epoch"], *[stats.get(c) for c in cols]],
+        )
+
+
+def finish_run(db_path: str | Path, run_id: str, *, status: str, model_dir: str | Path | None = None,
+               best_epoch: int | None = None, best_dev_f1: float | None = None, seconds: float | None = None,
+               stopped_reason: str | None = None, error: str | None = None) -> None:
+    with open_db(db_path) as con:
+        con.execute(
+            "UPDATE runs SET status = ?, model_dir = ?, best_epoch = ?, best_dev_f1 = ?, seconds = ?, "
+            "stopped_reason = ?, error = ?, finished_at = ? WHERE run_id = ?",
+            [status, str(model_dir) if model_dir else None, best_epoch, best_dev_f1, seconds, stopped_reason,
+             error, _now(), run_id],
+        )
+
+
+def list_runs(db_path: str | Path) -> list[dict]:
+    with open_db(db_path, read_only=True) as con:
+        return _rows(con, "SELECT * FROM v_run_summary ORDER BY started_at DESC")
+
+
+def get_run(db_path: str | Path, run_id: str) -> dict:
+    with open_db(db_path, read_only=True) as con:
+        rows = _rows(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if not rows:
+        raise KeyError(f"no run {run_id!r} in {db_path}")
+    return rows[0]
+
+
+def epochs(db_path: str | Path, run_id: str) -> list[dict]:
+    with open_db(db_path, read_only=True) as con:
+        return _rows(con, "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id])
+
+
+def promote_run(db_path: str | Path, run_id: str) -> None:
+    """Mark ``run_id`` (a completed run with a model) as the production model; only one is."""
+    with open_db(db_path) as con:
+        row = con.execute("SELECT status, model_dir FROM runs WHERE run_id = ?", [run_id]).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id!r} in {db_path}")
+        if row[0] != "completed" or not row[1]:
+            raise ValueError(f"run {run_id!r} is {row[0]} and has no model: only a completed run can be promoted")
+        con.execute("BEGIN")
+        con.execute("UPDATE runs SET is_production = false WHERE is_production")
+        con.execute("UPDATE runs SET is_production = true WHERE run_id = ?", [run_id])
+        con.execute("COMMIT")
+
+
+def production_run(db_path: str | Path) -> dict | None:
+    with open_db(db_path, read_only=True) as con:
+        rows = _rows(con, "SELECT * FROM runs WHERE is_production")
+    return rows[0] if rows else None
+
+
+# ---------------------------------------------------------------------------- evaluations
+def save_evaluation(db_path: str | Path, eval_id: str, report, *, model_dir: str | Path, dataset: str,
+                    split: str | None, run_id: str | None = None, dataset_version: int | None = None) -> None:
+    """Store an :class:`ner_core.metrics.EvaluationReport`: summary row, per-type rows, error counts."""
+    types = pa.Table.from_pylist([
+        {"eval_id": eval_id, "label": t.label, "precision": t.precision, "recall": t.recall, "f1": t.f1,
+         "support": t.support, "predicted": t.predicted} for t in report.per_type
+    ], schema=pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("precision", pa.float64()),
+                         ("recall", pa.float64()), ("f1", pa.float64()), ("support", pa.int32()),
+                         ("predicted", pa.int32())]))
+    errors = pa.Table.from_pylist([
+        {"eval_id": eval_id, "label": label, "kind": kind, "n": n}
+        for label, kinds in report.errors.items() for kind, n in kinds.items()
+    ], schema=pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("kind", pa.string()),
+                         ("n", pa.int32())]))
+    with open_db(db_path) as con:
+        con.execute("BEGIN")
+        for table in ("evaluations", "evaluation_types", "evaluation_errors"):
+            con.execute(f"DELETE FROM {table} WHERE eval_id = ?", [eval_id])
+        con.execute(
+            'INSERT INTO evaluations (eval_id, run_id, model_dir, dataset, dataset_version, split, created_at, '
+            'scheme, n_sentences, n_chars, char_accuracy, sentence_accuracy, "precision", recall, f1, '
+            "macro_precision, macro_recall, macro_f1, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?)",
+            [eval_id, run_id, str(model_dir), dataset, dataset_version, split, _now(), report.scheme,
+             report.n_sentences, report.n_chars, report.char_accuracy, report.sentence_accuracy, report.precision,
+             report.recall, report.f1, report.macro_precision, report.macro_recall, report.macro_f1,
+             report.model_dump_json()],
+        )
+        con.register("_types", types)
+        con.execute("INSERT INTO evaluation_types SELECT * FROM _types")
+        con.register("_errors", errors)
+        con.execute("INSERT INTO evaluation_errors SELECT * FROM _errors")
+        con.execute("COMMIT")
+
+
+def evaluations(db_path: str | Path, run_id: str | None = None) -> list[dict]:
+    with open_db(db_path, read_only=True) as con:
+        if run_id is None:
+            return _rows(con, "SELECT * EXCLUDE (report) FROM evaluations ORDER BY created_at DESC")
+        return _rows(con, "SELECT * EXCLUDE (report) FROM evaluations WHERE run_id = ? ORDER BY created_at DESC",
+                     [run_id])
+
+
+# ---------------------------------------------------------------------------- prediction runs
+_DOC_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
+                         ("n_entities", pa.int32())])
+_ENT_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("start", pa.int32()),
+                         ("end", pa.int32()), ("label", pa.string()), ("text", pa.string()),
+                         ("confidence", pa.float64())])
+
+
+def start_prediction_run(db_path: str | Path, pred_run_id: str, *, model_dir: str | Path, run_id: str | None,
+                         input_kind: str, input_ref: str, config_json: str | None, replace: bool) -> set[str]:
+    """Register a prediction run; returns the doc_ids already stored for it (for resuming).
+
+    ``replace=True`` deletes the run's earlier rows first (same model, same input: rows are replaced,
+    never duplicated).
+    """
+    with open_db(db_path) as con:
+        con.execute("BEGIN")
+        if replace:
+            con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ?", [pred_run_id])
+            con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
+        con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
+        con.execute(
+            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, status, "
+            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+            [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
+        )
+        done = {r[0] for r in con.execute(
+            "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]).fetchall()}
+        con.execute("COMMIT")
+    return done
+
+
+def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple[str, str, list]]) -> int:
+    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...]), ...], in one transaction."""
+    doc_rows = {"pred_run_id": [], "doc_id": [], "text": [], "n_entities": []}
+    ent_rows = {k: [] for k in _ENT_SCHEMA.names}
+    for doc_id, text, ents in docs:
+        doc_rows["pred_run_id"].append(pred_run_id)
+        doc_rows["doc_id"].append(doc_id)
+        doc_rows["text"].append(text)
+        doc_rows["n_entities"].append(len(ents))
+        for e in ents:
+            for k, v in zip(_ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)):
+                ent_rows[k].append(v)
+    with open_db(db_path) as con:
+        con.execute("BEGIN")
+        con.register("_docs", pa.table(doc_rows, schema=_DOC_SCHEMA))
+        con.execute("INSERT OR REPLACE INTO predicted_documents SELECT * FROM _docs")
+        con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
+        con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
+        con.execute("COMMIT")
+    return len(ent_rows["doc_id"])
+
+
+def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str, seconds: float) -> dict:
+    with open_db(db_path) as con:
+        con.execute(
+            "UPDATE prediction_runs SET status = ?, finished_at = ?, seconds = ?, "
+            "n_documents = (SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?), "
+            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents WHERE pred_run_id = ?), "
+            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) WHERE pred_run_id = ?",
+            [status, _now(), seconds, pred_run_id, pred_run_id, pred_run_id, pred_run_id],
+        )
+        return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]
+
+
+def query(db_path: str | Path, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+    """Run a read-only query (a read-only connection: writes fail)."""
+    with open_db(db_path, read_only=True) as con:
+        return _rows(con, sql, params)
