@@ -1,0 +1,141 @@
+"""Layers between the encoder and the CRF, chosen through one Enum-keyed factory.
+
+Every head maps ``x (B, T, H)`` and a right-padded bool ``mask (B, T)`` to ``(B, T, output_size)``.
+
+- ``bilstm`` / ``bigru``: packed bidirectional RNN (``rnn_units`` per direction, so
+  ``output_size = 2 * rnn_units``), ``rnn_num_hidden_layers`` stacked, dropout between layers and on
+  the output. Padding never reaches a real position (packed sequences) and padded outputs are 0.
+- ``idcnn`` (Strubell et al. 2017, "Fast and Accurate Entity Recognition with Iterated Dilated
+  Convolutions"): a linear input projection to ``cnn_filters``, then ONE block of dilated ``Conv1d``
+  layers (dilations ``cnn_dilations``, kernel ``cnn_kernel_size``, ReLU) applied ``cnn_blocks`` times
+  with the same weights, dropout after each application. Padded positions are zeroed after every
+  layer, so a right-padded row gives the same outputs as the unpadded row. ``output_size = cnn_filters``
+  (the last block's output, as in the paper's final prediction).
+- ``none``: identity (``output_size = input_size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ner_core.config import HeadConfig, HeadType
+
+__all__ = ["BiRNNHead", "IDCNNHead", "IdentityHead", "build_head", "head_choices"]
+
+
+def _check_inputs(x: Tensor, mask: Tensor, input_size: int) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != input_size:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected x of shape (B, T, {input_size}), got {got}")
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(x.shape[:2]) or mask.dtype != torch.bool:
+        got = (tuple(mask.shape), mask.dtype) if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(f"expected a bool mask of shape {tuple(x.shape[:2])}, got {got}")
+
+
+class IdentityHead(nn.Module):
+    """No layers: the encoder's (dropped-out) output goes straight to the emission layer."""
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = input_size
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, H), mask (B, T) bool -> (B, T, H), unchanged."""
+        _check_inputs(x, mask, self.input_size)
+        return x
+
+
+class BiRNNHead(nn.Module):
+    """Packed bidirectional LSTM or GRU."""
+
+    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU], input_size: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.rnn = cell(
+            input_size,
+            cfg.rnn_units,
+            num_layers=cfg.rnn_num_hidden_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=cfg.dropout_rate if cfg.rnn_num_hidden_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.output_size = 2 * cfg.rnn_units
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
+        _check_inputs(x, mask, self.input_size)
+        B, T, _ = x.shape
+        if T == 0:
+            return x.new_zeros(B, 0, self.output_size)
+        lengths = mask.sum(dim=1)  # (B,)
+        # pack_padded_sequence rejects empty rows: give them one step and zero it afterwards
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        y, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, 2U)
+        y = y * mask.unsqueeze(2).to(y.dtype)  # (B, T, 2U)
+        return self.dropout(y)
+
+
+class IDCNNHead(nn.Module):
+    """Iterated dilated CNN: one dilated block, applied ``cnn_blocks`` times with shared weights."""
+
+    def __init__(self, input_size: int, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.blocks = cfg.cnn_blocks
+        F, k = cfg.cnn_filters, cfg.cnn_kernel_size
+        self.projection = nn.Linear(input_size, F)
+        self.block = nn.ModuleList(
+            nn.Conv1d(F, F, kernel_size=k, dilation=d, padding=d * (k - 1) // 2) for d in cfg.cnn_dilations
+        )
+        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.output_size = F
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, T, H), mask (B, T) bool right-padded -> (B, T, cnn_filters), zero on padding."""
+        _check_inputs(x, mask, self.input_size)
+        keep = mask.unsqueeze(1).to(x.dtype)  # (B, 1, T)
+        h = self.projection(x).transpose(1, 2) * keep  # (B, F, T)
+        for _ in range(self.blocks):
+            for conv in self.block:
+                h = torch.relu(conv(h)) * keep  # (B, F, T)
+            h = self.dropout(h)  # (B, F, T)
+        return h.transpose(1, 2)  # (B, T, F)
+
+
+_FACTORY: dict[HeadType, Callable[[HeadConfig, int], nn.Module]] = {
+    HeadType.BILSTM: lambda cfg, n: BiRNNHead(nn.LSTM, n, cfg),
+    HeadType.BIGRU: lambda cfg, n: BiRNNHead(nn.GRU, n, cfg),
+    HeadType.IDCNN: lambda cfg, n: IDCNNHead(n, cfg),
+    HeadType.NONE: lambda cfg, n: IdentityHead(n),
+}
+
+
+def head_choices() -> list[str]:
+    return [h.value for h in _FACTORY]
+
+
+def build_head(cfg: HeadConfig, input_size: int) -> nn.Module:
+    """Build the head named by ``cfg.type`` for inputs of ``input_size`` features.
+
+    The module's ``forward(x (B, T, input_size), mask (B, T) bool) -> (B, T, output_size)``; the
+    ``output_size`` attribute says the width.
+    """
+    if not isinstance(cfg, HeadConfig):
+        raise ValueError(f"expected a HeadConfig, got {type(cfg).__name__}")
+    if not isinstance(input_size, int) or isinstance(input_size, bool) or input_size <= 0:
+        raise ValueError(f"expected a positive int input_size, got {input_size!r}")
+    raw = cfg.type
+    try:
+        kind = HeadType(raw.value if isinstance(raw, HeadType) else raw)
+    except ValueError:
+        raise ValueError(f"unknown head type {raw!r}; choose one of: {', '.join(head_choices())}") from None
+    if kind not in _FACTORY:
+        raise ValueError(f"unknown head type {raw!r}; choose one of: {', '.join(head_choices())}")
+    return _FACTORY[kind](cfg, input_size)

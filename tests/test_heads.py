@@ -1,0 +1,126 @@
+"""Heads: factory, shapes, padding invariance, IDCNN weight sharing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ner_core.config import HeadConfig, HeadType
+from ner_core.heads import BiRNNHead, IDCNNHead, IdentityHead, build_head, head_choices
+
+H = 12
+
+
+def cfg(kind: str, **kw) -> HeadConfig:
+    base = dict(rnn_units=5, cnn_filters=6, cnn_blocks=3, dropout_rate=0.0)
+    base.update(kw)
+    return HeadConfig(type=kind, **base)
+
+
+def batch(B=4, T=9, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, H, generator=g)
+    lengths = torch.tensor([T, 3, 1, 6][:B])
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+    return x, mask
+
+
+@pytest.mark.parametrize(
+    "kind,cls,out",
+    [("bilstm", BiRNNHead, 10), ("bigru", BiRNNHead, 10), ("idcnn", IDCNNHead, 6), ("none", IdentityHead, H)],
+)
+def test_factory_builds_each_head_with_its_output_size(kind, cls, out):
+    torch.manual_seed(0)
+    head = build_head(cfg(kind), H)
+    assert isinstance(head, cls)
+    assert head.output_size == out
+    x, mask = batch()
+    y = head(x, mask)
+    assert y.shape == (4, 9, out)
+    if kind != "none":
+        assert y[~mask].abs().sum() == 0  # padded positions are zero
+        assert y[mask].abs().sum() > 0
+
+
+def test_rnn_cell_types_and_layers():
+    lstm = build_head(cfg("bilstm", rnn_num_hidden_layers=2), H)
+    gru = build_head(cfg("bigru"), H)
+    assert isinstance(lstm.rnn, torch.nn.LSTM) and lstm.rnn.num_layers == 2 and lstm.rnn.bidirectional
+    assert isinstance(gru.rnn, torch.nn.GRU) and gru.rnn.hidden_size == 5
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "bigru", "idcnn"])
+def test_padded_rows_equal_unpadded_rows(kind):
+    torch.manual_seed(1)
+    head = build_head(cfg(kind, rnn_num_hidden_layers=2, cnn_dilations=[1, 2, 4]), H).eval()
+    x, mask = batch()
+    x = x.masked_fill(~mask.unsqueeze(2), 7.0)  # garbage in the padding must not leak
+    y = head(x, mask)
+    for b in range(4):
+        n = int(mask[b].sum())
+        alone = head(x[b : b + 1, :n], torch.ones(1, n, dtype=torch.bool))
+        torch.testing.assert_close(y[b : b + 1, :n], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_idcnn_shares_one_block_across_iterations():
+    c = cfg("idcnn", cnn_blocks=4, cnn_dilations=[1, 1, 2])
+    head = build_head(c, H)
+    convs = [m for m in head.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [m.dilation[0] for m in convs] == [1, 1, 2]  # one block, not four copies
+    n_params = sum(p.numel() for p in head.parameters())
+    more = build_head(cfg("idcnn", cnn_blocks=8, cnn_dilations=[1, 1, 2]), H)
+    assert sum(p.numel() for p in more.parameters()) == n_params  # more iterations, same weights
+    # but more iterations change the receptive field: output differs
+    torch.manual_seed(3)
+    a = build_head(c, H).eval()
+    torch.manual_seed(3)
+    b = build_head(cfg("idcnn", cnn_blocks=1, cnn_dilations=[1, 1, 2]), H).eval()
+    x, mask = batch()
+    assert not torch.allclose(a(x, mask), b(x, mask))
+
+
+def test_idcnn_receptive_field_grows_with_iterations():
+    torch.manual_seed(0)
+    T = 40
+    x = torch.zeros(1, T, H)
+    mask = torch.ones(1, T, dtype=torch.bool)
+    for blocks, reach in [(1, 4), (2, 8)]:  # dilations 1,1,2 with kernel 3: 1+1+2 = 4 per block
+        head = build_head(cfg("idcnn", cnn_blocks=blocks), H).eval()
+        base = head(x, mask)
+        x2 = x.clone()
+        x2[0, 20] = 5.0
+        changed = (head(x2, mask) - base).abs().sum(-1)[0] > 1e-7  # (T,)
+        idx = changed.nonzero().squeeze(1)
+        assert idx.min().item() >= 20 - reach and idx.max().item() <= 20 + reach
+        assert changed[20 - reach] or changed[20 + reach]
+
+
+def test_identity_head_returns_input():
+    x, mask = batch()
+    head = build_head(cfg("none"), H)
+    assert head(x, mask) is x
+    assert list(head.parameters()) == []
+
+
+def test_unknown_head_and_bad_inputs_raise_clear_errors():
+    bad = HeadConfig.model_construct(**{**HeadConfig().model_dump(), "type": "transformer"})
+    with pytest.raises(ValueError, match=r"unknown head type 'transformer'; choose one of: bilstm, bigru, idcnn, none"):
+        build_head(bad, H)
+    assert head_choices() == [h.value for h in HeadType]
+    with pytest.raises(ValueError, match="expected a positive int input_size, got 0"):
+        build_head(cfg("bilstm"), 0)
+    head = build_head(cfg("idcnn"), H)
+    x, mask = batch()
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, T, 12\), got \(4, 9, 5\)"):
+        head(torch.randn(4, 9, 5), mask)
+    with pytest.raises(ValueError, match=r"expected a bool mask of shape \(4, 9\)"):
+        head(x, mask.long())
+
+
+def test_rnn_handles_empty_rows():
+    head = build_head(cfg("bilstm"), H)
+    x = torch.randn(2, 5, H)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, :3] = True
+    y = head(x, mask)
+    assert y.shape == (2, 5, 10) and y[1].abs().sum() == 0 and y[0, :3].abs().sum() > 0
