@@ -169,7 +169,7 @@ def cmd_predict(args) -> int:
         docs, kind, ref = pipeline.load_prediction_input(args.db, source)
         out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
     else:
-        out = pipeline.predict_flow(args.db, model_dir, source, run_id)
+        out = pipeline.predict_flow(args.db, source, model_dir, run_id)
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
 

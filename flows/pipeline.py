@@ -100,7 +100,15 @@ def evaluate_flow(db_path: str, model_dir: str, dataset: str, split: str = "test
 
 
 @flow(name="predict", flow_run_name="predict")
-def predict_flow(db_path: str, model_dir: str, source: dict, run_id: str | None = None) -> dict:
+def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None) -> dict:
+    """Tag ``source`` with ``model_dir``, or with the production run's model when none is given."""
+    if model_dir is None:
+        from storage.runs import production_run
+
+        prod = production_run(db_path)
+        if prod is None:
+            raise ValueError(f"no model_dir given and no production run in {db_path}: run `ner promote RUN_ID`")
+        model_dir, run_id = prod["model_dir"], prod["run_id"]
     return predict_task(db_path, model_dir, source, run_id)
 
 
@@ -112,5 +120,5 @@ def pipeline_flow(db_path: str, config: NERConfig, train: str, dev: str, test: s
     ingest = ingest_flow(db_path, ds, {"train": train, "dev": dev, "test": test})
     trained = train_flow(db_path, config, runs_root)
     evaluation = evaluate_flow(db_path, trained["model_dir"], ds, "test", trained["run_id"])
-    predicted = predict_flow(db_path, trained["model_dir"], {"files": predict_files}, trained["run_id"])
+    predicted = predict_flow(db_path, {"files": predict_files}, trained["model_dir"], trained["run_id"])
     return {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}

@@ -1,0 +1,46 @@
+"""Test-wide environment: offline Hugging Face, a private Prefect home, no telemetry.
+
+Set before anything imports prefect or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="ner-prefect-")
+os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+SAMPLE = REPO / "sample_corpus"
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> list[str]:
+    import json
+
+    texts = []
+    for split in ("train", "dev", "test"):
+        with open(SAMPLE / f"{split}.jsonl", encoding="utf-8") as fh:
+            texts.extend(json.loads(line)["text"] for line in fh if line.strip())
+    texts.extend(p.read_text(encoding="utf-8") for p in sorted((SAMPLE / "raw").glob("*.txt")))
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
+    """A random-init BERT whose vocabulary covers the sample corpus; built in code, no download."""
+    from ner_core.encoder import make_tiny_encoder
+
+    return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), sample_texts)
