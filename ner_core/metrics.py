@@ -1,0 +1,472 @@
+"""Evaluation metrics: character-, sentence- and entity-level, plus an error breakdown.
+
+Definitions (those of the seed, keras-bert-ner, made explicit):
+
+* **Character accuracy**: correct tags over all non-padding positions, ``O`` included. Tags are in
+  the run's scheme and derived from spans with :func:`ner_core.schemes.spans_to_tags`, so gold and
+  prediction are compared in the same canonical encoding.
+* **Sentence accuracy**: the share of sentences whose every tag is right (a sentence with no
+  characters counts as right).
+* **Entity level**: strict exact-span match: a predicted entity is correct iff a gold entity has the
+  same ``start``, ``end`` and ``label``. Micro P/R/F1 pool all entities; macro P/R/F1 are the
+  unweighted means over the labels that occur in gold *or* prediction (as seqeval does).
+  Conventions: precision with nothing predicted is 0, recall with no gold entity is 0, and F1 is 0
+  when ``p + r == 0``. No warnings are emitted.
+
+The entity figures are computed from span sets; :func:`seqeval_prf` computes the same figures with
+seqeval (strict mode, IOB2 or IOBES) and the tests check that the two agree.
+
+Error kinds (:data:`ERROR_KINDS`), per sentence, after removing exact matches:
+
+* ``boundary``: a gold entity overlapped by a prediction of the same label with other boundaries;
+* ``type``: a gold entity predicted with exactly its span but another label;
+* ``boundary+type``: a gold entity overlapped only by predictions that differ in span and label;
+* ``missed``: a gold entity that no remaining prediction overlaps;
+* ``spurious``: a remaining prediction that overlaps no remaining gold entity.
+
+Each unmatched gold entity gets one kind (the first that applies in the order type, boundary,
+boundary+type), counted under the *gold* label; ``spurious`` is counted under the *predicted* label.
+A prediction spanning two gold entities therefore yields two errors (one per gold entity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from ner_core.documents import Document, Entity
+from ner_core.schemes import Scheme, convert_tags, scheme_spec, spans_to_tags
+
+__all__ = [
+    "ERROR_KINDS",
+    "ErrorCounts",
+    "ErrorSentence",
+    "EvaluationReport",
+    "TypeScores",
+    "char_accuracy",
+    "classify_errors",
+    "entity_prf",
+    "evaluate",
+    "prf",
+    "sentence_accuracy",
+    "seqeval_prf",
+]
+
+ERROR_KINDS: tuple[str, ...] = ("boundary", "type", "boundary+type", "missed", "spurious")
+
+_Span = tuple[int, int, str]
+
+
+class TypeScores(BaseModel):
+    """Strict entity scores of one label. ``support`` = gold count, ``predicted`` = predicted count."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    predicted: int
+    correct: int = Field(0, description="exact matches (true positives)")
+
+
+class ErrorCounts:
+    """Counts of error kinds per label: ``counts[label][kind]``; every kind of a seen label is present."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def add(self, label: str, kind: str, n: int = 1) -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"expected an error kind in {ERROR_KINDS}, got {kind!r}")
+        self.touch(label)
+        self.counts[label][kind] += n
+
+    def touch(self, label: str) -> None:
+        """Make ``label`` appear (with zeros) even if it has no errors."""
+        if label not in self.counts:
+            self.counts[label] = dict.fromkeys(ERROR_KINDS, 0)
+
+    def total(self, kind: str | None = None) -> int:
+        """All errors, or all errors of ``kind``, over labels."""
+        if kind is not None and kind not in ERROR_KINDS:
+            raise ValueError(f"expected an error kind in {ERROR_KINDS}, got {kind!r}")
+        return sum(v for c in self.counts.values() for k, v in c.items() if kind is None or k == kind)
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        return {label: dict(self.counts[label]) for label in sorted(self.counts)}
+
+
+class ErrorSentence(BaseModel):
+    """A sentence with at least one error; ``kinds`` lists its distinct error kinds (ERROR_KINDS order)."""
+
+    doc_id: str
+    text: str
+    gold: list[Entity]
+    pred: list[Entity]
+    kinds: list[str]
+
+
+class EvaluationReport(BaseModel):
+    """Everything one evaluation produces. Entity-level figures are strict and micro unless ``macro_``."""
+
+    scheme: str
+    n_sentences: int
+    n_chars: int
+    char_accuracy: float
+    sentence_accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    macro_precision: float
+    macro_recall: float
+    macro_f1: float
+    n_gold: int = 0
+    n_pred: int = 0
+    n_correct: int = 0
+    per_type: list[TypeScores] = Field(default_factory=list)
+    errors: dict[str, dict[str, int]] = Field(default_factory=dict)
+    error_sentences: list[ErrorSentence] = Field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int]:
+        """Flat numbers: the overall figures, ``"<label>.<metric>"`` per type, ``"errors.<kind>"``."""
+        out: dict[str, float | int] = {
+            "n_sentences": self.n_sentences,
+            "n_chars": self.n_chars,
+            "char_accuracy": self.char_accuracy,
+            "sentence_accuracy": self.sentence_accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "macro_precision": self.macro_precision,
+            "macro_recall": self.macro_recall,
+            "macro_f1": self.macro_f1,
+            "n_gold": self.n_gold,
+            "n_pred": self.n_pred,
+            "n_correct": self.n_correct,
+        }
+        for t in self.per_type:
+            for key in ("precision", "recall", "f1", "support", "predicted", "correct"):
+                out[f"{t.label}.{key}"] = getattr(t, key)
+        for kind in ERROR_KINDS:
+            out[f"errors.{kind}"] = sum(c.get(kind, 0) for c in self.errors.values())
+        return out
+
+    def to_markdown(self, max_error_sentences: int = 20) -> str:
+        """A readable report: overall table, per-type table, error table, first error sentences."""
+        if max_error_sentences < 0:
+            raise ValueError(f"expected max_error_sentences >= 0, got {max_error_sentences}")
+        lines = [
+            f"## Evaluation ({self.n_sentences} sentences, {self.n_chars} characters, scheme {self.scheme})",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| character accuracy | {self.char_accuracy:.4f} |",
+            f"| sentence accuracy | {self.sentence_accuracy:.4f} |",
+            f"| entity precision (micro, strict) | {self.precision:.4f} |",
+            f"| entity recall (micro, strict) | {self.recall:.4f} |",
+            f"| entity F1 (micro, strict) | {self.f1:.4f} |",
+            f"| entity precision (macro) | {self.macro_precision:.4f} |",
+            f"| entity recall (macro) | {self.macro_recall:.4f} |",
+            f"| entity F1 (macro) | {self.macro_f1:.4f} |",
+            f"| gold / predicted / correct entities | {self.n_gold} / {self.n_pred} / {self.n_correct} |",
+            "",
+            "### Per type",
+            "",
+            "| type | precision | recall | F1 | support | predicted | correct |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in self.per_type:
+            lines.append(
+                f"| {t.label} | {t.precision:.4f} | {t.recall:.4f} | {t.f1:.4f} | {t.support} | "
+                f"{t.predicted} | {t.correct} |"
+            )
+        lines += ["", "### Errors", "", "| type | " + " | ".join(ERROR_KINDS) + " |",
+                  "|---|" + "---|" * len(ERROR_KINDS)]
+        for label in sorted(self.errors):
+            lines.append(f"| {label} | " + " | ".join(str(self.errors[label].get(k, 0)) for k in ERROR_KINDS)
+                         + " |")
+        shown = self.error_sentences[:max_error_sentences]
+        lines += ["", f"### Sentences with errors ({len(shown)} of {len(self.error_sentences)} shown)", ""]
+        for s in shown:
+            lines.append(f"- `{s.doc_id}` ({', '.join(s.kinds)}): {s.text}")
+            lines.append(f"  - gold: {_mentions(s.text, s.gold)}")
+            lines.append(f"  - pred: {_mentions(s.text, s.pred)}")
+        return "\n".join(lines) + "\n"
+
+
+def _mentions(text: str, entities: Sequence[Entity]) -> str:
+    if not entities:
+        return "(none)"
+    return ", ".join(f"「{e.mention(text)}」{e.label} [{e.start}, {e.end})" for e in entities)
+
+
+# ----------------------------------------------------------------------------------------------
+# Character and sentence level
+# ----------------------------------------------------------------------------------------------
+def _check_tag_pairs(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> None:
+    if isinstance(gold_tags, str) or isinstance(pred_tags, str):
+        raise ValueError("expected sequences of tag sequences, got a string")
+    if len(gold_tags) != len(pred_tags):
+        raise ValueError(
+            f"expected as many predicted as gold sentences, "
+            f"got {len(pred_tags)} predicted and {len(gold_tags)} gold"
+        )
+    for i, (g, p) in enumerate(zip(gold_tags, pred_tags)):
+        if isinstance(g, str) or isinstance(p, str):
+            raise ValueError(f"sentence {i}: expected a sequence of tags, got a string")
+        if len(g) != len(p):
+            raise ValueError(
+                f"sentence {i}: expected {len(g)} predicted tags (one per gold tag), got {len(p)}"
+            )
+
+
+def char_accuracy(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> float:
+    """Correct tags over all (non-padding) positions, ``O`` included.
+
+    ``gold_tags[i]`` and ``pred_tags[i]`` are the unpadded tags of sentence ``i`` and must have the same
+    length. Returns 0.0 when there is no position at all.
+    """
+    _check_tag_pairs(gold_tags, pred_tags)
+    total = sum(len(g) for g in gold_tags)
+    correct = sum(1 for g, p in zip(gold_tags, pred_tags) for a, b in zip(g, p) if a == b)
+    return correct / total if total else 0.0
+
+
+def sentence_accuracy(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> float:
+    """Share of sentences whose every tag is right; 0.0 for no sentences."""
+    _check_tag_pairs(gold_tags, pred_tags)
+    if not gold_tags:
+        return 0.0
+    return sum(1 for g, p in zip(gold_tags, pred_tags) if list(g) == list(p)) / len(gold_tags)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entity level
+# ----------------------------------------------------------------------------------------------
+def prf(correct: int, predicted: int, gold: int) -> tuple[float, float, float]:
+    """Precision, recall, F1 from counts; 0 for an empty denominator (no warning)."""
+    if min(correct, predicted, gold) < 0 or correct > min(predicted, gold):
+        raise ValueError(
+            f"expected 0 <= correct <= min(predicted, gold), got correct={correct}, "
+            f"predicted={predicted}, gold={gold}"
+        )
+    p = correct / predicted if predicted else 0.0
+    r = correct / gold if gold else 0.0
+    f = 2 * p * r / (p + r) if p + r > 0 else 0.0
+    return p, r, f
+
+
+def _span_set(entities: Sequence[Entity], where: str) -> set[_Span]:
+    if isinstance(entities, (str, Entity)):
+        raise ValueError(f"{where}: expected a sequence of Entity, got {type(entities).__name__}")
+    out: set[_Span] = set()
+    for e in entities:
+        if not isinstance(e, Entity):
+            raise ValueError(f"{where}: expected Entity objects, got {type(e).__name__} {e!r}")
+        out.add((e.start, e.end, e.label))
+    return out
+
+
+def entity_prf(
+    gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity]]
+) -> tuple[float, float, float, dict[str, TypeScores]]:
+    """Strict exact-span entity scores: ``(micro_p, micro_r, micro_f1, {label: TypeScores})``.
+
+    ``gold[i]`` and ``pred[i]`` are the entities of sentence ``i``; duplicates within a sentence count
+    once. Labels in the dict are those of gold or prediction, sorted.
+    """
+    if len(gold) != len(pred):
+        raise ValueError(f"expected as many predicted as gold sentences, got {len(pred)} and {len(gold)}")
+    n_gold: dict[str, int] = {}
+    n_pred: dict[str, int] = {}
+    n_ok: dict[str, int] = {}
+    for i, (g, p) in enumerate(zip(gold, pred)):
+        gs, ps = _span_set(g, f"gold sentence {i}"), _span_set(p, f"predicted sentence {i}")
+        for s in gs:
+            n_gold[s[2]] = n_gold.get(s[2], 0) + 1
+        for s in ps:
+            n_pred[s[2]] = n_pred.get(s[2], 0) + 1
+        for s in gs & ps:
+            n_ok[s[2]] = n_ok.get(s[2], 0) + 1
+    per_type: dict[str, TypeScores] = {}
+    for label in sorted(set(n_gold) | set(n_pred)):
+        c, np_, ng = n_ok.get(label, 0), n_pred.get(label, 0), n_gold.get(label, 0)
+        p, r, f = prf(c, np_, ng)
+        per_type[label] = TypeScores(
+            label=label, precision=p, recall=r, f1=f, support=ng, predicted=np_, correct=c
+        )
+    p, r, f = prf(sum(n_ok.values()), sum(n_pred.values()), sum(n_gold.values()))
+    return p, r, f, per_type
+
+
+def _macro(per_type: dict[str, TypeScores]) -> tuple[float, float, float]:
+    if not per_type:
+        return 0.0, 0.0, 0.0
+    n = len(per_type)
+    return (
+        sum(t.precision for t in per_type.values()) / n,
+        sum(t.recall for t in per_type.values()) / n,
+        sum(t.f1 for t in per_type.values()) / n,
+    )
+
+
+def seqeval_prf(
+    gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]], scheme: Scheme | str
+) -> tuple[float, float, float, dict[str, dict[str, float]]]:
+    """The same strict entity scores computed by seqeval (the cross-check).
+
+    Tags in BIO/BIOES go to seqeval as they are (``mode="strict"``, scheme IOB2/IOBES); BMES and IOB1
+    are first converted to BIOES/BIO with :func:`ner_core.schemes.convert_tags` (seqeval knows neither).
+    Strict seqeval drops ill-formed entities, so figures equal :func:`entity_prf`'s for canonical tags.
+    Returns ``(micro_p, micro_r, micro_f1, {label: {"precision", "recall", "f1", "support"}})`` plus
+    the key ``"macro avg"`` in the dict. Zero divisions give 0 without warnings.
+    """
+    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
+    from seqeval.scheme import IOB2, IOBES
+
+    _check_tag_pairs(gold_tags, pred_tags)
+    sch = scheme_spec(scheme).scheme  # ValueError listing the schemes for an unknown name
+    if sch in (Scheme.BMES, Scheme.IOB1):
+        dst = Scheme.BIOES if sch == Scheme.BMES else Scheme.BIO
+        gold_tags = [convert_tags(t, sch, dst) for t in gold_tags]
+        pred_tags = [convert_tags(t, sch, dst) for t in pred_tags]
+        sch = dst
+    seq_scheme = IOBES if sch == Scheme.BIOES else IOB2
+    y_true = [list(t) for t in gold_tags]
+    y_pred = [list(t) for t in pred_tags]
+    kw = dict(mode="strict", scheme=seq_scheme, zero_division=0)
+    p = float(precision_score(y_true, y_pred, **kw))
+    r = float(recall_score(y_true, y_pred, **kw))
+    f = float(f1_score(y_true, y_pred, **kw))
+    per: dict[str, dict[str, float]] = {}
+    has_entities = any(t != "O" for s in y_true + y_pred for t in s)
+    if has_entities:
+        report = classification_report(y_true, y_pred, output_dict=True, **kw)
+        for key, vals in report.items():
+            if key in ("micro avg", "weighted avg"):
+                continue
+            per[key] = {
+                "precision": float(vals["precision"]),
+                "recall": float(vals["recall"]),
+                "f1": float(vals["f1-score"]),
+                "support": float(vals["support"]),
+            }
+    return p, r, f, per
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------
+def _overlap(a: _Span, b: _Span) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def classify_errors(gold: Sequence[Entity], pred: Sequence[Entity]) -> list[tuple[str, str]]:
+    """The errors of one sentence as ``(label, kind)`` pairs (see the module docstring for the rules).
+
+    Exact matches are not errors; an empty list means the sentence's entities are all right.
+    """
+    gs, ps = _span_set(gold, "gold"), _span_set(pred, "predicted")
+    ok = gs & ps
+    g_rem = sorted(gs - ok)
+    p_rem = sorted(ps - ok)
+    out: list[tuple[str, str]] = []
+    for g in g_rem:
+        hits = [p for p in p_rem if _overlap(g, p)]
+        if not hits:
+            out.append((g[2], "missed"))
+        elif any(p[:2] == g[:2] for p in hits):
+            out.append((g[2], "type"))
+        elif any(p[2] == g[2] for p in hits):
+            out.append((g[2], "boundary"))
+        else:
+            out.append((g[2], "boundary+type"))
+    for p in p_rem:
+        if not any(_overlap(g, p) for g in g_rem):
+            out.append((p[2], "spurious"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything together
+# ----------------------------------------------------------------------------------------------
+def evaluate(
+    gold: Sequence[Document],
+    pred: Sequence[Sequence[Entity]],
+    scheme: Scheme | str = "BIOES",
+    *,
+    max_error_sentences: int | None = None,
+) -> EvaluationReport:
+    """Evaluate predicted entities against gold documents.
+
+    ``pred[i]`` are the predicted entities of ``gold[i]`` (half-open spans over ``gold[i].text``; they
+    must lie inside the text and not overlap). Tags for the character/sentence accuracies are derived
+    in ``scheme``. ``max_error_sentences`` caps the sentences kept in ``error_sentences`` (None: all).
+    """
+    if isinstance(gold, (str, Document)) or isinstance(pred, (str, Entity)):
+        raise ValueError("expected a sequence of Documents and a sequence of entity lists")
+    if len(gold) == 0:
+        raise ValueError("expected at least one gold document, got none")
+    if len(gold) != len(pred):
+        raise ValueError(
+            f"expected one prediction list per gold document, "
+            f"got {len(pred)} predictions for {len(gold)} documents"
+        )
+    if max_error_sentences is not None and max_error_sentences < 0:
+        raise ValueError(f"expected max_error_sentences >= 0 or None, got {max_error_sentences}")
+    sch = scheme_spec(scheme).scheme  # ValueError listing the schemes for an unknown name
+
+    gold_tags: list[list[str]] = []
+    pred_tags: list[list[str]] = []
+    gold_ents: list[list[Entity]] = []
+    pred_ents: list[list[Entity]] = []
+    errors = ErrorCounts()
+    error_sentences: list[ErrorSentence] = []
+    for i, (doc, p) in enumerate(zip(gold, pred)):
+        if not isinstance(doc, Document):
+            raise ValueError(f"gold[{i}]: expected a Document, got {type(doc).__name__}")
+        if isinstance(p, (str, Entity)):
+            raise ValueError(f"pred[{i}]: expected a sequence of Entity, got {type(p).__name__}")
+        p = list(p)
+        n = len(doc.text)
+        try:
+            gold_tags.append(spans_to_tags(n, doc.entities, sch))
+        except ValueError as err:
+            raise ValueError(f"gold document {doc.doc_id!r}: {err}") from None
+        try:
+            pred_tags.append(spans_to_tags(n, p, sch))
+        except ValueError as err:
+            raise ValueError(f"prediction for document {doc.doc_id!r}: {err}") from None
+        gold_ents.append(list(doc.entities))
+        pred_ents.append(p)
+        for e in [*doc.entities, *p]:
+            errors.touch(e.label)
+        errs = classify_errors(doc.entities, p)
+        for label, kind in errs:
+            errors.add(label, kind)
+        if errs and (max_error_sentences is None or len(error_sentences) < max_error_sentences):
+            kinds = {k for _, k in errs}
+            error_sentences.append(ErrorSentence(
+                doc_id=doc.doc_id, text=doc.text,
+                gold=doc.sorted_entities(), pred=sorted(p, key=lambda e: (e.start, e.end, e.label)),
+                kinds=[k for k in ERROR_KINDS if k in kinds],
+            ))
+
+    p_, r_, f_, per_type = entity_prf(gold_ents, pred_ents)
+    mp, mr, mf = _macro(per_type)
+    return EvaluationReport(
+        scheme=sch.value,
+        n_sentences=len(gold),
+        n_chars=sum(len(t) for t in gold_tags),
+        char_accuracy=char_accuracy(gold_tags, pred_tags),
+        sentence_accuracy=sentence_accuracy(gold_tags, pred_tags),
+        precision=p_, recall=r_, f1=f_,
+        macro_precision=mp, macro_recall=mr, macro_f1=mf,
+        n_gold=sum(t.support for t in per_type.values()),
+        n_pred=sum(t.predicted for t in per_type.values()),
+        n_correct=sum(t.correct for t in per_type.values()),
+        per_type=list(per_type.values()),
+        errors=errors.as_dict(),
+        error_sentences=error_sentences,
+    )
