@@ -72,7 +72,9 @@ PLACES = (
 ).split()
 PLACE_SUFFIXED = ["浙江省杭州市", "广东省深圳市", "四川省成都市", "江苏省苏州市", "湖北省武汉市"]
 
-FIN_CORES = "金盈 聚财 安鑫 稳利 薪享 鑫益 恒信 乐存 惠民 招财 如意 多多 满盈 月月 添利 盛世 锦绣 悦享".split()
+FIN_CORES = (
+    "金盈 聚财 安鑫 稳利 薪享 鑫益 恒信 乐存 惠民 招财 如意 多多 满盈 月月 添利 盛世 锦绣 悦享"
+).split()
 FIN_SUFFIXES = (
     "宝 贷 理财 钱包 花 通 盈 成长混合基金 稳健债券基金 指数基金 定投计划 理财计划 1号 30天理财"
 ).split()
@@ -154,6 +156,7 @@ NO_ENTITY_TEMPLATES = [
 NO_ENTITY_RATE = 0.08
 
 SLOT_RE = re.compile(r"\{([A-Z]+)\}")
+Pools = dict[str, tuple[list[str], list[str]]]  # label -> (names usable in train, held-out names)
 
 
 def _fill(slot: str, rng: random.Random) -> str:
@@ -175,14 +178,14 @@ def _fill(slot: str, rng: random.Random) -> str:
     raise ValueError(f"unknown template slot {{{slot}}}; expected one of {LABELS} or Y M D Q N P A")
 
 
-def build_pools(rng: random.Random) -> dict[str, tuple[list[str], list[str]]]:
+def build_pools(rng: random.Random) -> Pools:
     """Return ``{label: (seen, held_out)}`` name pools; held-out names never appear in train."""
     people = [s + g for s in SURNAMES for g in GIVEN_NAMES]
     people += FOREIGN_NAMES
     orgs = [c + s for c in ORG_CORES for s in ORG_SUFFIXES] + ORG_EXTRA
     places = PLACES + PLACE_SUFFIXED
     products = [c + s for c in FIN_CORES for s in FIN_SUFFIXES] + FIN_EXTRA
-    pools: dict[str, tuple[list[str], list[str]]] = {}
+    pools: Pools = {}
     for label, names in (("PER", people), ("ORG", orgs), ("LOC", places), ("FIN", products)):
         names = sorted(set(names))
         rng.shuffle(names)
@@ -192,7 +195,7 @@ def build_pools(rng: random.Random) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def render(
-    template: str, rng: random.Random, pools: dict[str, tuple[list[str], list[str]]], unseen_rate: float
+    template: str, rng: random.Random, pools: Pools, unseen_rate: float
 ) -> tuple[str, list[dict]]:
     """Fill one template; return the text and its entities with half-open offsets."""
     parts: list[str] = []
@@ -219,9 +222,7 @@ def render(
     return "".join(parts), entities
 
 
-def make_sentence(
-    rng: random.Random, pools: dict[str, tuple[list[str], list[str]]], unseen_rate: float
-) -> dict:
+def make_sentence(rng: random.Random, pools: Pools, unseen_rate: float) -> dict:
     if rng.random() < NO_ENTITY_RATE:
         text, ents = render(rng.choice(NO_ENTITY_TEMPLATES), rng, pools, unseen_rate)
         return {"text": text, "entities": ents}
@@ -234,7 +235,7 @@ def make_sentence(
     return {"text": text, "entities": ents}
 
 
-def make_split(n: int, seed: int, pools: dict[str, tuple[list[str], list[str]]], unseen_rate: float) -> list[dict]:
+def make_split(n: int, seed: int, pools: Pools, unseen_rate: float) -> list[dict]:
     rng = random.Random(seed)
     return [make_sentence(rng, pools, unseen_rate) for _ in range(n)]
 
@@ -242,11 +243,11 @@ def make_split(n: int, seed: int, pools: dict[str, tuple[list[str], list[str]]],
 # --------------------------------------------------------------------------------------------
 # Raw, unlabelled texts for prediction
 # --------------------------------------------------------------------------------------------
-def _paragraph(rng: random.Random, pools, templates: list[str], n: int) -> str:
+def _paragraph(rng: random.Random, pools: Pools, templates: list[str], n: int) -> str:
     return "".join(render(rng.choice(templates), rng, pools, 0.5)[0] for _ in range(n))
 
 
-def make_raw(seed: int, pools) -> dict[str, str]:
+def make_raw(seed: int, pools: Pools) -> dict[str, str]:
     rng = random.Random(seed)
     finance = TEMPLATES[:20]
     news = TEMPLATES[20:31]
@@ -333,8 +334,8 @@ def make_readme(splits: dict[str, list[dict]], raw: dict[str, str], seed: int) -
             "```",
             "",
             "The generator is deterministic: the same seed gives the same bytes. Dev and test draw part",
-            f"of their names ({UNSEEN_RATE:.0%} of entity slots) from pools held out of train, so they contain",
-            "mentions never seen in training (column `unseen`).",
+            f"of their names ({UNSEEN_RATE:.0%} of entity slots) from pools held out of train, so they",
+            "contain mentions never seen in training (column `unseen`).",
             "",
             "## Format",
             "",
@@ -360,7 +361,9 @@ def make_readme(splits: dict[str, list[dict]], raw: dict[str, str], seed: int) -
     )
 
 
-def write_corpus(out: Path, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None) -> dict[str, list[dict]]:
+def write_corpus(
+    out: Path, seed: int = DEFAULT_SEED, sizes: dict[str, int] | None = None
+) -> dict[str, list[dict]]:
     """Generate the corpus into ``out``; return the splits."""
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     if set(sizes) != set(DEFAULT_SIZES) or any(n < 1 for n in sizes.values()):

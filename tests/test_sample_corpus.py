@@ -70,7 +70,9 @@ def test_average_length_and_mixed_scripts(splits):
     assert any(re.search(r"[A-Za-z]", t) for t in texts)
     assert any(re.search(r"[0-9]", t) for t in texts)
     # Latin letters inside entity mentions too (e.g. ABC资本, e路贷)
-    mentions = [d["text"][e["start"] : e["end"]] for docs in splits.values() for d in docs for e in d["entities"]]
+    mentions = [
+        d["text"][e["start"] : e["end"]] for docs in splits.values() for d in docs for e in d["entities"]
+    ]
     assert any(re.search(r"[A-Za-z]", m) for m in mentions)
 
 
