@@ -1,0 +1,142 @@
+"""DuckDB connections: migrations on open, bounded retry on the single-writer lock.
+
+DuckDB allows one process to write a database file, or several to read it. A second writer (or a reader
+while a writer holds the file) gets an IO error whose text names the holder's PID; :func:`connect` retries
+for ``wait_s`` seconds and then raises :class:`DatabaseLockedError` naming that process. Open short-lived
+connections (:func:`open_db`) and close them promptly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from storage.schema import MIGRATIONS, check_migrations
+
+_LOCK_RE = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
+_RETRY_SLEEP_S = 0.1
+
+
+class DatabaseLockedError(RuntimeError):
+    """Another process holds the database; ``pid`` and ``command`` name it when DuckDB said so."""
+
+    def __init__(self, path: str | Path, pid: int | None, command: str | None, waited_s: float, detail: str):
+        self.path = str(path)
+        self.pid = pid
+        self.command = command
+        holder = f"PID {pid} ({command})" if pid is not None else f"another process ({detail})"
+        super().__init__(
+            f"database {self.path} is locked by {holder}; waited {waited_s:.1f} s. DuckDB allows one writing "
+            f"process or several readers: close the other process (dashboard, flow, notebook) or retry later."
+        )
+
+
+def _holder(message: str) -> tuple[int | None, str | None]:
+    m = _LOCK_RE.search(message)
+    if not m:
+        return None, None
+    pid = int(m.group("pid"))
+    cmd = m.group("cmd")
+    try:  # the full command line is more telling than the interpreter path
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        full = " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p)
+        if full:
+            cmd = full if len(full) <= 200 else full[:197] + "..."
+    except OSError:
+        pass
+    return pid, cmd
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc)
+    return "Could not set lock" in text or "Conflicting lock" in text
+
+
+def current_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Highest applied migration (0 for a fresh file without ``schema_version``)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    return int(con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str, str]] | None = None) -> list[int]:
+    """Apply pending migrations, one transaction each; return the versions applied."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    check_migrations(migrations)
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
+        "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+    )
+    have = current_version(con)
+    if have > migrations[-1][0]:
+        raise RuntimeError(
+            f"database schema is version {have}, newer than this code's {migrations[-1][0]}: update the code"
+        )
+    applied = []
+    for version, description, sql in migrations:
+        if version <= have:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version (version, description) VALUES (?, ?)", [version, description])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(version)
+    return applied
+
+
+def connect(path: str | Path, read_only: bool = False, *, wait_s: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """Open ``path``; writers get pending migrations applied.
+
+    Retries on DuckDB's lock error for up to ``wait_s`` seconds, then raises :class:`DatabaseLockedError`.
+    ``read_only`` on a missing file raises ``FileNotFoundError``.
+    """
+    if wait_s < 0:
+        raise ValueError(f"wait_s must be >= 0 seconds, got {wait_s}")
+    p = Path(path)
+    if str(path) != ":memory:":
+        if read_only and not p.exists():
+            raise FileNotFoundError(f"database {p} does not exist (opened read-only; ingest a dataset first)")
+        if not read_only:
+            p.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc):
+                raise
+            waited = time.monotonic() - t0
+            if waited >= wait_s:
+                pid, cmd = _holder(str(exc))
+                raise DatabaseLockedError(p, pid, cmd, waited, str(exc)) from None
+            time.sleep(min(_RETRY_SLEEP_S, max(0.0, wait_s - waited)))
+    if not read_only:
+        try:
+            migrate(con)
+        except Exception:
+            con.close()
+            raise
+    return con
+
+
+@contextmanager
+def open_db(path: str | Path, read_only: bool = False, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``with open_db(path) as con:`` — a short-lived connection, closed on exit."""
+    con = connect(path, read_only=read_only, wait_s=wait_s)
+    try:
+        yield con
+    finally:
+        con.close()

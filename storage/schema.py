@@ -1,0 +1,259 @@
+"""The DuckDB schema as an append-only list of migrations.
+
+Each entry of :data:`MIGRATIONS` is ``(version, description, sql)``. :func:`storage.db.connect` applies the
+pending ones in order, each in its own transaction, and records it in ``schema_version``. Never edit or
+reorder a migration that has shipped: append a new one (other modules add runs, epochs, evaluations and
+predictions tables this way). ``SCHEMA_VERSION`` is always the last entry's version.
+
+Spans are half-open ``[start, "end")`` character offsets (``"end"`` is quoted: it is an SQL keyword).
+"""
+
+from __future__ import annotations
+
+_V1_DATASETS = """
+CREATE TABLE datasets (
+    name          VARCHAR   NOT NULL,
+    version       INTEGER   NOT NULL,
+    created_at    TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    format        VARCHAR   NOT NULL,          -- reader used (or 'mixed' when files differ)
+    scheme        VARCHAR,                     -- tag scheme of the input files, NULL for span formats
+    policy        VARCHAR   NOT NULL,          -- 'strict' | 'repair'
+    untyped_label VARCHAR   NOT NULL,
+    labels        VARCHAR[] NOT NULL,          -- entity labels, sorted, fixed at ingest
+    n_documents   BIGINT    NOT NULL,
+    n_entities    BIGINT    NOT NULL,
+    n_characters  BIGINT    NOT NULL,
+    n_errors      BIGINT    NOT NULL,          -- records rejected
+    n_warnings    BIGINT    NOT NULL,
+    fingerprint   VARCHAR   NOT NULL,          -- sha256 over file hashes + options: re-ingest detection
+    options       JSON,                        -- split_ratios, seed, tag_column ...
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE dataset_files (
+    dataset     VARCHAR NOT NULL,
+    version     INTEGER NOT NULL,
+    split       VARCHAR,                       -- NULL when the file was split by ratios
+    path        VARCHAR NOT NULL,
+    format      VARCHAR NOT NULL,
+    sha256      VARCHAR NOT NULL,
+    size_bytes  BIGINT  NOT NULL,
+    n_documents BIGINT  NOT NULL,
+    PRIMARY KEY (dataset, version, path)
+);
+
+CREATE TABLE dataset_splits (
+    dataset      VARCHAR NOT NULL,
+    version      INTEGER NOT NULL,
+    split        VARCHAR NOT NULL,
+    n_documents  BIGINT  NOT NULL,
+    n_entities   BIGINT  NOT NULL,
+    n_characters BIGINT  NOT NULL,
+    PRIMARY KEY (dataset, version, split)
+);
+
+CREATE TABLE documents (
+    dataset   VARCHAR NOT NULL,
+    version   INTEGER NOT NULL,
+    split     VARCHAR NOT NULL,
+    doc_id    VARCHAR NOT NULL,
+    ord       BIGINT  NOT NULL,                -- order within (dataset, version): input order
+    text      VARCHAR NOT NULL,
+    text_sha1 VARCHAR NOT NULL,
+    source    VARCHAR,
+    line      BIGINT,
+    PRIMARY KEY (dataset, version, doc_id)
+);
+
+CREATE TABLE gold_entities (
+    dataset VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    doc_id  VARCHAR NOT NULL,
+    start   INTEGER NOT NULL,
+    "end"   INTEGER NOT NULL,
+    label   VARCHAR NOT NULL,
+    text    VARCHAR NOT NULL,                  -- the mention, text[start:end]
+    CHECK ("end" > start AND start >= 0)
+);
+
+CREATE TABLE ingest_problems (
+    dataset  VARCHAR NOT NULL,
+    version  INTEGER NOT NULL,
+    file     VARCHAR NOT NULL,
+    line     BIGINT,
+    record   BIGINT,
+    code     VARCHAR NOT NULL,
+    severity VARCHAR NOT NULL CHECK (severity IN ('error', 'warning')),
+    message  VARCHAR NOT NULL
+);
+
+CREATE VIEW v_gold_entities AS
+SELECT e.dataset, e.version, d.split, e.doc_id, e.start, e."end", e.label, e.text AS mention,
+       d.text AS document_text, d.source, d.line
+FROM gold_entities e
+JOIN documents d USING (dataset, version, doc_id);
+
+CREATE VIEW v_label_counts AS
+SELECT d.dataset, d.version, d.split, e.label, count(*) AS n_entities,
+       count(DISTINCT e.doc_id) AS n_documents
+FROM gold_entities e
+JOIN documents d USING (dataset, version, doc_id)
+GROUP BY ALL;
+
+CREATE VIEW v_latest_datasets AS
+SELECT * FROM datasets
+QUALIFY version = max(version) OVER (PARTITION BY name);
+
+CREATE VIEW v_problem_counts AS
+SELECT dataset, version, file, code, severity, count(*) AS n
+FROM ingest_problems
+GROUP BY ALL;
+"""
+
+_V2_RUNS = """
+CREATE TABLE runs (
+    run_id VARCHAR PRIMARY KEY,
+    dataset VARCHAR NOT NULL,
+    dataset_version INTEGER,
+    encoder VARCHAR NOT NULL,
+    head VARCHAR NOT NULL,
+    scheme VARCHAR NOT NULL,
+    config JSON NOT NULL,
+    status VARCHAR NOT NULL,            -- running | completed | failed
+    run_dir VARCHAR NOT NULL,
+    model_dir VARCHAR,
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    seconds DOUBLE,
+    best_epoch INTEGER,
+    best_dev_f1 DOUBLE,
+    stopped_reason VARCHAR,
+    error VARCHAR,
+    is_production BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE epochs (
+    run_id VARCHAR NOT NULL,
+    epoch INTEGER NOT NULL,
+    train_loss DOUBLE,
+    dev_f1 DOUBLE,
+    dev_precision DOUBLE,
+    dev_recall DOUBLE,
+    dev_char_accuracy DOUBLE,
+    dev_sentence_accuracy DOUBLE,
+    learning_rate DOUBLE,
+    seconds DOUBLE,
+    sentences_per_second DOUBLE,
+    chars_per_second DOUBLE,
+    is_best BOOLEAN,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE evaluations (
+    eval_id VARCHAR PRIMARY KEY,
+    run_id VARCHAR,
+    model_dir VARCHAR NOT NULL,
+    dataset VARCHAR NOT NULL,
+    dataset_version INTEGER,
+    split VARCHAR,
+    created_at TIMESTAMP NOT NULL,
+    scheme VARCHAR,
+    n_sentences INTEGER,
+    n_chars BIGINT,
+    char_accuracy DOUBLE,
+    sentence_accuracy DOUBLE,
+    "precision" DOUBLE,
+    recall DOUBLE,
+    f1 DOUBLE,
+    macro_precision DOUBLE,
+    macro_recall DOUBLE,
+    macro_f1 DOUBLE,
+    report JSON
+);
+CREATE TABLE evaluation_types (
+    eval_id VARCHAR NOT NULL,
+    label VARCHAR NOT NULL,
+    "precision" DOUBLE,
+    recall DOUBLE,
+    f1 DOUBLE,
+    support INTEGER,
+    predicted INTEGER,
+    PRIMARY KEY (eval_id, label)
+);
+CREATE TABLE evaluation_errors (
+    eval_id VARCHAR NOT NULL,
+    label VARCHAR NOT NULL,
+    kind VARCHAR NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (eval_id, label, kind)
+);
+CREATE TABLE prediction_runs (
+    pred_run_id VARCHAR PRIMARY KEY,
+    model_dir VARCHAR NOT NULL,
+    run_id VARCHAR,
+    input_kind VARCHAR NOT NULL,        -- file | dataset | sql | texts
+    input_ref VARCHAR NOT NULL,
+    config JSON,
+    status VARCHAR NOT NULL,            -- running | completed | failed
+    started_at TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    seconds DOUBLE,
+    n_documents INTEGER,
+    n_chars BIGINT,
+    n_entities INTEGER
+);
+CREATE TABLE predicted_documents (
+    pred_run_id VARCHAR NOT NULL,
+    doc_id VARCHAR NOT NULL,
+    text VARCHAR NOT NULL,
+    n_entities INTEGER NOT NULL,
+    PRIMARY KEY (pred_run_id, doc_id)
+);
+CREATE TABLE predicted_entities (
+    pred_run_id VARCHAR NOT NULL,
+    doc_id VARCHAR NOT NULL,
+    "start" INTEGER NOT NULL,
+    "end" INTEGER NOT NULL,
+    label VARCHAR NOT NULL,
+    text VARCHAR NOT NULL,
+    confidence DOUBLE
+);
+CREATE VIEW v_predicted_label_counts AS
+    SELECT pred_run_id, label, count(*) AS n_entities, count(DISTINCT text) AS n_distinct
+    FROM predicted_entities GROUP BY pred_run_id, label;
+CREATE VIEW v_top_predicted_entities AS
+    SELECT pred_run_id, label, text, count(*) AS n, count(DISTINCT doc_id) AS n_documents,
+           avg(confidence) AS mean_confidence
+    FROM predicted_entities GROUP BY pred_run_id, label, text;
+CREATE VIEW v_predicted_entities_in_context AS
+    SELECT e.pred_run_id, e.doc_id, e."start", e."end", e.label, e.text, e.confidence,
+           substr(d.text, greatest(1, e."start" + 1 - 20), least(e."start", 20)) AS left_context,
+           substr(d.text, e."end" + 1, 20) AS right_context
+    FROM predicted_entities e JOIN predicted_documents d USING (pred_run_id, doc_id);
+CREATE VIEW v_run_summary AS
+    SELECT r.run_id, r.dataset, r.encoder, r.head, r.scheme, r.status, r.started_at, r.seconds,
+           r.best_epoch, r.best_dev_f1, r.is_production, r.model_dir,
+           (SELECT count(*) FROM epochs e WHERE e.run_id = r.run_id) AS n_epochs
+    FROM runs r;
+"""
+
+# (version, description, SQL). APPEND ONLY.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "datasets, dataset_files, dataset_splits, documents, gold_entities, ingest_problems + views",
+     _V1_DATASETS),
+    (2, "runs, epochs, evaluations (+ per type, error counts), prediction runs, predicted documents and "
+        "entities + views", _V2_RUNS),
+]
+
+SCHEMA_VERSION: int = MIGRATIONS[-1][0]
+
+
+def check_migrations(migrations: list[tuple[int, str, str]] | None = None) -> None:
+    """Raise ``ValueError`` unless versions are 1, 2, 3, ... in order with non-empty SQL."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    for i, entry in enumerate(migrations, start=1):
+        if not (isinstance(entry, tuple) and len(entry) == 3):
+            raise ValueError(f"migration #{i}: expected (version, description, sql), got {entry!r}")
+        version, _desc, sql = entry
+        if version != i:
+            raise ValueError(f"migration #{i}: expected version {i} (append-only, consecutive), got {version}")
+        if not sql.strip():
+            raise ValueError(f"migration {version}: SQL is empty")
