@@ -189,7 +189,8 @@ class EvaluationReport(BaseModel):
         shown = self.error_sentences[:max_error_sentences]
         lines += ["", f"### Sentences with errors ({len(shown)} of {len(self.error_sentences)} shown)", ""]
         for s in shown:
-            lines.append(f"- `{s.doc_id}` ({', '.join(s.kinds)}): {s.text}")
+            one_line = s.text.replace("\r", " ").replace("\n", " ")  # same length: offsets still hold
+            lines.append(f"- `{s.doc_id}` ({', '.join(s.kinds)}): {one_line}")
             lines.append(f"  - gold: {_mentions(s.text, s.gold)}")
             lines.append(f"  - pred: {_mentions(s.text, s.pred)}")
         return "\n".join(lines) + "\n"

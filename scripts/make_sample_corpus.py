@@ -174,7 +174,9 @@ def _fill(slot: str, rng: random.Random) -> str:
     if slot == "P":
         return f"{rng.randint(0, 9)}.{rng.randint(0, 99):02d}"
     if slot == "A":
-        return f"{rng.randint(1, 999)}{rng.choice(['万', '亿', '.5亿', '千万'])}"
+        if rng.random() < 0.3:
+            return f"{rng.randint(1, 99)}.{rng.randint(1, 9)}亿"
+        return f"{rng.randint(1, 999)}{rng.choice(['万', '亿'])}"
     raise ValueError(f"unknown template slot {{{slot}}}; expected one of {LABELS} or Y M D Q N P A")
 
 
