@@ -346,3 +346,10 @@ def test_evaluate_on_sample_corpus_test_split():
     assert per["FIN"].recall == 0.0 and per["PER"].f1 == 1.0
     assert no_fin.errors["FIN"]["missed"] == per["FIN"].support > 0
     assert no_fin.precision == 1.0 and no_fin.recall == pytest.approx(1 - per["FIN"].support / no_fin.n_gold)
+
+
+def test_markdown_keeps_multiline_text_on_one_line():
+    doc = Document(doc_id="m", text="张三\n在北京", entities=[E(0, 2, "PER"), E(4, 6, "LOC")])
+    md = evaluate([doc], [[E(0, 2, "PER")]]).to_markdown()
+    assert "- `m` (missed): 张三 在北京\n" in md
+    assert "「北京」LOC [4, 6)" in md
