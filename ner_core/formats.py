@@ -145,7 +145,7 @@ def _normalise_scheme(scheme: str | None, default: str) -> str:
     return s
 
 
-_TAG_LINE_RE = re.compile(r"^(O|[BIMESL]-\S+|[BIMES])$")
+_TAG_LINE_RE = re.compile(r"^([A-Za-z]{1,2}-\S+|[OBIMES])$")  # tag-like last column
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -197,10 +197,10 @@ def detect_format(path: str | Path) -> str:
         if len(parts) >= 2 and len(parts[0]) <= 2 and _TAG_LINE_RE.match(parts[-1]):
             tagged += 1
             prefixes.add(parts[-1][0])
-    if nonblank and tagged >= 0.9 * len(nonblank):
-        return "bmes" if prefixes & {"M", "E", "S"} else "conll"
-    if p.suffix.lower() == ".bmes":
+    if p.suffix.lower() == ".bmes" and tagged:
         return "bmes"
+    if nonblank and tagged >= 0.6 * len(nonblank):
+        return "bmes" if prefixes & {"M", "E", "S"} else "conll"
     return "text"
 
 
@@ -355,7 +355,7 @@ def _decode_tags(
     if unknown:
         for tp in unknown[:_MAX_TAG_PROBLEMS_PER_RECORD]:
             problems.append(_problem(file, line_of(tp.position), record, "unknown_tag", "error",
-                                     f"tag {tp.tag!r} at position {tp.position}: {tp.message}"))
+                                     tp.message))
         if len(unknown) > _MAX_TAG_PROBLEMS_PER_RECORD:
             problems.append(_problem(file, line_of(unknown[0].position), record, "unknown_tag", "error",
                                      f"... and {len(unknown) - _MAX_TAG_PROBLEMS_PER_RECORD} more unknown tags"))
@@ -365,7 +365,7 @@ def _decode_tags(
     if policy == "strict":
         for tp in bad[:_MAX_TAG_PROBLEMS_PER_RECORD]:
             problems.append(_problem(file, line_of(tp.position), record, tp.code, "error",
-                                     f"tag {tp.tag!r} at position {tp.position}: {tp.message} (strict: rejected)"))
+                                     f"{tp.message} (strict: rejected)"))
         return None
     repaired, warnings = sch.repair_tags(tags, sobj)
     for w in warnings or bad:
@@ -722,7 +722,8 @@ def _check_spans(ctx: _Ctx, text: str, spans: list[tuple[int, int, str, str | No
     for s, e, lab, mention in spans:
         if s < 0 or e > n or e <= s:
             ctx.err(line, record, "span_out_of_range",
-                    f"entity [{s}, {e}) {lab} {mention!r} lies outside the text (length {n}) or is empty")
+                    f"entity [{s}, {e}) {lab}{'' if mention is None else ' ' + repr(mention)} lies outside the "
+                    f"text (length {n}) or is empty")
             ok = False
             continue
         if mention is not None and text[s:e] != mention:
@@ -909,7 +910,7 @@ def read_file(
     if fmt == "bmes" and sch in ("BIO", "IOB1"):
         raise ValueError(f"{p}: format 'bmes' needs scheme BMES or BIOES, got {sch}")
     data = p.read_bytes()
-    if fmt == "bmes" and scheme is None and b"\nI-" in data and b"\nM-" not in data:
+    if fmt == "bmes" and scheme is None and re.search(rb"[ \t]I-", data) and not re.search(rb"[ \t]M-", data):
         sch = "BIOES"
     ctx = _Ctx(p, split, policy, untyped_label, sch)
     if fmt == "seed_json":
