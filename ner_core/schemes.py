@@ -172,6 +172,18 @@ def _role(spec: SchemeSpec, tag: str) -> tuple[str | None, str | None]:
     return role, label
 
 
+@lru_cache(maxsize=65536)
+def _role_in(scheme: Scheme, tag: str) -> tuple[str | None, str | None]:
+    """Cached :func:`_role` (tag sequences repeat a handful of tags millions of times)."""
+    return _role(_SPECS[scheme], tag)
+
+
+def _role_checked(scheme: Scheme, tag: object) -> tuple[str | None, str | None]:
+    if not isinstance(tag, str):
+        raise ValueError(f"expected a tag string such as 'O' or 'B-PER', got {type(tag).__name__} {tag!r}")
+    return _role_in(scheme, tag)
+
+
 def tag_set(labels: Sequence[str], scheme: Scheme | str) -> list[str]:
     """All tags of ``scheme`` for ``labels``: ``"O"`` first, then per label (sorted) the scheme's
     prefixes in a fixed order (BIO: B,I; BIOES: B,I,E,S; BMES: B,M,E,S; IOB1: I,B).
@@ -250,11 +262,15 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
     spans: list[tuple[int, int, str]] = []
     open_start = -1
     open_label: str | None = None
+    memo: dict[str, tuple[str | None, str | None]] = {}
     for i, tag in enumerate(tags):
         try:
-            role, label = _role(spec, tag)
-        except ValueError as err:
-            raise ValueError(f"position {i}: {err}") from None
+            role, label = memo[tag]
+        except (KeyError, TypeError):
+            try:
+                role, label = memo[tag] = _role_checked(spec.scheme, tag)
+            except ValueError as err:
+                raise ValueError(f"position {i}: {err}") from None
         if open_label is not None and (role in (None, BEGIN, SINGLE) or label != open_label):
             spans.append((open_start, i, open_label))  # close the open entity before this tag
             open_label = None
@@ -270,7 +286,8 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
             open_start, open_label = i, label
     if open_label is not None:
         spans.append((open_start, len(tags), open_label))
-    return [Entity(start=s, end=e, label=lab) for s, e, lab in spans]
+    # the spans are valid by construction: skip pydantic validation (a large share of the time)
+    return [Entity.model_construct(start=s, end=e, label=lab) for s, e, lab in spans]
 
 
 def convert_tags(tags: Sequence[str], src: Scheme | str, dst: Scheme | str) -> list[str]:
@@ -284,11 +301,20 @@ def is_transition_allowed(scheme: Scheme | str, from_tag: str, to_tag: str) -> b
     ``from_tag`` may be the pseudo-tag ``"START"`` and ``to_tag`` the pseudo-tag ``"END"``. Raises
     ``ValueError`` for a tag the scheme does not know.
     """
-    spec = scheme_spec(scheme)
+    sch = _as_scheme(scheme)
+    for tag in (from_tag, to_tag):
+        if not isinstance(tag, str):
+            raise ValueError(f"expected a tag string, 'START' or 'END', got {type(tag).__name__} {tag!r}")
+    return _allowed(sch, from_tag, to_tag)
+
+
+@lru_cache(maxsize=65536)
+def _allowed(scheme: Scheme, from_tag: str, to_tag: str) -> bool:
+    spec = _SPECS[scheme]
     if from_tag == END or to_tag == START:
         return False  # nothing follows END; nothing precedes START
-    f_role, f_label = (START, None) if from_tag == START else _role(spec, from_tag)
-    t_role, t_label = (END, None) if to_tag == END else _role(spec, to_tag)
+    f_role, f_label = (START, None) if from_tag == START else _role_in(scheme, from_tag)
+    t_role, t_label = (END, None) if to_tag == END else _role_in(scheme, to_tag)
     f_role = f_role or OUTSIDE
     t_role = t_role or OUTSIDE
     same = f_label is not None and f_label == t_label
@@ -375,7 +401,7 @@ def validate_tags(
     ok: list[bool] = []
     for i, tag in enumerate(tags):
         try:
-            _, label = _role(spec, tag)
+            _, label = _role_checked(spec.scheme, tag)
             if known is not None and label is not None and label not in known:
                 raise ValueError(f"label {label!r} of tag {tag!r} is not in the label set {sorted(known)}")
         except ValueError as err:
@@ -384,15 +410,15 @@ def validate_tags(
             continue
         ok.append(True)
         if i == 0:
-            if not is_transition_allowed(spec.scheme, START, tag):
+            if not _allowed(spec.scheme, START, tag):
                 problems.append(TagProblem(
                     i, tag, "invalid_transition", f"position {i}: {tag} cannot start a sequence in {name}"
                 ))
-        elif ok[i - 1] and not is_transition_allowed(spec.scheme, tags[i - 1], tag):
+        elif ok[i - 1] and not _allowed(spec.scheme, tags[i - 1], tag):
             problems.append(TagProblem(
                 i, tag, "invalid_transition", f"position {i}: {tag} cannot follow {tags[i - 1]} in {name}"
             ))
-    if tags and ok[-1] and not is_transition_allowed(spec.scheme, tags[-1], END):
+    if tags and ok[-1] and not _allowed(spec.scheme, tags[-1], END):
         i = len(tags) - 1
         problems.append(TagProblem(
             i, tags[-1], "invalid_transition", f"position {i}: {tags[-1]} cannot end a sequence in {name}"

@@ -237,3 +237,33 @@ def test_real_tokenizer_keeps_one_position_per_char():
         # the real vocabulary covers the news text almost entirely (curly quotes folded to '"')
         assert al.unk_count(text) / len(text) < 0.01
         assert al.tokens("“上哪儿？”") == ['"', "上", "哪", "儿", "？", '"']
+
+
+# ---------------------------------------------------------------- properties and pickling
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=20), min_size=1, max_size=4))
+def test_any_text_keeps_one_position_per_character(aligner, texts):
+    enc = aligner.encode(texts)
+    T = max(len(t) for t in texts) + 2
+    assert enc["input_ids"].shape == (len(texts), T)
+    for b, text in enumerate(texts):
+        ids = aligner.char_ids(text)
+        assert len(ids) == len(text) == len(aligner.tokens(text))
+        assert all(0 <= i < aligner.vocab_size for i in ids)
+        assert enc["input_ids"][b, 1 : len(text) + 1].tolist() == ids
+        assert int(enc["attention_mask"][b].sum()) == len(text) + 2
+
+
+def test_pickle_round_trip(aligner):
+    """DataLoader workers may pickle the aligner; the copy must map identically and keep caching."""
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(aligner))
+    assert copy.char_ids(MIXED) == aligner.char_ids(MIXED)
+    assert copy.char_ids("龘") == [copy.unk_id]
+    assert "龘" in copy._cache  # resolved once, remembered in the copy's own cache

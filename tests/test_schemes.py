@@ -151,6 +151,8 @@ def test_tags_to_spans_unknown_tag_names_position():
         tags_to_spans(["B"], "BIO")
     with pytest.raises(ValueError, match="sequence of tags"):
         tags_to_spans("BIO", "BIO")
+    with pytest.raises(ValueError, match="position 1: expected a tag string .* got list"):
+        tags_to_spans(["O", ["B-PER"]], "BIO")  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------- validation and repair
