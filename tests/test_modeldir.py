@@ -1,0 +1,176 @@
+"""Model directories: save -> load -> identical predictions; clear errors for damaged directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ner_core import schemes
+from ner_core.config import NERConfig
+from ner_core.encoder import load_encoder, make_tiny_encoder
+from ner_core.model import NERModel
+from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
+
+TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王五"]
+LABELS = ["PER", "LOC", "ORG"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny", TEXTS, seed=0)
+
+
+def encode(tokenizer, texts, T=None):
+    rows = [[tokenizer.cls_token_id] + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
+            + [tokenizer.sep_token_id] for t in texts]
+    T = T or max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
+    am = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        am[i, : len(r)] = 1
+    return ids, am
+
+
+def build(tiny, head="bilstm", scheme="BIOES", **over):
+    cfg = NERConfig().with_overrides({"encoder.name": str(tiny), "head.type": head, "data.scheme": scheme,
+                                      "head.rnn_units": 8, "head.cnn_filters": 8, **over})
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    torch.manual_seed(0)
+    model = NERModel(cfg, schemes.tag_set(LABELS, scheme), encoder)
+    with torch.no_grad():  # move every weight away from its init so a missed tensor shows
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def saved(tiny, tmp_path_factory):
+    model, tok = build(tiny)
+    return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, tok, metrics={"f1": 0.5})
+
+
+@pytest.mark.parametrize("head,scheme", [("bilstm", "BIOES"), ("bigru", "BIO"), ("idcnn", "BIOES"), ("none", "BIO")])
+def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
+    model, tok = build(tiny, head=head, scheme=scheme)
+    out = save_model_dir(tmp_path / "m", model, tok, metrics={"entity_f1": 0.75, "epoch": 3})
+    assert out == tmp_path / "m"
+    loaded = load_model_dir(out)
+    assert isinstance(loaded, LoadedModel) and not loaded.model.training
+    assert loaded.tags == model.tags and loaded.scheme == scheme
+    assert loaded.config == model.config and loaded.metrics == {"entity_f1": 0.75, "epoch": 3}
+    label_order = list(dict.fromkeys(t.split("-", 1)[1] for t in model.tags if t != "O"))
+    assert loaded.labels == label_order and sorted(label_order) == sorted(LABELS) and loaded.path == out
+    texts = ["张三在北京工作", "ABC公司 2024年", "", "李四"]
+    ids, am = encode(tok, texts)
+    ids2, am2 = encode(loaded.tokenizer, texts)
+    assert torch.equal(ids, ids2)  # the tokenizer came back too
+    assert loaded.model.decode(ids2, am2) == model.decode(ids, am)
+    em1, _ = model.emissions(ids, am)
+    em2, _ = loaded.model.emissions(ids, am)
+    torch.testing.assert_close(em1, em2, rtol=0, atol=0)
+    sd1, sd2 = model.state_dict(), loaded.model.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_directory_contents(saved):
+    names = {p.name for p in saved.iterdir()}
+    assert {"meta.json", "ner_config.json", "labels.json", "metrics.json", "model.safetensors",
+            "encoder", "tokenizer"} <= names
+    meta = json.loads((saved / "meta.json").read_text())
+    assert meta["format_version"] == FORMAT_VERSION == 1
+    assert meta["torch"] == torch.__version__ and "created_at" in meta and "transformers" in meta
+    labels = json.loads((saved / "labels.json").read_text())
+    tags = schemes.tag_set(LABELS, "BIOES")
+    label_order = list(dict.fromkeys(t.split("-", 1)[1] for t in tags if t != "O"))
+    assert labels == {"tags": tags, "scheme": "BIOES", "labels": label_order}
+    assert (saved / "encoder" / "config.json").is_file()
+    assert not list(saved.parent.glob(".model.tmp-*"))
+
+
+def test_saving_over_an_existing_directory_replaces_it(tiny, tmp_path):
+    m1, tok = build(tiny, head="idcnn")
+    m2, _ = build(tiny, head="bigru")
+    path = tmp_path / "m"
+    save_model_dir(path, m1, tok)
+    (path / "stale.txt").write_text("old")
+    save_model_dir(path, m2, tok, metrics={"v": 2})
+    loaded = load_model_dir(path)
+    assert loaded.config.head.type.value == "bigru" and loaded.metrics == {"v": 2}
+    assert not (path / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp or backup folders left
+
+
+def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
+    enc = make_tiny_encoder(tmp_path / "enc", TEXTS, seed=5)
+    model, tok = build(enc)
+    save_model_dir(tmp_path / "m", model, tok)
+    shutil.copytree(tmp_path / "m", tmp_path / "copy")
+    shutil.rmtree(enc)  # the config still names this folder; loading must not need it
+    shutil.rmtree(tmp_path / "m")
+    loaded = load_model_dir(tmp_path / "copy")
+    ids, am = encode(tok, ["王五在上海"])
+    assert loaded.model.decode(ids, am) == model.decode(ids, am)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda d: (d / "meta.json").unlink(), "missing meta.json"),
+        (lambda d: (d / "ner_config.json").unlink(), "missing ner_config.json"),
+        (lambda d: (d / "labels.json").unlink(), "missing labels.json"),
+        (lambda d: (d / "model.safetensors").unlink(), r"missing model.safetensors \(the model's weights\)"),
+        (lambda d: shutil.rmtree(d / "tokenizer"), r"missing tokenizer/"),
+        (lambda d: shutil.rmtree(d / "encoder"), r"missing encoder/config.json"),
+        (lambda d: (d / "labels.json").write_text("{not json"), "labels.json is damaged"),
+        (lambda d: (d / "labels.json").write_text('{"tags": []}'), "labels.json is damaged"),
+        (lambda d: (d / "ner_config.json").write_text('{"head": {"type": "bilstm", "colour": 1}}'),
+         "ner_config.json is damaged"),
+        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+         "model.safetensors is damaged"),
+        (lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
+         "format_version 2, this code reads format_version 1"),
+        (lambda d: (d / "meta.json").write_text(json.dumps({"created_at": "x"})),
+         "format_version None, this code reads format_version 1"),
+    ],
+)
+def test_damaged_directories_raise_model_dir_error(saved, tmp_path, damage, message):
+    d = tmp_path / "copy"
+    shutil.copytree(saved, d)
+    damage(d)
+    with pytest.raises(ModelDirError, match=message) as info:
+        load_model_dir(d)
+    assert str(d) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_weights_that_do_not_match_the_config_are_reported(saved, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(saved, d)
+    cfg = json.loads((d / "ner_config.json").read_text())
+    cfg["head"]["rnn_units"] = 16
+    (d / "ner_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match="does not match the configuration"):
+        load_model_dir(d)
+
+
+def test_missing_directory_and_bad_arguments(tmp_path, tiny):
+    with pytest.raises(ModelDirError, match="model directory not found"):
+        load_model_dir(tmp_path / "nope")
+    model, tok = build(tiny)
+    with pytest.raises(ValueError, match="expected a NERModel, got str"):
+        save_model_dir(tmp_path / "x", "model", tok)
+    with pytest.raises(ValueError, match="expected metrics to be a dict or None, got list"):
+        save_model_dir(tmp_path / "x", model, tok, metrics=[1])
+    assert not (tmp_path / "x").exists()
