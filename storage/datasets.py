@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from ner_core.documents import Document, Entity
-from ner_core.formats import FORMATS, POLICIES, ParseResult, Problem, read_file
+from ner_core.formats import FORMATS, POLICIES, ParseResult, Problem, no_gc, read_file
 from storage.db import open_db
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -300,7 +300,8 @@ def ingest_dataset(
                 file=source, line=line, record=None, code="duplicate_across_splits", severity="warning",
                 message=f"{doc_id} ({split}) has the same text as {seen[1]} ({seen[0]})"))
 
-    tables = _arrow_tables(rows, splits)
+    with no_gc():
+        tables = _arrow_tables(rows, splits)
     labels = sorted({sp[2] for r in rows for sp in r[2]})
     counts: dict[str, dict[str, int]] = {}
     for (_i, text, spans, _l, _s), split in zip(rows, splits):
