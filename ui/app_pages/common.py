@@ -1,0 +1,93 @@
+"""Helpers the pages share: the database path, entity highlighting, colours and the legend.
+
+Highlighting renders half-open ``[start, end)`` character spans as HTML ``<span>`` elements with a
+background colour per label; every piece of text is escaped with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Iterable, Sequence
+
+import streamlit as st
+
+DEFAULT_DB = "ner.duckdb"
+
+# Readable light backgrounds; labels are coloured by their sorted position, so a label keeps its colour
+# across pages as long as the label set is the same.
+PALETTE: tuple[str, ...] = (
+    "#ffd6a5", "#a0c4ff", "#caffbf", "#ffadad", "#bdb2ff", "#fdffb6", "#9bf6ff", "#ffc6ff",
+    "#e2c799", "#b5e48c", "#f1c0e8", "#cfbaf0",
+)
+
+
+def db_path() -> str:
+    """The database path, read from ``NER_DB`` at every rerun (``ner ui --db X`` sets it)."""
+    return os.environ.get("NER_DB") or DEFAULT_DB
+
+
+def label_colours(labels: Iterable[str]) -> dict[str, str]:
+    """``{label: background colour}``, deterministic in the sorted label set."""
+    labels = sorted(set(labels))
+    if any(not isinstance(lb, str) or not lb for lb in labels):
+        raise ValueError(f"expected non-empty str labels, got {labels!r}")
+    return {lb: PALETTE[i % len(PALETTE)] for i, lb in enumerate(labels)}
+
+
+def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> str:
+    """``text`` as HTML with each ``(start, end, label)`` span wrapped in a coloured ``<span>``.
+
+    Spans are half-open character offsets into ``text``. A span that overlaps an earlier one (by start)
+    is skipped, so the output always contains ``text`` exactly once, in order. Labels without a colour
+    get grey.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected text as a str, got {type(text).__name__}")
+    parts: list[str] = []
+    cursor = 0
+    for start, end, label in sorted(spans, key=lambda s: (s[0], -s[1])):
+        if not (0 <= start < end <= len(text)):
+            raise ValueError(f"span [{start}, {end}) {label} lies outside the text (length {len(text)})")
+        if start < cursor:
+            continue
+        parts.append(html.escape(text[cursor:start]))
+        colour = colours.get(label, "#dddddd")
+        parts.append(
+            f'<span class="ent" data-label="{html.escape(label)}" title="{html.escape(label)}" '
+            f'style="background:{colour};padding:0 2px;border-radius:3px;">{html.escape(text[start:end])}'
+            f'<sup style="font-size:0.65em;opacity:0.7;margin-left:1px;">{html.escape(label)}</sup></span>'
+        )
+        cursor = end
+    parts.append(html.escape(text[cursor:]))
+    return ('<div class="ner-text" style="white-space:pre-wrap;line-height:1.9;font-size:1.05em;">'
+            + "".join(parts) + "</div>")
+
+
+def legend_html(colours: dict[str, str]) -> str:
+    """One coloured chip per label."""
+    chips = "".join(
+        f'<span class="legend-chip" style="background:{c};padding:1px 8px;margin-right:6px;border-radius:3px;">'
+        f"{html.escape(lb)}</span>" for lb, c in colours.items()
+    )
+    return f'<div class="ner-legend">Legend: {chips}</div>'
+
+
+def spans_of(entities: Iterable) -> list[tuple[int, int, str]]:
+    """``(start, end, label)`` from dicts (report JSON) or rows with those fields."""
+    out = []
+    for e in entities:
+        get = e.get if isinstance(e, dict) else e.__getitem__
+        out.append((int(get("start")), int(get("end")), str(get("label"))))
+    return out
+
+
+def show_highlighted(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> None:
+    st.html(highlight_html(text, spans, colours))
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number for ``st.metric``; '-' for a missing one."""
+    if x is None or x != x:  # None or NaN
+        return "-"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)

@@ -1,0 +1,64 @@
+"""Evaluation: per-type scores, error counts by kind, and an error browser (gold vs predicted spans)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import queries
+from ui.app_pages.common import db_path, fmt, label_colours, legend_html, show_highlighted, spans_of
+
+db = db_path()
+st.title("Evaluation")
+evals = queries.evaluations(db)
+if evals.empty:
+    st.info("No evaluations yet: run `ner test ...` or `ner pipeline ...`.")
+    st.stop()
+
+labels_by_id = {r.eval_id: f"{r.eval_id}  ({r.split}, F1 {r.f1:.3f})" for r in evals.itertuples()}
+eval_id = st.selectbox("Evaluation", list(labels_by_id), format_func=labels_by_id.get, key="eval_id")
+row = evals.loc[evals["eval_id"] == eval_id].iloc[0]
+
+m = st.columns(6)
+for col, (name, key) in zip(m, [("entity F1", "f1"), ("precision", "precision"), ("recall", "recall"),
+                                 ("macro F1", "macro_f1"), ("char accuracy", "char_accuracy"),
+                                 ("sentence accuracy", "sentence_accuracy")]):
+    col.metric(name, fmt(row[key]))
+st.caption(f"run {row['run_id']} · dataset {row['dataset']} v{row['dataset_version']} · split {row['split']} · "
+           f"{row['n_sentences']} sentences · {row['n_chars']} characters · scheme {row['scheme']}")
+
+st.subheader("Per entity type")
+types = queries.evaluation_types(db, eval_id)
+c1, c2 = st.columns([3, 2])
+c1.dataframe(types, hide_index=True, column_config={
+    k: st.column_config.NumberColumn(format="%.4f") for k in ("precision", "recall", "f1")})
+if not types.empty:
+    c2.bar_chart(types.set_index("label")[["precision", "recall", "f1"]], stack=False)
+
+st.subheader("Errors by kind")
+errors = queries.evaluation_errors(db, eval_id)
+st.dataframe(errors, hide_index=True)
+st.caption("boundary: same label, other span · type: same span, other label · boundary+type: both differ · "
+           "missed: no prediction overlaps · spurious: a prediction overlaps no gold entity (predicted label).")
+
+st.subheader("Error browser")
+report = queries.evaluation(db, eval_id)
+all_labels = sorted({t["label"] for t in report.get("per_type", [])} | set(types["label"]))
+f1, f2, f3 = st.columns(3)
+label = f1.selectbox("Entity type", ["(all)", *all_labels], key="err_label")
+kind = f2.selectbox("Kind of error", ["(all)", *queries.ERROR_KINDS], key="err_kind")
+limit = f3.number_input("Show at most", min_value=1, max_value=500, value=20, step=10, key="err_limit")
+sentences = queries.error_sentences(report, label=None if label == "(all)" else label,
+                                    kind=None if kind == "(all)" else kind)
+st.caption(f"{len(sentences)} sentences with errors match (of {len(report.get('error_sentences', []))} stored).")
+colours = label_colours([*queries.all_labels(db), *all_labels])
+st.html(legend_html(colours))
+for s in sentences[: int(limit)]:
+    with st.container(border=True):
+        st.caption(f"{s['doc_id']} · {', '.join(s.get('kinds', []))}")
+        g, p = st.columns(2)
+        with g:
+            st.markdown("**gold**")
+            show_highlighted(s["text"], spans_of(s.get("gold", [])), colours)
+        with p:
+            st.markdown("**predicted**")
+            show_highlighted(s["text"], spans_of(s.get("pred", [])), colours)

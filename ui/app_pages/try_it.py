@@ -1,0 +1,56 @@
+"""Try it: paste text, pick a trained model, see the tagged text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from ui import queries
+from ui.app_pages.common import db_path, label_colours, legend_html, show_highlighted
+
+EXAMPLE = "张伟于2021年加入北京华为技术有限公司，担任高级工程师，常驻上海浦东新区。"
+
+
+@st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
+def load_tagger(model_dir: str):
+    """A :class:`ner_core.predict.Tagger` for ``model_dir``, loaded once per process (never mutated)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    loaded = load_model_dir(model_dir)
+    return Tagger.from_loaded(loaded), list(loaded.labels)
+
+
+db = db_path()
+st.title("Try it")
+models = queries.models(db)
+if models.empty:
+    st.info("No trained model yet: run `ner train ...` or `ner pipeline ...`.")
+    st.stop()
+
+names = {r.run_id: f"{r.run_id}{'  ★ production' if r.is_production else ''}  (dev F1 {r.best_dev_f1:.3f})"
+         for r in models.itertuples()}
+run_id = st.selectbox("Model", list(names), format_func=names.get, key="try_model")
+model_dir = str(models.loc[models["run_id"] == run_id, "model_dir"].iloc[0])
+st.caption(f"model directory: {model_dir}")
+text = st.text_area("Text", value=EXAMPLE, height=150, key="try_text")
+
+if st.button("Tag", type="primary", key="try_tag"):
+    if not Path(model_dir).is_dir():
+        st.error(f"The model directory {model_dir} does not exist on this machine (moved or deleted?).")
+        st.stop()
+    if not text.strip():
+        st.warning("Paste some text first.")
+        st.stop()
+    tagger, labels = load_tagger(model_dir)
+    [ents] = tagger.predict([text])
+    colours = label_colours([*queries.all_labels(db), *(labels or []), *(e.label for e in ents)])
+    st.html(legend_html(colours))
+    show_highlighted(text, [(e.start, e.end, e.label) for e in ents], colours)
+    st.dataframe([{"start": e.start, "end": e.end, "label": e.label, "text": e.text,
+                   "confidence": round(e.confidence, 3)} for e in ents], hide_index=True)
+    st.caption(f"{len(ents)} entities found.")
