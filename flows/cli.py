@@ -161,7 +161,8 @@ def cmd_predict(args) -> int:
     from flows import pipeline, steps
 
     model_dir, run_id = _resolve_model(args)
-    source = {"files": args.files} if args.files else {"dataset": args.dataset, "split": args.split}
+    source = ({"files": args.files, "text_per_file": not args.lines} if args.files
+              else {"dataset": args.dataset, "split": args.split})
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--split", default="test" if name == "test" else None)
         if name == "predict":
             sp.add_argument("files", nargs="*", help="input files (any supported format)")
+            sp.add_argument("--lines", action="store_true",
+                            help="plain-text files hold one document per line (default: one per file)")
         sp.set_defaults(func=func)
 
     sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))

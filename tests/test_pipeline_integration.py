@@ -87,7 +87,10 @@ def test_predictions_cover_every_document_and_offsets_match(pipeline_db):
     ents = con.execute('SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
                        "WHERE pred_run_id = ?", [pr["pred_run_id"]]).fetchall()
     con.close()
-    assert len(docs) == len(RAW) == pr["n_documents"]
+    # a plain-text file is one document, tagged whole
+    assert len(docs) == len(RAW)
+    expected = {d.doc_id for d in pipeline_db["docs"]}
+    assert set(docs) == expected and len(docs) == pr["n_documents"]
     assert any(len(t) > 2000 for t in docs.values())
     assert len(ents) == pr["n_entities"]
     for doc_id, s, e, label, text, conf in ents:
