@@ -167,7 +167,7 @@ def cmd_predict(args) -> int:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
     if args.no_prefect:
-        docs, kind, ref = pipeline.load_prediction_input(args.db, source)
+        docs, kind, ref = steps.load_prediction_input(args.db, source)
         out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
     else:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id)
@@ -206,7 +206,7 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
         ingest = steps.ingest_step(args.db, ds, {"train": train, "dev": dev, "test": test})
         trained = steps.train_step(args.db, config, args.runs_root)
         evaluation = steps.evaluate_step(args.db, trained["model_dir"], ds, "test", run_id=trained["run_id"])
-        docs, kind, ref = pipeline.load_prediction_input(args.db, {"files": predict_files})
+        docs, kind, ref = steps.load_prediction_input(args.db, {"files": predict_files})
         predicted = steps.predict_step(args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref,
                                        run_id=trained["run_id"])
         out = {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}

@@ -15,7 +15,6 @@ from prefect.runtime import flow_run
 
 from flows import steps
 from ner_core.config import NERConfig
-from ner_core.documents import Document
 
 
 def _key(*parts: str) -> str:
@@ -59,33 +58,8 @@ def evaluate_task(db_path: str, model_dir: str, dataset: str, split: str, run_id
 
 @task(name="predict")
 def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None = None) -> dict:
-    docs, kind, ref = load_prediction_input(db_path, source)
+    docs, kind, ref = steps.load_prediction_input(db_path, source)
     return steps.predict_step(db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
-
-
-def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:
-    """``source`` is {"files": [...]} (any supported format; labels ignored) or {"dataset": d, "split": s}.
-
-    A plain-text file is one document unless ``source["text_per_file"]`` is false (then one per line).
-    """
-    from ner_core.formats import detect_format, read_file
-    from storage.datasets import load_documents
-
-    if source.get("files"):
-        docs: list[Document] = []
-        for f in source["files"]:
-            if source.get("text_per_file", True) and detect_format(f) == "text":
-                # a plain-text file is one document (an article), tagged whole however long it is
-                text = Path(f).read_text(encoding="utf-8").strip()
-                if text:
-                    docs.append(Document(doc_id=Path(f).stem, text=text, source=str(f), line=1))
-                continue
-            docs.extend(read_file(f).documents)
-        return docs, "file", ",".join(str(Path(f).resolve()) for f in source["files"])
-    if source.get("dataset"):
-        docs = load_documents(db_path, source["dataset"], source.get("split"))
-        return docs, "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
-    raise ValueError(f"prediction input needs 'files' or 'dataset', got {sorted(source)}")
 
 
 # ----------------------------------------------------------------------------------------- flows

@@ -137,3 +137,28 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
     row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0)
     return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
             "n_chars": row["n_chars"], "skipped_already_done": len(done), "seconds": round(row["seconds"], 2)}
+
+
+def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:
+    """``source`` is {"files": [...]} (any supported format; labels ignored) or {"dataset": d, "split": s}.
+
+    A plain-text file is one document unless ``source["text_per_file"]`` is false (then one per line).
+    """
+    from ner_core.formats import detect_format, read_file
+    from storage.datasets import load_documents
+
+    if source.get("files"):
+        docs: list[Document] = []
+        for f in source["files"]:
+            if source.get("text_per_file", True) and detect_format(f) == "text":
+                # a plain-text file is one document (an article), tagged whole however long it is
+                text = Path(f).read_text(encoding="utf-8").strip()
+                if text:
+                    docs.append(Document(doc_id=Path(f).stem, text=text, source=str(f), line=1))
+                continue
+            docs.extend(read_file(f).documents)
+        return docs, "file", ",".join(str(Path(f).resolve()) for f in source["files"])
+    if source.get("dataset"):
+        docs = load_documents(db_path, source["dataset"], source.get("split"))
+        return docs, "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
+    raise ValueError(f"prediction input needs 'files' or 'dataset', got {sorted(source)}")

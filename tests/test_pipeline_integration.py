@@ -38,7 +38,7 @@ def pipeline_db(tmp_path_factory, tiny_encoder_dir):
     ing = steps.ingest_step(db, "sample", SPLITS)
     tr = steps.train_step(db, tiny_config(tiny_encoder_dir), str(tmp / "runs"))
     ev = steps.evaluate_step(db, tr["model_dir"], "sample", "test", run_id=tr["run_id"])
-    docs, kind, ref = pipeline.load_prediction_input(db, {"files": RAW})
+    docs, kind, ref = steps.load_prediction_input(db, {"files": RAW})
     pr = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
     return {"db": db, "tmp": tmp, "ingest": ing, "train": tr, "evaluate": ev, "predict": pr, "docs": docs}
 
