@@ -1,7 +1,7 @@
 """Shared fixtures of the dashboard tests: a real DuckDB file made by two tiny pipeline runs.
 
 Import the fixtures into a test module with ``from tests.ui_fixtures import ui_db  # noqa: F401``.
-The database is built once per test session (about half a minute on 2 CPU cores) in a tmp dir.
+The database is built once per test session in a tmp dir (1-3 minutes on 2 busy CPU cores).
 """
 
 from __future__ import annotations
@@ -42,22 +42,43 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
     steps.ingest_step(db, "sample", {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")})
     trained, predicted = [], []
     for i in range(n_runs):
+        # run 1 (BiLSTM, 3 epochs) learns enough to predict entities; run 2 (BiGRU, 1 epoch) is there to
+        # compare against and keeps the fixture short.
         cfg = NERConfig.model_validate({
             "data": {"dataset": "sample", "max_len": 64},
             "encoder": {"name": str(enc)},
-            "head": {"type": ("bilstm", "bigru")[i % 2], "rnn_units": 16},
-            "training": {"max_epochs": 2, "batch_size": 32, "learning_rate": 1e-3, "seed": 42 + i},
+            "head": {"type": ("bilstm", "bigru")[i % 2], "rnn_units": 32},
+            "training": {"max_epochs": 3 if i == 0 else 1, "batch_size": 16, "learning_rate": 1e-3,
+                         "head_learning_rate": 3e-3, "crf_learning_rate": 3e-2, "warmup_ratio": 0.0},
         })
         tr = steps.train_step(db, cfg, str(tmp / "runs"))
         steps.evaluate_step(db, tr["model_dir"], "sample", "test", run_id=tr["run_id"])
-        docs, kind, ref = pipeline.load_prediction_input(db, {"files": raw})
+        docs, kind, ref = steps.load_prediction_input(db, {"files": raw})
         pr = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
         trained.append(tr)
         predicted.append(pr)
     return {"db": db, "tmp": tmp, "train": trained, "predict": predicted}
 
 
+def _reuse(db: Path) -> dict:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        train = [{"run_id": r[0], "model_dir": r[1]} for r in con.execute(
+            "SELECT run_id, model_dir FROM runs ORDER BY started_at").fetchall()]
+        pred = [{"pred_run_id": r[0]} for r in con.execute(
+            "SELECT pred_run_id FROM prediction_runs ORDER BY started_at").fetchall()]
+    return {"db": str(db), "tmp": db.parent, "train": train, "predict": pred}
+
+
 @pytest.fixture(scope="session")
 def ui_db(tmp_path_factory) -> dict:
-    """{"db": path, "train": [train_step results], "predict": [predict_step results]} of two runs."""
+    """{"db": path, "train": [train_step results], "predict": [predict_step results]} of two runs.
+
+    Developers iterating on the UI can set ``NER_UI_TEST_DB`` to a database made earlier by
+    :func:`build_pipeline_db` (model directories included) to skip the training.
+    """
+    reuse = os.environ.get("NER_UI_TEST_DB")
+    if reuse and Path(reuse).is_file():
+        return _reuse(Path(reuse))
     return build_pipeline_db(tmp_path_factory.mktemp("ui-db"))
