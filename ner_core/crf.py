@@ -48,6 +48,20 @@ def _as_bool_tensor(value: object, shape: tuple[int, ...], what: str) -> Tensor:
     return t.clone()
 
 
+def _log_matmul_exp(a: Tensor, m: Tensor) -> Tensor:
+    """``out[b, j] = logsumexp_i a[b, i] + m[i, j]`` for a (B, K), m (K, K), as one matmul in exp space.
+
+    Both sides are shifted by their maxima first, so nothing overflows; a state no path reaches gets a
+    very low finite score instead of -inf (no NaN even when the constraints leave no path at all).
+    Callers use float64: exact while the scores within one row of ``a`` span less than ~700 (float32: ~85).
+    """
+    a_max = a.max(dim=1, keepdim=True).values  # (B, 1)
+    m_max = m.max(dim=0, keepdim=True).values  # (1, K)
+    prod = torch.exp(a - a_max) @ torch.exp(m - m_max)  # (B, K)
+    tiny = torch.finfo(prod.dtype).tiny
+    return torch.log(prod.clamp_min(tiny)) + a_max + m_max  # (B, K)
+
+
 class ConstrainedCRF(nn.Module):
     """CRF over ``num_tags`` tags with optional allowed-transition masks.
 
@@ -167,42 +181,51 @@ class ConstrainedCRF(nn.Module):
 
     @torch.no_grad()
     def viterbi_tensor(self, emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Batched Viterbi returning tensors: paths ``(B, T)`` long (padded steps hold copies of the last
-        tag) and lengths ``(B,)`` long. Inputs as in :meth:`decode` (validated there)."""
+        """Batched Viterbi returning tensors: paths ``(B, T)`` long (steps past a row's length repeat its
+        last tag) and lengths ``(B,)`` long. Inputs as in :meth:`decode` (validated there).
+
+        The forward pass runs unmasked (a step only depends on earlier ones, so each row's scores up to
+        its own length are exact); each row's final score is then read at its last step. Back-tracking
+        is one batched ``gather`` over the backpointer tensor per step for all rows at once (no loop per
+        sequence, no ``.item()``). A log-depth suffix scan composing the backpointer maps was tried:
+        on CPU its ``log2(T)`` gathers over the whole ``(T, B, K)`` tensor cost more than ``T`` tiny ones.
+        """
         B, T, K = emissions.shape
-        em = emissions.float()  # (B, T, K)
+        device = emissions.device
+        em = emissions.float().transpose(0, 1).contiguous()  # (T, B, K)
         start, trans, end = self._constrained_scores(em.dtype)
-        score = start.unsqueeze(0) + em[:, 0]  # (B, K)
-        history = torch.empty(T, B, K, dtype=torch.long, device=em.device)  # backpointers
-        identity = torch.arange(K, device=em.device).expand(B, K)  # (B, K)
-        history[0] = identity
-        trans_e = trans.unsqueeze(0)  # (1, K, K) [from, to]
+        trans_t = trans.t().contiguous().unsqueeze(0)  # (1, K_to, K_from): reduce over the last dim
+        scores = torch.empty(T, B, K, dtype=em.dtype, device=device)  # best score ending in each tag
+        history = torch.empty(T, B, K, dtype=torch.long, device=device)  # backpointers: tag at t -> t-1
+        best = torch.empty(B, K, dtype=em.dtype, device=device)
+        torch.add(em[0], start, out=scores[0])  # (B, K)
         for t in range(1, T):
-            # (B, K, 1) + (1, K, K) -> (B, K, K); best previous tag for every next tag
-            best, idx = (score.unsqueeze(2) + trans_e).max(dim=1)  # (B, K), (B, K)
-            step_on = mask[:, t].unsqueeze(1)  # (B, 1)
-            score = torch.where(step_on, best + em[:, t], score)  # (B, K)
-            history[t] = torch.where(step_on, idx, identity)  # (B, K)
-        score = score + end.unsqueeze(0)  # (B, K)
-        # Padded steps carry the score forward with identity backpointers, so back-tracking from the
-        # last column walks through them unchanged and each row decodes exactly as unpadded.
-        last = score.argmax(dim=1)  # (B,)
-        paths = torch.empty(B, T, dtype=torch.long, device=em.device)
-        paths[:, T - 1] = last
-        cur = last.unsqueeze(1)  # (B, 1)
-        for t in range(T - 1, 0, -1):
-            cur = history[t].gather(1, cur)  # (B, 1)
-            paths[:, t - 1] = cur.squeeze(1)
+            # (B, 1, K_from) + (1, K_to, K_from) -> (B, K_to, K_from); max over the previous tag
+            torch.max(scores[t - 1].unsqueeze(1) + trans_t, dim=2, out=(best, history[t]))  # (B, K)
+            torch.add(best, em[t], out=scores[t])  # (B, K)
         lengths = mask.sum(dim=1)  # (B,)
+        rows = torch.arange(B, device=device)
+        final = scores[lengths - 1, rows] + end.unsqueeze(0)  # (B, K)
+        last = final.argmax(dim=1)  # (B,)
+        # Steps past a row's end get identity backpointers, so back-tracking from the last column
+        # carries the row's last tag through its padding unchanged.
+        identity = torch.arange(K, device=device).view(1, 1, K)  # (1, 1, K)
+        history = torch.where(mask.t().unsqueeze(2), history, identity)  # (T, B, K)
+        path_tb = torch.empty(T, B, 1, dtype=torch.long, device=device)  # (T, B, 1)
+        path_tb[T - 1, :, 0] = last
+        for t in range(T - 1, 0, -1):  # one batched gather per step, never a loop per sequence
+            torch.gather(history[t], 1, path_tb[t], out=path_tb[t - 1])  # (B, 1)
+        paths = path_tb.squeeze(2).t()  # (B, T)
         return paths, lengths
 
     def log_partition(self, emissions: Tensor, mask: Tensor, constrained: bool = True) -> Tensor:
         """log Z per row ``(B,)`` by the forward algorithm; over allowed paths when ``constrained``."""
         self._validate(emissions, mask)
-        alphas, end = self._forward_alphas(emissions.float(), mask, constrained)
-        return torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1)  # (B,)
+        alphas, end = self._forward_alphas(emissions.double(), mask, constrained)
+        return torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1).float()  # (B,)
 
     def _forward_alphas(self, em: Tensor, mask: Tensor, constrained: bool) -> tuple[Tensor, Tensor]:
+        """Forward log-scores ``(B, T, K)`` (padded steps repeat the row's last) and the end scores (K,)."""
         if constrained:
             start, trans, end = self._constrained_scores(em.dtype)
         else:
@@ -213,7 +236,7 @@ class ConstrainedCRF(nn.Module):
         alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
         out = [alpha]
         for t in range(1, T):
-            nxt = torch.logsumexp(alpha.unsqueeze(2) + trans.unsqueeze(0), dim=1) + em[:, t]  # (B, K)
+            nxt = _log_matmul_exp(alpha, trans) + em[:, t]  # (B, K)
             alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)  # (B, K)
             out.append(alpha)
         return torch.stack(out, dim=1), end  # (B, T, K), (K,)
@@ -235,11 +258,12 @@ class ConstrainedCRF(nn.Module):
         start, trans, end = self._constrained_scores(em.dtype)
         alphas, _ = self._forward_alphas(em, mask, constrained=True)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
+        trans_t = trans.t()  # (K, K) [to, from]
         beta = end_b
         betas = [beta]
         for t in range(T - 2, -1, -1):
             # beta_t(i) = logsumexp_j trans[i, j] + em[t+1, j] + beta_{t+1}(j)
-            nxt = torch.logsumexp(trans.unsqueeze(0) + (em[:, t + 1] + beta).unsqueeze(1), dim=2)  # (B, K)
+            nxt = _log_matmul_exp(em[:, t + 1] + beta, trans_t)  # (B, K)
             # when step t+1 is padding, step t is the row's last (or padding): only the end score remains
             beta = torch.where(mask[:, t + 1].unsqueeze(1), nxt, end_b)  # (B, K)
             betas.append(beta)
