@@ -40,10 +40,15 @@ def _bioes_masks(K: int):
     lab = [t.split("-")[1] if "-" in t else None for t in tags]
     start = torch.tensor([r in ("O", "B", "S") for r in role])
     end = torch.tensor([r in ("O", "E", "S") for r in role])
-    trans = torch.tensor([
-        [(b in ("I", "E") and lab[i] == lab[j]) if a in ("B", "I") else b in ("O", "B", "S")
-         for j, b in enumerate(role)] for i, a in enumerate(role)
-    ])
+    trans = torch.tensor(
+        [
+            [
+                (b in ("I", "E") and lab[i] == lab[j]) if a in ("B", "I") else b in ("O", "B", "S")
+                for j, b in enumerate(role)
+            ]
+            for i, a in enumerate(role)
+        ]
+    )
     return start, trans, end
 
 
@@ -56,32 +61,53 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     ours = ConstrainedCRF(K)
     ref = CRF(K, batch_first=True)
-    ref.load_state_dict({k.removeprefix("crf."): v for k, v in ours.state_dict().items() if k.startswith("crf.")})
+    ref.load_state_dict(
+        {k.removeprefix("crf."): v for k, v in ours.state_dict().items() if k.startswith("crf.")}
+    )
     constrained = ConstrainedCRF(K, _bioes_masks(K))
-    constrained.load_state_dict({**ours.state_dict(), **{
-        k: v for k, v in constrained.state_dict().items() if k.startswith("allowed_")}})
+    constrained.load_state_dict(
+        {
+            **ours.state_dict(),
+            **{k: v for k, v in constrained.state_dict().items() if k.startswith("allowed_")},
+        }
+    )
     with torch.inference_mode():
         ref_w, ref_c, ref_paths = _timed(lambda: ref.decode(em, mask), 2)
         our_w, our_c, our_paths = _timed(lambda: ours.decode(em, mask), 5)
         con_w, _, _ = _timed(lambda: constrained.decode(em, mask), 5)
         mar_w, _, _ = _timed(lambda: constrained.marginals(em, mask), 3)
     return {
-        "shape": f"{B}x{T}x{K}", "torchcrf_s": ref_w, "torchcrf_cpu_s": ref_c, "ours_s": our_w, "ours_cpu_s": our_c,
-        "speedup": ref_w / our_w, "identical": our_paths == ref_paths, "constrained_s": con_w, "marginals_s": mar_w,
+        "shape": f"{B}x{T}x{K}",
+        "torchcrf_s": ref_w,
+        "torchcrf_cpu_s": ref_c,
+        "ours_s": our_w,
+        "ours_cpu_s": our_c,
+        "speedup": ref_w / our_w,
+        "identical": our_paths == ref_paths,
+        "constrained_s": con_w,
+        "marginals_s": mar_w,
     }
 
 
 def main() -> list[dict]:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; goal: >= {GOAL:.0f}x pytorch-crf decode")
-    print(f"{'shape':>12} {'torchcrf ms':>12} {'ours ms':>9} {'speed-up':>9} {'cpu speed-up':>13} "
-          f"{'identical':>9} {'constr. ms':>10} {'marginals ms':>12}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"goal: >= {GOAL:.0f}x pytorch-crf decode"
+    )
+    print(
+        f"{'shape':>12} {'torchcrf ms':>12} {'ours ms':>9} {'speed-up':>9} {'cpu speed-up':>13} "
+        f"{'identical':>9} {'constr. ms':>10} {'marginals ms':>12}"
+    )
     rows = []
     for B, T, K in SHAPES:
         r = run_shape(B, T, K)
         rows.append(r)
-        print(f"{r['shape']:>12} {r['torchcrf_s'] * 1e3:12.1f} {r['ours_s'] * 1e3:9.2f} {r['speedup']:8.1f}x "
-              f"{r['torchcrf_cpu_s'] / max(r['ours_cpu_s'], 1e-9):12.1f}x {str(r['identical']):>9} "
-              f"{r['constrained_s'] * 1e3:10.2f} {r['marginals_s'] * 1e3:12.2f}", flush=True)
+        print(
+            f"{r['shape']:>12} {r['torchcrf_s'] * 1e3:12.1f} {r['ours_s'] * 1e3:9.2f} {r['speedup']:8.1f}x "
+            f"{r['torchcrf_cpu_s'] / max(r['ours_cpu_s'], 1e-9):12.1f}x {r['identical']!s:>9} "
+            f"{r['constrained_s'] * 1e3:10.2f} {r['marginals_s'] * 1e3:12.2f}",
+            flush=True,
+        )
     return rows
 
 

@@ -42,7 +42,7 @@ def head_times(B: int = 64, T: int = 256, H: int = 512, repeats: int = 3) -> dic
     for kind in HEADS:
         head = build_head(HeadConfig(type=kind), H).eval()
         with torch.inference_mode():
-            out[kind.value] = _best(lambda: head(x, mask), repeats)
+            out[kind.value] = _best(lambda head=head: head(x, mask), repeats)
     return out
 
 
@@ -88,14 +88,23 @@ def main() -> dict:
     print("head-only inference, batch 64 x 256, input 512 (best of 3):")
     for name, s in times.items():
         print(f"  {name:>7}: {s * 1e3:9.1f} ms")
-    print(f"  IDCNN speed-up: {times['bilstm'] / times['idcnn']:.1f}x vs BiLSTM, "
-          f"{times['bigru'] / times['idcnn']:.1f}x vs BiGRU", flush=True)
+    print(
+        f"  IDCNN speed-up: {times['bilstm'] / times['idcnn']:.1f}x vs BiLSTM, "
+        f"{times['bigru'] / times['idcnn']:.1f}x vs BiGRU",
+        flush=True,
+    )
     share = encoder_share()
     if share:
-        print(f"head + CRF decode as a share of the m3e-small forward, batch 32 x 128 (goal <= {SHARE_GOAL:.0%}):")
+        print(
+            "head + CRF decode as a share of the m3e-small forward, batch 32 x 128 "
+            f"(goal <= {SHARE_GOAL:.0%}):"
+        )
         for r in share:
-            print(f"  {r['head']:>7}: encoder {r['encoder_s'] * 1e3:8.1f} ms, head+CRF {r['head_crf_s'] * 1e3:8.1f} ms"
-                  f" = {r['share']:.1%}")
+            print(
+                f"  {r['head']:>7}: encoder {r['encoder_s'] * 1e3:8.1f} ms, "
+                f"head+CRF {r['head_crf_s'] * 1e3:8.1f} ms"
+                f" = {r['share']:.1%}"
+            )
     return {"heads": times, "share": share}
 
 

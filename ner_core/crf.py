@@ -34,7 +34,9 @@ __all__ = ["DISALLOWED", "ConstrainedCRF"]
 #: problem with no allowed path at all still decodes (to the least bad path) instead of producing NaN.
 DISALLOWED = -1.0e4
 
-AllowedMasks = tuple[np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence]
+AllowedMasks = tuple[
+    np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence
+]
 
 
 def _as_bool_tensor(value: object, shape: tuple[int, ...], what: str) -> Tensor:
@@ -127,9 +129,13 @@ class ConstrainedCRF(nn.Module):
             if tags.dtype != torch.long:
                 raise ValueError(f"expected tags of dtype torch.long, got {tags.dtype}")
         if T == 0 or B == 0:
-            raise ValueError(f"expected at least one row and one time step, got emissions of shape {(B, T, K)}")
+            raise ValueError(
+                f"expected at least one row and one time step, got emissions of shape {(B, T, K)}"
+            )
         if not bool(mask[:, 0].all()):
-            raise ValueError("mask of the first timestep must all be on (slice [CLS] off instead of masking it)")
+            raise ValueError(
+                "mask of the first timestep must all be on (slice [CLS] off instead of masking it)"
+            )
         if T > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
             raise ValueError("expected right-padded masks (no on step after an off step)")
         return emissions
@@ -159,7 +165,8 @@ class ConstrainedCRF(nn.Module):
         self._validate(emissions, mask, tags)
         if tags.numel() and (int(tags.min()) < 0 or int(tags.max()) >= self.num_tags):
             raise ValueError(
-                f"expected tag ids in [0, {self.num_tags}), got values in [{int(tags.min())}, {int(tags.max())}]"
+                f"expected tag ids in [0, {self.num_tags}), "
+                f"got values in [{int(tags.min())}, {int(tags.max())}]"
             )
         llh = self.crf(emissions.float(), tags, mask=mask, reduction="mean")  # ()
         return -llh
@@ -232,7 +239,7 @@ class ConstrainedCRF(nn.Module):
             start = self.crf.start_transitions.to(em.dtype)  # (K,)
             trans = self.crf.transitions.to(em.dtype)  # (K, K)
             end = self.crf.end_transitions.to(em.dtype)  # (K,)
-        B, T, K = em.shape
+        T = em.shape[1]
         alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
         out = [alpha]
         for t in range(1, T):
@@ -255,7 +262,7 @@ class ConstrainedCRF(nn.Module):
         self._validate(emissions, mask)
         em = emissions.double()  # (B, T, K)
         B, T, K = em.shape
-        start, trans, end = self._constrained_scores(em.dtype)
+        _, trans, end = self._constrained_scores(em.dtype)
         alphas, _ = self._forward_alphas(em, mask, constrained=True)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
         trans_t = trans.t()  # (K, K) [to, from]

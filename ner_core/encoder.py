@@ -22,7 +22,14 @@ import torch
 
 from ner_core.config import EncoderConfig
 
-__all__ = ["PACKAGED", "PackagedEncoder", "SPECIAL_TOKENS", "load_encoder", "make_tiny_encoder", "resolve_encoder"]
+__all__ = [
+    "PACKAGED",
+    "SPECIAL_TOKENS",
+    "PackagedEncoder",
+    "load_encoder",
+    "make_tiny_encoder",
+    "resolve_encoder",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,8 @@ def resolve_encoder(name: str) -> str:
         folder = Path(str(dist.locate_file(spec.subdir)))
         if not (folder / "config.json").is_file():
             raise ValueError(
-                f"encoder {name!r}: package {spec.distribution!r} is installed but {folder} has no config.json; "
+                f"encoder {name!r}: package {spec.distribution!r} is installed "
+                f"but {folder} has no config.json; "
                 f"reinstall it with: {spec.install}"
             )
         return str(folder)
@@ -74,7 +82,9 @@ def resolve_encoder(name: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists():
-        raise ValueError(f"encoder {name!r} is a file; expected a folder with a Hugging Face model or a hub id")
+        raise ValueError(
+            f"encoder {name!r} is a file; expected a folder with a Hugging Face model or a hub id"
+        )
     return name
 
 
@@ -121,8 +131,12 @@ def make_tiny_encoder(
     """
     if isinstance(texts, str):
         raise ValueError("expected an iterable of texts, got a single str (wrap it in a list)")
-    for what, v in [("hidden_size", hidden_size), ("num_layers", num_layers), ("num_heads", num_heads),
-                    ("intermediate_size", intermediate_size)]:
+    for what, v in [
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+        ("num_heads", num_heads),
+        ("intermediate_size", intermediate_size),
+    ]:
         if not isinstance(v, int) or v <= 0:
             raise ValueError(f"expected a positive int {what}, got {v!r}")
     if hidden_size % num_heads:

@@ -53,7 +53,7 @@ class IdentityHead(nn.Module):
 class BiRNNHead(nn.Module):
     """Packed bidirectional LSTM or GRU."""
 
-    def __init__(self, cell: type[nn.LSTM] | type[nn.GRU], input_size: int, cfg: HeadConfig) -> None:
+    def __init__(self, cell: type[nn.LSTM | nn.GRU], input_size: int, cfg: HeadConfig) -> None:
         super().__init__()
         self.input_size = input_size
         self.rnn = cell(

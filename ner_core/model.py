@@ -72,7 +72,11 @@ class NERModel(nn.Module):
         if T < 2:
             raise ValueError(f"expected at least 2 positions per row ([CLS] and [SEP]), got T={T}")
         if not isinstance(attention_mask, Tensor) or tuple(attention_mask.shape) != (B, T):
-            got = tuple(attention_mask.shape) if isinstance(attention_mask, Tensor) else type(attention_mask).__name__
+            got = (
+                tuple(attention_mask.shape)
+                if isinstance(attention_mask, Tensor)
+                else type(attention_mask).__name__
+            )
             raise ValueError(f"expected attention_mask of shape {(B, T)} matching input_ids, got {got}")
         am = attention_mask.bool()  # (B, T)
         if bool((am.long() != attention_mask.long()).any()):
@@ -92,10 +96,14 @@ class NERModel(nn.Module):
             emissions ``(B, T-2, K)`` and char_mask ``(B, T-2)`` bool.
         """
         self._check(input_ids, attention_mask)
-        B, T = input_ids.shape
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        T = input_ids.shape[1]
+        hidden = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state  # (B, T, H)
         n_chars = attention_mask.long().sum(dim=1) - 2  # (B,)
-        char_mask = torch.arange(T - 2, device=input_ids.device).unsqueeze(0) < n_chars.unsqueeze(1)  # (B, T-2)
+        char_mask = torch.arange(T - 2, device=input_ids.device).unsqueeze(0) < n_chars.unsqueeze(
+            1
+        )  # (B, T-2)
         x = self.dropout(hidden[:, 1:-1])  # (B, T-2, H)
         h = self.head(x, char_mask)  # (B, T-2, F)
         return self.classifier(h), char_mask  # (B, T-2, K), (B, T-2)
@@ -110,7 +118,9 @@ class NERModel(nn.Module):
         B, T = input_ids.shape
         if not isinstance(tags, Tensor) or tuple(tags.shape) != (B, T - 2):
             got = tuple(tags.shape) if isinstance(tags, Tensor) else type(tags).__name__
-            raise ValueError(f"expected tags of shape {(B, T - 2)} (characters only, [CLS]/[SEP] off), got {got}")
+            raise ValueError(
+                f"expected tags of shape {(B, T - 2)} (characters only, [CLS]/[SEP] off), got {got}"
+            )
         em, char_mask = self.emissions(input_ids, attention_mask)  # (B, T-2, K), (B, T-2)
         rows = char_mask[:, 0] if T > 2 else char_mask.new_zeros(B)  # (B,) rows with characters
         if not bool(rows.any()):
@@ -161,7 +171,11 @@ class NERModel(nn.Module):
         if not isinstance(tcfg, TrainingConfig):
             raise ValueError(f"expected a TrainingConfig, got {type(tcfg).__name__}")
         buckets: dict[str, list[nn.Parameter]] = {
-            "encoder": [], "encoder_no_decay": [], "head": [], "head_no_decay": [], "crf": [],
+            "encoder": [],
+            "encoder_no_decay": [],
+            "head": [],
+            "head_no_decay": [],
+            "crf": [],
         }
         for name, p in self.named_parameters():
             if not p.requires_grad:

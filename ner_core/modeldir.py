@@ -23,7 +23,7 @@ import platform
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +76,16 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
 
 
-def save_model_dir(path: str | os.PathLike, model: NERModel, tokenizer: Any, metrics: dict | None = None) -> Path:
-    """Write ``model`` + ``tokenizer`` (+ ``metrics``) as a self-contained directory at ``path``; return it."""
+def save_model_dir(
+    path: str | os.PathLike, model: NERModel, tokenizer: Any, metrics: dict | None = None
+) -> Path:
+    """Write ``model``, ``tokenizer`` (and ``metrics``) as a self-contained directory at ``path``."""
     if not isinstance(model, NERModel):
         raise ValueError(f"expected a NERModel, got {type(model).__name__}")
     if not hasattr(tokenizer, "save_pretrained"):
-        raise ValueError(f"expected a transformers tokenizer with save_pretrained, got {type(tokenizer).__name__}")
+        raise ValueError(
+            f"expected a transformers tokenizer with save_pretrained, got {type(tokenizer).__name__}"
+        )
     if metrics is not None and not isinstance(metrics, dict):
         raise ValueError(f"expected metrics to be a dict or None, got {type(metrics).__name__}")
     import transformers
@@ -93,20 +97,28 @@ def save_model_dir(path: str | os.PathLike, model: NERModel, tokenizer: Any, met
     tmp.mkdir()
     try:
         _write_json(tmp / CONFIG, json.loads(model.config.to_json()))
-        _write_json(tmp / LABELS, {
-            "tags": model.tags, "scheme": model.config.data.scheme, "labels": _entity_labels(model.tags),
-        })
+        _write_json(
+            tmp / LABELS,
+            {
+                "tags": model.tags,
+                "scheme": model.config.data.scheme,
+                "labels": _entity_labels(model.tags),
+            },
+        )
         _write_json(tmp / METRICS, metrics or {})
         model.encoder.config.save_pretrained(str(tmp / ENCODER_DIR))
         save_model(model, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
-        _write_json(tmp / META, {
-            "format_version": FORMAT_VERSION,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        })
+        _write_json(
+            tmp / META,
+            {
+                "format_version": FORMAT_VERSION,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+        )
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
@@ -173,7 +185,9 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     try:
         load_model(model, str(weights), strict=True, device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
-        raise ModelDirError(f"{root}: {WEIGHTS} is damaged or does not match the configuration: {exc}") from None
+        raise ModelDirError(
+            f"{root}: {WEIGHTS} is damaged or does not match the configuration: {exc}"
+        ) from None
     tok_dir = root / TOKENIZER_DIR
     if not tok_dir.is_dir() or not any(tok_dir.iterdir()):
         raise ModelDirError(f"{root}: missing {TOKENIZER_DIR}/ (the tokenizer files)")
@@ -184,6 +198,11 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     model.to(device)
     model.eval()
     return LoadedModel(
-        model=model, tokenizer=tokenizer, config=config, tags=list(tags), scheme=str(scheme),
-        metrics=metrics if isinstance(metrics, dict) else {}, path=root,
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        tags=list(tags),
+        scheme=str(scheme),
+        metrics=metrics if isinstance(metrics, dict) else {},
+        path=root,
     )

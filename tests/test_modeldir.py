@@ -32,8 +32,12 @@ def tiny(tmp_path_factory):
 
 
 def encode(tokenizer, texts, T=None):
-    rows = [[tokenizer.cls_token_id] + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
-            + [tokenizer.sep_token_id] for t in texts]
+    rows = [
+        [tokenizer.cls_token_id]
+        + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
+        + [tokenizer.sep_token_id]
+        for t in texts
+    ]
     T = T or max(len(r) for r in rows)
     ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
     am = torch.zeros(len(rows), T, dtype=torch.long)
@@ -44,8 +48,16 @@ def encode(tokenizer, texts, T=None):
 
 
 def build(tiny, head="bilstm", scheme="BIOES", **over):
-    cfg = NERConfig().with_overrides({"encoder.name": str(tiny), "head.type": head, "data.scheme": scheme,
-                                      "head.rnn_units": 8, "head.cnn_filters": 8, **over})
+    cfg = NERConfig().with_overrides(
+        {
+            "encoder.name": str(tiny),
+            "head.type": head,
+            "data.scheme": scheme,
+            "head.rnn_units": 8,
+            "head.cnn_filters": 8,
+            **over,
+        }
+    )
     encoder, tokenizer = load_encoder(cfg.encoder)
     torch.manual_seed(0)
     model = NERModel(cfg, schemes.tag_set(LABELS, scheme), encoder)
@@ -61,7 +73,9 @@ def saved(tiny, tmp_path_factory):
     return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, tok, metrics={"f1": 0.5})
 
 
-@pytest.mark.parametrize("head,scheme", [("bilstm", "BIOES"), ("bigru", "BIO"), ("idcnn", "BIOES"), ("none", "BIO")])
+@pytest.mark.parametrize(
+    "head,scheme", [("bilstm", "BIOES"), ("bigru", "BIO"), ("idcnn", "BIOES"), ("none", "BIO")]
+)
 def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
     model, tok = build(tiny, head=head, scheme=scheme)
     out = save_model_dir(tmp_path / "m", model, tok, metrics={"entity_f1": 0.75, "epoch": 3})
@@ -86,8 +100,15 @@ def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
 
 def test_directory_contents(saved):
     names = {p.name for p in saved.iterdir()}
-    assert {"meta.json", "ner_config.json", "labels.json", "metrics.json", "model.safetensors",
-            "encoder", "tokenizer"} <= names
+    assert {
+        "meta.json",
+        "ner_config.json",
+        "labels.json",
+        "metrics.json",
+        "model.safetensors",
+        "encoder",
+        "tokenizer",
+    } <= names
     meta = json.loads((saved / "meta.json").read_text())
     assert meta["format_version"] == FORMAT_VERSION == 1
     assert meta["torch"] == torch.__version__ and "created_at" in meta and "transformers" in meta
@@ -135,14 +156,22 @@ def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
         (lambda d: shutil.rmtree(d / "encoder"), r"missing encoder/config.json"),
         (lambda d: (d / "labels.json").write_text("{not json"), "labels.json is damaged"),
         (lambda d: (d / "labels.json").write_text('{"tags": []}'), "labels.json is damaged"),
-        (lambda d: (d / "ner_config.json").write_text('{"head": {"type": "bilstm", "colour": 1}}'),
-         "ner_config.json is damaged"),
-        (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
-         "model.safetensors is damaged"),
-        (lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
-         "format_version 2, this code reads format_version 1"),
-        (lambda d: (d / "meta.json").write_text(json.dumps({"created_at": "x"})),
-         "format_version None, this code reads format_version 1"),
+        (
+            lambda d: (d / "ner_config.json").write_text('{"head": {"type": "bilstm", "colour": 1}}'),
+            "ner_config.json is damaged",
+        ),
+        (
+            lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:1000]),
+            "model.safetensors is damaged",
+        ),
+        (
+            lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
+            "format_version 2, this code reads format_version 1",
+        ),
+        (
+            lambda d: (d / "meta.json").write_text(json.dumps({"created_at": "x"})),
+            "format_version None, this code reads format_version 1",
+        ),
     ],
 )
 def test_damaged_directories_raise_model_dir_error(saved, tmp_path, damage, message):
