@@ -269,7 +269,7 @@ def test_predictions_page_search_document_view_and_frequencies(app, ui_db):
     hits = app.dataframe[0].value
     assert len(hits) >= 1 and all(mention in (lc + t + rc) for lc, t, rc in
                                   zip(hits["left_context"], hits["text"], hits["right_context"]))
-    app.selectbox(key="pred_doc").set_value(doc_id).run()
+    app.selectbox(key=f"pred_doc_{pred_run_id}").set_value(doc_id).run()
     htmls = _texts(app.html)
     assert any("ner-legend" in h for h in htmls)
     doc_html = next(h for h in htmls if "ner-text" in h)

@@ -38,7 +38,8 @@ if docs.empty:
     st.info("No document matches the search.")
 else:
     previews = {r.doc_id: f"{r.doc_id} · {r.n_entities} entities · {r.preview}" for r in docs.itertuples()}
-    doc_id = st.selectbox("Document", list(previews), format_func=previews.get, key="pred_doc")
+    # keyed by run: the options depend on it, and a stale selection must not carry over
+    doc_id = st.selectbox("Document", list(previews), format_func=previews.get, key=f"pred_doc_{pred_run_id}")
     doc_text, ents = queries.predicted_document(db, pred_run_id, doc_id)
     st.html(legend_html(colours))
     show_highlighted(doc_text, spans_of(ents.to_dict("records")), colours)
@@ -52,6 +53,6 @@ with f1:
     if not counts.empty:
         st.bar_chart(counts.set_index("label")["n_entities"])
 with f2:
-    top_label = st.selectbox("Most frequent mentions of", ["(all)", *labels], key="top_label")
+    top_label = st.selectbox("Most frequent mentions of", ["(all)", *labels], key=f"top_label_{pred_run_id}")
     st.dataframe(queries.top_entities(db, pred_run_id, None if top_label == "(all)" else top_label, 50),
                  hide_index=True)
