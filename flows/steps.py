@@ -98,32 +98,63 @@ def evaluate_step(db_path: str, model_dir: str, dataset: str, split: str = "test
 
 
 def prediction_run_id(model_dir: str, input_ref: str) -> str:
-    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them."""
+    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them.
+
+    The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
+    that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
+    """
+    if not isinstance(input_ref, str) or not input_ref:
+        raise ValueError(f"expected a non-empty input_ref string, got {input_ref!r}")
     meta = Path(model_dir) / "meta.json"
     ident = meta.read_text(encoding="utf-8") if meta.exists() else str(Path(model_dir).resolve())
     return "pred-" + hashlib.sha1(f"{ident}\n{input_ref}".encode()).hexdigest()[:12]
 
 
 def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
-                 run_id: str | None = None, batch_docs: int = 64, replace: bool = True,
-                 max_len: int | None = None, stride: int | None = None, batch_size: int = 32) -> dict:
-    """Tag ``docs`` and store one row per entity; batches are written in their own transactions, and a
-    re-run with ``replace=False`` skips documents already stored (resume)."""
+                 run_id: str | None = None, batch_docs: int = 64, replace: bool | None = None,
+                 max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
+                 device: str = "auto", num_threads: int | None = None, progress: bool = True) -> dict:
+    """Tag ``docs`` and store one row per entity; every ``batch_docs`` documents are written in their own
+    transaction.
+
+    ``replace``: ``None`` (default) resumes an interrupted run (status ``running``/``failed``, same window
+    settings: only the documents not stored yet are tagged) and otherwise replaces the run's rows; ``True``
+    always replaces; ``False`` always resumes. Same model + same input = same ``pred_run_id``, so rows are
+    never duplicated.
+    """
     from tqdm.auto import tqdm
 
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
 
+    if not isinstance(batch_docs, int) or batch_docs < 1:
+        raise ValueError(f"batch_docs must be a positive int, got {batch_docs!r}")
+    ids = [d.doc_id for d in docs]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"prediction input has duplicate doc_id {dup!r}: doc_ids must be unique per run")
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size)
+    tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
+                                num_threads=num_threads)
     pred_run_id = prediction_run_id(model_dir, input_ref)
-    cfg = json.dumps({"max_len": tagger.max_len, "stride": tagger.stride, "batch_size": batch_size})
+    settings = {"max_len": tagger.max_len, "stride": tagger.stride}
+    cfg = json.dumps({**settings, "batch_size": batch_size, "device": str(tagger.device),
+                      "batch_docs": batch_docs})
+    if replace is None:
+        prev = runs_db.get_prediction_run(db_path, pred_run_id)
+        prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
+        resumable = (prev is not None and prev["status"] in ("running", "failed")
+                     and {k: prev_cfg.get(k) for k in settings} == settings)
+        replace = not resumable
     done = runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id,
                                         input_kind=input_kind, input_ref=input_ref, config_json=cfg,
                                         replace=replace)
     todo = [d for d in docs if d.doc_id not in done]
-    bar = tqdm(total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False)
+    # longest documents first within the run would hurt resumption granularity; keep input order and let
+    # the tagger sort windows by length inside each batch of documents
+    bar = tqdm(total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False,
+               disable=not progress)
     try:
         for b in range(0, len(todo), batch_docs):
             part = todo[b : b + batch_docs]
@@ -136,17 +167,27 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
         bar.close()
     row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0)
     return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
-            "n_chars": row["n_chars"], "skipped_already_done": len(done), "seconds": round(row["seconds"], 2)}
+            "n_chars": row["n_chars"], "skipped_already_done": len(done), "resumed": not replace,
+            "seconds": round(row["seconds"], 2)}
 
 
 def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:
-    """``source`` is {"files": [...]} (any supported format; labels ignored) or {"dataset": d, "split": s}.
+    """Documents to tag, the input kind and a reference naming the input (part of the prediction run id).
 
-    A plain-text file is one document unless ``source["text_per_file"]`` is false (then one per line).
+    ``source`` is one of:
+
+    - ``{"files": [...]}``: any supported format (labels ignored). A plain-text file is one document unless
+      ``source["text_per_file"]`` is false (then one per line).
+    - ``{"dataset": d, "split": s}``: documents already in DuckDB (latest version; ``split`` None = all).
+    - ``{"sql": "SELECT doc_id, text FROM ..."}``: any query returning the columns ``doc_id`` and ``text``,
+      run on a read-only connection (a statement that writes fails).
     """
     from ner_core.formats import detect_format, read_file
     from storage.datasets import load_documents
 
+    if not isinstance(source, dict):
+        raise ValueError(f"expected the prediction input as a dict with 'files', 'dataset' or 'sql', "
+                         f"got {type(source).__name__}")
     if source.get("files"):
         docs: list[Document] = []
         for f in source["files"]:
@@ -161,4 +202,24 @@ def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], s
     if source.get("dataset"):
         docs = load_documents(db_path, source["dataset"], source.get("split"))
         return docs, "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
-    raise ValueError(f"prediction input needs 'files' or 'dataset', got {sorted(source)}")
+    if source.get("sql"):
+        sql = source["sql"]
+        if not isinstance(sql, str) or not sql.strip():
+            raise ValueError(f"expected 'sql' to be a SELECT statement, got {sql!r}")
+        try:
+            rows = runs_db.query(db_path, sql)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # duckdb errors: parser, catalog, read-only violations
+            raise ValueError(f"prediction input query failed (it runs read-only): {exc}") from None
+        if rows and not {"doc_id", "text"} <= set(rows[0]):
+            raise ValueError(f"prediction input query must return columns doc_id and text, got {sorted(rows[0])}")
+        docs = []
+        for i, r in enumerate(rows):
+            if r["doc_id"] is None or not isinstance(r["text"], str):
+                raise ValueError(f"prediction input query row {i}: expected a doc_id and a text, got "
+                                 f"doc_id={r['doc_id']!r}, text of type {type(r['text']).__name__}")
+            if r["text"]:
+                docs.append(Document(doc_id=str(r["doc_id"]), text=r["text"], source="sql", line=i + 1))
+        return docs, "sql", " ".join(sql.split())
+    raise ValueError(f"prediction input needs 'files', 'dataset' or 'sql', got {sorted(source)}")

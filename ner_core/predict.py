@@ -1,21 +1,26 @@
 """Tagging texts of any length with a trained model.
 
-Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters;
-each character keeps the tag from the window in which it sits most centrally (largest distance to the
-window's nearer edge), so no character is predicted at a window's ragged edge when a better window
-exists. Spans are then read off the merged tag sequence (lenient reading, see
-:func:`ner_core.schemes.tags_to_spans`).
+Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters
+(:func:`ner_core.data.sliding_windows`); each character keeps the tag from the window in which it sits most
+centrally (largest distance to the window's nearer edge; ties go to the earlier window), so no character is
+predicted at a window's ragged edge when a better window exists. Every character gets exactly one tag.
+Spans are then read off the merged tag sequence (lenient reading, see :func:`ner_core.schemes.tags_to_spans`).
+
+Windows of all texts are pooled, sorted by length and decoded in batches under ``torch.inference_mode``,
+so padding is small; the order of the windows never changes the result.
 
 Confidence of an entity: the minimum, over the entity's characters, of the CRF's posterior marginal
-probability of the predicted tag at that character (forward-backward in the window that supplied the
-tag). It is 1.0 only when the CRF is certain of every character of the span.
+probability ``p(y_t = predicted tag | window)`` (forward-backward over the allowed paths, in the window that
+supplied the character's tag). It is 1.0 only when the CRF is certain of every character of the span; a
+span whose weakest character the model hesitates on gets a low confidence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from ner_core.alignment import CharAligner
@@ -25,20 +30,53 @@ from ner_core.schemes import tags_to_spans
 
 @dataclass(frozen=True)
 class PredictedEntity:
+    """A predicted span ``[start, end)`` of the original text, its label, mention and confidence."""
+
     start: int
     end: int
     label: str
     text: str
     confidence: float
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when present, else CPU; otherwise the named device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here (use cpu or auto)")
+    return dev
+
 
 class Tagger:
-    """Batched, windowed inference for an :class:`ner_core.model.NERModel`."""
+    """Batched, windowed inference for an :class:`ner_core.model.NERModel`.
+
+    Args:
+        model: a NERModel (or anything with ``tags``, ``config.data.scheme``, ``emissions`` and ``crf``).
+        tokenizer: the model's tokenizer (characters are mapped one-to-one by :class:`CharAligner`).
+        max_len: characters per window (without [CLS]/[SEP]).
+        stride: characters between window starts (default ``max_len // 2``), ``1 <= stride <= max_len``.
+        batch_size: windows per forward pass.
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
+        num_threads: torch CPU threads (``None`` leaves torch's setting alone).
+    """
 
     def __init__(self, model, tokenizer, *, max_len: int, stride: int | None = None, batch_size: int = 32,
-                 device: str = "cpu"):
-        if max_len < 1:
-            raise ValueError(f"max_len must be positive, got {max_len}")
+                 device: str | torch.device | None = "cpu", num_threads: int | None = None):
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        if stride is not None and (not isinstance(stride, int) or stride < 1):
+            raise ValueError(f"stride must be a positive int or None, got {stride!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if num_threads is not None:
+            if not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            torch.set_num_threads(num_threads)
         self.model = model.eval()
         self.aligner = CharAligner(tokenizer)
         self.tags: list[str] = list(model.tags)
@@ -48,26 +86,55 @@ class Tagger:
         if self.stride > max_len:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
         self.batch_size = batch_size
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device)
 
     @classmethod
     def from_loaded(cls, loaded, *, max_len: int | None = None, stride: int | None = None,
-                    batch_size: int = 32, device: str = "cpu") -> "Tagger":
+                    batch_size: int = 32, device: str | torch.device | None = "cpu",
+                    num_threads: int | None = None) -> "Tagger":
+        """A tagger for a :class:`ner_core.modeldir.LoadedModel`; ``max_len`` defaults to the model's."""
         return cls(loaded.model, loaded.tokenizer, max_len=max_len or loaded.config.data.max_len,
-                   stride=stride, batch_size=batch_size, device=device)
+                   stride=stride, batch_size=batch_size, device=device, num_threads=num_threads)
+
+    @property
+    def settings(self) -> dict:
+        return {"max_len": self.max_len, "stride": self.stride, "batch_size": self.batch_size,
+                "device": str(self.device)}
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> None:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ValueError(f"expected a sequence of texts (list of str), got {type(texts).__name__}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"expected every text to be a str, got {type(t).__name__} at index {i}")
 
     @torch.inference_mode()
     def tag_texts(self, texts: Sequence[str], *, confidence: bool = True,
                   progress: Callable[[int], None] | None = None) -> list[tuple[list[str], list[float]]]:
-        """Per text: one tag per character and the marginal probability of that tag."""
+        """Per text: one tag per character and the marginal probability of that tag.
+
+        Args:
+            texts: N texts of any length (empty ones give empty lists).
+            confidence: compute CRF marginals (else every probability is 1.0; a little faster).
+            progress: called after each batch with the number of window characters it decoded.
+
+        Returns:
+            N pairs ``(tags, probs)``, each of length ``len(text)``.
+        """
+        self._check_texts(texts)
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
             if text:
                 windows.extend((ti, s, e) for s, e in sliding_windows(len(text), self.max_len, self.stride))
-        tags_out = [["O"] * len(t) for t in texts]
-        prob_out = [[1.0] * len(t) for t in texts]
-        best = [[-1] * len(t) for t in texts]  # centrality of the window that supplied each char's tag
+        tag_ids = [np.zeros(len(t), dtype=np.int64) for t in texts]  # per text (L,)
+        probs = [np.ones(len(t), dtype=np.float64) for t in texts]  # per text (L,)
+        best = [np.full(len(t), -1, dtype=np.int64) for t in texts]  # centrality of the supplying window
+        o_id = self.tags.index("O") if "O" in self.tags else 0
+        for arr in tag_ids:
+            arr.fill(o_id)
+        # stable sort by length: windows of one text stay in order, so ties go to the earlier window
         order = sorted(range(len(windows)), key=lambda w: windows[w][2] - windows[w][1])
         for b in range(0, len(order), self.batch_size):
             batch_w = [windows[w] for w in order[b : b + self.batch_size]]
@@ -76,24 +143,31 @@ class Tagger:
             ids = enc["input_ids"].to(self.device)  # (B, T+2)
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
             emissions, mask = self.model.emissions(ids, att)  # (B, T, K), (B, T)
-            paths = self.model.crf.decode(emissions, mask)
-            if confidence:
-                marg = self.model.crf.marginals(emissions, mask).float().cpu()  # (B, T, K)
+            paths = self.model.crf.decode(emissions, mask)  # B lists of T_b tag ids
+            marg = self.model.crf.marginals(emissions, mask).float().cpu() if confidence else None  # (B, T, K)
             for r, ((ti, s, e), path) in enumerate(zip(batch_w, paths)):
-                for j, tag_id in enumerate(path):
-                    i = s + j
-                    central = min(j, e - s - 1 - j)
-                    if central > best[ti][i]:
-                        best[ti][i] = central
-                        tags_out[ti][i] = self.tags[tag_id]
-                        prob_out[ti][i] = float(marg[r, j, tag_id]) if confidence else 1.0
+                n = e - s
+                path_t = torch.as_tensor(path, dtype=torch.long)  # (n,)
+                j = np.arange(n)
+                central = np.minimum(j, n - 1 - j)  # (n,) distance to the nearer window edge
+                better = central > best[ti][s:e]  # (n,)
+                if not better.any():
+                    continue
+                best[ti][s:e][better] = central[better]
+                tag_ids[ti][s:e][better] = path_t.numpy()[better]
+                if marg is not None:
+                    p = marg[r, :n].gather(1, path_t.unsqueeze(1)).squeeze(1).double().numpy()  # (n,)
+                    probs[ti][s:e][better] = p[better]
             if progress is not None:
                 progress(sum(e - s for _, s, e in batch_w))
-        return list(zip(tags_out, prob_out))
+        out = []
+        for ids_arr, p_arr in zip(tag_ids, probs):
+            out.append(([self.tags[i] for i in ids_arr.tolist()], p_arr.tolist()))
+        return out
 
     def predict(self, texts: Sequence[str], *, confidence: bool = True,
                 progress: Callable[[int], None] | None = None) -> list[list[PredictedEntity]]:
-        """Entities per text, half-open character spans over the original text."""
+        """Entities per text, half-open character spans over the original text (see module docstring)."""
         out = []
         for text, (tags, probs) in zip(texts, self.tag_texts(texts, confidence=confidence, progress=progress)):
             ents = []

@@ -1,0 +1,366 @@
+"""Batch prediction: windowed tagging of long texts, the merge rule, confidence, and prediction runs in
+DuckDB (replace, resume after an interruption, SQL input, views and the disagreement macro)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import REPO, SAMPLE
+
+LABELS = ["FIN", "LOC", "ORG", "PER"]
+RAW = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
+
+
+def build_model_dir(out: Path, encoder_dir: Path, *, seed: int = 0, head: str = "bilstm", max_len: int = 64) -> Path:
+    """An untrained but complete model directory (tiny encoder + head + CRF), deterministic for ``seed``."""
+    from ner_core.config import NERConfig
+    from ner_core.encoder import load_encoder
+    from ner_core.model import NERModel
+    from ner_core.modeldir import save_model_dir
+    from ner_core.schemes import tag_set
+
+    cfg = NERConfig.model_validate({"data": {"dataset": "sample", "max_len": max_len},
+                                    "encoder": {"name": str(encoder_dir)},
+                                    "head": {"type": head, "rnn_units": 16, "cnn_filters": 16}})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder, tokenizer = load_encoder(cfg.encoder)
+        model = NERModel(cfg, tag_set(LABELS, cfg.data.scheme), encoder)
+        with torch.no_grad():  # make entities likely from an untrained model: louder emissions
+            model.classifier.weight.mul_(20.0)
+    return save_model_dir(out, model, tokenizer, metrics={"note": "untrained test model", "seed": seed})
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("pred-model") / "model", tiny_encoder_dir)
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
+    return build_model_dir(tmp_path_factory.mktemp("pred-model-b") / "model", tiny_encoder_dir, seed=1)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    from ner_core.modeldir import load_model_dir
+
+    return load_model_dir(model_dir)
+
+
+@pytest.fixture(scope="module")
+def long_text() -> str:
+    text = "".join(Path(p).read_text(encoding="utf-8") for p in RAW)
+    while len(text) < 5000:
+        text += text
+    return text[:5000]
+
+
+def _docs(n: int = 7):
+    from ner_core.documents import Document
+
+    texts = [Path(p).read_text(encoding="utf-8").strip() for p in RAW]
+    lines = [ln for t in texts for ln in t.split("\n") if ln.strip()]
+    docs = [Document(doc_id=f"d{i:02d}", text=t) for i, t in enumerate(texts)]
+    docs += [Document(doc_id=f"l{i:02d}", text=t) for i, t in enumerate(lines[: max(0, n - len(docs))])]
+    return docs[:n]
+
+
+# ----------------------------------------------------------------------------------------- fakes
+class _PositionFreeModel(nn.Module):
+    """Emissions depend only on the character id (no context), CRF without transitions: tagging a text in
+    windows must then give exactly the whole-text tagging, whatever the windows."""
+
+    def __init__(self, tags: list[str], vocab: int, seed: int = 0):
+        from ner_core.config import NERConfig
+        from ner_core.crf import ConstrainedCRF
+
+        super().__init__()
+        self.tags = tags
+        self.config = NERConfig.model_validate({"data": {"scheme": "BIOES"}})
+        g = torch.Generator().manual_seed(seed)
+        self.table = nn.Parameter(torch.randn(vocab, len(tags), generator=g) * 3)  # (V, K)
+        self.crf = ConstrainedCRF(len(tags))
+        with torch.no_grad():
+            for p in self.crf.parameters():
+                p.zero_()
+
+    def emissions(self, ids, att):
+        em = self.table[ids[:, 1:-1]]  # (B, T, K)
+        n = att.long().sum(1) - 2  # (B,)
+        mask = torch.arange(ids.shape[1] - 2).unsqueeze(0) < n.unsqueeze(1)  # (B, T)
+        return em, mask
+
+
+class _EdgeModel(_PositionFreeModel):
+    """Tags S-X on the first and last 4 positions of every window, O elsewhere."""
+
+    def emissions(self, ids, att):
+        B, T2 = ids.shape
+        n = att.long().sum(1) - 2  # (B,)
+        pos = torch.arange(T2 - 2).unsqueeze(0).expand(B, -1)  # (B, T)
+        edge = (pos < 4) | (pos >= (n.unsqueeze(1) - 4))  # (B, T)
+        em = torch.full((B, T2 - 2, len(self.tags)), -10.0)  # (B, T, K)
+        em[..., self.tags.index("O")] = 0.0
+        em[..., self.tags.index("S-X")] = torch.where(edge, 10.0, -10.0)
+        mask = pos < n.unsqueeze(1)  # (B, T)
+        return em, mask
+
+
+# ----------------------------------------------------------------------------------------- tagger
+def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_text):
+    from ner_core.predict import Tagger
+
+    tagger = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=16)
+    (tags, probs), = tagger.tag_texts([long_text])
+    assert len(tags) == len(probs) == 5000
+    assert set(tags) <= set(loaded.tags) and len(set(tags)) > 1
+    assert all(0.0 <= p <= 1.0 + 1e-6 for p in probs)
+    again = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=7).tag_texts([long_text, "短文本"],
+                                                                                    confidence=False)
+    assert again[0][0] == tags  # batch composition does not change the tags
+    assert again[0][1] == [1.0] * 5000 and len(again[1][0]) == 3
+
+
+def test_windowed_equals_whole_text_when_the_model_has_no_context(loaded, long_text):
+    from ner_core.predict import Tagger
+
+    fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer))
+    whole = Tagger(fake, loaded.tokenizer, max_len=510, stride=510).tag_texts([long_text[:500]])[0]
+    for max_len, stride in ((64, 32), (64, 1), (50, 50), (17, 5)):
+        win = Tagger(fake, loaded.tokenizer, max_len=max_len, stride=stride).tag_texts([long_text[:500]])[0]
+        assert win[0] == whole[0], (max_len, stride)
+        assert win[1] == pytest.approx(whole[1], abs=1e-5)
+
+
+def test_each_char_keeps_the_tag_of_its_most_central_window(loaded):
+    from ner_core.predict import Tagger
+
+    tags = ["O", "B-X", "I-X", "E-X", "S-X"]
+    fake = _EdgeModel(tags, vocab=len(loaded.tokenizer))
+    text = "中" * 500
+    got, _ = Tagger(fake, loaded.tokenizer, max_len=64, stride=32).tag_texts([text])[0]
+    edges = [i for i, t in enumerate(got) if t == "S-X"]
+    # only the text's own ends have no window in which they sit more centrally
+    assert edges == [0, 1, 2, 3, 496, 497, 498, 499]
+
+
+def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
+    from ner_core.predict import Tagger
+    from ner_core.schemes import tags_to_spans
+
+    tagger = Tagger.from_loaded(loaded, max_len=32, stride=16)
+    texts = [d.text for d in _docs(5)] + ["", "A股 😀 iPhone 15，余额宝。"]
+    preds = tagger.predict(texts)
+    tagged = tagger.tag_texts(texts)
+    assert len(preds) == len(texts) and preds[-2] == []
+    n = 0
+    for text, ents, (tags, probs) in zip(texts, preds, tagged):
+        assert [(e.start, e.end, e.label) for e in ents] == [
+            (s.start, s.end, s.label) for s in tags_to_spans(tags, loaded.scheme)]
+        for e in ents:
+            n += 1
+            assert text[e.start : e.end] == e.text and e.label in LABELS
+            assert e.confidence == pytest.approx(min(probs[e.start : e.end]), abs=1e-6)
+    assert n > 0
+
+
+def test_tagger_rejects_bad_input(loaded):
+    from ner_core.predict import Tagger
+
+    with pytest.raises(ValueError, match="stride .* must not exceed max_len"):
+        Tagger.from_loaded(loaded, max_len=16, stride=32)
+    with pytest.raises(ValueError, match="max_len must be a positive int, got 0"):
+        Tagger(loaded.model, loaded.tokenizer, max_len=0)
+    tagger = Tagger.from_loaded(loaded, max_len=16)
+    with pytest.raises(ValueError, match="expected a sequence of texts .* got str"):
+        tagger.predict("张三")
+    with pytest.raises(ValueError, match="got int at index 1"):
+        tagger.predict(["张三", 3])
+
+
+# ----------------------------------------------------------------------------------------- prediction runs
+def _entity_rows(db: str, pred_run_id: str) -> list[tuple]:
+    con = duckdb.connect(db, read_only=True)
+    rows = con.execute('SELECT doc_id, "start", "end", label, text, round(confidence, 4) FROM predicted_entities '
+                       'WHERE pred_run_id = ? ORDER BY ALL', [pred_run_id]).fetchall()
+    con.close()
+    return rows
+
+
+def test_rerun_replaces_rows_never_duplicates(tmp_path, model_dir):
+    from flows import steps
+
+    db, docs = str(tmp_path / "p.duckdb"), _docs(5)
+    a = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=2,
+                           progress=False)
+    b = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=3,
+                           progress=False)
+    assert a["pred_run_id"] == b["pred_run_id"] and not b["resumed"] and b["skipped_already_done"] == 0
+    rows = _entity_rows(db, a["pred_run_id"])
+    assert len(rows) == a["n_entities"] == b["n_entities"] > 0
+    assert len(set(rows)) == len(rows)
+    con = duckdb.connect(db, read_only=True)
+    status, n_docs, cfg = con.execute("SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?",
+                                      [a["pred_run_id"]]).fetchone()
+    by_label = dict(con.execute("SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?",
+                                [a["pred_run_id"]]).fetchall())
+    con.close()
+    assert status == "completed" and n_docs == 5 and json.loads(cfg)["max_len"] == 64
+    assert sum(by_label.values()) == len(rows)
+
+
+def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model_dir, monkeypatch):
+    from flows import steps
+    from storage import runs as runs_db
+
+    docs = _docs(7)
+    ref_db = str(tmp_path / "ref.duckdb")
+    ref = steps.predict_step(ref_db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
+                             progress=False)
+
+    db = str(tmp_path / "p.duckdb")
+    real_write = runs_db.write_predictions
+    calls = []
+
+    def write_then_fail(*args, **kwargs):
+        if calls:
+            raise RuntimeError("simulated crash after the first batch")
+        calls.append(1)
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(runs_db, "write_predictions", write_then_fail)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
+                           progress=False)
+    monkeypatch.setattr(runs_db, "write_predictions", real_write)
+    row = runs_db.get_prediction_run(db, ref["pred_run_id"])
+    assert row["status"] == "failed" and row["n_documents"] == 3
+
+    tagged = []
+    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict
+
+    def counting_predict(self, texts, **kw):
+        tagged.extend(texts)
+        return real_predict(self, texts, **kw)
+
+    monkeypatch.setattr("ner_core.predict.Tagger.predict", counting_predict)
+    out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
+                             progress=False)
+    assert out["resumed"] and out["skipped_already_done"] == 3
+    assert tagged == [d.text for d in docs[3:]]  # only what was missing
+    assert out["n_documents"] == 7 and out["n_entities"] == ref["n_entities"]
+    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(ref_db, ref["pred_run_id"])
+    assert runs_db.get_prediction_run(db, out["pred_run_id"])["status"] == "completed"
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(tmp_path, model_dir):
+    """A real kill (os._exit) after the first batch leaves status 'running'; the next run resumes."""
+    from flows import steps
+
+    docs = _docs(6)
+    db = str(tmp_path / "k.duckdb")
+    (tmp_path / "docs.json").write_text(json.dumps([d.model_dump() for d in docs], ensure_ascii=False))
+    script = f"""
+import json, os
+from ner_core.documents import Document
+from flows import steps
+from storage import runs
+real = runs.write_predictions
+def write_then_die(*a, **k):
+    real(*a, **k)
+    os._exit(137)
+runs.write_predictions = write_then_die
+docs = [Document(**d) for d in json.load(open({str(tmp_path / 'docs.json')!r}, encoding='utf-8'))]
+steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_ref="six", batch_docs=2,
+                   progress=False)
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 137, r.stderr[-2000:]
+    out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="six", batch_docs=2,
+                             progress=False)
+    assert out["resumed"] and out["skipped_already_done"] == 2 and out["n_documents"] == 6
+    ref = steps.predict_step(str(tmp_path / "r.duckdb"), str(model_dir), docs, input_kind="texts",
+                             input_ref="six", batch_docs=2, progress=False)
+    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(str(tmp_path / "r.duckdb"), ref["pred_run_id"])
+
+
+def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir):
+    from flows import steps
+    from storage import runs as runs_db
+
+    docs = _docs(4)
+    db = str(tmp_path / "p.duckdb")
+    first = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
+    runs_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", max_len=32,
+                               progress=False)
+    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+
+
+def test_sql_input_runs_read_only(tmp_path, model_dir):
+    from flows import steps
+
+    db = str(tmp_path / "p.duckdb")
+    first = steps.predict_step(db, str(model_dir), _docs(3), input_kind="texts", input_ref="three", progress=False)
+    sql = "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id" % first["pred_run_id"]
+    docs, kind, ref = steps.load_prediction_input(db, {"sql": sql})
+    assert kind == "sql" and ref == sql and [d.doc_id for d in docs] == ["d00", "d01", "d02"]
+    assert docs[0].text == _docs(1)[0].text
+    out = steps.predict_step(db, str(model_dir), docs, input_kind=kind, input_ref=ref, progress=False)
+    assert out["pred_run_id"] != first["pred_run_id"] and out["n_entities"] == first["n_entities"]
+    with pytest.raises(ValueError, match="read-only"):
+        steps.load_prediction_input(db, {"sql": "DELETE FROM prediction_runs"})
+    with pytest.raises(ValueError, match="must return columns doc_id and text, got \\['id', 'text'\\]"):
+        steps.load_prediction_input(db, {"sql": "SELECT 1 AS id, 'x' AS text"})
+    with pytest.raises(ValueError, match="needs 'files', 'dataset' or 'sql'"):
+        steps.load_prediction_input(db, {"query": "SELECT 1"})
+    con = duckdb.connect(db, read_only=True)
+    assert con.execute("SELECT count(*) FROM prediction_runs").fetchone()[0] == 2
+    con.close()
+
+
+def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_dir, other_model_dir):
+    from flows import steps
+    from storage import runs as runs_db
+
+    db, docs = str(tmp_path / "p.duckdb"), _docs(4)
+    a = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="x", progress=False)
+    b = steps.predict_step(db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False)
+    ea = {r[:4] for r in _entity_rows(db, a["pred_run_id"]) if r[0] in {d.doc_id for d in docs[:3]}}
+    eb = {r[:4] for r in _entity_rows(db, b["pred_run_id"])}
+    rows = runs_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
+    only_a = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_a"}
+    only_b = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_b"}
+    assert only_a == ea - eb and only_b == eb - ea and (only_a or only_b)
+    assert runs_db.prediction_disagreements(db, a["pred_run_id"], a["pred_run_id"]) == []
+    ctx = runs_db.query(db, "SELECT * FROM document_entities(?, ?)", [a["pred_run_id"], "d00"])
+    text = docs[0].text
+    for r in ctx:
+        assert text[r["start"] : r["end"]] == r["text"]
+        assert text[: r["start"]].endswith(r["left_context"]) and text[r["end"] :].startswith(r["right_context"])
+    top = runs_db.query(db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?",
+                        [a["pred_run_id"]])
+    assert top[0]["n"] == a["n_entities"]
+    summary = runs_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[0]
+    assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b["n_entities"]
+
+
+def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
+    from flows import steps
+    from ner_core.documents import Document
+
+    docs = [Document(doc_id="x", text="张三"), Document(doc_id="x", text="李四")]
+    with pytest.raises(ValueError, match="duplicate doc_id 'x'"):
+        steps.predict_step(str(tmp_path / "p.duckdb"), str(model_dir), docs, input_kind="texts", input_ref="d")
