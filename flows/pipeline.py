@@ -1,7 +1,13 @@
 """Prefect 3 flows: thin wrappers that chain the steps of :mod:`flows.steps`.
 
+Flows: ``ingest``, ``train``, ``evaluate``, ``evaluate-production`` (weekly re-evaluation), ``predict``,
+``predict-new`` (incremental nightly batch: only documents the production model has not tagged yet) and
+``pipeline`` (ingest -> train -> evaluate -> predict as subflows). The Dask-sharded batch prediction is in
+:mod:`flows.dask_predict`.
+
 Tasks pass paths and ids; I/O-bound tasks retry. Artifacts carry stable keys so the Prefect UI shows their
-history: ``eval-<dataset>-<split>`` (per-type table), ``run-report-<dataset>`` (Markdown), ``model-dir``.
+history: ``eval-<dataset>-<split>`` (per-type table), ``run-report-<dataset>`` (Markdown evaluation report),
+``train-report-<dataset>-<head>`` (Markdown training report), ``model-dir`` (link).
 """
 
 from __future__ import annotations
@@ -21,10 +27,55 @@ def _key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
 
 
-def _train_run_name() -> str:
-    cfg = flow_run.parameters.get("config")
+def _describe(cfg) -> str:
     cfg = cfg if isinstance(cfg, NERConfig) else NERConfig.model_validate(cfg or {})
-    return f"train-{cfg.data.dataset}-{cfg.head.type.value}-{Path(cfg.encoder.name).name}"
+    return f"{cfg.data.dataset}-{cfg.head.type.value}-{Path(cfg.encoder.name).name}"
+
+
+def _train_run_name() -> str:
+    """``train-<dataset>-<head>-<encoder>``: what ran, readable in the Prefect UI."""
+    return f"train-{_describe(flow_run.parameters.get('config'))}"
+
+
+def _pipeline_run_name() -> str:
+    return f"pipeline-{_describe(flow_run.parameters.get('config'))}"
+
+
+def _evaluate_run_name() -> str:
+    p = flow_run.parameters
+    model = p.get("run_id") or Path(p.get("model_dir") or "production").parent.name or "model"
+    return f"evaluate-{p.get('dataset')}-{p.get('split')}-{model}"
+
+
+def _resolve_production(db_path: str) -> tuple[str, str]:
+    """(model_dir, run_id) of the production run; ValueError when none was promoted."""
+    from storage.runs import production_run
+
+    prod = production_run(db_path)
+    if prod is None:
+        raise ValueError(f"no production run in {db_path}: promote one with `ner promote RUN_ID`")
+    return prod["model_dir"], prod["run_id"]
+
+
+def _train_markdown(db_path: str, result: dict) -> str:
+    from storage import runs as runs_db
+
+    run = runs_db.get_run(db_path, result["run_id"])
+    lines = [f"# Training run `{result['run_id']}`", "",
+             f"- dataset **{run['dataset']}** v{run['dataset_version']}, encoder `{run['encoder']}`, "
+             f"head **{run['head']}**, scheme {run['scheme']}",
+             f"- best epoch {result['best_epoch']} (dev entity F1 {(result['best_dev_f1'] or 0) * 100:.2f}), "
+             f"stopped: {result['stopped_reason']}, {result['seconds']} s",
+             f"- model directory: `{result['model_dir']}`", "",
+             "| epoch | train loss | dev F1 | dev P | dev R | learning rate | seconds |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in runs_db.epochs(db_path, result["run_id"]):
+        def pct(v):
+            return "-" if v is None else f"{v * 100:.2f}"
+        lines.append(f"| {e['epoch']}{' *' if e['is_best'] else ''} | {e['train_loss'] or 0:.4f} | "
+                     f"{pct(e['dev_f1'])} | {pct(e['dev_precision'])} | {pct(e['dev_recall'])} | "
+                     f"{e['learning_rate'] or 0:.2e} | {e['seconds'] or 0:.1f} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- tasks
@@ -40,6 +91,9 @@ def ingest_task(db_path: str, name: str, files: dict[str, str] | list[str], form
 def train_task(db_path: str, config: NERConfig, runs_root: str, run_id: str | None = None,
                resume: bool = False) -> dict:
     result = steps.train_step(db_path, config, runs_root, run_id=run_id, resume=resume)
+    create_markdown_artifact(markdown=_train_markdown(db_path, result),
+                             key=_key("train-report", config.data.dataset, config.head.type.value),
+                             description=f"training report of run {result['run_id']}")
     create_link_artifact(link=Path(result["model_dir"]).resolve().as_uri(), link_text=result["model_dir"],
                          key="model-dir", description=f"model directory of run {result['run_id']}")
     return result
@@ -62,6 +116,20 @@ def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None 
     return steps.predict_step(db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
 
 
+@task(name="predict-new", retries=1, retry_delay_seconds=[5])
+def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, split: str | None = None) -> dict:
+    from storage.runs import unpredicted_documents
+
+    docs = unpredicted_documents(db_path, dataset, run_id, split)
+    ref = f"{dataset}/{split or '*'}"
+    if not docs:
+        print(f"nothing new to predict in {ref} for run {run_id}", flush=True)
+        return {"pred_run_id": steps.prediction_run_id(model_dir, ref), "n_new_documents": 0}
+    out = steps.predict_step(db_path, model_dir, docs, input_kind="dataset", input_ref=ref, run_id=run_id,
+                             replace=False)
+    return {**out, "n_new_documents": len(docs)}
+
+
 # ----------------------------------------------------------------------------------------- flows
 @flow(name="ingest", flow_run_name="ingest-{name}")
 def ingest_flow(db_path: str, name: str, files: dict[str, str] | list[str], format: str | None = None,
@@ -75,9 +143,16 @@ def train_flow(db_path: str, config: NERConfig, runs_root: str = "runs", run_id:
     return train_task(db_path, config, runs_root, run_id, resume)
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{dataset}-{split}")
+@flow(name="evaluate", flow_run_name=_evaluate_run_name)
 def evaluate_flow(db_path: str, model_dir: str, dataset: str, split: str = "test",
                   run_id: str | None = None) -> dict:
+    return evaluate_task(db_path, model_dir, dataset, split, run_id)
+
+
+@flow(name="evaluate-production", flow_run_name="evaluate-production-{dataset}-{split}")
+def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str = "test") -> dict:
+    """Re-evaluate the production model (``ner promote RUN_ID``) on a split: the weekly deployment."""
+    model_dir, run_id = _resolve_production(db_path)
     return evaluate_task(db_path, model_dir, dataset, split, run_id)
 
 
@@ -85,16 +160,19 @@ def evaluate_flow(db_path: str, model_dir: str, dataset: str, split: str = "test
 def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None) -> dict:
     """Tag ``source`` with ``model_dir``, or with the production run's model when none is given."""
     if model_dir is None:
-        from storage.runs import production_run
-
-        prod = production_run(db_path)
-        if prod is None:
-            raise ValueError(f"no model_dir given and no production run in {db_path}: run `ner promote RUN_ID`")
-        model_dir, run_id = prod["model_dir"], prod["run_id"]
+        model_dir, run_id = _resolve_production(db_path)
     return predict_task(db_path, model_dir, source, run_id)
 
 
-@flow(name="pipeline", flow_run_name=_train_run_name)
+@flow(name="predict-new", flow_run_name="predict-new-{dataset}")
+def predict_new_flow(db_path: str, dataset: str = "sample", split: str | None = None) -> dict:
+    """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
+    all) that the production model has not tagged yet; rows accumulate in one prediction run."""
+    model_dir, run_id = _resolve_production(db_path)
+    return predict_new_task(db_path, model_dir, run_id, dataset, split)
+
+
+@flow(name="pipeline", flow_run_name=_pipeline_run_name)
 def pipeline_flow(db_path: str, config: NERConfig, train: str, dev: str, test: str,
                   predict_files: list[str], runs_root: str = "runs") -> dict:
     """ingest -> train -> evaluate (test split) -> batch prediction, each a subflow."""

@@ -1,0 +1,194 @@
+"""Batch prediction sharded across Dask workers: one machine (a ``LocalCluster``) or many (a scheduler).
+
+Documents are split into ``n_shards`` contiguous shards of about equal length in characters. Each Dask
+worker loads the model directory (it must be readable at the same path on every worker machine: a shared
+folder, or a copy in the same place) and returns entity rows; it never touches DuckDB. The flow process is
+the only writer: it stores every shard's rows in DuckDB under the same prediction-run id that the
+single-process :func:`flows.steps.predict_step` would use, so both give the same rows.
+
+Two ways to run the same code:
+
+- :func:`dask_predict_flow` (Prefect, ``DaskTaskRunner``): the deployment ``dask-predict``, or
+  ``ner predict --dask``. Its task runner comes from :func:`make_task_runner`: a scheduler address
+  (``NER_DASK_ADDRESS`` or ``--scheduler tcp://host:8786``) or a ``LocalCluster``.
+- :func:`predict_sharded` (plain ``distributed.Client``): ``ner predict --dask --no-prefect``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+from prefect import flow, task, unmapped
+
+from flows import steps
+from ner_core.documents import Document
+
+ShardRows = list[tuple[str, str, list]]  # [(doc_id, text, [PredictedEntity, ...]), ...]
+
+
+# ----------------------------------------------------------------------------------------- plain parts
+def shard_documents(docs: Sequence[Document], n_shards: int) -> list[list[Document]]:
+    """Split ``docs`` into at most ``n_shards`` contiguous, non-empty shards of about equal character count,
+    keeping input order (concatenating the shards gives ``docs`` back)."""
+    if not isinstance(n_shards, int) or isinstance(n_shards, bool) or n_shards < 1:
+        raise ValueError(f"expected n_shards to be a positive int, got {n_shards!r}")
+    docs = list(docs)
+    if not docs:
+        return []
+    n_shards = min(n_shards, len(docs))
+    total = sum(max(1, len(d.text)) for d in docs)
+    shards: list[list[Document]] = [[] for _ in range(n_shards)]
+    seen = 0
+    for d in docs:
+        size = max(1, len(d.text))
+        # shard by the character offset of the document's middle: non-decreasing, so order is kept
+        shards[min(n_shards - 1, (seen + size // 2) * n_shards // total)].append(d)
+        seen += size
+    # a shard stays empty when one long document spans its share: drop empty ones
+    return [s for s in shards if s]
+
+
+def tag_shard(model_dir: str, items: Sequence[tuple[str, str]], max_len: int | None = None,
+              stride: int | None = None, batch_size: int = 32) -> ShardRows:
+    """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
+
+    Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    if not isinstance(model_dir, str) or not model_dir:
+        raise ValueError(f"expected a model directory path, got {model_dir!r}")
+    items = list(items)
+    if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
+        raise ValueError("expected items as (doc_id, text) pairs")
+    tagger = Tagger.from_loaded(load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size)
+    preds = tagger.predict([text for _, text in items])
+    return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
+
+
+def store_shard_rows(db_path: str, model_dir: str, shard_rows: Sequence[ShardRows], *, input_kind: str,
+                     input_ref: str, run_id: str | None, seconds_so_far: float = 0.0,
+                     config: dict | None = None) -> dict:
+    """The single writer: one prediction run, one transaction per shard. Returns predict_step's summary."""
+    import json
+
+    from storage import runs as runs_db
+
+    t0 = time.perf_counter()
+    pred_run_id = steps.prediction_run_id(model_dir, input_ref)
+    runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=input_kind,
+                                 input_ref=input_ref, config_json=json.dumps(config or {}), replace=True)
+    for rows in shard_rows:
+        if rows:
+            runs_db.write_predictions(db_path, pred_run_id, rows)
+    row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed",
+                                        seconds=seconds_so_far + time.perf_counter() - t0)
+    return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
+            "n_chars": row["n_chars"], "n_shards": len(shard_rows), "seconds": round(row["seconds"], 2)}
+
+
+def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
+    return [[(d.doc_id, d.text) for d in s] for s in shards]
+
+
+def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
+                    run_id: str | None = None, n_shards: int = 2, address: str | None = None,
+                    n_workers: int = 2, processes: bool = False, batch_size: int = 32) -> dict:
+    """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
+    the rows in DuckDB from this process."""
+    from distributed import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    shards = _payload(shard_documents(docs, n_shards))
+    cluster = None if address else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
+                                                dashboard_address=None)
+    try:
+        with Client(address or cluster) as client:
+            futures = [client.submit(tag_shard, model_dir, s, None, None, batch_size, pure=False) for s in shards]
+            rows = client.gather(futures)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    return store_shard_rows(db_path, model_dir, rows, input_kind=input_kind, input_ref=input_ref, run_id=run_id,
+                            seconds_so_far=time.perf_counter() - t0,
+                            config={"n_shards": len(shards), "dask": address or "local", "batch_size": batch_size})
+
+
+# ----------------------------------------------------------------------------------------- Prefect
+def make_task_runner(address: str | None = None, n_workers: int = 2, processes: bool = False):
+    """A ``DaskTaskRunner``: connect to ``address`` (``tcp://host:8786``, production) or start a temporary
+    ``LocalCluster`` of ``n_workers`` single-threaded workers (threads when ``processes`` is false)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    if not isinstance(n_workers, int) or n_workers < 1:
+        raise ValueError(f"expected n_workers to be a positive int, got {n_workers!r}")
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": processes,
+                                          "dashboard_address": None})
+
+
+@task(name="tag-shard", retries=1, retry_delay_seconds=[5])
+def tag_shard_task(model_dir: str, items: list[tuple[str, str]], batch_size: int = 32) -> ShardRows:
+    return tag_shard(model_dir, items, batch_size=batch_size)
+
+
+def _dask_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    src = flow_run.parameters.get("source") or {}
+    what = src.get("dataset") or "files"
+    return f"dask-predict-{what}-{flow_run.parameters.get('n_shards')}-shards"
+
+
+@flow(name="dask-predict", flow_run_name=_dask_run_name,
+      task_runner=make_task_runner(os.environ.get("NER_DASK_ADDRESS") or None,
+                                   int(os.environ.get("NER_DASK_WORKERS", "2"))))
+def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None,
+                      n_shards: int = 4, only_new: bool = False, batch_size: int = 32) -> dict:
+    """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
+    writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
+    t0 = time.perf_counter()
+    if model_dir is None:
+        from flows.pipeline import _resolve_production
+
+        model_dir, run_id = _resolve_production(db_path)
+    if only_new:
+        from storage.runs import unpredicted_documents
+
+        if not source.get("dataset") or not run_id:
+            raise ValueError("only_new needs a {'dataset': ...} source and a run (the production run or run_id)")
+        docs = unpredicted_documents(db_path, source["dataset"], run_id, source.get("split"))
+        kind, ref = "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
+    else:
+        docs, kind, ref = steps.load_prediction_input(db_path, source)
+    shards = _payload(shard_documents(docs, n_shards))
+    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(batch_size))
+    rows = [f.result() for f in futures]
+    if only_new:  # accumulate into the existing prediction run instead of replacing it
+        from storage import runs as runs_db
+
+        pred_run_id = steps.prediction_run_id(model_dir, ref)
+        runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=kind,
+                                     input_ref=ref, config_json=None, replace=False)
+        for r in rows:
+            if r:
+                runs_db.write_predictions(db_path, pred_run_id, r)
+        row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed",
+                                            seconds=time.perf_counter() - t0)
+        return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
+                "n_chars": row["n_chars"], "n_new_documents": len(docs), "n_shards": len(shards)}
+    return store_shard_rows(db_path, model_dir, rows, input_kind=kind, input_ref=ref, run_id=run_id,
+                            seconds_so_far=time.perf_counter() - t0,
+                            config={"n_shards": len(shards), "batch_size": batch_size})
+
+
+def run_dask_predict(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None, *,
+                     n_shards: int = 4, address: str | None = None, n_workers: int = 2, processes: bool = False,
+                     only_new: bool = False, batch_size: int = 32, return_state: bool = False):
+    """Run :func:`dask_predict_flow` with a task runner chosen now (address or LocalCluster)."""
+    runner = make_task_runner(address, n_workers, processes)
+    f: Callable = dask_predict_flow.with_options(task_runner=runner)
+    return f(db_path, source, model_dir, run_id, n_shards, only_new, batch_size, return_state=return_state)

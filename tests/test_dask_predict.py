@@ -1,0 +1,177 @@
+"""Sharded batch prediction on a Dask LocalCluster (2 workers, threads) gives the same rows as the
+single-process run; shards keep order; incremental prediction tags only documents not yet tagged."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from ner_core.documents import Document
+from tests.conftest import SAMPLE
+
+RAW = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
+SPLITS = {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")}
+
+
+def _docs(lengths):
+    return [Document(doc_id=f"d{i}", text="字" * n) for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("lengths,n", [([5] * 10, 3), ([100, 1, 1, 1], 2), ([1, 2, 3], 5), ([7], 1),
+                                       ([3000, 5, 5, 5, 5, 5], 4)])
+def test_shards_keep_order_cover_everything_and_are_non_empty(lengths, n):
+    from flows.dask_predict import shard_documents
+
+    docs = _docs(lengths)
+    shards = shard_documents(docs, n)
+    assert [d.doc_id for s in shards for d in s] == [d.doc_id for d in docs]
+    assert all(shards) and len(shards) <= min(n, len(docs))
+
+
+def test_shards_balance_characters():
+    from flows.dask_predict import shard_documents
+
+    shards = shard_documents(_docs([10] * 40), 4)
+    assert [len(s) for s in shards] == [10, 10, 10, 10]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_shard_count_is_checked(bad):
+    from flows.dask_predict import shard_documents
+
+    with pytest.raises(ValueError, match="expected n_shards to be a positive int"):
+        shard_documents(_docs([3]), bad)
+
+
+def test_no_documents_no_shards():
+    from flows.dask_predict import shard_documents
+
+    assert shard_documents([], 3) == []
+
+
+# ----------------------------------------------------------------------------------------- with a model
+def tiny_config(encoder_dir):
+    from ner_core.config import NERConfig
+
+    return NERConfig.model_validate({
+        "data": {"dataset": "sample", "max_len": 64}, "encoder": {"name": str(encoder_dir)},
+        "head": {"type": "bilstm", "rnn_units": 16},
+        # near-zero learning rates: the model stays random and tags many spans, a strong comparison
+        "training": {"max_epochs": 1, "batch_size": 32, "learning_rate": 1e-7, "head_learning_rate": 1e-7,
+                     "crf_learning_rate": 1e-7, "warmup_ratio": 0.0, "best_fit": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder_dir):
+    from flows import steps
+
+    tmp = tmp_path_factory.mktemp("dask")
+    db = str(tmp / "ner.duckdb")
+    # the 80 test documents as train, dev and test: one quick epoch (file stems must differ)
+    small = {s: tmp / f"{s}.jsonl" for s in ("train", "dev")}
+    for path in small.values():
+        path.write_text(open(SPLITS["test"], encoding="utf-8").read(), encoding="utf-8")
+    steps.ingest_step(db, "sample", {"train": str(small["train"]), "dev": str(small["dev"]), "test": SPLITS["test"]})
+    tr = steps.train_step(db, tiny_config(tiny_encoder_dir), str(tmp / "runs"))
+    return {"db": db, "tmp": tmp, "train": tr}
+
+
+def _rows(db, pred_run_id):
+    con = duckdb.connect(db, read_only=True)
+    ents = con.execute('SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
+                       'WHERE pred_run_id = ? ORDER BY doc_id, "start", "end", label', [pred_run_id]).fetchall()
+    docs = con.execute("SELECT doc_id, text, n_entities FROM predicted_documents WHERE pred_run_id = ? "
+                       "ORDER BY doc_id", [pred_run_id]).fetchall()
+    con.close()
+    return docs, ents
+
+
+def _same(a, b):
+    (docs_a, ents_a), (docs_b, ents_b) = a, b
+    assert docs_a == docs_b
+    assert [e[:5] for e in ents_a] == [e[:5] for e in ents_b]
+    assert [e[5] for e in ents_a] == pytest.approx([e[5] for e in ents_b], abs=1e-5)
+
+
+@pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
+def test_dask_flow_on_local_cluster_equals_single_process(trained):
+    from flows import steps
+    from flows.dask_predict import run_dask_predict
+
+    db, tr = trained["db"], trained["train"]
+    source = {"files": RAW}
+    docs, kind, ref = steps.load_prediction_input(db, source)
+    single = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
+    expected = _rows(db, single["pred_run_id"])
+    assert expected[1], "the tiny model should find some entities in the raw texts"
+
+    state = run_dask_predict(db, source, tr["model_dir"], tr["run_id"], n_shards=3, n_workers=2,
+                             processes=False, return_state=True)
+    assert state.is_completed(), state
+    out = state.result()
+    assert out["pred_run_id"] == single["pred_run_id"] and 2 <= out["n_shards"] <= 3
+    assert out["n_documents"] == single["n_documents"] and out["n_entities"] == single["n_entities"]
+    _same(_rows(db, out["pred_run_id"]), expected)
+
+
+@pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
+def test_plain_dask_client_equals_single_process(trained):
+    from flows import steps
+    from flows.dask_predict import predict_sharded
+
+    db, tr = trained["db"], trained["train"]
+    docs, _, _ = steps.load_prediction_input(db, {"dataset": "sample", "split": "test"})
+    single = steps.predict_step(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-single")
+    out = predict_sharded(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-dask", n_shards=2,
+                          n_workers=2)
+    assert out["n_documents"] == len(docs) == single["n_documents"]
+    _same(_rows(db, out["pred_run_id"]), _rows(db, single["pred_run_id"]))
+
+
+@pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
+def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
+    from flows.steps import ingest_step
+    from storage.runs import promote_run, unpredicted_documents
+
+    db, tr = trained["db"], trained["train"]
+    promote_run(db, tr["run_id"])
+    # a fresh dataset of 5 documents, then the same 5 plus 3 new ones as a new version
+    lines = open(SPLITS["test"], encoding="utf-8").read().splitlines()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # same file name: doc ids are "<stem>:<line>"
+    first = tmp_path / "a" / "incoming.jsonl"
+    first.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    ingest_step(db, "incoming", {"test": str(first)})
+    assert len(unpredicted_documents(db, "incoming", tr["run_id"])) == 5
+
+    from flows.pipeline import predict_new_task
+
+    out1 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
+    assert out1["n_new_documents"] == 5 and out1["n_documents"] == 5
+    assert unpredicted_documents(db, "incoming", tr["run_id"]) == []
+    again = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
+    assert again["n_new_documents"] == 0
+
+    second = tmp_path / "b" / "incoming.jsonl"
+    second.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
+    ingest_step(db, "incoming", {"test": str(second)})
+    new = unpredicted_documents(db, "incoming", tr["run_id"])
+    assert len(new) == 3
+    out2 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", "test")
+    assert out2["n_new_documents"] == 3
+    con = duckdb.connect(db, read_only=True)
+    n_docs = con.execute("SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?",
+                         [out2["pred_run_id"]]).fetchone()[0]
+    con.close()
+    # the "incoming/test" run holds the 3 new ones; the 5 earlier ones stay in "incoming/*"
+    assert n_docs == 3 and unpredicted_documents(db, "incoming", tr["run_id"]) == []
+
+
+@pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
+def test_unpredicted_documents_checks_inputs(trained):
+    from storage.runs import unpredicted_documents
+
+    with pytest.raises(ValueError, match="no dataset 'nope'"):
+        unpredicted_documents(trained["db"], "nope", "run")
+    with pytest.raises(ValueError, match="expected a non-empty run_id"):
+        unpredicted_documents(trained["db"], "sample", "")
