@@ -1,0 +1,282 @@
+"""The prediction API (the seed's ``deploy``): ``ner serve`` and ``ner query``.
+
+``ner serve`` loads one model once at start-up (``--model-dir``, ``--run RUN_ID`` or the production run of
+``--db``) and serves it over HTTP with FastAPI + uvicorn, on 127.0.0.1 by default:
+
+- ``POST /predict``  body ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` -> ``{"results": [{"entities":
+  [{"start", "end", "label", "text", "confidence"}, ...], "n_chars"}], "model", "seconds"}``; spans are
+  half-open ``[start, end)`` character offsets of the text sent. Long texts are tagged whole (windows).
+- ``GET /health``    ``{"status": "ok", ...}``
+- ``GET /model``     the model's configuration, labels, metrics, window settings and the request limits.
+
+Limits: more than ``--max-texts`` texts, a text longer than ``--max-chars``, more than ``--max-total-chars``
+in one request, or a body larger than allowed -> 413 with a message saying what the limit is; a malformed
+body (no text, wrong types, unknown fields) -> 422 with a readable ``detail``. Nothing a client sends
+crashes the service.
+
+``ner query "text" ...`` calls the service and prints the entities (the seed's query.py).
+
+The ``ner`` CLI wires these in with ``add_commands(subparsers)``; ``python -m flows.serve serve ...`` works
+on its own as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+
+
+class ServeLimits(BaseModel):
+    """What one request may carry; anything beyond is answered with 413."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_texts: int = Field(64, ge=1, description="texts per request")
+    max_chars: int = Field(20_000, ge=1, description="characters per text")
+    max_total_chars: int = Field(200_000, ge=1, description="characters per request, all texts together")
+
+    @property
+    def max_body_bytes(self) -> int:
+        # UTF-8 Chinese is 3 bytes a character, JSON escapes (\\uXXXX) up to 6: allow 6 + framing
+        return self.max_total_chars * 6 + 64 * self.max_texts + 4096
+
+
+class PredictRequest(BaseModel):
+    """One text (``text``) or several (``texts``), not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = None
+    texts: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "PredictRequest":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
+        if self.texts is not None and not self.texts:
+            raise ValueError('"texts" is empty: give at least one text')
+        return self
+
+    def all_texts(self) -> list[str]:
+        return [self.text] if self.text is not None else list(self.texts or [])
+
+
+# ----------------------------------------------------------------------------------------- the app
+def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limits: ServeLimits | None = None,
+               max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
+               device: str = "auto", num_threads: int | None = None):
+    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    limits = limits or ServeLimits()
+    if not isinstance(limits, ServeLimits):
+        raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
+    loaded = load_model_dir(model_dir)
+    tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
+                                num_threads=num_threads)
+    lock = threading.Lock()  # one forward pass at a time: torch already uses every thread it has
+    started = time.time()
+    model_name = Path(model_dir).resolve().name
+    if model_name == "model":  # runs/<run_id>/model: the run id names it better
+        model_name = Path(model_dir).resolve().parent.name
+    info = {
+        "model": model_name,
+        "model_dir": str(Path(model_dir).resolve()),
+        "run_id": run_id,
+        "scheme": loaded.scheme,
+        "labels": loaded.labels,
+        "tags": loaded.tags,
+        "config": json.loads(loaded.config.to_json()),
+        "metrics": loaded.metrics,
+        "tagger": tagger.settings,
+        "limits": limits.model_dump() | {"max_body_bytes": limits.max_body_bytes},
+    }
+
+    app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
+    app.state.info = info
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
+            return JSONResponse(status_code=413, content={
+                "detail": f"request body is {int(size)} bytes; this service accepts at most "
+                          f"{limits.max_body_bytes} bytes (max_total_chars={limits.max_total_chars})"})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def _unprocessable(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return JSONResponse(status_code=422, content={
+            "detail": "invalid request: " + "; ".join(parts)
+                      + ' (expected JSON {"text": "..."} or {"texts": ["...", ...]})'})
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": model_name, "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/model")
+    def model_info() -> dict:
+        return info
+
+    @app.post("/predict")
+    def predict(req: PredictRequest) -> dict:
+        texts = req.all_texts()
+        if len(texts) > limits.max_texts:
+            raise HTTPException(413, f"{len(texts)} texts in one request; at most {limits.max_texts} allowed")
+        for i, t in enumerate(texts):
+            if len(t) > limits.max_chars:
+                raise HTTPException(413, f"text {i} has {len(t)} characters; at most {limits.max_chars} per text")
+        total = sum(len(t) for t in texts)
+        if total > limits.max_total_chars:
+            raise HTTPException(413, f"{total} characters in one request; at most {limits.max_total_chars}")
+        t0 = time.perf_counter()
+        with lock:
+            preds = tagger.predict(texts)
+        return {"model": model_name, "seconds": round(time.perf_counter() - t0, 4),
+                "results": [{"n_chars": len(t), "entities": [e.to_dict() for e in ents]}
+                            for t, ents in zip(texts, preds)]}
+
+    return app
+
+
+# ----------------------------------------------------------------------------------------- commands
+def resolve_model(model_dir: str | None, run: str | None, db: str | None) -> tuple[str, str | None]:
+    """``(model_dir, run_id)`` from ``--model-dir``, or ``--run`` / the production run in ``--db``."""
+    from storage import runs as runs_db
+
+    if model_dir:
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"{model_dir}: no such model directory")
+        return str(model_dir), None
+    if not db:
+        raise ValueError("no model given: pass --model-dir, or --db with --run RUN_ID or a promoted run")
+    if not Path(db).exists():
+        raise FileNotFoundError(f"{db}: no such database (give --model-dir or the right --db)")
+    row = runs_db.get_run(db, run) if run else runs_db.production_run(db)
+    if row is None:
+        raise ValueError(f"no production run in {db}: pass --model-dir or --run, or `ner promote RUN_ID` first")
+    if not row.get("model_dir"):
+        raise ValueError(f"run {row['run_id']} has no model directory (status {row['status']})")
+    return str(row["model_dir"]), str(row["run_id"])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    model_dir, run_id = resolve_model(args.model_dir, args.run, args.db)
+    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars)
+    app = create_app(model_dir, run_id=run_id, limits=limits, max_len=args.max_len, stride=args.stride,
+                     batch_size=args.batch_size, device=args.device, num_threads=args.threads)
+    print(f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import httpx
+
+    texts = list(args.texts)
+    if not texts or texts == ["-"]:
+        texts = [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise ValueError("no text given: ner query \"TEXT\" [TEXT ...] (or lines on stdin with -)")
+    url = args.url.rstrip("/") + "/predict"
+    try:
+        r = httpx.post(url, json={"texts": texts}, timeout=args.timeout)
+    except httpx.HTTPError as exc:
+        print(f"ner query: error: cannot reach the service at {args.url} ({type(exc).__name__}: {exc}); "
+              f"start it with `ner serve`", file=sys.stderr)
+        return 2
+    if r.status_code != 200:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        print(f"ner query: error: the service answered {r.status_code}: {detail}", file=sys.stderr)
+        return 2
+    body = r.json()
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+        return 0
+    for text, res in zip(texts, body["results"]):
+        shown = text if len(text) <= 60 else text[:60] + "…"
+        print(f"{shown}  ({len(res['entities'])} entities)")
+        for e in res["entities"]:
+            print(f"  {e['label']:<6} [{e['start']}, {e['end']})  {e['text']}  confidence {e['confidence']:.3f}")
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    """Add ``serve`` (alias ``deploy``) and ``query`` to an argparse ``subparsers`` object."""
+    d = ServeLimits()
+    sp = subparsers.add_parser("serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)")
+    sp.add_argument("--model-dir", help="model directory (default: --run's or the production run's in --db)")
+    sp.add_argument("--run", help="serve this training run's model (needs --db)")
+    sp.add_argument("--db", default=os.environ.get("NER_DB", "ner.duckdb"),
+                    help="DuckDB file to find --run / the production run in (default %(default)s)")
+    sp.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s: loopback only)")
+    sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
+    sp.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request (default %(default)s)")
+    sp.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text (default %(default)s)")
+    sp.add_argument("--max-total-chars", type=int, default=d.max_total_chars,
+                    help="characters per request (default %(default)s)")
+    sp.add_argument("--max-len", type=int, help="window size in characters (default: the model's max_len)")
+    sp.add_argument("--stride", type=int, help="window stride (default: max_len // 2)")
+    sp.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)")
+    sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    sp.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
+                    help="log every request (default off)")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = subparsers.add_parser("query", help="send texts to a running `ner serve` and print the entities")
+    sp.add_argument("texts", nargs="*", help="texts to tag (none or '-': one per line on stdin)")
+    sp.add_argument("--url", default=os.environ.get("NER_SERVE_URL", DEFAULT_URL),
+                    help="service address (default %(default)s)")
+    sp.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
+    sp.set_defaults(func=cmd_query)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ner", description="prediction API: serve a model, query it")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        if os.environ.get("NER_DEBUG"):
+            raise
+        print(f"ner {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
