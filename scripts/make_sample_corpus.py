@@ -237,9 +237,18 @@ def make_sentence(rng: random.Random, pools: Pools, unseen_rate: float) -> dict:
     return {"text": text, "entities": ents}
 
 
-def make_split(n: int, seed: int, pools: Pools, unseen_rate: float) -> list[dict]:
+def make_split(n: int, seed: int, pools: Pools, unseen_rate: float, taken: set[str] | None = None) -> list[dict]:
+    """``n`` sentences whose texts are unique within the split and absent from ``taken`` (the texts of the
+    splits made before), so dev and test never repeat a training sentence."""
     rng = random.Random(seed)
-    return [make_sentence(rng, pools, unseen_rate) for _ in range(n)]
+    taken = set() if taken is None else taken
+    out: list[dict] = []
+    while len(out) < n:
+        doc = make_sentence(rng, pools, unseen_rate)
+        if doc["text"] not in taken:
+            taken.add(doc["text"])
+            out.append(doc)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,8 +380,9 @@ def write_corpus(
     if set(sizes) != set(DEFAULT_SIZES) or any(n < 1 for n in sizes.values()):
         raise ValueError(f"sizes must give a positive count for each of {sorted(DEFAULT_SIZES)}, got {sizes}")
     pools = build_pools(random.Random(seed))
+    taken: set[str] = set()
     splits = {
-        name: make_split(n, seed * 10 + i + 1, pools, 0.0 if name == "train" else UNSEEN_RATE)
+        name: make_split(n, seed * 10 + i + 1, pools, 0.0 if name == "train" else UNSEEN_RATE, taken)
         for i, (name, n) in enumerate(sizes.items())
     }
     raw = make_raw(seed * 10 + 9, pools)

@@ -147,3 +147,15 @@ def test_generator_seed_changes_output(tmp_path):
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--seed", "7"], check=True, capture_output=True
     )
     assert (tmp_path / "train.jsonl").read_bytes() != (CORPUS / "train.jsonl").read_bytes()
+
+
+def test_no_sentence_repeats_within_or_across_splits():
+    import json as _json
+
+    seen: dict[str, str] = {}
+    for split in ("train", "dev", "test"):
+        with open(CORPUS / f"{split}.jsonl", encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                text = _json.loads(line)["text"]
+                assert text not in seen, f"{split}:{i} repeats a sentence of {seen[text]}"
+                seen[text] = f"{split}:{i}"

@@ -1,0 +1,165 @@
+"""Training: chunking never truncates, epochs and early stopping behave, and a killed training process
+resumed with --resume ends exactly where an uninterrupted run with the same seed ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ner_core.data import chunk_entities, sliding_windows, training_chunks
+from ner_core.documents import Document, Entity
+from ner_core.schemes import validate_tags, spans_to_tags
+from tests.conftest import REPO, SAMPLE
+
+
+def test_training_chunks_cover_every_character_without_cutting_entities():
+    text = ("张伟在北京工作。" * 30) + "A" * 300  # 540 chars: sentences, then one long run with no sentence end
+    ents = [Entity(start=i * 8, end=i * 8 + 2, label="PER") for i in range(30)]
+    ents.append(Entity(start=250, end=300, label="ORG"))  # crosses a natural cut point
+    doc = Document(doc_id="d", text=text, entities=ents)
+    chunks = training_chunks([doc], max_len=64)
+    assert chunks[0].start == 0 and chunks[-1].end == len(text)
+    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))  # contiguous: nothing dropped
+    assert all(0 < len(c) <= 64 for c in chunks)
+    cut_points = {c.start for c in chunks[1:]}
+    for e in ents:
+        assert not any(e.start < p < e.end for p in cut_points), e
+    # entities survive whole and every chunk's tags are valid in the scheme
+    total = sum(len(chunk_entities(doc, c)) for c in chunks)
+    assert total == len(ents)
+    for c in chunks:
+        tags = spans_to_tags(len(c), chunk_entities(doc, c), "BIOES")
+        assert validate_tags(tags, "BIOES") == []
+
+
+def test_entity_longer_than_max_len_is_cut_and_clipped():
+    doc = Document(doc_id="d", text="x" * 100, entities=[Entity(start=10, end=90, label="ORG")])
+    chunks = training_chunks([doc], max_len=32)
+    assert sum(len(c) for c in chunks) == 100
+    pieces = [e for c in chunks for e in chunk_entities(doc, c)]
+    assert sum(e.end - e.start for e in pieces) == 80
+
+
+@pytest.mark.parametrize("length,max_len,stride", [(10, 16, 8), (100, 16, 8), (101, 16, 5), (64, 16, 16)])
+def test_sliding_windows_cover_text(length, max_len, stride):
+    wins = sliding_windows(length, max_len, stride)
+    covered = set()
+    for s, e in wins:
+        assert 0 <= s < e <= length and e - s <= max_len
+        covered.update(range(s, e))
+    assert covered == set(range(length)) and wins[-1][1] == length
+    with pytest.raises(ValueError, match="stride"):
+        sliding_windows(length, 8, 9)
+
+
+def _docs(split: str, n: int | None = None) -> list[Document]:
+    docs = []
+    with open(SAMPLE / f"{split}.jsonl", encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            r = json.loads(line)
+            docs.append(Document(doc_id=f"{split}:{i}", text=r["text"],
+                                 entities=[Entity(**e) for e in r["entities"]]))
+    return docs[:n]
+
+
+def _config(encoder_dir, **training):
+    from ner_core.config import NERConfig
+
+    return NERConfig.model_validate({
+        "data": {"max_len": 48}, "encoder": {"name": str(encoder_dir)},
+        "head": {"type": "bigru", "rnn_units": 16},
+        "training": {"batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.0, **training}})
+
+
+def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
+    from ner_core.training import train
+
+    train_docs, dev_docs = _docs("train", 48), _docs("dev", 16)
+    labels = ["FIN", "LOC", "ORG", "PER"]
+    res = train(_config(tiny_encoder_dir, hard_epochs=2, max_epochs=9), train_docs, dev_docs, labels,
+                tmp_path / "hard", progress=False)
+    assert [h.epoch for h in res.history] == [1, 2] and res.stopped_reason == "finished 2 epochs"
+    # tiny learning rates: dev F1 cannot improve, so early stopping fires after `patience` epochs
+    frozen = _config(tiny_encoder_dir, max_epochs=9, early_stop_patience=2, reduce_lr_patience=1,
+                     learning_rate=1e-12, head_learning_rate=1e-12, crf_learning_rate=1e-12)
+    res = train(frozen, train_docs, dev_docs, labels, tmp_path / "early", progress=False)
+    assert len(res.history) == 3 and res.stopped_reason.startswith("early stop")
+    assert res.best_epoch == 1
+    # LR reduction on plateau: the learning rate after epoch 3 is below the one after epoch 2 by the factor
+    lrs = [h.learning_rate for h in res.history]
+    assert lrs[2] < lrs[1]
+
+
+def test_time_budget_stops_training(tiny_encoder_dir, tmp_path):
+    from ner_core.training import train
+
+    res = train(_config(tiny_encoder_dir, max_epochs=50, max_train_seconds=0.01), _docs("train", 64),
+                _docs("dev", 8), ["FIN", "LOC", "ORG", "PER"], tmp_path / "budget", progress=False)
+    assert len(res.history) == 1 and "time budget" in res.stopped_reason
+    assert (res.model_dir / "model.safetensors").exists()
+
+
+def _ner(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
+    from flows import steps
+
+    db = str(tmp_path / "ner.duckdb")
+    steps.ingest_step(db, "sample", {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")})
+    common = ["train", "--no-prefect", "--db", db, "--encoder", str(tiny_encoder_dir), "--head", "bilstm",
+              "--rnn_units", "16", "--max_len", "48", "--hard_epochs", "3", "--batch_size", "32",
+              "--learning_rate", "1e-3", "--num_threads", "1"]
+    full = _ner(*common, "--runs-root", str(tmp_path / "full"))
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+    full_run = json.loads(out[out.index("{"):])
+
+    killed = _ner(*common, "--runs-root", str(tmp_path / "killed"))
+    deadline = time.time() + 600
+    ckpt = None
+    while time.time() < deadline:
+        found = list((tmp_path / "killed").glob("*/checkpoint.pt"))
+        if found:
+            ckpt = found[0]
+            break
+        time.sleep(0.2)
+    assert ckpt is not None, "no checkpoint written"
+    killed.send_signal(signal.SIGKILL)  # mid-run: after epoch 1's checkpoint, during epoch 2
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    run_id = ckpt.parent.name
+    assert not (ckpt.parent / "history.json").exists()  # it really did not finish
+
+    resumed = _ner("train", "--no-prefect", "--db", db, "--runs-root", str(tmp_path / "killed"), "--resume", run_id)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    resumed_run = json.loads(out[out.index("{"):])
+    assert resumed_run["run_id"] == run_id
+
+    h_full = json.loads(Path(full_run["run_dir"], "history.json").read_text())
+    h_res = json.loads(Path(resumed_run["run_dir"], "history.json").read_text())
+    assert [h["epoch"] for h in h_res] == [1, 2, 3]
+    for a, b in zip(h_full, h_res):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["dev_f1"] == pytest.approx(b["dev_f1"], abs=1e-9)
+    from safetensors.torch import load_file
+
+    w_full = load_file(Path(full_run["model_dir"], "model.safetensors"))
+    w_res = load_file(Path(resumed_run["model_dir"], "model.safetensors"))
+    assert w_full.keys() == w_res.keys()
+    for k in w_full:
+        if w_full[k].is_floating_point():
+            assert (w_full[k] - w_res[k]).abs().max() < 1e-5, k
+        else:
+            assert w_full[k].equal(w_res[k]), k
