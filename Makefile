@@ -40,3 +40,15 @@ ui: setup
 
 clean:
 	rm -rf $(VENV) .prefect runs demo_out *.egg-info
+
+# Local, offline Prefect: a server on 127.0.0.1, a process worker, the deployments of prefect.yaml.
+# PREFECT_PORT=4200 by default; NER_DB is the DuckDB file the deployments use.
+PREFECT_PORT ?= 4200
+NER_DB ?= ner.duckdb
+.PHONY: prefect-up prefect-down
+
+prefect-up: setup
+	$(VENV)/bin/ner prefect up --port $(PREFECT_PORT) --db $(NER_DB)
+
+prefect-down: setup
+	$(VENV)/bin/ner prefect down
