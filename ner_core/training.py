@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -146,9 +147,10 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
     for epoch in range(state["epoch"] + 1, n_epochs + 1):
         ep_t0 = time.perf_counter()
         model.train()
-        loss_sum, loss_n = 0.0, 0
+        loss_sum, loss_n, n_seen, chars_seen = 0.0, 0, 0, 0
         n_batches = math.ceil(len(train_set) / tc.batch_size)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{n_epochs}", disable=not progress, leave=False)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{n_epochs}", disable=not progress, leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
         optimizer.zero_grad(set_to_none=True)
         budget_hit = False
         for bi, batch in enumerate(train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)):
@@ -158,6 +160,8 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
             scaler.scale(loss / tc.grad_accum_steps).backward()
             loss_sum += float(loss.detach())
             loss_n += 1
+            n_seen += batch["input_ids"].size(0)
+            chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
             if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
                 factor = _lr_factor(state["step"], warmup_steps, total_steps) * state["plateau_scale"]
                 for g in optimizer.param_groups:
@@ -170,7 +174,8 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}",
+                            sent_s=f"{n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}")
             if tc.max_train_seconds and state["elapsed"] + time.perf_counter() - ep_t0 > tc.max_train_seconds:
                 budget_hit = True
                 break
@@ -185,8 +190,8 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
             dev_char_accuracy=report.char_accuracy if report else None,
             dev_sentence_accuracy=report.sentence_accuracy if report else None,
             learning_rate=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - ep_t0,
-            sentences_per_second=len(train_set) / max(train_seconds, 1e-9),
-            chars_per_second=train_set.n_chars / max(train_seconds, 1e-9),
+            sentences_per_second=n_seen / max(train_seconds, 1e-9),
+            chars_per_second=chars_seen / max(train_seconds, 1e-9),
         )
         improved = state["best_f1"] is None or (f1 is not None and f1 > state["best_f1"])
         if improved or not tc.best_fit:

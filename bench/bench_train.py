@@ -1,0 +1,178 @@
+"""Training benchmark on real data: entity F1 within a time budget, ours against a plain HF softmax tagger.
+
+    python -m bench.bench_train                       # quick profile: 5 min, BiLSTM-CRF + HF baseline
+    python -m bench.bench_train --minutes 30 --heads bilstm,bigru,idcnn,none --baseline   # the issue's run
+    python -m bench.bench_train --dataset finance --minutes 20 --heads bilstm             # seed finance dev
+
+Resume NER (../shared/datasets/resume-ner): train on train, early-stop on dev, report test. The finance
+data (the seed's) has no labelled test split: train on train, report dev. Every model gets the same
+encoder (m3e-small unless --encoder), data, max_len and wall-clock budget; the baseline is
+``AutoModelForTokenClassification`` (linear softmax head, no CRF) trained by the same loop settings.
+Figures are printed, never asserted. m3e-small: research / non-commercial use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def load_split(dataset: str, split: str):
+    from ner_core.formats import read_file
+
+    if dataset == "resume":
+        path = SHARED / "resume-ner" / f"{split}.char.bmes"
+    elif dataset == "finance":
+        path = SHARED / "keras-bert-ner-finance" / f"{split}.txt"
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}: resume or finance")
+    if not path.exists():
+        return None
+    return read_file(path, untyped_label="FIN").documents
+
+
+def run_ours(head: str, encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int, out: Path):
+    from ner_core.config import NERConfig
+    from ner_core.training import evaluate_model, train
+    from ner_core.modeldir import load_model_dir
+
+    labels = sorted({e.label for d in train_docs for e in d.entities})
+    cfg = NERConfig.model_validate({
+        "data": {"max_len": max_len}, "encoder": {"name": encoder}, "head": {"type": head},
+        "training": {"max_epochs": 50, "batch_size": 32, "learning_rate": 1e-4, "head_learning_rate": 2e-3,
+                     "crf_learning_rate": 2e-2, "max_train_seconds": minutes * 60, "early_stop_patience": 3},
+    })
+    res = train(cfg, train_docs, dev_docs, labels, out / head, progress=False)
+    loaded = load_model_dir(res.model_dir)
+    t0 = time.perf_counter()
+    report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=max_len)
+    sps = sum(h.sentences_per_second * (h.seconds) for h in res.history) / max(1e-9, sum(h.seconds for h in res.history))
+    return {"model": f"{head}-crf" if head != "none" else "crf only", "f1": report.f1, "p": report.precision,
+            "r": report.recall, "char_acc": report.char_accuracy, "sent_acc": report.sentence_accuracy,
+            "epochs": len(res.history), "best_epoch": res.best_epoch, "train_s": sum(h.seconds for h in res.history),
+            "sent_per_s": max(h.sentences_per_second for h in res.history), "mean_sent_per_s": sps,
+            "eval_s": time.perf_counter() - t0}
+
+
+def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int):
+    """HF AutoModelForTokenClassification (softmax), same encoder, data, batches, optimiser, budget."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from ner_core.alignment import CharAligner
+    from ner_core.data import TaggedDataset, sliding_windows, collate, EncodedChunk
+    from ner_core.documents import Entity
+    from ner_core.encoder import resolve_encoder
+    from ner_core.metrics import evaluate
+    from ner_core.schemes import tag_set, tags_to_spans
+
+    torch.manual_seed(42)
+    labels = sorted({e.label for d in train_docs for e in d.entities})
+    tags = tag_set(labels, "BIOES")
+    path = resolve_encoder(encoder)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(tags))
+    aligner = CharAligner(tok)
+    data = TaggedDataset(train_docs, aligner, tags, "BIOES", max_len)
+    enc_params = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": 1e-4},
+                             {"params": model.classifier.parameters(), "lr": 2e-3}], weight_decay=0.01)
+    budget, t0, seen, epochs = minutes * 60, time.perf_counter(), 0, 0
+    model.train()
+    while time.perf_counter() - t0 < budget:
+        epochs += 1
+        for batch in data.batches(32, shuffle=True, seed=epochs):
+            lab = torch.full_like(batch["input_ids"], -100)  # (B, T+2): -100 on [CLS], [SEP], padding
+            n = batch["attention_mask"].sum(1) - 2
+            for b in range(lab.size(0)):
+                lab[b, 1 : n[b] + 1] = batch["tags"][b, : n[b]]
+            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad()
+            seen += lab.size(0)
+            if time.perf_counter() - t0 > budget:
+                break
+    train_s = time.perf_counter() - t0
+    model.eval()
+    preds = []
+    with torch.inference_mode():
+        for d in test_docs:
+            char_tags = ["O"] * len(d.text)
+            for s, e in sliding_windows(len(d.text), max_len, max_len) if d.text else []:
+                enc = collate([EncodedChunk(None, aligner.char_ids(d.text[s:e]), None)], aligner.cls_id,
+                              aligner.sep_id, aligner.pad_id)
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, 1:-1]
+                for j, t in enumerate(logits.argmax(-1).tolist()):
+                    char_tags[s + j] = tags[t]
+            preds.append([Entity(start=x.start, end=x.end, label=x.label) for x in tags_to_spans(char_tags, "BIOES")])
+    report = evaluate(test_docs, preds, scheme="BIOES")
+    return {"model": "HF softmax", "f1": report.f1, "p": report.precision, "r": report.recall,
+            "char_acc": report.char_accuracy, "sent_acc": report.sentence_accuracy, "epochs": epochs,
+            "best_epoch": epochs, "train_s": train_s, "sent_per_s": seen / train_s, "mean_sent_per_s": seen / train_s,
+            "eval_s": 0.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bench.bench_train")
+    p.add_argument("--dataset", default="resume", choices=["resume", "finance"])
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget per model (issue goal: 30)")
+    p.add_argument("--heads", default="bilstm", help="comma-separated: bilstm,bigru,idcnn,none")
+    p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--encoder", default="m3e-small")
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training documents")
+    args = p.parse_args(argv if argv is not None else [])
+    import torch
+
+    train_docs = load_split(args.dataset, "train")
+    if train_docs is None:
+        print(f"skipped: {SHARED} has no {args.dataset} data")
+        return
+    if args.train_limit:
+        train_docs = train_docs[: args.train_limit]
+    dev_docs = load_split(args.dataset, "dev")
+    test_docs = load_split(args.dataset, "test") if args.dataset == "resume" else dev_docs
+    print(f"{args.dataset}: {len(train_docs)} train / {len(dev_docs)} dev / {len(test_docs)} eval documents; "
+          f"encoder {args.encoder}; budget {args.minutes} min per model; torch threads {torch.get_num_threads()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in [h for h in args.heads.split(",") if h]:
+            rows.append(run_ours(head, args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len,
+                                 Path(tmp)))
+            _print(rows[-1])
+        if args.baseline:
+            rows.append(run_baseline(args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len))
+            _print(rows[-1])
+    print("\n| model | entity F1 | P | R | char acc | sent acc | epochs | train s | sent/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['f1'] * 100:.2f} | {r['p'] * 100:.2f} | {r['r'] * 100:.2f} | "
+              f"{r['char_acc'] * 100:.2f} | {r['sent_acc'] * 100:.2f} | {r['epochs']} | {r['train_s']:.0f} | "
+              f"{r['sent_per_s']:.1f} |")
+    base = next((r for r in rows if r["model"] == "HF softmax"), None)
+    if base:
+        for r in rows:
+            if r is not base:
+                print(f"throughput ratio {r['model']} / HF softmax: {r['mean_sent_per_s'] / base['sent_per_s']:.2f} "
+                      f"(goal >= 0.9)")
+
+
+def _print(r: dict) -> None:
+    print(f"  {r['model']}: F1 {r['f1'] * 100:.2f} after {r['epochs']} epochs, {r['train_s']:.0f} s, "
+          f"{r['sent_per_s']:.1f} sent/s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
