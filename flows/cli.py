@@ -1,8 +1,10 @@
-"""The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``) plus ``ingest``,
-``pipeline``, ``demo``, ``runs``, ``promote``, ``ui`` and ``bench``.
+"""The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` = ``serve``)
+plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query`` and ``prefect``
+(``up`` / ``down`` / ``status`` of a local server + worker + deployments).
 
-Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input gives
-one clear line on stderr and exit status 2, not a traceback (``NER_DEBUG=1`` shows the traceback).
+Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input (flags,
+missing files, unknown heads or encoders) gives one clear line on stderr and exit status 2, not a traceback
+(``NER_DEBUG=1`` shows the traceback). The seed's single-dash flags (``-max_epochs 3``) are accepted too.
 """
 
 from __future__ import annotations
@@ -27,6 +29,21 @@ DEFAULT_DB = "ner.duckdb"
 _SECTIONS_PLAIN = ("data", "head", "crf", "training")
 _RENAMED = {"encoder.name": "encoder", "encoder.freeze": "freeze_encoder",
             "encoder.dropout_rate": "encoder_dropout_rate", "head.type": "head"}
+# keras-bert-ner's flags that map one-to-one onto a config field also work with one dash (-max_epochs 3)
+SEED_FLAGS = ("max_epochs", "hard_epochs", "batch_size", "max_len", "learning_rate", "early_stop_patience",
+              "reduce_lr_patience", "reduce_lr_factor", "rnn_units", "rnn_num_hidden_layers", "cnn_filters",
+              "cnn_kernel_size", "cnn_blocks", "dropout_rate", "best_fit")
+
+
+class CLIError(ValueError):
+    """A usage problem found after parsing (conflicting or unusable flags)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (plus where to look), exit status 2."""
+
+    def error(self, message: str):  # noqa: D401  (argparse API)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _config_flags() -> dict[str, tuple[str, Any]]:
@@ -60,10 +77,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             kwargs["choices"] = [h.value for h in HeadType]
         else:
             kwargs["type"] = _scalar_type(ann, default)
-        g.add_argument(f"--{flag}", *([f"--{flag.replace('_', '-')}"] if "_" in flag else []),
-                       help=f"{helptext} (default: {default})".strip(), **kwargs)
-    g.add_argument("--model_type", choices=["rnn", "cnn"], help="seed name: rnn (with --cell_type) or cnn (idcnn)")
-    g.add_argument("--cell_type", choices=["lstm", "gru"], help="seed name: lstm -> bilstm, gru -> bigru")
+        if not kwargs.get("action") and "choices" not in kwargs:
+            kwargs["metavar"] = name.upper()
+        names = [f"--{flag}", *([f"--{flag.replace('_', '-')}"] if "_" in flag else []),
+                 *([f"-{flag}"] if flag in SEED_FLAGS else [])]
+        g.add_argument(*names, help=f"{helptext} (default: {default})".strip(), **kwargs)
+    g.add_argument("--model_type", "-model_type", choices=["rnn", "cnn"],
+                   help="seed name: rnn (with --cell_type) or cnn (idcnn)")
+    g.add_argument("--cell_type", "-cell_type", choices=["lstm", "gru"],
+                   help="seed name: lstm -> bilstm, gru -> bigru")
+    s = p.add_argument_group("seed (keras-bert-ner) flags mapped onto the options above")
+    s.add_argument("--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none")
+    s.add_argument("--device_map", "-device_map", metavar="DEVICE",
+                   help="seed device: cpu, a GPU number (0 -> cuda:0), cuda or cuda:N; sets --device")
+    s.add_argument("--bert_config", "-bert_config", metavar="FILE",
+                   help="seed: the encoder's config.json; its folder becomes --encoder")
+    s.add_argument("--bert_checkpoint", "-bert_checkpoint", metavar="PATH",
+                   help="seed: the encoder's weights (file or folder); its folder becomes --encoder")
+    s.add_argument("--bert_vocab", "-bert_vocab", metavar="FILE",
+                   help="seed: the encoder's vocab.txt; its folder becomes --encoder")
+    s.add_argument("--albert", "-albert", action="store_true",
+                   help="seed: the encoder is ALBERT; accepted, the architecture is read from its config.json")
+    s.add_argument("--tag_padding", "-tag_padding", metavar="TAG",
+                   help="seed: padding tag; accepted and unused, padding is masked so no tag is needed")
 
 
 def _scalar_type(ann: Any, default: Any):
@@ -82,11 +118,60 @@ def build_config(args: argparse.Namespace) -> NERConfig:
         if k.startswith("cfg__") and v is not None:
             _, section, name = k.split("__")
             overrides[f"{section}.{name}"] = v
+    if getattr(args, "crf_only", False):
+        if getattr(args, "model_type", None) or getattr(args, "cfg__head__type", None) not in (None, "none"):
+            raise CLIError("--crf_only means no head; it cannot be combined with --head/--model_type")
+        overrides["head.type"] = "none"
+    if getattr(args, "device_map", None):
+        overrides["training.device"] = _device_from_seed(args.device_map)
+    folders = {str(Path(f).resolve().parent if Path(f).is_file() or f.endswith((".json", ".txt")) else
+                   Path(f).resolve())
+               for f in (getattr(args, k, None) for k in ("bert_config", "bert_checkpoint", "bert_vocab")) if f}
+    if folders:
+        if len(folders) > 1:
+            raise CLIError(f"--bert_config/--bert_checkpoint/--bert_vocab must lie in one encoder folder, got "
+                           f"{sorted(folders)}")
+        if getattr(args, "cfg__encoder__name", None):
+            raise CLIError("give the encoder either with --encoder or with the seed's --bert_* flags, not both")
+        overrides["encoder.name"] = folders.pop()
+    if getattr(args, "tag_padding", None):
+        print("note: --tag_padding is not needed (padding is masked) and is ignored", file=sys.stderr)
     if getattr(args, "model_type", None) == "cnn":
         overrides["head.type"] = "idcnn"
     elif getattr(args, "model_type", None) == "rnn" or getattr(args, "cell_type", None):
         overrides["head.type"] = "bigru" if getattr(args, "cell_type", None) == "gru" else "bilstm"
     return cfg.with_overrides(overrides)
+
+
+def _device_from_seed(value: str) -> str:
+    v = value.strip().lower()
+    if v.isdigit():
+        return f"cuda:{v}"
+    if "," in v:
+        raise CLIError(f"--device_map: one device is used, got {value!r} (e.g. 0 or cpu)")
+    return v  # cpu, cuda, cuda:N; anything else is rejected by the config's validator
+
+
+def check_encoder(name: str) -> None:
+    """Fail early, in one line, when the encoder cannot be loaded offline: not a packaged short name, not a
+    folder, and (with HF_HUB_OFFLINE=1) not in the local Hugging Face cache."""
+    from ner_core.encoder import resolve_encoder
+
+    resolved = resolve_encoder(name)  # ValueError for a broken packaged encoder or a file
+    if Path(resolved).is_dir():
+        if not (Path(resolved) / "config.json").is_file():
+            raise ValueError(f"encoder folder {resolved} has no config.json (not a Hugging Face model)")
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", ""):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an invalid repo id, for instance
+            cached = None
+        if not isinstance(cached, str):
+            raise ValueError(f"unknown encoder {name!r}: not a packaged short name (m3e-small), not a folder, "
+                             "and not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)")
 
 
 def _prefect_env() -> None:
@@ -137,6 +222,19 @@ def cmd_train(args) -> int:
     from flows import steps
 
     config = build_config(args)
+    check_encoder(config.encoder.name)
+    files = {k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v}
+    if files:
+        if set(files) < {"train", "dev"}:
+            raise CLIError("--train_data needs --dev_data too (early stopping scores on dev)")
+        for f in files.values():
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"{f}: no such file")
+        if args.resume:
+            raise CLIError("--resume continues a stored run; it cannot take new --train_data")
+        ingest = _run(args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset,
+                      files=files)
+        print(f"ingested {config.data.dataset} v{ingest['version']}", file=sys.stderr)
     out = _run(args, "train_flow", steps.train_step if args.no_prefect else None,
                **({"db_path": args.db, "config": config, "runs_root": args.runs_root, "run_id": args.resume,
                    "resume": bool(args.resume)}))
@@ -166,13 +264,43 @@ def cmd_predict(args) -> int:
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
-    if args.no_prefect:
+    if args.only_new and (args.files or not run_id):
+        raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
+    if args.dask or args.scheduler:
+        from flows import dask_predict
+
+        if args.no_prefect:
+            if args.only_new:
+                raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
+            docs, kind, ref = steps.load_prediction_input(args.db, source)
+            out = dask_predict.predict_sharded(args.db, model_dir, docs, input_kind=kind, input_ref=ref,
+                                               run_id=run_id, n_shards=args.shards, address=args.scheduler,
+                                               n_workers=args.workers)
+        else:
+            out = dask_predict.run_dask_predict(args.db, source, model_dir, run_id, n_shards=args.shards,
+                                                address=args.scheduler, n_workers=args.workers,
+                                                only_new=args.only_new)
+    elif args.only_new:
+        task = pipeline.predict_new_task.fn if args.no_prefect else pipeline.predict_new_task
+        if args.no_prefect or args.model_dir or args.run:
+            out = task(args.db, model_dir, run_id, args.dataset, args.split) if args.no_prefect else \
+                _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split)
+        else:
+            out = pipeline.predict_new_flow(args.db, args.dataset, args.split)
+    elif args.no_prefect:
         docs, kind, ref = steps.load_prediction_input(args.db, source)
         out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
     else:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id)
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
+
+
+def _flow_of(task):
+    """Run one task as its own small flow (a task cannot be called outside a flow)."""
+    from prefect import flow
+
+    return flow(name=f"{task.name}-cli")(task.fn)
 
 
 def _resolve_model(args) -> tuple[str, str | None]:
@@ -278,14 +406,37 @@ def cmd_ui(args) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def cmd_prefect(args) -> int:
+    from flows import deploy
+
+    if args.action == "up":
+        state = deploy.prefect_up(db=args.db, port=args.port or None, pool=args.pool, worker=not args.no_worker)
+        print(f"Prefect server {state['api_url']} (UI http://127.0.0.1:{state['port']}), worker on pool "
+              f"{state['pool']}, deployments registered, database {state['db']}")
+        print(f"  export PREFECT_API_URL={state['api_url']}")
+        print("  prefect deployment run predict-new/nightly-predict      # or wait for the schedule")
+        print(f"  logs: {state['server_log']} {state['worker_log']}   stop: ner prefect down")
+    elif args.action == "down":
+        stopped = deploy.prefect_down()
+        print(f"stopped {', '.join(map(str, stopped))}" if stopped else "nothing was running")
+    else:
+        state = deploy.status()
+        if state is None:
+            print("not running (start it with `ner prefect up`)")
+        else:
+            print(f"server {state['api_url']} {'up' if state['server_alive'] else 'down'}, "
+                  f"worker {'up' if state['worker_alive'] else 'down'} (pool {state['pool']}), db {state['db']}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     return subprocess.call([sys.executable, "-m", "bench", *args.only], cwd=ROOT)
 
 
 # ----------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def common(sp, db=True):
         if db:
@@ -303,8 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--untyped-label", default="ENT", help="label for untyped B/I/O tags (default %(default)s)")
     sp.set_defaults(func=cmd_ingest)
 
-    sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset)"))
-    sp.add_argument("--runs-root", default="runs", help="where run directories go (default %(default)s)")
+    sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
+    sp.add_argument("--runs-root", "--save_path", "-save_path", default="runs",
+                    help="where run directories go (seed: save_path; default %(default)s)")
+    sp.add_argument("--train_data", "-train_data", "--train-data", metavar="FILE",
+                    help="ingest this file as the train split of --dataset first (any supported format)")
+    sp.add_argument("--dev_data", "-dev_data", "--dev-data", metavar="FILE", help="... and this as dev")
+    sp.add_argument("--test_data", "-test_data", "--test-data", metavar="FILE", help="... and this as test")
     sp.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
     _add_config_args(sp)
     sp.set_defaults(func=cmd_train)
@@ -320,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("files", nargs="*", help="input files (any supported format)")
             sp.add_argument("--lines", action="store_true",
                             help="plain-text files hold one document per line (default: one per file)")
+            sp.add_argument("--only-new", action="store_true",
+                            help="tag only the --dataset documents this run's model has not tagged yet")
+            sp.add_argument("--dask", action="store_true",
+                            help="shard the documents over Dask workers (a LocalCluster unless --scheduler)")
+            sp.add_argument("--scheduler", metavar="ADDRESS",
+                            help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)")
+            sp.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)")
+            sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
         sp.set_defaults(func=func)
 
     sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
@@ -343,6 +507,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("ui", help="start the Streamlit dashboard"))
     sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
     sp.set_defaults(func=cmd_ui)
+    sp = sub.add_parser("prefect", help="a local Prefect server + worker with the deployments (offline)")
+    psub = sp.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    up = psub.add_parser("up", help="start a server on 127.0.0.1 and a worker; register prefect.yaml")
+    up.add_argument("--db", default=os.environ.get("NER_DB", DEFAULT_DB),
+                    help="DuckDB file the deployments use (default %(default)s)")
+    up.add_argument("--port", type=int, default=4200, help="server port (default %(default)s; 0: a free one)")
+    up.add_argument("--pool", default="ner-local", help="process work pool (default %(default)s)")
+    up.add_argument("--no-worker", action="store_true", help="register only; start workers yourself")
+    psub.add_parser("down", help="stop the server and worker that `ner prefect up` started")
+    psub.add_parser("status", help="show what `ner prefect up` started")
+    sp.set_defaults(func=cmd_prefect)
+
+    try:  # `serve` (alias `deploy`) and `query` live with the prediction service
+        from flows import serve
+    except ImportError:
+        serve = None
+    if serve is not None and hasattr(serve, "add_commands"):
+        serve.add_commands(sub)
+
     sp = sub.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
     sp.add_argument("only", nargs="*", help="benchmark module names (default: all)")
     sp.set_defaults(func=cmd_bench)
@@ -358,11 +541,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, KeyError, FileNotFoundError, ValidationError, RuntimeError) as exc:
+    except Exception as exc:  # one clear line, never a traceback (NER_DEBUG=1 shows it)
         if os.environ.get("NER_DEBUG"):
             raise
-        msg = str(exc).strip().splitlines()
-        print(f"ner {args.command}: error: {' '.join(m.strip() for m in msg[:6])}", file=sys.stderr)
+        msg = " ".join(m.strip() for m in str(exc).strip().splitlines()[:6])
+        if isinstance(exc, KeyError):
+            msg = str(exc.args[0]) if exc.args else msg
+        expected = (ValueError, KeyError, FileNotFoundError, ValidationError, RuntimeError)
+        prefix = "" if isinstance(exc, expected) else f"{type(exc).__name__}: "
+        print(f"ner {args.command}: error: {prefix}{msg}", file=sys.stderr)
         return 2
 
 
