@@ -135,9 +135,14 @@ def test_missing_database_shows_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_empty_database_says_it_is_empty(tmp_path, monkeypatch):
-    at = _app(_fresh_db(tmp_path / "empty.duckdb"), monkeypatch)
+    db = _fresh_db(tmp_path / "empty.duckdb")
+    at = _app(db, monkeypatch)
     assert not at.exception
     assert any("is empty" in m for m in _texts(at.info))
+    # the dashboard holds no connection between reruns: a writer gets the file at once
+    from storage.db import connect
+
+    connect(db, wait_s=0).close()
     plain = tmp_path / "plain.duckdb"
     duckdb.connect(str(plain)).close()  # a DuckDB file without the schema
     at = _app(plain, monkeypatch)
@@ -198,7 +203,8 @@ def test_curves_page_shows_the_stored_epochs(app, ui_db):
     assert [t.value for t in app.title] == ["Training curves"]
     ep = app.dataframe[0].value
     with _con(ui_db["db"]) as con:
-        rows = con.execute("SELECT run_id, epoch, train_loss, dev_f1 FROM epochs ORDER BY run_id, epoch").fetchall()
+        rows = con.execute("SELECT run_id, epoch, train_loss, dev_f1 FROM epochs ORDER BY run_id, epoch"
+                           ).fetchall()
     got = sorted(zip(ep["run_id"], ep["epoch"], ep["train_loss"], ep["dev_f1"]))
     assert [r[:2] for r in got] == [r[:2] for r in rows]
     assert [r[2] for r in got] == pytest.approx([r[2] for r in rows])
@@ -210,8 +216,8 @@ def test_evaluation_page_scores_errors_and_error_browser(app, ui_db):
     assert not app.exception
     eval_id = app.selectbox(key="eval_id").value
     with _con(ui_db["db"]) as con:
-        types = con.execute('SELECT label, f1, support FROM evaluation_types WHERE eval_id = ? ORDER BY label',
-                            [eval_id]).fetchall()
+        types = con.execute("SELECT label, f1, support FROM evaluation_types WHERE eval_id = ? "
+                            "ORDER BY label", [eval_id]).fetchall()
         n_err = dict(con.execute("SELECT kind, sum(n) FROM evaluation_errors WHERE eval_id = ? GROUP BY kind",
                                  [eval_id]).fetchall())
         report = con.execute("SELECT report FROM evaluations WHERE eval_id = ?", [eval_id]).fetchone()[0]

@@ -54,7 +54,8 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
         tr = steps.train_step(db, cfg, str(tmp / "runs"))
         steps.evaluate_step(db, tr["model_dir"], "sample", "test", run_id=tr["run_id"])
         docs, kind, ref = steps.load_prediction_input(db, {"files": raw})
-        pr = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
+        pr = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref,
+                                run_id=tr["run_id"])
         trained.append(tr)
         predicted.append(pr)
     return {"db": db, "tmp": tmp, "train": trained, "predict": predicted}

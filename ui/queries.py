@@ -88,16 +88,18 @@ def db_state(db_path: str) -> DbState:
     """
     path = Path(_check_path(db_path))
     if not path.exists():
-        return DbState("missing", f"Database file {path} does not exist. Create it with `ner pipeline ...` "
-                                  f"(or `ner ingest ...`), or start the dashboard with `ner ui --db PATH`.", {})
+        msg = (f"Database file {path} does not exist. Create it with `ner pipeline ...` (or `ner ingest ...`), "
+               f"or start the dashboard with `ner ui --db PATH`.")
+        return DbState("missing", msg, {})
     try:
         with open_db(path, read_only=True, wait_s=LOCK_WAIT_S) as con:
             tables = {r[0] for r in con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
             needed = {"schema_version", "datasets", "runs", "prediction_runs"}
             if not needed <= tables:
-                return DbState("empty", f"Database {path} has no NER schema yet (missing tables: "
-                                        f"{', '.join(sorted(needed - tables))}). Run `ner pipeline ...` first.", {})
+                missing = ", ".join(sorted(needed - tables))
+                return DbState("empty", f"Database {path} has no NER schema yet (missing tables: {missing}). "
+                                        f"Run `ner pipeline ...` first.", {})
             counts = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
                       for t in ("datasets", "runs", "evaluations", "prediction_runs")}
     except DatabaseLockedError as exc:
@@ -222,7 +224,8 @@ def error_sentences(report: dict, *, label: str | None = None, kind: str | None 
     for s in report.get("error_sentences", []):
         if kind is not None and kind not in s.get("kinds", []):
             continue
-        if label is not None and not any(e["label"] == label for e in [*s.get("gold", []), *s.get("pred", [])]):
+        entities = [*s.get("gold", []), *s.get("pred", [])]
+        if label is not None and not any(e["label"] == label for e in entities):
             continue
         out.append(s)
     return out
@@ -356,8 +359,8 @@ def check_sql(sql: str) -> str:
         raise SqlRejected(f"Rejected: {m.group(1)}(...) reads or writes files; this page only queries the "
                           f"database's own tables and views.")
     if _PATH_LITERAL.search(code):
-        raise SqlRejected("Rejected: the query names a file path or URL; this page only queries the database's "
-                          "own tables and views.")
+        raise SqlRejected("Rejected: the query names a file path or URL; this page only queries the "
+                          "database's own tables and views.")
     return text
 
 

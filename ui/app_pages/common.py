@@ -67,7 +67,8 @@ def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: di
 def legend_html(colours: dict[str, str]) -> str:
     """One coloured chip per label."""
     chips = "".join(
-        f'<span class="legend-chip" style="background:{c};padding:1px 8px;margin-right:6px;border-radius:3px;">'
+        f'<span class="legend-chip" style="background:{c};padding:1px 8px;margin-right:6px;'
+        f'border-radius:3px;">'
         f"{html.escape(lb)}</span>" for lb, c in colours.items()
     )
     return f'<div class="ner-legend">Legend: {chips}</div>'

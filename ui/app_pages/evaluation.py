@@ -23,7 +23,8 @@ for col, (name, key) in zip(m, [("entity F1", "f1"), ("precision", "precision"),
                                  ("macro F1", "macro_f1"), ("char accuracy", "char_accuracy"),
                                  ("sentence accuracy", "sentence_accuracy")]):
     col.metric(name, fmt(row[key]))
-st.caption(f"run {row['run_id']} · dataset {row['dataset']} v{row['dataset_version']} · split {row['split']} · "
+st.caption(f"run {row['run_id']} · dataset {row['dataset']} v{row['dataset_version']} · "
+           f"split {row['split']} · "
            f"{row['n_sentences']} sentences · {row['n_chars']} characters · scheme {row['scheme']}")
 
 st.subheader("Per entity type")
@@ -38,7 +39,8 @@ st.subheader("Errors by kind")
 errors = queries.evaluation_errors(db, eval_id)
 st.dataframe(errors, hide_index=True)
 st.caption("boundary: same label, other span · type: same span, other label · boundary+type: both differ · "
-           "missed: no prediction overlaps · spurious: a prediction overlaps no gold entity (predicted label).")
+           "missed: no prediction overlaps · spurious: a prediction overlaps no gold entity "
+           "(counted under the predicted label).")
 
 st.subheader("Error browser")
 report = queries.evaluation(db, eval_id)
@@ -49,7 +51,8 @@ kind = f2.selectbox("Kind of error", ["(all)", *queries.ERROR_KINDS], key="err_k
 limit = f3.number_input("Show at most", min_value=1, max_value=500, value=20, step=10, key="err_limit")
 sentences = queries.error_sentences(report, label=None if label == "(all)" else label,
                                     kind=None if kind == "(all)" else kind)
-st.caption(f"{len(sentences)} sentences with errors match (of {len(report.get('error_sentences', []))} stored).")
+n_stored = len(report.get("error_sentences", []))
+st.caption(f"{len(sentences)} sentences with errors match (of {n_stored} stored).")
 colours = label_colours([*queries.all_labels(db), *all_labels])
 st.html(legend_html(colours))
 for s in sentences[: int(limit)]:

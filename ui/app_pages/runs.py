@@ -52,7 +52,8 @@ for col, rid in ((col_a, run_a), (col_b, run_b)):
         m1.metric("best dev F1", fmt(r["best_dev_f1"]))
         m2.metric("test F1", fmt(r["test_f1"]))
         m3.metric("epochs", fmt(r["n_epochs"]))
-        st.caption(f"**{rid}** · {r['status']} · head {r['head']} · scheme {r['scheme']} · stopped: {r['stopped_reason']}")
+        st.caption(f"**{rid}** · {r['status']} · head {r['head']} · scheme {r['scheme']} · "
+                   f"stopped: {r['stopped_reason']}")
 
 cfg = {rid: _flatten(json.loads(rows[rid]["config"])) for rid in (run_a, run_b)}
 keys = sorted(set(cfg[run_a]) | set(cfg[run_b]))

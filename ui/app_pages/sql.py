@@ -11,7 +11,8 @@ import streamlit as st
 from ui import queries
 from ui.app_pages.common import db_path
 
-DEFAULT_SQL = "SELECT label, sum(n_entities) AS n FROM v_predicted_label_counts GROUP BY label ORDER BY n DESC"
+DEFAULT_SQL = ("SELECT label, sum(n_entities) AS n FROM v_predicted_label_counts\n"
+               "GROUP BY label ORDER BY n DESC")
 
 db = db_path()
 st.title("SQL")
