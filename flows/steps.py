@@ -73,26 +73,39 @@ def train_step(db_path: str, config: NERConfig, runs_root: str, *, run_id: str |
             "stopped_reason": result.stopped_reason, "seconds": round(result.seconds, 1)}
 
 
-def evaluate_step(db_path: str, model_dir: str, dataset: str, split: str = "test", *,
-                  run_id: str | None = None, out_dir: str | None = None) -> dict:
-    """Score a model directory on a stored split; JSON + Markdown reports and DuckDB rows."""
+def evaluate_step(db_path: str, model_dir: str, dataset: str | None, split: str | None = "test", *,
+                  run_id: str | None = None, out_dir: str | None = None, file: str | None = None) -> dict:
+    """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
+    JSON + Markdown reports and DuckDB rows."""
     from ner_core.modeldir import load_model_dir
     from ner_core.training import evaluate_model
 
     loaded = load_model_dir(model_dir)
-    version = latest_version(db_path, dataset)
-    docs = load_documents(db_path, dataset, split, version)
+    if file:
+        from ner_core.formats import read_file
+
+        parsed = read_file(file, untyped_label=loaded.config.data.untyped_label)
+        docs, dataset, split, version = parsed.documents, Path(file).name, None, None
+        unknown = sorted({e.label for d in docs for e in d.entities} - set(loaded.labels))
+        if unknown:
+            raise ValueError(f"{file}: labels {unknown} are not in the model's label set {loaded.labels}")
+    else:
+        if not dataset:
+            raise ValueError("evaluation needs a dataset (and split) or a file")
+        version = latest_version(db_path, dataset)
+        docs = load_documents(db_path, dataset, split, version)
     if not docs:
-        raise ValueError(f"dataset {dataset!r} has no documents in split {split!r}")
+        raise ValueError(f"no labelled documents to evaluate in {file or f'{dataset}/{split}'}")
     report = evaluate_model(loaded.model, loaded.tokenizer, docs, max_len=loaded.config.data.max_len)
-    eval_id = f"{run_id or Path(model_dir).name}-{dataset}-v{version}-{split}"
+    eval_id = f"{run_id or Path(model_dir).name}-{dataset}-v{version}-{split or 'file'}"
     runs_db.save_evaluation(db_path, eval_id, report, model_dir=model_dir, dataset=dataset, split=split,
                             run_id=run_id, dataset_version=version)
     out = Path(out_dir) if out_dir else Path(model_dir).parent
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"eval-{dataset}-{split}.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    stem = f"eval-{dataset}-{split}" if split else f"eval-{dataset}"
+    (out / f"{stem}.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     md = report.to_markdown()
-    (out / f"eval-{dataset}-{split}.md").write_text(md, encoding="utf-8")
+    (out / f"{stem}.md").write_text(md, encoding="utf-8")
     return {"eval_id": eval_id, "markdown": md, **report.summary(),
             "per_type": [t.model_dump() for t in report.per_type]}
 

@@ -158,3 +158,15 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path):
     r = subprocess.run([*ner, "train", "--no-prefect", "--db", str(tmp_path / "x.duckdb"), "--cnn_kernel_size", "4"],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "cnn_kernel_size must be odd" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluating_a_file_equals_evaluating_the_stored_split(pipeline_db):
+    from flows import steps
+
+    tr = pipeline_db["train"]
+    out = steps.evaluate_step(pipeline_db["db"], tr["model_dir"], None, None, run_id=tr["run_id"],
+                              file=SPLITS["test"])
+    assert out["n_sentences"] == 80
+    assert out["f1"] == pytest.approx(pipeline_db["evaluate"]["f1"])
+    assert out["char_accuracy"] == pytest.approx(pipeline_db["evaluate"]["char_accuracy"])
+    assert Path(tr["run_dir"], "eval-test.jsonl.json").exists()
