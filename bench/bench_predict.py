@@ -1,0 +1,182 @@
+"""Batch prediction benchmarks (figures printed, never asserted).
+
+1. Speed: characters per second tagging the first ``--n-texts`` (default 200) texts of the seed's finance test
+   set (``keras-bert-ner-finance/test.txt``, avg ~850 chars, tagged whole) with an untrained NERModel built
+   from the real m3e-small encoder (BiLSTM head + CRF, windows of ``--max-len`` 128 chars, stride 64, with CRF
+   marginals for confidence), against HF ``pipeline("token-classification")`` on the same encoder with an
+   untrained ``AutoModelForTokenClassification`` head, given the same window (model_max_length = max_len + 2)
+   and overlap (``stride`` = max_len - our stride), same texts, same process. Goal: >= 3x.
+2. Quality: entity F1 on Resume NER dev with whole-text tagging (window >= the longest text) and with a
+   window smaller than the longest text (``--window``, stride window // 2). Goal: within 0.2 F1 points.
+   Needs a trained model: ``--model-dir`` or one trained here quickly (tiny random encoder, BiLSTM,
+   ``--train-seconds`` budget on CPU).
+
+The machine's cores may be shared with other work: timings are noisy; CPU time is printed next to wall
+time. Run: ``python -m bench.bench_predict [--n-texts 200] [--skip-hf] [--skip-f1] [--model-dir DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+FINANCE_TEST = DATASETS / "keras-bert-ner-finance" / "test.txt"
+RESUME = DATASETS / "resume-ner"
+
+
+def _finance_texts(n: int) -> list[str]:
+    raw = json.loads(FINANCE_TEST.read_text(encoding="utf-8"))
+    texts = [t if isinstance(t, str) else str(t[0]) for t in raw]
+    return [t for t in texts if t.strip()][:n]
+
+
+def bench_speed(n_texts: int, max_len: int, batch_size: int, skip_hf: bool, threads: int | None) -> dict:
+    import torch
+
+    from ner_core.config import NERConfig
+    from ner_core.encoder import load_encoder
+    from ner_core.model import NERModel
+    from ner_core.predict import Tagger
+    from ner_core.schemes import tag_set
+
+    if threads:
+        torch.set_num_threads(threads)
+    texts = _finance_texts(n_texts)
+    n_chars = sum(len(t) for t in texts)
+    print(f"speed: {len(texts)} finance test texts, {n_chars} chars (mean {n_chars / len(texts):.0f}, "
+          f"max {max(len(t) for t in texts)}), m3e-small, window {max_len} stride {max_len // 2}, "
+          f"batch {batch_size}, torch threads {torch.get_num_threads()}", flush=True)
+    cfg = NERConfig.model_validate({"data": {"max_len": max_len}, "encoder": {"name": "m3e-small"}})
+    torch.manual_seed(0)
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    model = NERModel(cfg, tag_set(["ENT"], "BIOES"), encoder)
+    tagger = Tagger(model, tokenizer, max_len=max_len, stride=max_len // 2, batch_size=batch_size, device="cpu")
+    tagger.predict(texts[:2])  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    preds = tagger.predict(texts)
+    ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
+    out = {"texts": len(texts), "chars": n_chars, "ours_s": ours_s, "ours_chars_per_s": n_chars / ours_s}
+    print(f"  ours (windows + CRF Viterbi + marginals): {ours_s:.2f} s wall, {ours_cpu:.2f} s CPU, "
+          f"{n_chars / ours_s:,.0f} chars/s, {sum(len(p) for p in preds)} entities (untrained model)", flush=True)
+    if skip_hf:
+        return out
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    from ner_core.encoder import resolve_encoder
+
+    where = resolve_encoder("m3e-small")
+    hf_tok = AutoTokenizer.from_pretrained(where)
+    hf_tok.model_max_length = max_len + 2
+    hf_model = AutoModelForTokenClassification.from_pretrained(where, num_labels=5).eval()
+    pipe = pipeline("token-classification", model=hf_model, tokenizer=hf_tok, device=-1,
+                    aggregation_strategy="simple", stride=max_len // 2)
+    pipe(texts[:2])  # warm-up
+    t0, c0 = time.perf_counter(), time.process_time()
+    hf_out = pipe(texts, batch_size=batch_size)
+    hf_s, hf_cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(f"  HF pipeline(token-classification, stride {max_len // 2}, simple aggregation): {hf_s:.2f} s wall, "
+          f"{hf_cpu:.2f} s CPU, {n_chars / hf_s:,.0f} chars/s, {sum(len(o) for o in hf_out)} entities", flush=True)
+    print(f"  speed-up ours / HF: {hf_s / ours_s:.2f}x wall, {hf_cpu / ours_cpu:.2f}x CPU (goal >= 3x)", flush=True)
+    out.update(hf_s=hf_s, hf_chars_per_s=n_chars / hf_s, speedup=hf_s / ours_s)
+    return out
+
+
+def _train_small_model(out: Path, seconds: float) -> Path:
+    from ner_core.config import NERConfig
+    from ner_core.encoder import make_tiny_encoder
+    from ner_core.formats import read_file
+    from ner_core.training import train
+
+    tr = read_file(RESUME / "train.char.bmes").documents
+    dev = read_file(RESUME / "dev.char.bmes").documents
+    labels = sorted({e.label for d in tr for e in d.entities})
+    enc = make_tiny_encoder(out / "encoder", [d.text for d in tr + dev], hidden_size=64, num_heads=2,
+                            intermediate_size=128)
+    cfg = NERConfig.model_validate({
+        "data": {"dataset": "resume", "max_len": 128}, "encoder": {"name": str(enc)},
+        "head": {"type": "bilstm", "rnn_units": 64},
+        "training": {"max_epochs": 6, "batch_size": 32, "learning_rate": 2e-3, "head_learning_rate": 3e-3,
+                     "crf_learning_rate": 3e-2, "warmup_ratio": 0.0, "max_train_seconds": seconds},
+    })
+    print(f"  training a small model on Resume NER train ({len(tr)} sentences, budget {seconds:.0f} s) ...",
+          flush=True)
+    res = train(cfg, tr, dev, labels, out / "run", progress=False)
+    print(f"  trained: best epoch {res.best_epoch}, dev F1 {res.best_dev_f1}, {res.seconds:.0f} s", flush=True)
+    return Path(res.model_dir)
+
+
+def bench_window_f1(model_dir: str | None, window: int, train_seconds: float) -> dict | None:
+    from ner_core.documents import Entity
+    from ner_core.formats import read_file
+    from ner_core.metrics import evaluate
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    dev = read_file(RESUME / "dev.char.bmes").documents
+    longest = max(len(d.text) for d in dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        md = Path(model_dir) if model_dir else _train_small_model(Path(tmp), train_seconds)
+        loaded = load_model_dir(md)
+        whole_len = min(510, max(longest, 8))
+        res = {}
+        for name, ml, st in (("whole", whole_len, whole_len), ("windowed", window, max(1, window // 2))):
+            tagger = Tagger.from_loaded(loaded, max_len=ml, stride=st, batch_size=32)
+            t0 = time.perf_counter()
+            preds = tagger.predict([d.text for d in dev], confidence=False)
+            secs = time.perf_counter() - t0
+            ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
+            rep = evaluate(dev, ents, scheme=loaded.scheme)
+            n_long = sum(len(d.text) > ml for d in dev)
+            res[name] = rep.f1
+            print(f"  {name:<8} window {ml:>3} stride {st:>3}: entity F1 {rep.f1 * 100:.2f} "
+                  f"(P {rep.precision * 100:.2f}, R {rep.recall * 100:.2f}), {n_long} of {len(dev)} texts "
+                  f"longer than the window, {secs:.1f} s", flush=True)
+    diff = abs(res["whole"] - res["windowed"]) * 100
+    print(f"  |F1 whole - F1 windowed| = {diff:.2f} points (goal <= 0.2); longest dev text {longest} chars",
+          flush=True)
+    return {**res, "diff_points": diff, "longest": longest}
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_predict", description=__doc__.split("\n")[0])
+    p.add_argument("--n-texts", type=int, default=200)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--skip-hf", action="store_true", help="time only our tagger")
+    p.add_argument("--skip-speed", action="store_true")
+    p.add_argument("--skip-f1", action="store_true")
+    p.add_argument("--model-dir", help="trained Resume NER model for the F1 comparison (else trained here)")
+    p.add_argument("--window", type=int, default=48, help="window for the windowed F1 run (default %(default)s)")
+    p.add_argument("--train-seconds", type=float, default=150.0)
+    args = p.parse_args(argv if argv is not None else [])
+    out: dict = {}
+    if not args.skip_speed:
+        if not FINANCE_TEST.is_file():
+            print(f"speed: skipped, {FINANCE_TEST} not found")
+        else:
+            try:
+                out["speed"] = bench_speed(args.n_texts, args.max_len, args.batch_size, args.skip_hf, args.threads)
+            except ValueError as exc:  # m3e-small not installed
+                print(f"speed: skipped, {exc}")
+    if not args.skip_f1:
+        if not (RESUME / "dev.char.bmes").is_file():
+            print(f"F1: skipped, {RESUME} not found")
+        else:
+            print("windowed vs whole-text prediction on Resume NER dev:", flush=True)
+            out["f1"] = bench_window_f1(args.model_dir, args.window, args.train_seconds)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
