@@ -1,5 +1,5 @@
-"""The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` = ``serve``)
-plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query`` and ``prefect``
+"""The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` =
+``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query`` and ``prefect``
 (``up`` / ``down`` / ``status`` of a local server + worker + deployments).
 
 Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input (flags,
