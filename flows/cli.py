@@ -246,8 +246,11 @@ def cmd_test(args) -> int:
     from flows import steps
 
     model_dir, run_id = _resolve_model(args)
+    if args.file and not Path(args.file).is_file():
+        raise FileNotFoundError(f"{args.file}: no such file")
     out = _run(args, "evaluate_flow", steps.evaluate_step, db_path=args.db, model_dir=model_dir,
-               dataset=args.dataset, split=args.split, run_id=run_id)
+               dataset=None if args.file else args.dataset, split=None if args.file else args.split,
+               run_id=run_id, **({"file": args.file} if args.file else {}))
     if args.no_prefect:
         print(out.pop("markdown"))
         out.pop("per_type")
@@ -472,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--run", help="use this training run's model")
         sp.add_argument("--dataset", default="sample")
         sp.add_argument("--split", default="test" if name == "test" else None)
+        if name == "test":
+            sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
         if name == "predict":
             sp.add_argument("files", nargs="*", help="input files (any supported format)")
             sp.add_argument("--lines", action="store_true",

@@ -44,6 +44,8 @@ def _pipeline_run_name() -> str:
 def _evaluate_run_name() -> str:
     p = flow_run.parameters
     model = p.get("run_id") or Path(p.get("model_dir") or "production").parent.name or "model"
+    if p.get("file"):
+        return f"evaluate-{Path(p['file']).stem}-{model}"
     return f"evaluate-{p.get('dataset')}-{p.get('split')}-{model}"
 
 
@@ -100,8 +102,10 @@ def train_task(db_path: str, config: NERConfig, runs_root: str, run_id: str | No
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=[2])
-def evaluate_task(db_path: str, model_dir: str, dataset: str, split: str, run_id: str | None = None) -> dict:
-    result = steps.evaluate_step(db_path, model_dir, dataset, split, run_id=run_id)
+def evaluate_task(db_path: str, model_dir: str, dataset: str | None, split: str | None,
+                  run_id: str | None = None, file: str | None = None) -> dict:
+    result = steps.evaluate_step(db_path, model_dir, dataset, split, run_id=run_id, file=file)
+    dataset, split = (Path(file).stem, "file") if file else (dataset, split)
     create_table_artifact(
         table=[{k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result["per_type"]],
         key=_key("eval", dataset, split), description=f"entity scores per type, {dataset}/{split}")
@@ -144,9 +148,10 @@ def train_flow(db_path: str, config: NERConfig, runs_root: str = "runs", run_id:
 
 
 @flow(name="evaluate", flow_run_name=_evaluate_run_name)
-def evaluate_flow(db_path: str, model_dir: str, dataset: str, split: str = "test",
-                  run_id: str | None = None) -> dict:
-    return evaluate_task(db_path, model_dir, dataset, split, run_id)
+def evaluate_flow(db_path: str, model_dir: str, dataset: str | None, split: str | None = "test",
+                  run_id: str | None = None, file: str | None = None) -> dict:
+    """Score ``model_dir`` on a stored ``dataset``/``split``, or on a labelled ``file``."""
+    return evaluate_task(db_path, model_dir, dataset, split, run_id, file)
 
 
 @flow(name="evaluate-production", flow_run_name="evaluate-production-{dataset}-{split}")

@@ -113,6 +113,10 @@ def test_missing_files_are_one_line(capsys, tmp_path, tiny_encoder_dir):
     rc, _, err = run(["predict", "--no-prefect", "--db", str(tmp_path / "x.duckdb"), "--model-dir",
                       str(tmp_path / "nomodel"), missing], capsys)
     _one_line_error(rc, err, "no such model directory")
+    model_dir = _fake_run(str(tmp_path / "y.duckdb"), "run-y", tmp_path)
+    rc, _, err = run(["test", "--no-prefect", "--db", str(tmp_path / "y.duckdb"), "--model-dir", str(model_dir),
+                      "--file", missing], capsys)
+    _one_line_error(rc, err, "missing.jsonl: no such file")
     rc, _, err = run(["ingest", "--no-prefect", "--db", str(tmp_path / "x.duckdb"), "--name", "x", "--train", missing],
                      capsys)
     _one_line_error(rc, err, "missing.jsonl: no such file")
@@ -191,6 +195,8 @@ def test_train_from_files_then_test_and_incremental_predict_without_prefect(caps
     assert run(["promote", trained["run_id"], "--db", db], capsys)[0] == 0
     rc, out, err = run(["test", "--no-prefect", "--db", db, "--dataset", "mini"], capsys)
     assert rc == 0 and "| PER" in out, err
+    rc, out, err = run(["test", "--db", db, "--file", str(small / "dev.jsonl")], capsys)  # a Prefect flow run
+    assert rc == 0 and json.loads(out[out.index("{"):])["n_sentences"] == 20, err
     rc, out, err = run(["predict", "--no-prefect", "--db", db, "--dataset", "mini", "--only-new"], capsys)
     assert rc == 0, err
     first = json.loads(out[out.index("{"):])
