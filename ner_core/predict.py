@@ -13,6 +13,9 @@ Confidence of an entity: the minimum, over the entity's characters, of the CRF's
 probability ``p(y_t = predicted tag | window)`` (forward-backward over the allowed paths, in the window that
 supplied the character's tag). It is 1.0 only when the CRF is certain of every character of the span; a
 span whose weakest character the model hesitates on gets a low confidence.
+
+Whitespace at either edge of a predicted span is trimmed (an entity never begins or ends with a space;
+whitespace has its own model position, so a model can tag it); a span of whitespace alone is dropped.
 """
 
 from __future__ import annotations
@@ -172,7 +175,15 @@ class Tagger:
         for text, (tags, probs) in zip(texts, self.tag_texts(texts, confidence=confidence, progress=progress)):
             ents = []
             for sp in tags_to_spans(tags, self.scheme):
-                conf = min(probs[sp.start : sp.end]) if confidence else 1.0
-                ents.append(PredictedEntity(sp.start, sp.end, sp.label, text[sp.start : sp.end], round(conf, 6)))
+                start, end = sp.start, sp.end
+                # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
+                while start < end and text[start].isspace():
+                    start += 1
+                while end > start and text[end - 1].isspace():
+                    end -= 1
+                if start == end:
+                    continue
+                conf = min(probs[start:end]) if confidence else 1.0
+                ents.append(PredictedEntity(start, end, sp.label, text[start:end], round(conf, 6)))
             out.append(ents)
         return out

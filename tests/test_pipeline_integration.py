@@ -170,3 +170,17 @@ def test_evaluating_a_file_equals_evaluating_the_stored_split(pipeline_db):
     assert out["f1"] == pytest.approx(pipeline_db["evaluate"]["f1"])
     assert out["char_accuracy"] == pytest.approx(pipeline_db["evaluate"]["char_accuracy"])
     assert Path(tr["run_dir"], "eval-test.jsonl.json").exists()
+
+
+def test_predicted_spans_are_trimmed_of_whitespace(pipeline_db):
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    tagger = Tagger.from_loaded(load_model_dir(pipeline_db["train"]["model_dir"]))
+    text = "李超 在 上海"
+    tags = ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "B-LOC", "E-LOC"]
+    probs = [0.9, 0.8, 0.3, 1.0, 0.5, 0.7, 0.6]
+    tagger.tag_texts = lambda texts, **kw: [(tags, probs)]
+    ents = tagger.predict([text])[0]
+    assert [(e.start, e.end, e.label, e.text, e.confidence) for e in ents] == [
+        (0, 2, "PER", "李超", 0.8), (5, 7, "LOC", "上海", 0.6)]

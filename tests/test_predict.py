@@ -165,8 +165,16 @@ def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
     assert len(preds) == len(texts) and preds[-2] == []
     n = 0
     for text, ents, (tags, probs) in zip(texts, preds, tagged):
-        assert [(e.start, e.end, e.label) for e in ents] == [
-            (s.start, s.end, s.label) for s in tags_to_spans(tags, loaded.scheme)]
+        expected = []
+        for s in tags_to_spans(tags, loaded.scheme):  # whitespace at a span's edges is trimmed
+            a, b = s.start, s.end
+            while a < b and text[a].isspace():
+                a += 1
+            while b > a and text[b - 1].isspace():
+                b -= 1
+            if a < b:
+                expected.append((a, b, s.label))
+        assert [(e.start, e.end, e.label) for e in ents] == expected
         for e in ents:
             n += 1
             assert text[e.start : e.end] == e.text and e.label in LABELS
