@@ -804,6 +804,20 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _add_span_record(ctx: _Ctx, text: str, raw: list, ln_no: int, record: int, bad_shape: str | None) -> None:
+    """Store one span-format record, or reject it: ``bad_shape`` is the message for a malformed record;
+    span problems are checked (and recorded) by :func:`_check_spans`."""
+    if bad_shape is not None:
+        ctx.err(ln_no, record, "bad_record", bad_shape)
+        ctx.rejected += 1
+        return
+    spans = _check_spans(ctx, text, raw, ln_no, record)
+    if spans is None:
+        ctx.rejected += 1
+        return
+    ctx.add(ln_no, text, spans, ln_no, record)
+
+
 def _parse_cluener(ctx: _Ctx, data: bytes) -> bool:
     for ln_no, record, obj in _json_lines(ctx, data):
         text = obj["text"]
@@ -824,16 +838,8 @@ def _parse_cluener(ctx: _Ctx, data: bytes) -> bool:
                             bad = True
                             break
                         raw.append((pos[0], pos[1] + 1, str(typ), mention))  # inclusive end -> half-open
-        if bad:
-            ctx.err(ln_no, record, "bad_record",
-                    "expected 'label' as {type: {mention: [[start, end_inclusive], ...]}}")
-            ctx.rejected += 1
-            continue
-        spans = _check_spans(ctx, text, raw, ln_no, record)
-        if spans is None:
-            ctx.rejected += 1
-            continue
-        ctx.add(ln_no, text, spans, ln_no, record)
+        _add_span_record(ctx, text, raw, ln_no, record,
+                         "expected 'label' as {type: {mention: [[start, end_inclusive], ...]}}" if bad else None)
     return True
 
 
@@ -850,16 +856,9 @@ def _parse_jsonl(ctx: _Ctx, data: bytes) -> bool:
                 break
             mention = ent.get("text", ent.get("mention"))
             raw.append((ent["start"], ent["end"], ent["label"], mention if isinstance(mention, str) else None))
-        if bad:
-            ctx.err(ln_no, record, "bad_record",
-                    "expected 'entities' as a list of {start: int, end: int, label: str} (half-open)")
-            ctx.rejected += 1
-            continue
-        spans = _check_spans(ctx, text, raw, ln_no, record)
-        if spans is None:
-            ctx.rejected += 1
-            continue
-        ctx.add(ln_no, text, spans, ln_no, record)
+        _add_span_record(ctx, text, raw, ln_no, record,
+                         "expected 'entities' as a list of {start: int, end: int, label: str} (half-open)"
+                         if bad else None)
     return True
 
 

@@ -14,39 +14,7 @@ from ner_core.config import EncoderConfig, NERConfig, TrainingConfig
 from ner_core.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
 from ner_core.model import NERModel
 
-TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王五"]
-LABELS = ["PER", "LOC", "ORG"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny", TEXTS, seed=0)
-
-
-def encode(tokenizer, texts, T=None):
-    """[CLS] one id per char [SEP] + right pad, written out here so the test does not depend on alignment."""
-    rows = [
-        [tokenizer.cls_token_id]
-        + [tokenizer.convert_tokens_to_ids(c.lower()) for c in t]
-        + [tokenizer.sep_token_id]
-        for t in texts
-    ]
-    T = T or max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), tokenizer.pad_token_id, dtype=torch.long)
-    am = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        am[i, : len(r)] = 1
-    return ids, am
+from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
 
 
 def build(tiny, head="bilstm", scheme="BIOES", seed=0, **over):
