@@ -41,18 +41,20 @@ def train_step(db_path: str, config: NERConfig, runs_root: str, *, run_id: str |
     """Train on the dataset's train split, early-stop on its dev split; rows in runs / epochs."""
     from ner_core.training import train
 
-    ds = config.data.dataset
-    version = latest_version(db_path, ds)
-    train_docs = load_documents(db_path, ds, "train", version)
-    dev_docs = load_documents(db_path, ds, "dev", version)
-    labels = dataset_labels(db_path, ds, version)
+    prev = None
     if resume:
         if not run_id:
             raise ValueError("--resume needs the RUN_ID of the run to continue")
+        # the run's own configuration, dataset version and directory, whatever the command line says now
         prev = runs_db.get_run(db_path, run_id)
         config = NERConfig.model_validate_json(prev["config"])
+    ds = config.data.dataset
+    version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
+    train_docs = load_documents(db_path, ds, "train", version)
+    dev_docs = load_documents(db_path, ds, "dev", version)
+    labels = dataset_labels(db_path, ds, version)
     run_id = run_id or new_run_id(config)
-    run_dir = Path(runs_root) / run_id
+    run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
     if not resume:
         runs_db.create_run(db_path, run_id, dataset=ds, dataset_version=version, config_json=config.to_json(),
                            run_dir=run_dir)

@@ -141,11 +141,12 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
     run_id = ckpt.parent.name
     assert not (ckpt.parent / "history.json").exists()  # it really did not finish
 
-    resumed = _ner("train", "--no-prefect", "--db", db, "--runs-root", str(tmp_path / "killed"), "--resume", run_id)
+    # no --runs-root: the run's own directory, configuration and dataset version come from DuckDB
+    resumed = _ner("train", "--no-prefect", "--db", db, "--resume", run_id)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     resumed_run = json.loads(out[out.index("{"):])
-    assert resumed_run["run_id"] == run_id
+    assert resumed_run["run_id"] == run_id and Path(resumed_run["run_dir"]) == ckpt.parent
 
     h_full = json.loads(Path(full_run["run_dir"], "history.json").read_text())
     h_res = json.loads(Path(resumed_run["run_dir"], "history.json").read_text())
