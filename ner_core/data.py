@@ -146,10 +146,6 @@ class TaggedDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    @property
-    def n_chars(self) -> int:
-        return sum(len(it.char_ids) for it in self.items)
-
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Length-bucketed batches: sort by length inside pools of 50 batches, shuffle the batch order.
 
