@@ -3,6 +3,8 @@
 Shapes (batch x steps x tags): 64 x 128 x 9 and 256 x 256 x 21, random right-padded lengths.
 Goal: >= 20x faster than pytorch-crf, with identical paths when unconstrained. Also prints the
 constrained (BIOES-style masks) decode time and the marginals (forward-backward) time.
+"ours" is the default decode on CPU: the compiled C kernel (ner_core/csrc/viterbi.c) when this machine
+can build it; "torch impl" is the tensor implementation kept for GPUs and machines without a compiler.
 Prints wall and CPU time (best of a few repeats); never asserts. Run: ``python -m bench.bench_crf``.
 """
 
@@ -13,6 +15,7 @@ import time
 import torch
 from torchcrf import CRF
 
+from ner_core import _ckernel
 from ner_core.crf import ConstrainedCRF
 
 SHAPES = [(64, 128, 9), (256, 256, 21)]
@@ -74,6 +77,7 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
     with torch.inference_mode():
         ref_w, ref_c, ref_paths = _timed(lambda: ref.decode(em, mask), 2)
         our_w, our_c, our_paths = _timed(lambda: ours.decode(em, mask), 5)
+        tor_w, _, tor_paths = _timed(lambda: ours.viterbi_tensor(em, mask, backend="torch"), 5)
         con_w, _, _ = _timed(lambda: constrained.decode(em, mask), 5)
         mar_w, _, _ = _timed(lambda: constrained.marginals(em, mask), 3)
     return {
@@ -84,6 +88,11 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
         "ours_cpu_s": our_c,
         "speedup": ref_w / our_w,
         "identical": our_paths == ref_paths,
+        "torch_impl_s": tor_w,
+        "torch_impl_identical": [
+            row[:n] for row, n in zip(tor_paths[0].tolist(), tor_paths[1].tolist(), strict=True)
+        ]
+        == ref_paths,
         "constrained_s": con_w,
         "marginals_s": mar_w,
     }
@@ -92,11 +101,12 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
 def main() -> list[dict]:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"goal: >= {GOAL:.0f}x pytorch-crf decode"
+        f"goal: >= {GOAL:.0f}x pytorch-crf decode; Viterbi backend: "
+        + ("C kernel" if _ckernel.load() is not None else "torch (no C compiler)")
     )
     print(
         f"{'shape':>12} {'torchcrf ms':>12} {'ours ms':>9} {'speed-up':>9} {'cpu speed-up':>13} "
-        f"{'identical':>9} {'constr. ms':>10} {'marginals ms':>12}"
+        f"{'identical':>9} {'torch impl ms':>13} {'constr. ms':>10} {'marginals ms':>12}"
     )
     rows = []
     for B, T, K in SHAPES:
@@ -105,6 +115,7 @@ def main() -> list[dict]:
         print(
             f"{r['shape']:>12} {r['torchcrf_s'] * 1e3:12.1f} {r['ours_s'] * 1e3:9.2f} {r['speedup']:8.1f}x "
             f"{r['torchcrf_cpu_s'] / max(r['ours_cpu_s'], 1e-9):12.1f}x {r['identical']!s:>9} "
+            f"{r['torch_impl_s'] * 1e3:13.2f} "
             f"{r['constrained_s'] * 1e3:10.2f} {r['marginals_s'] * 1e3:12.2f}",
             flush=True,
         )

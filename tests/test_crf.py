@@ -12,7 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchcrf import CRF
 
+from ner_core import _ckernel
 from ner_core.crf import ConstrainedCRF
+
+#: Both Viterbi implementations; the C kernel only where this machine can build it.
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "c",
+        marks=pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel"),
+    ),
+]
+
+
+def decode(crf, em, mask, backend):
+    paths, lengths = crf.viterbi_tensor(em, mask, backend=backend)
+    return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist(), strict=True)]
 
 LABELS = ["PER", "LOC"]
 
@@ -147,24 +162,26 @@ def test_constrained_log_partition_equals_brute_force_over_allowed_paths():
 # ------------------------------------------------------------------ Viterbi
 
 
-@pytest.mark.parametrize("K,T,seed", [(3, 4, 0), (4, 3, 1), (2, 7, 2), (5, 1, 3)])
-def test_viterbi_equals_brute_force_unconstrained(K, T, seed):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K,T,seed", [(3, 4, 0), (4, 3, 1), (2, 7, 2), (5, 1, 3), (1, 3, 4)])
+def test_viterbi_equals_brute_force_unconstrained(K, T, seed, backend):
     crf = make_crf(K, seed=seed)
     em, mask, _ = random_problem(5, T, K, seed=seed)
-    paths = crf.decode(em, mask)
+    paths = decode(crf, em, mask, backend)
     for b in range(5):
         n = int(mask[b].sum())
         assert paths[b] == brute(crf, em[b], n)[1]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scheme,T,seed", [("BIO", 4, 0), ("BIOES", 3, 1), ("BIOES", 4, 2), ("BIO", 1, 3)])
-def test_viterbi_equals_brute_force_over_allowed_paths(scheme, T, seed):
+def test_viterbi_equals_brute_force_over_allowed_paths(scheme, T, seed, backend):
     tags = tag_set(scheme)
     allowed = hand_allowed(tags, scheme)
     crf = make_crf(len(tags), allowed, seed=seed)
     em, mask, _ = random_problem(4, T, len(tags), seed=seed)
     em[:, :, 0] -= 3  # push away from all-O so the constraints matter
-    paths = crf.decode(em, mask)
+    paths = decode(crf, em, mask, backend)
     for b in range(4):
         n = int(mask[b].sum())
         best = brute(crf, em[b], n, allowed)[1]
@@ -172,16 +189,74 @@ def test_viterbi_equals_brute_force_over_allowed_paths(scheme, T, seed):
         assert path_allowed(allowed, best)
 
 
-def test_unconstrained_decode_identical_to_torchcrf():
-    for seed in range(5):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unconstrained_decode_identical_to_torchcrf(backend):
+    # B = 16 stays on one thread in the C kernel; B = 70 is split across threads, not on 8-row blocks
+    for seed, B in zip(range(6), [16, 16, 70, 16, 70, 9], strict=True):
         K = 3 + seed
         crf = make_crf(K, seed=seed)
-        em, mask, _ = random_problem(16, 20, K, seed=100 + seed)
+        em, mask, _ = random_problem(B, 20, K, seed=100 + seed)
         ref = CRF(K, batch_first=True)
         ref.load_state_dict(
             {k.removeprefix("crf."): v for k, v in crf.state_dict().items() if k.startswith("crf.")}
         )
-        assert crf.decode(em, mask) == ref.decode(em, mask)
+        assert decode(crf, em, mask, backend) == ref.decode(em, mask)
+
+
+@pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
+@pytest.mark.parametrize("B,T,K,threads", [(1, 1, 1, 1), (7, 33, 9, 2), (8, 5, 21, 1), (67, 40, 13, 2), (200, 64, 5, 3)])
+def test_c_kernel_paths_and_padding_equal_the_torch_implementation(B, T, K, threads, monkeypatch):
+    tags = tag_set("BIOES")
+    allowed = hand_allowed(tags, "BIOES") if K == len(tags) else None
+    crf = make_crf(K, allowed, seed=B + T)
+    em, mask, _ = random_problem(B, T, K, seed=K)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    c_paths, c_len = crf.viterbi_tensor(em, mask, backend="c")
+    t_paths, t_len = crf.viterbi_tensor(em, mask, backend="torch")
+    assert torch.equal(c_len, t_len)
+    assert torch.equal(c_paths, t_paths)  # padding included: steps past a row's end repeat its last tag
+    assert crf.viterbi_tensor(em, mask)[0].equal(c_paths)  # "auto" takes the kernel on CPU
+
+
+def test_viterbi_backend_errors():
+    crf = make_crf(3)
+    em, mask, _ = random_problem(2, 4, 3, seed=0)
+    with pytest.raises(ValueError, match="unknown Viterbi backend 'cuda'; choose auto, c or torch"):
+        crf.viterbi_tensor(em, mask, backend="cuda")
+    with pytest.raises(ValueError, match="expected 2 lengths in \\[1, 4\\]"):
+        _ckernel.viterbi(em.numpy(), *[np.zeros(s, np.float32) for s in (3, (3, 3), 3)], np.array([0, 4]))
+
+
+@pytest.fixture
+def fresh_kernel_state():
+    saved = dict(_ckernel._STATE)
+    _ckernel._STATE.clear()
+    yield
+    _ckernel._STATE.clear()
+    _ckernel._STATE.update(saved)
+
+
+@pytest.mark.parametrize("how", ["disabled", "compiler_fails"])
+def test_without_the_c_kernel_decoding_falls_back_to_torch(how, fresh_kernel_state, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("NER_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: must build
+    if how == "disabled":
+        monkeypatch.setenv("NER_CRF_KERNEL", "0")
+    else:
+        bad_cc = tmp_path / "bad-cc"
+        bad_cc.write_text("#!/bin/sh\necho 'bad-cc: cannot compile' >&2\nexit 1\n")
+        bad_cc.chmod(0o755)
+        monkeypatch.setenv("CC", str(bad_cc))
+    crf = make_crf(4, seed=1)
+    em, mask, _ = random_problem(5, 6, 4, seed=1)
+    with caplog.at_level("INFO", logger="ner_core._ckernel"):
+        assert _ckernel.load() is None
+        paths = crf.decode(em, mask)
+    assert paths == decode(crf, em, mask, "torch")
+    if how == "compiler_fails":
+        assert "bad-cc: cannot compile" in caplog.text and "using the torch Viterbi" in caplog.text
+        assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
+    with pytest.raises(_ckernel.KernelUnavailable):
+        crf.viterbi_tensor(em, mask, backend="c")
 
 
 def test_padded_rows_decode_exactly_as_unpadded():
