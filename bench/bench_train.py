@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoder", default="m3e-small")
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training documents")
+    p.add_argument("--out", help="keep the trained model directories here (default: a temporary folder)")
     args = p.parse_args(argv if argv is not None else [])
     import torch
 
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
           f"encoder {args.encoder}; budget {args.minutes} min per model; torch threads {torch.get_num_threads()}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.out:
+            tmp = args.out
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         for head in [h for h in args.heads.split(",") if h]:
             rows.append(run_ours(head, args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len,
                                  Path(tmp)))
