@@ -122,10 +122,11 @@ def load() -> ctypes.CDLL | None:
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
+    """The shared worker threads; a forked child makes its own (the parent's threads do not exist there)."""
     pool = _STATE.get("pool")
-    if pool is None or pool._max_workers < n:  # type: ignore[attr-defined]
+    if pool is None or _STATE.get("pool_pid") != os.getpid() or pool._max_workers < n:  # type: ignore[attr-defined]
         pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ner-viterbi")
-        _STATE["pool"] = pool
+        _STATE["pool"], _STATE["pool_pid"] = pool, os.getpid()
     return pool  # type: ignore[return-value]
 
 

@@ -405,3 +405,18 @@ def test_log_partition_is_finite_for_long_sequences_with_large_scores():
     assert torch.isfinite(crf.log_partition(em, mask)).all()
     marg = crf.marginals(em, mask)
     assert torch.isfinite(marg).all() and math.isclose(float(marg.sum()), 400.0, rel_tol=1e-4)
+
+
+@pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
+def test_c_kernel_threads_work_in_a_forked_child(monkeypatch):
+    """The kernel's thread pool is per process: a child forked after the parent used it must not hang."""
+    import multiprocessing as mp
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    crf = make_crf(5, seed=3)
+    em, mask, _ = random_problem(64, 12, 5, seed=3)
+    expected = decode(crf, em, mask, "c")  # starts the parent's pool (64 rows -> 2 threads)
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(decode, (crf, em, mask, "c")).get(timeout=60)
+    assert got == expected
