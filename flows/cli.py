@@ -46,6 +46,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def _config_flags() -> dict[str, tuple[str, Any]]:
     flags: dict[str, tuple[str, Any]] = {}
     for section in ("encoder", *_SECTIONS_PLAIN):
@@ -267,34 +277,41 @@ def cmd_predict(args) -> int:
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
+    settings = {k: v for k, v in {"max_len": args.window, "stride": args.stride, "batch_size": args.batch_size,
+                                  "num_threads": args.threads, "quantize": args.quantize}.items() if v is not None}
+    if args.device is not None:
+        settings["device"] = args.device
     if args.only_new and (args.files or not run_id):
         raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
     if args.dask or args.scheduler:
         from flows import dask_predict
 
+        if {"num_threads", "device"} & settings.keys():
+            raise CLIError("--threads and --device are not used with --dask: each worker runs one CPU thread")
         if args.no_prefect:
             if args.only_new:
                 raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
             docs, kind, ref = steps.load_prediction_input(args.db, source)
             out = dask_predict.predict_sharded(args.db, model_dir, docs, input_kind=kind, input_ref=ref,
                                                run_id=run_id, n_shards=args.shards, address=args.scheduler,
-                                               n_workers=args.workers)
+                                               n_workers=args.workers, settings=settings)
         else:
             out = dask_predict.run_dask_predict(args.db, source, model_dir, run_id, n_shards=args.shards,
                                                 address=args.scheduler, n_workers=args.workers,
-                                                only_new=args.only_new)
+                                                only_new=args.only_new, settings=settings)
     elif args.only_new:
         task = pipeline.predict_new_task.fn if args.no_prefect else pipeline.predict_new_task
         if args.no_prefect or args.model_dir or args.run:
-            out = task(args.db, model_dir, run_id, args.dataset, args.split) if args.no_prefect else \
-                _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split)
+            out = task(args.db, model_dir, run_id, args.dataset, args.split, settings) if args.no_prefect else \
+                _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split, settings)
         else:
-            out = pipeline.predict_new_flow(args.db, args.dataset, args.split)
+            out = pipeline.predict_new_flow(args.db, args.dataset, args.split, settings)
     elif args.no_prefect:
         docs, kind, ref = steps.load_prediction_input(args.db, source)
-        out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
+        out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id,
+                                 **settings)
     else:
-        out = pipeline.predict_flow(args.db, source, model_dir, run_id)
+        out = pipeline.predict_flow(args.db, source, model_dir, run_id, settings)
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
 
@@ -489,6 +506,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)")
             sp.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)")
             sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
+            g = sp.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
+            g.add_argument("--window", type=_positive_int, metavar="CHARS",
+                           help="characters per window, 8-510 (default: the model's max_len)")
+            g.add_argument("--stride", type=_positive_int, metavar="CHARS",
+                           help="characters between window starts, <= --window (default: window // 2)")
+            g.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default 32)")
+            g.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
+            g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
+            g.add_argument("--quantize", choices=["none", "int8"],
+                           help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)")
         sp.set_defaults(func=func)
 
     sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))

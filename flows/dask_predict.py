@@ -51,8 +51,9 @@ def shard_documents(docs: Sequence[Document], n_shards: int) -> list[list[Docume
 
 
 def tag_shard(model_dir: str, items: Sequence[tuple[str, str]], max_len: int | None = None,
-              stride: int | None = None, batch_size: int = 32) -> ShardRows:
+              stride: int | None = None, batch_size: int | None = None, quantize: str | None = None) -> ShardRows:
     """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
+    Settings left ``None`` come from the model's saved prediction configuration.
 
     Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
     from ner_core.modeldir import load_model_dir
@@ -63,7 +64,8 @@ def tag_shard(model_dir: str, items: Sequence[tuple[str, str]], max_len: int | N
     items = list(items)
     if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
         raise ValueError("expected items as (doc_id, text) pairs")
-    tagger = Tagger.from_loaded(load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size)
+    tagger = Tagger.from_loaded(load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size,
+                                quantize=quantize)
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
 
@@ -95,9 +97,12 @@ def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
 
 def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
                     run_id: str | None = None, n_shards: int = 2, address: str | None = None,
-                    n_workers: int = 2, processes: bool = False, batch_size: int = 32) -> dict:
+                    n_workers: int = 2, processes: bool = False, batch_size: int = 32,
+                    settings: dict | None = None) -> dict:
     """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
-    the rows in DuckDB from this process."""
+    the rows in DuckDB from this process. ``settings``: max_len, stride, batch_size, quantize for
+    :func:`tag_shard` (``batch_size`` is kept for callers of the older signature)."""
+    settings = {"batch_size": batch_size, **(settings or {})}
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -106,14 +111,14 @@ def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, i
                                                 dashboard_address=None)
     try:
         with Client(address or cluster) as client:
-            futures = [client.submit(tag_shard, model_dir, s, None, None, batch_size, pure=False) for s in shards]
+            futures = [client.submit(tag_shard, model_dir, s, pure=False, **settings) for s in shards]
             rows = client.gather(futures)
     finally:
         if cluster is not None:
             cluster.close()
     return store_shard_rows(db_path, model_dir, rows, input_kind=input_kind, input_ref=input_ref, run_id=run_id,
                             seconds_so_far=time.perf_counter() - t0,
-                            config={"n_shards": len(shards), "dask": address or "local", "batch_size": batch_size})
+                            config={"n_shards": len(shards), "dask": address or "local", **settings})
 
 
 # ----------------------------------------------------------------------------------------- Prefect
@@ -131,8 +136,8 @@ def make_task_runner(address: str | None = None, n_workers: int = 2, processes: 
 
 
 @task(name="tag-shard", retries=1, retry_delay_seconds=[5])
-def tag_shard_task(model_dir: str, items: list[tuple[str, str]], batch_size: int = 32) -> ShardRows:
-    return tag_shard(model_dir, items, batch_size=batch_size)
+def tag_shard_task(model_dir: str, items: list[tuple[str, str]], settings: dict | None = None) -> ShardRows:
+    return tag_shard(model_dir, items, **(settings or {}))
 
 
 def _dask_run_name() -> str:
@@ -147,7 +152,8 @@ def _dask_run_name() -> str:
       task_runner=make_task_runner(os.environ.get("NER_DASK_ADDRESS") or None,
                                    int(os.environ.get("NER_DASK_WORKERS", "2"))))
 def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None,
-                      n_shards: int = 4, only_new: bool = False, batch_size: int = 32) -> dict:
+                      n_shards: int = 4, only_new: bool = False, batch_size: int = 32,
+                      settings: dict | None = None) -> dict:
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
     t0 = time.perf_counter()
@@ -165,7 +171,8 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     shards = _payload(shard_documents(docs, n_shards))
-    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(batch_size))
+    settings = {"batch_size": batch_size, **(settings or {})}
+    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(settings))
     rows = [f.result() for f in futures]
     if only_new:  # accumulate into the existing prediction run instead of replacing it
         from storage import runs as runs_db
@@ -182,13 +189,15 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
                 "n_chars": row["n_chars"], "n_new_documents": len(docs), "n_shards": len(shards)}
     return store_shard_rows(db_path, model_dir, rows, input_kind=kind, input_ref=ref, run_id=run_id,
                             seconds_so_far=time.perf_counter() - t0,
-                            config={"n_shards": len(shards), "batch_size": batch_size})
+                            config={"n_shards": len(shards), **settings})
 
 
 def run_dask_predict(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None, *,
                      n_shards: int = 4, address: str | None = None, n_workers: int = 2, processes: bool = False,
-                     only_new: bool = False, batch_size: int = 32, return_state: bool = False):
+                     only_new: bool = False, batch_size: int = 32, settings: dict | None = None,
+                     return_state: bool = False):
     """Run :func:`dask_predict_flow` with a task runner chosen now (address or LocalCluster)."""
     runner = make_task_runner(address, n_workers, processes)
     f: Callable = dask_predict_flow.with_options(task_runner=runner)
-    return f(db_path, source, model_dir, run_id, n_shards, only_new, batch_size, return_state=return_state)
+    return f(db_path, source, model_dir, run_id, n_shards, only_new, batch_size, settings,
+             return_state=return_state)

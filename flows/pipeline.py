@@ -115,13 +115,18 @@ def evaluate_task(db_path: str, model_dir: str, dataset: str | None, split: str 
 
 
 @task(name="predict")
-def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None = None) -> dict:
+def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None = None,
+                 settings: dict | None = None) -> dict:
+    """``settings``: keyword arguments of :func:`flows.steps.predict_step` (max_len, stride, batch_size,
+    device, num_threads, quantize)."""
     docs, kind, ref = steps.load_prediction_input(db_path, source)
-    return steps.predict_step(db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id)
+    return steps.predict_step(db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id,
+                              **(settings or {}))
 
 
 @task(name="predict-new", retries=1, retry_delay_seconds=[5])
-def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, split: str | None = None) -> dict:
+def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, split: str | None = None,
+                     settings: dict | None = None) -> dict:
     from storage.runs import unpredicted_documents
 
     docs = unpredicted_documents(db_path, dataset, run_id, split)
@@ -130,7 +135,7 @@ def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, sp
         print(f"nothing new to predict in {ref} for run {run_id}", flush=True)
         return {"pred_run_id": steps.prediction_run_id(model_dir, ref), "n_new_documents": 0}
     out = steps.predict_step(db_path, model_dir, docs, input_kind="dataset", input_ref=ref, run_id=run_id,
-                             replace=False)
+                             replace=False, **(settings or {}))
     return {**out, "n_new_documents": len(docs)}
 
 
@@ -162,19 +167,22 @@ def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str =
 
 
 @flow(name="predict", flow_run_name="predict")
-def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None) -> dict:
-    """Tag ``source`` with ``model_dir``, or with the production run's model when none is given."""
+def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None,
+                 settings: dict | None = None) -> dict:
+    """Tag ``source`` with ``model_dir``, or with the production run's model when none is given;
+    ``settings`` as in :func:`predict_task`."""
     if model_dir is None:
         model_dir, run_id = _resolve_production(db_path)
-    return predict_task(db_path, model_dir, source, run_id)
+    return predict_task(db_path, model_dir, source, run_id, settings)
 
 
 @flow(name="predict-new", flow_run_name="predict-new-{dataset}")
-def predict_new_flow(db_path: str, dataset: str = "sample", split: str | None = None) -> dict:
+def predict_new_flow(db_path: str, dataset: str = "sample", split: str | None = None,
+                     settings: dict | None = None) -> dict:
     """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
     all) that the production model has not tagged yet; rows accumulate in one prediction run."""
     model_dir, run_id = _resolve_production(db_path)
-    return predict_new_task(db_path, model_dir, run_id, dataset, split)
+    return predict_new_task(db_path, model_dir, run_id, dataset, split, settings)
 
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)

@@ -76,7 +76,7 @@ class PredictRequest(BaseModel):
 # ----------------------------------------------------------------------------------------- the app
 def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limits: ServeLimits | None = None,
                max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
-               device: str = "auto", num_threads: int | None = None):
+               device: str = "auto", num_threads: int | None = None, quantize: str | None = None):
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
@@ -90,7 +90,7 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
-                                num_threads=num_threads)
+                                num_threads=num_threads, quantize=quantize)
     lock = threading.Lock()  # one forward pass at a time: torch already uses every thread it has
     started = time.time()
     model_name = Path(model_dir).resolve().name
@@ -189,7 +189,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model_dir, run_id = resolve_model(args.model_dir, args.run, args.db)
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars)
     app = create_app(model_dir, run_id=run_id, limits=limits, max_len=args.max_len, stride=args.stride,
-                     batch_size=args.batch_size, device=args.device, num_threads=args.threads)
+                     batch_size=args.batch_size, device=args.device, num_threads=args.threads,
+                     quantize=args.quantize)
     print(f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
@@ -249,6 +250,8 @@ def add_commands(subparsers) -> None:
     sp.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)")
     sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
     sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    sp.add_argument("--quantize", choices=["none", "int8"],
+                    help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)")
     sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sp.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                     help="log every request (default off)")

@@ -127,8 +127,9 @@ def prediction_run_id(model_dir: str, input_ref: str) -> str:
 
 def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
                  run_id: str | None = None, batch_docs: int = 64, replace: bool | None = None,
-                 max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
-                 device: str = "auto", num_threads: int | None = None, progress: bool = True) -> dict:
+                 max_len: int | None = None, stride: int | None = None, batch_size: int | None = None,
+                 device: str = "auto", num_threads: int | None = None, quantize: str | None = None,
+                 progress: bool = True) -> dict:
     """Tag ``docs`` and store one row per entity; every ``batch_docs`` documents are written in their own
     transaction.
 
@@ -136,6 +137,9 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
     settings: only the documents not stored yet are tagged) and otherwise replaces the run's rows; ``True``
     always replaces; ``False`` always resumes. Same model + same input = same ``pred_run_id``, so rows are
     never duplicated.
+
+    Window settings (``max_len``, ``stride``, ``batch_size``, ``num_threads``, ``quantize``) left ``None``
+    come from the model's saved ``prediction`` configuration (see :meth:`Tagger.from_loaded`).
     """
     from tqdm.auto import tqdm
 
@@ -151,16 +155,17 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
-                                num_threads=num_threads)
+                                num_threads=num_threads, quantize=quantize)
     pred_run_id = prediction_run_id(model_dir, input_ref)
-    settings = {"max_len": tagger.max_len, "stride": tagger.stride}
-    cfg = json.dumps({**settings, "batch_size": batch_size, "device": str(tagger.device),
+    # what changes the predictions: a run resumes only under the same settings
+    settings = {"max_len": tagger.max_len, "stride": tagger.stride, "quantize": tagger.quantize}
+    cfg = json.dumps({**settings, "batch_size": tagger.batch_size, "device": str(tagger.device),
                       "batch_docs": batch_docs})
     if replace is None:
         prev = runs_db.get_prediction_run(db_path, pred_run_id)
         prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
         resumable = (prev is not None and prev["status"] in ("running", "failed")
-                     and {k: prev_cfg.get(k) for k in settings} == settings)
+                     and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings)
         replace = not resumable
     done = runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id,
                                         input_kind=input_kind, input_ref=input_ref, config_json=cfg,

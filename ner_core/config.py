@@ -134,6 +134,9 @@ class PredictionConfig(_Strict):
     stride: int | None = Field(None, ge=1, description="window stride (default: max_len // 2)")
     device: str = "cpu"
     num_threads: int | None = Field(None, ge=1)
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: dynamically quantized encoder on CPU (faster, slightly less accurate)"
+    )
 
 
 class NERConfig(_Strict):

@@ -14,12 +14,19 @@ probability ``p(y_t = predicted tag | window)`` (forward-backward over the allow
 supplied the character's tag). It is 1.0 only when the CRF is certain of every character of the span; a
 span whose weakest character the model hesitates on gets a low confidence.
 
+Speed options: ``quantize="int8"`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by
+dynamically quantized int8 ones (torch's eager dynamic quantization; CPU only; the head and the CRF stay
+float32). Measured in ``bench/bench_predict.py``; it trades a little accuracy for speed, so it is off
+by default.
+
 Whitespace at either edge of a predicted span is trimmed (an entity never begins or ends with a space;
 whitespace has its own model position, so a model can tag it); a span of whitespace alone is dropped.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -55,6 +62,22 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def quantized_copy(model):
+    """A copy of ``model`` whose encoder ``nn.Linear`` layers are dynamically quantized to int8 (CPU)."""
+    quantize_dynamic = getattr(getattr(torch, "ao", None), "quantization", None)
+    quantize_dynamic = getattr(quantize_dynamic, "quantize_dynamic", None)
+    if quantize_dynamic is None:
+        raise ValueError(f"quantize='int8' needs torch's dynamic quantization, missing in torch {torch.__version__}")
+    if "x86" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "x86"
+    out = copy.deepcopy(model).cpu()
+    with warnings.catch_warnings():  # torch marks the eager API deprecated; it is what runs int8 on CPU here
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        out.encoder = quantize_dynamic(out.encoder, {torch.nn.Linear}, dtype=torch.qint8)
+    return out.eval()
+
+
 class Tagger:
     """Batched, windowed inference for an :class:`ner_core.model.NERModel`.
 
@@ -66,10 +89,12 @@ class Tagger:
         batch_size: windows per forward pass.
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
         num_threads: torch CPU threads (``None`` leaves torch's setting alone).
+        quantize: ``"none"`` or ``"int8"`` (dynamic int8 encoder on CPU; the given model is not changed).
     """
 
     def __init__(self, model, tokenizer, *, max_len: int, stride: int | None = None, batch_size: int = 32,
-                 device: str | torch.device | None = "cpu", num_threads: int | None = None):
+                 device: str | torch.device | None = "cpu", num_threads: int | None = None,
+                 quantize: str = "none"):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         if stride is not None and (not isinstance(stride, int) or stride < 1):
@@ -80,6 +105,10 @@ class Tagger:
             if not isinstance(num_threads, int) or num_threads < 1:
                 raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
             torch.set_num_threads(num_threads)
+        limit = getattr(getattr(getattr(model, "encoder", None), "config", None), "max_position_embeddings", None)
+        if isinstance(limit, int) and max_len + 2 > limit:
+            raise ValueError(f"max_len {max_len} plus [CLS] and [SEP] exceeds the encoder's {limit} positions "
+                             f"(use at most {limit - 2})")
         self.model = model.eval()
         self.aligner = CharAligner(tokenizer)
         self.tags: list[str] = list(model.tags)
@@ -90,20 +119,34 @@ class Tagger:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        if quantize not in ("none", "int8"):
+            raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
+        self.quantize = quantize
+        if quantize == "int8":
+            if self.device.type != "cpu":
+                raise ValueError(f"quantize='int8' runs on CPU only, but the device is {self.device}")
+            self.model = quantized_copy(self.model)
         self.model.to(self.device)
 
     @classmethod
     def from_loaded(cls, loaded, *, max_len: int | None = None, stride: int | None = None,
-                    batch_size: int = 32, device: str | torch.device | None = "cpu",
-                    num_threads: int | None = None) -> "Tagger":
-        """A tagger for a :class:`ner_core.modeldir.LoadedModel`; ``max_len`` defaults to the model's."""
-        return cls(loaded.model, loaded.tokenizer, max_len=max_len or loaded.config.data.max_len,
-                   stride=stride, batch_size=batch_size, device=device, num_threads=num_threads)
+                    batch_size: int | None = None, device: str | torch.device | None = None,
+                    num_threads: int | None = None, quantize: str | None = None) -> "Tagger":
+        """A tagger for a :class:`ner_core.modeldir.LoadedModel`.
+
+        Every setting left ``None`` comes from the model's saved ``prediction`` configuration, and the
+        window (``max_len``) from its training ``data.max_len`` when that is unset too.
+        """
+        pc = loaded.config.prediction
+        return cls(loaded.model, loaded.tokenizer, max_len=max_len or pc.max_len or loaded.config.data.max_len,
+                   stride=stride or pc.stride, batch_size=batch_size or pc.batch_size,
+                   device=device or pc.device, num_threads=num_threads or pc.num_threads,
+                   quantize=quantize or pc.quantize)
 
     @property
     def settings(self) -> dict:
         return {"max_len": self.max_len, "stride": self.stride, "batch_size": self.batch_size,
-                "device": str(self.device)}
+                "device": str(self.device), "quantize": self.quantize}
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> None:

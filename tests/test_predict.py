@@ -372,3 +372,71 @@ def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
     docs = [Document(doc_id="x", text="张三"), Document(doc_id="x", text="李四")]
     with pytest.raises(ValueError, match="duplicate doc_id 'x'"):
         steps.predict_step(str(tmp_path / "p.duckdb"), str(model_dir), docs, input_kind="texts", input_ref="d")
+
+
+# ----------------------------------------------------------------------------------------- speed settings
+def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
+    from ner_core.predict import Tagger
+
+    fp = Tagger.from_loaded(loaded, max_len=32)
+    q = Tagger.from_loaded(loaded, max_len=32, quantize="int8")
+    assert q.settings["quantize"] == "int8" and fp.settings["quantize"] == "none"
+    linear_types = {type(m).__module__ for m in q.model.encoder.modules() if type(m).__name__ == "Linear"}
+    assert linear_types and all("quantized" in t for t in linear_types), linear_types
+    assert type(q.model.classifier) is nn.Linear  # the head and the CRF stay float
+    # the loaded model itself is untouched (a copy was quantized): its encoder still has float Linear layers
+    assert all(type(m) is nn.Linear for m in loaded.model.encoder.modules() if type(m).__name__ == "Linear")
+    (tags_fp, _), = fp.tag_texts([long_text])
+    (tags_q, probs_q), = q.tag_texts([long_text])
+    assert len(tags_q) == len(probs_q) == len(long_text)  # every character tagged
+    same = sum(a == b for a, b in zip(tags_fp, tags_q)) / len(long_text)
+    assert same > 0.8, same  # int8 rounding moves some tags of this untrained model, not most of them
+    with pytest.raises(ValueError, match="quantize must be 'none' or 'int8', got 'fp4'"):
+        Tagger.from_loaded(loaded, quantize="fp4")
+
+
+def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loaded):
+    from types import SimpleNamespace
+
+    from ner_core.predict import Tagger
+
+    cfg = loaded.config.model_copy(update={"prediction": loaded.config.prediction.model_copy(
+        update={"max_len": 24, "stride": 10, "batch_size": 3})})
+    saved = SimpleNamespace(model=loaded.model, tokenizer=loaded.tokenizer, config=cfg)
+    assert Tagger.from_loaded(saved).settings == {"max_len": 24, "stride": 10, "batch_size": 3, "device": "cpu",
+                                                  "quantize": "none"}
+    assert Tagger.from_loaded(saved, max_len=40, stride=20, batch_size=5).settings == {
+        "max_len": 40, "stride": 20, "batch_size": 5, "device": "cpu", "quantize": "none"}
+    # no saved prediction window: the model's training max_len, stride half of it
+    assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len
+    assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len // 2
+    limit = loaded.model.encoder.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"exceeds the encoder's {limit} positions"):
+        Tagger.from_loaded(loaded, max_len=limit)
+
+
+def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, model_dir, capsys):
+    from flows import cli
+
+    db = str(tmp_path / "cli.duckdb")
+    argv = ["predict", "--no-prefect", "--db", db, "--model-dir", str(model_dir), RAW[0],
+            "--window", "20", "--stride", "7", "--batch-size", "4", "--quantize", "int8", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    with duckdb.connect(db, read_only=True) as con:
+        (cfg,) = con.execute("SELECT config FROM prediction_runs WHERE pred_run_id = ?",
+                             [out["pred_run_id"]]).fetchone()
+    cfg = json.loads(cfg)
+    assert {k: cfg[k] for k in ("max_len", "stride", "batch_size", "quantize", "device")} == {
+        "max_len": 20, "stride": 7, "batch_size": 4, "quantize": "int8", "device": "cpu"}
+    for extra, needle in ((["--window", "20", "--stride", "30"], "stride (30) must not exceed max_len (20)"),
+                          (["--window", "0"], "expected a positive integer, got 0"),
+                          (["--window", "600"], "exceeds the encoder's"),
+                          (["--quantize", "fp4"], "invalid choice: 'fp4'")):
+        rc = None
+        try:
+            rc = cli.main(argv[:7] + extra)
+        except SystemExit as exc:  # argparse usage errors
+            rc = exc.code
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err, err
