@@ -69,10 +69,30 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
+def _lr_factor(step: int, warmup: int, total: int, time_fraction: float | None = None,
+               warmup_ratio: float = 0.0) -> float:
+    """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.
+
+    With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
+    on the clock and the one further along wins: warm-up ends after ``warmup_ratio`` of the budget at the
+    latest and the rate reaches 0 when the budget does. Without this, a budget that allows only a few of
+    ``max_epochs`` epochs would stop while still warming up (seen: finance, 1 of 50 epochs, LR at 1/4
+    of its peak). Clock-driven rates make a budgeted run depend on the machine's speed, as its number of
+    epochs already does.
+    """
+    by_steps = (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    if time_fraction is None:
+        return by_steps
+    t = min(1.0, max(0.0, time_fraction))
+    in_warmup_by_time = warmup_ratio > 0 and t < warmup_ratio
+    if step < warmup and in_warmup_by_time:  # both still warming up: the further one
+        return max(by_steps, t / warmup_ratio)
+    by_time = max(0.0, (1.0 - t) / (1.0 - warmup_ratio))
+    if step < warmup:  # the clock ended the warm-up
+        return by_time
+    if in_warmup_by_time:  # the steps ended the warm-up
+        return by_steps
+    return min(by_steps, by_time)
 
 
 def evaluate_model(model: NERModel, tokenizer, docs: Sequence[Document], *, max_len: int,
@@ -163,7 +183,10 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
             n_seen += batch["input_ids"].size(0)
             chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
             if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
-                factor = _lr_factor(state["step"], warmup_steps, total_steps) * state["plateau_scale"]
+                fraction = ((state["elapsed"] + time.perf_counter() - ep_t0) / tc.max_train_seconds
+                            if tc.max_train_seconds else None)
+                factor = (_lr_factor(state["step"], warmup_steps, total_steps, fraction, tc.warmup_ratio)
+                          * state["plateau_scale"])
                 for g in optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
                 if tc.grad_clip:
