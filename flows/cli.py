@@ -510,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--window", type=_positive_int, metavar="CHARS",
                            help="characters per window, 8-510 (default: the model's max_len)")
             g.add_argument("--stride", type=_positive_int, metavar="CHARS",
-                           help="characters between window starts, <= --window (default: window // 2)")
+                           help="characters between window starts, <= --window (default: window - window // 8)")
             g.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default 32)")
             g.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
             g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")

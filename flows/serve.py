@@ -246,7 +246,7 @@ def add_commands(subparsers) -> None:
     sp.add_argument("--max-total-chars", type=int, default=d.max_total_chars,
                     help="characters per request (default %(default)s)")
     sp.add_argument("--max-len", type=int, help="window size in characters (default: the model's max_len)")
-    sp.add_argument("--stride", type=int, help="window stride (default: max_len // 2)")
+    sp.add_argument("--stride", type=int, help="window stride (default: max_len - max_len // 8)")
     sp.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)")
     sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
     sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

@@ -131,7 +131,7 @@ class TrainingConfig(_Strict):
 class PredictionConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     max_len: int | None = Field(None, ge=8, le=510, description="window size (default: the model's)")
-    stride: int | None = Field(None, ge=1, description="window stride (default: max_len // 2)")
+    stride: int | None = Field(None, ge=1, description="window stride (default: max_len - max_len // 8)")
     device: str = "cpu"
     num_threads: int | None = Field(None, ge=1)
     quantize: Literal["none", "int8"] = Field(

@@ -409,7 +409,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         "max_len": 40, "stride": 20, "batch_size": 5, "device": "cpu", "quantize": "none"}
     # no saved prediction window: the model's training max_len, stride half of it
     assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len
-    assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len // 2
+    assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len * 7 // 8  # overlap 1/8
     limit = loaded.model.encoder.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"exceeds the encoder's {limit} positions"):
         Tagger.from_loaded(loaded, max_len=limit)
