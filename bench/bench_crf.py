@@ -76,9 +76,9 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
     )
     with torch.inference_mode():
         ref_w, ref_c, ref_paths = _timed(lambda: ref.decode(em, mask), 2)
-        our_w, our_c, our_paths = _timed(lambda: ours.decode(em, mask), 5)
+        our_w, our_c, our_paths = _timed(lambda: ours.decode(em, mask), 20)
         tor_w, _, tor_paths = _timed(lambda: ours.viterbi_tensor(em, mask, backend="torch"), 5)
-        con_w, _, _ = _timed(lambda: constrained.decode(em, mask), 5)
+        con_w, _, _ = _timed(lambda: constrained.decode(em, mask), 20)
         mar_w, _, _ = _timed(lambda: constrained.marginals(em, mask), 3)
     return {
         "shape": f"{B}x{T}x{K}",
