@@ -2,9 +2,10 @@
 
 Shapes (batch x steps x tags): 64 x 128 x 9 and 256 x 256 x 21, random right-padded lengths.
 Goal: >= 20x faster than pytorch-crf, with identical paths when unconstrained. Also prints the
-constrained (BIOES-style masks) decode time and the marginals (forward-backward) time.
-"ours" is the default decode on CPU: the compiled C kernel (ner_core/csrc/viterbi.c) when this machine
-can build it; "torch impl" is the tensor implementation kept for GPUs and machines without a compiler.
+constrained (BIOES-style masks) decode time and the marginals (forward-backward) time, ours (the C kernel)
+against the torch implementation, and their largest difference.
+"ours" is the default on CPU: the compiled C kernels (ner_core/csrc/crf.c) when this machine can build
+them; "torch impl" is the tensor implementation kept for GPUs and machines without a compiler.
 Prints wall and CPU time (best of a few repeats); never asserts. Run: ``python -m bench.bench_crf``.
 """
 
@@ -79,7 +80,8 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
         our_w, our_c, our_paths = _timed(lambda: ours.decode(em, mask), 20)
         tor_w, _, tor_paths = _timed(lambda: ours.viterbi_tensor(em, mask, backend="torch"), 5)
         con_w, _, _ = _timed(lambda: constrained.decode(em, mask), 20)
-        mar_w, _, _ = _timed(lambda: constrained.marginals(em, mask), 3)
+        mar_w, _, marg = _timed(lambda: constrained.marginals(em, mask), 5)
+        mar_t, _, marg_t = _timed(lambda: constrained.marginals(em, mask, backend="torch"), 2)
     return {
         "shape": f"{B}x{T}x{K}",
         "torchcrf_s": ref_w,
@@ -95,18 +97,21 @@ def run_shape(B: int, T: int, K: int, seed: int = 0) -> dict:
         == ref_paths,
         "constrained_s": con_w,
         "marginals_s": mar_w,
+        "marginals_torch_s": mar_t,
+        "marginals_max_diff": float((marg - marg_t).abs().max()),
     }
 
 
 def main() -> list[dict]:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-        f"goal: >= {GOAL:.0f}x pytorch-crf decode; Viterbi backend: "
+        f"goal: >= {GOAL:.0f}x pytorch-crf decode; Viterbi and marginals backend: "
         + ("C kernel" if _ckernel.load() is not None else "torch (no C compiler)")
     )
     print(
         f"{'shape':>12} {'torchcrf ms':>12} {'ours ms':>9} {'speed-up':>9} {'cpu speed-up':>13} "
-        f"{'identical':>9} {'torch impl ms':>13} {'constr. ms':>10} {'marginals ms':>12}"
+        f"{'identical':>9} {'torch impl ms':>13} {'constr. ms':>10} {'marginals ms':>12} "
+        f"{'torch marg. ms':>14} {'max diff':>8}"
     )
     rows = []
     for B, T, K in SHAPES:
@@ -116,7 +121,8 @@ def main() -> list[dict]:
             f"{r['shape']:>12} {r['torchcrf_s'] * 1e3:12.1f} {r['ours_s'] * 1e3:9.2f} {r['speedup']:8.1f}x "
             f"{r['torchcrf_cpu_s'] / max(r['ours_cpu_s'], 1e-9):12.1f}x {r['identical']!s:>9} "
             f"{r['torch_impl_s'] * 1e3:13.2f} "
-            f"{r['constrained_s'] * 1e3:10.2f} {r['marginals_s'] * 1e3:12.2f}",
+            f"{r['constrained_s'] * 1e3:10.2f} {r['marginals_s'] * 1e3:12.2f} "
+            f"{r['marginals_torch_s'] * 1e3:14.1f} {r['marginals_max_diff']:8.1e}",
             flush=True,
         )
     return rows

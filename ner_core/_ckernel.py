@@ -1,16 +1,17 @@
-"""The compiled CPU Viterbi kernel (``csrc/viterbi.c``): built on first use, cached, called with ctypes.
+"""The compiled CPU CRF kernels (``csrc/crf.c``): built on first use, cached, called with ctypes.
 
-Why a C kernel: Viterbi is ``T`` sequential max-plus steps over tiny ``(B, K, K)`` problems; in torch
-each step costs a few operator dispatches whose overhead, not the arithmetic, dominates on CPU, and
-pytorch-crf adds a Python loop per row. The kernel keeps a block of 8 rows in one SIMD register per
-tag and runs the whole recursion and the back-tracking without leaving C.
+Why C: Viterbi and forward-backward are ``T`` sequential steps over tiny ``(B, K, K)`` problems; in torch
+each step costs a few operator dispatches whose overhead, not the arithmetic, dominates on CPU (and
+pytorch-crf adds a Python loop per row), which matters most for whole texts of thousands of characters.
+:func:`viterbi` keeps a block of 8 rows in one SIMD register per tag and runs the whole recursion and the
+back-tracking without leaving C; :func:`marginals` runs forward-backward per row in float64.
 
 Build: the first call compiles the source with the system C compiler (``$CC``, else ``cc``/``gcc``;
 ``-O3``, plus ``-mavx2 -mfma`` when the CPU has them) into ``$NER_CACHE_DIR`` (default
 ``~/.cache/zh-ner``), under a name that hashes the source, flags and compiler, written atomically, so
 later processes just load it (about 0.3 s the first time). Without a compiler, or with
 ``NER_CRF_KERNEL=0``, :func:`load` returns None and :class:`ner_core.crf.ConstrainedCRF` uses its
-torch implementation (same paths, slower). Threads: rows are split across up to
+torch implementations (same paths and the same marginals, slower). Threads: rows are split across up to
 ``torch.get_num_threads()`` threads (ctypes releases the GIL during the call).
 """
 
@@ -30,15 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load", "viterbi", "cache_dir", "KernelUnavailable"]
+__all__ = ["load", "viterbi", "marginals", "cache_dir", "KernelUnavailable"]
 
 log = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("csrc") / "viterbi.c"
+_SOURCE = Path(__file__).with_name("csrc") / "crf.c"
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
-#: Rows per thread below which splitting the batch is not worth a thread hand-off.
+#: Rows, or row steps, per thread below which splitting the batch is not worth a thread hand-off.
 _MIN_ROWS_PER_THREAD = 16
+_MIN_STEPS_PER_THREAD = 4096
 
 
 class KernelUnavailable(RuntimeError):
@@ -80,15 +82,15 @@ def _build() -> Path:
         flags += ["-mavx2", "-mfma"]
     source = _SOURCE.read_bytes()
     key = hashlib.sha1(source + " ".join([cc, *flags, platform.machine()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"viterbi-{key}.so"
+    target = cache_dir() / f"crf-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".viterbi-", suffix=".so", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".crf-", suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [cc, *flags, str(_SOURCE), "-o", tmp], capture_output=True, text=True, timeout=120
+            [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=120
         )
         if proc.returncode != 0:
             raise KernelUnavailable(f"{cc} failed on {_SOURCE}: {proc.stderr.strip()[:500]}")
@@ -106,16 +108,16 @@ def load() -> ctypes.CDLL | None:
             return _STATE["lib"]  # type: ignore[return-value]
         lib = None
         if os.environ.get("NER_CRF_KERNEL", "1").strip().lower() in ("0", "false", "no", "off"):
-            log.info("CRF C kernel disabled by NER_CRF_KERNEL; using the torch Viterbi")
+            log.info("CRF C kernel disabled by NER_CRF_KERNEL; using the torch Viterbi and marginals")
         else:
             try:
                 lib = ctypes.CDLL(str(_build()))
-                fn = lib.ner_viterbi
                 i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64]
-                fn.restype = ctypes.c_int
+                for fn in (lib.ner_viterbi, lib.ner_marginals):
+                    fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64]
+                    fn.restype = ctypes.c_int
             except (KernelUnavailable, OSError, subprocess.SubprocessError) as exc:
-                log.warning("CRF C kernel unavailable (%s); using the torch Viterbi", exc)
+                log.warning("CRF C kernel unavailable (%s); using the torch Viterbi and marginals", exc)
                 lib = None
         _STATE["lib"] = lib
         return lib
@@ -125,9 +127,43 @@ def _pool(n: int) -> ThreadPoolExecutor:
     """The shared worker threads; a forked child makes its own (the parent's threads do not exist there)."""
     pool = _STATE.get("pool")
     if pool is None or _STATE.get("pool_pid") != os.getpid() or pool._max_workers < n:  # type: ignore[attr-defined]
-        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ner-viterbi")
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ner-crf")
         _STATE["pool"], _STATE["pool_pid"] = pool, os.getpid()
     return pool  # type: ignore[return-value]
+
+
+def _call(fn_name: str, em: np.ndarray, start: np.ndarray, trans: np.ndarray, end: np.ndarray,
+          lengths: np.ndarray, out: np.ndarray, threads: int, block: int) -> None:
+    """Checks the inputs and runs ``fn_name`` over the rows, split across ``threads`` threads on multiples
+    of ``block`` rows (the kernel's row block, so none is split)."""
+    lib = load()
+    if lib is None:
+        raise KernelUnavailable("the CRF C kernel is not available")
+    B, T, K = em.shape
+    if lengths.shape != (B,) or (B and (lengths.min() < 1 or lengths.max() > T)):
+        raise ValueError(f"expected {B} lengths in [1, {T}], got {lengths.tolist()[:8]}...")
+    fn = getattr(lib, fn_name)
+    args = [em.ctypes.data, B, T, K] + [a.ctypes.data for a in (start, trans, end, lengths, out)]
+
+    def run(b0: int, b1: int) -> int:
+        return fn(*args, b0, b1)
+
+    worth = max(B // _MIN_ROWS_PER_THREAD, B * T // _MIN_STEPS_PER_THREAD, 1)
+    n = max(1, min(int(threads), -(-B // block), worth))
+    if n == 1:
+        codes = [run(0, B)]
+    else:
+        step = -(-B // n)
+        step = -(-step // block) * block
+        bounds = [(b, min(B, b + step)) for b in range(0, B, step)]
+        codes = list(_pool(len(bounds)).map(lambda ab: run(*ab), bounds))
+    if any(c != 0 for c in codes):
+        raise MemoryError(f"CRF C kernel could not allocate its buffers for {B}x{T}x{K}")
+
+
+def _inputs(em, start, trans, end, lengths):
+    f32 = [np.ascontiguousarray(a, dtype=np.float32) for a in (em, start, trans, end)]
+    return (*f32, np.ascontiguousarray(lengths, dtype=np.int64))
 
 
 def viterbi(
@@ -148,34 +184,23 @@ def viterbi(
     Raises:
         KernelUnavailable: when :func:`load` found no kernel; MemoryError when C allocation failed.
     """
-    lib = load()
-    if lib is None:
-        raise KernelUnavailable("the CRF C kernel is not available")
-    em = np.ascontiguousarray(em, dtype=np.float32)
-    start = np.ascontiguousarray(start, dtype=np.float32)
-    trans = np.ascontiguousarray(trans, dtype=np.float32)
-    end = np.ascontiguousarray(end, dtype=np.float32)
-    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
-    B, T, K = em.shape
-    if lengths.shape != (B,) or (B and (lengths.min() < 1 or lengths.max() > T)):
-        raise ValueError(f"expected {B} lengths in [1, {T}], got {lengths.tolist()[:8]}...")
-    paths = np.empty((B, T), dtype=np.int64)
-    args = [a.ctypes.data for a in (em,)] + [B, T, K] + [
-        a.ctypes.data for a in (start, trans, end, lengths, paths)
-    ]
-
-    def run(b0: int, b1: int) -> int:
-        return lib.ner_viterbi(*args, b0, b1)
-
-    n = max(1, min(int(threads), B // _MIN_ROWS_PER_THREAD))
-    if n == 1:
-        codes = [run(0, B)]
-    else:
-        # chunk boundaries on multiples of 8 rows (the kernel's block) so no block is split
-        step = -(-B // n)
-        step = -(-step // 8) * 8
-        bounds = [(b, min(B, b + step)) for b in range(0, B, step)]
-        codes = list(_pool(len(bounds)).map(lambda ab: run(*ab), bounds))
-    if any(c != 0 for c in codes):
-        raise MemoryError(f"CRF C kernel could not allocate its buffers for {B}x{T}x{K}")
+    em, start, trans, end, lengths = _inputs(em, start, trans, end, lengths)
+    paths = np.empty(em.shape[:2], dtype=np.int64)  # (B, T)
+    _call("ner_viterbi", em, start, trans, end, lengths, paths, threads, block=8)
     return paths
+
+
+def marginals(
+    em: np.ndarray,
+    start: np.ndarray,
+    trans: np.ndarray,
+    end: np.ndarray,
+    lengths: np.ndarray,
+    threads: int = 1,
+) -> np.ndarray:
+    """Posterior tag probabilities ``(B, T, K)`` float32 by forward-backward (computed in float64);
+    steps past a row's length are 0. Inputs and errors as in :func:`viterbi`."""
+    em, start, trans, end, lengths = _inputs(em, start, trans, end, lengths)
+    out = np.empty(em.shape, dtype=np.float32)  # (B, T, K)
+    _call("ner_marginals", em, start, trans, end, lengths, out, threads, block=1)
+    return out

@@ -14,10 +14,11 @@ such as ``O -> I-PER`` or a sequence starting with ``I-PER`` or ending in ``B-PE
 out, whatever the emissions. Keeping the loss unconstrained also keeps it finite on a noisy gold
 sequence that breaks the scheme.
 
-Decoding speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor` runs a compiled C kernel
-(``ner_core/csrc/viterbi.c``, built on first use by :mod:`ner_core._ckernel`): 8 rows per SIMD register,
-the whole recursion and back-tracking in C, rows split across threads. On GPU, or where no C compiler
-exists, the torch implementation runs instead; both give identical paths (tested).
+Speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor` and :meth:`ConstrainedCRF.marginals` run compiled C
+kernels (``ner_core/csrc/crf.c``, built on first use by :mod:`ner_core._ckernel`): Viterbi with 8 rows per
+SIMD register, the whole recursion and back-tracking in C; forward-backward in float64 per row; rows split
+across threads. On GPU, or where no C compiler exists, the torch implementations run instead; both give
+identical paths and the same marginals (tested).
 
 Padding: masks are boolean ``(B, T)``, right-padded, and every row's first step must be on (slice
 ``[CLS]`` off before the CRF instead of masking it). A padded row decodes exactly as the same row without
@@ -157,6 +158,20 @@ class ConstrainedCRF(nn.Module):
         end = self.crf.end_transitions.to(dtype) + torch.where(self.allowed_end, zero, pen)  # (K,)
         return start, trans, end
 
+    def _scores_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The constrained start, transition and end scores as float32 numpy arrays (for the C kernels)."""
+        start, trans, end = (x.detach().cpu().numpy() for x in self._constrained_scores(torch.float32))
+        return start, trans, end
+
+    @staticmethod
+    def _use_kernel(backend: str, emissions: Tensor, what: str) -> bool:
+        if backend not in ("auto", "c", "torch"):
+            raise ValueError(f"unknown {what} backend {backend!r}; choose auto, c or torch")
+        on_cpu = emissions.device.type == "cpu"
+        if backend == "c" and not on_cpu:
+            raise ValueError(f"the C {what} kernel runs on CPU tensors only")
+        return backend == "c" or (backend == "auto" and on_cpu and _ckernel.load() is not None)
+
     # ------------------------------------------------------------------ public API
     def neg_log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:
         """Mean negative log-likelihood over the batch (pytorch-crf, unconstrained; see module doc).
@@ -204,19 +219,11 @@ class ConstrainedCRF(nn.Module):
         implementation below (any device), ``"auto"`` the kernel for CPU tensors when it is available.
         Both return identical paths.
         """
-        if backend not in ("auto", "c", "torch"):
-            raise ValueError(f"unknown Viterbi backend {backend!r}; choose auto, c or torch")
-        on_cpu = emissions.device.type == "cpu"
-        if backend == "c" or (backend == "auto" and on_cpu and _ckernel.load() is not None):
-            if not on_cpu:
-                raise ValueError("the C Viterbi kernel runs on CPU tensors only")
-            start, trans, end = self._constrained_scores(torch.float32)
+        if self._use_kernel(backend, emissions, "Viterbi"):
             lengths = mask.sum(dim=1)  # (B,)
             paths = _ckernel.viterbi(
                 emissions.detach().float().numpy(force=True),
-                start.detach().numpy(),
-                trans.detach().numpy(),
-                end.detach().numpy(),
+                *self._scores_numpy(),
                 lengths.numpy(),
                 threads=torch.get_num_threads(),
             )
@@ -284,17 +291,32 @@ class ConstrainedCRF(nn.Module):
         return torch.stack(out, dim=1), end  # (B, T, K), (K,)
 
     @torch.no_grad()
-    def marginals(self, emissions: Tensor, mask: Tensor) -> Tensor:
+    def marginals(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> Tensor:
         """Posterior tag probabilities by forward-backward over the allowed paths.
 
         Args:
             emissions: ``(B, T, K)``; mask: ``(B, T)`` bool, right-padded, first step on.
+            backend: ``"c"`` the compiled CPU kernel (:func:`ner_core._ckernel.marginals`), ``"torch"``
+                the tensor implementation below (any device), ``"auto"`` the kernel for CPU tensors when
+                it is available. Both compute the same float64 arithmetic (tested to agree).
 
         Returns:
             ``(B, T, K)`` float32: ``p(y_t = k | x)``; each on step sums to 1, padded steps are all 0.
             Computed in float64: alpha + beta - log Z cancels large magnitudes on long sequences.
         """
         self._validate(emissions, mask)
+        if self._use_kernel(backend, emissions, "marginals"):
+            out = _ckernel.marginals(
+                emissions.detach().float().numpy(force=True),
+                *self._scores_numpy(),
+                mask.sum(dim=1).numpy(),
+                threads=torch.get_num_threads(),
+            )
+            return torch.from_numpy(out)
+        return self._marginals_torch(emissions, mask)
+
+    def _marginals_torch(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """The tensor implementation of :meth:`marginals` (inputs validated there)."""
         em = emissions.double()  # (B, T, K)
         B, T, K = em.shape
         _, trans, end = self._constrained_scores(em.dtype)

@@ -218,11 +218,54 @@ def test_c_kernel_paths_and_padding_equal_the_torch_implementation(B, T, K, thre
     assert crf.viterbi_tensor(em, mask)[0].equal(c_paths)  # "auto" takes the kernel on CPU
 
 
+@pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
+@pytest.mark.parametrize("B,T,K,threads,scale", [(1, 1, 1, 1, 1.0), (7, 33, 9, 2, 3.0), (67, 40, 13, 2, 1.0),
+                                                 (3, 3000, 9, 2, 10.0), (5, 50, 9, 1, 30.0)])
+def test_c_marginals_equal_the_torch_implementation(B, T, K, threads, scale, monkeypatch):
+    """Same float64 arithmetic: agreement to float32 rounding, padding (zeros) included, long rows with
+    large scores too (no overflow, no NaN)."""
+    tags = tag_set("BIOES")
+    allowed = hand_allowed(tags, "BIOES") if K == len(tags) else None
+    crf = make_crf(K, allowed, seed=B + T)
+    em, mask, _ = random_problem(B, T, K, seed=K + T)
+    em = em * scale
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    c = crf.marginals(em, mask, backend="c")
+    t = crf.marginals(em, mask, backend="torch")
+    assert c.dtype == torch.float32 and c.shape == (B, T, K)
+    assert torch.isfinite(c).all()
+    torch.testing.assert_close(c, t, atol=2e-6, rtol=0)
+    assert bool((c[~mask] == 0).all())
+    torch.testing.assert_close(c.sum(-1)[mask], torch.ones(int(mask.sum())), atol=1e-4, rtol=0)
+    assert crf.marginals(em, mask).equal(c)  # "auto" takes the kernel on CPU
+
+
+@pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
+@pytest.mark.parametrize("scale", [100.0, 1000.0])
+def test_c_marginals_stay_exact_when_scores_span_more_than_exp_can_hold(scale):
+    """Scores of one step that differ by hundreds underflow the shifted exp-space product (the torch
+    implementation then loses probability mass); the kernel recomputes those entries exactly."""
+    tags = tag_set("BIOES")
+    allowed = hand_allowed(tags, "BIOES")
+    crf = make_crf(len(tags), allowed, seed=5)
+    em, mask, _ = random_problem(4, 4, len(tags), seed=6)
+    em = em * scale
+    marg = crf.marginals(em, mask, backend="c")
+    torch.testing.assert_close(marg.sum(-1), mask.float(), atol=1e-5, rtol=0)
+    for b in range(4):
+        n = int(mask[b].sum())
+        np.testing.assert_allclose(marg[b, :n].numpy(), brute(crf, em[b], n, allowed)[2], atol=1e-5)
+
+
 def test_viterbi_backend_errors():
     crf = make_crf(3)
     em, mask, _ = random_problem(2, 4, 3, seed=0)
     with pytest.raises(ValueError, match="unknown Viterbi backend 'cuda'; choose auto, c or torch"):
         crf.viterbi_tensor(em, mask, backend="cuda")
+    with pytest.raises(ValueError, match="unknown marginals backend 'numba'; choose auto, c or torch"):
+        crf.marginals(em, mask, backend="numba")
+    with pytest.raises(ValueError, match="expected 2 lengths in \\[1, 4\\]"):
+        _ckernel.marginals(em.numpy(), *[np.zeros(s, np.float32) for s in (3, (3, 3), 3)], np.array([1, 5]))
     with pytest.raises(ValueError, match="expected 2 lengths in \\[1, 4\\]"):
         _ckernel.viterbi(em.numpy(), *[np.zeros(s, np.float32) for s in (3, (3, 3), 3)], np.array([0, 4]))
 
@@ -251,12 +294,16 @@ def test_without_the_c_kernel_decoding_falls_back_to_torch(how, fresh_kernel_sta
     with caplog.at_level("INFO", logger="ner_core._ckernel"):
         assert _ckernel.load() is None
         paths = crf.decode(em, mask)
+        marg = crf.marginals(em, mask)
     assert paths == decode(crf, em, mask, "torch")
+    assert marg.equal(crf.marginals(em, mask, backend="torch"))
     if how == "compiler_fails":
-        assert "bad-cc: cannot compile" in caplog.text and "using the torch Viterbi" in caplog.text
+        assert "bad-cc: cannot compile" in caplog.text and "using the torch Viterbi and marginals" in caplog.text
         assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
     with pytest.raises(_ckernel.KernelUnavailable):
         crf.viterbi_tensor(em, mask, backend="c")
+    with pytest.raises(_ckernel.KernelUnavailable):
+        crf.marginals(em, mask, backend="c")
 
 
 def test_padded_rows_decode_exactly_as_unpadded():
@@ -328,8 +375,9 @@ def test_constrained_decoding_never_emits_a_disallowed_transition(problem):
 # ------------------------------------------------------------------ marginals
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES", None])
-def test_marginals_sum_to_one_and_equal_brute_force(scheme):
+def test_marginals_sum_to_one_and_equal_brute_force(scheme, backend):
     if scheme is None:
         K, allowed = 3, None
     else:
@@ -337,7 +385,7 @@ def test_marginals_sum_to_one_and_equal_brute_force(scheme):
         K, allowed = len(tags), hand_allowed(tags, scheme)
     crf = make_crf(K, allowed, seed=7)
     em, mask, _ = random_problem(3, 3 if scheme == "BIOES" else 4, K, seed=11)
-    marg = crf.marginals(em, mask)
+    marg = crf.marginals(em, mask, backend=backend)
     assert marg.shape == em.shape
     torch.testing.assert_close(marg.sum(-1), mask.float())  # 1 on steps, 0 on padding
     for b in range(3):
