@@ -158,7 +158,9 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
                                 num_threads=num_threads, quantize=quantize)
     pred_run_id = prediction_run_id(model_dir, input_ref)
     # what changes the predictions: a run resumes only under the same settings
-    settings = {"max_len": tagger.max_len, "stride": tagger.stride, "quantize": tagger.quantize}
+    # ("merge": how windows are joined; runs stored before the whole-text CRF have none and are not resumed)
+    settings = {"max_len": tagger.max_len, "stride": tagger.stride, "quantize": tagger.quantize,
+                "merge": tagger.merge}
     cfg = json.dumps({**settings, "batch_size": tagger.batch_size, "device": str(tagger.device),
                       "batch_docs": batch_docs})
     if replace is None:

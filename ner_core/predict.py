@@ -1,18 +1,27 @@
 """Tagging texts of any length with a trained model.
 
 Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters
-(:func:`ner_core.data.sliding_windows`); each character keeps the tag from the window in which it sits most
-centrally (largest distance to the window's nearer edge; ties go to the earlier window), so no character is
-predicted at a window's ragged edge when a better window exists. Every character gets exactly one tag.
-Spans are then read off the merged tag sequence (lenient reading, see :func:`ner_core.schemes.tags_to_spans`).
+(:func:`ner_core.data.sliding_windows`) go through the encoder and the head; each character keeps the
+*emission scores* of the window in which it sits most centrally (largest distance to the window's nearer
+edge; ties go to the earlier window), so no character is scored at a window's ragged edge when a better
+window exists. The CRF then runs once over each whole text's stitched emissions: one Viterbi path per text,
+with the scheme's constraints and the learned transitions applied across window boundaries too, so the
+tags of a text always form valid spans (merging per-window *tags* instead could join a B-ORG of one window
+to an I-LOC of the next). Every character gets exactly one tag. Spans are read off the tag sequence
+(:func:`ner_core.schemes.tags_to_spans`).
 
-Windows of all texts are pooled, sorted by length and decoded in batches under ``torch.inference_mode``,
-so padding is small; the order of the windows never changes the result.
+Windows of all texts are pooled, sorted by length and encoded in batches under ``torch.inference_mode``,
+so padding is small; the order of the windows never changes the result. Texts are processed in groups of
+about a million characters, so memory stays bounded however many texts one call gets.
 
 Confidence of an entity: the minimum, over the entity's characters, of the CRF's posterior marginal
-probability ``p(y_t = predicted tag | window)`` (forward-backward over the allowed paths, in the window that
-supplied the character's tag). It is 1.0 only when the CRF is certain of every character of the span; a
-span whose weakest character the model hesitates on gets a low confidence.
+probability ``p(y_t = predicted tag | text)`` (forward-backward over the allowed paths of the whole text's
+stitched emissions). It is 1.0 only when the CRF is certain of every character of the span; a span whose
+weakest character the model hesitates on gets a low confidence.
+
+On CPU the whole-text Viterbi and forward-backward run in the compiled C kernels of
+:mod:`ner_core._ckernel` (thousands of sequential steps for a 16,000-character text); without a C compiler
+the torch implementations give the same result, more slowly.
 
 Speed options: ``quantize="int8"`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by
 dynamically quantized int8 ones (torch's eager dynamic quantization; CPU only; the head and the CRF stay
@@ -33,9 +42,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ner_core import _ckernel
 from ner_core.alignment import CharAligner
 from ner_core.data import EncodedChunk, collate, sliding_windows
 from ner_core.schemes import tags_to_spans
+
+
+#: characters per group of texts tagged together (the group's stitched emissions are held in memory:
+#: K float32 per character, 68 MB at 17 tags)
+_GROUP_CHARS = 1_000_000
+#: rows and padded positions per batch of the whole-text CRF pass
+_CRF_BATCH = 64
+_CRF_CELLS = 262_144
 
 
 @dataclass(frozen=True)
@@ -151,10 +169,14 @@ class Tagger:
                    device=device or pc.device, num_threads=num_threads or pc.num_threads,
                    quantize=quantize or pc.quantize)
 
+    #: how windows are joined: each character's emissions from its most central window, then one CRF
+    #: pass over the whole text (stored with prediction runs, so a run never resumes under another rule)
+    merge = "emissions"
+
     @property
     def settings(self) -> dict:
         return {"max_len": self.max_len, "stride": self.stride, "batch_size": self.batch_size,
-                "device": str(self.device), "quantize": self.quantize}
+                "device": str(self.device), "quantize": self.quantize, "merge": self.merge}
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> None:
@@ -172,22 +194,36 @@ class Tagger:
         Args:
             texts: N texts of any length (empty ones give empty lists).
             confidence: compute CRF marginals (else every probability is 1.0; a little faster).
-            progress: called after each batch with the number of window characters it decoded.
+            progress: called after each batch of windows with the number of window characters it encoded.
 
         Returns:
             N pairs ``(tags, probs)``, each of length ``len(text)``.
         """
         self._check_texts(texts)
+        out: list[tuple[list[str], list[float]]] = []
+        # texts are tagged in groups of at most _GROUP_CHARS characters, so the stitched emissions of a
+        # huge input never all sit in memory at once; windows are pooled and length-sorted within a group
+        group: list[str] = []
+        size = 0
+        for text in texts:
+            if group and size + len(text) > _GROUP_CHARS:
+                out.extend(self._tag_group(group, confidence, progress))
+                group, size = [], 0
+            group.append(text)
+            size += len(text)
+        if group:
+            out.extend(self._tag_group(group, confidence, progress))
+        return out
+
+    def _tag_group(self, texts: Sequence[str], confidence: bool,
+                   progress: Callable[[int], None] | None) -> list[tuple[list[str], list[float]]]:
+        K = len(self.tags)
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
             if text:
                 windows.extend((ti, s, e) for s, e in sliding_windows(len(text), self.max_len, self.stride))
-        tag_ids = [np.zeros(len(t), dtype=np.int64) for t in texts]  # per text (L,)
-        probs = [np.ones(len(t), dtype=np.float64) for t in texts]  # per text (L,)
-        best = [np.full(len(t), -1, dtype=np.int64) for t in texts]  # centrality of the supplying window
-        o_id = self.tags.index("O") if "O" in self.tags else 0
-        for arr in tag_ids:
-            arr.fill(o_id)
+        stitched = [np.zeros((len(t), K), dtype=np.float32) for t in texts]  # per text (L, K) emissions
+        best = [np.full(len(t), -1, dtype=np.int32) for t in texts]  # centrality of the supplying window
         # stable sort by length: windows of one text stay in order, so ties go to the earlier window
         order = sorted(range(len(windows)), key=lambda w: windows[w][2] - windows[w][1])
         for b in range(0, len(order), self.batch_size):
@@ -196,27 +232,57 @@ class Tagger:
             enc = collate(items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id)
             ids = enc["input_ids"].to(self.device)  # (B, T+2)
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
-            emissions, mask = self.model.emissions(ids, att)  # (B, T, K), (B, T)
-            paths = self.model.crf.decode(emissions, mask)  # B lists of T_b tag ids
-            marg = self.model.crf.marginals(emissions, mask).float().cpu() if confidence else None  # (B, T, K)
-            for r, ((ti, s, e), path) in enumerate(zip(batch_w, paths)):
+            emissions, _ = self.model.emissions(ids, att)  # (B, T, K)
+            em = emissions.float().cpu().numpy()  # (B, T, K)
+            for r, (ti, s, e) in enumerate(batch_w):
                 n = e - s
-                path_t = torch.as_tensor(path, dtype=torch.long)  # (n,)
                 j = np.arange(n)
                 central = np.minimum(j, n - 1 - j)  # (n,) distance to the nearer window edge
                 better = central > best[ti][s:e]  # (n,)
-                if not better.any():
-                    continue
                 best[ti][s:e][better] = central[better]
-                tag_ids[ti][s:e][better] = path_t.numpy()[better]
-                if marg is not None:
-                    p = marg[r, :n].gather(1, path_t.unsqueeze(1)).squeeze(1).double().numpy()  # (n,)
-                    probs[ti][s:e][better] = p[better]
+                stitched[ti][s:e][better] = em[r, :n][better]
             if progress is not None:
                 progress(sum(e - s for _, s, e in batch_w))
-        out = []
-        for ids_arr, p_arr in zip(tag_ids, probs):
-            out.append(([self.tags[i] for i in ids_arr.tolist()], p_arr.tolist()))
+        return self._decode(stitched, confidence)
+
+    def _decode(self, stitched: list[np.ndarray], confidence: bool) -> list[tuple[list[str], list[float]]]:
+        """One CRF pass over each whole text's stitched emissions: Viterbi tags and, with ``confidence``,
+        the posterior marginal of each chosen tag. Texts are decoded in length-sorted, padded batches."""
+        crf = self.model.crf
+        # the C kernels run on CPU arrays; without them the torch implementations run where the CRF is
+        where = torch.device("cpu") if _ckernel.load() is not None else crf.allowed_trans.device
+        out: list[tuple[list[str], list[float]]] = [([], []) for _ in stitched]
+        order = sorted((i for i, em in enumerate(stitched) if len(em)), key=lambda i: len(stitched[i]))
+        b = 0
+        while b < len(order):
+            # rows of similar length; at most _CRF_BATCH rows and _CRF_CELLS padded positions per batch
+            longest = len(stitched[order[b]])
+            e = b + 1
+            while e < len(order) and e - b < _CRF_BATCH:
+                longest_next = len(stitched[order[e]])
+                if (e - b + 1) * longest_next > _CRF_CELLS:
+                    break
+                longest, e = longest_next, e + 1
+            rows = order[b:e]
+            em = np.zeros((len(rows), longest, len(self.tags)), dtype=np.float32)  # (R, T, K)
+            lengths = np.array([len(stitched[i]) for i in rows], dtype=np.int64)  # (R,)
+            for r, i in enumerate(rows):
+                em[r, : lengths[r]] = stitched[i]
+            em_t = torch.from_numpy(em).to(where)
+            mask = torch.arange(longest).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)  # (R, T)
+            mask = mask.to(where)
+            paths, _ = crf.viterbi_tensor(em_t, mask)  # (R, T)
+            paths = paths.cpu().numpy()
+            marg = crf.marginals(em_t, mask).cpu().numpy() if confidence else None  # (R, T, K)
+            for r, i in enumerate(rows):
+                n = int(lengths[r])
+                path = paths[r, :n]
+                if marg is not None:
+                    probs = marg[r, np.arange(n), path].astype(np.float64).tolist()
+                else:
+                    probs = [1.0] * n
+                out[i] = ([self.tags[k] for k in path.tolist()], probs)
+            b = e
         return out
 
     def predict(self, texts: Sequence[str], *, confidence: bool = True,

@@ -77,22 +77,25 @@ def _docs(n: int = 7):
 
 # ----------------------------------------------------------------------------------------- fakes
 class _PositionFreeModel(nn.Module):
-    """Emissions depend only on the character id (no context), CRF without transitions: tagging a text in
-    windows must then give exactly the whole-text tagging, whatever the windows."""
+    """Emissions depend only on the character id (no context): the stitched emissions of any windows are
+    then exactly the whole text's, so windowed tagging must equal whole-text tagging, whatever the windows
+    and whatever the CRF (with ``transitions``: random learned scores and the scheme's constraints, the
+    CRF's context crossing every window edge; else no transitions at all)."""
 
-    def __init__(self, tags: list[str], vocab: int, seed: int = 0):
+    def __init__(self, tags: list[str], vocab: int, seed: int = 0, transitions: bool = False):
         from ner_core.config import NERConfig
         from ner_core.crf import ConstrainedCRF
+        from ner_core.schemes import allowed_transitions
 
         super().__init__()
         self.tags = tags
         self.config = NERConfig.model_validate({"data": {"scheme": "BIOES"}})
         g = torch.Generator().manual_seed(seed)
         self.table = nn.Parameter(torch.randn(vocab, len(tags), generator=g) * 3)  # (V, K)
-        self.crf = ConstrainedCRF(len(tags))
+        self.crf = ConstrainedCRF(len(tags), allowed_transitions(tags, "BIOES") if transitions else None)
         with torch.no_grad():
             for p in self.crf.parameters():
-                p.zero_()
+                p.copy_(torch.rand(p.shape, generator=g) * 4 - 2) if transitions else p.zero_()
 
     def emissions(self, ids, att):
         em = self.table[ids[:, 1:-1]]  # (B, T, K)
@@ -131,15 +134,86 @@ def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_t
     assert again[0][1] == [1.0] * 5000 and len(again[1][0]) == 3
 
 
-def test_windowed_equals_whole_text_when_the_model_has_no_context(loaded, long_text):
+@pytest.mark.parametrize("transitions", [False, True])
+def test_windowed_equals_whole_text_when_the_model_has_no_context(loaded, long_text, transitions):
     from ner_core.predict import Tagger
 
-    fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer))
+    fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer), transitions=transitions)
     whole = Tagger(fake, loaded.tokenizer, max_len=510, stride=510).tag_texts([long_text[:500]])[0]
     for max_len, stride in ((64, 32), (64, 1), (50, 50), (17, 5)):
         win = Tagger(fake, loaded.tokenizer, max_len=max_len, stride=stride).tag_texts([long_text[:500]])[0]
         assert win[0] == whole[0], (max_len, stride)
         assert win[1] == pytest.approx(whole[1], abs=1e-5)
+
+
+def test_the_crf_runs_over_the_whole_text_so_tags_never_break_the_scheme(loaded, long_text):
+    """Per-window decoding merged by tags could join a B-X of one window to an O or I-Y of the next;
+    one CRF pass over the stitched emissions cannot: every sequence is valid in the model's scheme."""
+    from ner_core.predict import Tagger
+    from ner_core.schemes import validate_tags
+
+    texts = [long_text[i : i + 700] for i in range(0, 4200, 700)]
+    for max_len, stride in ((16, 9), (32, 28), (24, 3)):
+        for tags, _ in Tagger.from_loaded(loaded, max_len=max_len, stride=stride).tag_texts(texts):
+            assert validate_tags(tags, loaded.scheme) == [], (max_len, stride)
+
+
+def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(loaded, long_text):
+    """The tagger's result, recomputed by hand: the emissions of each character from its most central
+    window (windows encoded one at a time), then the model's CRF on the whole text."""
+    import numpy as np
+
+    from ner_core.data import collate, EncodedChunk, sliding_windows
+    from ner_core.predict import Tagger
+
+    text = long_text[:300]
+    tagger = Tagger.from_loaded(loaded, max_len=40, stride=30, batch_size=5)
+    tags, probs = tagger.tag_texts([text])[0]
+    K = len(loaded.tags)
+    em = np.zeros((len(text), K), np.float32)
+    best = np.full(len(text), -1)
+    with torch.inference_mode():
+        for s, e in sliding_windows(len(text), 40, 30):
+            enc = collate([EncodedChunk(None, tagger.aligner.char_ids(text[s:e]), None)], tagger.aligner.cls_id,
+                          tagger.aligner.sep_id, tagger.aligner.pad_id)
+            w = loaded.model.emissions(enc["input_ids"], enc["attention_mask"])[0][0].numpy()  # (n, K)
+            for j in range(e - s):
+                if min(j, e - s - 1 - j) > best[s + j]:
+                    best[s + j], em[s + j] = min(j, e - s - 1 - j), w[j]
+        em_t = torch.from_numpy(em).unsqueeze(0)
+        mask = torch.ones(1, len(text), dtype=torch.bool)
+        path = loaded.model.crf.decode(em_t, mask)[0]
+        marg = loaded.model.crf.marginals(em_t, mask, backend="torch")[0]
+    assert tags == [loaded.tags[k] for k in path]
+    assert probs == pytest.approx([float(marg[t, k]) for t, k in enumerate(path)], abs=1e-5)
+
+
+def test_without_the_c_kernels_the_tagger_gives_the_same_result(loaded, long_text, monkeypatch):
+    from ner_core import _ckernel
+    from ner_core.predict import Tagger
+
+    texts = [long_text[:1500], long_text[1500:1600], "短"]
+    tagger = Tagger.from_loaded(loaded, max_len=48, stride=40)
+    expected = tagger.tag_texts(texts)
+    monkeypatch.setattr(_ckernel, "load", lambda: None)  # as on a machine without a C compiler
+    got = tagger.tag_texts(texts)
+    for (t1, p1), (t2, p2) in zip(expected, got):
+        assert t1 == t2 and p1 == pytest.approx(p2, abs=1e-5)
+
+
+def test_texts_are_tagged_in_bounded_groups_with_the_same_result(loaded, long_text, monkeypatch):
+    import ner_core.predict as predict
+
+    texts = [long_text[i : i + 90 + 7 * i // 100] for i in range(0, 4000, 250)] + [""]
+    tagger = predict.Tagger.from_loaded(loaded, max_len=32, stride=24)
+    expected = tagger.tag_texts(texts)
+    groups = []
+    real = predict.Tagger._tag_group
+    monkeypatch.setattr(predict.Tagger, "_tag_group", lambda self, g, *a: groups.append(len(g)) or real(self, g, *a))
+    monkeypatch.setattr(predict, "_GROUP_CHARS", 400)
+    monkeypatch.setattr(predict, "_CRF_CELLS", 300)  # whole-text CRF batches of one or two rows
+    assert tagger.tag_texts(texts) == expected
+    assert len(groups) > 3 and sum(groups) == len(texts)
 
 
 def test_each_char_keeps_the_tag_of_its_most_central_window(loaded):
@@ -317,6 +391,29 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
     assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
 
 
+def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir):
+    """Runs stored by the per-window merge (no "merge" in their config) tagged differently: never mix."""
+    from flows import steps
+    from storage import runs as runs_db
+
+    docs = _docs(4)
+    db = str(tmp_path / "p.duckdb")
+    first = steps.predict_step(db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False)
+    runs_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    con = duckdb.connect(db)
+    cfg = json.loads(con.execute("SELECT config FROM prediction_runs WHERE pred_run_id = ?",
+                                 [first["pred_run_id"]]).fetchone()[0])
+    assert cfg["merge"] == "emissions"
+    del cfg["merge"]
+    con.execute("UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first["pred_run_id"]])
+    con.close()
+    again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
+    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+    same = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False,
+                              replace=False)
+    assert same["resumed"] and same["skipped_already_done"] == 4
+
+
 def test_sql_input_runs_read_only(tmp_path, model_dir):
     from flows import steps
 
@@ -404,9 +501,9 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         update={"max_len": 24, "stride": 10, "batch_size": 3})})
     saved = SimpleNamespace(model=loaded.model, tokenizer=loaded.tokenizer, config=cfg)
     assert Tagger.from_loaded(saved).settings == {"max_len": 24, "stride": 10, "batch_size": 3, "device": "cpu",
-                                                  "quantize": "none"}
+                                                  "quantize": "none", "merge": "emissions"}
     assert Tagger.from_loaded(saved, max_len=40, stride=20, batch_size=5).settings == {
-        "max_len": 40, "stride": 20, "batch_size": 5, "device": "cpu", "quantize": "none"}
+        "max_len": 40, "stride": 20, "batch_size": 5, "device": "cpu", "quantize": "none", "merge": "emissions"}
     # no saved prediction window: the model's training max_len, stride half of it
     assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len
     assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len * 7 // 8  # overlap 1/8
