@@ -6,13 +6,17 @@
 - ``POST /predict``  body ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` -> ``{"results": [{"entities":
   [{"start", "end", "label", "text", "confidence"}, ...], "n_chars"}], "model", "seconds"}``; spans are
   half-open ``[start, end)`` character offsets of the text sent. Long texts are tagged whole (windows).
-- ``GET /health``    ``{"status": "ok", ...}``
+- ``GET /health``    ``{"status": "ok", "served": {"requests", "texts", "batches"}, ...}``
 - ``GET /model``     the model's configuration, labels, metrics, window settings and the request limits.
 
 Limits: more than ``--max-texts`` texts, a text longer than ``--max-chars``, more than ``--max-total-chars``
 in one request, or a body larger than allowed -> 413 with a message saying what the limit is; a malformed
 body (no text, wrong types, unknown fields) -> 422 with a readable ``detail``. Nothing a client sends
 crashes the service.
+
+Concurrent requests are tagged together (:class:`RequestBatcher`): whenever the model is free, the texts
+of every request waiting go through it in one batch, so throughput grows with the number of clients while
+a lone request is never delayed.
 
 ``ner query "text" ...`` calls the service and prints the entities (the seed's query.py).
 
@@ -73,11 +77,97 @@ class PredictRequest(BaseModel):
         return [self.text] if self.text is not None else list(self.texts or [])
 
 
+# ----------------------------------------------------------------------------------------- batching
+class RequestBatcher:
+    """Tags the texts of concurrent ``/predict`` requests together, in one tagger call.
+
+    One worker thread owns the tagger. A request puts its texts on a queue and waits for its own results.
+    Whenever the worker is free it takes every request waiting (up to ``max_texts`` texts and
+    ``max_chars`` characters per batch: no batch is larger than one request may be), tags all their texts
+    in one :meth:`Tagger.predict` call and hands each request its share. There is no artificial delay: a
+    lone request is tagged at once; requests that arrive while a batch runs go together into the next one,
+    so under load each forward pass carries many short texts instead of one. Results do not depend on
+    which requests share a batch (windows are tagged independently of their batch-mates).
+
+    ``coalesce=False`` tags one request per call instead (``ner serve --no-batch-requests``).
+    ``stats``: requests, texts and batches served so far (``GET /health`` shows them).
+    """
+
+    def __init__(self, tagger, *, max_texts: int, max_chars: int, coalesce: bool = True) -> None:
+        import collections
+        import queue
+
+        self.tagger = tagger
+        self.max_texts = max_texts
+        self.max_chars = max_chars
+        self.coalesce = coalesce
+        self.stats = {"requests": 0, "texts": 0, "batches": 0}
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._carry: collections.deque = collections.deque()  # a request that did not fit the last batch
+        self._worker = threading.Thread(target=self._run, name="ner-batcher", daemon=True)
+        self._worker.start()
+
+    def predict(self, texts: list[str]) -> list:
+        """Entities per text (as :meth:`Tagger.predict`); blocks until this request's batch is tagged."""
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        self._queue.put((list(texts), done))
+        return done.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=10)
+
+    def _next_batch(self) -> list | None:
+        import queue
+
+        first = self._carry.popleft() if self._carry else self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
+        n_texts, n_chars = len(first[0]), sum(map(len, first[0]))
+        while self.coalesce:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return batch
+            if item is None:  # closing: finish this batch, then stop
+                self._queue.put(None)
+                return batch
+            size = sum(map(len, item[0]))
+            if n_texts + len(item[0]) > self.max_texts or n_chars + size > self.max_chars:
+                self._carry.append(item)
+                return batch
+            batch.append(item)
+            n_texts, n_chars = n_texts + len(item[0]), n_chars + size
+        return batch
+
+    def _run(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            texts = [t for ts, _ in batch for t in ts]
+            try:
+                preds = self.tagger.predict(texts)
+            except BaseException as exc:  # every waiting request gets the error; the worker goes on
+                for _, done in batch:
+                    done.set_exception(exc)
+                continue
+            self.stats["requests"] += len(batch)
+            self.stats["texts"] += len(texts)
+            self.stats["batches"] += 1
+            i = 0
+            for ts, done in batch:
+                done.set_result(preds[i : i + len(ts)])
+                i += len(ts)
+
+
 # ----------------------------------------------------------------------------------------- the app
 def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limits: ServeLimits | None = None,
                max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
-               device: str = "auto", num_threads: int | None = None, quantize: str | None = None):
-    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once."""
+               device: str = "auto", num_threads: int | None = None, quantize: str | None = None,
+               batch_requests: bool = True):
+    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once. ``batch_requests``:
+    tag the texts of concurrent requests together (:class:`RequestBatcher`)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -91,7 +181,9 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
                                 num_threads=num_threads, quantize=quantize)
-    lock = threading.Lock()  # one forward pass at a time: torch already uses every thread it has
+    # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
+    batcher = RequestBatcher(tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars,
+                             coalesce=batch_requests)
     started = time.time()
     model_name = Path(model_dir).resolve().name
     if model_name == "model":  # runs/<run_id>/model: the run id names it better
@@ -105,12 +197,13 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
         "tags": loaded.tags,
         "config": json.loads(loaded.config.to_json()),
         "metrics": loaded.metrics,
-        "tagger": tagger.settings,
+        "tagger": tagger.settings | {"batch_requests": batch_requests},
         "limits": limits.model_dump() | {"max_body_bytes": limits.max_body_bytes},
     }
 
     app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
     app.state.info = info
+    app.state.batcher = batcher
 
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):
@@ -133,7 +226,8 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": model_name, "uptime_s": round(time.time() - started, 1)}
+        return {"status": "ok", "model": model_name, "uptime_s": round(time.time() - started, 1),
+                "served": dict(batcher.stats)}
 
     @app.get("/model")
     def model_info() -> dict:
@@ -151,8 +245,7 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
         if total > limits.max_total_chars:
             raise HTTPException(413, f"{total} characters in one request; at most {limits.max_total_chars}")
         t0 = time.perf_counter()
-        with lock:
-            preds = tagger.predict(texts)
+        preds = batcher.predict(texts)
         return {"model": model_name, "seconds": round(time.perf_counter() - t0, 4),
                 "results": [{"n_chars": len(t), "entities": [e.to_dict() for e in ents]}
                             for t, ents in zip(texts, preds)]}
@@ -190,7 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars)
     app = create_app(model_dir, run_id=run_id, limits=limits, max_len=args.max_len, stride=args.stride,
                      batch_size=args.batch_size, device=args.device, num_threads=args.threads,
-                     quantize=args.quantize)
+                     quantize=args.quantize, batch_requests=args.batch_requests)
     print(f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
@@ -252,6 +345,8 @@ def add_commands(subparsers) -> None:
     sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     sp.add_argument("--quantize", choices=["none", "int8"],
                     help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)")
+    sp.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
+                    help="tag the texts of concurrent requests together in one forward pass (default on)")
     sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     sp.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                     help="log every request (default off)")

@@ -94,6 +94,92 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
         [e["confidence"] for e in results[0]["entities"]], abs=1e-4)
 
 
+def test_concurrent_requests_get_their_own_results(service):
+    """16 clients at once: each gets exactly what it would get alone, and /health counts every request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cities = ["北京", "上海", "深圳", "广州", "杭州", "南京", "成都", "武汉"] * 2
+    texts = [f"{name}在{city}的{org}工作。" for name, city, org in
+             zip("张李王赵刘陈杨黄周吴徐孙马朱胡郭", cities, ["ABC资本", "招商银行"] * 8)]
+
+    def ask(text):
+        r = httpx.post(f"{service['url']}/predict", json={"text": text}, timeout=60)
+        assert r.status_code == 200, r.text
+        (res,) = r.json()["results"]
+        return res["n_chars"], [(e["start"], e["end"], e["label"], e["text"], e["confidence"]) for e in res["entities"]]
+
+    alone = [ask(t) for t in texts]
+    before = httpx.get(f"{service['url']}/health").json()["served"]
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(ask, texts))
+    for (n1, e1), (n2, e2), text in zip(alone, together, texts):
+        assert n1 == n2 == len(text)
+        assert [e[:4] for e in e1] == [e[:4] for e in e2]  # same spans, labels and mentions
+        assert [e[4] for e in e1] == pytest.approx([e[4] for e in e2], abs=1e-4)  # batched float sums
+    after = httpx.get(f"{service['url']}/health").json()["served"]
+    assert after["requests"] - before["requests"] == 16 and after["texts"] - before["texts"] == 16
+    assert 1 <= after["batches"] - before["batches"] <= 16
+
+
+class _BlockingTagger:
+    """A tagger whose first call waits for ``release``: the requests sent meanwhile must queue up."""
+
+    def __init__(self):
+        import threading
+
+        self.calls: list[list[str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def predict(self, texts):
+        self.calls.append(list(texts))
+        if len(self.calls) == 1:
+            self.entered.set()
+            assert self.release.wait(30)
+        if "boom" in texts:
+            raise RuntimeError("tagger failed")
+        return [[f"{t}:{len(t)}"] for t in texts]
+
+
+def test_batcher_tags_waiting_requests_together_within_the_limits():
+    import threading
+
+    from flows.serve import RequestBatcher
+
+    tagger = _BlockingTagger()
+    batcher = RequestBatcher(tagger, max_texts=4, max_chars=10)
+    results: dict[str, list] = {}
+
+    def ask(key, texts):
+        results[key] = batcher.predict(texts)
+
+    first = threading.Thread(target=ask, args=("first", ["甲"]))
+    first.start()
+    assert tagger.entered.wait(30)
+    waiting = [("a", ["一二"]), ("b", ["三", "四五"]), ("c", ["六"]), ("d", ["七八九十"]), ("e", ["壹"])]
+    threads = []
+    for key, texts in waiting:  # queued in this order while the first batch runs
+        threads.append(threading.Thread(target=ask, args=(key, texts)))
+        threads[-1].start()
+        deadline = time.monotonic() + 10
+        while batcher._queue.qsize() < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    tagger.release.set()
+    for t in [first, *threads]:
+        t.join(30)
+    # a, b, c fit one batch (4 texts); d would make 5 texts, so it opens the next batch with e
+    assert tagger.calls == [["甲"], ["一二", "三", "四五", "六"], ["七八九十", "壹"]]
+    assert results == {"first": [["甲:1"]], "a": [["一二:2"]], "b": [["三:1"], ["四五:2"]], "c": [["六:1"]],
+                       "d": [["七八九十:4"]], "e": [["壹:1"]]}
+    assert batcher.stats == {"requests": 6, "texts": 7, "batches": 3}
+    # an error reaches the requests of its batch only; the worker goes on serving
+    with pytest.raises(RuntimeError, match="tagger failed"):
+        batcher.predict(["boom"])
+    assert batcher.predict(["好"]) == [["好:1"]]
+    batcher.close()
+    assert not batcher._worker.is_alive()
+
+
 def test_long_text_is_tagged_whole(service):
     text = "招商银行在深圳发布年报。" * 200  # 2,400 chars, window 32
     r = httpx.post(f"{service['url']}/predict", json={"text": text}, timeout=120)
