@@ -194,7 +194,8 @@ class Tagger:
         Args:
             texts: N texts of any length (empty ones give empty lists).
             confidence: compute CRF marginals (else every probability is 1.0; a little faster).
-            progress: called after each batch of windows with the number of window characters it encoded.
+            progress: called after each batch of windows with the number of characters it covered for
+                the first time (overlaps counted once: the calls add up to the texts' total length).
 
         Returns:
             N pairs ``(tags, probs)``, each of length ``len(text)``.
@@ -234,15 +235,17 @@ class Tagger:
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
             emissions, _ = self.model.emissions(ids, att)  # (B, T, K)
             em = emissions.float().cpu().numpy()  # (B, T, K)
+            first_seen = 0
             for r, (ti, s, e) in enumerate(batch_w):
                 n = e - s
                 j = np.arange(n)
                 central = np.minimum(j, n - 1 - j)  # (n,) distance to the nearer window edge
+                first_seen += int((best[ti][s:e] < 0).sum())
                 better = central > best[ti][s:e]  # (n,)
                 best[ti][s:e][better] = central[better]
                 stitched[ti][s:e][better] = em[r, :n][better]
             if progress is not None:
-                progress(sum(e - s for _, s, e in batch_w))
+                progress(first_seen)
         return self._decode(stitched, confidence)
 
     def _decode(self, stitched: list[np.ndarray], confidence: bool) -> list[tuple[list[str], list[float]]]:

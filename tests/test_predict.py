@@ -132,6 +132,10 @@ def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_t
                                                                                     confidence=False)
     assert again[0][0] == tags  # batch composition does not change the tags
     assert again[0][1] == [1.0] * 5000 and len(again[1][0]) == 3
+    seen: list[int] = []  # progress counts each character once, overlaps or not: a bar ends at 100%
+    Tagger.from_loaded(loaded, max_len=64, stride=16, batch_size=4).tag_texts([long_text, "", "短文本"],
+                                                                           progress=seen.append)
+    assert sum(seen) == 5003 and len(seen) > 1 and min(seen) >= 0
 
 
 @pytest.mark.parametrize("transitions", [False, True])
