@@ -94,7 +94,6 @@ class RequestBatcher:
     """
 
     def __init__(self, tagger, *, max_texts: int, max_chars: int, coalesce: bool = True) -> None:
-        import collections
         import queue
 
         self.tagger = tagger
@@ -103,7 +102,7 @@ class RequestBatcher:
         self.coalesce = coalesce
         self.stats = {"requests": 0, "texts": 0, "batches": 0}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._carry: collections.deque = collections.deque()  # a request that did not fit the last batch
+        self._carry: tuple | None = None  # the request that did not fit into the last batch
         self._worker = threading.Thread(target=self._run, name="ner-batcher", daemon=True)
         self._worker.start()
 
@@ -122,7 +121,8 @@ class RequestBatcher:
     def _next_batch(self) -> list | None:
         import queue
 
-        first = self._carry.popleft() if self._carry else self._queue.get()
+        first = self._carry if self._carry is not None else self._queue.get()
+        self._carry = None
         if first is None:
             return None
         batch = [first]
@@ -137,7 +137,7 @@ class RequestBatcher:
                 return batch
             size = sum(map(len, item[0]))
             if n_texts + len(item[0]) > self.max_texts or n_chars + size > self.max_chars:
-                self._carry.append(item)
+                self._carry = item
                 return batch
             batch.append(item)
             n_texts, n_chars = n_texts + len(item[0]), n_chars + size

@@ -149,6 +149,7 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
                   const float *trans, const float *end, const int64_t *lengths, float *out,
                   int64_t b0, int64_t b1) {
     double *tr = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* trans as double [i][j] */
+    double *ed = (double *)malloc(sizeof(double) * (size_t)K);              /* end as double */
     double *ef = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* exp(trans - col max) [i][j] */
     double *eb = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* exp(trans - row max) [i][j] */
     double *cmax = (double *)malloc(sizeof(double) * (size_t)K);
@@ -160,7 +161,7 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
     double *nbeta = (double *)malloc(sizeof(double) * (size_t)K);
     int rc = 0;
     (void)B;
-    if (!tr || !ef || !eb || !cmax || !rmax || !alpha || !w || !beta || !nb || !nbeta) {
+    if (!tr || !ed || !ef || !eb || !cmax || !rmax || !alpha || !w || !beta || !nb || !nbeta) {
         rc = -1;
         goto done;
     }
@@ -173,12 +174,14 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
         cmax[j] = c;
         rmax[j] = r;
     }
-    for (int64_t i = 0; i < K; i++)
+    for (int64_t i = 0; i < K; i++) {
+        ed[i] = end[i];
         for (int64_t j = 0; j < K; j++) {
             tr[i * K + j] = trans[i * K + j];
             ef[i * K + j] = exp((double)trans[i * K + j] - cmax[j]);
             eb[i * K + j] = exp((double)trans[i * K + j] - rmax[i]);
         }
+    }
     for (int64_t b = b0; b < b1; b++) {
         const int64_t L = lengths[b];
         const float *e = em + (size_t)b * T * K;
@@ -196,14 +199,8 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
                 a[j] = (s >= EXACT_BELOW ? log(s) + m + cmax[j] : lse2(p, 1, tr + j, K, K)) + e[t * K + j];
             }
         }
-        /* log Z = logsumexp_k alpha[L-1][k] + end[k] */
-        const double *last = alpha + (size_t)(L - 1) * K;
-        double m = last[0] + end[0];
-        for (int64_t k = 1; k < K; k++) m = last[k] + end[k] > m ? last[k] + end[k] : m;
-        double s = 0.0;
-        for (int64_t k = 0; k < K; k++) s += exp(last[k] + end[k] - m);
-        const double log_z = log(s) + m;
-        for (int64_t k = 0; k < K; k++) beta[k] = end[k];
+        const double log_z = lse2(alpha + (size_t)(L - 1) * K, 1, ed, 1, K); /* logsumexp alpha + end */
+        for (int64_t k = 0; k < K; k++) beta[k] = ed[k];
         for (int64_t t = L - 1;; t--) {
             const double *a = alpha + (size_t)t * K;
             for (int64_t k = 0; k < K; k++) o[t * K + k] = (float)exp(a[k] + beta[k] - log_z);
@@ -227,6 +224,7 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
     }
 done:
     free(tr);
+    free(ed);
     free(nbeta);
     free(ef);
     free(eb);
