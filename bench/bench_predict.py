@@ -66,7 +66,7 @@ def _encoder_only(tagger, texts: list[str]) -> None:
     """The encoder's forward pass over the tagger's windows (stride = window), nothing else."""
     import torch
 
-    from ner_core.data import EncodedChunk, collate, sliding_windows
+    from ner_core.batching import EncodedChunk, collate, sliding_windows
 
     al = tagger.aligner
     n = tagger.max_len

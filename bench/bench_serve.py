@@ -1,7 +1,7 @@
 """Prediction API benchmark: requests per second and p50/p99 latency of ``POST /predict`` for single short
 texts, from clients on loopback (figures printed, never asserted).
 
-Starts the real service (``python -m flows.serve serve``) in a subprocess on a free port, serving
+Starts the real service (``python -m app.serve serve``) in a subprocess on a free port, serving
 ``--model-dir`` or an untrained model built here (``--model m3e-small``, the default when it is installed: the
 real encoder's forward pass; ``--model tiny``: a tiny random encoder, so the figure is mostly the service's
 own overhead). For each ``--concurrency`` level N (default 1 and 8), N clients, each on its own keep-alive
@@ -76,7 +76,7 @@ def _start(model_dir: Path, port: int, threads: int, batching: bool, log_path: P
     import httpx
 
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.serve", "serve", "--model-dir", str(model_dir),
+    proc = subprocess.Popen([sys.executable, "-m", "app.serve", "serve", "--model-dir", str(model_dir),
                              "--port", str(port), "--threads", str(threads),
                              "--batch-requests" if batching else "--no-batch-requests"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -14,7 +14,6 @@ Figures are printed, never asserted. m3e-small: research / non-commercial use on
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -43,8 +42,9 @@ def load_split(dataset: str, split: str):
 
 def run_ours(head: str, encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int, out: Path):
     from ner_core.config import NERConfig
-    from ner_core.training import evaluate_model, train
+    from ner_core.evaluation import evaluate_model
     from ner_core.modeldir import load_model_dir
+    from ner_core.training import train
 
     labels = sorted({e.label for d in train_docs for e in d.entities})
     cfg = NERConfig.model_validate({
@@ -70,7 +70,7 @@ def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, 
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from ner_core.alignment import CharAligner
-    from ner_core.data import TaggedDataset, sliding_windows, collate, EncodedChunk
+    from ner_core.batching import EncodedChunk, TaggedDataset, collate, sliding_windows
     from ner_core.documents import Entity
     from ner_core.encoder import resolve_encoder
     from ner_core.metrics import evaluate

@@ -76,16 +76,16 @@ def store_shard_rows(db_path: str, model_dir: str, shard_rows: Sequence[ShardRow
     """The single writer: one prediction run, one transaction per shard. Returns predict_step's summary."""
     import json
 
-    from storage import runs as runs_db
+    from storage import predictions as predictions_db
 
     t0 = time.perf_counter()
     pred_run_id = steps.prediction_run_id(model_dir, input_ref)
-    runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=input_kind,
+    predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=input_kind,
                                  input_ref=input_ref, config_json=json.dumps(config or {}), replace=True)
     for rows in shard_rows:
         if rows:
-            runs_db.write_predictions(db_path, pred_run_id, rows)
-    row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed",
+            predictions_db.write_predictions(db_path, pred_run_id, rows)
+    row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed",
                                         seconds=seconds_so_far + time.perf_counter() - t0)
     return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
             "n_chars": row["n_chars"], "n_shards": len(shard_rows), "seconds": round(row["seconds"], 2)}
@@ -162,7 +162,7 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
 
         model_dir, run_id = _resolve_production(db_path)
     if only_new:
-        from storage.runs import unpredicted_documents
+        from storage.predictions import unpredicted_documents
 
         if not source.get("dataset") or not run_id:
             raise ValueError("only_new needs a {'dataset': ...} source and a run (the production run or run_id)")
@@ -175,15 +175,15 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(settings))
     rows = [f.result() for f in futures]
     if only_new:  # accumulate into the existing prediction run instead of replacing it
-        from storage import runs as runs_db
+        from storage import predictions as predictions_db
 
         pred_run_id = steps.prediction_run_id(model_dir, ref)
-        runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=kind,
+        predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=kind,
                                      input_ref=ref, config_json=None, replace=False)
         for r in rows:
             if r:
-                runs_db.write_predictions(db_path, pred_run_id, r)
-        row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed",
+                predictions_db.write_predictions(db_path, pred_run_id, r)
+        row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed",
                                             seconds=time.perf_counter() - t0)
         return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
                 "n_chars": row["n_chars"], "n_new_documents": len(docs), "n_shards": len(shards)}

@@ -127,7 +127,7 @@ def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None 
 @task(name="predict-new", retries=1, retry_delay_seconds=[5])
 def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, split: str | None = None,
                      settings: dict | None = None) -> dict:
-    from storage.runs import unpredicted_documents
+    from storage.predictions import unpredicted_documents
 
     docs = unpredicted_documents(db_path, dataset, run_id, split)
     ref = f"{dataset}/{split or '*'}"

@@ -16,6 +16,9 @@ from pathlib import Path
 
 from ner_core.config import NERConfig
 from ner_core.documents import Document
+from storage import evaluations as evaluations_db
+from storage import predictions as predictions_db
+from storage import query as query_db
 from storage import runs as runs_db
 from storage.datasets import dataset_labels, ingest_dataset, latest_version, load_documents
 
@@ -79,8 +82,8 @@ def evaluate_step(db_path: str, model_dir: str, dataset: str | None, split: str 
                   run_id: str | None = None, out_dir: str | None = None, file: str | None = None) -> dict:
     """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
     JSON + Markdown reports and DuckDB rows."""
+    from ner_core.evaluation import evaluate_model
     from ner_core.modeldir import load_model_dir
-    from ner_core.training import evaluate_model
 
     loaded = load_model_dir(model_dir)
     if file:
@@ -100,7 +103,7 @@ def evaluate_step(db_path: str, model_dir: str, dataset: str | None, split: str 
         raise ValueError(f"no labelled documents to evaluate in {file or f'{dataset}/{split}'}")
     report = evaluate_model(loaded.model, loaded.tokenizer, docs, max_len=loaded.config.data.max_len)
     eval_id = f"{run_id or Path(model_dir).name}-{dataset}-v{version}-{split or 'file'}"
-    runs_db.save_evaluation(db_path, eval_id, report, model_dir=model_dir, dataset=dataset, split=split,
+    evaluations_db.save_evaluation(db_path, eval_id, report, model_dir=model_dir, dataset=dataset, split=split,
                             run_id=run_id, dataset_version=version)
     out = Path(out_dir) if out_dir else Path(model_dir).parent
     out.mkdir(parents=True, exist_ok=True)
@@ -164,12 +167,12 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
     cfg = json.dumps({**settings, "batch_size": tagger.batch_size, "device": str(tagger.device),
                       "batch_docs": batch_docs})
     if replace is None:
-        prev = runs_db.get_prediction_run(db_path, pred_run_id)
+        prev = predictions_db.get_prediction_run(db_path, pred_run_id)
         prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
         resumable = (prev is not None and prev["status"] in ("running", "failed")
                      and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings)
         replace = not resumable
-    done = runs_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id,
+    done = predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id,
                                         input_kind=input_kind, input_ref=input_ref, config_json=cfg,
                                         replace=replace)
     todo = [d for d in docs if d.doc_id not in done]
@@ -181,13 +184,13 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
         for b in range(0, len(todo), batch_docs):
             part = todo[b : b + batch_docs]
             preds = tagger.predict([d.text for d in part], progress=bar.update)
-            runs_db.write_predictions(db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)])
+            predictions_db.write_predictions(db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)])
     except BaseException:
-        runs_db.finish_prediction_run(db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0)
+        predictions_db.finish_prediction_run(db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0)
         raise
     finally:
         bar.close()
-    row = runs_db.finish_prediction_run(db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0)
+    row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0)
     return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
             "n_chars": row["n_chars"], "skipped_already_done": len(done), "resumed": not replace,
             "seconds": round(row["seconds"], 2)}
@@ -229,7 +232,7 @@ def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], s
         if not isinstance(sql, str) or not sql.strip():
             raise ValueError(f"expected 'sql' to be a SELECT statement, got {sql!r}")
         try:
-            rows = runs_db.query(db_path, sql)
+            rows = query_db.query(db_path, sql)
         except FileNotFoundError:
             raise
         except Exception as exc:  # duckdb errors: parser, catalog, read-only violations

@@ -1,7 +1,7 @@
 """Tagging texts of any length with a trained model.
 
 Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters
-(:func:`ner_core.data.sliding_windows`) go through the encoder and the head; each character keeps the
+(:func:`ner_core.batching.sliding_windows`) go through the encoder and the head; each character keeps the
 *emission scores* of the window in which it sits most centrally (largest distance to the window's nearer
 edge; ties go to the earlier window), so no character is scored at a window's ragged edge when a better
 window exists. The CRF then runs once over each whole text's stitched emissions: one Viterbi path per text,
@@ -44,9 +44,8 @@ import torch
 
 from ner_core import _ckernel
 from ner_core.alignment import CharAligner
-from ner_core.data import EncodedChunk, collate, sliding_windows
+from ner_core.batching import EncodedChunk, collate, sliding_windows
 from ner_core.schemes import tags_to_spans
-
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
 #: K float32 per character, 68 MB at 17 tags)

@@ -23,14 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ner_core.alignment import CharAligner
+from ner_core.batching import TaggedDataset
 from ner_core.config import NERConfig
-from ner_core.data import TaggedDataset
 from ner_core.documents import Document
 from ner_core.encoder import load_encoder
-from ner_core.metrics import EvaluationReport, evaluate
+from ner_core.evaluation import evaluate_model
 from ner_core.model import NERModel
 from ner_core.modeldir import save_model_dir
-from ner_core.predict import Tagger
 from ner_core.schemes import tag_set
 
 CHECKPOINT = "checkpoint.pt"
@@ -93,17 +92,6 @@ def _lr_factor(step: int, warmup: int, total: int, time_fraction: float | None =
     if in_warmup_by_time:  # the steps ended the warm-up
         return by_steps
     return min(by_steps, by_time)
-
-
-def evaluate_model(model: NERModel, tokenizer, docs: Sequence[Document], *, max_len: int,
-                   batch_size: int = 32, device: str = "cpu") -> EvaluationReport:
-    """Tag ``docs`` (whole, windowed) and score them against their gold entities."""
-    from ner_core.documents import Entity
-
-    tagger = Tagger(model, tokenizer, max_len=max_len, batch_size=batch_size, device=device)
-    preds = tagger.predict([d.text for d in docs], confidence=False)
-    pred_ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
-    return evaluate(docs, pred_ents, scheme=model.config.data.scheme)
 
 
 def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[Document],

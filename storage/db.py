@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -140,3 +142,15 @@ def open_db(path: str | Path, read_only: bool = False, wait_s: float = 10.0) -> 
         yield con
     finally:
         con.close()
+
+
+def now() -> datetime:
+    """The current UTC time without a zone (DuckDB ``TIMESTAMP``)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> list[dict]:
+    """The rows of ``sql`` as dicts keyed by column name."""
+    cur = con.execute(sql, list(params))
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]

@@ -1,33 +1,18 @@
-"""Training runs, epochs, evaluations and prediction runs in DuckDB.
+"""Training runs and their epochs in DuckDB; the production mark.
 
-Every function opens a short-lived connection (``storage.db.open_db``), so no process holds the file
-longer than one call. Bulk rows go in through Arrow inside one transaction.
+Every function opens a short-lived connection (:func:`storage.db.open_db`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-
+from storage.db import now as _now
 from storage.db import open_db
+from storage.db import rows as _rows
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def _rows(con, sql: str, params: Sequence[Any] = ()) -> list[dict]:
-    cur = con.execute(sql, list(params))
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
-# ---------------------------------------------------------------------------- training runs
 def create_run(db_path: str | Path, run_id: str, *, dataset: str, dataset_version: int | None,
                config_json: str, run_dir: str | Path) -> None:
     cfg = json.loads(config_json)
@@ -100,187 +85,3 @@ def production_run(db_path: str | Path) -> dict | None:
     with open_db(db_path, read_only=True) as con:
         rows = _rows(con, "SELECT * FROM runs WHERE is_production")
     return rows[0] if rows else None
-
-
-# ---------------------------------------------------------------------------- evaluations
-def save_evaluation(db_path: str | Path, eval_id: str, report, *, model_dir: str | Path, dataset: str,
-                    split: str | None, run_id: str | None = None, dataset_version: int | None = None) -> None:
-    """Store an :class:`ner_core.metrics.EvaluationReport`: summary row, per-type rows, error counts."""
-    types = pa.Table.from_pylist([
-        {"eval_id": eval_id, "label": t.label, "precision": t.precision, "recall": t.recall, "f1": t.f1,
-         "support": t.support, "predicted": t.predicted} for t in report.per_type
-    ], schema=pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("precision", pa.float64()),
-                         ("recall", pa.float64()), ("f1", pa.float64()), ("support", pa.int32()),
-                         ("predicted", pa.int32())]))
-    errors = pa.Table.from_pylist([
-        {"eval_id": eval_id, "label": label, "kind": kind, "n": n}
-        for label, kinds in report.errors.items() for kind, n in kinds.items()
-    ], schema=pa.schema([("eval_id", pa.string()), ("label", pa.string()), ("kind", pa.string()),
-                         ("n", pa.int32())]))
-    with open_db(db_path) as con:
-        con.execute("BEGIN")
-        for table in ("evaluations", "evaluation_types", "evaluation_errors"):
-            con.execute(f"DELETE FROM {table} WHERE eval_id = ?", [eval_id])
-        con.execute(
-            'INSERT INTO evaluations (eval_id, run_id, model_dir, dataset, dataset_version, split, created_at, '
-            'scheme, n_sentences, n_chars, char_accuracy, sentence_accuracy, "precision", recall, f1, '
-            "macro_precision, macro_recall, macro_f1, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?, ?)",
-            [eval_id, run_id, str(model_dir), dataset, dataset_version, split, _now(), report.scheme,
-             report.n_sentences, report.n_chars, report.char_accuracy, report.sentence_accuracy, report.precision,
-             report.recall, report.f1, report.macro_precision, report.macro_recall, report.macro_f1,
-             report.model_dump_json()],
-        )
-        con.register("_types", types)
-        con.execute("INSERT INTO evaluation_types SELECT * FROM _types")
-        con.register("_errors", errors)
-        con.execute("INSERT INTO evaluation_errors SELECT * FROM _errors")
-        con.execute("COMMIT")
-
-
-def evaluations(db_path: str | Path, run_id: str | None = None) -> list[dict]:
-    with open_db(db_path, read_only=True) as con:
-        if run_id is None:
-            return _rows(con, "SELECT * EXCLUDE (report) FROM evaluations ORDER BY created_at DESC")
-        return _rows(con, "SELECT * EXCLUDE (report) FROM evaluations WHERE run_id = ? ORDER BY created_at DESC",
-                     [run_id])
-
-
-# ---------------------------------------------------------------------------- prediction runs
-_DOC_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
-                         ("n_entities", pa.int32())])
-_ENT_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("start", pa.int32()),
-                         ("end", pa.int32()), ("label", pa.string()), ("text", pa.string()),
-                         ("confidence", pa.float64())])
-
-
-def get_prediction_run(db_path: str | Path, pred_run_id: str) -> dict | None:
-    """The ``prediction_runs`` row of ``pred_run_id`` (``None`` when there is none or no database yet)."""
-    if str(db_path) != ":memory:" and not Path(db_path).exists():
-        return None
-    with open_db(db_path, read_only=True) as con:
-        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prediction_runs'"
-                           ).fetchone()[0]:
-            return None
-        rows = _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
-    return rows[0] if rows else None
-
-
-def start_prediction_run(db_path: str | Path, pred_run_id: str, *, model_dir: str | Path, run_id: str | None,
-                         input_kind: str, input_ref: str, config_json: str | None, replace: bool) -> set[str]:
-    """Register a prediction run; returns the doc_ids already stored for it (for resuming).
-
-    ``replace=True`` deletes the run's earlier rows first (same model, same input: rows are replaced,
-    never duplicated); ``replace=False`` keeps them and returns their doc_ids so the caller skips them.
-    """
-    if not pred_run_id:
-        raise ValueError(f"expected a non-empty pred_run_id, got {pred_run_id!r}")
-    if input_kind not in ("file", "dataset", "sql", "texts"):
-        raise ValueError(f"input_kind must be file, dataset, sql or texts, got {input_kind!r}")
-    with open_db(db_path) as con:
-        con.execute("BEGIN")
-        if replace:
-            con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ?", [pred_run_id])
-            con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
-        con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
-        con.execute(
-            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-            [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
-        )
-        done = {r[0] for r in con.execute(
-            "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]).fetchall()}
-        con.execute("COMMIT")
-    return done
-
-
-def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple[str, str, list]]) -> int:
-    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...]), ...], in one transaction.
-
-    Idempotent per document: rows of these doc_ids already stored for the run are replaced. Returns the
-    number of entity rows written.
-    """
-    if not docs:
-        return 0
-    doc_rows = {"pred_run_id": [], "doc_id": [], "text": [], "n_entities": []}
-    ent_rows = {k: [] for k in _ENT_SCHEMA.names}
-    for doc_id, text, ents in docs:
-        doc_rows["pred_run_id"].append(pred_run_id)
-        doc_rows["doc_id"].append(doc_id)
-        doc_rows["text"].append(text)
-        doc_rows["n_entities"].append(len(ents))
-        for e in ents:
-            for k, v in zip(_ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)):
-                ent_rows[k].append(v)
-    with open_db(db_path) as con:
-        con.execute("BEGIN")
-        con.register("_docs", pa.table(doc_rows, schema=_DOC_SCHEMA))
-        con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
-                    [pred_run_id])
-        con.execute("INSERT OR REPLACE INTO predicted_documents SELECT * FROM _docs")
-        con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
-        con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
-        con.execute("COMMIT")
-    return len(ent_rows["doc_id"])
-
-
-def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str, seconds: float) -> dict:
-    with open_db(db_path) as con:
-        con.execute(
-            "UPDATE prediction_runs SET status = ?, finished_at = ?, seconds = ?, "
-            "n_documents = (SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) WHERE pred_run_id = ?",
-            [status, _now(), seconds, pred_run_id, pred_run_id, pred_run_id, pred_run_id],
-        )
-        return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]
-
-
-def prediction_disagreements(db_path: str | Path, run_a: str, run_b: str) -> list[dict]:
-    """Entities in one prediction run and not in the other (same doc_id, start, end and label), over the
-    documents both runs tagged; each row says ``side`` = 'only_a' or 'only_b'. Uses the table macro
-    ``predicted_disagreements(a, b)`` of the schema."""
-    for name, v in (("run_a", run_a), ("run_b", run_b)):
-        if not isinstance(v, str) or not v:
-            raise ValueError(f"expected {name} to be a prediction run id, got {v!r}")
-    with open_db(db_path, read_only=True) as con:
-        return _rows(con, 'SELECT * FROM predicted_disagreements(?, ?) ORDER BY doc_id, "start", side',
-                     [run_a, run_b])
-
-
-def query(db_path: str | Path, sql: str, params: Sequence[Any] = ()) -> list[dict]:
-    """Run a read-only query (a read-only connection: writes fail)."""
-    with open_db(db_path, read_only=True) as con:
-        return _rows(con, sql, params)
-
-
-# ---------------------------------------------------------------------------- incremental prediction
-def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split: str | None = None) -> list:
-    """Documents of ``dataset``'s latest version (one ``split`` or all) that no prediction run of the
-    training run ``run_id`` has stored yet, in input order.
-
-    A document counts as predicted when some prediction run with this ``run_id`` stored the same ``doc_id``
-    with the same text (a re-ingested document whose text changed is predicted again). Returns
-    :class:`ner_core.documents.Document` objects without gold entities.
-    """
-    from ner_core.documents import Document
-
-    for what, value in (("dataset", dataset), ("run_id", run_id)):
-        if not isinstance(value, str) or not value:
-            raise ValueError(f"expected a non-empty {what} name, got {value!r}")
-    if split is not None and (not isinstance(split, str) or not split):
-        raise ValueError(f"expected a split name or None, got {split!r}")
-    with open_db(db_path, read_only=True) as con:
-        row = con.execute("SELECT max(version) FROM datasets WHERE name = ?", [dataset]).fetchone()
-        if row is None or row[0] is None:
-            raise ValueError(f"no dataset {dataset!r} in {db_path}: ingest it first (ner ingest --name {dataset})")
-        only_split = " AND d.split = ?" if split is not None else ""
-        params: list[Any] = [dataset, row[0], *([split] if split is not None else []), run_id]
-        rows = con.execute(
-            "SELECT d.doc_id, d.text, d.split, d.source, d.line FROM documents d "
-            f"WHERE d.dataset = ? AND d.version = ?{only_split} AND NOT EXISTS ("
-            "  SELECT 1 FROM predicted_documents p JOIN prediction_runs r USING (pred_run_id) "
-            "  WHERE r.run_id = ? AND p.doc_id = d.doc_id AND p.text = d.text) "
-            "ORDER BY d.ord", params).fetchall()
-    return [Document.model_construct(doc_id=i, text=t, entities=[], split=sp, source=src, line=ln)
-            for i, t, sp, src, ln in rows]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from flows import cli
+from app import cli
 from tests.conftest import REPO, SAMPLE
 
 SEED_TRAIN_FLAGS = ("train_data", "dev_data", "save_path", "albert", "bert_config", "bert_checkpoint", "bert_vocab",
@@ -171,7 +171,7 @@ def test_prefect_status_and_down_when_nothing_runs(capsys, tmp_path, monkeypatch
 
 
 def test_console_entry_point_runs_as_a_process(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "runs", "--db", str(tmp_path / "empty.duckdb")],
+    r = subprocess.run([sys.executable, "-m", "app.cli", "runs", "--db", str(tmp_path / "empty.duckdb")],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "empty.duckdb does not exist" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -132,7 +132,8 @@ def test_plain_dask_client_equals_single_process(trained):
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
 def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
     from flows.steps import ingest_step
-    from storage.runs import promote_run, unpredicted_documents
+    from storage.predictions import unpredicted_documents
+    from storage.runs import promote_run
 
     db, tr = trained["db"], trained["train"]
     promote_run(db, tr["run_id"])
@@ -169,7 +170,7 @@ def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
 def test_unpredicted_documents_checks_inputs(trained):
-    from storage.runs import unpredicted_documents
+    from storage.predictions import unpredicted_documents
 
     with pytest.raises(ValueError, match="no dataset 'nope'"):
         unpredicted_documents(trained["db"], "nope", "run")

@@ -13,7 +13,6 @@ from ner_core import schemes
 from ner_core.config import EncoderConfig, NERConfig, TrainingConfig
 from ner_core.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
 from ner_core.model import NERModel
-
 from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
 
 

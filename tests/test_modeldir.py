@@ -13,7 +13,6 @@ from ner_core.config import NERConfig
 from ner_core.encoder import load_encoder, make_tiny_encoder
 from ner_core.model import NERModel
 from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
-
 from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
 
 

@@ -31,7 +31,7 @@ def tiny_config(encoder_dir: Path, **training):
 
 @pytest.fixture(scope="module")
 def pipeline_db(tmp_path_factory, tiny_encoder_dir):
-    from flows import pipeline, steps
+    from flows import steps
 
     tmp = tmp_path_factory.mktemp("pipe")
     db = str(tmp / "ner.duckdb")
@@ -149,7 +149,7 @@ def test_prefect_pipeline_flow_real_run(tmp_path, tiny_encoder_dir):
 
 
 def test_cli_bad_input_gives_one_clear_line(tmp_path):
-    ner = [sys.executable, "-m", "flows.cli"]
+    ner = [sys.executable, "-m", "app.cli"]
     r = subprocess.run([*ner, "train", "--head", "transformer"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "invalid choice: 'transformer'" in r.stderr
     r = subprocess.run([*ner, "ingest", "--name", "x", "--train", str(tmp_path / "missing.jsonl"), "--no-prefect",

@@ -167,7 +167,7 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     window (windows encoded one at a time), then the model's CRF on the whole text."""
     import numpy as np
 
-    from ner_core.data import collate, EncodedChunk, sliding_windows
+    from ner_core.batching import EncodedChunk, collate, sliding_windows
     from ner_core.predict import Tagger
 
     text = long_text[:300]
@@ -307,7 +307,7 @@ def test_rerun_replaces_rows_never_duplicates(tmp_path, model_dir):
 
 def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model_dir, monkeypatch):
     from flows import steps
-    from storage import runs as runs_db
+    from storage import predictions as predictions_db
 
     docs = _docs(7)
     ref_db = str(tmp_path / "ref.duckdb")
@@ -315,7 +315,7 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
                              progress=False)
 
     db = str(tmp_path / "p.duckdb")
-    real_write = runs_db.write_predictions
+    real_write = predictions_db.write_predictions
     calls = []
 
     def write_then_fail(*args, **kwargs):
@@ -324,12 +324,12 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
         calls.append(1)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(runs_db, "write_predictions", write_then_fail)
+    monkeypatch.setattr(predictions_db, "write_predictions", write_then_fail)
     with pytest.raises(RuntimeError, match="simulated crash"):
         steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
                            progress=False)
-    monkeypatch.setattr(runs_db, "write_predictions", real_write)
-    row = runs_db.get_prediction_run(db, ref["pred_run_id"])
+    monkeypatch.setattr(predictions_db, "write_predictions", real_write)
+    row = predictions_db.get_prediction_run(db, ref["pred_run_id"])
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
@@ -346,7 +346,7 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     assert tagged == [d.text for d in docs[3:]]  # only what was missing
     assert out["n_documents"] == 7 and out["n_entities"] == ref["n_entities"]
     assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(ref_db, ref["pred_run_id"])
-    assert runs_db.get_prediction_run(db, out["pred_run_id"])["status"] == "completed"
+    assert predictions_db.get_prediction_run(db, out["pred_run_id"])["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -361,7 +361,8 @@ def test_killed_process_resumes(tmp_path, model_dir):
 import json, os
 from ner_core.documents import Document
 from flows import steps
-from storage import runs
+from storage import predictions as predictions_db
+from storage import query as query_db
 real = runs.write_predictions
 def write_then_die(*a, **k):
     real(*a, **k)
@@ -384,12 +385,12 @@ steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_r
 
 def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir):
     from flows import steps
-    from storage import runs as runs_db
+    from storage import predictions as predictions_db
 
     docs = _docs(4)
     db = str(tmp_path / "p.duckdb")
     first = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
-    runs_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
     again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", max_len=32,
                                progress=False)
     assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
@@ -398,12 +399,12 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
 def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir):
     """Runs stored by the per-window merge (no "merge" in their config) tagged differently: never mix."""
     from flows import steps
-    from storage import runs as runs_db
+    from storage import predictions as predictions_db
 
     docs = _docs(4)
     db = str(tmp_path / "p.duckdb")
     first = steps.predict_step(db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False)
-    runs_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
     con = duckdb.connect(db)
     cfg = json.loads(con.execute("SELECT config FROM prediction_runs WHERE pred_run_id = ?",
                                  [first["pred_run_id"]]).fetchone()[0])
@@ -442,27 +443,28 @@ def test_sql_input_runs_read_only(tmp_path, model_dir):
 
 def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_dir, other_model_dir):
     from flows import steps
-    from storage import runs as runs_db
+    from storage import predictions as predictions_db
+    from storage import query as query_db
 
     db, docs = str(tmp_path / "p.duckdb"), _docs(4)
     a = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="x", progress=False)
     b = steps.predict_step(db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False)
     ea = {r[:4] for r in _entity_rows(db, a["pred_run_id"]) if r[0] in {d.doc_id for d in docs[:3]}}
     eb = {r[:4] for r in _entity_rows(db, b["pred_run_id"])}
-    rows = runs_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
+    rows = predictions_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
     only_a = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_a"}
     only_b = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_b"}
     assert only_a == ea - eb and only_b == eb - ea and (only_a or only_b)
-    assert runs_db.prediction_disagreements(db, a["pred_run_id"], a["pred_run_id"]) == []
-    ctx = runs_db.query(db, "SELECT * FROM document_entities(?, ?)", [a["pred_run_id"], "d00"])
+    assert predictions_db.prediction_disagreements(db, a["pred_run_id"], a["pred_run_id"]) == []
+    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", [a["pred_run_id"], "d00"])
     text = docs[0].text
     for r in ctx:
         assert text[r["start"] : r["end"]] == r["text"]
         assert text[: r["start"]].endswith(r["left_context"]) and text[r["end"] :].startswith(r["right_context"])
-    top = runs_db.query(db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?",
+    top = query_db.query(db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?",
                         [a["pred_run_id"]])
     assert top[0]["n"] == a["n_entities"]
-    summary = runs_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[0]
+    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[0]
     assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b["n_entities"]
 
 
@@ -517,7 +519,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
 
 
 def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, model_dir, capsys):
-    from flows import cli
+    from app import cli
 
     db = str(tmp_path / "cli.duckdb")
     argv = ["predict", "--no-prefect", "--db", db, "--model-dir", str(model_dir), RAW[0],

@@ -79,7 +79,7 @@ def test_pull_step_sets_the_working_directory_without_git(spec):
 
 
 def test_down_without_up_does_nothing_and_api_wait_times_out(tmp_path, monkeypatch):
-    from flows import deploy
+    from app import prefect_local as deploy
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     assert deploy.prefect_down() == [] and deploy.status() is None
@@ -97,7 +97,7 @@ def _in_prefect(code: str, env: dict, timeout: float = 400) -> subprocess.Comple
 
 @pytest.mark.slow  # a real server, a worker and a flow-run subprocess: about a minute on 2 cores
 def test_up_deploy_run_and_down_on_loopback(tmp_path, monkeypatch):
-    from flows import deploy
+    from app import prefect_local as deploy
 
     home = tmp_path / "prefect-home"
     home.mkdir()

@@ -28,9 +28,10 @@ def test_m3e_bilstm_crf_learns_resume_ner(tmp_path):
     import torch
 
     from ner_core.config import NERConfig
+    from ner_core.evaluation import evaluate_model
     from ner_core.formats import read_file
     from ner_core.modeldir import load_model_dir
-    from ner_core.training import evaluate_model, train
+    from ner_core.training import train
 
     train_docs = read_file(RESUME / "train.char.bmes").documents[:800]
     dev_docs = read_file(RESUME / "dev.char.bmes").documents[:100]

@@ -35,7 +35,7 @@ def service(model_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "flows.serve", "serve", "--model-dir", str(model_dir), "--port", str(port),
+    cmd = [sys.executable, "-m", "app.serve", "serve", "--model-dir", str(model_dir), "--port", str(port),
            "--max-texts", "4", "--max-chars", "3000", "--max-total-chars", "5000", "--max-len", "32"]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -144,7 +144,7 @@ class _BlockingTagger:
 def test_batcher_tags_waiting_requests_together_within_the_limits():
     import threading
 
-    from flows.serve import RequestBatcher
+    from app.serve import RequestBatcher
 
     tagger = _BlockingTagger()
     batcher = RequestBatcher(tagger, max_texts=4, max_chars=10)
@@ -217,7 +217,7 @@ def test_oversized_and_non_json_bodies_do_not_crash_the_service(service):
 
 def test_query_command_prints_entities(service):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "flows.serve", "query", TEXTS[0], "--url", service["url"], "--json"],
+    r = subprocess.run([sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"], "--json"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     import json
@@ -225,7 +225,7 @@ def test_query_command_prints_entities(service):
     body = json.loads(r.stdout)
     direct = httpx.post(f"{service['url']}/predict", json={"texts": [TEXTS[0]]}).json()
     assert body["results"] == direct["results"]  # same single-text request: identical answer
-    r = subprocess.run([sys.executable, "-m", "flows.serve", "query", TEXTS[0], "--url", service["url"]],
+    r = subprocess.run([sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"]],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     n = len(direct["results"][0]["entities"])
     assert r.returncode == 0 and f"({n} entities)" in r.stdout
@@ -234,16 +234,16 @@ def test_query_command_prints_entities(service):
 
 
 def test_query_without_service_is_one_clear_line():
-    from flows import serve
-
     import argparse
+
+    from app import serve
 
     args = argparse.Namespace(texts=["张三"], url=f"http://127.0.0.1:{_free_port()}", json=False, timeout=5.0)
     assert serve.cmd_query(args) == 2
 
 
 def test_resolve_model_from_runs_table(tmp_path, model_dir):
-    from flows.serve import resolve_model
+    from app.serve import resolve_model
     from storage import runs as runs_db
 
     db = str(tmp_path / "r.duckdb")
@@ -265,7 +265,7 @@ def test_resolve_model_from_runs_table(tmp_path, model_dir):
 def test_commands_parse_and_alias():
     import argparse
 
-    from flows.serve import add_commands, cmd_query, cmd_serve
+    from app.serve import add_commands, cmd_query, cmd_serve
 
     p = argparse.ArgumentParser()
     add_commands(p.add_subparsers(dest="command"))
@@ -276,9 +276,9 @@ def test_commands_parse_and_alias():
 
 
 def test_cli_wiring():
-    """Once the lead wires add_commands into flows.cli, `ner serve --help` lists the flags."""
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "--help"], cwd=REPO, capture_output=True,
+    """Once the lead wires add_commands into app.cli, `ner serve --help` lists the flags."""
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     if r.returncode != 0 and "invalid choice" in r.stderr:
-        pytest.skip("flows.cli does not wire flows.serve.add_commands yet")
+        pytest.skip("app.cli does not wire app.serve.add_commands yet")
     assert r.returncode == 0 and "--max-texts" in r.stdout and "--model-dir" in r.stdout

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ner_core.data import chunk_entities, sliding_windows, training_chunks
+from ner_core.batching import chunk_entities, sliding_windows, training_chunks
 from ner_core.documents import Document, Entity
-from ner_core.schemes import validate_tags, spans_to_tags
+from ner_core.schemes import spans_to_tags, validate_tags
 from tests.conftest import REPO, SAMPLE
 
 
@@ -108,7 +108,7 @@ def test_time_budget_stops_training(tiny_encoder_dir, tmp_path):
 
 def _ner(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, text=True,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 

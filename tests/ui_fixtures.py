@@ -29,7 +29,7 @@ PAGES = {
 
 def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
     """ingest -> (train -> evaluate -> predict) x ``n_runs`` on the sample corpus with a tiny encoder."""
-    from flows import pipeline, steps
+    from flows import steps
     from ner_core.config import NERConfig
     from ner_core.encoder import make_tiny_encoder
 

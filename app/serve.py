@@ -20,7 +20,7 @@ a lone request is never delayed.
 
 ``ner query "text" ...`` calls the service and prints the entities (the seed's query.py).
 
-The ``ner`` CLI wires these in with ``add_commands(subparsers)``; ``python -m flows.serve serve ...`` works
+The ``ner`` CLI wires these in with ``add_commands(subparsers)``; ``python -m app.serve serve ...`` works
 on its own as well.
 """
 
@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 

@@ -365,7 +365,7 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
 
 
 def _print_pipeline_summary(db: str, out: dict) -> None:
-    from storage import runs as runs_db
+    from storage import query as query_db
 
     ev, pr, tr = out["evaluate"], out["predict"], out["train"]
     print()
@@ -378,7 +378,7 @@ def _print_pipeline_summary(db: str, out: dict) -> None:
     sql = ("SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
            "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC")
     print(f"\nSQL> {sql.replace('?', repr(pr['pred_run_id']))};")
-    for row in runs_db.query(db, sql, [pr["pred_run_id"]]):
+    for row in query_db.query(db, sql, [pr["pred_run_id"]]):
         examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
         print(f"  {row['label']:<6} {row['n']:>5}  {examples}")
     print(f"\nOpen the dashboard:  ner ui --db {db}    (or: make ui)")
@@ -427,7 +427,7 @@ def cmd_ui(args) -> int:
 
 
 def cmd_prefect(args) -> int:
-    from flows import deploy
+    from app import prefect_local as deploy
 
     if args.action == "up":
         state = deploy.prefect_up(db=args.db, port=args.port or None, pool=args.pool, worker=not args.no_worker)
@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_prefect)
 
     try:  # `serve` (alias `deploy`) and `query` live with the prediction service
-        from flows import serve
+        from app import serve
     except ImportError:
         serve = None
     if serve is not None and hasattr(serve, "add_commands"):
