@@ -27,12 +27,30 @@ DEFAULT_DB = "ner.duckdb"
 
 # Config fields exposed as flags on `train`/`pipeline`: flag -> dotted key. Seed names first.
 _SECTIONS_PLAIN = ("data", "head", "crf", "training")
-_RENAMED = {"encoder.name": "encoder", "encoder.freeze": "freeze_encoder",
-            "encoder.dropout_rate": "encoder_dropout_rate", "head.type": "head"}
+_RENAMED = {
+    "encoder.name": "encoder",
+    "encoder.freeze": "freeze_encoder",
+    "encoder.dropout_rate": "encoder_dropout_rate",
+    "head.type": "head",
+}
 # keras-bert-ner's flags that map one-to-one onto a config field also work with one dash (-max_epochs 3)
-SEED_FLAGS = ("max_epochs", "hard_epochs", "batch_size", "max_len", "learning_rate", "early_stop_patience",
-              "reduce_lr_patience", "reduce_lr_factor", "rnn_units", "rnn_num_hidden_layers", "cnn_filters",
-              "cnn_kernel_size", "cnn_blocks", "dropout_rate", "best_fit")
+SEED_FLAGS = (
+    "max_epochs",
+    "hard_epochs",
+    "batch_size",
+    "max_len",
+    "learning_rate",
+    "early_stop_patience",
+    "reduce_lr_patience",
+    "reduce_lr_factor",
+    "rnn_units",
+    "rnn_num_hidden_layers",
+    "cnn_filters",
+    "cnn_kernel_size",
+    "cnn_blocks",
+    "dropout_rate",
+    "best_fit",
+)
 
 
 class CLIError(ValueError):
@@ -89,27 +107,61 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             kwargs["type"] = _scalar_type(ann, default)
         if not kwargs.get("action") and "choices" not in kwargs:
             kwargs["metavar"] = name.upper()
-        names = [f"--{flag}", *([f"--{flag.replace('_', '-')}"] if "_" in flag else []),
-                 *([f"-{flag}"] if flag in SEED_FLAGS else [])]
+        names = [
+            f"--{flag}",
+            *([f"--{flag.replace('_', '-')}"] if "_" in flag else []),
+            *([f"-{flag}"] if flag in SEED_FLAGS else []),
+        ]
         g.add_argument(*names, help=f"{helptext} (default: {default})".strip(), **kwargs)
-    g.add_argument("--model_type", "-model_type", choices=["rnn", "cnn"],
-                   help="seed name: rnn (with --cell_type) or cnn (idcnn)")
-    g.add_argument("--cell_type", "-cell_type", choices=["lstm", "gru"],
-                   help="seed name: lstm -> bilstm, gru -> bigru")
+    g.add_argument(
+        "--model_type",
+        "-model_type",
+        choices=["rnn", "cnn"],
+        help="seed name: rnn (with --cell_type) or cnn (idcnn)",
+    )
+    g.add_argument(
+        "--cell_type", "-cell_type", choices=["lstm", "gru"], help="seed name: lstm -> bilstm, gru -> bigru"
+    )
     s = p.add_argument_group("seed (keras-bert-ner) flags mapped onto the options above")
-    s.add_argument("--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none")
-    s.add_argument("--device_map", "-device_map", metavar="DEVICE",
-                   help="seed device: cpu, a GPU number (0 -> cuda:0), cuda or cuda:N; sets --device")
-    s.add_argument("--bert_config", "-bert_config", metavar="FILE",
-                   help="seed: the encoder's config.json; its folder becomes --encoder")
-    s.add_argument("--bert_checkpoint", "-bert_checkpoint", metavar="PATH",
-                   help="seed: the encoder's weights (file or folder); its folder becomes --encoder")
-    s.add_argument("--bert_vocab", "-bert_vocab", metavar="FILE",
-                   help="seed: the encoder's vocab.txt; its folder becomes --encoder")
-    s.add_argument("--albert", "-albert", action="store_true",
-                   help="seed: the encoder is ALBERT; accepted, the architecture is read from its config.json")
-    s.add_argument("--tag_padding", "-tag_padding", metavar="TAG",
-                   help="seed: padding tag; accepted and unused, padding is masked so no tag is needed")
+    s.add_argument(
+        "--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none"
+    )
+    s.add_argument(
+        "--device_map",
+        "-device_map",
+        metavar="DEVICE",
+        help="seed device: cpu, a GPU number (0 -> cuda:0), cuda or cuda:N; sets --device",
+    )
+    s.add_argument(
+        "--bert_config",
+        "-bert_config",
+        metavar="FILE",
+        help="seed: the encoder's config.json; its folder becomes --encoder",
+    )
+    s.add_argument(
+        "--bert_checkpoint",
+        "-bert_checkpoint",
+        metavar="PATH",
+        help="seed: the encoder's weights (file or folder); its folder becomes --encoder",
+    )
+    s.add_argument(
+        "--bert_vocab",
+        "-bert_vocab",
+        metavar="FILE",
+        help="seed: the encoder's vocab.txt; its folder becomes --encoder",
+    )
+    s.add_argument(
+        "--albert",
+        "-albert",
+        action="store_true",
+        help="seed: the encoder is ALBERT; accepted, the architecture is read from its config.json",
+    )
+    s.add_argument(
+        "--tag_padding",
+        "-tag_padding",
+        metavar="TAG",
+        help="seed: padding tag; accepted and unused, padding is masked so no tag is needed",
+    )
 
 
 def _scalar_type(ann: Any, default: Any):
@@ -134,15 +186,25 @@ def build_config(args: argparse.Namespace) -> NERConfig:
         overrides["head.type"] = "none"
     if getattr(args, "device_map", None):
         overrides["training.device"] = _device_from_seed(args.device_map)
-    folders = {str(Path(f).resolve().parent if Path(f).is_file() or f.endswith((".json", ".txt")) else
-                   Path(f).resolve())
-               for f in (getattr(args, k, None) for k in ("bert_config", "bert_checkpoint", "bert_vocab")) if f}
+    folders = {
+        str(
+            Path(f).resolve().parent
+            if Path(f).is_file() or f.endswith((".json", ".txt"))
+            else Path(f).resolve()
+        )
+        for f in (getattr(args, k, None) for k in ("bert_config", "bert_checkpoint", "bert_vocab"))
+        if f
+    }
     if folders:
         if len(folders) > 1:
-            raise CLIError(f"--bert_config/--bert_checkpoint/--bert_vocab must lie in one encoder folder, got "
-                           f"{sorted(folders)}")
+            raise CLIError(
+                f"--bert_config/--bert_checkpoint/--bert_vocab must lie in one encoder folder, got "
+                f"{sorted(folders)}"
+            )
         if getattr(args, "cfg__encoder__name", None):
-            raise CLIError("give the encoder either with --encoder or with the seed's --bert_* flags, not both")
+            raise CLIError(
+                "give the encoder either with --encoder or with the seed's --bert_* flags, not both"
+            )
         overrides["encoder.name"] = folders.pop()
     if getattr(args, "tag_padding", None):
         print("note: --tag_padding is not needed (padding is masked) and is ignored", file=sys.stderr)
@@ -180,8 +242,10 @@ def check_encoder(name: str) -> None:
         except Exception:  # an invalid repo id, for instance
             cached = None
         if not isinstance(cached, str):
-            raise ValueError(f"unknown encoder {name!r}: not a packaged short name (m3e-small), not a folder, "
-                             "and not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)")
+            raise ValueError(
+                f"unknown encoder {name!r}: not a packaged short name (m3e-small), not a folder, "
+                "and not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)"
+            )
 
 
 def _prefect_env() -> None:
@@ -207,19 +271,26 @@ def cmd_ingest(args) -> int:
     from flows import steps
 
     if args.train or args.dev or args.test:
-        files: dict[str, str] | list[str] = {k: v for k, v in (("train", args.train), ("dev", args.dev),
-                                                               ("test", args.test)) if v}
+        files: dict[str, str] | list[str] = {
+            k: v for k, v in (("train", args.train), ("dev", args.dev), ("test", args.test)) if v
+        }
     elif args.files:
         files = list(args.files)
     else:
         raise ValueError("give --train/--dev/--test files or FILES with --split-ratios")
-    for f in (files.values() if isinstance(files, dict) else files):
+    for f in files.values() if isinstance(files, dict) else files:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
     if args.no_prefect or args.split_ratios:
-        out = steps.ingest_step(args.db, args.name, files, format=args.format, policy=args.policy,
-                                untyped_label=args.untyped_label,
-                                split_ratios=tuple(args.split_ratios) if args.split_ratios else None)
+        out = steps.ingest_step(
+            args.db,
+            args.name,
+            files,
+            format=args.format,
+            policy=args.policy,
+            untyped_label=args.untyped_label,
+            split_ratios=tuple(args.split_ratios) if args.split_ratios else None,
+        )
     else:
         from flows.pipeline import ingest_flow
 
@@ -233,7 +304,9 @@ def cmd_train(args) -> int:
 
     config = build_config(args)
     check_encoder(config.encoder.name)
-    files = {k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v}
+    files = {
+        k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v
+    }
     if files:
         if set(files) < {"train", "dev"}:
             raise CLIError("--train_data needs --dev_data too (early stopping scores on dev)")
@@ -242,12 +315,24 @@ def cmd_train(args) -> int:
                 raise FileNotFoundError(f"{f}: no such file")
         if args.resume:
             raise CLIError("--resume continues a stored run; it cannot take new --train_data")
-        ingest = _run(args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset,
-                      files=files)
+        ingest = _run(
+            args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
+        )
         print(f"ingested {config.data.dataset} v{ingest['version']}", file=sys.stderr)
-    out = _run(args, "train_flow", steps.train_step if args.no_prefect else None,
-               **({"db_path": args.db, "config": config, "runs_root": args.runs_root, "run_id": args.resume,
-                   "resume": bool(args.resume)}))
+    out = _run(
+        args,
+        "train_flow",
+        steps.train_step if args.no_prefect else None,
+        **(
+            {
+                "db_path": args.db,
+                "config": config,
+                "runs_root": args.runs_root,
+                "run_id": args.resume,
+                "resume": bool(args.resume),
+            }
+        ),
+    )
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
 
@@ -258,9 +343,17 @@ def cmd_test(args) -> int:
     model_dir, run_id = _resolve_model(args)
     if args.file and not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file}: no such file")
-    out = _run(args, "evaluate_flow", steps.evaluate_step, db_path=args.db, model_dir=model_dir,
-               dataset=None if args.file else args.dataset, split=None if args.file else args.split,
-               run_id=run_id, **({"file": args.file} if args.file else {}))
+    out = _run(
+        args,
+        "evaluate_flow",
+        steps.evaluate_step,
+        db_path=args.db,
+        model_dir=model_dir,
+        dataset=None if args.file else args.dataset,
+        split=None if args.file else args.split,
+        run_id=run_id,
+        **({"file": args.file} if args.file else {}),
+    )
     if args.no_prefect:
         print(out.pop("markdown"))
         out.pop("per_type")
@@ -272,13 +365,25 @@ def cmd_predict(args) -> int:
     from flows import pipeline, steps
 
     model_dir, run_id = _resolve_model(args)
-    source = ({"files": args.files, "text_per_file": not args.lines} if args.files
-              else {"dataset": args.dataset, "split": args.split})
+    source = (
+        {"files": args.files, "text_per_file": not args.lines}
+        if args.files
+        else {"dataset": args.dataset, "split": args.split}
+    )
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
-    settings = {k: v for k, v in {"max_len": args.window, "stride": args.stride, "batch_size": args.batch_size,
-                                  "num_threads": args.threads, "quantize": args.quantize}.items() if v is not None}
+    settings = {
+        k: v
+        for k, v in {
+            "max_len": args.window,
+            "stride": args.stride,
+            "batch_size": args.batch_size,
+            "num_threads": args.threads,
+            "quantize": args.quantize,
+        }.items()
+        if v is not None
+    }
     if args.device is not None:
         settings["device"] = args.device
     if args.only_new and (args.files or not run_id):
@@ -292,24 +397,45 @@ def cmd_predict(args) -> int:
             if args.only_new:
                 raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
             docs, kind, ref = steps.load_prediction_input(args.db, source)
-            out = dask_predict.predict_sharded(args.db, model_dir, docs, input_kind=kind, input_ref=ref,
-                                               run_id=run_id, n_shards=args.shards, address=args.scheduler,
-                                               n_workers=args.workers, settings=settings)
+            out = dask_predict.predict_sharded(
+                args.db,
+                model_dir,
+                docs,
+                input_kind=kind,
+                input_ref=ref,
+                run_id=run_id,
+                n_shards=args.shards,
+                address=args.scheduler,
+                n_workers=args.workers,
+                settings=settings,
+            )
         else:
-            out = dask_predict.run_dask_predict(args.db, source, model_dir, run_id, n_shards=args.shards,
-                                                address=args.scheduler, n_workers=args.workers,
-                                                only_new=args.only_new, settings=settings)
+            out = dask_predict.run_dask_predict(
+                args.db,
+                source,
+                model_dir,
+                run_id,
+                n_shards=args.shards,
+                address=args.scheduler,
+                n_workers=args.workers,
+                only_new=args.only_new,
+                settings=settings,
+            )
     elif args.only_new:
         task = pipeline.predict_new_task.fn if args.no_prefect else pipeline.predict_new_task
         if args.no_prefect or args.model_dir or args.run:
-            out = task(args.db, model_dir, run_id, args.dataset, args.split, settings) if args.no_prefect else \
-                _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split, settings)
+            out = (
+                task(args.db, model_dir, run_id, args.dataset, args.split, settings)
+                if args.no_prefect
+                else _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split, settings)
+            )
         else:
             out = pipeline.predict_new_flow(args.db, args.dataset, args.split, settings)
     elif args.no_prefect:
         docs, kind, ref = steps.load_prediction_input(args.db, source)
-        out = steps.predict_step(args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id,
-                                 **settings)
+        out = steps.predict_step(
+            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **settings
+        )
     else:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id, settings)
     print(json.dumps(out, ensure_ascii=False, indent=2))
@@ -332,7 +458,9 @@ def _resolve_model(args) -> tuple[str, str | None]:
         return args.model_dir, None
     run = runs_db.get_run(args.db, args.run) if args.run else runs_db.production_run(args.db)
     if run is None:
-        raise ValueError("no model given: pass --model-dir or --run, or promote a run with `ner promote RUN_ID`")
+        raise ValueError(
+            "no model given: pass --model-dir or --run, or promote a run with `ner promote RUN_ID`"
+        )
     if not run.get("model_dir"):
         raise ValueError(f"run {run['run_id']} has no model directory (status {run['status']})")
     return run["model_dir"], run["run_id"]
@@ -355,8 +483,9 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
         trained = steps.train_step(args.db, config, args.runs_root)
         evaluation = steps.evaluate_step(args.db, trained["model_dir"], ds, "test", run_id=trained["run_id"])
         docs, kind, ref = steps.load_prediction_input(args.db, {"files": predict_files})
-        predicted = steps.predict_step(args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref,
-                                       run_id=trained["run_id"])
+        predicted = steps.predict_step(
+            args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=trained["run_id"]
+        )
         out = {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}
     else:
         out = pipeline.pipeline_flow(args.db, config, train, dev, test, predict_files, args.runs_root)
@@ -369,14 +498,22 @@ def _print_pipeline_summary(db: str, out: dict) -> None:
 
     ev, pr, tr = out["evaluate"], out["predict"], out["train"]
     print()
-    print(f"run {tr['run_id']}: best epoch {tr['best_epoch']} ({tr['stopped_reason']}), "
-          f"{tr['seconds']} s, model in {tr['model_dir']}")
-    print(f"test: entity F1 {ev['f1'] * 100:.2f}  (P {ev['precision'] * 100:.2f}, R {ev['recall'] * 100:.2f}), "
-          f"char accuracy {ev['char_accuracy'] * 100:.2f}, sentence accuracy {ev['sentence_accuracy'] * 100:.2f}")
-    print(f"predicted {pr['n_entities']} entities in {pr['n_documents']} documents "
-          f"({pr['n_chars']} characters) -> {db}, prediction run {pr['pred_run_id']}")
-    sql = ("SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
-           "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC")
+    print(
+        f"run {tr['run_id']}: best epoch {tr['best_epoch']} ({tr['stopped_reason']}), "
+        f"{tr['seconds']} s, model in {tr['model_dir']}"
+    )
+    print(
+        f"test: entity F1 {ev['f1'] * 100:.2f}  (P {ev['precision'] * 100:.2f}, R {ev['recall'] * 100:.2f}), "
+        f"char accuracy {ev['char_accuracy'] * 100:.2f}, sentence accuracy {ev['sentence_accuracy'] * 100:.2f}"
+    )
+    print(
+        f"predicted {pr['n_entities']} entities in {pr['n_documents']} documents "
+        f"({pr['n_chars']} characters) -> {db}, prediction run {pr['pred_run_id']}"
+    )
+    sql = (
+        "SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
+        "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC"
+    )
     print(f"\nSQL> {sql.replace('?', repr(pr['pred_run_id']))};")
     for row in query_db.query(db, sql, [pr["pred_run_id"]]):
         examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
@@ -390,10 +527,14 @@ def cmd_demo(args) -> int:
     args.runs_root = str(Path(args.out) / "runs")
     config = build_config(args)
     raw = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
-    print("Demo: sample corpus -> DuckDB -> train (m3e-small encoder: research / non-commercial use only) "
-          "-> evaluate -> predict", flush=True)
-    return _pipeline(args, config, str(SAMPLE / "train.jsonl"), str(SAMPLE / "dev.jsonl"),
-                     str(SAMPLE / "test.jsonl"), raw)
+    print(
+        "Demo: sample corpus -> DuckDB -> train (m3e-small encoder: research / non-commercial use only) "
+        "-> evaluate -> predict",
+        flush=True,
+    )
+    return _pipeline(
+        args, config, str(SAMPLE / "train.jsonl"), str(SAMPLE / "dev.jsonl"), str(SAMPLE / "test.jsonl"), raw
+    )
 
 
 def cmd_runs(args) -> int:
@@ -405,8 +546,10 @@ def cmd_runs(args) -> int:
     for r in rows:
         f1 = f"{r['best_dev_f1'] * 100:.2f}" if r["best_dev_f1"] is not None else "-"
         star = " [production]" if r["is_production"] else ""
-        print(f"{r['run_id']}  {r['status']:<9} {r['dataset']:<10} {r['head']:<6} {r['encoder']:<12} "
-              f"epochs {r['n_epochs']:<3} dev F1 {f1}{star}")
+        print(
+            f"{r['run_id']}  {r['status']:<9} {r['dataset']:<10} {r['head']:<6} {r['encoder']:<12} "
+            f"epochs {r['n_epochs']:<3} dev F1 {f1}{star}"
+        )
     return 0
 
 
@@ -420,8 +563,21 @@ def cmd_promote(args) -> int:
 
 def cmd_ui(args) -> int:
     env = {**os.environ, "NER_DB": str(Path(args.db).resolve())}
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "ui" / "app.py"), "--server.address", args.host,
-           "--server.port", str(args.port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(ROOT / "ui" / "app.py"),
+        "--server.address",
+        args.host,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     print(f"dashboard on http://{args.host}:{args.port}  (database {args.db})", flush=True)
     return subprocess.call(cmd, env=env)
 
@@ -430,9 +586,13 @@ def cmd_prefect(args) -> int:
     from app import prefect_local as deploy
 
     if args.action == "up":
-        state = deploy.prefect_up(db=args.db, port=args.port or None, pool=args.pool, worker=not args.no_worker)
-        print(f"Prefect server {state['api_url']} (UI http://127.0.0.1:{state['port']}), worker on pool "
-              f"{state['pool']}, deployments registered, database {state['db']}")
+        state = deploy.prefect_up(
+            db=args.db, port=args.port or None, pool=args.pool, worker=not args.no_worker
+        )
+        print(
+            f"Prefect server {state['api_url']} (UI http://127.0.0.1:{state['port']}), worker on pool "
+            f"{state['pool']}, deployments registered, database {state['db']}"
+        )
         print(f"  export PREFECT_API_URL={state['api_url']}")
         print("  prefect deployment run predict-new/nightly-predict      # or wait for the schedule")
         print(f"  logs: {state['server_log']} {state['worker_log']}   stop: ner prefect down")
@@ -444,8 +604,10 @@ def cmd_prefect(args) -> int:
         if state is None:
             print("not running (start it with `ner prefect up`)")
         else:
-            print(f"server {state['api_url']} {'up' if state['server_alive'] else 'down'}, "
-                  f"worker {'up' if state['worker_alive'] else 'down'} (pool {state['pool']}), db {state['db']}")
+            print(
+                f"server {state['api_url']} {'up' if state['server_alive'] else 'down'}, "
+                f"worker {'up' if state['worker_alive'] else 'down'} (pool {state['pool']}), db {state['db']}"
+            )
     return 0
 
 
@@ -460,7 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp, db=True):
         if db:
-            sp.add_argument("--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)")
+            sp.add_argument(
+                "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
+            )
         sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
         return sp
 
@@ -469,24 +633,41 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--train"), sp.add_argument("--dev"), sp.add_argument("--test")
     sp.add_argument("files", nargs="*", help="files to split with --split-ratios")
     sp.add_argument("--split-ratios", nargs=3, type=float, metavar=("TRAIN", "DEV", "TEST"))
-    sp.add_argument("--format", help="override format detection (seed_json, seed_texts, conll, bmes, cluener, jsonl, text)")
+    sp.add_argument(
+        "--format",
+        help="override format detection (seed_json, seed_texts, conll, bmes, cluener, jsonl, text)",
+    )
     sp.add_argument("--policy", choices=["repair", "strict"], default="repair")
-    sp.add_argument("--untyped-label", default="ENT", help="label for untyped B/I/O tags (default %(default)s)")
+    sp.add_argument(
+        "--untyped-label", default="ENT", help="label for untyped B/I/O tags (default %(default)s)"
+    )
     sp.set_defaults(func=cmd_ingest)
 
     sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
-    sp.add_argument("--runs-root", "--save_path", "-save_path", default="runs",
-                    help="where run directories go (seed: save_path; default %(default)s)")
-    sp.add_argument("--train_data", "-train_data", "--train-data", metavar="FILE",
-                    help="ingest this file as the train split of --dataset first (any supported format)")
+    sp.add_argument(
+        "--runs-root",
+        "--save_path",
+        "-save_path",
+        default="runs",
+        help="where run directories go (seed: save_path; default %(default)s)",
+    )
+    sp.add_argument(
+        "--train_data",
+        "-train_data",
+        "--train-data",
+        metavar="FILE",
+        help="ingest this file as the train split of --dataset first (any supported format)",
+    )
     sp.add_argument("--dev_data", "-dev_data", "--dev-data", metavar="FILE", help="... and this as dev")
     sp.add_argument("--test_data", "-test_data", "--test-data", metavar="FILE", help="... and this as test")
     sp.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
     _add_config_args(sp)
     sp.set_defaults(func=cmd_train)
 
-    for name, func, helptext in (("test", cmd_test, "evaluate a model on a dataset split"),
-                                 ("predict", cmd_predict, "tag texts and store the entities in DuckDB")):
+    for name, func, helptext in (
+        ("test", cmd_test, "evaluate a model on a dataset split"),
+        ("predict", cmd_predict, "tag texts and store the entities in DuckDB"),
+    ):
         sp = common(sub.add_parser(name, help=helptext))
         sp.add_argument("--model-dir", help="model directory (default: the production run's)")
         sp.add_argument("--run", help="use this training run's model")
@@ -496,26 +677,51 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
         if name == "predict":
             sp.add_argument("files", nargs="*", help="input files (any supported format)")
-            sp.add_argument("--lines", action="store_true",
-                            help="plain-text files hold one document per line (default: one per file)")
-            sp.add_argument("--only-new", action="store_true",
-                            help="tag only the --dataset documents this run's model has not tagged yet")
-            sp.add_argument("--dask", action="store_true",
-                            help="shard the documents over Dask workers (a LocalCluster unless --scheduler)")
-            sp.add_argument("--scheduler", metavar="ADDRESS",
-                            help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)")
-            sp.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)")
+            sp.add_argument(
+                "--lines",
+                action="store_true",
+                help="plain-text files hold one document per line (default: one per file)",
+            )
+            sp.add_argument(
+                "--only-new",
+                action="store_true",
+                help="tag only the --dataset documents this run's model has not tagged yet",
+            )
+            sp.add_argument(
+                "--dask",
+                action="store_true",
+                help="shard the documents over Dask workers (a LocalCluster unless --scheduler)",
+            )
+            sp.add_argument(
+                "--scheduler",
+                metavar="ADDRESS",
+                help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)",
+            )
+            sp.add_argument(
+                "--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)"
+            )
             sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
             g = sp.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
-            g.add_argument("--window", type=_positive_int, metavar="CHARS",
-                           help="characters per window, 8-510 (default: the model's max_len)")
-            g.add_argument("--stride", type=_positive_int, metavar="CHARS",
-                           help="characters between window starts, <= --window (default: window - window // 8)")
+            g.add_argument(
+                "--window",
+                type=_positive_int,
+                metavar="CHARS",
+                help="characters per window, 8-510 (default: the model's max_len)",
+            )
+            g.add_argument(
+                "--stride",
+                type=_positive_int,
+                metavar="CHARS",
+                help="characters between window starts, <= --window (default: window - window // 8)",
+            )
             g.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default 32)")
             g.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
             g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
-            g.add_argument("--quantize", choices=["none", "int8"],
-                           help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)")
+            g.add_argument(
+                "--quantize",
+                choices=["none", "int8"],
+                help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
+            )
         sp.set_defaults(func=func)
 
     sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
@@ -527,7 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_pipeline)
 
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
-    sp.add_argument("--out", default="demo_out", help="folder for the DuckDB file and runs (default %(default)s)")
+    sp.add_argument(
+        "--out", default="demo_out", help="folder for the DuckDB file and runs (default %(default)s)"
+    )
     _add_config_args(sp)
     sp.set_defaults(func=cmd_demo, **{"cfg__training__max_epochs": 8})
 
@@ -542,8 +750,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("prefect", help="a local Prefect server + worker with the deployments (offline)")
     psub = sp.add_subparsers(dest="action", required=True, parser_class=_Parser)
     up = psub.add_parser("up", help="start a server on 127.0.0.1 and a worker; register prefect.yaml")
-    up.add_argument("--db", default=os.environ.get("NER_DB", DEFAULT_DB),
-                    help="DuckDB file the deployments use (default %(default)s)")
+    up.add_argument(
+        "--db",
+        default=os.environ.get("NER_DB", DEFAULT_DB),
+        help="DuckDB file the deployments use (default %(default)s)",
+    )
     up.add_argument("--port", type=int, default=4200, help="server port (default %(default)s; 0: a free one)")
     up.add_argument("--pool", default="ner-local", help="process work pool (default %(default)s)")
     up.add_argument("--no-worker", action="store_true", help="register only; start workers yourself")

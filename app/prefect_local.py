@@ -63,9 +63,18 @@ def wait_for_api(api_url: str, timeout_s: float = 120.0, proc: subprocess.Popen 
 
 
 def _env(api_url: str, db: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_API_URL": api_url, "NER_HOME": str(ROOT), "NER_DB": db,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "PREFECT_CLI_PROMPT": "false", **(extra or {})}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "NER_HOME": str(ROOT),
+        "NER_DB": db,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PREFECT_CLI_PROMPT": "false",
+        **(extra or {}),
+    }
     env.setdefault("PREFECT_HOME", str(prefect_home()))
     return env
 
@@ -81,13 +90,28 @@ def _check(cmd: list[str], env: dict[str, str], what: str, timeout_s: float = 30
 def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")  # noqa: SIM115  (the child keeps it)
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
-def prefect_up(*, db: str | Path = "ner.duckdb", host: str = "127.0.0.1", port: int | None = None,
-               pool: str = POOL, prefect_file: str | Path = ROOT / "prefect.yaml", worker: bool = True,
-               timeout_s: float = 180.0, extra_env: dict[str, str] | None = None) -> dict:
+def prefect_up(
+    *,
+    db: str | Path = "ner.duckdb",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    pool: str = POOL,
+    prefect_file: str | Path = ROOT / "prefect.yaml",
+    worker: bool = True,
+    timeout_s: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
     """Start a Prefect server on ``host:port`` (a free port when None) and a process worker on ``pool``,
     create the pool and register every deployment of ``prefect_file``. Returns the state that
     :func:`prefect_down` needs (also written to ``$PREFECT_HOME/ner-prefect-up.json``)."""
@@ -101,27 +125,45 @@ def prefect_up(*, db: str | Path = "ner.duckdb", host: str = "127.0.0.1", port: 
     if existing.exists():
         old = json.loads(existing.read_text(encoding="utf-8"))
         if any(_alive(p) for p in (old.get("server_pid"), old.get("worker_pid"))):
-            raise RuntimeError(f"a local Prefect is already up ({old['api_url']}); stop it with `ner prefect down`")
+            raise RuntimeError(
+                f"a local Prefect is already up ({old['api_url']}); stop it with `ner prefect down`"
+            )
     port = int(port or free_port(host))
     api_url = f"http://{host}:{port}/api"
     env = _env(api_url, str(Path(db).resolve()), extra_env)
     logs = prefect_home() / "logs"
-    state: dict = {"api_url": api_url, "port": port, "pool": pool, "db": env["NER_DB"],
-                   "server_log": str(logs / "server.log"), "worker_log": str(logs / "worker.log"),
-                   "server_pid": None, "worker_pid": None}
-    server = _spawn(_prefect_cmd("server", "start", "--host", host, "--port", str(port)), env, logs / "server.log")
+    state: dict = {
+        "api_url": api_url,
+        "port": port,
+        "pool": pool,
+        "db": env["NER_DB"],
+        "server_log": str(logs / "server.log"),
+        "worker_log": str(logs / "worker.log"),
+        "server_pid": None,
+        "worker_pid": None,
+    }
+    server = _spawn(
+        _prefect_cmd("server", "start", "--host", host, "--port", str(port)), env, logs / "server.log"
+    )
     state["server_pid"] = server.pid
     _write_state(state)
     try:
         wait_for_api(api_url, timeout_s, server)
-        _check(_prefect_cmd("work-pool", "create", pool, "--type", "process", "--overwrite"), env,
-               f"creating work pool {pool}")
-        out = _check(_prefect_cmd("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)), env,
-                     "prefect deploy --all")
+        _check(
+            _prefect_cmd("work-pool", "create", pool, "--type", "process", "--overwrite"),
+            env,
+            f"creating work pool {pool}",
+        )
+        out = _check(
+            _prefect_cmd("--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)),
+            env,
+            "prefect deploy --all",
+        )
         state["deploy_output_tail"] = out.strip().splitlines()[-3:]
         if worker:
-            w = _spawn(_prefect_cmd("worker", "start", "--pool", pool, "--type", "process"), env,
-                       logs / "worker.log")
+            w = _spawn(
+                _prefect_cmd("worker", "start", "--pool", pool, "--type", "process"), env, logs / "worker.log"
+            )
             state["worker_pid"] = w.pid
         _write_state(state)
     except BaseException:

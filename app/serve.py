@@ -161,10 +161,19 @@ class RequestBatcher:
 
 
 # ----------------------------------------------------------------------------------------- the app
-def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limits: ServeLimits | None = None,
-               max_len: int | None = None, stride: int | None = None, batch_size: int = 32,
-               device: str = "auto", num_threads: int | None = None, quantize: str | None = None,
-               batch_requests: bool = True):
+def create_app(
+    model_dir: str | os.PathLike,
+    *,
+    run_id: str | None = None,
+    limits: ServeLimits | None = None,
+    max_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    num_threads: int | None = None,
+    quantize: str | None = None,
+    batch_requests: bool = True,
+):
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once. ``batch_requests``:
     tag the texts of concurrent requests together (:class:`RequestBatcher`)."""
     from fastapi import FastAPI, HTTPException, Request
@@ -178,11 +187,19 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
     if not isinstance(limits, ServeLimits):
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
-                                num_threads=num_threads, quantize=quantize)
+    tagger = Tagger.from_loaded(
+        loaded,
+        max_len=max_len,
+        stride=stride,
+        batch_size=batch_size,
+        device=device,
+        num_threads=num_threads,
+        quantize=quantize,
+    )
     # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
-    batcher = RequestBatcher(tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars,
-                             coalesce=batch_requests)
+    batcher = RequestBatcher(
+        tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars, coalesce=batch_requests
+    )
     started = time.time()
     model_name = Path(model_dir).resolve().name
     if model_name == "model":  # runs/<run_id>/model: the run id names it better
@@ -208,9 +225,13 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
     async def _body_limit(request: Request, call_next):
         size = request.headers.get("content-length")
         if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(status_code=413, content={
-                "detail": f"request body is {int(size)} bytes; this service accepts at most "
-                          f"{limits.max_body_bytes} bytes (max_total_chars={limits.max_total_chars})"})
+            return JSONResponse(
+                status_code=413,
+                content={
+                    "detail": f"request body is {int(size)} bytes; this service accepts at most "
+                    f"{limits.max_body_bytes} bytes (max_total_chars={limits.max_total_chars})"
+                },
+            )
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -219,14 +240,23 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
         for err in exc.errors():
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse(status_code=422, content={
-            "detail": "invalid request: " + "; ".join(parts)
-                      + ' (expected JSON {"text": "..."} or {"texts": ["...", ...]})'})
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": "invalid request: "
+                + "; ".join(parts)
+                + ' (expected JSON {"text": "..."} or {"texts": ["...", ...]})'
+            },
+        )
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "model": model_name, "uptime_s": round(time.time() - started, 1),
-                "served": dict(batcher.stats)}
+        return {
+            "status": "ok",
+            "model": model_name,
+            "uptime_s": round(time.time() - started, 1),
+            "served": dict(batcher.stats),
+        }
 
     @app.get("/model")
     def model_info() -> dict:
@@ -239,15 +269,21 @@ def create_app(model_dir: str | os.PathLike, *, run_id: str | None = None, limit
             raise HTTPException(413, f"{len(texts)} texts in one request; at most {limits.max_texts} allowed")
         for i, t in enumerate(texts):
             if len(t) > limits.max_chars:
-                raise HTTPException(413, f"text {i} has {len(t)} characters; at most {limits.max_chars} per text")
+                raise HTTPException(
+                    413, f"text {i} has {len(t)} characters; at most {limits.max_chars} per text"
+                )
         total = sum(len(t) for t in texts)
         if total > limits.max_total_chars:
             raise HTTPException(413, f"{total} characters in one request; at most {limits.max_total_chars}")
         t0 = time.perf_counter()
         preds = batcher.predict(texts)
-        return {"model": model_name, "seconds": round(time.perf_counter() - t0, 4),
-                "results": [{"n_chars": len(t), "entities": [e.to_dict() for e in ents]}
-                            for t, ents in zip(texts, preds)]}
+        return {
+            "model": model_name,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "results": [
+                {"n_chars": len(t), "entities": [e.to_dict() for e in ents]} for t, ents in zip(texts, preds)
+            ],
+        }
 
     return app
 
@@ -267,7 +303,9 @@ def resolve_model(model_dir: str | None, run: str | None, db: str | None) -> tup
         raise FileNotFoundError(f"{db}: no such database (give --model-dir or the right --db)")
     row = runs_db.get_run(db, run) if run else runs_db.production_run(db)
     if row is None:
-        raise ValueError(f"no production run in {db}: pass --model-dir or --run, or `ner promote RUN_ID` first")
+        raise ValueError(
+            f"no production run in {db}: pass --model-dir or --run, or `ner promote RUN_ID` first"
+        )
     if not row.get("model_dir"):
         raise ValueError(f"run {row['run_id']} has no model directory (status {row['status']})")
     return str(row["model_dir"]), str(row["run_id"])
@@ -279,12 +317,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     model_dir, run_id = resolve_model(args.model_dir, args.run, args.db)
-    limits = ServeLimits(max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars)
-    app = create_app(model_dir, run_id=run_id, limits=limits, max_len=args.max_len, stride=args.stride,
-                     batch_size=args.batch_size, device=args.device, num_threads=args.threads,
-                     quantize=args.quantize, batch_requests=args.batch_requests)
-    print(f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
-          flush=True)
+    limits = ServeLimits(
+        max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars
+    )
+    app = create_app(
+        model_dir,
+        run_id=run_id,
+        limits=limits,
+        max_len=args.max_len,
+        stride=args.stride,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_threads=args.threads,
+        quantize=args.quantize,
+        batch_requests=args.batch_requests,
+    )
+    print(
+        f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 
@@ -296,13 +347,16 @@ def cmd_query(args: argparse.Namespace) -> int:
     if not texts or texts == ["-"]:
         texts = [line.strip() for line in sys.stdin if line.strip()]
     if not texts:
-        raise ValueError("no text given: ner query \"TEXT\" [TEXT ...] (or lines on stdin with -)")
+        raise ValueError('no text given: ner query "TEXT" [TEXT ...] (or lines on stdin with -)')
     url = args.url.rstrip("/") + "/predict"
     try:
         r = httpx.post(url, json={"texts": texts}, timeout=args.timeout)
     except httpx.HTTPError as exc:
-        print(f"ner query: error: cannot reach the service at {args.url} ({type(exc).__name__}: {exc}); "
-              f"start it with `ner serve`", file=sys.stderr)
+        print(
+            f"ner query: error: cannot reach the service at {args.url} ({type(exc).__name__}: {exc}); "
+            f"start it with `ner serve`",
+            file=sys.stderr,
+        )
         return 2
     if r.status_code != 200:
         try:
@@ -319,42 +373,77 @@ def cmd_query(args: argparse.Namespace) -> int:
         shown = text if len(text) <= 60 else text[:60] + "…"
         print(f"{shown}  ({len(res['entities'])} entities)")
         for e in res["entities"]:
-            print(f"  {e['label']:<6} [{e['start']}, {e['end']})  {e['text']}  confidence {e['confidence']:.3f}")
+            print(
+                f"  {e['label']:<6} [{e['start']}, {e['end']})  {e['text']}  confidence {e['confidence']:.3f}"
+            )
     return 0
 
 
 def add_commands(subparsers) -> None:
     """Add ``serve`` (alias ``deploy``) and ``query`` to an argparse ``subparsers`` object."""
     d = ServeLimits()
-    sp = subparsers.add_parser("serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)")
+    sp = subparsers.add_parser(
+        "serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)"
+    )
     sp.add_argument("--model-dir", help="model directory (default: --run's or the production run's in --db)")
     sp.add_argument("--run", help="serve this training run's model (needs --db)")
-    sp.add_argument("--db", default=os.environ.get("NER_DB", "ner.duckdb"),
-                    help="DuckDB file to find --run / the production run in (default %(default)s)")
-    sp.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s: loopback only)")
+    sp.add_argument(
+        "--db",
+        default=os.environ.get("NER_DB", "ner.duckdb"),
+        help="DuckDB file to find --run / the production run in (default %(default)s)",
+    )
+    sp.add_argument(
+        "--host", default=DEFAULT_HOST, help="address to bind (default %(default)s: loopback only)"
+    )
     sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
-    sp.add_argument("--max-texts", type=int, default=d.max_texts, help="texts per request (default %(default)s)")
-    sp.add_argument("--max-chars", type=int, default=d.max_chars, help="characters per text (default %(default)s)")
-    sp.add_argument("--max-total-chars", type=int, default=d.max_total_chars,
-                    help="characters per request (default %(default)s)")
+    sp.add_argument(
+        "--max-texts", type=int, default=d.max_texts, help="texts per request (default %(default)s)"
+    )
+    sp.add_argument(
+        "--max-chars", type=int, default=d.max_chars, help="characters per text (default %(default)s)"
+    )
+    sp.add_argument(
+        "--max-total-chars",
+        type=int,
+        default=d.max_total_chars,
+        help="characters per request (default %(default)s)",
+    )
     sp.add_argument("--max-len", type=int, help="window size in characters (default: the model's max_len)")
     sp.add_argument("--stride", type=int, help="window stride (default: max_len - max_len // 8)")
-    sp.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)")
+    sp.add_argument(
+        "--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)"
+    )
     sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
     sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    sp.add_argument("--quantize", choices=["none", "int8"],
-                    help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)")
-    sp.add_argument("--batch-requests", action=argparse.BooleanOptionalAction, default=True,
-                    help="tag the texts of concurrent requests together in one forward pass (default on)")
-    sp.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
-    sp.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
-                    help="log every request (default off)")
+    sp.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
+    )
+    sp.add_argument(
+        "--batch-requests",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tag the texts of concurrent requests together in one forward pass (default on)",
+    )
+    sp.add_argument(
+        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    sp.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="log every request (default off)",
+    )
     sp.set_defaults(func=cmd_serve)
 
     sp = subparsers.add_parser("query", help="send texts to a running `ner serve` and print the entities")
     sp.add_argument("texts", nargs="*", help="texts to tag (none or '-': one per line on stdin)")
-    sp.add_argument("--url", default=os.environ.get("NER_SERVE_URL", DEFAULT_URL),
-                    help="service address (default %(default)s)")
+    sp.add_argument(
+        "--url",
+        default=os.environ.get("NER_SERVE_URL", DEFAULT_URL),
+        help="service address (default %(default)s)",
+    )
     sp.add_argument("--json", action="store_true", help="print the service's JSON answer")
     sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
     sp.set_defaults(func=cmd_query)

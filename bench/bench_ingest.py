@@ -46,20 +46,32 @@ def main(path: str | Path | None = None) -> dict | None:
     n_ents = rep.counts["train"]["entities"]
     peak = _rss_mb()
     out = {
-        "lines": n_lines, "documents": n_docs, "entities": n_ents,
-        "parse_s": parse_wall, "parse_cpu_s": parse_cpu,
-        "ingest_s": total_wall, "ingest_cpu_s": total_cpu,
-        "lines_per_s": n_lines / total_wall, "docs_per_s": n_docs / total_wall, "peak_rss_mb": peak,
+        "lines": n_lines,
+        "documents": n_docs,
+        "entities": n_ents,
+        "parse_s": parse_wall,
+        "parse_cpu_s": parse_cpu,
+        "ingest_s": total_wall,
+        "ingest_cpu_s": total_cpu,
+        "lines_per_s": n_lines / total_wall,
+        "docs_per_s": n_docs / total_wall,
+        "peak_rss_mb": peak,
     }
     print(f"file            {src} ({n_lines:,} lines, {len(res.documents):,} sentences)")
     print(f"parse+validate  {parse_wall:6.2f} s wall  {parse_cpu:6.2f} s CPU  (read_file alone)")
-    print(f"ingest (all)    {total_wall:6.2f} s wall  {total_cpu:6.2f} s CPU  (parse + validate + store, "
-          f"fresh DuckDB file, {db_mb:.1f} MiB)")
-    print(f"rows/second     {n_lines / total_wall:,.0f} lines, {n_docs / total_wall:,.0f} documents, "
-          f"{n_ents / total_wall:,.0f} entities")
+    print(
+        f"ingest (all)    {total_wall:6.2f} s wall  {total_cpu:6.2f} s CPU  (parse + validate + store, "
+        f"fresh DuckDB file, {db_mb:.1f} MiB)"
+    )
+    print(
+        f"rows/second     {n_lines / total_wall:,.0f} lines, {n_docs / total_wall:,.0f} documents, "
+        f"{n_ents / total_wall:,.0f} entities"
+    )
     print(f"peak RSS        {peak:,.0f} MB (process, includes the separate read_file above)")
-    print(f"goal            <= {GOAL_S} s: {'met' if total_wall <= GOAL_S else 'NOT met'}; "
-          f"<= {GOAL_RSS_MB} MB: {'met' if peak <= GOAL_RSS_MB else 'NOT met'}")
+    print(
+        f"goal            <= {GOAL_S} s: {'met' if total_wall <= GOAL_S else 'NOT met'}; "
+        f"<= {GOAL_RSS_MB} MB: {'met' if peak <= GOAL_RSS_MB else 'NOT met'}"
+    )
     return out
 
 

@@ -50,16 +50,24 @@ def _finance_texts(n: int) -> list[str]:
 #: are our own settings: short windows keep the attention matrices in cache (batch 32 x 512 positions is
 #: memory-bound; the pipeline itself runs faster at batch 1 there), and an overlap of 16 encodes few
 #: characters twice (``bench_window_f1`` measures what the overlap costs in F1).
-OURS = [("ours 128/64", 128, 64, "none", None), ("ours 510/446", 510, 446, "none", None),
-        ("ours 128/112", 128, 112, "none", None), ("ours 128/112 b16", 128, 112, "none", 16),
-        ("ours 128/112 b16 int8", 128, 112, "int8", 16), ("ours 510/446 int8", 510, 446, "int8", None)]
+OURS = [
+    ("ours 128/64", 128, 64, "none", None),
+    ("ours 510/446", 510, 446, "none", None),
+    ("ours 128/112", 128, 112, "none", None),
+    ("ours 128/112 b16", 128, 112, "none", 16),
+    ("ours 128/112 b16 int8", 128, 112, "int8", 16),
+    ("ours 510/446 int8", 510, 446, "int8", None),
+]
 #: The ceiling of any tagger built on this encoder: the encoder's forward pass alone over windows of 128
 #: characters that do not overlap (every character encoded once, no head, no CRF, no merging), fp32 and int8.
 CEILINGS = [("encoder only 128/128 b16", 128, "none", 16), ("encoder only 128/128 b16 int8", 128, "int8", 16)]
 #: (name, window incl. [CLS]/[SEP] = tokenizer model_max_length, overlap = the pipeline's ``stride``)
 #: the last row is the pipeline as called without a batch_size (its default, 1)
-HF = [("HF pipeline 130/64", 130, 64, None), ("HF pipeline 512/64", 512, 64, None),
-      ("HF pipeline 512/64 b1", 512, 64, 1)]
+HF = [
+    ("HF pipeline 130/64", 130, 64, None),
+    ("HF pipeline 512/64", 512, 64, None),
+    ("HF pipeline 512/64 b1", 512, 64, 1),
+]
 
 
 def _encoder_only(tagger, texts: list[str]) -> None:
@@ -70,7 +78,9 @@ def _encoder_only(tagger, texts: list[str]) -> None:
 
     al = tagger.aligner
     n = tagger.max_len
-    wins = sorted(((t, s, e) for t in texts for s, e in sliding_windows(len(t), n, n)), key=lambda w: w[2] - w[1])
+    wins = sorted(
+        ((t, s, e) for t in texts for s, e in sliding_windows(len(t), n, n)), key=lambda w: w[2] - w[1]
+    )
     with torch.inference_mode():
         for b in range(0, len(wins), tagger.batch_size):
             part = wins[b : b + tagger.batch_size]
@@ -92,11 +102,13 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
         torch.set_num_threads(threads)
     texts = _finance_texts(n_texts)
     n_chars = sum(len(t) for t in texts)
-    print(f"speed: {len(texts)} finance test texts, {n_chars} chars (mean {n_chars / len(texts):.0f}, "
-          f"max {max(len(t) for t in texts)}), m3e-small, batch {batch_size}, torch threads "
-          f"{torch.get_num_threads()}; ours = windows + BiLSTM + whole-text CRF "
-          "Viterbi + CRF marginals (confidence)",
-          flush=True)
+    print(
+        f"speed: {len(texts)} finance test texts, {n_chars} chars (mean {n_chars / len(texts):.0f}, "
+        f"max {max(len(t) for t in texts)}), m3e-small, batch {batch_size}, torch threads "
+        f"{torch.get_num_threads()}; ours = windows + BiLSTM + whole-text CRF "
+        "Viterbi + CRF marginals (confidence)",
+        flush=True,
+    )
     cfg = NERConfig.model_validate({"data": {"max_len": 128}, "encoder": {"name": "m3e-small"}})
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(cfg.encoder)
@@ -105,20 +117,40 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
 
     def report(name: str, wall: float, cpu: float, extra: str = "") -> None:
         rows[name] = {"s": wall, "cpu_s": cpu, "chars_per_s": n_chars / wall}
-        print(f"  {name:<22} {wall:7.2f} s wall {cpu:7.2f} s CPU {n_chars / wall:9,.0f} chars/s  {extra}",
-              flush=True)
+        print(
+            f"  {name:<22} {wall:7.2f} s wall {cpu:7.2f} s CPU {n_chars / wall:9,.0f} chars/s  {extra}",
+            flush=True,
+        )
 
     for name, window, stride, quantize, our_batch in OURS:
-        tagger = Tagger(model, tokenizer, max_len=window, stride=stride, batch_size=our_batch or batch_size,
-                        device="cpu", quantize=quantize)
+        tagger = Tagger(
+            model,
+            tokenizer,
+            max_len=window,
+            stride=stride,
+            batch_size=our_batch or batch_size,
+            device="cpu",
+            quantize=quantize,
+        )
         tagger.predict(texts[:2])  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
         preds = tagger.predict(texts)
-        report(name, time.perf_counter() - t0, time.process_time() - c0,
-               f"{sum(len(p) for p in preds)} entities (untrained model)")
+        report(
+            name,
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            f"{sum(len(p) for p in preds)} entities (untrained model)",
+        )
     for name, window, quantize, our_batch in CEILINGS:
-        tagger = Tagger(model, tokenizer, max_len=window, stride=window, batch_size=our_batch, device="cpu",
-                        quantize=quantize)
+        tagger = Tagger(
+            model,
+            tokenizer,
+            max_len=window,
+            stride=window,
+            batch_size=our_batch,
+            device="cpu",
+            quantize=quantize,
+        )
         _encoder_only(tagger, texts[:2])
         t0, c0 = time.perf_counter(), time.process_time()
         _encoder_only(tagger, texts)
@@ -133,13 +165,23 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
         for name, window, overlap, hf_batch in HF:
             hf_tok = AutoTokenizer.from_pretrained(where)
             hf_tok.model_max_length = window
-            pipe = pipeline("token-classification", model=hf_model, tokenizer=hf_tok, device=-1,
-                            aggregation_strategy="simple", stride=overlap)
+            pipe = pipeline(
+                "token-classification",
+                model=hf_model,
+                tokenizer=hf_tok,
+                device=-1,
+                aggregation_strategy="simple",
+                stride=overlap,
+            )
             pipe(texts[:2])  # warm-up
             t0, c0 = time.perf_counter(), time.process_time()
             hf_out = pipe(texts, batch_size=hf_batch or batch_size)
-            report(name, time.perf_counter() - t0, time.process_time() - c0,
-                   f"{sum(len(o) for o in hf_out)} entities (untrained head)")
+            report(
+                name,
+                time.perf_counter() - t0,
+                time.process_time() - c0,
+                f"{sum(len(o) for o in hf_out)} entities (untrained head)",
+            )
         best_hf = min((n for n, *_ in HF), key=lambda n: rows[n]["s"])
         pairs = [("ours 128/64", "HF pipeline 130/64"), ("ours 510/446", "HF pipeline 512/64")]
         pairs += [(a, best_hf) for a in [n for n, *_ in OURS] + [n for n, *_ in CEILINGS]]
@@ -159,18 +201,33 @@ def _train_small_model(out: Path, seconds: float) -> Path:
     tr = read_file(RESUME / "train.char.bmes").documents
     dev = read_file(RESUME / "dev.char.bmes").documents
     labels = sorted({e.label for d in tr for e in d.entities})
-    enc = make_tiny_encoder(out / "encoder", [d.text for d in tr + dev], hidden_size=64, num_heads=2,
-                            intermediate_size=128)
-    cfg = NERConfig.model_validate({
-        "data": {"dataset": "resume", "max_len": 128}, "encoder": {"name": str(enc)},
-        "head": {"type": "idcnn", "cnn_filters": 64},
-        "training": {"max_epochs": 8, "batch_size": 16, "learning_rate": 3e-3, "head_learning_rate": 5e-3,
-                     "crf_learning_rate": 5e-2, "warmup_ratio": 0.0, "max_train_seconds": seconds},
-    })
-    print(f"  training a small model on Resume NER train ({len(tr)} sentences, budget {seconds:.0f} s) ...",
-          flush=True)
+    enc = make_tiny_encoder(
+        out / "encoder", [d.text for d in tr + dev], hidden_size=64, num_heads=2, intermediate_size=128
+    )
+    cfg = NERConfig.model_validate(
+        {
+            "data": {"dataset": "resume", "max_len": 128},
+            "encoder": {"name": str(enc)},
+            "head": {"type": "idcnn", "cnn_filters": 64},
+            "training": {
+                "max_epochs": 8,
+                "batch_size": 16,
+                "learning_rate": 3e-3,
+                "head_learning_rate": 5e-3,
+                "crf_learning_rate": 5e-2,
+                "warmup_ratio": 0.0,
+                "max_train_seconds": seconds,
+            },
+        }
+    )
+    print(
+        f"  training a small model on Resume NER train ({len(tr)} sentences, budget {seconds:.0f} s) ...",
+        flush=True,
+    )
     res = train(cfg, tr, dev, labels, out / "run", progress=False)
-    print(f"  trained: best epoch {res.best_epoch}, dev F1 {res.best_dev_f1}, {res.seconds:.0f} s", flush=True)
+    print(
+        f"  trained: best epoch {res.best_epoch}, dev F1 {res.best_dev_f1}, {res.seconds:.0f} s", flush=True
+    )
     return Path(res.model_dir)
 
 
@@ -187,8 +244,9 @@ def _load_predict_module(path: str):
     return mod
 
 
-def bench_window_f1(model_dir: str | None, windows: list[int], train_seconds: float,
-                    compare_with: str | None = None) -> dict | None:
+def bench_window_f1(
+    model_dir: str | None, windows: list[int], train_seconds: float, compare_with: str | None = None
+) -> dict | None:
     """Resume NER dev entity F1: whole texts against windows smaller than the longest text (strides of 1/2,
     3/4 and 7/8 of the window), and the int8 encoder against the whole-text float model. With
     ``compare_with``, the same figures from another implementation of ``ner_core/predict.py``."""
@@ -208,32 +266,40 @@ def bench_window_f1(model_dir: str | None, windows: list[int], train_seconds: fl
         whole_len = min(510, max(longest, 8))
 
         def f1(mod, ml: int, st: int, quantize: str) -> float:
-            tagger = mod.Tagger.from_loaded(loaded, max_len=ml, stride=st, batch_size=32, device="cpu",
-                                            quantize=quantize)
+            tagger = mod.Tagger.from_loaded(
+                loaded, max_len=ml, stride=st, batch_size=32, device="cpu", quantize=quantize
+            )
             preds = tagger.predict([d.text for d in dev], confidence=False)
             ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
             return evaluate(dev, ents, scheme=loaded.scheme).f1 * 100
 
         variants = [("whole", whole_len, whole_len, "none")]
         for w in windows:
-            variants += [(f"window {w} stride {st}", w, st, "none")
-                         for st in dict.fromkeys((max(1, w // 2), max(1, w * 3 // 4), max(1, w * 7 // 8)))]
+            variants += [
+                (f"window {w} stride {st}", w, st, "none")
+                for st in dict.fromkeys((max(1, w // 2), max(1, w * 3 // 4), max(1, w * 7 // 8)))
+            ]
         variants.append(("whole, int8", whole_len, whole_len, "int8"))
         for name, ml, st, quantize in variants:
             t0 = time.perf_counter()
             res[name] = f1(ours, ml, st, quantize)
             secs = time.perf_counter() - t0
             n_long = sum(len(d.text) > ml for d in dev)
-            line = (f"  {name:<24} entity F1 {res[name]:6.2f} ({res[name] - res['whole']:+.2f}), {n_long:>3} of "
-                    f"{len(dev)} texts longer than the window, {secs:4.1f} s")
+            line = (
+                f"  {name:<24} entity F1 {res[name]:6.2f} ({res[name] - res['whole']:+.2f}), {n_long:>3} of "
+                f"{len(dev)} texts longer than the window, {secs:4.1f} s"
+            )
             if other is not None:
                 res[f"{name} (other)"] = o = f1(other, ml, st, quantize)
                 line += f"   | {compare_with}: {o:6.2f} ({o - res['whole (other)']:+.2f})"
             print(line, flush=True)
     windowed = [k for k in res if k.startswith("window") and not k.endswith("(other)")]
     diffs = {k: abs(res["whole"] - res[k]) for k in windowed}
-    print(f"  goal: within 0.2 points of whole at a window smaller than the longest text ({longest} chars): "
-          + ", ".join(f"{k}: {d:.2f}" for k, d in diffs.items()), flush=True)
+    print(
+        f"  goal: within 0.2 points of whole at a window smaller than the longest text ({longest} chars): "
+        + ", ".join(f"{k}: {d:.2f}" for k, d in diffs.items()),
+        flush=True,
+    )
     return {**res, "longest": longest}
 
 
@@ -246,8 +312,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--skip-speed", action="store_true")
     p.add_argument("--skip-f1", action="store_true")
     p.add_argument("--model-dir", help="trained Resume NER model for the F1 comparison (else trained here)")
-    p.add_argument("--window", default="96,48", help="windows for the windowed F1 runs, comma-separated "
-                   "(default %(default)s)")
+    p.add_argument(
+        "--window",
+        default="96,48",
+        help="windows for the windowed F1 runs, comma-separated (default %(default)s)",
+    )
     p.add_argument("--compare-with", help="another ner_core/predict.py whose F1 is printed beside ours")
     p.add_argument("--train-seconds", type=float, default=150.0)
     args = p.parse_args(argv if argv is not None else [])

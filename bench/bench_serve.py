@@ -30,8 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHORT_TEXTS = ["张伟在北京的ABC资本工作。", "上海证券交易所今天发布公告。", "李娜2019年加入招商银行深圳分行。",
-               "余额宝的收益率下降了。", "王芳毕业于复旦大学经济学院。"]
+SHORT_TEXTS = [
+    "张伟在北京的ABC资本工作。",
+    "上海证券交易所今天发布公告。",
+    "李娜2019年加入招商银行深圳分行。",
+    "余额宝的收益率下降了。",
+    "王芳毕业于复旦大学经济学院。",
+]
 
 
 def _free_port() -> int:
@@ -50,8 +55,12 @@ def _untrained_model(out: Path, which: str) -> Path:
     from ner_core.schemes import tag_set
 
     if which == "tiny":
-        texts = SHORT_TEXTS + [p.read_text(encoding="utf-8") for p in (ROOT / "sample_corpus" / "raw").glob("*.txt")]
-        enc = str(make_tiny_encoder(out / "encoder", texts, hidden_size=64, num_heads=2, intermediate_size=128))
+        texts = SHORT_TEXTS + [
+            p.read_text(encoding="utf-8") for p in (ROOT / "sample_corpus" / "raw").glob("*.txt")
+        ]
+        enc = str(
+            make_tiny_encoder(out / "encoder", texts, hidden_size=64, num_heads=2, intermediate_size=128)
+        )
         head = {"type": "bilstm", "rnn_units": 64}
     else:
         enc, head = which, {"type": "bilstm"}
@@ -76,10 +85,24 @@ def _start(model_dir: Path, port: int, threads: int, batching: bool, log_path: P
     import httpx
 
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "app.serve", "serve", "--model-dir", str(model_dir),
-                             "--port", str(port), "--threads", str(threads),
-                             "--batch-requests" if batching else "--no-batch-requests"],
-                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app.serve",
+            "serve",
+            "--model-dir",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--batch-requests" if batching else "--no-batch-requests",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     while True:
         if proc.poll() is not None:
@@ -128,19 +151,29 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.bench_serve", description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=300, help="requests per measurement (default %(default)s)")
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--concurrency", default="1,8", help="client counts, comma-separated (default %(default)s)")
-    p.add_argument("--model", choices=["m3e-small", "tiny"], help="untrained model to serve (default: "
-                   "m3e-small when installed, else tiny)")
+    p.add_argument(
+        "--concurrency", default="1,8", help="client counts, comma-separated (default %(default)s)"
+    )
+    p.add_argument(
+        "--model",
+        choices=["m3e-small", "tiny"],
+        help="untrained model to serve (default: m3e-small when installed, else tiny)",
+    )
     p.add_argument("--model-dir", help="serve this model directory instead")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in the service (default %(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=2, help="torch threads in the service (default %(default)s)"
+    )
     args = p.parse_args(argv if argv is not None else [])
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         which = "model dir" if args.model_dir else (args.model or _default_model())
         model_dir = Path(args.model_dir) if args.model_dir else _untrained_model(Path(tmp), which)
-        print(f"POST /predict, one short text (~15 chars) a request, {args.requests} requests per row, loopback; "
-              f"model {which} ({model_dir}), torch threads {args.threads}", flush=True)
+        print(
+            f"POST /predict, one short text (~15 chars) a request, {args.requests} requests per row, loopback; "
+            f"model {which} ({model_dir}), torch threads {args.threads}",
+            flush=True,
+        )
         for batching in (True, False):
             port = _free_port()
             proc = _start(model_dir, port, args.threads, batching, Path(tmp) / "serve.log")
@@ -156,19 +189,27 @@ def main(argv: list[str] | None = None) -> dict:
                     batches = after["batches"] - before["batches"]
                     texts = after["texts"] - before["texts"]
                     name = f"{'batching' if batching else 'no batching'}, {n} client{'s' if n > 1 else ''}"
-                    out[name] = {"rps": len(lat) / wall, "p50_ms": p50, "p99_ms": p99,
-                                 "texts_per_batch": texts / max(1, batches)}
-                    print(f"  {name:<24} {len(lat) / wall:7.1f} requests/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
-                          f"max {lat_ms[-1]:6.1f} ms  {texts / max(1, batches):4.1f} texts per forward pass",
-                          flush=True)
+                    out[name] = {
+                        "rps": len(lat) / wall,
+                        "p50_ms": p50,
+                        "p99_ms": p99,
+                        "texts_per_batch": texts / max(1, batches),
+                    }
+                    print(
+                        f"  {name:<24} {len(lat) / wall:7.1f} requests/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
+                        f"max {lat_ms[-1]:6.1f} ms  {texts / max(1, batches):4.1f} texts per forward pass",
+                        flush=True,
+                    )
             finally:
                 _stop(proc)
     for n in levels:
         clients = f"{n} client{'s' if n > 1 else ''}"
         a, b = out.get(f"batching, {clients}"), out.get(f"no batching, {clients}")
         if a and b:
-            print(f"  {n} client(s): batching {a['rps'] / b['rps']:.2f}x the requests/s of one request per pass",
-                  flush=True)
+            print(
+                f"  {n} client(s): batching {a['rps'] / b['rps']:.2f}x the requests/s of one request per pass",
+                flush=True,
+            )
     return out
 
 

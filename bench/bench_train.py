@@ -40,28 +40,52 @@ def load_split(dataset: str, split: str):
     return read_file(path, untyped_label="FIN").documents
 
 
-def run_ours(head: str, encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int, out: Path):
+def run_ours(
+    head: str, encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int, out: Path
+):
     from ner_core.config import NERConfig
     from ner_core.evaluation import evaluate_model
     from ner_core.modeldir import load_model_dir
     from ner_core.training import train
 
     labels = sorted({e.label for d in train_docs for e in d.entities})
-    cfg = NERConfig.model_validate({
-        "data": {"max_len": max_len}, "encoder": {"name": encoder}, "head": {"type": head},
-        "training": {"max_epochs": 50, "batch_size": 32, "learning_rate": 1e-4, "head_learning_rate": 2e-3,
-                     "crf_learning_rate": 2e-2, "max_train_seconds": minutes * 60, "early_stop_patience": 3},
-    })
+    cfg = NERConfig.model_validate(
+        {
+            "data": {"max_len": max_len},
+            "encoder": {"name": encoder},
+            "head": {"type": head},
+            "training": {
+                "max_epochs": 50,
+                "batch_size": 32,
+                "learning_rate": 1e-4,
+                "head_learning_rate": 2e-3,
+                "crf_learning_rate": 2e-2,
+                "max_train_seconds": minutes * 60,
+                "early_stop_patience": 3,
+            },
+        }
+    )
     res = train(cfg, train_docs, dev_docs, labels, out / head, progress=False)
     loaded = load_model_dir(res.model_dir)
     t0 = time.perf_counter()
     report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=max_len)
-    sps = sum(h.sentences_per_second * (h.seconds) for h in res.history) / max(1e-9, sum(h.seconds for h in res.history))
-    return {"model": f"{head}-crf" if head != "none" else "crf only", "f1": report.f1, "p": report.precision,
-            "r": report.recall, "char_acc": report.char_accuracy, "sent_acc": report.sentence_accuracy,
-            "epochs": len(res.history), "best_epoch": res.best_epoch, "train_s": sum(h.seconds for h in res.history),
-            "sent_per_s": max(h.sentences_per_second for h in res.history), "mean_sent_per_s": sps,
-            "eval_s": time.perf_counter() - t0}
+    sps = sum(h.sentences_per_second * (h.seconds) for h in res.history) / max(
+        1e-9, sum(h.seconds for h in res.history)
+    )
+    return {
+        "model": f"{head}-crf" if head != "none" else "crf only",
+        "f1": report.f1,
+        "p": report.precision,
+        "r": report.recall,
+        "char_acc": report.char_accuracy,
+        "sent_acc": report.sentence_accuracy,
+        "epochs": len(res.history),
+        "best_epoch": res.best_epoch,
+        "train_s": sum(h.seconds for h in res.history),
+        "sent_per_s": max(h.sentences_per_second for h in res.history),
+        "mean_sent_per_s": sps,
+        "eval_s": time.perf_counter() - t0,
+    }
 
 
 def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int):
@@ -85,8 +109,10 @@ def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, 
     aligner = CharAligner(tok)
     data = TaggedDataset(train_docs, aligner, tags, "BIOES", max_len)
     enc_params = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": 1e-4},
-                             {"params": model.classifier.parameters(), "lr": 2e-3}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": enc_params, "lr": 1e-4}, {"params": model.classifier.parameters(), "lr": 2e-3}],
+        weight_decay=0.01,
+    )
     budget, t0, seen, epochs = minutes * 60, time.perf_counter(), 0, 0
     model.train()
     while time.perf_counter() - t0 < budget:
@@ -96,7 +122,9 @@ def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, 
             n = batch["attention_mask"].sum(1) - 2
             for b in range(lab.size(0)):
                 lab[b, 1 : n[b] + 1] = batch["tags"][b, : n[b]]
-            loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab).loss
+            loss = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=lab
+            ).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -111,17 +139,35 @@ def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, 
         for d in test_docs:
             char_tags = ["O"] * len(d.text)
             for s, e in sliding_windows(len(d.text), max_len, max_len) if d.text else []:
-                enc = collate([EncodedChunk(None, aligner.char_ids(d.text[s:e]), None)], aligner.cls_id,
-                              aligner.sep_id, aligner.pad_id)
-                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[0, 1:-1]
+                enc = collate(
+                    [EncodedChunk(None, aligner.char_ids(d.text[s:e]), None)],
+                    aligner.cls_id,
+                    aligner.sep_id,
+                    aligner.pad_id,
+                )
+                logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[
+                    0, 1:-1
+                ]
                 for j, t in enumerate(logits.argmax(-1).tolist()):
                     char_tags[s + j] = tags[t]
-            preds.append([Entity(start=x.start, end=x.end, label=x.label) for x in tags_to_spans(char_tags, "BIOES")])
+            preds.append(
+                [Entity(start=x.start, end=x.end, label=x.label) for x in tags_to_spans(char_tags, "BIOES")]
+            )
     report = evaluate(test_docs, preds, scheme="BIOES")
-    return {"model": "HF softmax", "f1": report.f1, "p": report.precision, "r": report.recall,
-            "char_acc": report.char_accuracy, "sent_acc": report.sentence_accuracy, "epochs": epochs,
-            "best_epoch": epochs, "train_s": train_s, "sent_per_s": seen / train_s, "mean_sent_per_s": seen / train_s,
-            "eval_s": 0.0}
+    return {
+        "model": "HF softmax",
+        "f1": report.f1,
+        "p": report.precision,
+        "r": report.recall,
+        "char_acc": report.char_accuracy,
+        "sent_acc": report.sentence_accuracy,
+        "epochs": epochs,
+        "best_epoch": epochs,
+        "train_s": train_s,
+        "sent_per_s": seen / train_s,
+        "mean_sent_per_s": seen / train_s,
+        "eval_s": 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,37 +191,51 @@ def main(argv: list[str] | None = None) -> None:
         train_docs = train_docs[: args.train_limit]
     dev_docs = load_split(args.dataset, "dev")
     test_docs = load_split(args.dataset, "test") if args.dataset == "resume" else dev_docs
-    print(f"{args.dataset}: {len(train_docs)} train / {len(dev_docs)} dev / {len(test_docs)} eval documents; "
-          f"encoder {args.encoder}; budget {args.minutes} min per model; torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.dataset}: {len(train_docs)} train / {len(dev_docs)} dev / {len(test_docs)} eval documents; "
+        f"encoder {args.encoder}; budget {args.minutes} min per model; torch threads {torch.get_num_threads()}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.out:
             tmp = args.out
             Path(tmp).mkdir(parents=True, exist_ok=True)
         for head in [h for h in args.heads.split(",") if h]:
-            rows.append(run_ours(head, args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len,
-                                 Path(tmp)))
+            rows.append(
+                run_ours(
+                    head, args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len, Path(tmp)
+                )
+            )
             _print(rows[-1])
         if args.baseline:
-            rows.append(run_baseline(args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len))
+            rows.append(
+                run_baseline(args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len)
+            )
             _print(rows[-1])
     print("\n| model | entity F1 | P | R | char acc | sent acc | epochs | train s | sent/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['f1'] * 100:.2f} | {r['p'] * 100:.2f} | {r['r'] * 100:.2f} | "
-              f"{r['char_acc'] * 100:.2f} | {r['sent_acc'] * 100:.2f} | {r['epochs']} | {r['train_s']:.0f} | "
-              f"{r['sent_per_s']:.1f} |")
+        print(
+            f"| {r['model']} | {r['f1'] * 100:.2f} | {r['p'] * 100:.2f} | {r['r'] * 100:.2f} | "
+            f"{r['char_acc'] * 100:.2f} | {r['sent_acc'] * 100:.2f} | {r['epochs']} | {r['train_s']:.0f} | "
+            f"{r['sent_per_s']:.1f} |"
+        )
     base = next((r for r in rows if r["model"] == "HF softmax"), None)
     if base:
         for r in rows:
             if r is not base:
-                print(f"throughput ratio {r['model']} / HF softmax: {r['mean_sent_per_s'] / base['sent_per_s']:.2f} "
-                      f"(goal >= 0.9)")
+                print(
+                    f"throughput ratio {r['model']} / HF softmax: {r['mean_sent_per_s'] / base['sent_per_s']:.2f} "
+                    f"(goal >= 0.9)"
+                )
 
 
 def _print(r: dict) -> None:
-    print(f"  {r['model']}: F1 {r['f1'] * 100:.2f} after {r['epochs']} epochs, {r['train_s']:.0f} s, "
-          f"{r['sent_per_s']:.1f} sent/s", flush=True)
+    print(
+        f"  {r['model']}: F1 {r['f1'] * 100:.2f} after {r['epochs']} epochs, {r['train_s']:.0f} s, "
+        f"{r['sent_per_s']:.1f} sent/s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

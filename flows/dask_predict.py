@@ -50,8 +50,14 @@ def shard_documents(docs: Sequence[Document], n_shards: int) -> list[list[Docume
     return [s for s in shards if s]
 
 
-def tag_shard(model_dir: str, items: Sequence[tuple[str, str]], max_len: int | None = None,
-              stride: int | None = None, batch_size: int | None = None, quantize: str | None = None) -> ShardRows:
+def tag_shard(
+    model_dir: str,
+    items: Sequence[tuple[str, str]],
+    max_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int | None = None,
+    quantize: str | None = None,
+) -> ShardRows:
     """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
     Settings left ``None`` come from the model's saved prediction configuration.
 
@@ -64,15 +70,24 @@ def tag_shard(model_dir: str, items: Sequence[tuple[str, str]], max_len: int | N
     items = list(items)
     if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
         raise ValueError("expected items as (doc_id, text) pairs")
-    tagger = Tagger.from_loaded(load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size,
-                                quantize=quantize)
+    tagger = Tagger.from_loaded(
+        load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size, quantize=quantize
+    )
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
 
 
-def store_shard_rows(db_path: str, model_dir: str, shard_rows: Sequence[ShardRows], *, input_kind: str,
-                     input_ref: str, run_id: str | None, seconds_so_far: float = 0.0,
-                     config: dict | None = None) -> dict:
+def store_shard_rows(
+    db_path: str,
+    model_dir: str,
+    shard_rows: Sequence[ShardRows],
+    *,
+    input_kind: str,
+    input_ref: str,
+    run_id: str | None,
+    seconds_so_far: float = 0.0,
+    config: dict | None = None,
+) -> dict:
     """The single writer: one prediction run, one transaction per shard. Returns predict_step's summary."""
     import json
 
@@ -80,25 +95,51 @@ def store_shard_rows(db_path: str, model_dir: str, shard_rows: Sequence[ShardRow
 
     t0 = time.perf_counter()
     pred_run_id = steps.prediction_run_id(model_dir, input_ref)
-    predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=input_kind,
-                                 input_ref=input_ref, config_json=json.dumps(config or {}), replace=True)
+    predictions_db.start_prediction_run(
+        db_path,
+        pred_run_id,
+        model_dir=model_dir,
+        run_id=run_id,
+        input_kind=input_kind,
+        input_ref=input_ref,
+        config_json=json.dumps(config or {}),
+        replace=True,
+    )
     for rows in shard_rows:
         if rows:
             predictions_db.write_predictions(db_path, pred_run_id, rows)
-    row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed",
-                                        seconds=seconds_so_far + time.perf_counter() - t0)
-    return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
-            "n_chars": row["n_chars"], "n_shards": len(shard_rows), "seconds": round(row["seconds"], 2)}
+    row = predictions_db.finish_prediction_run(
+        db_path, pred_run_id, status="completed", seconds=seconds_so_far + time.perf_counter() - t0
+    )
+    return {
+        "pred_run_id": pred_run_id,
+        "n_documents": row["n_documents"],
+        "n_entities": row["n_entities"],
+        "n_chars": row["n_chars"],
+        "n_shards": len(shard_rows),
+        "seconds": round(row["seconds"], 2),
+    }
 
 
 def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
     return [[(d.doc_id, d.text) for d in s] for s in shards]
 
 
-def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
-                    run_id: str | None = None, n_shards: int = 2, address: str | None = None,
-                    n_workers: int = 2, processes: bool = False, batch_size: int = 32,
-                    settings: dict | None = None) -> dict:
+def predict_sharded(
+    db_path: str,
+    model_dir: str,
+    docs: Sequence[Document],
+    *,
+    input_kind: str,
+    input_ref: str,
+    run_id: str | None = None,
+    n_shards: int = 2,
+    address: str | None = None,
+    n_workers: int = 2,
+    processes: bool = False,
+    batch_size: int = 32,
+    settings: dict | None = None,
+) -> dict:
     """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
     the rows in DuckDB from this process. ``settings``: max_len, stride, batch_size, quantize for
     :func:`tag_shard` (``batch_size`` is kept for callers of the older signature)."""
@@ -107,8 +148,13 @@ def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, i
 
     t0 = time.perf_counter()
     shards = _payload(shard_documents(docs, n_shards))
-    cluster = None if address else LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes,
-                                                dashboard_address=None)
+    cluster = (
+        None
+        if address
+        else LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=None
+        )
+    )
     try:
         with Client(address or cluster) as client:
             futures = [client.submit(tag_shard, model_dir, s, pure=False, **settings) for s in shards]
@@ -116,9 +162,16 @@ def predict_sharded(db_path: str, model_dir: str, docs: Sequence[Document], *, i
     finally:
         if cluster is not None:
             cluster.close()
-    return store_shard_rows(db_path, model_dir, rows, input_kind=input_kind, input_ref=input_ref, run_id=run_id,
-                            seconds_so_far=time.perf_counter() - t0,
-                            config={"n_shards": len(shards), "dask": address or "local", **settings})
+    return store_shard_rows(
+        db_path,
+        model_dir,
+        rows,
+        input_kind=input_kind,
+        input_ref=input_ref,
+        run_id=run_id,
+        seconds_so_far=time.perf_counter() - t0,
+        config={"n_shards": len(shards), "dask": address or "local", **settings},
+    )
 
 
 # ----------------------------------------------------------------------------------------- Prefect
@@ -131,8 +184,14 @@ def make_task_runner(address: str | None = None, n_workers: int = 2, processes: 
         return DaskTaskRunner(address=address)
     if not isinstance(n_workers, int) or n_workers < 1:
         raise ValueError(f"expected n_workers to be a positive int, got {n_workers!r}")
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": processes,
-                                          "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,
+            "processes": processes,
+            "dashboard_address": None,
+        }
+    )
 
 
 @task(name="tag-shard", retries=1, retry_delay_seconds=[5])
@@ -148,12 +207,23 @@ def _dask_run_name() -> str:
     return f"dask-predict-{what}-{flow_run.parameters.get('n_shards')}-shards"
 
 
-@flow(name="dask-predict", flow_run_name=_dask_run_name,
-      task_runner=make_task_runner(os.environ.get("NER_DASK_ADDRESS") or None,
-                                   int(os.environ.get("NER_DASK_WORKERS", "2"))))
-def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None,
-                      n_shards: int = 4, only_new: bool = False, batch_size: int = 32,
-                      settings: dict | None = None) -> dict:
+@flow(
+    name="dask-predict",
+    flow_run_name=_dask_run_name,
+    task_runner=make_task_runner(
+        os.environ.get("NER_DASK_ADDRESS") or None, int(os.environ.get("NER_DASK_WORKERS", "2"))
+    ),
+)
+def dask_predict_flow(
+    db_path: str,
+    source: dict,
+    model_dir: str | None = None,
+    run_id: str | None = None,
+    n_shards: int = 4,
+    only_new: bool = False,
+    batch_size: int = 32,
+    settings: dict | None = None,
+) -> dict:
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
     t0 = time.perf_counter()
@@ -165,7 +235,9 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
         from storage.predictions import unpredicted_documents
 
         if not source.get("dataset") or not run_id:
-            raise ValueError("only_new needs a {'dataset': ...} source and a run (the production run or run_id)")
+            raise ValueError(
+                "only_new needs a {'dataset': ...} source and a run (the production run or run_id)"
+            )
         docs = unpredicted_documents(db_path, source["dataset"], run_id, source.get("split"))
         kind, ref = "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
     else:
@@ -178,26 +250,68 @@ def dask_predict_flow(db_path: str, source: dict, model_dir: str | None = None, 
         from storage import predictions as predictions_db
 
         pred_run_id = steps.prediction_run_id(model_dir, ref)
-        predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id, input_kind=kind,
-                                     input_ref=ref, config_json=None, replace=False)
+        predictions_db.start_prediction_run(
+            db_path,
+            pred_run_id,
+            model_dir=model_dir,
+            run_id=run_id,
+            input_kind=kind,
+            input_ref=ref,
+            config_json=None,
+            replace=False,
+        )
         for r in rows:
             if r:
                 predictions_db.write_predictions(db_path, pred_run_id, r)
-        row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed",
-                                            seconds=time.perf_counter() - t0)
-        return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
-                "n_chars": row["n_chars"], "n_new_documents": len(docs), "n_shards": len(shards)}
-    return store_shard_rows(db_path, model_dir, rows, input_kind=kind, input_ref=ref, run_id=run_id,
-                            seconds_so_far=time.perf_counter() - t0,
-                            config={"n_shards": len(shards), **settings})
+        row = predictions_db.finish_prediction_run(
+            db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
+        )
+        return {
+            "pred_run_id": pred_run_id,
+            "n_documents": row["n_documents"],
+            "n_entities": row["n_entities"],
+            "n_chars": row["n_chars"],
+            "n_new_documents": len(docs),
+            "n_shards": len(shards),
+        }
+    return store_shard_rows(
+        db_path,
+        model_dir,
+        rows,
+        input_kind=kind,
+        input_ref=ref,
+        run_id=run_id,
+        seconds_so_far=time.perf_counter() - t0,
+        config={"n_shards": len(shards), **settings},
+    )
 
 
-def run_dask_predict(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None, *,
-                     n_shards: int = 4, address: str | None = None, n_workers: int = 2, processes: bool = False,
-                     only_new: bool = False, batch_size: int = 32, settings: dict | None = None,
-                     return_state: bool = False):
+def run_dask_predict(
+    db_path: str,
+    source: dict,
+    model_dir: str | None = None,
+    run_id: str | None = None,
+    *,
+    n_shards: int = 4,
+    address: str | None = None,
+    n_workers: int = 2,
+    processes: bool = False,
+    only_new: bool = False,
+    batch_size: int = 32,
+    settings: dict | None = None,
+    return_state: bool = False,
+):
     """Run :func:`dask_predict_flow` with a task runner chosen now (address or LocalCluster)."""
     runner = make_task_runner(address, n_workers, processes)
     f: Callable = dask_predict_flow.with_options(task_runner=runner)
-    return f(db_path, source, model_dir, run_id, n_shards, only_new, batch_size, settings,
-             return_state=return_state)
+    return f(
+        db_path,
+        source,
+        model_dir,
+        run_id,
+        n_shards,
+        only_new,
+        batch_size,
+        settings,
+        return_state=return_state,
+    )

@@ -63,70 +63,119 @@ def _train_markdown(db_path: str, result: dict) -> str:
     from storage import runs as runs_db
 
     run = runs_db.get_run(db_path, result["run_id"])
-    lines = [f"# Training run `{result['run_id']}`", "",
-             f"- dataset **{run['dataset']}** v{run['dataset_version']}, encoder `{run['encoder']}`, "
-             f"head **{run['head']}**, scheme {run['scheme']}",
-             f"- best epoch {result['best_epoch']} (dev entity F1 {(result['best_dev_f1'] or 0) * 100:.2f}), "
-             f"stopped: {result['stopped_reason']}, {result['seconds']} s",
-             f"- model directory: `{result['model_dir']}`", "",
-             "| epoch | train loss | dev F1 | dev P | dev R | learning rate | seconds |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# Training run `{result['run_id']}`",
+        "",
+        f"- dataset **{run['dataset']}** v{run['dataset_version']}, encoder `{run['encoder']}`, "
+        f"head **{run['head']}**, scheme {run['scheme']}",
+        f"- best epoch {result['best_epoch']} (dev entity F1 {(result['best_dev_f1'] or 0) * 100:.2f}), "
+        f"stopped: {result['stopped_reason']}, {result['seconds']} s",
+        f"- model directory: `{result['model_dir']}`",
+        "",
+        "| epoch | train loss | dev F1 | dev P | dev R | learning rate | seconds |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for e in runs_db.epochs(db_path, result["run_id"]):
+
         def pct(v):
             return "-" if v is None else f"{v * 100:.2f}"
-        lines.append(f"| {e['epoch']}{' *' if e['is_best'] else ''} | {e['train_loss'] or 0:.4f} | "
-                     f"{pct(e['dev_f1'])} | {pct(e['dev_precision'])} | {pct(e['dev_recall'])} | "
-                     f"{e['learning_rate'] or 0:.2e} | {e['seconds'] or 0:.1f} |")
+
+        lines.append(
+            f"| {e['epoch']}{' *' if e['is_best'] else ''} | {e['train_loss'] or 0:.4f} | "
+            f"{pct(e['dev_f1'])} | {pct(e['dev_precision'])} | {pct(e['dev_recall'])} | "
+            f"{e['learning_rate'] or 0:.2e} | {e['seconds'] or 0:.1f} |"
+        )
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------- tasks
 @task(name="ingest", retries=2, retry_delay_seconds=[2, 5])
-def ingest_task(db_path: str, name: str, files: dict[str, str] | list[str], format: str | None = None,
-                policy: str = "repair", untyped_label: str = "ENT",
-                split_ratios: tuple[float, float, float] | None = None) -> dict:
-    return steps.ingest_step(db_path, name, files, format=format, policy=policy, untyped_label=untyped_label,
-                             split_ratios=split_ratios)
+def ingest_task(
+    db_path: str,
+    name: str,
+    files: dict[str, str] | list[str],
+    format: str | None = None,
+    policy: str = "repair",
+    untyped_label: str = "ENT",
+    split_ratios: tuple[float, float, float] | None = None,
+) -> dict:
+    return steps.ingest_step(
+        db_path,
+        name,
+        files,
+        format=format,
+        policy=policy,
+        untyped_label=untyped_label,
+        split_ratios=split_ratios,
+    )
 
 
 @task(name="train")
-def train_task(db_path: str, config: NERConfig, runs_root: str, run_id: str | None = None,
-               resume: bool = False) -> dict:
+def train_task(
+    db_path: str, config: NERConfig, runs_root: str, run_id: str | None = None, resume: bool = False
+) -> dict:
     result = steps.train_step(db_path, config, runs_root, run_id=run_id, resume=resume)
-    create_markdown_artifact(markdown=_train_markdown(db_path, result),
-                             key=_key("train-report", config.data.dataset, config.head.type.value),
-                             description=f"training report of run {result['run_id']}")
-    create_link_artifact(link=Path(result["model_dir"]).resolve().as_uri(), link_text=result["model_dir"],
-                         key="model-dir", description=f"model directory of run {result['run_id']}")
+    create_markdown_artifact(
+        markdown=_train_markdown(db_path, result),
+        key=_key("train-report", config.data.dataset, config.head.type.value),
+        description=f"training report of run {result['run_id']}",
+    )
+    create_link_artifact(
+        link=Path(result["model_dir"]).resolve().as_uri(),
+        link_text=result["model_dir"],
+        key="model-dir",
+        description=f"model directory of run {result['run_id']}",
+    )
     return result
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=[2])
-def evaluate_task(db_path: str, model_dir: str, dataset: str | None, split: str | None,
-                  run_id: str | None = None, file: str | None = None) -> dict:
+def evaluate_task(
+    db_path: str,
+    model_dir: str,
+    dataset: str | None,
+    split: str | None,
+    run_id: str | None = None,
+    file: str | None = None,
+) -> dict:
     result = steps.evaluate_step(db_path, model_dir, dataset, split, run_id=run_id, file=file)
     dataset, split = (Path(file).stem, "file") if file else (dataset, split)
     create_table_artifact(
-        table=[{k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result["per_type"]],
-        key=_key("eval", dataset, split), description=f"entity scores per type, {dataset}/{split}")
-    create_markdown_artifact(markdown=result["markdown"], key=_key("run-report", dataset),
-                             description=f"evaluation report of {run_id or model_dir}")
+        table=[
+            {k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result["per_type"]
+        ],
+        key=_key("eval", dataset, split),
+        description=f"entity scores per type, {dataset}/{split}",
+    )
+    create_markdown_artifact(
+        markdown=result["markdown"],
+        key=_key("run-report", dataset),
+        description=f"evaluation report of {run_id or model_dir}",
+    )
     return {k: v for k, v in result.items() if k not in ("markdown", "per_type")}
 
 
 @task(name="predict")
-def predict_task(db_path: str, model_dir: str, source: dict, run_id: str | None = None,
-                 settings: dict | None = None) -> dict:
+def predict_task(
+    db_path: str, model_dir: str, source: dict, run_id: str | None = None, settings: dict | None = None
+) -> dict:
     """``settings``: keyword arguments of :func:`flows.steps.predict_step` (max_len, stride, batch_size,
     device, num_threads, quantize)."""
     docs, kind, ref = steps.load_prediction_input(db_path, source)
-    return steps.predict_step(db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id,
-                              **(settings or {}))
+    return steps.predict_step(
+        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **(settings or {})
+    )
 
 
 @task(name="predict-new", retries=1, retry_delay_seconds=[5])
-def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, split: str | None = None,
-                     settings: dict | None = None) -> dict:
+def predict_new_task(
+    db_path: str,
+    model_dir: str,
+    run_id: str,
+    dataset: str,
+    split: str | None = None,
+    settings: dict | None = None,
+) -> dict:
     from storage.predictions import unpredicted_documents
 
     docs = unpredicted_documents(db_path, dataset, run_id, split)
@@ -134,27 +183,48 @@ def predict_new_task(db_path: str, model_dir: str, run_id: str, dataset: str, sp
     if not docs:
         print(f"nothing new to predict in {ref} for run {run_id}", flush=True)
         return {"pred_run_id": steps.prediction_run_id(model_dir, ref), "n_new_documents": 0}
-    out = steps.predict_step(db_path, model_dir, docs, input_kind="dataset", input_ref=ref, run_id=run_id,
-                             replace=False, **(settings or {}))
+    out = steps.predict_step(
+        db_path,
+        model_dir,
+        docs,
+        input_kind="dataset",
+        input_ref=ref,
+        run_id=run_id,
+        replace=False,
+        **(settings or {}),
+    )
     return {**out, "n_new_documents": len(docs)}
 
 
 # ----------------------------------------------------------------------------------------- flows
 @flow(name="ingest", flow_run_name="ingest-{name}")
-def ingest_flow(db_path: str, name: str, files: dict[str, str] | list[str], format: str | None = None,
-                policy: str = "repair", untyped_label: str = "ENT") -> dict:
+def ingest_flow(
+    db_path: str,
+    name: str,
+    files: dict[str, str] | list[str],
+    format: str | None = None,
+    policy: str = "repair",
+    untyped_label: str = "ENT",
+) -> dict:
     return ingest_task(db_path, name, files, format, policy, untyped_label)
 
 
 @flow(name="train", flow_run_name=_train_run_name)
-def train_flow(db_path: str, config: NERConfig, runs_root: str = "runs", run_id: str | None = None,
-               resume: bool = False) -> dict:
+def train_flow(
+    db_path: str, config: NERConfig, runs_root: str = "runs", run_id: str | None = None, resume: bool = False
+) -> dict:
     return train_task(db_path, config, runs_root, run_id, resume)
 
 
 @flow(name="evaluate", flow_run_name=_evaluate_run_name)
-def evaluate_flow(db_path: str, model_dir: str, dataset: str | None, split: str | None = "test",
-                  run_id: str | None = None, file: str | None = None) -> dict:
+def evaluate_flow(
+    db_path: str,
+    model_dir: str,
+    dataset: str | None,
+    split: str | None = "test",
+    run_id: str | None = None,
+    file: str | None = None,
+) -> dict:
     """Score ``model_dir`` on a stored ``dataset``/``split``, or on a labelled ``file``."""
     return evaluate_task(db_path, model_dir, dataset, split, run_id, file)
 
@@ -167,8 +237,13 @@ def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str =
 
 
 @flow(name="predict", flow_run_name="predict")
-def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_id: str | None = None,
-                 settings: dict | None = None) -> dict:
+def predict_flow(
+    db_path: str,
+    source: dict,
+    model_dir: str | None = None,
+    run_id: str | None = None,
+    settings: dict | None = None,
+) -> dict:
     """Tag ``source`` with ``model_dir``, or with the production run's model when none is given;
     ``settings`` as in :func:`predict_task`."""
     if model_dir is None:
@@ -177,8 +252,9 @@ def predict_flow(db_path: str, source: dict, model_dir: str | None = None, run_i
 
 
 @flow(name="predict-new", flow_run_name="predict-new-{dataset}")
-def predict_new_flow(db_path: str, dataset: str = "sample", split: str | None = None,
-                     settings: dict | None = None) -> dict:
+def predict_new_flow(
+    db_path: str, dataset: str = "sample", split: str | None = None, settings: dict | None = None
+) -> dict:
     """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
     all) that the production model has not tagged yet; rows accumulate in one prediction run."""
     model_dir, run_id = _resolve_production(db_path)
@@ -186,8 +262,15 @@ def predict_new_flow(db_path: str, dataset: str = "sample", split: str | None = 
 
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)
-def pipeline_flow(db_path: str, config: NERConfig, train: str, dev: str, test: str,
-                  predict_files: list[str], runs_root: str = "runs") -> dict:
+def pipeline_flow(
+    db_path: str,
+    config: NERConfig,
+    train: str,
+    dev: str,
+    test: str,
+    predict_files: list[str],
+    runs_root: str = "runs",
+) -> dict:
     """ingest -> train -> evaluate (test split) -> batch prediction, each a subflow."""
     ds = config.data.dataset
     ingest = ingest_flow(db_path, ds, {"train": train, "dev": dev, "test": test})

@@ -28,19 +28,40 @@ def new_run_id(config: NERConfig) -> str:
     return f"{stamp}-{config.data.dataset}-{config.head.type.value}-{uuid.uuid4().hex[:6]}"
 
 
-def ingest_step(db_path: str, name: str, files: dict[str, str] | list[str], *, format: str | None = None,
-                policy: str = "repair", untyped_label: str = "ENT",
-                split_ratios: tuple[float, float, float] | None = None) -> dict:
-    report = ingest_dataset(db_path, name, files, format=format, policy=policy, untyped_label=untyped_label,
-                            split_ratios=split_ratios, progress=True)
+def ingest_step(
+    db_path: str,
+    name: str,
+    files: dict[str, str] | list[str],
+    *,
+    format: str | None = None,
+    policy: str = "repair",
+    untyped_label: str = "ENT",
+    split_ratios: tuple[float, float, float] | None = None,
+) -> dict:
+    report = ingest_dataset(
+        db_path,
+        name,
+        files,
+        format=format,
+        policy=policy,
+        untyped_label=untyped_label,
+        split_ratios=split_ratios,
+        progress=True,
+    )
     print(report.to_text(), flush=True)
-    return {"dataset": report.dataset, "version": report.version, "created": report.created,
-            "counts": report.counts, "labels": list(report.labels),
-            "problems": len(report.problems)}
+    return {
+        "dataset": report.dataset,
+        "version": report.version,
+        "created": report.created,
+        "counts": report.counts,
+        "labels": list(report.labels),
+        "problems": len(report.problems),
+    }
 
 
-def train_step(db_path: str, config: NERConfig, runs_root: str, *, run_id: str | None = None,
-               resume: bool = False) -> dict:
+def train_step(
+    db_path: str, config: NERConfig, runs_root: str, *, run_id: str | None = None, resume: bool = False
+) -> dict:
     """Train on the dataset's train split, early-stop on its dev split; rows in runs / epochs."""
     from ner_core.training import train
 
@@ -59,27 +80,64 @@ def train_step(db_path: str, config: NERConfig, runs_root: str, *, run_id: str |
     run_id = run_id or new_run_id(config)
     run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
     if not resume:
-        runs_db.create_run(db_path, run_id, dataset=ds, dataset_version=version, config_json=config.to_json(),
-                           run_dir=run_dir)
-    print(f"run {run_id}: {len(train_docs)} train / {len(dev_docs)} dev documents, labels {labels}, "
-          f"encoder {config.encoder.name}, head {config.head.type.value}", flush=True)
+        runs_db.create_run(
+            db_path,
+            run_id,
+            dataset=ds,
+            dataset_version=version,
+            config_json=config.to_json(),
+            run_dir=run_dir,
+        )
+    print(
+        f"run {run_id}: {len(train_docs)} train / {len(dev_docs)} dev documents, labels {labels}, "
+        f"encoder {config.encoder.name}, head {config.head.type.value}",
+        flush=True,
+    )
     try:
-        result = train(config, train_docs, dev_docs, labels, run_dir, resume=resume,
-                       on_epoch=lambda s: runs_db.record_epoch(db_path, run_id, s.__dict__),
-                       extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version})
+        result = train(
+            config,
+            train_docs,
+            dev_docs,
+            labels,
+            run_dir,
+            resume=resume,
+            on_epoch=lambda s: runs_db.record_epoch(db_path, run_id, s.__dict__),
+            extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version},
+        )
     except BaseException as exc:
         runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    runs_db.finish_run(db_path, run_id, status="completed", model_dir=result.model_dir,
-                       best_epoch=result.best_epoch, best_dev_f1=result.best_dev_f1, seconds=result.seconds,
-                       stopped_reason=result.stopped_reason)
-    return {"run_id": run_id, "run_dir": str(run_dir), "model_dir": str(result.model_dir),
-            "best_epoch": result.best_epoch, "best_dev_f1": result.best_dev_f1,
-            "stopped_reason": result.stopped_reason, "seconds": round(result.seconds, 1)}
+    runs_db.finish_run(
+        db_path,
+        run_id,
+        status="completed",
+        model_dir=result.model_dir,
+        best_epoch=result.best_epoch,
+        best_dev_f1=result.best_dev_f1,
+        seconds=result.seconds,
+        stopped_reason=result.stopped_reason,
+    )
+    return {
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "model_dir": str(result.model_dir),
+        "best_epoch": result.best_epoch,
+        "best_dev_f1": result.best_dev_f1,
+        "stopped_reason": result.stopped_reason,
+        "seconds": round(result.seconds, 1),
+    }
 
 
-def evaluate_step(db_path: str, model_dir: str, dataset: str | None, split: str | None = "test", *,
-                  run_id: str | None = None, out_dir: str | None = None, file: str | None = None) -> dict:
+def evaluate_step(
+    db_path: str,
+    model_dir: str,
+    dataset: str | None,
+    split: str | None = "test",
+    *,
+    run_id: str | None = None,
+    out_dir: str | None = None,
+    file: str | None = None,
+) -> dict:
     """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
     JSON + Markdown reports and DuckDB rows."""
     from ner_core.evaluation import evaluate_model
@@ -103,16 +161,28 @@ def evaluate_step(db_path: str, model_dir: str, dataset: str | None, split: str 
         raise ValueError(f"no labelled documents to evaluate in {file or f'{dataset}/{split}'}")
     report = evaluate_model(loaded.model, loaded.tokenizer, docs, max_len=loaded.config.data.max_len)
     eval_id = f"{run_id or Path(model_dir).name}-{dataset}-v{version}-{split or 'file'}"
-    evaluations_db.save_evaluation(db_path, eval_id, report, model_dir=model_dir, dataset=dataset, split=split,
-                            run_id=run_id, dataset_version=version)
+    evaluations_db.save_evaluation(
+        db_path,
+        eval_id,
+        report,
+        model_dir=model_dir,
+        dataset=dataset,
+        split=split,
+        run_id=run_id,
+        dataset_version=version,
+    )
     out = Path(out_dir) if out_dir else Path(model_dir).parent
     out.mkdir(parents=True, exist_ok=True)
     stem = f"eval-{dataset}-{split}" if split else f"eval-{dataset}"
     (out / f"{stem}.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     md = report.to_markdown()
     (out / f"{stem}.md").write_text(md, encoding="utf-8")
-    return {"eval_id": eval_id, "markdown": md, **report.summary(),
-            "per_type": [t.model_dump() for t in report.per_type]}
+    return {
+        "eval_id": eval_id,
+        "markdown": md,
+        **report.summary(),
+        "per_type": [t.model_dump() for t in report.per_type],
+    }
 
 
 def prediction_run_id(model_dir: str, input_ref: str) -> str:
@@ -128,11 +198,24 @@ def prediction_run_id(model_dir: str, input_ref: str) -> str:
     return "pred-" + hashlib.sha1(f"{ident}\n{input_ref}".encode()).hexdigest()[:12]
 
 
-def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, input_kind: str, input_ref: str,
-                 run_id: str | None = None, batch_docs: int = 64, replace: bool | None = None,
-                 max_len: int | None = None, stride: int | None = None, batch_size: int | None = None,
-                 device: str = "auto", num_threads: int | None = None, quantize: str | None = None,
-                 progress: bool = True) -> dict:
+def predict_step(
+    db_path: str,
+    model_dir: str,
+    docs: Sequence[Document],
+    *,
+    input_kind: str,
+    input_ref: str,
+    run_id: str | None = None,
+    batch_docs: int = 64,
+    replace: bool | None = None,
+    max_len: int | None = None,
+    stride: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    num_threads: int | None = None,
+    quantize: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Tag ``docs`` and store one row per entity; every ``batch_docs`` documents are written in their own
     transaction.
 
@@ -157,43 +240,78 @@ def predict_step(db_path: str, model_dir: str, docs: Sequence[Document], *, inpu
         raise ValueError(f"prediction input has duplicate doc_id {dup!r}: doc_ids must be unique per run")
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(loaded, max_len=max_len, stride=stride, batch_size=batch_size, device=device,
-                                num_threads=num_threads, quantize=quantize)
+    tagger = Tagger.from_loaded(
+        loaded,
+        max_len=max_len,
+        stride=stride,
+        batch_size=batch_size,
+        device=device,
+        num_threads=num_threads,
+        quantize=quantize,
+    )
     pred_run_id = prediction_run_id(model_dir, input_ref)
     # what changes the predictions: a run resumes only under the same settings
     # ("merge": how windows are joined; runs stored before the whole-text CRF have none and are not resumed)
-    settings = {"max_len": tagger.max_len, "stride": tagger.stride, "quantize": tagger.quantize,
-                "merge": tagger.merge}
-    cfg = json.dumps({**settings, "batch_size": tagger.batch_size, "device": str(tagger.device),
-                      "batch_docs": batch_docs})
+    settings = {
+        "max_len": tagger.max_len,
+        "stride": tagger.stride,
+        "quantize": tagger.quantize,
+        "merge": tagger.merge,
+    }
+    cfg = json.dumps(
+        {**settings, "batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs}
+    )
     if replace is None:
         prev = predictions_db.get_prediction_run(db_path, pred_run_id)
         prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
-        resumable = (prev is not None and prev["status"] in ("running", "failed")
-                     and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings)
+        resumable = (
+            prev is not None
+            and prev["status"] in ("running", "failed")
+            and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings
+        )
         replace = not resumable
-    done = predictions_db.start_prediction_run(db_path, pred_run_id, model_dir=model_dir, run_id=run_id,
-                                        input_kind=input_kind, input_ref=input_ref, config_json=cfg,
-                                        replace=replace)
+    done = predictions_db.start_prediction_run(
+        db_path,
+        pred_run_id,
+        model_dir=model_dir,
+        run_id=run_id,
+        input_kind=input_kind,
+        input_ref=input_ref,
+        config_json=cfg,
+        replace=replace,
+    )
     todo = [d for d in docs if d.doc_id not in done]
     # longest documents first within the run would hurt resumption granularity; keep input order and let
     # the tagger sort windows by length inside each batch of documents
-    bar = tqdm(total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False,
-               disable=not progress)
+    bar = tqdm(
+        total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False, disable=not progress
+    )
     try:
         for b in range(0, len(todo), batch_docs):
             part = todo[b : b + batch_docs]
             preds = tagger.predict([d.text for d in part], progress=bar.update)
-            predictions_db.write_predictions(db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)])
+            predictions_db.write_predictions(
+                db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)]
+            )
     except BaseException:
-        predictions_db.finish_prediction_run(db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0)
+        predictions_db.finish_prediction_run(
+            db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0
+        )
         raise
     finally:
         bar.close()
-    row = predictions_db.finish_prediction_run(db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0)
-    return {"pred_run_id": pred_run_id, "n_documents": row["n_documents"], "n_entities": row["n_entities"],
-            "n_chars": row["n_chars"], "skipped_already_done": len(done), "resumed": not replace,
-            "seconds": round(row["seconds"], 2)}
+    row = predictions_db.finish_prediction_run(
+        db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
+    )
+    return {
+        "pred_run_id": pred_run_id,
+        "n_documents": row["n_documents"],
+        "n_entities": row["n_entities"],
+        "n_chars": row["n_chars"],
+        "skipped_already_done": len(done),
+        "resumed": not replace,
+        "seconds": round(row["seconds"], 2),
+    }
 
 
 def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:
@@ -211,8 +329,10 @@ def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], s
     from storage.datasets import load_documents
 
     if not isinstance(source, dict):
-        raise ValueError(f"expected the prediction input as a dict with 'files', 'dataset' or 'sql', "
-                         f"got {type(source).__name__}")
+        raise ValueError(
+            f"expected the prediction input as a dict with 'files', 'dataset' or 'sql', "
+            f"got {type(source).__name__}"
+        )
     if source.get("files"):
         docs: list[Document] = []
         for f in source["files"]:
@@ -238,12 +358,16 @@ def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], s
         except Exception as exc:  # duckdb errors: parser, catalog, read-only violations
             raise ValueError(f"prediction input query failed (it runs read-only): {exc}") from None
         if rows and not {"doc_id", "text"} <= set(rows[0]):
-            raise ValueError(f"prediction input query must return columns doc_id and text, got {sorted(rows[0])}")
+            raise ValueError(
+                f"prediction input query must return columns doc_id and text, got {sorted(rows[0])}"
+            )
         docs = []
         for i, r in enumerate(rows):
             if r["doc_id"] is None or not isinstance(r["text"], str):
-                raise ValueError(f"prediction input query row {i}: expected a doc_id and a text, got "
-                                 f"doc_id={r['doc_id']!r}, text of type {type(r['text']).__name__}")
+                raise ValueError(
+                    f"prediction input query row {i}: expected a doc_id and a text, got "
+                    f"doc_id={r['doc_id']!r}, text of type {type(r['text']).__name__}"
+                )
             if r["text"]:
                 docs.append(Document(doc_id=str(r["doc_id"]), text=r["text"], source="sql", line=i + 1))
         return docs, "sql", " ".join(sql.split())

@@ -132,8 +132,17 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return pool  # type: ignore[return-value]
 
 
-def _call(fn_name: str, em: np.ndarray, start: np.ndarray, trans: np.ndarray, end: np.ndarray,
-          lengths: np.ndarray, out: np.ndarray, threads: int, block: int) -> None:
+def _call(
+    fn_name: str,
+    em: np.ndarray,
+    start: np.ndarray,
+    trans: np.ndarray,
+    end: np.ndarray,
+    lengths: np.ndarray,
+    out: np.ndarray,
+    threads: int,
+    block: int,
+) -> None:
     """Checks the inputs and runs ``fn_name`` over the rows, split across ``threads`` threads on multiples
     of ``block`` rows (the kernel's row block, so none is split)."""
     lib = load()

@@ -94,7 +94,9 @@ class CharAligner:
     def __init__(self, tokenizer: Any, *, lowercase: bool | None = None) -> None:
         get_vocab = getattr(tokenizer, "get_vocab", None)
         if get_vocab is None:
-            raise ValueError(f"expected a Hugging Face tokenizer with get_vocab(), got {type(tokenizer).__name__}")
+            raise ValueError(
+                f"expected a Hugging Face tokenizer with get_vocab(), got {type(tokenizer).__name__}"
+            )
         vocab: dict[str, int] = dict(get_vocab())
         if not vocab:
             raise ValueError("expected a tokenizer with a non-empty vocabulary, got an empty one")

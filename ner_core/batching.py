@@ -97,7 +97,9 @@ def sliding_windows(length: int, max_len: int, stride: int) -> list[tuple[int, i
     if max_len < 1 or stride < 1:
         raise ValueError(f"max_len and stride must be positive, got {max_len} and {stride}")
     if stride > max_len:
-        raise ValueError(f"stride ({stride}) must not exceed max_len ({max_len}): characters would be skipped")
+        raise ValueError(
+            f"stride ({stride}) must not exceed max_len ({max_len}): characters would be skipped"
+        )
     if length <= max_len:
         return [(0, length)]
     wins = []

@@ -39,7 +39,9 @@ class DataConfig(_Strict):
         "BIOES", description="tag scheme the model is trained in; spans are converted on the fly"
     )
     max_len: int = Field(
-        128, ge=8, le=510,
+        128,
+        ge=8,
+        le=510,
         description="characters per model window ([CLS]/[SEP] come on top, so BERT's 512 = 510 here)",
     )
     window_stride: int | None = Field(

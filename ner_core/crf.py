@@ -209,9 +209,7 @@ class ConstrainedCRF(nn.Module):
         return [row[:n] for row, n in zip(rows, lengths.tolist(), strict=True)]
 
     @torch.no_grad()
-    def viterbi_tensor(
-        self, emissions: Tensor, mask: Tensor, backend: str = "auto"
-    ) -> tuple[Tensor, Tensor]:
+    def viterbi_tensor(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor]:
         """Batched Viterbi returning tensors: paths ``(B, T)`` long (steps past a row's length repeat its
         last tag) and lengths ``(B,)`` long. Inputs as in :meth:`decode` (validated there).
 

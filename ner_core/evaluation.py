@@ -10,8 +10,15 @@ from ner_core.model import NERModel
 from ner_core.predict import Tagger
 
 
-def evaluate_model(model: NERModel, tokenizer, docs: Sequence[Document], *, max_len: int,
-                   batch_size: int = 32, device: str = "cpu") -> EvaluationReport:
+def evaluate_model(
+    model: NERModel,
+    tokenizer,
+    docs: Sequence[Document],
+    *,
+    max_len: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> EvaluationReport:
     """Tag ``docs`` (whole, windowed) and score them against their gold entities."""
     tagger = Tagger(model, tokenizer, max_len=max_len, batch_size=batch_size, device=device)
     preds = tagger.predict([d.text for d in docs], confidence=False)

@@ -129,14 +129,26 @@ class ParseResult:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _problem(file: str, line: int | None, record: int | None, code: str, severity: str, message: str) -> Problem:
-    return Problem.model_construct(file=file, line=line, record=record, code=code, severity=severity, message=message)
+def _problem(
+    file: str, line: int | None, record: int | None, code: str, severity: str, message: str
+) -> Problem:
+    return Problem.model_construct(
+        file=file, line=line, record=record, code=code, severity=severity, message=message
+    )
 
 
-def _doc(doc_id: str, text: str, spans: list[tuple[int, int, str]], split: str | None, source: str,
-         line: int | None) -> Document:
+def _doc(
+    doc_id: str,
+    text: str,
+    spans: list[tuple[int, int, str]],
+    split: str | None,
+    source: str,
+    line: int | None,
+) -> Document:
     ents = [Entity.model_construct(start=s, end=e, label=lab) for s, e, lab in spans]
-    return Document.model_construct(doc_id=doc_id, text=text, entities=ents, split=split, source=source, line=line)
+    return Document.model_construct(
+        doc_id=doc_id, text=text, entities=ents, split=split, source=source, line=line
+    )
 
 
 def _normalise_scheme(scheme: str | None, default: str) -> str:
@@ -188,7 +200,9 @@ def detect_format(path: str | Path) -> str:
             if "label" in obj and isinstance(obj["label"], dict):
                 return "cluener"
             return "jsonl"
-        raise ValueError(f"{p}: JSON object on the first line lacks a 'text' key; pass format= one of {FORMATS}")
+        raise ValueError(
+            f"{p}: JSON object on the first line lacks a 'text' key; pass format= one of {FORMATS}"
+        )
     lines = [ln.rstrip("\r") for ln in head.split("\n")[:400]]
     nonblank = [ln for ln in lines if ln.strip()]
     if len(head_bytes) == 65536 and nonblank:
@@ -312,7 +326,7 @@ def _fast_bio(tags: list[str]) -> list[tuple[int, int, str]] | None:
         s, e = m.span()
         lab = tags[s][2:]
         if e - s > 1:
-            if tags[s + 1:e].count(f"I-{lab}") != e - s - 1:
+            if tags[s + 1 : e].count(f"I-{lab}") != e - s - 1:
                 return None  # an I- of another label inside the run
             n_inside += e - s - 1
         spans.append((s, e, lab))
@@ -340,7 +354,12 @@ def _scheme_obj(schemes_mod: Any, scheme: str) -> Any:
 
 
 def _decode_tags(
-    tags: list[str], scheme: str, policy: str, file: str, record: int | None, line_of: Any,
+    tags: list[str],
+    scheme: str,
+    policy: str,
+    file: str,
+    record: int | None,
+    line_of: Any,
     problems: list[Problem],
 ) -> list[tuple[int, int, str]] | None:
     """Spans of ``tags``; ``None`` when the record must be rejected (problems appended).
@@ -357,25 +376,43 @@ def _decode_tags(
     bad = [tp for tp in found if tp.code != "unknown_tag"]
     if unknown:
         for tp in unknown[:_MAX_TAG_PROBLEMS_PER_RECORD]:
-            problems.append(_problem(file, line_of(tp.position), record, "unknown_tag", "error",
-                                     tp.message))
+            problems.append(_problem(file, line_of(tp.position), record, "unknown_tag", "error", tp.message))
         if len(unknown) > _MAX_TAG_PROBLEMS_PER_RECORD:
-            problems.append(_problem(file, line_of(unknown[0].position), record, "unknown_tag", "error",
-                                     f"... and {len(unknown) - _MAX_TAG_PROBLEMS_PER_RECORD} more unknown tags"))
+            problems.append(
+                _problem(
+                    file,
+                    line_of(unknown[0].position),
+                    record,
+                    "unknown_tag",
+                    "error",
+                    f"... and {len(unknown) - _MAX_TAG_PROBLEMS_PER_RECORD} more unknown tags",
+                )
+            )
         return None
     if not bad:  # the fast path is stricter than the scheme: trust the scheme module
         return [(e.start, e.end, e.label) for e in sch.tags_to_spans(tags, sobj)]
     if policy == "strict":
         for tp in bad[:_MAX_TAG_PROBLEMS_PER_RECORD]:
-            problems.append(_problem(file, line_of(tp.position), record, tp.code, "error",
-                                     f"{tp.message} (strict: rejected)"))
+            problems.append(
+                _problem(
+                    file, line_of(tp.position), record, tp.code, "error", f"{tp.message} (strict: rejected)"
+                )
+            )
         return None
     repaired, warnings = sch.repair_tags(tags, sobj)
     for w in warnings or bad:
         pos = getattr(w, "position", None)
         msg = getattr(w, "message", None) or str(w)
-        problems.append(_problem(file, line_of(pos) if pos is not None else line_of(0), record,
-                                 "invalid_transition", "warning", f"repaired {msg}"))
+        problems.append(
+            _problem(
+                file,
+                line_of(pos) if pos is not None else line_of(0),
+                record,
+                "invalid_transition",
+                "warning",
+                f"repaired {msg}",
+            )
+        )
     return [(e.start, e.end, e.label) for e in sch.tags_to_spans(list(repaired), sobj)]
 
 
@@ -406,12 +443,21 @@ class _Ctx:
         self.rejected = 0
         self.seen_text: dict[str, int] = {}
 
-    def add(self, key: int, text: str, spans: list[tuple[int, int, str]], line: int | None,
-            record: int | None) -> None:
+    def add(
+        self, key: int, text: str, spans: list[tuple[int, int, str]], line: int | None, record: int | None
+    ) -> None:
         prev = self.seen_text.get(text)
         if prev is not None:
-            self.problems.append(_problem(self.file, line, record, "duplicate_text", "warning",
-                                          f"same text as {self.stem}:{prev} (kept)"))
+            self.problems.append(
+                _problem(
+                    self.file,
+                    line,
+                    record,
+                    "duplicate_text",
+                    "warning",
+                    f"same text as {self.stem}:{prev} (kept)",
+                )
+            )
         else:
             self.seen_text[text] = key
         self.records.append((f"{self.stem}:{key}", text, spans, line))
@@ -438,8 +484,12 @@ def _decode_lines(ctx: _Ctx, data: bytes) -> list[str | None]:
             try:
                 lines.append(raw.decode("utf-8").lstrip("\ufeff") if i == 1 else raw.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                ctx.err(i, None, "invalid_utf8",
-                        f"byte {exc.object[exc.start:exc.start + 1]!r} at column {exc.start + 1} is not UTF-8")
+                ctx.err(
+                    i,
+                    None,
+                    "invalid_utf8",
+                    f"byte {exc.object[exc.start : exc.start + 1]!r} at column {exc.start + 1} is not UTF-8",
+                )
                 lines.append(None)
     if lines and lines[-1] == "":
         lines.pop()
@@ -452,7 +502,12 @@ def _read_json_array(ctx: _Ctx, data: bytes) -> list[tuple[int, int, Any]] | Non
         text = data.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        ctx.err(line, None, "invalid_utf8", f"byte {data[exc.start:exc.start + 1]!r} is not UTF-8; file not read")
+        ctx.err(
+            line,
+            None,
+            "invalid_utf8",
+            f"byte {data[exc.start : exc.start + 1]!r} is not UTF-8; file not read",
+        )
         return None
     dec = json.JSONDecoder()
     n = len(text)
@@ -491,13 +546,22 @@ def _read_json_array(ctx: _Ctx, data: bytes) -> list[tuple[int, int, Any]] | Non
         if i < n and text[i] == "]":
             i += 1
             break
-        ctx.err(text.count("\n", 0, i) + 1, record, "invalid_json", "expected ',' or ']' after an element; "
-                "file not read")
+        ctx.err(
+            text.count("\n", 0, i) + 1,
+            record,
+            "invalid_json",
+            "expected ',' or ']' after an element; file not read",
+        )
         return None
     while i < n and text[i] in ws:
         i += 1
     if i < n:
-        ctx.err(text.count("\n", 0, i) + 1, None, "invalid_json", "extra content after the JSON array; file not read")
+        ctx.err(
+            text.count("\n", 0, i) + 1,
+            None,
+            "invalid_json",
+            "extra content after the JSON array; file not read",
+        )
         return None
     return out
 
@@ -507,7 +571,9 @@ def _parse_seed_json(ctx: _Ctx, data: bytes) -> bool:
     if items is None:
         return False
     for record, line, obj in items:
-        if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], str)):
+        if not (
+            isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], str)
+        ):
             ctx.err(line, record, "bad_record", f"expected a [text, tags] pair of strings, got {_short(obj)}")
             ctx.rejected += 1
             continue
@@ -522,7 +588,9 @@ def _parse_seed_json(ctx: _Ctx, data: bytes) -> bool:
             ctx.rejected += 1
             continue
         tags = _type_untyped(tags, ctx.untyped_label)
-        spans = _decode_tags(tags, ctx.scheme, ctx.policy, ctx.file, record, lambda _p, _l=line: _l, ctx.problems)
+        spans = _decode_tags(
+            tags, ctx.scheme, ctx.policy, ctx.file, record, lambda _p, _l=line: _l, ctx.problems
+        )
         if spans is None:
             ctx.rejected += 1
             continue
@@ -597,7 +665,9 @@ def _conll_block_fast(ctx: _Ctx, block: str, first_line: int, counter: list[int]
     odd = [t for t in set(tags) if len(t) == 1 and t != "O"]
     if odd:
         tags = _type_untyped(tags, ctx.untyped_label)
-    spans = _decode_tags(tags, ctx.scheme, ctx.policy, ctx.file, record, lambda p: first_line + p, ctx.problems)
+    spans = _decode_tags(
+        tags, ctx.scheme, ctx.policy, ctx.file, record, lambda p: first_line + p, ctx.problems
+    )
     if spans is None:
         ctx.rejected += 1
         return True
@@ -609,7 +679,9 @@ def _conll_block_fast(ctx: _Ctx, block: str, first_line: int, counter: list[int]
     return True
 
 
-def _conll_lines(ctx: _Ctx, lines: list[str | None], first_no: int, tag_column: int, counter: list[int]) -> None:
+def _conll_lines(
+    ctx: _Ctx, lines: list[str | None], first_no: int, tag_column: int, counter: list[int]
+) -> None:
     """Line-by-line reading (blank lines separate sentences); ``counter[0]`` numbers the sentences."""
     chars: list[str] = []
     tags: list[str] = []
@@ -658,13 +730,21 @@ def _conll_lines(ctx: _Ctx, lines: list[str | None], first_no: int, tag_column: 
             tag = ""
         if not tag:
             if ch in ("0", "O") and len(parts) <= 2:
-                ctx.warn(ln_no, record, "missing_char",
-                         f"line {line!r} has no character: read as a space tagged O (a whitespace lost upstream)")
+                ctx.warn(
+                    ln_no,
+                    record,
+                    "missing_char",
+                    f"line {line!r} has no character: read as a space tagged O (a whitespace lost upstream)",
+                )
                 chars.append(" ")
                 tags.append("O")
                 continue
-            ctx.err(ln_no, record, "missing_tag",
-                    f"expected 'char<sep>tag' with the tag in column {tag_column}, got {line!r}; sentence rejected")
+            ctx.err(
+                ln_no,
+                record,
+                "missing_tag",
+                f"expected 'char<sep>tag' with the tag in column {tag_column}, got {line!r}; sentence rejected",
+            )
             broken = True
             continue
         if not ch:
@@ -691,10 +771,16 @@ def _spread(tag: str, n: int, scheme: str) -> list[str]:
     return [tag] * n
 
 
-def _finish_conll(ctx: _Ctx, record: int, first_line: int, chars: list[str], tags: list[str], multi: bool) -> None:
+def _finish_conll(
+    ctx: _Ctx, record: int, first_line: int, chars: list[str], tags: list[str], multi: bool
+) -> None:
     if multi:
-        ctx.warn(first_line, record, "multi_char_token",
-                 "tokens longer than one character: their tag is spread over the characters")
+        ctx.warn(
+            first_line,
+            record,
+            "multi_char_token",
+            "tokens longer than one character: their tag is spread over the characters",
+        )
         new_tags: list[str] = []
         for ch, t in zip(chars, tags):
             new_tags.extend(_spread(t, len(ch), ctx.scheme))
@@ -715,8 +801,9 @@ def _finish_conll(ctx: _Ctx, record: int, first_line: int, chars: list[str], tag
     ctx.add(first_line, text, spans, first_line, record)
 
 
-def _check_spans(ctx: _Ctx, text: str, spans: list[tuple[int, int, str, str | None]], line: int,
-                 record: int) -> list[tuple[int, int, str]] | None:
+def _check_spans(
+    ctx: _Ctx, text: str, spans: list[tuple[int, int, str, str | None]], line: int, record: int
+) -> list[tuple[int, int, str]] | None:
     """Validate ``(start, end, label, mention|None)``; return clean spans or ``None`` to reject."""
     n = len(text)
     out: list[tuple[int, int, str]] = []
@@ -724,28 +811,44 @@ def _check_spans(ctx: _Ctx, text: str, spans: list[tuple[int, int, str, str | No
     seen: set[tuple[int, int, str]] = set()
     for s, e, lab, mention in spans:
         if s < 0 or e > n or e <= s:
-            ctx.err(line, record, "span_out_of_range",
-                    f"entity [{s}, {e}) {lab}{'' if mention is None else ' ' + repr(mention)} lies outside the "
-                    f"text (length {n}) or is empty")
+            ctx.err(
+                line,
+                record,
+                "span_out_of_range",
+                f"entity [{s}, {e}) {lab}{'' if mention is None else ' ' + repr(mention)} lies outside the "
+                f"text (length {n}) or is empty",
+            )
             ok = False
             continue
         if mention is not None and text[s:e] != mention:
             if ctx.policy == "repair" and mention:
                 found = _nearest(text, mention, s)
                 if found is not None:
-                    ctx.warn(line, record, "mention_mismatch",
-                             f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention is {mention!r}; "
-                             f"moved to [{found}, {found + len(mention)})")
+                    ctx.warn(
+                        line,
+                        record,
+                        "mention_mismatch",
+                        f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention is {mention!r}; "
+                        f"moved to [{found}, {found + len(mention)})",
+                    )
                     s, e = found, found + len(mention)
                 else:
-                    ctx.err(line, record, "mention_mismatch",
-                            f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention {mention!r} "
-                            f"does not occur in the text")
+                    ctx.err(
+                        line,
+                        record,
+                        "mention_mismatch",
+                        f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention {mention!r} "
+                        f"does not occur in the text",
+                    )
                     ok = False
                     continue
             else:
-                ctx.err(line, record, "mention_mismatch",
-                        f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention is {mention!r}")
+                ctx.err(
+                    line,
+                    record,
+                    "mention_mismatch",
+                    f"entity [{s}, {e}) {lab}: text there is {text[s:e]!r}, mention is {mention!r}",
+                )
                 ok = False
                 continue
         key = (s, e, lab)
@@ -757,8 +860,12 @@ def _check_spans(ctx: _Ctx, text: str, spans: list[tuple[int, int, str, str | No
     out.sort()
     for a, b in zip(out, out[1:]):
         if b[0] < a[1]:
-            ctx.err(line, record, "span_overlap",
-                    f"entities [{a[0]}, {a[1]}) {a[2]} and [{b[0]}, {b[1]}) {b[2]} overlap")
+            ctx.err(
+                line,
+                record,
+                "span_overlap",
+                f"entities [{a[0]}, {a[1]}) {a[2]} and [{b[0]}, {b[1]}) {b[2]} overlap",
+            )
             ok = False
     return out if ok else None
 
@@ -790,7 +897,9 @@ def _json_lines(ctx: _Ctx, data: bytes):
             ctx.rejected += 1
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-            ctx.err(ln_no, record, "bad_record", f"expected an object with a string 'text', got {_short(obj)}")
+            ctx.err(
+                ln_no, record, "bad_record", f"expected an object with a string 'text', got {_short(obj)}"
+            )
             ctx.rejected += 1
             continue
         if not obj["text"].strip():
@@ -834,12 +943,20 @@ def _parse_cluener(ctx: _Ctx, data: bytes) -> bool:
                         bad = True
                         break
                     for pos in positions:
-                        if not (isinstance(pos, list) and len(pos) == 2 and _is_int(pos[0]) and _is_int(pos[1])):
+                        if not (
+                            isinstance(pos, list) and len(pos) == 2 and _is_int(pos[0]) and _is_int(pos[1])
+                        ):
                             bad = True
                             break
                         raw.append((pos[0], pos[1] + 1, str(typ), mention))  # inclusive end -> half-open
-        _add_span_record(ctx, text, raw, ln_no, record,
-                         "expected 'label' as {type: {mention: [[start, end_inclusive], ...]}}" if bad else None)
+        _add_span_record(
+            ctx,
+            text,
+            raw,
+            ln_no,
+            record,
+            "expected 'label' as {type: {mention: [[start, end_inclusive], ...]}}" if bad else None,
+        )
     return True
 
 
@@ -850,15 +967,29 @@ def _parse_jsonl(ctx: _Ctx, data: bytes) -> bool:
         raw: list[tuple[int, int, str, str | None]] = []
         bad = not isinstance(ents, list)
         for ent in ents if not bad else []:
-            if not (isinstance(ent, dict) and _is_int(ent.get("start")) and _is_int(ent.get("end"))
-                    and isinstance(ent.get("label"), str) and ent["label"]):
+            if not (
+                isinstance(ent, dict)
+                and _is_int(ent.get("start"))
+                and _is_int(ent.get("end"))
+                and isinstance(ent.get("label"), str)
+                and ent["label"]
+            ):
                 bad = True
                 break
             mention = ent.get("text", ent.get("mention"))
-            raw.append((ent["start"], ent["end"], ent["label"], mention if isinstance(mention, str) else None))
-        _add_span_record(ctx, text, raw, ln_no, record,
-                         "expected 'entities' as a list of {start: int, end: int, label: str} (half-open)"
-                         if bad else None)
+            raw.append(
+                (ent["start"], ent["end"], ent["label"], mention if isinstance(mention, str) else None)
+            )
+        _add_span_record(
+            ctx,
+            text,
+            raw,
+            ln_no,
+            record,
+            "expected 'entities' as a list of {start: int, end: int, label: str} (half-open)"
+            if bad
+            else None,
+        )
     return True
 
 
@@ -903,7 +1034,9 @@ def read_file(
     if not isinstance(untyped_label, str) or not untyped_label or any(c.isspace() for c in untyped_label):
         raise ValueError(f"untyped_label must be a non-empty label without spaces, got {untyped_label!r}")
     if not isinstance(tag_column, int) or tag_column == 0:
-        raise ValueError(f"tag_column must be a non-zero column index (0 is the character), got {tag_column!r}")
+        raise ValueError(
+            f"tag_column must be a non-zero column index (0 is the character), got {tag_column!r}"
+        )
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     fmt = format or detect_format(p)

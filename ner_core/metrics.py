@@ -181,11 +181,17 @@ class EvaluationReport(BaseModel):
                 f"| {t.label} | {t.precision:.4f} | {t.recall:.4f} | {t.f1:.4f} | {t.support} | "
                 f"{t.predicted} | {t.correct} |"
             )
-        lines += ["", "### Errors", "", "| type | " + " | ".join(ERROR_KINDS) + " |",
-                  "|---|" + "---|" * len(ERROR_KINDS)]
+        lines += [
+            "",
+            "### Errors",
+            "",
+            "| type | " + " | ".join(ERROR_KINDS) + " |",
+            "|---|" + "---|" * len(ERROR_KINDS),
+        ]
         for label in sorted(self.errors):
-            lines.append(f"| {label} | " + " | ".join(str(self.errors[label].get(k, 0)) for k in ERROR_KINDS)
-                         + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(str(self.errors[label].get(k, 0)) for k in ERROR_KINDS) + " |"
+            )
         shown = self.error_sentences[:max_error_sentences]
         lines += ["", f"### Sentences with errors ({len(shown)} of {len(self.error_sentences)} shown)", ""]
         for s in shown:
@@ -448,11 +454,15 @@ def evaluate(
             errors.add(label, kind)
         if errs and (max_error_sentences is None or len(error_sentences) < max_error_sentences):
             kinds = {k for _, k in errs}
-            error_sentences.append(ErrorSentence(
-                doc_id=doc.doc_id, text=doc.text,
-                gold=doc.sorted_entities(), pred=sorted(p, key=lambda e: (e.start, e.end, e.label)),
-                kinds=[k for k in ERROR_KINDS if k in kinds],
-            ))
+            error_sentences.append(
+                ErrorSentence(
+                    doc_id=doc.doc_id,
+                    text=doc.text,
+                    gold=doc.sorted_entities(),
+                    pred=sorted(p, key=lambda e: (e.start, e.end, e.label)),
+                    kinds=[k for k in ERROR_KINDS if k in kinds],
+                )
+            )
 
     p_, r_, f_, per_type = entity_prf(gold_ents, pred_ents)
     mp, mr, mf = _macro(per_type)
@@ -462,8 +472,12 @@ def evaluate(
         n_chars=sum(len(t) for t in gold_tags),
         char_accuracy=char_accuracy(gold_tags, pred_tags),
         sentence_accuracy=sentence_accuracy(gold_tags, pred_tags),
-        precision=p_, recall=r_, f1=f_,
-        macro_precision=mp, macro_recall=mr, macro_f1=mf,
+        precision=p_,
+        recall=r_,
+        f1=f_,
+        macro_precision=mp,
+        macro_recall=mr,
+        macro_f1=mf,
         n_gold=sum(t.support for t in per_type.values()),
         n_pred=sum(t.predicted for t in per_type.values()),
         n_correct=sum(t.correct for t in per_type.values()),

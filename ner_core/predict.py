@@ -75,7 +75,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here (use cpu or auto)")
+        raise ValueError(
+            f"device {str(device)!r} asked for, but CUDA is not available here (use cpu or auto)"
+        )
     return dev
 
 
@@ -84,7 +86,9 @@ def quantized_copy(model):
     quantize_dynamic = getattr(getattr(torch, "ao", None), "quantization", None)
     quantize_dynamic = getattr(quantize_dynamic, "quantize_dynamic", None)
     if quantize_dynamic is None:
-        raise ValueError(f"quantize='int8' needs torch's dynamic quantization, missing in torch {torch.__version__}")
+        raise ValueError(
+            f"quantize='int8' needs torch's dynamic quantization, missing in torch {torch.__version__}"
+        )
     if "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"
     out = copy.deepcopy(model).cpu()
@@ -117,9 +121,18 @@ class Tagger:
         quantize: ``"none"`` or ``"int8"`` (dynamic int8 encoder on CPU; the given model is not changed).
     """
 
-    def __init__(self, model, tokenizer, *, max_len: int, stride: int | None = None, batch_size: int = 32,
-                 device: str | torch.device | None = "cpu", num_threads: int | None = None,
-                 quantize: str = "none"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_len: int,
+        stride: int | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = "cpu",
+        num_threads: int | None = None,
+        quantize: str = "none",
+    ):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         if stride is not None and (not isinstance(stride, int) or stride < 1):
@@ -130,10 +143,14 @@ class Tagger:
             if not isinstance(num_threads, int) or num_threads < 1:
                 raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
             torch.set_num_threads(num_threads)
-        limit = getattr(getattr(getattr(model, "encoder", None), "config", None), "max_position_embeddings", None)
+        limit = getattr(
+            getattr(getattr(model, "encoder", None), "config", None), "max_position_embeddings", None
+        )
         if isinstance(limit, int) and max_len + 2 > limit:
-            raise ValueError(f"max_len {max_len} plus [CLS] and [SEP] exceeds the encoder's {limit} positions "
-                             f"(use at most {limit - 2})")
+            raise ValueError(
+                f"max_len {max_len} plus [CLS] and [SEP] exceeds the encoder's {limit} positions "
+                f"(use at most {limit - 2})"
+            )
         self.model = model.eval()
         self.aligner = CharAligner(tokenizer)
         self.tags: list[str] = list(model.tags)
@@ -154,19 +171,33 @@ class Tagger:
         self.model.to(self.device)
 
     @classmethod
-    def from_loaded(cls, loaded, *, max_len: int | None = None, stride: int | None = None,
-                    batch_size: int | None = None, device: str | torch.device | None = None,
-                    num_threads: int | None = None, quantize: str | None = None) -> "Tagger":
+    def from_loaded(
+        cls,
+        loaded,
+        *,
+        max_len: int | None = None,
+        stride: int | None = None,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        num_threads: int | None = None,
+        quantize: str | None = None,
+    ) -> "Tagger":
         """A tagger for a :class:`ner_core.modeldir.LoadedModel`.
 
         Every setting left ``None`` comes from the model's saved ``prediction`` configuration, and the
         window (``max_len``) from its training ``data.max_len`` when that is unset too.
         """
         pc = loaded.config.prediction
-        return cls(loaded.model, loaded.tokenizer, max_len=max_len or pc.max_len or loaded.config.data.max_len,
-                   stride=stride or pc.stride, batch_size=batch_size or pc.batch_size,
-                   device=device or pc.device, num_threads=num_threads or pc.num_threads,
-                   quantize=quantize or pc.quantize)
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            max_len=max_len or pc.max_len or loaded.config.data.max_len,
+            stride=stride or pc.stride,
+            batch_size=batch_size or pc.batch_size,
+            device=device or pc.device,
+            num_threads=num_threads or pc.num_threads,
+            quantize=quantize or pc.quantize,
+        )
 
     #: how windows are joined: each character's emissions from its most central window, then one CRF
     #: pass over the whole text (stored with prediction runs, so a run never resumes under another rule)
@@ -174,8 +205,14 @@ class Tagger:
 
     @property
     def settings(self) -> dict:
-        return {"max_len": self.max_len, "stride": self.stride, "batch_size": self.batch_size,
-                "device": str(self.device), "quantize": self.quantize, "merge": self.merge}
+        return {
+            "max_len": self.max_len,
+            "stride": self.stride,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "quantize": self.quantize,
+            "merge": self.merge,
+        }
 
     @staticmethod
     def _check_texts(texts: Sequence[str]) -> None:
@@ -186,8 +223,9 @@ class Tagger:
                 raise ValueError(f"expected every text to be a str, got {type(t).__name__} at index {i}")
 
     @torch.inference_mode()
-    def tag_texts(self, texts: Sequence[str], *, confidence: bool = True,
-                  progress: Callable[[int], None] | None = None) -> list[tuple[list[str], list[float]]]:
+    def tag_texts(
+        self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
+    ) -> list[tuple[list[str], list[float]]]:
         """Per text: one tag per character and the marginal probability of that tag.
 
         Args:
@@ -215,8 +253,9 @@ class Tagger:
             out.extend(self._tag_group(group, confidence, progress))
         return out
 
-    def _tag_group(self, texts: Sequence[str], confidence: bool,
-                   progress: Callable[[int], None] | None) -> list[tuple[list[str], list[float]]]:
+    def _tag_group(
+        self, texts: Sequence[str], confidence: bool, progress: Callable[[int], None] | None
+    ) -> list[tuple[list[str], list[float]]]:
         K = len(self.tags)
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
@@ -287,11 +326,14 @@ class Tagger:
             b = e
         return out
 
-    def predict(self, texts: Sequence[str], *, confidence: bool = True,
-                progress: Callable[[int], None] | None = None) -> list[list[PredictedEntity]]:
+    def predict(
+        self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
+    ) -> list[list[PredictedEntity]]:
         """Entities per text, half-open character spans over the original text (see module docstring)."""
         out = []
-        for text, (tags, probs) in zip(texts, self.tag_texts(texts, confidence=confidence, progress=progress)):
+        for text, (tags, probs) in zip(
+            texts, self.tag_texts(texts, confidence=confidence, progress=progress)
+        ):
             ents = []
             for sp in tags_to_spans(tags, self.scheme):
                 start, end = sp.start, sp.end

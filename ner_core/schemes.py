@@ -196,7 +196,9 @@ def tag_set(labels: Sequence[str], scheme: Scheme | str) -> list[str]:
     clean: set[str] = set()
     for label in labels:
         if not isinstance(label, str) or not label or label == OUTSIDE or any(c.isspace() for c in label):
-            raise ValueError(f"expected non-empty labels without whitespace and other than 'O', got {label!r}")
+            raise ValueError(
+                f"expected non-empty labels without whitespace and other than 'O', got {label!r}"
+            )
         clean.add(label)
     tags = [OUTSIDE]
     for label in sorted(clean):
@@ -217,9 +219,7 @@ def spans_to_tags(length: int, entities: Sequence[Entity], scheme: Scheme | str)
         if not isinstance(e, Entity):
             raise ValueError(f"expected Entity objects, got {type(e).__name__} {e!r}")
         if e.end > length:
-            raise ValueError(
-                f"entity [{e.start}, {e.end}) {e.label} lies outside the text (length {length})"
-            )
+            raise ValueError(f"entity [{e.start}, {e.end}) {e.label} lies outside the text (length {length})")
     ordered = sorted(entities, key=lambda e: (e.start, e.end, e.label))
     for a, b in zip(ordered, ordered[1:]):
         if b.start < a.end:
@@ -319,32 +319,38 @@ def _allowed(scheme: Scheme, from_tag: str, to_tag: str) -> bool:
     t_role = t_role or OUTSIDE
     same = f_label is not None and f_label == t_label
     if spec.family == "bio":
-        return any([
-            # any tag may end the sequence
-            t_role == END,
-            # O and B-x may follow anything (START included)
-            t_role in (OUTSIDE, BEGIN),
-            # I-x may only continue B-x or I-x of the same label
-            t_role == INSIDE and f_role in (BEGIN, INSIDE) and same,
-        ])
+        return any(
+            [
+                # any tag may end the sequence
+                t_role == END,
+                # O and B-x may follow anything (START included)
+                t_role in (OUTSIDE, BEGIN),
+                # I-x may only continue B-x or I-x of the same label
+                t_role == INSIDE and f_role in (BEGIN, INSIDE) and same,
+            ]
+        )
     if spec.family == "iob1":
-        return any([
-            # any tag may end the sequence
-            t_role == END,
-            # O and I-x may follow anything (an I-x after another label starts a new entity)
-            t_role in (OUTSIDE, INSIDE),
-            # B-x only separates two adjacent entities of the same label
-            t_role == BEGIN and f_role in (BEGIN, INSIDE) and same,
-        ])
+        return any(
+            [
+                # any tag may end the sequence
+                t_role == END,
+                # O and I-x may follow anything (an I-x after another label starts a new entity)
+                t_role in (OUTSIDE, INSIDE),
+                # B-x only separates two adjacent entities of the same label
+                t_role == BEGIN and f_role in (BEGIN, INSIDE) and same,
+            ]
+        )
     # family "bioes": BIOES and BMES (I plays the role of M)
-    return any([
-        # only O, E-x and S-x close cleanly, so only they may end the sequence
-        t_role == END and f_role in (OUTSIDE, LAST, SINGLE),
-        # O, B-x and S-x may start the sequence or follow O, E-x, S-x
-        t_role in (OUTSIDE, BEGIN, SINGLE) and f_role in (START, OUTSIDE, LAST, SINGLE),
-        # I-x and E-x may only follow B-x or I-x of the same label
-        t_role in (INSIDE, LAST) and f_role in (BEGIN, INSIDE) and same,
-    ])
+    return any(
+        [
+            # only O, E-x and S-x close cleanly, so only they may end the sequence
+            t_role == END and f_role in (OUTSIDE, LAST, SINGLE),
+            # O, B-x and S-x may start the sequence or follow O, E-x, S-x
+            t_role in (OUTSIDE, BEGIN, SINGLE) and f_role in (START, OUTSIDE, LAST, SINGLE),
+            # I-x and E-x may only follow B-x or I-x of the same label
+            t_role in (INSIDE, LAST) and f_role in (BEGIN, INSIDE) and same,
+        ]
+    )
 
 
 def allowed_transitions(
@@ -411,18 +417,24 @@ def validate_tags(
         ok.append(True)
         if i == 0:
             if not _allowed(spec.scheme, START, tag):
-                problems.append(TagProblem(
-                    i, tag, "invalid_transition", f"position {i}: {tag} cannot start a sequence in {name}"
-                ))
+                problems.append(
+                    TagProblem(
+                        i, tag, "invalid_transition", f"position {i}: {tag} cannot start a sequence in {name}"
+                    )
+                )
         elif ok[i - 1] and not _allowed(spec.scheme, tags[i - 1], tag):
-            problems.append(TagProblem(
-                i, tag, "invalid_transition", f"position {i}: {tag} cannot follow {tags[i - 1]} in {name}"
-            ))
+            problems.append(
+                TagProblem(
+                    i, tag, "invalid_transition", f"position {i}: {tag} cannot follow {tags[i - 1]} in {name}"
+                )
+            )
     if tags and ok[-1] and not _allowed(spec.scheme, tags[-1], END):
         i = len(tags) - 1
-        problems.append(TagProblem(
-            i, tags[-1], "invalid_transition", f"position {i}: {tags[-1]} cannot end a sequence in {name}"
-        ))
+        problems.append(
+            TagProblem(
+                i, tags[-1], "invalid_transition", f"position {i}: {tags[-1]} cannot end a sequence in {name}"
+            )
+        )
     return problems
 
 

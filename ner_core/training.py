@@ -68,8 +68,9 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_factor(step: int, warmup: int, total: int, time_fraction: float | None = None,
-               warmup_ratio: float = 0.0) -> float:
+def _lr_factor(
+    step: int, warmup: int, total: int, time_fraction: float | None = None, warmup_ratio: float = 0.0
+) -> float:
     """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.
 
     With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
@@ -79,7 +80,9 @@ def _lr_factor(step: int, warmup: int, total: int, time_fraction: float | None =
     of its peak). Clock-driven rates make a budgeted run depend on the machine's speed, as its number of
     epochs already does.
     """
-    by_steps = (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    by_steps = (
+        (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    )
     if time_fraction is None:
         return by_steps
     t = min(1.0, max(0.0, time_fraction))
@@ -94,10 +97,18 @@ def _lr_factor(step: int, warmup: int, total: int, time_fraction: float | None =
     return min(by_steps, by_time)
 
 
-def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[Document],
-          labels: Sequence[str], run_dir: str | Path, *, resume: bool = False,
-          on_epoch: Callable[[EpochStats], None] | None = None, progress: bool = True,
-          extra_metadata: dict | None = None) -> TrainResult:
+def train(
+    config: NERConfig,
+    train_docs: Sequence[Document],
+    dev_docs: Sequence[Document],
+    labels: Sequence[str],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    extra_metadata: dict | None = None,
+) -> TrainResult:
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
     ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
@@ -134,8 +145,17 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
     use_amp = tc.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    state = {"epoch": 0, "step": 0, "plateau_scale": 1.0, "best_f1": None, "best_epoch": 0,
-             "bad_epochs": 0, "plateau_bad": 0, "history": [], "elapsed": 0.0}
+    state = {
+        "epoch": 0,
+        "step": 0,
+        "plateau_scale": 1.0,
+        "best_f1": None,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "plateau_bad": 0,
+        "history": [],
+        "elapsed": 0.0,
+    }
     ckpt_path = run_dir / CHECKPOINT
     if resume:
         if not ckpt_path.exists():
@@ -157,11 +177,18 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
         model.train()
         loss_sum, loss_n, n_seen, chars_seen = 0.0, 0, 0, 0
         n_batches = math.ceil(len(train_set) / tc.batch_size)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{n_epochs}", disable=not progress, leave=False,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        bar = tqdm(
+            total=n_batches,
+            desc=f"epoch {epoch}/{n_epochs}",
+            disable=not progress,
+            leave=False,
+            mininterval=0.5 if sys.stderr.isatty() else 10.0,
+        )
         optimizer.zero_grad(set_to_none=True)
         budget_hit = False
-        for bi, batch in enumerate(train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)):
+        for bi, batch in enumerate(
+            train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
+        ):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 loss = model(batch["input_ids"], batch["attention_mask"], batch["tags"])
@@ -171,10 +198,15 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
             n_seen += batch["input_ids"].size(0)
             chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
             if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
-                fraction = ((state["elapsed"] + time.perf_counter() - ep_t0) / tc.max_train_seconds
-                            if tc.max_train_seconds else None)
-                factor = (_lr_factor(state["step"], warmup_steps, total_steps, fraction, tc.warmup_ratio)
-                          * state["plateau_scale"])
+                fraction = (
+                    (state["elapsed"] + time.perf_counter() - ep_t0) / tc.max_train_seconds
+                    if tc.max_train_seconds
+                    else None
+                )
+                factor = (
+                    _lr_factor(state["step"], warmup_steps, total_steps, fraction, tc.warmup_ratio)
+                    * state["plateau_scale"]
+                )
                 for g in optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
                 if tc.grad_clip:
@@ -185,22 +217,38 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.3f}",
-                            sent_s=f"{n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}")
+            bar.set_postfix(
+                loss=f"{loss_sum / loss_n:.3f}",
+                sent_s=f"{n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}",
+            )
             if tc.max_train_seconds and state["elapsed"] + time.perf_counter() - ep_t0 > tc.max_train_seconds:
                 budget_hit = True
                 break
         bar.close()
         train_seconds = time.perf_counter() - ep_t0
-        report = evaluate_model(model, tokenizer, dev_docs, max_len=config.data.max_len,
-                                batch_size=max(tc.batch_size, 32), device=tc.device) if dev_docs else None
+        report = (
+            evaluate_model(
+                model,
+                tokenizer,
+                dev_docs,
+                max_len=config.data.max_len,
+                batch_size=max(tc.batch_size, 32),
+                device=tc.device,
+            )
+            if dev_docs
+            else None
+        )
         f1 = report.f1 if report else None
         stats = EpochStats(
-            epoch=epoch, train_loss=loss_sum / max(1, loss_n), dev_f1=f1,
-            dev_precision=report.precision if report else None, dev_recall=report.recall if report else None,
+            epoch=epoch,
+            train_loss=loss_sum / max(1, loss_n),
+            dev_f1=f1,
+            dev_precision=report.precision if report else None,
+            dev_recall=report.recall if report else None,
             dev_char_accuracy=report.char_accuracy if report else None,
             dev_sentence_accuracy=report.sentence_accuracy if report else None,
-            learning_rate=optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - ep_t0,
+            learning_rate=optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - ep_t0,
             sentences_per_second=n_seen / max(train_seconds, 1e-9),
             chars_per_second=chars_seen / max(train_seconds, 1e-9),
         )
@@ -209,8 +257,16 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
             state["best_f1"], state["best_epoch"] = f1, epoch
             state["bad_epochs"] = state["plateau_bad"] = 0
             stats.is_best = True
-            save_model_dir(model_dir, model, tokenizer, metrics={
-                "best_epoch": epoch, "dev": report.summary() if report else None, **(extra_metadata or {})})
+            save_model_dir(
+                model_dir,
+                model,
+                tokenizer,
+                metrics={
+                    "best_epoch": epoch,
+                    "dev": report.summary() if report else None,
+                    **(extra_metadata or {}),
+                },
+            )
         else:
             state["bad_epochs"] += 1
             state["plateau_bad"] += 1
@@ -221,16 +277,28 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
         state["history"] = [asdict(h) for h in history]
         state["epoch"] = epoch
         state["elapsed"] += stats.seconds
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "state": state, "torch_rng": torch.get_rng_state(),
-                    "py_rng": random.getstate(), "np_rng": np.random.get_state()}, ckpt_path.with_suffix(".tmp"))
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "state": state,
+                "torch_rng": torch.get_rng_state(),
+                "py_rng": random.getstate(),
+                "np_rng": np.random.get_state(),
+            },
+            ckpt_path.with_suffix(".tmp"),
+        )
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if on_epoch:
             on_epoch(stats)
         if progress:
             dev = f"dev F1 {f1 * 100:.2f}" if f1 is not None else "no dev set"
-            print(f"epoch {epoch}: loss {stats.train_loss:.4f}, {dev}, {stats.sentences_per_second:.1f} sent/s, "
-                  f"{stats.seconds:.1f} s{' *best*' if stats.is_best else ''}", flush=True)
+            print(
+                f"epoch {epoch}: loss {stats.train_loss:.4f}, {dev}, {stats.sentences_per_second:.1f} sent/s, "
+                f"{stats.seconds:.1f} s{' *best*' if stats.is_best else ''}",
+                flush=True,
+            )
         if budget_hit:
             stopped = f"time budget of {tc.max_train_seconds:.0f} s reached"
             break
@@ -240,6 +308,12 @@ def train(config: NERConfig, train_docs: Sequence[Document], dev_docs: Sequence[
     else:
         stopped = f"finished {n_epochs} epochs"
     (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2), encoding="utf-8")
-    return TrainResult(run_dir=run_dir, model_dir=model_dir, best_epoch=state["best_epoch"],
-                       best_dev_f1=state["best_f1"], history=history, stopped_reason=stopped,
-                       seconds=time.perf_counter() - t0)
+    return TrainResult(
+        run_dir=run_dir,
+        model_dir=model_dir,
+        best_epoch=state["best_epoch"],
+        best_dev_f1=state["best_f1"],
+        history=history,
+        stopped_reason=stopped,
+        seconds=time.perf_counter() - t0,
+    )

@@ -50,8 +50,18 @@ GIVEN_NAMES = (
     "立新 春梅 秋云 冬青 亦凡 泽宇 沐阳 清扬 可馨 锦程 知行 望舒 慕白 听雨"
 ).split()
 FOREIGN_NAMES = [
-    "卡尔·贝诺", "索菲·莫兰", "汉斯·韦伯", "艾玛·罗斯", "诺亚·格兰", "米娅·卡特", "奥利·维斯", "露西·布伦",
-    "Tom Lee", "Anna Wu", "Kevin Zhao", "Lisa Ma",
+    "卡尔·贝诺",
+    "索菲·莫兰",
+    "汉斯·韦伯",
+    "艾玛·罗斯",
+    "诺亚·格兰",
+    "米娅·卡特",
+    "奥利·维斯",
+    "露西·布伦",
+    "Tom Lee",
+    "Anna Wu",
+    "Kevin Zhao",
+    "Lisa Ma",
 ]
 
 ORG_CORES = (
@@ -196,9 +206,7 @@ def build_pools(rng: random.Random) -> Pools:
     return pools
 
 
-def render(
-    template: str, rng: random.Random, pools: Pools, unseen_rate: float
-) -> tuple[str, list[dict]]:
+def render(template: str, rng: random.Random, pools: Pools, unseen_rate: float) -> tuple[str, list[dict]]:
     """Fill one template; return the text and its entities with half-open offsets."""
     parts: list[str] = []
     entities: list[dict] = []
@@ -237,7 +245,9 @@ def make_sentence(rng: random.Random, pools: Pools, unseen_rate: float) -> dict:
     return {"text": text, "entities": ents}
 
 
-def make_split(n: int, seed: int, pools: Pools, unseen_rate: float, taken: set[str] | None = None) -> list[dict]:
+def make_split(
+    n: int, seed: int, pools: Pools, unseen_rate: float, taken: set[str] | None = None
+) -> list[dict]:
     """``n`` sentences whose texts are unique within the split and absent from ``taken`` (the texts of the
     splits made before), so dev and test never repeat a training sentence."""
     rng = random.Random(seed)

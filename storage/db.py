@@ -69,7 +69,9 @@ def current_version(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
 
 
-def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str, str]] | None = None) -> list[int]:
+def migrate(
+    con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str, str]] | None = None
+) -> list[int]:
     """Apply pending migrations, one transaction each; return the versions applied."""
     migrations = MIGRATIONS if migrations is None else migrations
     check_migrations(migrations)
@@ -89,7 +91,9 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: list[tuple[int, str, str
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(sql)
-            con.execute("INSERT INTO schema_version (version, description) VALUES (?, ?)", [version, description])
+            con.execute(
+                "INSERT INTO schema_version (version, description) VALUES (?, ?)", [version, description]
+            )
             con.execute("COMMIT")
         except Exception:
             con.execute("ROLLBACK")
@@ -135,7 +139,9 @@ def connect(path: str | Path, read_only: bool = False, *, wait_s: float = 10.0) 
 
 
 @contextmanager
-def open_db(path: str | Path, read_only: bool = False, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_db(
+    path: str | Path, read_only: bool = False, wait_s: float = 10.0
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """``with open_db(path) as con:`` — a short-lived connection, closed on exit."""
     con = connect(path, read_only=read_only, wait_s=wait_s)
     try:

@@ -15,13 +15,22 @@ from storage.db import now as _now
 from storage.db import open_db
 from storage.db import rows as _rows
 
-_DOC_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()),
-                         ("n_entities", pa.int32())])
+_DOC_SCHEMA = pa.schema(
+    [("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("n_entities", pa.int32())]
+)
 
 
-_ENT_SCHEMA = pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string()), ("start", pa.int32()),
-                         ("end", pa.int32()), ("label", pa.string()), ("text", pa.string()),
-                         ("confidence", pa.float64())])
+_ENT_SCHEMA = pa.schema(
+    [
+        ("pred_run_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("start", pa.int32()),
+        ("end", pa.int32()),
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("confidence", pa.float64()),
+    ]
+)
 
 
 def get_prediction_run(db_path: str | Path, pred_run_id: str) -> dict | None:
@@ -29,15 +38,25 @@ def get_prediction_run(db_path: str | Path, pred_run_id: str) -> dict | None:
     if str(db_path) != ":memory:" and not Path(db_path).exists():
         return None
     with open_db(db_path, read_only=True) as con:
-        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'prediction_runs'"
-                           ).fetchone()[0]:
+        if not con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'prediction_runs'"
+        ).fetchone()[0]:
             return None
         rows = _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
     return rows[0] if rows else None
 
 
-def start_prediction_run(db_path: str | Path, pred_run_id: str, *, model_dir: str | Path, run_id: str | None,
-                         input_kind: str, input_ref: str, config_json: str | None, replace: bool) -> set[str]:
+def start_prediction_run(
+    db_path: str | Path,
+    pred_run_id: str,
+    *,
+    model_dir: str | Path,
+    run_id: str | None,
+    input_kind: str,
+    input_ref: str,
+    config_json: str | None,
+    replace: bool,
+) -> set[str]:
     """Register a prediction run; returns the doc_ids already stored for it (for resuming).
 
     ``replace=True`` deletes the run's earlier rows first (same model, same input: rows are replaced,
@@ -58,8 +77,12 @@ def start_prediction_run(db_path: str | Path, pred_run_id: str, *, model_dir: st
             "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
             [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
         )
-        done = {r[0] for r in con.execute(
-            "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]).fetchall()}
+        done = {
+            r[0]
+            for r in con.execute(
+                "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]
+            ).fetchall()
+        }
         con.execute("COMMIT")
     return done
 
@@ -80,13 +103,17 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
         doc_rows["text"].append(text)
         doc_rows["n_entities"].append(len(ents))
         for e in ents:
-            for k, v in zip(_ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)):
+            for k, v in zip(
+                _ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)
+            ):
                 ent_rows[k].append(v)
     with open_db(db_path) as con:
         con.execute("BEGIN")
         con.register("_docs", pa.table(doc_rows, schema=_DOC_SCHEMA))
-        con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
-                    [pred_run_id])
+        con.execute(
+            "DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
+            [pred_run_id],
+        )
         con.execute("INSERT OR REPLACE INTO predicted_documents SELECT * FROM _docs")
         con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
         con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
@@ -114,8 +141,9 @@ def prediction_disagreements(db_path: str | Path, run_a: str, run_b: str) -> lis
         if not isinstance(v, str) or not v:
             raise ValueError(f"expected {name} to be a prediction run id, got {v!r}")
     with open_db(db_path, read_only=True) as con:
-        return _rows(con, 'SELECT * FROM predicted_disagreements(?, ?) ORDER BY doc_id, "start", side',
-                     [run_a, run_b])
+        return _rows(
+            con, 'SELECT * FROM predicted_disagreements(?, ?) ORDER BY doc_id, "start", side', [run_a, run_b]
+        )
 
 
 def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split: str | None = None) -> list:
@@ -136,7 +164,9 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
     with open_db(db_path, read_only=True) as con:
         row = con.execute("SELECT max(version) FROM datasets WHERE name = ?", [dataset]).fetchone()
         if row is None or row[0] is None:
-            raise ValueError(f"no dataset {dataset!r} in {db_path}: ingest it first (ner ingest --name {dataset})")
+            raise ValueError(
+                f"no dataset {dataset!r} in {db_path}: ingest it first (ner ingest --name {dataset})"
+            )
         only_split = " AND d.split = ?" if split is not None else ""
         params: list[Any] = [dataset, row[0], *([split] if split is not None else []), run_id]
         rows = con.execute(
@@ -144,6 +174,10 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
             f"WHERE d.dataset = ? AND d.version = ?{only_split} AND NOT EXISTS ("
             "  SELECT 1 FROM predicted_documents p JOIN prediction_runs r USING (pred_run_id) "
             "  WHERE r.run_id = ? AND p.doc_id = d.doc_id AND p.text = d.text) "
-            "ORDER BY d.ord", params).fetchall()
-    return [Document.model_construct(doc_id=i, text=t, entities=[], split=sp, source=src, line=ln)
-            for i, t, sp, src, ln in rows]
+            "ORDER BY d.ord",
+            params,
+        ).fetchall()
+    return [
+        Document.model_construct(doc_id=i, text=t, entities=[], split=sp, source=src, line=ln)
+        for i, t, sp, src, ln in rows
+    ]

@@ -1,17 +1,118 @@
-"""Read-only queries over the database.
+"""The one read-only query function: the dashboard's SQL page, the prediction flow's SQL source and the
+command line all read through :func:`query`.
+
+A query is checked before it runs (:func:`check_sql`: one SELECT-like statement, no table functions that
+read files, no quoted paths or URLs) and then runs on a read-only connection with external access
+disabled and the configuration locked, so a file read that slips past the checks still fails in DuckDB
+itself.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from storage.db import open_db
-from storage.db import rows as _rows
+
+__all__ = ["QueryResult", "SqlRejected", "check_sql", "query"]
 
 
-def query(db_path: str | Path, sql: str, params: Sequence[Any] = ()) -> list[dict]:
-    """Run a read-only query (a read-only connection: writes fail)."""
-    with open_db(db_path, read_only=True) as con:
-        return _rows(con, sql, params)
+class SqlRejected(ValueError):
+    """A statement refused before it ran, or a query that failed; the message says why."""
+
+
+_ALLOWED = {"SELECT", "EXPLAIN"}
+_FILE_FUNCS = re.compile(
+    r"\b(read_\w+|glob|parquet_\w+|sniff_csv|iceberg_\w+|delta_scan|sqlite_\w+|postgres_\w+|mysql_\w+|"
+    r"query_table|query)\s*\(",
+    re.IGNORECASE,
+)
+_PATH_LITERAL = re.compile(r"'\s*(/|~|\.{1,2}/|[a-z][a-z0-9+.-]*://|[a-z]:\\)", re.IGNORECASE)
+_ONLY = "only a single read-only SELECT / WITH / SHOW / DESCRIBE query is allowed"
+
+
+def _strip_sql_comments(sql: str) -> str:
+    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
+    return re.sub(r"--[^\n]*", " ", sql)
+
+
+def check_sql(sql: str) -> str:
+    """Return ``sql`` stripped if it is one read-only query; raise :class:`SqlRejected` otherwise.
+
+    Accepted: a single SELECT / WITH / SHOW / DESCRIBE / SUMMARIZE / EXPLAIN statement (DuckDB parses
+    all of these as SELECT or EXPLAIN). Rejected: anything else (INSERT, DROP, SET, ATTACH, COPY, PRAGMA,
+    ...), several statements, table functions that read files (read_csv, read_parquet, glob, ...) and
+    quoted file paths or URLs.
+    """
+    if not isinstance(sql, str):
+        raise ValueError(f"expected the SQL as a str, got {type(sql).__name__}")
+    text = sql.strip().rstrip(";").strip()
+    if not text:
+        raise SqlRejected("Rejected: the query is empty; write one SELECT statement.")
+    try:
+        statements = duckdb.connect(":memory:").extract_statements(text)
+    except duckdb.Error as exc:
+        raise SqlRejected(f"Rejected: the query does not parse: {exc}") from None
+    if len(statements) != 1:
+        raise SqlRejected(f"Rejected: expected one statement, got {len(statements)}; {_ONLY}.")
+    kind = statements[0].type.name
+    if kind not in _ALLOWED:
+        raise SqlRejected(f"Rejected: {kind} statements are not allowed; {_ONLY} (queries here never write).")
+    code = _strip_sql_comments(text)
+    m = _FILE_FUNCS.search(code)
+    if m:
+        raise SqlRejected(
+            f"Rejected: {m.group(1)}(...) reads or writes files; only the database's own tables and views "
+            "can be queried."
+        )
+    if _PATH_LITERAL.search(code):
+        raise SqlRejected(
+            "Rejected: the query names a file path or URL; only the database's own tables and views can be "
+            "queried."
+        )
+    return text
+
+
+class QueryResult(list):
+    """The rows of a query as dicts keyed by column (a ``list``), plus ``columns`` and ``truncated``
+    (more rows existed than the ``limit`` asked for)."""
+
+    def __init__(self, rows: list[dict], columns: list[str], truncated: bool) -> None:
+        super().__init__(rows)
+        self.columns = columns
+        self.truncated = truncated
+
+
+def query(
+    db_path: str | Path,
+    sql: str,
+    params: Sequence[Any] = (),
+    *,
+    limit: int | None = None,
+    wait_s: float = 10.0,
+) -> QueryResult:
+    """Run one checked query read-only with external access disabled; at most ``limit`` rows come back.
+
+    Raises :class:`SqlRejected` for a refused statement or a query DuckDB could not run,
+    ``FileNotFoundError`` for a missing database and :class:`storage.db.DatabaseLockedError` when a writer
+    holds the file for longer than ``wait_s`` seconds.
+    """
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"expected limit as an int >= 1 or None, got {limit!r}")
+    text = check_sql(sql)
+    with open_db(db_path, read_only=True, wait_s=wait_s) as con:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        try:
+            cur = con.execute(text, list(params))
+            cols = [d[0] for d in cur.description] if cur.description else []
+            rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
+        except duckdb.Error as exc:
+            raise SqlRejected(f"The query failed: {exc}") from None
+    truncated = limit is not None and len(rows) > limit
+    kept = rows[:limit] if limit is not None else rows
+    return QueryResult([dict(zip(cols, r)) for r in kept], cols, truncated)

@@ -13,22 +13,48 @@ from storage.db import open_db
 from storage.db import rows as _rows
 
 
-def create_run(db_path: str | Path, run_id: str, *, dataset: str, dataset_version: int | None,
-               config_json: str, run_dir: str | Path) -> None:
+def create_run(
+    db_path: str | Path,
+    run_id: str,
+    *,
+    dataset: str,
+    dataset_version: int | None,
+    config_json: str,
+    run_dir: str | Path,
+) -> None:
     cfg = json.loads(config_json)
     with open_db(db_path) as con:
         con.execute(
             "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, status, "
             "run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-            [run_id, dataset, dataset_version, cfg["encoder"]["name"], cfg["head"]["type"],
-             cfg["data"]["scheme"], config_json, str(run_dir), _now()],
+            [
+                run_id,
+                dataset,
+                dataset_version,
+                cfg["encoder"]["name"],
+                cfg["head"]["type"],
+                cfg["data"]["scheme"],
+                config_json,
+                str(run_dir),
+                _now(),
+            ],
         )
 
 
 def record_epoch(db_path: str | Path, run_id: str, stats: dict) -> None:
-    cols = ["train_loss", "dev_f1", "dev_precision", "dev_recall", "dev_char_accuracy",
-            "dev_sentence_accuracy", "learning_rate", "seconds", "sentences_per_second", "chars_per_second",
-            "is_best"]
+    cols = [
+        "train_loss",
+        "dev_f1",
+        "dev_precision",
+        "dev_recall",
+        "dev_char_accuracy",
+        "dev_sentence_accuracy",
+        "learning_rate",
+        "seconds",
+        "sentences_per_second",
+        "chars_per_second",
+        "is_best",
+    ]
     with open_db(db_path) as con:
         con.execute(
             f"INSERT OR REPLACE INTO epochs (run_id, epoch, {', '.join(cols)}) "
@@ -37,15 +63,33 @@ def record_epoch(db_path: str | Path, run_id: str, stats: dict) -> None:
         )
 
 
-def finish_run(db_path: str | Path, run_id: str, *, status: str, model_dir: str | Path | None = None,
-               best_epoch: int | None = None, best_dev_f1: float | None = None, seconds: float | None = None,
-               stopped_reason: str | None = None, error: str | None = None) -> None:
+def finish_run(
+    db_path: str | Path,
+    run_id: str,
+    *,
+    status: str,
+    model_dir: str | Path | None = None,
+    best_epoch: int | None = None,
+    best_dev_f1: float | None = None,
+    seconds: float | None = None,
+    stopped_reason: str | None = None,
+    error: str | None = None,
+) -> None:
     with open_db(db_path) as con:
         con.execute(
             "UPDATE runs SET status = ?, model_dir = ?, best_epoch = ?, best_dev_f1 = ?, seconds = ?, "
             "stopped_reason = ?, error = ?, finished_at = ? WHERE run_id = ?",
-            [status, str(model_dir) if model_dir else None, best_epoch, best_dev_f1, seconds, stopped_reason,
-             error, _now(), run_id],
+            [
+                status,
+                str(model_dir) if model_dir else None,
+                best_epoch,
+                best_dev_f1,
+                seconds,
+                stopped_reason,
+                error,
+                _now(),
+                run_id,
+            ],
         )
 
 
@@ -74,7 +118,9 @@ def promote_run(db_path: str | Path, run_id: str) -> None:
         if row is None:
             raise KeyError(f"no run {run_id!r} in {db_path}")
         if row[0] != "completed" or not row[1]:
-            raise ValueError(f"run {run_id!r} is {row[0]} and has no model: only a completed run can be promoted")
+            raise ValueError(
+                f"run {run_id!r} is {row[0]} and has no model: only a completed run can be promoted"
+            )
         con.execute("BEGIN")
         con.execute("UPDATE runs SET is_production = false WHERE is_production")
         con.execute("UPDATE runs SET is_production = true WHERE run_id = ?", [run_id])

@@ -274,12 +274,23 @@ CREATE VIEW v_low_confidence_entities AS
 
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "datasets, dataset_files, dataset_splits, documents, gold_entities, ingest_problems + views",
-     _V1_DATASETS),
-    (2, "runs, epochs, evaluations (+ per type, error counts), prediction runs, predicted documents and "
-        "entities + views", _V2_RUNS),
-    (3, "prediction views: predicted_disagreements(a, b) and document_entities(run, doc) table macros, "
-        "v_prediction_runs, v_low_confidence_entities", _V3_PREDICTION_VIEWS),
+    (
+        1,
+        "datasets, dataset_files, dataset_splits, documents, gold_entities, ingest_problems + views",
+        _V1_DATASETS,
+    ),
+    (
+        2,
+        "runs, epochs, evaluations (+ per type, error counts), prediction runs, predicted documents and "
+        "entities + views",
+        _V2_RUNS,
+    ),
+    (
+        3,
+        "prediction views: predicted_disagreements(a, b) and document_entities(run, doc) table macros, "
+        "v_prediction_runs, v_low_confidence_entities",
+        _V3_PREDICTION_VIEWS,
+    ),
 ]
 
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
@@ -293,6 +304,8 @@ def check_migrations(migrations: list[tuple[int, str, str]] | None = None) -> No
             raise ValueError(f"migration #{i}: expected (version, description, sql), got {entry!r}")
         version, _desc, sql = entry
         if version != i:
-            raise ValueError(f"migration #{i}: expected version {i} (append-only, consecutive), got {version}")
+            raise ValueError(
+                f"migration #{i}: expected version {i} (append-only, consecutive), got {version}"
+            )
         if not sql.strip():
             raise ValueError(f"migration {version}: SQL is empty")

@@ -52,7 +52,10 @@ def aligner(tokenizer) -> CharAligner:
 
 def test_special_ids(aligner):
     assert (aligner.cls_id, aligner.sep_id, aligner.pad_id, aligner.unk_id) == (
-        ID["[CLS]"], ID["[SEP]"], ID["[PAD]"], ID["[UNK]"]
+        ID["[CLS]"],
+        ID["[SEP]"],
+        ID["[PAD]"],
+        ID["[UNK]"],
     )
     assert aligner.whitespace_id == ID["[unused1]"]
     assert aligner.lowercase is True
@@ -62,14 +65,32 @@ def test_one_id_per_character_mixed_text(aligner):
     ids = aligner.char_ids(MIXED)
     assert len(ids) == len(MIXED)
     expected = {
-        "苹": ID["苹"], "果": ID["果"], "发": ID["发"], "布": ID["布"], "价": ID["价"], "格": ID["格"],
-        "元": ID["元"], "，": ID["，"],
-        "i": ID["i"], "P": ID["p"], "h": ID["h"], "o": ID["o"], "n": ID["n"], "e": ID["e"], "r": ID["r"],
-        "1": ID["1"], "5": ID["5"], "7": ID["7"], "9": ID["9"],
-        " ": ID["[unused1]"], "\u3000": ID["[unused1]"],  # whitespace keeps its position
+        "苹": ID["苹"],
+        "果": ID["果"],
+        "发": ID["发"],
+        "布": ID["布"],
+        "价": ID["价"],
+        "格": ID["格"],
+        "元": ID["元"],
+        "，": ID["，"],
+        "i": ID["i"],
+        "P": ID["p"],
+        "h": ID["h"],
+        "o": ID["o"],
+        "n": ID["n"],
+        "e": ID["e"],
+        "r": ID["r"],
+        "1": ID["1"],
+        "5": ID["5"],
+        "7": ID["7"],
+        "9": ID["9"],
+        " ": ID["[unused1]"],
+        "\u3000": ID["[unused1]"],  # whitespace keeps its position
         "😀": ID["[UNK]"],  # not in the vocabulary
         "￥": ID["¥"],  # NFKC
-        "Ａ": ID["a"], "Ｂ": ID["b"], "Ｃ": ID["c"],  # full width -> NFKC -> lower case
+        "Ａ": ID["a"],
+        "Ｂ": ID["b"],
+        "Ｃ": ID["c"],  # full width -> NFKC -> lower case
     }
     assert ids == [expected[ch] for ch in MIXED]
     # never the multi-character vocabulary entries a WordPiece tokenizer would pick

@@ -29,6 +29,7 @@ def decode(crf, em, mask, backend):
     paths, lengths = crf.viterbi_tensor(em, mask, backend=backend)
     return [row[:n] for row, n in zip(paths.tolist(), lengths.tolist(), strict=True)]
 
+
 LABELS = ["PER", "LOC"]
 
 
@@ -204,7 +205,9 @@ def test_unconstrained_decode_identical_to_torchcrf(backend):
 
 
 @pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
-@pytest.mark.parametrize("B,T,K,threads", [(1, 1, 1, 1), (7, 33, 9, 2), (8, 5, 21, 1), (67, 40, 13, 2), (200, 64, 5, 3)])
+@pytest.mark.parametrize(
+    "B,T,K,threads", [(1, 1, 1, 1), (7, 33, 9, 2), (8, 5, 21, 1), (67, 40, 13, 2), (200, 64, 5, 3)]
+)
 def test_c_kernel_paths_and_padding_equal_the_torch_implementation(B, T, K, threads, monkeypatch):
     tags = tag_set("BIOES")
     allowed = hand_allowed(tags, "BIOES") if K == len(tags) else None
@@ -219,8 +222,10 @@ def test_c_kernel_paths_and_padding_equal_the_torch_implementation(B, T, K, thre
 
 
 @pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
-@pytest.mark.parametrize("B,T,K,threads,scale", [(1, 1, 1, 1, 1.0), (7, 33, 9, 2, 3.0), (67, 40, 13, 2, 1.0),
-                                                 (3, 3000, 9, 2, 10.0), (5, 50, 9, 1, 30.0)])
+@pytest.mark.parametrize(
+    "B,T,K,threads,scale",
+    [(1, 1, 1, 1, 1.0), (7, 33, 9, 2, 3.0), (67, 40, 13, 2, 1.0), (3, 3000, 9, 2, 10.0), (5, 50, 9, 1, 30.0)],
+)
 def test_c_marginals_equal_the_torch_implementation(B, T, K, threads, scale, monkeypatch):
     """Same float64 arithmetic: agreement to float32 rounding, padding (zeros) included, long rows with
     large scores too (no overflow, no NaN)."""
@@ -280,7 +285,9 @@ def fresh_kernel_state():
 
 
 @pytest.mark.parametrize("how", ["disabled", "compiler_fails"])
-def test_without_the_c_kernel_decoding_falls_back_to_torch(how, fresh_kernel_state, monkeypatch, tmp_path, caplog):
+def test_without_the_c_kernel_decoding_falls_back_to_torch(
+    how, fresh_kernel_state, monkeypatch, tmp_path, caplog
+):
     monkeypatch.setenv("NER_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached: must build
     if how == "disabled":
         monkeypatch.setenv("NER_CRF_KERNEL", "0")
@@ -298,7 +305,9 @@ def test_without_the_c_kernel_decoding_falls_back_to_torch(how, fresh_kernel_sta
     assert paths == decode(crf, em, mask, "torch")
     assert marg.equal(crf.marginals(em, mask, backend="torch"))
     if how == "compiler_fails":
-        assert "bad-cc: cannot compile" in caplog.text and "using the torch Viterbi and marginals" in caplog.text
+        assert (
+            "bad-cc: cannot compile" in caplog.text and "using the torch Viterbi and marginals" in caplog.text
+        )
         assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind
     with pytest.raises(_ckernel.KernelUnavailable):
         crf.viterbi_tensor(em, mask, backend="c")

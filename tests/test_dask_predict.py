@@ -17,8 +17,9 @@ def _docs(lengths):
     return [Document(doc_id=f"d{i}", text="字" * n) for i, n in enumerate(lengths)]
 
 
-@pytest.mark.parametrize("lengths,n", [([5] * 10, 3), ([100, 1, 1, 1], 2), ([1, 2, 3], 5), ([7], 1),
-                                       ([3000, 5, 5, 5, 5, 5], 4)])
+@pytest.mark.parametrize(
+    "lengths,n", [([5] * 10, 3), ([100, 1, 1, 1], 2), ([1, 2, 3], 5), ([7], 1), ([3000, 5, 5, 5, 5, 5], 4)]
+)
 def test_shards_keep_order_cover_everything_and_are_non_empty(lengths, n):
     from flows.dask_predict import shard_documents
 
@@ -53,13 +54,23 @@ def test_no_documents_no_shards():
 def tiny_config(encoder_dir):
     from ner_core.config import NERConfig
 
-    return NERConfig.model_validate({
-        "data": {"dataset": "sample", "max_len": 64}, "encoder": {"name": str(encoder_dir)},
-        "head": {"type": "bilstm", "rnn_units": 16},
-        # near-zero learning rates: the model stays random and tags many spans, a strong comparison
-        "training": {"max_epochs": 1, "batch_size": 32, "learning_rate": 1e-7, "head_learning_rate": 1e-7,
-                     "crf_learning_rate": 1e-7, "warmup_ratio": 0.0, "best_fit": False},
-    })
+    return NERConfig.model_validate(
+        {
+            "data": {"dataset": "sample", "max_len": 64},
+            "encoder": {"name": str(encoder_dir)},
+            "head": {"type": "bilstm", "rnn_units": 16},
+            # near-zero learning rates: the model stays random and tags many spans, a strong comparison
+            "training": {
+                "max_epochs": 1,
+                "batch_size": 32,
+                "learning_rate": 1e-7,
+                "head_learning_rate": 1e-7,
+                "crf_learning_rate": 1e-7,
+                "warmup_ratio": 0.0,
+                "best_fit": False,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +83,24 @@ def trained(tmp_path_factory, tiny_encoder_dir):
     small = {s: tmp / f"{s}.jsonl" for s in ("train", "dev")}
     for path in small.values():
         path.write_text(open(SPLITS["test"], encoding="utf-8").read(), encoding="utf-8")
-    steps.ingest_step(db, "sample", {"train": str(small["train"]), "dev": str(small["dev"]), "test": SPLITS["test"]})
+    steps.ingest_step(
+        db, "sample", {"train": str(small["train"]), "dev": str(small["dev"]), "test": SPLITS["test"]}
+    )
     tr = steps.train_step(db, tiny_config(tiny_encoder_dir), str(tmp / "runs"))
     return {"db": db, "tmp": tmp, "train": tr}
 
 
 def _rows(db, pred_run_id):
     con = duckdb.connect(db, read_only=True)
-    ents = con.execute('SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
-                       'WHERE pred_run_id = ? ORDER BY doc_id, "start", "end", label', [pred_run_id]).fetchall()
-    docs = con.execute("SELECT doc_id, text, n_entities FROM predicted_documents WHERE pred_run_id = ? "
-                       "ORDER BY doc_id", [pred_run_id]).fetchall()
+    ents = con.execute(
+        'SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
+        'WHERE pred_run_id = ? ORDER BY doc_id, "start", "end", label',
+        [pred_run_id],
+    ).fetchall()
+    docs = con.execute(
+        "SELECT doc_id, text, n_entities FROM predicted_documents WHERE pred_run_id = ? ORDER BY doc_id",
+        [pred_run_id],
+    ).fetchall()
     con.close()
     return docs, ents
 
@@ -102,12 +120,15 @@ def test_dask_flow_on_local_cluster_equals_single_process(trained):
     db, tr = trained["db"], trained["train"]
     source = {"files": RAW}
     docs, kind, ref = steps.load_prediction_input(db, source)
-    single = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
+    single = steps.predict_step(
+        db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"]
+    )
     expected = _rows(db, single["pred_run_id"])
     assert expected[1], "the tiny model should find some entities in the raw texts"
 
-    state = run_dask_predict(db, source, tr["model_dir"], tr["run_id"], n_shards=3, n_workers=2,
-                             processes=False, return_state=True)
+    state = run_dask_predict(
+        db, source, tr["model_dir"], tr["run_id"], n_shards=3, n_workers=2, processes=False, return_state=True
+    )
     assert state.is_completed(), state
     out = state.result()
     assert out["pred_run_id"] == single["pred_run_id"] and 2 <= out["n_shards"] <= 3
@@ -123,8 +144,9 @@ def test_plain_dask_client_equals_single_process(trained):
     db, tr = trained["db"], trained["train"]
     docs, _, _ = steps.load_prediction_input(db, {"dataset": "sample", "split": "test"})
     single = steps.predict_step(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-single")
-    out = predict_sharded(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-dask", n_shards=2,
-                          n_workers=2)
+    out = predict_sharded(
+        db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
+    )
     assert out["n_documents"] == len(docs) == single["n_documents"]
     _same(_rows(db, out["pred_run_id"]), _rows(db, single["pred_run_id"]))
 
@@ -161,8 +183,9 @@ def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
     out2 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", "test")
     assert out2["n_new_documents"] == 3
     con = duckdb.connect(db, read_only=True)
-    n_docs = con.execute("SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?",
-                         [out2["pred_run_id"]]).fetchone()[0]
+    n_docs = con.execute(
+        "SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?", [out2["pred_run_id"]]
+    ).fetchone()[0]
     con.close()
     # the "incoming/test" run holds the 3 new ones; the 5 earlier ones stay in "incoming/*"
     assert n_docs == 3 and unpredicted_documents(db, "incoming", tr["run_id"]) == []

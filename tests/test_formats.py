@@ -23,30 +23,83 @@ def _spans(doc: Document) -> list[tuple[int, int, str]]:
 CASES = [
     ("length_mismatch.json", "length_mismatch", "error", 3, 2, ["length_mismatch:1"], ["length_mismatch:1"]),
     ("unknown_tag.conll", "unknown_tag", "error", 4, 2, ["unknown_tag:1"], ["unknown_tag:1"]),
-    ("invalid_transition.conll", "invalid_transition", None, 5, 2,
-     ["invalid_transition:1", "invalid_transition:4"], ["invalid_transition:1"]),
-    ("span_out_of_range.jsonl", "span_out_of_range", "error", 2, 2, ["span_out_of_range:1"],
-     ["span_out_of_range:1"]),
+    (
+        "invalid_transition.conll",
+        "invalid_transition",
+        None,
+        5,
+        2,
+        ["invalid_transition:1", "invalid_transition:4"],
+        ["invalid_transition:1"],
+    ),
+    (
+        "span_out_of_range.jsonl",
+        "span_out_of_range",
+        "error",
+        2,
+        2,
+        ["span_out_of_range:1"],
+        ["span_out_of_range:1"],
+    ),
     ("span_overlap.jsonl", "span_overlap", "error", 1, 1, ["span_overlap:2"], ["span_overlap:2"]),
     ("empty_text.jsonl", "empty_text", "error", 2, 2, ["empty_text:1"], ["empty_text:1"]),
-    ("duplicate_text.txt", "duplicate_text", "warning", 3, 3,
-     ["duplicate_text:1", "duplicate_text:2", "duplicate_text:3"],
-     ["duplicate_text:1", "duplicate_text:2", "duplicate_text:3"]),
+    (
+        "duplicate_text.txt",
+        "duplicate_text",
+        "warning",
+        3,
+        3,
+        ["duplicate_text:1", "duplicate_text:2", "duplicate_text:3"],
+        ["duplicate_text:1", "duplicate_text:2", "duplicate_text:3"],
+    ),
     ("missing_char.conll", "missing_char", "warning", 2, 1, ["missing_char:1"], ["missing_char:1"]),
     ("missing_tag.conll", "missing_tag", "error", 2, 1, ["missing_tag:4"], ["missing_tag:4"]),
-    ("invalid_utf8.conll", "invalid_utf8", "error", 3, None, ["invalid_utf8:1", "invalid_utf8:5"],
-     ["invalid_utf8:1", "invalid_utf8:5"]),
-    ("invalid_json_line.jsonl", "invalid_json", "error", 2, 2, ["invalid_json_line:1"], ["invalid_json_line:1"]),
+    (
+        "invalid_utf8.conll",
+        "invalid_utf8",
+        "error",
+        3,
+        None,
+        ["invalid_utf8:1", "invalid_utf8:5"],
+        ["invalid_utf8:1", "invalid_utf8:5"],
+    ),
+    (
+        "invalid_json_line.jsonl",
+        "invalid_json",
+        "error",
+        2,
+        2,
+        ["invalid_json_line:1"],
+        ["invalid_json_line:1"],
+    ),
     ("invalid_json.json", "invalid_json", "error", 4, 2, [], []),
     ("bad_record.json", "bad_record", "error", 3, 2, ["bad_record:1"], ["bad_record:1"]),
-    ("multi_char_token.conll", "multi_char_token", "warning", 1, 1, ["multi_char_token:1"], ["multi_char_token:1"]),
-    ("duplicate_entity.json", "duplicate_entity", "warning", 1, 1, ["duplicate_entity:1"], ["duplicate_entity:1"]),
+    (
+        "multi_char_token.conll",
+        "multi_char_token",
+        "warning",
+        1,
+        1,
+        ["multi_char_token:1"],
+        ["multi_char_token:1"],
+    ),
+    (
+        "duplicate_entity.json",
+        "duplicate_entity",
+        "warning",
+        1,
+        1,
+        ["duplicate_entity:1"],
+        ["duplicate_entity:1"],
+    ),
 ]
 
 
 @pytest.mark.parametrize("policy", ["repair", "strict"])
 @pytest.mark.parametrize("fname,code,severity,line,record,kept_repair,kept_strict", CASES)
-def test_bad_file_reports_code_and_line(fname, code, severity, line, record, kept_repair, kept_strict, policy):
+def test_bad_file_reports_code_and_line(
+    fname, code, severity, line, record, kept_repair, kept_strict, policy
+):
     res = read_file(BAD / fname, policy=policy)
     found = [p for p in res.problems if p.code == code]
     assert found, f"{fname}: expected a {code} problem, got {[str(p) for p in res.problems]}"
@@ -64,9 +117,21 @@ def test_bad_file_reports_code_and_line(fname, code, severity, line, record, kep
 def test_every_problem_code_has_a_crafted_file():
     codes = {c[1] for c in CASES} | {"mention_mismatch"}
     documented = {
-        "invalid_utf8", "invalid_json", "bad_record", "empty_text", "length_mismatch", "missing_tag",
-        "unknown_tag", "invalid_transition", "span_out_of_range", "span_overlap", "mention_mismatch",
-        "missing_char", "multi_char_token", "duplicate_entity", "duplicate_text",
+        "invalid_utf8",
+        "invalid_json",
+        "bad_record",
+        "empty_text",
+        "length_mismatch",
+        "missing_tag",
+        "unknown_tag",
+        "invalid_transition",
+        "span_out_of_range",
+        "span_overlap",
+        "mention_mismatch",
+        "missing_char",
+        "multi_char_token",
+        "duplicate_entity",
+        "duplicate_text",
     }
     assert documented <= codes
 
@@ -139,7 +204,9 @@ def test_detect_undecidable_names_file(tmp_path):
 
 
 def test_seed_json_untyped_label_and_doc_ids(tmp_path):
-    p = _write(tmp_path, "train.txt", json.dumps([["A中国人", "O B I O"], ["北京", "B I"]], ensure_ascii=False))
+    p = _write(
+        tmp_path, "train.txt", json.dumps([["A中国人", "O B I O"], ["北京", "B I"]], ensure_ascii=False)
+    )
     res = read_file(p, untyped_label="FIN", split="train")
     assert res.format == "seed_json" and res.labels == ["FIN"]
     assert [d.doc_id for d in res.documents] == ["train:1", "train:2"]
@@ -196,8 +263,10 @@ def test_bmes_and_bioes(tmp_path):
 
 def test_cluener_inclusive_end_and_no_label(tmp_path):
     lines = [
-        {"text": "浙商银行企业信贷部叶老桂博士", "label": {"name": {"叶老桂": [[9, 11]]},
-                                                  "company": {"浙商银行": [[0, 3]]}}},
+        {
+            "text": "浙商银行企业信贷部叶老桂博士",
+            "label": {"name": {"叶老桂": [[9, 11]]}, "company": {"浙商银行": [[0, 3]]}},
+        },
         {"text": "没有标签的测试文本"},
     ]
     p = _write(tmp_path, "dev.json", "\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
@@ -208,8 +277,15 @@ def test_cluener_inclusive_end_and_no_label(tmp_path):
 
 
 def test_jsonl_half_open(tmp_path):
-    p = _write(tmp_path, "a.jsonl", json.dumps({"text": "我在北京", "entities": [
-        {"start": 2, "end": 4, "label": "LOC", "text": "北京"}]}, ensure_ascii=False) + "\n\n")
+    p = _write(
+        tmp_path,
+        "a.jsonl",
+        json.dumps(
+            {"text": "我在北京", "entities": [{"start": 2, "end": 4, "label": "LOC", "text": "北京"}]},
+            ensure_ascii=False,
+        )
+        + "\n\n",
+    )
     res = read_file(p)
     assert _spans(res.documents[0]) == [(2, 4, "LOC")] and res.problems == []
 

@@ -59,8 +59,16 @@ def test_resume_counts():
     # M-ORG starting the next): repair turns each half into an entity, 4 warnings, so ORG is 4611 + 2.
     fixes = [p for p in train.problems if p.code == "invalid_transition"]
     assert len(fixes) == 4 and all(p.severity == "warning" for p in fixes)
-    assert _labels(train) == {"TITLE": 6308, "ORG": 4611 + 2, "NAME": 952, "EDU": 858, "PRO": 287,
-                              "CONT": 260, "RACE": 115, "LOC": 47}
+    assert _labels(train) == {
+        "TITLE": 6308,
+        "ORG": 4611 + 2,
+        "NAME": 952,
+        "EDU": 858,
+        "PRO": 287,
+        "CONT": 260,
+        "RACE": 115,
+        "LOC": 47,
+    }
     strict = read_file(DATA / "resume-ner" / "train.char.bmes", policy="strict")
     assert len(strict.documents) == 3821 - 4
 
@@ -86,4 +94,6 @@ def test_resume_ingest_and_reload(tmp_path):
     assert not again.created and again.version == 1
     docs = load_documents(db, "resume", "train")
     ref = read_file(files["train"]).documents
-    assert [(d.doc_id, d.text, d.entities) for d in docs] == [(d.doc_id, d.text, d.sorted_entities()) for d in ref]
+    assert [(d.doc_id, d.text, d.entities) for d in docs] == [
+        (d.doc_id, d.text, d.sorted_entities()) for d in ref
+    ]

@@ -98,7 +98,9 @@ def test_hand_built_errors(report):
         "PER": {"boundary": 1, "type": 0, "boundary+type": 0, "missed": 0, "spurious": 0},
     }
     assert [(s.doc_id, s.kinds) for s in report.error_sentences] == [
-        ("B", ["boundary"]), ("C", ["type"]), ("D", ["spurious"]),
+        ("B", ["boundary"]),
+        ("C", ["type"]),
+        ("D", ["spurious"]),
     ]
     assert report.error_sentences[0].pred == [E(0, 1, "PER"), E(4, 9, "ORG")]
     capped = evaluate(GOLD, PRED, max_error_sentences=1)
@@ -305,8 +307,10 @@ def _batch(draw):
     rng = random.Random(seed)
     lengths = [rng.randint(0, 15) for _ in range(n_sent)]
     gold = [_random_spans(rng, n, 0.3) for n in lengths]
-    pred = [_perturb(rng, n, g) if rng.random() < 0.7 else _random_spans(rng, n, 0.3)
-            for n, g in zip(lengths, gold)]
+    pred = [
+        _perturb(rng, n, g) if rng.random() < 0.7 else _random_spans(rng, n, 0.3)
+        for n, g in zip(lengths, gold)
+    ]
     return lengths, gold, pred
 
 

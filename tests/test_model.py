@@ -39,6 +39,7 @@ def test_tiny_encoder_is_deterministic_and_has_the_char_vocab(tmp_path):
     a = make_tiny_encoder(tmp_path / "a", TEXTS, seed=3)
     b = make_tiny_encoder(tmp_path / "b", TEXTS, seed=3)
     c = make_tiny_encoder(tmp_path / "c", TEXTS, seed=4)
+
     def digest(p):
         return hashlib.sha256((p / "model.safetensors").read_bytes()).hexdigest()
 

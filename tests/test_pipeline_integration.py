@@ -20,13 +20,22 @@ SPLITS = {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")}
 def tiny_config(encoder_dir: Path, **training):
     from ner_core.config import NERConfig
 
-    return NERConfig.model_validate({
-        "data": {"dataset": "sample", "max_len": 64},
-        "encoder": {"name": str(encoder_dir)},
-        "head": {"type": "bilstm", "rnn_units": 32},
-        "training": {"max_epochs": 3, "batch_size": 16, "learning_rate": 1e-3, "head_learning_rate": 3e-3,
-                     "crf_learning_rate": 3e-2, "warmup_ratio": 0.0, **training},
-    })
+    return NERConfig.model_validate(
+        {
+            "data": {"dataset": "sample", "max_len": 64},
+            "encoder": {"name": str(encoder_dir)},
+            "head": {"type": "bilstm", "rnn_units": 32},
+            "training": {
+                "max_epochs": 3,
+                "batch_size": 16,
+                "learning_rate": 1e-3,
+                "head_learning_rate": 3e-3,
+                "crf_learning_rate": 3e-2,
+                "warmup_ratio": 0.0,
+                **training,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +64,14 @@ def test_training_rows_and_loss_goes_down(pipeline_db):
     con = duckdb.connect(pipeline_db["db"], read_only=True)
     run_id = pipeline_db["train"]["run_id"]
     status, model_dir, best_epoch = con.execute(
-        "SELECT status, model_dir, best_epoch FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    losses = [r[0] for r in con.execute("SELECT train_loss FROM epochs WHERE run_id = ? ORDER BY epoch",
-                                        [run_id]).fetchall()]
+        "SELECT status, model_dir, best_epoch FROM runs WHERE run_id = ?", [run_id]
+    ).fetchone()
+    losses = [
+        r[0]
+        for r in con.execute(
+            "SELECT train_loss FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id]
+        ).fetchall()
+    ]
     con.close()
     assert status == "completed" and Path(model_dir, "model.safetensors").exists()
     assert len(losses) == 3 and 1 <= best_epoch <= 3
@@ -68,9 +82,15 @@ def test_evaluation_is_stored_with_all_reports(pipeline_db):
     ev = pipeline_db["evaluate"]
     assert 0.0 <= ev["f1"] <= 1.0 and 0.0 < ev["char_accuracy"] <= 1.0
     con = duckdb.connect(pipeline_db["db"], read_only=True)
-    f1, n = con.execute("SELECT f1, n_sentences FROM evaluations WHERE eval_id = ?", [ev["eval_id"]]).fetchone()
-    labels = {r[0] for r in con.execute("SELECT label FROM evaluation_types WHERE eval_id = ?",
-                                        [ev["eval_id"]]).fetchall()}
+    f1, n = con.execute(
+        "SELECT f1, n_sentences FROM evaluations WHERE eval_id = ?", [ev["eval_id"]]
+    ).fetchone()
+    labels = {
+        r[0]
+        for r in con.execute(
+            "SELECT label FROM evaluation_types WHERE eval_id = ?", [ev["eval_id"]]
+        ).fetchall()
+    }
     con.close()
     assert f1 == pytest.approx(ev["f1"]) and n == 80
     assert labels == {"FIN", "LOC", "ORG", "PER"}
@@ -82,10 +102,16 @@ def test_evaluation_is_stored_with_all_reports(pipeline_db):
 def test_predictions_cover_every_document_and_offsets_match(pipeline_db):
     pr = pipeline_db["predict"]
     con = duckdb.connect(pipeline_db["db"], read_only=True)
-    docs = dict(con.execute("SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = ?",
-                            [pr["pred_run_id"]]).fetchall())
-    ents = con.execute('SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
-                       "WHERE pred_run_id = ?", [pr["pred_run_id"]]).fetchall()
+    docs = dict(
+        con.execute(
+            "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = ?", [pr["pred_run_id"]]
+        ).fetchall()
+    )
+    ents = con.execute(
+        'SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
+        "WHERE pred_run_id = ?",
+        [pr["pred_run_id"]],
+    ).fetchall()
     con.close()
     # a plain-text file is one document, tagged whole
     assert len(docs) == len(RAW)
@@ -106,11 +132,14 @@ def test_predicting_again_replaces_rows_and_resume_skips_done_documents(pipeline
     again2 = steps.predict_step(db, tr["model_dir"], docs, input_kind="file", input_ref="again")
     assert again["pred_run_id"] == again2["pred_run_id"]
     assert again2["n_entities"] == again["n_entities"]
-    resumed = steps.predict_step(db, tr["model_dir"], docs, input_kind="file", input_ref="again", replace=False)
+    resumed = steps.predict_step(
+        db, tr["model_dir"], docs, input_kind="file", input_ref="again", replace=False
+    )
     assert resumed["skipped_already_done"] == len(docs) and resumed["n_entities"] == again["n_entities"]
     con = duckdb.connect(db, read_only=True)
-    n = con.execute("SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?",
-                    [again["pred_run_id"]]).fetchone()[0]
+    n = con.execute(
+        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [again["pred_run_id"]]
+    ).fetchone()[0]
     con.close()
     assert n == again["n_entities"]
 
@@ -136,13 +165,22 @@ def test_prefect_pipeline_flow_real_run(tmp_path, tiny_encoder_dir):
     from flows.pipeline import pipeline_flow
 
     db = str(tmp_path / "ner.duckdb")
-    state = pipeline_flow(db, tiny_config(tiny_encoder_dir, max_epochs=1), SPLITS["train"], SPLITS["dev"],
-                          SPLITS["test"], RAW, str(tmp_path / "runs"), return_state=True)
+    state = pipeline_flow(
+        db,
+        tiny_config(tiny_encoder_dir, max_epochs=1),
+        SPLITS["train"],
+        SPLITS["dev"],
+        SPLITS["test"],
+        RAW,
+        str(tmp_path / "runs"),
+        return_state=True,
+    )
     assert state.is_completed(), state
     out = state.result()
     con = duckdb.connect(db, read_only=True)
-    n = con.execute("SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?",
-                    [out["predict"]["pred_run_id"]]).fetchone()[0]
+    n = con.execute(
+        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [out["predict"]["pred_run_id"]]
+    ).fetchone()[0]
     n_runs = con.execute("SELECT count(*) FROM runs WHERE status = 'completed'").fetchone()[0]
     con.close()
     assert n == out["predict"]["n_entities"] and n_runs == 1
@@ -152,11 +190,29 @@ def test_cli_bad_input_gives_one_clear_line(tmp_path):
     ner = [sys.executable, "-m", "app.cli"]
     r = subprocess.run([*ner, "train", "--head", "transformer"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "invalid choice: 'transformer'" in r.stderr
-    r = subprocess.run([*ner, "ingest", "--name", "x", "--train", str(tmp_path / "missing.jsonl"), "--no-prefect",
-                        "--db", str(tmp_path / "x.duckdb")], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [
+            *ner,
+            "ingest",
+            "--name",
+            "x",
+            "--train",
+            str(tmp_path / "missing.jsonl"),
+            "--no-prefect",
+            "--db",
+            str(tmp_path / "x.duckdb"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2 and "missing.jsonl: no such file" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([*ner, "train", "--no-prefect", "--db", str(tmp_path / "x.duckdb"), "--cnn_kernel_size", "4"],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [*ner, "train", "--no-prefect", "--db", str(tmp_path / "x.duckdb"), "--cnn_kernel_size", "4"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 2 and "cnn_kernel_size must be odd" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -164,8 +220,9 @@ def test_evaluating_a_file_equals_evaluating_the_stored_split(pipeline_db):
     from flows import steps
 
     tr = pipeline_db["train"]
-    out = steps.evaluate_step(pipeline_db["db"], tr["model_dir"], None, None, run_id=tr["run_id"],
-                              file=SPLITS["test"])
+    out = steps.evaluate_step(
+        pipeline_db["db"], tr["model_dir"], None, None, run_id=tr["run_id"], file=SPLITS["test"]
+    )
     assert out["n_sentences"] == 80
     assert out["f1"] == pytest.approx(pipeline_db["evaluate"]["f1"])
     assert out["char_accuracy"] == pytest.approx(pipeline_db["evaluate"]["char_accuracy"])
@@ -183,4 +240,6 @@ def test_predicted_spans_are_trimmed_of_whitespace(pipeline_db):
     tagger.tag_texts = lambda texts, **kw: [(tags, probs)]
     ents = tagger.predict([text])[0]
     assert [(e.start, e.end, e.label, e.text, e.confidence) for e in ents] == [
-        (0, 2, "PER", "李超", 0.8), (5, 7, "LOC", "上海", 0.6)]
+        (0, 2, "PER", "李超", 0.8),
+        (5, 7, "LOC", "上海", 0.6),
+    ]

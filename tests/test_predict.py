@@ -20,7 +20,9 @@ LABELS = ["FIN", "LOC", "ORG", "PER"]
 RAW = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
 
 
-def build_model_dir(out: Path, encoder_dir: Path, *, seed: int = 0, head: str = "bilstm", max_len: int = 64) -> Path:
+def build_model_dir(
+    out: Path, encoder_dir: Path, *, seed: int = 0, head: str = "bilstm", max_len: int = 64
+) -> Path:
     """An untrained but complete model directory (tiny encoder + head + CRF), deterministic for ``seed``."""
     from ner_core.config import NERConfig
     from ner_core.encoder import load_encoder
@@ -28,9 +30,13 @@ def build_model_dir(out: Path, encoder_dir: Path, *, seed: int = 0, head: str = 
     from ner_core.modeldir import save_model_dir
     from ner_core.schemes import tag_set
 
-    cfg = NERConfig.model_validate({"data": {"dataset": "sample", "max_len": max_len},
-                                    "encoder": {"name": str(encoder_dir)},
-                                    "head": {"type": head, "rnn_units": 16, "cnn_filters": 16}})
+    cfg = NERConfig.model_validate(
+        {
+            "data": {"dataset": "sample", "max_len": max_len},
+            "encoder": {"name": str(encoder_dir)},
+            "head": {"type": head, "rnn_units": 16, "cnn_filters": 16},
+        }
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder, tokenizer = load_encoder(cfg.encoder)
@@ -124,17 +130,19 @@ def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_t
     from ner_core.predict import Tagger
 
     tagger = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=16)
-    (tags, probs), = tagger.tag_texts([long_text])
+    ((tags, probs),) = tagger.tag_texts([long_text])
     assert len(tags) == len(probs) == 5000
     assert set(tags) <= set(loaded.tags) and len(set(tags)) > 1
     assert all(0.0 <= p <= 1.0 + 1e-6 for p in probs)
-    again = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=7).tag_texts([long_text, "短文本"],
-                                                                                    confidence=False)
+    again = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=7).tag_texts(
+        [long_text, "短文本"], confidence=False
+    )
     assert again[0][0] == tags  # batch composition does not change the tags
     assert again[0][1] == [1.0] * 5000 and len(again[1][0]) == 3
     seen: list[int] = []  # progress counts each character once, overlaps or not: a bar ends at 100%
-    Tagger.from_loaded(loaded, max_len=64, stride=16, batch_size=4).tag_texts([long_text, "", "短文本"],
-                                                                           progress=seen.append)
+    Tagger.from_loaded(loaded, max_len=64, stride=16, batch_size=4).tag_texts(
+        [long_text, "", "短文本"], progress=seen.append
+    )
     assert sum(seen) == 5003 and len(seen) > 1 and min(seen) >= 0
 
 
@@ -178,8 +186,12 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     best = np.full(len(text), -1)
     with torch.inference_mode():
         for s, e in sliding_windows(len(text), 40, 30):
-            enc = collate([EncodedChunk(None, tagger.aligner.char_ids(text[s:e]), None)], tagger.aligner.cls_id,
-                          tagger.aligner.sep_id, tagger.aligner.pad_id)
+            enc = collate(
+                [EncodedChunk(None, tagger.aligner.char_ids(text[s:e]), None)],
+                tagger.aligner.cls_id,
+                tagger.aligner.sep_id,
+                tagger.aligner.pad_id,
+            )
             w = loaded.model.emissions(enc["input_ids"], enc["attention_mask"])[0][0].numpy()  # (n, K)
             for j in range(e - s):
                 if min(j, e - s - 1 - j) > best[s + j]:
@@ -213,7 +225,9 @@ def test_texts_are_tagged_in_bounded_groups_with_the_same_result(loaded, long_te
     expected = tagger.tag_texts(texts)
     groups = []
     real = predict.Tagger._tag_group
-    monkeypatch.setattr(predict.Tagger, "_tag_group", lambda self, g, *a: groups.append(len(g)) or real(self, g, *a))
+    monkeypatch.setattr(
+        predict.Tagger, "_tag_group", lambda self, g, *a: groups.append(len(g)) or real(self, g, *a)
+    )
     monkeypatch.setattr(predict, "_GROUP_CHARS", 400)
     monkeypatch.setattr(predict, "_CRF_CELLS", 300)  # whole-text CRF batches of one or two rows
     assert tagger.tag_texts(texts) == expected
@@ -277,8 +291,11 @@ def test_tagger_rejects_bad_input(loaded):
 # ----------------------------------------------------------------------------------------- prediction runs
 def _entity_rows(db: str, pred_run_id: str) -> list[tuple]:
     con = duckdb.connect(db, read_only=True)
-    rows = con.execute('SELECT doc_id, "start", "end", label, text, round(confidence, 4) FROM predicted_entities '
-                       'WHERE pred_run_id = ? ORDER BY ALL', [pred_run_id]).fetchall()
+    rows = con.execute(
+        'SELECT doc_id, "start", "end", label, text, round(confidence, 4) FROM predicted_entities '
+        "WHERE pred_run_id = ? ORDER BY ALL",
+        [pred_run_id],
+    ).fetchall()
     con.close()
     return rows
 
@@ -287,19 +304,25 @@ def test_rerun_replaces_rows_never_duplicates(tmp_path, model_dir):
     from flows import steps
 
     db, docs = str(tmp_path / "p.duckdb"), _docs(5)
-    a = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=2,
-                           progress=False)
-    b = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=3,
-                           progress=False)
+    a = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=2, progress=False
+    )
+    b = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=3, progress=False
+    )
     assert a["pred_run_id"] == b["pred_run_id"] and not b["resumed"] and b["skipped_already_done"] == 0
     rows = _entity_rows(db, a["pred_run_id"])
     assert len(rows) == a["n_entities"] == b["n_entities"] > 0
     assert len(set(rows)) == len(rows)
     con = duckdb.connect(db, read_only=True)
-    status, n_docs, cfg = con.execute("SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?",
-                                      [a["pred_run_id"]]).fetchone()
-    by_label = dict(con.execute("SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?",
-                                [a["pred_run_id"]]).fetchall())
+    status, n_docs, cfg = con.execute(
+        "SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?", [a["pred_run_id"]]
+    ).fetchone()
+    by_label = dict(
+        con.execute(
+            "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", [a["pred_run_id"]]
+        ).fetchall()
+    )
     con.close()
     assert status == "completed" and n_docs == 5 and json.loads(cfg)["max_len"] == 64
     assert sum(by_label.values()) == len(rows)
@@ -311,8 +334,9 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
 
     docs = _docs(7)
     ref_db = str(tmp_path / "ref.duckdb")
-    ref = steps.predict_step(ref_db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
-                             progress=False)
+    ref = steps.predict_step(
+        ref_db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
+    )
 
     db = str(tmp_path / "p.duckdb")
     real_write = predictions_db.write_predictions
@@ -326,8 +350,9 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
 
     monkeypatch.setattr(predictions_db, "write_predictions", write_then_fail)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
-                           progress=False)
+        steps.predict_step(
+            db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
+        )
     monkeypatch.setattr(predictions_db, "write_predictions", real_write)
     row = predictions_db.get_prediction_run(db, ref["pred_run_id"])
     assert row["status"] == "failed" and row["n_documents"] == 3
@@ -340,8 +365,9 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
         return real_predict(self, texts, **kw)
 
     monkeypatch.setattr("ner_core.predict.Tagger.predict", counting_predict)
-    out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3,
-                             progress=False)
+    out = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
+    )
     assert out["resumed"] and out["skipped_already_done"] == 3
     assert tagged == [d.text for d in docs[3:]]  # only what was missing
     assert out["n_documents"] == 7 and out["n_entities"] == ref["n_entities"]
@@ -368,19 +394,29 @@ def write_then_die(*a, **k):
     real(*a, **k)
     os._exit(137)
 runs.write_predictions = write_then_die
-docs = [Document(**d) for d in json.load(open({str(tmp_path / 'docs.json')!r}, encoding='utf-8'))]
+docs = [Document(**d) for d in json.load(open({str(tmp_path / "docs.json")!r}, encoding='utf-8'))]
 steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_ref="six", batch_docs=2,
                    progress=False)
 """
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 137, r.stderr[-2000:]
-    out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="six", batch_docs=2,
-                             progress=False)
+    out = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="six", batch_docs=2, progress=False
+    )
     assert out["resumed"] and out["skipped_already_done"] == 2 and out["n_documents"] == 6
-    ref = steps.predict_step(str(tmp_path / "r.duckdb"), str(model_dir), docs, input_kind="texts",
-                             input_ref="six", batch_docs=2, progress=False)
-    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(str(tmp_path / "r.duckdb"), ref["pred_run_id"])
+    ref = steps.predict_step(
+        str(tmp_path / "r.duckdb"),
+        str(model_dir),
+        docs,
+        input_kind="texts",
+        input_ref="six",
+        batch_docs=2,
+        progress=False,
+    )
+    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(
+        str(tmp_path / "r.duckdb"), ref["pred_run_id"]
+    )
 
 
 def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir):
@@ -391,8 +427,9 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
     db = str(tmp_path / "p.duckdb")
     first = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
     predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
-    again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", max_len=32,
-                               progress=False)
+    again = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="four", max_len=32, progress=False
+    )
     assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
 
 
@@ -403,19 +440,27 @@ def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path
 
     docs = _docs(4)
     db = str(tmp_path / "p.duckdb")
-    first = steps.predict_step(db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False)
+    first = steps.predict_step(
+        db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False
+    )
     predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
     con = duckdb.connect(db)
-    cfg = json.loads(con.execute("SELECT config FROM prediction_runs WHERE pred_run_id = ?",
-                                 [first["pred_run_id"]]).fetchone()[0])
+    cfg = json.loads(
+        con.execute(
+            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first["pred_run_id"]]
+        ).fetchone()[0]
+    )
     assert cfg["merge"] == "emissions"
     del cfg["merge"]
-    con.execute("UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first["pred_run_id"]])
+    con.execute(
+        "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first["pred_run_id"]]
+    )
     con.close()
     again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
     assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
-    same = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False,
-                              replace=False)
+    same = steps.predict_step(
+        db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False, replace=False
+    )
     assert same["resumed"] and same["skipped_already_done"] == 4
 
 
@@ -423,8 +468,13 @@ def test_sql_input_runs_read_only(tmp_path, model_dir):
     from flows import steps
 
     db = str(tmp_path / "p.duckdb")
-    first = steps.predict_step(db, str(model_dir), _docs(3), input_kind="texts", input_ref="three", progress=False)
-    sql = "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id" % first["pred_run_id"]
+    first = steps.predict_step(
+        db, str(model_dir), _docs(3), input_kind="texts", input_ref="three", progress=False
+    )
+    sql = (
+        "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id"
+        % first["pred_run_id"]
+    )
     docs, kind, ref = steps.load_prediction_input(db, {"sql": sql})
     assert kind == "sql" and ref == sql and [d.doc_id for d in docs] == ["d00", "d01", "d02"]
     assert docs[0].text == _docs(1)[0].text
@@ -448,7 +498,9 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
 
     db, docs = str(tmp_path / "p.duckdb"), _docs(4)
     a = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="x", progress=False)
-    b = steps.predict_step(db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False)
+    b = steps.predict_step(
+        db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False
+    )
     ea = {r[:4] for r in _entity_rows(db, a["pred_run_id"]) if r[0] in {d.doc_id for d in docs[:3]}}
     eb = {r[:4] for r in _entity_rows(db, b["pred_run_id"])}
     rows = predictions_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
@@ -460,11 +512,16 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
     text = docs[0].text
     for r in ctx:
         assert text[r["start"] : r["end"]] == r["text"]
-        assert text[: r["start"]].endswith(r["left_context"]) and text[r["end"] :].startswith(r["right_context"])
-    top = query_db.query(db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?",
-                        [a["pred_run_id"]])
+        assert text[: r["start"]].endswith(r["left_context"]) and text[r["end"] :].startswith(
+            r["right_context"]
+        )
+    top = query_db.query(
+        db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?", [a["pred_run_id"]]
+    )
     assert top[0]["n"] == a["n_entities"]
-    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[0]
+    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[
+        0
+    ]
     assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b["n_entities"]
 
 
@@ -474,7 +531,9 @@ def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
 
     docs = [Document(doc_id="x", text="张三"), Document(doc_id="x", text="李四")]
     with pytest.raises(ValueError, match="duplicate doc_id 'x'"):
-        steps.predict_step(str(tmp_path / "p.duckdb"), str(model_dir), docs, input_kind="texts", input_ref="d")
+        steps.predict_step(
+            str(tmp_path / "p.duckdb"), str(model_dir), docs, input_kind="texts", input_ref="d"
+        )
 
 
 # ----------------------------------------------------------------------------------------- speed settings
@@ -489,8 +548,8 @@ def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     assert type(q.model.classifier) is nn.Linear  # the head and the CRF stay float
     # the loaded model itself is untouched (a copy was quantized): its encoder still has float Linear layers
     assert all(type(m) is nn.Linear for m in loaded.model.encoder.modules() if type(m).__name__ == "Linear")
-    (tags_fp, _), = fp.tag_texts([long_text])
-    (tags_q, probs_q), = q.tag_texts([long_text])
+    ((tags_fp, _),) = fp.tag_texts([long_text])
+    ((tags_q, probs_q),) = q.tag_texts([long_text])
     assert len(tags_q) == len(probs_q) == len(long_text)  # every character tagged
     same = sum(a == b for a, b in zip(tags_fp, tags_q)) / len(long_text)
     assert same > 0.8, same  # int8 rounding moves some tags of this untrained model, not most of them
@@ -503,13 +562,30 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
 
     from ner_core.predict import Tagger
 
-    cfg = loaded.config.model_copy(update={"prediction": loaded.config.prediction.model_copy(
-        update={"max_len": 24, "stride": 10, "batch_size": 3})})
+    cfg = loaded.config.model_copy(
+        update={
+            "prediction": loaded.config.prediction.model_copy(
+                update={"max_len": 24, "stride": 10, "batch_size": 3}
+            )
+        }
+    )
     saved = SimpleNamespace(model=loaded.model, tokenizer=loaded.tokenizer, config=cfg)
-    assert Tagger.from_loaded(saved).settings == {"max_len": 24, "stride": 10, "batch_size": 3, "device": "cpu",
-                                                  "quantize": "none", "merge": "emissions"}
+    assert Tagger.from_loaded(saved).settings == {
+        "max_len": 24,
+        "stride": 10,
+        "batch_size": 3,
+        "device": "cpu",
+        "quantize": "none",
+        "merge": "emissions",
+    }
     assert Tagger.from_loaded(saved, max_len=40, stride=20, batch_size=5).settings == {
-        "max_len": 40, "stride": 20, "batch_size": 5, "device": "cpu", "quantize": "none", "merge": "emissions"}
+        "max_len": 40,
+        "stride": 20,
+        "batch_size": 5,
+        "device": "cpu",
+        "quantize": "none",
+        "merge": "emissions",
+    }
     # no saved prediction window: the model's training max_len, stride half of it
     assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len
     assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len * 7 // 8  # overlap 1/8
@@ -522,20 +598,45 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
     from app import cli
 
     db = str(tmp_path / "cli.duckdb")
-    argv = ["predict", "--no-prefect", "--db", db, "--model-dir", str(model_dir), RAW[0],
-            "--window", "20", "--stride", "7", "--batch-size", "4", "--quantize", "int8", "--device", "cpu"]
+    argv = [
+        "predict",
+        "--no-prefect",
+        "--db",
+        db,
+        "--model-dir",
+        str(model_dir),
+        RAW[0],
+        "--window",
+        "20",
+        "--stride",
+        "7",
+        "--batch-size",
+        "4",
+        "--quantize",
+        "int8",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     with duckdb.connect(db, read_only=True) as con:
-        (cfg,) = con.execute("SELECT config FROM prediction_runs WHERE pred_run_id = ?",
-                             [out["pred_run_id"]]).fetchone()
+        (cfg,) = con.execute(
+            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [out["pred_run_id"]]
+        ).fetchone()
     cfg = json.loads(cfg)
     assert {k: cfg[k] for k in ("max_len", "stride", "batch_size", "quantize", "device")} == {
-        "max_len": 20, "stride": 7, "batch_size": 4, "quantize": "int8", "device": "cpu"}
-    for extra, needle in ((["--window", "20", "--stride", "30"], "stride (30) must not exceed max_len (20)"),
-                          (["--window", "0"], "expected a positive integer, got 0"),
-                          (["--window", "600"], "exceeds the encoder's"),
-                          (["--quantize", "fp4"], "invalid choice: 'fp4'")):
+        "max_len": 20,
+        "stride": 7,
+        "batch_size": 4,
+        "quantize": "int8",
+        "device": "cpu",
+    }
+    for extra, needle in (
+        (["--window", "20", "--stride", "30"], "stride (30) must not exceed max_len (20)"),
+        (["--window", "0"], "expected a positive integer, got 0"),
+        (["--window", "600"], "exceeds the encoder's"),
+        (["--quantize", "fp4"], "invalid choice: 'fp4'"),
+    ):
         rc = None
         try:
             rc = cli.main(argv[:7] + extra)

@@ -37,10 +37,16 @@ def test_one_deployment_per_flow_on_one_shared_pool(spec):
     assert len(names) == len(set(names))
     flows = {d["entrypoint"] for d in deployments}
     assert len(flows) == len(deployments), "one deployment per flow"
-    assert {"flows/pipeline.py:ingest_flow", "flows/pipeline.py:train_flow", "flows/pipeline.py:evaluate_flow",
-            "flows/pipeline.py:predict_flow", "flows/pipeline.py:pipeline_flow",
-            "flows/pipeline.py:predict_new_flow", "flows/pipeline.py:evaluate_production_flow",
-            "flows/dask_predict.py:dask_predict_flow"} == flows
+    assert {
+        "flows/pipeline.py:ingest_flow",
+        "flows/pipeline.py:train_flow",
+        "flows/pipeline.py:evaluate_flow",
+        "flows/pipeline.py:predict_flow",
+        "flows/pipeline.py:pipeline_flow",
+        "flows/pipeline.py:predict_new_flow",
+        "flows/pipeline.py:evaluate_production_flow",
+        "flows/dask_predict.py:dask_predict_flow",
+    } == flows
     pool = spec["definitions"]["work_pools"]["local_pool"]
     assert all(d["work_pool"] == pool for d in deployments) and pool["name"] == "ner-local"
     for d in deployments:
@@ -67,8 +73,13 @@ def test_schedules_nightly_incremental_predict_and_weekly_reevaluation(spec):
     nightly, weekly = by_name["nightly-predict"], by_name["weekly-evaluate-production"]
     assert nightly["entrypoint"].endswith(":predict_new_flow")
     assert nightly["schedules"][0]["cron"].split()[2:] == ["*", "*", "*"]  # every day
-    assert weekly["entrypoint"].endswith(":evaluate_production_flow") and weekly["parameters"]["split"] == "test"
-    assert weekly["schedules"][0]["cron"].split()[2:4] == ["*", "*"] and weekly["schedules"][0]["cron"].split()[4] != "*"
+    assert (
+        weekly["entrypoint"].endswith(":evaluate_production_flow") and weekly["parameters"]["split"] == "test"
+    )
+    assert (
+        weekly["schedules"][0]["cron"].split()[2:4] == ["*", "*"]
+        and weekly["schedules"][0]["cron"].split()[4] != "*"
+    )
     scheduled = {d["name"] for d in spec["deployments"] if d.get("schedules")}
     assert scheduled == {"nightly-predict", "weekly-evaluate-production"}
 
@@ -91,8 +102,9 @@ def test_down_without_up_does_nothing_and_api_wait_times_out(tmp_path, monkeypat
 
 
 def _in_prefect(code: str, env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow  # a real server, a worker and a flow-run subprocess: about a minute on 2 cores
@@ -103,34 +115,51 @@ def test_up_deploy_run_and_down_on_loopback(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("PREFECT_HOME", str(home))
     db = tmp_path / "deployed.duckdb"
-    state = deploy.prefect_up(db=db, port=deploy.free_port(),
-                              extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO"})
+    state = deploy.prefect_up(
+        db=db,
+        port=deploy.free_port(),
+        extra_env={"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO"},
+    )
     try:
         assert state["api_url"].startswith("http://127.0.0.1:") and deploy.status()["server_alive"]
         env = {**os.environ, "PREFECT_API_URL": state["api_url"], "PREFECT_HOME": str(home)}
-        code = ("import json\nfrom prefect.client.orchestration import get_client\n"
-                "with get_client(sync_client=True) as c:\n"
-                "    print('NAMES', json.dumps(sorted(d.name for d in c.read_deployments())))\n")
+        code = (
+            "import json\nfrom prefect.client.orchestration import get_client\n"
+            "with get_client(sync_client=True) as c:\n"
+            "    print('NAMES', json.dumps(sorted(d.name for d in c.read_deployments())))\n"
+        )
         listed = _in_prefect(code, env, timeout=120)
         assert listed.returncode == 0, listed.stderr[-2000:]
         names = json.loads(listed.stdout.split("NAMES", 1)[1])
         yaml_names = {d["name"] for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]}
         assert set(names) == yaml_names
-        params = {"db_path": str(db), "name": "deployed",
-                  "files": {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")}}
-        code = ("import json, sys\nfrom prefect.deployments import run_deployment\n"
-                f"fr = run_deployment('ingest/ingest', parameters=json.loads({json.dumps(json.dumps(params))}), "
-                "timeout=300)\nprint('STATE', fr.state.type.value, fr.name)\n")
+        params = {
+            "db_path": str(db),
+            "name": "deployed",
+            "files": {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")},
+        }
+        code = (
+            "import json, sys\nfrom prefect.deployments import run_deployment\n"
+            f"fr = run_deployment('ingest/ingest', parameters=json.loads({json.dumps(json.dumps(params))}), "
+            "timeout=300)\nprint('STATE', fr.state.type.value, fr.name)\n"
+        )
         t0 = time.monotonic()
         r = _in_prefect(code, env)
         assert r.returncode == 0, r.stderr[-2000:]
-        assert "STATE COMPLETED ingest-deployed" in r.stdout, (r.stdout, open(state["worker_log"]).read()[-3000:])
+        assert "STATE COMPLETED ingest-deployed" in r.stdout, (
+            r.stdout,
+            open(state["worker_log"]).read()[-3000:],
+        )
         print(f"deployment run took {time.monotonic() - t0:.1f} s")
         con = duckdb.connect(str(db), read_only=True)
         n_docs = con.execute("SELECT count(*) FROM documents WHERE dataset = 'deployed'").fetchone()[0]
         con.close()
-        assert n_docs == sum(1 for s in ("train", "dev", "test")
-                             for line in open(SAMPLE / f"{s}.jsonl", encoding="utf-8") if line.strip())
+        assert n_docs == sum(
+            1
+            for s in ("train", "dev", "test")
+            for line in open(SAMPLE / f"{s}.jsonl", encoding="utf-8")
+            if line.strip()
+        )
     finally:
         stopped = deploy.prefect_down()
     assert state["server_pid"] in stopped and state["worker_pid"] in stopped

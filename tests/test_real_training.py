@@ -37,11 +37,21 @@ def test_m3e_bilstm_crf_learns_resume_ner(tmp_path):
     dev_docs = read_file(RESUME / "dev.char.bmes").documents[:100]
     test_docs = read_file(RESUME / "test.char.bmes").documents[:200]
     labels = sorted({e.label for d in train_docs for e in d.entities})
-    cfg = NERConfig.model_validate({
-        "data": {"max_len": 64}, "encoder": {"name": "m3e-small"}, "head": {"type": "bilstm"},
-        "training": {"hard_epochs": 4, "batch_size": 32, "learning_rate": 1e-4, "head_learning_rate": 2e-3,
-                     "crf_learning_rate": 2e-2, "seed": 7},
-    })
+    cfg = NERConfig.model_validate(
+        {
+            "data": {"max_len": 64},
+            "encoder": {"name": "m3e-small"},
+            "head": {"type": "bilstm"},
+            "training": {
+                "hard_epochs": 4,
+                "batch_size": 32,
+                "learning_rate": 1e-4,
+                "head_learning_rate": 2e-3,
+                "crf_learning_rate": 2e-2,
+                "seed": 7,
+            },
+        }
+    )
     threads = torch.get_num_threads()
     try:
         res = train(cfg, train_docs, dev_docs, labels, tmp_path / "run", progress=False)
@@ -50,8 +60,10 @@ def test_m3e_bilstm_crf_learns_resume_ner(tmp_path):
     assert res.history[-1].train_loss < res.history[0].train_loss
     loaded = load_model_dir(res.model_dir)
     report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=64)
-    print(f"Resume NER test (200 sentences) after 4 epochs on 800: F1 {report.f1:.4f}, "
-          f"char acc {report.char_accuracy:.4f}, sentence acc {report.sentence_accuracy:.4f}")
+    print(
+        f"Resume NER test (200 sentences) after 4 epochs on 800: F1 {report.f1:.4f}, "
+        f"char acc {report.char_accuracy:.4f}, sentence acc {report.sentence_accuracy:.4f}"
+    )
     # a random or untrained tagger scores ~0; published full-data BERT-CRF is ~0.95
     assert report.f1 > 0.75, report.summary()
     assert report.char_accuracy > 0.9

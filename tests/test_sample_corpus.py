@@ -133,7 +133,8 @@ def test_raw_texts():
 def test_generator_is_deterministic(tmp_path):
     subprocess.run(
         [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--seed", "20240601"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     committed = sorted(p.relative_to(CORPUS) for p in CORPUS.rglob("*") if p.is_file())
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())

@@ -303,7 +303,9 @@ def test_roundtrip_and_conversion(doc, scheme, other):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(tag_set(["P", "L"], "BIOES")), max_size=12), st.sampled_from(["BIOES", "BMES"]))
+@given(
+    st.lists(st.sampled_from(tag_set(["P", "L"], "BIOES")), max_size=12), st.sampled_from(["BIOES", "BMES"])
+)
 def test_repair_any_sequence_is_valid_and_keeps_spans(raw, scheme):
     tags = [t.replace("I-", "M-") if scheme == "BMES" else t for t in raw]
     fixed, warnings = repair_tags(tags, scheme)

@@ -35,8 +35,24 @@ def service(model_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "app.serve", "serve", "--model-dir", str(model_dir), "--port", str(port),
-           "--max-texts", "4", "--max-chars", "3000", "--max-total-chars", "5000", "--max-len", "32"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "app.serve",
+        "serve",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--max-texts",
+        "4",
+        "--max-chars",
+        "3000",
+        "--max-total-chars",
+        "5000",
+        "--max-len",
+        "32",
+    ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -83,7 +99,8 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     for text, res, exp in zip(TEXTS, results, expected):
         assert res["n_chars"] == len(text)
         assert [(e["start"], e["end"], e["label"], e["text"]) for e in res["entities"]] == [
-            (e.start, e.end, e.label, e.text) for e in exp]
+            (e.start, e.end, e.label, e.text) for e in exp
+        ]
         for e in res["entities"]:
             assert text[e["start"] : e["end"]] == e["text"] and 0.0 <= e["confidence"] <= 1.0
     one = httpx.post(f"{service['url']}/predict", json={"text": TEXTS[0]}, timeout=60).json()
@@ -91,7 +108,8 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     assert spans == [(e["start"], e["end"], e["label"]) for e in results[0]["entities"]]
     # alone or batched with other texts (padding differs): same spans, confidence equal up to float noise
     assert [e["confidence"] for e in one["results"][0]["entities"]] == pytest.approx(
-        [e["confidence"] for e in results[0]["entities"]], abs=1e-4)
+        [e["confidence"] for e in results[0]["entities"]], abs=1e-4
+    )
 
 
 def test_concurrent_requests_get_their_own_results(service):
@@ -99,14 +117,18 @@ def test_concurrent_requests_get_their_own_results(service):
     from concurrent.futures import ThreadPoolExecutor
 
     cities = ["北京", "上海", "深圳", "广州", "杭州", "南京", "成都", "武汉"] * 2
-    texts = [f"{name}在{city}的{org}工作。" for name, city, org in
-             zip("张李王赵刘陈杨黄周吴徐孙马朱胡郭", cities, ["ABC资本", "招商银行"] * 8)]
+    texts = [
+        f"{name}在{city}的{org}工作。"
+        for name, city, org in zip("张李王赵刘陈杨黄周吴徐孙马朱胡郭", cities, ["ABC资本", "招商银行"] * 8)
+    ]
 
     def ask(text):
         r = httpx.post(f"{service['url']}/predict", json={"text": text}, timeout=60)
         assert r.status_code == 200, r.text
         (res,) = r.json()["results"]
-        return res["n_chars"], [(e["start"], e["end"], e["label"], e["text"], e["confidence"]) for e in res["entities"]]
+        return res["n_chars"], [
+            (e["start"], e["end"], e["label"], e["text"], e["confidence"]) for e in res["entities"]
+        ]
 
     alone = [ask(t) for t in texts]
     before = httpx.get(f"{service['url']}/health").json()["served"]
@@ -169,8 +191,14 @@ def test_batcher_tags_waiting_requests_together_within_the_limits():
         t.join(30)
     # a, b, c fit one batch (4 texts); d would make 5 texts, so it opens the next batch with e
     assert tagger.calls == [["甲"], ["一二", "三", "四五", "六"], ["七八九十", "壹"]]
-    assert results == {"first": [["甲:1"]], "a": [["一二:2"]], "b": [["三:1"], ["四五:2"]], "c": [["六:1"]],
-                       "d": [["七八九十:4"]], "e": [["壹:1"]]}
+    assert results == {
+        "first": [["甲:1"]],
+        "a": [["一二:2"]],
+        "b": [["三:1"], ["四五:2"]],
+        "c": [["六:1"]],
+        "d": [["七八九十:4"]],
+        "e": [["壹:1"]],
+    }
     assert batcher.stats == {"requests": 6, "texts": 7, "batches": 3}
     # an error reaches the requests of its batch only; the worker goes on serving
     with pytest.raises(RuntimeError, match="tagger failed"):
@@ -189,17 +217,20 @@ def test_long_text_is_tagged_whole(service):
     assert ents and max(e["end"] for e in ents) > 2000
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"texts": ["a"] * 5}, 413, "5 texts in one request; at most 4 allowed"),
-    ({"text": "长" * 3001}, 413, "text 0 has 3001 characters; at most 3000 per text"),
-    ({"texts": ["长" * 2000] * 3}, 413, "6000 characters in one request; at most 5000"),
-    ({"texts": []}, 422, '"texts" is empty'),
-    ({}, 422, 'give exactly one of "text"'),
-    ({"text": "a", "texts": ["b"]}, 422, 'give exactly one of "text"'),
-    ({"texts": "not a list"}, 422, "texts: Input should be a valid list"),
-    ({"text": 3}, 422, "text: Input should be a valid string"),
-    ({"text": "a", "lang": "zh"}, 422, "lang: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"texts": ["a"] * 5}, 413, "5 texts in one request; at most 4 allowed"),
+        ({"text": "长" * 3001}, 413, "text 0 has 3001 characters; at most 3000 per text"),
+        ({"texts": ["长" * 2000] * 3}, 413, "6000 characters in one request; at most 5000"),
+        ({"texts": []}, 422, '"texts" is empty'),
+        ({}, 422, 'give exactly one of "text"'),
+        ({"text": "a", "texts": ["b"]}, 422, 'give exactly one of "text"'),
+        ({"texts": "not a list"}, 422, "texts: Input should be a valid list"),
+        ({"text": 3}, 422, "text: Input should be a valid string"),
+        ({"text": "a", "lang": "zh"}, 422, "lang: Extra inputs are not permitted"),
+    ],
+)
 def test_limits_and_bad_bodies_get_clear_errors(service, body, status, message):
     r = httpx.post(f"{service['url']}/predict", json=body, timeout=30)
     assert r.status_code == status, r.text
@@ -207,9 +238,13 @@ def test_limits_and_bad_bodies_get_clear_errors(service, body, status, message):
 
 
 def test_oversized_and_non_json_bodies_do_not_crash_the_service(service):
-    r = httpx.post(f"{service['url']}/predict", content=b"x" * 40_000, headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{service['url']}/predict", content=b"x" * 40_000, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "at most" in r.json()["detail"]
-    r = httpx.post(f"{service['url']}/predict", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(
+        f"{service['url']}/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and "invalid request" in r.json()["detail"]
     assert httpx.get(f"{service['url']}/health").status_code == 200
     assert service["proc"].poll() is None
@@ -217,16 +252,28 @@ def test_oversized_and_non_json_bodies_do_not_crash_the_service(service):
 
 def test_query_command_prints_entities(service):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"], "--json"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"], "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     import json
 
     body = json.loads(r.stdout)
     direct = httpx.post(f"{service['url']}/predict", json={"texts": [TEXTS[0]]}).json()
     assert body["results"] == direct["results"]  # same single-text request: identical answer
-    r = subprocess.run([sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"]],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.serve", "query", TEXTS[0], "--url", service["url"]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     n = len(direct["results"][0]["entities"])
     assert r.returncode == 0 and f"({n} entities)" in r.stdout
     for e in direct["results"][0]["entities"]:
@@ -277,8 +324,13 @@ def test_commands_parse_and_alias():
 
 def test_cli_wiring():
     """Once the lead wires add_commands into app.cli, `ner serve --help` lists the flags."""
-    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--help"], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if r.returncode != 0 and "invalid choice" in r.stderr:
         pytest.skip("app.cli does not wire app.serve.add_commands yet")
     assert r.returncode == 0 and "--max-texts" in r.stdout and "--model-dir" in r.stdout

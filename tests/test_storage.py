@@ -35,16 +35,26 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture()
 def corpus(tmp_path):
-    train = _jsonl(tmp_path / "train.jsonl", [
-        {"text": "我在北京工作", "entities": [{"start": 2, "end": 4, "label": "LOC"}]},
-        {"text": "张三去了上海", "entities": [{"start": 0, "end": 2, "label": "PER"},
-                                           {"start": 4, "end": 6, "label": "LOC"}]},
-        {"text": "没有实体", "entities": []},
-    ])
-    dev = _jsonl(tmp_path / "dev.jsonl", [
-        {"text": "李四在广州", "entities": [{"start": 0, "end": 2, "label": "PER"},
-                                         {"start": 3, "end": 5, "label": "LOC"}]},
-    ])
+    train = _jsonl(
+        tmp_path / "train.jsonl",
+        [
+            {"text": "我在北京工作", "entities": [{"start": 2, "end": 4, "label": "LOC"}]},
+            {
+                "text": "张三去了上海",
+                "entities": [{"start": 0, "end": 2, "label": "PER"}, {"start": 4, "end": 6, "label": "LOC"}],
+            },
+            {"text": "没有实体", "entities": []},
+        ],
+    )
+    dev = _jsonl(
+        tmp_path / "dev.jsonl",
+        [
+            {
+                "text": "李四在广州",
+                "entities": [{"start": 0, "end": 2, "label": "PER"}, {"start": 3, "end": 5, "label": "LOC"}],
+            },
+        ],
+    )
     return {"train": train, "dev": dev}
 
 
@@ -146,8 +156,10 @@ def test_ingest_round_trip(tmp_path, corpus):
     db = tmp_path / "d.duckdb"
     rep = ingest_dataset(db, "toy", corpus)
     assert rep.created and rep.version == 1
-    assert rep.counts == {"train": {"documents": 3, "entities": 3, "characters": 16},
-                          "dev": {"documents": 1, "entities": 2, "characters": 5}}
+    assert rep.counts == {
+        "train": {"documents": 3, "entities": 3, "characters": 16},
+        "dev": {"documents": 1, "entities": 2, "characters": 5},
+    }
     assert rep.labels == ["LOC", "PER"]
     docs = load_documents(db, "toy")
     assert [d.doc_id for d in docs] == ["train:1", "train:2", "train:3", "dev:1"]
@@ -159,9 +171,12 @@ def test_ingest_round_trip(tmp_path, corpus):
     (row,) = list_datasets(db)
     assert row["name"] == "toy" and row["n_entities"] == 5 and row["splits"]["dev"]["documents"] == 1
     with open_db(db, read_only=True) as con:
-        assert con.execute("SELECT mention FROM v_gold_entities WHERE doc_id = 'dev:1' ORDER BY start"
-                           ).fetchall() == [("李四",), ("广州",)]
-        counts = dict(con.execute("SELECT label, n_entities FROM v_label_counts WHERE split = 'train'").fetchall())
+        assert con.execute(
+            "SELECT mention FROM v_gold_entities WHERE doc_id = 'dev:1' ORDER BY start"
+        ).fetchall() == [("李四",), ("广州",)]
+        counts = dict(
+            con.execute("SELECT label, n_entities FROM v_label_counts WHERE split = 'train'").fetchall()
+        )
         assert counts == {"LOC": 2, "PER": 1}
     assert "version 1: stored" in rep.to_text()
 
@@ -196,7 +211,10 @@ def test_reingest_is_idempotent_and_change_makes_new_version(tmp_path, corpus):
 def test_failure_mid_ingest_leaves_previous_version_intact(tmp_path, corpus, monkeypatch):
     db = tmp_path / "d.duckdb"
     ingest_dataset(db, "toy", corpus)
-    before = {t: _count(db, t) for t in ("datasets", "dataset_files", "documents", "gold_entities", "ingest_problems")}
+    before = {
+        t: _count(db, t)
+        for t in ("datasets", "dataset_files", "documents", "gold_entities", "ingest_problems")
+    }
 
     def boom(con, name, version, **_):
         raise RuntimeError("disk full (simulated)")
@@ -232,12 +250,16 @@ def test_fatal_file_stores_nothing_even_in_repair(tmp_path, corpus):
 
 def test_repair_stores_problems_with_lines(tmp_path):
     db = tmp_path / "d.duckdb"
-    rep = ingest_dataset(db, "rep", {"train": BAD / "invalid_transition.conll", "dev": BAD / "unknown_tag.conll"})
+    rep = ingest_dataset(
+        db, "rep", {"train": BAD / "invalid_transition.conll", "dev": BAD / "unknown_tag.conll"}
+    )
     assert rep.created and rep.rejected == 1
     stored = {(p.code, p.severity, p.line) for p in load_problems(db, "rep")}
     assert ("invalid_transition", "warning", 5) in stored and ("unknown_tag", "error", 4) in stored
     assert [d.doc_id for d in load_documents(db, "rep", "dev")] == ["unknown_tag:1"]
-    again = ingest_dataset(db, "rep", {"train": BAD / "invalid_transition.conll", "dev": BAD / "unknown_tag.conll"})
+    again = ingest_dataset(
+        db, "rep", {"train": BAD / "invalid_transition.conll", "dev": BAD / "unknown_tag.conll"}
+    )
     assert not again.created and {(p.code, p.severity, p.line) for p in again.problems} == stored
     assert again.rejected == 1
 
@@ -259,7 +281,9 @@ def test_split_ratios_seeded(tmp_path):
 
 
 def test_list_of_files_split_from_names_and_leak_warning(tmp_path):
-    a = _jsonl(tmp_path / "train.jsonl", [{"text": "同一句", "entities": []}, {"text": "别的", "entities": []}])
+    a = _jsonl(
+        tmp_path / "train.jsonl", [{"text": "同一句", "entities": []}, {"text": "别的", "entities": []}]
+    )
     b = _jsonl(tmp_path / "test.jsonl", [{"text": "同一句", "entities": []}])
     db = tmp_path / "d.duckdb"
     rep = ingest_dataset(db, "leak", [a, b])

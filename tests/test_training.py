@@ -20,7 +20,9 @@ from tests.conftest import REPO, SAMPLE
 
 
 def test_training_chunks_cover_every_character_without_cutting_entities():
-    text = ("张伟在北京工作。" * 30) + "A" * 300  # 540 chars: sentences, then one long run with no sentence end
+    text = (
+        "张伟在北京工作。" * 30
+    ) + "A" * 300  # 540 chars: sentences, then one long run with no sentence end
     ents = [Entity(start=i * 8, end=i * 8 + 2, label="PER") for i in range(30)]
     ents.append(Entity(start=250, end=300, label="ORG"))  # crosses a natural cut point
     doc = Document(doc_id="d", text=text, entities=ents)
@@ -64,18 +66,23 @@ def _docs(split: str, n: int | None = None) -> list[Document]:
     with open(SAMPLE / f"{split}.jsonl", encoding="utf-8") as fh:
         for i, line in enumerate(fh):
             r = json.loads(line)
-            docs.append(Document(doc_id=f"{split}:{i}", text=r["text"],
-                                 entities=[Entity(**e) for e in r["entities"]]))
+            docs.append(
+                Document(doc_id=f"{split}:{i}", text=r["text"], entities=[Entity(**e) for e in r["entities"]])
+            )
     return docs[:n]
 
 
 def _config(encoder_dir, **training):
     from ner_core.config import NERConfig
 
-    return NERConfig.model_validate({
-        "data": {"max_len": 48}, "encoder": {"name": str(encoder_dir)},
-        "head": {"type": "bigru", "rnn_units": 16},
-        "training": {"batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.0, **training}})
+    return NERConfig.model_validate(
+        {
+            "data": {"max_len": 48},
+            "encoder": {"name": str(encoder_dir)},
+            "head": {"type": "bigru", "rnn_units": 16},
+            "training": {"batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.0, **training},
+        }
+    )
 
 
 def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
@@ -83,12 +90,25 @@ def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
 
     train_docs, dev_docs = _docs("train", 48), _docs("dev", 16)
     labels = ["FIN", "LOC", "ORG", "PER"]
-    res = train(_config(tiny_encoder_dir, hard_epochs=2, max_epochs=9), train_docs, dev_docs, labels,
-                tmp_path / "hard", progress=False)
+    res = train(
+        _config(tiny_encoder_dir, hard_epochs=2, max_epochs=9),
+        train_docs,
+        dev_docs,
+        labels,
+        tmp_path / "hard",
+        progress=False,
+    )
     assert [h.epoch for h in res.history] == [1, 2] and res.stopped_reason == "finished 2 epochs"
     # tiny learning rates: dev F1 cannot improve, so early stopping fires after `patience` epochs
-    frozen = _config(tiny_encoder_dir, max_epochs=9, early_stop_patience=2, reduce_lr_patience=1,
-                     learning_rate=1e-12, head_learning_rate=1e-12, crf_learning_rate=1e-12)
+    frozen = _config(
+        tiny_encoder_dir,
+        max_epochs=9,
+        early_stop_patience=2,
+        reduce_lr_patience=1,
+        learning_rate=1e-12,
+        head_learning_rate=1e-12,
+        crf_learning_rate=1e-12,
+    )
     res = train(frozen, train_docs, dev_docs, labels, tmp_path / "early", progress=False)
     assert len(res.history) == 3 and res.stopped_reason.startswith("early stop")
     assert res.best_epoch == 1
@@ -100,16 +120,29 @@ def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
 def test_time_budget_stops_training(tiny_encoder_dir, tmp_path):
     from ner_core.training import train
 
-    res = train(_config(tiny_encoder_dir, max_epochs=50, max_train_seconds=0.01), _docs("train", 64),
-                _docs("dev", 8), ["FIN", "LOC", "ORG", "PER"], tmp_path / "budget", progress=False)
+    res = train(
+        _config(tiny_encoder_dir, max_epochs=50, max_train_seconds=0.01),
+        _docs("train", 64),
+        _docs("dev", 8),
+        ["FIN", "LOC", "ORG", "PER"],
+        tmp_path / "budget",
+        progress=False,
+    )
     assert len(res.history) == 1 and "time budget" in res.stopped_reason
     assert (res.model_dir / "model.safetensors").exists()
 
 
 def _ner(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        **kw,
+    )
 
 
 def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
@@ -117,13 +150,32 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
 
     db = str(tmp_path / "ner.duckdb")
     steps.ingest_step(db, "sample", {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev", "test")})
-    common = ["train", "--no-prefect", "--db", db, "--encoder", str(tiny_encoder_dir), "--head", "bilstm",
-              "--rnn_units", "16", "--max_len", "48", "--hard_epochs", "3", "--batch_size", "32",
-              "--learning_rate", "1e-3", "--num_threads", "1"]
+    common = [
+        "train",
+        "--no-prefect",
+        "--db",
+        db,
+        "--encoder",
+        str(tiny_encoder_dir),
+        "--head",
+        "bilstm",
+        "--rnn_units",
+        "16",
+        "--max_len",
+        "48",
+        "--hard_epochs",
+        "3",
+        "--batch_size",
+        "32",
+        "--learning_rate",
+        "1e-3",
+        "--num_threads",
+        "1",
+    ]
     full = _ner(*common, "--runs-root", str(tmp_path / "full"))
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
-    full_run = json.loads(out[out.index("{"):])
+    full_run = json.loads(out[out.index("{") :])
 
     killed = _ner(*common, "--runs-root", str(tmp_path / "killed"))
     deadline = time.time() + 600
@@ -145,7 +197,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
     resumed = _ner("train", "--no-prefect", "--db", db, "--resume", run_id)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
-    resumed_run = json.loads(out[out.index("{"):])
+    resumed_run = json.loads(out[out.index("{") :])
     assert resumed_run["run_id"] == run_id and Path(resumed_run["run_dir"]) == ckpt.parent
 
     h_full = json.loads(Path(full_run["run_dir"], "history.json").read_text())

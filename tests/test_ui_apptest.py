@@ -42,30 +42,41 @@ def _strip_tags(s: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- SQL guard
-@pytest.mark.parametrize("sql", [
-    "SELECT 1", "select * from v_run_summary;", "WITH a AS (SELECT 1 AS x) SELECT x FROM a", "SHOW TABLES",
-    "DESCRIBE runs", "-- note\nSELECT label FROM evaluation_types", "SELECT 'a/b' AS path_like_but_relative",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "select * from v_run_summary;",
+        "WITH a AS (SELECT 1 AS x) SELECT x FROM a",
+        "SHOW TABLES",
+        "DESCRIBE runs",
+        "-- note\nSELECT label FROM evaluation_types",
+        "SELECT 'a/b' AS path_like_but_relative",
+    ],
+)
 def test_check_sql_accepts_single_read_only_queries(sql):
     assert queries.check_sql(sql) == sql.strip().rstrip(";").strip()
 
 
-@pytest.mark.parametrize("sql, why", [
-    ("INSERT INTO runs (run_id) VALUES ('x')", "INSERT statements are not allowed"),
-    ("DROP TABLE runs", "DROP statements are not allowed"),
-    ("UPDATE runs SET status = 'x'", "UPDATE statements are not allowed"),
-    ("SET enable_external_access = true", "SET statements are not allowed"),
-    ("ATTACH 'other.duckdb' AS o", "ATTACH statements are not allowed"),
-    ("COPY runs TO 'out.csv'", "COPY statements are not allowed"),
-    ("SELECT 1; DROP TABLE runs", "expected one statement, got 2"),
-    ("SELECT * FROM read_csv('/etc/passwd')", "read_csv(...) reads or writes files"),
-    ("SELECT * FROM READ_PARQUET ('x.parquet')", "READ_PARQUET(...) reads or writes files"),
-    ("SELECT * FROM glob('*')", "glob(...) reads or writes files"),
-    ("SELECT * FROM '/etc/passwd'", "names a file path or URL"),
-    ("SELECT * FROM 'https://example.com/x.csv'", "names a file path or URL"),
-    ("   ", "the query is empty"),
-    ("SELEC 1", "does not parse"),
-])
+@pytest.mark.parametrize(
+    "sql, why",
+    [
+        ("INSERT INTO runs (run_id) VALUES ('x')", "INSERT statements are not allowed"),
+        ("DROP TABLE runs", "DROP statements are not allowed"),
+        ("UPDATE runs SET status = 'x'", "UPDATE statements are not allowed"),
+        ("SET enable_external_access = true", "SET statements are not allowed"),
+        ("ATTACH 'other.duckdb' AS o", "ATTACH statements are not allowed"),
+        ("COPY runs TO 'out.csv'", "COPY statements are not allowed"),
+        ("SELECT 1; DROP TABLE runs", "expected one statement, got 2"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "read_csv(...) reads or writes files"),
+        ("SELECT * FROM READ_PARQUET ('x.parquet')", "READ_PARQUET(...) reads or writes files"),
+        ("SELECT * FROM glob('*')", "glob(...) reads or writes files"),
+        ("SELECT * FROM '/etc/passwd'", "names a file path or URL"),
+        ("SELECT * FROM 'https://example.com/x.csv'", "names a file path or URL"),
+        ("   ", "the query is empty"),
+        ("SELEC 1", "does not parse"),
+    ],
+)
 def test_check_sql_rejects_writes_files_and_several_statements(sql, why):
     with pytest.raises(queries.SqlRejected, match=re.escape(why)):
         queries.check_sql(sql)
@@ -93,15 +104,18 @@ def test_highlight_html_escapes_text_and_wraps_each_span():
     spans = [(3, 5, "PER"), (10, 12, "LOC"), (13, 15, "LOC")]
     out = highlight_html(text, spans, label_colours(["PER", "LOC"]))
     assert "<b>" not in out and "&lt;b&gt;" in out and "&amp;" in out
-    assert re.findall(r'data-label="(\w+)"[^>]*>([^<]+)<sup', out) == [("PER", "张伟"), ("LOC", "北京"),
-                                                                       ("LOC", "上海")]
+    assert re.findall(r'data-label="(\w+)"[^>]*>([^<]+)<sup', out) == [
+        ("PER", "张伟"),
+        ("LOC", "北京"),
+        ("LOC", "上海"),
+    ]
     assert _strip_tags(out) == text
 
 
 def test_highlight_html_skips_overlaps_and_checks_bounds():
     out = highlight_html("中华人民共和国", [(0, 4, "LOC"), (2, 7, "ORG")], {"LOC": "#fff"})
     assert out.count('class="ent"') == 1 and _strip_tags(out) == "中华人民共和国"
-    assert 'background:#dddddd' not in out  # LOC has its colour
+    assert "background:#dddddd" not in out  # LOC has its colour
     with pytest.raises(ValueError, match=r"span \[2, 9\) PER lies outside the text \(length 4\)"):
         highlight_html("张伟来了", [(2, 9, "PER")], {})
 
@@ -113,12 +127,24 @@ def test_label_colours_are_stable_and_legend_lists_labels():
 
 
 def test_error_sentences_filter_by_label_and_kind():
-    report = {"error_sentences": [
-        {"doc_id": "a", "text": "x", "gold": [{"start": 0, "end": 1, "label": "PER"}], "pred": [],
-         "kinds": ["missed"]},
-        {"doc_id": "b", "text": "y", "gold": [], "pred": [{"start": 0, "end": 1, "label": "LOC"}],
-         "kinds": ["spurious"]},
-    ]}
+    report = {
+        "error_sentences": [
+            {
+                "doc_id": "a",
+                "text": "x",
+                "gold": [{"start": 0, "end": 1, "label": "PER"}],
+                "pred": [],
+                "kinds": ["missed"],
+            },
+            {
+                "doc_id": "b",
+                "text": "y",
+                "gold": [],
+                "pred": [{"start": 0, "end": 1, "label": "LOC"}],
+                "kinds": ["spurious"],
+            },
+        ]
+    }
     assert [s["doc_id"] for s in queries.error_sentences(report)] == ["a", "b"]
     assert [s["doc_id"] for s in queries.error_sentences(report, label="LOC")] == ["b"]
     assert [s["doc_id"] for s in queries.error_sentences(report, kind="missed")] == ["a"]
@@ -152,8 +178,16 @@ def test_empty_database_says_it_is_empty(tmp_path, monkeypatch):
 def test_busy_database_shows_a_clear_warning(tmp_path, monkeypatch):
     db = _fresh_db(tmp_path / "busy.duckdb")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', "
-         "flush=True); time.sleep(60)", db], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('ready', "
+            "flush=True); time.sleep(60)",
+            db,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "ready"
         t0 = time.monotonic()
@@ -203,8 +237,9 @@ def test_curves_page_shows_the_stored_epochs(app, ui_db):
     assert [t.value for t in app.title] == ["Training curves"]
     ep = app.dataframe[0].value
     with _con(ui_db["db"]) as con:
-        rows = con.execute("SELECT run_id, epoch, train_loss, dev_f1 FROM epochs ORDER BY run_id, epoch"
-                           ).fetchall()
+        rows = con.execute(
+            "SELECT run_id, epoch, train_loss, dev_f1 FROM epochs ORDER BY run_id, epoch"
+        ).fetchall()
     got = sorted(zip(ep["run_id"], ep["epoch"], ep["train_loss"], ep["dev_f1"]))
     assert [r[:2] for r in got] == [r[:2] for r in rows]
     assert [r[2] for r in got] == pytest.approx([r[2] for r in rows])
@@ -216,10 +251,14 @@ def test_evaluation_page_scores_errors_and_error_browser(app, ui_db):
     assert not app.exception
     eval_id = app.selectbox(key="eval_id").value
     with _con(ui_db["db"]) as con:
-        types = con.execute("SELECT label, f1, support FROM evaluation_types WHERE eval_id = ? "
-                            "ORDER BY label", [eval_id]).fetchall()
-        n_err = dict(con.execute("SELECT kind, sum(n) FROM evaluation_errors WHERE eval_id = ? GROUP BY kind",
-                                 [eval_id]).fetchall())
+        types = con.execute(
+            "SELECT label, f1, support FROM evaluation_types WHERE eval_id = ? ORDER BY label", [eval_id]
+        ).fetchall()
+        n_err = dict(
+            con.execute(
+                "SELECT kind, sum(n) FROM evaluation_errors WHERE eval_id = ? GROUP BY kind", [eval_id]
+            ).fetchall()
+        )
         report = con.execute("SELECT report FROM evaluations WHERE eval_id = ?", [eval_id]).fetchone()[0]
     assert [r[0] for r in types] == ["FIN", "LOC", "ORG", "PER"]
     per_type = app.dataframe[0].value
@@ -238,7 +277,7 @@ def test_evaluation_page_scores_errors_and_error_browser(app, ui_db):
     assert any("ner-legend" in h and "PER" in h for h in htmls)
     first = sentences[0]
     g = first["gold"][0] if first["gold"] else first["pred"][0]
-    mention = first["text"][g["start"]:g["end"]]
+    mention = first["text"][g["start"] : g["end"]]
     assert re.search(r"[\u4e00-\u9fff]", mention)
     assert any(f'data-label="{g["label"]}"' in h and html.escape(mention) in h for h in htmls)
     # filter by kind: only sentences with that kind remain
@@ -257,14 +296,22 @@ def test_predictions_page_search_document_view_and_frequencies(app, ui_db):
     app.switch_page(PAGES["predictions"]).run()
     assert not app.exception
     with _con(ui_db["db"]) as con:
-        pred_run_id = con.execute("SELECT pred_run_id FROM prediction_runs ORDER BY n_entities DESC LIMIT 1"
-                                  ).fetchone()[0]
+        pred_run_id = con.execute(
+            "SELECT pred_run_id FROM prediction_runs ORDER BY n_entities DESC LIMIT 1"
+        ).fetchone()[0]
     app.selectbox(key="pred_run").set_value(pred_run_id).run()
     with _con(ui_db["db"]) as con:
-        counts = dict(con.execute("SELECT label, count(*) FROM predicted_entities WHERE pred_run_id = ? "
-                                  "GROUP BY label", [pred_run_id]).fetchall())
-        ents = con.execute('SELECT doc_id, start, "end", label, text FROM predicted_entities '
-                           "WHERE pred_run_id = ? ORDER BY doc_id, start", [pred_run_id]).fetchall()
+        counts = dict(
+            con.execute(
+                "SELECT label, count(*) FROM predicted_entities WHERE pred_run_id = ? GROUP BY label",
+                [pred_run_id],
+            ).fetchall()
+        )
+        ents = con.execute(
+            'SELECT doc_id, start, "end", label, text FROM predicted_entities '
+            "WHERE pred_run_id = ? ORDER BY doc_id, start",
+            [pred_run_id],
+        ).fetchall()
     assert ents, "the tiny model predicted no entity: the pipeline fixture's training is too weak"
     # entity frequencies equal DuckDB's
     freq = next(d.value for d in app.dataframe if "n_distinct" in d.value.columns)
@@ -273,8 +320,10 @@ def test_predictions_page_search_document_view_and_frequencies(app, ui_db):
     doc_id, start, end, label, mention = ents[0]
     app.text_input(key="pred_text").set_value(mention).run()
     hits = app.dataframe[0].value
-    assert len(hits) >= 1 and all(mention in (lc + t + rc) for lc, t, rc in
-                                  zip(hits["left_context"], hits["text"], hits["right_context"]))
+    assert len(hits) >= 1 and all(
+        mention in (lc + t + rc)
+        for lc, t, rc in zip(hits["left_context"], hits["text"], hits["right_context"])
+    )
     app.selectbox(key=f"pred_doc_{pred_run_id}").set_value(doc_id).run()
     htmls = _texts(app.html)
     assert any("ner-legend" in h for h in htmls)
@@ -301,7 +350,7 @@ def test_try_it_page_tags_pasted_text(app, ui_db):
     table = app.dataframe[0].value
     assert doc_html.count('class="ent"') == len(table)
     for row in table.itertuples():
-        assert text[row.start:row.end] == row.text
+        assert text[row.start : row.end] == row.text
 
 
 @pytest.mark.slow

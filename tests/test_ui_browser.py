@@ -22,8 +22,15 @@ import pytest
 from tests.ui_fixtures import APP, REPO, ui_db  # noqa: F401  (ui_db is a fixture)
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 HAN = re.compile(r"[\u4e00-\u9fff]")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -51,9 +58,27 @@ def server(ui_db, sync_playwright):
     port = _free_port()
     env = {**os.environ, "NER_DB": ui_db["db"], "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port), "--server.address",
-         "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            APP,
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -99,7 +124,8 @@ def _settle(page) -> None:
     page.wait_for_timeout(500)
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')"
+    )
     page.wait_for_timeout(500)
 
 
@@ -109,8 +135,9 @@ def test_every_page_renders_in_chromium(page, server, ui_db, tmp_path):
     print(f"screenshots in {shots}")
     with duckdb.connect(ui_db["db"], read_only=True) as con:
         run_ids = [r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()]
-        best_pred = con.execute("SELECT pred_run_id FROM prediction_runs ORDER BY n_entities DESC LIMIT 1"
-                                ).fetchone()[0]
+        best_pred = con.execute(
+            "SELECT pred_run_id FROM prediction_runs ORDER BY n_entities DESC LIMIT 1"
+        ).fetchone()[0]
 
     _open(page, server, "", "Training runs")
     body = page.inner_text("body")

@@ -54,5 +54,6 @@ if state.state == "empty":
 try:
     page.run()
 except DatabaseLockedError as exc:
-    st.warning(f"The database is busy: {exc} Press **Refresh data** to try again.",
-               icon=":material/hourglass_top:")
+    st.warning(
+        f"The database is busy: {exc} Press **Refresh data** to try again.", icon=":material/hourglass_top:"
+    )

@@ -14,7 +14,6 @@ No DDL here: the schema lives in :mod:`storage.schema`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from storage.db import DatabaseLockedError, open_db
+from storage.query import SqlRejected, check_sql, query
 
 TTL_S = 30  # seconds a query result stays cached; the sidebar's Refresh button clears all caches
 LOCK_WAIT_S = 1.0  # how long a read waits for a writer before DatabaseLockedError
@@ -88,27 +88,43 @@ def db_state(db_path: str) -> DbState:
     """
     path = Path(_check_path(db_path))
     if not path.exists():
-        msg = (f"Database file {path} does not exist. Create it with `ner pipeline ...` (or `ner ingest ...`), "
-               f"or start the dashboard with `ner ui --db PATH`.")
+        msg = (
+            f"Database file {path} does not exist. Create it with `ner pipeline ...` (or `ner ingest ...`), "
+            f"or start the dashboard with `ner ui --db PATH`."
+        )
         return DbState("missing", msg, {})
     try:
         with open_db(path, read_only=True, wait_s=LOCK_WAIT_S) as con:
-            tables = {r[0] for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+            tables = {
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+                ).fetchall()
+            }
             needed = {"schema_version", "datasets", "runs", "prediction_runs"}
             if not needed <= tables:
                 missing = ", ".join(sorted(needed - tables))
-                return DbState("empty", f"Database {path} has no NER schema yet (missing tables: {missing}). "
-                                        f"Run `ner pipeline ...` first.", {})
-            counts = {t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                      for t in ("datasets", "runs", "evaluations", "prediction_runs")}
+                return DbState(
+                    "empty",
+                    f"Database {path} has no NER schema yet (missing tables: {missing}). "
+                    f"Run `ner pipeline ...` first.",
+                    {},
+                )
+            counts = {
+                t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
+                for t in ("datasets", "runs", "evaluations", "prediction_runs")
+            }
     except DatabaseLockedError as exc:
         return DbState("locked", f"The database is busy: {exc}", {})
     except duckdb.Error as exc:
         return DbState("missing", f"Database {path} could not be opened read-only: {exc}", {})
     if not any(counts.values()):
-        return DbState("empty", f"Database {path} is empty: no datasets, runs or predictions yet. "
-                                f"Run `ner pipeline ...` to fill it.", counts)
+        return DbState(
+            "empty",
+            f"Database {path} is empty: no datasets, runs or predictions yet. "
+            f"Run `ner pipeline ...` to fill it.",
+            counts,
+        )
     return DbState("ok", "", counts)
 
 
@@ -118,13 +134,16 @@ def all_labels(db_path: str) -> tuple[str, ...]:
 
     Pages colour labels from this one set, so a label has the same colour on every page.
     """
-    frame = _read(db_path, """
+    frame = _read(
+        db_path,
+        """
         SELECT DISTINCT label FROM (
             SELECT unnest(labels) AS label FROM datasets
             UNION ALL SELECT label FROM evaluation_types
             UNION ALL SELECT label FROM predicted_entities)
         ORDER BY label
-    """)
+    """,
+    )
     return tuple(frame["label"].tolist())
 
 
@@ -132,7 +151,9 @@ def all_labels(db_path: str) -> tuple[str, ...]:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def runs(db_path: str) -> pd.DataFrame:
     """One row per training run (newest first) with its best dev F1 and its latest test-split scores."""
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT s.run_id, s.dataset, s.encoder, s.head, s.scheme, s.status, s.started_at, s.seconds,
                s.n_epochs, s.best_epoch, s.best_dev_f1, e.f1 AS test_f1, e."precision" AS test_precision,
                e.recall AS test_recall, e.char_accuracy AS test_char_accuracy,
@@ -144,7 +165,8 @@ def runs(db_path: str) -> pd.DataFrame:
                    QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY (split = 'test') DESC,
                                               created_at DESC) = 1) e USING (run_id)
         ORDER BY s.started_at DESC, s.run_id
-    """)
+    """,
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -154,30 +176,37 @@ def epochs(db_path: str, run_ids: tuple[str, ...]) -> pd.DataFrame:
         raise ValueError(f"expected run_ids as a tuple of str, got {type(run_ids).__name__}")
     if not run_ids:
         return _read(db_path, "SELECT * FROM epochs WHERE false")
-    return _read(db_path, "SELECT * FROM epochs WHERE list_contains(?, run_id) ORDER BY run_id, epoch",
-                 [list(run_ids)])
+    return _read(
+        db_path, "SELECT * FROM epochs WHERE list_contains(?, run_id) ORDER BY run_id, epoch", [list(run_ids)]
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def models(db_path: str) -> pd.DataFrame:
     """Completed runs that have a model directory, production model first, then newest."""
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT run_id, dataset, head, encoder, best_dev_f1, is_production, model_dir
         FROM runs WHERE status = 'completed' AND model_dir IS NOT NULL
         ORDER BY is_production DESC, started_at DESC
-    """)
+    """,
+    )
 
 
 # ------------------------------------------------------------------------------------- evaluations
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluations(db_path: str) -> pd.DataFrame:
     """Evaluation summaries (no report JSON), newest first."""
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT eval_id, run_id, dataset, dataset_version, split, created_at, scheme, n_sentences, n_chars,
                char_accuracy, sentence_accuracy, "precision", recall, f1, macro_precision, macro_recall,
                macro_f1, model_dir
         FROM evaluations ORDER BY created_at DESC, eval_id
-    """)
+    """,
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -193,8 +222,12 @@ def evaluation(db_path: str, eval_id: str) -> dict:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluation_types(db_path: str, eval_id: str) -> pd.DataFrame:
     """Per-label precision, recall, F1, support and predicted count."""
-    return _read(db_path, 'SELECT label, "precision", recall, f1, support, predicted FROM evaluation_types '
-                          "WHERE eval_id = ? ORDER BY label", [eval_id])
+    return _read(
+        db_path,
+        'SELECT label, "precision", recall, f1, support, predicted FROM evaluation_types '
+        "WHERE eval_id = ? ORDER BY label",
+        [eval_id],
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -235,18 +268,25 @@ def error_sentences(report: dict, *, label: str | None = None, kind: str | None 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def prediction_runs(db_path: str) -> pd.DataFrame:
     """Prediction runs, newest first."""
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT pred_run_id, run_id, status, input_kind, input_ref, started_at, seconds, n_documents, n_chars,
                n_entities, model_dir
         FROM prediction_runs ORDER BY started_at DESC, pred_run_id
-    """)
+    """,
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def label_counts(db_path: str, pred_run_id: str) -> pd.DataFrame:
     """Entities and distinct mentions per label in one prediction run."""
-    return _read(db_path, "SELECT label, n_entities, n_distinct FROM v_predicted_label_counts "
-                          "WHERE pred_run_id = ? ORDER BY n_entities DESC, label", [pred_run_id])
+    return _read(
+        db_path,
+        "SELECT label, n_entities, n_distinct FROM v_predicted_label_counts "
+        "WHERE pred_run_id = ? ORDER BY n_entities DESC, label",
+        [pred_run_id],
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
@@ -254,23 +294,30 @@ def top_entities(db_path: str, pred_run_id: str, label: str | None = None, limit
     """Most frequent predicted mentions (optionally of one label)."""
     if limit < 1:
         raise ValueError(f"expected limit >= 1, got {limit}")
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT label, text, n, n_documents, round(mean_confidence, 3) AS mean_confidence
         FROM v_top_predicted_entities
         WHERE pred_run_id = ? AND (? IS NULL OR label = ?)
         ORDER BY n DESC, label, text LIMIT ?
-    """, [pred_run_id, label, label, limit])
+    """,
+        [pred_run_id, label, label, limit],
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def search_entities(db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (),
-                    limit: int = 200) -> pd.DataFrame:
+def search_entities(
+    db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (), limit: int = 200
+) -> pd.DataFrame:
     """Predicted entities whose mention or context contains ``text`` (case-insensitive), of ``labels``."""
     if not isinstance(labels, tuple):
         raise ValueError(f"expected labels as a tuple of str, got {type(labels).__name__}")
     if limit < 1:
         raise ValueError(f"expected limit >= 1, got {limit}")
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT doc_id, start, "end", label, text, round(confidence, 3) AS confidence, left_context,
                right_context
         FROM v_predicted_entities_in_context
@@ -278,16 +325,21 @@ def search_entities(db_path: str, pred_run_id: str, text: str = "", labels: tupl
           AND (? = '' OR contains(lower(left_context || text || right_context), lower(?)))
           AND (len(?) = 0 OR list_contains(?, label))
         ORDER BY doc_id, start LIMIT ?
-    """, [pred_run_id, text, text, list(labels), list(labels), limit])
+    """,
+        [pred_run_id, text, text, list(labels), list(labels), limit],
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def predicted_docs(db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (),
-                   limit: int = 500) -> pd.DataFrame:
+def predicted_docs(
+    db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (), limit: int = 500
+) -> pd.DataFrame:
     """Documents of a prediction run whose text contains ``text`` and that have an entity of ``labels``."""
     if not isinstance(labels, tuple):
         raise ValueError(f"expected labels as a tuple of str, got {type(labels).__name__}")
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT d.doc_id, d.n_entities, length(d.text) AS n_chars, left(d.text, 60) AS preview
         FROM predicted_documents d
         WHERE d.pred_run_id = ?
@@ -295,75 +347,30 @@ def predicted_docs(db_path: str, pred_run_id: str, text: str = "", labels: tuple
           AND (len(?) = 0 OR EXISTS (SELECT 1 FROM predicted_entities e WHERE e.pred_run_id = d.pred_run_id
                                      AND e.doc_id = d.doc_id AND list_contains(?, e.label)))
         ORDER BY d.doc_id LIMIT ?
-    """, [pred_run_id, text, text, list(labels), list(labels), limit])
+    """,
+        [pred_run_id, text, text, list(labels), list(labels), limit],
+    )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def predicted_document(db_path: str, pred_run_id: str, doc_id: str) -> tuple[str, pd.DataFrame]:
     """(text, entities ordered by start) of one predicted document."""
     with open_db(_check_path(db_path), read_only=True, wait_s=LOCK_WAIT_S) as con:
-        row = con.execute("SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?",
-                          [pred_run_id, doc_id]).fetchone()
+        row = con.execute(
+            "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
+        ).fetchone()
         if row is None:
             raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
-        ents = _df(con, 'SELECT start, "end", label, text, confidence FROM predicted_entities '
-                        'WHERE pred_run_id = ? AND doc_id = ? ORDER BY start, "end"', [pred_run_id, doc_id])
+        ents = _df(
+            con,
+            'SELECT start, "end", label, text, confidence FROM predicted_entities '
+            'WHERE pred_run_id = ? AND doc_id = ? ORDER BY start, "end"',
+            [pred_run_id, doc_id],
+        )
     return row[0], ents
 
 
 # --------------------------------------------------------------------------------------------- SQL
-class SqlRejected(ValueError):
-    """The SQL page refused a statement before running it; the message says why."""
-
-
-_ALLOWED = {"SELECT", "EXPLAIN"}
-_FILE_FUNCS = re.compile(
-    r"\b(read_\w+|glob|parquet_\w+|sniff_csv|iceberg_\w+|delta_scan|sqlite_\w+|postgres_\w+|mysql_\w+|"
-    r"query_table|query)\s*\(", re.IGNORECASE)
-_PATH_LITERAL = re.compile(r"'\s*(/|~|\.{1,2}/|[a-z][a-z0-9+.-]*://|[a-z]:\\)", re.IGNORECASE)
-
-
-def _strip_sql_comments(sql: str) -> str:
-    sql = re.sub(r"/\*.*?\*/", " ", sql, flags=re.DOTALL)
-    return re.sub(r"--[^\n]*", " ", sql)
-
-
-def check_sql(sql: str) -> str:
-    """Return ``sql`` stripped if it is one read-only query; raise :class:`SqlRejected` otherwise.
-
-    Accepted: a single SELECT / WITH / SHOW / DESCRIBE / SUMMARIZE / EXPLAIN statement (DuckDB parses
-    all of these as SELECT or EXPLAIN). Rejected: anything else (INSERT, DROP, SET, ATTACH, COPY, PRAGMA,
-    ...), several statements, table functions that read files (read_csv, read_parquet, glob, ...) and
-    quoted file paths or URLs. :func:`run_sql` also disables external access on the connection, so a
-    file read that slips past these checks fails in DuckDB itself.
-    """
-    if not isinstance(sql, str):
-        raise ValueError(f"expected the SQL as a str, got {type(sql).__name__}")
-    text = sql.strip().rstrip(";").strip()
-    if not text:
-        raise SqlRejected("Rejected: the query is empty; write one SELECT statement.")
-    try:
-        statements = duckdb.connect(":memory:").extract_statements(text)
-    except duckdb.Error as exc:
-        raise SqlRejected(f"Rejected: the query does not parse: {exc}") from None
-    if len(statements) != 1:
-        raise SqlRejected(f"Rejected: expected one statement, got {len(statements)}; only a single read-only "
-                          f"SELECT / WITH / SHOW / DESCRIBE query is allowed.")
-    kind = statements[0].type.name
-    if kind not in _ALLOWED:
-        raise SqlRejected(f"Rejected: {kind} statements are not allowed; only a single read-only "
-                          f"SELECT / WITH / SHOW / DESCRIBE query is allowed (this page never writes).")
-    code = _strip_sql_comments(text)
-    m = _FILE_FUNCS.search(code)
-    if m:
-        raise SqlRejected(f"Rejected: {m.group(1)}(...) reads or writes files; this page only queries the "
-                          f"database's own tables and views.")
-    if _PATH_LITERAL.search(code):
-        raise SqlRejected("Rejected: the query names a file path or URL; this page only queries the "
-                          "database's own tables and views.")
-    return text
-
-
 @dataclass(frozen=True)
 class SqlResult:
     frame: pd.DataFrame
@@ -372,31 +379,24 @@ class SqlResult:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def run_sql(db_path: str, sql: str, limit: int = 200) -> SqlResult:
-    """Run one checked query read-only with file access disabled; at most ``limit`` rows come back."""
+    """One checked, read-only query (:func:`storage.query.query`); at most ``limit`` rows come back."""
     if not isinstance(limit, int) or limit < 1:
         raise ValueError(f"expected limit as an int >= 1, got {limit!r}")
-    text = check_sql(sql)
-    with open_db(_check_path(db_path), read_only=True, wait_s=LOCK_WAIT_S) as con:
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        try:
-            cur = con.execute(text)
-            cols = [d[0] for d in cur.description] if cur.description else []
-            rows = cur.fetchmany(limit + 1)
-        except duckdb.Error as exc:
-            raise SqlRejected(f"The query failed: {exc}") from None
-    frame = pd.DataFrame(rows[:limit], columns=cols)
-    return SqlResult(frame, len(rows) > limit)
+    result = query(_check_path(db_path), sql, limit=limit, wait_s=LOCK_WAIT_S)
+    return SqlResult(pd.DataFrame(list(result), columns=result.columns), result.truncated)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def views(db_path: str) -> pd.DataFrame:
     """Tables and views the SQL page can query, with their columns."""
-    return _read(db_path, """
+    return _read(
+        db_path,
+        """
         SELECT t.table_name AS name, lower(replace(t.table_type, 'BASE ', '')) AS kind,
                string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns
         FROM information_schema.tables t
         JOIN information_schema.columns c USING (table_schema, table_name)
         WHERE t.table_schema = 'main'
         GROUP BY ALL ORDER BY kind DESC, name
-    """)
+    """,
+    )

@@ -17,8 +17,18 @@ DEFAULT_DB = "ner.duckdb"
 # Readable light backgrounds; labels are coloured by their sorted position, so a label keeps its colour
 # across pages as long as the label set is the same.
 PALETTE: tuple[str, ...] = (
-    "#ffd6a5", "#a0c4ff", "#caffbf", "#ffadad", "#bdb2ff", "#fdffb6", "#9bf6ff", "#ffc6ff",
-    "#e2c799", "#b5e48c", "#f1c0e8", "#cfbaf0",
+    "#ffd6a5",
+    "#a0c4ff",
+    "#caffbf",
+    "#ffadad",
+    "#bdb2ff",
+    "#fdffb6",
+    "#9bf6ff",
+    "#ffc6ff",
+    "#e2c799",
+    "#b5e48c",
+    "#f1c0e8",
+    "#cfbaf0",
 )
 
 
@@ -60,8 +70,11 @@ def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: di
         )
         cursor = end
     parts.append(html.escape(text[cursor:]))
-    return ('<div class="ner-text" style="white-space:pre-wrap;line-height:1.9;font-size:1.05em;">'
-            + "".join(parts) + "</div>")
+    return (
+        '<div class="ner-text" style="white-space:pre-wrap;line-height:1.9;font-size:1.05em;">'
+        + "".join(parts)
+        + "</div>"
+    )
 
 
 def legend_html(colours: dict[str, str]) -> str:
@@ -69,7 +82,8 @@ def legend_html(colours: dict[str, str]) -> str:
     chips = "".join(
         f'<span class="legend-chip" style="background:{c};padding:1px 8px;margin-right:6px;'
         f'border-radius:3px;">'
-        f"{html.escape(lb)}</span>" for lb, c in colours.items()
+        f"{html.escape(lb)}</span>"
+        for lb, c in colours.items()
     )
     return f'<div class="ner-legend">Legend: {chips}</div>'
 

@@ -19,28 +19,43 @@ eval_id = st.selectbox("Evaluation", list(labels_by_id), format_func=labels_by_i
 row = evals.loc[evals["eval_id"] == eval_id].iloc[0]
 
 m = st.columns(6)
-for col, (name, key) in zip(m, [("entity F1", "f1"), ("precision", "precision"), ("recall", "recall"),
-                                 ("macro F1", "macro_f1"), ("char accuracy", "char_accuracy"),
-                                 ("sentence accuracy", "sentence_accuracy")]):
+for col, (name, key) in zip(
+    m,
+    [
+        ("entity F1", "f1"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("macro F1", "macro_f1"),
+        ("char accuracy", "char_accuracy"),
+        ("sentence accuracy", "sentence_accuracy"),
+    ],
+):
     col.metric(name, fmt(row[key]))
-st.caption(f"run {row['run_id']} · dataset {row['dataset']} v{row['dataset_version']} · "
-           f"split {row['split']} · "
-           f"{row['n_sentences']} sentences · {row['n_chars']} characters · scheme {row['scheme']}")
+st.caption(
+    f"run {row['run_id']} · dataset {row['dataset']} v{row['dataset_version']} · "
+    f"split {row['split']} · "
+    f"{row['n_sentences']} sentences · {row['n_chars']} characters · scheme {row['scheme']}"
+)
 
 st.subheader("Per entity type")
 types = queries.evaluation_types(db, eval_id)
 c1, c2 = st.columns([3, 2])
-c1.dataframe(types, hide_index=True, column_config={
-    k: st.column_config.NumberColumn(format="%.4f") for k in ("precision", "recall", "f1")})
+c1.dataframe(
+    types,
+    hide_index=True,
+    column_config={k: st.column_config.NumberColumn(format="%.4f") for k in ("precision", "recall", "f1")},
+)
 if not types.empty:
     c2.bar_chart(types.set_index("label")[["precision", "recall", "f1"]], stack=False)
 
 st.subheader("Errors by kind")
 errors = queries.evaluation_errors(db, eval_id)
 st.dataframe(errors, hide_index=True)
-st.caption("boundary: same label, other span · type: same span, other label · boundary+type: both differ · "
-           "missed: no prediction overlaps · spurious: a prediction overlaps no gold entity "
-           "(counted under the predicted label).")
+st.caption(
+    "boundary: same label, other span · type: same span, other label · boundary+type: both differ · "
+    "missed: no prediction overlaps · spurious: a prediction overlaps no gold entity "
+    "(counted under the predicted label)."
+)
 
 st.subheader("Error browser")
 report = queries.evaluation(db, eval_id)
@@ -49,8 +64,9 @@ f1, f2, f3 = st.columns(3)
 label = f1.selectbox("Entity type", ["(all)", *all_labels], key="err_label")
 kind = f2.selectbox("Kind of error", ["(all)", *queries.ERROR_KINDS], key="err_kind")
 limit = f3.number_input("Show at most", min_value=1, max_value=500, value=20, step=10, key="err_limit")
-sentences = queries.error_sentences(report, label=None if label == "(all)" else label,
-                                    kind=None if kind == "(all)" else kind)
+sentences = queries.error_sentences(
+    report, label=None if label == "(all)" else label, kind=None if kind == "(all)" else kind
+)
 n_stored = len(report.get("error_sentences", []))
 st.caption(f"{len(sentences)} sentences with errors match (of {n_stored} stored).")
 colours = label_colours([*queries.all_labels(db), *all_labels])

@@ -14,8 +14,10 @@ if pruns.empty:
     st.info("No prediction runs yet: run `ner predict ...` or `ner pipeline ...`.")
     st.stop()
 
-names = {r.pred_run_id: f"{r.pred_run_id}  ({r.input_kind}, {r.n_documents} docs, {r.n_entities} entities)"
-         for r in pruns.itertuples()}
+names = {
+    r.pred_run_id: f"{r.pred_run_id}  ({r.input_kind}, {r.n_documents} docs, {r.n_entities} entities)"
+    for r in pruns.itertuples()
+}
 pred_run_id = st.selectbox("Prediction run", list(names), format_func=names.get, key="pred_run")
 info = pruns.loc[pruns["pred_run_id"] == pred_run_id].iloc[0]
 st.caption(f"model run {info['run_id']} · status {info['status']} · input {info['input_ref']}")
@@ -54,5 +56,7 @@ with f1:
         st.bar_chart(counts.set_index("label")["n_entities"])
 with f2:
     top_label = st.selectbox("Most frequent mentions of", ["(all)", *labels], key=f"top_label_{pred_run_id}")
-    st.dataframe(queries.top_entities(db, pred_run_id, None if top_label == "(all)" else top_label, 50),
-                 hide_index=True)
+    st.dataframe(
+        queries.top_entities(db, pred_run_id, None if top_label == "(all)" else top_label, 50),
+        hide_index=True,
+    )

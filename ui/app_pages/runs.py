@@ -29,13 +29,18 @@ if runs.empty:
     st.info("No training runs yet: run `ner train ...` or `ner pipeline ...`.")
     st.stop()
 
-st.caption(f"{len(runs)} runs, newest first. Scores: best dev entity F1 during training and the latest "
-           f"evaluation on the test split.")
+st.caption(
+    f"{len(runs)} runs, newest first. Scores: best dev entity F1 during training and the latest "
+    f"evaluation on the test split."
+)
 st.dataframe(
     runs.drop(columns=["config", "model_dir"]),
     hide_index=True,
-    column_config={c: st.column_config.NumberColumn(format="%.4f")
-                   for c in runs.columns if c.startswith("test_") or c == "best_dev_f1"},
+    column_config={
+        c: st.column_config.NumberColumn(format="%.4f")
+        for c in runs.columns
+        if c.startswith("test_") or c == "best_dev_f1"
+    },
 )
 
 st.subheader("Compare two runs")
@@ -52,18 +57,31 @@ for col, rid in ((col_a, run_a), (col_b, run_b)):
         m1.metric("best dev F1", fmt(r["best_dev_f1"]))
         m2.metric("test F1", fmt(r["test_f1"]))
         m3.metric("epochs", fmt(r["n_epochs"]))
-        st.caption(f"**{rid}** · {r['status']} · head {r['head']} · scheme {r['scheme']} · "
-                   f"stopped: {r['stopped_reason']}")
+        st.caption(
+            f"**{rid}** · {r['status']} · head {r['head']} · scheme {r['scheme']} · "
+            f"stopped: {r['stopped_reason']}"
+        )
 
 cfg = {rid: _flatten(json.loads(rows[rid]["config"])) for rid in (run_a, run_b)}
 keys = sorted(set(cfg[run_a]) | set(cfg[run_b]))
-scores = ["best_dev_f1", "best_epoch", "n_epochs", "test_f1", "test_precision", "test_recall",
-          "test_char_accuracy", "test_sentence_accuracy", "seconds"]
-table = pd.DataFrame({
-    "setting": scores + keys,
-    "run A": [fmt(rows[run_a][s]) for s in scores] + [str(cfg[run_a].get(k, "")) for k in keys],
-    "run B": [fmt(rows[run_b][s]) for s in scores] + [str(cfg[run_b].get(k, "")) for k in keys],
-})
+scores = [
+    "best_dev_f1",
+    "best_epoch",
+    "n_epochs",
+    "test_f1",
+    "test_precision",
+    "test_recall",
+    "test_char_accuracy",
+    "test_sentence_accuracy",
+    "seconds",
+]
+table = pd.DataFrame(
+    {
+        "setting": scores + keys,
+        "run A": [fmt(rows[run_a][s]) for s in scores] + [str(cfg[run_a].get(k, "")) for k in keys],
+        "run B": [fmt(rows[run_b][s]) for s in scores] + [str(cfg[run_b].get(k, "")) for k in keys],
+    }
+)
 table["differs"] = table["run A"] != table["run B"]
 only_diff = st.toggle("Only settings that differ", value=False, key="only_diff")
 st.dataframe(table[table["differs"]] if only_diff else table, hide_index=True)

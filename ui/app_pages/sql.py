@@ -11,13 +11,16 @@ import streamlit as st
 from ui import queries
 from ui.app_pages.common import db_path
 
-DEFAULT_SQL = ("SELECT label, sum(n_entities) AS n FROM v_predicted_label_counts\n"
-               "GROUP BY label ORDER BY n DESC")
+DEFAULT_SQL = (
+    "SELECT label, sum(n_entities) AS n FROM v_predicted_label_counts\nGROUP BY label ORDER BY n DESC"
+)
 
 db = db_path()
 st.title("SQL")
-st.caption("Read-only: one SELECT / WITH / SHOW / DESCRIBE statement over the database's tables and views. "
-           "No writes, no file access.")
+st.caption(
+    "Read-only: one SELECT / WITH / SHOW / DESCRIBE statement over the database's tables and views. "
+    "No writes, no file access."
+)
 with st.expander("Tables and views"):
     st.dataframe(queries.views(db), hide_index=True)
 

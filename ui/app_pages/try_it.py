@@ -32,8 +32,10 @@ if models.empty:
     st.info("No trained model yet: run `ner train ...` or `ner pipeline ...`.")
     st.stop()
 
-names = {r.run_id: f"{r.run_id}{'  ★ production' if r.is_production else ''}  (dev F1 {r.best_dev_f1:.3f})"
-         for r in models.itertuples()}
+names = {
+    r.run_id: f"{r.run_id}{'  ★ production' if r.is_production else ''}  (dev F1 {r.best_dev_f1:.3f})"
+    for r in models.itertuples()
+}
 run_id = st.selectbox("Model", list(names), format_func=names.get, key="try_model")
 model_dir = str(models.loc[models["run_id"] == run_id, "model_dir"].iloc[0])
 st.caption(f"model directory: {model_dir}")
@@ -51,6 +53,17 @@ if st.button("Tag", type="primary", key="try_tag"):
     colours = label_colours([*queries.all_labels(db), *(labels or []), *(e.label for e in ents)])
     st.html(legend_html(colours))
     show_highlighted(text, [(e.start, e.end, e.label) for e in ents], colours)
-    st.dataframe([{"start": e.start, "end": e.end, "label": e.label, "text": e.text,
-                   "confidence": round(e.confidence, 3)} for e in ents], hide_index=True)
+    st.dataframe(
+        [
+            {
+                "start": e.start,
+                "end": e.end,
+                "label": e.label,
+                "text": e.text,
+                "confidence": round(e.confidence, 3),
+            }
+            for e in ents
+        ],
+        hide_index=True,
+    )
     st.caption(f"{len(ents)} entities found.")
