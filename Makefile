@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup demo test test-fast bench ui clean
+.PHONY: setup demo lint test test-fast bench ui clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/ner demo
 
-test: setup
+# ruff check (pyflakes, pycodestyle, import order) and ruff format --check: zero findings
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
 test-fast: setup
