@@ -76,8 +76,8 @@ def migrate(
     migrations = MIGRATIONS if migrations is None else migrations
     check_migrations(migrations)
     con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
-        "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+        "description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
     )
     have = current_version(con)
     if have > migrations[-1][0]:

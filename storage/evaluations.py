@@ -63,10 +63,10 @@ def save_evaluation(
         for table in ("evaluations", "evaluation_types", "evaluation_errors"):
             con.execute(f"DELETE FROM {table} WHERE eval_id = ?", [eval_id])
         con.execute(
-            "INSERT INTO evaluations (eval_id, run_id, model_dir, dataset, dataset_version, split, created_at, "
-            'scheme, n_sentences, n_chars, char_accuracy, sentence_accuracy, "precision", recall, f1, '
-            "macro_precision, macro_recall, macro_f1, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?, ?)",
+            "INSERT INTO evaluations (eval_id, run_id, model_dir, dataset, dataset_version, split, "
+            'created_at, scheme, n_sentences, n_chars, char_accuracy, sentence_accuracy, "precision", '
+            "recall, f1, macro_precision, macro_recall, macro_f1, report) "
+            f"VALUES ({', '.join('?' * 19)})",
             [
                 eval_id,
                 run_id,
