@@ -1,14 +1,22 @@
-"""Evaluation reports in DuckDB: a summary row, per-type scores and error counts per evaluation."""
+"""Evaluation reports in DuckDB: a summary row, per-type scores and error counts per evaluation.
+
+The ``*_frame`` reads behind the dashboard return pandas DataFrames (:func:`storage.db.read_frame`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from storage.db import now as _now
-from storage.db import open_db
+from storage.db import open_db, read_frame
 from storage.db import rows as _rows
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def save_evaluation(
@@ -105,3 +113,46 @@ def evaluations(db_path: str | Path, run_id: str | None = None) -> list[dict]:
             "SELECT * EXCLUDE (report) FROM evaluations WHERE run_id = ? ORDER BY created_at DESC",
             [run_id],
         )
+
+
+# ---- reads for the dashboard
+def evaluations_frame(db_path: str | Path, *, wait_s: float = 10.0) -> pd.DataFrame:
+    """Evaluation summaries without the report JSON, newest first."""
+    return read_frame(
+        db_path,
+        """
+        SELECT eval_id, run_id, dataset, dataset_version, split, created_at, scheme, n_sentences, n_chars,
+               char_accuracy, sentence_accuracy, "precision", recall, f1, macro_precision, macro_recall,
+               macro_f1, model_dir
+        FROM evaluations ORDER BY created_at DESC, eval_id
+        """,
+        wait_s=wait_s,
+    )
+
+
+def evaluation_report(db_path: str | Path, eval_id: str, *, wait_s: float = 10.0) -> dict:
+    """The stored :class:`ner_core.metrics.EvaluationReport` of ``eval_id`` as a plain dict (``{}`` when
+    none was stored); ``KeyError`` when there is no such evaluation."""
+    with open_db(db_path, read_only=True, wait_s=wait_s) as con:
+        row = con.execute("SELECT report FROM evaluations WHERE eval_id = ?", [eval_id]).fetchone()
+    if row is None:
+        raise KeyError(f"no evaluation {eval_id!r} in {db_path}")
+    return json.loads(row[0]) if row[0] else {}
+
+
+def evaluation_types_frame(db_path: str | Path, eval_id: str, *, wait_s: float = 10.0) -> pd.DataFrame:
+    """Per-label precision, recall, F1, support and predicted count of ``eval_id``, by label."""
+    return read_frame(
+        db_path,
+        'SELECT label, "precision", recall, f1, support, predicted FROM evaluation_types '
+        "WHERE eval_id = ? ORDER BY label",
+        [eval_id],
+        wait_s=wait_s,
+    )
+
+
+def evaluation_errors_frame(db_path: str | Path, eval_id: str, *, wait_s: float = 10.0) -> pd.DataFrame:
+    """Error counts of ``eval_id`` in long form: ``label``, ``kind``, ``n``, one row per stored pair."""
+    return read_frame(
+        db_path, "SELECT label, kind, n FROM evaluation_errors WHERE eval_id = ?", [eval_id], wait_s=wait_s
+    )
