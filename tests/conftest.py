@@ -44,3 +44,21 @@ def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
     from ner_core.encoder import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), sample_texts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dashboard fixtures (tests/test_ui_*.py, tests/test_storage.py); their helpers are in tests/ui_fixtures.py.
+@pytest.fixture(scope="session")
+def ui_db(tmp_path_factory) -> dict:
+    """A real database made by two tiny pipeline runs (1-3 minutes on 2 busy CPU cores), built once per
+    session: {"db": path, "train": [train_step results], "predict": [predict_step results]}.
+
+    Developers iterating on the UI can set ``NER_UI_TEST_DB`` to a database made earlier by
+    :func:`tests.ui_fixtures.build_pipeline_db` (model directories included) to skip the training.
+    """
+    from tests.ui_fixtures import build_pipeline_db, reuse_pipeline_db
+
+    reuse = os.environ.get("NER_UI_TEST_DB")
+    if reuse and Path(reuse).is_file():
+        return reuse_pipeline_db(Path(reuse))
+    return build_pipeline_db(tmp_path_factory.mktemp("ui-db"))

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.ui_fixtures import APP, PAGES, ui_db  # noqa: F401  (ui_db is a fixture)
+from tests.ui_fixtures import APP, PAGES
 from ui import queries
 from ui.app_pages.common import highlight_html, label_colours, legend_html
 
