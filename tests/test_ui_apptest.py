@@ -11,12 +11,14 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from tests.ui_fixtures import APP, PAGES
 from ui import queries
-from ui.app_pages.common import highlight_html, label_colours, legend_html
+from ui.app_pages.common import fmt, highlight_html, label_colours, legend_html
 
 
 def _fresh_db(path: Path) -> str:
@@ -80,6 +82,19 @@ def test_highlight_html_skips_overlaps_and_checks_bounds():
     assert "background:#dddddd" not in out  # LOC has its colour
     with pytest.raises(ValueError, match=r"span \[2, 9\) PER lies outside the text \(length 4\)"):
         highlight_html("张伟来了", [(2, 9, "PER")], {})
+
+
+def test_fmt_shows_a_dash_for_missing_values():
+    assert [fmt(x) for x in (None, float("nan"), pd.NA, 0.5, 3, np.int32(2))] == [
+        "-",
+        "-",
+        "-",
+        "0.5000",
+        "3",
+        "2",
+    ]
+    runs = pd.DataFrame({"best_epoch": pd.array([2, None], dtype="Int32")})  # as DuckDB gives nullable ints
+    assert [fmt(v) for v in runs["best_epoch"]] == ["2", "-"]
 
 
 def test_label_colours_are_stable_and_legend_lists_labels():
