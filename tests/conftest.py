@@ -62,3 +62,11 @@ def ui_db(tmp_path_factory) -> dict:
     if reuse and Path(reuse).is_file():
         return reuse_pipeline_db(Path(reuse))
     return build_pipeline_db(tmp_path_factory.mktemp("ui-db"))
+
+
+@pytest.fixture
+def legacy_db(tmp_path) -> str:
+    """A fresh copy of the DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c)."""
+    from tests.ui_fixtures import unpack_legacy_db
+
+    return str(unpack_legacy_db(tmp_path / "legacy"))

@@ -1,5 +1,6 @@
 """DuckDB layer: migrations, the writer lock with a real second process, the read-only query guard, the
-dashboard's reads, atomic and idempotent ingest."""
+dashboard's reads (on a database of today's code and on one written by the pre-restructure main), atomic
+and idempotent ingest."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from storage import datasets as ds
@@ -23,7 +25,7 @@ from storage.datasets import (
     load_documents,
     load_problems,
 )
-from storage.db import DatabaseLockedError, connect, migrate, open_db, row_counts
+from storage.db import DatabaseLockedError, connect, current_version, migrate, open_db, row_counts
 from storage.evaluations import (
     evaluation_errors_frame,
     evaluation_report,
@@ -329,6 +331,62 @@ def test_dashboard_reads_of_predictions_labels_and_catalogue(tmp_path):
     assert rel.loc["runs", "kind"] == "table" and rel.loc["v_prediction_runs", "kind"] == "view"
     assert rel.loc["epochs", "columns"].startswith("run_id, epoch, train_loss")
     assert row_counts(db, ["runs", "epochs", "no_such_table"], wait_s=0) == {"runs": 2, "epochs": 3}
+
+
+# --------------------------------------------------------------------------- the legacy database
+LEGACY_RUN = "20261201-152337-sample-bilstm-56603a"  # completed, promoted, evaluated, predicted
+LEGACY_FAILED = "20261201-152339-sample-bilstm-7b9f2c"  # interrupted after epoch 1 of 2
+LEGACY_LABELS = ["FIN", "LOC", "ORG", "PER"]
+
+
+def test_legacy_database_opens_and_the_dashboard_reads_return_its_rows(legacy_db):
+    """A DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c): today's storage
+    opens it as a writer (pending migrations apply, none so far) and the dashboard's reads see its rows."""
+    with open_db(legacy_db) as con:
+        assert current_version(con) == SCHEMA_VERSION
+    with duckdb.connect(legacy_db, read_only=True) as con:  # what the file holds, read without storage
+        stored_runs = con.execute(
+            "SELECT run_id, status, best_dev_f1 FROM runs ORDER BY started_at DESC"
+        ).fetchall()
+        stored_eval = con.execute(
+            'SELECT eval_id, f1, "precision", char_accuracy FROM evaluations'
+        ).fetchall()
+        doc_text = con.execute(
+            "SELECT text FROM predicted_documents WHERE doc_id = '01_finance_news'"
+        ).fetchone()[0]
+    runs = runs_frame(legacy_db, wait_s=0)
+    listed = [(r.run_id, r.status) for r in runs.itertuples()]
+    assert listed == [r[:2] for r in stored_runs] == [(LEGACY_FAILED, "failed"), (LEGACY_RUN, "completed")]
+    done = runs.set_index("run_id").loc[LEGACY_RUN]
+    assert done["is_production"] and done["n_epochs"] == 2 and done["model_dir"] == f"runs/{LEGACY_RUN}/model"
+    assert (done["best_dev_f1"], done["test_f1"]) == (stored_runs[1][2], stored_eval[0][1])
+    epochs = epochs_frame(legacy_db, (LEGACY_RUN, LEGACY_FAILED), wait_s=0)
+    assert epochs[["run_id", "epoch"]].values.tolist() == [
+        [LEGACY_RUN, 1],
+        [LEGACY_RUN, 2],
+        [LEGACY_FAILED, 1],
+    ]
+    assert models_frame(legacy_db, wait_s=0)["run_id"].tolist() == [LEGACY_RUN]
+    ev = evaluations_frame(legacy_db, wait_s=0)
+    assert [tuple(r) for r in ev[["eval_id", "f1", "precision", "char_accuracy"]].values] == stored_eval
+    (eval_id,) = ev["eval_id"]
+    assert eval_id == f"{LEGACY_RUN}-sample-v1-test" and ev.loc[0, "n_sentences"] == 80
+    report = evaluation_report(legacy_db, eval_id, wait_s=0)
+    assert report["n_sentences"] == 80 and [t["label"] for t in report["per_type"]] == LEGACY_LABELS
+    types = evaluation_types_frame(legacy_db, eval_id, wait_s=0)
+    assert list(zip(types["label"], types["support"])) == [("FIN", 49), ("LOC", 73), ("ORG", 87), ("PER", 43)]
+    n_errors = sum(n for kinds in report["errors"].values() for n in kinds.values())
+    assert evaluation_errors_frame(legacy_db, eval_id, wait_s=0)["n"].sum() == n_errors == 252
+    pr = prediction_runs_frame(legacy_db, wait_s=0)
+    assert pr[["pred_run_id", "run_id", "status", "n_documents"]].values.tolist() == [
+        ["pred-a201b4d3dfdc", LEGACY_RUN, "completed", 2]
+    ]
+    docs = predicted_docs_frame(legacy_db, "pred-a201b4d3dfdc", "", (), 500, wait_s=0)
+    assert docs["doc_id"].tolist() == ["01_finance_news", "02_general_news"]
+    text, ents = predicted_document(legacy_db, "pred-a201b4d3dfdc", "01_finance_news", wait_s=0)
+    assert text == doc_text and text.startswith("凌云科技有限公司 CEO 程亦凡")
+    assert ents.empty and list(ents.columns) == ENTITY_COLUMNS  # that tiny model found no entity
+    assert entity_labels(legacy_db, wait_s=0) == tuple(LEGACY_LABELS)
 
 
 # ------------------------------------------------------------------------------------------ ingest

@@ -176,6 +176,36 @@ def test_busy_database_shows_a_clear_warning(tmp_path, monkeypatch):
         holder.wait()
 
 
+# ---------------------------------------------------------------- pages on the legacy database
+def test_every_page_renders_the_legacy_database(legacy_db, monkeypatch):
+    """The DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c): each page
+    renders it without an exception and shows its runs, evaluation and predicted documents."""
+    with _con(legacy_db) as con:
+        run_ids = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+        (eval_id,) = con.execute("SELECT eval_id FROM evaluations").fetchone()
+        (pred_run_id,) = con.execute("SELECT pred_run_id FROM prediction_runs").fetchone()
+        (production,) = con.execute("SELECT run_id FROM runs WHERE is_production").fetchone()
+    app = _app(legacy_db, monkeypatch)
+    assert not app.exception and [t.value for t in app.title] == ["Training runs"]
+    assert set(app.dataframe[0].value["run_id"]) == run_ids
+    shown = {
+        "curves": lambda: set(app.dataframe[0].value["run_id"]) == run_ids,
+        "evaluation": lambda: app.selectbox(key="eval_id").value == eval_id,
+        "predictions": lambda: (
+            app.selectbox(key="pred_run").value == pred_run_id
+            and any("ner-text" in h for h in _texts(app.html))
+        ),
+        "try_it": lambda: app.selectbox(key="try_model").value == production,
+        "sql": lambda: not app.error,
+    }
+    for name, check in shown.items():
+        app.switch_page(PAGES[name]).run()
+        assert not app.exception, (name, app.exception)
+        assert check(), name
+    app.button(key="sql_run").click().run()  # the default query, over the legacy views
+    assert not app.exception and not app.error
+
+
 # ------------------------------------------------------------------------- pages on a real database
 @pytest.fixture
 def app(ui_db, monkeypatch):
