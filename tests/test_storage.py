@@ -31,6 +31,7 @@ from storage.evaluations import (
     evaluation_report,
     evaluation_types_frame,
     evaluations_frame,
+    save_evaluation,
 )
 from storage.predictions import (
     entity_search_frame,
@@ -331,6 +332,38 @@ def test_dashboard_reads_of_predictions_labels_and_catalogue(tmp_path):
     assert rel.loc["runs", "kind"] == "table" and rel.loc["v_prediction_runs", "kind"] == "view"
     assert rel.loc["epochs", "columns"].startswith("run_id, epoch, train_loss")
     assert row_counts(db, ["runs", "epochs", "no_such_table"], wait_s=0) == {"runs": 2, "epochs": 3}
+
+
+def test_saved_evaluation_reads_back_and_saving_again_replaces_it(tmp_path):
+    from ner_core.documents import Document, Entity
+    from ner_core.metrics import evaluate
+
+    db = tmp_path / "eval.duckdb"
+    gold = [
+        Document(
+            doc_id="a",
+            text="张三在北京",
+            entities=[Entity(start=0, end=2, label="PER"), Entity(start=3, end=5, label="LOC")],
+        )
+    ]
+    report = evaluate(gold, [[Entity(start=0, end=2, label="PER"), Entity(start=2, end=3, label="ORG")]])
+    for _ in range(2):  # the second save replaces the first
+        save_evaluation(db, "e1", report, model_dir=tmp_path / "m", dataset="toy", split="test", run_id="r1")
+    (row,) = evaluations_frame(db, wait_s=0).to_dict("records")
+    assert row["run_id"] == "r1" and row["model_dir"] == str(tmp_path / "m") and row["split"] == "test"
+    figures = ("scheme", "n_sentences", "n_chars", "char_accuracy", "precision", "recall", "f1", "macro_f1")
+    assert {k: row[k] for k in figures} == {k: getattr(report, k) for k in figures}
+    assert evaluation_report(db, "e1", wait_s=0) == report.model_dump(mode="json")
+    types = evaluation_types_frame(db, "e1", wait_s=0)
+    assert types[["label", "support", "predicted"]].values.tolist() == [
+        ["LOC", 1, 0],
+        ["ORG", 0, 1],
+        ["PER", 1, 1],
+    ]
+    errs = evaluation_errors_frame(db, "e1", wait_s=0)
+    stored = {(r.label, r.kind): r.n for r in errs.itertuples()}
+    assert stored == {(lb, k): n for lb, kinds in report.errors.items() for k, n in kinds.items()}
+    assert stored[("LOC", "missed")] == 1 and stored[("ORG", "spurious")] == 1
 
 
 # --------------------------------------------------------------------------- the legacy database
