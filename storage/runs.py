@@ -135,8 +135,8 @@ def production_run(db_path: str | Path) -> dict | None:
 
 # ---- reads for the dashboard
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
-# read-only connection that waits at most wait_s seconds for a writer. (Imports are local: this block was
-# appended while the functions above were being edited elsewhere; hoist them when convenient.)
+# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
+# self-contained.
 def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """One row per training run (newest first): :data:`v_run_summary`'s columns, the run's stopped
     reason and config JSON, and the scores of its latest evaluation on the test split (or, without one,

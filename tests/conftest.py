@@ -50,7 +50,7 @@ def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
 # Dashboard fixtures (tests/test_ui_*.py, tests/test_storage.py); their helpers are in tests/ui_fixtures.py.
 @pytest.fixture(scope="session")
 def ui_db(tmp_path_factory) -> dict:
-    """A real database made by two tiny pipeline runs (1-3 minutes on 2 busy CPU cores), built once per
+    """A real database made by two tiny pipeline runs (slow: it trains two small models), built once per
     session: {"db": path, "train": [train_step results], "predict": [predict_step results]}.
 
     Developers iterating on the UI can set ``NER_UI_TEST_DB`` to a database made earlier by
@@ -66,7 +66,8 @@ def ui_db(tmp_path_factory) -> dict:
 
 @pytest.fixture
 def legacy_db(tmp_path) -> str:
-    """A fresh copy of the DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c)."""
+    """A fresh copy of tests/fixtures/legacy-3cc253c/ner.duckdb.gz, gunzipped: the DuckDB file written by
+    the code at commit 3cc253c."""
     from tests.ui_fixtures import unpack_legacy_db
 
     return str(unpack_legacy_db(tmp_path / "legacy"))

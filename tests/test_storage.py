@@ -1,6 +1,6 @@
 """DuckDB layer: migrations, the writer lock with a real second process, the read-only query guard, the
-dashboard's reads (on a database of today's code and on one written by the pre-restructure main), atomic
-and idempotent ingest."""
+dashboard's reads (also on a database written by the code at commit 3cc253c), atomic and idempotent
+ingest."""
 
 from __future__ import annotations
 
@@ -373,8 +373,8 @@ LEGACY_LABELS = ["FIN", "LOC", "ORG", "PER"]
 
 
 def test_legacy_database_opens_and_the_dashboard_reads_return_its_rows(legacy_db):
-    """A DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c): today's storage
-    opens it as a writer (pending migrations apply, none so far) and the dashboard's reads see its rows."""
+    """A DuckDB file written by the code at commit 3cc253c (tests/fixtures/legacy-3cc253c): today's storage
+    opens it as a writer (pending migrations would apply) and the dashboard's reads see its rows."""
     with open_db(legacy_db) as con:
         assert current_version(con) == SCHEMA_VERSION
     with duckdb.connect(legacy_db, read_only=True) as con:  # what the file holds, read without storage

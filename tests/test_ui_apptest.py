@@ -178,7 +178,7 @@ def test_busy_database_shows_a_clear_warning(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- pages on the legacy database
 def test_every_page_renders_the_legacy_database(legacy_db, monkeypatch):
-    """The DuckDB file written by the pre-restructure main (tests/fixtures/legacy-3cc253c): each page
+    """The DuckDB file written by the code at commit 3cc253c (tests/fixtures/legacy-3cc253c): each page
     renders it without an exception and shows its runs, evaluation and predicted documents."""
     with _con(legacy_db) as con:
         run_ids = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}

@@ -93,7 +93,7 @@ def reuse_pipeline_db(db: Path) -> dict:
 
 
 def unpack_legacy_db(dest: Path) -> Path:
-    """Copy the legacy artefacts (the database made by the pre-restructure main, its encoder) into ``dest``
+    """Copy the legacy artefacts (the database made by the code at commit 3cc253c, its encoder) into ``dest``
     and gunzip the database there; returns the DuckDB file's path. Paths inside it are relative to
     ``dest`` (``runs/<run_id>/model``; the model directories themselves were not kept)."""
     shutil.copytree(LEGACY, dest, dirs_exist_ok=True)
