@@ -14,11 +14,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from storage.schema import MIGRATIONS, check_migrations
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
 _RETRY_SLEEP_S = 0.1
@@ -76,8 +79,8 @@ def migrate(
     migrations = MIGRATIONS if migrations is None else migrations
     check_migrations(migrations)
     con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, description VARCHAR NOT NULL, "
-        "applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+        "description VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"
     )
     have = current_version(con)
     if have > migrations[-1][0]:
@@ -160,3 +163,31 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -
     cur = con.execute(sql, list(params))
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def read_frame(
+    path: str | Path, sql: str, params: Sequence[Any] = (), *, wait_s: float = 10.0
+) -> pd.DataFrame:
+    """The rows of ``sql`` as a pandas DataFrame (DuckDB's own conversion), on a short-lived read-only
+    connection. The dashboard's reads return these: column types and the columns of an empty result
+    come from DuckDB."""
+    with open_db(path, read_only=True, wait_s=wait_s) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def row_counts(path: str | Path, tables: Sequence[str], *, wait_s: float = 10.0) -> dict[str, int]:
+    """Rows in each of ``tables`` that exists in the file's ``main`` schema; absent tables are left out.
+
+    Opens ``path`` read-only (``FileNotFoundError`` when it is missing, :class:`DatabaseLockedError` when a
+    writer holds it for longer than ``wait_s``).
+    """
+    with open_db(path, read_only=True, wait_s=wait_s) as con:
+        present = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        }
+        return {
+            t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in tables if t in present
+        }

@@ -181,3 +181,138 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
         Document.model_construct(doc_id=i, text=t, entities=[], split=sp, source=src, line=ln)
         for i, t, sp, src, ln in rows
     ]
+
+
+# ---- reads for the dashboard
+# Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
+# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
+# self-contained.
+def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
+    """Prediction runs from the view ``v_prediction_runs``, newest first."""
+    from storage.db import read_frame
+
+    return read_frame(
+        db_path,
+        """
+        SELECT pred_run_id, run_id, status, input_kind, input_ref, started_at, seconds, n_documents, n_chars,
+               n_entities, model_dir
+        FROM v_prediction_runs ORDER BY started_at DESC, pred_run_id
+        """,
+        wait_s=wait_s,
+    )
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError(f"expected limit >= 1, got {limit}")
+
+
+def label_counts_frame(db_path: str | Path, pred_run_id: str, *, wait_s: float = 10.0):
+    """Entities and distinct mentions per label in one prediction run, most entities first."""
+    from storage.db import read_frame
+
+    return read_frame(
+        db_path,
+        "SELECT label, n_entities, n_distinct FROM v_predicted_label_counts "
+        "WHERE pred_run_id = ? ORDER BY n_entities DESC, label",
+        [pred_run_id],
+        wait_s=wait_s,
+    )
+
+
+def top_entities_frame(
+    db_path: str | Path, pred_run_id: str, label: str | None = None, limit: int = 50, *, wait_s: float = 10.0
+):
+    """The ``limit`` most frequent predicted mentions of a prediction run (of one ``label``, or all)."""
+    from storage.db import read_frame
+
+    _check_limit(limit)
+    return read_frame(
+        db_path,
+        """
+        SELECT label, text, n, n_documents, round(mean_confidence, 3) AS mean_confidence
+        FROM v_top_predicted_entities
+        WHERE pred_run_id = ? AND (? IS NULL OR label = ?)
+        ORDER BY n DESC, label, text LIMIT ?
+        """,
+        [pred_run_id, label, label, limit],
+        wait_s=wait_s,
+    )
+
+
+def entity_search_frame(
+    db_path: str | Path,
+    pred_run_id: str,
+    text: str = "",
+    labels: tuple[str, ...] | list[str] = (),
+    limit: int = 200,
+    *,
+    wait_s: float = 10.0,
+):
+    """Predicted entities whose mention or 20-character context contains ``text`` (case-insensitive;
+    ``""`` matches all), of ``labels`` (empty: any), by document and start, at most ``limit``."""
+    from storage.db import read_frame
+
+    _check_limit(limit)
+    return read_frame(
+        db_path,
+        """
+        SELECT doc_id, start, "end", label, text, round(confidence, 3) AS confidence, left_context,
+               right_context
+        FROM v_predicted_entities_in_context
+        WHERE pred_run_id = ?
+          AND (? = '' OR contains(lower(left_context || text || right_context), lower(?)))
+          AND (len(?) = 0 OR list_contains(?, label))
+        ORDER BY doc_id, start LIMIT ?
+        """,
+        [pred_run_id, text, text, list(labels), list(labels), limit],
+        wait_s=wait_s,
+    )
+
+
+def predicted_docs_frame(
+    db_path: str | Path,
+    pred_run_id: str,
+    text: str = "",
+    labels: tuple[str, ...] | list[str] = (),
+    limit: int = 500,
+    *,
+    wait_s: float = 10.0,
+):
+    """Documents of a prediction run whose text contains ``text`` (case-insensitive; ``""``: all) and that
+    have an entity of ``labels`` (empty: any): ``doc_id``, ``n_entities``, ``n_chars``, ``preview`` (the
+    first 60 characters), by doc_id, at most ``limit``."""
+    from storage.db import read_frame
+
+    return read_frame(
+        db_path,
+        """
+        SELECT d.doc_id, d.n_entities, length(d.text) AS n_chars, left(d.text, 60) AS preview
+        FROM predicted_documents d
+        WHERE d.pred_run_id = ?
+          AND (? = '' OR contains(lower(d.text), lower(?)))
+          AND (len(?) = 0 OR EXISTS (SELECT 1 FROM predicted_entities e WHERE e.pred_run_id = d.pred_run_id
+                                     AND e.doc_id = d.doc_id AND list_contains(?, e.label)))
+        ORDER BY d.doc_id LIMIT ?
+        """,
+        [pred_run_id, text, text, list(labels), list(labels), limit],
+        wait_s=wait_s,
+    )
+
+
+def predicted_document(db_path: str | Path, pred_run_id: str, doc_id: str, *, wait_s: float = 10.0):
+    """``(text, entities)`` of one predicted document: the entities (``start``, ``end``, ``label``,
+    ``text``, ``confidence``) come from the schema's ``document_entities(run, doc)`` table macro, ordered
+    by start and end, as a DataFrame. ``KeyError`` when the run has no such document."""
+    with open_db(db_path, read_only=True, wait_s=wait_s) as con:
+        row = con.execute(
+            "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
+        ents = con.execute(
+            'SELECT "start", "end", label, text, confidence FROM document_entities(?, ?) '
+            'ORDER BY "start", "end"',
+            [pred_run_id, doc_id],
+        ).df()
+    return row[0], ents

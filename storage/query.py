@@ -5,6 +5,10 @@ A query is checked before it runs (:func:`check_sql`: one SELECT-like statement,
 read files, no quoted paths or URLs) and then runs on a read-only connection with external access
 disabled and the configuration locked, so a file read that slips past the checks still fails in DuckDB
 itself.
+
+Also here, the reads that belong to no single table family: the tables and views a query can read
+(:func:`relations_frame`, the SQL page's catalogue) and every entity label the database knows
+(:func:`entity_labels`, over datasets, evaluations and predictions).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from storage.db import open_db
+from storage.db import open_db, read_frame
 
-__all__ = ["QueryResult", "SqlRejected", "check_sql", "query"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["QueryResult", "SqlRejected", "check_sql", "entity_labels", "query", "relations_frame"]
 
 
 class SqlRejected(ValueError):
@@ -116,3 +123,36 @@ def query(
     truncated = limit is not None and len(rows) > limit
     kept = rows[:limit] if limit is not None else rows
     return QueryResult([dict(zip(cols, r)) for r in kept], cols, truncated)
+
+
+def relations_frame(db_path: str | Path, *, wait_s: float = 10.0) -> pd.DataFrame:
+    """The tables and views of the ``main`` schema with their columns: ``name``, ``kind`` (table | view),
+    ``columns`` (comma-separated, in order); views first, then by name."""
+    return read_frame(
+        db_path,
+        """
+        SELECT t.table_name AS name, lower(replace(t.table_type, 'BASE ', '')) AS kind,
+               string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns
+        FROM information_schema.tables t
+        JOIN information_schema.columns c USING (table_schema, table_name)
+        WHERE t.table_schema = 'main'
+        GROUP BY ALL ORDER BY kind DESC, name
+        """,
+        wait_s=wait_s,
+    )
+
+
+def entity_labels(db_path: str | Path, *, wait_s: float = 10.0) -> tuple[str, ...]:
+    """Every entity label of the datasets, evaluations and predictions, sorted and distinct."""
+    frame = read_frame(
+        db_path,
+        """
+        SELECT DISTINCT label FROM (
+            SELECT unnest(labels) AS label FROM datasets
+            UNION ALL SELECT label FROM evaluation_types
+            UNION ALL SELECT label FROM predicted_entities)
+        ORDER BY label
+        """,
+        wait_s=wait_s,
+    )
+    return tuple(frame["label"].tolist())

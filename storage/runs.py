@@ -131,3 +131,63 @@ def production_run(db_path: str | Path) -> dict | None:
     with open_db(db_path, read_only=True) as con:
         rows = _rows(con, "SELECT * FROM runs WHERE is_production")
     return rows[0] if rows else None
+
+
+# ---- reads for the dashboard
+# Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
+# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
+# self-contained.
+def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
+    """One row per training run (newest first): :data:`v_run_summary`'s columns, the run's stopped
+    reason and config JSON, and the scores of its latest evaluation on the test split (or, without one,
+    its latest evaluation) as ``test_f1``, ``test_precision``, ``test_recall``, ``test_char_accuracy``,
+    ``test_sentence_accuracy``."""
+    from storage.db import read_frame
+
+    return read_frame(
+        db_path,
+        """
+        SELECT s.run_id, s.dataset, s.encoder, s.head, s.scheme, s.status, s.started_at, s.seconds,
+               s.n_epochs, s.best_epoch, s.best_dev_f1, e.f1 AS test_f1, e."precision" AS test_precision,
+               e.recall AS test_recall, e.char_accuracy AS test_char_accuracy,
+               e.sentence_accuracy AS test_sentence_accuracy, s.is_production, s.model_dir,
+               r.stopped_reason, r.config
+        FROM v_run_summary s
+        JOIN runs r USING (run_id)
+        LEFT JOIN (SELECT * FROM evaluations WHERE run_id IS NOT NULL
+                   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY (split = 'test') DESC,
+                                              created_at DESC) = 1) e USING (run_id)
+        ORDER BY s.started_at DESC, s.run_id
+        """,
+        wait_s=wait_s,
+    )
+
+
+def epochs_frame(db_path: str | Path, run_ids: tuple[str, ...] | list[str], *, wait_s: float = 10.0):
+    """Every ``epochs`` column of the runs in ``run_ids``, ordered by run and epoch (no rows, same
+    columns, for no run)."""
+    from storage.db import read_frame
+
+    if not run_ids:
+        return read_frame(db_path, "SELECT * FROM epochs WHERE false", wait_s=wait_s)
+    return read_frame(
+        db_path,
+        "SELECT * FROM epochs WHERE list_contains(?, run_id) ORDER BY run_id, epoch",
+        [list(run_ids)],
+        wait_s=wait_s,
+    )
+
+
+def models_frame(db_path: str | Path, *, wait_s: float = 10.0):
+    """Completed runs that have a model directory, the production model first, then the newest."""
+    from storage.db import read_frame
+
+    return read_frame(
+        db_path,
+        """
+        SELECT run_id, dataset, head, encoder, best_dev_f1, is_production, model_dir
+        FROM runs WHERE status = 'completed' AND model_dir IS NOT NULL
+        ORDER BY is_production DESC, started_at DESC
+        """,
+        wait_s=wait_s,
+    )

@@ -248,12 +248,14 @@ CREATE MACRO predicted_disagreements(run_a, run_b) AS TABLE
     only_b AS (SELECT * FROM b ANTI JOIN a USING (doc_id, "start", "end", label))
     SELECT 'only_a' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
            (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
-            FROM b y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end") AS other_run_overlaps
+            FROM b y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
+           AS other_run_overlaps
     FROM only_a x
     UNION ALL
     SELECT 'only_b' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
            (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
-            FROM a y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end") AS other_run_overlaps
+            FROM a y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
+           AS other_run_overlaps
     FROM only_b x;
 CREATE MACRO document_entities(run, doc) AS TABLE
     SELECT "start", "end", label, text, confidence, left_context, right_context
@@ -263,8 +265,10 @@ CREATE VIEW v_prediction_runs AS
     SELECT r.pred_run_id, r.status, r.model_dir, r.run_id, r.input_kind, r.input_ref, r.started_at,
            r.finished_at, r.seconds, r.n_documents, r.n_chars, r.n_entities,
            CASE WHEN r.seconds > 0 THEN r.n_chars / r.seconds END AS chars_per_second,
-           (SELECT count(*) FROM predicted_documents d WHERE d.pred_run_id = r.pred_run_id) AS n_documents_stored,
-           (SELECT count(*) FROM predicted_entities e WHERE e.pred_run_id = r.pred_run_id) AS n_entities_stored
+           (SELECT count(*) FROM predicted_documents d WHERE d.pred_run_id = r.pred_run_id)
+           AS n_documents_stored,
+           (SELECT count(*) FROM predicted_entities e WHERE e.pred_run_id = r.pred_run_id)
+           AS n_entities_stored
     FROM prediction_runs r;
 CREATE VIEW v_low_confidence_entities AS
     SELECT pred_run_id, doc_id, "start", "end", label, text, confidence, left_context, right_context

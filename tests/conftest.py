@@ -44,3 +44,30 @@ def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
     from ner_core.encoder import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), sample_texts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dashboard fixtures (tests/test_ui_*.py, tests/test_storage.py); their helpers are in tests/ui_fixtures.py.
+@pytest.fixture(scope="session")
+def ui_db(tmp_path_factory) -> dict:
+    """A real database made by two tiny pipeline runs (slow: it trains two small models), built once per
+    session: {"db": path, "train": [train_step results], "predict": [predict_step results]}.
+
+    Developers iterating on the UI can set ``NER_UI_TEST_DB`` to a database made earlier by
+    :func:`tests.ui_fixtures.build_pipeline_db` (model directories included) to skip the training.
+    """
+    from tests.ui_fixtures import build_pipeline_db, reuse_pipeline_db
+
+    reuse = os.environ.get("NER_UI_TEST_DB")
+    if reuse and Path(reuse).is_file():
+        return reuse_pipeline_db(Path(reuse))
+    return build_pipeline_db(tmp_path_factory.mktemp("ui-db"))
+
+
+@pytest.fixture
+def legacy_db(tmp_path) -> str:
+    """A fresh copy of tests/fixtures/legacy-3cc253c/ner.duckdb.gz, gunzipped: the DuckDB file written by
+    the code at commit 3cc253c."""
+    from tests.ui_fixtures import unpack_legacy_db
+
+    return str(unpack_legacy_db(tmp_path / "legacy"))

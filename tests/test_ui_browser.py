@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.ui_fixtures import APP, REPO, ui_db  # noqa: F401  (ui_db is a fixture)
+from tests.ui_fixtures import APP, REPO
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

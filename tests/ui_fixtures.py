@@ -1,18 +1,15 @@
-"""Shared fixtures of the dashboard tests: a real DuckDB file made by two tiny pipeline runs.
+"""Helpers of the dashboard tests: the app's paths, the pipeline-database builder and the legacy database.
 
-Import the fixtures into a test module with ``from tests.ui_fixtures import ui_db  # noqa: F401``.
-The database is built once per test session in a tmp dir (1-3 minutes on 2 busy CPU cores).
+Plain functions and constants; the fixtures that use them (``ui_db``, ``legacy_db``) are in
+tests/conftest.py, so test modules take them as arguments and import nothing for them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
-import os
+import shutil
 from pathlib import Path
-
-import pytest
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_corpus"
@@ -25,10 +22,14 @@ PAGES = {
     "try_it": "app_pages/try_it.py",
     "sql": "app_pages/sql.py",
 }
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-3cc253c"  # see its README.md
 
 
 def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
-    """ingest -> (train -> evaluate -> predict) x ``n_runs`` on the sample corpus with a tiny encoder."""
+    """ingest -> (train -> evaluate -> predict) x ``n_runs`` on the sample corpus with a tiny encoder.
+
+    Returns ``{"db": path, "tmp": tmp, "train": [train_step results], "predict": [predict_step results]}``.
+    """
     from flows import steps
     from ner_core.config import NERConfig
     from ner_core.encoder import make_tiny_encoder
@@ -74,7 +75,9 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
     return {"db": db, "tmp": tmp, "train": trained, "predict": predicted}
 
 
-def _reuse(db: Path) -> dict:
+def reuse_pipeline_db(db: Path) -> dict:
+    """The same shape as :func:`build_pipeline_db`'s result, read back from a database it made earlier
+    (``train`` and ``predict`` hold only the ids and model directories)."""
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
@@ -89,14 +92,12 @@ def _reuse(db: Path) -> dict:
     return {"db": str(db), "tmp": db.parent, "train": train, "predict": pred}
 
 
-@pytest.fixture(scope="session")
-def ui_db(tmp_path_factory) -> dict:
-    """{"db": path, "train": [train_step results], "predict": [predict_step results]} of two runs.
-
-    Developers iterating on the UI can set ``NER_UI_TEST_DB`` to a database made earlier by
-    :func:`build_pipeline_db` (model directories included) to skip the training.
-    """
-    reuse = os.environ.get("NER_UI_TEST_DB")
-    if reuse and Path(reuse).is_file():
-        return _reuse(Path(reuse))
-    return build_pipeline_db(tmp_path_factory.mktemp("ui-db"))
+def unpack_legacy_db(dest: Path) -> Path:
+    """Copy the legacy artefacts (the database made by the code at commit 3cc253c, its encoder) into ``dest``
+    and gunzip the database there; returns the DuckDB file's path. Paths inside it are relative to
+    ``dest`` (``runs/<run_id>/model``; the model directories themselves were not kept)."""
+    shutil.copytree(LEGACY, dest, dirs_exist_ok=True)
+    db = dest / "ner.duckdb"
+    with gzip.open(dest / "ner.duckdb.gz", "rb") as src, open(db, "wb") as out:
+        shutil.copyfileobj(src, out)
+    return db

@@ -1,34 +1,35 @@
-"""Read-only queries behind the dashboard, cached per database path and parameters.
+"""The dashboard's reads: Streamlit caching around the storage read functions.
 
-Every function opens its own short-lived read-only connection (:func:`storage.db.open_db`) and closes it
-before returning, so the dashboard never holds the DuckDB file between reruns and the flows can write
-while it is open. Results are cached with ``st.cache_data(ttl=...)``; parameters are passed in (never read
-from widgets inside), and callers must not mutate what a cached function returns.
+The SQL lives with its table family in :mod:`storage` (runs and epochs in :mod:`storage.runs`, evaluations
+in :mod:`storage.evaluations`, prediction runs, entities and documents in :mod:`storage.predictions`,
+row counts in :mod:`storage.db`, the catalogue, the labels and the guarded query in :mod:`storage.query`).
+Each of those opens its own short-lived read-only connection and closes it before returning, so the
+dashboard never holds the DuckDB file between reruns and the flows can write while it is open; here the
+results are cached with ``st.cache_data(ttl=...)``. Parameters are passed in (never read from widgets
+inside), and callers must not mutate what a cached function returns.
 
 Errors the pages turn into messages: ``FileNotFoundError`` (no database file),
 :class:`storage.db.DatabaseLockedError` (a writer holds it), :class:`SqlRejected` (the SQL page's guard).
-
-No DDL here: the schema lives in :mod:`storage.schema`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pandas as pd
 import streamlit as st
 
-from storage.db import DatabaseLockedError, open_db
-from storage.query import SqlRejected, check_sql, query
+from ner_core.metrics import ERROR_KINDS
+from storage import evaluations as _evaluations
+from storage import predictions as _predictions
+from storage import runs as _runs
+from storage.db import DatabaseLockedError, row_counts
+from storage.query import SqlRejected, check_sql, entity_labels, query, relations_frame
 
 TTL_S = 30  # seconds a query result stays cached; the sidebar's Refresh button clears all caches
 LOCK_WAIT_S = 1.0  # how long a read waits for a writer before DatabaseLockedError
-ERROR_KINDS: tuple[str, ...] = ("boundary", "type", "boundary+type", "missed", "spurious")
 
 __all__ = [
     "DbState",
@@ -62,16 +63,18 @@ def _check_path(db_path: str) -> str:
     return db_path
 
 
-def _df(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-    return con.execute(sql, list(params)).df()
-
-
-def _read(db_path: str, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
-    with open_db(_check_path(db_path), read_only=True, wait_s=LOCK_WAIT_S) as con:
-        return _df(con, sql, params)
+def _check_tuple(what: str, value: object) -> tuple:
+    """Cached functions take tuples (they hash); a list here is a caller's mistake."""
+    if not isinstance(value, tuple):
+        raise ValueError(f"expected {what} as a tuple of str, got {type(value).__name__}")
+    return value
 
 
 # ------------------------------------------------------------------------------------------- state
+_NEEDED = ("schema_version", "datasets", "runs", "prediction_runs")  # tables the pages cannot do without
+_COUNTED = ("datasets", "runs", "evaluations", "prediction_runs")  # what "empty" is judged by
+
+
 @dataclass(frozen=True)
 class DbState:
     """What the chrome shows before a page runs. ``state`` is ok | missing | locked | empty."""
@@ -94,30 +97,20 @@ def db_state(db_path: str) -> DbState:
         )
         return DbState("missing", msg, {})
     try:
-        with open_db(path, read_only=True, wait_s=LOCK_WAIT_S) as con:
-            tables = {
-                r[0]
-                for r in con.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
-                ).fetchall()
-            }
-            needed = {"schema_version", "datasets", "runs", "prediction_runs"}
-            if not needed <= tables:
-                missing = ", ".join(sorted(needed - tables))
-                return DbState(
-                    "empty",
-                    f"Database {path} has no NER schema yet (missing tables: {missing}). "
-                    f"Run `ner pipeline ...` first.",
-                    {},
-                )
-            counts = {
-                t: int(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0])
-                for t in ("datasets", "runs", "evaluations", "prediction_runs")
-            }
+        found = row_counts(path, sorted({*_NEEDED, *_COUNTED}), wait_s=LOCK_WAIT_S)
     except DatabaseLockedError as exc:
         return DbState("locked", f"The database is busy: {exc}", {})
     except duckdb.Error as exc:
         return DbState("missing", f"Database {path} could not be opened read-only: {exc}", {})
+    missing = sorted(set(_NEEDED) - set(found))
+    if missing:
+        return DbState(
+            "empty",
+            f"Database {path} has no NER schema yet (missing tables: {', '.join(missing)}). "
+            f"Run `ner pipeline ...` first.",
+            {},
+        )
+    counts = {t: found.get(t, 0) for t in _COUNTED}
     if not any(counts.values()):
         return DbState(
             "empty",
@@ -134,106 +127,51 @@ def all_labels(db_path: str) -> tuple[str, ...]:
 
     Pages colour labels from this one set, so a label has the same colour on every page.
     """
-    frame = _read(
-        db_path,
-        """
-        SELECT DISTINCT label FROM (
-            SELECT unnest(labels) AS label FROM datasets
-            UNION ALL SELECT label FROM evaluation_types
-            UNION ALL SELECT label FROM predicted_entities)
-        ORDER BY label
-    """,
-    )
-    return tuple(frame["label"].tolist())
+    return entity_labels(_check_path(db_path), wait_s=LOCK_WAIT_S)
 
 
 # -------------------------------------------------------------------------------------------- runs
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def runs(db_path: str) -> pd.DataFrame:
     """One row per training run (newest first) with its best dev F1 and its latest test-split scores."""
-    return _read(
-        db_path,
-        """
-        SELECT s.run_id, s.dataset, s.encoder, s.head, s.scheme, s.status, s.started_at, s.seconds,
-               s.n_epochs, s.best_epoch, s.best_dev_f1, e.f1 AS test_f1, e."precision" AS test_precision,
-               e.recall AS test_recall, e.char_accuracy AS test_char_accuracy,
-               e.sentence_accuracy AS test_sentence_accuracy, s.is_production, s.model_dir,
-               r.stopped_reason, r.config
-        FROM v_run_summary s
-        JOIN runs r USING (run_id)
-        LEFT JOIN (SELECT * FROM evaluations WHERE run_id IS NOT NULL
-                   QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY (split = 'test') DESC,
-                                              created_at DESC) = 1) e USING (run_id)
-        ORDER BY s.started_at DESC, s.run_id
-    """,
-    )
+    return _runs.runs_frame(_check_path(db_path), wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def epochs(db_path: str, run_ids: tuple[str, ...]) -> pd.DataFrame:
     """Per-epoch rows of ``run_ids`` (a tuple, so it hashes), ordered by run and epoch."""
-    if not isinstance(run_ids, tuple):
-        raise ValueError(f"expected run_ids as a tuple of str, got {type(run_ids).__name__}")
-    if not run_ids:
-        return _read(db_path, "SELECT * FROM epochs WHERE false")
-    return _read(
-        db_path, "SELECT * FROM epochs WHERE list_contains(?, run_id) ORDER BY run_id, epoch", [list(run_ids)]
-    )
+    return _runs.epochs_frame(_check_path(db_path), _check_tuple("run_ids", run_ids), wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def models(db_path: str) -> pd.DataFrame:
     """Completed runs that have a model directory, production model first, then newest."""
-    return _read(
-        db_path,
-        """
-        SELECT run_id, dataset, head, encoder, best_dev_f1, is_production, model_dir
-        FROM runs WHERE status = 'completed' AND model_dir IS NOT NULL
-        ORDER BY is_production DESC, started_at DESC
-    """,
-    )
+    return _runs.models_frame(_check_path(db_path), wait_s=LOCK_WAIT_S)
 
 
 # ------------------------------------------------------------------------------------- evaluations
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluations(db_path: str) -> pd.DataFrame:
     """Evaluation summaries (no report JSON), newest first."""
-    return _read(
-        db_path,
-        """
-        SELECT eval_id, run_id, dataset, dataset_version, split, created_at, scheme, n_sentences, n_chars,
-               char_accuracy, sentence_accuracy, "precision", recall, f1, macro_precision, macro_recall,
-               macro_f1, model_dir
-        FROM evaluations ORDER BY created_at DESC, eval_id
-    """,
-    )
+    return _evaluations.evaluations_frame(_check_path(db_path), wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluation(db_path: str, eval_id: str) -> dict:
     """The stored :class:`ner_core.metrics.EvaluationReport` of ``eval_id`` as a plain dict."""
-    with open_db(_check_path(db_path), read_only=True, wait_s=LOCK_WAIT_S) as con:
-        row = con.execute("SELECT report FROM evaluations WHERE eval_id = ?", [eval_id]).fetchone()
-    if row is None:
-        raise KeyError(f"no evaluation {eval_id!r} in {db_path}")
-    return json.loads(row[0]) if row[0] else {}
+    return _evaluations.evaluation_report(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluation_types(db_path: str, eval_id: str) -> pd.DataFrame:
     """Per-label precision, recall, F1, support and predicted count."""
-    return _read(
-        db_path,
-        'SELECT label, "precision", recall, f1, support, predicted FROM evaluation_types '
-        "WHERE eval_id = ? ORDER BY label",
-        [eval_id],
-    )
+    return _evaluations.evaluation_types_frame(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def evaluation_errors(db_path: str, eval_id: str) -> pd.DataFrame:
     """Error counts as a table: one row per label, one column per error kind, plus ``total``."""
-    long = _read(db_path, "SELECT label, kind, n FROM evaluation_errors WHERE eval_id = ?", [eval_id])
+    long = _evaluations.evaluation_errors_frame(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
     if long.empty:
         return pd.DataFrame(columns=["label", *ERROR_KINDS, "total"])
     wide = long.pivot_table(index="label", columns="kind", values="n", aggfunc="sum", fill_value=0)
@@ -268,41 +206,20 @@ def error_sentences(report: dict, *, label: str | None = None, kind: str | None 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def prediction_runs(db_path: str) -> pd.DataFrame:
     """Prediction runs, newest first."""
-    return _read(
-        db_path,
-        """
-        SELECT pred_run_id, run_id, status, input_kind, input_ref, started_at, seconds, n_documents, n_chars,
-               n_entities, model_dir
-        FROM prediction_runs ORDER BY started_at DESC, pred_run_id
-    """,
-    )
+    return _predictions.prediction_runs_frame(_check_path(db_path), wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def label_counts(db_path: str, pred_run_id: str) -> pd.DataFrame:
     """Entities and distinct mentions per label in one prediction run."""
-    return _read(
-        db_path,
-        "SELECT label, n_entities, n_distinct FROM v_predicted_label_counts "
-        "WHERE pred_run_id = ? ORDER BY n_entities DESC, label",
-        [pred_run_id],
-    )
+    return _predictions.label_counts_frame(_check_path(db_path), pred_run_id, wait_s=LOCK_WAIT_S)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def top_entities(db_path: str, pred_run_id: str, label: str | None = None, limit: int = 50) -> pd.DataFrame:
     """Most frequent predicted mentions (optionally of one label)."""
-    if limit < 1:
-        raise ValueError(f"expected limit >= 1, got {limit}")
-    return _read(
-        db_path,
-        """
-        SELECT label, text, n, n_documents, round(mean_confidence, 3) AS mean_confidence
-        FROM v_top_predicted_entities
-        WHERE pred_run_id = ? AND (? IS NULL OR label = ?)
-        ORDER BY n DESC, label, text LIMIT ?
-    """,
-        [pred_run_id, label, label, limit],
+    return _predictions.top_entities_frame(
+        _check_path(db_path), pred_run_id, label, limit, wait_s=LOCK_WAIT_S
     )
 
 
@@ -311,22 +228,8 @@ def search_entities(
     db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (), limit: int = 200
 ) -> pd.DataFrame:
     """Predicted entities whose mention or context contains ``text`` (case-insensitive), of ``labels``."""
-    if not isinstance(labels, tuple):
-        raise ValueError(f"expected labels as a tuple of str, got {type(labels).__name__}")
-    if limit < 1:
-        raise ValueError(f"expected limit >= 1, got {limit}")
-    return _read(
-        db_path,
-        """
-        SELECT doc_id, start, "end", label, text, round(confidence, 3) AS confidence, left_context,
-               right_context
-        FROM v_predicted_entities_in_context
-        WHERE pred_run_id = ?
-          AND (? = '' OR contains(lower(left_context || text || right_context), lower(?)))
-          AND (len(?) = 0 OR list_contains(?, label))
-        ORDER BY doc_id, start LIMIT ?
-    """,
-        [pred_run_id, text, text, list(labels), list(labels), limit],
+    return _predictions.entity_search_frame(
+        _check_path(db_path), pred_run_id, text, _check_tuple("labels", labels), limit, wait_s=LOCK_WAIT_S
     )
 
 
@@ -335,39 +238,15 @@ def predicted_docs(
     db_path: str, pred_run_id: str, text: str = "", labels: tuple[str, ...] = (), limit: int = 500
 ) -> pd.DataFrame:
     """Documents of a prediction run whose text contains ``text`` and that have an entity of ``labels``."""
-    if not isinstance(labels, tuple):
-        raise ValueError(f"expected labels as a tuple of str, got {type(labels).__name__}")
-    return _read(
-        db_path,
-        """
-        SELECT d.doc_id, d.n_entities, length(d.text) AS n_chars, left(d.text, 60) AS preview
-        FROM predicted_documents d
-        WHERE d.pred_run_id = ?
-          AND (? = '' OR contains(lower(d.text), lower(?)))
-          AND (len(?) = 0 OR EXISTS (SELECT 1 FROM predicted_entities e WHERE e.pred_run_id = d.pred_run_id
-                                     AND e.doc_id = d.doc_id AND list_contains(?, e.label)))
-        ORDER BY d.doc_id LIMIT ?
-    """,
-        [pred_run_id, text, text, list(labels), list(labels), limit],
+    return _predictions.predicted_docs_frame(
+        _check_path(db_path), pred_run_id, text, _check_tuple("labels", labels), limit, wait_s=LOCK_WAIT_S
     )
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def predicted_document(db_path: str, pred_run_id: str, doc_id: str) -> tuple[str, pd.DataFrame]:
     """(text, entities ordered by start) of one predicted document."""
-    with open_db(_check_path(db_path), read_only=True, wait_s=LOCK_WAIT_S) as con:
-        row = con.execute(
-            "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
-        ).fetchone()
-        if row is None:
-            raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
-        ents = _df(
-            con,
-            'SELECT start, "end", label, text, confidence FROM predicted_entities '
-            'WHERE pred_run_id = ? AND doc_id = ? ORDER BY start, "end"',
-            [pred_run_id, doc_id],
-        )
-    return row[0], ents
+    return _predictions.predicted_document(_check_path(db_path), pred_run_id, doc_id, wait_s=LOCK_WAIT_S)
 
 
 # --------------------------------------------------------------------------------------------- SQL
@@ -389,14 +268,4 @@ def run_sql(db_path: str, sql: str, limit: int = 200) -> SqlResult:
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def views(db_path: str) -> pd.DataFrame:
     """Tables and views the SQL page can query, with their columns."""
-    return _read(
-        db_path,
-        """
-        SELECT t.table_name AS name, lower(replace(t.table_type, 'BASE ', '')) AS kind,
-               string_agg(c.column_name, ', ' ORDER BY c.ordinal_position) AS columns
-        FROM information_schema.tables t
-        JOIN information_schema.columns c USING (table_schema, table_name)
-        WHERE t.table_schema = 'main'
-        GROUP BY ALL ORDER BY kind DESC, name
-    """,
-    )
+    return relations_frame(_check_path(db_path), wait_s=LOCK_WAIT_S)

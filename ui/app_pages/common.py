@@ -10,6 +10,7 @@ import html
 import os
 from collections.abc import Iterable, Sequence
 
+import pandas as pd
 import streamlit as st
 
 DEFAULT_DB = "ner.duckdb"
@@ -102,7 +103,8 @@ def show_highlighted(text: str, spans: Sequence[tuple[int, int, str]], colours: 
 
 
 def fmt(x, digits: int = 4) -> str:
-    """A number for ``st.metric``; '-' for a missing one."""
-    if x is None or x != x:  # None or NaN
+    """A number for ``st.metric``; '-' for a missing one (None, NaN, or pandas' NA: DuckDB gives nullable
+    integer columns such as a failed run's ``best_epoch`` as pandas' nullable type)."""
+    if x is None or x is pd.NA or x != x:  # None, NA or NaN
         return "-"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)

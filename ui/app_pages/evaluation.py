@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from ner_core.metrics import ERROR_KINDS
 from ui import queries
 from ui.app_pages.common import db_path, fmt, label_colours, legend_html, show_highlighted, spans_of
 
@@ -62,7 +63,7 @@ report = queries.evaluation(db, eval_id)
 all_labels = sorted({t["label"] for t in report.get("per_type", [])} | set(types["label"]))
 f1, f2, f3 = st.columns(3)
 label = f1.selectbox("Entity type", ["(all)", *all_labels], key="err_label")
-kind = f2.selectbox("Kind of error", ["(all)", *queries.ERROR_KINDS], key="err_kind")
+kind = f2.selectbox("Kind of error", ["(all)", *ERROR_KINDS], key="err_kind")
 limit = f3.number_input("Show at most", min_value=1, max_value=500, value=20, step=10, key="err_limit")
 sentences = queries.error_sentences(
     report, label=None if label == "(all)" else label, kind=None if kind == "(all)" else kind

@@ -1,7 +1,7 @@
 """SQL: read-only queries over the tables and views, with a row limit.
 
 Only a single SELECT / WITH / SHOW / DESCRIBE statement runs; file-reading table functions and file paths
-are rejected, and the connection is read-only with external access disabled (see ui.queries.run_sql).
+are rejected, and the connection is read-only with external access disabled (see storage.query.query).
 """
 
 from __future__ import annotations
