@@ -194,3 +194,20 @@ def test_packaged_m3e_small_round_trip(tmp_path):
     loaded = load_model_dir(save_model_dir(tmp_path / "m3e", model, tok))
     assert loaded.model.decode(ids, am) == pred
     assert loaded.model.encoder.config.hidden_size == 512
+
+
+def test_saved_configs_with_the_removed_window_stride_still_load(saved, tmp_path):
+    """``data.window_stride`` is gone (nothing read it); model directories, run configs and the runs table
+    written while it existed still load, and it does not come back on saving."""
+    d = tmp_path / "copy"
+    shutil.copytree(saved, d)
+    cfg = json.loads((d / "ner_config.json").read_text())
+    cfg["data"]["window_stride"] = 24
+    (d / "ner_config.json").write_text(json.dumps(cfg))
+    loaded = load_model_dir(d)
+    assert "window_stride" not in loaded.config.model_dump()["data"]
+    assert NERConfig.model_validate_json(json.dumps(cfg)) == loaded.config
+    cfg["data"]["window_stride"] = None
+    assert NERConfig.model_validate(cfg) == loaded.config
+    with pytest.raises(ValueError, match="colour"):  # other unknown keys are still errors
+        NERConfig.model_validate({"data": {"colour": 1}})
