@@ -265,20 +265,10 @@ class ConstrainedCRF(nn.Module):
         paths = path_tb.squeeze(2).t()  # (B, T)
         return paths, lengths
 
-    def log_partition(self, emissions: Tensor, mask: Tensor, constrained: bool = True) -> Tensor:
-        """log Z per row ``(B,)`` by the forward algorithm; over allowed paths when ``constrained``."""
-        self._validate(emissions, mask)
-        alphas, end = self._forward_alphas(emissions.double(), mask, constrained)
-        return torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1).float()  # (B,)
-
-    def _forward_alphas(self, em: Tensor, mask: Tensor, constrained: bool) -> tuple[Tensor, Tensor]:
-        """Forward log-scores ``(B, T, K)`` (padded steps repeat the row's last) and the end scores (K,)."""
-        if constrained:
-            start, trans, end = self._constrained_scores(em.dtype)
-        else:
-            start = self.crf.start_transitions.to(em.dtype)  # (K,)
-            trans = self.crf.transitions.to(em.dtype)  # (K, K)
-            end = self.crf.end_transitions.to(em.dtype)  # (K,)
+    @staticmethod
+    def _forward_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+        """Forward log-scores ``(B, T, K)`` under the given start (K,) and transition (K, K) scores;
+        padded steps repeat the row's last."""
         T = em.shape[1]
         alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
         out = [alpha]
@@ -286,7 +276,7 @@ class ConstrainedCRF(nn.Module):
             nxt = _log_matmul_exp(alpha, trans) + em[:, t]  # (B, K)
             alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)  # (B, K)
             out.append(alpha)
-        return torch.stack(out, dim=1), end  # (B, T, K), (K,)
+        return torch.stack(out, dim=1)  # (B, T, K)
 
     @torch.no_grad()
     def marginals(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> Tensor:
@@ -317,8 +307,8 @@ class ConstrainedCRF(nn.Module):
         """The tensor implementation of :meth:`marginals` (inputs validated there)."""
         em = emissions.double()  # (B, T, K)
         B, T, K = em.shape
-        _, trans, end = self._constrained_scores(em.dtype)
-        alphas, _ = self._forward_alphas(em, mask, constrained=True)  # (B, T, K)
+        start, trans, end = self._constrained_scores(em.dtype)
+        alphas = self._forward_alphas(em, mask, start, trans)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
         trans_t = trans.t()  # (K, K) [to, from]
         beta = end_b

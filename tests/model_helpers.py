@@ -41,3 +41,28 @@ def encode(tokenizer, texts, T=None):
         ids[i, : len(r)] = torch.tensor(r)
         am[i, : len(r)] = 1
     return ids, am
+
+
+@torch.no_grad()
+def decode(model, ids, am):
+    """Best tag ids per row as production gets them (:mod:`ner_core.predict`): the model's emissions, then
+    its CRF over the rows that have characters; ``[]`` for a row without any."""
+    em, cm = model.emissions(ids, am)  # (B, T-2, K), (B, T-2)
+    out = [[] for _ in range(em.shape[0])]
+    rows = cm[:, 0].nonzero().squeeze(1).tolist() if em.shape[1] else []
+    if rows:
+        for r, path in zip(rows, model.crf.decode(em[rows], cm[rows]), strict=True):
+            out[r] = path
+    return out
+
+
+@torch.no_grad()
+def marginals(model, ids, am):
+    """Posterior tag probabilities ``(B, T-2, K)`` as production gets them: the CRF's marginals over the
+    emissions of rows that have characters, 0 on padding and on empty rows; and the char_mask."""
+    em, cm = model.emissions(ids, am)
+    probs = torch.zeros(em.shape, dtype=torch.float32)
+    rows = cm[:, 0] if em.shape[1] else cm.new_zeros(em.shape[0])
+    if bool(rows.any()):
+        probs[rows] = model.crf.marginals(em[rows], cm[rows])
+    return probs, cm

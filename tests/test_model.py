@@ -13,7 +13,7 @@ from ner_core import schemes
 from ner_core.config import EncoderConfig, NERConfig, TrainingConfig
 from ner_core.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
 from ner_core.model import NERModel
-from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
+from tests.model_helpers import LABELS, TEXTS, _one_thread, decode, encode, marginals, tiny  # noqa: F401
 
 
 def build(tiny, head="bilstm", scheme="BIOES", seed=0, **over):
@@ -131,7 +131,7 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
         first = first if first is not None else loss.item()
     assert loss.item() < 0.3 * first
     model.eval()
-    pred = model.decode(ids, am)
+    pred = decode(model, ids, am)
     assert pred == gold
     start, trans, end = schemes.allowed_transitions(model.tags, "BIOES")
     # random emissions through the real model still decode to valid paths
@@ -139,7 +139,7 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
     with torch.no_grad():
         model.classifier.weight.normal_(0, 5.0)
         model.crf.crf.transitions.normal_(0, 5.0)
-    for path in model.decode(ids, am):
+    for path in decode(model, ids, am):
         assert start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in itertools.pairwise(path))
 
 
@@ -147,8 +147,8 @@ def test_empty_rows_do_not_crash(tiny):
     model, tok = build(tiny)
     model.eval()
     ids, am = encode(tok, ["张三", "", "北京"], T=6)
-    assert [len(p) for p in model.decode(ids, am)] == [2, 0, 2]
-    probs, cm = model.marginals(ids, am)
+    assert [len(p) for p in decode(model, ids, am)] == [2, 0, 2]
+    probs, cm = marginals(model, ids, am)
     torch.testing.assert_close(probs.sum(-1), cm.float())
     y = torch.zeros(3, 4, dtype=torch.long)
     loss = model(ids, am, y)
@@ -156,7 +156,7 @@ def test_empty_rows_do_not_crash(tiny):
     # all rows empty: T - 2 == 0
     ids0, am0 = encode(tok, ["", ""])
     assert ids0.shape == (2, 2)
-    assert model.decode(ids0, am0) == [[], []]
+    assert decode(model, ids0, am0) == [[], []]
     loss0 = model(ids0, am0, torch.zeros(2, 0, dtype=torch.long))
     assert loss0.item() == 0.0 and loss0.requires_grad
 
@@ -166,9 +166,9 @@ def test_padding_does_not_change_predictions(tiny):
     model.eval()
     texts = ["张三在北京工作", "李四", "ABC公司 2024年"]
     ids, am = encode(tok, texts, T=20)
-    batch = model.decode(ids, am)
+    batch = decode(model, ids, am)
     for i, t in enumerate(texts):
-        alone = model.decode(*encode(tok, [t]))[0]
+        alone = decode(model, *encode(tok, [t]))[0]
         assert batch[i] == alone and len(alone) == len(t)
 
 
@@ -216,17 +216,17 @@ def test_bad_inputs_raise_clear_errors(tiny):
     with pytest.raises(
         ValueError, match=r"expected attention_mask of shape \(2, 5\) matching input_ids, got \(2, 4\)"
     ):
-        model.decode(ids, am[:, :4])
+        model.emissions(ids, am[:, :4])
     with pytest.raises(ValueError, match="expected input_ids of shape \\(B, T\\)"):
-        model.decode(ids[0], am[0])
+        model.emissions(ids[0], am[0])
     holes = am.clone()
     holes[1, 1] = 0
     with pytest.raises(ValueError, match="right-padded attention_mask"):
-        model.decode(ids, holes)
+        model.emissions(ids, holes)
     short = am.clone()
     short[0, 1:] = 0
     with pytest.raises(ValueError, match="at least \\[CLS\\] and \\[SEP\\]"):
-        model.decode(ids, short)
+        model.emissions(ids, short)
     with pytest.raises(ValueError, match="expected a non-empty list of tag strings"):
         NERModel(model.config, [], model.encoder)
     with pytest.raises(ValueError, match="expected distinct tags"):

@@ -13,7 +13,7 @@ from ner_core.config import NERConfig
 from ner_core.encoder import load_encoder, make_tiny_encoder
 from ner_core.model import NERModel
 from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
-from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
+from tests.model_helpers import LABELS, TEXTS, _one_thread, decode, encode, tiny  # noqa: F401
 
 
 def build(tiny, head="bilstm", scheme="BIOES", **over):
@@ -59,7 +59,7 @@ def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
     ids, am = encode(tok, texts)
     ids2, am2 = encode(loaded.tokenizer, texts)
     assert torch.equal(ids, ids2)  # the tokenizer came back too
-    assert loaded.model.decode(ids2, am2) == model.decode(ids, am)
+    assert decode(loaded.model, ids2, am2) == decode(model, ids, am)
     em1, _ = model.emissions(ids, am)
     em2, _ = loaded.model.emissions(ids, am)
     torch.testing.assert_close(em1, em2, rtol=0, atol=0)
@@ -111,7 +111,7 @@ def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
     shutil.rmtree(tmp_path / "m")
     loaded = load_model_dir(tmp_path / "copy")
     ids, am = encode(tok, ["王五在上海"])
-    assert loaded.model.decode(ids, am) == model.decode(ids, am)
+    assert decode(loaded.model, ids, am) == decode(model, ids, am)
 
 
 @pytest.mark.parametrize(
@@ -189,10 +189,10 @@ def test_packaged_m3e_small_round_trip(tmp_path):
     model = NERModel(cfg, schemes.tag_set(LABELS, "BIOES"), encoder).eval()
     texts = ["张三在北京工作", "ABC公司 2024年"]
     ids, am = encode(tok, texts)
-    pred = model.decode(ids, am)
+    pred = decode(model, ids, am)
     assert [len(p) for p in pred] == [len(t) for t in texts]
     loaded = load_model_dir(save_model_dir(tmp_path / "m3e", model, tok))
-    assert loaded.model.decode(ids, am) == pred
+    assert decode(loaded.model, ids, am) == pred
     assert loaded.model.encoder.config.hidden_size == 512
 
 
