@@ -44,3 +44,18 @@ def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
     from ner_core.encoder import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), sample_texts)
+
+
+# ------------------------------------------------------------------ model fixtures
+# (tests of ner_core's model, CRF and model directories; the tiny encoder above is theirs too)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster and immune to a busy machine's oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,29 +1,14 @@
-"""Shared pieces of the model and model-directory tests: a tiny vocabulary's texts, a one-thread fixture,
-a tiny encoder fixture and an encoder of [CLS] chars [SEP] rows written out without the aligner."""
+"""Plain helpers of the model and model-directory tests (their fixtures live in tests/conftest.py): a
+tiny vocabulary's texts and labels, rows of [CLS] chars [SEP] written out without the aligner, and decoding
+the way ner_core.predict decodes (the model's emissions, then its CRF)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from ner_core.encoder import make_tiny_encoder
-
-TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王五"]
+#: Every character here is in the sample corpus, so the conftest's ``tiny_encoder_dir`` covers them.
+TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王强"]
 LABELS = ["PER", "LOC", "ORG"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny", TEXTS, seed=0)
 
 
 def encode(tokenizer, texts, T=None):

@@ -13,13 +13,15 @@ from ner_core.config import NERConfig
 from ner_core.encoder import load_encoder, make_tiny_encoder
 from ner_core.model import NERModel
 from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
-from tests.model_helpers import LABELS, TEXTS, _one_thread, decode, encode, tiny  # noqa: F401
+from tests.model_helpers import LABELS, TEXTS, decode, encode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(tiny, head="bilstm", scheme="BIOES", **over):
+def build(encoder_dir, head="bilstm", scheme="BIOES", **over):
     cfg = NERConfig().with_overrides(
         {
-            "encoder.name": str(tiny),
+            "encoder.name": str(encoder_dir),
             "head.type": head,
             "data.scheme": scheme,
             "head.rnn_units": 8,
@@ -37,16 +39,16 @@ def build(tiny, head="bilstm", scheme="BIOES", **over):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny, tmp_path_factory):
-    model, tok = build(tiny)
+def saved(tiny_encoder_dir, tmp_path_factory):
+    model, tok = build(tiny_encoder_dir)
     return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, tok, metrics={"f1": 0.5})
 
 
 @pytest.mark.parametrize(
     "head,scheme", [("bilstm", "BIOES"), ("bigru", "BIO"), ("idcnn", "BIOES"), ("none", "BIO")]
 )
-def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
-    model, tok = build(tiny, head=head, scheme=scheme)
+def test_save_load_gives_identical_predictions(tiny_encoder_dir, tmp_path, head, scheme):
+    model, tok = build(tiny_encoder_dir, head=head, scheme=scheme)
     out = save_model_dir(tmp_path / "m", model, tok, metrics={"entity_f1": 0.75, "epoch": 3})
     assert out == tmp_path / "m"
     loaded = load_model_dir(out)
@@ -89,9 +91,9 @@ def test_directory_contents(saved):
     assert not list(saved.parent.glob(".model.tmp-*"))
 
 
-def test_saving_over_an_existing_directory_replaces_it(tiny, tmp_path):
-    m1, tok = build(tiny, head="idcnn")
-    m2, _ = build(tiny, head="bigru")
+def test_saving_over_an_existing_directory_replaces_it(tiny_encoder_dir, tmp_path):
+    m1, tok = build(tiny_encoder_dir, head="idcnn")
+    m2, _ = build(tiny_encoder_dir, head="bigru")
     path = tmp_path / "m"
     save_model_dir(path, m1, tok)
     (path / "stale.txt").write_text("old")
@@ -110,7 +112,7 @@ def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
     shutil.rmtree(enc)  # the config still names this folder; loading must not need it
     shutil.rmtree(tmp_path / "m")
     loaded = load_model_dir(tmp_path / "copy")
-    ids, am = encode(tok, ["王五在上海"])
+    ids, am = encode(tok, ["王强在上海"])
     assert decode(loaded.model, ids, am) == decode(model, ids, am)
 
 
@@ -163,10 +165,10 @@ def test_weights_that_do_not_match_the_config_are_reported(saved, tmp_path):
         load_model_dir(d)
 
 
-def test_missing_directory_and_bad_arguments(tmp_path, tiny):
+def test_missing_directory_and_bad_arguments(tmp_path, tiny_encoder_dir):
     with pytest.raises(ModelDirError, match="model directory not found"):
         load_model_dir(tmp_path / "nope")
-    model, tok = build(tiny)
+    model, tok = build(tiny_encoder_dir)
     with pytest.raises(ValueError, match="expected a NERModel, got str"):
         save_model_dir(tmp_path / "x", "model", tok)
     with pytest.raises(ValueError, match="expected metrics to be a dict or None, got list"):
