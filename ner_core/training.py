@@ -2,9 +2,10 @@
 gradient clipping and accumulation, length-bucketed batches, mixed precision on CUDA, early stopping and
 learning-rate reduction on dev entity F1 (strict), a checkpoint every epoch and exact resumption.
 
-Resumption: the checkpoint holds model, optimiser, schedule position, plateau state, history and the
-torch / python RNG states at the end of the epoch. Batch order depends only on ``(seed, epoch)``. A run
-killed after epoch k and resumed therefore computes epochs k+1.. exactly as the uninterrupted run (on CPU).
+Resumption: the checkpoint (:mod:`ner_core.checkpoint`) holds model, optimiser, schedule position,
+plateau state, history and the torch / python / numpy RNG states at the end of the epoch. Batch order
+depends only on ``(seed, epoch)``. A run killed after epoch k and resumed therefore computes epochs k+1..
+exactly as the uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ner_core.alignment import CharAligner
 from ner_core.batching import TaggedDataset
+from ner_core.checkpoint import EpochStats, TrainingState, load_checkpoint, save_checkpoint
 from ner_core.config import NERConfig
 from ner_core.documents import Document
 from ner_core.encoder import load_encoder
@@ -31,24 +33,6 @@ from ner_core.evaluation import evaluate_model
 from ner_core.model import NERModel
 from ner_core.modeldir import save_model_dir
 from ner_core.schemes import tag_set
-
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    dev_f1: float | None
-    dev_precision: float | None
-    dev_recall: float | None
-    dev_char_accuracy: float | None
-    dev_sentence_accuracy: float | None
-    learning_rate: float
-    seconds: float
-    sentences_per_second: float
-    chars_per_second: float
-    is_best: bool = False
 
 
 @dataclass
@@ -112,7 +96,7 @@ def train(
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
     ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
-    and the run's scheme. With ``resume=True`` the run continues from ``run_dir/checkpoint.pt``.
+    and the run's scheme. With ``resume=True`` the run continues from the checkpoint in ``run_dir``.
     """
     t0 = time.perf_counter()
     tc = config.training
@@ -145,34 +129,24 @@ def train(
     use_amp = tc.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    state = {
-        "epoch": 0,
-        "step": 0,
-        "plateau_scale": 1.0,
-        "best_f1": None,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "plateau_bad": 0,
-        "history": [],
-        "elapsed": 0.0,
-    }
-    ckpt_path = run_dir / CHECKPOINT
+    state = TrainingState()
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        random.setstate(ckpt["py_rng"])
-        np.random.set_state(ckpt["np_rng"])
-    history = [EpochStats(**h) for h in state["history"]]
+        ckpt = load_checkpoint(run_dir)
+        model.load_state_dict(ckpt.model)
+        # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with
+        groups = [
+            {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
+            for saved, now in zip(ckpt.optimizer["param_groups"], optimizer.param_groups)
+        ]
+        optimizer.load_state_dict({**ckpt.optimizer, "param_groups": groups})
+        scaler.load_state_dict(ckpt.scaler)
+        state = ckpt.state
+        state.restore_rng()
+    history = state.history
     stopped = ""
     model_dir = run_dir / "model"
 
-    for epoch in range(state["epoch"] + 1, n_epochs + 1):
+    for epoch in range(state.epoch + 1, n_epochs + 1):
         ep_t0 = time.perf_counter()
         model.train()
         loss_sum, loss_n, n_seen, chars_seen = 0.0, 0, 0, 0
@@ -199,13 +173,13 @@ def train(
             chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
             if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
                 fraction = (
-                    (state["elapsed"] + time.perf_counter() - ep_t0) / tc.max_train_seconds
+                    (state.elapsed + time.perf_counter() - ep_t0) / tc.max_train_seconds
                     if tc.max_train_seconds
                     else None
                 )
                 factor = (
-                    _lr_factor(state["step"], warmup_steps, total_steps, fraction, tc.warmup_ratio)
-                    * state["plateau_scale"]
+                    _lr_factor(state.step, warmup_steps, total_steps, fraction, tc.warmup_ratio)
+                    * state.plateau_scale
                 )
                 for g in optimizer.param_groups:
                     g["lr"] = g["initial_lr"] * factor
@@ -215,13 +189,13 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
+                state.step += 1
             bar.update(1)
             bar.set_postfix(
                 loss=f"{loss_sum / loss_n:.3f}",
                 sent_s=f"{n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}",
             )
-            if tc.max_train_seconds and state["elapsed"] + time.perf_counter() - ep_t0 > tc.max_train_seconds:
+            if tc.max_train_seconds and state.elapsed + time.perf_counter() - ep_t0 > tc.max_train_seconds:
                 budget_hit = True
                 break
         bar.close()
@@ -252,10 +226,10 @@ def train(
             sentences_per_second=n_seen / max(train_seconds, 1e-9),
             chars_per_second=chars_seen / max(train_seconds, 1e-9),
         )
-        improved = state["best_f1"] is None or (f1 is not None and f1 > state["best_f1"])
+        improved = state.best_f1 is None or (f1 is not None and f1 > state.best_f1)
         if improved or not tc.best_fit:
-            state["best_f1"], state["best_epoch"] = f1, epoch
-            state["bad_epochs"] = state["plateau_bad"] = 0
+            state.best_f1, state.best_epoch = f1, epoch
+            state.bad_epochs = state.plateau_bad = 0
             stats.is_best = True
             save_model_dir(
                 model_dir,
@@ -268,28 +242,22 @@ def train(
                 },
             )
         else:
-            state["bad_epochs"] += 1
-            state["plateau_bad"] += 1
-            if state["plateau_bad"] >= tc.reduce_lr_patience:
-                state["plateau_scale"] *= tc.reduce_lr_factor
-                state["plateau_bad"] = 0
+            state.bad_epochs += 1
+            state.plateau_bad += 1
+            if state.plateau_bad >= tc.reduce_lr_patience:
+                state.plateau_scale *= tc.reduce_lr_factor
+                state.plateau_bad = 0
         history.append(stats)
-        state["history"] = [asdict(h) for h in history]
-        state["epoch"] = epoch
-        state["elapsed"] += stats.seconds
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": state,
-                "torch_rng": torch.get_rng_state(),
-                "py_rng": random.getstate(),
-                "np_rng": np.random.get_state(),
-            },
-            ckpt_path.with_suffix(".tmp"),
+        state.epoch = epoch
+        state.elapsed += stats.seconds
+        state.capture_rng()
+        save_checkpoint(
+            run_dir,
+            state,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
         )
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if on_epoch:
             on_epoch(stats)
         if progress:
@@ -302,17 +270,19 @@ def train(
         if budget_hit:
             stopped = f"time budget of {tc.max_train_seconds:.0f} s reached"
             break
-        if tc.best_fit and not tc.hard_epochs and state["bad_epochs"] >= tc.early_stop_patience:
-            stopped = f"early stop: no dev F1 gain for {state['bad_epochs']} epochs"
+        if tc.best_fit and not tc.hard_epochs and state.bad_epochs >= tc.early_stop_patience:
+            stopped = f"early stop: no dev F1 gain for {state.bad_epochs} epochs"
             break
     else:
         stopped = f"finished {n_epochs} epochs"
-    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2), encoding="utf-8")
+    (run_dir / "history.json").write_text(
+        json.dumps([asdict(h) for h in history], indent=2), encoding="utf-8"
+    )
     return TrainResult(
         run_dir=run_dir,
         model_dir=model_dir,
-        best_epoch=state["best_epoch"],
-        best_dev_f1=state["best_f1"],
+        best_epoch=state.best_epoch,
+        best_dev_f1=state.best_f1,
         history=history,
         stopped_reason=stopped,
         seconds=time.perf_counter() - t0,

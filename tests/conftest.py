@@ -59,3 +59,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-3cc253c"
+
+
+@pytest.fixture
+def legacy_dir(tmp_path, monkeypatch) -> Path:
+    """A copy of the artefacts written by main at 3cc253c (see its README), as the working directory:
+    paths inside are relative (the runs' encoder is ``enc``)."""
+    import shutil
+
+    dst = tmp_path / "legacy"
+    shutil.copytree(LEGACY, dst)
+    monkeypatch.chdir(dst)
+    return dst
