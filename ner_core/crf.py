@@ -234,8 +234,8 @@ class ConstrainedCRF(nn.Module):
         The forward pass runs unmasked (a step only depends on earlier ones, so each row's scores up to
         its own length are exact); each row's final score is then read at its last step. Back-tracking
         is one batched ``gather`` over the backpointer tensor per step for all rows at once (no loop per
-        sequence, no ``.item()``). A log-depth suffix scan composing the backpointer maps was tried:
-        on CPU its ``log2(T)`` gathers over the whole ``(T, B, K)`` tensor cost more than ``T`` tiny ones.
+        sequence, no ``.item()``). Not a log-depth suffix scan composing the backpointer maps: on CPU its
+        ``log2(T)`` gathers over the whole ``(T, B, K)`` tensor cost more than ``T`` tiny ones.
         """
         B, T, K = emissions.shape
         device = emissions.device

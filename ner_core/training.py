@@ -381,9 +381,8 @@ def _lr_factor(
     With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
     on the clock and the one further along wins: warm-up ends after ``warmup_ratio`` of the budget at the
     latest and the rate reaches 0 when the budget does. Without this, a budget that allows only a few of
-    ``max_epochs`` epochs would stop while still warming up (seen: finance, 1 of 50 epochs, LR at 1/4
-    of its peak). Clock-driven rates make a budgeted run depend on the machine's speed, as its number of
-    epochs already does.
+    ``max_epochs`` epochs would stop while still warming up, far below the peak rate. Clock-driven rates
+    make a budgeted run depend on the machine's speed, as its number of epochs already does.
     """
     by_steps = (
         (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
