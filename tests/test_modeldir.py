@@ -213,3 +213,45 @@ def test_saved_configs_with_the_removed_window_stride_still_load(saved, tmp_path
     assert NERConfig.model_validate(cfg) == loaded.config
     with pytest.raises(ValueError, match="colour"):  # other unknown keys are still errors
         NERConfig.model_validate({"data": {"colour": 1}})
+
+
+def test_a_model_directory_written_before_the_restructure_tags_as_it_did(legacy_dir):
+    """The fixture's completed run (written at 3cc253c; its config still has data.window_stride and
+    prediction.max_len) loads and tags the first two raw sample texts as that code stored them in DuckDB,
+    with the model's saved settings; its stored test-split evaluation comes out the same too."""
+    import gzip
+
+    import duckdb
+
+    from ner_core.evaluation import evaluate_model
+    from ner_core.formats import read_file
+    from ner_core.metrics import EvaluationReport
+    from ner_core.predict import Tagger
+    from tests.conftest import SAMPLE
+
+    run = legacy_dir / "runs" / "20261201-152337-sample-bilstm-56603a"
+    loaded = load_model_dir(run / "model")
+    raw = sorted((SAMPLE / "raw").glob("*.txt"))[:2]
+    assert [p.name[:3] for p in raw] == ["01_", "02_"]
+    texts = [p.read_text(encoding="utf-8").strip() for p in raw]  # as the prediction step reads a text file
+    got = [
+        (p.stem, e.start, e.end, e.label, e.text, e.confidence)
+        for p, ents in zip(raw, Tagger.from_loaded(loaded).predict(texts), strict=True)
+        for e in ents
+    ]
+    db = legacy_dir / "ner.duckdb"
+    db.write_bytes(gzip.decompress((legacy_dir / "ner.duckdb.gz").read_bytes()))
+    with duckdb.connect(str(db), read_only=True) as con:
+        stored = con.execute(
+            'SELECT doc_id, start, "end", label, text, confidence FROM predicted_entities '
+            "WHERE doc_id IN (?, ?) ORDER BY doc_id, start",
+            [p.stem for p in raw],
+        ).fetchall()
+    assert [row[:5] for row in sorted(got)] == [row[:5] for row in stored]
+    for ours, theirs in zip(sorted(got), stored):
+        assert ours[5] == pytest.approx(theirs[5], abs=1e-6)
+
+    test_docs = read_file(SAMPLE / "test.jsonl").documents
+    report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=loaded.config.data.max_len)
+    before = EvaluationReport.model_validate_json((run / "eval-sample-test.json").read_text(encoding="utf-8"))
+    assert report.summary() == before.summary()
