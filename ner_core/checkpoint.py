@@ -159,6 +159,21 @@ def _flatten_optimizer(optimizer_state: dict[str, Any]) -> tuple[dict[str, Tenso
     return tensors, {"param_groups": optimizer_state["param_groups"], "values": values}
 
 
+def _own_storage(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors, each with storage of its own (safetensors refuses tensors that share one, as
+    tied weights do); only the second and later users of a storage are copied."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in seen:
+            v = v.clone()
+        seen.add(ptr)
+        out[k] = v
+    return out
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
@@ -196,7 +211,7 @@ def save_checkpoint(
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update(opt_tensors)
     tensors["rng.torch"] = state.torch_rng
-    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    tensors = _own_storage(tensors)
     name = f"{_TENSOR_PREFIX}{state.epoch:04d}.safetensors"
     _write_atomic(run_dir / name, lambda p: save_file(tensors, str(p)))
     doc = {

@@ -333,3 +333,30 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
         assert ours["dev_f1"] == pytest.approx(theirs["dev_f1"], abs=1e-9)
         assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-9)
+
+
+def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
+    """Tied weights share one storage, which safetensors refuses; the checkpoint copies the second user."""
+    from ner_core.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    w = torch.randn(4, 3)
+    model = {"embeddings.weight": w, "decoder.weight": w, "rows": w[1:]}
+    param = torch.nn.Parameter(torch.randn(2))
+    opt = torch.optim.AdamW([param], betas=(0.8, 0.9))
+    param.grad = torch.ones(2)
+    opt.step()
+    state = TrainingState(epoch=3, step=7, best_f1=0.5, elapsed=1.25)
+    state.capture_rng()
+    save_checkpoint(tmp_path, state, model, opt.state_dict(), {"scale": 1024.0, "_growth_tracker": 3})
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.model.keys() == model.keys() and all(torch.equal(ckpt.model[k], model[k]) for k in model)
+    assert ckpt.scaler == {"scale": 1024.0, "_growth_tracker": 3}
+    assert (ckpt.state.epoch, ckpt.state.step, ckpt.state.best_f1, ckpt.state.elapsed) == (3, 7, 0.5, 1.25)
+    saved = opt.state_dict()
+    assert ckpt.optimizer["state"].keys() == saved["state"].keys()
+    for key, value in saved["state"][0].items():
+        assert torch.equal(ckpt.optimizer["state"][0][key], value), key
+    assert ckpt.optimizer["param_groups"][0]["betas"] == [
+        0.8,
+        0.9,
+    ]  # JSON: the trainer makes it a tuple again
