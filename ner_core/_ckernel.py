@@ -9,7 +9,7 @@ back-tracking without leaving C; :func:`marginals` runs forward-backward per row
 Build: the first call compiles the source with the system C compiler (``$CC``, else ``cc``/``gcc``;
 ``-O3``, plus ``-mavx2 -mfma`` when the CPU has them) into ``$NER_CACHE_DIR`` (default
 ``~/.cache/zh-ner``), under a name that hashes the source, flags and compiler, written atomically, so
-later processes just load it (about 0.3 s the first time). Without a compiler, or with
+later processes just load it. Without a compiler, or with
 ``NER_CRF_KERNEL=0``, :func:`load` returns None and :class:`ner_core.crf.ConstrainedCRF` uses its
 torch implementations (same paths and the same marginals, slower). Threads: rows are split across up to
 ``torch.get_num_threads()`` threads (ctypes releases the GIL during the call).

@@ -17,8 +17,8 @@ Lookup order for one character ``c`` (first hit wins):
 4. if lower-casing is on (and so, like BERT, accents are stripped): the character without its
    combining marks (``'é'`` -> ``'e'``);
 4b. typographic punctuation folded to ASCII (:data:`PUNCT_FOLD`: curly quotes -> ``"``/``'``,
-   dashes -> ``-``, ``…`` -> ``.``), which the bert-base-chinese vocabulary lacks (2 % of MSRA's
-   characters would otherwise be ``[UNK]``);
+   dashes -> ``-``, ``…`` -> ``.``), which the bert-base-chinese vocabulary lacks although Chinese
+   news text uses them often (they would otherwise be ``[UNK]``);
 5. whitespace (``str.isspace``: space, tab, newline, U+3000, no-break space, ...) -> the whitespace
    token ``[unused1]`` if the vocabulary has it, else ``[UNK]``: whitespace keeps its position;
 6. the WordPiece continuation form ``'##' + candidate`` for the candidates of steps 1-4b, only

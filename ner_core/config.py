@@ -44,20 +44,17 @@ class DataConfig(_Strict):
         le=510,
         description="characters per model window ([CLS]/[SEP] come on top, so BERT's 512 = 510 here)",
     )
-    window_stride: int | None = Field(
-        None, ge=1, description="stride between windows of a long training text (default max_len // 2)"
-    )
     untyped_label: str = Field("ENT", description="label given to untyped B/I/O entities (seed data)")
 
-    @model_validator(mode="after")
-    def _stride(self) -> "DataConfig":
-        if self.window_stride is not None and self.window_stride > self.max_len:
-            raise ValueError(f"window_stride ({self.window_stride}) must not exceed max_len ({self.max_len})")
-        return self
-
-    @property
-    def stride(self) -> int:
-        return self.window_stride or max(1, self.max_len // 2)
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_window_stride(cls, data: Any) -> Any:
+        # ``window_stride`` was a field that nothing read (training cuts texts into chunks, prediction
+        # has its own stride). Configurations saved while it existed still carry it: model directories'
+        # ner_config.json, runs' config.json and the runs.config column in DuckDB. Drop it so they load.
+        if isinstance(data, dict) and "window_stride" in data:
+            data = {k: v for k, v in data.items() if k != "window_stride"}
+        return data
 
 
 class EncoderConfig(_Strict):

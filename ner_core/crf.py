@@ -234,8 +234,8 @@ class ConstrainedCRF(nn.Module):
         The forward pass runs unmasked (a step only depends on earlier ones, so each row's scores up to
         its own length are exact); each row's final score is then read at its last step. Back-tracking
         is one batched ``gather`` over the backpointer tensor per step for all rows at once (no loop per
-        sequence, no ``.item()``). A log-depth suffix scan composing the backpointer maps was tried:
-        on CPU its ``log2(T)`` gathers over the whole ``(T, B, K)`` tensor cost more than ``T`` tiny ones.
+        sequence, no ``.item()``). Not a log-depth suffix scan composing the backpointer maps: on CPU its
+        ``log2(T)`` gathers over the whole ``(T, B, K)`` tensor cost more than ``T`` tiny ones.
         """
         B, T, K = emissions.shape
         device = emissions.device
@@ -265,20 +265,10 @@ class ConstrainedCRF(nn.Module):
         paths = path_tb.squeeze(2).t()  # (B, T)
         return paths, lengths
 
-    def log_partition(self, emissions: Tensor, mask: Tensor, constrained: bool = True) -> Tensor:
-        """log Z per row ``(B,)`` by the forward algorithm; over allowed paths when ``constrained``."""
-        self._validate(emissions, mask)
-        alphas, end = self._forward_alphas(emissions.double(), mask, constrained)
-        return torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1).float()  # (B,)
-
-    def _forward_alphas(self, em: Tensor, mask: Tensor, constrained: bool) -> tuple[Tensor, Tensor]:
-        """Forward log-scores ``(B, T, K)`` (padded steps repeat the row's last) and the end scores (K,)."""
-        if constrained:
-            start, trans, end = self._constrained_scores(em.dtype)
-        else:
-            start = self.crf.start_transitions.to(em.dtype)  # (K,)
-            trans = self.crf.transitions.to(em.dtype)  # (K, K)
-            end = self.crf.end_transitions.to(em.dtype)  # (K,)
+    @staticmethod
+    def _forward_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
+        """Forward log-scores ``(B, T, K)`` under the given start (K,) and transition (K, K) scores;
+        padded steps repeat the row's last."""
         T = em.shape[1]
         alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
         out = [alpha]
@@ -286,7 +276,7 @@ class ConstrainedCRF(nn.Module):
             nxt = _log_matmul_exp(alpha, trans) + em[:, t]  # (B, K)
             alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)  # (B, K)
             out.append(alpha)
-        return torch.stack(out, dim=1), end  # (B, T, K), (K,)
+        return torch.stack(out, dim=1)  # (B, T, K)
 
     @torch.no_grad()
     def marginals(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> Tensor:
@@ -317,8 +307,8 @@ class ConstrainedCRF(nn.Module):
         """The tensor implementation of :meth:`marginals` (inputs validated there)."""
         em = emissions.double()  # (B, T, K)
         B, T, K = em.shape
-        _, trans, end = self._constrained_scores(em.dtype)
-        alphas, _ = self._forward_alphas(em, mask, constrained=True)  # (B, T, K)
+        start, trans, end = self._constrained_scores(em.dtype)
+        alphas = self._forward_alphas(em, mask, start, trans)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
         trans_t = trans.t()  # (K, K) [to, from]
         beta = end_b

@@ -398,6 +398,22 @@ def classify_errors(gold: Sequence[Entity], pred: Sequence[Entity]) -> list[tupl
 # ----------------------------------------------------------------------------------------------
 # Everything together
 # ----------------------------------------------------------------------------------------------
+def _check_evaluate_args(
+    gold: Sequence[Document], pred: Sequence[Sequence[Entity]], max_error_sentences: int | None
+) -> None:
+    if isinstance(gold, (str, Document)) or isinstance(pred, (str, Entity)):
+        raise ValueError("expected a sequence of Documents and a sequence of entity lists")
+    if len(gold) == 0:
+        raise ValueError("expected at least one gold document, got none")
+    if len(gold) != len(pred):
+        raise ValueError(
+            f"expected one prediction list per gold document, "
+            f"got {len(pred)} predictions for {len(gold)} documents"
+        )
+    if max_error_sentences is not None and max_error_sentences < 0:
+        raise ValueError(f"expected max_error_sentences >= 0 or None, got {max_error_sentences}")
+
+
 def evaluate(
     gold: Sequence[Document],
     pred: Sequence[Sequence[Entity]],
@@ -411,17 +427,7 @@ def evaluate(
     must lie inside the text and not overlap). Tags for the character/sentence accuracies are derived
     in ``scheme``. ``max_error_sentences`` caps the sentences kept in ``error_sentences`` (None: all).
     """
-    if isinstance(gold, (str, Document)) or isinstance(pred, (str, Entity)):
-        raise ValueError("expected a sequence of Documents and a sequence of entity lists")
-    if len(gold) == 0:
-        raise ValueError("expected at least one gold document, got none")
-    if len(gold) != len(pred):
-        raise ValueError(
-            f"expected one prediction list per gold document, "
-            f"got {len(pred)} predictions for {len(gold)} documents"
-        )
-    if max_error_sentences is not None and max_error_sentences < 0:
-        raise ValueError(f"expected max_error_sentences >= 0 or None, got {max_error_sentences}")
+    _check_evaluate_args(gold, pred, max_error_sentences)
     sch = scheme_spec(scheme).scheme  # ValueError listing the schemes for an unknown name
 
     gold_tags: list[list[str]] = []

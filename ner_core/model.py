@@ -5,8 +5,10 @@ Input rows are ``[CLS] c_1 ... c_n [SEP] [PAD] ...`` (one position per character
 (``[:, 1:-1]``), so the head and the CRF only see characters, right-padded, and the CRF's first step is
 always on. ``char_mask[b, j] = j < attention_mask[b].sum() - 2``.
 
-Rows with no characters (``[CLS] [SEP]`` only) are allowed: they decode to ``[]`` and contribute nothing
-to the loss (the loss is the mean over rows that have characters; 0 if none has).
+Rows with no characters (``[CLS] [SEP]`` only) are allowed: their char_mask is all off and they contribute
+nothing to the loss (the loss is the mean over rows that have characters; 0 if none has). Decoding is the
+CRF's (:meth:`ConstrainedCRF.viterbi_tensor`, :meth:`ConstrainedCRF.marginals`) over the emissions of rows
+with characters; :class:`ner_core.predict.Tagger` does that for whole texts.
 """
 
 from __future__ import annotations
@@ -127,33 +129,6 @@ class NERModel(nn.Module):
             return em.sum() * 0.0  # keeps the graph; nothing to learn from
         tags = tags.long().masked_fill(~char_mask, 0)  # (B, T-2) padding -> a valid id
         return self.crf.neg_log_likelihood(em[rows], tags[rows], char_mask[rows])
-
-    @torch.no_grad()
-    def decode(self, input_ids: Tensor, attention_mask: Tensor) -> list[list[int]]:
-        """Best allowed tag ids per row, one per character (``[]`` for a row without characters)."""
-        em, char_mask = self.emissions(input_ids, attention_mask)  # (B, T-2, K), (B, T-2)
-        B = em.shape[0]
-        out: list[list[int]] = [[] for _ in range(B)]
-        if em.shape[1] == 0:
-            return out
-        rows = char_mask[:, 0].nonzero().squeeze(1).tolist()
-        if rows:
-            paths = self.crf.decode(em[rows], char_mask[rows])
-            for r, p in zip(rows, paths, strict=True):
-                out[r] = p
-        return out
-
-    @torch.no_grad()
-    def marginals(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior tag probabilities ``(B, T-2, K)`` (0 on padding and on empty rows) and char_mask."""
-        em, char_mask = self.emissions(input_ids, attention_mask)  # (B, T-2, K), (B, T-2)
-        probs = torch.zeros(em.shape, dtype=torch.float32, device=em.device)  # (B, T-2, K)
-        if em.shape[1] == 0:
-            return probs, char_mask
-        rows = char_mask[:, 0]  # (B,)
-        if bool(rows.any()):
-            probs[rows] = self.crf.marginals(em[rows], char_mask[rows])
-        return probs, char_mask
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, tcfg: TrainingConfig) -> list[dict]:

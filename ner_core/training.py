@@ -2,9 +2,10 @@
 gradient clipping and accumulation, length-bucketed batches, mixed precision on CUDA, early stopping and
 learning-rate reduction on dev entity F1 (strict), a checkpoint every epoch and exact resumption.
 
-Resumption: the checkpoint holds model, optimiser, schedule position, plateau state, history and the
-torch / python RNG states at the end of the epoch. Batch order depends only on ``(seed, epoch)``. A run
-killed after epoch k and resumed therefore computes epochs k+1.. exactly as the uninterrupted run (on CPU).
+Resumption: the checkpoint (:mod:`ner_core.checkpoint`) holds model, optimiser, schedule position,
+plateau state, history and the torch / python / numpy RNG states at the end of the epoch. Batch order
+depends only on ``(seed, epoch)``. A run killed after epoch k and resumed therefore computes epochs k+1..
+exactly as the uninterrupted run (on CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,31 +26,17 @@ from tqdm.auto import tqdm
 
 from ner_core.alignment import CharAligner
 from ner_core.batching import TaggedDataset
-from ner_core.config import NERConfig
+from ner_core.checkpoint import EpochStats, TrainingState, load_checkpoint, save_checkpoint
+from ner_core.config import NERConfig, TrainingConfig
 from ner_core.documents import Document
 from ner_core.encoder import load_encoder
 from ner_core.evaluation import evaluate_model
+from ner_core.metrics import EvaluationReport
 from ner_core.model import NERModel
 from ner_core.modeldir import save_model_dir
 from ner_core.schemes import tag_set
 
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    train_loss: float
-    dev_f1: float | None
-    dev_precision: float | None
-    dev_recall: float | None
-    dev_char_accuracy: float | None
-    dev_sentence_accuracy: float | None
-    learning_rate: float
-    seconds: float
-    sentences_per_second: float
-    chars_per_second: float
-    is_best: bool = False
+__all__ = ["EpochStats", "TrainResult", "set_seed", "train"]
 
 
 @dataclass
@@ -60,41 +48,6 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     stopped_reason: str = ""
     seconds: float = 0.0
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _lr_factor(
-    step: int, warmup: int, total: int, time_fraction: float | None = None, warmup_ratio: float = 0.0
-) -> float:
-    """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.
-
-    With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
-    on the clock and the one further along wins: warm-up ends after ``warmup_ratio`` of the budget at the
-    latest and the rate reaches 0 when the budget does. Without this, a budget that allows only a few of
-    ``max_epochs`` epochs would stop while still warming up (seen: finance, 1 of 50 epochs, LR at 1/4
-    of its peak). Clock-driven rates make a budgeted run depend on the machine's speed, as its number of
-    epochs already does.
-    """
-    by_steps = (
-        (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
-    )
-    if time_fraction is None:
-        return by_steps
-    t = min(1.0, max(0.0, time_fraction))
-    in_warmup_by_time = warmup_ratio > 0 and t < warmup_ratio
-    if step < warmup and in_warmup_by_time:  # both still warming up: the further one
-        return max(by_steps, t / warmup_ratio)
-    by_time = max(0.0, (1.0 - t) / (1.0 - warmup_ratio))
-    if step < warmup:  # the clock ended the warm-up
-        return by_time
-    if in_warmup_by_time:  # the steps ended the warm-up
-        return by_steps
-    return min(by_steps, by_time)
 
 
 def train(
@@ -112,11 +65,68 @@ def train(
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
     ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
-    and the run's scheme. With ``resume=True`` the run continues from ``run_dir/checkpoint.pt``.
+    and the run's scheme. With ``resume=True`` the run continues from the checkpoint in ``run_dir``.
     """
     t0 = time.perf_counter()
+    run = _set_up(config, train_docs, labels, Path(run_dir))
+    state = _resume(run) if resume else TrainingState()
+    stopped = ""
+    for epoch in range(state.epoch + 1, run.n_epochs + 1):
+        ep_t0 = time.perf_counter()
+        totals = _train_epoch(run, state, epoch, ep_t0, progress)
+        stats, report = _evaluate(run, epoch, totals, dev_docs, ep_t0)
+        _keep_best(run, state, stats, report, extra_metadata)
+        _checkpoint(run, state, stats)
+        if on_epoch:
+            on_epoch(stats)
+        if progress:
+            _print_epoch(stats)
+        stopped = _stop_reason(run.config.training, state, totals.budget_hit)
+        if stopped:
+            break
+    else:
+        stopped = f"finished {run.n_epochs} epochs"
+    history = [asdict(h) for h in state.history]
+    (run.run_dir / "history.json").write_text(json.dumps(history, indent=2), encoding="utf-8")
+    return TrainResult(
+        run_dir=run.run_dir,
+        model_dir=run.model_dir,
+        best_epoch=state.best_epoch,
+        best_dev_f1=state.best_f1,
+        history=state.history,
+        stopped_reason=stopped,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What a run builds once, before its first epoch."""
+
+    config: NERConfig
+    run_dir: Path
+    device: torch.device
+    model: NERModel
+    tokenizer: Any
+    train_set: TaggedDataset
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    n_epochs: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+
+def _set_up(config: NERConfig, train_docs: Sequence[Document], labels: Sequence[str], run_dir: Path) -> _Run:
+    """Check the device, seed every RNG, save the config, build model, data, optimiser and schedule."""
     tc = config.training
-    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not train_docs:
         raise ValueError("no training documents: the training split is empty")
@@ -141,179 +151,251 @@ def train(
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / tc.batch_size) / tc.grad_accum_steps)
     n_epochs = tc.hard_epochs or tc.max_epochs
     total_steps = steps_per_epoch * n_epochs
-    warmup_steps = int(total_steps * tc.warmup_ratio)
     use_amp = tc.mixed_precision and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    state = {
-        "epoch": 0,
-        "step": 0,
-        "plateau_scale": 1.0,
-        "best_f1": None,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "plateau_bad": 0,
-        "history": [],
-        "elapsed": 0.0,
-    }
-    ckpt_path = run_dir / CHECKPOINT
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["torch_rng"])
-        random.setstate(ckpt["py_rng"])
-        np.random.set_state(ckpt["np_rng"])
-    history = [EpochStats(**h) for h in state["history"]]
-    stopped = ""
-    model_dir = run_dir / "model"
-
-    for epoch in range(state["epoch"] + 1, n_epochs + 1):
-        ep_t0 = time.perf_counter()
-        model.train()
-        loss_sum, loss_n, n_seen, chars_seen = 0.0, 0, 0, 0
-        n_batches = math.ceil(len(train_set) / tc.batch_size)
-        bar = tqdm(
-            total=n_batches,
-            desc=f"epoch {epoch}/{n_epochs}",
-            disable=not progress,
-            leave=False,
-            mininterval=0.5 if sys.stderr.isatty() else 10.0,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        budget_hit = False
-        for bi, batch in enumerate(
-            train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
-        ):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = model(batch["input_ids"], batch["attention_mask"], batch["tags"])
-            scaler.scale(loss / tc.grad_accum_steps).backward()
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            n_seen += batch["input_ids"].size(0)
-            chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
-            if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
-                fraction = (
-                    (state["elapsed"] + time.perf_counter() - ep_t0) / tc.max_train_seconds
-                    if tc.max_train_seconds
-                    else None
-                )
-                factor = (
-                    _lr_factor(state["step"], warmup_steps, total_steps, fraction, tc.warmup_ratio)
-                    * state["plateau_scale"]
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = g["initial_lr"] * factor
-                if tc.grad_clip:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{loss_sum / loss_n:.3f}",
-                sent_s=f"{n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}",
-            )
-            if tc.max_train_seconds and state["elapsed"] + time.perf_counter() - ep_t0 > tc.max_train_seconds:
-                budget_hit = True
-                break
-        bar.close()
-        train_seconds = time.perf_counter() - ep_t0
-        report = (
-            evaluate_model(
-                model,
-                tokenizer,
-                dev_docs,
-                max_len=config.data.max_len,
-                batch_size=max(tc.batch_size, 32),
-                device=tc.device,
-            )
-            if dev_docs
-            else None
-        )
-        f1 = report.f1 if report else None
-        stats = EpochStats(
-            epoch=epoch,
-            train_loss=loss_sum / max(1, loss_n),
-            dev_f1=f1,
-            dev_precision=report.precision if report else None,
-            dev_recall=report.recall if report else None,
-            dev_char_accuracy=report.char_accuracy if report else None,
-            dev_sentence_accuracy=report.sentence_accuracy if report else None,
-            learning_rate=optimizer.param_groups[0]["lr"],
-            seconds=time.perf_counter() - ep_t0,
-            sentences_per_second=n_seen / max(train_seconds, 1e-9),
-            chars_per_second=chars_seen / max(train_seconds, 1e-9),
-        )
-        improved = state["best_f1"] is None or (f1 is not None and f1 > state["best_f1"])
-        if improved or not tc.best_fit:
-            state["best_f1"], state["best_epoch"] = f1, epoch
-            state["bad_epochs"] = state["plateau_bad"] = 0
-            stats.is_best = True
-            save_model_dir(
-                model_dir,
-                model,
-                tokenizer,
-                metrics={
-                    "best_epoch": epoch,
-                    "dev": report.summary() if report else None,
-                    **(extra_metadata or {}),
-                },
-            )
-        else:
-            state["bad_epochs"] += 1
-            state["plateau_bad"] += 1
-            if state["plateau_bad"] >= tc.reduce_lr_patience:
-                state["plateau_scale"] *= tc.reduce_lr_factor
-                state["plateau_bad"] = 0
-        history.append(stats)
-        state["history"] = [asdict(h) for h in history]
-        state["epoch"] = epoch
-        state["elapsed"] += stats.seconds
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "state": state,
-                "torch_rng": torch.get_rng_state(),
-                "py_rng": random.getstate(),
-                "np_rng": np.random.get_state(),
-            },
-            ckpt_path.with_suffix(".tmp"),
-        )
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
-        if on_epoch:
-            on_epoch(stats)
-        if progress:
-            dev = f"dev F1 {f1 * 100:.2f}" if f1 is not None else "no dev set"
-            print(
-                f"epoch {epoch}: loss {stats.train_loss:.4f}, {dev}, {stats.sentences_per_second:.1f} sent/s, "
-                f"{stats.seconds:.1f} s{' *best*' if stats.is_best else ''}",
-                flush=True,
-            )
-        if budget_hit:
-            stopped = f"time budget of {tc.max_train_seconds:.0f} s reached"
-            break
-        if tc.best_fit and not tc.hard_epochs and state["bad_epochs"] >= tc.early_stop_patience:
-            stopped = f"early stop: no dev F1 gain for {state['bad_epochs']} epochs"
-            break
-    else:
-        stopped = f"finished {n_epochs} epochs"
-    (run_dir / "history.json").write_text(json.dumps(state["history"], indent=2), encoding="utf-8")
-    return TrainResult(
+    return _Run(
+        config=config,
         run_dir=run_dir,
-        model_dir=model_dir,
-        best_epoch=state["best_epoch"],
-        best_dev_f1=state["best_f1"],
-        history=history,
-        stopped_reason=stopped,
-        seconds=time.perf_counter() - t0,
+        device=device,
+        model=model,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
+        use_amp=use_amp,
+        n_epochs=n_epochs,
+        total_steps=total_steps,
+        warmup_steps=int(total_steps * tc.warmup_ratio),
     )
+
+
+def _resume(run: _Run) -> TrainingState:
+    """Load the run's checkpoint into model, optimiser, scaler and the global RNGs; return its state."""
+    ckpt = load_checkpoint(run.run_dir)
+    run.model.load_state_dict(ckpt.model)
+    # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with
+    live = run.optimizer.param_groups
+    groups = [
+        {k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()}
+        for saved, now in zip(ckpt.optimizer["param_groups"], live)
+    ]
+    run.optimizer.load_state_dict({**ckpt.optimizer, "param_groups": groups})
+    run.scaler.load_state_dict(ckpt.scaler)
+    ckpt.state.restore_rng()
+    return ckpt.state
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _EpochTotals:
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    n_seen: int = 0
+    chars_seen: int = 0
+    budget_hit: bool = False
+
+
+def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, progress: bool) -> _EpochTotals:
+    """One pass over the training set (stopped early when the time budget runs out)."""
+    tc = run.config.training
+    run.model.train()
+    totals = _EpochTotals()
+    n_batches = math.ceil(len(run.train_set) / tc.batch_size)
+    bar = tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch}/{run.n_epochs}",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
+    run.optimizer.zero_grad(set_to_none=True)
+    for bi, batch in enumerate(
+        run.train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
+    ):
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+            loss = run.model(batch["input_ids"], batch["attention_mask"], batch["tags"])
+        run.scaler.scale(loss / tc.grad_accum_steps).backward()
+        totals.loss_sum += float(loss.detach())
+        totals.loss_n += 1
+        totals.n_seen += batch["input_ids"].size(0)
+        totals.chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
+        if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
+            _optimizer_step(run, state, ep_t0)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{totals.loss_sum / totals.loss_n:.3f}",
+            sent_s=f"{totals.n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}",
+        )
+        if tc.max_train_seconds and state.elapsed + time.perf_counter() - ep_t0 > tc.max_train_seconds:
+            totals.budget_hit = True
+            break
+    bar.close()
+    return totals
+
+
+def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
+    """Set the scheduled learning rates, clip, step the optimiser (through the AMP scaler)."""
+    tc = run.config.training
+    fraction = (
+        (state.elapsed + time.perf_counter() - ep_t0) / tc.max_train_seconds if tc.max_train_seconds else None
+    )
+    factor = (
+        _lr_factor(state.step, run.warmup_steps, run.total_steps, fraction, tc.warmup_ratio)
+        * state.plateau_scale
+    )
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    if tc.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluate, keep best
+# ----------------------------------------------------------------------------------------------
+def _evaluate(
+    run: _Run, epoch: int, totals: _EpochTotals, dev_docs: Sequence[Document], ep_t0: float
+) -> tuple[EpochStats, EvaluationReport | None]:
+    """Score the model on the dev split (if any) and sum the epoch up."""
+    tc = run.config.training
+    train_seconds = time.perf_counter() - ep_t0
+    report = (
+        evaluate_model(
+            run.model,
+            run.tokenizer,
+            dev_docs,
+            max_len=run.config.data.max_len,
+            batch_size=max(tc.batch_size, 32),
+            device=tc.device,
+        )
+        if dev_docs
+        else None
+    )
+    stats = EpochStats(
+        epoch=epoch,
+        train_loss=totals.loss_sum / max(1, totals.loss_n),
+        dev_f1=report.f1 if report else None,
+        dev_precision=report.precision if report else None,
+        dev_recall=report.recall if report else None,
+        dev_char_accuracy=report.char_accuracy if report else None,
+        dev_sentence_accuracy=report.sentence_accuracy if report else None,
+        learning_rate=run.optimizer.param_groups[0]["lr"],
+        seconds=time.perf_counter() - ep_t0,
+        sentences_per_second=totals.n_seen / max(train_seconds, 1e-9),
+        chars_per_second=totals.chars_seen / max(train_seconds, 1e-9),
+    )
+    return stats, report
+
+
+def _keep_best(
+    run: _Run,
+    state: TrainingState,
+    stats: EpochStats,
+    report: EvaluationReport | None,
+    extra_metadata: dict | None,
+) -> None:
+    """Save the model directory when dev F1 improved (every epoch without ``best_fit``); otherwise count
+    the epoch towards early stopping and reduce the learning rate on a plateau."""
+    tc = run.config.training
+    f1 = stats.dev_f1
+    improved = state.best_f1 is None or (f1 is not None and f1 > state.best_f1)
+    if improved or not tc.best_fit:
+        state.best_f1, state.best_epoch = f1, stats.epoch
+        state.bad_epochs = state.plateau_bad = 0
+        stats.is_best = True
+        save_model_dir(
+            run.model_dir,
+            run.model,
+            run.tokenizer,
+            metrics={
+                "best_epoch": stats.epoch,
+                "dev": report.summary() if report else None,
+                **(extra_metadata or {}),
+            },
+        )
+        return
+    state.bad_epochs += 1
+    state.plateau_bad += 1
+    if state.plateau_bad >= tc.reduce_lr_patience:
+        state.plateau_scale *= tc.reduce_lr_factor
+        state.plateau_bad = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint, stop
+# ----------------------------------------------------------------------------------------------
+def _checkpoint(run: _Run, state: TrainingState, stats: EpochStats) -> None:
+    """Close the epoch in ``state`` and write the checkpoint (RNG states as they are now)."""
+    state.history.append(stats)
+    state.epoch = stats.epoch
+    state.elapsed += stats.seconds
+    state.capture_rng()
+    save_checkpoint(
+        run.run_dir,
+        state,
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict(),
+    )
+
+
+def _stop_reason(tc: TrainingConfig, state: TrainingState, budget_hit: bool) -> str:
+    """Why training stops after this epoch; empty to go on."""
+    if budget_hit:
+        return f"time budget of {tc.max_train_seconds:.0f} s reached"
+    if tc.best_fit and not tc.hard_epochs and state.bad_epochs >= tc.early_stop_patience:
+        return f"early stop: no dev F1 gain for {state.bad_epochs} epochs"
+    return ""
+
+
+def _print_epoch(stats: EpochStats) -> None:
+    dev = f"dev F1 {stats.dev_f1 * 100:.2f}" if stats.dev_f1 is not None else "no dev set"
+    best = " *best*" if stats.is_best else ""
+    print(
+        f"epoch {stats.epoch}: loss {stats.train_loss:.4f}, {dev}, "
+        f"{stats.sentences_per_second:.1f} sent/s, {stats.seconds:.1f} s{best}",
+        flush=True,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_factor(
+    step: int, warmup: int, total: int, time_fraction: float | None = None, warmup_ratio: float = 0.0
+) -> float:
+    """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.
+
+    With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
+    on the clock and the one further along wins: warm-up ends after ``warmup_ratio`` of the budget at the
+    latest and the rate reaches 0 when the budget does. Without this, a budget that allows only a few of
+    ``max_epochs`` epochs would stop while still warming up, far below the peak rate. Clock-driven rates
+    make a budgeted run depend on the machine's speed, as its number of epochs already does.
+    """
+    by_steps = (
+        (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    )
+    if time_fraction is None:
+        return by_steps
+    t = min(1.0, max(0.0, time_fraction))
+    in_warmup_by_time = warmup_ratio > 0 and t < warmup_ratio
+    if step < warmup and in_warmup_by_time:  # both still warming up: the further one
+        return max(by_steps, t / warmup_ratio)
+    by_time = max(0.0, (1.0 - t) / (1.0 - warmup_ratio))
+    if step < warmup:  # the clock ended the warm-up
+        return by_time
+    if in_warmup_by_time:  # the steps ended the warm-up
+        return by_steps
+    return min(by_steps, by_time)

@@ -71,3 +71,33 @@ def legacy_db(tmp_path) -> str:
     from tests.ui_fixtures import unpack_legacy_db
 
     return str(unpack_legacy_db(tmp_path / "legacy"))
+
+
+# ------------------------------------------------------------------ model fixtures
+# (tests of ner_core's model, CRF and model directories; the tiny encoder above is theirs too)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster and immune to a busy machine's oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-3cc253c"
+
+
+@pytest.fixture
+def legacy_dir(tmp_path, monkeypatch) -> Path:
+    """A copy of the artefacts written by main at 3cc253c (see its README), as the working directory:
+    paths inside are relative (the runs' encoder is ``enc``)."""
+    import shutil
+
+    dst = tmp_path / "legacy"
+    shutil.copytree(LEGACY, dst)
+    monkeypatch.chdir(dst)
+    return dst

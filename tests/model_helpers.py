@@ -1,29 +1,14 @@
-"""Shared pieces of the model and model-directory tests: a tiny vocabulary's texts, a one-thread fixture,
-a tiny encoder fixture and an encoder of [CLS] chars [SEP] rows written out without the aligner."""
+"""Plain helpers of the model and model-directory tests (their fixtures live in tests/conftest.py): a
+tiny vocabulary's texts and labels, rows of [CLS] chars [SEP] written out without the aligner, and decoding
+the way ner_core.predict decodes (the model's emissions, then its CRF)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from ner_core.encoder import make_tiny_encoder
-
-TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王五"]
+#: Every character here is in the sample corpus, so the conftest's ``tiny_encoder_dir`` covers them.
+TEXTS = ["张三在北京工作", "李四去上海", "ABC公司 2024年", "王强"]
 LABELS = ["PER", "LOC", "ORG"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_encoder(tmp_path_factory.mktemp("enc") / "tiny", TEXTS, seed=0)
 
 
 def encode(tokenizer, texts, T=None):
@@ -41,3 +26,28 @@ def encode(tokenizer, texts, T=None):
         ids[i, : len(r)] = torch.tensor(r)
         am[i, : len(r)] = 1
     return ids, am
+
+
+@torch.no_grad()
+def decode(model, ids, am):
+    """Best tag ids per row as production gets them (:mod:`ner_core.predict`): the model's emissions, then
+    its CRF over the rows that have characters; ``[]`` for a row without any."""
+    em, cm = model.emissions(ids, am)  # (B, T-2, K), (B, T-2)
+    out = [[] for _ in range(em.shape[0])]
+    rows = cm[:, 0].nonzero().squeeze(1).tolist() if em.shape[1] else []
+    if rows:
+        for r, path in zip(rows, model.crf.decode(em[rows], cm[rows]), strict=True):
+            out[r] = path
+    return out
+
+
+@torch.no_grad()
+def marginals(model, ids, am):
+    """Posterior tag probabilities ``(B, T-2, K)`` as production gets them: the CRF's marginals over the
+    emissions of rows that have characters, 0 on padding and on empty rows; and the char_mask."""
+    em, cm = model.emissions(ids, am)
+    probs = torch.zeros(em.shape, dtype=torch.float32)
+    rows = cm[:, 0] if em.shape[1] else cm.new_zeros(em.shape[0])
+    if bool(rows.any()):
+        probs[rows] = model.crf.marginals(em[rows], cm[rows])
+    return probs, cm

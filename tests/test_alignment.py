@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ner_core.alignment import CharAligner
+from tests.conftest import SHARED_DATASETS as DATASETS
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 MIXED = "苹果iPhone 15 Pro发布😀，价格￥7999元　ＡＢＣ"
 
 SPECIALS = ["[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -261,9 +260,6 @@ def test_real_tokenizer_keeps_one_position_per_char():
 
 
 # ---------------------------------------------------------------- properties and pickling
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @settings(max_examples=200, deadline=None)

@@ -146,18 +146,23 @@ def test_nll_is_mean_of_torchcrf_and_has_gradients():
     assert em.grad is not None and em.grad[~mask].abs().sum() == 0  # padding gets no gradient
 
 
-def test_constrained_log_partition_equals_brute_force_over_allowed_paths():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loss_normalises_over_all_paths_and_marginals_over_allowed_paths(backend):
+    """Constraints act in decoding and the marginals only: a constrained CRF's loss is normalised over every
+    path (log Z unconstrained), its marginals over the allowed paths (log Z constrained)."""
     tags = tag_set("BIOES")
     allowed = hand_allowed(tags, "BIOES")
     K = len(tags)
     crf = make_crf(K, allowed, seed=1)
-    em, mask, _ = random_problem(3, 3, K, seed=5)
-    log_z = crf.log_partition(em, mask)
-    log_z_free = crf.log_partition(em, mask, constrained=False)
+    em, mask, gold = random_problem(3, 3, K, seed=5)
+    marg = crf.marginals(em, mask, backend=backend)
     for b in range(3):
         n = int(mask[b].sum())
-        assert log_z[b].item() == pytest.approx(brute(crf, em[b], n, allowed)[0], abs=1e-4)
-        assert log_z_free[b].item() == pytest.approx(brute(crf, em[b], n)[0], abs=1e-4)
+        row = crf.neg_log_likelihood(em[b : b + 1, :n], gold[b : b + 1, :n], mask[b : b + 1, :n])
+        expected = brute(crf, em[b], n)[0] - path_score(crf, em[b], tuple(gold[b, :n].tolist()))
+        assert row.item() == pytest.approx(expected, abs=1e-4)
+        np.testing.assert_allclose(marg[b, :n].numpy(), brute(crf, em[b], n, allowed)[2], atol=1e-5)
+    assert brute(crf, em[0], 3, allowed)[0] < brute(crf, em[0], 3)[0] - 1e-3  # the constraints matter here
 
 
 # ------------------------------------------------------------------ Viterbi
@@ -455,12 +460,13 @@ def test_constraints_are_saved_in_the_state_dict():
     assert other.decode(em, mask) == crf.decode(em, mask)
 
 
-def test_log_partition_is_finite_for_long_sequences_with_large_scores():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loss_and_marginals_are_finite_for_long_sequences_with_large_scores(backend):
     crf = make_crf(4)
     em = torch.randn(2, 200, 4) * 50
     mask = torch.ones(2, 200, dtype=torch.bool)
-    assert torch.isfinite(crf.log_partition(em, mask)).all()
-    marg = crf.marginals(em, mask)
+    assert torch.isfinite(crf.neg_log_likelihood(em, torch.zeros(2, 200, dtype=torch.long), mask))
+    marg = crf.marginals(em, mask, backend=backend)
     assert torch.isfinite(marg).all() and math.isclose(float(marg.sum()), 400.0, rel_tol=1e-4)
 
 

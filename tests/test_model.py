@@ -13,13 +13,15 @@ from ner_core import schemes
 from ner_core.config import EncoderConfig, NERConfig, TrainingConfig
 from ner_core.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
 from ner_core.model import NERModel
-from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
+from tests.model_helpers import LABELS, TEXTS, decode, encode, marginals
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(tiny, head="bilstm", scheme="BIOES", seed=0, **over):
+def build(encoder_dir, head="bilstm", scheme="BIOES", seed=0, **over):
     cfg = NERConfig().with_overrides(
         {
-            "encoder.name": str(tiny),
+            "encoder.name": str(encoder_dir),
             "head.type": head,
             "data.scheme": scheme,
             "head.rnn_units": 8,
@@ -86,8 +88,8 @@ def test_packaged_short_name_resolves_or_says_how_to_install(monkeypatch):
     assert "non-commercial" in PACKAGED["m3e-small"].note
 
 
-def test_load_encoder_freeze_and_missing(tmp_path, tiny, monkeypatch):
-    model, _ = load_encoder(EncoderConfig(name=str(tiny), freeze=True))
+def test_load_encoder_freeze_and_missing(tmp_path, tiny_encoder_dir, monkeypatch):
+    model, _ = load_encoder(EncoderConfig(name=str(tiny_encoder_dir), freeze=True))
     assert not any(p.requires_grad for p in model.parameters())
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="cannot load encoder 'no-such-org/no-such-model'"):
@@ -97,8 +99,8 @@ def test_load_encoder_freeze_and_missing(tmp_path, tiny, monkeypatch):
 # ------------------------------------------------------------------ the model
 
 
-def test_emissions_slice_cls_and_sep(tiny):
-    model, tok = build(tiny)
+def test_emissions_slice_cls_and_sep(tiny_encoder_dir):
+    model, tok = build(tiny_encoder_dir)
     ids, am = encode(tok, ["张三", "李四去上海", ""], T=9)
     em, cm = model.emissions(ids, am)
     assert em.shape == (3, 7, model.num_tags)
@@ -106,9 +108,9 @@ def test_emissions_slice_cls_and_sep(tiny):
 
 
 @pytest.mark.parametrize("head", ["bilstm", "bigru", "idcnn", "none"])
-def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
-    model, tok = build(tiny, head=head, **{"training.head_learning_rate": 1e-2})
-    texts = ["张三在北京工作", "李四去上海", "王五"]
+def test_loss_trains_and_decoding_respects_the_scheme(tiny_encoder_dir, head):
+    model, tok = build(tiny_encoder_dir, head=head, **{"training.head_learning_rate": 1e-2})
+    texts = ["张三在北京工作", "李四去上海", "王强"]
     ents = [[(0, 2, "PER"), (3, 5, "LOC")], [(0, 2, "PER"), (3, 5, "LOC")], [(0, 2, "PER")]]
     gold = []
     for t, es in zip(texts, ents):
@@ -131,7 +133,7 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
         first = first if first is not None else loss.item()
     assert loss.item() < 0.3 * first
     model.eval()
-    pred = model.decode(ids, am)
+    pred = decode(model, ids, am)
     assert pred == gold
     start, trans, end = schemes.allowed_transitions(model.tags, "BIOES")
     # random emissions through the real model still decode to valid paths
@@ -139,16 +141,16 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny, head):
     with torch.no_grad():
         model.classifier.weight.normal_(0, 5.0)
         model.crf.crf.transitions.normal_(0, 5.0)
-    for path in model.decode(ids, am):
+    for path in decode(model, ids, am):
         assert start[path[0]] and end[path[-1]] and all(trans[a, b] for a, b in itertools.pairwise(path))
 
 
-def test_empty_rows_do_not_crash(tiny):
-    model, tok = build(tiny)
+def test_empty_rows_do_not_crash(tiny_encoder_dir):
+    model, tok = build(tiny_encoder_dir)
     model.eval()
     ids, am = encode(tok, ["张三", "", "北京"], T=6)
-    assert [len(p) for p in model.decode(ids, am)] == [2, 0, 2]
-    probs, cm = model.marginals(ids, am)
+    assert [len(p) for p in decode(model, ids, am)] == [2, 0, 2]
+    probs, cm = marginals(model, ids, am)
     torch.testing.assert_close(probs.sum(-1), cm.float())
     y = torch.zeros(3, 4, dtype=torch.long)
     loss = model(ids, am, y)
@@ -156,24 +158,24 @@ def test_empty_rows_do_not_crash(tiny):
     # all rows empty: T - 2 == 0
     ids0, am0 = encode(tok, ["", ""])
     assert ids0.shape == (2, 2)
-    assert model.decode(ids0, am0) == [[], []]
+    assert decode(model, ids0, am0) == [[], []]
     loss0 = model(ids0, am0, torch.zeros(2, 0, dtype=torch.long))
     assert loss0.item() == 0.0 and loss0.requires_grad
 
 
-def test_padding_does_not_change_predictions(tiny):
-    model, tok = build(tiny, head="bigru")
+def test_padding_does_not_change_predictions(tiny_encoder_dir):
+    model, tok = build(tiny_encoder_dir, head="bigru")
     model.eval()
     texts = ["张三在北京工作", "李四", "ABC公司 2024年"]
     ids, am = encode(tok, texts, T=20)
-    batch = model.decode(ids, am)
+    batch = decode(model, ids, am)
     for i, t in enumerate(texts):
-        alone = model.decode(*encode(tok, [t]))[0]
+        alone = decode(model, *encode(tok, [t]))[0]
         assert batch[i] == alone and len(alone) == len(t)
 
 
-def test_param_groups(tiny):
-    model, _ = build(tiny, head="bilstm")
+def test_param_groups(tiny_encoder_dir):
+    model, _ = build(tiny_encoder_dir, head="bilstm")
     tcfg = TrainingConfig(
         learning_rate=1e-5, head_learning_rate=2e-3, crf_learning_rate=3e-2, weight_decay=0.05
     )
@@ -196,37 +198,37 @@ def test_param_groups(tiny):
         "crf.crf.transitions",
     }
     assert id(model.classifier.weight) in {id(p) for p in by["head"]["params"]}
-    frozen, _ = build(tiny, **{"encoder.freeze": True})
+    frozen, _ = build(tiny_encoder_dir, **{"encoder.freeze": True})
     fgroups = {g["name"] for g in frozen.param_groups(tcfg)}
     assert fgroups == {"head", "head_no_decay", "crf"}
     assert not any(p.requires_grad for p in frozen.encoder.parameters())
 
 
-def test_unconstrained_model_has_no_masks(tiny):
-    model, _ = build(tiny, **{"crf.constrained": False})
+def test_unconstrained_model_has_no_masks(tiny_encoder_dir):
+    model, _ = build(tiny_encoder_dir, **{"crf.constrained": False})
     assert not model.crf.is_constrained
-    assert build(tiny)[0].crf.is_constrained
+    assert build(tiny_encoder_dir)[0].crf.is_constrained
 
 
-def test_bad_inputs_raise_clear_errors(tiny):
-    model, tok = build(tiny)
+def test_bad_inputs_raise_clear_errors(tiny_encoder_dir):
+    model, tok = build(tiny_encoder_dir)
     ids, am = encode(tok, ["张三", "李四去"])
     with pytest.raises(ValueError, match=r"expected tags of shape \(2, 3\) \(characters only"):
         model(ids, am, torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(
         ValueError, match=r"expected attention_mask of shape \(2, 5\) matching input_ids, got \(2, 4\)"
     ):
-        model.decode(ids, am[:, :4])
+        model.emissions(ids, am[:, :4])
     with pytest.raises(ValueError, match="expected input_ids of shape \\(B, T\\)"):
-        model.decode(ids[0], am[0])
+        model.emissions(ids[0], am[0])
     holes = am.clone()
     holes[1, 1] = 0
     with pytest.raises(ValueError, match="right-padded attention_mask"):
-        model.decode(ids, holes)
+        model.emissions(ids, holes)
     short = am.clone()
     short[0, 1:] = 0
     with pytest.raises(ValueError, match="at least \\[CLS\\] and \\[SEP\\]"):
-        model.decode(ids, short)
+        model.emissions(ids, short)
     with pytest.raises(ValueError, match="expected a non-empty list of tag strings"):
         NERModel(model.config, [], model.encoder)
     with pytest.raises(ValueError, match="expected distinct tags"):

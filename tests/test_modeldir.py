@@ -13,13 +13,15 @@ from ner_core.config import NERConfig
 from ner_core.encoder import load_encoder, make_tiny_encoder
 from ner_core.model import NERModel
 from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
-from tests.model_helpers import LABELS, TEXTS, _one_thread, encode, tiny  # noqa: F401
+from tests.model_helpers import LABELS, TEXTS, decode, encode
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def build(tiny, head="bilstm", scheme="BIOES", **over):
+def build(encoder_dir, head="bilstm", scheme="BIOES", **over):
     cfg = NERConfig().with_overrides(
         {
-            "encoder.name": str(tiny),
+            "encoder.name": str(encoder_dir),
             "head.type": head,
             "data.scheme": scheme,
             "head.rnn_units": 8,
@@ -37,16 +39,16 @@ def build(tiny, head="bilstm", scheme="BIOES", **over):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny, tmp_path_factory):
-    model, tok = build(tiny)
+def saved(tiny_encoder_dir, tmp_path_factory):
+    model, tok = build(tiny_encoder_dir)
     return save_model_dir(tmp_path_factory.mktemp("m") / "model", model, tok, metrics={"f1": 0.5})
 
 
 @pytest.mark.parametrize(
     "head,scheme", [("bilstm", "BIOES"), ("bigru", "BIO"), ("idcnn", "BIOES"), ("none", "BIO")]
 )
-def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
-    model, tok = build(tiny, head=head, scheme=scheme)
+def test_save_load_gives_identical_predictions(tiny_encoder_dir, tmp_path, head, scheme):
+    model, tok = build(tiny_encoder_dir, head=head, scheme=scheme)
     out = save_model_dir(tmp_path / "m", model, tok, metrics={"entity_f1": 0.75, "epoch": 3})
     assert out == tmp_path / "m"
     loaded = load_model_dir(out)
@@ -59,7 +61,7 @@ def test_save_load_gives_identical_predictions(tiny, tmp_path, head, scheme):
     ids, am = encode(tok, texts)
     ids2, am2 = encode(loaded.tokenizer, texts)
     assert torch.equal(ids, ids2)  # the tokenizer came back too
-    assert loaded.model.decode(ids2, am2) == model.decode(ids, am)
+    assert decode(loaded.model, ids2, am2) == decode(model, ids, am)
     em1, _ = model.emissions(ids, am)
     em2, _ = loaded.model.emissions(ids, am)
     torch.testing.assert_close(em1, em2, rtol=0, atol=0)
@@ -89,9 +91,9 @@ def test_directory_contents(saved):
     assert not list(saved.parent.glob(".model.tmp-*"))
 
 
-def test_saving_over_an_existing_directory_replaces_it(tiny, tmp_path):
-    m1, tok = build(tiny, head="idcnn")
-    m2, _ = build(tiny, head="bigru")
+def test_saving_over_an_existing_directory_replaces_it(tiny_encoder_dir, tmp_path):
+    m1, tok = build(tiny_encoder_dir, head="idcnn")
+    m2, _ = build(tiny_encoder_dir, head="bigru")
     path = tmp_path / "m"
     save_model_dir(path, m1, tok)
     (path / "stale.txt").write_text("old")
@@ -110,8 +112,8 @@ def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
     shutil.rmtree(enc)  # the config still names this folder; loading must not need it
     shutil.rmtree(tmp_path / "m")
     loaded = load_model_dir(tmp_path / "copy")
-    ids, am = encode(tok, ["王五在上海"])
-    assert loaded.model.decode(ids, am) == model.decode(ids, am)
+    ids, am = encode(tok, ["王强在上海"])
+    assert decode(loaded.model, ids, am) == decode(model, ids, am)
 
 
 @pytest.mark.parametrize(
@@ -163,10 +165,10 @@ def test_weights_that_do_not_match_the_config_are_reported(saved, tmp_path):
         load_model_dir(d)
 
 
-def test_missing_directory_and_bad_arguments(tmp_path, tiny):
+def test_missing_directory_and_bad_arguments(tmp_path, tiny_encoder_dir):
     with pytest.raises(ModelDirError, match="model directory not found"):
         load_model_dir(tmp_path / "nope")
-    model, tok = build(tiny)
+    model, tok = build(tiny_encoder_dir)
     with pytest.raises(ValueError, match="expected a NERModel, got str"):
         save_model_dir(tmp_path / "x", "model", tok)
     with pytest.raises(ValueError, match="expected metrics to be a dict or None, got list"):
@@ -189,8 +191,67 @@ def test_packaged_m3e_small_round_trip(tmp_path):
     model = NERModel(cfg, schemes.tag_set(LABELS, "BIOES"), encoder).eval()
     texts = ["张三在北京工作", "ABC公司 2024年"]
     ids, am = encode(tok, texts)
-    pred = model.decode(ids, am)
+    pred = decode(model, ids, am)
     assert [len(p) for p in pred] == [len(t) for t in texts]
     loaded = load_model_dir(save_model_dir(tmp_path / "m3e", model, tok))
-    assert loaded.model.decode(ids, am) == pred
+    assert decode(loaded.model, ids, am) == pred
     assert loaded.model.encoder.config.hidden_size == 512
+
+
+def test_saved_configs_with_the_removed_window_stride_still_load(saved, tmp_path):
+    """``data.window_stride`` is gone (nothing read it); model directories, run configs and the runs table
+    written while it existed still load, and it does not come back on saving."""
+    d = tmp_path / "copy"
+    shutil.copytree(saved, d)
+    cfg = json.loads((d / "ner_config.json").read_text())
+    cfg["data"]["window_stride"] = 24
+    (d / "ner_config.json").write_text(json.dumps(cfg))
+    loaded = load_model_dir(d)
+    assert "window_stride" not in loaded.config.model_dump()["data"]
+    assert NERConfig.model_validate_json(json.dumps(cfg)) == loaded.config
+    cfg["data"]["window_stride"] = None
+    assert NERConfig.model_validate(cfg) == loaded.config
+    with pytest.raises(ValueError, match="colour"):  # other unknown keys are still errors
+        NERConfig.model_validate({"data": {"colour": 1}})
+
+
+def test_a_model_directory_written_before_the_restructure_tags_as_it_did(legacy_dir):
+    """The fixture's completed run (written at 3cc253c; its config still has data.window_stride and
+    prediction.max_len) loads and tags the first two raw sample texts as that code stored them in DuckDB,
+    with the model's saved settings; its stored test-split evaluation comes out the same too."""
+    import gzip
+
+    import duckdb
+
+    from ner_core.evaluation import evaluate_model
+    from ner_core.formats import read_file
+    from ner_core.metrics import EvaluationReport
+    from ner_core.predict import Tagger
+    from tests.conftest import SAMPLE
+
+    run = legacy_dir / "runs" / "20261201-152337-sample-bilstm-56603a"
+    loaded = load_model_dir(run / "model")
+    raw = sorted((SAMPLE / "raw").glob("*.txt"))[:2]
+    assert [p.name[:3] for p in raw] == ["01_", "02_"]
+    texts = [p.read_text(encoding="utf-8").strip() for p in raw]  # as the prediction step reads a text file
+    got = [
+        (p.stem, e.start, e.end, e.label, e.text, e.confidence)
+        for p, ents in zip(raw, Tagger.from_loaded(loaded).predict(texts), strict=True)
+        for e in ents
+    ]
+    db = legacy_dir / "ner.duckdb"
+    db.write_bytes(gzip.decompress((legacy_dir / "ner.duckdb.gz").read_bytes()))
+    with duckdb.connect(str(db), read_only=True) as con:
+        stored = con.execute(
+            'SELECT doc_id, start, "end", label, text, confidence FROM predicted_entities '
+            "WHERE doc_id IN (?, ?) ORDER BY doc_id, start",
+            [p.stem for p in raw],
+        ).fetchall()
+    assert [row[:5] for row in sorted(got)] == [row[:5] for row in stored]
+    for ours, theirs in zip(sorted(got), stored):
+        assert ours[5] == pytest.approx(theirs[5], abs=1e-6)
+
+    test_docs = read_file(SAMPLE / "test.jsonl").documents
+    report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=loaded.config.data.max_len)
+    before = EvaluationReport.model_validate_json((run / "eval-sample-test.json").read_text(encoding="utf-8"))
+    assert report.summary() == before.summary()

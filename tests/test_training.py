@@ -1,5 +1,6 @@
 """Training: chunking never truncates, epochs and early stopping behave, and a killed training process
-resumed with --resume ends exactly where an uninterrupted run with the same seed ends."""
+resumed with --resume ends exactly where an uninterrupted run with the same seed ends; checkpoints load
+without running code, and those of the pickled format before it still resume."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from ner_core.batching import chunk_entities, sliding_windows, training_chunks
 from ner_core.documents import Document, Entity
@@ -181,7 +183,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
     deadline = time.time() + 600
     ckpt = None
     while time.time() < deadline:
-        found = list((tmp_path / "killed").glob("*/checkpoint.pt"))
+        found = list((tmp_path / "killed").glob("*/checkpoint.json"))
         if found:
             ckpt = found[0]
             break
@@ -238,3 +240,123 @@ def test_lr_schedule_follows_the_time_budget_when_it_is_shorter_than_max_epochs(
     # no warm-up
     assert _lr_factor(0, 0, total, time_fraction=0.0, warmup_ratio=0.0) == pytest.approx(1.0)
     assert _lr_factor(0, 0, total, time_fraction=0.75, warmup_ratio=0.0) == pytest.approx(0.25)
+
+
+LABELS = ["FIN", "LOC", "ORG", "PER"]
+
+
+def test_checkpoint_is_json_and_safetensors_and_a_changed_tensor_file_is_refused(tiny_encoder_dir, tmp_path):
+    from ner_core.checkpoint import CheckpointError, load_checkpoint
+    from ner_core.training import train
+
+    run_dir = tmp_path / "run"
+    train(
+        _config(tiny_encoder_dir, hard_epochs=1),
+        _docs("train", 16),
+        _docs("dev", 4),
+        LABELS,
+        run_dir,
+        progress=False,
+    )
+    assert sorted(p.name for p in run_dir.glob("checkpoint*")) == [
+        "checkpoint-e0001.safetensors",
+        "checkpoint.json",
+    ]
+    doc = json.loads((run_dir / "checkpoint.json").read_text())
+    assert doc["format_version"] == 1 and doc["tensors"]["file"] == "checkpoint-e0001.safetensors"
+    assert doc["state"]["epoch"] == 1 and doc["state"]["step"] >= 1 and len(doc["state"]["history"]) == 1
+    assert len(doc["state"]["python_rng"][1]) == 625 and len(doc["state"]["numpy_rng"][1]) == 624
+    assert [g["name"] for g in doc["optimizer"]["param_groups"]][-1] == "crf"
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt.state.torch_rng.dtype == torch.uint8
+    assert ckpt.optimizer["state"][0]["step"].item() == doc["state"]["step"]
+    assert "classifier.weight" in ckpt.model
+
+    tensors = run_dir / "checkpoint-e0001.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-1] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256 does not match checkpoint.json"):
+        train(_config(tiny_encoder_dir, hard_epochs=2), _docs("train", 16), [], LABELS, run_dir, resume=True)
+    doc["format_version"] = 2
+    (run_dir / "checkpoint.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="format_version 2, this code reads format_version 1"):
+        load_checkpoint(run_dir)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        load_checkpoint(tmp_path)
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: a file appears if a loader runs pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickled_checkpoint_that_would_run_code_is_refused_unread(tiny_encoder_dir, tmp_path):
+    from ner_core.checkpoint import CheckpointError
+    from ner_core.training import train
+
+    marker = tmp_path / "payload-ran"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"model": _Payload(marker), "state": {"epoch": 1}}, run_dir / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: refused: .*GLOBAL io.open.*could run code"):
+        train(_config(tiny_encoder_dir, hard_epochs=2), _docs("train", 8), [], LABELS, run_dir, resume=True)
+    assert not marker.exists()
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.json").exists()
+
+
+def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(legacy_dir):
+    """The fixture's run ...-7b9f2c was killed after epoch 1 of 2 by the code at 3cc253c; run ...-56603a
+    is the same run (same seed and data; only the dead window_stride differs), uninterrupted."""
+    from ner_core.config import NERConfig
+    from ner_core.formats import read_file
+    from ner_core.training import train
+
+    run_dir = Path("runs/20261201-152339-sample-bilstm-7b9f2c")
+    config = NERConfig.from_file(run_dir / "config.json")
+    train_docs = read_file(SAMPLE / "train.jsonl").documents
+    dev_docs = read_file(SAMPLE / "dev.jsonl").documents
+    res = train(config, train_docs, dev_docs, LABELS, run_dir, resume=True, progress=False)
+    assert [h.epoch for h in res.history] == [1, 2] and res.stopped_reason == "finished 2 epochs"
+    assert not (run_dir / "checkpoint.pt").exists()  # converted once, then replaced by the new format
+    assert sorted(p.name for p in run_dir.glob("checkpoint*")) == [
+        "checkpoint-e0002.safetensors",
+        "checkpoint.json",
+    ]
+    uninterrupted = json.loads(Path("runs/20261201-152337-sample-bilstm-56603a/history.json").read_text())
+    for ours, theirs in zip(json.loads((run_dir / "history.json").read_text()), uninterrupted, strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
+        assert ours["dev_f1"] == pytest.approx(theirs["dev_f1"], abs=1e-9)
+        assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-9)
+
+
+def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
+    """Tied weights share one storage, which safetensors refuses; the checkpoint copies the second user."""
+    from ner_core.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    w = torch.randn(4, 3)
+    model = {"embeddings.weight": w, "decoder.weight": w, "rows": w[1:]}
+    param = torch.nn.Parameter(torch.randn(2))
+    opt = torch.optim.AdamW([param], betas=(0.8, 0.9))
+    param.grad = torch.ones(2)
+    opt.step()
+    state = TrainingState(epoch=3, step=7, best_f1=0.5, elapsed=1.25)
+    state.capture_rng()
+    save_checkpoint(tmp_path, state, model, opt.state_dict(), {"scale": 1024.0, "_growth_tracker": 3})
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.model.keys() == model.keys() and all(torch.equal(ckpt.model[k], model[k]) for k in model)
+    assert ckpt.scaler == {"scale": 1024.0, "_growth_tracker": 3}
+    assert (ckpt.state.epoch, ckpt.state.step, ckpt.state.best_f1, ckpt.state.elapsed) == (3, 7, 0.5, 1.25)
+    saved = opt.state_dict()
+    assert ckpt.optimizer["state"].keys() == saved["state"].keys()
+    for key, value in saved["state"][0].items():
+        assert torch.equal(ckpt.optimizer["state"][0][key], value), key
+    assert ckpt.optimizer["param_groups"][0]["betas"] == [
+        0.8,
+        0.9,
+    ]  # JSON: the trainer makes it a tuple again
