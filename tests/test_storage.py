@@ -368,7 +368,8 @@ def test_saved_evaluation_reads_back_and_saving_again_replaces_it(tmp_path):
 
 # --------------------------------------------------------------------------- the legacy database
 LEGACY_RUN = "20261201-152337-sample-bilstm-56603a"  # completed, promoted, evaluated, predicted
-LEGACY_FAILED = "20261201-152339-sample-bilstm-7b9f2c"  # interrupted after epoch 1 of 2
+LEGACY_FAILED = "20261201-152339-sample-bilstm-7b9f2c"  # interrupted after epoch 1 of 4
+LEGACY_PRED = "pred-bf1bc1119c2a"  # the completed run on two raw texts: 21 entities
 LEGACY_LABELS = ["FIN", "LOC", "ORG", "PER"]
 
 
@@ -387,16 +388,22 @@ def test_legacy_database_opens_and_the_dashboard_reads_return_its_rows(legacy_db
         doc_text = con.execute(
             "SELECT text FROM predicted_documents WHERE doc_id = '01_finance_news'"
         ).fetchone()[0]
+        doc_ents = con.execute(
+            'SELECT "start", "end", label, text FROM predicted_entities '
+            "WHERE doc_id = '01_finance_news' ORDER BY \"start\""
+        ).fetchall()
     runs = runs_frame(legacy_db, wait_s=0)
     listed = [(r.run_id, r.status) for r in runs.itertuples()]
     assert listed == [r[:2] for r in stored_runs] == [(LEGACY_FAILED, "failed"), (LEGACY_RUN, "completed")]
     done = runs.set_index("run_id").loc[LEGACY_RUN]
-    assert done["is_production"] and done["n_epochs"] == 2 and done["model_dir"] == f"runs/{LEGACY_RUN}/model"
+    assert done["is_production"] and done["n_epochs"] == 4 and done["model_dir"] == f"runs/{LEGACY_RUN}/model"
     assert (done["best_dev_f1"], done["test_f1"]) == (stored_runs[1][2], stored_eval[0][1])
     epochs = epochs_frame(legacy_db, (LEGACY_RUN, LEGACY_FAILED), wait_s=0)
     assert epochs[["run_id", "epoch"]].values.tolist() == [
         [LEGACY_RUN, 1],
         [LEGACY_RUN, 2],
+        [LEGACY_RUN, 3],
+        [LEGACY_RUN, 4],
         [LEGACY_FAILED, 1],
     ]
     assert models_frame(legacy_db, wait_s=0)["run_id"].tolist() == [LEGACY_RUN]
@@ -409,16 +416,17 @@ def test_legacy_database_opens_and_the_dashboard_reads_return_its_rows(legacy_db
     types = evaluation_types_frame(legacy_db, eval_id, wait_s=0)
     assert list(zip(types["label"], types["support"])) == [("FIN", 49), ("LOC", 73), ("ORG", 87), ("PER", 43)]
     n_errors = sum(n for kinds in report["errors"].values() for n in kinds.values())
-    assert evaluation_errors_frame(legacy_db, eval_id, wait_s=0)["n"].sum() == n_errors == 252
+    assert evaluation_errors_frame(legacy_db, eval_id, wait_s=0)["n"].sum() == n_errors == 81
     pr = prediction_runs_frame(legacy_db, wait_s=0)
     assert pr[["pred_run_id", "run_id", "status", "n_documents"]].values.tolist() == [
-        ["pred-a201b4d3dfdc", LEGACY_RUN, "completed", 2]
+        [LEGACY_PRED, LEGACY_RUN, "completed", 2]
     ]
-    docs = predicted_docs_frame(legacy_db, "pred-a201b4d3dfdc", "", (), 500, wait_s=0)
+    docs = predicted_docs_frame(legacy_db, LEGACY_PRED, "", (), 500, wait_s=0)
     assert docs["doc_id"].tolist() == ["01_finance_news", "02_general_news"]
-    text, ents = predicted_document(legacy_db, "pred-a201b4d3dfdc", "01_finance_news", wait_s=0)
+    text, ents = predicted_document(legacy_db, LEGACY_PRED, "01_finance_news", wait_s=0)
     assert text == doc_text and text.startswith("凌云科技有限公司 CEO 程亦凡")
-    assert ents.empty and list(ents.columns) == ENTITY_COLUMNS  # that tiny model found no entity
+    assert list(ents.columns) == ENTITY_COLUMNS and len(doc_ents) == 13
+    assert [tuple(r) for r in ents[["start", "end", "label", "text"]].values] == doc_ents
     assert entity_labels(legacy_db, wait_s=0) == tuple(LEGACY_LABELS)
 
 

@@ -100,7 +100,7 @@ def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
         tmp_path / "hard",
         progress=False,
     )
-    assert [h.epoch for h in res.history] == [1, 2] and res.stopped_reason == "finished 2 epochs"
+    assert [h.epoch for h in res.history] == [1, 2, 3, 4] and res.stopped_reason == "finished 4 epochs"
     # tiny learning rates: dev F1 cannot improve, so early stopping fires after `patience` epochs
     frozen = _config(
         tiny_encoder_dir,
@@ -311,7 +311,7 @@ def test_a_pickled_checkpoint_that_would_run_code_is_refused_unread(tiny_encoder
 
 
 def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(legacy_dir):
-    """The fixture's run ...-7b9f2c was killed after epoch 1 of 2 by the code at 3cc253c; run ...-56603a
+    """The fixture's run ...-7b9f2c was killed after epoch 1 of 4 by the code at 3cc253c; run ...-56603a
     is the same run (same seed and data; only the dead window_stride differs), uninterrupted."""
     from ner_core.config import NERConfig
     from ner_core.formats import read_file
@@ -322,10 +322,10 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
     train_docs = read_file(SAMPLE / "train.jsonl").documents
     dev_docs = read_file(SAMPLE / "dev.jsonl").documents
     res = train(config, train_docs, dev_docs, LABELS, run_dir, resume=True, progress=False)
-    assert [h.epoch for h in res.history] == [1, 2] and res.stopped_reason == "finished 2 epochs"
+    assert [h.epoch for h in res.history] == [1, 2, 3, 4] and res.stopped_reason == "finished 4 epochs"
     assert not (run_dir / "checkpoint.pt").exists()  # converted once, then replaced by the new format
     assert sorted(p.name for p in run_dir.glob("checkpoint*")) == [
-        "checkpoint-e0002.safetensors",
+        "checkpoint-e0004.safetensors",
         "checkpoint.json",
     ]
     uninterrupted = json.loads(Path("runs/20261201-152337-sample-bilstm-56603a/history.json").read_text())
