@@ -59,10 +59,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ner_core import schemes
 from ner_core.documents import Document, Entity
+from ner_core.schemes import Scheme
 
 FORMATS = ("seed_json", "seed_texts", "conll", "bmes", "cluener", "jsonl", "text")
-SCHEMES = ("BIO", "IOB1", "BIOES", "BMES")
 POLICIES = ("strict", "repair")
 _MAX_TAG_PROBLEMS_PER_RECORD = 5
 
@@ -106,7 +107,7 @@ class ParseResult:
     source: str
     sha256: str
     split: str | None = None
-    scheme: str | None = None
+    scheme: Scheme | None = None
     fatal: bool = False
     rejected: int = 0  # records rejected by error-severity problems
     _documents: list[Document] | None = field(default=None, repr=False)
@@ -151,13 +152,14 @@ def _doc(
     )
 
 
-def _normalise_scheme(scheme: str | None, default: str) -> str:
+def _normalise_scheme(scheme: Scheme | str | None, default: Scheme) -> Scheme:
+    """``scheme`` by its name in any case (``"bio"``; no other alias), or ``default`` for ``None``."""
     if scheme is None:
         return default
-    s = str(getattr(scheme, "value", scheme)).upper()
-    if s not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    return s
+    name = str(getattr(scheme, "value", scheme)).upper()
+    if name not in Scheme.__members__:
+        raise ValueError(f"scheme must be one of {tuple(s.value for s in Scheme)}, got {scheme!r}")
+    return Scheme[name]
 
 
 _TAG_LINE_RE = re.compile(r"^([A-Za-z]{1,2}-\S+|[OBIMES])$")  # tag-like last column
@@ -224,138 +226,9 @@ def detect_format(path: str | Path) -> str:
 # ----------------------------------------------------------------------------------------- tag decoding
 
 
-def _fast_spans(tags: list[str], scheme: str) -> list[tuple[int, int, str]] | None:
-    """Spans ``(start, end, label)`` when every tag is known and every transition allowed, else ``None``."""
-    spans: list[tuple[int, int, str]] = []
-    cur: str | None = None
-    start = 0
-    if scheme == "BIO":
-        return _fast_bio(tags)
-    if scheme == "BIO_LOOP":  # reference implementation of _fast_bio, kept for the tests
-        for i, t in enumerate(tags):
-            if t == "O":
-                if cur is not None:
-                    spans.append((start, i, cur))
-                    cur = None
-                continue
-            pre, lab = t[:2], t[2:]
-            if not lab:
-                return None
-            if pre == "B-":
-                if cur is not None:
-                    spans.append((start, i, cur))
-                cur, start = lab, i
-            elif pre == "I-":
-                if cur != lab:
-                    return None
-            else:
-                return None
-    elif scheme == "IOB1":
-        for i, t in enumerate(tags):
-            if t == "O":
-                if cur is not None:
-                    spans.append((start, i, cur))
-                    cur = None
-                continue
-            pre, lab = t[:2], t[2:]
-            if not lab:
-                return None
-            if pre == "I-":
-                if cur != lab:
-                    if cur is not None:
-                        spans.append((start, i, cur))
-                    cur, start = lab, i
-            elif pre == "B-":  # only separates two adjacent entities of the same type
-                if cur != lab:
-                    return None
-                spans.append((start, i, cur))
-                start = i
-            else:
-                return None
-    else:  # BIOES / BMES
-        inside = "M-" if scheme == "BMES" else "I-"
-        for i, t in enumerate(tags):
-            if t == "O":
-                if cur is not None:
-                    return None
-                continue
-            pre, lab = t[:2], t[2:]
-            if not lab:
-                return None
-            if pre == "B-":
-                if cur is not None:
-                    return None
-                cur, start = lab, i
-            elif pre == inside:
-                if cur != lab:
-                    return None
-            elif pre == "E-":
-                if cur != lab:
-                    return None
-                spans.append((start, i + 1, lab))
-                cur = None
-            elif pre == "S-":
-                if cur is not None:
-                    return None
-                spans.append((i, i + 1, lab))
-            else:
-                return None
-        if cur is not None:
-            return None
-        return spans
-    if cur is not None:
-        spans.append((start, len(tags), cur))
-    return spans
-
-
-_BI_RE = re.compile(r"BI*")
-
-
-def _fast_bio(tags: list[str]) -> list[tuple[int, int, str]] | None:
-    """BIO spans with C-level string work: entities are the runs ``B I*`` in the string of tag initials."""
-    distinct = set(tags)
-    for t in distinct:
-        if t != "O" and (len(t) < 3 or t[1] != "-" or t[0] not in "BI"):
-            return None
-    if len(distinct) == 1 and "O" in distinct:
-        return []
-    initials = "".join([t[0] for t in tags])
-    spans: list[tuple[int, int, str]] = []
-    n_inside = 0
-    for m in _BI_RE.finditer(initials):
-        s, e = m.span()
-        lab = tags[s][2:]
-        if e - s > 1:
-            if tags[s + 1 : e].count(f"I-{lab}") != e - s - 1:
-                return None  # an I- of another label inside the run
-            n_inside += e - s - 1
-        spans.append((s, e, lab))
-    if n_inside != initials.count("I"):
-        return None  # a stray I- that no B- opened
-    return spans
-
-
-def _schemes():
-    try:
-        from ner_core import schemes
-    except ImportError as exc:  # pragma: no cover - the module is part of the package
-        raise RuntimeError(f"ner_core.schemes is needed to validate tags that are not clean: {exc}") from exc
-    return schemes
-
-
-def _scheme_obj(schemes_mod: Any, scheme: str) -> Any:
-    enum = getattr(schemes_mod, "Scheme", None)
-    if enum is None:
-        return scheme
-    try:
-        return enum(scheme)
-    except ValueError:
-        return enum[scheme]
-
-
 def _decode_tags(
     tags: list[str],
-    scheme: str,
+    scheme: Scheme,
     policy: str,
     file: str,
     record: int | None,
@@ -366,12 +239,10 @@ def _decode_tags(
 
     ``line_of(position)`` gives the file line of a tag position (or ``None``).
     """
-    spans = _fast_spans(tags, scheme)
+    spans = schemes.fast_spans(tags, scheme)
     if spans is not None:
         return spans
-    sch = _schemes()
-    sobj = _scheme_obj(sch, scheme)
-    found = sch.validate_tags(tags, sobj)
+    found = schemes.validate_tags(tags, scheme)
     unknown = [tp for tp in found if tp.code == "unknown_tag"]
     bad = [tp for tp in found if tp.code != "unknown_tag"]
     if unknown:
@@ -390,7 +261,7 @@ def _decode_tags(
             )
         return None
     if not bad:  # the fast path is stricter than the scheme: trust the scheme module
-        return [(e.start, e.end, e.label) for e in sch.tags_to_spans(tags, sobj)]
+        return [(e.start, e.end, e.label) for e in schemes.tags_to_spans(tags, scheme)]
     if policy == "strict":
         for tp in bad[:_MAX_TAG_PROBLEMS_PER_RECORD]:
             problems.append(
@@ -399,7 +270,7 @@ def _decode_tags(
                 )
             )
         return None
-    repaired, warnings = sch.repair_tags(tags, sobj)
+    repaired, warnings = schemes.repair_tags(tags, scheme)
     for w in warnings or bad:
         pos = getattr(w, "position", None)
         msg = getattr(w, "message", None) or str(w)
@@ -413,7 +284,7 @@ def _decode_tags(
                 f"repaired {msg}",
             )
         )
-    return [(e.start, e.end, e.label) for e in sch.tags_to_spans(list(repaired), sobj)]
+    return [(e.start, e.end, e.label) for e in schemes.tags_to_spans(repaired, scheme)]
 
 
 def _type_untyped(tags: list[str], untyped_label: str) -> list[str]:
@@ -431,7 +302,7 @@ def _type_untyped(tags: list[str], untyped_label: str) -> list[str]:
 
 
 class _Ctx:
-    def __init__(self, path: Path, split: str | None, policy: str, untyped_label: str, scheme: str):
+    def __init__(self, path: Path, split: str | None, policy: str, untyped_label: str, scheme: Scheme):
         self.file = str(path)
         self.stem = path.stem
         self.split = split
@@ -757,20 +628,6 @@ def _conll_lines(
     flush()
 
 
-def _spread(tag: str, n: int, scheme: str) -> list[str]:
-    if n == 1 or tag == "O" or len(tag) < 2 or tag[1] != "-":
-        return [tag] * n
-    pre, lab = tag[0], tag[2:]
-    inside = "M" if scheme == "BMES" else "I"
-    if pre == "B":
-        return [tag] + [f"{inside}-{lab}"] * (n - 1)
-    if pre == "E":
-        return [f"{inside}-{lab}"] * (n - 1) + [tag]
-    if pre == "S":
-        return [f"B-{lab}"] + [f"{inside}-{lab}"] * (n - 2) + [f"E-{lab}"]
-    return [tag] * n
-
-
 def _finish_conll(
     ctx: _Ctx, record: int, first_line: int, chars: list[str], tags: list[str], multi: bool
 ) -> None:
@@ -783,7 +640,7 @@ def _finish_conll(
         )
         new_tags: list[str] = []
         for ch, t in zip(chars, tags):
-            new_tags.extend(_spread(t, len(ch), ctx.scheme))
+            new_tags.extend(schemes.spread_tag(t, len(ch), ctx.scheme))
         tags = new_tags
         line_of = lambda _p: first_line  # noqa: E731 - token lines no longer map 1:1 to positions
     else:
@@ -1019,7 +876,7 @@ def read_file(
     policy: Literal["strict", "repair"] = "repair",
     untyped_label: str = "ENT",
     tag_column: int = -1,
-    scheme: str | None = None,
+    scheme: Scheme | str | None = None,
 ) -> ParseResult:
     """Parse and validate one file into :class:`Document` objects.
 
@@ -1040,13 +897,13 @@ def read_file(
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     fmt = format or detect_format(p)
-    default_scheme = {"bmes": "BMES", "conll": "BIO", "seed_json": "BIO"}.get(fmt)
-    sch = _normalise_scheme(scheme, default_scheme or "BIO")
-    if fmt == "bmes" and sch in ("BIO", "IOB1"):
+    default_scheme = Scheme.BMES if fmt == "bmes" else Scheme.BIO
+    sch = _normalise_scheme(scheme, default_scheme)
+    if fmt == "bmes" and sch in (Scheme.BIO, Scheme.IOB1):
         raise ValueError(f"{p}: format 'bmes' needs scheme BMES or BIOES, got {sch}")
     data = p.read_bytes()
     if fmt == "bmes" and scheme is None and re.search(rb"[ \t]I-", data) and not re.search(rb"[ \t]M-", data):
-        sch = "BIOES"
+        sch = Scheme.BIOES
     ctx = _Ctx(p, split, policy, untyped_label, sch)
     with no_gc():
         ok = _dispatch(ctx, fmt, data, tag_column)

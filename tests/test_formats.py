@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from ner_core import schemes
 from ner_core.documents import Document
-from ner_core.formats import FORMATS, _fast_spans, detect_format, read_file
+from ner_core.formats import FORMATS, detect_format, read_file
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -309,31 +307,3 @@ def test_invalid_arguments(tmp_path):
         read_file(p, untyped_label="A B")
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         read_file(tmp_path / "nope.txt")
-
-
-@pytest.mark.parametrize("scheme", ["BIO", "IOB1", "BIOES", "BMES"])
-def test_fast_path_agrees_with_schemes(scheme):
-    """The fast decoder either declines (None) or returns exactly schemes.tags_to_spans on valid input."""
-    rng = random.Random(7)
-    prefixes = {"BIO": "BI", "IOB1": "BI", "BIOES": "BIES", "BMES": "BMES"}[scheme]
-    tags_pool = ["O"] + [f"{p}-{lab}" for p in prefixes for lab in ("A", "B")]
-    checked = 0
-    for _ in range(3000):
-        tags = [rng.choice(tags_pool) for _ in range(rng.randint(0, 7))]
-        fast = _fast_spans(tags, scheme)
-        valid = not schemes.validate_tags(tags, scheme)
-        if valid:
-            ref = [(e.start, e.end, e.label) for e in schemes.tags_to_spans(tags, scheme)]
-            assert fast == ref, tags
-            checked += 1
-        else:
-            assert fast is None, tags
-    assert checked > 50
-
-
-def test_fast_bio_matches_reference_loop():
-    rng = random.Random(3)
-    pool = ["O", "B-A", "I-A", "B-B", "I-B", "X-A", "B-"]
-    for _ in range(3000):
-        tags = [rng.choice(pool) for _ in range(rng.randint(0, 9))]
-        assert _fast_spans(tags, "BIO") == _fast_spans(tags, "BIO_LOOP"), tags
