@@ -63,6 +63,7 @@ __all__ = [
     "TrainingScheme",
     "allowed_transitions",
     "convert_tags",
+    "fast_decoder",
     "fast_spans",
     "is_transition_allowed",
     "labels_of",
@@ -348,10 +349,13 @@ def fast_spans(tags: Sequence[str], scheme: Scheme | str) -> list[tuple[int, int
     :func:`repair_tags` and :func:`tags_to_spans`. A tag is checked for its prefix and a non-empty label
     only (a label containing whitespace passes), so known-tag checks stay with :func:`validate_tags`.
     """
+    return fast_decoder(scheme)(tags)
+
+
+def fast_decoder(scheme: Scheme | str) -> Callable[[Sequence[str]], list[tuple[int, int, str]] | None]:
+    """:func:`fast_spans` for one scheme, looked up once (for a reader that decodes many sequences)."""
     decode = _FAST.get(scheme) if isinstance(scheme, str) else None
-    if decode is None:
-        decode = _FAST[scheme_spec(scheme).scheme]
-    return decode(tags)
+    return decode if decode is not None else _FAST[scheme_spec(scheme).scheme]
 
 
 def _fast_bio(

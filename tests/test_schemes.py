@@ -21,6 +21,7 @@ from ner_core.schemes import (
     TrainingScheme,
     allowed_transitions,
     convert_tags,
+    fast_decoder,
     fast_spans,
     is_transition_allowed,
     labels_of,
@@ -266,6 +267,7 @@ def test_fast_spans_scheme_names():
         fast_spans(tags, "BIO") == fast_spans(tags, Scheme.BIO) == fast_spans(tags, "iob2") == [(0, 2, "PER")]
     )
     assert fast_spans(tags, "BIOES") is None
+    assert fast_decoder("BIO") is fast_decoder(Scheme.BIO) and fast_decoder("bio")(tags) == [(0, 2, "PER")]
     with pytest.raises(ValueError, match="expected a tag scheme"):
         fast_spans(tags, "BILOU")
 

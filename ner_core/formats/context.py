@@ -97,6 +97,7 @@ class ReadContext:
         self.untyped_label = untyped_label
         self.scheme = scheme
         self.tag_column = tag_column
+        self._fast_spans = schemes.fast_decoder(scheme)
         self.records: list[Record] = []
         self.problems: list[Problem] = []
         self.rejected = 0
@@ -135,10 +136,10 @@ class ReadContext:
         A valid sequence takes :func:`ner_core.schemes.fast_spans`; any other is validated, and under
         ``repair`` repaired, by :mod:`ner_core.schemes`.
         """
-        scheme, policy, file, problems = self.scheme, self.policy, self.file, self.problems
-        spans = schemes.fast_spans(tags, scheme)
+        spans = self._fast_spans(tags)
         if spans is not None:
             return spans
+        scheme, policy, file, problems = self.scheme, self.policy, self.file, self.problems
         found = schemes.validate_tags(tags, scheme)
         unknown = [tp for tp in found if tp.code == "unknown_tag"]
         bad = [tp for tp in found if tp.code != "unknown_tag"]
