@@ -224,7 +224,7 @@ _CLOSES = (None, Role.BEGIN, Role.SINGLE)  # roles that close an open entity wha
 
 @lru_cache(maxsize=65536)
 def _role_in(scheme: Scheme, tag: str) -> tuple[Role | None, str | None]:
-    """Cached :func:`_role` (tag sequences repeat a handful of tags millions of times)."""
+    """Cached :func:`_role` (a corpus repeats a handful of tags over and over)."""
     return _role(_SPECS[scheme], tag)
 
 
