@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ner_core.schemes import Scheme, TrainingScheme
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -35,8 +37,8 @@ class HeadType(str, Enum):
 
 class DataConfig(_Strict):
     dataset: str = Field("sample", description="dataset name in DuckDB (or a label for file input)")
-    scheme: Literal["BIO", "BIOES"] = Field(
-        "BIOES", description="tag scheme the model is trained in; spans are converted on the fly"
+    scheme: TrainingScheme = Field(
+        Scheme.BIOES, description="tag scheme the model is trained in; spans are converted on the fly"
     )
     max_len: int = Field(
         128,

@@ -65,11 +65,9 @@ class LoadedModel:
 
 
 def _entity_labels(tags: list[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for t in tags:
-        if t != "O" and "-" in t:
-            seen.setdefault(t.split("-", 1)[1], None)
-    return list(seen)
+    from ner_core.schemes import labels_of  # here, not at the top: this function is all that uses it
+
+    return labels_of(tags)
 
 
 def _write_json(path: Path, obj: Any) -> None:

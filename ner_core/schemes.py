@@ -4,9 +4,10 @@ This module is the single owner of tag schemes. Entities live as half-open chara
 ``[start, end)`` (:class:`ner_core.documents.Entity`); tags are derived from them per run.
 
 A tag is ``"O"`` or ``"<PREFIX>-<LABEL>"``; the label may itself contain ``-`` or ``_`` (the tag is
-split at the first ``-``). Each scheme is *data*: a table from prefix to the role the prefix plays
-in a span (begin / inside / end / single) plus one encoding flag for IOB1. Everything else (span
-encoding, lenient decoding, validation, repair, allowed CRF transitions) is derived from the table.
+split at the first ``-``). Each scheme is *data*: a table from prefix to the :class:`Role` the prefix
+plays in a span (begin / inside / end / single) plus a rule family (``bio``, ``iob1``, ``bioes``).
+Everything else (span encoding, lenient decoding, the one-pass decoder of valid sequences
+:func:`fast_spans`, validation, repair, allowed CRF transitions) is derived from the table.
 
 Canonical encoding of an entity of length ``n`` (``spans_to_tags``):
 
@@ -39,27 +40,38 @@ sequence ``spans_to_tags(len(t), tags_to_spans(t)) == t`` and :func:`repair_tags
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from functools import lru_cache
+from enum import Enum, StrEnum
+from functools import lru_cache, partial
+from typing import Annotated
 
 import numpy as np
+from pydantic import BeforeValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ner_core.documents import Entity
 
 __all__ = [
     "OUTSIDE",
+    "TRAINING_SCHEMES",
+    "Role",
     "Scheme",
     "SchemeSpec",
     "TagProblem",
+    "TrainingScheme",
     "allowed_transitions",
     "convert_tags",
+    "fast_decoder",
+    "fast_spans",
     "is_transition_allowed",
+    "labels_of",
     "parse_tag",
     "repair_tags",
     "scheme_spec",
     "spans_to_tags",
+    "spread_tag",
     "tag_set",
     "tags_to_spans",
     "validate_tags",
@@ -70,8 +82,12 @@ START = "START"
 END = "END"
 
 
-class Scheme(str, Enum):
-    """The supported tag schemes. ``Scheme("iob2")`` and ``Scheme("bio")`` are accepted too."""
+class Scheme(StrEnum):
+    """The supported tag schemes. ``Scheme("iob2")`` and ``Scheme("bio")`` are accepted too.
+
+    A member is the string of its name (``Scheme.BIO == "BIO"``, ``str(Scheme.BIO) == "BIO"``), so it
+    serialises to JSON, DuckDB and f-strings as the plain name.
+    """
 
     BIO = "BIO"
     BIOES = "BIOES"
@@ -89,8 +105,35 @@ class Scheme(str, Enum):
         return None
 
 
-# Roles a prefix can play inside a span.
-BEGIN, INSIDE, LAST, SINGLE = "begin", "inside", "end", "single"
+class Role(Enum):
+    """The part a tag prefix plays in an entity span."""
+
+    BEGIN = "begin"  # first character of a span of two or more (B)
+    INSIDE = "inside"  # a character after the first (I, M; IOB1: any character)
+    LAST = "end"  # the last character of a span of two or more (E)
+    SINGLE = "single"  # a span of one character (S)
+
+
+# Training schemes: the schemes a model is trained in (DataConfig.scheme); the others are read only.
+TRAINING_SCHEMES = (Scheme.BIO, Scheme.BIOES)
+
+
+def _training_scheme(value: object) -> object:
+    # exactly the names, as the Literal["BIO", "BIOES"] this type replaces (no aliases such as "bio")
+    if value not in TRAINING_SCHEMES:
+        raise PydanticCustomError(
+            "literal_error", "Input should be 'BIO' or 'BIOES'", {"expected": "'BIO' or 'BIOES'"}
+        )
+    return value
+
+
+TrainingScheme = Annotated[
+    Scheme,
+    BeforeValidator(_training_scheme),
+    WithJsonSchema({"enum": [s.value for s in TRAINING_SCHEMES], "title": "Scheme", "type": "string"}),
+]
+"""A pydantic field type: a :class:`Scheme` that must be one of :data:`TRAINING_SCHEMES`, given by its
+exact name; it serialises to that name (``"BIO"`` / ``"BIOES"``)."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +145,10 @@ class SchemeSpec:
     """
 
     scheme: Scheme
-    prefixes: dict[str, str]
+    prefixes: dict[str, Role]
     family: str
 
-    def prefix_for(self, role: str) -> str | None:
+    def prefix_for(self, role: Role) -> str | None:
         for prefix, r in self.prefixes.items():
             if r == role:
                 return prefix
@@ -113,10 +156,14 @@ class SchemeSpec:
 
 
 _SPECS: dict[Scheme, SchemeSpec] = {
-    Scheme.BIO: SchemeSpec(Scheme.BIO, {"B": BEGIN, "I": INSIDE}, "bio"),
-    Scheme.BIOES: SchemeSpec(Scheme.BIOES, {"B": BEGIN, "I": INSIDE, "E": LAST, "S": SINGLE}, "bioes"),
-    Scheme.BMES: SchemeSpec(Scheme.BMES, {"B": BEGIN, "M": INSIDE, "E": LAST, "S": SINGLE}, "bioes"),
-    Scheme.IOB1: SchemeSpec(Scheme.IOB1, {"I": INSIDE, "B": BEGIN}, "iob1"),
+    Scheme.BIO: SchemeSpec(Scheme.BIO, {"B": Role.BEGIN, "I": Role.INSIDE}, "bio"),
+    Scheme.BIOES: SchemeSpec(
+        Scheme.BIOES, {"B": Role.BEGIN, "I": Role.INSIDE, "E": Role.LAST, "S": Role.SINGLE}, "bioes"
+    ),
+    Scheme.BMES: SchemeSpec(
+        Scheme.BMES, {"B": Role.BEGIN, "M": Role.INSIDE, "E": Role.LAST, "S": Role.SINGLE}, "bioes"
+    ),
+    Scheme.IOB1: SchemeSpec(Scheme.IOB1, {"I": Role.INSIDE, "B": Role.BEGIN}, "iob1"),
 }
 
 
@@ -158,7 +205,7 @@ def _parse_tag(tag: str) -> tuple[str, str | None]:
     return prefix, label
 
 
-def _role(spec: SchemeSpec, tag: str) -> tuple[str | None, str | None]:
+def _role(spec: SchemeSpec, tag: str) -> tuple[Role | None, str | None]:
     """``(role, label)`` of ``tag`` in ``spec``; role is None for ``O``. Raises ValueError if unknown."""
     prefix, label = parse_tag(tag)
     if label is None:
@@ -172,13 +219,16 @@ def _role(spec: SchemeSpec, tag: str) -> tuple[str | None, str | None]:
     return role, label
 
 
+_CLOSES = (None, Role.BEGIN, Role.SINGLE)  # roles that close an open entity whatever its label
+
+
 @lru_cache(maxsize=65536)
-def _role_in(scheme: Scheme, tag: str) -> tuple[str | None, str | None]:
-    """Cached :func:`_role` (tag sequences repeat a handful of tags millions of times)."""
+def _role_in(scheme: Scheme, tag: str) -> tuple[Role | None, str | None]:
+    """Cached :func:`_role` (a corpus repeats a handful of tags over and over)."""
     return _role(_SPECS[scheme], tag)
 
 
-def _role_checked(scheme: Scheme, tag: object) -> tuple[str | None, str | None]:
+def _role_checked(scheme: Scheme, tag: object) -> tuple[Role | None, str | None]:
     if not isinstance(tag, str):
         raise ValueError(f"expected a tag string such as 'O' or 'B-PER', got {type(tag).__name__} {tag!r}")
     return _role_in(scheme, tag)
@@ -226,10 +276,10 @@ def spans_to_tags(length: int, entities: Sequence[Entity], scheme: Scheme | str)
             raise ValueError(
                 f"entities overlap: [{a.start}, {a.end}) {a.label} and [{b.start}, {b.end}) {b.label}"
             )
-    begin = spec.prefix_for(BEGIN)
-    inside = spec.prefix_for(INSIDE)
-    last = spec.prefix_for(LAST)
-    single = spec.prefix_for(SINGLE)
+    begin = spec.prefix_for(Role.BEGIN)
+    inside = spec.prefix_for(Role.INSIDE)
+    last = spec.prefix_for(Role.LAST)
+    single = spec.prefix_for(Role.SINGLE)
     iob1 = spec.family == "iob1"
     tags = [OUTSIDE] * length
     prev: Entity | None = None
@@ -262,7 +312,7 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
     spans: list[tuple[int, int, str]] = []
     open_start = -1
     open_label: str | None = None
-    memo: dict[str, tuple[str | None, str | None]] = {}
+    memo: dict[str, tuple[Role | None, str | None]] = {}
     for i, tag in enumerate(tags):
         try:
             role, label = memo[tag]
@@ -271,14 +321,14 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
                 role, label = memo[tag] = _role_checked(spec.scheme, tag)
             except ValueError as err:
                 raise ValueError(f"position {i}: {err}") from None
-        if open_label is not None and (role in (None, BEGIN, SINGLE) or label != open_label):
+        if open_label is not None and (role in _CLOSES or label != open_label):
             spans.append((open_start, i, open_label))  # close the open entity before this tag
             open_label = None
         if role is None:
             continue
-        if role == SINGLE:
+        if role is Role.SINGLE:
             spans.append((i, i + 1, label))
-        elif role == LAST:
+        elif role is Role.LAST:
             start = open_start if open_label is not None else i
             spans.append((start, i + 1, label))
             open_label = None
@@ -288,6 +338,170 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
         spans.append((open_start, len(tags), open_label))
     # the spans are valid by construction: skip pydantic validation (a large share of the time)
     return [Entity.model_construct(start=s, end=e, label=lab) for s, e, lab in spans]
+
+
+def fast_spans(tags: Sequence[str], scheme: Scheme | str) -> list[tuple[int, int, str]] | None:
+    """Spans ``(start, end, label)`` of a valid tag sequence, by start; ``None`` when a tag is unknown or a
+    transition is not allowed.
+
+    The one-pass decoder for bulk reading: on a valid sequence it equals :func:`tags_to_spans` (as
+    tuples); on anything else it declines, and the caller falls back to :func:`validate_tags`,
+    :func:`repair_tags` and :func:`tags_to_spans`. A tag is checked for its prefix and a non-empty label
+    only (a label containing whitespace passes), so known-tag checks stay with :func:`validate_tags`.
+    """
+    return fast_decoder(scheme)(tags)
+
+
+def fast_decoder(scheme: Scheme | str) -> Callable[[Sequence[str]], list[tuple[int, int, str]] | None]:
+    """:func:`fast_spans` for one scheme, looked up once (for a reader that decodes many sequences)."""
+    decode = _FAST.get(scheme) if isinstance(scheme, str) else None
+    return decode if decode is not None else _FAST[scheme_spec(scheme).scheme]
+
+
+def _fast_bio(
+    begin: str, inside: str, run_re: re.Pattern[str], tags: Sequence[str]
+) -> list[tuple[int, int, str]] | None:
+    """Family ``bio`` with C-level string work: entities are the runs ``B I*`` (``run_re``) in the string
+    of tag initials; ``begin`` and ``inside`` are the one-character prefixes."""
+    distinct = set(tags)
+    for t in distinct:
+        if t != OUTSIDE and (len(t) < 3 or t[1] != "-" or t[0] not in (begin, inside)):
+            return None
+    if len(distinct) == 1 and OUTSIDE in distinct:
+        return []
+    initials = "".join([t[0] for t in tags])
+    spans: list[tuple[int, int, str]] = []
+    n_inside = 0
+    for m in run_re.finditer(initials):
+        s, e = m.span()
+        lab = tags[s][2:]
+        if e - s > 1:
+            if tags[s + 1 : e].count(f"{inside}-{lab}") != e - s - 1:
+                return None  # an inside tag of another label within the run
+            n_inside += e - s - 1
+        spans.append((s, e, lab))
+    if n_inside != initials.count(inside):
+        return None  # a stray inside tag that no begin tag opened
+    return spans
+
+
+def _fast_iob1(begin: str, inside: str, tags: Sequence[str]) -> list[tuple[int, int, str]] | None:
+    """Family ``iob1``; the prefixes come with their dash (``"B-"``)."""
+    spans: list[tuple[int, int, str]] = []
+    cur: str | None = None
+    start = 0
+    for i, t in enumerate(tags):
+        if t == OUTSIDE:
+            if cur is not None:
+                spans.append((start, i, cur))
+                cur = None
+            continue
+        pre, lab = t[:2], t[2:]
+        if not lab:
+            return None
+        if pre == inside:
+            if cur != lab:
+                if cur is not None:
+                    spans.append((start, i, cur))
+                cur, start = lab, i
+        elif pre == begin:  # only separates two adjacent entities of the same label
+            if cur != lab:
+                return None
+            spans.append((start, i, cur))
+            start = i
+        else:
+            return None
+    if cur is not None:
+        spans.append((start, len(tags), cur))
+    return spans
+
+
+def _fast_bioes(
+    begin: str, inside: str, last: str, single: str, tags: Sequence[str]
+) -> list[tuple[int, int, str]] | None:
+    """Family ``bioes``; the prefixes come with their dash (``"B-"``)."""
+    spans: list[tuple[int, int, str]] = []
+    cur: str | None = None
+    start = 0
+    for i, t in enumerate(tags):
+        if t == OUTSIDE:
+            if cur is not None:
+                return None
+            continue
+        pre, lab = t[:2], t[2:]
+        if not lab:
+            return None
+        if pre == begin:
+            if cur is not None:
+                return None
+            cur, start = lab, i
+        elif pre == inside:
+            if cur != lab:
+                return None
+        elif pre == last:
+            if cur != lab:
+                return None
+            spans.append((start, i + 1, lab))
+            cur = None
+        elif pre == single:
+            if cur is not None:
+                return None
+            spans.append((i, i + 1, lab))
+        else:
+            return None
+    return None if cur is not None else spans
+
+
+def _fast_decoder(spec: SchemeSpec) -> Callable[[Sequence[str]], list[tuple[int, int, str]] | None]:
+    """:func:`fast_spans` for one scheme, its prefixes bound from the scheme's table."""
+    if any(len(prefix) != 1 for prefix in spec.prefixes):
+        raise ValueError(f"the fast decoder reads one-character prefixes, {spec.scheme.value} has others")
+    begin, inside = spec.prefix_for(Role.BEGIN), spec.prefix_for(Role.INSIDE)
+    if spec.family == "bio":
+        run_re = re.compile(f"{re.escape(begin)}{re.escape(inside)}*")
+        return partial(_fast_bio, begin, inside, run_re)
+    if spec.family == "iob1":
+        return partial(_fast_iob1, f"{begin}-", f"{inside}-")
+    last, single = spec.prefix_for(Role.LAST), spec.prefix_for(Role.SINGLE)
+    return partial(_fast_bioes, f"{begin}-", f"{inside}-", f"{last}-", f"{single}-")
+
+
+_FAST = {scheme: _fast_decoder(spec) for scheme, spec in _SPECS.items()}
+
+
+def spread_tag(tag: str, n: int, scheme: Scheme | str) -> list[str]:
+    """Tags for the ``n`` characters of one token tagged ``tag`` (a CoNLL token of several characters).
+
+    The token's prefix is read by its letter as in BIOES: ``B-X`` opens the span on the first character,
+    ``E-X`` closes it on the last, ``S-X`` becomes ``B-X ... E-X``; the characters in between get the
+    inside prefix of ``scheme`` (``M`` in BMES, ``I`` otherwise). Any other tag (``O``, ``I-X``, ``M-X``,
+    one that is not ``P-LABEL``) is repeated. No tag is validated here.
+    """
+    if n == 1 or tag == OUTSIDE or len(tag) < 2 or tag[1] != "-":
+        return [tag] * n
+    role = _SPECS[Scheme.BIOES].prefixes.get(tag[0])
+    lab = tag[2:]
+    inside = f"{scheme_spec(scheme).prefix_for(Role.INSIDE)}-{lab}"
+    if role is Role.BEGIN:
+        return [tag] + [inside] * (n - 1)
+    if role is Role.LAST:
+        return [inside] * (n - 1) + [tag]
+    if role is Role.SINGLE:
+        return [f"B-{lab}"] + [inside] * (n - 2) + [f"E-{lab}"]
+    return [tag] * n
+
+
+def labels_of(tags: Sequence[str]) -> list[str]:
+    """The entity labels of ``tags`` in order of first appearance, each once (``O`` carries none).
+
+    Read leniently (the label is what follows the first ``-``; a tag without one is skipped), so it
+    works on any tag list, such as a model's output layer.
+    """
+    seen: dict[str, None] = {}
+    for t in tags:
+        if t != OUTSIDE and "-" in t:
+            seen.setdefault(t.split("-", 1)[1], None)
+    return list(seen)
 
 
 def convert_tags(tags: Sequence[str], src: Scheme | str, dst: Scheme | str) -> list[str]:
@@ -315,7 +529,7 @@ def _allowed(scheme: Scheme, from_tag: str, to_tag: str) -> bool:
         return False  # nothing follows END; nothing precedes START
     f_role, f_label = (START, None) if from_tag == START else _role_in(scheme, from_tag)
     t_role, t_label = (END, None) if to_tag == END else _role_in(scheme, to_tag)
-    f_role = f_role or OUTSIDE
+    f_role = f_role or OUTSIDE  # pseudo-roles: START, END and OUTSIDE next to the Role members
     t_role = t_role or OUTSIDE
     same = f_label is not None and f_label == t_label
     if spec.family == "bio":
@@ -324,9 +538,9 @@ def _allowed(scheme: Scheme, from_tag: str, to_tag: str) -> bool:
                 # any tag may end the sequence
                 t_role == END,
                 # O and B-x may follow anything (START included)
-                t_role in (OUTSIDE, BEGIN),
+                t_role in (OUTSIDE, Role.BEGIN),
                 # I-x may only continue B-x or I-x of the same label
-                t_role == INSIDE and f_role in (BEGIN, INSIDE) and same,
+                t_role == Role.INSIDE and f_role in (Role.BEGIN, Role.INSIDE) and same,
             ]
         )
     if spec.family == "iob1":
@@ -335,20 +549,21 @@ def _allowed(scheme: Scheme, from_tag: str, to_tag: str) -> bool:
                 # any tag may end the sequence
                 t_role == END,
                 # O and I-x may follow anything (an I-x after another label starts a new entity)
-                t_role in (OUTSIDE, INSIDE),
+                t_role in (OUTSIDE, Role.INSIDE),
                 # B-x only separates two adjacent entities of the same label
-                t_role == BEGIN and f_role in (BEGIN, INSIDE) and same,
+                t_role == Role.BEGIN and f_role in (Role.BEGIN, Role.INSIDE) and same,
             ]
         )
     # family "bioes": BIOES and BMES (I plays the role of M)
     return any(
         [
             # only O, E-x and S-x close cleanly, so only they may end the sequence
-            t_role == END and f_role in (OUTSIDE, LAST, SINGLE),
+            t_role == END and f_role in (OUTSIDE, Role.LAST, Role.SINGLE),
             # O, B-x and S-x may start the sequence or follow O, E-x, S-x
-            t_role in (OUTSIDE, BEGIN, SINGLE) and f_role in (START, OUTSIDE, LAST, SINGLE),
+            t_role in (OUTSIDE, Role.BEGIN, Role.SINGLE)
+            and f_role in (START, OUTSIDE, Role.LAST, Role.SINGLE),
             # I-x and E-x may only follow B-x or I-x of the same label
-            t_role in (INSIDE, LAST) and f_role in (BEGIN, INSIDE) and same,
+            t_role in (Role.INSIDE, Role.LAST) and f_role in (Role.BEGIN, Role.INSIDE) and same,
         ]
     )
 

@@ -1,26 +1,19 @@
 """Datasets in DuckDB: atomic, idempotent ingest and the read functions the rest of the platform uses.
 
-``ingest_dataset`` parses and validates every file (:mod:`ner_core.formats`) *before* it takes the write
-lock, then writes a whole new dataset version in one transaction through Arrow tables: either every row
-of the version is stored or none is. Re-ingesting identical files with identical options returns the
-latest version unchanged (``created=False``); changed files create version ``n + 1``.
-
-Policies: ``repair`` stores the valid records and records every problem (rejected records included) in
-``ingest_problems``; ``strict`` stores nothing when any file has an error-severity problem. A file that
-cannot be read at all (invalid JSON array, invalid UTF-8 in a JSON array) stores nothing under either
-policy. Both raise :class:`IngestError`, whose ``report`` lists the problems.
+:func:`ingest_dataset` plans a new dataset version with :mod:`ner_core.ingest` (arguments, splits,
+parsing, validation, leakage checks, fingerprint) *before* it takes the write lock, then writes the
+whole plan in one transaction through Arrow tables: either every row of the version is stored or none
+is. Re-ingesting identical files with identical options returns the latest version unchanged
+(``created=False``); changed files create version ``n + 1``. Nothing is stored when the plan raises
+:class:`~ner_core.ingest.IngestError` (see :mod:`ner_core.ingest` for the policies).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
-import re
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,164 +21,15 @@ import duckdb
 import pyarrow as pa
 
 from ner_core.documents import Document, Entity
-from ner_core.formats import FORMATS, POLICIES, ParseResult, Problem, no_gc, read_file
+from ner_core.formats import Problem, no_gc
+from ner_core.formats.problems import problem
+from ner_core.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
 from storage.db import open_db
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_SPLIT_NAMES = {
-    "train": "train",
-    "dev": "dev",
-    "valid": "dev",
-    "validation": "dev",
-    "val": "dev",
-    "test": "test",
-}
-_RATIO_SPLITS = {2: ("train", "dev"), 3: ("train", "dev", "test")}
-_REPORT_MAX_LISTED = 20
-
-
-class IngestError(ValueError):
-    """Nothing was stored; ``report`` carries the problems that stopped the ingest."""
-
-    def __init__(self, message: str, report: "IngestReport"):
-        super().__init__(message)
-        self.report = report
-
-
-@dataclass
-class IngestReport:
-    dataset: str
-    version: int | None
-    created: bool
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> documents/entities/characters
-    labels: list[str] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    files: list[dict[str, Any]] = field(default_factory=list)  # path, split, format, sha256, documents
-    rejected: int = 0
-    seconds: float = 0.0
-
-    @property
-    def n_errors(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "error")
-
-    @property
-    def n_warnings(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "warning")
-
-    def to_text(self) -> str:
-        """A human-readable summary: version, counts per split, labels, problems by code, first problems."""
-        if self.version is None:
-            head = f"dataset {self.dataset!r}: NOTHING STORED"
-        elif self.created:
-            head = f"dataset {self.dataset!r} version {self.version}: stored"
-        else:
-            head = f"dataset {self.dataset!r} version {self.version}: unchanged (identical files already ingested)"
-        lines = [head]
-        for f in self.files:
-            lines.append(
-                f"  file {f['path']} [{f['format']}] -> {f.get('split') or 'ratio split'}: "
-                f"{f['documents']} documents, sha256 {f['sha256'][:12]}"
-            )
-        if self.counts:
-            lines.append(f"  {'split':<8}{'documents':>12}{'entities':>12}{'characters':>14}")
-            for split, c in self.counts.items():
-                lines.append(f"  {split:<8}{c['documents']:>12,}{c['entities']:>12,}{c['characters']:>14,}")
-        lines.append(f"  labels: {', '.join(self.labels) if self.labels else '(none)'}")
-        lines.append(
-            f"  problems: {self.n_errors} errors ({self.rejected} records rejected), "
-            f"{self.n_warnings} warnings"
-        )
-        by_code = Counter((p.severity, p.code) for p in self.problems)
-        for (sev, code), n in sorted(by_code.items()):
-            lines.append(f"    {sev:<8}{code:<24}{n:>8,}")
-        for p in self.problems[:_REPORT_MAX_LISTED]:
-            lines.append(f"    {p}")
-        if len(self.problems) > _REPORT_MAX_LISTED:
-            where = "table ingest_problems" if self.version is not None else "IngestError.report.problems"
-            lines.append(f"    ... {len(self.problems) - _REPORT_MAX_LISTED} more (all of them in {where})")
-        return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------- helpers
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _normalise_files(files: Any, split_ratios: tuple | None) -> list[tuple[str | None, Path]]:
-    if isinstance(files, (str, Path)):
-        files = [files]
-    if isinstance(files, dict):
-        if not files:
-            raise ValueError("files must name at least one file, got an empty dict")
-        if split_ratios is not None:
-            raise ValueError("split_ratios applies to a list of files, got a dict split -> path")
-        out = []
-        for split, path in files.items():
-            if not isinstance(split, str) or not _NAME_RE.match(split):
-                raise ValueError(f"split names must be simple words such as 'train', got {split!r}")
-            out.append((split, Path(path)))
-    elif isinstance(files, (list, tuple)):
-        if not files:
-            raise ValueError("files must name at least one file, got an empty list")
-        out = []
-        for path in files:
-            p = Path(path)
-            if split_ratios is not None:
-                out.append((None, p))
-                continue
-            split = _SPLIT_NAMES.get(p.stem.lower()) or next(
-                (
-                    v
-                    for k, v in _SPLIT_NAMES.items()
-                    if re.search(rf"(^|[^a-z]){k}([^a-z]|$)", p.name.lower())
-                ),
-                None,
-            )
-            if split is None:
-                raise ValueError(
-                    f"cannot tell the split of {p} from its name: pass a dict split -> path or split_ratios"
-                )
-            out.append((split, p))
-        splits = [s for s, _ in out if s is not None]
-        if len(set(splits)) != len(splits):
-            raise ValueError(f"two files map to the same split: {[(s, str(p)) for s, p in out]}; pass a dict")
-    else:
-        raise ValueError(f"files must be a dict split -> path or a list of paths, got {type(files).__name__}")
-    for _, p in out:
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file")
-    return out
-
-
-def _check_ratios(split_ratios: tuple | None) -> tuple[float, ...] | None:
-    if split_ratios is None:
-        return None
-    r = tuple(float(x) for x in split_ratios)
-    if len(r) not in _RATIO_SPLITS or any(x < 0 for x in r) or abs(sum(r) - 1.0) > 1e-6:
-        raise ValueError(
-            f"split_ratios must be 2 or 3 non-negative numbers summing to 1 (train, dev[, test]), got {split_ratios!r}"
-        )
-    return r
-
-
-def _fingerprint(entries: list[tuple[str | None, str]], options: dict[str, Any]) -> str:
-    payload = json.dumps(
-        {"files": sorted([s or "", h] for s, h in entries), "options": options}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _problem_from_row(row: tuple) -> Problem:
     file, line, record, code, severity, message = row
-    return Problem.model_construct(
-        file=file, line=line, record=record, code=code, severity=severity, message=message
-    )
+    return problem(file, line, record, code, severity, message)
 
 
 def _stored_report(con: duckdb.DuckDBPyConnection, name: str, version: int) -> IngestReport:
@@ -261,188 +105,66 @@ def ingest_dataset(
 
     ``files`` is ``{split: path}``, or a list of paths whose split comes from the file name
     (train/dev/valid/test) or, with ``split_ratios`` (e.g. ``(0.8, 0.1, 0.1)``), from a seeded shuffle
-    of all their records into train/dev[/test]. Raises :class:`IngestError` when nothing was stored.
+    of all their records into train/dev[/test]. Raises :class:`~ner_core.ingest.IngestError` when
+    nothing was stored.
     """
     t0 = time.perf_counter()
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ValueError(
-            f"dataset name must be letters, digits, '_', '.', '-' (not starting with one), got {name!r}"
-        )
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS} or None (detect), got {format!r}")
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    ratios = _check_ratios(split_ratios)
-    entries = _normalise_files(files, ratios)
-    hashes = [(split, _sha256(p)) for split, p in entries]
-    options = {
-        "format": format,
-        "policy": policy,
-        "untyped_label": untyped_label,
-        "scheme": scheme,
-        "split_ratios": list(ratios) if ratios else None,
-        "seed": seed if ratios else None,
-        "tag_column": tag_column,
-    }
-    fingerprint = _fingerprint(hashes, options)
-
-    with open_db(db_path) as con:  # cheap check before parsing
-        latest = _latest(con, name)
-        if latest and latest[1] == fingerprint:
-            rep = _stored_report(con, name, latest[0])
-            rep.seconds = time.perf_counter() - t0
-            return rep
-
-    results: list[ParseResult] = []
-    for split, path in entries:
-        if progress:
-            print(f"ingest {name}: reading {path} ...", file=sys.stderr, flush=True)
-        results.append(
-            read_file(
-                path,
-                format,
-                split=split,
-                policy=policy,
-                untyped_label=untyped_label,
-                tag_column=tag_column,
-                scheme=scheme,
-            )
-        )
-    problems = [p for r in results for p in r.problems]
-    report = IngestReport(
-        dataset=name,
-        version=None,
-        created=False,
-        problems=problems,
-        rejected=sum(r.rejected for r in results),
+    request = prepare_ingest(
+        name,
+        files,
+        format=format,
+        policy=policy,
+        untyped_label=untyped_label,
+        split_ratios=split_ratios,
+        seed=seed,
+        scheme=scheme,
+        tag_column=tag_column,
     )
-    report.files = [
-        {"split": s, "path": r.source, "format": r.format, "sha256": r.sha256, "documents": len(r.records)}
-        for (s, _), r in zip(entries, results)
-    ]
-    fatal = [r.source for r in results if r.fatal]
-    if fatal:
-        raise IngestError(
-            f"dataset {name!r}: nothing stored, cannot read {fatal}:\n{report.to_text()}", report
-        )
-    if policy == "strict" and report.n_errors:
-        raise IngestError(
-            f"dataset {name!r}: nothing stored (policy strict, {report.n_errors} errors):\n"
-            f"{report.to_text()}",
-            report,
-        )
-
-    # rows in input order; the split of each record
-    rows: list[tuple[str, str, list, int | None, str]] = []  # (doc_id, text, spans, line, source)
-    splits: list[str] = []
-    for (split, _), r in zip(entries, results):
-        for rec in r.records:
-            rows.append((rec[0], rec[1], rec[2], rec[3], r.source))
-            splits.append(split or "")
-    if ratios:
-        names = _RATIO_SPLITS[len(ratios)]
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        bounds, acc = [], 0.0
-        for x in ratios:
-            acc += x
-            bounds.append(round(acc * len(rows)))
-        k = 0
-        for pos, idx in enumerate(order):
-            while pos >= bounds[k]:
-                k += 1
-            splits[idx] = names[k]
-    ids = Counter(r[0] for r in rows)
-    dup_ids = [i for i, n in ids.items() if n > 1]
-    if dup_ids:
-        raise ValueError(
-            f"dataset {name!r}: document ids collide across files (same file stem?): {dup_ids[:5]}; "
-            f"rename the files"
-        )
-    if not rows:
-        raise IngestError(f"dataset {name!r}: nothing stored, no valid record:\n{report.to_text()}", report)
-
-    # texts in more than one split: leakage between train and evaluation data
-    first_split: dict[str, tuple[str, str]] = {}
-    for (doc_id, text, _sp, line, source), split in zip(rows, splits):
-        seen = first_split.setdefault(text, (split, doc_id))
-        if seen[0] != split:
-            problems.append(
-                Problem.model_construct(
-                    file=source,
-                    line=line,
-                    record=None,
-                    code="duplicate_across_splits",
-                    severity="warning",
-                    message=f"{doc_id} ({split}) has the same text as {seen[1]} ({seen[0]})",
-                )
-            )
-
-    with no_gc():
-        tables = _arrow_tables(rows, splits)
-    labels = sorted({sp[2] for r in rows for sp in r[2]})
-    counts: dict[str, dict[str, int]] = {}
-    for (_i, text, spans, _l, _s), split in zip(rows, splits):
-        c = counts.setdefault(split, {"documents": 0, "entities": 0, "characters": 0})
-        c["documents"] += 1
-        c["entities"] += len(spans)
-        c["characters"] += len(text)
-    counts = {k: counts[k] for k in sorted(counts, key=lambda s: (["train", "dev", "test"] + [s]).index(s))}
-    fmt_used = sorted({r.format for r in results})
-    schemes_used = sorted({r.scheme for r in results if r.scheme})
-    file_rows = [(s, r) for (s, _), r in zip(entries, results)]
-    meta = {
-        "format": fmt_used[0] if len(fmt_used) == 1 else "mixed",
-        "scheme": ",".join(schemes_used) or None,
-        "labels": labels,
-        "n_documents": len(rows),
-        "n_entities": sum(len(r[2]) for r in rows),
-        "n_characters": sum(len(r[1]) for r in rows),
-        "n_errors": sum(1 for p in problems if p.severity == "error"),
-        "n_warnings": sum(1 for p in problems if p.severity == "warning"),
-    }
-    if progress:
-        print(f"ingest {name}: writing {len(rows):,} documents ...", file=sys.stderr, flush=True)
-
-    with open_db(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
-            latest = _latest(con, name)
-            if latest and latest[1] == fingerprint:  # another process stored the same files meanwhile
-                con.execute("ROLLBACK")
-                rep = _stored_report(con, name, latest[0])
-                rep.seconds = time.perf_counter() - t0
-                return rep
-            version = (latest[0] if latest else 0) + 1
-            for step in _WRITE_STEPS:
-                step(
-                    con,
-                    name,
-                    version,
-                    tables=tables,
-                    problems=problems,
-                    meta=meta,
-                    options=options,
-                    fingerprint=fingerprint,
-                    counts=counts,
-                    files=file_rows,
-                    policy=policy,
-                    untyped_label=untyped_label,
-                )
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    report.version = version
-    report.created = True
-    report.counts = counts
-    report.labels = labels
-    report.problems = problems
+    with open_db(db_path) as con:  # cheap check before parsing
+        stored = _unchanged_report(con, request.dataset, request.fingerprint)
+    if stored is None:
+        plan = plan_ingest(request, progress=progress)
+        report = store_plan(db_path, plan, progress=progress)
+    else:
+        report = stored
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _arrow_tables(rows: list[tuple], splits: list[str]) -> dict[str, pa.Table]:
+def store_plan(db_path: str | Path, plan: IngestPlan, *, progress: bool = False) -> IngestReport:
+    """Write ``plan`` as the next version of its dataset in one transaction; when the latest version
+    already has the plan's fingerprint (another process stored the same files), return its report."""
+    with no_gc():
+        tables = _arrow_tables(plan.rows, plan.splits)
+    if progress:
+        print(
+            f"ingest {plan.dataset}: writing {plan.n_documents:,} documents ...", file=sys.stderr, flush=True
+        )
+    with open_db(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            latest = _latest(con, plan.dataset)
+            if latest and latest[1] == plan.fingerprint:
+                con.execute("ROLLBACK")
+                return _stored_report(con, plan.dataset, latest[0])
+            version = (latest[0] if latest else 0) + 1
+            for step in _WRITE_STEPS:
+                step(con, plan.dataset, version, plan=plan, tables=tables)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return plan.report(version, created=True)
+
+
+def _unchanged_report(con: duckdb.DuckDBPyConnection, name: str, fingerprint: str) -> IngestReport | None:
+    latest = _latest(con, name)
+    if latest and latest[1] == fingerprint:
+        return _stored_report(con, name, latest[0])
+    return None
+
+
+def _arrow_tables(rows: list[Row], splits: list[str]) -> dict[str, pa.Table]:
     n = len(rows)
     doc_ids = [r[0] for r in rows]
     texts = [r[1] for r in rows]
@@ -477,7 +199,10 @@ def _arrow_tables(rows: list[tuple], splits: list[str]) -> dict[str, pa.Table]:
     return {"documents": docs, "entities": ents}
 
 
-def _write_dataset_row(con, name, version, *, meta, options, fingerprint, policy, untyped_label, **_):
+def _write_dataset_row(
+    con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]
+) -> None:
+    opts = plan.options
     con.execute(
         "INSERT INTO datasets (name, version, format, scheme, policy, untyped_label, labels, n_documents, "
         "n_entities, n_characters, n_errors, n_warnings, fingerprint, options) "
@@ -485,37 +210,38 @@ def _write_dataset_row(con, name, version, *, meta, options, fingerprint, policy
         [
             name,
             version,
-            meta["format"],
-            meta["scheme"],
-            policy,
-            untyped_label,
-            meta["labels"],
-            meta["n_documents"],
-            meta["n_entities"],
-            meta["n_characters"],
-            meta["n_errors"],
-            meta["n_warnings"],
-            fingerprint,
-            json.dumps(options),
+            plan.format,
+            plan.scheme,
+            opts.policy,
+            opts.untyped_label,
+            plan.labels,
+            plan.n_documents,
+            plan.n_entities,
+            plan.n_characters,
+            plan.n_errors,
+            plan.n_warnings,
+            plan.fingerprint,
+            json.dumps(opts.as_dict()),
         ],
     )
 
 
-def _write_files_and_splits(con, name, version, *, files, counts, **_):
-    for split, r in files:
-        size = Path(r.source).stat().st_size
+def _write_files_and_splits(
+    con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]
+) -> None:
+    for f in plan.files:
         con.execute(
             "INSERT INTO dataset_files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [name, version, split, r.source, r.format, r.sha256, size, len(r.records)],
+            [name, version, f.split, f.path, f.format, f.sha256, f.size, f.documents],
         )
-    for split, c in counts.items():
+    for split, c in plan.counts.items():
         con.execute(
             "INSERT INTO dataset_splits VALUES (?, ?, ?, ?, ?, ?)",
             [name, version, split, c["documents"], c["entities"], c["characters"]],
         )
 
 
-def _write_documents(con, name, version, *, tables, **_):
+def _write_documents(con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]) -> None:
     docs = tables["documents"]  # noqa: F841 - read by DuckDB's replacement scan
     con.execute(
         "INSERT INTO documents (dataset, version, split, doc_id, ord, text, text_sha1, source, line) "
@@ -524,7 +250,7 @@ def _write_documents(con, name, version, *, tables, **_):
     )
 
 
-def _write_entities(con, name, version, *, tables, **_):
+def _write_entities(con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]) -> None:
     ents = tables["entities"]  # noqa: F841 - read by DuckDB's replacement scan
     con.execute(
         'INSERT INTO gold_entities (dataset, version, doc_id, start, "end", label, text) '
@@ -533,7 +259,8 @@ def _write_entities(con, name, version, *, tables, **_):
     )
 
 
-def _write_problems(con, name, version, *, problems, **_):
+def _write_problems(con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]) -> None:
+    problems = plan.problems
     if not problems:
         return
     probs = pa.table(  # noqa: F841 - read by DuckDB's replacement scan
@@ -669,8 +396,8 @@ def load_problems(db_path: str | Path, dataset: str, version: int | None = None)
         return [
             _problem_from_row(r)
             for r in con.execute(
-                "SELECT file, line, record, code, severity, message FROM ingest_problems WHERE dataset = ? AND "
-                "version = ? ORDER BY file, line NULLS FIRST, record",
+                "SELECT file, line, record, code, severity, message FROM ingest_problems "
+                "WHERE dataset = ? AND version = ? ORDER BY file, line NULLS FIRST, record",
                 [dataset, v],
             ).fetchall()
         ]

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import itertools
+import json
+import random
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
 from ner_core.documents import Entity
 from ner_core.schemes import (
+    TRAINING_SCHEMES,
+    Role,
     Scheme,
     TagProblem,
+    TrainingScheme,
     allowed_transitions,
     convert_tags,
+    fast_decoder,
+    fast_spans,
     is_transition_allowed,
+    labels_of,
     parse_tag,
     repair_tags,
+    scheme_spec,
     spans_to_tags,
+    spread_tag,
     tag_set,
     tags_to_spans,
     validate_tags,
@@ -50,6 +61,56 @@ def test_scheme_values_and_aliases():
     assert Scheme("bioes") is Scheme.BIOES
     with pytest.raises(ValueError, match="expected a tag scheme"):
         tag_set(["PER"], "BILOU")
+
+
+def test_scheme_is_its_name_as_a_string():
+    assert str(Scheme.BIOES) == "BIOES" and f"{Scheme.BMES}" == "BMES" and Scheme.BIO == "BIO"
+    assert json.dumps({"scheme": Scheme.IOB1}) == '{"scheme": "IOB1"}'
+
+
+def test_prefix_roles_are_an_enum():
+    assert scheme_spec("BMES").prefixes == {
+        "B": Role.BEGIN,
+        "M": Role.INSIDE,
+        "E": Role.LAST,
+        "S": Role.SINGLE,
+    }
+    assert scheme_spec(Scheme.IOB1).prefix_for(Role.BEGIN) == "B"
+    assert scheme_spec("BIO").prefix_for(Role.LAST) is None
+
+
+class _Trained(BaseModel):
+    scheme: TrainingScheme
+
+
+def test_training_scheme_type():
+    assert TRAINING_SCHEMES == (Scheme.BIO, Scheme.BIOES)
+    assert _Trained(scheme="BIO").scheme is Scheme.BIO
+    assert _Trained(scheme=Scheme.BIOES).scheme is Scheme.BIOES
+    assert _Trained(scheme="BIOES").model_dump_json() == '{"scheme":"BIOES"}'
+    for bad in (
+        "BMES",
+        "IOB1",
+        "bio",
+        "iob2",
+        3,
+    ):  # the exact training names only, as Literal["BIO", "BIOES"]
+        with pytest.raises(ValidationError, match="Input should be 'BIO' or 'BIOES'"):
+            _Trained(scheme=bad)
+    schema = _Trained.model_json_schema()["properties"]["scheme"]
+    assert schema["enum"] == ["BIO", "BIOES"] and schema["type"] == "string"
+
+
+def test_config_scheme_is_a_training_scheme():
+    from ner_core.config import DataConfig, NERConfig
+
+    assert DataConfig().scheme is Scheme.BIOES
+    cfg = NERConfig.model_validate({"data": {"scheme": "BIO"}})  # as a saved config.json has it
+    assert cfg.data.scheme is Scheme.BIO and json.loads(cfg.to_json())["data"]["scheme"] == "BIO"
+    assert NERConfig.model_validate_json(cfg.to_json()) == cfg
+    assert cfg.with_overrides({"data.scheme": "BIOES"}).data.scheme is Scheme.BIOES
+    with pytest.raises(ValidationError, match="Input should be 'BIO' or 'BIOES'"):
+        DataConfig(scheme="BMES")
 
 
 def test_tag_set_orders():
@@ -153,6 +214,108 @@ def test_tags_to_spans_unknown_tag_names_position():
         tags_to_spans("BIO", "BIO")
     with pytest.raises(ValueError, match="position 1: expected a tag string .* got list"):
         tags_to_spans(["O", ["B-PER"]], "BIO")  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------- the fast decoder
+
+# every prefix of every scheme, two labels, plus malformed and foreign tags
+_POOL = ["O", "O"] + [f"{p}-{lab}" for p in "BIMES" for lab in ("A", "B")]
+_JUNK = ["X-A", "B-", "I", "B", "BB-X", "O-A", "-A", "I-GPE-ORG"]
+
+
+def _spans(tags, scheme):
+    return [(e.start, e.end, e.label) for e in tags_to_spans(tags, scheme)]
+
+
+@pytest.mark.parametrize("scheme", ALL)
+@pytest.mark.parametrize("pool", ["scheme", "all", "junk"])
+def test_fast_spans_equals_tags_to_spans_or_declines(scheme, pool):
+    """On a valid sequence fast_spans is tags_to_spans; on any other (unknown tag, transition not
+    allowed) it is None. Random sequences from the scheme's own tags, every prefix, and junk tags."""
+    rng = random.Random(7)
+    tags_pool = {
+        "scheme": tag_set(["A", "B"], scheme) + ["O"] * 3,
+        "all": _POOL,
+        "junk": _POOL + _JUNK,
+    }[pool]
+    n_valid = n_invalid = 0
+    for _ in range(3000):
+        tags = [rng.choice(tags_pool) for _ in range(rng.randint(0, 9))]
+        fast = fast_spans(tags, scheme)
+        if validate_tags(tags, scheme) == []:
+            assert fast == _spans(tags, scheme), tags
+            n_valid += 1
+        else:
+            assert fast is None, tags
+            n_invalid += 1
+    assert n_valid > 50 and n_invalid > 50
+
+
+@pytest.mark.parametrize("scheme", ALL)
+def test_fast_spans_every_short_sequence(scheme):
+    tags = tag_set(["A", "B"], scheme)
+    for length in range(0, 4):
+        for seq in itertools.product(tags, repeat=length):
+            t = list(seq)
+            expected = _spans(t, scheme) if validate_tags(t, scheme) == [] else None
+            assert fast_spans(t, scheme) == expected, t
+
+
+def test_fast_spans_scheme_names():
+    tags = ["B-PER", "I-PER", "O"]
+    assert (
+        fast_spans(tags, "BIO") == fast_spans(tags, Scheme.BIO) == fast_spans(tags, "iob2") == [(0, 2, "PER")]
+    )
+    assert fast_spans(tags, "BIOES") is None
+    assert fast_decoder("BIO") is fast_decoder(Scheme.BIO) and fast_decoder("bio")(tags) == [(0, 2, "PER")]
+    with pytest.raises(ValueError, match="expected a tag scheme"):
+        fast_spans(tags, "BILOU")
+
+
+@pytest.mark.parametrize(
+    "tag, n, scheme, expected",
+    [
+        ("B-X", 3, "BIO", ["B-X", "I-X", "I-X"]),
+        ("E-X", 3, "BIOES", ["I-X", "I-X", "E-X"]),
+        ("S-X", 3, "BMES", ["B-X", "M-X", "E-X"]),
+        ("S-X", 2, "BIOES", ["B-X", "E-X"]),
+        ("B-X", 2, "BMES", ["B-X", "M-X"]),
+        ("I-X", 3, "BIO", ["I-X", "I-X", "I-X"]),
+        ("M-X", 2, "BMES", ["M-X", "M-X"]),
+        ("O", 2, "BIO", ["O", "O"]),
+        ("S-X", 1, "BIOES", ["S-X"]),
+        ("B", 2, "BIO", ["B", "B"]),  # not PREFIX-LABEL: repeated
+    ],
+)
+def test_spread_tag(tag, n, scheme, expected):
+    assert spread_tag(tag, n, scheme) == expected
+
+
+@pytest.mark.parametrize("scheme", ALL)
+def test_spread_tag_of_a_valid_token_sequence_stays_valid(scheme):
+    """Spreading each tag of a valid sequence over tokens of 1-3 characters gives a valid sequence with
+    the same entities, stretched over the characters."""
+    rng = random.Random(5)
+    for _ in range(300):
+        length = rng.randint(1, 8)
+        ents, i = [], 0
+        while i < length:
+            n = rng.randint(1, 3)
+            if rng.random() < 0.5 and i + n <= length:
+                ents.append(E(i, i + n, rng.choice("AB")))
+            i += n
+        tokens = spans_to_tags(length, ents, scheme)
+        widths = [rng.randint(1, 3) for _ in tokens]
+        chars = [t for tag, w in zip(tokens, widths) for t in spread_tag(tag, w, scheme)]
+        assert validate_tags(chars, scheme) == [], (tokens, widths, chars)
+        offsets = [sum(widths[:k]) for k in range(len(widths) + 1)]
+        assert _spans(chars, scheme) == [(offsets[e.start], offsets[e.end], e.label) for e in ents]
+
+
+def test_labels_of():
+    assert labels_of(tag_set(["PER", "LOC"], "BIOES")) == ["LOC", "PER"]
+    assert labels_of(["O", "B-PER", "I-PER", "S-GPE-ORG", "B-LOC", "E-PER"]) == ["PER", "GPE-ORG", "LOC"]
+    assert labels_of(["O"]) == [] and labels_of([]) == []
 
 
 # ---------------------------------------------------------------- validation and repair

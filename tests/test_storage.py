@@ -15,15 +15,16 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ner_core.ingest import IngestError, plan_ingest, prepare_ingest
 from storage import datasets as ds
 from storage.datasets import (
-    IngestError,
     dataset_labels,
     ingest_dataset,
     latest_version,
     list_datasets,
     load_documents,
     load_problems,
+    store_plan,
 )
 from storage.db import DatabaseLockedError, connect, current_version, migrate, open_db, row_counts
 from storage.evaluations import (
@@ -586,3 +587,19 @@ def test_ingest_waits_for_lock_then_fails(tmp_path, corpus):
         proc.kill()
         proc.wait()
     assert ingest_dataset(db, "toy", corpus).created
+
+
+def test_store_plan_persists_a_plan_once(tmp_path, corpus):
+    """storage only persists what ner_core.ingest planned; a plan stored meanwhile by another process
+    (same fingerprint) is reported unchanged instead of stored twice."""
+    db = tmp_path / "d.duckdb"
+    plan = plan_ingest(prepare_ingest("toy", corpus))
+    first = store_plan(db, plan)
+    assert first.created and first.version == 1 and first.counts == plan.counts
+    docs = load_documents(db, "toy")
+    assert [(d.doc_id, d.text, [(e.start, e.end, e.label) for e in d.entities]) for d in docs] == [
+        (r[0], r[1], r[2]) for r in plan.rows
+    ]
+    again = store_plan(db, plan)
+    assert not again.created and again.version == 1 and _count(db, "datasets") == 1
+    assert not ingest_dataset(db, "toy", corpus).created
