@@ -339,8 +339,9 @@ def cmd_train(args) -> int:
 
 def cmd_test(args) -> int:
     from flows import steps
+    from storage.runs import resolve_model
 
-    model_dir, run_id = _resolve_model(args)
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     if args.file and not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file}: no such file")
     out = _run(
@@ -363,8 +364,9 @@ def cmd_test(args) -> int:
 
 def cmd_predict(args) -> int:
     from flows import pipeline, steps
+    from storage.runs import resolve_model
 
-    model_dir, run_id = _resolve_model(args)
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     source = (
         {"files": args.files, "text_per_file": not args.lines}
         if args.files
@@ -447,23 +449,6 @@ def _flow_of(task):
     from prefect import flow
 
     return flow(name=f"{task.name}-cli")(task.fn)
-
-
-def _resolve_model(args) -> tuple[str, str | None]:
-    from storage import runs as runs_db
-
-    if args.model_dir:
-        if not Path(args.model_dir).is_dir():
-            raise FileNotFoundError(f"{args.model_dir}: no such model directory")
-        return args.model_dir, None
-    run = runs_db.get_run(args.db, args.run) if args.run else runs_db.production_run(args.db)
-    if run is None:
-        raise ValueError(
-            "no model given: pass --model-dir or --run, or promote a run with `ner promote RUN_ID`"
-        )
-    if not run.get("model_dir"):
-        raise ValueError(f"run {run['run_id']} has no model directory (status {run['status']})")
-    return run["model_dir"], run["run_id"]
 
 
 def cmd_pipeline(args) -> int:

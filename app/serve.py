@@ -289,34 +289,14 @@ def create_app(
 
 
 # ----------------------------------------------------------------------------------------- commands
-def resolve_model(model_dir: str | None, run: str | None, db: str | None) -> tuple[str, str | None]:
-    """``(model_dir, run_id)`` from ``--model-dir``, or ``--run`` / the production run in ``--db``."""
-    from storage import runs as runs_db
-
-    if model_dir:
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"{model_dir}: no such model directory")
-        return str(model_dir), None
-    if not db:
-        raise ValueError("no model given: pass --model-dir, or --db with --run RUN_ID or a promoted run")
-    if not Path(db).exists():
-        raise FileNotFoundError(f"{db}: no such database (give --model-dir or the right --db)")
-    row = runs_db.get_run(db, run) if run else runs_db.production_run(db)
-    if row is None:
-        raise ValueError(
-            f"no production run in {db}: pass --model-dir or --run, or `ner promote RUN_ID` first"
-        )
-    if not row.get("model_dir"):
-        raise ValueError(f"run {row['run_id']} has no model directory (status {row['status']})")
-    return str(row["model_dir"]), str(row["run_id"])
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    model_dir, run_id = resolve_model(args.model_dir, args.run, args.db)
+    from storage.runs import resolve_model
+
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     limits = ServeLimits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars
     )

@@ -24,6 +24,7 @@ from prefect import flow, task, unmapped
 
 from flows import steps
 from ner_core.documents import Document
+from storage.runs import resolve_model
 
 ShardRows = list[tuple[str, str, list]]  # [(doc_id, text, [PredictedEntity, ...]), ...]
 
@@ -227,10 +228,7 @@ def dask_predict_flow(
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
     t0 = time.perf_counter()
-    if model_dir is None:
-        from flows.pipeline import _resolve_production
-
-        model_dir, run_id = _resolve_production(db_path)
+    model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
     if only_new:
         from storage.predictions import unpredicted_documents
 

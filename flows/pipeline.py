@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from flows import steps
 from ner_core.config import NERConfig
+from storage.runs import resolve_model
 
 
 def _key(*parts: str) -> str:
@@ -47,16 +48,6 @@ def _evaluate_run_name() -> str:
     if p.get("file"):
         return f"evaluate-{Path(p['file']).stem}-{model}"
     return f"evaluate-{p.get('dataset')}-{p.get('split')}-{model}"
-
-
-def _resolve_production(db_path: str) -> tuple[str, str]:
-    """(model_dir, run_id) of the production run; ValueError when none was promoted."""
-    from storage.runs import production_run
-
-    prod = production_run(db_path)
-    if prod is None:
-        raise ValueError(f"no production run in {db_path}: promote one with `ner promote RUN_ID`")
-    return prod["model_dir"], prod["run_id"]
 
 
 def _train_markdown(db_path: str, result: dict) -> str:
@@ -232,7 +223,7 @@ def evaluate_flow(
 @flow(name="evaluate-production", flow_run_name="evaluate-production-{dataset}-{split}")
 def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str = "test") -> dict:
     """Re-evaluate the production model (``ner promote RUN_ID``) on a split: the weekly deployment."""
-    model_dir, run_id = _resolve_production(db_path)
+    model_dir, run_id = resolve_model(db_path)
     return evaluate_task(db_path, model_dir, dataset, split, run_id)
 
 
@@ -246,8 +237,7 @@ def predict_flow(
 ) -> dict:
     """Tag ``source`` with ``model_dir``, or with the production run's model when none is given;
     ``settings`` as in :func:`predict_task`."""
-    if model_dir is None:
-        model_dir, run_id = _resolve_production(db_path)
+    model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
     return predict_task(db_path, model_dir, source, run_id, settings)
 
 
@@ -257,7 +247,7 @@ def predict_new_flow(
 ) -> dict:
     """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
     all) that the production model has not tagged yet; rows accumulate in one prediction run."""
-    model_dir, run_id = _resolve_production(db_path)
+    model_dir, run_id = resolve_model(db_path)
     return predict_new_task(db_path, model_dir, run_id, dataset, split, settings)
 
 
