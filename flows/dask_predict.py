@@ -86,34 +86,33 @@ def store_shard_rows(
     input_kind: str,
     input_ref: str,
     run_id: str | None,
-    seconds_so_far: float = 0.0,
     config: dict | None = None,
+    replace: bool = True,
+    t0: float | None = None,
 ) -> dict:
-    """The single writer: one prediction run, one transaction per shard. Returns predict_step's summary."""
-    import json
-
+    """The single writer: one prediction run (replaced, or with ``replace=False`` added to), one
+    transaction per shard, through :class:`storage.predictions.PredictionRunWriter` as
+    :func:`flows.steps.predict_step` writes. ``t0``: when the work began (``time.perf_counter()``)."""
     from storage import predictions as predictions_db
 
-    t0 = time.perf_counter()
-    pred_run_id = steps.prediction_run_id(model_dir, input_ref)
-    predictions_db.start_prediction_run(
+    run = predictions_db.PredictionRunWriter(
         db_path,
-        pred_run_id,
+        steps.prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
         input_ref=input_ref,
-        config_json=json.dumps(config or {}),
-        replace=True,
+        extra=config,
+        replace=replace,
+        t0=t0,
     )
-    for rows in shard_rows:
-        if rows:
-            predictions_db.write_predictions(db_path, pred_run_id, rows)
-    row = predictions_db.finish_prediction_run(
-        db_path, pred_run_id, status="completed", seconds=seconds_so_far + time.perf_counter() - t0
-    )
+    with run:
+        for rows in shard_rows:
+            if rows:
+                run.write(rows)
+    row = run.row
     return {
-        "pred_run_id": pred_run_id,
+        "pred_run_id": run.pred_run_id,
         "n_documents": row["n_documents"],
         "n_entities": row["n_entities"],
         "n_chars": row["n_chars"],
@@ -170,8 +169,8 @@ def predict_sharded(
         input_kind=input_kind,
         input_ref=input_ref,
         run_id=run_id,
-        seconds_so_far=time.perf_counter() - t0,
         config={"n_shards": len(shards), "dask": address or "local", **settings},
+        t0=t0,
     )
 
 
@@ -244,44 +243,18 @@ def dask_predict_flow(
     settings = {"batch_size": batch_size, **(settings or {})}
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(settings))
     rows = [f.result() for f in futures]
-    if only_new:  # accumulate into the existing prediction run instead of replacing it
-        from storage import predictions as predictions_db
-
-        pred_run_id = steps.prediction_run_id(model_dir, ref)
-        predictions_db.start_prediction_run(
-            db_path,
-            pred_run_id,
-            model_dir=model_dir,
-            run_id=run_id,
-            input_kind=kind,
-            input_ref=ref,
-            config_json=None,
-            replace=False,
-        )
-        for r in rows:
-            if r:
-                predictions_db.write_predictions(db_path, pred_run_id, r)
-        row = predictions_db.finish_prediction_run(
-            db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
-        )
-        return {
-            "pred_run_id": pred_run_id,
-            "n_documents": row["n_documents"],
-            "n_entities": row["n_entities"],
-            "n_chars": row["n_chars"],
-            "n_new_documents": len(docs),
-            "n_shards": len(shards),
-        }
-    return store_shard_rows(
+    out = store_shard_rows(
         db_path,
         model_dir,
         rows,
         input_kind=kind,
         input_ref=ref,
         run_id=run_id,
-        seconds_so_far=time.perf_counter() - t0,
         config={"n_shards": len(shards), **settings},
+        replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
+        t0=t0,
     )
+    return {**out, "n_new_documents": len(docs)} if only_new else out
 
 
 def run_dask_predict(

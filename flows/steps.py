@@ -7,7 +7,6 @@ directly. They pass paths and ids, never models or tensors.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -227,8 +226,6 @@ def predict_step(
     Window settings (``max_len``, ``stride``, ``batch_size``, ``num_threads``, ``quantize``) left ``None``
     come from the model's saved ``prediction`` configuration (see :meth:`Tagger.from_loaded`).
     """
-    from tqdm.auto import tqdm
-
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
 
@@ -249,69 +246,54 @@ def predict_step(
         num_threads=num_threads,
         quantize=quantize,
     )
-    pred_run_id = prediction_run_id(model_dir, input_ref)
-    # what changes the predictions: a run resumes only under the same settings
-    # ("merge": how windows are joined; runs stored before the whole-text CRF have none and are not resumed)
-    settings = {
-        "max_len": tagger.max_len,
-        "stride": tagger.stride,
-        "quantize": tagger.quantize,
-        "merge": tagger.merge,
-    }
-    cfg = json.dumps(
-        {**settings, "batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs}
-    )
-    if replace is None:
-        prev = predictions_db.get_prediction_run(db_path, pred_run_id)
-        prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
-        resumable = (
-            prev is not None
-            and prev["status"] in ("running", "failed")
-            and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings
-        )
-        replace = not resumable
-    done = predictions_db.start_prediction_run(
+    run = predictions_db.PredictionRunWriter(
         db_path,
-        pred_run_id,
+        prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
         input_ref=input_ref,
-        config_json=cfg,
+        # what changes the predictions: a run resumes only under the same settings ("merge": how windows
+        # are joined; a stored run without it is never resumed)
+        settings={
+            "max_len": tagger.max_len,
+            "stride": tagger.stride,
+            "quantize": tagger.quantize,
+            "merge": tagger.merge,
+        },
+        extra={"batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs},
         replace=replace,
+        t0=t0,
     )
-    todo = [d for d in docs if d.doc_id not in done]
-    # longest documents first within the run would hurt resumption granularity; keep input order and let
-    # the tagger sort windows by length inside each batch of documents
-    bar = tqdm(
-        total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False, disable=not progress
-    )
-    try:
-        for b in range(0, len(todo), batch_docs):
-            part = todo[b : b + batch_docs]
-            preds = tagger.predict([d.text for d in part], progress=bar.update)
-            predictions_db.write_predictions(
-                db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)]
-            )
-    except BaseException:
-        predictions_db.finish_prediction_run(
-            db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0
-        )
-        raise
-    finally:
-        bar.close()
-    row = predictions_db.finish_prediction_run(
-        db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
-    )
+    with run:
+        todo = [d for d in docs if d.doc_id not in run.done]
+        _tag_into(run, tagger, todo, batch_docs, progress)
+    row = run.row
     return {
-        "pred_run_id": pred_run_id,
+        "pred_run_id": run.pred_run_id,
         "n_documents": row["n_documents"],
         "n_entities": row["n_entities"],
         "n_chars": row["n_chars"],
-        "skipped_already_done": len(done),
-        "resumed": not replace,
+        "skipped_already_done": len(run.done),
+        "resumed": run.resumed,
         "seconds": round(row["seconds"], 2),
     }
+
+
+def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:
+    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=sum(len(d.text) for d in docs), unit="char", desc="predict", leave=False, disable=not progress
+    )
+    try:
+        for b in range(0, len(docs), batch_docs):
+            part = docs[b : b + batch_docs]
+            preds = tagger.predict([d.text for d in part], progress=bar.update)
+            run.write([(d.doc_id, d.text, p) for d, p in zip(part, preds)])
+    finally:
+        bar.close()
 
 
 def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:

@@ -112,6 +112,90 @@ def _same(a, b):
     assert [e[5] for e in ents_a] == pytest.approx([e[5] for e in ents_b], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def untrained_model_dir(tmp_path_factory, tiny_encoder_dir):
+    from tests.test_predict import build_model_dir
+
+    return str(build_model_dir(tmp_path_factory.mktemp("dask-model") / "model", tiny_encoder_dir))
+
+
+def _tag_shards(model_dir, docs, n_shards):
+    from flows.dask_predict import shard_documents, tag_shard
+
+    return [tag_shard(model_dir, [(d.doc_id, d.text) for d in s]) for s in shard_documents(docs, n_shards)]
+
+
+def test_shard_writer_and_predict_step_store_identical_rows(tmp_path, untrained_model_dir):
+    """The Dask path's writer and the plain step write through the same protocol: same run, same rows."""
+    from flows import steps
+    from flows.dask_predict import store_shard_rows
+    from storage.predictions import get_prediction_run
+
+    docs = _docs([40, 5, 300, 17, 90]) + [Document(doc_id="raw", text=open(RAW[0], encoding="utf-8").read())]
+    plain_db, dask_db = str(tmp_path / "plain.duckdb"), str(tmp_path / "dask.duckdb")
+    single = steps.predict_step(
+        plain_db,
+        untrained_model_dir,
+        docs,
+        input_kind="texts",
+        input_ref="same",
+        batch_docs=2,
+        progress=False,
+    )
+    out = store_shard_rows(
+        dask_db,
+        untrained_model_dir,
+        _tag_shards(untrained_model_dir, docs, 3),
+        input_kind="texts",
+        input_ref="same",
+        run_id=None,
+    )
+    assert out["pred_run_id"] == single["pred_run_id"]
+    assert (out["n_documents"], out["n_entities"], out["n_chars"]) == (
+        single["n_documents"],
+        single["n_entities"],
+        single["n_chars"],
+    )
+    _same(_rows(dask_db, out["pred_run_id"]), _rows(plain_db, single["pred_run_id"]))
+    assert get_prediction_run(dask_db, out["pred_run_id"])["status"] == "completed"
+
+
+def test_shard_writer_marks_a_failed_write_and_adds_to_a_run_without_replacing(
+    tmp_path, untrained_model_dir, monkeypatch
+):
+    from flows.dask_predict import store_shard_rows
+    from storage import predictions as predictions_db
+
+    db, docs = str(tmp_path / "p.duckdb"), _docs([30, 40, 50, 60])
+    shard_rows = _tag_shards(untrained_model_dir, docs, 2)
+    first = store_shard_rows(
+        db, untrained_model_dir, shard_rows[:1], input_kind="texts", input_ref="r", run_id=None
+    )
+    real_write = predictions_db.write_predictions
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(predictions_db, "write_predictions", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store_shard_rows(
+            db,
+            untrained_model_dir,
+            shard_rows[1:],
+            input_kind="texts",
+            input_ref="r",
+            run_id=None,
+            replace=False,
+        )
+    row = predictions_db.get_prediction_run(db, first["pred_run_id"])
+    assert row["status"] == "failed" and row["n_documents"] == first["n_documents"]
+    monkeypatch.setattr(predictions_db, "write_predictions", real_write)
+    out = store_shard_rows(
+        db, untrained_model_dir, shard_rows[1:], input_kind="texts", input_ref="r", run_id=None, replace=False
+    )
+    assert out["n_documents"] == len(docs)
+
+
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
 def test_dask_flow_on_local_cluster_equals_single_process(trained):
     from flows import steps

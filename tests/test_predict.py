@@ -389,11 +389,11 @@ from ner_core.documents import Document
 from flows import steps
 from storage import predictions as predictions_db
 from storage import query as query_db
-real = runs.write_predictions
+real = predictions_db.write_predictions
 def write_then_die(*a, **k):
     real(*a, **k)
     os._exit(137)
-runs.write_predictions = write_then_die
+predictions_db.write_predictions = write_then_die
 docs = [Document(**d) for d in json.load(open({str(tmp_path / "docs.json")!r}, encoding='utf-8'))]
 steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_ref="six", batch_docs=2,
                    progress=False)
