@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.options import add_prediction_options, prediction_options
 from ner_core.config import HeadType, NERConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,16 +63,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401  (argparse API)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _config_flags() -> dict[str, tuple[str, Any]]:
@@ -375,73 +366,67 @@ def cmd_predict(args) -> int:
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
-    settings = {
-        k: v
-        for k, v in {
-            "max_len": args.window,
-            "stride": args.stride,
-            "batch_size": args.batch_size,
-            "num_threads": args.threads,
-            "quantize": args.quantize,
-        }.items()
-        if v is not None
-    }
-    if args.device is not None:
-        settings["device"] = args.device
+    options = prediction_options(args)
     if args.only_new and (args.files or not run_id):
         raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
     if args.dask or args.scheduler:
-        from flows import dask_predict
-
-        if {"num_threads", "device"} & settings.keys():
-            raise CLIError("--threads and --device are not used with --dask: each worker runs one CPU thread")
-        if args.no_prefect:
-            if args.only_new:
-                raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
-            docs, kind, ref = steps.load_prediction_input(args.db, source)
-            out = dask_predict.predict_sharded(
-                args.db,
-                model_dir,
-                docs,
-                input_kind=kind,
-                input_ref=ref,
-                run_id=run_id,
-                n_shards=args.shards,
-                address=args.scheduler,
-                n_workers=args.workers,
-                settings=settings,
-            )
-        else:
-            out = dask_predict.run_dask_predict(
-                args.db,
-                source,
-                model_dir,
-                run_id,
-                n_shards=args.shards,
-                address=args.scheduler,
-                n_workers=args.workers,
-                only_new=args.only_new,
-                settings=settings,
-            )
+        out = _predict_dask(args, model_dir, run_id, source, options)
     elif args.only_new:
-        task = pipeline.predict_new_task.fn if args.no_prefect else pipeline.predict_new_task
-        if args.no_prefect or args.model_dir or args.run:
-            out = (
-                task(args.db, model_dir, run_id, args.dataset, args.split, settings)
-                if args.no_prefect
-                else _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split, settings)
-            )
-        else:
-            out = pipeline.predict_new_flow(args.db, args.dataset, args.split, settings)
+        out = _predict_new(args, model_dir, run_id, options)
     elif args.no_prefect:
         docs, kind, ref = steps.load_prediction_input(args.db, source)
         out = steps.predict_step(
-            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **settings
+            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
         )
     else:
-        out = pipeline.predict_flow(args.db, source, model_dir, run_id, settings)
+        out = pipeline.predict_flow(args.db, source, model_dir, run_id, options)
     print(json.dumps(out, ensure_ascii=False, indent=2))
     return 0
+
+
+def _predict_dask(args, model_dir: str, run_id: str | None, source, options):
+    from flows import dask_predict, steps
+
+    if options.num_threads is not None or options.device is not None:
+        raise CLIError("--threads and --device are not used with --dask: each worker runs one CPU thread")
+    if not args.no_prefect:
+        return dask_predict.run_dask_predict(
+            args.db,
+            source,
+            model_dir,
+            run_id,
+            n_shards=args.shards,
+            address=args.scheduler,
+            n_workers=args.workers,
+            only_new=args.only_new,
+            options=options,
+        )
+    if args.only_new:
+        raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
+    docs, kind, ref = steps.load_prediction_input(args.db, source)
+    return dask_predict.predict_sharded(
+        args.db,
+        model_dir,
+        docs,
+        input_kind=kind,
+        input_ref=ref,
+        run_id=run_id,
+        n_shards=args.shards,
+        address=args.scheduler,
+        n_workers=args.workers,
+        options=options,
+    )
+
+
+def _predict_new(args, model_dir: str, run_id: str, options):
+    from flows import pipeline
+
+    if args.no_prefect:
+        return pipeline.predict_new_task.fn(args.db, model_dir, run_id, args.dataset, args.split, options)
+    if args.model_dir or args.run:
+        task = _flow_of(pipeline.predict_new_task)
+        return task(args.db, model_dir, run_id, args.dataset, args.split, options)
+    return pipeline.predict_new_flow(args.db, args.dataset, args.split, options)
 
 
 def _flow_of(task):
@@ -686,27 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)"
             )
             sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
-            g = sp.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
-            g.add_argument(
-                "--window",
-                type=_positive_int,
-                metavar="CHARS",
-                help="characters per window, 8-510 (default: the model's max_len)",
-            )
-            g.add_argument(
-                "--stride",
-                type=_positive_int,
-                metavar="CHARS",
-                help="characters between window starts, <= --window (default: window - window // 8)",
-            )
-            g.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default 32)")
-            g.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
-            g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
-            g.add_argument(
-                "--quantize",
-                choices=["none", "int8"],
-                help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
-            )
+            add_prediction_options(sp)
         sp.set_defaults(func=func)
 
     sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))

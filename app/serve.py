@@ -36,6 +36,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.options import add_prediction_options, prediction_options
+from ner_core.config import PredictionConfig
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
@@ -166,16 +169,12 @@ def create_app(
     *,
     run_id: str | None = None,
     limits: ServeLimits | None = None,
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    num_threads: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
     batch_requests: bool = True,
 ):
-    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once. ``batch_requests``:
-    tag the texts of concurrent requests together (:class:`RequestBatcher`)."""
+    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
+    ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
+    concurrent requests together (:class:`RequestBatcher`)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -187,15 +186,7 @@ def create_app(
     if not isinstance(limits, ServeLimits):
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(
-        loaded,
-        max_len=max_len,
-        stride=stride,
-        batch_size=batch_size,
-        device=device,
-        num_threads=num_threads,
-        quantize=quantize,
-    )
+    tagger = Tagger.from_loaded(loaded, options)
     # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
     batcher = RequestBatcher(
         tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars, coalesce=batch_requests
@@ -304,12 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_dir,
         run_id=run_id,
         limits=limits,
-        max_len=args.max_len,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_threads=args.threads,
-        quantize=args.quantize,
+        options=prediction_options(args),
         batch_requests=args.batch_requests,
     )
     print(
@@ -388,18 +374,7 @@ def add_commands(subparsers) -> None:
         default=d.max_total_chars,
         help="characters per request (default %(default)s)",
     )
-    sp.add_argument("--max-len", type=int, help="window size in characters (default: the model's max_len)")
-    sp.add_argument("--stride", type=int, help="window stride (default: max_len - max_len // 8)")
-    sp.add_argument(
-        "--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)"
-    )
-    sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
-    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    sp.add_argument(
-        "--quantize",
-        choices=["none", "int8"],
-        help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
-    )
+    add_prediction_options(sp)
     sp.add_argument(
         "--batch-requests",
         action=argparse.BooleanOptionalAction,

@@ -266,8 +266,14 @@ def bench_window_f1(
         whole_len = min(510, max(longest, 8))
 
         def f1(mod, ml: int, st: int, quantize: str) -> float:
-            tagger = mod.Tagger.from_loaded(
-                loaded, max_len=ml, stride=st, batch_size=32, device="cpu", quantize=quantize
+            tagger = mod.Tagger(  # the constructor: the same in both predict.py versions compared
+                loaded.model,
+                loaded.tokenizer,
+                max_len=ml,
+                stride=st,
+                batch_size=32,
+                device="cpu",
+                quantize=quantize,
             )
             preds = tagger.predict([d.text for d in dev], confidence=False)
             ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from prefect import flow, task, unmapped
 
 from flows import steps
+from ner_core.config import PredictionConfig
 from ner_core.documents import Document
 from storage.runs import resolve_model
 
@@ -54,13 +55,10 @@ def shard_documents(docs: Sequence[Document], n_shards: int) -> list[list[Docume
 def tag_shard(
     model_dir: str,
     items: Sequence[tuple[str, str]],
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
 ) -> ShardRows:
     """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
-    Settings left ``None`` come from the model's saved prediction configuration.
+    ``options`` left ``None`` come from the model's saved prediction configuration.
 
     Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
     from ner_core.modeldir import load_model_dir
@@ -71,9 +69,7 @@ def tag_shard(
     items = list(items)
     if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
         raise ValueError("expected items as (doc_id, text) pairs")
-    tagger = Tagger.from_loaded(
-        load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size, quantize=quantize
-    )
+    tagger = Tagger.from_loaded(load_model_dir(model_dir), options)
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
 
@@ -121,6 +117,11 @@ def store_shard_rows(
     }
 
 
+def _stored(options: PredictionConfig | None) -> dict:
+    """The options given (not the model's saved ones), as stored in the prediction run's config."""
+    return options.model_dump(exclude_none=True) if options is not None else {}
+
+
 def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
     return [[(d.doc_id, d.text) for d in s] for s in shards]
 
@@ -137,13 +138,10 @@ def predict_sharded(
     address: str | None = None,
     n_workers: int = 2,
     processes: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
 ) -> dict:
     """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
-    the rows in DuckDB from this process. ``settings``: max_len, stride, batch_size, quantize for
-    :func:`tag_shard` (``batch_size`` is kept for callers of the older signature)."""
-    settings = {"batch_size": batch_size, **(settings or {})}
+    the rows in DuckDB from this process; ``options`` as in :func:`tag_shard`."""
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -157,7 +155,7 @@ def predict_sharded(
     )
     try:
         with Client(address or cluster) as client:
-            futures = [client.submit(tag_shard, model_dir, s, pure=False, **settings) for s in shards]
+            futures = [client.submit(tag_shard, model_dir, s, options, pure=False) for s in shards]
             rows = client.gather(futures)
     finally:
         if cluster is not None:
@@ -169,7 +167,7 @@ def predict_sharded(
         input_kind=input_kind,
         input_ref=input_ref,
         run_id=run_id,
-        config={"n_shards": len(shards), "dask": address or "local", **settings},
+        config={"n_shards": len(shards), "dask": address or "local", **_stored(options)},
         t0=t0,
     )
 
@@ -195,8 +193,10 @@ def make_task_runner(address: str | None = None, n_workers: int = 2, processes: 
 
 
 @task(name="tag-shard", retries=1, retry_delay_seconds=[5])
-def tag_shard_task(model_dir: str, items: list[tuple[str, str]], settings: dict | None = None) -> ShardRows:
-    return tag_shard(model_dir, items, **(settings or {}))
+def tag_shard_task(
+    model_dir: str, items: list[tuple[str, str]], options: PredictionConfig | None = None
+) -> ShardRows:
+    return tag_shard(model_dir, items, options)
 
 
 def _dask_run_name() -> str:
@@ -221,8 +221,7 @@ def dask_predict_flow(
     run_id: str | None = None,
     n_shards: int = 4,
     only_new: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
 ) -> dict:
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
@@ -240,8 +239,7 @@ def dask_predict_flow(
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     shards = _payload(shard_documents(docs, n_shards))
-    settings = {"batch_size": batch_size, **(settings or {})}
-    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(settings))
+    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]
     out = store_shard_rows(
         db_path,
@@ -250,7 +248,7 @@ def dask_predict_flow(
         input_kind=kind,
         input_ref=ref,
         run_id=run_id,
-        config={"n_shards": len(shards), **settings},
+        config={"n_shards": len(shards), **_stored(options)},
         replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
         t0=t0,
     )
@@ -268,8 +266,7 @@ def run_dask_predict(
     n_workers: int = 2,
     processes: bool = False,
     only_new: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
     return_state: bool = False,
 ):
     """Run :func:`dask_predict_flow` with a task runner chosen now (address or LocalCluster)."""
@@ -282,7 +279,6 @@ def run_dask_predict(
         run_id,
         n_shards,
         only_new,
-        batch_size,
-        settings,
+        options,
         return_state=return_state,
     )

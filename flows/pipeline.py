@@ -20,7 +20,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run
 
 from flows import steps
-from ner_core.config import NERConfig
+from ner_core.config import NERConfig, PredictionConfig
 from storage.runs import resolve_model
 
 
@@ -148,13 +148,16 @@ def evaluate_task(
 
 @task(name="predict")
 def predict_task(
-    db_path: str, model_dir: str, source: dict, run_id: str | None = None, settings: dict | None = None
+    db_path: str,
+    model_dir: str,
+    source: dict,
+    run_id: str | None = None,
+    options: PredictionConfig | None = None,
 ) -> dict:
-    """``settings``: keyword arguments of :func:`flows.steps.predict_step` (max_len, stride, batch_size,
-    device, num_threads, quantize)."""
+    """``options``: window and speed (unset ones: the model's saved prediction settings)."""
     docs, kind, ref = steps.load_prediction_input(db_path, source)
     return steps.predict_step(
-        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **(settings or {})
+        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
     )
 
 
@@ -165,7 +168,7 @@ def predict_new_task(
     run_id: str,
     dataset: str,
     split: str | None = None,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
 ) -> dict:
     from storage.predictions import unpredicted_documents
 
@@ -182,7 +185,7 @@ def predict_new_task(
         input_ref=ref,
         run_id=run_id,
         replace=False,
-        **(settings or {}),
+        options=options,
     )
     return {**out, "n_new_documents": len(docs)}
 
@@ -233,22 +236,22 @@ def predict_flow(
     source: dict,
     model_dir: str | None = None,
     run_id: str | None = None,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
 ) -> dict:
-    """Tag ``source`` with ``model_dir``, or with the production run's model when none is given;
-    ``settings`` as in :func:`predict_task`."""
+    """Tag ``source`` with ``model_dir``, or with run ``run_id``'s model, or with the production run's;
+    ``options`` as in :func:`predict_task`."""
     model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
-    return predict_task(db_path, model_dir, source, run_id, settings)
+    return predict_task(db_path, model_dir, source, run_id, options)
 
 
 @flow(name="predict-new", flow_run_name="predict-new-{dataset}")
 def predict_new_flow(
-    db_path: str, dataset: str = "sample", split: str | None = None, settings: dict | None = None
+    db_path: str, dataset: str = "sample", split: str | None = None, options: PredictionConfig | None = None
 ) -> dict:
     """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
     all) that the production model has not tagged yet; rows accumulate in one prediction run."""
     model_dir, run_id = resolve_model(db_path)
-    return predict_new_task(db_path, model_dir, run_id, dataset, split, settings)
+    return predict_new_task(db_path, model_dir, run_id, dataset, split, options)
 
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)

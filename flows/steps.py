@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ner_core.config import NERConfig
+from ner_core.config import NERConfig, PredictionConfig
 from ner_core.documents import Document
 from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
@@ -207,12 +207,7 @@ def predict_step(
     run_id: str | None = None,
     batch_docs: int = 64,
     replace: bool | None = None,
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    num_threads: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
     progress: bool = True,
 ) -> dict:
     """Tag ``docs`` and store one row per entity; every ``batch_docs`` documents are written in their own
@@ -223,8 +218,8 @@ def predict_step(
     always replaces; ``False`` always resumes. Same model + same input = same ``pred_run_id``, so rows are
     never duplicated.
 
-    Window settings (``max_len``, ``stride``, ``batch_size``, ``num_threads``, ``quantize``) left ``None``
-    come from the model's saved ``prediction`` configuration (see :meth:`Tagger.from_loaded`).
+    ``options``: window and speed; the ones left ``None`` come from the model's saved ``prediction``
+    configuration (see :meth:`Tagger.from_loaded`).
     """
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
@@ -237,15 +232,7 @@ def predict_step(
         raise ValueError(f"prediction input has duplicate doc_id {dup!r}: doc_ids must be unique per run")
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(
-        loaded,
-        max_len=max_len,
-        stride=stride,
-        batch_size=batch_size,
-        device=device,
-        num_threads=num_threads,
-        quantize=quantize,
-    )
+    tagger = Tagger.from_loaded(loaded, options)
     run = predictions_db.PredictionRunWriter(
         db_path,
         prediction_run_id(model_dir, input_ref),
@@ -281,7 +268,8 @@ def predict_step(
 
 
 def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:
-    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``."""
+    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``: a
+    resumed run skips whole stored batches (the tagger sorts windows by length within a batch)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(

@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ner_core.config import PredictionConfig
 from tests.conftest import REPO, SAMPLE
 
 RAW = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
@@ -152,7 +153,7 @@ def test_model_directory_loads_alone_and_tags_mixed_text(pipeline_db, tmp_path):
 
     copy = tmp_path / "copied-model"
     shutil.copytree(pipeline_db["train"]["model_dir"], copy)
-    tagger = Tagger.from_loaded(load_model_dir(copy), max_len=16, stride=8)
+    tagger = Tagger.from_loaded(load_model_dir(copy), PredictionConfig(window=16, stride=8))
     text = "张伟在北京的ABC资本工作，2023年买了余额宝😀 iPhone 15。"
     tags, probs = tagger.tag_texts([text])[0]
     assert len(tags) == len(probs) == len(text)

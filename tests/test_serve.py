@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ner_core.config import PredictionConfig
 from tests.conftest import REPO
 from tests.test_predict import build_model_dir
 
@@ -50,7 +51,7 @@ def service(model_dir, tmp_path_factory):
         "3000",
         "--max-total-chars",
         "5000",
-        "--max-len",
+        "--window",
         "32",
     ]
     with open(log, "w") as fh:
@@ -95,7 +96,7 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3 and results[2] == {"n_chars": 0, "entities": []}
-    expected = Tagger.from_loaded(load_model_dir(model_dir), max_len=32).predict(TEXTS)
+    expected = Tagger.from_loaded(load_model_dir(model_dir), PredictionConfig(window=32)).predict(TEXTS)
     for text, res, exp in zip(TEXTS, results, expected):
         assert res["n_chars"] == len(text)
         assert [(e["start"], e["end"], e["label"], e["text"]) for e in res["entities"]] == [
