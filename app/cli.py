@@ -52,10 +52,26 @@ SEED_FLAGS = (
     "dropout_rate",
     "best_fit",
 )
+# flags that never had an effect: each answers in one line what to use instead (exit status 2)
+_RETIRED = {
+    "window_stride": "never had an effect (training never read it): the stride of prediction windows is "
+    "`ner predict --stride`; training cuts long texts at sentence ends into pieces of at most --max_len",
+}
 
 
 class CLIError(ValueError):
     """A usage problem found after parsing (conflicting or unusable flags)."""
+
+
+class _Retired(argparse.Action):
+    """A flag that is refused with its one-line explanation, whatever value it is given."""
+
+    def __init__(self, option_strings, dest, *, explanation: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.explanation = explanation
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.explanation}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +88,8 @@ def _config_flags() -> dict[str, tuple[str, Any]]:
         for name, field in model.model_fields.items():
             key = f"{section}.{name}"
             flag = _RENAMED.get(key, name)
-            flags[flag] = (key, field)
+            if flag not in _RETIRED:
+                flags[flag] = (key, field)
     return flags
 
 
@@ -113,6 +130,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cell_type", "-cell_type", choices=["lstm", "gru"], help="seed name: lstm -> bilstm, gru -> bigru"
     )
+    for flag, explanation in _RETIRED.items():
+        g.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", action=_Retired, explanation=explanation)
     s = p.add_argument_group("seed (keras-bert-ner) flags mapped onto the options above")
     s.add_argument(
         "--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none"

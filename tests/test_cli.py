@@ -391,3 +391,10 @@ def test_predict_and_serve_share_the_prediction_options(command, capsys):
         None,
         None,
     )
+
+
+@pytest.mark.parametrize("argv", [["--window_stride", "32"], ["--window-stride", "8"], ["--window_stride"]])
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_window_stride_answers_that_it_never_had_an_effect(command, argv, capsys):
+    rc, _, err = run([command, *argv], capsys)
+    _one_line_error(rc, err, argv[0], "never had an effect", "ner predict --stride", "--max_len")
