@@ -15,12 +15,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from app.options import add_prediction_options, prediction_options
 from ner_core.config import HeadType, NERConfig
+
+if TYPE_CHECKING:
+    from flows.contracts import PipelineSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_corpus"
@@ -267,6 +270,11 @@ def _prefect_env() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _print_json(result) -> None:
+    """A step's result (a flows.contracts model) as indented JSON on stdout."""
+    print(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
+
+
 def _run(args: argparse.Namespace, flow_name: str, step, **kwargs):
     """Run the flow (Prefect) or the plain step (--no-prefect)."""
     if args.no_prefect:
@@ -305,7 +313,7 @@ def cmd_ingest(args) -> int:
         from flows.pipeline import ingest_flow
 
         out = ingest_flow(args.db, args.name, files, args.format, args.policy, args.untyped_label)
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    _print_json(out)
     return 0
 
 
@@ -328,7 +336,7 @@ def cmd_train(args) -> int:
         ingest = _run(
             args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
         )
-        print(f"ingested {config.data.dataset} v{ingest['version']}", file=sys.stderr)
+        print(f"ingested {config.data.dataset} v{ingest.version}", file=sys.stderr)
     out = _run(
         args,
         "train_flow",
@@ -343,7 +351,7 @@ def cmd_train(args) -> int:
             }
         ),
     )
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    _print_json(out)
     return 0
 
 
@@ -366,21 +374,21 @@ def cmd_test(args) -> int:
         **({"file": args.file} if args.file else {}),
     )
     if args.no_prefect:
-        print(out.pop("markdown"))
-        out.pop("per_type")
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+        print(out.markdown)
+    _print_json(out)
     return 0
 
 
 def cmd_predict(args) -> int:
     from flows import pipeline, steps
+    from flows.contracts import DatasetSource, FilesSource
     from storage.runs import resolve_model
 
     model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     source = (
-        {"files": args.files, "text_per_file": not args.lines}
+        FilesSource(files=args.files, text_per_file=not args.lines)
         if args.files
-        else {"dataset": args.dataset, "split": args.split}
+        else DatasetSource(dataset=args.dataset, split=args.split)
     )
     for f in args.files or []:
         if not Path(f).exists():
@@ -399,7 +407,7 @@ def cmd_predict(args) -> int:
         )
     else:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id, options)
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    _print_json(out)
     return 0
 
 
@@ -462,6 +470,7 @@ def cmd_pipeline(args) -> int:
 
 def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_files: list[str]) -> int:
     from flows import pipeline, steps
+    from flows.contracts import FilesSource, PipelineSummary
 
     for f in (train, dev, test, *predict_files):
         if not Path(f).exists():
@@ -470,41 +479,41 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
         ds = config.data.dataset
         ingest = steps.ingest_step(args.db, ds, {"train": train, "dev": dev, "test": test})
         trained = steps.train_step(args.db, config, args.runs_root)
-        evaluation = steps.evaluate_step(args.db, trained["model_dir"], ds, "test", run_id=trained["run_id"])
-        docs, kind, ref = steps.load_prediction_input(args.db, {"files": predict_files})
+        evaluation = steps.evaluate_step(args.db, trained.model_dir, ds, "test", run_id=trained.run_id)
+        docs, kind, ref = steps.load_prediction_input(args.db, FilesSource(files=predict_files))
         predicted = steps.predict_step(
-            args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=trained["run_id"]
+            args.db, trained.model_dir, docs, input_kind=kind, input_ref=ref, run_id=trained.run_id
         )
-        out = {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}
+        out = PipelineSummary(ingest=ingest, train=trained, evaluate=evaluation, predict=predicted)
     else:
         out = pipeline.pipeline_flow(args.db, config, train, dev, test, predict_files, args.runs_root)
     _print_pipeline_summary(args.db, out)
     return 0
 
 
-def _print_pipeline_summary(db: str, out: dict) -> None:
+def _print_pipeline_summary(db: str, out: PipelineSummary) -> None:
     from storage import query as query_db
 
-    ev, pr, tr = out["evaluate"], out["predict"], out["train"]
+    ev, pr, tr = out.evaluate, out.predict, out.train
     print()
     print(
-        f"run {tr['run_id']}: best epoch {tr['best_epoch']} ({tr['stopped_reason']}), "
-        f"{tr['seconds']} s, model in {tr['model_dir']}"
+        f"run {tr.run_id}: best epoch {tr.best_epoch} ({tr.stopped_reason}), "
+        f"{tr.seconds} s, model in {tr.model_dir}"
     )
     print(
-        f"test: entity F1 {ev['f1'] * 100:.2f}  (P {ev['precision'] * 100:.2f}, R {ev['recall'] * 100:.2f}), "
-        f"char accuracy {ev['char_accuracy'] * 100:.2f}, sentence accuracy {ev['sentence_accuracy'] * 100:.2f}"
+        f"test: entity F1 {ev.f1 * 100:.2f}  (P {ev.precision * 100:.2f}, R {ev.recall * 100:.2f}), "
+        f"char accuracy {ev.char_accuracy * 100:.2f}, sentence accuracy {ev.sentence_accuracy * 100:.2f}"
     )
     print(
-        f"predicted {pr['n_entities']} entities in {pr['n_documents']} documents "
-        f"({pr['n_chars']} characters) -> {db}, prediction run {pr['pred_run_id']}"
+        f"predicted {pr.n_entities} entities in {pr.n_documents} documents "
+        f"({pr.n_chars} characters) -> {db}, prediction run {pr.pred_run_id}"
     )
     sql = (
         "SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
         "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC"
     )
-    print(f"\nSQL> {sql.replace('?', repr(pr['pred_run_id']))};")
-    for row in query_db.query(db, sql, [pr["pred_run_id"]]):
+    print(f"\nSQL> {sql.replace('?', repr(pr.pred_run_id))};")
+    for row in query_db.query(db, sql, [pr.pred_run_id]):
         examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
         print(f"  {row['label']:<6} {row['n']:>5}  {examples}")
     print(f"\nOpen the dashboard:  ner ui --db {db}    (or: make ui)")

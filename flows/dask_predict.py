@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from prefect import flow, task, unmapped
 
 from flows import steps
+from flows.contracts import DatasetSource, PredictionSource, PredictSummary, parse_source
 from ner_core.config import PredictionConfig
 from ner_core.documents import Document
 from storage.runs import resolve_model
@@ -85,7 +86,7 @@ def store_shard_rows(
     config: dict | None = None,
     replace: bool = True,
     t0: float | None = None,
-) -> dict:
+) -> PredictSummary:
     """The single writer: one prediction run (replaced, or with ``replace=False`` added to), one
     transaction per shard, through :class:`storage.predictions.PredictionRunWriter` as
     :func:`flows.steps.predict_step` writes. ``t0``: when the work began (``time.perf_counter()``)."""
@@ -106,15 +107,7 @@ def store_shard_rows(
         for rows in shard_rows:
             if rows:
                 run.write(rows)
-    row = run.row
-    return {
-        "pred_run_id": run.pred_run_id,
-        "n_documents": row["n_documents"],
-        "n_entities": row["n_entities"],
-        "n_chars": row["n_chars"],
-        "n_shards": len(shard_rows),
-        "seconds": round(row["seconds"], 2),
-    }
+    return PredictSummary.from_run(run, n_shards=len(shard_rows))
 
 
 def _stored(options: PredictionConfig | None) -> dict:
@@ -139,7 +132,7 @@ def predict_sharded(
     n_workers: int = 2,
     processes: bool = False,
     options: PredictionConfig | None = None,
-) -> dict:
+) -> PredictSummary:
     """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
     the rows in DuckDB from this process; ``options`` as in :func:`tag_shard`."""
     from distributed import Client, LocalCluster
@@ -202,8 +195,8 @@ def tag_shard_task(
 def _dask_run_name() -> str:
     from prefect.runtime import flow_run
 
-    src = flow_run.parameters.get("source") or {}
-    what = src.get("dataset") or "files"
+    src = parse_source(flow_run.parameters.get("source"))
+    what = src.dataset if isinstance(src, DatasetSource) else src.kind
     return f"dask-predict-{what}-{flow_run.parameters.get('n_shards')}-shards"
 
 
@@ -216,26 +209,25 @@ def _dask_run_name() -> str:
 )
 def dask_predict_flow(
     db_path: str,
-    source: dict,
+    source: PredictionSource,
     model_dir: str | None = None,
     run_id: str | None = None,
     n_shards: int = 4,
     only_new: bool = False,
     options: PredictionConfig | None = None,
-) -> dict:
+) -> PredictSummary:
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
     t0 = time.perf_counter()
+    source = parse_source(source)
     model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
     if only_new:
         from storage.predictions import unpredicted_documents
 
-        if not source.get("dataset") or not run_id:
-            raise ValueError(
-                "only_new needs a {'dataset': ...} source and a run (the production run or run_id)"
-            )
-        docs = unpredicted_documents(db_path, source["dataset"], run_id, source.get("split"))
-        kind, ref = "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
+        if not isinstance(source, DatasetSource) or not run_id:
+            raise ValueError("only_new needs a dataset source and a run (the production run or run_id)")
+        docs = unpredicted_documents(db_path, source.dataset, run_id, source.split)
+        kind, ref = "dataset", f"{source.dataset}/{source.split or '*'}"
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     shards = _payload(shard_documents(docs, n_shards))
@@ -252,12 +244,12 @@ def dask_predict_flow(
         replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
         t0=t0,
     )
-    return {**out, "n_new_documents": len(docs)} if only_new else out
+    return out.model_copy(update={"n_new_documents": len(docs)}) if only_new else out
 
 
 def run_dask_predict(
     db_path: str,
-    source: dict,
+    source: PredictionSource,
     model_dir: str | None = None,
     run_id: str | None = None,
     *,

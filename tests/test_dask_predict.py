@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from flows.contracts import DatasetSource, FilesSource
 from ner_core.documents import Document
 from tests.conftest import SAMPLE
 
@@ -150,14 +151,14 @@ def test_shard_writer_and_predict_step_store_identical_rows(tmp_path, untrained_
         input_ref="same",
         run_id=None,
     )
-    assert out["pred_run_id"] == single["pred_run_id"]
-    assert (out["n_documents"], out["n_entities"], out["n_chars"]) == (
-        single["n_documents"],
-        single["n_entities"],
-        single["n_chars"],
+    assert out.pred_run_id == single.pred_run_id
+    assert (out.n_documents, out.n_entities, out.n_chars) == (
+        single.n_documents,
+        single.n_entities,
+        single.n_chars,
     )
-    _same(_rows(dask_db, out["pred_run_id"]), _rows(plain_db, single["pred_run_id"]))
-    assert get_prediction_run(dask_db, out["pred_run_id"])["status"] == "completed"
+    _same(_rows(dask_db, out.pred_run_id), _rows(plain_db, single.pred_run_id))
+    assert get_prediction_run(dask_db, out.pred_run_id)["status"] == "completed"
 
 
 def test_shard_writer_marks_a_failed_write_and_adds_to_a_run_without_replacing(
@@ -187,13 +188,13 @@ def test_shard_writer_marks_a_failed_write_and_adds_to_a_run_without_replacing(
             run_id=None,
             replace=False,
         )
-    row = predictions_db.get_prediction_run(db, first["pred_run_id"])
-    assert row["status"] == "failed" and row["n_documents"] == first["n_documents"]
+    row = predictions_db.get_prediction_run(db, first.pred_run_id)
+    assert row["status"] == "failed" and row["n_documents"] == first.n_documents
     monkeypatch.setattr(predictions_db, "write_predictions", real_write)
     out = store_shard_rows(
         db, untrained_model_dir, shard_rows[1:], input_kind="texts", input_ref="r", run_id=None, replace=False
     )
-    assert out["n_documents"] == len(docs)
+    assert out.n_documents == len(docs)
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
@@ -202,22 +203,20 @@ def test_dask_flow_on_local_cluster_equals_single_process(trained):
     from flows.dask_predict import run_dask_predict
 
     db, tr = trained["db"], trained["train"]
-    source = {"files": RAW}
+    source = FilesSource(files=RAW)
     docs, kind, ref = steps.load_prediction_input(db, source)
-    single = steps.predict_step(
-        db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"]
-    )
-    expected = _rows(db, single["pred_run_id"])
+    single = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
+    expected = _rows(db, single.pred_run_id)
     assert expected[1], "the tiny model should find some entities in the raw texts"
 
     state = run_dask_predict(
-        db, source, tr["model_dir"], tr["run_id"], n_shards=3, n_workers=2, processes=False, return_state=True
+        db, source, tr.model_dir, tr.run_id, n_shards=3, n_workers=2, processes=False, return_state=True
     )
     assert state.is_completed(), state
     out = state.result()
-    assert out["pred_run_id"] == single["pred_run_id"] and 2 <= out["n_shards"] <= 3
-    assert out["n_documents"] == single["n_documents"] and out["n_entities"] == single["n_entities"]
-    _same(_rows(db, out["pred_run_id"]), expected)
+    assert out.pred_run_id == single.pred_run_id and 2 <= out.n_shards <= 3
+    assert out.n_documents == single.n_documents and out.n_entities == single.n_entities
+    _same(_rows(db, out.pred_run_id), expected)
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
@@ -226,13 +225,13 @@ def test_plain_dask_client_equals_single_process(trained):
     from flows.dask_predict import predict_sharded
 
     db, tr = trained["db"], trained["train"]
-    docs, _, _ = steps.load_prediction_input(db, {"dataset": "sample", "split": "test"})
-    single = steps.predict_step(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-single")
+    docs, _, _ = steps.load_prediction_input(db, DatasetSource(dataset="sample", split="test"))
+    single = steps.predict_step(db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-single")
     out = predict_sharded(
-        db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
+        db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
     )
-    assert out["n_documents"] == len(docs) == single["n_documents"]
-    _same(_rows(db, out["pred_run_id"]), _rows(db, single["pred_run_id"]))
+    assert out.n_documents == len(docs) == single.n_documents
+    _same(_rows(db, out.pred_run_id), _rows(db, single.pred_run_id))
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
@@ -242,37 +241,37 @@ def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
     from storage.runs import promote_run
 
     db, tr = trained["db"], trained["train"]
-    promote_run(db, tr["run_id"])
+    promote_run(db, tr.run_id)
     # a fresh dataset of 5 documents, then the same 5 plus 3 new ones as a new version
     lines = open(SPLITS["test"], encoding="utf-8").read().splitlines()
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # same file name: doc ids are "<stem>:<line>"
     first = tmp_path / "a" / "incoming.jsonl"
     first.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
     ingest_step(db, "incoming", {"test": str(first)})
-    assert len(unpredicted_documents(db, "incoming", tr["run_id"])) == 5
+    assert len(unpredicted_documents(db, "incoming", tr.run_id)) == 5
 
     from flows.pipeline import predict_new_task
 
-    out1 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
-    assert out1["n_new_documents"] == 5 and out1["n_documents"] == 5
-    assert unpredicted_documents(db, "incoming", tr["run_id"]) == []
-    again = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
-    assert again["n_new_documents"] == 0
+    out1 = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", None)
+    assert out1.n_new_documents == 5 and out1.n_documents == 5
+    assert unpredicted_documents(db, "incoming", tr.run_id) == []
+    again = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", None)
+    assert again.n_new_documents == 0
 
     second = tmp_path / "b" / "incoming.jsonl"
     second.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
     ingest_step(db, "incoming", {"test": str(second)})
-    new = unpredicted_documents(db, "incoming", tr["run_id"])
+    new = unpredicted_documents(db, "incoming", tr.run_id)
     assert len(new) == 3
-    out2 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", "test")
-    assert out2["n_new_documents"] == 3
+    out2 = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", "test")
+    assert out2.n_new_documents == 3
     con = duckdb.connect(db, read_only=True)
     n_docs = con.execute(
-        "SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?", [out2["pred_run_id"]]
+        "SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?", [out2.pred_run_id]
     ).fetchone()[0]
     con.close()
     # the "incoming/test" run holds the 3 new ones; the 5 earlier ones stay in "incoming/*"
-    assert n_docs == 3 and unpredicted_documents(db, "incoming", tr["run_id"]) == []
+    assert n_docs == 3 and unpredicted_documents(db, "incoming", tr.run_id) == []
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)

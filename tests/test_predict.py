@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from flows.contracts import FilesSource, SqlSource
 from ner_core.config import PredictionConfig
 from tests.conftest import REPO, SAMPLE
 
@@ -313,17 +314,17 @@ def test_rerun_replaces_rows_never_duplicates(tmp_path, model_dir):
     b = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=3, progress=False
     )
-    assert a["pred_run_id"] == b["pred_run_id"] and not b["resumed"] and b["skipped_already_done"] == 0
-    rows = _entity_rows(db, a["pred_run_id"])
-    assert len(rows) == a["n_entities"] == b["n_entities"] > 0
+    assert a.pred_run_id == b.pred_run_id and not b.resumed and b.skipped_already_done == 0
+    rows = _entity_rows(db, a.pred_run_id)
+    assert len(rows) == a.n_entities == b.n_entities > 0
     assert len(set(rows)) == len(rows)
     con = duckdb.connect(db, read_only=True)
     status, n_docs, cfg = con.execute(
-        "SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?", [a["pred_run_id"]]
+        "SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?", [a.pred_run_id]
     ).fetchone()
     by_label = dict(
         con.execute(
-            "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", [a["pred_run_id"]]
+            "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", [a.pred_run_id]
         ).fetchall()
     )
     con.close()
@@ -357,7 +358,7 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
             db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
         )
     monkeypatch.setattr(predictions_db, "write_predictions", real_write)
-    row = predictions_db.get_prediction_run(db, ref["pred_run_id"])
+    row = predictions_db.get_prediction_run(db, ref.pred_run_id)
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
@@ -371,11 +372,11 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
     )
-    assert out["resumed"] and out["skipped_already_done"] == 3
+    assert out.resumed and out.skipped_already_done == 3
     assert tagged == [d.text for d in docs[3:]]  # only what was missing
-    assert out["n_documents"] == 7 and out["n_entities"] == ref["n_entities"]
-    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(ref_db, ref["pred_run_id"])
-    assert predictions_db.get_prediction_run(db, out["pred_run_id"])["status"] == "completed"
+    assert out.n_documents == 7 and out.n_entities == ref.n_entities
+    assert _entity_rows(db, out.pred_run_id) == _entity_rows(ref_db, ref.pred_run_id)
+    assert predictions_db.get_prediction_run(db, out.pred_run_id)["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -407,7 +408,7 @@ steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_r
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="six", batch_docs=2, progress=False
     )
-    assert out["resumed"] and out["skipped_already_done"] == 2 and out["n_documents"] == 6
+    assert out.resumed and out.skipped_already_done == 2 and out.n_documents == 6
     ref = steps.predict_step(
         str(tmp_path / "r.duckdb"),
         str(model_dir),
@@ -417,9 +418,7 @@ steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_r
         batch_docs=2,
         progress=False,
     )
-    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(
-        str(tmp_path / "r.duckdb"), ref["pred_run_id"]
-    )
+    assert _entity_rows(db, out.pred_run_id) == _entity_rows(str(tmp_path / "r.duckdb"), ref.pred_run_id)
 
 
 def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir):
@@ -429,7 +428,7 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
     docs = _docs(4)
     db = str(tmp_path / "p.duckdb")
     first = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
-    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first.pred_run_id, status="failed", seconds=1.0)
     again = steps.predict_step(
         db,
         str(model_dir),
@@ -439,7 +438,7 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
         options=PredictionConfig(window=32),
         progress=False,
     )
-    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+    assert not again.resumed and again.skipped_already_done == 0 and again.n_documents == 4
 
 
 def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir):
@@ -452,25 +451,25 @@ def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path
     first = steps.predict_step(
         db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False
     )
-    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first.pred_run_id, status="failed", seconds=1.0)
     con = duckdb.connect(db)
     cfg = json.loads(
         con.execute(
-            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first["pred_run_id"]]
+            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first.pred_run_id]
         ).fetchone()[0]
     )
     assert cfg["merge"] == "emissions"
     del cfg["merge"]
     con.execute(
-        "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first["pred_run_id"]]
+        "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first.pred_run_id]
     )
     con.close()
     again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
-    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+    assert not again.resumed and again.skipped_already_done == 0 and again.n_documents == 4
     same = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False, replace=False
     )
-    assert same["resumed"] and same["skipped_already_done"] == 4
+    assert same.resumed and same.skipped_already_done == 4
 
 
 def test_sql_input_runs_read_only(tmp_path, model_dir):
@@ -482,19 +481,25 @@ def test_sql_input_runs_read_only(tmp_path, model_dir):
     )
     sql = (
         "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id"
-        % first["pred_run_id"]
+        % first.pred_run_id
     )
-    docs, kind, ref = steps.load_prediction_input(db, {"sql": sql})
+    docs, kind, ref = steps.load_prediction_input(db, SqlSource(sql=sql))
     assert kind == "sql" and ref == sql and [d.doc_id for d in docs] == ["d00", "d01", "d02"]
     assert docs[0].text == _docs(1)[0].text
     out = steps.predict_step(db, str(model_dir), docs, input_kind=kind, input_ref=ref, progress=False)
-    assert out["pred_run_id"] != first["pred_run_id"] and out["n_entities"] == first["n_entities"]
+    assert out.pred_run_id != first.pred_run_id and out.n_entities == first.n_entities
     with pytest.raises(ValueError, match="read-only"):
-        steps.load_prediction_input(db, {"sql": "DELETE FROM prediction_runs"})
+        steps.load_prediction_input(db, SqlSource(sql="DELETE FROM prediction_runs"))
     with pytest.raises(ValueError, match="must return columns doc_id and text, got \\['id', 'text'\\]"):
-        steps.load_prediction_input(db, {"sql": "SELECT 1 AS id, 'x' AS text"})
+        steps.load_prediction_input(db, SqlSource(sql="SELECT 1 AS id, 'x' AS text"))
     with pytest.raises(ValueError, match="needs 'files', 'dataset' or 'sql'"):
         steps.load_prediction_input(db, {"query": "SELECT 1"})
+    for sql in (
+        "SELECT 'x' AS doc_id, column0 AS text FROM read_csv('/etc/passwd')",
+        "SELECT 'x' AS doc_id, column0 AS text FROM '/etc/passwd'",
+    ):
+        with pytest.raises(ValueError, match="read-only.*(read_csv|file path)"):
+            steps.load_prediction_input(db, SqlSource(sql=sql))
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM prediction_runs").fetchone()[0] == 2
     con.close()
@@ -510,14 +515,14 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
     b = steps.predict_step(
         db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False
     )
-    ea = {r[:4] for r in _entity_rows(db, a["pred_run_id"]) if r[0] in {d.doc_id for d in docs[:3]}}
-    eb = {r[:4] for r in _entity_rows(db, b["pred_run_id"])}
-    rows = predictions_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
+    ea = {r[:4] for r in _entity_rows(db, a.pred_run_id) if r[0] in {d.doc_id for d in docs[:3]}}
+    eb = {r[:4] for r in _entity_rows(db, b.pred_run_id)}
+    rows = predictions_db.prediction_disagreements(db, a.pred_run_id, b.pred_run_id)
     only_a = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_a"}
     only_b = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_b"}
     assert only_a == ea - eb and only_b == eb - ea and (only_a or only_b)
-    assert predictions_db.prediction_disagreements(db, a["pred_run_id"], a["pred_run_id"]) == []
-    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", [a["pred_run_id"], "d00"])
+    assert predictions_db.prediction_disagreements(db, a.pred_run_id, a.pred_run_id) == []
+    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", [a.pred_run_id, "d00"])
     text = docs[0].text
     for r in ctx:
         assert text[r["start"] : r["end"]] == r["text"]
@@ -525,13 +530,11 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
             r["right_context"]
         )
     top = query_db.query(
-        db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?", [a["pred_run_id"]]
+        db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?", [a.pred_run_id]
     )
-    assert top[0]["n"] == a["n_entities"]
-    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[
-        0
-    ]
-    assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b["n_entities"]
+    assert top[0]["n"] == a.n_entities
+    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b.pred_run_id])[0]
+    assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b.n_entities
 
 
 def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
@@ -630,6 +633,15 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
     ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
+    assert list(out) == [
+        "pred_run_id",
+        "n_documents",
+        "n_entities",
+        "n_chars",
+        "skipped_already_done",
+        "resumed",
+        "seconds",
+    ]
     with duckdb.connect(db, read_only=True) as con:
         (cfg,) = con.execute(
             "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [out["pred_run_id"]]
@@ -699,7 +711,7 @@ def test_commands_and_flows_honour_the_saved_device_and_batch_size(
     assert cli.main(["predict", "--no-prefect", "--db", db, "--model-dir", md, RAW[0]]) == 0
     capsys.readouterr()
     steps.predict_step(db, md, docs, input_kind="texts", input_ref="t", progress=False)
-    pipeline.predict_task.fn(db, md, {"files": [RAW[1]]}, None, None)
+    pipeline.predict_task.fn(db, md, FilesSource(files=[RAW[1]]), None, None)
     dask_predict.tag_shard(md, [("a", "张三在北京")])
     dask_predict.predict_sharded(db, md, docs, input_kind="texts", input_ref="d", n_shards=2, n_workers=1)
     args = cli.build_parser().parse_args(["serve", "--model-dir", md])
@@ -732,3 +744,38 @@ def test_a_saved_config_that_names_the_window_max_len_still_loads(tmp_path, mode
     assert Tagger.from_loaded(loaded).settings["max_len"] == 24
     with pytest.raises(ValueError, match="max_len \\(24\\) and window \\(30\\) disagree"):
         PredictionConfig.model_validate({"max_len": 24, "window": 30})
+
+
+# ----------------------------------------------------------------------------------------- sources
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ({"kind": "query", "sql": "SELECT 1"}, "got kind 'query'"),
+        ({"files": ["a.txt"]}, "got no kind (keys ['files'])"),
+        (
+            {"kind": "files", "files": []},
+            "invalid files prediction source: files: List should have at least 1",
+        ),
+        ({"kind": "dataset", "dataset": "d", "spilt": "test"}, "spilt: Extra inputs are not permitted"),
+        (["a.txt"], "expected a prediction source (FilesSource, DatasetSource or SqlSource), got list"),
+    ],
+)
+def test_a_prediction_source_is_one_kind_and_anything_else_is_one_line(tmp_path, value, needle):
+    from flows import steps
+    from flows.contracts import parse_source
+
+    for call in (
+        lambda: parse_source(value),
+        lambda: steps.load_prediction_input(str(tmp_path / "x.db"), value),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert needle in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+def test_a_source_in_its_json_form_is_the_same_source():
+    from flows.contracts import DatasetSource, FilesSource, SqlSource, parse_source
+
+    for source in (FilesSource(files=RAW[:1]), DatasetSource(dataset="d"), SqlSource(sql="SELECT 1")):
+        assert parse_source(json.loads(source.model_dump_json())) == source
+    assert parse_source({"kind": "files", "files": ["a"]}) == FilesSource(files=["a"], text_per_file=True)
