@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from app import serve
 from app.options import add_prediction_options, prediction_options
 from ner_core.config import HeadType, NERConfig
 
@@ -135,6 +136,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
     for flag, explanation in _RETIRED.items():
         g.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", action=_Retired, explanation=explanation)
+    _add_seed_args(p)
+
+
+def _add_seed_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("seed (keras-bert-ner) flags mapped onto the options above")
     s.add_argument(
         "--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none"
@@ -614,19 +619,17 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _common(sp: argparse.ArgumentParser, db: bool = True) -> argparse.ArgumentParser:
+    if db:
+        sp.add_argument(
+            "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
+        )
+    sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
+    return sp
 
-    def common(sp, db=True):
-        if db:
-            sp.add_argument(
-                "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
-            )
-        sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
-        return sp
 
-    sp = common(sub.add_parser("ingest", help="load labelled or raw files into DuckDB"))
+def _add_ingest(sub) -> None:
+    sp = _common(sub.add_parser("ingest", help="load labelled or raw files into DuckDB"))
     sp.add_argument("--name", required=True, help="dataset name")
     sp.add_argument("--train"), sp.add_argument("--dev"), sp.add_argument("--test")
     sp.add_argument("files", nargs="*", help="files to split with --split-ratios")
@@ -641,7 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_ingest)
 
-    sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
+
+def _add_train(sub) -> None:
+    sp = _common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
     sp.add_argument(
         "--runs-root",
         "--save_path",
@@ -662,47 +667,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sp)
     sp.set_defaults(func=cmd_train)
 
-    for name, func, helptext in (
-        ("test", cmd_test, "evaluate a model on a dataset split"),
-        ("predict", cmd_predict, "tag texts and store the entities in DuckDB"),
-    ):
-        sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("--model-dir", help="model directory (default: the production run's)")
-        sp.add_argument("--run", help="use this training run's model")
-        sp.add_argument("--dataset", default="sample")
-        sp.add_argument("--split", default="test" if name == "test" else None)
-        if name == "test":
-            sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
-        if name == "predict":
-            sp.add_argument("files", nargs="*", help="input files (any supported format)")
-            sp.add_argument(
-                "--lines",
-                action="store_true",
-                help="plain-text files hold one document per line (default: one per file)",
-            )
-            sp.add_argument(
-                "--only-new",
-                action="store_true",
-                help="tag only the --dataset documents this run's model has not tagged yet",
-            )
-            sp.add_argument(
-                "--dask",
-                action="store_true",
-                help="shard the documents over Dask workers (a LocalCluster unless --scheduler)",
-            )
-            sp.add_argument(
-                "--scheduler",
-                metavar="ADDRESS",
-                help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)",
-            )
-            sp.add_argument(
-                "--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)"
-            )
-            sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
-            add_prediction_options(sp)
-        sp.set_defaults(func=func)
 
-    sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
+def _add_model_and_data(sp: argparse.ArgumentParser, split: str | None) -> None:
+    """The model (--model-dir, --run, default the production run's) and the stored data of test/predict."""
+    sp.add_argument("--model-dir", help="model directory (default: the production run's)")
+    sp.add_argument("--run", help="use this training run's model")
+    sp.add_argument("--dataset", default="sample")
+    sp.add_argument("--split", default=split)
+
+
+def _add_test(sub) -> None:
+    sp = _common(sub.add_parser("test", help="evaluate a model on a dataset split"))
+    _add_model_and_data(sp, split="test")
+    sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
+    sp.set_defaults(func=cmd_test)
+
+
+def _add_predict(sub) -> None:
+    sp = _common(sub.add_parser("predict", help="tag texts and store the entities in DuckDB"))
+    _add_model_and_data(sp, split=None)
+    sp.add_argument("files", nargs="*", help="input files (any supported format)")
+    sp.add_argument(
+        "--lines",
+        action="store_true",
+        help="plain-text files hold one document per line (default: one per file)",
+    )
+    sp.add_argument(
+        "--only-new",
+        action="store_true",
+        help="tag only the --dataset documents this run's model has not tagged yet",
+    )
+    sp.add_argument(
+        "--dask",
+        action="store_true",
+        help="shard the documents over Dask workers (a LocalCluster unless --scheduler)",
+    )
+    sp.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)",
+    )
+    sp.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)")
+    sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
+    add_prediction_options(sp)
+    sp.set_defaults(func=cmd_predict)
+
+
+def _add_pipeline(sub) -> None:
+    sp = _common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
     sp.add_argument("--train", required=True), sp.add_argument("--dev", required=True)
     sp.add_argument("--test", required=True)
     sp.add_argument("--predict-files", nargs="+", required=True)
@@ -710,21 +722,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sp)
     sp.set_defaults(func=cmd_pipeline)
 
-    sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
+
+def _add_demo(sub) -> None:
+    sp = _common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
     sp.add_argument(
         "--out", default="demo_out", help="folder for the DuckDB file and runs (default %(default)s)"
     )
     _add_config_args(sp)
     sp.set_defaults(func=cmd_demo, **{"cfg__training__max_epochs": 8})
 
-    sp = common(sub.add_parser("runs", help="list training runs"))
+
+def _add_runs(sub) -> None:
+    sp = _common(sub.add_parser("runs", help="list training runs"))
     sp.set_defaults(func=cmd_runs)
-    sp = common(sub.add_parser("promote", help="mark a run as the production model"))
+
+
+def _add_promote(sub) -> None:
+    sp = _common(sub.add_parser("promote", help="mark a run as the production model"))
     sp.add_argument("run_id")
     sp.set_defaults(func=cmd_promote)
-    sp = common(sub.add_parser("ui", help="start the Streamlit dashboard"))
+
+
+def _add_ui(sub) -> None:
+    sp = _common(sub.add_parser("ui", help="start the Streamlit dashboard"))
     sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
     sp.set_defaults(func=cmd_ui)
+
+
+def _add_prefect(sub) -> None:
     sp = sub.add_parser("prefect", help="a local Prefect server + worker with the deployments (offline)")
     psub = sp.add_subparsers(dest="action", required=True, parser_class=_Parser)
     up = psub.add_parser("up", help="start a server on 127.0.0.1 and a worker; register prefect.yaml")
@@ -740,16 +765,33 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser("status", help="show what `ner prefect up` started")
     sp.set_defaults(func=cmd_prefect)
 
-    try:  # `serve` (alias `deploy`) and `query` live with the prediction service
-        from app import serve
-    except ImportError:
-        serve = None
-    if serve is not None and hasattr(serve, "add_commands"):
-        serve.add_commands(sub)
 
+def _add_bench(sub) -> None:
     sp = sub.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
     sp.add_argument("only", nargs="*", help="benchmark module names (default: all)")
     sp.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``ner`` and its subcommands; each command's flags are added by its own ``_add_*`` function
+    (``serve``, alias ``deploy``, and ``query`` by :func:`app.serve.add_commands`)."""
+    p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_ingest,
+        _add_train,
+        _add_test,
+        _add_predict,
+        _add_pipeline,
+        _add_demo,
+        _add_runs,
+        _add_promote,
+        _add_ui,
+        _add_prefect,
+        serve.add_commands,
+        _add_bench,
+    ):
+        add(sub)
     return p
 
 

@@ -175,9 +175,7 @@ def create_app(
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
     ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
     concurrent requests together (:class:`RequestBatcher`)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
 
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
@@ -191,11 +189,23 @@ def create_app(
     batcher = RequestBatcher(
         tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars, coalesce=batch_requests
     )
-    started = time.time()
+    info = _model_info(
+        model_dir, run_id, loaded, tagger.settings | {"batch_requests": batch_requests}, limits
+    )
+    app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
+    app.state.info = info
+    app.state.batcher = batcher
+    _add_request_guards(app, limits)
+    _add_routes(app, batcher, limits, info)
+    return app
+
+
+def _model_info(model_dir, run_id: str | None, loaded, tagger_settings: dict, limits: ServeLimits) -> dict:
+    """What ``GET /model`` answers."""
     model_name = Path(model_dir).resolve().name
     if model_name == "model":  # runs/<run_id>/model: the run id names it better
         model_name = Path(model_dir).resolve().parent.name
-    info = {
+    return {
         "model": model_name,
         "model_dir": str(Path(model_dir).resolve()),
         "run_id": run_id,
@@ -204,13 +214,16 @@ def create_app(
         "tags": loaded.tags,
         "config": json.loads(loaded.config.to_json()),
         "metrics": loaded.metrics,
-        "tagger": tagger.settings | {"batch_requests": batch_requests},
+        "tagger": tagger_settings,
         "limits": limits.model_dump() | {"max_body_bytes": limits.max_body_bytes},
     }
 
-    app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
-    app.state.info = info
-    app.state.batcher = batcher
+
+def _add_request_guards(app, limits: ServeLimits) -> None:
+    """413 for a body larger than the limits allow; 422 with a readable ``detail`` for a malformed one."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):
@@ -239,6 +252,14 @@ def create_app(
                 + ' (expected JSON {"text": "..."} or {"texts": ["...", ...]})'
             },
         )
+
+
+def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -> None:
+    """``GET /health``, ``GET /model`` and ``POST /predict``."""
+    from fastapi import HTTPException
+
+    started = time.time()
+    model_name = info["model"]
 
     @app.get("/health")
     def health() -> dict:
@@ -275,8 +296,6 @@ def create_app(
                 {"n_chars": len(t), "entities": [e.to_dict() for e in ents]} for t, ents in zip(texts, preds)
             ],
         }
-
-    return app
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -347,6 +366,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Add ``serve`` (alias ``deploy``) and ``query`` to an argparse ``subparsers`` object."""
+    _add_serve(subparsers)
+    _add_query(subparsers)
+
+
+def _add_serve(subparsers) -> None:
     d = ServeLimits()
     sp = subparsers.add_parser(
         "serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)"
@@ -392,6 +416,8 @@ def add_commands(subparsers) -> None:
     )
     sp.set_defaults(func=cmd_serve)
 
+
+def _add_query(subparsers) -> None:
     sp = subparsers.add_parser("query", help="send texts to a running `ner serve` and print the entities")
     sp.add_argument("texts", nargs="*", help="texts to tag (none or '-': one per line on stdin)")
     sp.add_argument(
