@@ -1,6 +1,6 @@
 """The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` =
-``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query`` and ``prefect``
-(``up`` / ``down`` / ``status`` of a local server + worker + deployments).
+``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query``
+and ``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments).
 
 Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input (flags,
 missing files, unknown heads or encoders) gives one clear line on stderr and exit status 2, not a traceback

@@ -112,10 +112,10 @@ class Tagger:
         model: a NERModel (or anything with ``tags``, ``config.data.scheme``, ``emissions`` and ``crf``).
         tokenizer: the model's tokenizer (characters are mapped one-to-one by :class:`CharAligner`).
         max_len: characters per window (without [CLS]/[SEP]).
-        stride: characters between window starts, ``1 <= stride <= max_len``; default ``max_len - max_len // 8``:
-            windows overlap by 1/8, so every character sits at least ``max_len // 16`` characters from the
-            edge of the window that tags it (on Resume NER dev, strides of 1/2, 3/4 and 7/8 of the window gave
-            the same F1 within 0.13 points; ``bench/bench_predict.py``) and few characters are encoded twice.
+        stride: characters between window starts, ``1 <= stride <= max_len``; default
+            ``max_len - max_len // 8``: windows overlap by 1/8, so every character sits at least
+            ``max_len // 16`` characters from the edge of the window that tags it and few characters are
+            encoded twice (``bench/bench_predict.py`` compares the F1 of wider and narrower strides).
         batch_size: windows per forward pass.
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
         num_threads: torch CPU threads (``None`` leaves torch's setting alone).

@@ -76,8 +76,8 @@ def start_prediction_run(
             con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
         con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
         con.execute(
-            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, "
+            "status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
             [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
         )
         done = {
@@ -129,8 +129,10 @@ def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str,
         con.execute(
             "UPDATE prediction_runs SET status = ?, finished_at = ?, seconds = ?, "
             "n_documents = (SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) WHERE pred_run_id = ?",
+            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents "
+            "WHERE pred_run_id = ?), "
+            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) "
+            "WHERE pred_run_id = ?",
             [status, _now(), seconds, pred_run_id, pred_run_id, pred_run_id, pred_run_id],
         )
         return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]

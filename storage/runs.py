@@ -25,8 +25,8 @@ def create_run(
     cfg = json.loads(config_json)
     with open_db(db_path) as con:
         con.execute(
-            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, status, "
-            "run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, "
+            "status, run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             [
                 run_id,
                 dataset,
