@@ -96,9 +96,9 @@ class PredictSummary(_Contract):
     n_chars: int
     skipped_already_done: int | None = None
     resumed: bool | None = None
+    n_shards: int | None = None
     seconds: float
     n_new_documents: int | None = None
-    n_shards: int | None = None
 
     @classmethod
     def from_run(cls, run, **reported: Any) -> "PredictSummary":
