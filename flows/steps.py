@@ -1,7 +1,9 @@
 """The pipeline's steps as plain functions: ingest, train, evaluate, predict.
 
 Prefect flows (:mod:`flows.pipeline`) wrap each of these in a task; ``ner ... --no-prefect`` calls them
-directly. They pass paths and ids, never models or tensors.
+directly. They take paths, ids and the typed inputs of :mod:`flows.contracts` and
+:class:`ner_core.config.PredictionConfig`, never torch models or tensors, and return the summaries of
+:mod:`flows.contracts`.
 """
 
 from __future__ import annotations
