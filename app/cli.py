@@ -1,6 +1,6 @@
 """The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` =
-``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query`` and ``prefect``
-(``up`` / ``down`` / ``status`` of a local server + worker + deployments).
+``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query``
+and ``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments).
 
 Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input (flags,
 missing files, unknown heads or encoders) gives one clear line on stderr and exit status 2, not a traceback
@@ -15,11 +15,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from app import serve
+from app.options import add_prediction_options, prediction_options
 from ner_core.config import HeadType, NERConfig
+
+if TYPE_CHECKING:
+    from flows.contracts import PipelineSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_corpus"
@@ -51,10 +56,26 @@ SEED_FLAGS = (
     "dropout_rate",
     "best_fit",
 )
+# flags that never had an effect: each answers in one line what to use instead (exit status 2)
+_RETIRED = {
+    "window_stride": "never had an effect (training never read it): the stride of prediction windows is "
+    "`ner predict --stride`; training cuts long texts at sentence ends into pieces of at most --max_len",
+}
 
 
 class CLIError(ValueError):
     """A usage problem found after parsing (conflicting or unusable flags)."""
+
+
+class _Retired(argparse.Action):
+    """A flag that is refused with its one-line explanation, whatever value it is given."""
+
+    def __init__(self, option_strings, dest, *, explanation: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.explanation = explanation
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} {self.explanation}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,16 +85,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _config_flags() -> dict[str, tuple[str, Any]]:
     flags: dict[str, tuple[str, Any]] = {}
     for section in ("encoder", *_SECTIONS_PLAIN):
@@ -81,7 +92,8 @@ def _config_flags() -> dict[str, tuple[str, Any]]:
         for name, field in model.model_fields.items():
             key = f"{section}.{name}"
             flag = _RENAMED.get(key, name)
-            flags[flag] = (key, field)
+            if flag not in _RETIRED:
+                flags[flag] = (key, field)
     return flags
 
 
@@ -122,6 +134,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cell_type", "-cell_type", choices=["lstm", "gru"], help="seed name: lstm -> bilstm, gru -> bigru"
     )
+    for flag, explanation in _RETIRED.items():
+        g.add_argument(f"--{flag}", f"--{flag.replace('_', '-')}", action=_Retired, explanation=explanation)
+    _add_seed_args(p)
+
+
+def _add_seed_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("seed (keras-bert-ner) flags mapped onto the options above")
     s.add_argument(
         "--crf_only", "-crf_only", action="store_true", help="no BiLSTM/BiGRU/IDCNN head: --head none"
@@ -257,6 +275,11 @@ def _prefect_env() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _print_json(result) -> None:
+    """A step's result (a flows.contracts model) as indented JSON on stdout."""
+    print(json.dumps(result.model_dump(mode="json"), ensure_ascii=False, indent=2))
+
+
 def _run(args: argparse.Namespace, flow_name: str, step, **kwargs):
     """Run the flow (Prefect) or the plain step (--no-prefect)."""
     if args.no_prefect:
@@ -295,7 +318,7 @@ def cmd_ingest(args) -> int:
         from flows.pipeline import ingest_flow
 
         out = ingest_flow(args.db, args.name, files, args.format, args.policy, args.untyped_label)
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    _print_json(out)
     return 0
 
 
@@ -318,7 +341,7 @@ def cmd_train(args) -> int:
         ingest = _run(
             args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
         )
-        print(f"ingested {config.data.dataset} v{ingest['version']}", file=sys.stderr)
+        print(f"ingested {config.data.dataset} v{ingest.version}", file=sys.stderr)
     out = _run(
         args,
         "train_flow",
@@ -333,14 +356,15 @@ def cmd_train(args) -> int:
             }
         ),
     )
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+    _print_json(out)
     return 0
 
 
 def cmd_test(args) -> int:
     from flows import steps
+    from storage.runs import resolve_model
 
-    model_dir, run_id = _resolve_model(args)
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     if args.file and not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file}: no such file")
     out = _run(
@@ -355,91 +379,86 @@ def cmd_test(args) -> int:
         **({"file": args.file} if args.file else {}),
     )
     if args.no_prefect:
-        print(out.pop("markdown"))
-        out.pop("per_type")
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+        print(out.markdown)
+    _print_json(out)
     return 0
 
 
 def cmd_predict(args) -> int:
     from flows import pipeline, steps
+    from flows.contracts import DatasetSource, FilesSource
+    from storage.runs import resolve_model
 
-    model_dir, run_id = _resolve_model(args)
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     source = (
-        {"files": args.files, "text_per_file": not args.lines}
+        FilesSource(files=args.files, text_per_file=not args.lines)
         if args.files
-        else {"dataset": args.dataset, "split": args.split}
+        else DatasetSource(dataset=args.dataset, split=args.split)
     )
     for f in args.files or []:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
-    settings = {
-        k: v
-        for k, v in {
-            "max_len": args.window,
-            "stride": args.stride,
-            "batch_size": args.batch_size,
-            "num_threads": args.threads,
-            "quantize": args.quantize,
-        }.items()
-        if v is not None
-    }
-    if args.device is not None:
-        settings["device"] = args.device
+    options = prediction_options(args)
     if args.only_new and (args.files or not run_id):
         raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
     if args.dask or args.scheduler:
-        from flows import dask_predict
-
-        if {"num_threads", "device"} & settings.keys():
-            raise CLIError("--threads and --device are not used with --dask: each worker runs one CPU thread")
-        if args.no_prefect:
-            if args.only_new:
-                raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
-            docs, kind, ref = steps.load_prediction_input(args.db, source)
-            out = dask_predict.predict_sharded(
-                args.db,
-                model_dir,
-                docs,
-                input_kind=kind,
-                input_ref=ref,
-                run_id=run_id,
-                n_shards=args.shards,
-                address=args.scheduler,
-                n_workers=args.workers,
-                settings=settings,
-            )
-        else:
-            out = dask_predict.run_dask_predict(
-                args.db,
-                source,
-                model_dir,
-                run_id,
-                n_shards=args.shards,
-                address=args.scheduler,
-                n_workers=args.workers,
-                only_new=args.only_new,
-                settings=settings,
-            )
+        out = _predict_dask(args, model_dir, run_id, source, options)
     elif args.only_new:
-        task = pipeline.predict_new_task.fn if args.no_prefect else pipeline.predict_new_task
-        if args.no_prefect or args.model_dir or args.run:
-            out = (
-                task(args.db, model_dir, run_id, args.dataset, args.split, settings)
-                if args.no_prefect
-                else _flow_of(task)(args.db, model_dir, run_id, args.dataset, args.split, settings)
-            )
-        else:
-            out = pipeline.predict_new_flow(args.db, args.dataset, args.split, settings)
+        out = _predict_new(args, model_dir, run_id, options)
     elif args.no_prefect:
         docs, kind, ref = steps.load_prediction_input(args.db, source)
         out = steps.predict_step(
-            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **settings
+            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
         )
     else:
-        out = pipeline.predict_flow(args.db, source, model_dir, run_id, settings)
-    print(json.dumps(out, ensure_ascii=False, indent=2))
+        out = pipeline.predict_flow(args.db, source, model_dir, run_id, options)
+    _print_json(out)
     return 0
+
+
+def _predict_dask(args, model_dir: str, run_id: str | None, source, options):
+    from flows import dask_predict, steps
+
+    if options.num_threads is not None or options.device is not None:
+        raise CLIError("--threads and --device are not used with --dask: each worker runs one CPU thread")
+    if not args.no_prefect:
+        return dask_predict.run_dask_predict(
+            args.db,
+            source,
+            model_dir,
+            run_id,
+            n_shards=args.shards,
+            address=args.scheduler,
+            n_workers=args.workers,
+            only_new=args.only_new,
+            options=options,
+        )
+    if args.only_new:
+        raise CLIError("--only-new with --dask runs as a Prefect flow: drop --no-prefect")
+    docs, kind, ref = steps.load_prediction_input(args.db, source)
+    return dask_predict.predict_sharded(
+        args.db,
+        model_dir,
+        docs,
+        input_kind=kind,
+        input_ref=ref,
+        run_id=run_id,
+        n_shards=args.shards,
+        address=args.scheduler,
+        n_workers=args.workers,
+        options=options,
+    )
+
+
+def _predict_new(args, model_dir: str, run_id: str, options):
+    from flows import pipeline
+
+    if args.no_prefect:
+        return pipeline.predict_new_task.fn(args.db, model_dir, run_id, args.dataset, args.split, options)
+    if args.model_dir or args.run:
+        task = _flow_of(pipeline.predict_new_task)
+        return task(args.db, model_dir, run_id, args.dataset, args.split, options)
+    return pipeline.predict_new_flow(args.db, args.dataset, args.split, options)
 
 
 def _flow_of(task):
@@ -449,23 +468,6 @@ def _flow_of(task):
     return flow(name=f"{task.name}-cli")(task.fn)
 
 
-def _resolve_model(args) -> tuple[str, str | None]:
-    from storage import runs as runs_db
-
-    if args.model_dir:
-        if not Path(args.model_dir).is_dir():
-            raise FileNotFoundError(f"{args.model_dir}: no such model directory")
-        return args.model_dir, None
-    run = runs_db.get_run(args.db, args.run) if args.run else runs_db.production_run(args.db)
-    if run is None:
-        raise ValueError(
-            "no model given: pass --model-dir or --run, or promote a run with `ner promote RUN_ID`"
-        )
-    if not run.get("model_dir"):
-        raise ValueError(f"run {run['run_id']} has no model directory (status {run['status']})")
-    return run["model_dir"], run["run_id"]
-
-
 def cmd_pipeline(args) -> int:
     config = build_config(args)
     return _pipeline(args, config, args.train, args.dev, args.test, args.predict_files)
@@ -473,6 +475,7 @@ def cmd_pipeline(args) -> int:
 
 def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_files: list[str]) -> int:
     from flows import pipeline, steps
+    from flows.contracts import FilesSource, PipelineSummary
 
     for f in (train, dev, test, *predict_files):
         if not Path(f).exists():
@@ -481,41 +484,41 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
         ds = config.data.dataset
         ingest = steps.ingest_step(args.db, ds, {"train": train, "dev": dev, "test": test})
         trained = steps.train_step(args.db, config, args.runs_root)
-        evaluation = steps.evaluate_step(args.db, trained["model_dir"], ds, "test", run_id=trained["run_id"])
-        docs, kind, ref = steps.load_prediction_input(args.db, {"files": predict_files})
+        evaluation = steps.evaluate_step(args.db, trained.model_dir, ds, "test", run_id=trained.run_id)
+        docs, kind, ref = steps.load_prediction_input(args.db, FilesSource(files=predict_files))
         predicted = steps.predict_step(
-            args.db, trained["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=trained["run_id"]
+            args.db, trained.model_dir, docs, input_kind=kind, input_ref=ref, run_id=trained.run_id
         )
-        out = {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}
+        out = PipelineSummary(ingest=ingest, train=trained, evaluate=evaluation, predict=predicted)
     else:
         out = pipeline.pipeline_flow(args.db, config, train, dev, test, predict_files, args.runs_root)
     _print_pipeline_summary(args.db, out)
     return 0
 
 
-def _print_pipeline_summary(db: str, out: dict) -> None:
+def _print_pipeline_summary(db: str, out: PipelineSummary) -> None:
     from storage import query as query_db
 
-    ev, pr, tr = out["evaluate"], out["predict"], out["train"]
+    ev, pr, tr = out.evaluate, out.predict, out.train
     print()
     print(
-        f"run {tr['run_id']}: best epoch {tr['best_epoch']} ({tr['stopped_reason']}), "
-        f"{tr['seconds']} s, model in {tr['model_dir']}"
+        f"run {tr.run_id}: best epoch {tr.best_epoch} ({tr.stopped_reason}), "
+        f"{tr.seconds} s, model in {tr.model_dir}"
     )
     print(
-        f"test: entity F1 {ev['f1'] * 100:.2f}  (P {ev['precision'] * 100:.2f}, R {ev['recall'] * 100:.2f}), "
-        f"char accuracy {ev['char_accuracy'] * 100:.2f}, sentence accuracy {ev['sentence_accuracy'] * 100:.2f}"
+        f"test: entity F1 {ev.f1 * 100:.2f}  (P {ev.precision * 100:.2f}, R {ev.recall * 100:.2f}), "
+        f"char accuracy {ev.char_accuracy * 100:.2f}, sentence accuracy {ev.sentence_accuracy * 100:.2f}"
     )
     print(
-        f"predicted {pr['n_entities']} entities in {pr['n_documents']} documents "
-        f"({pr['n_chars']} characters) -> {db}, prediction run {pr['pred_run_id']}"
+        f"predicted {pr.n_entities} entities in {pr.n_documents} documents "
+        f"({pr.n_chars} characters) -> {db}, prediction run {pr.pred_run_id}"
     )
     sql = (
         "SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
         "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC"
     )
-    print(f"\nSQL> {sql.replace('?', repr(pr['pred_run_id']))};")
-    for row in query_db.query(db, sql, [pr["pred_run_id"]]):
+    print(f"\nSQL> {sql.replace('?', repr(pr.pred_run_id))};")
+    for row in query_db.query(db, sql, [pr.pred_run_id]):
         examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
         print(f"  {row['label']:<6} {row['n']:>5}  {examples}")
     print(f"\nOpen the dashboard:  ner ui --db {db}    (or: make ui)")
@@ -616,19 +619,17 @@ def cmd_bench(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _common(sp: argparse.ArgumentParser, db: bool = True) -> argparse.ArgumentParser:
+    if db:
+        sp.add_argument(
+            "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
+        )
+    sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
+    return sp
 
-    def common(sp, db=True):
-        if db:
-            sp.add_argument(
-                "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
-            )
-        sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
-        return sp
 
-    sp = common(sub.add_parser("ingest", help="load labelled or raw files into DuckDB"))
+def _add_ingest(sub) -> None:
+    sp = _common(sub.add_parser("ingest", help="load labelled or raw files into DuckDB"))
     sp.add_argument("--name", required=True, help="dataset name")
     sp.add_argument("--train"), sp.add_argument("--dev"), sp.add_argument("--test")
     sp.add_argument("files", nargs="*", help="files to split with --split-ratios")
@@ -643,7 +644,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_ingest)
 
-    sp = common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
+
+def _add_train(sub) -> None:
+    sp = _common(sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files"))
     sp.add_argument(
         "--runs-root",
         "--save_path",
@@ -664,67 +667,54 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sp)
     sp.set_defaults(func=cmd_train)
 
-    for name, func, helptext in (
-        ("test", cmd_test, "evaluate a model on a dataset split"),
-        ("predict", cmd_predict, "tag texts and store the entities in DuckDB"),
-    ):
-        sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("--model-dir", help="model directory (default: the production run's)")
-        sp.add_argument("--run", help="use this training run's model")
-        sp.add_argument("--dataset", default="sample")
-        sp.add_argument("--split", default="test" if name == "test" else None)
-        if name == "test":
-            sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
-        if name == "predict":
-            sp.add_argument("files", nargs="*", help="input files (any supported format)")
-            sp.add_argument(
-                "--lines",
-                action="store_true",
-                help="plain-text files hold one document per line (default: one per file)",
-            )
-            sp.add_argument(
-                "--only-new",
-                action="store_true",
-                help="tag only the --dataset documents this run's model has not tagged yet",
-            )
-            sp.add_argument(
-                "--dask",
-                action="store_true",
-                help="shard the documents over Dask workers (a LocalCluster unless --scheduler)",
-            )
-            sp.add_argument(
-                "--scheduler",
-                metavar="ADDRESS",
-                help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)",
-            )
-            sp.add_argument(
-                "--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)"
-            )
-            sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
-            g = sp.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
-            g.add_argument(
-                "--window",
-                type=_positive_int,
-                metavar="CHARS",
-                help="characters per window, 8-510 (default: the model's max_len)",
-            )
-            g.add_argument(
-                "--stride",
-                type=_positive_int,
-                metavar="CHARS",
-                help="characters between window starts, <= --window (default: window - window // 8)",
-            )
-            g.add_argument("--batch-size", type=_positive_int, help="windows per forward pass (default 32)")
-            g.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
-            g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: auto)")
-            g.add_argument(
-                "--quantize",
-                choices=["none", "int8"],
-                help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
-            )
-        sp.set_defaults(func=func)
 
-    sp = common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
+def _add_model_and_data(sp: argparse.ArgumentParser, split: str | None) -> None:
+    """The model (--model-dir, --run, default the production run's) and the stored data of test/predict."""
+    sp.add_argument("--model-dir", help="model directory (default: the production run's)")
+    sp.add_argument("--run", help="use this training run's model")
+    sp.add_argument("--dataset", default="sample")
+    sp.add_argument("--split", default=split)
+
+
+def _add_test(sub) -> None:
+    sp = _common(sub.add_parser("test", help="evaluate a model on a dataset split"))
+    _add_model_and_data(sp, split="test")
+    sp.add_argument("--file", help="evaluate on this labelled file (any supported format) instead")
+    sp.set_defaults(func=cmd_test)
+
+
+def _add_predict(sub) -> None:
+    sp = _common(sub.add_parser("predict", help="tag texts and store the entities in DuckDB"))
+    _add_model_and_data(sp, split=None)
+    sp.add_argument("files", nargs="*", help="input files (any supported format)")
+    sp.add_argument(
+        "--lines",
+        action="store_true",
+        help="plain-text files hold one document per line (default: one per file)",
+    )
+    sp.add_argument(
+        "--only-new",
+        action="store_true",
+        help="tag only the --dataset documents this run's model has not tagged yet",
+    )
+    sp.add_argument(
+        "--dask",
+        action="store_true",
+        help="shard the documents over Dask workers (a LocalCluster unless --scheduler)",
+    )
+    sp.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --dask)",
+    )
+    sp.add_argument("--workers", type=int, default=2, help="LocalCluster workers (default %(default)s)")
+    sp.add_argument("--shards", type=int, default=4, help="document shards (default %(default)s)")
+    add_prediction_options(sp)
+    sp.set_defaults(func=cmd_predict)
+
+
+def _add_pipeline(sub) -> None:
+    sp = _common(sub.add_parser("pipeline", help="ingest -> train -> test -> predict in one flow"))
     sp.add_argument("--train", required=True), sp.add_argument("--dev", required=True)
     sp.add_argument("--test", required=True)
     sp.add_argument("--predict-files", nargs="+", required=True)
@@ -732,21 +722,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sp)
     sp.set_defaults(func=cmd_pipeline)
 
-    sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
+
+def _add_demo(sub) -> None:
+    sp = _common(sub.add_parser("demo", help="the whole pipeline on the bundled sample corpus"), db=False)
     sp.add_argument(
         "--out", default="demo_out", help="folder for the DuckDB file and runs (default %(default)s)"
     )
     _add_config_args(sp)
     sp.set_defaults(func=cmd_demo, **{"cfg__training__max_epochs": 8})
 
-    sp = common(sub.add_parser("runs", help="list training runs"))
+
+def _add_runs(sub) -> None:
+    sp = _common(sub.add_parser("runs", help="list training runs"))
     sp.set_defaults(func=cmd_runs)
-    sp = common(sub.add_parser("promote", help="mark a run as the production model"))
+
+
+def _add_promote(sub) -> None:
+    sp = _common(sub.add_parser("promote", help="mark a run as the production model"))
     sp.add_argument("run_id")
     sp.set_defaults(func=cmd_promote)
-    sp = common(sub.add_parser("ui", help="start the Streamlit dashboard"))
+
+
+def _add_ui(sub) -> None:
+    sp = _common(sub.add_parser("ui", help="start the Streamlit dashboard"))
     sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
     sp.set_defaults(func=cmd_ui)
+
+
+def _add_prefect(sub) -> None:
     sp = sub.add_parser("prefect", help="a local Prefect server + worker with the deployments (offline)")
     psub = sp.add_subparsers(dest="action", required=True, parser_class=_Parser)
     up = psub.add_parser("up", help="start a server on 127.0.0.1 and a worker; register prefect.yaml")
@@ -762,16 +765,33 @@ def build_parser() -> argparse.ArgumentParser:
     psub.add_parser("status", help="show what `ner prefect up` started")
     sp.set_defaults(func=cmd_prefect)
 
-    try:  # `serve` (alias `deploy`) and `query` live with the prediction service
-        from app import serve
-    except ImportError:
-        serve = None
-    if serve is not None and hasattr(serve, "add_commands"):
-        serve.add_commands(sub)
 
+def _add_bench(sub) -> None:
     sp = sub.add_parser("bench", help="run the benchmarks in bench/ and print their figures")
     sp.add_argument("only", nargs="*", help="benchmark module names (default: all)")
     sp.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``ner`` and its subcommands; each command's flags are added by its own ``_add_*`` function
+    (``serve``, alias ``deploy``, and ``query`` by :func:`app.serve.add_commands`)."""
+    p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (
+        _add_ingest,
+        _add_train,
+        _add_test,
+        _add_predict,
+        _add_pipeline,
+        _add_demo,
+        _add_runs,
+        _add_promote,
+        _add_ui,
+        _add_prefect,
+        serve.add_commands,
+        _add_bench,
+    ):
+        add(sub)
     return p
 
 

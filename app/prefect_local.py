@@ -45,7 +45,8 @@ def _prefect_cmd(*args: str) -> list[str]:
 
 
 def wait_for_api(api_url: str, timeout_s: float = 120.0, proc: subprocess.Popen | None = None) -> None:
-    """Poll ``{api_url}/health`` until it answers 200; RuntimeError after ``timeout_s`` or if ``proc`` died."""
+    """Poll ``{api_url}/health`` until it answers 200; RuntimeError after ``timeout_s`` or if ``proc``
+    died."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:

@@ -36,6 +36,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.options import add_prediction_options, prediction_options
+from ner_core.config import PredictionConfig
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
@@ -166,19 +169,13 @@ def create_app(
     *,
     run_id: str | None = None,
     limits: ServeLimits | None = None,
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    num_threads: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
     batch_requests: bool = True,
 ):
-    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once. ``batch_requests``:
-    tag the texts of concurrent requests together (:class:`RequestBatcher`)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
+    ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
+    concurrent requests together (:class:`RequestBatcher`)."""
+    from fastapi import FastAPI
 
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
@@ -187,24 +184,28 @@ def create_app(
     if not isinstance(limits, ServeLimits):
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(
-        loaded,
-        max_len=max_len,
-        stride=stride,
-        batch_size=batch_size,
-        device=device,
-        num_threads=num_threads,
-        quantize=quantize,
-    )
+    tagger = Tagger.from_loaded(loaded, options)
     # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
     batcher = RequestBatcher(
         tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars, coalesce=batch_requests
     )
-    started = time.time()
+    info = _model_info(
+        model_dir, run_id, loaded, tagger.settings | {"batch_requests": batch_requests}, limits
+    )
+    app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
+    app.state.info = info
+    app.state.batcher = batcher
+    _add_request_guards(app, limits)
+    _add_routes(app, batcher, limits, info)
+    return app
+
+
+def _model_info(model_dir, run_id: str | None, loaded, tagger_settings: dict, limits: ServeLimits) -> dict:
+    """What ``GET /model`` answers."""
     model_name = Path(model_dir).resolve().name
     if model_name == "model":  # runs/<run_id>/model: the run id names it better
         model_name = Path(model_dir).resolve().parent.name
-    info = {
+    return {
         "model": model_name,
         "model_dir": str(Path(model_dir).resolve()),
         "run_id": run_id,
@@ -213,13 +214,16 @@ def create_app(
         "tags": loaded.tags,
         "config": json.loads(loaded.config.to_json()),
         "metrics": loaded.metrics,
-        "tagger": tagger.settings | {"batch_requests": batch_requests},
+        "tagger": tagger_settings,
         "limits": limits.model_dump() | {"max_body_bytes": limits.max_body_bytes},
     }
 
-    app = FastAPI(title="Chinese NER", version="1", description="Named entities with character offsets.")
-    app.state.info = info
-    app.state.batcher = batcher
+
+def _add_request_guards(app, limits: ServeLimits) -> None:
+    """413 for a body larger than the limits allow; 422 with a readable ``detail`` for a malformed one."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
 
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):
@@ -248,6 +252,14 @@ def create_app(
                 + ' (expected JSON {"text": "..."} or {"texts": ["...", ...]})'
             },
         )
+
+
+def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -> None:
+    """``GET /health``, ``GET /model`` and ``POST /predict``."""
+    from fastapi import HTTPException
+
+    started = time.time()
+    model_name = info["model"]
 
     @app.get("/health")
     def health() -> dict:
@@ -285,38 +297,16 @@ def create_app(
             ],
         }
 
-    return app
-
 
 # ----------------------------------------------------------------------------------------- commands
-def resolve_model(model_dir: str | None, run: str | None, db: str | None) -> tuple[str, str | None]:
-    """``(model_dir, run_id)`` from ``--model-dir``, or ``--run`` / the production run in ``--db``."""
-    from storage import runs as runs_db
-
-    if model_dir:
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"{model_dir}: no such model directory")
-        return str(model_dir), None
-    if not db:
-        raise ValueError("no model given: pass --model-dir, or --db with --run RUN_ID or a promoted run")
-    if not Path(db).exists():
-        raise FileNotFoundError(f"{db}: no such database (give --model-dir or the right --db)")
-    row = runs_db.get_run(db, run) if run else runs_db.production_run(db)
-    if row is None:
-        raise ValueError(
-            f"no production run in {db}: pass --model-dir or --run, or `ner promote RUN_ID` first"
-        )
-    if not row.get("model_dir"):
-        raise ValueError(f"run {row['run_id']} has no model directory (status {row['status']})")
-    return str(row["model_dir"]), str(row["run_id"])
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    model_dir, run_id = resolve_model(args.model_dir, args.run, args.db)
+    from storage.runs import resolve_model
+
+    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
     limits = ServeLimits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars
     )
@@ -324,12 +314,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model_dir,
         run_id=run_id,
         limits=limits,
-        max_len=args.max_len,
-        stride=args.stride,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_threads=args.threads,
-        quantize=args.quantize,
+        options=prediction_options(args),
         batch_requests=args.batch_requests,
     )
     print(
@@ -381,6 +366,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers) -> None:
     """Add ``serve`` (alias ``deploy``) and ``query`` to an argparse ``subparsers`` object."""
+    _add_serve(subparsers)
+    _add_query(subparsers)
+
+
+def _add_serve(subparsers) -> None:
     d = ServeLimits()
     sp = subparsers.add_parser(
         "serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)"
@@ -408,18 +398,7 @@ def add_commands(subparsers) -> None:
         default=d.max_total_chars,
         help="characters per request (default %(default)s)",
     )
-    sp.add_argument("--max-len", type=int, help="window size in characters (default: the model's max_len)")
-    sp.add_argument("--stride", type=int, help="window stride (default: max_len - max_len // 8)")
-    sp.add_argument(
-        "--batch-size", type=int, default=32, help="windows per forward pass (default %(default)s)"
-    )
-    sp.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default %(default)s)")
-    sp.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    sp.add_argument(
-        "--quantize",
-        choices=["none", "int8"],
-        help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
-    )
+    add_prediction_options(sp)
     sp.add_argument(
         "--batch-requests",
         action=argparse.BooleanOptionalAction,
@@ -437,6 +416,8 @@ def add_commands(subparsers) -> None:
     )
     sp.set_defaults(func=cmd_serve)
 
+
+def _add_query(subparsers) -> None:
     sp = subparsers.add_parser("query", help="send texts to a running `ner serve` and print the entities")
     sp.add_argument("texts", nargs="*", help="texts to tag (none or '-': one per line on stdin)")
     sp.add_argument(

@@ -1,7 +1,7 @@
 """Batch prediction benchmarks (figures printed, never asserted).
 
 1. Speed: characters per second tagging the first ``--n-texts`` (default 100) texts of the seed's finance test
-   set (``keras-bert-ner-finance/test.txt``, avg ~850 chars, tagged whole) with an untrained NERModel built
+   set (``keras-bert-ner-finance/test.txt``, tagged whole) with an untrained NERModel built
    from the real m3e-small encoder (BiLSTM head + CRF over 17 tags, with CRF marginals for confidence),
    against HF ``pipeline("token-classification")`` on the same encoder with an untrained
    ``AutoModelForTokenClassification`` head, same texts, same process, batch 32 for both. Both sides run
@@ -46,10 +46,9 @@ def _finance_texts(n: int) -> list[str]:
 
 
 #: (name, window, stride, quantize, batch) of our tagger in the speed table; the window and overlap of the
-#: first two equal those of the first two HF rows, so those pairs compare implementations, not settings. The others
-#: are our own settings: short windows keep the attention matrices in cache (batch 32 x 512 positions is
-#: memory-bound; the pipeline itself runs faster at batch 1 there), and an overlap of 16 encodes few
-#: characters twice (``bench_window_f1`` measures what the overlap costs in F1).
+#: first two equal those of the first two HF rows, so those pairs compare implementations, not settings.
+#: The others are our own settings: short windows keep the attention matrices in cache, and an overlap of
+#: 16 encodes few characters twice (``bench_window_f1`` measures what the overlap costs in F1).
 OURS = [
     ("ours 128/64", 128, 64, "none", None),
     ("ours 510/446", 510, 446, "none", None),
@@ -95,7 +94,6 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
     from ner_core.config import NERConfig
     from ner_core.encoder import load_encoder
     from ner_core.model import NERModel
-    from ner_core.predict import Tagger
     from ner_core.schemes import tag_set
 
     if threads:
@@ -121,6 +119,17 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
             f"  {name:<22} {wall:7.2f} s wall {cpu:7.2f} s CPU {n_chars / wall:9,.0f} chars/s  {extra}",
             flush=True,
         )
+
+    _time_ours(model, tokenizer, texts, batch_size, report)
+    if not skip_hf:
+        _time_hf_pipeline(texts, batch_size, report)
+        _print_speedups(rows)
+    return {"texts": len(texts), "chars": n_chars, "rows": rows}
+
+
+def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> None:
+    """Our tagger at every OURS setting, then the CEILINGS (the encoder's forward pass alone)."""
+    from ner_core.predict import Tagger
 
     for name, window, stride, quantize, our_batch in OURS:
         tagger = Tagger(
@@ -155,41 +164,48 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
         t0, c0 = time.perf_counter(), time.process_time()
         _encoder_only(tagger, texts)
         report(name, time.perf_counter() - t0, time.process_time() - c0, "(no head, CRF or overlap)")
-    if not skip_hf:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-        from ner_core.encoder import resolve_encoder
 
-        where = resolve_encoder("m3e-small")
-        hf_model = AutoModelForTokenClassification.from_pretrained(where, num_labels=17).eval()
-        for name, window, overlap, hf_batch in HF:
-            hf_tok = AutoTokenizer.from_pretrained(where)
-            hf_tok.model_max_length = window
-            pipe = pipeline(
-                "token-classification",
-                model=hf_model,
-                tokenizer=hf_tok,
-                device=-1,
-                aggregation_strategy="simple",
-                stride=overlap,
-            )
-            pipe(texts[:2])  # warm-up
-            t0, c0 = time.perf_counter(), time.process_time()
-            hf_out = pipe(texts, batch_size=hf_batch or batch_size)
-            report(
-                name,
-                time.perf_counter() - t0,
-                time.process_time() - c0,
-                f"{sum(len(o) for o in hf_out)} entities (untrained head)",
-            )
-        best_hf = min((n for n, *_ in HF), key=lambda n: rows[n]["s"])
-        pairs = [("ours 128/64", "HF pipeline 130/64"), ("ours 510/446", "HF pipeline 512/64")]
-        pairs += [(a, best_hf) for a in [n for n, *_ in OURS] + [n for n, *_ in CEILINGS]]
-        print(f"  speed-ups (wall; goal >= 3x; the pipeline's fastest setting here: {best_hf}):")
-        for a, b in pairs:
-            rows[f"{a} vs {b}"] = {"speedup": rows[b]["s"] / rows[a]["s"]}
-            print(f"    {a:<30} vs {b:<22} {rows[b]['s'] / rows[a]['s']:5.2f}x", flush=True)
-    return {"texts": len(texts), "chars": n_chars, "rows": rows}
+def _time_hf_pipeline(texts: list[str], batch_size: int, report) -> None:
+    """HF ``pipeline("token-classification")`` on the same encoder at every HF setting."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    from ner_core.encoder import resolve_encoder
+
+    where = resolve_encoder("m3e-small")
+    hf_model = AutoModelForTokenClassification.from_pretrained(where, num_labels=17).eval()
+    for name, window, overlap, hf_batch in HF:
+        hf_tok = AutoTokenizer.from_pretrained(where)
+        hf_tok.model_max_length = window
+        pipe = pipeline(
+            "token-classification",
+            model=hf_model,
+            tokenizer=hf_tok,
+            device=-1,
+            aggregation_strategy="simple",
+            stride=overlap,
+        )
+        pipe(texts[:2])  # warm-up
+        t0, c0 = time.perf_counter(), time.process_time()
+        hf_out = pipe(texts, batch_size=hf_batch or batch_size)
+        report(
+            name,
+            time.perf_counter() - t0,
+            time.process_time() - c0,
+            f"{sum(len(o) for o in hf_out)} entities (untrained head)",
+        )
+
+
+def _print_speedups(rows: dict[str, dict]) -> None:
+    """Ours against the pipeline: the pairs with the same window and overlap, then every row against the
+    pipeline's fastest setting here."""
+    best_hf = min((n for n, *_ in HF), key=lambda n: rows[n]["s"])
+    pairs = [("ours 128/64", "HF pipeline 130/64"), ("ours 510/446", "HF pipeline 512/64")]
+    pairs += [(a, best_hf) for a in [n for n, *_ in OURS] + [n for n, *_ in CEILINGS]]
+    print(f"  speed-ups (wall; goal >= 3x; the pipeline's fastest setting here: {best_hf}):")
+    for a, b in pairs:
+        rows[f"{a} vs {b}"] = {"speedup": rows[b]["s"] / rows[a]["s"]}
+        print(f"    {a:<30} vs {b:<22} {rows[b]['s'] / rows[a]['s']:5.2f}x", flush=True)
 
 
 def _train_small_model(out: Path, seconds: float) -> Path:
@@ -266,8 +282,14 @@ def bench_window_f1(
         whole_len = min(510, max(longest, 8))
 
         def f1(mod, ml: int, st: int, quantize: str) -> float:
-            tagger = mod.Tagger.from_loaded(
-                loaded, max_len=ml, stride=st, batch_size=32, device="cpu", quantize=quantize
+            tagger = mod.Tagger(  # the constructor: the same in both predict.py versions compared
+                loaded.model,
+                loaded.tokenizer,
+                max_len=ml,
+                stride=st,
+                batch_size=32,
+                device="cpu",
+                quantize=quantize,
             )
             preds = tagger.predict([d.text for d in dev], confidence=False)
             ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]

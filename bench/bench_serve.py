@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         which = "model dir" if args.model_dir else (args.model or _default_model())
         model_dir = Path(args.model_dir) if args.model_dir else _untrained_model(Path(tmp), which)
         print(
-            f"POST /predict, one short text (~15 chars) a request, {args.requests} requests per row, loopback; "
-            f"model {which} ({model_dir}), torch threads {args.threads}",
+            f"POST /predict, one short text (~15 chars) a request, {args.requests} requests per row, "
+            f"loopback; model {which} ({model_dir}), torch threads {args.threads}",
             flush=True,
         )
         for batching in (True, False):
@@ -196,8 +196,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "texts_per_batch": texts / max(1, batches),
                     }
                     print(
-                        f"  {name:<24} {len(lat) / wall:7.1f} requests/s  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
-                        f"max {lat_ms[-1]:6.1f} ms  {texts / max(1, batches):4.1f} texts per forward pass",
+                        f"  {name:<24} {len(lat) / wall:7.1f} requests/s  p50 {p50:6.1f} ms  "
+                        f"p99 {p99:6.1f} ms  max {lat_ms[-1]:6.1f} ms  "
+                        f"{texts / max(1, batches):4.1f} texts per forward pass",
                         flush=True,
                     )
             finally:
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = out.get(f"batching, {clients}"), out.get(f"no batching, {clients}")
         if a and b:
             print(
-                f"  {n} client(s): batching {a['rps'] / b['rps']:.2f}x the requests/s of one request per pass",
+                f"  {n} client(s): batching {a['rps'] / b['rps']:.2f}x the requests/s of one request "
+                "per pass",
                 flush=True,
             )
     return out

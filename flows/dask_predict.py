@@ -23,7 +23,10 @@ from collections.abc import Callable, Sequence
 from prefect import flow, task, unmapped
 
 from flows import steps
+from flows.contracts import DatasetSource, PredictionSource, PredictSummary, parse_source
+from ner_core.config import PredictionConfig
 from ner_core.documents import Document
+from storage.runs import resolve_model
 
 ShardRows = list[tuple[str, str, list]]  # [(doc_id, text, [PredictedEntity, ...]), ...]
 
@@ -53,13 +56,10 @@ def shard_documents(docs: Sequence[Document], n_shards: int) -> list[list[Docume
 def tag_shard(
     model_dir: str,
     items: Sequence[tuple[str, str]],
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
 ) -> ShardRows:
     """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
-    Settings left ``None`` come from the model's saved prediction configuration.
+    ``options`` left ``None`` come from the model's saved prediction configuration.
 
     Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
     from ner_core.modeldir import load_model_dir
@@ -70,9 +70,7 @@ def tag_shard(
     items = list(items)
     if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
         raise ValueError("expected items as (doc_id, text) pairs")
-    tagger = Tagger.from_loaded(
-        load_model_dir(model_dir), max_len=max_len, stride=stride, batch_size=batch_size, quantize=quantize
-    )
+    tagger = Tagger.from_loaded(load_model_dir(model_dir), options)
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
 
@@ -85,40 +83,36 @@ def store_shard_rows(
     input_kind: str,
     input_ref: str,
     run_id: str | None,
-    seconds_so_far: float = 0.0,
     config: dict | None = None,
-) -> dict:
-    """The single writer: one prediction run, one transaction per shard. Returns predict_step's summary."""
-    import json
-
+    replace: bool = True,
+    t0: float | None = None,
+) -> PredictSummary:
+    """The single writer: one prediction run (replaced, or with ``replace=False`` added to), one
+    transaction per shard, through :class:`storage.predictions.PredictionRunWriter` as
+    :func:`flows.steps.predict_step` writes. ``t0``: when the work began (``time.perf_counter()``)."""
     from storage import predictions as predictions_db
 
-    t0 = time.perf_counter()
-    pred_run_id = steps.prediction_run_id(model_dir, input_ref)
-    predictions_db.start_prediction_run(
+    run = predictions_db.PredictionRunWriter(
         db_path,
-        pred_run_id,
+        steps.prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
         input_ref=input_ref,
-        config_json=json.dumps(config or {}),
-        replace=True,
+        extra=config,
+        replace=replace,
+        t0=t0,
     )
-    for rows in shard_rows:
-        if rows:
-            predictions_db.write_predictions(db_path, pred_run_id, rows)
-    row = predictions_db.finish_prediction_run(
-        db_path, pred_run_id, status="completed", seconds=seconds_so_far + time.perf_counter() - t0
-    )
-    return {
-        "pred_run_id": pred_run_id,
-        "n_documents": row["n_documents"],
-        "n_entities": row["n_entities"],
-        "n_chars": row["n_chars"],
-        "n_shards": len(shard_rows),
-        "seconds": round(row["seconds"], 2),
-    }
+    with run:
+        for rows in shard_rows:
+            if rows:
+                run.write(rows)
+    return PredictSummary.from_run(run, n_shards=len(shard_rows))
+
+
+def _stored(options: PredictionConfig | None) -> dict:
+    """The options given (not the model's saved ones), as stored in the prediction run's config."""
+    return options.model_dump(exclude_none=True) if options is not None else {}
 
 
 def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
@@ -137,13 +131,10 @@ def predict_sharded(
     address: str | None = None,
     n_workers: int = 2,
     processes: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
-) -> dict:
+    options: PredictionConfig | None = None,
+) -> PredictSummary:
     """Shard ``docs`` over a Dask cluster without Prefect (``address`` or a ``LocalCluster``) and store
-    the rows in DuckDB from this process. ``settings``: max_len, stride, batch_size, quantize for
-    :func:`tag_shard` (``batch_size`` is kept for callers of the older signature)."""
-    settings = {"batch_size": batch_size, **(settings or {})}
+    the rows in DuckDB from this process; ``options`` as in :func:`tag_shard`."""
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
@@ -157,7 +148,7 @@ def predict_sharded(
     )
     try:
         with Client(address or cluster) as client:
-            futures = [client.submit(tag_shard, model_dir, s, pure=False, **settings) for s in shards]
+            futures = [client.submit(tag_shard, model_dir, s, options, pure=False) for s in shards]
             rows = client.gather(futures)
     finally:
         if cluster is not None:
@@ -169,8 +160,8 @@ def predict_sharded(
         input_kind=input_kind,
         input_ref=input_ref,
         run_id=run_id,
-        seconds_so_far=time.perf_counter() - t0,
-        config={"n_shards": len(shards), "dask": address or "local", **settings},
+        config={"n_shards": len(shards), "dask": address or "local", **_stored(options)},
+        t0=t0,
     )
 
 
@@ -195,15 +186,17 @@ def make_task_runner(address: str | None = None, n_workers: int = 2, processes: 
 
 
 @task(name="tag-shard", retries=1, retry_delay_seconds=[5])
-def tag_shard_task(model_dir: str, items: list[tuple[str, str]], settings: dict | None = None) -> ShardRows:
-    return tag_shard(model_dir, items, **(settings or {}))
+def tag_shard_task(
+    model_dir: str, items: list[tuple[str, str]], options: PredictionConfig | None = None
+) -> ShardRows:
+    return tag_shard(model_dir, items, options)
 
 
 def _dask_run_name() -> str:
     from prefect.runtime import flow_run
 
-    src = flow_run.parameters.get("source") or {}
-    what = src.get("dataset") or "files"
+    src = parse_source(flow_run.parameters.get("source"))
+    what = src.dataset if isinstance(src, DatasetSource) else src.kind
     return f"dask-predict-{what}-{flow_run.parameters.get('n_shards')}-shards"
 
 
@@ -216,79 +209,47 @@ def _dask_run_name() -> str:
 )
 def dask_predict_flow(
     db_path: str,
-    source: dict,
+    source: PredictionSource,
     model_dir: str | None = None,
     run_id: str | None = None,
     n_shards: int = 4,
     only_new: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
-) -> dict:
+    options: PredictionConfig | None = None,
+) -> PredictSummary:
     """Tag ``source`` (as :func:`flows.pipeline.predict_flow`) sharded over Dask workers; the flow process
     writes all rows. ``only_new`` with a dataset source tags only documents this run has not tagged yet."""
     t0 = time.perf_counter()
-    if model_dir is None:
-        from flows.pipeline import _resolve_production
-
-        model_dir, run_id = _resolve_production(db_path)
+    source = parse_source(source)
+    model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
     if only_new:
         from storage.predictions import unpredicted_documents
 
-        if not source.get("dataset") or not run_id:
-            raise ValueError(
-                "only_new needs a {'dataset': ...} source and a run (the production run or run_id)"
-            )
-        docs = unpredicted_documents(db_path, source["dataset"], run_id, source.get("split"))
-        kind, ref = "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
+        if not isinstance(source, DatasetSource) or not run_id:
+            raise ValueError("only_new needs a dataset source and a run (the production run or run_id)")
+        docs = unpredicted_documents(db_path, source.dataset, run_id, source.split)
+        kind, ref = "dataset", f"{source.dataset}/{source.split or '*'}"
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     shards = _payload(shard_documents(docs, n_shards))
-    settings = {"batch_size": batch_size, **(settings or {})}
-    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(settings))
+    futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]
-    if only_new:  # accumulate into the existing prediction run instead of replacing it
-        from storage import predictions as predictions_db
-
-        pred_run_id = steps.prediction_run_id(model_dir, ref)
-        predictions_db.start_prediction_run(
-            db_path,
-            pred_run_id,
-            model_dir=model_dir,
-            run_id=run_id,
-            input_kind=kind,
-            input_ref=ref,
-            config_json=None,
-            replace=False,
-        )
-        for r in rows:
-            if r:
-                predictions_db.write_predictions(db_path, pred_run_id, r)
-        row = predictions_db.finish_prediction_run(
-            db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
-        )
-        return {
-            "pred_run_id": pred_run_id,
-            "n_documents": row["n_documents"],
-            "n_entities": row["n_entities"],
-            "n_chars": row["n_chars"],
-            "n_new_documents": len(docs),
-            "n_shards": len(shards),
-        }
-    return store_shard_rows(
+    out = store_shard_rows(
         db_path,
         model_dir,
         rows,
         input_kind=kind,
         input_ref=ref,
         run_id=run_id,
-        seconds_so_far=time.perf_counter() - t0,
-        config={"n_shards": len(shards), **settings},
+        config={"n_shards": len(shards), **_stored(options)},
+        replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
+        t0=t0,
     )
+    return out.model_copy(update={"n_new_documents": len(docs)}) if only_new else out
 
 
 def run_dask_predict(
     db_path: str,
-    source: dict,
+    source: PredictionSource,
     model_dir: str | None = None,
     run_id: str | None = None,
     *,
@@ -297,8 +258,7 @@ def run_dask_predict(
     n_workers: int = 2,
     processes: bool = False,
     only_new: bool = False,
-    batch_size: int = 32,
-    settings: dict | None = None,
+    options: PredictionConfig | None = None,
     return_state: bool = False,
 ):
     """Run :func:`dask_predict_flow` with a task runner chosen now (address or LocalCluster)."""
@@ -311,7 +271,6 @@ def run_dask_predict(
         run_id,
         n_shards,
         only_new,
-        batch_size,
-        settings,
+        options,
         return_state=return_state,
     )

@@ -20,7 +20,18 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.runtime import flow_run
 
 from flows import steps
-from ner_core.config import NERConfig
+from flows.contracts import (
+    EvaluateSummary,
+    FilesSource,
+    IngestSummary,
+    NothingToPredict,
+    PipelineSummary,
+    PredictionSource,
+    PredictSummary,
+    TrainSummary,
+)
+from ner_core.config import NERConfig, PredictionConfig
+from storage.runs import resolve_model
 
 
 def _key(*parts: str) -> str:
@@ -49,37 +60,26 @@ def _evaluate_run_name() -> str:
     return f"evaluate-{p.get('dataset')}-{p.get('split')}-{model}"
 
 
-def _resolve_production(db_path: str) -> tuple[str, str]:
-    """(model_dir, run_id) of the production run; ValueError when none was promoted."""
-    from storage.runs import production_run
-
-    prod = production_run(db_path)
-    if prod is None:
-        raise ValueError(f"no production run in {db_path}: promote one with `ner promote RUN_ID`")
-    return prod["model_dir"], prod["run_id"]
-
-
-def _train_markdown(db_path: str, result: dict) -> str:
+def _train_markdown(db_path: str, result: TrainSummary) -> str:
     from storage import runs as runs_db
 
-    run = runs_db.get_run(db_path, result["run_id"])
+    def pct(v):
+        return "-" if v is None else f"{v * 100:.2f}"
+
+    run = runs_db.get_run(db_path, result.run_id)
     lines = [
-        f"# Training run `{result['run_id']}`",
+        f"# Training run `{result.run_id}`",
         "",
         f"- dataset **{run['dataset']}** v{run['dataset_version']}, encoder `{run['encoder']}`, "
         f"head **{run['head']}**, scheme {run['scheme']}",
-        f"- best epoch {result['best_epoch']} (dev entity F1 {(result['best_dev_f1'] or 0) * 100:.2f}), "
-        f"stopped: {result['stopped_reason']}, {result['seconds']} s",
-        f"- model directory: `{result['model_dir']}`",
+        f"- best epoch {result.best_epoch} (dev entity F1 {(result.best_dev_f1 or 0) * 100:.2f}), "
+        f"stopped: {result.stopped_reason}, {result.seconds} s",
+        f"- model directory: `{result.model_dir}`",
         "",
         "| epoch | train loss | dev F1 | dev P | dev R | learning rate | seconds |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for e in runs_db.epochs(db_path, result["run_id"]):
-
-        def pct(v):
-            return "-" if v is None else f"{v * 100:.2f}"
-
+    for e in runs_db.epochs(db_path, result.run_id):
         lines.append(
             f"| {e['epoch']}{' *' if e['is_best'] else ''} | {e['train_loss'] or 0:.4f} | "
             f"{pct(e['dev_f1'])} | {pct(e['dev_precision'])} | {pct(e['dev_recall'])} | "
@@ -98,7 +98,7 @@ def ingest_task(
     policy: str = "repair",
     untyped_label: str = "ENT",
     split_ratios: tuple[float, float, float] | None = None,
-) -> dict:
+) -> IngestSummary:
     return steps.ingest_step(
         db_path,
         name,
@@ -113,18 +113,18 @@ def ingest_task(
 @task(name="train")
 def train_task(
     db_path: str, config: NERConfig, runs_root: str, run_id: str | None = None, resume: bool = False
-) -> dict:
+) -> TrainSummary:
     result = steps.train_step(db_path, config, runs_root, run_id=run_id, resume=resume)
     create_markdown_artifact(
         markdown=_train_markdown(db_path, result),
         key=_key("train-report", config.data.dataset, config.head.type.value),
-        description=f"training report of run {result['run_id']}",
+        description=f"training report of run {result.run_id}",
     )
     create_link_artifact(
-        link=Path(result["model_dir"]).resolve().as_uri(),
-        link_text=result["model_dir"],
+        link=Path(result.model_dir).resolve().as_uri(),
+        link_text=result.model_dir,
         key="model-dir",
-        description=f"model directory of run {result['run_id']}",
+        description=f"model directory of run {result.run_id}",
     )
     return result
 
@@ -137,33 +137,35 @@ def evaluate_task(
     split: str | None,
     run_id: str | None = None,
     file: str | None = None,
-) -> dict:
+) -> EvaluateSummary:
+    """The evaluation's JSON leaves out its Markdown report and per-type rows: they become artifacts."""
     result = steps.evaluate_step(db_path, model_dir, dataset, split, run_id=run_id, file=file)
     dataset, split = (Path(file).stem, "file") if file else (dataset, split)
     create_table_artifact(
-        table=[
-            {k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result["per_type"]
-        ],
+        table=[{k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result.per_type],
         key=_key("eval", dataset, split),
         description=f"entity scores per type, {dataset}/{split}",
     )
     create_markdown_artifact(
-        markdown=result["markdown"],
+        markdown=result.markdown,
         key=_key("run-report", dataset),
         description=f"evaluation report of {run_id or model_dir}",
     )
-    return {k: v for k, v in result.items() if k not in ("markdown", "per_type")}
+    return result
 
 
 @task(name="predict")
 def predict_task(
-    db_path: str, model_dir: str, source: dict, run_id: str | None = None, settings: dict | None = None
-) -> dict:
-    """``settings``: keyword arguments of :func:`flows.steps.predict_step` (max_len, stride, batch_size,
-    device, num_threads, quantize)."""
+    db_path: str,
+    model_dir: str,
+    source: PredictionSource,
+    run_id: str | None = None,
+    options: PredictionConfig | None = None,
+) -> PredictSummary:
+    """``options``: window and speed (unset ones: the model's saved prediction settings)."""
     docs, kind, ref = steps.load_prediction_input(db_path, source)
     return steps.predict_step(
-        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, **(settings or {})
+        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
     )
 
 
@@ -174,15 +176,15 @@ def predict_new_task(
     run_id: str,
     dataset: str,
     split: str | None = None,
-    settings: dict | None = None,
-) -> dict:
+    options: PredictionConfig | None = None,
+) -> PredictSummary | NothingToPredict:
     from storage.predictions import unpredicted_documents
 
     docs = unpredicted_documents(db_path, dataset, run_id, split)
     ref = f"{dataset}/{split or '*'}"
     if not docs:
         print(f"nothing new to predict in {ref} for run {run_id}", flush=True)
-        return {"pred_run_id": steps.prediction_run_id(model_dir, ref), "n_new_documents": 0}
+        return NothingToPredict(pred_run_id=steps.prediction_run_id(model_dir, ref))
     out = steps.predict_step(
         db_path,
         model_dir,
@@ -191,9 +193,9 @@ def predict_new_task(
         input_ref=ref,
         run_id=run_id,
         replace=False,
-        **(settings or {}),
+        options=options,
     )
-    return {**out, "n_new_documents": len(docs)}
+    return out.model_copy(update={"n_new_documents": len(docs)})
 
 
 # ----------------------------------------------------------------------------------------- flows
@@ -205,14 +207,14 @@ def ingest_flow(
     format: str | None = None,
     policy: str = "repair",
     untyped_label: str = "ENT",
-) -> dict:
+) -> IngestSummary:
     return ingest_task(db_path, name, files, format, policy, untyped_label)
 
 
 @flow(name="train", flow_run_name=_train_run_name)
 def train_flow(
     db_path: str, config: NERConfig, runs_root: str = "runs", run_id: str | None = None, resume: bool = False
-) -> dict:
+) -> TrainSummary:
     return train_task(db_path, config, runs_root, run_id, resume)
 
 
@@ -224,41 +226,40 @@ def evaluate_flow(
     split: str | None = "test",
     run_id: str | None = None,
     file: str | None = None,
-) -> dict:
+) -> EvaluateSummary:
     """Score ``model_dir`` on a stored ``dataset``/``split``, or on a labelled ``file``."""
     return evaluate_task(db_path, model_dir, dataset, split, run_id, file)
 
 
 @flow(name="evaluate-production", flow_run_name="evaluate-production-{dataset}-{split}")
-def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str = "test") -> dict:
+def evaluate_production_flow(db_path: str, dataset: str = "sample", split: str = "test") -> EvaluateSummary:
     """Re-evaluate the production model (``ner promote RUN_ID``) on a split: the weekly deployment."""
-    model_dir, run_id = _resolve_production(db_path)
+    model_dir, run_id = resolve_model(db_path)
     return evaluate_task(db_path, model_dir, dataset, split, run_id)
 
 
 @flow(name="predict", flow_run_name="predict")
 def predict_flow(
     db_path: str,
-    source: dict,
+    source: PredictionSource,
     model_dir: str | None = None,
     run_id: str | None = None,
-    settings: dict | None = None,
-) -> dict:
-    """Tag ``source`` with ``model_dir``, or with the production run's model when none is given;
-    ``settings`` as in :func:`predict_task`."""
-    if model_dir is None:
-        model_dir, run_id = _resolve_production(db_path)
-    return predict_task(db_path, model_dir, source, run_id, settings)
+    options: PredictionConfig | None = None,
+) -> PredictSummary:
+    """Tag ``source`` with ``model_dir``, or with run ``run_id``'s model, or with the production run's;
+    ``options`` as in :func:`predict_task`."""
+    model_dir, run_id = resolve_model(db_path, model_dir=model_dir, run_id=run_id)
+    return predict_task(db_path, model_dir, source, run_id, options)
 
 
 @flow(name="predict-new", flow_run_name="predict-new-{dataset}")
 def predict_new_flow(
-    db_path: str, dataset: str = "sample", split: str | None = None, settings: dict | None = None
-) -> dict:
+    db_path: str, dataset: str = "sample", split: str | None = None, options: PredictionConfig | None = None
+) -> PredictSummary | NothingToPredict:
     """Incremental batch prediction: tag only the documents of ``dataset`` (latest version, one split or
     all) that the production model has not tagged yet; rows accumulate in one prediction run."""
-    model_dir, run_id = _resolve_production(db_path)
-    return predict_new_task(db_path, model_dir, run_id, dataset, split, settings)
+    model_dir, run_id = resolve_model(db_path)
+    return predict_new_task(db_path, model_dir, run_id, dataset, split, options)
 
 
 @flow(name="pipeline", flow_run_name=_pipeline_run_name)
@@ -270,11 +271,11 @@ def pipeline_flow(
     test: str,
     predict_files: list[str],
     runs_root: str = "runs",
-) -> dict:
+) -> PipelineSummary:
     """ingest -> train -> evaluate (test split) -> batch prediction, each a subflow."""
     ds = config.data.dataset
     ingest = ingest_flow(db_path, ds, {"train": train, "dev": dev, "test": test})
     trained = train_flow(db_path, config, runs_root)
-    evaluation = evaluate_flow(db_path, trained["model_dir"], ds, "test", trained["run_id"])
-    predicted = predict_flow(db_path, {"files": predict_files}, trained["model_dir"], trained["run_id"])
-    return {"ingest": ingest, "train": trained, "evaluate": evaluation, "predict": predicted}
+    evaluation = evaluate_flow(db_path, trained.model_dir, ds, "test", trained.run_id)
+    predicted = predict_flow(db_path, FilesSource(files=predict_files), trained.model_dir, trained.run_id)
+    return PipelineSummary(ingest=ingest, train=trained, evaluate=evaluation, predict=predicted)

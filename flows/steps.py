@@ -1,20 +1,31 @@
 """The pipeline's steps as plain functions: ingest, train, evaluate, predict.
 
 Prefect flows (:mod:`flows.pipeline`) wrap each of these in a task; ``ner ... --no-prefect`` calls them
-directly. They pass paths and ids, never models or tensors.
+directly. They take paths, ids and the typed inputs of :mod:`flows.contracts` and
+:class:`ner_core.config.PredictionConfig`, never torch models or tensors, and return the summaries of
+:mod:`flows.contracts`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ner_core.config import NERConfig
+from flows.contracts import (
+    DatasetSource,
+    EvaluateSummary,
+    FilesSource,
+    IngestSummary,
+    PredictSummary,
+    SqlSource,
+    TrainSummary,
+    parse_source,
+)
+from ner_core.config import NERConfig, PredictionConfig
 from ner_core.documents import Document
 from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
@@ -37,7 +48,7 @@ def ingest_step(
     policy: str = "repair",
     untyped_label: str = "ENT",
     split_ratios: tuple[float, float, float] | None = None,
-) -> dict:
+) -> IngestSummary:
     report = ingest_dataset(
         db_path,
         name,
@@ -49,19 +60,19 @@ def ingest_step(
         progress=True,
     )
     print(report.to_text(), flush=True)
-    return {
-        "dataset": report.dataset,
-        "version": report.version,
-        "created": report.created,
-        "counts": report.counts,
-        "labels": list(report.labels),
-        "problems": len(report.problems),
-    }
+    return IngestSummary(
+        dataset=report.dataset,
+        version=report.version,
+        created=report.created,
+        counts=report.counts,
+        labels=list(report.labels),
+        problems=len(report.problems),
+    )
 
 
 def train_step(
     db_path: str, config: NERConfig, runs_root: str, *, run_id: str | None = None, resume: bool = False
-) -> dict:
+) -> TrainSummary:
     """Train on the dataset's train split, early-stop on its dev split; rows in runs / epochs."""
     from ner_core.training import train
 
@@ -117,15 +128,15 @@ def train_step(
         seconds=result.seconds,
         stopped_reason=result.stopped_reason,
     )
-    return {
-        "run_id": run_id,
-        "run_dir": str(run_dir),
-        "model_dir": str(result.model_dir),
-        "best_epoch": result.best_epoch,
-        "best_dev_f1": result.best_dev_f1,
-        "stopped_reason": result.stopped_reason,
-        "seconds": round(result.seconds, 1),
-    }
+    return TrainSummary(
+        run_id=run_id,
+        run_dir=str(run_dir),
+        model_dir=str(result.model_dir),
+        best_epoch=result.best_epoch,
+        best_dev_f1=result.best_dev_f1,
+        stopped_reason=result.stopped_reason,
+        seconds=round(result.seconds, 1),
+    )
 
 
 def evaluate_step(
@@ -137,7 +148,7 @@ def evaluate_step(
     run_id: str | None = None,
     out_dir: str | None = None,
     file: str | None = None,
-) -> dict:
+) -> EvaluateSummary:
     """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
     JSON + Markdown reports and DuckDB rows."""
     from ner_core.evaluation import evaluate_model
@@ -177,12 +188,12 @@ def evaluate_step(
     (out / f"{stem}.json").write_text(report.model_dump_json(indent=2), encoding="utf-8")
     md = report.to_markdown()
     (out / f"{stem}.md").write_text(md, encoding="utf-8")
-    return {
-        "eval_id": eval_id,
-        "markdown": md,
+    return EvaluateSummary(
+        eval_id=eval_id,
+        markdown=md,
         **report.summary(),
-        "per_type": [t.model_dump() for t in report.per_type],
-    }
+        per_type=[t.model_dump() for t in report.per_type],
+    )
 
 
 def prediction_run_id(model_dir: str, input_ref: str) -> str:
@@ -208,14 +219,9 @@ def predict_step(
     run_id: str | None = None,
     batch_docs: int = 64,
     replace: bool | None = None,
-    max_len: int | None = None,
-    stride: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    num_threads: int | None = None,
-    quantize: str | None = None,
+    options: PredictionConfig | None = None,
     progress: bool = True,
-) -> dict:
+) -> PredictSummary:
     """Tag ``docs`` and store one row per entity; every ``batch_docs`` documents are written in their own
     transaction.
 
@@ -224,11 +230,9 @@ def predict_step(
     always replaces; ``False`` always resumes. Same model + same input = same ``pred_run_id``, so rows are
     never duplicated.
 
-    Window settings (``max_len``, ``stride``, ``batch_size``, ``num_threads``, ``quantize``) left ``None``
-    come from the model's saved ``prediction`` configuration (see :meth:`Tagger.from_loaded`).
+    ``options``: window and speed; the ones left ``None`` come from the model's saved ``prediction``
+    configuration (see :meth:`Tagger.from_loaded`).
     """
-    from tqdm.auto import tqdm
-
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
 
@@ -240,135 +244,102 @@ def predict_step(
         raise ValueError(f"prediction input has duplicate doc_id {dup!r}: doc_ids must be unique per run")
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
-    tagger = Tagger.from_loaded(
-        loaded,
-        max_len=max_len,
-        stride=stride,
-        batch_size=batch_size,
-        device=device,
-        num_threads=num_threads,
-        quantize=quantize,
-    )
-    pred_run_id = prediction_run_id(model_dir, input_ref)
-    # what changes the predictions: a run resumes only under the same settings
-    # ("merge": how windows are joined; runs stored before the whole-text CRF have none and are not resumed)
-    settings = {
-        "max_len": tagger.max_len,
-        "stride": tagger.stride,
-        "quantize": tagger.quantize,
-        "merge": tagger.merge,
-    }
-    cfg = json.dumps(
-        {**settings, "batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs}
-    )
-    if replace is None:
-        prev = predictions_db.get_prediction_run(db_path, pred_run_id)
-        prev_cfg = json.loads(prev["config"]) if prev and prev.get("config") else {}
-        resumable = (
-            prev is not None
-            and prev["status"] in ("running", "failed")
-            and {k: prev_cfg.get(k, "none" if k == "quantize" else None) for k in settings} == settings
-        )
-        replace = not resumable
-    done = predictions_db.start_prediction_run(
+    tagger = Tagger.from_loaded(loaded, options)
+    run = predictions_db.PredictionRunWriter(
         db_path,
-        pred_run_id,
+        prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
         input_ref=input_ref,
-        config_json=cfg,
+        # what changes the predictions: a run resumes only under the same settings ("merge": how windows
+        # are joined; a stored run without it is never resumed)
+        settings={
+            "max_len": tagger.max_len,
+            "stride": tagger.stride,
+            "quantize": tagger.quantize,
+            "merge": tagger.merge,
+        },
+        extra={"batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs},
         replace=replace,
+        t0=t0,
     )
-    todo = [d for d in docs if d.doc_id not in done]
-    # longest documents first within the run would hurt resumption granularity; keep input order and let
-    # the tagger sort windows by length inside each batch of documents
+    with run:
+        todo = [d for d in docs if d.doc_id not in run.done]
+        _tag_into(run, tagger, todo, batch_docs, progress)
+    return PredictSummary.from_run(run, skipped_already_done=len(run.done), resumed=run.resumed)
+
+
+def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:
+    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``: a
+    resumed run skips whole stored batches (the tagger sorts windows by length within a batch)."""
+    from tqdm.auto import tqdm
+
     bar = tqdm(
-        total=sum(len(d.text) for d in todo), unit="char", desc="predict", leave=False, disable=not progress
+        total=sum(len(d.text) for d in docs), unit="char", desc="predict", leave=False, disable=not progress
     )
     try:
-        for b in range(0, len(todo), batch_docs):
-            part = todo[b : b + batch_docs]
+        for b in range(0, len(docs), batch_docs):
+            part = docs[b : b + batch_docs]
             preds = tagger.predict([d.text for d in part], progress=bar.update)
-            predictions_db.write_predictions(
-                db_path, pred_run_id, [(d.doc_id, d.text, p) for d, p in zip(part, preds)]
-            )
-    except BaseException:
-        predictions_db.finish_prediction_run(
-            db_path, pred_run_id, status="failed", seconds=time.perf_counter() - t0
-        )
-        raise
+            run.write([(d.doc_id, d.text, p) for d, p in zip(part, preds)])
     finally:
         bar.close()
-    row = predictions_db.finish_prediction_run(
-        db_path, pred_run_id, status="completed", seconds=time.perf_counter() - t0
-    )
-    return {
-        "pred_run_id": pred_run_id,
-        "n_documents": row["n_documents"],
-        "n_entities": row["n_entities"],
-        "n_chars": row["n_chars"],
-        "skipped_already_done": len(done),
-        "resumed": not replace,
-        "seconds": round(row["seconds"], 2),
-    }
 
 
-def load_prediction_input(db_path: str, source: dict) -> tuple[list[Document], str, str]:
+def load_prediction_input(
+    db_path: str, source: FilesSource | DatasetSource | SqlSource | dict
+) -> tuple[list[Document], str, str]:
     """Documents to tag, the input kind and a reference naming the input (part of the prediction run id).
 
-    ``source`` is one of:
+    ``source`` is a :data:`flows.contracts.PredictionSource` (or its JSON form, with a ``kind``):
 
-    - ``{"files": [...]}``: any supported format (labels ignored). A plain-text file is one document unless
-      ``source["text_per_file"]`` is false (then one per line).
-    - ``{"dataset": d, "split": s}``: documents already in DuckDB (latest version; ``split`` None = all).
-    - ``{"sql": "SELECT doc_id, text FROM ..."}``: any query returning the columns ``doc_id`` and ``text``,
-      run on a read-only connection (a statement that writes fails).
+    - :class:`FilesSource`: any supported format (labels ignored). A plain-text file is one document
+      unless ``text_per_file`` is false (then one per line).
+    - :class:`DatasetSource`: documents already in DuckDB (latest version; ``split`` None = all).
+    - :class:`SqlSource`: a query returning the columns ``doc_id`` and ``text``, run through
+      :func:`storage.query.query` (one read-only statement, no file access).
     """
-    from ner_core.formats import detect_format, read_file
-    from storage.datasets import load_documents
+    source = parse_source(source)
+    if isinstance(source, FilesSource):
+        return _file_documents(source), "file", ",".join(str(Path(f).resolve()) for f in source.files)
+    if isinstance(source, DatasetSource):
+        docs = load_documents(db_path, source.dataset, source.split)
+        return docs, "dataset", f"{source.dataset}/{source.split or '*'}"
+    return _sql_documents(db_path, source.sql), "sql", " ".join(source.sql.split())
 
-    if not isinstance(source, dict):
-        raise ValueError(
-            f"expected the prediction input as a dict with 'files', 'dataset' or 'sql', "
-            f"got {type(source).__name__}"
-        )
-    if source.get("files"):
-        docs: list[Document] = []
-        for f in source["files"]:
-            if source.get("text_per_file", True) and detect_format(f) == "text":
-                # a plain-text file is one document (an article), tagged whole however long it is
-                text = Path(f).read_text(encoding="utf-8").strip()
-                if text:
-                    docs.append(Document(doc_id=Path(f).stem, text=text, source=str(f), line=1))
-                continue
-            docs.extend(read_file(f).documents)
-        return docs, "file", ",".join(str(Path(f).resolve()) for f in source["files"])
-    if source.get("dataset"):
-        docs = load_documents(db_path, source["dataset"], source.get("split"))
-        return docs, "dataset", f"{source['dataset']}/{source.get('split') or '*'}"
-    if source.get("sql"):
-        sql = source["sql"]
-        if not isinstance(sql, str) or not sql.strip():
-            raise ValueError(f"expected 'sql' to be a SELECT statement, got {sql!r}")
-        try:
-            rows = query_db.query(db_path, sql)
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # duckdb errors: parser, catalog, read-only violations
-            raise ValueError(f"prediction input query failed (it runs read-only): {exc}") from None
-        if rows and not {"doc_id", "text"} <= set(rows[0]):
+
+def _file_documents(source: FilesSource) -> list[Document]:
+    from ner_core.formats import detect_format, read_file
+
+    docs: list[Document] = []
+    for f in source.files:
+        if source.text_per_file and detect_format(f) == "text":
+            # a plain-text file is one document (an article), tagged whole however long it is
+            text = Path(f).read_text(encoding="utf-8").strip()
+            if text:
+                docs.append(Document(doc_id=Path(f).stem, text=text, source=str(f), line=1))
+            continue
+        docs.extend(read_file(f).documents)
+    return docs
+
+
+def _sql_documents(db_path: str, sql: str) -> list[Document]:
+    try:
+        rows = query_db.query(db_path, sql)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # refused by the guard, or a duckdb error: parser, catalog, read-only
+        raise ValueError(f"prediction input query failed (it runs read-only): {exc}") from None
+    if rows and not {"doc_id", "text"} <= set(rows[0]):
+        raise ValueError(f"prediction input query must return columns doc_id and text, got {sorted(rows[0])}")
+    docs = []
+    for i, r in enumerate(rows):
+        if r["doc_id"] is None or not isinstance(r["text"], str):
             raise ValueError(
-                f"prediction input query must return columns doc_id and text, got {sorted(rows[0])}"
+                f"prediction input query row {i}: expected a doc_id and a text, got "
+                f"doc_id={r['doc_id']!r}, text of type {type(r['text']).__name__}"
             )
-        docs = []
-        for i, r in enumerate(rows):
-            if r["doc_id"] is None or not isinstance(r["text"], str):
-                raise ValueError(
-                    f"prediction input query row {i}: expected a doc_id and a text, got "
-                    f"doc_id={r['doc_id']!r}, text of type {type(r['text']).__name__}"
-                )
-            if r["text"]:
-                docs.append(Document(doc_id=str(r["doc_id"]), text=r["text"], source="sql", line=i + 1))
-        return docs, "sql", " ".join(sql.split())
-    raise ValueError(f"prediction input needs 'files', 'dataset' or 'sql', got {sorted(source)}")
+        if r["text"]:
+            docs.append(Document(doc_id=str(r["doc_id"]), text=r["text"], source="sql", line=i + 1))
+    return docs

@@ -130,14 +130,35 @@ class TrainingConfig(_Strict):
 
 
 class PredictionConfig(_Strict):
-    batch_size: int = Field(32, ge=1)
-    max_len: int | None = Field(None, ge=8, le=510, description="window size (default: the model's)")
-    stride: int | None = Field(None, ge=1, description="window stride (default: max_len - max_len // 8)")
-    device: str = "cpu"
-    num_threads: int | None = Field(None, ge=1)
-    quantize: Literal["none", "int8"] = Field(
-        "none", description="int8: dynamically quantized encoder on CPU (faster, slightly less accurate)"
+    """How a model tags: the options of ``ner predict``, ``ner serve`` and the prediction flows, and the
+    ``prediction`` section a model directory saves. A field left ``None`` means "not set": an option
+    falls back to the model's saved value, a saved value to the default named in its description."""
+
+    window: int | None = Field(
+        None, ge=8, description="characters per window (default: the model's data.max_len)"
     )
+    stride: int | None = Field(
+        None, ge=1, description="characters between window starts, <= window (default: window - window // 8)"
+    )
+    batch_size: int | None = Field(None, ge=1, description="windows per forward pass (default 32)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or auto (default cpu)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    quantize: Literal["none", "int8"] | None = Field(
+        None, description="int8: dynamically quantized encoder on CPU (faster, slightly less accurate)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _window_named_max_len(cls, data: Any) -> Any:
+        """A saved ``ner_config.json`` may name the window ``max_len``; it loads as ``window``."""
+        if isinstance(data, dict) and "max_len" in data:
+            data = dict(data)
+            max_len = data.pop("max_len")
+            if data.get("window") is None:
+                data["window"] = max_len
+            elif max_len is not None and max_len != data["window"]:
+                raise ValueError(f"prediction: max_len ({max_len}) and window ({data['window']}) disagree")
+        return data
 
 
 class NERConfig(_Strict):

@@ -45,6 +45,7 @@ import torch
 from ner_core import _ckernel
 from ner_core.alignment import CharAligner
 from ner_core.batching import EncodedChunk, collate, sliding_windows
+from ner_core.config import PredictionConfig
 from ner_core.schemes import tags_to_spans
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
@@ -111,10 +112,10 @@ class Tagger:
         model: a NERModel (or anything with ``tags``, ``config.data.scheme``, ``emissions`` and ``crf``).
         tokenizer: the model's tokenizer (characters are mapped one-to-one by :class:`CharAligner`).
         max_len: characters per window (without [CLS]/[SEP]).
-        stride: characters between window starts, ``1 <= stride <= max_len``; default ``max_len - max_len // 8``:
-            windows overlap by 1/8, so every character sits at least ``max_len // 16`` characters from the
-            edge of the window that tags it (on Resume NER dev, strides of 1/2, 3/4 and 7/8 of the window gave
-            the same F1 within 0.13 points; ``bench/bench_predict.py``) and few characters are encoded twice.
+        stride: characters between window starts, ``1 <= stride <= max_len``; default
+            ``max_len - max_len // 8``: windows overlap by 1/8, so every character sits at least
+            ``max_len // 16`` characters from the edge of the window that tags it and few characters are
+            encoded twice (``bench/bench_predict.py`` compares the F1 of wider and narrower strides).
         batch_size: windows per forward pass.
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
         num_threads: torch CPU threads (``None`` leaves torch's setting alone).
@@ -171,32 +172,33 @@ class Tagger:
         self.model.to(self.device)
 
     @classmethod
-    def from_loaded(
-        cls,
-        loaded,
-        *,
-        max_len: int | None = None,
-        stride: int | None = None,
-        batch_size: int | None = None,
-        device: str | torch.device | None = None,
-        num_threads: int | None = None,
-        quantize: str | None = None,
-    ) -> "Tagger":
+    def from_loaded(cls, loaded, options: PredictionConfig | None = None) -> "Tagger":
         """A tagger for a :class:`ner_core.modeldir.LoadedModel`.
 
-        Every setting left ``None`` comes from the model's saved ``prediction`` configuration, and the
-        window (``max_len``) from its training ``data.max_len`` when that is unset too.
+        Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
+        and where that is unset too: the window from the model's ``data.max_len``, batch size 32, device
+        ``cpu``, no quantization (the stride from the window, see :func:`default_stride`).
         """
-        pc = loaded.config.prediction
+        if options is not None and not isinstance(options, PredictionConfig):
+            raise ValueError(f"expected options as a PredictionConfig, got {type(options).__name__}")
+        opts = options or PredictionConfig()
+        saved = loaded.config.prediction
+
+        def pick(name: str, default=None):
+            value = getattr(opts, name)
+            if value is None:
+                value = getattr(saved, name)
+            return default if value is None else value
+
         return cls(
             loaded.model,
             loaded.tokenizer,
-            max_len=max_len or pc.max_len or loaded.config.data.max_len,
-            stride=stride or pc.stride,
-            batch_size=batch_size or pc.batch_size,
-            device=device or pc.device,
-            num_threads=num_threads or pc.num_threads,
-            quantize=quantize or pc.quantize,
+            max_len=pick("window", loaded.config.data.max_len),
+            stride=pick("stride"),
+            batch_size=pick("batch_size", 32),
+            device=pick("device", "cpu"),
+            num_threads=pick("num_threads"),
+            quantize=pick("quantize", "none"),
         )
 
     #: how windows are joined: each character's emissions from its most central window, then one CRF

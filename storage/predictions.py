@@ -1,11 +1,14 @@
 """Prediction runs and their documents and entities in DuckDB; what a training run has not tagged yet.
 
-Bulk rows go in through Arrow inside one transaction per batch.
+A prediction run is written one way, by :class:`PredictionRunWriter` (start: resume or replace; one
+transaction per batch of documents; completed or failed). Bulk rows go in through Arrow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +76,8 @@ def start_prediction_run(
             con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
         con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
         con.execute(
-            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, "
+            "status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
             [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
         )
         done = {
@@ -126,11 +129,115 @@ def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str,
         con.execute(
             "UPDATE prediction_runs SET status = ?, finished_at = ?, seconds = ?, "
             "n_documents = (SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents WHERE pred_run_id = ?), "
-            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) WHERE pred_run_id = ?",
+            "n_chars = (SELECT coalesce(sum(length(text)), 0) FROM predicted_documents "
+            "WHERE pred_run_id = ?), "
+            "n_entities = (SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?) "
+            "WHERE pred_run_id = ?",
             [status, _now(), seconds, pred_run_id, pred_run_id, pred_run_id, pred_run_id],
         )
         return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]
+
+
+#: the value a setting had when a stored run's config does not name it
+_STORED_DEFAULTS = {"quantize": "none"}
+
+
+def _resumable(prev: dict | None, settings: Mapping[str, Any]) -> bool:
+    """A run left ``running`` or ``failed`` whose stored config has the same ``settings``."""
+    if prev is None or prev["status"] not in ("running", "failed"):
+        return False
+    stored = json.loads(prev["config"]) if prev.get("config") else {}
+    return {k: stored.get(k, _STORED_DEFAULTS.get(k)) for k in settings} == dict(settings)
+
+
+class PredictionRunWriter:
+    """The one way to write a prediction run: start it, store batches, finish it completed or failed.
+
+    Use it as a context manager::
+
+        with PredictionRunWriter(db, pred_run_id, model_dir=..., run_id=..., input_kind="file",
+                                 input_ref=..., settings={...}) as run:
+            for batch in batches_of([d for d in docs if d.doc_id not in run.done]):
+                run.write(rows_of(batch))
+        run.row  # the finished prediction_runs row
+
+    Entering starts the run. ``replace=None`` resumes a run left ``running`` or ``failed`` under the same
+    ``settings`` (the values that change the predictions: compared with the stored ones) and replaces the
+    run's rows otherwise; ``True`` always replaces; ``False`` always resumes (keeps the stored rows).
+    ``done`` holds the doc_ids already stored (empty after a replace), ``resumed`` says which it was.
+    The run's stored config is ``settings`` followed by ``extra`` (stored, never compared).
+    Each :meth:`write` is one transaction. Leaving the block finishes the run as ``completed``; an
+    exception finishes it as ``failed`` and propagates. ``seconds`` count from ``t0`` (a
+    ``time.perf_counter()`` value; default: when the writer was made).
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        pred_run_id: str,
+        *,
+        model_dir: str | Path,
+        run_id: str | None,
+        input_kind: str,
+        input_ref: str,
+        settings: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        replace: bool | None = None,
+        t0: float | None = None,
+    ) -> None:
+        if replace is None and not settings:
+            raise ValueError(
+                "replace=None decides by comparing settings: give the settings, or replace=True/False"
+            )
+        self.db_path = db_path
+        self.pred_run_id = pred_run_id
+        self.model_dir = model_dir
+        self.run_id = run_id
+        self.input_kind = input_kind
+        self.input_ref = input_ref
+        self.settings = dict(settings or {})
+        self.extra = dict(extra or {})
+        self.replace = replace
+        self.t0 = time.perf_counter() if t0 is None else t0
+        self.done: set[str] = set()
+        self.resumed = False
+        self.row: dict | None = None
+
+    def start(self) -> set[str]:
+        """Register the run (resume or replace); returns the doc_ids already stored for it."""
+        replace = self.replace
+        if replace is None:
+            replace = not _resumable(get_prediction_run(self.db_path, self.pred_run_id), self.settings)
+        self.done = start_prediction_run(
+            self.db_path,
+            self.pred_run_id,
+            model_dir=self.model_dir,
+            run_id=self.run_id,
+            input_kind=self.input_kind,
+            input_ref=self.input_ref,
+            config_json=json.dumps({**self.settings, **self.extra}),
+            replace=replace,
+        )
+        self.resumed = not replace
+        return self.done
+
+    def write(self, docs: Sequence[tuple[str, str, list]]) -> int:
+        """Store one batch (see :func:`write_predictions`) in one transaction; entity rows written."""
+        return write_predictions(self.db_path, self.pred_run_id, docs)
+
+    def finish(self, status: str = "completed") -> dict:
+        """Mark the run ``completed`` or ``failed``; returns its ``prediction_runs`` row."""
+        self.row = finish_prediction_run(
+            self.db_path, self.pred_run_id, status=status, seconds=time.perf_counter() - self.t0
+        )
+        return self.row
+
+    def __enter__(self) -> "PredictionRunWriter":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.finish("failed" if exc_type is not None else "completed")
 
 
 def prediction_disagreements(db_path: str | Path, run_a: str, run_b: str) -> list[dict]:

@@ -25,8 +25,8 @@ def create_run(
     cfg = json.loads(config_json)
     with open_db(db_path) as con:
         con.execute(
-            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, status, "
-            "run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, "
+            "status, run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             [
                 run_id,
                 dataset,
@@ -104,6 +104,35 @@ def get_run(db_path: str | Path, run_id: str) -> dict:
     if not rows:
         raise KeyError(f"no run {run_id!r} in {db_path}")
     return rows[0]
+
+
+def resolve_model(
+    db_path: str | Path | None, *, model_dir: str | Path | None = None, run_id: str | None = None
+) -> tuple[str, str | None]:
+    """``(model_dir, run_id)`` of the model to use: ``model_dir`` when given (with ``run_id`` as given, or
+    ``None``), else the model of run ``run_id``, else the production run's (``ner promote RUN_ID``).
+
+    One error per case: ``FileNotFoundError`` for a ``model_dir`` that is not a directory or a database
+    file that does not exist, ``ValueError`` when no database is given, when no run was promoted or when
+    the run has no model directory, ``KeyError`` for an unknown ``run_id``.
+    """
+    if model_dir:
+        if not Path(model_dir).is_dir():
+            raise FileNotFoundError(f"{model_dir}: no such model directory")
+        return str(model_dir), run_id
+    if not db_path:
+        raise ValueError("no model given: pass --model-dir, or --db with --run RUN_ID or a promoted run")
+    if str(db_path) != ":memory:" and not Path(db_path).exists():
+        raise FileNotFoundError(f"{db_path}: no such database (give --model-dir or the right --db)")
+    run = get_run(db_path, run_id) if run_id else production_run(db_path)
+    if run is None:
+        raise ValueError(
+            f"no production run in {db_path}: pass --model-dir or --run, or promote a run with "
+            "`ner promote RUN_ID`"
+        )
+    if not run.get("model_dir"):
+        raise ValueError(f"run {run['run_id']} has no model directory (status {run['status']})")
+    return str(run["model_dir"]), str(run["run_id"])
 
 
 def epochs(db_path: str | Path, run_id: str) -> list[dict]:

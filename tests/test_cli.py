@@ -371,3 +371,30 @@ def test_train_from_files_then_test_and_incremental_predict_without_prefect(
     assert first["n_new_documents"] == 80
     rc, out, _ = run(["predict", "--no-prefect", "--db", db, "--dataset", "mini", "--only-new"], capsys)
     assert json.loads(out[out.index("{") :])["n_new_documents"] == 0
+
+
+@pytest.mark.parametrize("command", ["predict", "serve", "deploy"])
+def test_predict_and_serve_share_the_prediction_options(command, capsys):
+    rc, out, _ = run([command, "--help"], capsys)
+    assert rc == 0
+    for flag in ("--window", "--stride", "--batch-size", "--threads", "--device", "--quantize"):
+        assert flag in out, (command, flag)
+    assert "--max-len" not in out
+    args = cli.build_parser().parse_args([command, "--window", "40", "--stride", "10", "--threads", "2"])
+    from app.options import prediction_options
+
+    opts = prediction_options(args)
+    assert (opts.window, opts.stride, opts.num_threads, opts.batch_size, opts.device) == (
+        40,
+        10,
+        2,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--window_stride", "32"], ["--window-stride", "8"], ["--window_stride"]])
+@pytest.mark.parametrize("command", ["train", "pipeline"])
+def test_window_stride_answers_that_it_never_had_an_effect(command, argv, capsys):
+    rc, _, err = run([command, *argv], capsys)
+    _one_line_error(rc, err, argv[0], "never had an effect", "ner predict --stride", "--max_len")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
+from flows.contracts import DatasetSource, FilesSource
 from ner_core.documents import Document
 from tests.conftest import SAMPLE
 
@@ -112,28 +113,110 @@ def _same(a, b):
     assert [e[5] for e in ents_a] == pytest.approx([e[5] for e in ents_b], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def untrained_model_dir(tmp_path_factory, tiny_encoder_dir):
+    from tests.test_predict import build_model_dir
+
+    return str(build_model_dir(tmp_path_factory.mktemp("dask-model") / "model", tiny_encoder_dir))
+
+
+def _tag_shards(model_dir, docs, n_shards):
+    from flows.dask_predict import shard_documents, tag_shard
+
+    return [tag_shard(model_dir, [(d.doc_id, d.text) for d in s]) for s in shard_documents(docs, n_shards)]
+
+
+def test_shard_writer_and_predict_step_store_identical_rows(tmp_path, untrained_model_dir):
+    """The Dask path's writer and the plain step write through the same protocol: same run, same rows."""
+    from flows import steps
+    from flows.dask_predict import store_shard_rows
+    from storage.predictions import get_prediction_run
+
+    docs = _docs([40, 5, 300, 17, 90]) + [Document(doc_id="raw", text=open(RAW[0], encoding="utf-8").read())]
+    plain_db, dask_db = str(tmp_path / "plain.duckdb"), str(tmp_path / "dask.duckdb")
+    single = steps.predict_step(
+        plain_db,
+        untrained_model_dir,
+        docs,
+        input_kind="texts",
+        input_ref="same",
+        batch_docs=2,
+        progress=False,
+    )
+    out = store_shard_rows(
+        dask_db,
+        untrained_model_dir,
+        _tag_shards(untrained_model_dir, docs, 3),
+        input_kind="texts",
+        input_ref="same",
+        run_id=None,
+    )
+    assert out.pred_run_id == single.pred_run_id
+    assert (out.n_documents, out.n_entities, out.n_chars) == (
+        single.n_documents,
+        single.n_entities,
+        single.n_chars,
+    )
+    _same(_rows(dask_db, out.pred_run_id), _rows(plain_db, single.pred_run_id))
+    assert get_prediction_run(dask_db, out.pred_run_id)["status"] == "completed"
+
+
+def test_shard_writer_marks_a_failed_write_and_adds_to_a_run_without_replacing(
+    tmp_path, untrained_model_dir, monkeypatch
+):
+    from flows.dask_predict import store_shard_rows
+    from storage import predictions as predictions_db
+
+    db, docs = str(tmp_path / "p.duckdb"), _docs([30, 40, 50, 60])
+    shard_rows = _tag_shards(untrained_model_dir, docs, 2)
+    first = store_shard_rows(
+        db, untrained_model_dir, shard_rows[:1], input_kind="texts", input_ref="r", run_id=None
+    )
+    real_write = predictions_db.write_predictions
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(predictions_db, "write_predictions", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        store_shard_rows(
+            db,
+            untrained_model_dir,
+            shard_rows[1:],
+            input_kind="texts",
+            input_ref="r",
+            run_id=None,
+            replace=False,
+        )
+    row = predictions_db.get_prediction_run(db, first.pred_run_id)
+    assert row["status"] == "failed" and row["n_documents"] == first.n_documents
+    monkeypatch.setattr(predictions_db, "write_predictions", real_write)
+    out = store_shard_rows(
+        db, untrained_model_dir, shard_rows[1:], input_kind="texts", input_ref="r", run_id=None, replace=False
+    )
+    assert out.n_documents == len(docs)
+
+
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
 def test_dask_flow_on_local_cluster_equals_single_process(trained):
     from flows import steps
     from flows.dask_predict import run_dask_predict
 
     db, tr = trained["db"], trained["train"]
-    source = {"files": RAW}
+    source = FilesSource(files=RAW)
     docs, kind, ref = steps.load_prediction_input(db, source)
-    single = steps.predict_step(
-        db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"]
-    )
-    expected = _rows(db, single["pred_run_id"])
+    single = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
+    expected = _rows(db, single.pred_run_id)
     assert expected[1], "the tiny model should find some entities in the raw texts"
 
     state = run_dask_predict(
-        db, source, tr["model_dir"], tr["run_id"], n_shards=3, n_workers=2, processes=False, return_state=True
+        db, source, tr.model_dir, tr.run_id, n_shards=3, n_workers=2, processes=False, return_state=True
     )
     assert state.is_completed(), state
     out = state.result()
-    assert out["pred_run_id"] == single["pred_run_id"] and 2 <= out["n_shards"] <= 3
-    assert out["n_documents"] == single["n_documents"] and out["n_entities"] == single["n_entities"]
-    _same(_rows(db, out["pred_run_id"]), expected)
+    assert out.pred_run_id == single.pred_run_id and 2 <= out.n_shards <= 3
+    assert out.n_documents == single.n_documents and out.n_entities == single.n_entities
+    _same(_rows(db, out.pred_run_id), expected)
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
@@ -142,13 +225,13 @@ def test_plain_dask_client_equals_single_process(trained):
     from flows.dask_predict import predict_sharded
 
     db, tr = trained["db"], trained["train"]
-    docs, _, _ = steps.load_prediction_input(db, {"dataset": "sample", "split": "test"})
-    single = steps.predict_step(db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-single")
+    docs, _, _ = steps.load_prediction_input(db, DatasetSource(dataset="sample", split="test"))
+    single = steps.predict_step(db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-single")
     out = predict_sharded(
-        db, tr["model_dir"], docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
+        db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
     )
-    assert out["n_documents"] == len(docs) == single["n_documents"]
-    _same(_rows(db, out["pred_run_id"]), _rows(db, single["pred_run_id"]))
+    assert out.n_documents == len(docs) == single.n_documents
+    _same(_rows(db, out.pred_run_id), _rows(db, single.pred_run_id))
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)
@@ -158,37 +241,37 @@ def test_incremental_prediction_tags_only_new_documents(trained, tmp_path):
     from storage.runs import promote_run
 
     db, tr = trained["db"], trained["train"]
-    promote_run(db, tr["run_id"])
+    promote_run(db, tr.run_id)
     # a fresh dataset of 5 documents, then the same 5 plus 3 new ones as a new version
     lines = open(SPLITS["test"], encoding="utf-8").read().splitlines()
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # same file name: doc ids are "<stem>:<line>"
     first = tmp_path / "a" / "incoming.jsonl"
     first.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
     ingest_step(db, "incoming", {"test": str(first)})
-    assert len(unpredicted_documents(db, "incoming", tr["run_id"])) == 5
+    assert len(unpredicted_documents(db, "incoming", tr.run_id)) == 5
 
     from flows.pipeline import predict_new_task
 
-    out1 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
-    assert out1["n_new_documents"] == 5 and out1["n_documents"] == 5
-    assert unpredicted_documents(db, "incoming", tr["run_id"]) == []
-    again = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", None)
-    assert again["n_new_documents"] == 0
+    out1 = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", None)
+    assert out1.n_new_documents == 5 and out1.n_documents == 5
+    assert unpredicted_documents(db, "incoming", tr.run_id) == []
+    again = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", None)
+    assert again.n_new_documents == 0
 
     second = tmp_path / "b" / "incoming.jsonl"
     second.write_text("\n".join(lines[:8]) + "\n", encoding="utf-8")
     ingest_step(db, "incoming", {"test": str(second)})
-    new = unpredicted_documents(db, "incoming", tr["run_id"])
+    new = unpredicted_documents(db, "incoming", tr.run_id)
     assert len(new) == 3
-    out2 = predict_new_task.fn(db, tr["model_dir"], tr["run_id"], "incoming", "test")
-    assert out2["n_new_documents"] == 3
+    out2 = predict_new_task.fn(db, tr.model_dir, tr.run_id, "incoming", "test")
+    assert out2.n_new_documents == 3
     con = duckdb.connect(db, read_only=True)
     n_docs = con.execute(
-        "SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?", [out2["pred_run_id"]]
+        "SELECT count(*) FROM predicted_documents WHERE pred_run_id = ?", [out2.pred_run_id]
     ).fetchone()[0]
     con.close()
     # the "incoming/test" run holds the 3 new ones; the 5 earlier ones stay in "incoming/*"
-    assert n_docs == 3 and unpredicted_documents(db, "incoming", tr["run_id"]) == []
+    assert n_docs == 3 and unpredicted_documents(db, "incoming", tr.run_id) == []
 
 
 @pytest.mark.slow  # trains a tiny model (> 20 s on 2 shared cores)

@@ -11,6 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from flows.contracts import FilesSource
+from ner_core.config import PredictionConfig
 from tests.conftest import REPO, SAMPLE
 
 RAW = sorted(str(p) for p in (SAMPLE / "raw").glob("*.txt"))
@@ -46,23 +48,23 @@ def pipeline_db(tmp_path_factory, tiny_encoder_dir):
     db = str(tmp / "ner.duckdb")
     ing = steps.ingest_step(db, "sample", SPLITS)
     tr = steps.train_step(db, tiny_config(tiny_encoder_dir), str(tmp / "runs"))
-    ev = steps.evaluate_step(db, tr["model_dir"], "sample", "test", run_id=tr["run_id"])
-    docs, kind, ref = steps.load_prediction_input(db, {"files": RAW})
-    pr = steps.predict_step(db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"])
+    ev = steps.evaluate_step(db, tr.model_dir, "sample", "test", run_id=tr.run_id)
+    docs, kind, ref = steps.load_prediction_input(db, FilesSource(files=RAW))
+    pr = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
     return {"db": db, "tmp": tmp, "ingest": ing, "train": tr, "evaluate": ev, "predict": pr, "docs": docs}
 
 
 def test_ingest_counts_match_the_corpus(pipeline_db):
-    counts = pipeline_db["ingest"]["counts"]
+    counts = pipeline_db["ingest"].counts
     for split, path in SPLITS.items():
         n_lines = sum(1 for line in open(path, encoding="utf-8") if line.strip())
         assert counts[split]["documents"] == n_lines
-    assert sorted(pipeline_db["ingest"]["labels"]) == ["FIN", "LOC", "ORG", "PER"]
+    assert sorted(pipeline_db["ingest"].labels) == ["FIN", "LOC", "ORG", "PER"]
 
 
 def test_training_rows_and_loss_goes_down(pipeline_db):
     con = duckdb.connect(pipeline_db["db"], read_only=True)
-    run_id = pipeline_db["train"]["run_id"]
+    run_id = pipeline_db["train"].run_id
     status, model_dir, best_epoch = con.execute(
         "SELECT status, model_dir, best_epoch FROM runs WHERE run_id = ?", [run_id]
     ).fetchone()
@@ -80,21 +82,17 @@ def test_training_rows_and_loss_goes_down(pipeline_db):
 
 def test_evaluation_is_stored_with_all_reports(pipeline_db):
     ev = pipeline_db["evaluate"]
-    assert 0.0 <= ev["f1"] <= 1.0 and 0.0 < ev["char_accuracy"] <= 1.0
+    assert 0.0 <= ev.f1 <= 1.0 and 0.0 < ev.char_accuracy <= 1.0
     con = duckdb.connect(pipeline_db["db"], read_only=True)
-    f1, n = con.execute(
-        "SELECT f1, n_sentences FROM evaluations WHERE eval_id = ?", [ev["eval_id"]]
-    ).fetchone()
+    f1, n = con.execute("SELECT f1, n_sentences FROM evaluations WHERE eval_id = ?", [ev.eval_id]).fetchone()
     labels = {
         r[0]
-        for r in con.execute(
-            "SELECT label FROM evaluation_types WHERE eval_id = ?", [ev["eval_id"]]
-        ).fetchall()
+        for r in con.execute("SELECT label FROM evaluation_types WHERE eval_id = ?", [ev.eval_id]).fetchall()
     }
     con.close()
-    assert f1 == pytest.approx(ev["f1"]) and n == 80
+    assert f1 == pytest.approx(ev.f1) and n == 80
     assert labels == {"FIN", "LOC", "ORG", "PER"}
-    run_dir = Path(pipeline_db["train"]["run_dir"])
+    run_dir = Path(pipeline_db["train"].run_dir)
     assert json.loads((run_dir / "eval-sample-test.json").read_text(encoding="utf-8"))["n_sentences"] == 80
     assert "| PER" in (run_dir / "eval-sample-test.md").read_text(encoding="utf-8")
 
@@ -104,21 +102,21 @@ def test_predictions_cover_every_document_and_offsets_match(pipeline_db):
     con = duckdb.connect(pipeline_db["db"], read_only=True)
     docs = dict(
         con.execute(
-            "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = ?", [pr["pred_run_id"]]
+            "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = ?", [pr.pred_run_id]
         ).fetchall()
     )
     ents = con.execute(
         'SELECT doc_id, "start", "end", label, text, confidence FROM predicted_entities '
         "WHERE pred_run_id = ?",
-        [pr["pred_run_id"]],
+        [pr.pred_run_id],
     ).fetchall()
     con.close()
     # a plain-text file is one document, tagged whole
     assert len(docs) == len(RAW)
     expected = {d.doc_id for d in pipeline_db["docs"]}
-    assert set(docs) == expected and len(docs) == pr["n_documents"]
+    assert set(docs) == expected and len(docs) == pr.n_documents
     assert any(len(t) > 2000 for t in docs.values())
-    assert len(ents) == pr["n_entities"]
+    assert len(ents) == pr.n_entities
     for doc_id, s, e, label, text, conf in ents:
         assert docs[doc_id][s:e] == text and label in {"FIN", "LOC", "ORG", "PER"}
         assert 0.0 <= conf <= 1.0
@@ -128,20 +126,18 @@ def test_predicting_again_replaces_rows_and_resume_skips_done_documents(pipeline
     from flows import steps
 
     db, tr, docs = pipeline_db["db"], pipeline_db["train"], pipeline_db["docs"]
-    again = steps.predict_step(db, tr["model_dir"], docs, input_kind="file", input_ref="again")
-    again2 = steps.predict_step(db, tr["model_dir"], docs, input_kind="file", input_ref="again")
-    assert again["pred_run_id"] == again2["pred_run_id"]
-    assert again2["n_entities"] == again["n_entities"]
-    resumed = steps.predict_step(
-        db, tr["model_dir"], docs, input_kind="file", input_ref="again", replace=False
-    )
-    assert resumed["skipped_already_done"] == len(docs) and resumed["n_entities"] == again["n_entities"]
+    again = steps.predict_step(db, tr.model_dir, docs, input_kind="file", input_ref="again")
+    again2 = steps.predict_step(db, tr.model_dir, docs, input_kind="file", input_ref="again")
+    assert again.pred_run_id == again2.pred_run_id
+    assert again2.n_entities == again.n_entities
+    resumed = steps.predict_step(db, tr.model_dir, docs, input_kind="file", input_ref="again", replace=False)
+    assert resumed.skipped_already_done == len(docs) and resumed.n_entities == again.n_entities
     con = duckdb.connect(db, read_only=True)
     n = con.execute(
-        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [again["pred_run_id"]]
+        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [again.pred_run_id]
     ).fetchone()[0]
     con.close()
-    assert n == again["n_entities"]
+    assert n == again.n_entities
 
 
 def test_model_directory_loads_alone_and_tags_mixed_text(pipeline_db, tmp_path):
@@ -151,8 +147,8 @@ def test_model_directory_loads_alone_and_tags_mixed_text(pipeline_db, tmp_path):
     from ner_core.predict import Tagger
 
     copy = tmp_path / "copied-model"
-    shutil.copytree(pipeline_db["train"]["model_dir"], copy)
-    tagger = Tagger.from_loaded(load_model_dir(copy), max_len=16, stride=8)
+    shutil.copytree(pipeline_db["train"].model_dir, copy)
+    tagger = Tagger.from_loaded(load_model_dir(copy), PredictionConfig(window=16, stride=8))
     text = "张伟在北京的ABC资本工作，2023年买了余额宝😀 iPhone 15。"
     tags, probs = tagger.tag_texts([text])[0]
     assert len(tags) == len(probs) == len(text)
@@ -179,11 +175,11 @@ def test_prefect_pipeline_flow_real_run(tmp_path, tiny_encoder_dir):
     out = state.result()
     con = duckdb.connect(db, read_only=True)
     n = con.execute(
-        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [out["predict"]["pred_run_id"]]
+        "SELECT count(*) FROM predicted_entities WHERE pred_run_id = ?", [out.predict.pred_run_id]
     ).fetchone()[0]
     n_runs = con.execute("SELECT count(*) FROM runs WHERE status = 'completed'").fetchone()[0]
     con.close()
-    assert n == out["predict"]["n_entities"] and n_runs == 1
+    assert n == out.predict.n_entities and n_runs == 1
 
 
 def test_cli_bad_input_gives_one_clear_line(tmp_path):
@@ -221,19 +217,19 @@ def test_evaluating_a_file_equals_evaluating_the_stored_split(pipeline_db):
 
     tr = pipeline_db["train"]
     out = steps.evaluate_step(
-        pipeline_db["db"], tr["model_dir"], None, None, run_id=tr["run_id"], file=SPLITS["test"]
+        pipeline_db["db"], tr.model_dir, None, None, run_id=tr.run_id, file=SPLITS["test"]
     )
-    assert out["n_sentences"] == 80
-    assert out["f1"] == pytest.approx(pipeline_db["evaluate"]["f1"])
-    assert out["char_accuracy"] == pytest.approx(pipeline_db["evaluate"]["char_accuracy"])
-    assert Path(tr["run_dir"], "eval-test.jsonl.json").exists()
+    assert out.n_sentences == 80
+    assert out.f1 == pytest.approx(pipeline_db["evaluate"].f1)
+    assert out.char_accuracy == pytest.approx(pipeline_db["evaluate"].char_accuracy)
+    assert Path(tr.run_dir, "eval-test.jsonl.json").exists()
 
 
 def test_predicted_spans_are_trimmed_of_whitespace(pipeline_db):
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
 
-    tagger = Tagger.from_loaded(load_model_dir(pipeline_db["train"]["model_dir"]))
+    tagger = Tagger.from_loaded(load_model_dir(pipeline_db["train"].model_dir))
     text = "李超 在 上海"
     tags = ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "B-LOC", "E-LOC"]
     probs = [0.9, 0.8, 0.3, 1.0, 0.5, 0.7, 0.6]

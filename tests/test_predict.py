@@ -14,6 +14,8 @@ import pytest
 import torch
 from torch import nn
 
+from flows.contracts import FilesSource, SqlSource
+from ner_core.config import PredictionConfig
 from tests.conftest import REPO, SAMPLE
 
 LABELS = ["FIN", "LOC", "ORG", "PER"]
@@ -129,18 +131,18 @@ class _EdgeModel(_PositionFreeModel):
 def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_text):
     from ner_core.predict import Tagger
 
-    tagger = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=16)
+    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=64, stride=32, batch_size=16))
     ((tags, probs),) = tagger.tag_texts([long_text])
     assert len(tags) == len(probs) == 5000
     assert set(tags) <= set(loaded.tags) and len(set(tags)) > 1
     assert all(0.0 <= p <= 1.0 + 1e-6 for p in probs)
-    again = Tagger.from_loaded(loaded, max_len=64, stride=32, batch_size=7).tag_texts(
+    again = Tagger.from_loaded(loaded, PredictionConfig(window=64, stride=32, batch_size=7)).tag_texts(
         [long_text, "短文本"], confidence=False
     )
     assert again[0][0] == tags  # batch composition does not change the tags
     assert again[0][1] == [1.0] * 5000 and len(again[1][0]) == 3
     seen: list[int] = []  # progress counts each character once, overlaps or not: a bar ends at 100%
-    Tagger.from_loaded(loaded, max_len=64, stride=16, batch_size=4).tag_texts(
+    Tagger.from_loaded(loaded, PredictionConfig(window=64, stride=16, batch_size=4)).tag_texts(
         [long_text, "", "短文本"], progress=seen.append
     )
     assert sum(seen) == 5003 and len(seen) > 1 and min(seen) >= 0
@@ -166,7 +168,9 @@ def test_the_crf_runs_over_the_whole_text_so_tags_never_break_the_scheme(loaded,
 
     texts = [long_text[i : i + 700] for i in range(0, 4200, 700)]
     for max_len, stride in ((16, 9), (32, 28), (24, 3)):
-        for tags, _ in Tagger.from_loaded(loaded, max_len=max_len, stride=stride).tag_texts(texts):
+        for tags, _ in Tagger.from_loaded(loaded, PredictionConfig(window=max_len, stride=stride)).tag_texts(
+            texts
+        ):
             assert validate_tags(tags, loaded.scheme) == [], (max_len, stride)
 
 
@@ -179,7 +183,7 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     from ner_core.predict import Tagger
 
     text = long_text[:300]
-    tagger = Tagger.from_loaded(loaded, max_len=40, stride=30, batch_size=5)
+    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=40, stride=30, batch_size=5))
     tags, probs = tagger.tag_texts([text])[0]
     K = len(loaded.tags)
     em = np.zeros((len(text), K), np.float32)
@@ -209,7 +213,7 @@ def test_without_the_c_kernels_the_tagger_gives_the_same_result(loaded, long_tex
     from ner_core.predict import Tagger
 
     texts = [long_text[:1500], long_text[1500:1600], "短"]
-    tagger = Tagger.from_loaded(loaded, max_len=48, stride=40)
+    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=48, stride=40))
     expected = tagger.tag_texts(texts)
     monkeypatch.setattr(_ckernel, "load", lambda: None)  # as on a machine without a C compiler
     got = tagger.tag_texts(texts)
@@ -221,7 +225,7 @@ def test_texts_are_tagged_in_bounded_groups_with_the_same_result(loaded, long_te
     import ner_core.predict as predict
 
     texts = [long_text[i : i + 90 + 7 * i // 100] for i in range(0, 4000, 250)] + [""]
-    tagger = predict.Tagger.from_loaded(loaded, max_len=32, stride=24)
+    tagger = predict.Tagger.from_loaded(loaded, PredictionConfig(window=32, stride=24))
     expected = tagger.tag_texts(texts)
     groups = []
     real = predict.Tagger._tag_group
@@ -250,7 +254,7 @@ def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
     from ner_core.predict import Tagger
     from ner_core.schemes import tags_to_spans
 
-    tagger = Tagger.from_loaded(loaded, max_len=32, stride=16)
+    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=32, stride=16))
     texts = [d.text for d in _docs(5)] + ["", "A股 😀 iPhone 15，余额宝。"]
     preds = tagger.predict(texts)
     tagged = tagger.tag_texts(texts)
@@ -278,10 +282,10 @@ def test_tagger_rejects_bad_input(loaded):
     from ner_core.predict import Tagger
 
     with pytest.raises(ValueError, match="stride .* must not exceed max_len"):
-        Tagger.from_loaded(loaded, max_len=16, stride=32)
+        Tagger.from_loaded(loaded, PredictionConfig(window=16, stride=32))
     with pytest.raises(ValueError, match="max_len must be a positive int, got 0"):
         Tagger(loaded.model, loaded.tokenizer, max_len=0)
-    tagger = Tagger.from_loaded(loaded, max_len=16)
+    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=16))
     with pytest.raises(ValueError, match="expected a sequence of texts .* got str"):
         tagger.predict("张三")
     with pytest.raises(ValueError, match="got int at index 1"):
@@ -310,17 +314,17 @@ def test_rerun_replaces_rows_never_duplicates(tmp_path, model_dir):
     b = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="five", batch_docs=3, progress=False
     )
-    assert a["pred_run_id"] == b["pred_run_id"] and not b["resumed"] and b["skipped_already_done"] == 0
-    rows = _entity_rows(db, a["pred_run_id"])
-    assert len(rows) == a["n_entities"] == b["n_entities"] > 0
+    assert a.pred_run_id == b.pred_run_id and not b.resumed and b.skipped_already_done == 0
+    rows = _entity_rows(db, a.pred_run_id)
+    assert len(rows) == a.n_entities == b.n_entities > 0
     assert len(set(rows)) == len(rows)
     con = duckdb.connect(db, read_only=True)
     status, n_docs, cfg = con.execute(
-        "SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?", [a["pred_run_id"]]
+        "SELECT status, n_documents, config FROM prediction_runs WHERE pred_run_id = ?", [a.pred_run_id]
     ).fetchone()
     by_label = dict(
         con.execute(
-            "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", [a["pred_run_id"]]
+            "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", [a.pred_run_id]
         ).fetchall()
     )
     con.close()
@@ -354,7 +358,7 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
             db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
         )
     monkeypatch.setattr(predictions_db, "write_predictions", real_write)
-    row = predictions_db.get_prediction_run(db, ref["pred_run_id"])
+    row = predictions_db.get_prediction_run(db, ref.pred_run_id)
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
@@ -368,11 +372,11 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
     )
-    assert out["resumed"] and out["skipped_already_done"] == 3
+    assert out.resumed and out.skipped_already_done == 3
     assert tagged == [d.text for d in docs[3:]]  # only what was missing
-    assert out["n_documents"] == 7 and out["n_entities"] == ref["n_entities"]
-    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(ref_db, ref["pred_run_id"])
-    assert predictions_db.get_prediction_run(db, out["pred_run_id"])["status"] == "completed"
+    assert out.n_documents == 7 and out.n_entities == ref.n_entities
+    assert _entity_rows(db, out.pred_run_id) == _entity_rows(ref_db, ref.pred_run_id)
+    assert predictions_db.get_prediction_run(db, out.pred_run_id)["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -389,11 +393,11 @@ from ner_core.documents import Document
 from flows import steps
 from storage import predictions as predictions_db
 from storage import query as query_db
-real = runs.write_predictions
+real = predictions_db.write_predictions
 def write_then_die(*a, **k):
     real(*a, **k)
     os._exit(137)
-runs.write_predictions = write_then_die
+predictions_db.write_predictions = write_then_die
 docs = [Document(**d) for d in json.load(open({str(tmp_path / "docs.json")!r}, encoding='utf-8'))]
 steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_ref="six", batch_docs=2,
                    progress=False)
@@ -404,7 +408,7 @@ steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_r
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="six", batch_docs=2, progress=False
     )
-    assert out["resumed"] and out["skipped_already_done"] == 2 and out["n_documents"] == 6
+    assert out.resumed and out.skipped_already_done == 2 and out.n_documents == 6
     ref = steps.predict_step(
         str(tmp_path / "r.duckdb"),
         str(model_dir),
@@ -414,9 +418,7 @@ steps.predict_step({db!r}, {str(model_dir)!r}, docs, input_kind="texts", input_r
         batch_docs=2,
         progress=False,
     )
-    assert _entity_rows(db, out["pred_run_id"]) == _entity_rows(
-        str(tmp_path / "r.duckdb"), ref["pred_run_id"]
-    )
+    assert _entity_rows(db, out.pred_run_id) == _entity_rows(str(tmp_path / "r.duckdb"), ref.pred_run_id)
 
 
 def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir):
@@ -426,11 +428,17 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
     docs = _docs(4)
     db = str(tmp_path / "p.duckdb")
     first = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
-    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first.pred_run_id, status="failed", seconds=1.0)
     again = steps.predict_step(
-        db, str(model_dir), docs, input_kind="texts", input_ref="four", max_len=32, progress=False
+        db,
+        str(model_dir),
+        docs,
+        input_kind="texts",
+        input_ref="four",
+        options=PredictionConfig(window=32),
+        progress=False,
     )
-    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+    assert not again.resumed and again.skipped_already_done == 0 and again.n_documents == 4
 
 
 def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir):
@@ -443,25 +451,25 @@ def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path
     first = steps.predict_step(
         db, str(model_dir), docs[:2], input_kind="texts", input_ref="four", progress=False
     )
-    predictions_db.finish_prediction_run(db, first["pred_run_id"], status="failed", seconds=1.0)
+    predictions_db.finish_prediction_run(db, first.pred_run_id, status="failed", seconds=1.0)
     con = duckdb.connect(db)
     cfg = json.loads(
         con.execute(
-            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first["pred_run_id"]]
+            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first.pred_run_id]
         ).fetchone()[0]
     )
     assert cfg["merge"] == "emissions"
     del cfg["merge"]
     con.execute(
-        "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first["pred_run_id"]]
+        "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first.pred_run_id]
     )
     con.close()
     again = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
-    assert not again["resumed"] and again["skipped_already_done"] == 0 and again["n_documents"] == 4
+    assert not again.resumed and again.skipped_already_done == 0 and again.n_documents == 4
     same = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False, replace=False
     )
-    assert same["resumed"] and same["skipped_already_done"] == 4
+    assert same.resumed and same.skipped_already_done == 4
 
 
 def test_sql_input_runs_read_only(tmp_path, model_dir):
@@ -473,19 +481,25 @@ def test_sql_input_runs_read_only(tmp_path, model_dir):
     )
     sql = (
         "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id"
-        % first["pred_run_id"]
+        % first.pred_run_id
     )
-    docs, kind, ref = steps.load_prediction_input(db, {"sql": sql})
+    docs, kind, ref = steps.load_prediction_input(db, SqlSource(sql=sql))
     assert kind == "sql" and ref == sql and [d.doc_id for d in docs] == ["d00", "d01", "d02"]
     assert docs[0].text == _docs(1)[0].text
     out = steps.predict_step(db, str(model_dir), docs, input_kind=kind, input_ref=ref, progress=False)
-    assert out["pred_run_id"] != first["pred_run_id"] and out["n_entities"] == first["n_entities"]
+    assert out.pred_run_id != first.pred_run_id and out.n_entities == first.n_entities
     with pytest.raises(ValueError, match="read-only"):
-        steps.load_prediction_input(db, {"sql": "DELETE FROM prediction_runs"})
+        steps.load_prediction_input(db, SqlSource(sql="DELETE FROM prediction_runs"))
     with pytest.raises(ValueError, match="must return columns doc_id and text, got \\['id', 'text'\\]"):
-        steps.load_prediction_input(db, {"sql": "SELECT 1 AS id, 'x' AS text"})
+        steps.load_prediction_input(db, SqlSource(sql="SELECT 1 AS id, 'x' AS text"))
     with pytest.raises(ValueError, match="needs 'files', 'dataset' or 'sql'"):
         steps.load_prediction_input(db, {"query": "SELECT 1"})
+    for sql in (
+        "SELECT 'x' AS doc_id, column0 AS text FROM read_csv('/etc/passwd')",
+        "SELECT 'x' AS doc_id, column0 AS text FROM '/etc/passwd'",
+    ):
+        with pytest.raises(ValueError, match="read-only.*(read_csv|file path)"):
+            steps.load_prediction_input(db, SqlSource(sql=sql))
     con = duckdb.connect(db, read_only=True)
     assert con.execute("SELECT count(*) FROM prediction_runs").fetchone()[0] == 2
     con.close()
@@ -501,14 +515,14 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
     b = steps.predict_step(
         db, str(other_model_dir), docs[:3], input_kind="texts", input_ref="x", progress=False
     )
-    ea = {r[:4] for r in _entity_rows(db, a["pred_run_id"]) if r[0] in {d.doc_id for d in docs[:3]}}
-    eb = {r[:4] for r in _entity_rows(db, b["pred_run_id"])}
-    rows = predictions_db.prediction_disagreements(db, a["pred_run_id"], b["pred_run_id"])
+    ea = {r[:4] for r in _entity_rows(db, a.pred_run_id) if r[0] in {d.doc_id for d in docs[:3]}}
+    eb = {r[:4] for r in _entity_rows(db, b.pred_run_id)}
+    rows = predictions_db.prediction_disagreements(db, a.pred_run_id, b.pred_run_id)
     only_a = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_a"}
     only_b = {(r["doc_id"], r["start"], r["end"], r["label"]) for r in rows if r["side"] == "only_b"}
     assert only_a == ea - eb and only_b == eb - ea and (only_a or only_b)
-    assert predictions_db.prediction_disagreements(db, a["pred_run_id"], a["pred_run_id"]) == []
-    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", [a["pred_run_id"], "d00"])
+    assert predictions_db.prediction_disagreements(db, a.pred_run_id, a.pred_run_id) == []
+    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", [a.pred_run_id, "d00"])
     text = docs[0].text
     for r in ctx:
         assert text[r["start"] : r["end"]] == r["text"]
@@ -516,13 +530,11 @@ def test_disagreements_between_two_runs_match_set_differences(tmp_path, model_di
             r["right_context"]
         )
     top = query_db.query(
-        db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?", [a["pred_run_id"]]
+        db, "SELECT sum(n) AS n FROM v_top_predicted_entities WHERE pred_run_id = ?", [a.pred_run_id]
     )
-    assert top[0]["n"] == a["n_entities"]
-    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b["pred_run_id"]])[
-        0
-    ]
-    assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b["n_entities"]
+    assert top[0]["n"] == a.n_entities
+    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = ?", [b.pred_run_id])[0]
+    assert summary["n_documents_stored"] == 3 and summary["n_entities_stored"] == b.n_entities
 
 
 def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
@@ -540,8 +552,8 @@ def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
 def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     from ner_core.predict import Tagger
 
-    fp = Tagger.from_loaded(loaded, max_len=32)
-    q = Tagger.from_loaded(loaded, max_len=32, quantize="int8")
+    fp = Tagger.from_loaded(loaded, PredictionConfig(window=32))
+    q = Tagger.from_loaded(loaded, PredictionConfig(window=32, quantize="int8"))
     assert q.settings["quantize"] == "int8" and fp.settings["quantize"] == "none"
     linear_types = {type(m).__module__ for m in q.model.encoder.modules() if type(m).__name__ == "Linear"}
     assert linear_types and all("quantized" in t for t in linear_types), linear_types
@@ -554,7 +566,9 @@ def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     same = sum(a == b for a, b in zip(tags_fp, tags_q)) / len(long_text)
     assert same > 0.8, same  # int8 rounding moves some tags of this untrained model, not most of them
     with pytest.raises(ValueError, match="quantize must be 'none' or 'int8', got 'fp4'"):
-        Tagger.from_loaded(loaded, quantize="fp4")
+        Tagger(loaded.model, loaded.tokenizer, max_len=32, quantize="fp4")
+    with pytest.raises(ValueError, match="Input should be 'none' or 'int8'"):
+        PredictionConfig(quantize="fp4")
 
 
 def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loaded):
@@ -565,7 +579,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
     cfg = loaded.config.model_copy(
         update={
             "prediction": loaded.config.prediction.model_copy(
-                update={"max_len": 24, "stride": 10, "batch_size": 3}
+                update={"window": 24, "stride": 10, "batch_size": 3}
             )
         }
     )
@@ -578,7 +592,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         "quantize": "none",
         "merge": "emissions",
     }
-    assert Tagger.from_loaded(saved, max_len=40, stride=20, batch_size=5).settings == {
+    assert Tagger.from_loaded(saved, PredictionConfig(window=40, stride=20, batch_size=5)).settings == {
         "max_len": 40,
         "stride": 20,
         "batch_size": 5,
@@ -591,7 +605,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
     assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len * 7 // 8  # overlap 1/8
     limit = loaded.model.encoder.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"exceeds the encoder's {limit} positions"):
-        Tagger.from_loaded(loaded, max_len=limit)
+        Tagger.from_loaded(loaded, PredictionConfig(window=limit))
 
 
 def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, model_dir, capsys):
@@ -619,6 +633,15 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
     ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
+    assert list(out) == [
+        "pred_run_id",
+        "n_documents",
+        "n_entities",
+        "n_chars",
+        "skipped_already_done",
+        "resumed",
+        "seconds",
+    ]
     with duckdb.connect(db, read_only=True) as con:
         (cfg,) = con.execute(
             "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [out["pred_run_id"]]
@@ -644,3 +667,115 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
             rc = exc.code
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------------------- saved settings
+@pytest.fixture()
+def saved_settings_model_dir(tmp_path, model_dir) -> Path:
+    """A copy of the model directory whose saved prediction settings name a batch size and a device."""
+    import shutil
+
+    out = tmp_path / "saved-settings" / "model"
+    shutil.copytree(model_dir, out)
+    cfg = json.loads((out / "ner_config.json").read_text(encoding="utf-8"))
+    cfg["prediction"] = {"batch_size": 3, "device": "cuda:3"}
+    (out / "ner_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return out
+
+
+@pytest.fixture()
+def tagger_spy(monkeypatch) -> list[dict]:
+    """Records the settings every Tagger is built with; builds it on the CPU whatever device was asked."""
+    from ner_core.predict import Tagger
+
+    seen: list[dict] = []
+    real_init = Tagger.__init__
+
+    def spy(self, model, tokenizer, **kw):
+        seen.append(dict(kw))
+        real_init(self, model, tokenizer, **{**kw, "device": "cpu"})
+
+    monkeypatch.setattr(Tagger, "__init__", spy)
+    return seen
+
+
+def test_commands_and_flows_honour_the_saved_device_and_batch_size(
+    tmp_path, saved_settings_model_dir, tagger_spy, capsys
+):
+    from app import cli, serve
+    from app.options import prediction_options
+    from flows import dask_predict, pipeline, steps
+
+    md, db = str(saved_settings_model_dir), str(tmp_path / "p.duckdb")
+    docs = _docs(3)
+    assert cli.main(["predict", "--no-prefect", "--db", db, "--model-dir", md, RAW[0]]) == 0
+    capsys.readouterr()
+    steps.predict_step(db, md, docs, input_kind="texts", input_ref="t", progress=False)
+    pipeline.predict_task.fn(db, md, FilesSource(files=[RAW[1]]), None, None)
+    dask_predict.tag_shard(md, [("a", "张三在北京")])
+    dask_predict.predict_sharded(db, md, docs, input_kind="texts", input_ref="d", n_shards=2, n_workers=1)
+    args = cli.build_parser().parse_args(["serve", "--model-dir", md])
+    serve.create_app(md, options=prediction_options(args)).state.batcher.close()
+    assert len(tagger_spy) == 7  # the plain Dask client tags two shards
+    assert all((kw["batch_size"], kw["device"]) == (3, "cuda:3") for kw in tagger_spy), tagger_spy
+    # an option given wins over the saved value
+    cli.main(["predict", "--no-prefect", "--db", db, "--model-dir", md, RAW[0], "--batch-size", "5"])
+    cli.main(["predict", "--no-prefect", "--db", db, "--model-dir", md, RAW[0], "--device", "cpu"])
+    assert (tagger_spy[-2]["batch_size"], tagger_spy[-2]["device"]) == (5, "cuda:3")
+    assert (tagger_spy[-1]["batch_size"], tagger_spy[-1]["device"]) == (3, "cpu")
+
+
+def test_a_saved_config_that_names_the_window_max_len_still_loads(tmp_path, model_dir):
+    import shutil
+
+    from ner_core.config import NERConfig
+    from ner_core.modeldir import load_model_dir
+    from ner_core.predict import Tagger
+
+    old = {"batch_size": 32, "max_len": 24, "stride": None, "device": "cpu", "num_threads": None}
+    assert NERConfig.model_validate({"prediction": {**old, "quantize": "none"}}).prediction.window == 24
+    out = tmp_path / "old" / "model"
+    shutil.copytree(model_dir, out)
+    cfg = json.loads((out / "ner_config.json").read_text(encoding="utf-8"))
+    cfg["prediction"] = {**old, "quantize": "none"}
+    (out / "ner_config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    loaded = load_model_dir(out)
+    assert loaded.config.prediction.window == 24 and "max_len" not in loaded.config.prediction.model_dump()
+    assert Tagger.from_loaded(loaded).settings["max_len"] == 24
+    with pytest.raises(ValueError, match="max_len \\(24\\) and window \\(30\\) disagree"):
+        PredictionConfig.model_validate({"max_len": 24, "window": 30})
+
+
+# ----------------------------------------------------------------------------------------- sources
+@pytest.mark.parametrize(
+    "value,needle",
+    [
+        ({"kind": "query", "sql": "SELECT 1"}, "got kind 'query'"),
+        ({"files": ["a.txt"]}, "got no kind (keys ['files'])"),
+        (
+            {"kind": "files", "files": []},
+            "invalid files prediction source: files: List should have at least 1",
+        ),
+        ({"kind": "dataset", "dataset": "d", "spilt": "test"}, "spilt: Extra inputs are not permitted"),
+        (["a.txt"], "expected a prediction source (FilesSource, DatasetSource or SqlSource), got list"),
+    ],
+)
+def test_a_prediction_source_is_one_kind_and_anything_else_is_one_line(tmp_path, value, needle):
+    from flows import steps
+    from flows.contracts import parse_source
+
+    for call in (
+        lambda: parse_source(value),
+        lambda: steps.load_prediction_input(str(tmp_path / "x.db"), value),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert needle in str(info.value) and len(str(info.value).splitlines()) == 1, str(info.value)
+
+
+def test_a_source_in_its_json_form_is_the_same_source():
+    from flows.contracts import DatasetSource, FilesSource, SqlSource, parse_source
+
+    for source in (FilesSource(files=RAW[:1]), DatasetSource(dataset="d"), SqlSource(sql="SELECT 1")):
+        assert parse_source(json.loads(source.model_dump_json())) == source
+    assert parse_source({"kind": "files", "files": ["a"]}) == FilesSource(files=["a"], text_per_file=True)

@@ -165,3 +165,19 @@ def test_up_deploy_run_and_down_on_loopback(tmp_path, monkeypatch):
     assert state["server_pid"] in stopped and state["worker_pid"] in stopped
     assert not deploy._alive(state["server_pid"]) and not deploy._alive(state["worker_pid"])
     assert deploy.status() is None
+
+
+def test_prediction_sources_in_the_yaml_are_typed_sources(spec):
+    """The predict deployments' ``source`` validates into the discriminated union; a source without a
+    ``kind`` (the untyped shape) fails at validation, not in the middle of a run."""
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.contracts import DatasetSource
+
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    for name in ("predict", "dask-predict"):
+        fl = _flow(by_name[name]["entrypoint"])
+        validated = fl.validate_parameters(dict(by_name[name]["parameters"]))
+        assert isinstance(validated["source"], DatasetSource) and validated["source"].dataset == "sample"
+        with pytest.raises(ParameterTypeError):
+            fl.validate_parameters({**by_name[name]["parameters"], "source": {"dataset": "sample"}})

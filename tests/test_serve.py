@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ner_core.config import PredictionConfig
 from tests.conftest import REPO
 from tests.test_predict import build_model_dir
 
@@ -50,7 +51,7 @@ def service(model_dir, tmp_path_factory):
         "3000",
         "--max-total-chars",
         "5000",
-        "--max-len",
+        "--window",
         "32",
     ]
     with open(log, "w") as fh:
@@ -95,7 +96,7 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3 and results[2] == {"n_chars": 0, "entities": []}
-    expected = Tagger.from_loaded(load_model_dir(model_dir), max_len=32).predict(TEXTS)
+    expected = Tagger.from_loaded(load_model_dir(model_dir), PredictionConfig(window=32)).predict(TEXTS)
     for text, res, exp in zip(TEXTS, results, expected):
         assert res["n_chars"] == len(text)
         assert [(e["start"], e["end"], e["label"], e["text"]) for e in res["entities"]] == [
@@ -290,23 +291,45 @@ def test_query_without_service_is_one_clear_line():
 
 
 def test_resolve_model_from_runs_table(tmp_path, model_dir):
-    from app.serve import resolve_model
     from storage import runs as runs_db
+    from storage.runs import resolve_model
 
     db = str(tmp_path / "r.duckdb")
     with pytest.raises(FileNotFoundError, match="no such database"):
-        resolve_model(None, None, db)
+        resolve_model(db)
     cfg = (Path(model_dir) / "ner_config.json").read_text(encoding="utf-8")
     runs_db.create_run(db, "run-a", dataset="sample", dataset_version=1, config_json=cfg, run_dir=tmp_path)
     with pytest.raises(ValueError, match="no production run"):
-        resolve_model(None, None, db)
+        resolve_model(db)
+    with pytest.raises(ValueError, match="run run-a has no model directory \\(status running\\)"):
+        resolve_model(db, run_id="run-a")
     runs_db.finish_run(db, "run-a", status="completed", model_dir=model_dir)
-    assert resolve_model(None, "run-a", db) == (str(model_dir), "run-a")
+    assert resolve_model(db, run_id="run-a") == (str(model_dir), "run-a")
     runs_db.promote_run(db, "run-a")
-    assert resolve_model(None, None, db) == (str(model_dir), "run-a")
-    assert resolve_model(str(model_dir), None, None) == (str(model_dir), None)
+    assert resolve_model(db) == (str(model_dir), "run-a")
+    assert resolve_model(None, model_dir=str(model_dir)) == (str(model_dir), None)
+    assert resolve_model(db, model_dir=model_dir, run_id="run-a") == (str(model_dir), "run-a")
     with pytest.raises(FileNotFoundError, match="no such model directory"):
-        resolve_model(str(tmp_path / "nope"), None, db)
+        resolve_model(db, model_dir=str(tmp_path / "nope"))
+    with pytest.raises(KeyError, match="no run 'run-zzz'"):
+        resolve_model(db, run_id="run-zzz")
+    with pytest.raises(ValueError, match="no model given"):
+        resolve_model(None)
+
+
+def test_every_command_and_flow_resolves_the_model_with_storage_resolve_model():
+    """One owner: the commands and the flows call storage.runs.resolve_model, none keeps its own copy."""
+    import inspect
+
+    from app import cli, serve
+    from flows import dask_predict, pipeline
+
+    for module in (cli, serve, pipeline, dask_predict):
+        source = inspect.getsource(module)
+        assert "resolve_model(" in source, module.__name__
+        assert "production_run(" not in source, module.__name__
+    assert not hasattr(cli, "_resolve_model") and not hasattr(pipeline, "_resolve_production")
+    assert not hasattr(serve, "resolve_model")
 
 
 def test_commands_parse_and_alias():
@@ -323,7 +346,7 @@ def test_commands_parse_and_alias():
 
 
 def test_cli_wiring():
-    """Once the lead wires add_commands into app.cli, `ner serve --help` lists the flags."""
+    """`ner serve --help` (the ner command, not app.serve alone) lists the service's flags."""
     r = subprocess.run(
         [sys.executable, "-m", "app.cli", "serve", "--help"],
         cwd=REPO,
@@ -331,6 +354,5 @@ def test_cli_wiring():
         text=True,
         timeout=120,
     )
-    if r.returncode != 0 and "invalid choice" in r.stderr:
-        pytest.skip("app.cli does not wire app.serve.add_commands yet")
     assert r.returncode == 0 and "--max-texts" in r.stdout and "--model-dir" in r.stdout
+    assert "--window" in r.stdout and "--stride" in r.stdout and "--max-len" not in r.stdout

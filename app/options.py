@@ -1,0 +1,65 @@
+"""The prediction options of ``ner predict`` and ``ner serve``: one argument group with one name per option,
+read into a :class:`ner_core.config.PredictionConfig` (the typed object the flows and the tagger take).
+
+An option left out stays ``None``: the tagger then uses the model's saved prediction setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ner_core.config import PredictionConfig
+
+# flag -> PredictionConfig field
+FLAGS = {
+    "--window": "window",
+    "--stride": "stride",
+    "--batch-size": "batch_size",
+    "--threads": "num_threads",
+    "--device": "device",
+    "--quantize": "quantize",
+}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1, with a one-line message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_prediction_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--window``, ``--stride``, ``--batch-size``, ``--threads``, ``--device`` and ``--quantize``."""
+    g = parser.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
+    g.add_argument(
+        "--window",
+        type=positive_int,
+        metavar="CHARS",
+        help="characters per window, at least 8 and at most the encoder's positions - 2 "
+        "(default: the model's max_len)",
+    )
+    g.add_argument(
+        "--stride",
+        type=positive_int,
+        metavar="CHARS",
+        help="characters between window starts, <= --window (default: window - window // 8)",
+    )
+    g.add_argument("--batch-size", type=positive_int, help="windows per forward pass (default 32)")
+    g.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: dynamically quantized encoder, CPU only (faster, slightly less accurate)",
+    )
+
+
+def prediction_options(args: argparse.Namespace) -> PredictionConfig:
+    """The options given on the command line; the ones left out stay ``None``."""
+    return PredictionConfig(
+        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
+    )
