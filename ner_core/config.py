@@ -141,7 +141,9 @@ class PredictionConfig(_Strict):
         None, ge=1, description="characters between window starts, <= window (default: window - window // 8)"
     )
     batch_size: int | None = Field(None, ge=1, description="windows per forward pass (default 32)")
-    device: str | None = Field(None, description="cpu, cuda, cuda:N or auto (default cpu)")
+    device: str | None = Field(
+        None, description="cpu, cuda, cuda:N or auto (default auto: CUDA when present, else CPU)"
+    )
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     quantize: Literal["none", "int8"] | None = Field(
         None, description="int8: dynamically quantized encoder on CPU (faster, slightly less accurate)"
@@ -150,10 +152,14 @@ class PredictionConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _window_named_max_len(cls, data: Any) -> Any:
-        """A saved ``ner_config.json`` may name the window ``max_len``; it loads as ``window``."""
+        """A ``ner_config.json`` saved before the options were unified names the window ``max_len``; it loads
+        as ``window``. Such a section also always holds ``device: "cpu"``, the old default, which the commands
+        never used (they tagged on ``auto``): it loads as unset, so the model still tags where it did."""
         if isinstance(data, dict) and "max_len" in data:
             data = dict(data)
             max_len = data.pop("max_len")
+            if data.get("device") == "cpu":
+                data["device"] = None
             if data.get("window") is None:
                 data["window"] = max_len
             elif max_len is not None and max_len != data["window"]:

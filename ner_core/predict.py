@@ -177,7 +177,8 @@ class Tagger:
 
         Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
         and where that is unset too: the window from the model's ``data.max_len``, batch size 32, device
-        ``cpu``, no quantization (the stride from the window, see :func:`default_stride`).
+        ``auto`` (CUDA when present), no quantization (the stride from the window, see
+        :func:`default_stride`).
         """
         if options is not None and not isinstance(options, PredictionConfig):
             raise ValueError(f"expected options as a PredictionConfig, got {type(options).__name__}")
@@ -196,7 +197,7 @@ class Tagger:
             max_len=pick("window", loaded.config.data.max_len),
             stride=pick("stride"),
             batch_size=pick("batch_size", 32),
-            device=pick("device", "cpu"),
+            device=pick("device", "auto"),
             num_threads=pick("num_threads"),
             quantize=pick("quantize", "none"),
         )

@@ -742,6 +742,10 @@ def test_a_saved_config_that_names_the_window_max_len_still_loads(tmp_path, mode
     loaded = load_model_dir(out)
     assert loaded.config.prediction.window == 24 and "max_len" not in loaded.config.prediction.model_dump()
     assert Tagger.from_loaded(loaded).settings["max_len"] == 24
+    # the old section's device was a default the commands never used (they tagged on auto): unset now,
+    # while a device saved in today's format is honoured
+    assert loaded.config.prediction.device is None
+    assert PredictionConfig.model_validate({"window": 24, "device": "cpu"}).device == "cpu"
     with pytest.raises(ValueError, match="max_len \\(24\\) and window \\(30\\) disagree"):
         PredictionConfig.model_validate({"max_len": 24, "window": 30})
 

@@ -31,6 +31,7 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
     Returns ``{"db": path, "tmp": tmp, "train": [train_step results], "predict": [predict_step results]}``.
     """
     from flows import steps
+    from flows.contracts import FilesSource
     from ner_core.config import NERConfig
     from ner_core.encoder import make_tiny_encoder
 
@@ -65,13 +66,11 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
             }
         )
         tr = steps.train_step(db, cfg, str(tmp / "runs"))
-        steps.evaluate_step(db, tr["model_dir"], "sample", "test", run_id=tr["run_id"])
-        docs, kind, ref = steps.load_prediction_input(db, {"files": raw})
-        pr = steps.predict_step(
-            db, tr["model_dir"], docs, input_kind=kind, input_ref=ref, run_id=tr["run_id"]
-        )
-        trained.append(tr)
-        predicted.append(pr)
+        steps.evaluate_step(db, tr.model_dir, "sample", "test", run_id=tr.run_id)
+        docs, kind, ref = steps.load_prediction_input(db, FilesSource(files=raw))
+        pr = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
+        trained.append(tr.model_dump())
+        predicted.append(pr.model_dump())
     return {"db": db, "tmp": tmp, "train": trained, "predict": predicted}
 
 
