@@ -242,7 +242,7 @@ def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
         (state.elapsed + time.perf_counter() - ep_t0) / tc.max_train_seconds if tc.max_train_seconds else None
     )
     factor = (
-        _lr_factor(state.step, run.warmup_steps, run.total_steps, fraction, tc.warmup_ratio)
+        lr_factor(state.step, run.warmup_steps, run.total_steps, fraction, tc.warmup_ratio)
         * state.plateau_scale
     )
     for g in run.optimizer.param_groups:
@@ -373,7 +373,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _lr_factor(
+def lr_factor(
     step: int, warmup: int, total: int, time_fraction: float | None = None, warmup_ratio: float = 0.0
 ) -> float:
     """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.db import now as _now
-from storage.db import open_db
+from storage.db import open_db, read_frame
 from storage.db import rows as _rows
 
 _DOC_SCHEMA = pa.schema(
@@ -292,12 +292,9 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
 
 # ---- reads for the dashboard
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
-# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
-# self-contained.
+# read-only connection that waits at most wait_s seconds for a writer.
 def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """Prediction runs from the view ``v_prediction_runs``, newest first."""
-    from storage.db import read_frame
-
     return read_frame(
         db_path,
         """
@@ -316,8 +313,6 @@ def _check_limit(limit: int) -> None:
 
 def label_counts_frame(db_path: str | Path, pred_run_id: str, *, wait_s: float = 10.0):
     """Entities and distinct mentions per label in one prediction run, most entities first."""
-    from storage.db import read_frame
-
     return read_frame(
         db_path,
         "SELECT label, n_entities, n_distinct FROM v_predicted_label_counts "
@@ -331,8 +326,6 @@ def top_entities_frame(
     db_path: str | Path, pred_run_id: str, label: str | None = None, limit: int = 50, *, wait_s: float = 10.0
 ):
     """The ``limit`` most frequent predicted mentions of a prediction run (of one ``label``, or all)."""
-    from storage.db import read_frame
-
     _check_limit(limit)
     return read_frame(
         db_path,
@@ -358,7 +351,6 @@ def entity_search_frame(
 ):
     """Predicted entities whose mention or 20-character context contains ``text`` (case-insensitive;
     ``""`` matches all), of ``labels`` (empty: any), by document and start, at most ``limit``."""
-    from storage.db import read_frame
 
     _check_limit(limit)
     return read_frame(
@@ -389,8 +381,6 @@ def predicted_docs_frame(
     """Documents of a prediction run whose text contains ``text`` (case-insensitive; ``""``: all) and that
     have an entity of ``labels`` (empty: any): ``doc_id``, ``n_entities``, ``n_chars``, ``preview`` (the
     first 60 characters), by doc_id, at most ``limit``."""
-    from storage.db import read_frame
-
     return read_frame(
         db_path,
         """

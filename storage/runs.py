@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from storage.db import now as _now
-from storage.db import open_db
+from storage.db import open_db, read_frame
 from storage.db import rows as _rows
 
 
@@ -164,15 +164,12 @@ def production_run(db_path: str | Path) -> dict | None:
 
 # ---- reads for the dashboard
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
-# read-only connection that waits at most wait_s seconds for a writer. Imports are local to keep the block
-# self-contained.
+# read-only connection that waits at most wait_s seconds for a writer.
 def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """One row per training run (newest first): :data:`v_run_summary`'s columns, the run's stopped
     reason and config JSON, and the scores of its latest evaluation on the test split (or, without one,
     its latest evaluation) as ``test_f1``, ``test_precision``, ``test_recall``, ``test_char_accuracy``,
     ``test_sentence_accuracy``."""
-    from storage.db import read_frame
-
     return read_frame(
         db_path,
         """
@@ -195,8 +192,6 @@ def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
 def epochs_frame(db_path: str | Path, run_ids: tuple[str, ...] | list[str], *, wait_s: float = 10.0):
     """Every ``epochs`` column of the runs in ``run_ids``, ordered by run and epoch (no rows, same
     columns, for no run)."""
-    from storage.db import read_frame
-
     if not run_ids:
         return read_frame(db_path, "SELECT * FROM epochs WHERE false", wait_s=wait_s)
     return read_frame(
@@ -209,8 +204,6 @@ def epochs_frame(db_path: str | Path, run_ids: tuple[str, ...] | list[str], *, w
 
 def models_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """Completed runs that have a model directory, the production model first, then the newest."""
-    from storage.db import read_frame
-
     return read_frame(
         db_path,
         """

@@ -221,25 +221,25 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
 
 
 def test_lr_schedule_follows_the_time_budget_when_it_is_shorter_than_max_epochs():
-    from ner_core.training import _lr_factor
+    from ner_core.training import lr_factor
 
     warmup, total = 50, 500  # 10 % warm-up over 10 epochs of 50 steps
     # no budget: the step schedule alone (unchanged)
-    assert _lr_factor(0, warmup, total) == pytest.approx(1 / 50)
-    assert _lr_factor(50, warmup, total) == pytest.approx(1.0)
-    assert _lr_factor(275, warmup, total) == pytest.approx(0.5)
+    assert lr_factor(0, warmup, total) == pytest.approx(1 / 50)
+    assert lr_factor(50, warmup, total) == pytest.approx(1.0)
+    assert lr_factor(275, warmup, total) == pytest.approx(0.5)
     # a budget that ends after ~2 epochs: the clock ends the warm-up and drives the decay to 0
-    assert _lr_factor(5, warmup, total, time_fraction=0.05, warmup_ratio=0.1) == pytest.approx(0.5)
-    assert _lr_factor(10, warmup, total, time_fraction=0.1, warmup_ratio=0.1) == pytest.approx(1.0)
-    assert _lr_factor(40, warmup, total, time_fraction=0.55, warmup_ratio=0.1) == pytest.approx(0.5)
-    assert _lr_factor(90, warmup, total, time_fraction=1.0, warmup_ratio=0.1) == 0.0
-    assert _lr_factor(90, warmup, total, time_fraction=1.7, warmup_ratio=0.1) == 0.0  # past the budget
+    assert lr_factor(5, warmup, total, time_fraction=0.05, warmup_ratio=0.1) == pytest.approx(0.5)
+    assert lr_factor(10, warmup, total, time_fraction=0.1, warmup_ratio=0.1) == pytest.approx(1.0)
+    assert lr_factor(40, warmup, total, time_fraction=0.55, warmup_ratio=0.1) == pytest.approx(0.5)
+    assert lr_factor(90, warmup, total, time_fraction=1.0, warmup_ratio=0.1) == 0.0
+    assert lr_factor(90, warmup, total, time_fraction=1.7, warmup_ratio=0.1) == 0.0  # past the budget
     # a generous budget: the steps are further along, so they set the rate
-    assert _lr_factor(275, warmup, total, time_fraction=0.2, warmup_ratio=0.1) == pytest.approx(0.5)
-    assert _lr_factor(25, warmup, total, time_fraction=0.01, warmup_ratio=0.1) == pytest.approx(26 / 50)
+    assert lr_factor(275, warmup, total, time_fraction=0.2, warmup_ratio=0.1) == pytest.approx(0.5)
+    assert lr_factor(25, warmup, total, time_fraction=0.01, warmup_ratio=0.1) == pytest.approx(26 / 50)
     # no warm-up
-    assert _lr_factor(0, 0, total, time_fraction=0.0, warmup_ratio=0.0) == pytest.approx(1.0)
-    assert _lr_factor(0, 0, total, time_fraction=0.75, warmup_ratio=0.0) == pytest.approx(0.25)
+    assert lr_factor(0, 0, total, time_fraction=0.0, warmup_ratio=0.0) == pytest.approx(1.0)
+    assert lr_factor(0, 0, total, time_fraction=0.75, warmup_ratio=0.0) == pytest.approx(0.25)
 
 
 LABELS = ["FIN", "LOC", "ORG", "PER"]
