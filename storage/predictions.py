@@ -351,7 +351,6 @@ def entity_search_frame(
 ):
     """Predicted entities whose mention or 20-character context contains ``text`` (case-insensitive;
     ``""`` matches all), of ``labels`` (empty: any), by document and start, at most ``limit``."""
-
     _check_limit(limit)
     return read_frame(
         db_path,
