@@ -475,23 +475,12 @@ def cmd_pipeline(args) -> int:
 
 def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_files: list[str]) -> int:
     from flows import pipeline, steps
-    from flows.contracts import FilesSource, PipelineSummary
 
     for f in (train, dev, test, *predict_files):
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
-    if args.no_prefect:
-        ds = config.data.dataset
-        ingest = steps.ingest_step(args.db, ds, {"train": train, "dev": dev, "test": test})
-        trained = steps.train_step(args.db, config, args.runs_root)
-        evaluation = steps.evaluate_step(args.db, trained.model_dir, ds, "test", run_id=trained.run_id)
-        docs, kind, ref = steps.load_prediction_input(args.db, FilesSource(files=predict_files))
-        predicted = steps.predict_step(
-            args.db, trained.model_dir, docs, input_kind=kind, input_ref=ref, run_id=trained.run_id
-        )
-        out = PipelineSummary(ingest=ingest, train=trained, evaluate=evaluation, predict=predicted)
-    else:
-        out = pipeline.pipeline_flow(args.db, config, train, dev, test, predict_files, args.runs_root)
+    chain = steps.run_pipeline if args.no_prefect else pipeline.pipeline_flow
+    out = chain(args.db, config, train, dev, test, predict_files, args.runs_root)
     _print_pipeline_summary(args.db, out)
     return 0
 

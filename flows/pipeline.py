@@ -22,7 +22,6 @@ from prefect.runtime import flow_run
 from flows import steps
 from flows.contracts import (
     EvaluateSummary,
-    FilesSource,
     IngestSummary,
     NothingToPredict,
     PipelineSummary,
@@ -163,10 +162,7 @@ def predict_task(
     options: PredictionConfig | None = None,
 ) -> PredictSummary:
     """``options``: window and speed (unset ones: the model's saved prediction settings)."""
-    docs, kind, ref = steps.load_prediction_input(db_path, source)
-    return steps.predict_step(
-        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
-    )
+    return steps.predict_source(db_path, source, model_dir, run_id, options)
 
 
 @task(name="predict-new", retries=1, retry_delay_seconds=[5])
@@ -272,10 +268,18 @@ def pipeline_flow(
     predict_files: list[str],
     runs_root: str = "runs",
 ) -> PipelineSummary:
-    """ingest -> train -> evaluate (test split) -> batch prediction, each a subflow."""
-    ds = config.data.dataset
-    ingest = ingest_flow(db_path, ds, {"train": train, "dev": dev, "test": test})
-    trained = train_flow(db_path, config, runs_root)
-    evaluation = evaluate_flow(db_path, trained.model_dir, ds, "test", trained.run_id)
-    predicted = predict_flow(db_path, FilesSource(files=predict_files), trained.model_dir, trained.run_id)
-    return PipelineSummary(ingest=ingest, train=trained, evaluate=evaluation, predict=predicted)
+    """ingest -> train -> evaluate (test split) -> batch prediction (:func:`flows.steps.run_pipeline`), each
+    stage a subflow."""
+    return steps.run_pipeline(
+        db_path,
+        config,
+        train,
+        dev,
+        test,
+        predict_files,
+        runs_root,
+        ingest=ingest_flow,
+        train_model=train_flow,
+        evaluate=evaluate_flow,
+        predict=predict_flow,
+    )

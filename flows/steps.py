@@ -20,6 +20,7 @@ from flows.contracts import (
     EvaluateSummary,
     FilesSource,
     IngestSummary,
+    PipelineSummary,
     PredictSummary,
     SqlSource,
     TrainSummary,
@@ -268,6 +269,47 @@ def predict_step(
         todo = [d for d in docs if d.doc_id not in run.done]
         _tag_into(run, tagger, todo, batch_docs, progress)
     return PredictSummary.from_run(run, skipped_already_done=len(run.done), resumed=run.resumed)
+
+
+def predict_source(
+    db_path: str,
+    source: FilesSource | DatasetSource | SqlSource | dict,
+    model_dir: str,
+    run_id: str | None = None,
+    options: PredictionConfig | None = None,
+) -> PredictSummary:
+    """Tag the documents of ``source`` (:func:`load_prediction_input`) with ``model_dir``."""
+    docs, kind, ref = load_prediction_input(db_path, source)
+    return predict_step(
+        db_path, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
+    )
+
+
+def run_pipeline(
+    db_path: str,
+    config: NERConfig,
+    train: str,
+    dev: str,
+    test: str,
+    predict_files: list[str],
+    runs_root: str = "runs",
+    *,
+    ingest=ingest_step,
+    train_model=train_step,
+    evaluate=evaluate_step,
+    predict=predict_source,
+) -> PipelineSummary:
+    """ingest -> train -> evaluate (test split) -> predict ``predict_files``: the one chain.
+
+    The stages default to the plain steps (``ner pipeline --no-prefect``); the ``pipeline`` flow passes
+    its subflows, which take the same arguments.
+    """
+    ds = config.data.dataset
+    ingested = ingest(db_path, ds, {"train": train, "dev": dev, "test": test})
+    trained = train_model(db_path, config, runs_root)
+    evaluation = evaluate(db_path, trained.model_dir, ds, "test", run_id=trained.run_id)
+    predicted = predict(db_path, FilesSource(files=predict_files), trained.model_dir, run_id=trained.run_id)
+    return PipelineSummary(ingest=ingested, train=trained, evaluate=evaluation, predict=predicted)
 
 
 def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:

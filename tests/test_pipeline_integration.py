@@ -46,12 +46,17 @@ def pipeline_db(tmp_path_factory, tiny_encoder_dir):
 
     tmp = tmp_path_factory.mktemp("pipe")
     db = str(tmp / "ner.duckdb")
-    ing = steps.ingest_step(db, "sample", SPLITS)
-    tr = steps.train_step(db, tiny_config(tiny_encoder_dir), str(tmp / "runs"))
-    ev = steps.evaluate_step(db, tr.model_dir, "sample", "test", run_id=tr.run_id)
-    docs, kind, ref = steps.load_prediction_input(db, FilesSource(files=RAW))
-    pr = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
-    return {"db": db, "tmp": tmp, "ingest": ing, "train": tr, "evaluate": ev, "predict": pr, "docs": docs}
+    out = steps.run_pipeline(
+        db,
+        tiny_config(tiny_encoder_dir),
+        SPLITS["train"],
+        SPLITS["dev"],
+        SPLITS["test"],
+        RAW,
+        str(tmp / "runs"),
+    )
+    docs, _, _ = steps.load_prediction_input(db, FilesSource(files=RAW))
+    return {"db": db, "tmp": tmp, **dict(out), "docs": docs}
 
 
 def test_ingest_counts_match_the_corpus(pipeline_db):
