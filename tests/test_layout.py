@@ -79,3 +79,19 @@ def test_no_function_is_longer_than_a_reader_can_hold():
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_every_package_is_shipped():
+    """pyproject lists its packages by name: a package left out installs editable (make setup) but is
+    missing from a wheel."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(REPO).parts)
+        for pkg in ("ner_core", "storage", "flows", "app", "ui")
+        for init in (REPO / pkg).rglob("__init__.py")
+    }
+    assert found == listed
