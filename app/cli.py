@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app import serve
-from app.options import add_prediction_options, prediction_options
+from app.options import add_prediction_options, chosen_model, prediction_options
 from ner_core.config import HeadType, NERConfig
 
 if TYPE_CHECKING:
@@ -362,9 +362,8 @@ def cmd_train(args) -> int:
 
 def cmd_test(args) -> int:
     from flows import steps
-    from storage.runs import resolve_model
 
-    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
+    model_dir, run_id = chosen_model(args)
     if args.file and not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file}: no such file")
     out = _run(
@@ -387,9 +386,8 @@ def cmd_test(args) -> int:
 def cmd_predict(args) -> int:
     from flows import pipeline, steps
     from flows.contracts import DatasetSource, FilesSource
-    from storage.runs import resolve_model
 
-    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
+    model_dir, run_id = chosen_model(args)
     source = (
         FilesSource(files=args.files, text_per_file=not args.lines)
         if args.files
@@ -406,10 +404,7 @@ def cmd_predict(args) -> int:
     elif args.only_new:
         out = _predict_new(args, model_dir, run_id, options)
     elif args.no_prefect:
-        docs, kind, ref = steps.load_prediction_input(args.db, source)
-        out = steps.predict_step(
-            args.db, model_dir, docs, input_kind=kind, input_ref=ref, run_id=run_id, options=options
-        )
+        out = steps.predict_source(args.db, source, model_dir, run_id, options)
     else:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id, options)
     _print_json(out)
@@ -486,7 +481,7 @@ def _pipeline(args, config: NERConfig, train: str, dev: str, test: str, predict_
 
 
 def _print_pipeline_summary(db: str, out: PipelineSummary) -> None:
-    from storage import query as query_db
+    from storage import predictions as predictions_db
 
     ev, pr, tr = out.evaluate, out.predict, out.train
     print()
@@ -502,12 +497,8 @@ def _print_pipeline_summary(db: str, out: PipelineSummary) -> None:
         f"predicted {pr.n_entities} entities in {pr.n_documents} documents "
         f"({pr.n_chars} characters) -> {db}, prediction run {pr.pred_run_id}"
     )
-    sql = (
-        "SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
-        "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC"
-    )
-    print(f"\nSQL> {sql.replace('?', repr(pr.pred_run_id))};")
-    for row in query_db.query(db, sql, [pr.pred_run_id]):
+    print(f"\nSQL> {predictions_db.LABEL_EXAMPLES_SQL.replace('?', repr(pr.pred_run_id))};")
+    for row in predictions_db.label_examples(db, pr.pred_run_id):
         examples = row["examples"] if len(row["examples"]) <= 60 else row["examples"][:60] + "…"
         print(f"  {row['label']:<6} {row['n']:>5}  {examples}")
     print(f"\nOpen the dashboard:  ner ui --db {db}    (or: make ui)")

@@ -50,7 +50,10 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--batch-size", type=positive_int, help="windows per forward pass (default 32)")
     g.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
-    g.add_argument("--device", help="cpu, cuda, cuda:N or auto (default cpu)")
+    g.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N or auto (default: the model's saved device, else auto: CUDA when present)",
+    )
     g.add_argument(
         "--quantize",
         choices=["none", "int8"],
@@ -63,3 +66,13 @@ def prediction_options(args: argparse.Namespace) -> PredictionConfig:
     return PredictionConfig(
         **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
     )
+
+
+def chosen_model(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(model_dir, run_id)`` named by ``--model-dir`` or ``--run`` (else the production run of ``--db``),
+    through :func:`storage.runs.resolve_model`; both at once name one model two ways and are refused."""
+    from storage.runs import resolve_model
+
+    if args.model_dir and args.run:
+        raise ValueError("--model-dir and --run both name the model to use: give one of them")
+    return resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.options import add_prediction_options, prediction_options
+from app.options import add_prediction_options, chosen_model, prediction_options
 from ner_core.config import PredictionConfig
 
 DEFAULT_HOST = "127.0.0.1"
@@ -304,9 +304,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from storage.runs import resolve_model
 
-    model_dir, run_id = resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
+    model_dir, run_id = chosen_model(args)
     limits = ServeLimits(
         max_texts=args.max_texts, max_chars=args.max_chars, max_total_chars=args.max_total_chars
     )

@@ -300,6 +300,14 @@ def test_only_new_needs_a_dataset_and_a_run(capsys, tmp_path):
     _one_line_error(rc, err, "--only-new tags a stored --dataset with a run's model")
 
 
+@pytest.mark.parametrize("command", ["predict", "test", "serve"])
+def test_a_model_dir_and_a_run_at_once_are_refused_in_one_line(command, capsys, tmp_path):
+    db = str(tmp_path / "p.duckdb")
+    model_dir = _fake_run(db, "run-a", tmp_path)
+    rc, _, err = run([command, "--db", db, "--model-dir", str(model_dir), "--run", "run-a"], capsys)
+    _one_line_error(rc, err, "--model-dir and --run both name the model to use: give one of them")
+
+
 def test_prefect_status_and_down_when_nothing_runs(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     assert run(["prefect", "status"], capsys)[1].startswith("not running")
