@@ -59,7 +59,9 @@ def tag_shard(
     options: PredictionConfig | None = None,
 ) -> ShardRows:
     """Tag ``items`` = [(doc_id, text), ...] with the model in ``model_dir``; runs on a Dask worker.
-    ``options`` left ``None`` come from the model's saved prediction configuration.
+    ``options`` left ``None`` come from the model's saved prediction configuration; with no device given
+    or saved, a worker tags on the CPU (one thread per worker, see :func:`make_task_runner`), never on
+    whatever GPU it may find.
 
     Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
     from ner_core.modeldir import load_model_dir
@@ -70,7 +72,11 @@ def tag_shard(
     items = list(items)
     if any(not (isinstance(it, tuple | list) and len(it) == 2) for it in items):
         raise ValueError("expected items as (doc_id, text) pairs")
-    tagger = Tagger.from_loaded(load_model_dir(model_dir), options)
+    loaded = load_model_dir(model_dir)
+    options = options or PredictionConfig()
+    if options.device is None and loaded.config.prediction.device is None:
+        options = options.model_copy(update={"device": "cpu"})
+    tagger = Tagger.from_loaded(loaded, options)
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
 
@@ -111,8 +117,12 @@ def store_shard_rows(
 
 
 def _stored(options: PredictionConfig | None) -> dict:
-    """The options given (not the model's saved ones), as stored in the prediction run's config."""
-    return options.model_dump(exclude_none=True) if options is not None else {}
+    """The options given (not the model's saved ones), as stored in the prediction run's config: under the
+    names :func:`flows.steps.predict_step` stores (the tagger's ``settings``: the window is ``max_len``)."""
+    given = options.model_dump(exclude_none=True) if options is not None else {}
+    if "window" in given:
+        given["max_len"] = given.pop("window")
+    return given
 
 
 def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:

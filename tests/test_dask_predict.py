@@ -282,3 +282,41 @@ def test_unpredicted_documents_checks_inputs(trained):
         unpredicted_documents(trained["db"], "nope", "run")
     with pytest.raises(ValueError, match="expected a non-empty run_id"):
         unpredicted_documents(trained["db"], "sample", "")
+
+
+def test_workers_tag_on_the_cpu_unless_a_device_is_saved_and_store_the_plain_settings_names(
+    tmp_path, untrained_model_dir, monkeypatch
+):
+    """A model that saves no device tags on a worker's CPU (never 'auto', which would take a GPU); the
+    options given are stored under the names predict_step stores (the window as max_len)."""
+    import json
+
+    from flows.dask_predict import predict_sharded, tag_shard
+    from ner_core.config import PredictionConfig
+    from ner_core.predict import Tagger
+    from storage.predictions import get_prediction_run
+
+    devices = []
+    real_init = Tagger.__init__
+
+    def spy(self, model, tokenizer, **kw):
+        devices.append(kw["device"])
+        real_init(self, model, tokenizer, **kw)
+
+    monkeypatch.setattr(Tagger, "__init__", spy)
+    tag_shard(untrained_model_dir, [("a", "张三在北京")])
+    tag_shard(untrained_model_dir, [("a", "张三在北京")], PredictionConfig(device="auto"))
+    assert devices == ["cpu", "auto"]
+    db = str(tmp_path / "d.duckdb")
+    out = predict_sharded(
+        db,
+        untrained_model_dir,
+        _docs([30, 12]),
+        input_kind="texts",
+        input_ref="w",
+        n_shards=2,
+        n_workers=1,
+        options=PredictionConfig(window=20, stride=10),
+    )
+    stored = json.loads(get_prediction_run(db, out.pred_run_id)["config"])
+    assert (stored["max_len"], stored["stride"]) == (20, 10) and "window" not in stored
