@@ -175,6 +175,12 @@ def parse_source(value: Any) -> FilesSource | DatasetSource | SqlSource:
         raise ValueError(
             f"expected a prediction source (FilesSource, DatasetSource or SqlSource), got {kind}"
         )
+    if "kind" not in value:
+        # the shape saved before the sources were typed ({"dataset": ...}, {"files": [...]}, {"sql": ...}),
+        # as deployments registered earlier still pass it: exactly one of the keys names the kind
+        named = [k for k in ("files", "dataset", "sql") if k in value]
+        if len(named) == 1:
+            value = {**value, "kind": named[0]}
     if value.get("kind") not in ("files", "dataset", "sql"):
         got = f"kind {value['kind']!r}" if "kind" in value else f"no kind (keys {sorted(value)})"
         raise ValueError(f"prediction input needs {_KINDS} as its kind, got {got}")

@@ -755,7 +755,8 @@ def test_a_saved_config_that_names_the_window_max_len_still_loads(tmp_path, mode
     "value,needle",
     [
         ({"kind": "query", "sql": "SELECT 1"}, "got kind 'query'"),
-        ({"files": ["a.txt"]}, "got no kind (keys ['files'])"),
+        ({"text": "a"}, "got no kind (keys ['text'])"),
+        ({"files": ["a.txt"], "sql": "SELECT 1"}, "got no kind (keys ['files', 'sql'])"),
         (
             {"kind": "files", "files": []},
             "invalid files prediction source: files: List should have at least 1",
@@ -783,3 +784,13 @@ def test_a_source_in_its_json_form_is_the_same_source():
     for source in (FilesSource(files=RAW[:1]), DatasetSource(dataset="d"), SqlSource(sql="SELECT 1")):
         assert parse_source(json.loads(source.model_dump_json())) == source
     assert parse_source({"kind": "files", "files": ["a"]}) == FilesSource(files=["a"], text_per_file=True)
+
+
+def test_a_source_saved_before_the_sources_were_typed_still_parses():
+    """Deployments registered before the union pass {"dataset": ...} without a kind: one key names it."""
+    from flows.contracts import DatasetSource, FilesSource, SqlSource, parse_source
+
+    assert parse_source({"dataset": "news", "split": None}) == DatasetSource(dataset="news")
+    old_files = {"files": ["a"], "text_per_file": False}
+    assert parse_source(old_files) == FilesSource(files=["a"], text_per_file=False)
+    assert parse_source({"sql": "SELECT 1"}) == SqlSource(sql="SELECT 1")
