@@ -31,6 +31,7 @@ import torch
 
 from ner_core.config import NERConfig
 from ner_core.model import NERModel
+from ner_core.schemes import labels_of
 
 __all__ = ["FORMAT_VERSION", "LoadedModel", "ModelDirError", "load_model_dir", "save_model_dir"]
 
@@ -61,13 +62,7 @@ class LoadedModel:
 
     @property
     def labels(self) -> list[str]:
-        return _entity_labels(self.tags)
-
-
-def _entity_labels(tags: list[str]) -> list[str]:
-    from ner_core.schemes import labels_of  # here, not at the top: this function is all that uses it
-
-    return labels_of(tags)
+        return labels_of(self.tags)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -100,7 +95,7 @@ def save_model_dir(
             {
                 "tags": model.tags,
                 "scheme": model.config.data.scheme,
-                "labels": _entity_labels(model.tags),
+                "labels": labels_of(model.tags),
             },
         )
         _write_json(tmp / METRICS, metrics or {})

@@ -17,6 +17,7 @@ import pyarrow as pa
 from storage.db import now as _now
 from storage.db import open_db, read_frame
 from storage.db import rows as _rows
+from storage.query import query
 
 _DOC_SCHEMA = pa.schema(
     [("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("n_entities", pa.int32())]
@@ -288,6 +289,18 @@ def unpredicted_documents(db_path: str | Path, dataset: str, run_id: str, split:
         Document.model_construct(doc_id=i, text=t, entities=[], split=sp, source=src, line=ln)
         for i, t, sp, src, ln in rows
     ]
+
+
+#: the query the demo prints with its answer: entities per label of one prediction run, with examples
+LABEL_EXAMPLES_SQL = (
+    "SELECT label, count(*) AS n, string_agg(DISTINCT text, '、') AS examples "
+    "FROM predicted_entities WHERE pred_run_id = ? GROUP BY label ORDER BY n DESC"
+)
+
+
+def label_examples(db_path: str | Path, pred_run_id: str) -> list[dict]:
+    """Rows of :data:`LABEL_EXAMPLES_SQL`: ``label``, ``n`` and the distinct mentions joined by 、."""
+    return list(query(db_path, LABEL_EXAMPLES_SQL, [pred_run_id]))
 
 
 # ---- reads for the dashboard

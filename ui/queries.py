@@ -26,7 +26,7 @@ from storage import evaluations as _evaluations
 from storage import predictions as _predictions
 from storage import runs as _runs
 from storage.db import DatabaseLockedError, row_counts
-from storage.query import SqlRejected, check_sql, entity_labels, query, relations_frame
+from storage.query import SqlRejected, entity_labels, query, relations_frame
 
 TTL_S = 30  # seconds a query result stays cached; the sidebar's Refresh button clears all caches
 LOCK_WAIT_S = 1.0  # how long a read waits for a writer before DatabaseLockedError
@@ -36,7 +36,6 @@ __all__ = [
     "all_labels",
     "SqlRejected",
     "SqlResult",
-    "check_sql",
     "db_state",
     "epochs",
     "error_sentences",
