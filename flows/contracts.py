@@ -151,6 +151,11 @@ class DatasetSource(_Contract):
     dataset: str = Field(min_length=1)
     split: str | None = None
 
+    @property
+    def input_ref(self) -> str:
+        """``dataset/split`` (``*`` for all splits): names the input in the prediction run's id."""
+        return f"{self.dataset}/{self.split or '*'}"
+
 
 class SqlSource(_Contract):
     """A read-only query returning the columns ``doc_id`` and ``text`` (through :func:`storage.query.query`:

@@ -100,7 +100,7 @@ def store_shard_rows(
 
     run = predictions_db.PredictionRunWriter(
         db_path,
-        steps.prediction_run_id(model_dir, input_ref),
+        predictions_db.prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
@@ -237,7 +237,7 @@ def dask_predict_flow(
         if not isinstance(source, DatasetSource) or not run_id:
             raise ValueError("only_new needs a dataset source and a run (the production run or run_id)")
         docs = unpredicted_documents(db_path, source.dataset, run_id, source.split)
-        kind, ref = "dataset", f"{source.dataset}/{source.split or '*'}"
+        kind, ref = "dataset", source.input_ref
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     shards = _payload(shard_documents(docs, n_shards))

@@ -21,6 +21,7 @@ from prefect.runtime import flow_run
 
 from flows import steps
 from flows.contracts import (
+    DatasetSource,
     EvaluateSummary,
     IngestSummary,
     NothingToPredict,
@@ -174,13 +175,13 @@ def predict_new_task(
     split: str | None = None,
     options: PredictionConfig | None = None,
 ) -> PredictSummary | NothingToPredict:
-    from storage.predictions import unpredicted_documents
+    from storage.predictions import prediction_run_id, unpredicted_documents
 
     docs = unpredicted_documents(db_path, dataset, run_id, split)
-    ref = f"{dataset}/{split or '*'}"
+    ref = DatasetSource(dataset=dataset, split=split).input_ref
     if not docs:
         print(f"nothing new to predict in {ref} for run {run_id}", flush=True)
-        return NothingToPredict(pred_run_id=steps.prediction_run_id(model_dir, ref))
+        return NothingToPredict(pred_run_id=prediction_run_id(model_dir, ref))
     out = steps.predict_step(
         db_path,
         model_dir,

@@ -8,7 +8,6 @@ directly. They take paths, ids and the typed inputs of :mod:`flows.contracts` an
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -197,19 +196,6 @@ def evaluate_step(
     )
 
 
-def prediction_run_id(model_dir: str, input_ref: str) -> str:
-    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them.
-
-    The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
-    that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
-    """
-    if not isinstance(input_ref, str) or not input_ref:
-        raise ValueError(f"expected a non-empty input_ref string, got {input_ref!r}")
-    meta = Path(model_dir) / "meta.json"
-    ident = meta.read_text(encoding="utf-8") if meta.exists() else str(Path(model_dir).resolve())
-    return "pred-" + hashlib.sha1(f"{ident}\n{input_ref}".encode()).hexdigest()[:12]
-
-
 def predict_step(
     db_path: str,
     model_dir: str,
@@ -248,7 +234,7 @@ def predict_step(
     tagger = Tagger.from_loaded(loaded, options)
     run = predictions_db.PredictionRunWriter(
         db_path,
-        prediction_run_id(model_dir, input_ref),
+        predictions_db.prediction_run_id(model_dir, input_ref),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
@@ -347,7 +333,7 @@ def load_prediction_input(
         return _file_documents(source), "file", ",".join(str(Path(f).resolve()) for f in source.files)
     if isinstance(source, DatasetSource):
         docs = load_documents(db_path, source.dataset, source.split)
-        return docs, "dataset", f"{source.dataset}/{source.split or '*'}"
+        return docs, "dataset", source.input_ref
     return _sql_documents(db_path, source.sql), "sql", " ".join(source.sql.split())
 
 

@@ -6,6 +6,7 @@ transaction per batch of documents; completed or failed). Bulk rows go in throug
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,19 @@ def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str,
             [status, _now(), seconds, pred_run_id, pred_run_id, pred_run_id, pred_run_id],
         )
         return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]
+
+
+def prediction_run_id(model_dir: str, input_ref: str) -> str:
+    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them.
+
+    The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
+    that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
+    """
+    if not isinstance(input_ref, str) or not input_ref:
+        raise ValueError(f"expected a non-empty input_ref string, got {input_ref!r}")
+    meta = Path(model_dir) / "meta.json"
+    ident = meta.read_text(encoding="utf-8") if meta.exists() else str(Path(model_dir).resolve())
+    return "pred-" + hashlib.sha1(f"{ident}\n{input_ref}".encode()).hexdigest()[:12]
 
 
 #: the value a setting had when a stored run's config does not name it
