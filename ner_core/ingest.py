@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ner_core.formats import FORMATS, POLICIES, ParseResult, Problem, read_file
+from ner_core.formats import POLICIES, ParseResult, Problem, format_names, read_file
 from ner_core.formats.problems import problem
 from ner_core.schemes import Scheme
 
@@ -207,8 +207,8 @@ def prepare_ingest(
     of all their records into train/dev[/test].
     """
     check_dataset_name(name)
-    if format is not None and format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS} or None (detect), got {format!r}")
+    if format is not None and format not in format_names():
+        raise ValueError(f"format must be one of {format_names()} or None (detect), got {format!r}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     ratios = _check_ratios(split_ratios)

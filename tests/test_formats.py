@@ -184,6 +184,11 @@ def test_a_new_format_is_one_registration(tmp_path, monkeypatch):
         register("shouting")(read_shouting)
     with pytest.raises(ValueError, match="format must be one of"):
         read_file(p, "whispering")
+    # ingest takes it by name too
+    from ner_core.ingest import plan_ingest, prepare_ingest
+
+    plan = plan_ingest(prepare_ingest("loud", {"train": p}, format="shouting"))
+    assert [f.format for f in plan.files] == ["shouting"]
 
 
 def test_fatal_json_file_has_no_documents():
