@@ -321,13 +321,16 @@ def test_every_command_and_flow_resolves_the_model_with_storage_resolve_model():
     """One owner: the commands and the flows call storage.runs.resolve_model, none keeps its own copy."""
     import inspect
 
-    from app import cli, serve
+    from app import cli, options, serve
     from flows import dask_predict, pipeline
 
-    for module in (cli, serve, pipeline, dask_predict):
+    for module in (options, pipeline, dask_predict):
         source = inspect.getsource(module)
         assert "resolve_model(" in source, module.__name__
         assert "production_run(" not in source, module.__name__
+    for module in (cli, serve):  # through app.options.chosen_model, which refuses --model-dir with --run
+        source = inspect.getsource(module)
+        assert "chosen_model(" in source and "production_run(" not in source, module.__name__
     assert not hasattr(cli, "_resolve_model") and not hasattr(pipeline, "_resolve_production")
     assert not hasattr(serve, "resolve_model")
 
