@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
 
+from ner_core.metrics import TypeScores
+
 __all__ = [
     "DatasetSource",
     "EvaluateSummary",
@@ -79,7 +81,7 @@ class EvaluateSummary(BaseModel):
     n_pred: int
     n_correct: int
     markdown: str = Field("", exclude=True)
-    per_type: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
+    per_type: list[TypeScores] = Field(default_factory=list, exclude=True)
 
 
 class PredictSummary(_Contract):

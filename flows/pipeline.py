@@ -142,7 +142,9 @@ def evaluate_task(
     result = steps.evaluate_step(db_path, model_dir, dataset, split, run_id=run_id, file=file)
     dataset, split = (Path(file).stem, "file") if file else (dataset, split)
     create_table_artifact(
-        table=[{k: t[k] for k in ("label", "precision", "recall", "f1", "support")} for t in result.per_type],
+        table=[
+            t.model_dump(include={"label", "precision", "recall", "f1", "support"}) for t in result.per_type
+        ],
         key=_key("eval", dataset, split),
         description=f"entity scores per type, {dataset}/{split}",
     )

@@ -192,7 +192,7 @@ def evaluate_step(
         eval_id=eval_id,
         markdown=md,
         **report.summary(),
-        per_type=[t.model_dump() for t in report.per_type],
+        per_type=list(report.per_type),
     )
 
 
