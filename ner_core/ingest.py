@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ner_core.formats import POLICIES, ParseResult, Problem, format_names, read_file
-from ner_core.formats.problems import problem
+from ner_core.formats.problems import count_severity, problem
 from ner_core.schemes import Scheme
 
 __all__ = [
@@ -86,11 +86,11 @@ class IngestReport:
 
     @property
     def n_errors(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "error")
+        return count_severity(self.problems, "error")
 
     @property
     def n_warnings(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "warning")
+        return count_severity(self.problems, "warning")
 
     def to_text(self) -> str:
         """A human-readable summary: version, counts per split, labels, problems by code, first problems."""
@@ -357,11 +357,11 @@ class IngestPlan:
 
     @property
     def n_errors(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "error")
+        return count_severity(self.problems, "error")
 
     @property
     def n_warnings(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "warning")
+        return count_severity(self.problems, "warning")
 
     def split_rows(self, split: str) -> list[Row]:
         """The rows of one split, in input order."""

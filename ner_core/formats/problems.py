@@ -37,7 +37,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-__all__ = ["CODES", "Problem", "Severity", "problem"]
+__all__ = ["CODES", "Problem", "Severity", "count_severity", "problem"]
 
 Severity = Literal["error", "warning"]
 
@@ -88,3 +88,8 @@ def problem(
     return Problem.model_construct(
         file=file, line=line, record=record, code=code, severity=severity, message=message
     )
+
+
+def count_severity(problems: list[Problem], severity: Severity) -> int:
+    """How many of ``problems`` are of ``severity`` (``"error"`` or ``"warning"``)."""
+    return sum(1 for p in problems if p.severity == severity)
