@@ -225,7 +225,9 @@ def _block(data: bytes, handle: tuple[int, int], path: Path, what: str) -> bytes
     kind = data[offset + size]
     stored = struct.unpack_from("<I", data, offset + size + 1)[0]
     if masked_crc32c(data[offset : offset + size + 1]) != stored:
-        raise CheckpointError(f"{path}: checksum mismatch in the {what} block at byte {offset} (damaged file)")
+        raise CheckpointError(
+            f"{path}: checksum mismatch in the {what} block at byte {offset} (damaged file)"
+        )
     if kind != 0:
         name = {1: "snappy", 2: "zlib"}.get(kind, f"type {kind}")
         raise CheckpointError(f"{path}: {what} block at byte {offset} is {name}-compressed; not supported")
@@ -382,7 +384,9 @@ class TFCheckpoint:
         for shard_id in range(self.header.num_shards):
             path = shard_path(self.prefix, shard_id, self.header.num_shards)
             if not path.is_file():
-                raise CheckpointError(f"{path}: missing data shard {shard_id + 1} of {self.header.num_shards}")
+                raise CheckpointError(
+                    f"{path}: missing data shard {shard_id + 1} of {self.header.num_shards}"
+                )
             size = path.stat().st_size
             if size < need.get(shard_id, 0):
                 raise CheckpointError(
@@ -397,7 +401,9 @@ class TFCheckpoint:
         if e.num_slices:
             raise CheckpointError(f"{where} is partitioned into {e.num_slices} slices; not supported")
         if e.dtype_code not in DTYPES:
-            raise CheckpointError(f"{where} has TensorFlow dtype {e.dtype_code}, which this reader cannot read")
+            raise CheckpointError(
+                f"{where} has TensorFlow dtype {e.dtype_code}, which this reader cannot read"
+            )
         np_dtype = DTYPES[e.dtype_code][1]
         if np_dtype is None:
             raise CheckpointError(f"{where} holds {e.dtype} data, which this reader does not load")
@@ -423,7 +429,8 @@ class TFCheckpoint:
         if e.size == 0:
             arr = np.zeros(e.shape, dtype=np_dtype)
         else:
-            arr = np.memmap(path, dtype=np_dtype, mode="r", offset=e.offset, shape=e.shape)
+            count = e.size // np_dtype.itemsize  # memmap takes shape () for "the rest of the file"
+            arr = np.memmap(path, dtype=np_dtype, mode="r", offset=e.offset, shape=(count,)).reshape(e.shape)
         if verify and masked_crc32c(np.ascontiguousarray(arr)) != e.crc32c:
             raise CheckpointError(f"{path}: checksum mismatch in variable {name} (damaged data shard)")
         if e.dtype_code == 14:  # bfloat16: the high half of a float32

@@ -59,7 +59,13 @@ REPORT = "conversion_report.json"
 WEIGHTS = "model.safetensors"
 
 #: Google ``hidden_act`` -> HF name (Google's ``gelu`` is the tanh approximation).
-_ACTIVATIONS = {"gelu": "gelu_new", "gelu_new": "gelu_new", "relu": "relu", "tanh": "tanh", "linear": "linear"}
+_ACTIVATIONS = {
+    "gelu": "gelu_new",
+    "gelu_new": "gelu_new",
+    "relu": "relu",
+    "tanh": "tanh",
+    "linear": "linear",
+}
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 # per-layer variables: TF suffix under the layer scope -> HF suffix under the layer module
@@ -139,7 +145,9 @@ def detect_layout(names: list[str] | set[str]) -> str:
     names = set(names)
     if any("/layer_shared/" in n or n.startswith("bert/embeddings/word_embeddings_2") for n in names):
         return "brightmart_albert"
-    if any(n.startswith(("bert/encoder/transformer/", "bert/encoder/embedding_hidden_mapping_in")) for n in names):
+    if any(
+        n.startswith(("bert/encoder/transformer/", "bert/encoder/embedding_hidden_mapping_in")) for n in names
+    ):
         return "albert"
     if any(n.startswith("bert/encoder/layer_") for n in names):
         return "bert"
@@ -382,7 +390,7 @@ def _read_vocab(path: Path, vocab_size: int) -> list[str]:
     return tokens
 
 
-def _write_tokenizer(out: Path, vocab_file: Path, vocab_size: int) -> bool:
+def _write_tokenizer(out: Path, vocab_file: Path, vocab_size: int, max_positions: int) -> bool:
     """Copy ``vocab.txt`` and save a BERT WordPiece tokenizer over it; return its ``do_lower_case``.
 
     Lower-casing is on unless the vocabulary is cased (holds most upper-case ASCII letters), as Google's
@@ -393,9 +401,13 @@ def _write_tokenizer(out: Path, vocab_file: Path, vocab_size: int) -> bool:
     do_lower_case = sum(c in set(tokens) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ") < 13
     (out / "vocab.txt").write_text("".join(f"{t}\n" for t in tokens), encoding="utf-8")
     # transformers 5 ignores BertTokenizerFast(vocab_file=...): load the folder holding vocab.txt
-    tok = BertTokenizerFast.from_pretrained(str(out), do_lower_case=do_lower_case, tokenize_chinese_chars=True)
+    tok = BertTokenizerFast.from_pretrained(
+        str(out), do_lower_case=do_lower_case, tokenize_chinese_chars=True, model_max_length=max_positions
+    )
     if len(tok) != len(tokens):
-        raise CheckpointError(f"{vocab_file}: the tokenizer built from it has {len(tok)} tokens, not {len(tokens)}")
+        raise CheckpointError(
+            f"{vocab_file}: the tokenizer built from it has {len(tok)} tokens, not {len(tokens)}"
+        )
     tok.save_pretrained(str(out))
     return do_lower_case
 
@@ -433,7 +445,9 @@ def is_tf_checkpoint(path: str | os.PathLike) -> bool:
     return p.parent.is_dir() and any(p.parent.glob(f"{glob.escape(p.name)}.data-*-of-*"))
 
 
-def _convert_into(tmp: Path, config_file: Path, ckpt: TFCheckpoint, vocab_file: Path, albert) -> ConversionReport:
+def _convert_into(
+    tmp: Path, config_file: Path, ckpt: TFCheckpoint, vocab_file: Path, albert
+) -> ConversionReport:
     t0 = time.perf_counter()
     is_albert = _check_layout(ckpt, albert)
     raw = _read_config(config_file, is_albert)
@@ -441,7 +455,7 @@ def _convert_into(tmp: Path, config_file: Path, ckpt: TFCheckpoint, vocab_file: 
     plan = _plan(ckpt, hf_config, config_file)
     ckpt.check_shards()
     tmp.mkdir(parents=True)
-    do_lower_case = _write_tokenizer(tmp, vocab_file, hf_config.vocab_size)
+    do_lower_case = _write_tokenizer(tmp, vocab_file, hf_config.vocab_size, hf_config.max_position_embeddings)
     hf_config.save_pretrained(str(tmp))
     parameters = _write_safetensors(tmp / WEIGHTS, ckpt, plan)
     return ConversionReport(
@@ -481,7 +495,9 @@ def convert_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        report = _convert_into(tmp, Path(config_file).expanduser(), ckpt, Path(vocab_file).expanduser(), albert)
+        report = _convert_into(
+            tmp, Path(config_file).expanduser(), ckpt, Path(vocab_file).expanduser(), albert
+        )
         report.out_dir = str(out)
         (tmp / REPORT).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, out)  # an empty existing out_dir is replaced too
