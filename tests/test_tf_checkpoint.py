@@ -391,3 +391,30 @@ def test_writer_splits_large_indexes_into_blocks_the_reader_follows(tmp_path):
     assert ckpt.names() == [n for n, _ in tensors]
     assert float(ckpt.read("v/0299")[1]) == 299.0
     assert mask_crc(0) == 0xA282EAD8
+
+
+def test_compressed_blocks_and_big_endian_bundles_are_refused(tmp_path, monkeypatch):
+    import struct
+
+    import bench.tf_bundle_writer as writer
+    from ner_core.tf_checkpoint import masked_crc32c
+
+    prefix = write_bundle(tmp_path / "c.ckpt", [("w", np.zeros(3, np.float32))])
+    index = Path(f"{prefix}.index")
+    raw = bytearray(index.read_bytes())
+    # the data block starts at byte 0; its trailer is the first type byte followed by a matching CRC
+    n = next(
+        i
+        for i in range(len(raw) - 5)
+        if raw[i + 1 : i + 5] == struct.pack("<I", masked_crc32c(bytes(raw[: i + 1])))
+    )
+    raw[n] = 1  # "snappy", with a valid CRC, so the compression is what gets refused
+    raw[n + 1 : n + 5] = struct.pack("<I", masked_crc32c(bytes(raw[: n + 1])))
+    index.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"c\.ckpt\.index: data block at byte 0 is snappy-compressed"):
+        TFCheckpoint(prefix)
+
+    monkeypatch.setattr(writer, "encode_header", lambda: b"\x08\x01\x10\x01")  # endianness = BIG
+    prefix = write_bundle(tmp_path / "b.ckpt", [("w", np.zeros(3, np.float32))])
+    with pytest.raises(CheckpointError, match=r"b\.ckpt\.index: a big-endian bundle"):
+        TFCheckpoint(prefix)
