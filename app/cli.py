@@ -19,8 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app import serve
-from app.options import add_prediction_options, chosen_model, prediction_options
+from app import seed_commands, serve
+from app.options import (
+    add_prediction_options,
+    add_seed_model_options,
+    chosen_model,
+    device_from_seed,
+    prediction_options,
+)
 from ner_core.config import HeadType, NERConfig
 
 if TYPE_CHECKING:
@@ -60,6 +66,13 @@ SEED_FLAGS = (
 _RETIRED = {
     "window_stride": "never had an effect (training never read it): the stride of prediction windows is "
     "`ner predict --stride`; training cuts long texts at sentence ends into pieces of at most --max_len",
+}
+
+
+_EXTRA_HELP = {
+    "max_len": "; the seed's -max_len counted [CLS] and [SEP], so its value minus 2 is the same window "
+    "(seed 64 = 62 here). A value is always taken as characters, in either spelling; one longer than the "
+    "encoder's positions - 2 is refused when training starts",
 }
 
 
@@ -108,7 +121,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             default = default.value
         ann = field.annotation
         kwargs: dict[str, Any] = {"dest": f"cfg__{section}__{name}", "default": None}
-        helptext = (field.description or "").replace("%", "%%")
+        helptext = (field.description or "").replace("%", "%%") + _EXTRA_HELP.get(flag, "")
         if ann is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
@@ -154,13 +167,16 @@ def _add_seed_args(p: argparse.ArgumentParser) -> None:
         "--bert_config",
         "-bert_config",
         metavar="FILE",
-        help="seed: the encoder's config.json; its folder becomes --encoder",
+        help="seed: the encoder's config (bert_config.json / albert_config.json, or a HF config.json); "
+        "with a TF -bert_checkpoint the three files are converted once (cached), else their folder "
+        "becomes --encoder",
     )
     s.add_argument(
         "--bert_checkpoint",
         "-bert_checkpoint",
         metavar="PATH",
-        help="seed: the encoder's weights (file or folder); its folder becomes --encoder",
+        help="seed: a Google TF1 checkpoint prefix (bert_model.ckpt / albert_model.ckpt: converted to a "
+        "Hugging Face folder without TensorFlow, once, then reused), or a HF model file or folder",
     )
     s.add_argument(
         "--bert_vocab",
@@ -172,7 +188,16 @@ def _add_seed_args(p: argparse.ArgumentParser) -> None:
         "--albert",
         "-albert",
         action="store_true",
-        help="seed: the encoder is ALBERT; accepted, the architecture is read from its config.json",
+        help="seed: the TF checkpoint is Google-format ALBERT (a mismatch is explained in one line); "
+        "with a Hugging Face folder the architecture is read from its config.json",
+    )
+    s.add_argument(
+        "--do_eval",
+        "-do_eval",
+        action="store_true",
+        help="seed: the dev data scores every epoch (this drives early stopping, as the dev split always "
+        "does here); at the end the report is printed (stderr) and written to the seed's "
+        "<ALBERT|BERT>-<HEAD>-<time>.log in --save_path",
     )
     s.add_argument(
         "--tag_padding",
@@ -203,7 +228,38 @@ def build_config(args: argparse.Namespace) -> NERConfig:
             raise CLIError("--crf_only means no head; it cannot be combined with --head/--model_type")
         overrides["head.type"] = "none"
     if getattr(args, "device_map", None):
-        overrides["training.device"] = _device_from_seed(args.device_map)
+        overrides["training.device"] = device_from_seed(args.device_map)
+    encoder = _seed_encoder(args)
+    if encoder:
+        if getattr(args, "cfg__encoder__name", None):
+            raise CLIError(
+                "give the encoder either with --encoder or with the seed's --bert_* flags, not both"
+            )
+        overrides["encoder.name"] = encoder
+    if getattr(args, "model_type", None) == "cnn":
+        overrides["head.type"] = "idcnn"
+    elif getattr(args, "model_type", None) == "rnn" or getattr(args, "cell_type", None):
+        overrides["head.type"] = "bigru" if getattr(args, "cell_type", None) == "gru" else "bilstm"
+    return cfg.with_overrides(overrides)
+
+
+def _seed_encoder(args: argparse.Namespace) -> str | None:
+    """The encoder folder named by the seed's ``-bert_config`` / ``-bert_checkpoint`` / ``-bert_vocab``.
+
+    A ``-bert_checkpoint`` that is not an existing file or folder, or that names a TF checkpoint, is
+    converted (once, cached) by :func:`ner_core.tf_convert.cached_conversion`, which explains in one line
+    what it cannot read; otherwise the three files' common folder is a Hugging Face model folder."""
+    ckpt = getattr(args, "bert_checkpoint", None)
+    if ckpt:
+        from ner_core.tf_convert import cached_conversion, is_tf_checkpoint
+
+        if is_tf_checkpoint(ckpt) or not Path(ckpt).exists():
+            if not (args.bert_config and args.bert_vocab):
+                raise CLIError(
+                    f"-bert_checkpoint {ckpt} names a TensorFlow checkpoint: give -bert_config and "
+                    "-bert_vocab too (the seed needed all three)"
+                )
+            return str(cached_conversion(args.bert_config, ckpt, args.bert_vocab, albert=args.albert))
     folders = {
         str(
             Path(f).resolve().parent
@@ -213,33 +269,12 @@ def build_config(args: argparse.Namespace) -> NERConfig:
         for f in (getattr(args, k, None) for k in ("bert_config", "bert_checkpoint", "bert_vocab"))
         if f
     }
-    if folders:
-        if len(folders) > 1:
-            raise CLIError(
-                f"--bert_config/--bert_checkpoint/--bert_vocab must lie in one encoder folder, got "
-                f"{sorted(folders)}"
-            )
-        if getattr(args, "cfg__encoder__name", None):
-            raise CLIError(
-                "give the encoder either with --encoder or with the seed's --bert_* flags, not both"
-            )
-        overrides["encoder.name"] = folders.pop()
-    if getattr(args, "tag_padding", None):
-        print("note: --tag_padding is not needed (padding is masked) and is ignored", file=sys.stderr)
-    if getattr(args, "model_type", None) == "cnn":
-        overrides["head.type"] = "idcnn"
-    elif getattr(args, "model_type", None) == "rnn" or getattr(args, "cell_type", None):
-        overrides["head.type"] = "bigru" if getattr(args, "cell_type", None) == "gru" else "bilstm"
-    return cfg.with_overrides(overrides)
-
-
-def _device_from_seed(value: str) -> str:
-    v = value.strip().lower()
-    if v.isdigit():
-        return f"cuda:{v}"
-    if "," in v:
-        raise CLIError(f"--device_map: one device is used, got {value!r} (e.g. 0 or cpu)")
-    return v  # cpu, cuda, cuda:N; anything else is rejected by the config's validator
+    if len(folders) > 1:
+        raise CLIError(
+            f"--bert_config/--bert_checkpoint/--bert_vocab must lie in one encoder folder, got "
+            f"{sorted(folders)}"
+        )
+    return folders.pop() if folders else None
 
 
 def check_encoder(name: str) -> None:
@@ -264,6 +299,19 @@ def check_encoder(name: str) -> None:
                 f"unknown encoder {name!r}: not a packaged short name (m3e-small), not a folder, "
                 "and not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)"
             )
+
+
+def check_window(config: NERConfig) -> None:
+    """Refuse, before anything is ingested or trained, a ``--max_len`` longer than a local encoder folder's
+    positions allow (:func:`ner_core.training.check_window`; training checks again for every other path)."""
+    from ner_core.encoder import resolve_encoder
+    from ner_core.training import check_window as check
+
+    folder = Path(resolve_encoder(config.encoder.name))
+    if (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        check(config.data.max_len, AutoConfig.from_pretrained(str(folder)))
 
 
 def _prefect_env() -> None:
@@ -327,6 +375,8 @@ def cmd_train(args) -> int:
 
     config = build_config(args)
     check_encoder(config.encoder.name)
+    if not args.resume:
+        check_window(config)
     files = {
         k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v
     }
@@ -356,13 +406,56 @@ def cmd_train(args) -> int:
             }
         ),
     )
+    seed_commands.write_model_configs(
+        args.runs_root, out.model_dir, run_id=out.run_id, bert_vocab=args.bert_vocab
+    )
+    if args.do_eval:
+        path, text = seed_commands.write_train_log(args.runs_root, out, albert=args.albert)
+        print(f"{text}\n(-do_eval report written to {path})", file=sys.stderr)
+    if args.tag_padding:  # said after the run, so that a refusal stays one line
+        print("note: -tag_padding is not needed (padding is masked) and was ignored", file=sys.stderr)
     _print_json(out)
     return 0
+
+
+def _seed_outputs(command: str, args) -> int:
+    """``ner test`` / ``ner predict -test_data FILE``: the seed's way, one file in, files out, no database
+    (:func:`app.seed_commands.tag_to_outputs`)."""
+    if getattr(args, "file", None) or getattr(args, "files", None):
+        raise CLIError(f"-test_data names the file to {command}: drop the other input file(s)")
+    model_dir, _ = chosen_model(args)
+    options = prediction_options(args) if command == "predict" else _seed_test_options(args)
+    output_path = args.output_path or seed_commands.DEFAULT_OUTPUT_PATH
+    summary = seed_commands.tag_to_outputs(command, args.test_data, model_dir, output_path, options)
+    if summary["labelled"]:
+        print((Path(output_path) / f"{command}_report.txt").read_text(encoding="utf-8"))
+    else:
+        print(f"{args.test_data} holds no gold entities: predictions written, no accuracy", file=sys.stderr)
+    print(json.dumps(summary, ensure_ascii=False, indent=2))
+    return 0
+
+
+def _seed_test_options(args):
+    from ner_core.config import PredictionConfig
+
+    return PredictionConfig(device=device_from_seed(args.device_map) if args.device_map else None)
+
+
+def _check_seed_io(args, command: str) -> None:
+    if args.test_data:
+        return
+    if args.output_path:
+        raise CLIError("-output_path goes with -test_data (the seed's test/predict input file)")
+    if command == "test" and args.device_map:
+        raise CLIError("-device_map goes with -test_data on `ner test` (a stored split is scored on the CPU)")
 
 
 def cmd_test(args) -> int:
     from flows import steps
 
+    _check_seed_io(args, "test")
+    if args.test_data:
+        return _seed_outputs("test", args)
     model_dir, run_id = chosen_model(args)
     if args.file and not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file}: no such file")
@@ -387,6 +480,9 @@ def cmd_predict(args) -> int:
     from flows import pipeline, steps
     from flows.contracts import DatasetSource, FilesSource
 
+    _check_seed_io(args, "predict")
+    if args.test_data:
+        return _seed_outputs("predict", args)
     model_dir, run_id = chosen_model(args)
     source = (
         FilesSource(files=args.files, text_per_file=not args.lines)
@@ -604,7 +700,12 @@ def _common(sp: argparse.ArgumentParser, db: bool = True) -> argparse.ArgumentPa
         sp.add_argument(
             "--db", default=os.environ.get("NER_DB", DEFAULT_DB), help="DuckDB file (default %(default)s)"
         )
-    sp.add_argument("--no-prefect", action="store_true", help="run the steps directly, without Prefect")
+    sp.add_argument(
+        "--no-prefect",
+        action="store_true",
+        default=os.environ.get("NER_NO_PREFECT", "0").lower() not in ("0", "false", ""),
+        help="run the steps directly, without Prefect (default when NER_NO_PREFECT=1)",
+    )
     return sp
 
 
@@ -649,11 +750,27 @@ def _add_train(sub) -> None:
 
 
 def _add_model_and_data(sp: argparse.ArgumentParser, split: str | None) -> None:
-    """The model (--model-dir, --run, default the production run's) and the stored data of test/predict."""
+    """The model (--model-dir, --run, default the production run's) and the stored data of test/predict,
+    and the seed's -test_data, -model_configs, -output_path and -device_map."""
     sp.add_argument("--model-dir", help="model directory (default: the production run's)")
     sp.add_argument("--run", help="use this training run's model")
     sp.add_argument("--dataset", default="sample")
     sp.add_argument("--split", default=split)
+    g = add_seed_model_options(sp)
+    g.add_argument(
+        "--test_data",
+        "-test_data",
+        metavar="FILE",
+        help="tag this file (any supported format) without a database and write the seed's files into "
+        "-output_path: <cmd>_outputs.txt ([text, tags] pairs), <cmd>_entities.jsonl and, when the file "
+        "holds gold entities, <cmd>_report.txt/.json (sentence, character and per-tag accuracy, entity F1)",
+    )
+    g.add_argument(
+        "--output_path",
+        "-output_path",
+        metavar="DIR",
+        help=f"folder for the -test_data files (default: {seed_commands.DEFAULT_OUTPUT_PATH}, as the seed)",
+    )
 
 
 def _add_test(sub) -> None:

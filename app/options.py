@@ -61,18 +61,65 @@ def add_prediction_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def device_from_seed(value: str) -> str:
+    """The seed's ``-device_map`` as a torch device: ``cpu``, a GPU number (``0`` -> ``cuda:0``), ``cuda``
+    or ``cuda:N``; a list of GPUs (``0,1``) is refused (one device is used)."""
+    v = value.strip().lower()
+    if v.isdigit():
+        return f"cuda:{v}"
+    if "," in v:
+        raise ValueError(f"-device_map: one device is used, got {value!r} (e.g. 0 or cpu)")
+    if v not in ("cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+        raise ValueError(f"-device_map: expected cpu, a GPU number, cuda or cuda:N, got {value!r}")
+    return v
+
+
 def prediction_options(args: argparse.Namespace) -> PredictionConfig:
-    """The options given on the command line; the ones left out stay ``None``."""
-    return PredictionConfig(
-        **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
-    )
+    """The options given on the command line; the ones left out stay ``None``. The seed's ``-device_map``
+    (where the command has it) sets ``--device``; both at once are refused."""
+    opts = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
+    seed_device = getattr(args, "device_map", None)
+    if seed_device:
+        if opts["device"]:
+            raise ValueError("--device and -device_map both name the device: give one of them")
+        opts["device"] = device_from_seed(seed_device)
+    return PredictionConfig(**opts)
 
 
 def chosen_model(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``(model_dir, run_id)`` named by ``--model-dir`` or ``--run`` (else the production run of ``--db``),
-    through :func:`storage.runs.resolve_model`; both at once name one model two ways and are refused."""
+    """``(model_dir, run_id)`` named by ``--model-dir``, ``--run`` or the seed's ``-model_configs`` (else the
+    production run of ``--db``), through :func:`storage.runs.resolve_model`; two at once name one model two
+    ways and are refused. ``-model_configs`` is read by :func:`app.seed_commands.resolve_model_configs`."""
     from storage.runs import resolve_model
 
-    if args.model_dir and args.run:
-        raise ValueError("--model-dir and --run both name the model to use: give one of them")
+    configs = getattr(args, "model_configs", None)
+    given = [
+        n for n, v in (("--model-dir", args.model_dir), ("--run", args.run), ("-model_configs", configs)) if v
+    ]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} both name the model to use: give one of them")
+    if configs:
+        from app.seed_commands import resolve_model_configs
+
+        return resolve_model(args.db, model_dir=resolve_model_configs(configs), run_id=None)
     return resolve_model(args.db, model_dir=args.model_dir, run_id=args.run)
+
+
+def add_seed_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The seed's ``-model_configs`` and ``-device_map`` on ``test``, ``predict`` and ``deploy``; the group,
+    for the command's other seed flags."""
+    g = parser.add_argument_group("seed (keras-bert-ner) flags")
+    g.add_argument(
+        "--model_configs",
+        "-model_configs",
+        metavar="PATH",
+        help="the model: a model directory, its ner_config.json, a run directory, or the model_configs.json "
+        "that `ner train -save_path` wrote (Keras .h5/.pkl files of the seed cannot be loaded)",
+    )
+    g.add_argument(
+        "--device_map",
+        "-device_map",
+        metavar="DEVICE",
+        help="seed device: cpu, a GPU number (0 -> cuda:0), cuda or cuda:N; sets --device",
+    )
+    return g

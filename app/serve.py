@@ -8,6 +8,8 @@
   half-open ``[start, end)`` character offsets of the text sent. Long texts are tagged whole (windows).
 - ``GET /health``    ``{"status": "ok", "served": {"requests", "texts", "batches"}, ...}``
 - ``GET /model``     the model's configuration, labels, metrics, window settings and the request limits.
+- ``POST /decode``   the seed's endpoint, for its clients: body ``{"text": "..."}`` -> ``{"text", "tags"}``
+  with one space-separated tag per character in the model's scheme (the whole text, not cut at max_len).
 
 Limits: more than ``--max-texts`` texts, a text longer than ``--max-chars``, more than ``--max-total-chars``
 in one request, or a body larger than allowed -> 413 with a message saying what the limit is; a malformed
@@ -19,6 +21,11 @@ of every request waiting go through it in one batch, so throughput grows with th
 a lone request is never delayed.
 
 ``ner query "text" ...`` calls the service and prints the entities (the seed's query.py).
+
+The seed's deploy flags work as written (``ner deploy -model_configs MODELS/model_configs.json -log_path
+MODELS/deploy_log/ -device_map "cpu"``): ``-log_path DIR`` appends one line per request to
+``DIR/requests.log`` (:class:`RequestLog`: time, method and path, status, milliseconds, characters sent;
+never the texts themselves, which may be private).
 
 The ``ner`` CLI wires these in with ``add_commands(subparsers)``; ``python -m app.serve serve ...`` works
 on its own as well.
@@ -36,12 +43,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.options import add_prediction_options, chosen_model, prediction_options
+from app.options import (
+    add_prediction_options,
+    add_seed_model_options,
+    chosen_model,
+    prediction_options,
+)
 from ner_core.config import PredictionConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
+CHARS_HEADER = "X-NER-Chars"  # characters a /predict or /decode request carried (read by the request log)
 
 
 class ServeLimits(BaseModel):
@@ -163,6 +176,58 @@ class RequestBatcher:
                 i += len(ts)
 
 
+# ----------------------------------------------------------------------------------------- request log
+class RequestLog:
+    """One line per request, appended to ``folder/requests.log`` (created with its folder):
+    ``<ISO time>\t<METHOD> <path>\t<status>\t<ms> ms\t<n> chars``; ``chars`` is the characters of the
+    texts a ``/predict`` or ``/decode`` request carried (``-`` for other requests; the handlers send it in
+    the ``X-NER-Chars`` response header). No text is logged."""
+
+    FILE = "requests.log"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / self.FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (kept open: one line per request)
+
+    def write(self, method: str, path: str, status: int, seconds: float, n_chars: int | None) -> None:
+        from datetime import datetime
+
+        stamp = datetime.now().astimezone().isoformat(timespec="milliseconds")
+        chars = "-" if n_chars is None else str(n_chars)
+        line = f"{stamp}\t{method} {path}\t{status}\t{seconds * 1000:.1f} ms\t{chars} chars\n"
+        with self._lock:
+            self._fh.write(line)
+            self._fh.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+def _add_request_log(app, log: RequestLog) -> None:
+    """Log every request (:class:`RequestLog`); a handler that raises is logged as 500, then re-raised."""
+    from fastapi import Request
+
+    @app.middleware("http")
+    async def _log(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = None
+        try:
+            response = await call_next(request)
+            return response
+        finally:
+            chars = response.headers.get(CHARS_HEADER, "") if response is not None else ""
+            log.write(
+                request.method,
+                request.url.path,
+                response.status_code if response is not None else 500,
+                time.perf_counter() - t0,
+                int(chars) if chars.isdigit() else None,
+            )
+
+
 # ----------------------------------------------------------------------------------------- the app
 def create_app(
     model_dir: str | os.PathLike,
@@ -171,10 +236,12 @@ def create_app(
     limits: ServeLimits | None = None,
     options: PredictionConfig | None = None,
     batch_requests: bool = True,
+    log_path: str | os.PathLike | None = None,
 ):
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
     ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
-    concurrent requests together (:class:`RequestBatcher`)."""
+    concurrent requests together (:class:`RequestBatcher`). ``log_path``: a folder for the request log
+    (:class:`RequestLog`)."""
     from fastapi import FastAPI
 
     from ner_core.modeldir import load_model_dir
@@ -196,7 +263,11 @@ def create_app(
     app.state.info = info
     app.state.batcher = batcher
     _add_request_guards(app, limits)
+    if log_path is not None:
+        app.state.request_log = RequestLog(log_path)
+        _add_request_log(app, app.state.request_log)
     _add_routes(app, batcher, limits, info)
+    _add_seed_route(app, batcher, limits, loaded.scheme)
     return app
 
 
@@ -257,6 +328,7 @@ def _add_request_guards(app, limits: ServeLimits) -> None:
 def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -> None:
     """``GET /health``, ``GET /model`` and ``POST /predict``."""
     from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
 
     started = time.time()
     model_name = info["model"]
@@ -275,7 +347,7 @@ def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -
         return info
 
     @app.post("/predict")
-    def predict(req: PredictRequest) -> dict:
+    def predict(req: PredictRequest):
         texts = req.all_texts()
         if len(texts) > limits.max_texts:
             raise HTTPException(413, f"{len(texts)} texts in one request; at most {limits.max_texts} allowed")
@@ -289,13 +361,40 @@ def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -
             raise HTTPException(413, f"{total} characters in one request; at most {limits.max_total_chars}")
         t0 = time.perf_counter()
         preds = batcher.predict(texts)
-        return {
+        body = {
             "model": model_name,
             "seconds": round(time.perf_counter() - t0, 4),
             "results": [
                 {"n_chars": len(t), "entities": [e.to_dict() for e in ents]} for t, ents in zip(texts, preds)
             ],
         }
+        return JSONResponse(body, headers={CHARS_HEADER: str(total)})
+
+
+class DecodeRequest(BaseModel):
+    """The seed's ``/decode`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+
+
+def _add_seed_route(app, batcher: RequestBatcher, limits: ServeLimits, scheme: str) -> None:
+    """``POST /decode``: the seed's request and answer (``{"text"}`` -> ``{"text", "tags"}``)."""
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+
+    from ner_core.documents import Entity
+    from ner_core.schemes import spans_to_tags
+
+    @app.post("/decode")
+    def decode(req: DecodeRequest):
+        if len(req.text) > limits.max_chars:
+            raise HTTPException(413, f"text has {len(req.text)} characters; at most {limits.max_chars}")
+        (ents,) = batcher.predict([req.text])
+        spans = [Entity(start=e.start, end=e.end, label=e.label) for e in ents]
+        body = {"text": req.text, "tags": " ".join(spans_to_tags(len(req.text), spans, scheme))}
+        return JSONResponse(body, headers={CHARS_HEADER: str(len(req.text))})
 
 
 # ----------------------------------------------------------------------------------------- commands
@@ -315,9 +414,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         limits=limits,
         options=prediction_options(args),
         batch_requests=args.batch_requests,
+        log_path=args.log_path,
     )
     print(
-        f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)",
+        f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)"
+        + (f", request log {app.state.request_log.path}" if args.log_path else ""),
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
@@ -398,6 +499,14 @@ def _add_serve(subparsers) -> None:
         help="characters per request (default %(default)s)",
     )
     add_prediction_options(sp)
+    g = add_seed_model_options(sp)
+    g.add_argument(
+        "--log_path",
+        "-log_path",
+        metavar="DIR",
+        help="append one line per request to DIR/requests.log: time, path, status, milliseconds and "
+        "characters sent (never the texts)",
+    )
     sp.add_argument(
         "--batch-requests",
         action=argparse.BooleanOptionalAction,

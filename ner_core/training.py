@@ -36,7 +36,7 @@ from ner_core.model import NERModel
 from ner_core.modeldir import save_model_dir
 from ner_core.schemes import tag_set
 
-__all__ = ["EpochStats", "TrainResult", "set_seed", "train"]
+__all__ = ["EpochStats", "TrainResult", "check_window", "set_seed", "train"]
 
 
 @dataclass
@@ -140,6 +140,7 @@ def _set_up(config: NERConfig, train_docs: Sequence[Document], labels: Sequence[
 
     tags = tag_set(sorted(labels), config.data.scheme)
     encoder, tokenizer = load_encoder(config.encoder)
+    check_window(config.data.max_len, encoder.config)
     model = NERModel(config, tags, encoder).to(device)
     aligner = CharAligner(tokenizer)
     train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
@@ -367,6 +368,18 @@ def _print_epoch(stats: EpochStats) -> None:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+def check_window(max_len: int, encoder_config: Any) -> None:
+    """Refuse, in one line and before the first epoch, a window of ``max_len`` characters that does not fit
+    the encoder's position embeddings with [CLS] and [SEP] (``encoder_config``: its HF config)."""
+    limit = getattr(encoder_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and max_len + 2 > limit:
+        raise ValueError(
+            f"max_len {max_len}: a window of {max_len} characters plus [CLS] and [SEP] exceeds the encoder's "
+            f"{limit} positions; use --max_len {limit - 2} or less (the seed's -max_len counted [CLS] and "
+            "[SEP]: its value minus 2 is ours)"
+        )
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
