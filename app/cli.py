@@ -1,8 +1,10 @@
 """The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` =
 ``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query``
-and ``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments).
+``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments) and
+``convert-checkpoint`` (a Google TF1 BERT/ALBERT checkpoint to a Hugging Face folder).
 
-Each command runs its Prefect flow; ``--no-prefect`` runs the same steps without Prefect. Bad input (flags,
+Each command runs its Prefect flow; ``--no-prefect`` (or ``NER_NO_PREFECT=1``) runs the same steps without
+Prefect. The seed's commands run as its README writes them (:mod:`app.seed_commands`). Bad input (flags,
 missing files, unknown heads or encoders) gives one clear line on stderr and exit status 2, not a traceback
 (``NER_DEBUG=1`` shows the traceback). The seed's single-dash flags (``-max_epochs 3``) are accepted too.
 """
@@ -871,7 +873,10 @@ def _add_bench(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """``ner`` and its subcommands; each command's flags are added by its own ``_add_*`` function
-    (``serve``, alias ``deploy``, and ``query`` by :func:`app.serve.add_commands`)."""
+    (``serve``, alias ``deploy``, and ``query`` by :func:`app.serve.add_commands`; ``convert-checkpoint`` by
+    :func:`app.convert.add_parser`)."""
+    from app import convert
+
     p = _Parser(prog="ner", description="Chinese NER: ingest, train, test, predict, review.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (
@@ -889,6 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_bench,
     ):
         add(sub)
+    convert.add_parser(sub)
     return p
 
 

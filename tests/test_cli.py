@@ -68,6 +68,7 @@ def test_every_subcommand_is_there():
         "bench",
         "prefect",
         "demo",
+        "convert-checkpoint",
     } <= set(sub.choices)
 
 
