@@ -316,6 +316,19 @@ def check_window(config: NERConfig) -> None:
         check(config.data.max_len, AutoConfig.from_pretrained(str(folder)))
 
 
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device on a machine without CUDA before anything is ingested (the seed's README trains
+    with ``-device_map "0"``)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} asked for (-device_map / --device), but CUDA is not available on this "
+                "machine: use -device_map cpu"
+            )
+
+
 def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -379,6 +392,7 @@ def cmd_train(args) -> int:
     check_encoder(config.encoder.name)
     if not args.resume:
         check_window(config)
+        _check_device(config.training.device)
     files = {
         k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v
     }

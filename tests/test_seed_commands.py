@@ -339,6 +339,11 @@ def test_bad_checkpoints_through_ner_train_are_one_line(seed_env):
     refused(argv, "albert_model.ckpt")
     (lm / "albert_model.ckpt.index").unlink()
     refused(argv, ".index")
+    import torch
+
+    if not torch.cuda.is_available():  # the README's -device_map "0" on a machine without a GPU
+        as_written = [a if a != "cpu" else "0" for a in seed_train_argv(ALBERT, data, out)]
+        refused(as_written, "'cuda:0'", "CUDA is not available", "-device_map cpu")
     # the seed's own -max_len 64 counted [CLS] and [SEP]: here it is 64 characters, 66 positions
     refused(seed_train_argv(ALBERT, data, out, max_len="64"), "exceeds the encoder's 64 positions", "minus 2")
 
