@@ -21,7 +21,13 @@ from storage.db import rows as _rows
 from storage.query import query
 
 _DOC_SCHEMA = pa.schema(
-    [("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("n_entities", pa.int32())]
+    [
+        ("pred_run_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("n_entities", pa.int32()),
+        ("uncertainty", pa.float64()),
+    ]
 )
 
 
@@ -92,21 +98,26 @@ def start_prediction_run(
     return done
 
 
-def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple[str, str, list]]) -> int:
-    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...]), ...], in one transaction.
+def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple]) -> int:
+    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] (the
+    uncertainty, the document's summed CRF token entropy, may be left out or ``None``), in one transaction.
 
     Idempotent per document: rows of these doc_ids already stored for the run are replaced. Returns the
     number of entity rows written.
     """
     if not docs:
         return 0
-    doc_rows = {"pred_run_id": [], "doc_id": [], "text": [], "n_entities": []}
+    doc_rows = {k: [] for k in _DOC_SCHEMA.names}
     ent_rows = {k: [] for k in _ENT_SCHEMA.names}
-    for doc_id, text, ents in docs:
+    for row in docs:
+        if len(row) not in (3, 4):
+            raise ValueError(f"expected (doc_id, text, entities[, uncertainty]) rows, got {len(row)} fields")
+        doc_id, text, ents = row[:3]
         doc_rows["pred_run_id"].append(pred_run_id)
         doc_rows["doc_id"].append(doc_id)
         doc_rows["text"].append(text)
         doc_rows["n_entities"].append(len(ents))
+        doc_rows["uncertainty"].append(row[3] if len(row) == 4 else None)
         for e in ents:
             for k, v in zip(
                 _ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)
@@ -119,7 +130,10 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
             "DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
             [pred_run_id],
         )
-        con.execute("INSERT OR REPLACE INTO predicted_documents SELECT * FROM _docs")
+        con.execute(
+            "INSERT OR REPLACE INTO predicted_documents (pred_run_id, doc_id, text, n_entities, uncertainty) "
+            "SELECT pred_run_id, doc_id, text, n_entities, uncertainty FROM _docs"
+        )
         con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
         con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
         con.execute("COMMIT")
