@@ -299,8 +299,9 @@ def run_pipeline(
 
 
 def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:
-    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``: a
-    resumed run skips whole stored batches (the tagger sorts windows by length within a batch)."""
+    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write`` with each
+    document's uncertainty (the review queue's order): a resumed run skips whole stored batches (the tagger
+    sorts windows by length within a batch)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -309,8 +310,8 @@ def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: 
     try:
         for b in range(0, len(docs), batch_docs):
             part = docs[b : b + batch_docs]
-            preds = tagger.predict([d.text for d in part], progress=bar.update)
-            run.write([(d.doc_id, d.text, p) for d, p in zip(part, preds)])
+            preds = tagger.predict_documents([d.text for d in part], progress=bar.update)
+            run.write([(d.doc_id, d.text, p.entities, p.uncertainty) for d, p in zip(part, preds)])
     finally:
         bar.close()
 
