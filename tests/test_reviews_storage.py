@@ -6,6 +6,7 @@ prediction runs never replaced; a database written by older code migrates."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -45,11 +46,19 @@ TEXT = "张三在北京的华为工作"  # 张三 PER [0,2), 北京 LOC [3,5), �
 ENTS = [(0, 2, "PER", 0.9), (3, 5, "LOC", 0.6), (6, 8, "ORG", 0.3)]
 
 
-@pytest.fixture
-def db(tmp_path) -> str:
-    path = str(tmp_path / "r.duckdb")
-    _write_run(path, "p1", [("d1", TEXT, ENTS, 3.0), ("d2", "李四去了上海", [(0, 2, "PER", 0.8)], 1.0)])
+@pytest.fixture(scope="module")
+def _db_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reviews") / "template.duckdb"
+    _write_run(str(path), "p1", [("d1", TEXT, ENTS, 3.0), ("d2", "李四去了上海", [(0, 2, "PER", 0.8)], 1.0)])
     return path
+
+
+@pytest.fixture
+def db(tmp_path, _db_template) -> str:
+    """A database with prediction run p1 (d1: TEXT with ENTS, d2), no review events: a copy of one file."""
+    path = tmp_path / "r.duckdb"
+    shutil.copyfile(_db_template, path)
+    return str(path)
 
 
 def _ev(action, doc="d1", text=TEXT, run="p1", reviewer="ann", at=0, **kw) -> dict:
