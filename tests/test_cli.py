@@ -68,6 +68,9 @@ def test_every_subcommand_is_there():
         "bench",
         "prefect",
         "demo",
+        "review",
+        "lineage",
+        "export",
     } <= set(sub.choices)
 
 

@@ -18,6 +18,7 @@ from storage import runs as runs_db
 from storage.datasets import ingest_dataset, list_datasets, load_documents
 from storage.predictions import finish_prediction_run, start_prediction_run, write_predictions
 from storage.review_export import export_reviews, model_lineage, new_decisions, training_documents
+from tests.conftest import SAMPLE
 
 Ent = namedtuple("Ent", "start end label text confidence")
 
@@ -328,3 +329,116 @@ def test_train_plus_refuses_differing_labels_in_one_line(db, tmp_path, tiny_enco
     assert [r["run_id"] for r in runs_db.list_runs(db)] == ["run-m"]  # nothing half-written
     assert cli.main([*argv, "--encoder", str(tiny_encoder_dir), "--resume", "x"]) == 2
     assert "drop --plus" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ retrain-from-reviews (slow)
+def _train_cfg(enc: Path, epochs: int, good: bool) -> dict:
+    lr = (1e-3, 1e-2, 1e-1) if good else (1e-6, 1e-6, 1e-6)  # not good: learns nothing, entity F1 0
+    return {
+        "data": {"dataset": "small", "max_len": 48},
+        "encoder": {"name": str(enc)},
+        "head": {"type": "bilstm", "rnn_units": 16},
+        "training": {
+            "max_epochs": epochs,
+            "hard_epochs": epochs,
+            "batch_size": 8,
+            "learning_rate": lr[0],
+            "head_learning_rate": lr[1],
+            "crf_learning_rate": lr[2],
+            "warmup_ratio": 0.0,
+            "num_threads": 1,
+        },
+    }
+
+
+def _simulated_reviews(db: str, records: list[dict], first: int = 0) -> int:
+    """A reviewer who adds the gold entities to documents predicted without any (doc ids r<first>...),
+    then marks each done; returns the number of events."""
+    events = []
+    for i, r in enumerate(records, start=first):
+        doc, h = f"r{i:03d}", reviews.text_hash(r["text"])
+        for e in r["entities"]:
+            span = {k: e[k] for k in ("start", "end", "label")}
+            events.append(reviews.new_event("pr-s", doc, h, "sim", "add", **span))
+        events.append(reviews.new_event("pr-s", doc, h, "sim", "done"))
+    return reviews.record_events(db, events)
+
+
+@pytest.mark.slow  # three tiny trainings (~20 s) and Prefect flow runs on 2 shared cores
+def test_retrain_from_reviews_promotes_only_a_higher_f1_and_records_the_comparison(
+    tmp_path, tiny_encoder_dir
+):
+    from flows import steps
+    from flows.review import export_reviews_flow, retrain_from_reviews_flow
+    from ner_core.config import NERConfig
+
+    db = str(tmp_path / "loop.duckdb")
+    train = [json.loads(x) for x in (SAMPLE / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    test = (SAMPLE / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    files = {
+        "train": _jsonl(tmp_path / "train.jsonl", train[:100]),
+        "dev": _jsonl(tmp_path / "dev.jsonl", [json.loads(x) for x in test[:20]]),
+        "test": _jsonl(tmp_path / "test.jsonl", [json.loads(x) for x in test[20:50]]),
+    }
+    ingest_dataset(db, "small", files)
+    runs_root = str(tmp_path / "runs")
+    weak = steps.train_step(db, NERConfig.model_validate(_train_cfg(tiny_encoder_dir, 1, False)), runs_root)
+    runs_db.promote_run(db, weak.run_id)
+    # a prediction run over 60 more training texts, predicted without entities, that a reviewer corrects
+    start_prediction_run(
+        db,
+        "pr-s",
+        model_dir=weak.model_dir,
+        run_id=weak.run_id,
+        input_kind="texts",
+        input_ref="s",
+        config_json=None,
+        replace=True,
+    )
+    pool = train[100:160]
+    write_predictions(db, "pr-s", [(f"r{i:03d}", r["text"], []) for i, r in enumerate(pool)])
+    _simulated_reviews(db, pool[:40])
+
+    good = NERConfig.model_validate(_train_cfg(tiny_encoder_dir, 6, True))
+    first = retrain_from_reviews_flow(db, good, name="reviews", pred_run_id="pr-s", runs_root=runs_root)
+    c = first.comparison
+    assert first.status == "compared" and first.export.version == 1 and first.export.documents == 40
+    assert c.promoted and c.production_run_id == weak.run_id and c.production_f1 == 0.0 < c.candidate_f1
+    assert (c.dataset, c.dataset_version, c.split) == ("small", 1, "test")
+    assert runs_db.production_run(db)["run_id"] == first.train.run_id == c.candidate_run_id
+    last = runs_db.promotion_history(db)[-1]
+    assert (last["run_id"], last["previous_run_id"], last["reason"]) == (
+        first.train.run_id,
+        weak.run_id,
+        "retrain-from-reviews",
+    )
+    assert json.loads(last["comparison"]) == c.model_dump()
+    lin = model_lineage(db, first.train.run_id)
+    assert [(d["role"], d["dataset"], d["version"]) for d in lin["datasets"]] == [
+        ("base", "small", 1),
+        ("plus", "reviews", 1),
+    ]
+    assert len(lin["events"]) == sum(len(r["entities"]) + 1 for r in pool[:40])
+
+    # no new review: the export is unchanged and that data was trained on already
+    skipped = retrain_from_reviews_flow(db, good, name="reviews", pred_run_id="pr-s")
+    assert skipped.status == "skipped" and f"run {first.train.run_id} already trained" in skipped.message
+    # fewer new decisions than asked: nothing is exported or trained
+    n_new = _simulated_reviews(db, pool[40:], first=40)
+    few = retrain_from_reviews_flow(db, good, name="reviews", pred_run_id="pr-s", min_new_decisions=n_new + 1)
+    assert few.status == "skipped" and few.new_decisions == n_new and few.export is None
+
+    # a worse candidate (learns nothing) is compared on the same test split version and not promoted
+    n_promotions = len(runs_db.promotion_history(db))
+    bad = NERConfig.model_validate(_train_cfg(tiny_encoder_dir, 1, False))
+    # (pred_run_id unset: the prediction run reviewed last)
+    second = retrain_from_reviews_flow(db, bad, name="reviews", runs_root=runs_root, min_new_decisions=n_new)
+    c2 = second.comparison
+    assert second.export.version == 2 and second.export.documents == 60 and second.new_decisions == n_new
+    assert not c2.promoted and c2.candidate_f1 < c2.production_f1 == c.candidate_f1
+    assert c2.dataset_version == 1 and c2.production_run_id == first.train.run_id
+    assert "not higher than" in c2.reason and len(runs_db.promotion_history(db)) == n_promotions
+    assert runs_db.production_run(db)["run_id"] == first.train.run_id
+    # the export alone, as a flow: nothing new now
+    again = export_reviews_flow(db, "pr-s", "reviews")
+    assert not again.created and again.version == 2
