@@ -414,13 +414,13 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
-    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict
+    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict_documents
 
     def counting_predict(self, texts, **kw):
         tagged.extend(texts)
         return real_predict(self, texts, **kw)
 
-    monkeypatch.setattr("ner_core.predict.Tagger.predict", counting_predict)
+    monkeypatch.setattr("ner_core.predict.Tagger.predict_documents", counting_predict)
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
     )
