@@ -13,11 +13,18 @@ import duckdb
 import pytest
 
 from app import cli
+from ner_core.config import NERConfig
 from storage import reviews
 from storage import runs as runs_db
 from storage.datasets import ingest_dataset, list_datasets, load_documents
 from storage.predictions import finish_prediction_run, start_prediction_run, write_predictions
-from storage.review_export import export_reviews, model_lineage, new_decisions, training_documents
+from storage.review_export import (
+    export_reviews,
+    model_lineage,
+    new_decisions,
+    run_config_plus,
+    training_documents,
+)
 from tests.conftest import SAMPLE
 
 Ent = namedtuple("Ent", "start end label text confidence")
@@ -370,7 +377,6 @@ def test_retrain_from_reviews_promotes_only_a_higher_f1_and_records_the_comparis
 ):
     from flows import steps
     from flows.review import export_reviews_flow, retrain_from_reviews_flow
-    from ner_core.config import NERConfig
 
     db = str(tmp_path / "loop.duckdb")
     train = [json.loads(x) for x in (SAMPLE / "train.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -442,3 +448,29 @@ def test_retrain_from_reviews_promotes_only_a_higher_f1_and_records_the_comparis
     # the export alone, as a flow: nothing new now
     again = export_reviews_flow(db, "pr-s", "reviews")
     assert not again.created and again.version == 2
+
+
+def test_train_plus_from_the_command_line_records_both_dataset_versions(
+    db, tmp_path, tiny_encoder_dir, capsys
+):
+    _first_reviews(db)
+    reviews.record_events(db, [_ev("d4", "add", start=0, end=5, label="PRODUCT"), _ev("d4", "done")])
+    export_reviews(db, "pr-1", "reviews")
+    argv = ["train", "--no-prefect", "--db", db, "--dataset", "base", "--plus", "reviews"]
+    small = ["-max_epochs", "1", "-max_len", "16", "-rnn_units", "4", "-batch_size", "8"]
+    rc = cli.main([*argv, *small, "--encoder", str(tiny_encoder_dir), "--runs-root", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "train: 1 documents of 'base' v1 + 3 of 'reviews' v1" in out
+    run_id = json.loads(out[out.index("{\n") :])["run_id"]
+    run = runs_db.get_run(db, run_id)
+    assert (run["dataset"], run["dataset_version"]) == ("base", 1)
+    assert json.loads(run["config"])["plus"] == {"dataset": "reviews", "version": 1}
+    cfg, plus = run_config_plus(run["config"])  # what --resume reads back
+    assert NERConfig.model_validate(cfg).data.dataset == "base" and plus == {
+        "dataset": "reviews",
+        "version": 1,
+    }
+    labels = json.loads((Path(run["model_dir"]) / "labels.json").read_text(encoding="utf-8"))["labels"]
+    assert labels == ["LOC", "ORG", "PER", "PRODUCT"]  # the reviewer-added label is learnt too
+    assert [d["dataset"] for d in model_lineage(db, run_id)["datasets"]] == ["base", "reviews"]
