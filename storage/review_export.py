@@ -5,6 +5,8 @@ with its corrected entities (``v_review_current``) as the next version of a data
 path as an ingest (:func:`storage.datasets.store_plan`: one transaction, the fingerprint decides whether
 anything is new), and records in ``review_exports`` which review events made that version.
 
+- Gold: a document's entities after every decision (later wins); an entity left without a decision on a
+  document marked done was seen and kept by the reviewer, so it is gold too.
 - Cumulative: a version holds the reviewed documents of every prediction run exported into the dataset
   so far plus the given one; a document reviewed in two runs (same ``doc_id``) is taken from the run
   where it was reviewed last. Exporting with no new review event stores nothing (``created`` false).
@@ -241,9 +243,11 @@ def _plan(con, pred_run_id: str, name: str, split: str) -> tuple[IngestPlan, lis
         n_events=len(events),
         left_out=tuple(left_out),
     )
-    fingerprint = hashlib.sha256(
-        json.dumps({"events": events, **options.as_dict(), "labels": labels}, sort_keys=True).encode()
-    ).hexdigest()
+    # what makes the content: the events, the split, the label set and which documents were left out (not
+    # why: a later ingest may name another dataset version as the reason without changing anything)
+    content = {"events": events, "split": split, "runs": runs, "labels": labels, "added": added}
+    content["left_out"] = sorted(d for d, _ in left_out)
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     per_run: dict[str, list] = {}
     for row in rows:
         per_run.setdefault(row[4], []).append(row)

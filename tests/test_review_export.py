@@ -474,3 +474,20 @@ def test_train_plus_from_the_command_line_records_both_dataset_versions(
     labels = json.loads((Path(run["model_dir"]) / "labels.json").read_text(encoding="utf-8"))["labels"]
     assert labels == ["LOC", "ORG", "PER", "PRODUCT"]  # the reviewer-added label is learnt too
     assert [d["dataset"] for d in model_lineage(db, run_id)["datasets"]] == ["base", "reviews"]
+
+
+def test_a_text_that_enters_a_test_split_later_leaves_the_next_export(db, tmp_path):
+    _first_reviews(db)
+    assert set(_gold(db, "reviews", export_reviews(db, "pr-1", "reviews")["version"])) == {"d1", "d2"}
+    later = {
+        "test": _jsonl(tmp_path / "later-test.jsonl", [TRAIN[0]]),
+        "train": _jsonl(tmp_path / "t.jsonl", TEST),
+    }
+    ingest_dataset(db, "later", later)  # d1's text is now in a test split
+    out = export_reviews(db, "pr-1", "reviews")
+    assert out["created"] and out["version"] == 2 and set(_gold(db, "reviews", 2)) == {"d2"}
+    assert {d["doc_id"] for d in out["left_out_docs"]} == {"d1", "d3"} and out["left_out_leak"] == 2
+    # another dataset that holds d3's test text too changes nothing exported: no new export version
+    ingest_dataset(db, "aaa", {"test": _jsonl(tmp_path / "aaa-test.jsonl", TEST)})
+    again = export_reviews(db, "pr-1", "reviews")
+    assert not again["created"] and again["version"] == 2
