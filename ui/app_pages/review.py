@@ -65,14 +65,12 @@ def _flush() -> int:
 
 
 def _submit(events: list[dict], *, doc_id: str) -> None:
-    """Spool ``events`` (one undoable group) and try to write them now."""
+    """Spool ``events`` (one undoable group); the rerun that follows writes them (:func:`_flush`)."""
     if not events:
         return
     spool.add(events)
     ss.review_undo.append({"doc_id": doc_id, "events": events})
     ss.review_undo = ss.review_undo[-200:]
-    _flush()
-    ss.review_stamp += 1
 
 
 def _reviewer() -> str:
@@ -288,8 +286,6 @@ def _undo(doc: dict, events: list[dict]) -> None:
         for t in targets
     ]
     spool.add(undo)
-    _flush()
-    ss.review_stamp += 1
     ss.review_left = ss.get("review_left", set()) - {group["doc_id"]}
     ss.review_doc = group["doc_id"]
     st.query_params["doc"] = group["doc_id"]
@@ -354,7 +350,8 @@ def _ent_name(ent: dict, text: str) -> str:
 
 
 def _entity_panel(doc: dict, ents: list[dict], labels: list[str], pick_key: str) -> dict | None:
-    """The selected entity and its actions; returns it (None when none is selected)."""
+    """The selected entity and its actions; returns it (None when none is selected). Buttons act in their
+    callbacks, on the document as it was shown, before the rerun that shows the result."""
     by_key = {"{}:{}:{}".format(*e["key"]): e for e in ents}
     choice = st.selectbox(
         "Entity",
@@ -369,38 +366,72 @@ def _entity_panel(doc: dict, ents: list[dict], labels: list[str], pick_key: str)
         return None
     b = st.columns(2)
     corrected = ent["state"] == "corrected"
-    if b[0].button(
+    b[0].button(
         "Accept [a]",
         icon=":material/check:",
         disabled=corrected or ent["state"] in ("accepted", "added"),
         help="already corrected: the correction is the decision" if corrected else None,
-    ):
-        _decide(doc, ents, ent, "accept")
-        st.rerun()
-    if b[1].button("Reject [r]", icon=":material/close:", disabled=ent["state"] == "rejected"):
-        _decide(doc, ents, ent, "reject")
-        st.rerun()
+        on_click=_decide,
+        args=(doc, ents, ent, "accept"),
+    )
+    b[1].button(
+        "Reject [r]",
+        icon=":material/close:",
+        disabled=ent["state"] == "rejected",
+        on_click=_decide,
+        args=(doc, ents, ent, "reject"),
+    )
     r1, r2 = st.columns([2, 1])
     current = labels.index(ent["label"]) if ent["label"] in labels else 0
-    new_label = r1.selectbox("Label", labels, index=current, key=f"{pick_key}_label")
-    if r2.button("Change label", disabled=new_label == ent["label"]):
-        _decide(doc, ents, ent, "relabel", new_label)
-        st.rerun()
+    label_key = f"{pick_key}_label"
+    new_label = r1.selectbox("Label", labels, index=current, key=label_key)
+    r2.button(
+        "Change label",
+        disabled=new_label == ent["label"],
+        on_click=lambda: _decide(doc, ents, ent, "relabel", ss[label_key]),
+    )
     st.checkbox("Apply to every identical mention (reject, change label)", key="review_apply_all")
     with st.expander("Fix boundaries (code-point offsets)"):
         n = len(doc["text"])
         f1, f2 = st.columns(2)
-        start = int(f1.number_input("Start", 0, n - 1, ent["start"], key=f"{pick_key}_{choice}_s"))
-        end = int(f2.number_input("End", 1, n, ent["end"], key=f"{pick_key}_{choice}_e"))
+        ks, ke = f"{pick_key}_{choice}_s", f"{pick_key}_{choice}_e"
+        start = int(f1.number_input("Start", 0, n - 1, ent["start"], key=ks))
+        end = int(f2.number_input("End", 1, n, ent["end"], key=ke))
         st.caption(f"New mention: {doc['text'][start:end]!r}" if start < end else "End must be after start.")
         sel = ss.get("review_sel_span")
-        if sel and st.button(f"Use the selection [{sel[0]}, {sel[1]}) {sel[2]!r}"):
-            _adjust(doc, ents, ent, sel[0], sel[1])
-            st.rerun()
-        if st.button("Fix boundaries", disabled=(start, end) == (ent["start"], ent["end"])):
-            _adjust(doc, ents, ent, start, end)
-            st.rerun()
+        if sel:
+            st.button(
+                f"Use the selection [{sel[0]}, {sel[1]}) {sel[2]!r}",
+                on_click=_adjust,
+                args=(doc, ents, ent, sel[0], sel[1]),
+            )
+        st.button(
+            "Fix boundaries",
+            disabled=(start, end) == (ent["start"], ent["end"]),
+            on_click=lambda: _adjust(doc, ents, ent, int(ss[ks]), int(ss[ke])),
+        )
     return ent
+
+
+def _select_typed(text: str) -> None:
+    s, e = int(ss.review_typed_s), int(ss.review_typed_e)
+    if s < e:
+        ss.review_sel_span = (s, e, text[s:e])
+    else:
+        ss.review_errors.append(f"Nothing selected: From ({s}) must be before To ({e}).")
+
+
+def _add_label(doc: dict, labels: list[str]) -> None:
+    typed = ss.review_new_label.strip()
+    if typed in labels:
+        ss.review_errors.append(f"Label {typed!r} is already in the label set.")
+    elif any(c.isspace() for c in typed):
+        ss.review_errors.append(
+            f"Label {typed!r} contains a space: use one word such as {typed.split()[0]!r}."
+        )
+    else:
+        _submit([_ev(doc, "add_label", label=typed)], doc_id=doc["doc_id"])
+        ss.review_notes.append(f"Label {typed!r} added: the next exported dataset version carries it.")
 
 
 def _add_panel(doc: dict, ents: list[dict], labels: list[str]) -> None:
@@ -413,31 +444,26 @@ def _add_panel(doc: dict, ents: list[dict], labels: list[str]) -> None:
     with st.expander("or type the offsets (code points)"):
         n = len(doc["text"])
         o1, o2, o3 = st.columns([1, 1, 1])
-        s = int(o1.number_input("From", 0, max(0, n - 1), 0, key="review_typed_s"))
-        e = int(o2.number_input("To", 1, max(1, n), 1, key="review_typed_e"))
-        if o3.button("Select", key="review_typed_go") and s < e:
-            ss.review_sel_span = (s, e, doc["text"][s:e])
-            st.rerun()
+        o1.number_input("From", 0, max(0, n - 1), 0, key="review_typed_s")
+        o2.number_input("To", 1, max(1, n), 1, key="review_typed_e")
+        o3.button("Select", key="review_typed_go", on_click=_select_typed, args=(doc["text"],))
     a1, a2 = st.columns([2, 1])
-    label = a1.selectbox("Label of the new entity", labels, key="review_add_label")
-    if a2.button("Add entity", icon=":material/add:", disabled=not sel or not labels):
-        _add(doc, ents, sel[0], sel[1], label)
-        st.rerun()
+    a1.selectbox("Label of the new entity", labels, key="review_add_label")
+    a2.button(
+        "Add entity",
+        icon=":material/add:",
+        disabled=not sel or not labels,
+        on_click=lambda: _add(doc, ents, sel[0], sel[1], ss.review_add_label),
+    )
     with st.expander("Add a new label (not in the model's label set)"):
         typed = st.text_input("New label", key="review_new_label", placeholder="e.g. PRODUCT").strip()
-        if st.button("Add label", key="review_add_label_go", disabled=not typed):
-            if typed in labels:
-                ss.review_errors.append(f"Label {typed!r} is already in the label set.")
-            elif any(c.isspace() for c in typed):
-                ss.review_errors.append(
-                    f"Label {typed!r} contains a space: use a single word such as {typed.split()[0]!r}."
-                )
-            else:
-                _submit([_ev(doc, "add_label", label=typed)], doc_id=doc["doc_id"])
-                ss.review_notes.append(
-                    f"Label {typed!r} added: the next exported dataset version carries it."
-                )
-            st.rerun()
+        st.button(
+            "Add label",
+            key="review_add_label_go",
+            disabled=not typed,
+            on_click=_add_label,
+            args=(doc, labels),
+        )
 
 
 def _on_key(key: str, doc: dict, ents: list, ent: dict | None, labels: list, queue, events) -> None:
@@ -502,15 +528,15 @@ def _document(doc: dict, queue: pd.DataFrame, compare: str | None) -> None:
     if got["key"]:
         _on_key(got["key"], doc, ents, ent, labels, queue, events)
     f = st.columns(3)
-    if f[0].button("Accept the rest and next [n]", type="primary", icon=":material/done_all:"):
-        _accept_rest(doc, ents, queue)
-        st.rerun()
-    if f[1].button("Skip [s]", icon=":material/skip_next:"):
-        _skip(doc, queue)
-        st.rerun()
-    if f[2].button("Undo [u]", icon=":material/undo:"):
-        _undo(doc, events)
-        st.rerun()
+    f[0].button(
+        "Accept the rest and next [n]",
+        type="primary",
+        icon=":material/done_all:",
+        on_click=_accept_rest,
+        args=(doc, ents, queue),
+    )
+    f[1].button("Skip [s]", icon=":material/skip_next:", on_click=_skip, args=(doc, queue))
+    f[2].button("Undo [u]", icon=":material/undo:", on_click=_undo, args=(doc, events))
     st.caption(SHORTCUTS)
     _details(doc, ents, compare, colours)
 
