@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from storage.db import DatabaseLockedError, connect, current_version, open_db
 from storage.db import now as _now
@@ -82,6 +83,15 @@ _FIELDS = (
     "new_label",
     "ref_event_id",
     "created_at",
+)
+
+_INT_FIELDS = ("start", "end", "new_start", "new_end")
+#: the Arrow schema review events are inserted through
+_ARROW = pa.schema(
+    [
+        (f, pa.int32() if f in _INT_FIELDS else pa.timestamp("us") if f == "created_at" else pa.string())
+        for f in _FIELDS
+    ]
 )
 
 #: near-duplicate key of a text: lower-cased NFC text without spaces, punctuation, symbols and digits
@@ -276,47 +286,76 @@ def _run_labels(con: duckdb.DuckDBPyConnection, pred_run_id: str) -> tuple[list[
     return model, [a for a in added if a not in model]
 
 
-def _changed_since_predicted(con: duckdb.DuckDBPyConnection, pred_run_id: str, doc_id: str, text: str) -> str:
-    """A one-line reason when the run read a stored dataset whose latest version holds another text under
-    ``doc_id`` (ingested again since), else ''."""
-    row = con.execute(
-        "SELECT input_kind, input_ref FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id]
-    ).fetchone()
-    if row is None or row[0] != "dataset":
-        return ""
-    dataset = row[1].rsplit("/", 1)[0]
-    cur = con.execute(
-        "SELECT version, text FROM documents WHERE dataset = ? AND doc_id = ? "
-        "AND version = (SELECT max(version) FROM datasets WHERE name = ?)",
-        [dataset, doc_id, dataset],
-    ).fetchone()
-    if cur is None or cur[1] == text:
-        return ""
+#: per (pred_run_id, doc_id) of ``_keys``: the dataset and latest version holding another text under the
+#: doc_id than the run predicted (only runs that read a stored dataset: input_ref is ``dataset/split``)
+_CHANGED_SQL = """
+    SELECT k.pred_run_id, k.doc_id, cur.dataset, cur.version
+    FROM _keys k
+    JOIN prediction_runs p USING (pred_run_id)
+    JOIN predicted_documents d USING (pred_run_id, doc_id)
+    JOIN documents cur ON p.input_kind = 'dataset'
+                      AND cur.dataset = regexp_extract(p.input_ref, '^(.*)/[^/]*$', 1)
+                      AND cur.doc_id = k.doc_id
+                      AND cur.version = (SELECT max(version) FROM datasets WHERE name = cur.dataset)
+    WHERE cur.text <> d.text
+"""
+
+
+def _changed_message(dataset: str, version: int) -> str:
     return (
-        f"the document changed since it was predicted (dataset {dataset!r} version {cur[0]} holds another "
+        f"the document changed since it was predicted (dataset {dataset!r} version {version} holds another "
         f"text under this doc_id): predict it again and review the new run"
     )
 
 
-def _load_doc(con: duckdb.DuckDBPyConnection, pred_run_id: str, doc_id: str) -> _Doc | None:
-    row = con.execute(
-        "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
-    ).fetchone()
-    if row is None:
-        return None
-    predicted = [
-        (s, e, lb)
-        for s, e, lb in con.execute(
-            'SELECT "start", "end", label FROM predicted_entities WHERE pred_run_id = ? AND doc_id = ?',
-            [pred_run_id, doc_id],
-        ).fetchall()
-    ]
-    events = _rows(
-        con,
-        "SELECT * FROM review_events WHERE pred_run_id = ? AND doc_id = ? ORDER BY created_at, recorded_at",
-        [pred_run_id, doc_id],
+def _with_keys(con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]]) -> None:
+    con.register(
+        "_keys",
+        pa.table(
+            {"pred_run_id": [k[0] for k in keys], "doc_id": [k[1] for k in keys]},
+            schema=pa.schema([("pred_run_id", pa.string()), ("doc_id", pa.string())]),
+        ),
     )
-    return _Doc(row[0], predicted, events)
+
+
+def _changed_since_predicted(con: duckdb.DuckDBPyConnection, pred_run_id: str, doc_id: str) -> str:
+    """A one-line reason when the run read a stored dataset whose latest version holds another text under
+    ``doc_id`` (ingested again since), else ''."""
+    _with_keys(con, [(pred_run_id, doc_id)])
+    try:
+        rows = con.execute(_CHANGED_SQL).fetchall()
+    finally:
+        con.unregister("_keys")
+    return _changed_message(rows[0][2], rows[0][3]) if rows else ""
+
+
+def _load_docs(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], _Doc], dict[tuple[str, str], str]]:
+    """The documents ``keys`` (pred_run_id, doc_id) as stored, with their predicted entity keys and
+    review events, in a few queries; and the one-line reason for each one changed by a later ingest."""
+    _with_keys(con, keys)
+    try:
+        texts = con.execute(
+            "SELECT pred_run_id, doc_id, text FROM predicted_documents "
+            "SEMI JOIN _keys USING (pred_run_id, doc_id)"
+        ).fetchall()
+        docs = {(r, d): _Doc(t, [], []) for r, d, t in texts}
+        for r, d, a, b, lb in con.execute(
+            'SELECT pred_run_id, doc_id, "start", "end", label FROM predicted_entities '
+            "SEMI JOIN _keys USING (pred_run_id, doc_id)"
+        ).fetchall():
+            docs[(r, d)].predicted.append((a, b, lb))
+        for ev in _rows(
+            con,
+            "SELECT * FROM review_events SEMI JOIN _keys USING (pred_run_id, doc_id) "
+            "ORDER BY created_at, recorded_at, event_id",
+        ):
+            docs[(ev["pred_run_id"], ev["doc_id"])].events.append(ev)
+        changed = {(r, d): _changed_message(ds, v) for r, d, ds, v in con.execute(_CHANGED_SQL).fetchall()}
+    finally:
+        con.unregister("_keys")
+    return docs, changed
 
 
 def _check_span(doc: _Doc, start: int, end: int, what: str) -> str:
@@ -387,18 +426,14 @@ def _problem(doc: _Doc, ev: dict, labels: set[str]) -> str:
 
 
 def _validate(con: duckdb.DuckDBPyConnection, events: list[tuple[int, dict]]) -> None:
-    docs: dict[tuple[str, str], _Doc] = {}
+    docs, changed = _load_docs(con, sorted({(ev["pred_run_id"], ev["doc_id"]) for _, ev in events}))
     labels: dict[str, set[str]] = {}
     for index, ev in events:
         run, doc_id = ev["pred_run_id"], ev["doc_id"]
         if (run, doc_id) not in docs:
-            doc = _load_doc(con, run, doc_id)
-            if doc is None:
-                raise ReviewRefused(index, ev, f"prediction run {run!r} has no document {doc_id!r}")
-            changed = _changed_since_predicted(con, run, doc_id, doc.text)
-            if changed:
-                raise ReviewRefused(index, ev, changed)
-            docs[(run, doc_id)] = doc
+            raise ReviewRefused(index, ev, f"prediction run {run!r} has no document {doc_id!r}")
+        if (run, doc_id) in changed:
+            raise ReviewRefused(index, ev, changed[(run, doc_id)])
         if run not in labels:
             model, added = _run_labels(con, run)
             labels[run] = set(model) | set(added)
@@ -445,12 +480,12 @@ def record_events(db: str | Path, events: Sequence[Mapping[str, Any]], *, wait_s
                     new.append((i, e))
             _validate(con, new)
             if new:
-                at = _now()
-                con.executemany(
-                    f"INSERT INTO review_events ({', '.join(_q(f) for f in _FIELDS)}, recorded_at) "
-                    f"VALUES ({', '.join('?' for _ in _FIELDS)}, ?)",
-                    [[e[f] for f in _FIELDS] + [at] for _, e in new],
+                con.register("_new", pa.table({f: [e[f] for _, e in new] for f in _FIELDS}, schema=_ARROW))
+                cols = ", ".join(_q(f) for f in _FIELDS)
+                con.execute(
+                    f"INSERT INTO review_events ({cols}, recorded_at) SELECT {cols}, ? FROM _new", [_now()]
                 )
+                con.unregister("_new")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -639,7 +674,7 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
             'AND doc_id = ? ORDER BY "start", "end", label, created_at',
             [pred_run_id, doc_id],
         )
-        changed = _changed_since_predicted(con, pred_run_id, doc_id, text)
+        changed = _changed_since_predicted(con, pred_run_id, doc_id)
         model, added = _run_labels(con, pred_run_id)
     return {
         "pred_run_id": pred_run_id,
