@@ -32,7 +32,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -173,18 +173,13 @@ def _timestamp(event: Mapping, index: int) -> datetime:
     v = event.get("created_at")
     if v is None:
         return _now()
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(tz=None).replace(tzinfo=None)
     if isinstance(v, str):
         try:
-            ts = datetime.fromisoformat(v)
+            v = datetime.fromisoformat(v)
         except ValueError:
             raise ReviewRefused(index, event, f"created_at {v!r} is not an ISO timestamp") from None
-        if ts.tzinfo is not None:
-            from datetime import timezone
-
-            ts = ts.astimezone(timezone.utc).replace(tzinfo=None)
-        return ts
+    if isinstance(v, datetime):  # stored as UTC without a zone, as storage.db.now() gives
+        return v if v.tzinfo is None else v.astimezone(timezone.utc).replace(tzinfo=None)
     raise ReviewRefused(index, event, f"created_at must be a datetime or ISO text, got {type(v).__name__}")
 
 

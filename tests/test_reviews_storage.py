@@ -83,7 +83,8 @@ def test_events_are_append_only_and_idempotent_on_event_id(db):
     assert record_events(db, [a, b]) == 2
     assert record_events(db, [a, b]) == 0  # a retried write: nothing new
     assert record_events(db, [dict(a), b, a]) == 0 and _n_events(db) == 2
-    c = _ev("add", start=6, end=8, label="ORG", at=2, reviewer=" bob ")
+    c = _ev("add", start=6, end=8, label="ORG", reviewer=" bob ")
+    c["created_at"] = "2026-01-01T10:02:00+01:00"  # a zone: stored in UTC, as every timestamp
     assert record_events(db, [c, c]) == 1 and _n_events(db) == 3  # the same id twice in one batch: one row
     with open_db(db, read_only=True) as con:
         rows = con.execute(
@@ -91,6 +92,7 @@ def test_events_are_append_only_and_idempotent_on_event_id(db):
         ).fetchall()
     assert [r[0] for r in rows] == [a["event_id"], b["event_id"], c["event_id"]]
     assert rows[2][1] == "bob" and rows[0][2] == T0  # the decision's own time is kept
+    assert rows[2][2] == T0 + timedelta(minutes=2)
 
 
 def test_the_later_decision_wins_and_both_events_stay(db):
