@@ -20,7 +20,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from storage.reviews import new_event, record_events, text_hash
-from tests.ui_fixtures import APP, EMOJI_DOC, EMOJI_TEXT, REVIEW_DOCS, REVIEW_RUN, build_review_db
+from tests.ui_fixtures import APP, EMOJI_DOC, EMOJI_TEXT, PAGES, REVIEW_DOCS, REVIEW_RUN, build_review_db
 from ui.components import checked_selection
 from ui.review_state import overlapping, replay, spool_path, undo_target
 
@@ -316,3 +316,27 @@ def test_ingest_problems_are_browsed_by_code_file_and_line(tmp_path, monkeypatch
     shown = at.dataframe[1].value
     assert shown["code"].tolist() == ["empty_text"] and shown["line"].tolist() == [3]
     assert shown["file"].iloc[0].endswith("train.jsonl")
+
+
+def test_review_and_problems_pages_open_the_legacy_database(legacy_db, monkeypatch):
+    """A database written before the review tables existed (tests/fixtures/legacy-3cc253c) is migrated
+    on first use and reviewed like any other."""
+    monkeypatch.setenv("NER_DB", legacy_db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["reviewer"] = "ann"
+    at.run()
+    for name in ("review", "problems"):
+        at.switch_page(PAGES[name]).run()
+        assert not at.exception, (name, at.exception)
+    at.switch_page(PAGES["review"]).run()
+    assert _texts(at.subheader).startswith("Document ")
+    assert at.get("progress")[0].proto.text.startswith("0 reviewed / ")
+
+
+def test_a_link_opens_the_named_document_or_says_no_run_holds_it(review_db, monkeypatch):
+    """The Evaluation page links an error's document here with ``doc`` (and ``run`` when one covers it)."""
+    at = _page(review_db, monkeypatch, doc="d-old")
+    assert _texts(at.subheader) == "Document d-old"
+    assert "queue position 4 of 5 · uncertainty not stored" in _texts(at.caption)
+    at = _page(review_db, monkeypatch, doc="test-000042")
+    assert "No prediction run holds document 'test-000042'" in _texts(at.warning)

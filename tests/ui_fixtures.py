@@ -21,6 +21,8 @@ PAGES = {
     "predictions": "app_pages/predictions.py",
     "try_it": "app_pages/try_it.py",
     "sql": "app_pages/sql.py",
+    "review": "app_pages/review.py",
+    "problems": "app_pages/problems.py",
 }
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-3cc253c"  # see its README.md
 
