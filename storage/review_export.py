@@ -51,23 +51,8 @@ __all__ = [
 EXPORT_FORMAT = "review"  # datasets.format of a review export
 _EVAL_SPLITS = ("dev", "test")
 
-# One row per (run, dataset version it trained on, review event behind that version): the base dataset
-# (runs.dataset / dataset_version) and the ``--plus`` one (runs.config's "plus"). Usable as a view.
-LINEAGE_SQL = """
-WITH trained_on AS (
-    SELECT run_id, 'base' AS role, dataset, dataset_version AS version FROM runs
-    UNION ALL
-    SELECT run_id, 'plus' AS role, json_extract_string(config, '$.plus.dataset') AS dataset,
-           CAST(json_extract(config, '$.plus.version') AS INTEGER) AS version
-    FROM runs WHERE json_extract(config, '$.plus.dataset') IS NOT NULL
-)
-SELECT t.run_id, t.role, t.dataset, t.version, d.format = 'review' AS is_review_export,
-       e.event_id, e.pred_run_id, e.doc_id, e.reviewer, e.action, e.created_at
-FROM trained_on t
-LEFT JOIN datasets d ON d.name = t.dataset AND d.version = t.version
-LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
-LEFT JOIN review_events e ON e.event_id = x.event_id
-"""
+# The lineage rows: the view v_model_lineage (migration 4) holds the SQL.
+LINEAGE_SQL = "SELECT * FROM v_model_lineage"
 
 
 @dataclass(frozen=True)

@@ -390,6 +390,23 @@ CREATE VIEW v_review_disagreements AS
     )
     SELECT * FROM per_reviewer
     QUALIFY count(DISTINCT outcome) OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label) > 1;
+-- One row per (run, dataset version it trained on, review event behind that version): the base dataset
+-- (runs.dataset / dataset_version) and the ``--plus`` one (runs.config's "plus"): "which dataset versions
+-- and review events made this model".
+CREATE VIEW v_model_lineage AS
+WITH trained_on AS (
+    SELECT run_id, 'base' AS role, dataset, dataset_version AS version FROM runs
+    UNION ALL
+    SELECT run_id, 'plus' AS role, json_extract_string(config, '$.plus.dataset') AS dataset,
+           CAST(json_extract(config, '$.plus.version') AS INTEGER) AS version
+    FROM runs WHERE json_extract(config, '$.plus.dataset') IS NOT NULL
+)
+SELECT t.run_id, t.role, t.dataset, t.version, d.format = 'review' AS is_review_export,
+       e.event_id, e.pred_run_id, e.doc_id, e.reviewer, e.action, e.created_at
+FROM trained_on t
+LEFT JOIN datasets d ON d.name = t.dataset AND d.version = t.version
+LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
+LEFT JOIN review_events e ON e.event_id = x.event_id;
 """
 
 # (version, description, SQL). APPEND ONLY.
@@ -414,7 +431,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (
         4,
         "review events, review exports, promotions, document uncertainty + review views "
-        "(v_review_current, v_review_disagreements, v_reviewed_documents)",
+        "(v_review_current, v_review_disagreements, v_reviewed_documents, v_model_lineage)",
         _V4_REVIEWS,
     ),
 ]
