@@ -1,7 +1,8 @@
 """The ``ner`` command line. Subcommands mirror the seed (``train``, ``test``, ``predict``, ``deploy`` =
-``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote``, ``ui``, ``bench``, ``query``
-``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments) and
-``convert-checkpoint`` (a Google TF1 BERT/ALBERT checkpoint to a Hugging Face folder).
+``serve``) plus ``ingest``, ``pipeline``, ``demo``, ``runs``, ``promote`` (``--rollback``), ``review export``,
+``lineage``, ``export`` (Label Studio / doccano), ``ui``, ``bench``, ``query``, ``prefect`` (``up`` /
+``down`` / ``status`` of a local server + worker + deployments) and ``convert-checkpoint`` (a Google
+TF1 BERT/ALBERT checkpoint to a Hugging Face folder).
 
 Each command runs its Prefect flow; ``--no-prefect`` (or ``NER_NO_PREFECT=1``) runs the same steps without
 Prefect. The seed's commands run as its README writes them (:mod:`app.seed_commands`). Bad input (flags,
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app import seed_commands, serve
+from app import interop, seed_commands, serve
 from app.options import (
     add_prediction_options,
     add_seed_model_options,
@@ -404,6 +405,9 @@ def cmd_train(args) -> int:
                 raise FileNotFoundError(f"{f}: no such file")
         if args.resume:
             raise CLIError("--resume continues a stored run; it cannot take new --train_data")
+    if args.resume and args.plus:
+        raise CLIError("--resume continues a stored run with the datasets it trained on; drop --plus")
+    if files:
         ingest = _run(
             args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
         )
@@ -419,6 +423,7 @@ def cmd_train(args) -> int:
                 "runs_root": args.runs_root,
                 "run_id": args.resume,
                 "resume": bool(args.resume),
+                **({"plus": args.plus} if args.plus else {}),
             }
         ),
     )
@@ -651,8 +656,45 @@ def cmd_runs(args) -> int:
 def cmd_promote(args) -> int:
     from storage import runs as runs_db
 
+    if args.rollback == bool(args.run_id):
+        raise CLIError("give a RUN_ID to promote, or --rollback to return to the previous production model")
+    if args.rollback:
+        left, back = runs_db.rollback_production(args.db)
+        print(f"rolled back: run {back} is the production model again (was {left})")
+        return 0
     runs_db.promote_run(args.db, args.run_id)
     print(f"run {args.run_id} is now the production model")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from flows import review
+
+    flow = review.export_step if args.no_prefect else review.export_reviews_flow
+    out = flow(db_path=args.db, pred_run_id=args.pred_run, name=args.name, split=args.split)
+    _print_json(out)
+    return 0
+
+
+def cmd_lineage(args) -> int:
+    from storage.review_export import model_lineage
+
+    lin = model_lineage(args.db, args.run_id)
+    star = " [production]" if lin["is_production"] else ""
+    print(f"run {lin['run_id']}{star}: model {lin['model_dir'] or '-'}")
+    for d in lin["datasets"]:
+        src = f"review export of {', '.join(d['pred_runs']) or '-'}" if d["is_review_export"] else "ingested"
+        who = f" by {', '.join(d['reviewers'])}" if d["reviewers"] else ""
+        print(f"  {d['role']:<5} {d['dataset']} v{d['version']} ({src}): {d['events']} review events{who}")
+    for p in lin["promotions"]:
+        what = "promoted" if p["run_id"] == lin["run_id"] else f"replaced by {p['run_id']}"
+        print(f"  {p['promoted_at']:%Y-%m-%d %H:%M:%S} {what} ({p['reason']})")
+    if args.events:
+        for e in lin["events"]:
+            print(
+                f"    {e['created_at']:%Y-%m-%d %H:%M:%S} {e['reviewer']:<12} {e['action']:<9} "
+                f"{e['doc_id']} ({e['pred_run_id']}) -> {e['dataset']} v{e['version']}"
+            )
     return 0
 
 
@@ -761,6 +803,12 @@ def _add_train(sub) -> None:
     sp.add_argument("--dev_data", "-dev_data", "--dev-data", metavar="FILE", help="... and this as dev")
     sp.add_argument("--test_data", "-test_data", "--test-data", metavar="FILE", help="... and this as test")
     sp.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    sp.add_argument(
+        "--plus",
+        metavar="DATASET",
+        help="also train on this dataset's train split (latest version), e.g. a review export; dev and "
+        "test stay --dataset's; label sets must match, or differ only by labels reviewers added",
+    )
     _add_config_args(sp)
     sp.set_defaults(func=cmd_train)
 
@@ -851,9 +899,42 @@ def _add_runs(sub) -> None:
 
 
 def _add_promote(sub) -> None:
-    sp = _common(sub.add_parser("promote", help="mark a run as the production model"))
-    sp.add_argument("run_id")
+    sp = _common(sub.add_parser("promote", help="mark a run as the production model (or roll back)"))
+    sp.add_argument("run_id", nargs="?", help="the completed run to promote")
+    sp.add_argument(
+        "--rollback",
+        action="store_true",
+        help="return to the production model the current one replaced (repeat to go further back)",
+    )
     sp.set_defaults(func=cmd_promote)
+
+
+def _add_review(sub) -> None:
+    sp = sub.add_parser("review", help="the review loop: export reviewed predictions as gold")
+    rsub = sp.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    ex = _common(
+        rsub.add_parser(
+            "export", help="store the documents reviewed so far, corrected, as the next dataset version"
+        )
+    )
+    ex.add_argument("--pred-run", required=True, metavar="ID", help="the prediction run that was reviewed")
+    ex.add_argument("--name", required=True, metavar="DATASET", help="dataset to store the export as")
+    ex.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "dev", "test"],
+        help="split of the exported documents (default %(default)s; train leaves out dev/test texts)",
+    )
+    ex.set_defaults(func=cmd_review)
+
+
+def _add_lineage(sub) -> None:
+    sp = _common(
+        sub.add_parser("lineage", help="which dataset versions and review events made a run's model")
+    )
+    sp.add_argument("run_id")
+    sp.add_argument("--events", action="store_true", help="list every review event too")
+    sp.set_defaults(func=cmd_lineage)
 
 
 def _add_ui(sub) -> None:
@@ -902,6 +983,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_runs,
         _add_promote,
+        _add_review,
+        _add_lineage,
+        interop.add_parser,
         _add_ui,
         _add_prefect,
         serve.add_commands,

@@ -1,7 +1,8 @@
 """Run every benchmark (or the ones named) and print their figures: ``python -m bench [name ...]``.
 
 Benchmarks print numbers; they never assert timings. Each module in bench/ named ``bench_*.py`` exposes
-``main()``; one that needs absent data or packages prints why it skipped.
+``main()``; one that needs absent data or packages prints why it skipped. Options after one benchmark's
+name go to its ``main(argv)``: ``python -m bench active --quick``.
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def main(argv: list[str]) -> int:
     names = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    cut = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    argv, options = argv[:cut], argv[cut:]
     wanted = [a if a.startswith("bench_") else f"bench_{a}" for a in argv] or names
     unknown = [w for w in wanted if w not in names]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choices: {names}", file=sys.stderr)
+        return 2
+    if options and len(wanted) != 1:
+        print(f"options {options} need exactly one benchmark named before them", file=sys.stderr)
         return 2
     failed = 0
     for name in wanted:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
         try:
-            importlib.import_module(f"bench.{name}").main()
+            module = importlib.import_module(f"bench.{name}")
+            module.main(options) if options else module.main()
         except Exception:  # one broken benchmark must not hide the others' figures
             failed += 1
             traceback.print_exc()

@@ -18,12 +18,15 @@ from ner_core.metrics import TypeScores
 __all__ = [
     "DatasetSource",
     "EvaluateSummary",
+    "ExportSummary",
     "FilesSource",
     "IngestSummary",
     "NothingToPredict",
     "PipelineSummary",
     "PredictSummary",
     "PredictionSource",
+    "PromotionComparison",
+    "RetrainSummary",
     "SqlSource",
     "TrainSummary",
     "parse_source",
@@ -134,6 +137,52 @@ class PipelineSummary(_Contract):
     train: TrainSummary
     evaluate: EvaluateSummary
     predict: PredictSummary
+
+
+class ExportSummary(_Contract):
+    """Reviewed documents stored as a dataset version by :func:`storage.review_export.export_reviews`."""
+
+    dataset: str
+    version: int
+    created: bool = Field(description="false when no review event was new (no new version)")
+    split: str
+    documents: int
+    entities: int
+    labels: list[str]
+    added_labels: list[str] = Field(description="labels reviewers added explicitly (add_label)")
+    pred_runs: list[str]
+    events: int = Field(description="review events behind the version")
+    new_events: int
+    left_out: int = Field(description="reviewed documents not exported (leak or bad spans)")
+    left_out_leak: int = Field(description="... of them because they are in a dev/test split")
+    message: str
+
+
+class PromotionComparison(_Contract):
+    """The candidate and the production model scored on the same test split version; ``promoted`` only
+    when the candidate's entity F1 is higher (or there was no production model)."""
+
+    dataset: str
+    dataset_version: int
+    split: str
+    candidate_run_id: str
+    candidate_f1: float
+    production_run_id: str | None
+    production_f1: float | None
+    promoted: bool
+    reason: str
+
+
+class RetrainSummary(_Contract):
+    """``retrain-from-reviews``: export, train on base + export, compare, maybe promote. ``status`` is
+    ``skipped`` (fewer new decisions than asked, or that data was already trained on) or ``compared``."""
+
+    status: Literal["skipped", "compared"]
+    message: str
+    new_decisions: int
+    export: ExportSummary | None = None
+    train: TrainSummary | None = None
+    comparison: PromotionComparison | None = None
 
 
 # ----------------------------------------------------------------------------------------- sources

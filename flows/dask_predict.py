@@ -63,7 +63,8 @@ def tag_shard(
     or saved, a worker tags on the CPU (one thread per worker, see :func:`make_task_runner`), never on
     whatever GPU it may find.
 
-    Returns [(doc_id, text, [PredictedEntity, ...]), ...] in the order of ``items`` (picklable rows)."""
+    Returns [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] in the order of ``items`` (picklable
+    rows; the uncertainty is the document's summed CRF token entropy, as the single-process path stores)."""
     from ner_core.modeldir import load_model_dir
     from ner_core.predict import Tagger
 
@@ -77,8 +78,8 @@ def tag_shard(
     if options.device is None and loaded.config.prediction.device is None:
         options = options.model_copy(update={"device": "cpu"})
     tagger = Tagger.from_loaded(loaded, options)
-    preds = tagger.predict([text for _, text in items])
-    return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
+    preds = tagger.predict_documents([text for _, text in items])
+    return [(doc_id, text, p.entities, p.uncertainty) for (doc_id, text), p in zip(items, preds)]
 
 
 def store_shard_rows(

@@ -3,7 +3,8 @@
 Flows: ``ingest``, ``train``, ``evaluate``, ``evaluate-production`` (weekly re-evaluation), ``predict``,
 ``predict-new`` (incremental nightly batch: only documents the production model has not tagged yet) and
 ``pipeline`` (ingest -> train -> evaluate -> predict as subflows). The Dask-sharded batch prediction is in
-:mod:`flows.dask_predict`.
+:mod:`flows.dask_predict`; the review loop's ``export-reviews`` and ``retrain-from-reviews`` in
+:mod:`flows.review`.
 
 Tasks pass paths and ids; I/O-bound tasks retry. Artifacts carry stable keys so the Prefect UI shows their
 history: ``eval-<dataset>-<split>`` (per-type table), ``run-report-<dataset>`` (Markdown evaluation report),
@@ -112,9 +113,14 @@ def ingest_task(
 
 @task(name="train")
 def train_task(
-    db_path: str, config: NERConfig, runs_root: str, run_id: str | None = None, resume: bool = False
+    db_path: str,
+    config: NERConfig,
+    runs_root: str,
+    run_id: str | None = None,
+    resume: bool = False,
+    plus: str | None = None,
 ) -> TrainSummary:
-    result = steps.train_step(db_path, config, runs_root, run_id=run_id, resume=resume)
+    result = steps.train_step(db_path, config, runs_root, run_id=run_id, resume=resume, plus=plus)
     create_markdown_artifact(
         markdown=_train_markdown(db_path, result),
         key=_key("train-report", config.data.dataset, config.head.type.value),
@@ -212,9 +218,15 @@ def ingest_flow(
 
 @flow(name="train", flow_run_name=_train_run_name)
 def train_flow(
-    db_path: str, config: NERConfig, runs_root: str = "runs", run_id: str | None = None, resume: bool = False
+    db_path: str,
+    config: NERConfig,
+    runs_root: str = "runs",
+    run_id: str | None = None,
+    resume: bool = False,
+    plus: str | None = None,
 ) -> TrainSummary:
-    return train_task(db_path, config, runs_root, run_id, resume)
+    """Train ``config`` on its dataset's train split (plus dataset ``plus``'s, e.g. a review export)."""
+    return train_task(db_path, config, runs_root, run_id, resume, plus)
 
 
 @flow(name="evaluate", flow_run_name=_evaluate_run_name)

@@ -31,7 +31,8 @@ from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
 from storage import query as query_db
 from storage import runs as runs_db
-from storage.datasets import dataset_labels, ingest_dataset, latest_version, load_documents
+from storage.datasets import ingest_dataset, latest_version, load_documents
+from storage.review_export import config_with_plus, run_config_plus, training_documents
 
 
 def new_run_id(config: NERConfig) -> str:
@@ -71,23 +72,34 @@ def ingest_step(
 
 
 def train_step(
-    db_path: str, config: NERConfig, runs_root: str, *, run_id: str | None = None, resume: bool = False
+    db_path: str,
+    config: NERConfig,
+    runs_root: str,
+    *,
+    run_id: str | None = None,
+    resume: bool = False,
+    plus: str | None = None,
+    plus_version: int | None = None,
 ) -> TrainSummary:
-    """Train on the dataset's train split, early-stop on its dev split; rows in runs / epochs."""
+    """Train on the dataset's train split (plus dataset ``plus``'s train split, e.g. a review export),
+    early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's config)."""
     from ner_core.training import train
 
     prev = None
     if resume:
         if not run_id:
             raise ValueError("--resume needs the RUN_ID of the run to continue")
-        # the run's own configuration, dataset version and directory, whatever the command line says now
+        # the run's own configuration, dataset versions and directory, whatever the command line says now
         prev = runs_db.get_run(db_path, run_id)
-        config = NERConfig.model_validate_json(prev["config"])
+        cfg, prev_plus = run_config_plus(prev["config"])
+        config = NERConfig.model_validate(cfg)
+        plus, plus_version = (prev_plus["dataset"], prev_plus["version"]) if prev_plus else (None, None)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
-    train_docs = load_documents(db_path, ds, "train", version)
-    dev_docs = load_documents(db_path, ds, "dev", version)
-    labels = dataset_labels(db_path, ds, version)
+    data = training_documents(db_path, ds, version, plus, plus_version)
+    train_docs, dev_docs, labels = data.train, data.dev, data.labels
+    for note in data.notes:
+        print(note, flush=True)
     run_id = run_id or new_run_id(config)
     run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
     if not resume:
@@ -96,7 +108,7 @@ def train_step(
             run_id,
             dataset=ds,
             dataset_version=version,
-            config_json=config.to_json(),
+            config_json=config_with_plus(config.to_json(), data.plus),
             run_dir=run_dir,
         )
     print(
@@ -113,7 +125,7 @@ def train_step(
             run_dir,
             resume=resume,
             on_epoch=lambda s: runs_db.record_epoch(db_path, run_id, s.__dict__),
-            extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version},
+            extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version, "plus": data.plus},
         )
     except BaseException as exc:
         runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -299,8 +311,9 @@ def run_pipeline(
 
 
 def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: bool) -> None:
-    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write``: a
-    resumed run skips whole stored batches (the tagger sorts windows by length within a batch)."""
+    """Tag ``docs`` in input order, ``batch_docs`` at a time, each batch stored by ``run.write`` with each
+    document's uncertainty (the review queue's order): a resumed run skips whole stored batches (the tagger
+    sorts windows by length within a batch)."""
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -309,8 +322,8 @@ def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: 
     try:
         for b in range(0, len(docs), batch_docs):
             part = docs[b : b + batch_docs]
-            preds = tagger.predict([d.text for d in part], progress=bar.update)
-            run.write([(d.doc_id, d.text, p) for d, p in zip(part, preds)])
+            preds = tagger.predict_documents([d.text for d in part], progress=bar.update)
+            run.write([(d.doc_id, d.text, p.entities, p.uncertainty) for d, p in zip(part, preds)])
     finally:
         bar.close()
 

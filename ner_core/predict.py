@@ -19,6 +19,11 @@ probability ``p(y_t = predicted tag | text)`` (forward-backward over the allowed
 stitched emissions). It is 1.0 only when the CRF is certain of every character of the span; a span whose
 weakest character the model hesitates on gets a low confidence.
 
+Uncertainty of a document (:meth:`Tagger.predict_documents`): the summed token entropy of the same CRF
+marginals, ``-sum_t sum_k p(y_t = k | text) * ln p(y_t = k | text)`` in nats: 0 when the CRF is certain
+of every character's tag, larger the more characters it hesitates on and the more it hesitates (a long
+text sums more characters: it also costs a reviewer more). The review queue orders by it.
+
 On CPU the whole-text Viterbi and forward-backward run in the compiled C kernels of
 :mod:`ner_core._ckernel` (thousands of sequential steps for a 16,000-character text); without a C compiler
 the torch implementations give the same result, more slowly.
@@ -54,6 +59,23 @@ _GROUP_CHARS = 1_000_000
 #: rows and padded positions per batch of the whole-text CRF pass
 _CRF_BATCH = 64
 _CRF_CELLS = 262_144
+
+
+@dataclass(frozen=True)
+class DocumentPrediction:
+    """The entities of one text and its uncertainty (summed token entropy of the CRF marginals, nats;
+    ``None`` when marginals were not computed)."""
+
+    entities: list[PredictedEntity]
+    uncertainty: float | None
+
+
+def token_entropy(marginals: np.ndarray) -> np.ndarray:
+    """Per-position entropy (nats) of marginals of shape (T, K) -> (T,); 0 * ln 0 counts as 0."""
+    p = np.clip(marginals.astype(np.float64), 0.0, 1.0)  # (T, K)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)  # (T, K)
+    return -plogp.sum(axis=-1)  # (T,)
 
 
 @dataclass(frozen=True)
@@ -227,8 +249,13 @@ class Tagger:
 
     @torch.inference_mode()
     def tag_texts(
-        self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
-    ) -> list[tuple[list[str], list[float]]]:
+        self,
+        texts: Sequence[str],
+        *,
+        confidence: bool = True,
+        progress: Callable[[int], None] | None = None,
+        uncertainty: bool = False,
+    ) -> list[tuple]:
         """Per text: one tag per character and the marginal probability of that tag.
 
         Args:
@@ -236,9 +263,12 @@ class Tagger:
             confidence: compute CRF marginals (else every probability is 1.0; a little faster).
             progress: called after each batch of windows with the number of characters it covered for
                 the first time (overlaps counted once: the calls add up to the texts' total length).
+            uncertainty: also return each text's summed token entropy of the marginals (``None``
+                without ``confidence``; 0.0 for an empty text).
 
         Returns:
-            N pairs ``(tags, probs)``, each of length ``len(text)``.
+            N pairs ``(tags, probs)``, each of length ``len(text)``; with ``uncertainty``, N triples
+            ``(tags, probs, entropy)``.
         """
         self._check_texts(texts)
         out: list[tuple[list[str], list[float]]] = []
@@ -254,11 +284,11 @@ class Tagger:
             size += len(text)
         if group:
             out.extend(self._tag_group(group, confidence, progress))
-        return out
+        return out if uncertainty else [(tags, probs) for tags, probs, _ in out]
 
     def _tag_group(
         self, texts: Sequence[str], confidence: bool, progress: Callable[[int], None] | None
-    ) -> list[tuple[list[str], list[float]]]:
+    ) -> list[tuple[list[str], list[float], float | None]]:
         K = len(self.tags)
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
@@ -289,13 +319,18 @@ class Tagger:
                 progress(first_seen)
         return self._decode(stitched, confidence)
 
-    def _decode(self, stitched: list[np.ndarray], confidence: bool) -> list[tuple[list[str], list[float]]]:
+    def _decode(
+        self, stitched: list[np.ndarray], confidence: bool
+    ) -> list[tuple[list[str], list[float], float | None]]:
         """One CRF pass over each whole text's stitched emissions: Viterbi tags and, with ``confidence``,
-        the posterior marginal of each chosen tag. Texts are decoded in length-sorted, padded batches."""
+        the posterior marginal of each chosen tag and the text's summed token entropy. Texts are decoded
+        in length-sorted, padded batches."""
         crf = self.model.crf
         # the C kernels run on CPU arrays; without them the torch implementations run where the CRF is
         where = torch.device("cpu") if _ckernel.load() is not None else crf.allowed_trans.device
-        out: list[tuple[list[str], list[float]]] = [([], []) for _ in stitched]
+        out: list[tuple[list[str], list[float], float | None]] = [
+            ([], [], 0.0 if confidence else None) for _ in stitched
+        ]
         order = sorted((i for i, em in enumerate(stitched) if len(em)), key=lambda i: len(stitched[i]))
         b = 0
         while b < len(order):
@@ -321,11 +356,13 @@ class Tagger:
             for r, i in enumerate(rows):
                 n = int(lengths[r])
                 path = paths[r, :n]
+                entropy = None
                 if marg is not None:
                     probs = marg[r, np.arange(n), path].astype(np.float64).tolist()
+                    entropy = round(float(token_entropy(marg[r, :n]).sum()), 6)
                 else:
                     probs = [1.0] * n
-                out[i] = ([self.tags[k] for k in path.tolist()], probs)
+                out[i] = ([self.tags[k] for k in path.tolist()], probs, entropy)
             b = e
         return out
 
@@ -333,21 +370,37 @@ class Tagger:
         self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
     ) -> list[list[PredictedEntity]]:
         """Entities per text, half-open character spans over the original text (see module docstring)."""
-        out = []
-        for text, (tags, probs) in zip(
-            texts, self.tag_texts(texts, confidence=confidence, progress=progress)
-        ):
-            ents = []
-            for sp in tags_to_spans(tags, self.scheme):
-                start, end = sp.start, sp.end
-                # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
-                while start < end and text[start].isspace():
-                    start += 1
-                while end > start and text[end - 1].isspace():
-                    end -= 1
-                if start == end:
-                    continue
-                conf = min(probs[start:end]) if confidence else 1.0
-                ents.append(PredictedEntity(start, end, sp.label, text[start:end], round(conf, 6)))
-            out.append(ents)
-        return out
+        return [
+            self._entities(text, tags, probs, confidence)
+            for text, (tags, probs) in zip(
+                texts, self.tag_texts(texts, confidence=confidence, progress=progress)
+            )
+        ]
+
+    def predict_documents(
+        self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None
+    ) -> list[DocumentPrediction]:
+        """Per text: its entities (as :meth:`predict`) and its uncertainty, the summed token entropy of the
+        CRF marginals (see module docstring); what a stored prediction run keeps."""
+        tagged = self.tag_texts(texts, confidence=True, progress=progress, uncertainty=True)
+        return [
+            DocumentPrediction(self._entities(text, tags, probs, True), entropy)
+            for text, (tags, probs, entropy) in zip(texts, tagged)
+        ]
+
+    def _entities(
+        self, text: str, tags: list[str], probs: list[float], confidence: bool
+    ) -> list[PredictedEntity]:
+        ents = []
+        for sp in tags_to_spans(tags, self.scheme):
+            start, end = sp.start, sp.end
+            # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if start == end:
+                continue
+            conf = min(probs[start:end]) if confidence else 1.0
+            ents.append(PredictedEntity(start, end, sp.label, text[start:end], round(conf, 6)))
+        return ents

@@ -2,6 +2,10 @@
 
 A prediction run is written one way, by :class:`PredictionRunWriter` (start: resume or replace; one
 transaction per batch of documents; completed or failed). Bulk rows go in through Arrow.
+
+A prediction run with review events (``storage.reviews``) is never replaced, added to or deleted: the
+reviews point at the entities the reviewer saw. Re-running the same model on the same input then writes a
+new run, ``<id>-r2`` (``-r3``, ...: the first without review events), and the reviewed one keeps its rows.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from storage.db import rows as _rows
 from storage.query import query
 
 _DOC_SCHEMA = pa.schema(
-    [("pred_run_id", pa.string()), ("doc_id", pa.string()), ("text", pa.string()), ("n_entities", pa.int32())]
+    [
+        ("pred_run_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("text", pa.string()),
+        ("n_entities", pa.int32()),
+        ("uncertainty", pa.float64()),
+    ]
 )
 
 
@@ -66,12 +76,18 @@ def start_prediction_run(
 
     ``replace=True`` deletes the run's earlier rows first (same model, same input: rows are replaced,
     never duplicated); ``replace=False`` keeps them and returns their doc_ids so the caller skips them.
+    A run with review events is never replaced: ``ValueError`` (see :func:`unreviewed_run_id`).
     """
     if not pred_run_id:
         raise ValueError(f"expected a non-empty pred_run_id, got {pred_run_id!r}")
     if input_kind not in ("file", "dataset", "sql", "texts"):
         raise ValueError(f"input_kind must be file, dataset, sql or texts, got {input_kind!r}")
     with open_db(db_path) as con:
+        if replace and _n_review_events(con, pred_run_id):
+            raise ValueError(
+                f"prediction run {pred_run_id} has review events: it is never replaced (PredictionRunWriter "
+                f"writes a new run, {pred_run_id}-r2 or later, instead)"
+            )
         con.execute("BEGIN")
         if replace:
             con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ?", [pred_run_id])
@@ -92,21 +108,26 @@ def start_prediction_run(
     return done
 
 
-def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple[str, str, list]]) -> int:
-    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...]), ...], in one transaction.
+def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple]) -> int:
+    """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] (the
+    uncertainty, the document's summed CRF token entropy, may be left out or ``None``), in one transaction.
 
     Idempotent per document: rows of these doc_ids already stored for the run are replaced. Returns the
     number of entity rows written.
     """
     if not docs:
         return 0
-    doc_rows = {"pred_run_id": [], "doc_id": [], "text": [], "n_entities": []}
+    doc_rows = {k: [] for k in _DOC_SCHEMA.names}
     ent_rows = {k: [] for k in _ENT_SCHEMA.names}
-    for doc_id, text, ents in docs:
+    for row in docs:
+        if len(row) not in (3, 4):
+            raise ValueError(f"expected (doc_id, text, entities[, uncertainty]) rows, got {len(row)} fields")
+        doc_id, text, ents = row[:3]
         doc_rows["pred_run_id"].append(pred_run_id)
         doc_rows["doc_id"].append(doc_id)
         doc_rows["text"].append(text)
         doc_rows["n_entities"].append(len(ents))
+        doc_rows["uncertainty"].append(row[3] if len(row) == 4 else None)
         for e in ents:
             for k, v in zip(
                 _ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)
@@ -115,11 +136,25 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
     with open_db(db_path) as con:
         con.execute("BEGIN")
         con.register("_docs", pa.table(doc_rows, schema=_DOC_SCHEMA))
+        reviewed = con.execute(
+            "SELECT min(doc_id) FROM review_events "
+            "WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
+            [pred_run_id],
+        ).fetchone()[0]
+        if reviewed is not None:
+            con.execute("ROLLBACK")
+            raise ValueError(
+                f"prediction run {pred_run_id} has review events on document {reviewed!r}: its rows are "
+                f"never replaced (write a new prediction run)"
+            )
         con.execute(
             "DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
             [pred_run_id],
         )
-        con.execute("INSERT OR REPLACE INTO predicted_documents SELECT * FROM _docs")
+        con.execute(
+            "INSERT OR REPLACE INTO predicted_documents (pred_run_id, doc_id, text, n_entities, uncertainty) "
+            "SELECT pred_run_id, doc_id, text, n_entities, uncertainty FROM _docs"
+        )
         con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
         con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
         con.execute("COMMIT")
@@ -140,8 +175,26 @@ def finish_prediction_run(db_path: str | Path, pred_run_id: str, *, status: str,
         return _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])[0]
 
 
+def _n_review_events(con, pred_run_id: str) -> int:
+    return int(
+        con.execute("SELECT count(*) FROM review_events WHERE pred_run_id = ?", [pred_run_id]).fetchone()[0]
+    )
+
+
+def unreviewed_run_id(db_path: str | Path, pred_run_id: str) -> str:
+    """``pred_run_id`` itself, or when that run has review events the first of ``<id>-r2``, ``<id>-r3``,
+    ... that has none: where a re-run of the same model on the same input writes its rows."""
+    with open_db(db_path) as con:
+        candidate, n = pred_run_id, 1
+        while _n_review_events(con, candidate):
+            n += 1
+            candidate = f"{pred_run_id}-r{n}"
+        return candidate
+
+
 def prediction_run_id(model_dir: str, input_ref: str) -> str:
-    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them.
+    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them
+    (unless the run has review events: :class:`PredictionRunWriter` then writes ``<id>-r2``).
 
     The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
     that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
@@ -180,6 +233,9 @@ class PredictionRunWriter:
     ``settings`` (the values that change the predictions: compared with the stored ones) and replaces the
     run's rows otherwise; ``True`` always replaces; ``False`` always resumes (keeps the stored rows).
     ``done`` holds the doc_ids already stored (empty after a replace), ``resumed`` says which it was.
+    When the run ``pred_run_id`` has review events it is left as it is and the writer writes
+    :func:`unreviewed_run_id` instead: ``pred_run_id`` then names that run, ``reviewed_run`` the kept one
+    (``None`` otherwise; stored in the new run's config as ``reviewed_run``).
     The run's stored config is ``settings`` followed by ``extra`` (stored, never compared).
     Each :meth:`write` is one transaction. Leaving the block finishes the run as ``completed``; an
     exception finishes it as ``failed`` and propagates. ``seconds`` count from ``t0`` (a
@@ -217,9 +273,14 @@ class PredictionRunWriter:
         self.done: set[str] = set()
         self.resumed = False
         self.row: dict | None = None
+        self.reviewed_run: str | None = None
 
     def start(self) -> set[str]:
         """Register the run (resume or replace); returns the doc_ids already stored for it."""
+        run_id = unreviewed_run_id(self.db_path, self.pred_run_id)
+        if run_id != self.pred_run_id:  # a reviewed run is never replaced or added to: a new run instead
+            self.reviewed_run, self.pred_run_id = self.pred_run_id, run_id
+            self.extra["reviewed_run"] = self.reviewed_run
         replace = self.replace
         if replace is None:
             replace = not _resumable(get_prediction_run(self.db_path, self.pred_run_id), self.settings)

@@ -140,8 +140,12 @@ def epochs(db_path: str | Path, run_id: str) -> list[dict]:
         return _rows(con, "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", [run_id])
 
 
-def promote_run(db_path: str | Path, run_id: str) -> None:
-    """Mark ``run_id`` (a completed run with a model) as the production model; only one is."""
+def promote_run(
+    db_path: str | Path, run_id: str, *, reason: str = "manual", comparison: dict | None = None
+) -> str | None:
+    """Mark ``run_id`` (a completed run with a model) as the production model (only one is) and record the
+    promotion in ``model_promotions`` (with ``reason`` and the ``comparison`` that decided it, if any), in
+    one transaction. Returns the run that was production before (``None``: none)."""
     with open_db(db_path) as con:
         row = con.execute("SELECT status, model_dir FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
@@ -150,10 +154,58 @@ def promote_run(db_path: str | Path, run_id: str) -> None:
             raise ValueError(
                 f"run {run_id!r} is {row[0]} and has no model: only a completed run can be promoted"
             )
-        con.execute("BEGIN")
+        return _set_production(con, run_id, reason, comparison)
+
+
+def _set_production(con, run_id: str, reason: str, comparison: dict | None) -> str | None:
+    con.execute("BEGIN")
+    try:
+        prev = con.execute("SELECT run_id FROM runs WHERE is_production").fetchone()
+        prev_id = prev[0] if prev else None
         con.execute("UPDATE runs SET is_production = false WHERE is_production")
         con.execute("UPDATE runs SET is_production = true WHERE run_id = ?", [run_id])
+        con.execute(
+            "INSERT INTO model_promotions (promoted_at, run_id, previous_run_id, reason, comparison) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [_now(), run_id, prev_id, reason, json.dumps(comparison) if comparison is not None else None],
+        )
         con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return prev_id
+
+
+def rollback_production(db_path: str | Path) -> tuple[str, str]:
+    """Return to the production model that the current one replaced; recorded as a promotion with reason
+    ``rollback``. Rolling back again goes one step further back (the history is a stack: a rollback
+    returns to the model that the current one's own promotion replaced). Returns ``(from_run, to_run)``;
+    ``ValueError`` when there is no production run or no earlier production model to return to."""
+    with open_db(db_path) as con:
+        cur = con.execute("SELECT run_id FROM runs WHERE is_production").fetchone()
+        if cur is None:
+            raise ValueError(f"no production run in {db_path}: nothing to roll back")
+        row = con.execute(
+            "SELECT previous_run_id FROM model_promotions WHERE run_id = ? AND reason IS DISTINCT FROM "
+            "'rollback' ORDER BY promoted_at DESC LIMIT 1",
+            [cur[0]],
+        ).fetchone()
+        if row is None or row[0] is None:
+            raise ValueError(
+                f"run {cur[0]} is the production model and no earlier production model is recorded "
+                "(model_promotions): nothing to roll back to"
+            )
+        target = con.execute("SELECT status, model_dir FROM runs WHERE run_id = ?", [row[0]]).fetchone()
+        if target is None or target[0] != "completed" or not target[1]:
+            raise ValueError(f"the previous production run {row[0]} no longer has a model: cannot roll back")
+        _set_production(con, row[0], "rollback", None)
+    return cur[0], row[0]
+
+
+def promotion_history(db_path: str | Path) -> list[dict]:
+    """Every promotion and rollback, oldest first (``comparison`` as stored JSON text)."""
+    with open_db(db_path, read_only=True) as con:
+        return _rows(con, "SELECT * FROM model_promotions ORDER BY promoted_at, rowid")
 
 
 def production_run(db_path: str | Path) -> dict | None:

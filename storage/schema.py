@@ -276,6 +276,139 @@ CREATE VIEW v_low_confidence_entities AS
     WHERE confidence < 0.5;
 """
 
+_V4_REVIEWS = """
+CREATE TABLE review_events (                  -- append-only: a row is never updated or deleted
+    event_id     VARCHAR PRIMARY KEY,         -- made by the client (uuid): the spool's idempotency key
+    pred_run_id  VARCHAR   NOT NULL,
+    doc_id       VARCHAR   NOT NULL,
+    doc_hash     VARCHAR   NOT NULL,          -- sha256 of the text the reviewer saw
+    reviewer     VARCHAR   NOT NULL CHECK (length(trim(reviewer)) > 0),
+    action       VARCHAR   NOT NULL CHECK (action IN ('accept', 'reject', 'relabel', 'adjust', 'add',
+                                                      'add_label', 'done', 'skip', 'undo')),
+    "start"      INTEGER,                     -- the entity acted on (its key): the predicted span, or the
+    "end"        INTEGER,                     -- added span for add; NULL for add_label, done, skip, undo
+    label        VARCHAR,                     -- the entity's label; the new label's name for add_label
+    new_start    INTEGER,                     -- adjust: the new boundaries
+    new_end      INTEGER,
+    new_label    VARCHAR,                     -- relabel (and optionally adjust): the new label
+    ref_event_id VARCHAR,                     -- undo: the event it cancels
+    created_at   TIMESTAMP NOT NULL,          -- when the reviewer decided (kept from the spool)
+    recorded_at  TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+
+CREATE TABLE review_exports (                 -- which review events made which dataset version
+    dataset  VARCHAR NOT NULL,
+    version  INTEGER NOT NULL,
+    event_id VARCHAR NOT NULL,
+    PRIMARY KEY (dataset, version, event_id)
+);
+
+CREATE TABLE model_promotions (               -- production-model history (rollback returns to previous)
+    promoted_at     TIMESTAMP NOT NULL,
+    run_id          VARCHAR   NOT NULL,
+    previous_run_id VARCHAR,
+    reason          VARCHAR,
+    comparison      JSON
+);
+
+ALTER TABLE predicted_documents ADD COLUMN uncertainty DOUBLE;  -- summed CRF token entropy; NULL: older rows
+
+-- events still in force: an undo cancels the event it names (and is not itself a decision)
+CREATE VIEW v_review_effective AS
+    SELECT e.* FROM review_events e
+    WHERE e.action <> 'undo'
+      AND NOT EXISTS (SELECT 1 FROM review_events u
+                      WHERE u.action = 'undo' AND u.ref_event_id = e.event_id
+                        AND u.pred_run_id = e.pred_run_id AND u.doc_id = e.doc_id);
+
+-- the latest decision (by created_at, then recorded_at, then event_id) per entity key, over all reviewers
+CREATE VIEW v_review_latest AS
+    SELECT * FROM v_review_effective
+    WHERE action IN ('accept', 'reject', 'relabel', 'adjust', 'add')
+    QUALIFY row_number() OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label
+                               ORDER BY created_at DESC, recorded_at DESC, event_id DESC) = 1;
+
+-- a document is reviewed once a done event (not undone) exists for it
+CREATE VIEW v_reviewed_documents AS
+    SELECT pred_run_id, doc_id, max(created_at) AS reviewed_at,
+           string_agg(DISTINCT reviewer, ', ' ORDER BY reviewer) AS reviewers
+    FROM v_review_effective WHERE action = 'done'
+    GROUP BY pred_run_id, doc_id;
+
+-- per (pred_run_id, doc_id): the predicted entities after the latest decision on each (later wins), plus
+-- the added ones, minus the rejected ones. key_* name the entity as events do (its predicted or added span)
+CREATE VIEW v_review_current AS
+    WITH keys AS (
+        SELECT pred_run_id, doc_id, "start", "end", label, confidence, false AS added
+        FROM predicted_entities
+        UNION ALL
+        SELECT l.pred_run_id, l.doc_id, l."start", l."end", l.label, NULL AS confidence, true AS added
+        FROM v_review_latest l
+        WHERE NOT EXISTS (SELECT 1 FROM predicted_entities p
+                          WHERE p.pred_run_id = l.pred_run_id AND p.doc_id = l.doc_id
+                            AND p."start" = l."start" AND p."end" = l."end" AND p.label = l.label)
+    ),
+    cur AS (
+        SELECT k.pred_run_id, k.doc_id, k."start" AS key_start, k."end" AS key_end, k.label AS key_label,
+               CASE WHEN l.action = 'adjust' THEN l.new_start ELSE k."start" END AS "start",
+               CASE WHEN l.action = 'adjust' THEN l.new_end ELSE k."end" END AS "end",
+               CASE WHEN l.action IN ('relabel', 'adjust') THEN coalesce(l.new_label, k.label)
+                    ELSE k.label END AS label,
+               k.confidence,
+               CASE WHEN k.added THEN 'added'
+                    WHEN l.action IS NULL THEN 'predicted'
+                    WHEN l.action IN ('accept', 'add') THEN 'accepted'
+                    ELSE 'corrected' END AS state,
+               l.action AS last_action, l.reviewer, l.created_at AS decided_at, l.event_id
+        FROM keys k
+        LEFT JOIN v_review_latest l USING (pred_run_id, doc_id, "start", "end", label)
+        WHERE l.action IS NULL OR l.action <> 'reject'
+    )
+    SELECT c.pred_run_id, c.doc_id, c."start", c."end", c.label,
+           substr(d.text, c."start" + 1, c."end" - c."start") AS text, c.confidence, c.state,
+           c.key_start, c.key_end, c.key_label, c.last_action, c.reviewer, c.decided_at, c.event_id,
+           r.doc_id IS NOT NULL AS reviewed
+    FROM cur c
+    JOIN predicted_documents d USING (pred_run_id, doc_id)
+    LEFT JOIN v_reviewed_documents r USING (pred_run_id, doc_id);
+
+-- entities on which two reviewers' latest decisions differ (one row per reviewer; the outcome is what the
+-- decision makes of the entity: 'reject' or 'LABEL[start,end)')
+CREATE VIEW v_review_disagreements AS
+    WITH per_reviewer AS (
+        SELECT pred_run_id, doc_id, "start", "end", label, reviewer, action, new_start, new_end, new_label,
+               created_at, event_id,
+               CASE WHEN action = 'reject' THEN 'reject'
+                    WHEN action = 'adjust' THEN coalesce(new_label, label) || '[' || new_start || ','
+                                                || new_end || ')'
+                    WHEN action = 'relabel' THEN new_label || '[' || "start" || ',' || "end" || ')'
+                    ELSE label || '[' || "start" || ',' || "end" || ')' END AS outcome
+        FROM v_review_effective
+        WHERE action IN ('accept', 'reject', 'relabel', 'adjust', 'add')
+        QUALIFY row_number() OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label, reviewer
+                                   ORDER BY created_at DESC, recorded_at DESC, event_id DESC) = 1
+    )
+    SELECT * FROM per_reviewer
+    QUALIFY count(DISTINCT outcome) OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label) > 1;
+-- One row per (run, dataset version it trained on, review event behind that version): the base dataset
+-- (runs.dataset / dataset_version) and the ``--plus`` one (runs.config's "plus"): "which dataset versions
+-- and review events made this model".
+CREATE VIEW v_model_lineage AS
+WITH trained_on AS (
+    SELECT run_id, 'base' AS role, dataset, dataset_version AS version FROM runs
+    UNION ALL
+    SELECT run_id, 'plus' AS role, json_extract_string(config, '$.plus.dataset') AS dataset,
+           CAST(json_extract(config, '$.plus.version') AS INTEGER) AS version
+    FROM runs WHERE json_extract(config, '$.plus.dataset') IS NOT NULL
+)
+SELECT t.run_id, t.role, t.dataset, t.version, d.format = 'review' AS is_review_export,
+       e.event_id, e.pred_run_id, e.doc_id, e.reviewer, e.action, e.created_at
+FROM trained_on t
+LEFT JOIN datasets d ON d.name = t.dataset AND d.version = t.version
+LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
+LEFT JOIN review_events e ON e.event_id = x.event_id;
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -294,6 +427,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "prediction views: predicted_disagreements(a, b) and document_entities(run, doc) table macros, "
         "v_prediction_runs, v_low_confidence_entities",
         _V3_PREDICTION_VIEWS,
+    ),
+    (
+        4,
+        "review events, review exports, promotions, document uncertainty + review views "
+        "(v_review_current, v_review_disagreements, v_reviewed_documents, v_model_lineage)",
+        _V4_REVIEWS,
     ),
 ]
 

@@ -69,6 +69,9 @@ def test_every_subcommand_is_there():
         "prefect",
         "demo",
         "convert-checkpoint",
+        "review",
+        "lineage",
+        "export",
     } <= set(sub.choices)
 
 

@@ -99,7 +99,8 @@ def _rows(db, pred_run_id):
         [pred_run_id],
     ).fetchall()
     docs = con.execute(
-        "SELECT doc_id, text, n_entities FROM predicted_documents WHERE pred_run_id = ? ORDER BY doc_id",
+        "SELECT doc_id, text, n_entities, uncertainty FROM predicted_documents "
+        "WHERE pred_run_id = ? ORDER BY doc_id",
         [pred_run_id],
     ).fetchall()
     con.close()
@@ -108,7 +109,9 @@ def _rows(db, pred_run_id):
 
 def _same(a, b):
     (docs_a, ents_a), (docs_b, ents_b) = a, b
-    assert docs_a == docs_b
+    assert [d[:3] for d in docs_a] == [d[:3] for d in docs_b]
+    assert None not in [d[3] for d in docs_a + docs_b]  # both paths store the document's uncertainty
+    assert [d[3] for d in docs_a] == pytest.approx([d[3] for d in docs_b], abs=1e-4)
     assert [e[:5] for e in ents_a] == [e[:5] for e in ents_b]
     assert [e[5] for e in ents_a] == pytest.approx([e[5] for e in ents_b], abs=1e-5)
 

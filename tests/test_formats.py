@@ -129,6 +129,7 @@ def test_bad_file_reports_code_and_line(
 def test_every_problem_code_has_a_crafted_file():
     codes = {c[1] for c in CASES} | {"mention_mismatch"}
     documented = set(CODES) - {"duplicate_across_splits"}  # found by the ingest: tests/test_storage.py
+    documented -= {"unannotated"}  # Label Studio tasks: tests/test_interop.py
     assert documented == {
         "invalid_utf8",
         "invalid_json",
@@ -243,6 +244,8 @@ def test_detect_each_format(tmp_path):
         "cluener": json.dumps({"text": "北京", "label": {"address": {"北京": [[0, 1]]}}}, ensure_ascii=False),
         "jsonl": json.dumps({"text": "北京", "entities": []}, ensure_ascii=False),
         "text": "今天天气很好。\n北京欢迎你。\n",
+        "label_studio": json.dumps([{"data": {"text": "北京"}, "annotations": []}], ensure_ascii=False),
+        "doccano": json.dumps({"text": "北京", "label": [[0, 2, "LOC"]]}, ensure_ascii=False),
     }
     assert set(files) == set(FORMATS)
     for fmt, content in files.items():

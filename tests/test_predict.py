@@ -278,6 +278,58 @@ def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
     assert n > 0
 
 
+def test_document_uncertainty_is_the_summed_token_entropy_of_the_crf_marginals(loaded, long_text):
+    """predict_documents: the same entities as predict, and per text -sum_t sum_k p ln p over the CRF
+    marginals of the whole text (recomputed here from the emissions with the torch forward-backward)."""
+    import numpy as np
+
+    from ner_core.predict import Tagger
+
+    fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer), transitions=True)
+    tagger = Tagger(fake, loaded.tokenizer, max_len=40, stride=30)
+    texts = [long_text[:90], "", "A股 😀 iPhone 15，余额宝。", long_text[200:230]]
+    docs = tagger.predict_documents(texts)
+    assert [d.entities for d in docs] == tagger.predict(texts)
+    assert docs[1].uncertainty == 0.0 and docs[1].entities == []
+    for text, doc in zip(texts, docs):
+        if not text:
+            continue
+        ids = torch.tensor(tagger.aligner.char_ids(text)).unsqueeze(0)  # (1, T)
+        with torch.inference_mode():
+            em = fake.table[ids]  # (1, T, K)
+            marg = fake.crf.marginals(em, torch.ones(ids.shape, dtype=torch.bool), backend="torch")[0]
+        p = marg.double().numpy()  # (T, K)
+        expected = float(-(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum())
+        assert doc.uncertainty == pytest.approx(expected, rel=1e-4, abs=1e-4) and doc.uncertainty > 0
+    # a model sure of every character (O everywhere): no uncertainty; one without any preference: more
+    with torch.no_grad():
+        fake.table.zero_()
+        fake.table[:, loaded.tags.index("O")] = 50.0
+    sure = tagger.predict_documents([texts[0]])[0].uncertainty
+    with torch.no_grad():
+        fake.table.zero_()
+    unsure = tagger.predict_documents([texts[0]])[0].uncertainty
+    assert sure < 1e-3 < docs[0].uncertainty < unsure
+    assert tagger.tag_texts([texts[0]], confidence=False, uncertainty=True)[0][2] is None
+
+
+def test_a_prediction_run_stores_each_documents_uncertainty(tmp_path, model_dir, loaded):
+    from flows import steps
+    from ner_core.predict import Tagger
+
+    db, docs = str(tmp_path / "u.duckdb"), _docs(4)
+    out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
+    with duckdb.connect(db, read_only=True) as con:
+        stored = dict(
+            con.execute(
+                "SELECT doc_id, uncertainty FROM predicted_documents WHERE pred_run_id = ?", [out.pred_run_id]
+            ).fetchall()
+        )
+    expected = Tagger.from_loaded(loaded).predict_documents([d.text for d in docs])
+    assert stored == pytest.approx({d.doc_id: e.uncertainty for d, e in zip(docs, expected)}, rel=1e-4)
+    assert all(v > 0 for v in stored.values())
+
+
 def test_tagger_rejects_bad_input(loaded):
     from ner_core.predict import Tagger
 
@@ -362,13 +414,13 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
-    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict
+    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict_documents
 
     def counting_predict(self, texts, **kw):
         tagged.extend(texts)
         return real_predict(self, texts, **kw)
 
-    monkeypatch.setattr("ner_core.predict.Tagger.predict", counting_predict)
+    monkeypatch.setattr("ner_core.predict.Tagger.predict_documents", counting_predict)
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
     )

@@ -46,6 +46,8 @@ def test_one_deployment_per_flow_on_one_shared_pool(spec):
         "flows/pipeline.py:predict_new_flow",
         "flows/pipeline.py:evaluate_production_flow",
         "flows/dask_predict.py:dask_predict_flow",
+        "flows/review.py:export_reviews_flow",
+        "flows/review.py:retrain_from_reviews_flow",
     } == flows
     pool = spec["definitions"]["work_pools"]["local_pool"]
     assert all(d["work_pool"] == pool for d in deployments) and pool["name"] == "ner-local"
@@ -54,7 +56,7 @@ def test_one_deployment_per_flow_on_one_shared_pool(spec):
 
 
 # parameters a deployment leaves to the caller of each run
-RUN_TIME = {"evaluate": {"model_dir": "runs/some-run/model"}}
+RUN_TIME = {"evaluate": {"model_dir": "runs/some-run/model"}, "export-reviews": {"pred_run_id": "some-run"}}
 
 
 def test_parameters_match_flow_signatures_and_validate(spec):
@@ -81,7 +83,18 @@ def test_schedules_nightly_incremental_predict_and_weekly_reevaluation(spec):
         and weekly["schedules"][0]["cron"].split()[4] != "*"
     )
     scheduled = {d["name"] for d in spec["deployments"] if d.get("schedules")}
-    assert scheduled == {"nightly-predict", "weekly-evaluate-production"}
+    assert scheduled == {"nightly-predict", "weekly-evaluate-production", "retrain-from-reviews"}
+
+
+def test_retrain_from_reviews_acts_on_demand_and_on_schedule_only_with_enough_new_decisions(spec):
+    """On demand any new review counts; the schedule's own parameters ask for at least N new decisions
+    (and validate against the flow, as the scheduler will merge them)."""
+    d = next(d for d in spec["deployments"] if d["name"] == "retrain-from-reviews")
+    (schedule,) = d["schedules"]
+    assert d["parameters"]["min_new_decisions"] == 0 and schedule["parameters"]["min_new_decisions"] >= 10
+    assert schedule["cron"].split()[2:] == ["*", "*", "*"]
+    validated = _flow(d["entrypoint"]).validate_parameters({**d["parameters"], **schedule["parameters"]})
+    assert validated["config"].data.dataset == "sample" and validated["pred_run_id"] is None
 
 
 def test_pull_step_sets_the_working_directory_without_git(spec):

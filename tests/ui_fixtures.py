@@ -21,6 +21,8 @@ PAGES = {
     "predictions": "app_pages/predictions.py",
     "try_it": "app_pages/try_it.py",
     "sql": "app_pages/sql.py",
+    "review": "app_pages/review.py",
+    "problems": "app_pages/problems.py",
 }
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy-3cc253c"  # see its README.md
 
@@ -99,4 +101,49 @@ def unpack_legacy_db(dest: Path) -> Path:
     db = dest / "ner.duckdb"
     with gzip.open(dest / "ner.duckdb.gz", "rb") as src, open(db, "wb") as out:
         shutil.copyfileobj(src, out)
+    return db
+
+
+# ------------------------------------------------------------------------------------------ review
+REVIEW_RUN, REVIEW_OTHER = "pred-review-a", "pred-review-b"
+EMOJI_DOC = "d-emoji"
+EMOJI_TEXT = "张伟说😀阿里巴巴在杭州开会，王芳也来了。"  # 😀 is one code point, two UTF-16 units
+# doc_id -> (text, uncertainty, entities of REVIEW_RUN, entities of REVIEW_OTHER); entities (start, end,
+# label, confidence). Uncertain order: d-emoji, d-beijing-1, d-beijing-2b, d-old (no entropy stored), then
+# d-beijing-2 (a near-duplicate of d-beijing-2b, less uncertain).
+REVIEW_DOCS = {
+    EMOJI_DOC: (
+        EMOJI_TEXT,
+        9.0,
+        [(0, 2, "PER", 0.9), (4, 8, "LOC", 0.6), (11, 13, "ORG", 0.4)],
+        [(0, 2, "PER", 0.9), (4, 8, "ORG", 0.7), (9, 11, "LOC", 0.8)],
+    ),
+    "d-beijing-1": ("李雷在北京工作。", 5.0, [(0, 2, "PER", 0.9), (3, 5, "ORG", 0.5)], [(0, 2, "PER", 0.9)]),
+    "d-beijing-2": ("韩梅梅也去北京出差。", 4.0, [(0, 3, "PER", 0.9), (5, 7, "ORG", 0.5)], []),
+    "d-beijing-2b": ("韩梅梅也去北京出差！", 4.5, [(0, 3, "PER", 0.9), (5, 7, "ORG", 0.5)], []),
+    "d-old": ("上海的天气很好。", None, [(0, 2, "LOC", 0.3)], [(0, 2, "LOC", 0.3)]),
+}
+
+
+def build_review_db(tmp: Path) -> str:
+    """A database holding two prediction runs of :data:`REVIEW_DOCS` (no training: rows written through
+    :class:`storage.predictions.PredictionRunWriter`), and a model directory with just its label set."""
+    from ner_core.predict import PredictedEntity
+    from storage.db import connect
+    from storage.predictions import PredictionRunWriter
+
+    db = str(tmp / "review.duckdb")
+    connect(db).close()
+    model = tmp / "model"
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "labels.json").write_text(json.dumps({"labels": ["LOC", "ORG", "PER"]}), encoding="utf-8")
+    for i, run in enumerate((REVIEW_RUN, REVIEW_OTHER)):
+        rows = []
+        for doc_id, (text, unc, *ents) in REVIEW_DOCS.items():
+            found = [PredictedEntity(s, e, lb, text[s:e], c) for s, e, lb, c in ents[i]]
+            rows.append((doc_id, text, found, unc))
+        with PredictionRunWriter(
+            db, run, model_dir=str(model), run_id=None, input_kind="texts", input_ref=run, replace=True
+        ) as w:
+            w.write(rows)
     return db

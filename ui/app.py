@@ -2,7 +2,8 @@
 
 The database path comes from the environment variable ``NER_DB`` and is read again at every rerun.
 Pages live in ``ui/app_pages/``; the shared chrome (database path, refresh button, database checks) runs
-before the selected page. Everything is read-only and goes through :mod:`ui.queries`.
+before the selected page. Reads go through :mod:`ui.queries`; the one page that writes, Review, records
+decisions through :mod:`storage.reviews` (a spool file first, so a busy database loses none).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ PAGES = [
     st.Page("app_pages/curves.py", title="Training curves", icon=":material/show_chart:"),
     st.Page("app_pages/evaluation.py", title="Evaluation", icon=":material/fact_check:"),
     st.Page("app_pages/predictions.py", title="Predictions", icon=":material/search:"),
+    st.Page("app_pages/review.py", title="Review", icon=":material/rate_review:"),
+    st.Page("app_pages/problems.py", title="Ingest problems", icon=":material/report:"),
     st.Page("app_pages/try_it.py", title="Try it", icon=":material/edit_note:"),
     st.Page("app_pages/sql.py", title="SQL", icon=":material/database:"),
 ]
@@ -34,7 +37,7 @@ page = st.navigation(PAGES)
 
 db = db_path()
 with st.sidebar:
-    st.caption("Database (read-only)")
+    st.caption("Database (read-only; the Review page records decisions)")
     st.code(db, language=None)
     if st.button("Refresh data", icon=":material/refresh:", help="clear cached query results and reload"):
         st.cache_data.clear()
@@ -46,7 +49,8 @@ if state.state == "missing":
     st.stop()
 if state.state == "locked":
     st.warning(state.message + " Press **Refresh data** to try again.", icon=":material/hourglass_top:")
-    st.stop()
+    if page.url_path != "review":  # the Review page goes on: decisions wait in its spool, it says how many
+        st.stop()
 if state.state == "empty":
     st.info(state.message, icon=":material/info:")
     st.stop()

@@ -22,8 +22,10 @@ import pandas as pd
 import streamlit as st
 
 from ner_core.metrics import ERROR_KINDS
+from storage import datasets as _datasets
 from storage import evaluations as _evaluations
 from storage import predictions as _predictions
+from storage import reviews as _reviews
 from storage import runs as _runs
 from storage.db import DatabaseLockedError, row_counts
 from storage.query import SqlRejected, entity_labels, query, relations_frame
@@ -34,6 +36,8 @@ LOCK_WAIT_S = 1.0  # how long a read waits for a writer before DatabaseLockedErr
 __all__ = [
     "DbState",
     "all_labels",
+    "dataset_problems",
+    "datasets",
     "SqlRejected",
     "SqlResult",
     "db_state",
@@ -48,6 +52,10 @@ __all__ = [
     "predicted_document",
     "prediction_runs",
     "predicted_docs",
+    "review_document",
+    "review_mentions",
+    "review_progress",
+    "review_queue",
     "run_sql",
     "runs",
     "search_entities",
@@ -246,6 +254,72 @@ def predicted_docs(
 def predicted_document(db_path: str, pred_run_id: str, doc_id: str) -> tuple[str, pd.DataFrame]:
     """(text, entities ordered by start) of one predicted document."""
     return _predictions.predicted_document(_check_path(db_path), pred_run_id, doc_id, wait_s=LOCK_WAIT_S)
+
+
+# ------------------------------------------------------------------------------------------ review
+# The review reads take ``stamp``: the page passes a number it bumps after each write it makes, so a cached
+# result never hides the page's own decisions; other reviewers' show up within TTL_S (or on Refresh).
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def review_queue(
+    db_path: str,
+    pred_run_id: str,
+    order: str,
+    compare_run: str | None = None,
+    search: str | None = None,
+    seed: int = 0,
+    limit: int = 50,
+    stamp: int = 0,
+) -> pd.DataFrame:
+    """The next documents to review (:func:`storage.reviews.review_queue`) as a frame."""
+    rows = _reviews.review_queue(
+        _check_path(db_path),
+        pred_run_id,
+        order,
+        compare_run=compare_run,
+        search=search,
+        seed=seed,
+        limit=limit,
+        wait_s=LOCK_WAIT_S,
+    )
+    return pd.DataFrame(rows)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def review_progress(db_path: str, pred_run_id: str, stamp: int = 0) -> dict:
+    """``{"reviewed", "queued", "skipped", "total"}`` documents of the run."""
+    return _reviews.review_progress(_check_path(db_path), pred_run_id, wait_s=LOCK_WAIT_S)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def review_document(db_path: str, pred_run_id: str, doc_id: str, stamp: int = 0) -> dict:
+    """One document with its current entities, events, disagreements and labels
+    (:func:`storage.reviews.document_for_review`); ``KeyError`` when the run has no such document."""
+    return _reviews.document_for_review(_check_path(db_path), pred_run_id, doc_id, wait_s=LOCK_WAIT_S)
+
+
+def review_mentions(db_path: str, pred_run_id: str, text: str, label: str | None) -> list[dict]:
+    """Current entities with this exact mention (and label) in documents not reviewed yet; not cached (read
+    right before the page writes a decision for each)."""
+    return _reviews.identical_mentions(_check_path(db_path), pred_run_id, text, label, wait_s=LOCK_WAIT_S)
+
+
+# -------------------------------------------------------------------------------- datasets, problems
+PROBLEM_COLUMNS = ["file", "line", "record", "code", "severity", "message"]
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def datasets(db_path: str) -> pd.DataFrame:
+    """One row per dataset version (name, version, format, counts, n_errors, n_warnings), newest first."""
+    rows = _datasets.list_datasets(_check_path(db_path))
+    cols = ["name", "version", "created_at", "format", "n_documents", "n_entities", "n_errors", "n_warnings"]
+    return pd.DataFrame([{c: r[c] for c in cols} for r in rows], columns=cols)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def dataset_problems(db_path: str, dataset: str, version: int) -> pd.DataFrame:
+    """The problems recorded when ``dataset`` version ``version`` was ingested, by file then line."""
+    found = _datasets.load_problems(_check_path(db_path), dataset, int(version))
+    return pd.DataFrame([p.model_dump() for p in found], columns=PROBLEM_COLUMNS)
 
 
 # --------------------------------------------------------------------------------------------- SQL

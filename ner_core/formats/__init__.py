@@ -12,9 +12,15 @@ Formats (:data:`FORMATS`), detected from the content by :func:`detect_format` or
 ``jsonl``      JSON lines ``{"text": ..., "entities": [{"start": s, "end": e, "label": l}, ...]}``,
                half-open.
 ``text``       plain text, one document per line.
+``label_studio`` a Label Studio JSON export: an array of tasks ``{"data": {"text": ...}, "annotations":
+               [{"result": [{"type": "labels", "value": {"start", "end", "labels"}}]}]}``; each task's
+               latest completed annotation is the gold (offsets: see :mod:`~ner_core.formats.label_studio`).
+``doccano``    doccano sequence-labelling JSON lines ``{"text": ..., "label": [[start, end, label], ...]}``
+               or ``"entities": [{"start_offset", "end_offset", "label"}]``, offsets in UTF-16 units.
 
 Each format is read by the module of its family (:mod:`~ner_core.formats.json_arrays`,
-:mod:`~ner_core.formats.conll`, :mod:`~ner_core.formats.json_lines`, :mod:`~ner_core.formats.plain`),
+:mod:`~ner_core.formats.conll`, :mod:`~ner_core.formats.json_lines`, :mod:`~ner_core.formats.plain`,
+:mod:`~ner_core.formats.label_studio`, :mod:`~ner_core.formats.doccano`; the last two also write),
 which registers it by name in :mod:`~ner_core.formats.registry`. Every problem found is a
 :class:`Problem`; :mod:`ner_core.formats.problems` lists the codes and their severities.
 
@@ -29,7 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 # the reader modules register their formats on import, in this order
-from ner_core.formats import json_arrays, conll, json_lines, plain  # noqa: F401  # isort: skip
+from ner_core.formats import json_arrays, conll, json_lines, plain, label_studio, doccano  # noqa: F401  # isort: skip
 from ner_core.formats.context import ParseResult, ReadContext, Record, no_gc
 from ner_core.formats.detect import detect_format
 from ner_core.formats.problems import Problem

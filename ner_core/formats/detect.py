@@ -30,9 +30,11 @@ def detect_format(path: str | Path) -> str:
             return "seed_json"
         if rest.startswith('"') or rest.startswith("]"):
             return "seed_texts"
+        if rest.startswith("{"):
+            return "label_studio"  # an array of task objects: Label Studio's JSON export
         raise ValueError(
-            f"{p}: a JSON array, but its first element is neither a [text, tags] pair nor a string "
-            f"(starts {rest[:20]!r}); pass format= one of {format_names()}"
+            f"{p}: a JSON array, but its first element is neither a [text, tags] pair, a string nor a "
+            f"Label Studio task (starts {rest[:20]!r}); pass format= one of {format_names()}"
         )
     if stripped[0] == "{":
         first = stripped.split("\n", 1)[0].strip()
@@ -46,6 +48,8 @@ def detect_format(path: str | Path) -> str:
         if isinstance(obj, dict) and "text" in obj:
             if "label" in obj and isinstance(obj["label"], dict):
                 return "cluener"
+            if _is_doccano(obj):
+                return "doccano"
             return "jsonl"
         raise ValueError(
             f"{p}: JSON object on the first line lacks a 'text' key; pass format= one of {format_names()}"
@@ -66,3 +70,11 @@ def detect_format(path: str | Path) -> str:
     if nonblank and tagged >= 0.6 * len(nonblank):
         return "bmes" if prefixes & {"M", "E", "S"} else "conll"
     return "text"
+
+
+def _is_doccano(obj: dict) -> bool:
+    """doccano's sequence labelling: ``label`` as a list of triples, or ``entities`` with offsets."""
+    if isinstance(obj.get("label"), list):
+        return True
+    ents = obj.get("entities")
+    return isinstance(ents, list) and bool(ents) and isinstance(ents[0], dict) and "start_offset" in ents[0]

@@ -26,6 +26,8 @@ multi_char_token        warning  a CoNLL token longer than one character: its ta
                                  characters
 duplicate_entity        warning  the same span and label listed twice (kept once)
 duplicate_text          warning  the same text occurs earlier in the file (kept; the message names that line)
+unannotated             warning  a Label Studio task without a completed annotation (only predictions, or
+                                 cancelled annotations): skipped, since predictions are not gold
 duplicate_across_splits warning  found by the ingest (:mod:`ner_core.ingest`), not by a reader: the same text
                                  is in two splits, e.g. train and test (kept; the message names both)
 ======================= ======== =============================================================================
@@ -58,6 +60,7 @@ CODES = (
     "multi_char_token",
     "duplicate_entity",
     "duplicate_text",
+    "unannotated",
     "duplicate_across_splits",
 )
 

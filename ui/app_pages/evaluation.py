@@ -72,9 +72,25 @@ n_stored = len(report.get("error_sentences", []))
 st.caption(f"{len(sentences)} sentences with errors match (of {n_stored} stored).")
 colours = label_colours([*queries.all_labels(db), *all_labels])
 st.html(legend_html(colours))
+# A document can be opened in the Review page when a prediction run of this model covered the dataset
+# (`ner predict --dataset ...`); the Review page looks in the other runs when this one lacks it.
+pruns = queries.prediction_runs(db)
+covering = pruns[(pruns["input_kind"] == "dataset") & (pruns["run_id"] == row["run_id"])]
+review_run = covering["pred_run_id"].iloc[0] if not covering.empty else None
+st.page_link(
+    "app_pages/problems.py",
+    label=f"Ingest problems of {row['dataset']} (gold can be wrong: repaired transitions, duplicates)",
+    icon=":material/report:",
+    query_params={"dataset": row["dataset"]},
+)
 for s in sentences[: int(limit)]:
     with st.container(border=True):
-        st.caption(f"{s['doc_id']} · {', '.join(s.get('kinds', []))}")
+        head, link = st.columns([4, 1])
+        head.caption(f"{s['doc_id']} · {', '.join(s.get('kinds', []))}")
+        params = {"doc": s["doc_id"], **({"run": review_run} if review_run else {})}
+        link.page_link(
+            "app_pages/review.py", label="Review", icon=":material/rate_review:", query_params=params
+        )
         g, p = st.columns(2)
         with g:
             st.markdown("**gold**")

@@ -1,0 +1,342 @@
+"""The Review page's logic through Streamlit's AppTest, on a database holding two prediction runs written
+directly (tests/ui_fixtures.py: build_review_db; no training), plus the pieces without Streamlit: the
+replay of events (checked against the view v_review_current), the selection check, and JavaScript's
+code-point iteration (node) that the span-selection component relies on.
+
+The lock test: a real second process holds the database's write lock while decisions are made, the page
+is reloaded (a new session) in between, the lock is released: every decision is written exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from storage.reviews import new_event, record_events, text_hash
+from tests.ui_fixtures import APP, EMOJI_DOC, EMOJI_TEXT, PAGES, REVIEW_DOCS, REVIEW_RUN, build_review_db
+from ui.components import checked_selection
+from ui.review_state import overlapping, replay, spool_path, undo_target
+
+ENT = f"review_ent_{REVIEW_RUN}_{EMOJI_DOC}"
+
+
+@pytest.fixture
+def review_db(tmp_path) -> str:
+    return build_review_db(tmp_path)
+
+
+def _page(db: str, monkeypatch, reviewer: str | None = "ann", **params) -> AppTest:
+    monkeypatch.setenv("NER_DB", db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/review.py")
+    at.query_params["run"] = REVIEW_RUN
+    if reviewer:
+        at.query_params["reviewer"] = reviewer
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _click(at: AppTest, label: str) -> AppTest:
+    next(b for b in at.button if b.label == label).click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _events(db: str) -> list[tuple]:
+    with duckdb.connect(db, read_only=True) as con:
+        return con.execute(
+            'SELECT doc_id, action, "start", "end", label, new_label, reviewer FROM review_events '
+            "ORDER BY created_at, event_id"
+        ).fetchall()
+
+
+def _current(db: str, doc_id: str = EMOJI_DOC) -> list[tuple]:
+    with duckdb.connect(db, read_only=True) as con:
+        return con.execute(
+            'SELECT "start", "end", label, state FROM v_review_current WHERE pred_run_id = ? AND doc_id = ? '
+            'ORDER BY "start"',
+            [REVIEW_RUN, doc_id],
+        ).fetchall()
+
+
+def _texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+# ------------------------------------------------------------------------------- without Streamlit
+def test_replay_agrees_with_the_view_and_keeps_rejected_entities(review_db):
+    """The page shows waiting decisions with replay(); it must give what v_review_current will."""
+    h = text_hash(EMOJI_TEXT)
+
+    def ev(who, action, **f):
+        return new_event(REVIEW_RUN, EMOJI_DOC, h, who, action, **f)
+
+    a1 = ev("ann", "accept", start=0, end=2, label="PER")
+    events = [
+        a1,
+        ev("ann", "relabel", start=4, end=8, label="LOC", new_label="ORG"),
+        ev(
+            "bob", "adjust", start=4, end=8, label="LOC", new_start=4, new_end=6, new_label="ORG"
+        ),  # later wins
+        ev("ann", "reject", start=11, end=13, label="ORG"),
+        ev("ann", "add", start=14, end=16, label="PER"),
+        ev("ann", "reject", start=0, end=2, label="PER"),
+    ]
+    events.append(ev("ann", "undo", ref_event_id=events[-1]["event_id"]))  # the reject of 张伟 is undone
+    assert record_events(review_db, events) == len(events)
+    predicted = [
+        {"start": s, "end": e, "label": lb, "confidence": c} for s, e, lb, c in REVIEW_DOCS[EMOJI_DOC][2]
+    ]
+    got = replay(predicted, events)
+    assert [
+        (x["start"], x["end"], x["label"], x["state"]) for x in got if x["state"] != "rejected"
+    ] == _current(review_db)
+    assert [(x["key"], x["state"]) for x in got if x["state"] == "rejected"] == [
+        ((11, 13, "ORG"), "rejected")
+    ]
+    assert overlapping(got, 5, 7)["key"] == (4, 8, "LOC")
+    assert overlapping(got, 11, 13) is None  # a rejected entity does not block an add
+    assert undo_target(events, "ann")["event_id"] == events[4]["event_id"]  # not the undone reject
+    assert undo_target(events, "carol") is None
+
+
+def test_a_selection_is_checked_against_the_text_in_code_points():
+    text = EMOJI_TEXT  # 😀 at code point 3
+    sel = checked_selection(text, {"start": 14, "end": 16, "text": "王芳"})
+    assert (sel.start, sel.end, sel.chars) == (14, 16, "王芳")
+    assert checked_selection(text, {"start": 15, "end": 17, "text": "王芳"}) is None  # UTF-16 offsets
+    assert checked_selection(text, {"start": 14, "end": 16, "text": "王"}) is None
+    assert checked_selection(text, {"start": 0, "end": 99, "text": text}) is None
+    assert checked_selection(text, None) is None
+
+
+def test_javascript_iterates_the_texts_by_code_point_as_python_does(tmp_path):
+    """The component gives each element of Array.from(text) its index: that must be Python's index."""
+    node = shutil.which("node") or shutil.which("nodejs")
+    if node is None:
+        pytest.skip("node is not installed (the browser test covers the component too)")
+    texts = [EMOJI_TEXT, "A😀b👍🏽c", "2024年𠀋字ｆｕｌｌ", "e\u0301 tab\tnew\nline"]
+    script = tmp_path / "cp.mjs"
+    script.write_text(
+        "const texts = JSON.parse(process.argv[2]);\n"
+        "console.log(JSON.stringify(texts.map((t) => ({cps: Array.from(t), units: t.length}))));\n",
+        encoding="utf-8",
+    )
+    out = subprocess.run([node, str(script), json.dumps(texts)], capture_output=True, text=True, check=True)
+    for text, got in zip(texts, json.loads(out.stdout)):
+        assert got["cps"] == list(text)
+    assert json.loads(out.stdout)[0]["units"] == len(EMOJI_TEXT) + 1  # the emoji is two UTF-16 units
+
+
+# ---------------------------------------------------------------------------------------- the page
+def test_the_reviewer_gives_a_name_once_and_an_empty_one_is_refused(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch, reviewer=None)
+    assert "Document" not in _texts(at.subheader)
+    _click(at, "Start reviewing")  # nothing typed
+    assert "empty reviewer name is refused" in _texts(at.error)
+    at.text_input(key="reviewer_input").input("  ann  ")
+    _click(at, "Start reviewing")
+    assert at.query_params["reviewer"] == "ann"  # a reload keeps it
+    assert "Reviewing as **ann**" in _texts(at.caption)
+    assert _texts(at.subheader) == f"Document {EMOJI_DOC}"  # the most uncertain document first
+    assert "summed token entropy" in _texts(at.caption)
+    assert "0 reviewed / 5 queued" in at.get("progress")[0].proto.text
+
+
+def test_decisions_states_undo_and_accept_the_rest(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch)
+    at.selectbox(key=ENT).set_value("0:2:PER").run()
+    _click(at, "Accept [a]")
+    at.selectbox(key=ENT).set_value("11:13:ORG").run()
+    _click(at, "Reject [r]")
+    at.selectbox(key=ENT).set_value("4:8:LOC").run()
+    at.selectbox(key=f"{ENT}_label").set_value("ORG").run()
+    _click(at, "Change label")
+    at.number_input(key="review_typed_s").set_value(14).run()
+    at.number_input(key="review_typed_e").set_value(16).run()
+    _click(at, "Select")
+    assert "Selected **王芳** [14, 16)" in _texts(at.markdown)
+    at.selectbox(key="review_add_label").set_value("PER").run()
+    _click(at, "Add entity")
+    assert _current(review_db) == [
+        (0, 2, "PER", "accepted"),
+        (4, 8, "ORG", "corrected"),
+        (14, 16, "PER", "added"),
+    ]
+    assert "1 accepted · 1 corrected · 1 added · 1 rejected" in _texts(at.caption)
+
+    # an overlapping add is refused with one line and nothing is written
+    n = len(_events(review_db))
+    at.number_input(key="review_typed_s").set_value(15).run()
+    at.number_input(key="review_typed_e").set_value(17).run()
+    _click(at, "Select")
+    _click(at, "Add entity")
+    assert "overlaps PER [14, 16) '王芳'" in _texts(at.error) and len(_events(review_db)) == n
+
+    _click(at, "Undo [u]")  # cancels the add
+    assert _current(review_db)[-1] == (4, 8, "ORG", "corrected")
+    assert _events(review_db)[-1][1] == "undo"
+    _click(at, "Accept the rest and next [n]")  # nothing predicted is left: only the done
+    assert _events(review_db)[-1][:2] == (EMOJI_DOC, "done")
+    assert _texts(at.subheader) == "Document d-beijing-1"
+    assert at.query_params["doc"] == "d-beijing-1"
+    assert "1 reviewed / 4 queued" in at.get("progress")[0].proto.text
+    _click(at, "Undo [u]")  # undoing the done brings the document back
+    assert _texts(at.subheader) == f"Document {EMOJI_DOC}"
+    assert "0 reviewed / 5 queued" in at.get("progress")[0].proto.text
+
+
+def test_relabel_every_identical_mention_and_add_a_label(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch, doc="d-beijing-1")
+    ent = "review_ent_pred-review-a_d-beijing-1"
+    at.selectbox(key=ent).set_value("3:5:ORG").run()
+    at.checkbox(key="review_apply_all").check().run()
+    at.selectbox(key=f"{ent}_label").set_value("LOC").run()
+    _click(at, "Change label")
+    assert "Applied to 3 identical mentions" in _texts(at.info)
+    relabels = sorted(e[0] for e in _events(review_db) if e[1] == "relabel")
+    assert relabels == ["d-beijing-1", "d-beijing-2", "d-beijing-2b"]
+    assert _current(review_db, "d-beijing-2")[1] == (5, 7, "LOC", "corrected")
+
+    at.text_input(key="review_new_label").input("CITY").run()
+    _click(at, "Add label")
+    assert "CITY" in at.selectbox(key="review_add_label").options
+    assert [e[1:5] for e in _events(review_db)][-1] == ("add_label", None, None, "CITY")
+
+
+def test_two_reviewers_disagree_and_the_later_decision_wins(review_db, monkeypatch):
+    h = text_hash(EMOJI_TEXT)
+    record_events(
+        review_db, [new_event(REVIEW_RUN, EMOJI_DOC, h, "bob", "reject", start=0, end=2, label="PER")]
+    )
+    at = _page(review_db, monkeypatch)
+    at.selectbox(key=ENT).set_value("0:2:PER").run()
+    _click(at, "Accept [a]")
+    assert "Reviewers disagree" in _texts(at.warning)
+    table = at.dataframe[-1].value
+    assert sorted(zip(table["reviewer"], table["action"])) == [("ann", "accept"), ("bob", "reject")]
+    assert _current(review_db)[0] == (0, 2, "PER", "accepted")
+
+
+def test_queue_orders_disagreements_and_search(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch)
+    at.selectbox[1].set_value("pred-review-b").run()  # compare with the other run
+    at.radio(key="review_order").set_value("disagree").run()
+    assert "predicted other entities, most disagreements first" in _texts(at.caption)
+    queue = at.dataframe[0].value
+    assert set(queue["doc_id"]) == {EMOJI_DOC, "d-beijing-1", "d-beijing-2", "d-beijing-2b"}
+    at.radio(key="review_order").set_value("search").run()
+    at.text_input(key="review_search").input("上海").run()
+    assert at.dataframe[0].value["doc_id"].tolist() == ["d-old"]
+
+
+# --------------------------------------------------------------------------------- the lock test
+_HOLDER = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1])  # a writer: the file is locked for every other process
+con.execute("SELECT count(*) FROM review_events").fetchall()
+print("locked", flush=True)
+sys.stdin.read()  # hold until the test closes stdin
+con.close()
+"""
+
+
+def test_decisions_wait_in_the_spool_while_another_process_holds_the_database(review_db, monkeypatch):
+    from ui import queries
+
+    monkeypatch.setattr(queries, "LOCK_WAIT_S", 0.2)  # each rerun waits this long for the lock: keep it short
+    at = _page(review_db, monkeypatch)  # reads the document while the database is free
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, review_db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        at.selectbox(key=ENT).set_value("0:2:PER").run()
+        _click(at, "Accept [a]")
+        at.selectbox(key=ENT).set_value("11:13:ORG").run()
+        _click(at, "Reject [r]")
+        assert "2 decisions waiting, the database is busy" in _texts(at.warning)
+        assert "1 accepted" in _texts(at.caption) and "1 rejected" in _texts(at.caption)  # shown meanwhile
+        spooled = [
+            json.loads(x) for x in Path(spool_path(review_db)).read_text(encoding="utf-8").splitlines()
+        ]
+        assert [e["action"] for e in spooled] == ["accept", "reject"]
+
+        at = _page(review_db, monkeypatch)  # a reload: a new session, the spool is on disk
+        assert "2 decisions waiting, the database is busy" in _texts(at.warning)
+        at.selectbox(key=ENT).set_value("4:8:LOC").run()
+        at.selectbox(key=f"{ENT}_label").set_value("ORG").run()
+        _click(at, "Change label")
+        assert "3 decisions waiting, the database is busy" in _texts(at.warning)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert _events(review_db) == []
+    _click(at, "Retry now")
+    assert "waiting" not in _texts(at.warning)
+    at.run()  # a further rerun writes nothing twice
+    assert [e[1] for e in _events(review_db)] == ["accept", "reject", "relabel"]
+    assert _current(review_db) == [(0, 2, "PER", "accepted"), (4, 8, "ORG", "corrected")]
+    assert Path(spool_path(review_db)).read_text(encoding="utf-8") == ""
+
+
+# ------------------------------------------------------------------------------ ingest problems
+def test_ingest_problems_are_browsed_by_code_file_and_line(tmp_path, monkeypatch):
+    from storage.datasets import ingest_dataset
+
+    db = build_review_db(tmp_path)
+    lines = [
+        {"text": "张伟在北京。", "entities": [{"start": 0, "end": 2, "label": "PER"}]},
+        {"text": "张伟在北京。", "entities": []},  # duplicate_text (warning)
+        {"text": "", "entities": []},  # empty_text (error)
+        {"text": "上海很好。", "entities": [{"start": 0, "end": 9, "label": "LOC"}]},  # span_out_of_range
+    ]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+    ingest_dataset(db, "probs", {"train": str(train)})
+    monkeypatch.setenv("NER_DB", db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/problems.py")
+    at.query_params["dataset"] = "probs"
+    at.run()
+    assert not at.exception, at.exception
+    by_code = at.dataframe[0].value
+    assert set(by_code["code"]) == {"duplicate_text", "empty_text", "span_out_of_range"}
+    at.multiselect(key="prob_codes_probs_1").select("empty_text").run()
+    shown = at.dataframe[1].value
+    assert shown["code"].tolist() == ["empty_text"] and shown["line"].tolist() == [3]
+    assert shown["file"].iloc[0].endswith("train.jsonl")
+
+
+def test_review_and_problems_pages_open_the_legacy_database(legacy_db, monkeypatch):
+    """A database written before the review tables existed (tests/fixtures/legacy-3cc253c) is migrated
+    on first use and reviewed like any other."""
+    monkeypatch.setenv("NER_DB", legacy_db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["reviewer"] = "ann"
+    at.run()
+    for name in ("review", "problems"):
+        at.switch_page(PAGES[name]).run()
+        assert not at.exception, (name, at.exception)
+    at.switch_page(PAGES["review"]).run()
+    assert _texts(at.subheader).startswith("Document ")
+    assert at.get("progress")[0].proto.text.startswith("0 reviewed / ")
+
+
+def test_a_link_opens_the_named_document_or_says_no_run_holds_it(review_db, monkeypatch):
+    """The Evaluation page links an error's document here with ``doc`` (and ``run`` when one covers it)."""
+    at = _page(review_db, monkeypatch, doc="d-old")
+    assert _texts(at.subheader) == "Document d-old"
+    assert "queue position 4 of 5 · uncertainty not stored" in _texts(at.caption)
+    at = _page(review_db, monkeypatch, doc="test-000042")
+    assert "No prediction run holds document 'test-000042'" in _texts(at.warning)
