@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app import serve
-from app.options import add_prediction_options, chosen_model, prediction_options
+from app.options import RETIRED, add_prediction_options, chosen_model, prediction_options
 from ner_core.config import HeadType, NERConfig
+from ner_core.precision import Precision
 
 if TYPE_CHECKING:
     from flows.contracts import PipelineSummary
@@ -60,6 +61,8 @@ SEED_FLAGS = (
 _RETIRED = {
     "window_stride": "never had an effect (training never read it): the stride of prediction windows is "
     "`ner predict --stride`; training cuts long texts at sentence ends into pieces of at most --max_len",
+    "mixed_precision": RETIRED["--mixed_precision"],
+    "no_mixed_precision": RETIRED["--mixed_precision"],
 }
 
 
@@ -115,6 +118,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="+", type=int)
         elif key == "head.type":
             kwargs["choices"] = [h.value for h in HeadType]
+        elif key == "training.precision":
+            kwargs["choices"] = [p.value for p in Precision]
         else:
             kwargs["type"] = _scalar_type(ann, default)
         if not kwargs.get("action") and "choices" not in kwargs:

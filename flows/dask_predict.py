@@ -98,9 +98,10 @@ def store_shard_rows(
     :func:`flows.steps.predict_step` writes. ``t0``: when the work began (``time.perf_counter()``)."""
     from storage import predictions as predictions_db
 
+    precision = (config or {}).get("precision")  # the one given; "auto" is decided on each worker
     run = predictions_db.PredictionRunWriter(
         db_path,
-        predictions_db.prediction_run_id(model_dir, input_ref),
+        predictions_db.prediction_run_id(model_dir, input_ref, None if precision == "auto" else precision),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
