@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
                 run_baseline(args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len)
             )
             _print(rows[-1])
+    _table(rows)
+
+
+def _table(rows: list[dict]) -> None:
     print("\n| model | entity F1 | P | R | char acc | sent acc | epochs | train s | sent/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -17,6 +17,7 @@ Two ways to run the same code:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -76,6 +77,9 @@ def tag_shard(
     options = options or PredictionConfig()
     if options.device is None and loaded.config.prediction.device is None:
         options = options.model_copy(update={"device": "cpu"})
+    if options.precision is None and loaded.config.prediction.precision is None:
+        # unset: fp32, the precision store_shard_rows names the run by; the flows decide auto beforehand
+        options = options.model_copy(update={"precision": "fp32"})
     tagger = Tagger.from_loaded(loaded, options)
     preds = tagger.predict([text for _, text in items])
     return [(doc_id, text, ents) for (doc_id, text), ents in zip(items, preds)]
@@ -117,6 +121,16 @@ def store_shard_rows(
     return PredictSummary.from_run(run, n_shards=len(shard_rows))
 
 
+def _decided(model_dir: str, options: PredictionConfig | None) -> PredictionConfig:
+    """``options`` with the precision decided once for all workers (CPU: they tag on the CPU), printed."""
+    from ner_core.precision import choose_for_model_dir
+
+    options = options or PredictionConfig()
+    choice = choose_for_model_dir(model_dir, options.precision, device=options.device or "cpu")
+    print(choice.line("prediction on the Dask workers"), file=sys.stderr, flush=True)
+    return options.model_copy(update={"precision": choice.precision})
+
+
 def _stored(options: PredictionConfig | None) -> dict:
     """The options given (not the model's saved ones), as stored in the prediction run's config: under the
     names :func:`flows.steps.predict_step` stores (the tagger's ``settings``: the window is ``max_len``)."""
@@ -149,6 +163,7 @@ def predict_sharded(
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
+    options = _decided(model_dir, options)
     shards = _payload(shard_documents(docs, n_shards))
     cluster = (
         None
@@ -241,6 +256,7 @@ def dask_predict_flow(
         kind, ref = "dataset", source.input_ref
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
+    options = _decided(model_dir, options)
     shards = _payload(shard_documents(docs, n_shards))
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]

@@ -455,3 +455,20 @@ def record_dev_f1(
     record = DevF1Record(dev_f1=f1, trained_in=str(trained_in), device=hw.device, cpu=cpu_model_name())
     write_record(model_dir, record)
     return record
+
+
+def choose_for_model_dir(
+    model_dir: str | Path, requested: str | Precision | None = None, *, device: str = "cpu"
+) -> Choice:
+    """The choice :meth:`ner_core.predict.Tagger.from_loaded` makes for ``model_dir`` on ``device``, without
+    loading its weights: ``requested``, else the model's saved ``prediction.precision``, else ``auto``, gated
+    by its dev-F1 record (a sharded run decides once, before its workers start)."""
+    from ner_core.config import NERConfig
+
+    saved = NERConfig.from_file(Path(model_dir) / "ner_config.json").prediction.precision
+    return choose(
+        requested or saved or Precision.AUTO,
+        purpose="prediction",
+        hardware=Hardware.detect(device),
+        record=read_record(model_dir),
+    )
