@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from app import interop, seed_commands, serve
 from app.options import (
+    RETIRED,
     add_prediction_options,
     add_seed_model_options,
     chosen_model,
@@ -31,6 +32,7 @@ from app.options import (
     prediction_options,
 )
 from ner_core.config import HeadType, NERConfig
+from ner_core.precision import Precision
 
 if TYPE_CHECKING:
     from flows.contracts import PipelineSummary
@@ -69,6 +71,8 @@ SEED_FLAGS = (
 _RETIRED = {
     "window_stride": "never had an effect (training never read it): the stride of prediction windows is "
     "`ner predict --stride`; training cuts long texts at sentence ends into pieces of at most --max_len",
+    "mixed_precision": RETIRED["--mixed_precision"],
+    "no_mixed_precision": RETIRED["--mixed_precision"],
 }
 
 
@@ -131,6 +135,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
             kwargs.update(nargs="+", type=int)
         elif key == "head.type":
             kwargs["choices"] = [h.value for h in HeadType]
+        elif key == "training.precision":
+            kwargs["choices"] = [p.value for p in Precision]
         else:
             kwargs["type"] = _scalar_type(ann, default)
         if not kwargs.get("action") and "choices" not in kwargs:

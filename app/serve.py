@@ -252,6 +252,7 @@ def create_app(
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, options)
+    print(tagger.precision_choice.line("serving"), flush=True)
     # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
     batcher = RequestBatcher(
         tagger, max_texts=limits.max_texts, max_chars=limits.max_total_chars, coalesce=batch_requests

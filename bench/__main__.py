@@ -20,8 +20,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 def main(argv: list[str]) -> int:
     names = sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
-    cut = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
-    argv, options = argv[:cut], argv[cut:]
+    # ``python -m bench budget --minutes 2``: options after one name go to that benchmark
+    first_opt = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    argv, options = argv[:first_opt], argv[first_opt:]
+    if options and len(argv) != 1:
+        print("options go to one benchmark: python -m bench NAME [--option ...]", file=sys.stderr)
+        return 2
     wanted = [a if a.startswith("bench_") else f"bench_{a}" for a in argv] or names
     unknown = [w for w in wanted if w not in names]
     if unknown:
@@ -35,8 +39,7 @@ def main(argv: list[str]) -> int:
         print(f"\n=== {name} ===", flush=True)
         t0 = time.perf_counter()
         try:
-            module = importlib.import_module(f"bench.{name}")
-            module.main(options) if options else module.main()
+            importlib.import_module(f"bench.{name}").main(*([options] if options else []))
         except Exception:  # one broken benchmark must not hide the others' figures
             failed += 1
             traceback.print_exc()

@@ -45,21 +45,28 @@ def _finance_texts(n: int) -> list[str]:
     return [t for t in texts if t.strip()][:n]
 
 
-#: (name, window, stride, quantize, batch) of our tagger in the speed table; the window and overlap of the
+#: (name, window, stride, precision, batch) of our tagger in the speed table; the window and overlap of the
 #: first two equal those of the first two HF rows, so those pairs compare implementations, not settings.
 #: The others are our own settings: short windows keep the attention matrices in cache, and an overlap of
 #: 16 encodes few characters twice (``bench_window_f1`` measures what the overlap costs in F1).
 OURS = [
-    ("ours 128/64", 128, 64, "none", None),
-    ("ours 510/446", 510, 446, "none", None),
-    ("ours 128/112", 128, 112, "none", None),
-    ("ours 128/112 b16", 128, 112, "none", 16),
+    ("ours 128/64", 128, 64, "fp32", None),
+    ("ours 510/446", 510, 446, "fp32", None),
+    ("ours 128/112", 128, 112, "fp32", None),
+    ("ours 128/112 b16", 128, 112, "fp32", 16),
+    ("ours 128/112 b16 bf16", 128, 112, "bf16", 16),
     ("ours 128/112 b16 int8", 128, 112, "int8", 16),
     ("ours 510/446 int8", 510, 446, "int8", None),
 ]
+#: the per-precision rows: one setting (128/112, batch 16) at each precision
+PER_PRECISION = {"fp32": "ours 128/112 b16", "bf16": "ours 128/112 b16 bf16", "int8": "ours 128/112 b16 int8"}
 #: The ceiling of any tagger built on this encoder: the encoder's forward pass alone over windows of 128
 #: characters that do not overlap (every character encoded once, no head, no CRF, no merging), fp32 and int8.
-CEILINGS = [("encoder only 128/128 b16", 128, "none", 16), ("encoder only 128/128 b16 int8", 128, "int8", 16)]
+CEILINGS = [
+    ("encoder only 128/128 b16", 128, "fp32", 16),
+    ("encoder only 128/128 b16 bf16", 128, "bf16", 16),
+    ("encoder only 128/128 b16 int8", 128, "int8", 16),
+]
 #: (name, window incl. [CLS]/[SEP] = tokenizer model_max_length, overlap = the pipeline's ``stride``)
 #: the last row is the pipeline as called without a batch_size (its default, 1)
 HF = [
@@ -80,7 +87,9 @@ def _encoder_only(tagger, texts: list[str]) -> None:
     wins = sorted(
         ((t, s, e) for t in texts for s, e in sliding_windows(len(t), n, n)), key=lambda w: w[2] - w[1]
     )
-    with torch.inference_mode():
+    from ner_core.precision import autocast
+
+    with torch.inference_mode(), autocast(tagger.precision, "cpu"):
         for b in range(0, len(wins), tagger.batch_size):
             part = wins[b : b + tagger.batch_size]
             items = [EncodedChunk(None, al.char_ids(t[s:e]), None) for t, s, e in part]
@@ -124,6 +133,7 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
     if not skip_hf:
         _time_hf_pipeline(texts, batch_size, report)
         _print_speedups(rows)
+    rows["breakdown"] = _time_breakdown(model, tokenizer, texts)
     return {"texts": len(texts), "chars": n_chars, "rows": rows}
 
 
@@ -131,7 +141,7 @@ def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> N
     """Our tagger at every OURS setting, then the CEILINGS (the encoder's forward pass alone)."""
     from ner_core.predict import Tagger
 
-    for name, window, stride, quantize, our_batch in OURS:
+    for name, window, stride, precision, our_batch in OURS:
         tagger = Tagger(
             model,
             tokenizer,
@@ -139,7 +149,7 @@ def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> N
             stride=stride,
             batch_size=our_batch or batch_size,
             device="cpu",
-            quantize=quantize,
+            precision=precision,
         )
         tagger.predict(texts[:2])  # warm-up
         t0, c0 = time.perf_counter(), time.process_time()
@@ -150,7 +160,7 @@ def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> N
             time.process_time() - c0,
             f"{sum(len(p) for p in preds)} entities (untrained model)",
         )
-    for name, window, quantize, our_batch in CEILINGS:
+    for name, window, precision, our_batch in CEILINGS:
         tagger = Tagger(
             model,
             tokenizer,
@@ -158,7 +168,7 @@ def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> N
             stride=window,
             batch_size=our_batch,
             device="cpu",
-            quantize=quantize,
+            precision=precision,
         )
         _encoder_only(tagger, texts[:2])
         t0, c0 = time.perf_counter(), time.process_time()
@@ -206,6 +216,50 @@ def _print_speedups(rows: dict[str, dict]) -> None:
     for a, b in pairs:
         rows[f"{a} vs {b}"] = {"speedup": rows[b]["s"] / rows[a]["s"]}
         print(f"    {a:<30} vs {b:<22} {rows[b]['s'] / rows[a]['s']:5.2f}x", flush=True)
+    print(f"  per precision (128/112, batch 16) vs {best_hf} in fp32, same run:", flush=True)
+    for p, name in PER_PRECISION.items():
+        speedup = rows[best_hf]["s"] / rows[name]["s"]
+        print(f"    {p:<5} {rows[name]['chars_per_s']:9,.0f} chars/s  {speedup:5.2f}x", flush=True)
+
+
+def _time_breakdown(model, tokenizer, texts: list[str]) -> dict:
+    """Where the time goes at the precision ``auto`` picks here (no record: the hardware rule): encoder,
+    head (+ classifier), CRF (Viterbi + marginals), and everything else (windowing, stitching, decoding
+    spans), as shares of one ``predict`` call's wall time."""
+    from ner_core.predict import Tagger
+
+    tagger = Tagger(model, tokenizer, max_len=128, stride=112, batch_size=16, device="cpu", precision="auto")
+    spent = {"encoder": 0.0, "head": 0.0, "crf": 0.0}
+
+    def timed(part: str, fn):
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[part] += time.perf_counter() - t0
+
+        return run
+
+    m = tagger.model
+    m.encoder.forward = timed("encoder", m.encoder.forward)
+    m.head.forward = timed("head", m.head.forward)
+    m.classifier.forward = timed("head", m.classifier.forward)
+    m.crf.viterbi_tensor = timed("crf", m.crf.viterbi_tensor)
+    m.crf.marginals = timed("crf", m.crf.marginals)
+    tagger.predict(texts[:2])
+    spent.update(encoder=0.0, head=0.0, crf=0.0)
+    t0 = time.perf_counter()
+    tagger.predict(texts)
+    wall = time.perf_counter() - t0
+    shares = {k: v / wall for k, v in spent.items()}
+    shares["everything else"] = max(0.0, 1.0 - sum(shares.values()))
+    print(
+        f"  where the time goes at {tagger.precision} (auto here: {tagger.precision_choice.reason}), "
+        f"{wall:.2f} s wall: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + " (goal: else <= 5%)",
+        flush=True,
+    )
+    return {"precision": str(tagger.precision), "wall_s": wall, **shares}
 
 
 def _train_small_model(out: Path, seconds: float) -> Path:
@@ -281,7 +335,7 @@ def bench_window_f1(
         loaded = load_model_dir(md)
         whole_len = min(510, max(longest, 8))
 
-        def f1(mod, ml: int, st: int, quantize: str) -> float:
+        def f1(mod, ml: int, st: int, precision: str) -> float:
             tagger = mod.Tagger(  # the constructor: the same in both predict.py versions compared
                 loaded.model,
                 loaded.tokenizer,
@@ -289,22 +343,23 @@ def bench_window_f1(
                 stride=st,
                 batch_size=32,
                 device="cpu",
-                quantize=quantize,
+                precision=precision,
             )
             preds = tagger.predict([d.text for d in dev], confidence=False)
             ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
             return evaluate(dev, ents, scheme=loaded.scheme).f1 * 100
 
-        variants = [("whole", whole_len, whole_len, "none")]
+        variants = [("whole", whole_len, whole_len, "fp32")]
         for w in windows:
             variants += [
-                (f"window {w} stride {st}", w, st, "none")
+                (f"window {w} stride {st}", w, st, "fp32")
                 for st in dict.fromkeys((max(1, w // 2), max(1, w * 3 // 4), max(1, w * 7 // 8)))
             ]
+        variants.append(("whole, bf16", whole_len, whole_len, "bf16"))
         variants.append(("whole, int8", whole_len, whole_len, "int8"))
-        for name, ml, st, quantize in variants:
+        for name, ml, st, precision in variants:
             t0 = time.perf_counter()
-            res[name] = f1(ours, ml, st, quantize)
+            res[name] = f1(ours, ml, st, precision)
             secs = time.perf_counter() - t0
             n_long = sum(len(d.text) > ml for d in dev)
             line = (
@@ -312,7 +367,7 @@ def bench_window_f1(
                 f"{len(dev)} texts longer than the window, {secs:4.1f} s"
             )
             if other is not None:
-                res[f"{name} (other)"] = o = f1(other, ml, st, quantize)
+                res[f"{name} (other)"] = o = f1(other, ml, st, precision)
                 line += f"   | {compare_with}: {o:6.2f} ({o - res['whole (other)']:+.2f})"
             print(line, flush=True)
     windowed = [k for k in res if k.startswith("window") and not k.endswith("(other)")]
@@ -342,6 +397,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--compare-with", help="another ner_core/predict.py whose F1 is printed beside ours")
     p.add_argument("--train-seconds", type=float, default=150.0)
     args = p.parse_args(argv if argv is not None else [])
+    from bench.machine import describe
+
+    print(describe(), flush=True)
     out: dict = {}
     if not args.skip_speed:
         if not FINANCE_TEST.is_file():

@@ -41,7 +41,15 @@ def load_split(dataset: str, split: str):
 
 
 def run_ours(
-    head: str, encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int, out: Path
+    head: str,
+    encoder: str,
+    train_docs,
+    dev_docs,
+    test_docs,
+    minutes: float,
+    max_len: int,
+    out: Path,
+    precision: str = "auto",
 ):
     from ner_core.config import NERConfig
     from ner_core.evaluation import evaluate_model
@@ -62,10 +70,11 @@ def run_ours(
                 "crf_learning_rate": 2e-2,
                 "max_train_seconds": minutes * 60,
                 "early_stop_patience": 3,
+                "precision": precision,
             },
         }
     )
-    res = train(cfg, train_docs, dev_docs, labels, out / head, progress=False)
+    res = train(cfg, train_docs, dev_docs, labels, out / f"{head}-{precision}", progress=False)
     loaded = load_model_dir(res.model_dir)
     t0 = time.perf_counter()
     report = evaluate_model(loaded.model, loaded.tokenizer, test_docs, max_len=max_len)
@@ -85,7 +94,74 @@ def run_ours(
         "sent_per_s": max(h.sentences_per_second for h in res.history),
         "mean_sent_per_s": sps,
         "eval_s": time.perf_counter() - t0,
+        "precision": res.precision,
     }
+
+
+def _steps(batches: list, step, n_warm: int = 2) -> float:
+    """Sentences per second of ``step`` over ``batches`` (the first ``n_warm`` untimed)."""
+    for b in batches[:n_warm]:
+        step(b)
+    t0, seen = time.perf_counter(), 0
+    for b in batches[n_warm:]:
+        step(b)
+        seen += b["input_ids"].size(0)
+    return seen / (time.perf_counter() - t0)
+
+
+def throughput(encoder: str, train_docs, precisions: list[str], n_batches: int, max_len: int) -> dict:
+    """Training sentences/s: ours (BiLSTM-CRF) at each precision against the HF softmax tagger in fp32, the
+    same encoder weights, data and batches (batch 32, length-bucketed), one optimiser step per batch."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from ner_core.alignment import CharAligner
+    from ner_core.batching import TaggedDataset
+    from ner_core.config import NERConfig
+    from ner_core.encoder import load_encoder, resolve_encoder
+    from ner_core.model import NERModel
+    from ner_core.precision import autocast
+    from ner_core.schemes import tag_set
+
+    labels = sorted({e.label for d in train_docs for e in d.entities})
+    tags = tag_set(labels, "BIOES")
+    cfg = NERConfig.model_validate({"data": {"max_len": max_len}, "encoder": {"name": encoder}})
+    _, tok = load_encoder(cfg.encoder)
+    data = TaggedDataset(train_docs, CharAligner(tok), tags, "BIOES", max_len)
+    batches = list(data.batches(32, shuffle=True, seed=1))[: n_batches + 2]
+    out: dict[str, float] = {}
+    for p in precisions:
+        torch.manual_seed(0)
+        model = NERModel(cfg, tags, load_encoder(cfg.encoder)[0]).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+        def ours(b, model=model, opt=opt, p=p):
+            with autocast(p, "cpu"):
+                loss = model(b["input_ids"], b["attention_mask"], b["tags"])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+        out[f"ours {p}"] = _steps(batches, ours)
+        print(f"  ours BiLSTM-CRF {p:<5} {out[f'ours {p}']:7.1f} sent/s", flush=True)
+    torch.manual_seed(0)
+    hf = AutoModelForTokenClassification.from_pretrained(
+        resolve_encoder(encoder), num_labels=len(tags)
+    ).train()
+    opt = torch.optim.AdamW(hf.parameters(), lr=1e-5)
+
+    def softmax(b):
+        lab = torch.full_like(b["input_ids"], -100)  # (B, T+2)
+        lab[:, 1:-1] = b["tags"].masked_fill(b["attention_mask"][:, 2:] == 0, -100)
+        hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=lab).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    out["HF softmax fp32"] = base = _steps(batches, softmax)
+    print(f"  HF softmax fp32       {base:7.1f} sent/s", flush=True)
+    for p in precisions:
+        print(f"  ours {p} / HF softmax fp32: {out[f'ours {p}'] / base:.2f}x (goal >= 1.5x with bf16 units)")
+    return out
 
 
 def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, max_len: int):
@@ -182,8 +258,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training documents")
     p.add_argument("--out", help="keep the trained model directories here (default: a temporary folder)")
+    p.add_argument("--precision", default="auto", help="precision of our runs (auto, fp32, bf16, fp16)")
+    p.add_argument(
+        "--throughput",
+        type=int,
+        metavar="N_BATCHES",
+        help="only measure training sentences/s over N batches, fp32 and bf16 vs HF softmax in fp32",
+    )
     args = p.parse_args(argv if argv is not None else [])
     import torch
+
+    from bench.machine import describe
+
+    print(describe(), flush=True)
 
     train_docs = load_split(args.dataset, "train")
     if train_docs is None:
@@ -193,6 +280,11 @@ def main(argv: list[str] | None = None) -> None:
         train_docs = train_docs[: args.train_limit]
     dev_docs = load_split(args.dataset, "dev")
     test_docs = load_split(args.dataset, "test") if args.dataset == "resume" else dev_docs
+    if args.throughput:
+        n = args.throughput
+        print(f"training throughput, {args.dataset}, encoder {args.encoder}, batch 32, {n} batches:")
+        throughput(args.encoder, train_docs, ["fp32", "bf16"], args.throughput, args.max_len)
+        return
     print(
         f"{args.dataset}: {len(train_docs)} train / {len(dev_docs)} dev / {len(test_docs)} eval documents; "
         f"encoder {args.encoder}; budget {args.minutes} min per model; "
@@ -206,7 +298,15 @@ def main(argv: list[str] | None = None) -> None:
         for head in [h for h in args.heads.split(",") if h]:
             rows.append(
                 run_ours(
-                    head, args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len, Path(tmp)
+                    head,
+                    args.encoder,
+                    train_docs,
+                    dev_docs,
+                    test_docs,
+                    args.minutes,
+                    args.max_len,
+                    Path(tmp),
+                    args.precision,
                 )
             )
             _print(rows[-1])
@@ -215,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
                 run_baseline(args.encoder, train_docs, dev_docs, test_docs, args.minutes, args.max_len)
             )
             _print(rows[-1])
+    _table(rows)
+
+
+def _table(rows: list[dict]) -> None:
     print("\n| model | entity F1 | P | R | char acc | sent acc | epochs | train s | sent/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -17,6 +17,7 @@ Two ways to run the same code:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -77,6 +78,9 @@ def tag_shard(
     options = options or PredictionConfig()
     if options.device is None and loaded.config.prediction.device is None:
         options = options.model_copy(update={"device": "cpu"})
+    if options.precision is None and loaded.config.prediction.precision is None:
+        # unset: fp32, the precision store_shard_rows names the run by; the flows decide auto beforehand
+        options = options.model_copy(update={"precision": "fp32"})
     tagger = Tagger.from_loaded(loaded, options)
     preds = tagger.predict_documents([text for _, text in items])
     return [(doc_id, text, p.entities, p.uncertainty) for (doc_id, text), p in zip(items, preds)]
@@ -99,9 +103,10 @@ def store_shard_rows(
     :func:`flows.steps.predict_step` writes. ``t0``: when the work began (``time.perf_counter()``)."""
     from storage import predictions as predictions_db
 
+    precision = (config or {}).get("precision")  # the one given; "auto" is decided on each worker
     run = predictions_db.PredictionRunWriter(
         db_path,
-        predictions_db.prediction_run_id(model_dir, input_ref),
+        predictions_db.prediction_run_id(model_dir, input_ref, None if precision == "auto" else precision),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
@@ -115,6 +120,16 @@ def store_shard_rows(
             if rows:
                 run.write(rows)
     return PredictSummary.from_run(run, n_shards=len(shard_rows))
+
+
+def _decided(model_dir: str, options: PredictionConfig | None) -> PredictionConfig:
+    """``options`` with the precision decided once for all workers (CPU: they tag on the CPU), printed."""
+    from ner_core.precision import choose_for_model_dir
+
+    options = options or PredictionConfig()
+    choice = choose_for_model_dir(model_dir, options.precision, device=options.device or "cpu")
+    print(choice.line("prediction on the Dask workers"), file=sys.stderr, flush=True)
+    return options.model_copy(update={"precision": choice.precision})
 
 
 def _stored(options: PredictionConfig | None) -> dict:
@@ -149,6 +164,7 @@ def predict_sharded(
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
+    options = _decided(model_dir, options)
     shards = _payload(shard_documents(docs, n_shards))
     cluster = (
         None
@@ -241,6 +257,7 @@ def dask_predict_flow(
         kind, ref = "dataset", source.input_ref
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
+    options = _decided(model_dir, options)
     shards = _payload(shard_documents(docs, n_shards))
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]

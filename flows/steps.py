@@ -8,6 +8,7 @@ directly. They take paths, ids and the typed inputs of :mod:`flows.contracts` an
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from flows.contracts import (
 )
 from ner_core.config import NERConfig, PredictionConfig
 from ner_core.documents import Document
+from ner_core.precision import Hardware, choose
 from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
 from storage import query as query_db
@@ -102,6 +104,11 @@ def train_step(
         print(note, flush=True)
     run_id = run_id or new_run_id(config)
     run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
+    # ``auto`` is decided once, here: the run's stored config holds the precision it trains (and resumes) in
+    choice = choose(
+        config.training.precision, purpose="training", hardware=Hardware.detect(config.training.device)
+    )
+    config = config.with_overrides({"training.precision": choice.precision.value})
     if not resume:
         runs_db.create_run(
             db_path,
@@ -126,6 +133,7 @@ def train_step(
             resume=resume,
             on_epoch=lambda s: runs_db.record_epoch(db_path, run_id, s.__dict__),
             extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version, "plus": data.plus},
+            precision=choice,
         )
     except BaseException as exc:
         runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -244,9 +252,10 @@ def predict_step(
     t0 = time.perf_counter()
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, options)
+    print(tagger.precision_choice.line("prediction"), file=sys.stderr, flush=True)
     run = predictions_db.PredictionRunWriter(
         db_path,
-        predictions_db.prediction_run_id(model_dir, input_ref),
+        predictions_db.prediction_run_id(model_dir, input_ref, tagger.precision.value),
         model_dir=model_dir,
         run_id=run_id,
         input_kind=input_kind,
@@ -256,7 +265,7 @@ def predict_step(
         settings={
             "max_len": tagger.max_len,
             "stride": tagger.stride,
-            "quantize": tagger.quantize,
+            "precision": tagger.precision.value,
             "merge": tagger.merge,
         },
         extra={"batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs},

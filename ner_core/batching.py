@@ -13,7 +13,7 @@ every chunk's tags are valid in the scheme. Prediction uses overlapping windows 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -185,3 +185,13 @@ def collate(items: Sequence[EncodedChunk], cls_id: int, sep_id: int, pad_id: int
         if it.tag_ids is not None:
             tags[b, :n] = torch.tensor(it.tag_ids, dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention, "tags": tags}
+
+
+def padding_share(batches: Iterable[dict[str, torch.Tensor]]) -> float:
+    """Share of padded positions (attention mask 0) over all positions of ``batches`` (0.0 when empty)."""
+    total = padded = 0
+    for b in batches:
+        mask = b["attention_mask"]  # (B, T+2)
+        total += mask.numel()
+        padded += mask.numel() - int(mask.sum())
+    return padded / total if total else 0.0

@@ -73,6 +73,8 @@ class EpochStats:
     sentences_per_second: float
     chars_per_second: float
     is_best: bool = False
+    #: share of padded positions in the epoch's batches (None in checkpoints written before it was measured)
+    padding_share: float | None = None
 
 
 @dataclass

@@ -18,9 +18,12 @@ def evaluate_model(
     max_len: int,
     batch_size: int = 32,
     device: str = "cpu",
+    precision: str = "fp32",
 ) -> EvaluationReport:
-    """Tag ``docs`` (whole, windowed) and score them against their gold entities."""
-    tagger = Tagger(model, tokenizer, max_len=max_len, batch_size=batch_size, device=device)
+    """Tag ``docs`` (whole, windowed) at ``precision`` and score them against their gold entities."""
+    tagger = Tagger(
+        model, tokenizer, max_len=max_len, batch_size=batch_size, device=device, precision=precision
+    )
     preds = tagger.predict([d.text for d in docs], confidence=False)
     pred_ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
     return evaluate(docs, pred_ents, scheme=model.config.data.scheme)

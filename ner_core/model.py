@@ -128,7 +128,9 @@ class NERModel(nn.Module):
         if not bool(rows.any()):
             return em.sum() * 0.0  # keeps the graph; nothing to learn from
         tags = tags.long().masked_fill(~char_mask, 0)  # (B, T-2) padding -> a valid id
-        return self.crf.neg_log_likelihood(em[rows], tags[rows], char_mask[rows])
+        # the CRF and the loss stay fp32 under autocast (ner_core.precision): float32 emissions, autocast off
+        with torch.autocast(em.device.type, enabled=False):
+            return self.crf.neg_log_likelihood(em[rows].float(), tags[rows], char_mask[rows])
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, tcfg: TrainingConfig) -> list[dict]:

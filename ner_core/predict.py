@@ -28,10 +28,11 @@ On CPU the whole-text Viterbi and forward-backward run in the compiled C kernels
 :mod:`ner_core._ckernel` (thousands of sequential steps for a 16,000-character text); without a C compiler
 the torch implementations give the same result, more slowly.
 
-Speed options: ``quantize="int8"`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by
-dynamically quantized int8 ones (torch's eager dynamic quantization; CPU only; the head and the CRF stay
-float32). Measured in ``bench/bench_predict.py``; it trades a little accuracy for speed, so it is off
-by default.
+Precision (:mod:`ner_core.precision`): the encoder and the head run under autocast at ``bf16`` or ``fp16``;
+``int8`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by dynamically quantized int8
+ones (CPU only). The CRF always decodes float32 emissions. ``auto`` (the commands' default) picks the fastest
+precision the hardware runs whose recorded dev F1 stays within 0.2 points of fp32's; a Tagger built directly
+defaults to ``fp32``. Measured in ``bench/bench_predict.py``.
 
 Whitespace at either edge of a predicted span is trimmed (an entity never begins or ends with a space;
 whitespace has its own model position, so a model can tag it); a span of whitespace alone is dropped.
@@ -39,8 +40,6 @@ whitespace has its own model position, so a model can tag it); a span of whitesp
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -51,6 +50,7 @@ from ner_core import _ckernel
 from ner_core.alignment import CharAligner
 from ner_core.batching import EncodedChunk, collate, sliding_windows
 from ner_core.config import PredictionConfig
+from ner_core.precision import Choice, Hardware, Precision, autocast, choose, int8_copy, read_record
 from ner_core.schemes import tags_to_spans
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
@@ -104,24 +104,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def quantized_copy(model):
-    """A copy of ``model`` whose encoder ``nn.Linear`` layers are dynamically quantized to int8 (CPU)."""
-    quantize_dynamic = getattr(getattr(torch, "ao", None), "quantization", None)
-    quantize_dynamic = getattr(quantize_dynamic, "quantize_dynamic", None)
-    if quantize_dynamic is None:
-        raise ValueError(
-            f"quantize='int8' needs torch's dynamic quantization, missing in torch {torch.__version__}"
-        )
-    if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "x86"
-    out = copy.deepcopy(model).cpu()
-    with warnings.catch_warnings():  # torch marks the eager API deprecated; it is what runs int8 on CPU here
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-        out.encoder = quantize_dynamic(out.encoder, {torch.nn.Linear}, dtype=torch.qint8)
-    return out.eval()
-
-
 def default_stride(max_len: int) -> int:
     """Prediction windows overlap by 1/8 of their length by default (at least one character)."""
     return max(1, max_len - max(1, max_len // 8))
@@ -141,7 +123,9 @@ class Tagger:
         batch_size: windows per forward pass.
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
         num_threads: torch CPU threads (``None`` leaves torch's setting alone).
-        quantize: ``"none"`` or ``"int8"`` (dynamic int8 encoder on CPU; the given model is not changed).
+        precision: ``fp32`` (default), ``bf16``, ``fp16``, ``int8`` (dynamic int8 encoder on CPU; the given
+            model is not changed) or ``auto`` (:func:`ner_core.precision.choose`, gated by ``record``).
+        record: the model directory's dev-F1 record (:func:`ner_core.precision.read_record`) for ``auto``.
     """
 
     def __init__(
@@ -154,7 +138,8 @@ class Tagger:
         batch_size: int = 32,
         device: str | torch.device | None = "cpu",
         num_threads: int | None = None,
-        quantize: str = "none",
+        precision: str | Precision = Precision.FP32,
+        record=None,
     ):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
@@ -184,13 +169,12 @@ class Tagger:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        if quantize not in ("none", "int8"):
-            raise ValueError(f"quantize must be 'none' or 'int8', got {quantize!r}")
-        self.quantize = quantize
-        if quantize == "int8":
-            if self.device.type != "cpu":
-                raise ValueError(f"quantize='int8' runs on CPU only, but the device is {self.device}")
-            self.model = quantized_copy(self.model)
+        self.precision_choice: Choice = choose(
+            precision, purpose="prediction", hardware=Hardware.detect(self.device), record=record
+        )
+        self.precision: Precision = self.precision_choice.precision
+        if self.precision is Precision.INT8:
+            self.model = int8_copy(self.model)
         self.model.to(self.device)
 
     @classmethod
@@ -199,8 +183,8 @@ class Tagger:
 
         Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
         and where that is unset too: the window from the model's ``data.max_len``, batch size 32, device
-        ``auto`` (CUDA when present), no quantization (the stride from the window, see
-        :func:`default_stride`).
+        ``auto`` (CUDA when present), precision ``auto`` gated by the model directory's dev-F1 record (the
+        stride from the window, see :func:`default_stride`).
         """
         if options is not None and not isinstance(options, PredictionConfig):
             raise ValueError(f"expected options as a PredictionConfig, got {type(options).__name__}")
@@ -221,7 +205,8 @@ class Tagger:
             batch_size=pick("batch_size", 32),
             device=pick("device", "auto"),
             num_threads=pick("num_threads"),
-            quantize=pick("quantize", "none"),
+            precision=pick("precision", Precision.AUTO),
+            record=read_record(getattr(loaded, "path", None)),
         )
 
     #: how windows are joined: each character's emissions from its most central window, then one CRF
@@ -235,7 +220,7 @@ class Tagger:
             "stride": self.stride,
             "batch_size": self.batch_size,
             "device": str(self.device),
-            "quantize": self.quantize,
+            "precision": self.precision.value,
             "merge": self.merge,
         }
 
@@ -304,7 +289,8 @@ class Tagger:
             enc = collate(items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id)
             ids = enc["input_ids"].to(self.device)  # (B, T+2)
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
-            emissions, _ = self.model.emissions(ids, att)  # (B, T, K)
+            with autocast(self.precision, self.device.type):  # encoder + head; the CRF gets float32
+                emissions, _ = self.model.emissions(ids, att)  # (B, T, K)
             em = emissions.float().cpu().numpy()  # (B, T, K)
             first_seen = 0
             for r, (ti, s, e) in enumerate(batch_w):

@@ -34,6 +34,15 @@ from ner_core.evaluation import evaluate_model
 from ner_core.metrics import EvaluationReport
 from ner_core.model import NERModel
 from ner_core.modeldir import save_model_dir
+from ner_core.precision import (
+    Choice,
+    Hardware,
+    autocast,
+    choose,
+    default_threads,
+    needs_grad_scaler,
+    record_dev_f1,
+)
 from ner_core.schemes import tag_set
 
 __all__ = ["EpochStats", "TrainResult", "check_window", "set_seed", "train"]
@@ -48,6 +57,7 @@ class TrainResult:
     history: list[EpochStats] = field(default_factory=list)
     stopped_reason: str = ""
     seconds: float = 0.0
+    precision: str = "fp32"
 
 
 def train(
@@ -61,14 +71,18 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     extra_metadata: dict | None = None,
+    precision: Choice | None = None,
 ) -> TrainResult:
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
     ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
     and the run's scheme. With ``resume=True`` the run continues from the checkpoint in ``run_dir``.
+    ``precision``: the choice already made for ``config.training.precision`` (its reason is printed);
+    by default it is made here. At the end the best model's dev F1 in each precision is recorded
+    (:func:`ner_core.precision.record_dev_f1`).
     """
     t0 = time.perf_counter()
-    run = _set_up(config, train_docs, labels, Path(run_dir))
+    run = _set_up(config, train_docs, labels, Path(run_dir), precision)
     state = _resume(run) if resume else TrainingState()
     stopped = ""
     for epoch in range(state.epoch + 1, run.n_epochs + 1):
@@ -88,6 +102,7 @@ def train(
         stopped = f"finished {run.n_epochs} epochs"
     history = [asdict(h) for h in state.history]
     (run.run_dir / "history.json").write_text(json.dumps(history, indent=2), encoding="utf-8")
+    record_dev_f1(run.model_dir, dev_docs, device=config.training.device, trained_in=run.precision)
     return TrainResult(
         run_dir=run.run_dir,
         model_dir=run.model_dir,
@@ -96,6 +111,7 @@ def train(
         history=state.history,
         stopped_reason=stopped,
         seconds=time.perf_counter() - t0,
+        precision=str(run.precision),
     )
 
 
@@ -114,7 +130,7 @@ class _Run:
     train_set: TaggedDataset
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    use_amp: bool
+    precision: str
     n_epochs: int
     total_steps: int
     warmup_steps: int
@@ -124,17 +140,26 @@ class _Run:
         return self.run_dir / "model"
 
 
-def _set_up(config: NERConfig, train_docs: Sequence[Document], labels: Sequence[str], run_dir: Path) -> _Run:
+def _set_up(
+    config: NERConfig,
+    train_docs: Sequence[Document],
+    labels: Sequence[str],
+    run_dir: Path,
+    choice: Choice | None,
+) -> _Run:
     """Check the device, seed every RNG, save the config, build model, data, optimiser and schedule."""
     tc = config.training
     run_dir.mkdir(parents=True, exist_ok=True)
     if not train_docs:
         raise ValueError("no training documents: the training split is empty")
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    threads = tc.num_threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(tc.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {tc.device!r} requested but CUDA is not available on this machine")
+    choice = choice or choose(tc.precision, purpose="training", hardware=Hardware.detect(device))
+    print(choice.line("training"), flush=True)
     set_seed(tc.seed)
     (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
 
@@ -152,7 +177,7 @@ def _set_up(config: NERConfig, train_docs: Sequence[Document], labels: Sequence[
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / tc.batch_size) / tc.grad_accum_steps)
     n_epochs = tc.hard_epochs or tc.max_epochs
     total_steps = steps_per_epoch * n_epochs
-    use_amp = tc.mixed_precision and device.type == "cuda"
+    use_scaler = needs_grad_scaler(choice.precision)
     return _Run(
         config=config,
         run_dir=run_dir,
@@ -161,8 +186,8 @@ def _set_up(config: NERConfig, train_docs: Sequence[Document], labels: Sequence[
         tokenizer=tokenizer,
         train_set=train_set,
         optimizer=optimizer,
-        scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
-        use_amp=use_amp,
+        scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
+        precision=choice.precision,
         n_epochs=n_epochs,
         total_steps=total_steps,
         warmup_steps=int(total_steps * tc.warmup_ratio),
@@ -194,6 +219,8 @@ class _EpochTotals:
     loss_n: int = 0
     n_seen: int = 0
     chars_seen: int = 0
+    positions: int = 0
+    padded: int = 0
     budget_hit: bool = False
 
 
@@ -215,13 +242,15 @@ def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, prog
         run.train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
     ):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.use_amp):
+        with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
             loss = run.model(batch["input_ids"], batch["attention_mask"], batch["tags"])
         run.scaler.scale(loss / tc.grad_accum_steps).backward()
         totals.loss_sum += float(loss.detach())
         totals.loss_n += 1
         totals.n_seen += batch["input_ids"].size(0)
         totals.chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
+        totals.positions += batch["attention_mask"].numel()
+        totals.padded += batch["attention_mask"].numel() - int(batch["attention_mask"].sum())
         if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
             _optimizer_step(run, state, ep_t0)
         bar.update(1)
@@ -290,6 +319,7 @@ def _evaluate(
         seconds=time.perf_counter() - ep_t0,
         sentences_per_second=totals.n_seen / max(train_seconds, 1e-9),
         chars_per_second=totals.chars_seen / max(train_seconds, 1e-9),
+        padding_share=totals.padded / max(1, totals.positions),
     )
     return stats, report
 
@@ -360,7 +390,8 @@ def _print_epoch(stats: EpochStats) -> None:
     best = " *best*" if stats.is_best else ""
     print(
         f"epoch {stats.epoch}: loss {stats.train_loss:.4f}, {dev}, "
-        f"{stats.sentences_per_second:.1f} sent/s, {stats.seconds:.1f} s{best}",
+        f"{stats.sentences_per_second:.1f} sent/s, {stats.padding_share or 0:.1%} padding, "
+        f"{stats.seconds:.1f} s{best}",
         flush=True,
     )
 

@@ -192,22 +192,32 @@ def unreviewed_run_id(db_path: str | Path, pred_run_id: str) -> str:
         return candidate
 
 
-def prediction_run_id(model_dir: str, input_ref: str) -> str:
-    """Same model + same input -> same id, so a re-run replaces its rows instead of duplicating them
-    (unless the run has review events: :class:`PredictionRunWriter` then writes ``<id>-r2``).
+def prediction_run_id(model_dir: str, input_ref: str, precision: str | None = None) -> str:
+    """Same model + same input + same precision -> same id, so a re-run replaces its rows instead of
+    duplicating them (unless the run has review events: :class:`PredictionRunWriter` then writes
+    ``<id>-r2``), and an fp32 and a bf16 run of one input are two runs.
 
     The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
     that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
+    ``precision`` ``None`` or ``"fp32"`` gives the id of runs stored before precision was part of it.
     """
     if not isinstance(input_ref, str) or not input_ref:
         raise ValueError(f"expected a non-empty input_ref string, got {input_ref!r}")
     meta = Path(model_dir) / "meta.json"
     ident = meta.read_text(encoding="utf-8") if meta.exists() else str(Path(model_dir).resolve())
-    return "pred-" + hashlib.sha1(f"{ident}\n{input_ref}".encode()).hexdigest()[:12]
+    key = f"{ident}\n{input_ref}" + (f"\nprecision={precision}" if precision not in (None, "fp32") else "")
+    return "pred-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
 #: the value a setting had when a stored run's config does not name it
-_STORED_DEFAULTS = {"quantize": "none"}
+_STORED_DEFAULTS = {"quantize": "none", "precision": "fp32"}
+
+
+def _stored_setting(stored: Mapping[str, Any], key: str) -> Any:
+    """A stored run's setting; ``precision`` of a run stored with the retired ``quantize`` maps onto it."""
+    if key == "precision" and key not in stored and stored.get("quantize") == "int8":
+        return "int8"
+    return stored.get(key, _STORED_DEFAULTS.get(key))
 
 
 def _resumable(prev: dict | None, settings: Mapping[str, Any]) -> bool:
@@ -215,7 +225,7 @@ def _resumable(prev: dict | None, settings: Mapping[str, Any]) -> bool:
     if prev is None or prev["status"] not in ("running", "failed"):
         return False
     stored = json.loads(prev["config"]) if prev.get("config") else {}
-    return {k: stored.get(k, _STORED_DEFAULTS.get(k)) for k in settings} == dict(settings)
+    return {k: _stored_setting(stored, k) for k in settings} == dict(settings)
 
 
 class PredictionRunWriter:

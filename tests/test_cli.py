@@ -391,7 +391,7 @@ def test_train_from_files_then_test_and_incremental_predict_without_prefect(
 def test_predict_and_serve_share_the_prediction_options(command, capsys):
     rc, out, _ = run([command, "--help"], capsys)
     assert rc == 0
-    for flag in ("--window", "--stride", "--batch-size", "--threads", "--device", "--quantize"):
+    for flag in ("--window", "--stride", "--batch-size", "--threads", "--device", "--precision"):
         assert flag in out, (command, flag)
     assert "--max-len" not in out
     args = cli.build_parser().parse_args([command, "--window", "40", "--stride", "10", "--threads", "2"])

@@ -7,6 +7,7 @@ import duckdb
 import pytest
 
 from flows.contracts import DatasetSource, FilesSource
+from ner_core.config import PredictionConfig
 from ner_core.documents import Document
 from tests.conftest import SAMPLE
 
@@ -107,6 +108,10 @@ def _rows(db, pred_run_id):
     return docs, ents
 
 
+#: equality with the single-process run is exact arithmetic: fp32 (bf16 results move with batch composition)
+FP32 = PredictionConfig(precision="fp32")
+
+
 def _same(a, b):
     (docs_a, ents_a), (docs_b, ents_b) = a, b
     assert [d[:3] for d in docs_a] == [d[:3] for d in docs_b]
@@ -145,6 +150,7 @@ def test_shard_writer_and_predict_step_store_identical_rows(tmp_path, untrained_
         input_ref="same",
         batch_docs=2,
         progress=False,
+        options=FP32,  # the shards' workers tag in fp32 when no precision is set
     )
     out = store_shard_rows(
         dask_db,
@@ -208,12 +214,22 @@ def test_dask_flow_on_local_cluster_equals_single_process(trained):
     db, tr = trained["db"], trained["train"]
     source = FilesSource(files=RAW)
     docs, kind, ref = steps.load_prediction_input(db, source)
-    single = steps.predict_step(db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id)
+    single = steps.predict_step(
+        db, tr.model_dir, docs, input_kind=kind, input_ref=ref, run_id=tr.run_id, options=FP32
+    )
     expected = _rows(db, single.pred_run_id)
     assert expected[1], "the tiny model should find some entities in the raw texts"
 
     state = run_dask_predict(
-        db, source, tr.model_dir, tr.run_id, n_shards=3, n_workers=2, processes=False, return_state=True
+        db,
+        source,
+        tr.model_dir,
+        tr.run_id,
+        n_shards=3,
+        n_workers=2,
+        processes=False,
+        return_state=True,
+        options=FP32,
     )
     assert state.is_completed(), state
     out = state.result()
@@ -229,9 +245,18 @@ def test_plain_dask_client_equals_single_process(trained):
 
     db, tr = trained["db"], trained["train"]
     docs, _, _ = steps.load_prediction_input(db, DatasetSource(dataset="sample", split="test"))
-    single = steps.predict_step(db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-single")
+    single = steps.predict_step(
+        db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-single", options=FP32
+    )
     out = predict_sharded(
-        db, tr.model_dir, docs, input_kind="dataset", input_ref="plain-dask", n_shards=2, n_workers=2
+        db,
+        tr.model_dir,
+        docs,
+        input_kind="dataset",
+        input_ref="plain-dask",
+        n_shards=2,
+        n_workers=2,
+        options=FP32,
     )
     assert out.n_documents == len(docs) == single.n_documents
     _same(_rows(db, out.pred_run_id), _rows(db, single.pred_run_id))

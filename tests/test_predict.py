@@ -183,7 +183,9 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     from ner_core.predict import Tagger
 
     text = long_text[:300]
-    tagger = Tagger.from_loaded(loaded, PredictionConfig(window=40, stride=30, batch_size=5))
+    tagger = Tagger.from_loaded(
+        loaded, PredictionConfig(window=40, stride=30, batch_size=5, precision="fp32")
+    )
     tags, probs = tagger.tag_texts([text])[0]
     K = len(loaded.tags)
     em = np.zeros((len(text), K), np.float32)
@@ -604,9 +606,9 @@ def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
 def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     from ner_core.predict import Tagger
 
-    fp = Tagger.from_loaded(loaded, PredictionConfig(window=32))
-    q = Tagger.from_loaded(loaded, PredictionConfig(window=32, quantize="int8"))
-    assert q.settings["quantize"] == "int8" and fp.settings["quantize"] == "none"
+    fp = Tagger.from_loaded(loaded, PredictionConfig(window=32, precision="fp32"))
+    q = Tagger.from_loaded(loaded, PredictionConfig(window=32, precision="int8"))
+    assert q.settings["precision"] == "int8" and fp.settings["precision"] == "fp32"
     linear_types = {type(m).__module__ for m in q.model.encoder.modules() if type(m).__name__ == "Linear"}
     assert linear_types and all("quantized" in t for t in linear_types), linear_types
     assert type(q.model.classifier) is nn.Linear  # the head and the CRF stay float
@@ -617,10 +619,12 @@ def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     assert len(tags_q) == len(probs_q) == len(long_text)  # every character tagged
     same = sum(a == b for a, b in zip(tags_fp, tags_q)) / len(long_text)
     assert same > 0.8, same  # int8 rounding moves some tags of this untrained model, not most of them
-    with pytest.raises(ValueError, match="quantize must be 'none' or 'int8', got 'fp4'"):
-        Tagger(loaded.model, loaded.tokenizer, max_len=32, quantize="fp4")
-    with pytest.raises(ValueError, match="Input should be 'none' or 'int8'"):
-        PredictionConfig(quantize="fp4")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16, int8, got 'fp4'"):
+        Tagger(loaded.model, loaded.tokenizer, max_len=32, precision="fp4")
+    with pytest.raises(ValueError, match="Input should be 'auto', 'fp32', 'bf16', 'fp16' or 'int8'"):
+        PredictionConfig(precision="fp4")
+    # the retired setting still loads, mapped onto precision
+    assert PredictionConfig(quantize="int8").precision == "int8"
 
 
 def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loaded):
@@ -636,20 +640,22 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         }
     )
     saved = SimpleNamespace(model=loaded.model, tokenizer=loaded.tokenizer, config=cfg)
-    assert Tagger.from_loaded(saved).settings == {
+    fp32 = PredictionConfig(precision="fp32")
+    assert Tagger.from_loaded(saved, fp32).settings == {
         "max_len": 24,
         "stride": 10,
         "batch_size": 3,
         "device": "cpu",
-        "quantize": "none",
+        "precision": "fp32",
         "merge": "emissions",
     }
-    assert Tagger.from_loaded(saved, PredictionConfig(window=40, stride=20, batch_size=5)).settings == {
+    options = PredictionConfig(window=40, stride=20, batch_size=5, precision="fp32")
+    assert Tagger.from_loaded(saved, options).settings == {
         "max_len": 40,
         "stride": 20,
         "batch_size": 5,
         "device": "cpu",
-        "quantize": "none",
+        "precision": "fp32",
         "merge": "emissions",
     }
     # no saved prediction window: the model's training max_len, stride half of it
@@ -660,7 +666,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         Tagger.from_loaded(loaded, PredictionConfig(window=limit))
 
 
-def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, model_dir, capsys):
+def test_predict_cli_window_stride_and_precision_reach_the_stored_run(tmp_path, model_dir, capsys):
     from app import cli
 
     db = str(tmp_path / "cli.duckdb")
@@ -678,7 +684,7 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
         "7",
         "--batch-size",
         "4",
-        "--quantize",
+        "--precision",
         "int8",
         "--device",
         "cpu",
@@ -699,18 +705,19 @@ def test_predict_cli_window_stride_and_quantize_reach_the_stored_run(tmp_path, m
             "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [out["pred_run_id"]]
         ).fetchone()
     cfg = json.loads(cfg)
-    assert {k: cfg[k] for k in ("max_len", "stride", "batch_size", "quantize", "device")} == {
+    assert {k: cfg[k] for k in ("max_len", "stride", "batch_size", "precision", "device")} == {
         "max_len": 20,
         "stride": 7,
         "batch_size": 4,
-        "quantize": "int8",
+        "precision": "int8",
         "device": "cpu",
     }
     for extra, needle in (
         (["--window", "20", "--stride", "30"], "stride (30) must not exceed max_len (20)"),
         (["--window", "0"], "expected a positive integer, got 0"),
         (["--window", "600"], "exceeds the encoder's"),
-        (["--quantize", "fp4"], "invalid choice: 'fp4'"),
+        (["--precision", "fp4"], "invalid choice: 'fp4'"),
+        (["--quantize", "int8"], "--quantize is replaced by --precision (int8 for --quantize int8"),
     ):
         rc = None
         try:

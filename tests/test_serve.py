@@ -53,6 +53,8 @@ def service(model_dir, tmp_path_factory):
         "5000",
         "--window",
         "32",
+        "--precision",  # fp32: the tests compare confidences to 1e-4 (bf16 moves them by ~1e-3)
+        "fp32",
     ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -96,7 +98,8 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3 and results[2] == {"n_chars": 0, "entities": []}
-    expected = Tagger.from_loaded(load_model_dir(model_dir), PredictionConfig(window=32)).predict(TEXTS)
+    options = PredictionConfig(window=32, precision="fp32")
+    expected = Tagger.from_loaded(load_model_dir(model_dir), options).predict(TEXTS)
     for text, res, exp in zip(TEXTS, results, expected):
         assert res["n_chars"] == len(text)
         assert [(e["start"], e["end"], e["label"], e["text"]) for e in res["entities"]] == [
