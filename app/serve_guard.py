@@ -8,8 +8,9 @@ uvicorn server that stops gracefully.
   constant time (:func:`hmac.compare_digest`) on every path except ``/health`` and answers 401 otherwise.
 - **Bodies.** :class:`RequestGuard` reads each body itself, up to ``max_body_bytes`` however it is sent
   (``Content-Length`` or chunked): beyond -> 413, at once; a body not complete within ``body_timeout_s``
-  (a client that stops sending) -> 408. Both close the connection. JSON nested deeper than
-  :data:`MAX_JSON_DEPTH` -> 422 before any parser recurses into it. :func:`text_problem` names a lone
+  (a client that stops sending) -> 408. Both close the connection. A body that is not UTF-8, or JSON
+  nested deeper than :data:`MAX_JSON_DEPTH`, -> 422 before any parser recurses into it
+  (:func:`body_problem`). :func:`text_problem` names a lone
   surrogate (``"\\ud800"``, which JSON allows and UTF-8 cannot carry) or a NUL character in a text.
 - **Connections.** :class:`IdleTimeoutH11Protocol` closes a connection that has not sent a whole request
   head within the idle timeout (uvicorn only times out connections idle *between* requests, so a client
@@ -117,6 +118,18 @@ def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def body_problem(body: bytes) -> str | None:
+    """Why ``body`` cannot be a JSON request before any parser sees it: bytes that are not UTF-8 (JSON's
+    encoding), or nesting deeper than :data:`MAX_JSON_DEPTH`; ``None`` when neither."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"the body is not UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 1]!r})"
+    if json_depth_exceeds(body):
+        return f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    return None
+
+
 def text_problem(texts: list[str]) -> str | None:
     """A sentence naming the first text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``:
     JSON lets it through, UTF-8 cannot carry it) or holds a NUL character; ``None`` when all are fine."""
@@ -183,12 +196,10 @@ class RequestGuard:
             return await _reply(send, exc.status, exc.detail)
         if body is None:  # the client went away
             return None
-        if json_depth_exceeds(body):
-            detail = (
-                f"invalid request: JSON nested more than {MAX_JSON_DEPTH} levels deep "
-                '(expected JSON {"text": "..."} or {"texts": ["...", ...]})'
-            )
-            return await _reply(send, 422, detail)
+        problem = body_problem(body)
+        if problem is not None:
+            expected = '(expected JSON {"text": "..."} or {"texts": ["...", ...]})'
+            return await _reply(send, 422, f"invalid request: {problem} {expected}")
         return await self.app(scope, _replay(body, receive), send)
 
     def _too_large(self, size: str) -> _Refused:

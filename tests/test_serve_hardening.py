@@ -194,6 +194,7 @@ def test_query_sends_the_key(guarded, tmp_path):
         (b'{"text": "ab\\u0000cd"}', "text 0: character 2 is a NUL (U+0000)"),
         (b'{"text": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "JSON nested more than 32 levels deep"),
         (b'{"text": "a\x00b"}', "JSON decode error"),  # a raw NUL inside a JSON string is not JSON
+        (b'{"text": "\xe5\xbc"}', "the body is not UTF-8 (byte 10: "),  # a cut-off character
     ],
 )
 def test_bad_text_is_a_clear_422(guarded, body, message):
