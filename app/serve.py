@@ -249,9 +249,15 @@ class RequestBatcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            texts = [t for ts, _ in batch for t in ts]
             with self._lock:
-                self._waiting = [self._waiting[0] - len(batch), self._waiting[1] - sum(map(len, texts))]
+                n_chars = sum(len(t) for ts, _ in batch for t in ts)
+                self._waiting = [self._waiting[0] - len(batch), self._waiting[1] - n_chars]
+            # a request given up on (its future cancelled: a client gone, a shutdown timeout) is skipped;
+            # the others are marked running, so they can no longer be cancelled under the worker
+            batch = [(ts, done) for ts, done in batch if done.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            texts = [t for ts, _ in batch for t in ts]
             t0 = time.perf_counter()
             try:
                 preds = self.tagger.predict(texts)

@@ -117,6 +117,18 @@ def test_batcher_queue_is_bounded_and_close_drains_it():
     assert [w.result(5) for w in waiting] == [[["一二三:3"]], [["四:1"]]]  # drained before stopping
     assert not batcher._worker.is_alive()
 
+    # a request given up on while it waits is skipped; the worker goes on serving
+    tagger = _BlockingTagger()
+    batcher = RequestBatcher(tagger, max_texts=1, max_chars=100)
+    batcher.submit(["甲"])
+    assert tagger.entered.wait(30)
+    gone, kept = batcher.submit(["乙"]), batcher.submit(["丙"])
+    assert gone.cancel()
+    tagger.release.set()
+    assert kept.result(5) == [["丙:1"]] and batcher.predict(["丁"]) == [["丁:1"]]
+    assert ["乙"] not in tagger.calls and batcher.queue_state()["waiting"] == 0
+    batcher.close()
+
     # characters bound too; a request larger than the bound is still accepted when nothing waits
     tagger = _BlockingTagger()
     batcher = RequestBatcher(tagger, max_texts=4, max_chars=100, max_queue=10, max_queue_chars=10)
@@ -284,7 +296,10 @@ def test_burst_gets_503_past_the_queue_and_sigterm_lets_requests_in_flight_finis
         while time.monotonic() < deadline:
             health = httpx.get(f"{svc['url']}/health").json()
             refused = [a for a in answers if a[0] == 503]
-            if health["queue"]["waiting"] >= 2 and len(refused) == health["served"]["rejected_busy"] >= 1:
+            waiting, served = health["queue"]["waiting"], health["served"]
+            # every request arrived (all but the one being tagged are counted) and at least 2 wait
+            arrived = served["rejected_busy"] + waiting + served["requests"] >= 11
+            if arrived and waiting >= 2 and len(refused) == served["rejected_busy"] >= 1:
                 break
             time.sleep(0.02)
         signalled = time.monotonic()
