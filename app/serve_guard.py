@@ -309,7 +309,7 @@ def run_server(
     ``max_connections``: connections and requests at once before uvicorn answers 503."""
     import uvicorn
 
-    config = uvicorn.Config(
+    uvicorn.run(
         app,
         host=host,
         port=port,
@@ -320,4 +320,3 @@ def run_server(
         log_level=log_level,
         access_log=access_log,
     )
-    uvicorn.Server(config).run()
