@@ -176,7 +176,8 @@ class RequestBatcher:
 
         texts = list(texts)
         n_chars = sum(map(len, texts))
-        with self._lock:
+        done: Future = Future()
+        with self._lock:  # queued under the lock: nothing lands behind close()'s end marker
             n_waiting, chars_waiting = self._waiting
             if self._closing:
                 raise QueueFull("the service is stopping; retry on a new connection", 1)
@@ -190,8 +191,7 @@ class RequestBatcher:
                     retry,
                 )
             self._waiting = [n_waiting + 1, chars_waiting + n_chars]
-        done: Future = Future()
-        self._queue.put((texts, done))
+            self._queue.put((texts, done))
         return done
 
     def predict(self, texts: list[str]) -> list:
@@ -213,7 +213,7 @@ class RequestBatcher:
         """Refuse new requests, tag every request queued already, then stop the worker."""
         with self._lock:
             self._closing = True
-        self._queue.put(None)
+            self._queue.put(None)
         self._worker.join(timeout=60)
 
     def _retry_after(self, n_waiting: int, chars_waiting: int) -> int:
