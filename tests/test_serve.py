@@ -31,33 +31,15 @@ def model_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
     return build_model_dir(tmp_path_factory.mktemp("serve-model") / "model", tiny_encoder_dir)
 
 
-@pytest.fixture(scope="module")
-def service(model_dir, tmp_path_factory):
+def start_service(model_dir: Path, log: Path, *args: str, env: dict | None = None) -> dict:
+    """``python -m app.serve serve --model-dir MODEL_DIR --port FREE ARGS...`` in a subprocess, once its
+    /health answers: {"url", "port", "proc", "log"}. Stop it with :func:`stop_service`."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "app.serve",
-        "serve",
-        "--model-dir",
-        str(model_dir),
-        "--port",
-        str(port),
-        "--max-texts",
-        "4",
-        "--max-chars",
-        "3000",
-        "--max-total-chars",
-        "5000",
-        "--window",
-        "32",
-        "--precision",  # fp32: the tests compare confidences to 1e-4 (bf16 moves them by ~1e-3)
-        "fp32",
-    ]
+    base = {k: v for k, v in os.environ.items() if k != "NER_API_KEY"}  # a key only where a test sets one
+    env = {**base, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "app.serve", "serve", "--model-dir", str(model_dir), "--port", str(port)]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, *args], cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -65,19 +47,31 @@ def service(model_dir, tmp_path_factory):
             pytest.fail(f"service exited with {proc.returncode}: {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
+                return {"url": url, "port": port, "proc": proc, "log": log}
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"service did not come up in 180 s: {log.read_text()[-3000:]}")
         time.sleep(0.3)
-    yield {"url": url, "proc": proc, "log": log}
-    proc.terminate()
+
+
+def stop_service(service: dict) -> None:
+    service["proc"].terminate()
     try:
-        proc.wait(timeout=20)
+        service["proc"].wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        service["proc"].kill()
+
+
+@pytest.fixture(scope="module")
+def service(model_dir, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "serve.log"
+    limits = ["--max-texts", "4", "--max-chars", "3000", "--max-total-chars", "5000", "--window", "32"]
+    # fp32: the tests compare confidences to 1e-4 (bf16 moves them by ~1e-3)
+    svc = start_service(model_dir, log, *limits, "--precision", "fp32")
+    yield svc
+    stop_service(svc)
 
 
 def test_health_and_model_info(service, model_dir):
@@ -203,7 +197,7 @@ def test_batcher_tags_waiting_requests_together_within_the_limits():
         "d": [["七八九十:4"]],
         "e": [["壹:1"]],
     }
-    assert batcher.stats == {"requests": 6, "texts": 7, "batches": 3}
+    assert batcher.stats == {"requests": 6, "texts": 7, "batches": 3, "rejected_busy": 0}
     # an error reaches the requests of its batch only; the worker goes on serving
     with pytest.raises(RuntimeError, match="tagger failed"):
         batcher.predict(["boom"])

@@ -1,0 +1,322 @@
+"""What stands between the network and the prediction service (:mod:`app.serve`): the API key, the
+request body (size, read deadline, nesting, text that is not valid Unicode), idle connections and the
+uvicorn server that stops gracefully.
+
+- **API key.** :func:`load_api_key` reads it from ``--api-key-file FILE`` or the ``NER_API_KEY``
+  environment variable; :func:`check_bind` refuses to serve a non-loopback address without one. Clients
+  send it as ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``); :class:`RequestGuard` compares it in
+  constant time (:func:`hmac.compare_digest`) on every path except ``/health`` and answers 401 otherwise.
+- **Bodies.** :class:`RequestGuard` reads each body itself, up to ``max_body_bytes`` however it is sent
+  (``Content-Length`` or chunked): beyond -> 413, at once; a body not complete within ``body_timeout_s``
+  (a client that stops sending) -> 408. Both close the connection. A body that is not UTF-8, or JSON
+  nested deeper than :data:`MAX_JSON_DEPTH`, -> 422 before any parser recurses into it
+  (:func:`body_problem`). :func:`text_problem` names a lone
+  surrogate (``"\\ud800"``, which JSON allows and UTF-8 cannot carry) or a NUL character in a text.
+- **Connections.** :class:`IdleTimeoutH11Protocol` closes a connection that has not sent a whole request
+  head within the idle timeout (uvicorn only times out connections idle *between* requests, so a client
+  that connects and says nothing, or sends its headers a byte at a time, would hold a slot forever).
+- **Stopping.** :func:`run_server` runs uvicorn with these settings; on SIGTERM or SIGINT uvicorn stops
+  accepting connections, lets the requests in flight finish (at most ``graceful_timeout_s``), then the
+  app's shutdown drains and stops the batcher.
+
+Every refusal here is JSON ``{"detail": "..."}`` with one sentence saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import re
+from pathlib import Path
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+API_KEY_ENV = "NER_API_KEY"
+MIN_KEY_CHARS = 16
+OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers, monitors)
+MAX_JSON_DEPTH = 32  # a valid request nests 2 levels ({"texts": [...]})
+KEY_HINT = "send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
+
+
+# ----------------------------------------------------------------------------------------- API key
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``); any other name or address,
+    ``0.0.0.0`` and ``::`` included, may be reached from other machines."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_api_key(key_file: str | os.PathLike | None, environ: dict | None = None) -> str | None:
+    """The API key from ``key_file`` (its first line, whitespace stripped) if given, else from the
+    ``NER_API_KEY`` environment variable; ``None`` when neither is set. A missing or empty file, or a
+    key shorter than :data:`MIN_KEY_CHARS`, is a ``ValueError`` that says so."""
+    environ = os.environ if environ is None else environ
+    if key_file is not None:
+        path = Path(key_file)
+        if not path.is_file():
+            raise ValueError(f"--api-key-file {path}: no such file")
+        lines = path.read_text(encoding="utf-8").strip().splitlines()
+        key, where = (lines[0].strip() if lines else ""), f"--api-key-file {path}"
+    elif environ.get(API_KEY_ENV) is not None:
+        key, where = environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}"
+    else:
+        return None
+    if len(key) < MIN_KEY_CHARS:
+        raise ValueError(
+            f"the API key in {where} has {len(key)} characters; use at least {MIN_KEY_CHARS} "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return key
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    """Refuse (``ValueError``) to serve a non-loopback address without an API key."""
+    if api_key is None and not is_loopback(host):
+        raise ValueError(
+            f"--host {host} is reachable from other machines: set an API key in ${API_KEY_ENV} or "
+            f"--api-key-file FILE (clients {KEY_HINT}), or serve on 127.0.0.1 behind a proxy"
+        )
+
+
+def _key_problem(headers: list[tuple[bytes, bytes]], key: bytes) -> str | None:
+    """Why the request's key is not accepted, or ``None``; compared in constant time."""
+    given = None
+    for name, value in headers:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            given = value[7:].strip()
+        elif name == b"x-api-key":
+            given = value.strip()
+    if given is None:
+        return f"this service needs an API key: {KEY_HINT}"
+    if not hmac.compare_digest(given, key):
+        return "wrong API key"
+    return None
+
+
+# ----------------------------------------------------------------------------------------- bodies
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``body`` (JSON text) nests arrays/objects deeper than ``limit``; brackets inside strings do
+    not count. Fast for ordinary bodies: fewer brackets than ``limit`` cannot nest deeper."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for c in _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", body)):
+        depth += 1 if c in b"[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why ``body`` cannot be a JSON request before any parser sees it: bytes that are not UTF-8 (JSON's
+    encoding), or nesting deeper than :data:`MAX_JSON_DEPTH`; ``None`` when neither."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"the body is not UTF-8 (byte {exc.start}: {body[exc.start : exc.start + 1]!r})"
+    if json_depth_exceeds(body):
+        return f"JSON nested more than {MAX_JSON_DEPTH} levels deep"
+    return None
+
+
+def text_problem(texts: list[str]) -> str | None:
+    """A sentence naming the first text that is not valid Unicode (a lone surrogate such as ``"\\ud800"``:
+    JSON lets it through, UTF-8 cannot carry it) or holds a NUL character; ``None`` when all are fine."""
+    for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"text {i}: character {exc.start} is a lone surrogate (U+{ord(t[exc.start]):04X}), not valid "
+                "Unicode; send UTF-8 text (a \\uD8xx escape must be followed by its \\uDCxx pair)"
+            )
+        if "\x00" in t:
+            return f"text {i}: character {t.index(chr(0))} is a NUL (U+0000); remove NUL characters"
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+async def _reply(send, status: int, detail: str, extra: dict[str, str] | None = None) -> None:
+    """A JSON ``{"detail"}`` answer; 408/413 close the connection (the rest of the body is not read)."""
+    body = json.dumps({"detail": detail}, ensure_ascii=False).encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
+    if status in (408, 413):
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """ASGI middleware: the API key (when one is set; not on :data:`OPEN_PATHS`), then the body read
+    whole within ``max_body_bytes`` and ``body_timeout_s`` and checked for nesting, then handed on to the
+    app unchanged. ``limits_hint`` ends the 413 message (what the limit derives from)."""
+
+    def __init__(
+        self,
+        app,
+        *,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        api_key: str | None = None,
+        limits_hint: str = "",
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.key = api_key.encode("utf-8") if api_key is not None else None
+        self.limits_hint = limits_hint
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.key is not None and scope["path"] not in OPEN_PATHS:
+            problem = _key_problem(scope["headers"], self.key)
+            if problem is not None:
+                return await _reply(send, 401, problem, {"WWW-Authenticate": "Bearer"})
+        try:
+            body = await self._read_body(scope, receive)
+        except _Refused as exc:
+            return await _reply(send, exc.status, exc.detail)
+        if body is None:  # the client went away
+            return None
+        problem = body_problem(body)
+        if problem is not None:
+            expected = '(expected JSON {"text": "..."} or {"texts": ["...", ...]})'
+            return await _reply(send, 422, f"invalid request: {problem} {expected}")
+        return await self.app(scope, _replay(body, receive), send)
+
+    def _too_large(self, size: str) -> _Refused:
+        return _Refused(
+            413,
+            f"request body is {size} bytes; this service accepts at most {self.max_body_bytes} bytes"
+            + (f" ({self.limits_hint})" if self.limits_hint else ""),
+        )
+
+    async def _read_body(self, scope, receive) -> bytes | None:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                raise self._too_large(str(int(value)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout_s
+        chunks, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.001))
+            except (asyncio.TimeoutError, TimeoutError):
+                raise _Refused(
+                    408,
+                    f"request body not received within {self.body_timeout_s:g} s "
+                    f"({size} bytes arrived); send the whole body at once",
+                ) from None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large(f"more than {self.max_body_bytes}")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A ``receive`` that hands the app the body read already, then passes on to the real one (whose next
+    message is the client's disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# ----------------------------------------------------------------------------------------- the server
+class IdleTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a request-head deadline: a connection that has not sent a whole request
+    head within ``timeout_keep_alive`` seconds of being made, or of its last response, is closed. (uvicorn
+    alone arms its keep-alive timer only after a response and drops it on the first byte received, so a
+    client that connects and says nothing, or sends its headers a byte at a time, holds a slot forever.)"""
+
+    _head_timer = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a whole request head arrived
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        self._arm_head_timer()  # before: a pipelined request handled in there disarms it again
+        super().on_response_complete()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.timeout_keep_alive_handler()
+
+
+def run_server(
+    app,
+    *,
+    host: str,
+    port: int,
+    idle_timeout_s: float = 5.0,
+    max_connections: int | None = None,
+    graceful_timeout_s: float = 30.0,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> None:
+    """Serve ``app`` with uvicorn until SIGTERM/SIGINT, then stop gracefully: no new connections, the
+    requests in flight finish (at most ``graceful_timeout_s``), then the app's shutdown runs.
+    ``max_connections``: connections and requests at once before uvicorn answers 503."""
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http=IdleTimeoutH11Protocol,
+        timeout_keep_alive=idle_timeout_s,  # type: ignore[arg-type]  (an int in the hints; any number works)
+        limit_concurrency=max_connections,
+        timeout_graceful_shutdown=graceful_timeout_s,  # type: ignore[arg-type]
+        log_level=log_level,
+        access_log=access_log,
+    )
