@@ -38,7 +38,7 @@ def test_the_time_limit_comes_from_the_environment_and_is_checked(tmp_path, monk
     with pytest.raises(QueryTimeout, match="0.5 s"):
         query(db, CROSS_JOIN)
     monkeypatch.setenv("NER_QUERY_TIME_LIMIT_S", "soon")
-    with pytest.raises(ValueError, match="NER_QUERY_TIME_LIMIT_S: expected a number of seconds > 0, got 'soon'"):
+    with pytest.raises(ValueError, match="NER_QUERY_TIME_LIMIT_S: expected a number of seconds > 0"):
         query(db, "SELECT 1")
     with pytest.raises(ValueError, match="expected time_limit_s as seconds > 0"):
         query(db, "SELECT 1", time_limit_s=0)
