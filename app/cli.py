@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app import serve
+from app import datasets_cmd, serve
 from app.options import add_prediction_options, chosen_model, prediction_options
 from ner_core.config import HeadType, NERConfig
 
@@ -759,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (
         _add_ingest,
+        datasets_cmd.add_parser,
         _add_train,
         _add_test,
         _add_predict,
