@@ -343,6 +343,8 @@ class IngestPlan:
     format: str  # the one format of the files, or "mixed"
     scheme: str | None  # the schemes the tagged files were read in, comma-separated
     rejected: int  # records rejected by error-severity problems
+    # spans the repair of overlaps dropped: (doc_id, start, end, label, reason, kept start, end, label)
+    dropped: list[tuple] = field(default_factory=list)
 
     @property
     def n_documents(self) -> int:
@@ -421,6 +423,7 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
         for doc_id, rec in zip(ids, r.records):
             rows.append((doc_id, rec[1], rec[2], rec[3], r.source))
             splits.append(f.split or "")
+    dropped = [(ids[d[0]], *d[1:]) for r, ids in zip(results, doc_ids) for d in r.dropped]
     if opts.split_ratios:
         _deal_by_ratio(splits, opts.split_ratios, opts.seed)
     _check_doc_ids(name, rows)
@@ -442,6 +445,7 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
         format=formats[0] if len(formats) == 1 else "mixed",
         scheme=",".join(schemes) or None,
         rejected=failed.rejected,
+        dropped=dropped,
     )
 
 

@@ -276,6 +276,23 @@ CREATE VIEW v_low_confidence_entities AS
     WHERE confidence < 0.5;
 """
 
+# The issue-16 migration (numbered 6 when merged after the review and precision migrations 4 and 5).
+_V4_DROPPED_SPANS = """
+CREATE TABLE dropped_spans (
+    dataset    VARCHAR NOT NULL,
+    version    INTEGER NOT NULL,
+    doc_id     VARCHAR NOT NULL,
+    start      INTEGER NOT NULL,
+    "end"      INTEGER NOT NULL,
+    label      VARCHAR NOT NULL,
+    reason     VARCHAR NOT NULL CHECK (reason IN ('nested', 'crossing', 'same_span')),
+    kept_start INTEGER NOT NULL,                -- the overlapping entity that was kept instead
+    kept_end   INTEGER NOT NULL,
+    kept_label VARCHAR NOT NULL,
+    CHECK ("end" > start AND start >= 0)
+);
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -294,6 +311,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "prediction views: predicted_disagreements(a, b) and document_entities(run, doc) table macros, "
         "v_prediction_runs, v_low_confidence_entities",
         _V3_PREDICTION_VIEWS,
+    ),
+    (
+        4,
+        "dropped_spans: entities of span-format records dropped by the repair of overlaps (nested, "
+        "crossing, same span)",
+        _V4_DROPPED_SPANS,
     ),
 ]
 
