@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app import datasets_cmd, serve
+from app import datasets_cmd, exposure, serve
 from app.options import add_prediction_options, chosen_model, prediction_options
 from ner_core.config import HeadType, NERConfig
 
@@ -545,6 +545,9 @@ def cmd_promote(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    warning = exposure.check_bind(args.host, args.port, allow_remote=args.allow_remote, what="the dashboard")
+    if warning:  # a non-loopback address with --allow-remote: said on every start
+        print(warning, file=sys.stderr, flush=True)
     env = {**os.environ, "NER_DB": str(Path(args.db).resolve())}
     cmd = [
         sys.executable,
@@ -726,6 +729,7 @@ def _add_promote(sub) -> None:
 def _add_ui(sub) -> None:
     sp = _common(sub.add_parser("ui", help="start the Streamlit dashboard"))
     sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback --host (no login!)")
     sp.set_defaults(func=cmd_ui)
 
 
