@@ -95,7 +95,8 @@ CRAFTED = [
     b"", b"\n", b"\xef\xbb\xbf", b"\x00" * 64, b"[" * 100_000 + b"]" * 100_000,
     b'{"text": "a", "entities": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
     b'{"text": "a", "label": ' + b"{" * 50_000 + b"}" * 50_000 + b"}\n",
-    b'[["\\ud800", "O"]]', b'{"text": "\\ud800", "entities": []}\n', b"\xe5\xbc\xa0\tB-PER\r\n\xe4\xb8\x89\tI-PER\r\n",
+    b'[["\\ud800", "O"]]', b'{"text": "\\ud800", "entities": []}\n',
+    b"\xe5\xbc\xa0\tB-PER\r\n\xe4\xb8\x89\tI-PER\r\n",
     b"x" * 200_000 + b"\tO\n",
     b"\xff\xfe" + "张\tO\n".encode("utf-16-le"),
 ]  # fmt: skip
