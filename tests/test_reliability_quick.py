@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.slow  # about a minute on an idle 2-core machine (child processes, training)
+
 
 @pytest.fixture(scope="module")
 def quick_results():
