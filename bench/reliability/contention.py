@@ -49,6 +49,8 @@ def contention(ctx: Context, res: StageResult) -> None:
     root = ctx.scratch("contention")
     db = wb.copy_db(wb.reference_training(ctx)["db"], root / "c.duckdb")
     _two_writers(ctx, res, db)
+    if ctx.quick:  # the read latencies are figures, measured in the full campaign
+        return
     model_dir = wb.reference_training(ctx)["model_dir"]
     name, files = ingest_files()
     for what, argv in (

@@ -91,7 +91,8 @@ def full_disk(ctx: Context, res: StageResult) -> None:
     disk = SmallDisk(ctx.scratch("disk") / "small")
     res.notes.append(f"full disk made by: {disk.method}")
     try:
-        for case in (_ingest_full, _model_save_full, _predict_full):
+        # --quick: the ingest only (each case is a child process of several seconds)
+        for case in (_ingest_full,) if ctx.quick else (_ingest_full, _model_save_full, _predict_full):
             if case is _model_save_full and not disk.mounted:
                 # a file-size limit would stop the database's writes before the model's
                 res.notes.append("model save case skipped: it needs the tmpfs (mount refused)")

@@ -185,7 +185,7 @@ def print_table(results: list[StageResult], seconds: float, quick: bool) -> None
     )
     for r in results:
         for k, v in r.figures.items():
-            print(f"  {r.name}: {k}: {v}")
+            print(f"  {r.name}: {k}: {' '.join(str(v).split())}")
         for note in r.notes:
             print(f"  {r.name}: note: {note}")
     failures = [f for r in results for f in r.failures]

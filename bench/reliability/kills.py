@@ -56,19 +56,19 @@ def _ingest_argv(db: Path, name: str, files: dict[str, str]) -> list[str]:
     ]
 
 
-def _ingest_reference(ctx: Context, res: StageResult, ref_db: Path, name: str, files: dict) -> float | None:
+def _ingest_reference(ctx: Context, res: StageResult, ref_db: Path, name: str, files: dict) -> tuple:
     """Ingest uninterrupted: as a child in the full campaign (its duration), in this process under
     ``--quick`` (None). Raises when it fails."""
     from storage.datasets import ingest_dataset
 
     if ctx.quick:
         ingest_dataset(ref_db, name, files)
-        return None
+        return None, None
     argv = _ingest_argv(ref_db, name, files)
-    rc, duration, out = wb.run(argv, ref_db.parent, ref_db.with_suffix(".log"))
+    rc, duration, out, ready = wb.run_marked(argv, ref_db.parent, ref_db.with_suffix(".log"), "reading")
     if rc != 0:
         raise RuntimeError(f"the uninterrupted ingest failed (exit {rc}): {out[-500:]}")
-    return duration
+    return duration, ready
 
 
 @stage("kill -9 during ingest", "faults")
@@ -80,7 +80,7 @@ def ingest_kills(ctx: Context, res: StageResult) -> None:
     base = wb.base_db(ctx)
     earlier = dataset_content(base, "sample")
     ref_db = wb.copy_db(base, root / "ref.duckdb")
-    duration = _ingest_reference(ctx, res, ref_db, name, files)
+    duration, ready = _ingest_reference(ctx, res, ref_db, name, files)
     ref = dataset_content(ref_db, name)
     res.figures["uninterrupted ingest"] = (
         f"{duration:.1f} s, " if duration else ""
@@ -88,27 +88,31 @@ def ingest_kills(ctx: Context, res: StageResult) -> None:
     rng = ctx.rng("ingest")
     n = ctx.n(20, 2)
     aimed = n if duration is None else n // 4
-    plans = [("at", t) for t in wb.spread(rng, n - aimed, duration or 0)]
+    plans = [("at", t) for t in wb.spread_marked(rng, n - aimed, ready, duration)] if duration else []
     plans += [("writing", rng.uniform(0, 0.6)) for _ in range(aimed)]
-    early = 0
-    for i, plan in enumerate(plans):
-        early += not _one_ingest_kill(res, base, root / f"kill-{i}.duckdb", name, files, plan, ref, earlier)
+
+    def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
+        db = wb.copy_db(base, root / f"kill-{i}.duckdb")
+        argv = _ingest_argv(db, name, files)
+        log = db.with_suffix(".log")
+        proc = wb.start(argv, db.parent, log)
+        how, t = plan
+        killed = wb.kill_after(proc, t) if how == "at" else wb.kill_on_output(proc, log, "writing", t)
+        return killed, (db, argv)
+
+    def check(plan: tuple, state: tuple) -> None:
+        _check_ingest_kill(res, *state, name, files, plan, ref, earlier)
+
+    early = wb.run_kills(ctx, plans, launch, check, lambda plan: (plan[0], plan[1] * 0.7))
     if early:
-        res.notes.append(f"{early} children finished before their kill moment (not counted)")
+        res.notes.append(f"{early} children finished before their kill moment (not counted, redrawn earlier)")
 
 
-def _one_ingest_kill(res, base: Path, db: Path, name: str, files: dict, plan: tuple, ref, earlier) -> bool:
+def _check_ingest_kill(res, db: Path, argv: list, name: str, files: dict, plan: tuple, ref, earlier) -> None:
     from storage.datasets import ingest_dataset
 
-    wb.copy_db(base, db)
-    argv = _ingest_argv(db, name, files)
-    log = db.with_suffix(".log")
-    proc = wb.start(argv, db.parent, log)
-    how, t = plan
-    killed = wb.kill_after(proc, t) if how == "at" else wb.kill_on_output(proc, log, "writing", t)
-    if not killed:
-        return False
     res.injected += 1
+    how, t = plan
     when = f"{t:.2f} s after it starts" if how == "at" else f"{t:.2f} s after it prints 'writing'"
     repro = wb.reproducer(argv, f"kill -9 it {when}, then run it again")
     failures = len(res.failures)
@@ -119,7 +123,6 @@ def _one_ingest_kill(res, base: Path, db: Path, name: str, files: dict, plan: tu
     res.survived += len(res.failures) == failures
     for p in (db, Path(str(db) + ".wal")):
         p.unlink(missing_ok=True)
-    return True
 
 
 def _check_dataset_after_kill(res, db: Path, name: str, ref: dict, earlier: dict, repro: str) -> None:
@@ -155,7 +158,7 @@ _MODEL_WRITE = "*/.model.tmp-*"
 _CHECKPOINT_WRITE = "*/.checkpoint*.tmp-*"
 
 
-def _training_plans(ctx: Context, seconds: float | None) -> list[tuple[str, float, str]]:
+def _training_plans(ctx: Context, seconds: float | None, ready: float | None) -> list[tuple[str, float, str]]:
     """(what, seconds to wait, file pattern whose appearance triggers the kill; "" = none)."""
     rng = ctx.rng("train")
     if seconds is None:  # --quick: one kill in each kind of write of the last epoch (2)
@@ -165,7 +168,7 @@ def _training_plans(ctx: Context, seconds: float | None) -> list[tuple[str, floa
         ]
     n = ctx.n(20, 2)
     k = max(1, n // 5)
-    plans = [("at", t, "") for t in wb.spread(rng, n - 2 * k, seconds)]
+    plans = [("at", t, "") for t in wb.spread_marked(rng, n - 2 * k, ready, seconds)]
     plans += [("model dir write", rng.uniform(0, 0.8 * seconds), _MODEL_WRITE) for _ in range(k)]
     plans += [("checkpoint write", rng.uniform(0, 0.8 * seconds), _CHECKPOINT_WRITE) for _ in range(k)]
     return plans
@@ -180,8 +183,25 @@ def train_kills(ctx: Context, res: StageResult) -> None:
     took = f"{ref['seconds']:.1f} s (a child process, start-up included), " if ref["seconds"] else ""
     res.figures["uninterrupted training"] = f"{took}{len(ref['dev']['ents'])} entities predicted on dev"
     tally = {"resumed": 0, "restarted": 0, "early": 0, "leftovers": 0, "weights": 0.0}
-    for i, plan in enumerate(_training_plans(ctx, ref["seconds"])):
-        _one_training_kill(ctx, res, ref, root / f"kill-{i}", plan, tally)
+    plans = _training_plans(ctx, ref["seconds"], ref["ready"])
+
+    def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
+        folder = root / f"kill-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        db = wb.copy_db(wb.base_db(ctx), folder / "k.duckdb")
+        runs_root = folder / "runs"
+        argv = wb.train_args(ctx, db, runs_root)
+        proc = wb.start(argv, folder, folder / "train.log")
+        what, after, pattern = plan
+        if what == "at":
+            return wb.kill_after(proc, after), (db, runs_root, argv)
+        first = "*/checkpoint.json" if ctx.quick and pattern == _MODEL_WRITE else ""  # --quick: epoch 2
+        return wb.kill_when(proc, runs_root, pattern, after, first=first), (db, runs_root, argv)
+
+    def check(plan: tuple, state: tuple) -> None:
+        _check_training_kill(ctx, res, ref, plan, *state, tally)
+
+    tally["early"] = wb.run_kills(ctx, plans, launch, check, lambda p: (p[0], p[1] * 0.7, p[2]))
     res.figures["after the kills"] = (
         f"{tally['resumed']} resumed from a checkpoint, {tally['restarted']} started again (killed before "
         f"the first checkpoint or before the run was registered); largest weight difference from the "
@@ -191,24 +211,9 @@ def train_kills(ctx: Context, res: StageResult) -> None:
         res.notes.append(f"{tally['early']} children finished before their kill moment (not counted)")
 
 
-def _one_training_kill(
-    ctx: Context, res: StageResult, ref: dict, root: Path, plan: tuple, tally: dict
-) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    db = wb.copy_db(wb.base_db(ctx), root / "k.duckdb")
-    runs_root = root / "runs"
-    argv = wb.train_args(ctx, db, runs_root)
-    proc = wb.start(argv, root, root / "train.log")
-    what, after, pattern = plan
-    if what == "at":
-        killed = wb.kill_after(proc, after)
-    else:  # under --quick, the model directory write after the first checkpoint
-        first = "*/checkpoint.json" if ctx.quick and pattern == _MODEL_WRITE else ""
-        killed = wb.kill_when(proc, runs_root, pattern, after, first=first)
-    if not killed:
-        tally["early"] += 1
-        return
+def _check_training_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root: Path, argv, tally) -> None:
     res.injected += 1
+    what, after, _ = plan
     note = f"kill -9 it after {after:.2f} s" + (f", at the next {what}" if what != "at" else "")
     repro = wb.reproducer(argv, f"{note}; then ner train --resume RUN_ID --db {db} --no-prefect")
     failures = len(res.failures)
@@ -217,8 +222,7 @@ def _one_training_kill(
         res.fail(f"after the kill: {half}", repro)
     model_dir = _resume_or_restart(ctx, res, ref, db, runs_root, repro, tally)
     if model_dir is not None:
-        got = model_predictions(model_dir, db)
-        lost, extra, worst = compare_predictions(ref["dev"], got)
+        lost, extra, worst = compare_predictions(ref["dev"], model_predictions(model_dir, db))
         res.rows_lost += lost
         if lost or extra:
             res.fail(
@@ -227,8 +231,8 @@ def _one_training_kill(
                 repro,
             )
         tally["weights"] = max(tally["weights"], _weight_difference(ref["model_dir"], model_dir))
-        tally["leftovers"] += sum(1 for _ in runs_root.glob("*/.*.tmp-*")) + sum(
-            1 for _ in runs_root.glob("*/.*.old-*")
+        tally["leftovers"] += len(list(runs_root.glob("*/.*.tmp-*"))) + len(
+            list(runs_root.glob("*/.*.old-*"))
         )
     res.survived += len(res.failures) == failures
 
@@ -272,7 +276,7 @@ def _predict_argv(db: Path, model_dir: Path) -> list[str]:
             "--threads", "1"]  # fmt: skip
 
 
-def _prediction_reference(ctx: Context, ref_db: Path, model_dir: Path) -> float | None:
+def _prediction_reference(ctx: Context, ref_db: Path, model_dir: Path) -> tuple:
     """Predict uninterrupted: a child in the full campaign (its duration), this process under --quick."""
     from flows.contracts import DatasetSource
     from flows.steps import predict_source
@@ -280,12 +284,12 @@ def _prediction_reference(ctx: Context, ref_db: Path, model_dir: Path) -> float 
     if ctx.quick:
         with wb.quiet():
             predict_source(str(ref_db), DatasetSource(dataset="sample"), str(model_dir))
-        return None
+        return None, None
     argv = _predict_argv(ref_db, model_dir)
-    rc, duration, out = wb.run(argv, ref_db.parent, ref_db.with_suffix(".log"))
+    rc, duration, out, ready = wb.run_marked(argv, ref_db.parent, ref_db.with_suffix(".log"), "predict:")
     if rc != 0:
         raise RuntimeError(f"the uninterrupted prediction failed (exit {rc}): {out[-500:]}")
-    return duration
+    return duration, ready
 
 
 @stage("kill -9 during batch prediction", "faults")
@@ -296,7 +300,7 @@ def predict_kills(ctx: Context, res: StageResult) -> None:
     root = ctx.scratch("predict-kills")
     base = wb.base_db(ctx)
     ref_db = wb.copy_db(base, root / "ref.duckdb")
-    duration = _prediction_reference(ctx, ref_db, model_dir)
+    duration, ready = _prediction_reference(ctx, ref_db, model_dir)
     (run,) = prediction_runs(ref_db)
     ref = prediction_content(ref_db, run["pred_run_id"])
     took = f"{duration:.1f} s, " if duration else ""
@@ -307,10 +311,21 @@ def predict_kills(ctx: Context, res: StageResult) -> None:
     if duration is None:
         plans = [("predict", rng.uniform(0, 1.0)) for _ in range(ctx.n(20, 2))]
     else:
-        plans = [("at", t) for t in wb.spread(rng, ctx.n(20, 2), duration)]
+        plans = [("at", t) for t in wb.spread_marked(rng, ctx.n(20, 2), ready, duration)]
     tally = {"resumed": 0, "early": 0, "completed_seen": 0, "worst": 0.0}
-    for i, plan in enumerate(plans):
-        _one_prediction_kill(res, base, root / f"kill-{i}.duckdb", model_dir, plan, ref, tally)
+
+    def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
+        db = wb.copy_db(base, root / f"kill-{i}.duckdb")
+        argv = _predict_argv(db, model_dir)
+        log = db.with_suffix(".log")
+        proc = wb.start(argv, db.parent, log)
+        how, t = plan
+        return (wb.kill_after(proc, t) if how == "at" else wb.kill_on_output(proc, log, how, t)), (db, argv)
+
+    def check(plan: tuple, state: tuple) -> None:
+        _check_prediction_kill(res, *state, model_dir, plan, ref, tally)
+
+    tally["early"] = wb.run_kills(ctx, plans, launch, check, lambda p: (p[0], p[1] * 0.7))
     res.figures["after the kills"] = (
         f"{tally['resumed']} re-runs resumed a run left 'running'; {tally['completed_seen']} kills came "
         f"after the run was marked completed; largest confidence difference {tally['worst']:.2e}"
@@ -319,20 +334,11 @@ def predict_kills(ctx: Context, res: StageResult) -> None:
         res.notes.append(f"{tally['early']} children finished before their kill moment (not counted)")
 
 
-def _one_prediction_kill(
-    res, base: Path, db: Path, model_dir: Path, plan: tuple, ref: dict, tally: dict
-) -> None:
+def _check_prediction_kill(res, db: Path, argv: list, model_dir: Path, plan: tuple, ref: dict, tally) -> None:
     from flows.contracts import DatasetSource
     from flows.steps import predict_source
 
-    wb.copy_db(base, db)
-    argv = _predict_argv(db, model_dir)
-    log = db.with_suffix(".log")
-    proc = wb.start(argv, db.parent, log)
     how, t = plan
-    if not (wb.kill_after(proc, t) if how == "at" else wb.kill_on_output(proc, log, how, t)):
-        tally["early"] += 1
-        return
     res.injected += 1
     when = f"{t:.2f} s after it starts" if how == "at" else f"{t:.2f} s after its progress bar shows"
     repro = wb.reproducer(argv, f"kill -9 it {when}, then run it again")

@@ -82,6 +82,20 @@ def run(args: list[str], cwd: Path, log: Path, timeout: float = 600, **kw) -> tu
     return rc, time.perf_counter() - t0, log.read_text(encoding="utf-8", errors="replace")
 
 
+def run_marked(args: list[str], cwd: Path, log: Path, marker: str) -> tuple[int, float, str, float]:
+    """Run ``ner ARGS`` to its end: (exit status, seconds, output, seconds until ``marker`` first showed
+    in the output: the end of the start-up, e.g. imports and loading)."""
+    t0 = time.perf_counter()
+    proc = start(args, cwd, log)
+    seen = None
+    while proc.poll() is None:
+        if seen is None and marker in log.read_text(encoding="utf-8", errors="replace"):
+            seen = time.perf_counter() - t0
+        time.sleep(0.005)
+    seconds = time.perf_counter() - t0
+    return proc.returncode, seconds, log.read_text(encoding="utf-8", errors="replace"), seen or seconds / 2
+
+
 def kill(proc: subprocess.Popen) -> bool:
     """``kill -9`` the child's process group; False when it had ended already."""
     if proc.poll() is not None:
@@ -149,6 +163,13 @@ def spread(rng, n: int, duration: float, lo: float = 0.02) -> list[float]:
     slices of ``[lo * duration, duration]`` (stratified, so early, middle and late moments all occur)."""
     start_s, width = lo * duration, (1 - lo) * duration / max(n, 1)
     return [start_s + width * (i + rng.random()) for i in range(n)]
+
+
+def spread_marked(rng, n: int, ready_s: float, duration: float) -> list[float]:
+    """``n`` kill moments over a child's run: a quarter spread over its start-up (``[0, ready_s]``:
+    imports, loading), the rest spread over its work (``[ready_s, duration]``), where kills can hurt."""
+    k = n // 4
+    return spread(rng, k, ready_s) + [ready_s + t for t in spread(rng, n - k, duration - ready_s, lo=0.0)]
 
 
 def copy_db(src: Path, dst: Path) -> Path:
@@ -253,13 +274,14 @@ def reference_training(ctx: Context) -> dict:
 
         root = ctx.scratch("train-ref")
         db = copy_db(base_db(ctx), root / "ref.duckdb")
-        seconds = None
+        seconds = ready = None
         if ctx.quick:
             config = NERConfig.model_validate_json(train_config(ctx).read_text(encoding="utf-8"))
             with quiet():
                 train_step(str(db), config, str(root / "runs"))
         else:
-            rc, seconds, out = run(train_args(ctx, db, root / "runs"), root, root / "train.log")
+            argv = train_args(ctx, db, root / "runs")
+            rc, seconds, out, ready = run_marked(argv, root, root / "train.log", " train / ")
             if rc != 0:
                 raise RuntimeError(f"the reference training failed (exit {rc}):\n{out[-2000:]}")
         (run_row,) = list_runs(db)
@@ -267,6 +289,7 @@ def reference_training(ctx: Context) -> dict:
         model_dir = model_dir if model_dir.is_absolute() else root / model_dir
         return {
             "seconds": seconds,
+            "ready": ready,
             "db": db,
             "run_id": run_row["run_id"],
             "model_dir": model_dir,
@@ -274,3 +297,32 @@ def reference_training(ctx: Context) -> dict:
         }
 
     return ctx.once("reference_training", build)
+
+
+def run_kills(ctx: Context, plans: list, launch, check, redraw) -> int:
+    """Inject the kills of ``plans``: ``launch(i, plan)`` starts child ``i`` and kills it, returning
+    ``(killed, state)``; ``check(plan, state)`` then checks what it left and re-runs. Under --quick the
+    children of all plans run at once (threads; the checks follow one by one), otherwise one after
+    another so each kill moment holds. A child that finished before its moment is replaced by
+    ``redraw(plan)`` (at most ``len(plans)`` times). Returns how many finished first."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending, early, i, budget = list(plans), 0, 0, len(plans)
+    while pending:
+        batch = pending if ctx.quick else pending[:1]
+        pending = pending[len(batch) :]
+        idx = list(range(i, i + len(batch)))
+        i += len(batch)
+        if len(batch) > 1:
+            with ThreadPoolExecutor(len(batch)) as ex:
+                outs = list(ex.map(launch, idx, batch))
+        else:
+            outs = [launch(idx[0], batch[0])]
+        for plan, (killed, state) in zip(batch, outs):
+            if killed:
+                check(plan, state)
+            else:
+                early += 1
+                if early <= budget:
+                    pending.append(redraw(plan))
+    return early
