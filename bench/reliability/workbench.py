@@ -231,7 +231,7 @@ def train_config(ctx: Context) -> Path:
                 "data": {"dataset": "sample", "max_len": 64},
                 "head": {"rnn_units": 32},
                 "training": {
-                    "hard_epochs": 2 if ctx.quick else 3,
+                    "hard_epochs": 2 if ctx.quick else 6,
                     "best_fit": False,
                     "batch_size": 32,
                     "learning_rate": 3e-3,
