@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from app import interop, seed_commands, serve
+from app import datasets_cmd, exposure, interop, seed_commands, serve
 from app.options import (
     RETIRED,
     add_prediction_options,
@@ -705,6 +705,9 @@ def cmd_lineage(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    warning = exposure.check_bind(args.host, args.port, allow_remote=args.allow_remote, what="the dashboard")
+    if warning:  # a non-loopback address with --allow-remote: said on every start
+        print(warning, file=sys.stderr, flush=True)
     env = {**os.environ, "NER_DB": str(Path(args.db).resolve())}
     cmd = [
         sys.executable,
@@ -946,6 +949,7 @@ def _add_lineage(sub) -> None:
 def _add_ui(sub) -> None:
     sp = _common(sub.add_parser("ui", help="start the Streamlit dashboard"))
     sp.add_argument("--host", default="127.0.0.1"), sp.add_argument("--port", type=int, default=8501)
+    sp.add_argument("--allow-remote", action="store_true", help="listen on a non-loopback --host (no login!)")
     sp.set_defaults(func=cmd_ui)
 
 
@@ -982,6 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (
         _add_ingest,
+        datasets_cmd.add_parser,
         _add_train,
         _add_test,
         _add_predict,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ner_core.doc_ids import unique_doc_ids
 from ner_core.formats import POLICIES, ParseResult, Problem, format_names, read_file
 from ner_core.formats.problems import count_severity, problem
 from ner_core.schemes import Scheme
@@ -342,6 +343,8 @@ class IngestPlan:
     format: str  # the one format of the files, or "mixed"
     scheme: str | None  # the schemes the tagged files were read in, comma-separated
     rejected: int  # records rejected by error-severity problems
+    # spans the repair of overlaps dropped: (doc_id, start, end, label, reason, kept start, end, label)
+    dropped: list[tuple] = field(default_factory=list)
 
     @property
     def n_documents(self) -> int:
@@ -384,7 +387,8 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
     """Parse and check the files of ``request`` into the plan of a new dataset version.
 
     Raises :class:`IngestError` when nothing may be stored (a file cannot be read; ``strict`` and an
-    error; no valid record) and ``ValueError`` when document ids collide across files.
+    error; no valid record) and ``ValueError`` when document ids collide across files (files that share a
+    stem get longer ids: :func:`ner_core.doc_ids.unique_doc_ids`; only the same file twice collides).
     """
     name, opts = request.dataset, request.options
     results = _parse_files(request, progress)
@@ -414,10 +418,12 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
         )
     rows: list[Row] = []
     splits: list[str] = []
-    for f, r in zip(request.files, results):
-        for rec in r.records:
-            rows.append((rec[0], rec[1], rec[2], rec[3], r.source))
+    doc_ids = unique_doc_ids([r.source for r in results], [[rec[0] for rec in r.records] for r in results])
+    for f, r, ids in zip(request.files, results, doc_ids):
+        for doc_id, rec in zip(ids, r.records):
+            rows.append((doc_id, rec[1], rec[2], rec[3], r.source))
             splits.append(f.split or "")
+    dropped = [(ids[d[0]], *d[1:]) for r, ids in zip(results, doc_ids) for d in r.dropped]
     if opts.split_ratios:
         _deal_by_ratio(splits, opts.split_ratios, opts.seed)
     _check_doc_ids(name, rows)
@@ -439,6 +445,7 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
         format=formats[0] if len(formats) == 1 else "mixed",
         scheme=",".join(schemes) or None,
         rejected=failed.rejected,
+        dropped=dropped,
     )
 
 
@@ -483,8 +490,7 @@ def _check_doc_ids(name: str, rows: list[Row]) -> None:
     dup_ids = [i for i, n in ids.items() if n > 1]
     if dup_ids:
         raise ValueError(
-            f"dataset {name!r}: document ids collide across files (same file stem?): {dup_ids[:5]}; "
-            f"rename the files"
+            f"dataset {name!r}: document ids collide across files (the same file given twice?): {dup_ids[:5]}"
         )
 
 

@@ -100,7 +100,10 @@ def save_model_dir(
         )
         _write_json(tmp / METRICS, metrics or {})
         model.encoder.config.save_pretrained(str(tmp / ENCODER_DIR))
-        save_model(model, str(tmp / WEIGHTS), metadata={"format_version": str(FORMAT_VERSION)})
+        from ner_core.modeldir_checks import weights_metadata  # the tags' digest, checked on load
+
+        meta = {"format_version": str(FORMAT_VERSION), **weights_metadata(model.tags)}
+        save_model(model, str(tmp / WEIGHTS), metadata=meta)
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         _write_json(
             tmp / META,
@@ -157,6 +160,9 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
         raise ModelDirError(f"{root}: {LABELS} is damaged (expected a non-empty 'tags' list of strings)")
     scheme = labels.get("scheme", config.data.scheme)
+    from ner_core import modeldir_checks as checks  # one line per damaged or tampered file
+
+    checks.check_labels(root, labels, tags, scheme, config)
     metrics = _read_json(root, METRICS) if (root / METRICS).exists() else {}
 
     from safetensors import SafetensorError
@@ -175,6 +181,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     weights = root / WEIGHTS
     if not weights.is_file():
         raise ModelDirError(f"{root}: missing {WEIGHTS} (the model's weights)")
+    checks.check_weights(root, model, tags)
     try:
         load_model(model, str(weights), strict=True, device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
@@ -188,6 +195,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     except (OSError, ValueError, KeyError) as exc:
         raise ModelDirError(f"{root}: {TOKENIZER_DIR}/ is damaged: {exc}") from None
+    checks.check_tokenizer(root, tokenizer, enc_config)
     model.to(device)
     model.eval()
     return LoadedModel(

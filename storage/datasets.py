@@ -280,6 +280,21 @@ def _write_problems(con, name: str, version: int, *, plan: IngestPlan, tables: d
     )
 
 
+def _write_dropped_spans(
+    con, name: str, version: int, *, plan: IngestPlan, tables: dict[str, pa.Table]
+) -> None:
+    if not plan.dropped:
+        return
+    cols = ("doc_id", "start", "end", "label", "reason", "kept_start", "kept_end", "kept_label")
+    dropped = pa.table(dict(zip(cols, map(list, zip(*plan.dropped)))))  # noqa: F841 - replacement scan
+    con.execute(
+        'INSERT INTO dropped_spans (dataset, version, doc_id, start, "end", label, reason, kept_start, '
+        'kept_end, kept_label) SELECT ?, ?, doc_id, start, "end", label, reason, kept_start, kept_end, '
+        "kept_label FROM dropped",
+        [name, version],
+    )
+
+
 # Executed in order inside one transaction; tests replace one with a failing step to check atomicity.
 _WRITE_STEPS = [
     _write_dataset_row,
@@ -287,6 +302,7 @@ _WRITE_STEPS = [
     _write_documents,
     _write_entities,
     _write_problems,
+    _write_dropped_spans,
 ]
 
 

@@ -4,7 +4,9 @@ command line all read through :func:`query`.
 A query is checked before it runs (:func:`check_sql`: one SELECT-like statement, no table functions that
 read files, no quoted paths or URLs) and then runs on a read-only connection with external access
 disabled and the configuration locked, so a file read that slips past the checks still fails in DuckDB
-itself.
+itself. It runs under a time limit (:data:`DEFAULT_TIME_LIMIT_S`, or ``NER_QUERY_TIME_LIMIT_S`` in the
+environment, or the caller's ``time_limit_s``): a timer thread interrupts the connection when the limit
+passes, and the caller gets :class:`QueryTimeout`, one line, instead of a query left running.
 
 Also here, the reads that belong to no single table family: the tables and views a query can read
 (:func:`relations_frame`, the SQL page's catalogue) and every entity label the database knows
@@ -13,7 +15,9 @@ Also here, the reads that belong to no single table family: the tables and views
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +29,51 @@ from storage.db import open_db, read_frame
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["QueryResult", "SqlRejected", "check_sql", "entity_labels", "query", "relations_frame"]
+__all__ = [
+    "DEFAULT_TIME_LIMIT_S",
+    "QueryResult",
+    "QueryTimeout",
+    "SqlRejected",
+    "check_sql",
+    "entity_labels",
+    "query",
+    "relations_frame",
+    "time_limit_from_env",
+]
 
 
 class SqlRejected(ValueError):
     """A statement refused before it ran, or a query that failed; the message says why."""
+
+
+class QueryTimeout(SqlRejected):
+    """A query interrupted because it ran past its time limit (``limit_s``)."""
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        super().__init__(
+            f"The query ran past its time limit of {limit_s:g} s and was stopped; narrow it (a WHERE clause, "
+            "a LIMIT, fewer joins) or raise NER_QUERY_TIME_LIMIT_S."
+        )
+
+
+DEFAULT_TIME_LIMIT_S = 10.0
+"""How long one guarded query may run (fetching its rows included) before it is interrupted."""
+_TIME_LIMIT_ENV = "NER_QUERY_TIME_LIMIT_S"
+
+
+def time_limit_from_env() -> float:
+    """``NER_QUERY_TIME_LIMIT_S`` as seconds (> 0), or :data:`DEFAULT_TIME_LIMIT_S` when unset."""
+    raw = os.environ.get(_TIME_LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIME_LIMIT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{_TIME_LIMIT_ENV}: expected a number of seconds > 0, got {raw!r}")
+    return value
 
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
@@ -101,25 +145,38 @@ def query(
     *,
     limit: int | None = None,
     wait_s: float = 10.0,
+    time_limit_s: float | None = None,
 ) -> QueryResult:
     """Run one checked query read-only with external access disabled; at most ``limit`` rows come back.
 
-    Raises :class:`SqlRejected` for a refused statement or a query DuckDB could not run,
+    The query (its execution and the fetch) is interrupted after ``time_limit_s`` seconds (None:
+    :func:`time_limit_from_env`). Raises :class:`SqlRejected` for a refused statement or a query DuckDB
+    could not run, :class:`QueryTimeout` (a ``SqlRejected``) for one past its time limit,
     ``FileNotFoundError`` for a missing database and :class:`storage.db.DatabaseLockedError` when a writer
     holds the file for longer than ``wait_s`` seconds.
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"expected limit as an int >= 1 or None, got {limit!r}")
+    limit_s = time_limit_from_env() if time_limit_s is None else time_limit_s
+    if isinstance(limit_s, bool) or not isinstance(limit_s, (int, float)) or not 0 < limit_s < float("inf"):
+        raise ValueError(f"expected time_limit_s as seconds > 0 or None, got {time_limit_s!r}")
     text = check_sql(sql)
     with open_db(db_path, read_only=True, wait_s=wait_s) as con:
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        timer = threading.Timer(limit_s, con.interrupt)
+        timer.daemon = True
+        timer.start()
         try:
             cur = con.execute(text, list(params))
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
+        except duckdb.InterruptException:
+            raise QueryTimeout(limit_s) from None
         except duckdb.Error as exc:
             raise SqlRejected(f"The query failed: {exc}") from None
+        finally:
+            timer.cancel()
     truncated = limit is not None and len(rows) > limit
     kept = rows[:limit] if limit is not None else rows
     return QueryResult([dict(zip(cols, r)) for r in kept], cols, truncated)

@@ -409,6 +409,22 @@ LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
 LEFT JOIN review_events e ON e.event_id = x.event_id;
 """
 
+_V5_DROPPED_SPANS = """
+CREATE TABLE dropped_spans (
+    dataset    VARCHAR NOT NULL,
+    version    INTEGER NOT NULL,
+    doc_id     VARCHAR NOT NULL,
+    start      INTEGER NOT NULL,
+    "end"      INTEGER NOT NULL,
+    label      VARCHAR NOT NULL,
+    reason     VARCHAR NOT NULL CHECK (reason IN ('nested', 'crossing', 'same_span')),
+    kept_start INTEGER NOT NULL,                -- the overlapping entity that was kept instead
+    kept_end   INTEGER NOT NULL,
+    kept_label VARCHAR NOT NULL,
+    CHECK ("end" > start AND start >= 0)
+);
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -433,6 +449,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "review events, review exports, promotions, document uncertainty + review views "
         "(v_review_current, v_review_disagreements, v_reviewed_documents, v_model_lineage)",
         _V4_REVIEWS,
+    ),
+    (
+        5,
+        "dropped_spans: entities of span-format records dropped by the repair of overlaps (nested, "
+        "crossing, same span)",
+        _V5_DROPPED_SPANS,
     ),
 ]
 

@@ -53,7 +53,15 @@ CASES = [
         ["span_out_of_range:1"],
         ["span_out_of_range:1"],
     ),
-    ("span_overlap.jsonl", "span_overlap", "error", 1, 1, ["span_overlap:2"], ["span_overlap:2"]),
+    (  # repair keeps the record and drops the nested span (tests/test_overlaps.py); strict rejects it
+        "span_overlap.jsonl",
+        {"repair": "overlap_dropped", "strict": "span_overlap"},
+        None,
+        1,
+        1,
+        ["span_overlap:1", "span_overlap:2"],
+        ["span_overlap:2"],
+    ),
     ("empty_text.jsonl", "empty_text", "error", 2, 2, ["empty_text:1"], ["empty_text:1"]),
     (
         "duplicate_text.txt",
@@ -113,6 +121,7 @@ def test_bad_file_reports_code_and_line(
     fname, code, severity, line, record, kept_repair, kept_strict, policy
 ):
     res = read_file(BAD / fname, policy=policy)
+    code = code[policy] if isinstance(code, dict) else code
     found = [p for p in res.problems if p.code == code]
     assert found, f"{fname}: expected a {code} problem, got {[str(p) for p in res.problems]}"
     p = found[0]
@@ -127,7 +136,8 @@ def test_bad_file_reports_code_and_line(
 
 
 def test_every_problem_code_has_a_crafted_file():
-    codes = {c[1] for c in CASES} | {"mention_mismatch"}
+    codes = {k for c in CASES for k in (c[1].values() if isinstance(c[1], dict) else [c[1]])}
+    codes |= {"mention_mismatch"}
     documented = set(CODES) - {"duplicate_across_splits"}  # found by the ingest: tests/test_storage.py
     documented -= {"unannotated"}  # Label Studio tasks: tests/test_interop.py
     assert documented == {
@@ -146,6 +156,7 @@ def test_every_problem_code_has_a_crafted_file():
         "multi_char_token",
         "duplicate_entity",
         "duplicate_text",
+        "overlap_dropped",
     }
     assert documented <= codes
 

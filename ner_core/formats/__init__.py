@@ -113,6 +113,7 @@ def read_file(
         scheme=sch if reader.tagged else None,
         fatal=not ok,
         rejected=ctx.rejected,
+        dropped=ctx.dropped if ok else [],
     )
 
 

@@ -43,6 +43,9 @@ class ParseResult:
     scheme: Scheme | None = None
     fatal: bool = False
     rejected: int = 0  # records rejected by error-severity problems
+    # spans dropped from kept records by the repair of overlaps (ner_core.formats.overlaps):
+    # (index into records, start, end, label, reason, kept start, kept end, kept label)
+    dropped: list[tuple] = field(default_factory=list)
     _documents: list[Document] | None = field(default=None, repr=False)
 
     @property
@@ -102,6 +105,8 @@ class ReadContext:
         self.problems: list[Problem] = []
         self.rejected = 0
         self.seen_text: dict[str, int] = {}
+        self.dropped: list[tuple] = []  # see ParseResult.dropped
+        self.pending_dropped: list[tuple] = []  # dropped from the record being checked, until it is added
 
     def add(self, key: int, text: str, spans: list[Span], line: int | None, record: int | None) -> None:
         """Accept a record: doc_id ``<stem>:<key>``; a text seen before in the file is a warning."""
@@ -119,6 +124,9 @@ class ReadContext:
             )
         else:
             self.seen_text[text] = key
+        if self.pending_dropped:
+            self.dropped.extend((len(self.records), *d) for d in self.pending_dropped)
+            self.pending_dropped = []
         self.records.append((f"{self.stem}:{key}", text, spans, line))
 
     def err(self, line: int | None, record: int | None, code: str, message: str) -> None:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from ner_core.formats.context import ReadContext, decode_lines, short_repr
+from ner_core.formats.overlaps import drop_overlaps
 from ner_core.formats.registry import register
 
 
@@ -54,6 +55,7 @@ def _check_spans(
     n = len(text)
     out: list[tuple[int, int, str]] = []
     ok = True
+    ctx.pending_dropped = []
     seen: set[tuple[int, int, str]] = set()
     for s, e, lab, mention in spans:
         if s < 0 or e > n or e <= s:
@@ -103,6 +105,8 @@ def _check_spans(
             continue
         seen.add(key)
         out.append(key)
+    if ok and ctx.policy == "repair":
+        return drop_overlaps(ctx, out, line, record)  # nested / crossing / two labels: drop, warn, keep
     out.sort()
     for a, b in zip(out, out[1:]):
         if b[0] < a[1]:

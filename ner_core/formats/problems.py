@@ -16,7 +16,8 @@ unknown_tag             error    a tag whose prefix/label the scheme does not kn
 invalid_transition      error in ``strict``; warning in ``repair`` (the tags are repaired, e.g. a stray
                                  ``I-X`` becomes ``B-X``)
 span_out_of_range       error    an entity outside the text, or with end <= start
-span_overlap            error    two entities of a record overlap (nested or crossing)
+span_overlap            error    two entities of a record overlap (nested or crossing) under ``strict``
+                                 (``repair`` keeps the record and drops spans: ``overlap_dropped``)
 mention_mismatch        error in ``strict`` or when the mention does not occur in the text; warning when
                                  ``repair`` moved the span to the nearest occurrence of the mention
 missing_char            warning  a CoNLL line lacking its character, such as ``0<TAB>`` where a whitespace
@@ -30,6 +31,11 @@ unannotated             warning  a Label Studio task without a completed annotat
                                  cancelled annotations): skipped, since predictions are not gold
 duplicate_across_splits warning  found by the ingest (:mod:`ner_core.ingest`), not by a reader: the same text
                                  is in two splits, e.g. train and test (kept; the message names both)
+overlap_dropped         warning  ``repair``: of two overlapping entities of a span-format record one was
+                                 dropped (nested: the inner; crossing: the shorter, the later when as long;
+                                 one span with two labels: the later label); the message names both spans;
+                                 the ingest stores the dropped one in ``dropped_spans``
+                                 (:mod:`ner_core.formats.overlaps`)
 ======================= ======== =============================================================================
 """
 
@@ -62,6 +68,7 @@ CODES = (
     "duplicate_text",
     "unannotated",
     "duplicate_across_splits",
+    "overlap_dropped",
 )
 
 

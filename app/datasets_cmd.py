@@ -1,0 +1,82 @@
+"""``ner datasets list`` and ``ner datasets delete NAME [--version V] [--yes]``.
+
+``delete`` shows what it would remove (:func:`storage.deletion.plan_deletion`: rows per table, prediction
+runs, and the trained models that saw the data, which are kept), asks for a confirmation unless ``--yes``,
+then deletes in one transaction and rewrites the database file so no deleted text stays on disk
+(:func:`storage.deletion.delete_dataset`). Without a terminal to answer and without ``--yes`` nothing is
+deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DEFAULT_DB = "ner.duckdb"
+
+
+def _confirmed(question: str) -> bool:
+    try:
+        answer = input(question)
+    except EOFError:  # no terminal: never delete on a missing answer
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_datasets_delete(args: argparse.Namespace) -> int:
+    from storage.deletion import delete_dataset, plan_deletion
+
+    plan = plan_deletion(args.db, args.name, args.version)
+    print("\n".join(plan.summary()), flush=True)
+    if not args.yes and not _confirmed("delete this? type 'yes' to confirm [y/N] "):
+        print("nothing deleted (confirm at the prompt, or pass --yes)", file=sys.stderr)
+        return 1
+    done = delete_dataset(args.db, args.name, args.version, rewrite=not args.no_rewrite)
+    print("\n".join(done.summary()))
+    if not args.no_rewrite:
+        print(f"{args.db} was rewritten: the deleted text no longer sits in the file's free space")
+    return 0
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from storage.datasets import list_datasets
+
+    rows = list_datasets(args.db)
+    if not rows:
+        print(f"no datasets in {args.db}")
+        return 0
+    print(f"{'name':<24} {'version':>7} {'documents':>10} {'entities':>9} {'errors':>7}  created")
+    for d in rows:
+        print(
+            f"{d['name']:<24} {d['version']:>7} {d['n_documents']:>10,} {d['n_entities']:>9,} "
+            f"{d['n_errors']:>7,}  {d['created_at']:%Y-%m-%d %H:%M}"
+        )
+    return 0
+
+
+def add_parser(sub) -> None:
+    """``datasets`` with its ``list`` and ``delete`` actions, on the ``ner`` subparsers ``sub``."""
+    sp = sub.add_parser("datasets", help="list the stored datasets, or delete one (personal data)")
+    actions = sp.add_subparsers(dest="action", required=True, parser_class=type(sp))
+    db_help = "DuckDB file (default %(default)s)"
+    default_db = os.environ.get("NER_DB", DEFAULT_DB)
+    ls = actions.add_parser("list", help="every dataset version with its counts")
+    ls.add_argument("--db", default=default_db, help=db_help)
+    ls.set_defaults(func=cmd_datasets_list)
+    rm = actions.add_parser(
+        "delete",
+        help="remove a dataset (or one version) with its documents, gold entities, problems, predictions "
+        "and review events; names the trained models that saw it (kept)",
+    )
+    rm.add_argument("name", help="dataset name")
+    rm.add_argument("--version", type=int, help="only this version (default: every version)")
+    rm.add_argument("--yes", action="store_true", help="do not ask for a confirmation")
+    rm.add_argument(
+        "--no-rewrite",
+        action="store_true",
+        help="skip rewriting the database file afterwards (faster on a large file; the deleted bytes then "
+        "stay in its free space until DuckDB reuses it)",
+    )
+    rm.add_argument("--db", default=default_db, help=db_help)
+    rm.set_defaults(func=cmd_datasets_delete)

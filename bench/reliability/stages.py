@@ -1,0 +1,6 @@
+"""Importing this module registers every stage, in the order of the table."""
+
+from bench.reliability import kills  # noqa: F401  # isort: skip
+from bench.reliability import fuzz  # noqa: F401  # isort: skip
+from bench.reliability import disk  # noqa: F401  # isort: skip
+from bench.reliability import contention  # noqa: F401  # isort: skip
