@@ -360,18 +360,24 @@ def load_prediction_input(
 
 
 def _file_documents(source: FilesSource) -> list[Document]:
+    from ner_core.doc_ids import unique_doc_ids
     from ner_core.formats import detect_format, read_file
 
-    docs: list[Document] = []
+    per_file: list[list[Document]] = []
     for f in source.files:
         if source.text_per_file and detect_format(f) == "text":
             # a plain-text file is one document (an article), tagged whole however long it is
             text = Path(f).read_text(encoding="utf-8").strip()
-            if text:
-                docs.append(Document(doc_id=Path(f).stem, text=text, source=str(f), line=1))
+            per_file.append([Document(doc_id=Path(f).stem, text=text, source=str(f), line=1)] if text else [])
             continue
-        docs.extend(read_file(f).documents)
-    return docs
+        per_file.append(read_file(f).documents)
+    # files sharing a stem (corpus.train / corpus.test) get longer ids where theirs collide, as on ingest
+    ids = unique_doc_ids([str(f) for f in source.files], [[d.doc_id for d in docs] for docs in per_file])
+    return [
+        d if d.doc_id == i else d.model_copy(update={"doc_id": i})
+        for docs, new_ids in zip(per_file, ids)
+        for d, i in zip(docs, new_ids)
+    ]
 
 
 def _sql_documents(db_path: str, sql: str) -> list[Document]:

@@ -87,3 +87,26 @@ def test_unique_doc_ids_changes_only_colliding_groups():
     assert unique_doc_ids(["a/t.txt", "a/t.txt"], [["t:1"], ["t:1"]]) == [["t:1"], ["t:1"]]  # same file twice
     with pytest.raises(ValueError, match="one id list per source"):
         unique_doc_ids(["a"], [])
+
+
+def test_prediction_over_files_sharing_a_stem_keeps_every_document(tmp_path):
+    """`ner predict corpus.train corpus.test`: both files' documents keep distinct ids (a collision would
+    let the second file's rows overwrite the first's in the prediction run)."""
+    from flows.contracts import FilesSource
+    from flows.steps import load_prediction_input
+
+    files = [
+        _conll(tmp_path / f"corpus.{split}", [f"张三{split}在北京", f"李四{split}去上海"])
+        for split in ("train", "test")
+    ]
+    docs, kind, _ = load_prediction_input(
+        str(tmp_path / "p.duckdb"), FilesSource(files=[str(f) for f in files])
+    )
+    ids = [d.doc_id for d in docs]
+    assert kind == "file" and len(ids) == 4 and len(set(ids)) == 4
+    assert [d.text for d in docs] == [
+        "张三train在北京",
+        "李四train去上海",
+        "张三test在北京",
+        "李四test去上海",
+    ]
