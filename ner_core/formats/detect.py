@@ -40,6 +40,11 @@ def detect_format(path: str | Path) -> str:
         first = stripped.split("\n", 1)[0].strip()
         try:
             obj = json.loads(first)
+        except RecursionError:
+            raise ValueError(
+                f"{p}: line 1: invalid_json: JSON nested too deeply to read; pass format= one of "
+                f"{format_names()}"
+            ) from None
         except json.JSONDecodeError:
             raise ValueError(
                 f"{p}: starts with '{{' but its first line is not a complete JSON object "

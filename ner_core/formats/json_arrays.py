@@ -51,6 +51,10 @@ def _read_json_array(ctx: ReadContext, data: bytes) -> list[tuple[int, int, Any]
         except json.JSONDecodeError as exc:
             ctx.err(exc.lineno, record + 1, "invalid_json", f"{exc.msg} (column {exc.colno}); file not read")
             return None
+        except RecursionError:
+            at = line + text.count("\n", pos, i)
+            ctx.err(at, record + 1, "invalid_json", "element nested too deeply to read; file not read")
+            return None
         record += 1
         line += text.count("\n", pos, i)
         pos = i

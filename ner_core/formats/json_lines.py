@@ -31,6 +31,10 @@ def _json_lines(ctx: ReadContext, data: bytes):
             ctx.err(ln_no, record, "invalid_json", f"{exc.msg} (column {exc.colno})")
             ctx.rejected += 1
             continue
+        except RecursionError:
+            ctx.err(ln_no, record, "invalid_json", "JSON nested too deeply to read")
+            ctx.rejected += 1
+            continue
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
             ctx.err(
                 ln_no, record, "bad_record", f"expected an object with a string 'text', got {short_repr(obj)}"
