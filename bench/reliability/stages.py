@@ -4,3 +4,4 @@ from bench.reliability import kills  # noqa: F401  # isort: skip
 from bench.reliability import fuzz  # noqa: F401  # isort: skip
 from bench.reliability import disk  # noqa: F401  # isort: skip
 from bench.reliability import contention  # noqa: F401  # isort: skip
+from bench.reliability import export_kills  # noqa: F401  # isort: skip
