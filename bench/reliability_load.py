@@ -234,14 +234,15 @@ def _rejected_busy(url: str) -> int:
     return httpx.get(f"{url}/health", timeout=30).json()["served"]["rejected_busy"]
 
 
-def run_load_stage(quick: bool = False) -> dict:
+def run_load_stage(quick: bool = False, env: dict | None = None) -> dict:
     """The load stage (see the module docstring); ``quick``: 8 clients for 5 s after a 2-second warm-up
-    instead of 64 clients for 60 s after 10 s."""
+    instead of 64 clients for 60 s after 10 s. ``env``: added to the service's environment (e.g.
+    ``MALLOC_ARENA_MAX``)."""
     clients, seconds, warmup = (8, 5.0, 2.0) if quick else (64, 60.0, 10.0)
     max_queue = max(1, clients * 3 // 4)
     with tempfile.TemporaryDirectory(prefix="ner-load-") as tmp:
         model_dir = build_tiny_model(Path(tmp))
-        svc = start_service(model_dir, Path(tmp) / "serve.log", "--max-queue", str(max_queue))
+        svc = start_service(model_dir, Path(tmp) / "serve.log", "--max-queue", str(max_queue), env=env)
         try:
             pid = svc["proc"].pid
             asyncio.run(_load(svc["url"], clients, warmup))
@@ -259,6 +260,7 @@ def run_load_stage(quick: bool = False) -> dict:
         tracebacks = _tracebacks(svc["log"])
     return {
         "stage": "load",
+        "env": env or {},
         "clients": clients,
         "seconds": round(elapsed, 1),
         "max_queue": max_queue,

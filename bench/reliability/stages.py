@@ -5,3 +5,5 @@ from bench.reliability import fuzz  # noqa: F401  # isort: skip
 from bench.reliability import disk  # noqa: F401  # isort: skip
 from bench.reliability import contention  # noqa: F401  # isort: skip
 from bench.reliability import export_kills  # noqa: F401  # isort: skip
+from bench.reliability import service  # noqa: F401  # isort: skip
+from bench.reliability import checks  # noqa: F401  # isort: skip
