@@ -24,7 +24,7 @@ from ner_core.documents import Document, Entity
 from ner_core.formats import Problem, no_gc
 from ner_core.formats.problems import problem
 from ner_core.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
-from storage.db import open_db
+from storage.db import open_db, transaction
 
 
 def _problem_from_row(row: tuple) -> Problem:
@@ -141,19 +141,13 @@ def store_plan(db_path: str | Path, plan: IngestPlan, *, progress: bool = False)
             f"ingest {plan.dataset}: writing {plan.n_documents:,} documents ...", file=sys.stderr, flush=True
         )
     with open_db(db_path) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):  # a failed COMMIT (full disk) raises DiskFullError from open_db
             latest = _latest(con, plan.dataset)
             if latest and latest[1] == plan.fingerprint:
-                con.execute("ROLLBACK")
-                return _stored_report(con, plan.dataset, latest[0])
+                return _stored_report(con, plan.dataset, latest[0])  # nothing written: commits nothing
             version = (latest[0] if latest else 0) + 1
             for step in _WRITE_STEPS:
                 step(con, plan.dataset, version, plan=plan, tables=tables)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
     return plan.report(version, created=True)
 
 

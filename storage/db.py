@@ -8,6 +8,7 @@ connections (:func:`open_db`) and close them promptly.
 
 from __future__ import annotations
 
+import errno
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
 _RETRY_SLEEP_S = 0.1
+#: what a write that ran out of space says: the OS (ENOSPC; EFBIG under a file-size limit) through DuckDB
+_DISK_FULL = ("No space left on device", "Errno 28", "File too large", "Errno 27")
 
 
 class DatabaseLockedError(RuntimeError):
@@ -39,6 +42,46 @@ class DatabaseLockedError(RuntimeError):
             f"database {self.path} is locked by {holder}; waited {waited_s:.1f} s. DuckDB allows one writing "
             f"process or several readers: close the other process (dashboard, flow, notebook) or retry later."
         )
+
+
+class DiskFullError(RuntimeError):
+    """A write to the database failed for want of space; the transaction was rolled back."""
+
+    def __init__(self, path: str | Path, detail: str):
+        self.path = str(path)
+        self.detail = " ".join(detail.split())
+        cause = "No space left on device" if "File too large" not in detail else "File too large"
+        super().__init__(
+            f"database {self.path}: the disk is full ({cause}); the write was rolled back and the earlier "
+            f"data is intact: free some space and run it again. DuckDB said: {self.detail}"
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an ``OSError`` or DuckDB's error text) says a write ran out of space."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+        return True
+    text = str(exc)
+    return any(marker in text for marker in _DISK_FULL)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``with transaction(con):`` — BEGIN, then COMMIT on success or ROLLBACK on any exception.
+
+    A ROLLBACK that itself fails (a failed COMMIT has already ended the transaction, as on a full disk) is
+    ignored, so the original error is the one that propagates.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
 
 
 def _holder(message: str) -> tuple[int | None, str | None]:
@@ -91,16 +134,11 @@ def migrate(
     for version, description, sql in migrations:
         if version <= have:
             continue
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(sql)
             con.execute(
                 "INSERT INTO schema_version (version, description) VALUES (?, ?)", [version, description]
             )
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         applied.append(version)
     return applied
 
@@ -145,12 +183,20 @@ def connect(path: str | Path, read_only: bool = False, *, wait_s: float = 10.0) 
 def open_db(
     path: str | Path, read_only: bool = False, wait_s: float = 10.0
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``with open_db(path) as con:`` — a short-lived connection, closed on exit."""
-    con = connect(path, read_only=read_only, wait_s=wait_s)
+    """``with open_db(path) as con:`` — a short-lived connection, closed on exit.
+
+    A write that fails for want of space raises :class:`DiskFullError` naming ``path`` (one line).
+    """
     try:
-        yield con
-    finally:
-        con.close()
+        con = connect(path, read_only=read_only, wait_s=wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
+    except (duckdb.Error, OSError) as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(path, str(exc)) from exc
+        raise
 
 
 def now() -> datetime:

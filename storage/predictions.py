@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.db import now as _now
-from storage.db import open_db, read_frame
+from storage.db import open_db, read_frame, transaction
 from storage.db import rows as _rows
 from storage.query import query
 
@@ -88,23 +88,22 @@ def start_prediction_run(
                 f"prediction run {pred_run_id} has review events: it is never replaced (PredictionRunWriter "
                 f"writes a new run, {pred_run_id}-r2 or later, instead)"
             )
-        con.execute("BEGIN")
-        if replace:
-            con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ?", [pred_run_id])
-            con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
-        con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
-        con.execute(
-            "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, "
-            "status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-            [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
-        )
-        done = {
-            r[0]
-            for r in con.execute(
-                "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]
-            ).fetchall()
-        }
-        con.execute("COMMIT")
+        with transaction(con):
+            if replace:
+                con.execute("DELETE FROM predicted_entities WHERE pred_run_id = ?", [pred_run_id])
+                con.execute("DELETE FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id])
+            con.execute("DELETE FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
+            con.execute(
+                "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, "
+                "status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
+            )
+            done = {
+                r[0]
+                for r in con.execute(
+                    "SELECT doc_id FROM predicted_documents WHERE pred_run_id = ?", [pred_run_id]
+                ).fetchall()
+            }
     return done
 
 
@@ -133,31 +132,33 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
                 _ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)
             ):
                 ent_rows[k].append(v)
+    doc_table = pa.table(doc_rows, schema=_DOC_SCHEMA)  # built before the connection: the write is short
+    ent_table = pa.table(ent_rows, schema=_ENT_SCHEMA)
     with open_db(db_path) as con:
-        con.execute("BEGIN")
-        con.register("_docs", pa.table(doc_rows, schema=_DOC_SCHEMA))
-        reviewed = con.execute(
-            "SELECT min(doc_id) FROM review_events "
-            "WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
-            [pred_run_id],
-        ).fetchone()[0]
-        if reviewed is not None:
-            con.execute("ROLLBACK")
-            raise ValueError(
-                f"prediction run {pred_run_id} has review events on document {reviewed!r}: its rows are "
-                f"never replaced (write a new prediction run)"
+        with transaction(con):
+            con.register("_docs", doc_table)
+            reviewed = con.execute(
+                "SELECT min(doc_id) FROM review_events "
+                "WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
+                [pred_run_id],
+            ).fetchone()[0]
+            if reviewed is not None:
+                raise ValueError(
+                    f"prediction run {pred_run_id} has review events on document {reviewed!r}: its rows are "
+                    f"never replaced (write a new prediction run)"
+                )
+            con.execute(
+                "DELETE FROM predicted_entities "
+                "WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
+                [pred_run_id],
             )
-        con.execute(
-            "DELETE FROM predicted_entities WHERE pred_run_id = ? AND doc_id IN (SELECT doc_id FROM _docs)",
-            [pred_run_id],
-        )
-        con.execute(
-            "INSERT OR REPLACE INTO predicted_documents (pred_run_id, doc_id, text, n_entities, uncertainty) "
-            "SELECT pred_run_id, doc_id, text, n_entities, uncertainty FROM _docs"
-        )
-        con.register("_ents", pa.table(ent_rows, schema=_ENT_SCHEMA))
-        con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
-        con.execute("COMMIT")
+            con.execute(
+                "INSERT OR REPLACE INTO predicted_documents "
+                "(pred_run_id, doc_id, text, n_entities, uncertainty) "
+                "SELECT pred_run_id, doc_id, text, n_entities, uncertainty FROM _docs"
+            )
+            con.register("_ents", ent_table)
+            con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
     return len(ent_rows["doc_id"])
 
 
@@ -323,7 +324,13 @@ class PredictionRunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.finish("failed" if exc_type is not None else "completed")
+        if exc_type is None:
+            self.finish("completed")
+            return
+        try:
+            self.finish("failed")
+        except Exception:  # a full disk or a lock fails this update too: the original error says more
+            pass
 
 
 def prediction_disagreements(db_path: str | Path, run_a: str, run_b: str) -> list[dict]:

@@ -49,3 +49,62 @@ def test_detect_deep_first_line_names_file_and_code(tmp_path: Path) -> None:
     p.write_text('{"text": "a", "entities": ' + _deep() + "}\n")
     with pytest.raises(ValueError, match=r"d\.jsonl: line 1: invalid_json: JSON nested too deeply"):
         detect_format(p)
+
+
+# ---------------------------------------------------------------- 2. a full disk during ingest
+
+_FULL_DISK_CHILD = r"""
+import resource, signal, sys
+from storage.datasets import ingest_dataset
+from storage.db import DiskFullError
+db, data, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # a write past it fails: EFBIG, as ENOSPC would
+try:
+    ingest_dataset(db, "big", {"train": data})
+except DiskFullError as exc:
+    print("DISKFULL", exc)
+"""
+
+
+def test_transaction_keeps_the_original_error_when_rollback_fails() -> None:
+    import duckdb
+
+    from storage.db import transaction
+
+    con = duckdb.connect(":memory:")
+    with pytest.raises(ValueError, match="the original"):
+        with transaction(con):
+            con.execute("COMMIT")  # as a failed COMMIT does, the transaction is over: ROLLBACK now fails
+            raise ValueError("the original")
+
+
+def test_full_disk_during_ingest_is_one_line_naming_the_database(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from storage.datasets import ingest_dataset, list_datasets
+
+    db = tmp_path / "ner.duckdb"
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"text": "张三在北京", "entities": [{"start": 0, "end": 2, "label": "PER"}]}\n')
+    ingest_dataset(db, "small", {"train": small})
+    big = tmp_path / "big.jsonl"
+    with open(big, "w", encoding="utf-8") as fh:
+        for i in range(20_000):
+            fh.write(f'{{"text": "第{i}号文本：李四在上海工作了很多年{i * 7919}", "entities": []}}\n')
+    limit = db.stat().st_size + 32 * 1024
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_CHILD, str(db), str(big), str(limit)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    line = out.stdout.strip()
+    assert line.startswith("DISKFULL database " + str(db)), out.stdout + out.stderr
+    assert "the disk is full" in line and "\n" not in line
+    assert "cannot rollback" not in line
+    assert [d["name"] for d in list_datasets(db)] == ["small"]  # earlier data intact, nothing half written
