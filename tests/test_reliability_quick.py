@@ -51,3 +51,17 @@ def test_a_second_writer_is_refused_naming_the_holder(quick_results):
     (con,) = [r for r in quick_results if "contention" in r.name]
     assert [f.what for f in con.failures] == []
     assert "failed after" in con.figures["second writer (open_db, wait_s=1.5)"]
+
+
+def test_damaged_model_dirs_and_code_running_pickles_are_refused_in_one_line(quick_results):
+    (md,) = [r for r in quick_results if r.name.startswith("model directories")]
+    assert md.cases >= 30 and md.tracebacks == 0
+    assert [f.what for f in md.failures] == []
+    assert md.figures["pickled checkpoints"].startswith("3 of 3 payloads")
+
+
+def test_security_checks_refuse_and_deletion_leaves_all_or_nothing(quick_results):
+    (sec,) = [r for r in quick_results if r.name == "security checks"]
+    assert [f.what for f in sec.failures] == []
+    assert "INSTALL" in sec.figures["SQL guard refused"] and "stopped after" in sec.figures["SQL time limit"]
+    assert sec.injected >= 2 and sec.survived == sec.injected and sec.rows_lost == 0
