@@ -17,6 +17,7 @@ Saving is atomic: everything is written to a temporary sibling folder which is t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -118,14 +119,34 @@ def save_model_dir(
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)  # the earlier model back in place
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(exc):
+            kept = "the earlier model there is intact" if target.exists() else "nothing was written there"
+            raise ModelDirError(
+                f"{target}: cannot save the model, the disk is full ({' '.join(str(exc).split())}); {kept}: "
+                f"free some space and run it again"
+            ) from exc
         raise
     return target
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether a save failed for want of space (ENOSPC, or EFBIG under a file-size limit); safetensors
+    and tokenizers report it as their own exceptions with the OS's text."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+        return True
+    return isinstance(exc, Exception) and any(
+        t in str(exc) for t in ("No space left on device", "File too large", "Errno 28", "Errno 27")
+    )
 
 
 def _read_json(root: Path, name: str) -> Any:

@@ -108,3 +108,61 @@ def test_full_disk_during_ingest_is_one_line_naming_the_database(tmp_path: Path)
     assert "the disk is full" in line and "\n" not in line
     assert "cannot rollback" not in line
     assert [d["name"] for d in list_datasets(db)] == ["small"]  # earlier data intact, nothing half written
+
+
+# ---------------------------------------------------------------- 3. a full disk during model save
+
+
+@pytest.fixture
+def file_size_limit():
+    """``limit(n)``: writes past ``n`` bytes in any file fail with EFBIG (as a full disk fails with ENOSPC)
+    until the test ends; only the soft limit is lowered, so it is raised back."""
+    import resource
+    import signal
+
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def limit(n: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, before[1]))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _tiny_model(encoder_dir: Path, seed: int = 0):
+    import torch
+
+    from ner_core import schemes
+    from ner_core.config import NERConfig
+    from ner_core.encoder import load_encoder
+    from ner_core.model import NERModel
+    from tests.model_helpers import LABELS
+
+    cfg = NERConfig().with_overrides(
+        {"encoder.name": str(encoder_dir), "head.type": "bigru", "head.rnn_units": 8, "data.scheme": "BIO"}
+    )
+    encoder, tokenizer = load_encoder(cfg.encoder)
+    torch.manual_seed(seed)
+    return NERModel(cfg, schemes.tag_set(LABELS, "BIO"), encoder).eval(), tokenizer
+
+
+def test_full_disk_during_model_save_names_the_directory_and_keeps_the_old_model(
+    tiny_encoder_dir: Path, tmp_path: Path, file_size_limit
+) -> None:
+    from ner_core.modeldir import ModelDirError, load_model_dir, save_model_dir
+
+    model, tok = _tiny_model(tiny_encoder_dir)
+    target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
+    file_size_limit(4096)  # the weights file is far larger
+    with pytest.raises(ModelDirError) as err:
+        save_model_dir(target, model, tok, metrics={"v": 2})
+    file_size_limit(1 << 62)
+    msg = str(err.value)
+    assert msg.startswith(f"{target}: cannot save the model, the disk is full") and "\n" not in msg
+    assert "the earlier model there is intact" in msg
+    assert load_model_dir(target).metrics == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left
