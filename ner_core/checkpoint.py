@@ -46,6 +46,7 @@ __all__ = [
     "EpochStats",
     "TrainingState",
     "load_checkpoint",
+    "remove_stale_temps",
     "save_checkpoint",
 ]
 
@@ -187,6 +188,18 @@ def _write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that checkpoint writes killed midway left in ``run_dir``
+    (``.checkpoint-e*.safetensors.tmp-*``, ``.checkpoint.json.tmp-*``); returns them."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    stale = [p for p in run_dir.iterdir() if p.name.startswith(".checkpoint") and ".tmp-" in p.name]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -209,6 +222,7 @@ def save_checkpoint(
     if state.torch_rng is None:
         raise ValueError("capture the RNG states (TrainingState.capture_rng) before saving a checkpoint")
     run_dir = Path(run_dir)
+    remove_stale_temps(run_dir)
     opt_tensors, opt_json = _flatten_optimizer(optimizer)
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update(opt_tensors)
@@ -253,6 +267,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         CheckpointError: damaged, inconsistent, another format version, or a pickle that is unsafe to read.
     """
     run_dir = Path(run_dir)
+    remove_stale_temps(run_dir)
     path = run_dir / CHECKPOINT
     if not path.is_file() and (run_dir / LEGACY_CHECKPOINT).is_file():
         _convert_legacy(run_dir)

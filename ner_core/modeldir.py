@@ -87,6 +87,7 @@ def save_model_dir(
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_model_dir(target)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -139,6 +140,37 @@ def save_model_dir(
     return target
 
 
+def recover_model_dir(path: str | os.PathLike) -> list[Path]:
+    """Tidy what killed saves left beside ``path``; returns the folders removed.
+
+    A kill between the two renames of a save leaves no directory at ``path`` and the earlier model in
+    ``.<name>.old-*``: the newest of those is renamed back to ``path``. Every other ``.<name>.tmp-*`` (a
+    save killed while writing) and ``.<name>.old-*`` is removed; ``path`` itself never is.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    tmp_prefix, old_prefix = f".{target.name}.tmp-", f".{target.name}.old-"
+    siblings = [p for p in target.parent.iterdir() if p.name.startswith((tmp_prefix, old_prefix))]
+    olds = sorted((p for p in siblings if p.name.startswith(old_prefix)), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds:
+        restored = olds.pop()
+        os.replace(restored, target)
+        siblings.remove(restored)
+        print(
+            f"{target}: restored the earlier model from {restored.name} (a save was interrupted)", flush=True
+        )
+    removed = []
+    for p in siblings:
+        if p.name != target.name:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def _out_of_space(exc: BaseException) -> bool:
     """Whether a save failed for want of space (ENOSPC, or EFBIG under a file-size limit); safetensors
     and tokenizers report it as their own exceptions with the OS's text."""
@@ -163,7 +195,9 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
     """Load a directory written by :func:`save_model_dir`; the model is in eval mode on ``device``."""
     root = Path(path)
     if not root.is_dir():
-        raise ModelDirError(f"{root}: model directory not found")
+        interrupted = root.parent.is_dir() and any(root.parent.glob(f".{root.name}.old-*"))
+        hint = f" (a save was interrupted: .{root.name}.old-* holds the earlier model)" if interrupted else ""
+        raise ModelDirError(f"{root}: model directory not found{hint}")
     meta = _read_json(root, META)
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:

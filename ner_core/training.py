@@ -33,7 +33,7 @@ from ner_core.encoder import load_encoder
 from ner_core.evaluation import evaluate_model
 from ner_core.metrics import EvaluationReport
 from ner_core.model import NERModel
-from ner_core.modeldir import save_model_dir
+from ner_core.modeldir import recover_model_dir, save_model_dir
 from ner_core.precision import (
     Choice,
     Hardware,
@@ -196,6 +196,7 @@ def _set_up(
 
 def _resume(run: _Run) -> TrainingState:
     """Load the run's checkpoint into model, optimiser, scaler and the global RNGs; return its state."""
+    recover_model_dir(run.model_dir)  # what a kill during a model save left behind
     ckpt = load_checkpoint(run.run_dir)
     run.model.load_state_dict(ckpt.model)
     # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with

@@ -166,3 +166,54 @@ def test_full_disk_during_model_save_names_the_directory_and_keeps_the_old_model
     assert "the earlier model there is intact" in msg
     assert load_model_dir(target).metrics == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp folder left
+
+
+# ---------------------------------------------------------------- 4. what kills leave behind
+
+
+def test_next_save_removes_stale_temps_and_never_the_live_model(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from ner_core.modeldir import load_model_dir, save_model_dir
+
+    model, tok = _tiny_model(tiny_encoder_dir)
+    target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
+    (tmp_path / ".model.tmp-dead0001").mkdir()  # a save killed while writing
+    (tmp_path / ".model.old-dead0002").mkdir()  # a save killed before removing the earlier model
+    (tmp_path / ".other.tmp-keep0003").mkdir()  # another directory's: not ours to remove
+    save_model_dir(target, model, tok, metrics={"v": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-keep0003", "model"]
+    assert load_model_dir(target).metrics == {"v": 2}
+
+
+def test_a_kill_between_the_renames_gets_the_earlier_model_back(
+    tiny_encoder_dir: Path, tmp_path: Path
+) -> None:
+    from ner_core.modeldir import ModelDirError, load_model_dir, recover_model_dir, save_model_dir
+
+    model, tok = _tiny_model(tiny_encoder_dir)
+    target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
+    target.rename(tmp_path / ".model.old-abcd1234")  # the state after the first rename
+    (tmp_path / ".model.tmp-abcd5678").mkdir()
+    with pytest.raises(ModelDirError, match="a save was interrupted"):
+        load_model_dir(target)
+    recover_model_dir(target)  # what a resume of the run does
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert load_model_dir(target).metrics == {"v": 1}
+
+
+def test_checkpoint_save_and_load_remove_killed_writes_temps(tmp_path: Path) -> None:
+    import torch
+
+    from ner_core.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+
+    stale = [tmp_path / ".checkpoint-e0001.safetensors.tmp-dead0001", tmp_path / ".checkpoint.json.tmp-dead"]
+    for p in stale:
+        p.write_bytes(b"half")
+    state = TrainingState(epoch=1)
+    state.capture_rng()
+    save_checkpoint(tmp_path, state, {"w": torch.ones(2)}, {"state": {}, "param_groups": []}, {})
+    assert not any(p.exists() for p in stale)
+    stale[0].write_bytes(b"half")
+    assert load_checkpoint(tmp_path).state.epoch == 1
+    assert not stale[0].exists()
