@@ -45,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "EpochStats",
     "TrainingState",
+    "has_checkpoint",
     "load_checkpoint",
     "remove_stale_temps",
     "save_checkpoint",
@@ -257,6 +258,12 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], opt_json: dict[str, Any]) -
             index, key = name.removeprefix("optimizer.").split(".", 1)
             state.setdefault(int(index), {})[key] = value
     return {"state": dict(sorted(state.items())), "param_groups": opt_json["param_groups"]}
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (of this format or the pickled one before it)."""
+    run_dir = Path(run_dir)
+    return (run_dir / CHECKPOINT).is_file() or (run_dir / LEGACY_CHECKPOINT).is_file()
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ner_core.alignment import CharAligner
 from ner_core.batching import TaggedDataset
-from ner_core.checkpoint import EpochStats, TrainingState, load_checkpoint, save_checkpoint
+from ner_core.checkpoint import EpochStats, TrainingState, has_checkpoint, load_checkpoint, save_checkpoint
 from ner_core.config import NERConfig, TrainingConfig
 from ner_core.documents import Document
 from ner_core.encoder import load_encoder
@@ -195,8 +195,19 @@ def _set_up(
 
 
 def _resume(run: _Run) -> TrainingState:
-    """Load the run's checkpoint into model, optimiser, scaler and the global RNGs; return its state."""
+    """Load the run's checkpoint into model, optimiser, scaler and the global RNGs; return its state.
+
+    A run killed before its first checkpoint starts again from the beginning: the model, optimiser and
+    RNGs are still as :func:`_set_up` seeded them, so the result equals an uninterrupted run's.
+    """
     recover_model_dir(run.model_dir)  # what a kill during a model save left behind
+    if not has_checkpoint(run.run_dir):
+        print(
+            f"{run.run_dir}: no checkpoint yet (stopped before its first epoch ended): training this run "
+            f"from the beginning",
+            flush=True,
+        )
+        return TrainingState()
     ckpt = load_checkpoint(run.run_dir)
     run.model.load_state_dict(ckpt.model)
     # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with

@@ -217,3 +217,32 @@ def test_checkpoint_save_and_load_remove_killed_writes_temps(tmp_path: Path) -> 
     stale[0].write_bytes(b"half")
     assert load_checkpoint(tmp_path).state.epoch == 1
     assert not stale[0].exists()
+
+
+# ---------------------------------------------------------------- 5. --resume before the first checkpoint
+
+
+def test_resume_without_a_checkpoint_trains_from_the_beginning(
+    tiny_encoder_dir: Path, tmp_path: Path, capsys, one_thread
+) -> None:
+    from safetensors.torch import load_file
+
+    from ner_core.training import train
+    from tests.test_training import LABELS, _config, _docs
+
+    cfg, train_docs, dev_docs = _config(tiny_encoder_dir, hard_epochs=1), _docs("train", 16), _docs("dev", 4)
+    fresh = train(cfg, train_docs, dev_docs, LABELS, tmp_path / "fresh", progress=False)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "config.json").write_text(cfg.to_json())  # all a run killed in its first epoch left
+    resumed = train(cfg, train_docs, dev_docs, LABELS, killed, resume=True, progress=False)
+    assert "no checkpoint yet" in capsys.readouterr().out
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in fresh.history]
+    w_fresh, w_res = (load_file(r.model_dir / "model.safetensors") for r in (fresh, resumed))
+    assert all(torch_equal(w_fresh[k], w_res[k]) for k in w_fresh)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
