@@ -73,6 +73,16 @@ def ingest_step(
     )
 
 
+def _stored_run(db_path: str, run_id: str | None) -> tuple[dict, NERConfig, str | None, int | None]:
+    """A run to resume: its row, configuration and plus dataset/version, whatever the command line says."""
+    if not run_id:
+        raise ValueError("--resume needs the RUN_ID of the run to continue")
+    prev = runs_db.get_run(db_path, run_id)
+    cfg, prev_plus = run_config_plus(prev["config"])
+    plus, plus_version = (prev_plus["dataset"], prev_plus["version"]) if prev_plus else (None, None)
+    return prev, NERConfig.model_validate(cfg), plus, plus_version
+
+
 def train_step(
     db_path: str,
     config: NERConfig,
@@ -89,13 +99,7 @@ def train_step(
 
     prev = None
     if resume:
-        if not run_id:
-            raise ValueError("--resume needs the RUN_ID of the run to continue")
-        # the run's own configuration, dataset versions and directory, whatever the command line says now
-        prev = runs_db.get_run(db_path, run_id)
-        cfg, prev_plus = run_config_plus(prev["config"])
-        config = NERConfig.model_validate(cfg)
-        plus, plus_version = (prev_plus["dataset"], prev_plus["version"]) if prev_plus else (None, None)
+        prev, config, plus, plus_version = _stored_run(db_path, run_id)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
     data = training_documents(db_path, ds, version, plus, plus_version)
