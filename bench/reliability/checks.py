@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import time
@@ -25,18 +23,47 @@ from bench.reliability.harness import REPO, Context, StageResult, stage
 from bench.reliability.snapshots import counter_diff, dataset_content, half_written, versions
 from storage.db import open_db
 
-
-def _cli(argv: list[str]) -> tuple[int | str, str]:
-    """``ner ARGV`` in this process: (exit status or the exception's name, stderr)."""
-    from app import cli
-
+_CLI_BATCH = """
+import contextlib, io, json, sys
+from app import cli
+out = []
+for argv in json.loads(sys.stdin.read()):
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         try:
             rc = cli.main(argv)
-        except BaseException as exc:  # noqa: BLE001  (any escape is the finding)
+        except BaseException as exc:  # any escape is the finding
             rc = f"raised {type(exc).__name__}: {exc}"
-    return rc, err.getvalue()
+    out.append([rc, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+def _cli_batch(argvs: list[list[str]]) -> list[tuple[int | str, str]]:
+    """``ner ARGV`` for each of ``argvs``, one after the other in ONE child process (bench may not import
+    ``app``, and one torch import for all keeps the quick part short): [(exit status or the exception's
+    name, stderr), ...]."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLI_BATCH],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        return [(f"child exited {proc.returncode}", proc.stderr[-500:])] * len(argvs)
+    return [(rc, err) for rc, err in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
+def _cli(argv: list[str]) -> tuple[int | str, str]:
+    """``ner ARGV`` in a child process: (exit status or the exception's name, stderr)."""
+    return _cli_batch([argv])[0]
 
 
 def _one_line_exit_2(rc, err: str) -> str | None:
@@ -94,7 +121,7 @@ def model_dir_damages(ctx: Context, res: StageResult) -> None:
         return name, argv, rc, out
 
     if ctx.quick:
-        outs = [(name, argv, *_cli(argv)) for name, argv in cases]
+        outs = [(name, argv, *r) for (name, argv), r in zip(cases, _cli_batch([a for _, a in cases]))]
     else:
         with ThreadPoolExecutor(2) as ex:
             outs = list(ex.map(via_child, cases))
