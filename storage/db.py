@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 _LOCK_RE = re.compile(r"Conflicting lock is held in (?P<cmd>.*?) \(PID (?P<pid>\d+)\)")
-_RETRY_SLEEP_S = 0.1
+_RETRY_SLEEP_S = 0.1  # the longest pause between a writer's attempts on a locked file
+_FIRST_RETRY_S = 0.005  # the first pause; each next one doubles, up to the cap
+_READ_RETRY_CAP_S = 0.05  # readers (the dashboard) retry sooner: a writer's transactions are short
 #: what a write that ran out of space says: the OS (ENOSPC; EFBIG under a file-size limit) through DuckDB
 _DISK_FULL = ("No space left on device", "Errno 28", "File too large", "Errno 27")
 
@@ -158,6 +160,7 @@ def connect(path: str | Path, read_only: bool = False, *, wait_s: float = 10.0) 
         if not read_only:
             p.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    pause, cap = _FIRST_RETRY_S, (_READ_RETRY_CAP_S if read_only else _RETRY_SLEEP_S)
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
@@ -169,14 +172,24 @@ def connect(path: str | Path, read_only: bool = False, *, wait_s: float = 10.0) 
             if waited >= wait_s:
                 pid, cmd = _holder(str(exc))
                 raise DatabaseLockedError(p, pid, cmd, waited, str(exc)) from None
-            time.sleep(min(_RETRY_SLEEP_S, max(0.0, wait_s - waited)))
+            time.sleep(min(pause, max(0.0, wait_s - waited)))
+            pause = min(pause * 2, cap)
     if not read_only:
         try:
-            migrate(con)
+            if _schema_version(con) != MIGRATIONS[-1][0]:  # one cheap query when the schema is current
+                migrate(con)
         except Exception:
             con.close()
             raise
     return con
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest applied migration, or -1 when the file has no ``schema_version`` table yet."""
+    try:
+        return int(con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0])
+    except duckdb.CatalogException:
+        return -1
 
 
 @contextmanager

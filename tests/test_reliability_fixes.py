@@ -246,3 +246,70 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+# ---------------------------------------------------------------- 6. dashboard reads while a writer works
+
+_HOLD = """import sys, time
+from storage.db import open_db
+with open_db(sys.argv[1]) as con:
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _hold_lock(db: Path, seconds: float):
+    """A child process that holds ``db``'s write lock for ``seconds`` once it printed 'holding'."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def test_a_writer_on_a_current_schema_does_not_migrate(tmp_path: Path, monkeypatch) -> None:
+    import storage.db as db_module
+
+    db = tmp_path / "ner.duckdb"
+    db_module.connect(db).close()  # migrated once
+
+    def refuse(*a, **k):
+        raise AssertionError("migrate() ran on a current schema")
+
+    monkeypatch.setattr(db_module, "migrate", refuse)
+    con = db_module.connect(db)
+    assert db_module.current_version(con) == db_module.MIGRATIONS[-1][0]
+    con.close()
+
+
+def test_a_reader_retries_a_held_lock_with_a_short_backoff(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    import storage.db as db_module
+
+    db = tmp_path / "ner.duckdb"
+    db_module.connect(db).close()
+    pauses: list[float] = []
+    real_sleep = time.sleep
+
+    class _Time:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(s: float) -> None:
+            pauses.append(s)
+            real_sleep(s)
+
+    child = _hold_lock(db, 0.6)
+    monkeypatch.setattr(db_module, "time", _Time)
+    try:
+        db_module.connect(db, read_only=True, wait_s=10).close()
+    finally:
+        child.wait(timeout=30)
+    assert pauses[:4] == [0.005, 0.01, 0.02, 0.04]
+    assert max(pauses) == 0.05
