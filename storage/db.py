@@ -94,7 +94,7 @@ def _holder(message: str) -> tuple[int | None, str | None]:
     cmd = m.group("cmd")
     try:  # the full command line is more telling than the interpreter path
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        full = " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p)
+        full = " ".join(" ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p).split())
         if full:
             cmd = full if len(full) <= 200 else full[:197] + "..."
     except OSError:

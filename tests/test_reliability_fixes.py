@@ -313,3 +313,23 @@ def test_a_reader_retries_a_held_lock_with_a_short_backoff(tmp_path: Path, monke
         child.wait(timeout=30)
     assert pauses[:4] == [0.005, 0.01, 0.02, 0.04]
     assert max(pauses) == 0.05
+
+
+# ---------------------------------------------------------------- 7. the lock holder's command line
+
+
+def test_locked_error_names_the_holder_on_one_line(tmp_path: Path) -> None:
+    import storage.db as db_module
+
+    db = tmp_path / "ner.duckdb"
+    db_module.connect(db).close()
+    child = _hold_lock(db, 3)  # its command line (python -c SCRIPT) holds newlines and indents
+    try:
+        with pytest.raises(db_module.DatabaseLockedError) as err:
+            db_module.connect(db, wait_s=0.2)
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert err.value.pid == child.pid
+    assert "from storage.db import open_db with open_db(sys.argv[1]) as con:" in err.value.command
+    assert "\n" not in str(err.value) and "  " not in err.value.command
