@@ -140,7 +140,10 @@ def train_step(
             precision=choice,
         )
     except BaseException as exc:
-        runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        try:
+            runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+        except Exception:  # a full disk fails this update too: the training's own error says more
+            pass
         raise
     runs_db.finish_run(
         db_path,
