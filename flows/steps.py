@@ -83,6 +83,14 @@ def _stored_run(db_path: str, run_id: str | None) -> tuple[dict, NERConfig, str 
     return prev, NERConfig.model_validate(cfg), plus, plus_version
 
 
+def _mark_failed(db_path: str, run_id: str, exc: BaseException) -> None:
+    """Record the run as failed; when that fails too (a full disk), the training's own error says more."""
+    try:
+        runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception:
+        pass
+
+
 def train_step(
     db_path: str,
     config: NERConfig,
@@ -140,10 +148,7 @@ def train_step(
             precision=choice,
         )
     except BaseException as exc:
-        try:
-            runs_db.finish_run(db_path, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
-        except Exception:  # a full disk fails this update too: the training's own error says more
-            pass
+        _mark_failed(db_path, run_id, exc)
         raise
     runs_db.finish_run(
         db_path,
