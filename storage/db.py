@@ -79,11 +79,17 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
         yield con
         con.execute("COMMIT")
     except BaseException:
-        try:
-            con.execute("ROLLBACK")
-        except duckdb.Error:
-            pass
+        rollback_quietly(con)
         raise
+
+
+def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK, ignoring the error a ROLLBACK gives when a failed COMMIT has already ended the
+    transaction (as on a full disk), so that the caller re-raises the error that matters."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
 
 
 def _holder(message: str) -> tuple[int | None, str | None]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from storage.db import open_db
+from storage.db import open_db, rollback_quietly
 from storage.db import rows as _rows
 
 __all__ = ["DeletionPlan", "delete_dataset", "plan_deletion", "rewrite_file"]
@@ -231,7 +231,7 @@ def delete_dataset(
             _recount_trimmed_runs(con, list(plan.prediction_runs_trimmed))
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback_quietly(con)
             raise
         con.execute("CHECKPOINT")  # write the deletion through to the file now, not at some later point
     plan.done = True

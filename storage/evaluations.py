@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from storage.db import now as _now
-from storage.db import open_db, read_frame
+from storage.db import open_db, read_frame, transaction
 from storage.db import rows as _rows
 
 if TYPE_CHECKING:
@@ -99,8 +99,7 @@ def save_evaluation(
     """
     types, errors = _report_tables(eval_id, report)
     summary = [getattr(report, name) for name in _SUMMARY]
-    with open_db(db_path) as con:
-        con.execute("BEGIN")
+    with open_db(db_path) as con, transaction(con):
         for table in ("evaluations", "evaluation_types", "evaluation_errors"):
             con.execute(f"DELETE FROM {table} WHERE eval_id = ?", [eval_id])
         con.execute(
@@ -112,7 +111,6 @@ def save_evaluation(
         con.execute("INSERT INTO evaluation_types SELECT * FROM _types")
         con.register("_errors", errors)
         con.execute("INSERT INTO evaluation_errors SELECT * FROM _errors")
-        con.execute("COMMIT")
 
 
 def evaluations(db_path: str | Path, run_id: str | None = None) -> list[dict]:

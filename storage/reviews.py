@@ -39,7 +39,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.db import DatabaseLockedError, connect, current_version, open_db
+from storage.db import DatabaseLockedError, connect, current_version, open_db, rollback_quietly
 from storage.db import now as _now
 from storage.db import rows as _rows
 from storage.schema import SCHEMA_VERSION
@@ -483,7 +483,7 @@ def record_events(db: str | Path, events: Sequence[Mapping[str, Any]], *, wait_s
                 con.unregister("_new")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback_quietly(con)
             raise
     return len(new)
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from storage.db import now as _now
-from storage.db import open_db, read_frame
+from storage.db import open_db, read_frame, rollback_quietly
 from storage.db import rows as _rows
 
 
@@ -171,7 +171,7 @@ def _set_production(con, run_id: str, reason: str, comparison: dict | None) -> s
         )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)
         raise
     return prev_id
 

@@ -15,10 +15,10 @@ from storage.db import connect, open_db
 from storage.deletion import delete_dataset, plan_deletion
 from storage.predictions import PredictionRunWriter
 
-# the tables added by the review issue's migration, created here as it shapes them (they may be absent)
+# the review tables (migration 4 creates them; IF NOT EXISTS keeps the test valid either way)
 REVIEW_TABLES = """
 CREATE TABLE IF NOT EXISTS review_events (event_id VARCHAR PRIMARY KEY, pred_run_id VARCHAR, doc_id VARCHAR,
-    reviewer VARCHAR NOT NULL, action VARCHAR NOT NULL);
+    doc_hash VARCHAR, reviewer VARCHAR NOT NULL, action VARCHAR NOT NULL, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS review_exports (dataset VARCHAR, version INTEGER, event_id VARCHAR);
 """
 
@@ -63,8 +63,9 @@ def filled(tmp_path) -> Path:
     with open_db(db) as con:
         con.execute(REVIEW_TABLES)
         con.execute(
-            "INSERT INTO review_events VALUES (?, 'pred-ds1', ?, 'ann', 'accept'), "
-            "(?, 'pred-other', ?, 'ann', 'accept')",
+            "INSERT INTO review_events (event_id, pred_run_id, doc_id, doc_hash, reviewer, action, "
+            "created_at) VALUES (?, 'pred-ds1', ?, 'h', 'ann', 'accept', now()), "
+            "(?, 'pred-other', ?, 'h', 'ann', 'accept', now())",
             ["e1", v1[1][0], "e2", other[0][0]],
         )
         con.execute("INSERT INTO review_exports VALUES ('people', 2, 'e1'), ('other', 1, 'e2')")

@@ -21,6 +21,7 @@ from storage import reviews
 from storage.db import open_db
 from storage.predictions import PredictionRunWriter, write_predictions
 from storage.reviews import ReviewSpool, new_event, record_events, text_hash
+from storage.schema import SCHEMA_VERSION
 
 T0 = datetime(2026, 1, 1, 9, 0, 0)
 
@@ -533,7 +534,7 @@ def test_a_database_written_by_older_code_migrates_and_can_be_reviewed(legacy_db
     queue = reviews.review_queue(legacy_db, LEGACY_PRED, "uncertain")
     assert _ids(queue) == by_conf and all(r["uncertainty"] is None for r in queue)
     with duckdb.connect(legacy_db, read_only=True) as con:
-        assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 4
+        assert con.execute("SELECT max(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     assert (
         record_events(legacy_db, [_ev("accept", by_conf[0], text, LEGACY_PRED, start=s, end=e, label=label)])
         == 1
