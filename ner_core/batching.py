@@ -169,9 +169,15 @@ class TaggedDataset:
             yield collate([self.items[i] for i in b], self.cls_id, self.sep_id, self.pad_id)
 
 
-def collate(items: Sequence[EncodedChunk], cls_id: int, sep_id: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Dynamic padding: input_ids/attention_mask (B, T+2) and tags (B, T), T = longest chunk in the batch."""
+def collate(
+    items: Sequence[EncodedChunk], cls_id: int, sep_id: int, pad_id: int, *, pad_to: int = 1
+) -> dict[str, torch.Tensor]:
+    """Dynamic padding: input_ids/attention_mask (B, T+2) and tags (B, T), T = longest chunk in the batch,
+    rounded up so that T+2 is a multiple of ``pad_to`` (1: no rounding). Rounding bounds the number of
+    distinct shapes a reduced-precision CPU backend compiles and caches a kernel for (oneDNN's bf16
+    primitives are per shape: unrounded, a long-running service's memory grows with every new length)."""
     T = max(len(it.char_ids) for it in items)
+    T = -(-(T + 2) // pad_to) * pad_to - 2 if pad_to > 1 else T
     B = len(items)
     input_ids = torch.full((B, T + 2), pad_id, dtype=torch.long)  # (B, T+2)
     attention = torch.zeros((B, T + 2), dtype=torch.long)  # (B, T+2)

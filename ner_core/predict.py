@@ -175,6 +175,9 @@ class Tagger:
         self.precision: Precision = self.precision_choice.precision
         if self.precision is Precision.INT8:
             self.model = int8_copy(self.model)
+        # reduced-precision kernels are compiled and cached per shape: window batches are padded to a
+        # multiple of 16 positions there, so a long-running service meets few shapes (see batching.collate)
+        self._pad_to = 16 if self.precision in (Precision.BF16, Precision.FP16) else 1
         self.model.to(self.device)
 
     @classmethod
@@ -286,7 +289,9 @@ class Tagger:
         for b in range(0, len(order), self.batch_size):
             batch_w = [windows[w] for w in order[b : b + self.batch_size]]
             items = [EncodedChunk(None, self.aligner.char_ids(texts[ti][s:e]), None) for ti, s, e in batch_w]
-            enc = collate(items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id)
+            enc = collate(
+                items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id, pad_to=self._pad_to
+            )
             ids = enc["input_ids"].to(self.device)  # (B, T+2)
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
             with autocast(self.precision, self.device.type):  # encoder + head; the CRF gets float32

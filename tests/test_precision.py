@@ -331,3 +331,30 @@ def _unsorted_batches(ds, batch_size):
 
     for b in range(0, len(ds.items), batch_size):
         yield collate(ds.items[b : b + batch_size], ds.cls_id, ds.sep_id, ds.pad_id)
+
+
+def test_bf16_prediction_pads_windows_to_few_shapes_and_keeps_the_tags(tiny_encoder_dir, one_thread):
+    """bf16 kernels are compiled and cached per input shape: windows are padded to a multiple of 16
+    positions there (a service's memory grew with every new length without it), and the padding, masked,
+    changes no tag; fp32 keeps exact dynamic padding."""
+    from ner_core.predict import Tagger
+
+    model, tokenizer = _model(tiny_encoder_dir)
+    texts = ["张三在北京工作", "李四去上海", "王五" * 9, "赵六在广州的ABC公司工作。"]
+    seen: dict[str, set] = {}
+    tags: dict[str, list] = {}
+    for p in ("fp32", "bf16"):
+        tagger = Tagger(model, tokenizer, max_len=16, precision=p, batch_size=2)
+        real = tagger.model.emissions
+        seen[p] = set()
+
+        def spy(ids, att, real=real, p=p):
+            seen[p].add(tuple(ids.shape))
+            return real(ids, att)
+
+        tagger.model.emissions = spy
+        tags[p] = [t for t, _ in tagger.tag_texts(texts)]
+        del tagger.model.emissions
+    assert all(width % 16 == 0 for _, width in seen["bf16"])
+    assert any(width % 16 for _, width in seen["fp32"])  # exact: 5+2, 7+2, ... positions
+    assert tags["bf16"] == tags["fp32"]
