@@ -7,6 +7,7 @@ Screenshots of every page go to the test's tmp dir (path printed), or to $NER_UI
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -42,8 +44,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def sync_playwright():
+def playwright_or_skip():
+    """playwright's ``sync_playwright``, or a clean skip without Chromium or the package."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium fonts-wqy-microhei")
     try:
@@ -53,31 +55,23 @@ def sync_playwright():
     return sync_playwright
 
 
-@pytest.fixture(scope="module")
-def server(ui_db, sync_playwright):
+@contextlib.contextmanager
+def streamlit_server(db: str) -> Iterator[str]:
+    """The dashboard on ``db``, served by a real Streamlit process on a free loopback port: its URL once
+    /_stcore/health answers (the process is stopped on exit)."""
     port = _free_port()
-    env = {**os.environ, "NER_DB": ui_db["db"], "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "NER_DB": db, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port)]
+    cmd += [
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            APP,
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -92,7 +86,7 @@ def server(ui_db, sync_playwright):
             if proc.poll() is not None or time.monotonic() > deadline:
                 out = proc.stdout.read() if proc.poll() is not None else ""
                 pytest.fail(f"streamlit did not come up on {url} (exit {proc.poll()}): {out[-2000:]}")
-            time.sleep(0.5)
+            time.sleep(0.3)
         yield url
     finally:
         proc.terminate()
@@ -101,6 +95,17 @@ def server(ui_db, sync_playwright):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    return playwright_or_skip()
+
+
+@pytest.fixture(scope="module")
+def server(ui_db, sync_playwright):
+    with streamlit_server(ui_db["db"]) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

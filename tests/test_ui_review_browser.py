@@ -9,71 +9,26 @@ Skips without /usr/bin/chromium or the playwright package, as tests/test_ui_brow
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import duckdb
 import pytest
 
-from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, _settle
-from tests.ui_fixtures import APP, EMOJI_DOC, EMOJI_TEXT, REPO, REVIEW_RUN, build_review_db
+from tests.test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _settle, playwright_or_skip, streamlit_server
+from tests.ui_fixtures import EMOJI_DOC, EMOJI_TEXT, REVIEW_RUN, build_review_db
 
 pytestmark = [pytest.mark.browser]
 
 
 @pytest.fixture
 def review_server(tmp_path):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium fonts-wqy-microhei")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the PyPI package playwright is missing: pip install playwright")
+    sync_playwright = playwright_or_skip()
     db = build_review_db(tmp_path)
-    port = _free_port()
-    env = {**os.environ, "NER_DB": db, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "streamlit", "run", APP, "--server.port", str(port)]
-    cmd += [
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().decode().strip() == "ok":
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not come up on {url} (exit {proc.poll()})")
-            time.sleep(0.3)
+    with streamlit_server(db) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(30_000)
             yield {"url": url, "db": db, "page": page}
             browser.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _char(page, i: int):
