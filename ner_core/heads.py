@@ -2,9 +2,10 @@
 
 Every head maps ``x (B, T, H)`` and a right-padded bool ``mask (B, T)`` to ``(B, T, output_size)``.
 
-- ``bilstm`` / ``bigru``: packed bidirectional RNN (``rnn_units`` per direction, so
+- ``bilstm`` / ``bigru``: bidirectional RNN (``rnn_units`` per direction, so
   ``output_size = 2 * rnn_units``), ``rnn_num_hidden_layers`` stacked, dropout between layers and on
-  the output. Padding never reaches a real position (packed sequences) and padded outputs are 0.
+  the output. Padding never reaches a real position (the backward direction reads each row reversed
+  within its length) and padded outputs are 0.
 - ``idcnn`` (Strubell et al. 2017, "Fast and Accurate Entity Recognition with Iterated Dilated
   Convolutions"): a linear input projection to ``cnn_filters``, then ONE block of dilated ``Conv1d``
   layers (dilations ``cnn_dilations``, kernel ``cnn_kernel_size``, ReLU) applied ``cnn_blocks`` times
@@ -20,7 +21,6 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ner_core.config import HeadConfig, HeadType
 
@@ -51,7 +51,18 @@ class IdentityHead(nn.Module):
 
 
 class BiRNNHead(nn.Module):
-    """Packed bidirectional LSTM or GRU."""
+    """Bidirectional LSTM or GRU over right-padded rows, each direction run as its own one-way pass.
+
+    The parameters are one ``nn.LSTM``/``nn.GRU`` (``bidirectional=True``), so model directories keep their
+    layout. The computation is not the packed-sequence path, which runs in float32 step by step on CPU
+    (and is several times slower forward and backward): the forward direction runs over the padded rows as
+    they are (padding comes after every real position, so it never reaches one), and the backward direction
+    over each row reversed *within its length* (:func:`_reverse_within`), its output reversed back. Both
+    are then plain padded RNN calls, which oneDNN runs fused, and in bf16 under autocast. The result equals
+    the packed computation (to float rounding, tested), padding included: padded outputs are 0. A batch
+    without padding (most prediction batches: windows are sorted by length) goes through the bidirectional
+    RNN in one call.
+    """
 
     def __init__(self, cell: type[nn.LSTM | nn.GRU], input_size: int, cfg: HeadConfig) -> None:
         super().__init__()
@@ -66,6 +77,23 @@ class BiRNNHead(nn.Module):
         )
         self.dropout = nn.Dropout(cfg.dropout_rate)
         self.output_size = 2 * cfg.rnn_units
+        # one-way templates, run with the bidirectional RNN's weights (torch.func.functional_call): on the
+        # meta device and out of the module's registry, so they hold no memory and never reach a state dict
+        units = cfg.rnn_units
+        self._one_way: list[nn.Module] = [
+            cell(input_size if layer == 0 else 2 * units, units, batch_first=True, device="meta")
+            for layer in range(cfg.rnn_num_hidden_layers)
+        ]
+
+    def _direction(self, layer: int, x: Tensor, reverse: bool) -> Tensor:
+        """One direction of one layer over padded rows ``x (B, T, I)`` -> ``(B, T, U)``."""
+        suffix = f"_l{layer}" + ("_reverse" if reverse else "")
+        weights = {
+            f"{name}_l0": getattr(self.rnn, f"{name}{suffix}")
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        }
+        out, _ = torch.func.functional_call(self._one_way[layer], weights, (x,))
+        return out
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
@@ -73,13 +101,33 @@ class BiRNNHead(nn.Module):
         B, T, _ = x.shape
         if T == 0:
             return x.new_zeros(B, 0, self.output_size)
-        lengths = mask.sum(dim=1)  # (B,)
-        # pack_padded_sequence rejects empty rows: give them one step and zero it afterwards
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        y, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, 2U)
-        y = y * mask.unsqueeze(2).to(y.dtype)  # (B, T, 2U)
+        if bool(mask.all()):  # no padding (most prediction batches): torch's own bidirectional pass
+            y, _ = self.rnn(x)  # (B, T, 2U)
+            return self.dropout(y)
+        index = _reverse_index(mask)  # (B, T)
+        h = x
+        for layer in range(self.rnn.num_layers):
+            if layer:
+                h = nn.functional.dropout(h, self.rnn.dropout, self.training)  # between layers, as nn.LSTM
+            forward = self._direction(layer, h, reverse=False)  # (B, T, U)
+            backward = _reverse_within(self._direction(layer, _reverse_within(h, index), reverse=True), index)
+            h = torch.cat([forward, backward], dim=-1)  # (B, T, 2U)
+        y = h * mask.unsqueeze(2).to(h.dtype)  # (B, T, 2U)
         return self.dropout(y)
+
+
+def _reverse_index(mask: Tensor) -> Tensor:
+    """For right-padded ``mask (B, T)``: the position each position takes when every row's real part is
+    reversed in place and its padding stays where it is (the index is its own inverse) -> ``(B, T)`` long."""
+    B, T = mask.shape
+    steps = torch.arange(T, device=mask.device).unsqueeze(0).expand(B, T)  # (B, T)
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    return torch.where(mask, lengths - 1 - steps, steps)  # (B, T)
+
+
+def _reverse_within(x: Tensor, index: Tensor) -> Tensor:
+    """``x (B, T, F)`` with each row's real positions reversed (``index`` from :func:`_reverse_index`)."""
+    return x.gather(1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))  # (B, T, F)
 
 
 class IDCNNHead(nn.Module):

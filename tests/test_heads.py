@@ -126,3 +126,50 @@ def test_rnn_handles_empty_rows():
     mask[0, :3] = True
     y = head(x, mask)
     assert y.shape == (2, 5, 10) and y[1].abs().sum() == 0 and y[0, :3].abs().sum() > 0
+
+
+def _packed_reference(head: BiRNNHead, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The bidirectional RNN as torch runs it over packed sequences (the computation the head replaces)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(x, mask.sum(1).clamp(min=1), batch_first=True, enforce_sorted=False)
+    out, _ = head.rnn(packed)
+    y, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return y * mask.unsqueeze(2)
+
+
+@pytest.mark.parametrize("kind,layers", [("bilstm", 1), ("bilstm", 2), ("bigru", 2)])
+def test_rnn_head_equals_the_packed_bidirectional_rnn_outputs_and_gradients(kind, layers):
+    """Each direction runs as its own padded pass (the backward one over rows reversed within their length):
+    outputs and every weight's gradient equal torch's packed bidirectional RNN on the same weights."""
+    torch.manual_seed(2)
+    head = build_head(cfg(kind, rnn_num_hidden_layers=layers), H).eval()
+    x, mask = batch()
+    x = x.masked_fill(~mask.unsqueeze(2), 3.0)
+    ours = head(x, mask)
+    ours.pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in head.named_parameters()}
+    head.zero_grad()
+    ref = _packed_reference(head, x, mask)
+    ref.pow(2).sum().backward()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    assert set(grads) == {n for n, _ in head.named_parameters()}
+    for name, p in head.named_parameters():
+        assert p.grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-5, msg=name)
+    # the one-way templates hold no weights of their own and never reach a state dict
+    assert set(head.state_dict()) == {f"rnn.{n}" for n, _ in head.rnn.named_parameters()}
+
+
+def test_rnn_head_runs_in_bf16_under_cpu_autocast():
+    """Under bf16 autocast the one-way passes run in bf16 (the packed path stayed in float32); the result
+    stays close to the float32 head."""
+    torch.manual_seed(4)
+    head = build_head(cfg("bilstm", rnn_units=16), H).eval()
+    x, mask = batch()
+    exact = head(x, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = head(x, mask)
+    assert low.dtype == torch.bfloat16
+    assert low[~mask].abs().sum() == 0
+    torch.testing.assert_close(low.float(), exact, atol=0.03, rtol=0.05)
