@@ -329,10 +329,16 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
         "checkpoint.json",
     ]
     uninterrupted = json.loads(Path("runs/20261201-152337-sample-bilstm-56603a/history.json").read_text())
-    for ours, theirs in zip(json.loads((run_dir / "history.json").read_text()), uninterrupted, strict=True):
-        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-6)
-        assert ours["dev_f1"] == pytest.approx(theirs["dev_f1"], abs=1e-9)
+    # Epoch 1 is the killed run's own (read from its checkpoint): identical. Epochs 2-4 ran on this code,
+    # whose arithmetic differs from the fixture's 3cc253c code by float rounding (fused AdamW, oneDNN RNN
+    # passes, the C likelihood gradient): 0.07% in epoch 2's loss. An optimiser state or RNG state left
+    # unrestored moves epoch 2's loss by 1.8% or 0.7% (measured), so 0.2% still tells a broken resume.
+    history = json.loads((run_dir / "history.json").read_text())
+    for ours, theirs in zip(history, uninterrupted, strict=True):
         assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-9)
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=2e-3)
+    assert history[0]["train_loss"] == uninterrupted[0]["train_loss"]
+    assert history[1]["dev_f1"] == pytest.approx(uninterrupted[1]["dev_f1"], abs=5e-3)
 
 
 def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
@@ -360,3 +366,24 @@ def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
         0.8,
         0.9,
     ]  # JSON: the trainer makes it a tuple again
+
+
+def test_the_optimiser_is_fused_adamw_where_torch_has_the_kernel():
+    """One fused AdamW kernel on CPU (the unfused update cost about a quarter of a bf16 step); the same
+    update as the unfused AdamW to float rounding."""
+    from ner_core.training import make_optimizer
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer([{"params": list(a.parameters()), "lr": 1e-2}], 0.01, torch.device("cpu"))
+    plain = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.01)
+    assert fused.param_groups[0]["fused"] is True and plain.param_groups[0]["fused"] is None
+    x = torch.randn(5, 6)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            model(x).pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
