@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load", "viterbi", "marginals", "cache_dir", "KernelUnavailable"]
+__all__ = ["load", "viterbi", "marginals", "logz_grad", "cache_dir", "KernelUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ def load() -> ctypes.CDLL | None:
             try:
                 lib = ctypes.CDLL(str(_build()))
                 i64, ptr = ctypes.c_int64, ctypes.c_void_p
-                for fn in (lib.ner_viterbi, lib.ner_marginals):
-                    fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64]
+                for fn in (lib.ner_viterbi, lib.ner_marginals, lib.ner_crf_logz_grad):
+                    n_out = 3 if fn is lib.ner_crf_logz_grad else 1
+                    fn.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr] + [ptr] * n_out + [i64, i64]
                     fn.restype = ctypes.c_int
             except (KernelUnavailable, OSError, subprocess.SubprocessError) as exc:
                 log.warning("CRF C kernel unavailable (%s); using the torch Viterbi and marginals", exc)
@@ -139,7 +140,7 @@ def _call(
     trans: np.ndarray,
     end: np.ndarray,
     lengths: np.ndarray,
-    out: np.ndarray,
+    out: np.ndarray | tuple[np.ndarray, ...],
     threads: int,
     block: int,
 ) -> None:
@@ -152,7 +153,8 @@ def _call(
     if lengths.shape != (B,) or (B and (lengths.min() < 1 or lengths.max() > T)):
         raise ValueError(f"expected {B} lengths in [1, {T}], got {lengths.tolist()[:8]}...")
     fn = getattr(lib, fn_name)
-    args = [em.ctypes.data, B, T, K] + [a.ctypes.data for a in (start, trans, end, lengths, out)]
+    outs = out if isinstance(out, tuple) else (out,)
+    args = [em.ctypes.data, B, T, K] + [a.ctypes.data for a in (start, trans, end, lengths, *outs)]
 
     def run(b0: int, b1: int) -> int:
         return fn(*args, b0, b1)
@@ -213,3 +215,27 @@ def marginals(
     out = np.empty(em.shape, dtype=np.float32)  # (B, T, K)
     _call("ner_marginals", em, start, trans, end, lengths, out, threads, block=1)
     return out
+
+
+def logz_grad(
+    em: np.ndarray,
+    start: np.ndarray,
+    trans: np.ndarray,
+    end: np.ndarray,
+    lengths: np.ndarray,
+    threads: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unconstrained CRF's log-partition per row and its gradient, for the training loss.
+
+    Returns ``(logz (B,) float64, marginals (B, T, K) float32, pairs (B, K, K) float64)``: ``marginals`` is
+    d logz / d em (its step 0 is also d logz / d start and its step ``length - 1`` d logz / d end; 0 past a
+    row's length), ``pairs[b, i, j]`` the expected number of ``i -> j`` transitions, d logz / d trans.
+    Inputs (scores without constraint penalties) and errors as in :func:`viterbi`.
+    """
+    em, start, trans, end, lengths = _inputs(em, start, trans, end, lengths)
+    B, T, K = em.shape
+    logz = np.empty(B, dtype=np.float64)
+    marg = np.empty((B, T, K), dtype=np.float32)
+    pairs = np.empty((B, K, K), dtype=np.float64)
+    _call("ner_crf_logz_grad", em, start, trans, end, lengths, (logz, marg, pairs), threads, block=1)
+    return logz, marg, pairs

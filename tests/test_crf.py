@@ -146,6 +146,50 @@ def test_nll_is_mean_of_torchcrf_and_has_gradients():
     assert em.grad is not None and em.grad[~mask].abs().sum() == 0  # padding gets no gradient
 
 
+@pytest.mark.skipif(_ckernel.load() is None, reason="no C compiler for the CRF kernel")
+@pytest.mark.parametrize(
+    "B,T,K,threads,scale", [(1, 1, 1, 1, 1.0), (6, 9, 5, 1, 1.0), (40, 37, 13, 2, 3.0), (3, 400, 9, 2, 30.0)]
+)
+def test_c_likelihood_loss_and_gradients_equal_pytorch_crf(B, T, K, threads, scale, monkeypatch):
+    """The kernel's log-partition with its analytic gradient (marginals, expected transition counts) gives
+    pytorch-crf's loss and the gradients autograd takes through pytorch-crf (run in float64 as the
+    reference: in float32 it drifts on long rows with large scores), for the emissions and all three
+    score tensors, ragged rows included; the torch backend agrees where float32 suffices."""
+    crf = make_crf(K, seed=B + T)
+    em, mask, tags = random_problem(B, T, K, seed=K + T)
+    em = (em * scale).requires_grad_(True)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+
+    def loss_and_grads(fn, module, x):
+        x = x.detach().requires_grad_(True)
+        loss = fn(x)
+        loss.backward()
+        params = [module.start_transitions, module.end_transitions, module.transitions]
+        # a one-step problem leaves pytorch-crf's transitions without a gradient
+        grads = [
+            torch.zeros(p.shape, dtype=torch.float64) if p.grad is None else p.grad.double() for p in params
+        ]
+        return [loss.detach().double(), x.grad.double(), *grads]
+
+    ours = loss_and_grads(lambda x: crf.neg_log_likelihood(x, tags, mask, backend="c"), crf.crf, em)
+    ref = CRF(K, batch_first=True).double()
+    ref.load_state_dict(
+        {k.removeprefix("crf."): v.double() for k, v in crf.state_dict().items() if "crf." in k}
+    )
+    exact = loss_and_grads(lambda x: -ref(x, tags, mask, reduction="mean"), ref, em.double())
+    names = ["loss", "emissions", "start", "end", "transitions"]
+    for name, c, t in zip(names, ours, exact):
+        assert torch.isfinite(c).all(), name
+        torch.testing.assert_close(c, t, atol=2e-5, rtol=1e-5, msg=name)
+    assert ours[1][~mask].abs().sum() == 0  # padding gets no gradient
+    if scale <= 3:
+        crf.zero_grad()
+        fp32 = loss_and_grads(lambda x: crf.neg_log_likelihood(x, tags, mask, backend="torch"), crf.crf, em)
+        for name, c, t in zip(names, ours, fp32):
+            torch.testing.assert_close(c, t, atol=2e-5, rtol=1e-5, msg=name)
+    assert crf.neg_log_likelihood(em, tags, mask).item() == ours[0].item()  # "auto": the kernel
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_loss_normalises_over_all_paths_and_marginals_over_allowed_paths(backend):
     """Constraints act in decoding and the marginals only: a constrained CRF's loss is normalised over every

@@ -145,94 +145,208 @@ static double lse2(const double *x, int64_t xs, const double *y, int64_t ys, int
     return log(s) + m;
 }
 
-int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float *start,
-                  const float *trans, const float *end, const int64_t *lengths, float *out,
-                  int64_t b0, int64_t b1) {
-    double *tr = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* trans as double [i][j] */
-    double *ed = (double *)malloc(sizeof(double) * (size_t)K);              /* end as double */
-    double *ef = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* exp(trans - col max) [i][j] */
-    double *eb = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* exp(trans - row max) [i][j] */
-    double *cmax = (double *)malloc(sizeof(double) * (size_t)K);
-    double *rmax = (double *)malloc(sizeof(double) * (size_t)K);
-    double *alpha = (double *)malloc(sizeof(double) * (size_t)T * (size_t)K);
-    double *w = (double *)malloc(sizeof(double) * (size_t)K);
-    double *beta = (double *)malloc(sizeof(double) * (size_t)K);
-    double *nb = (double *)malloc(sizeof(double) * (size_t)K);
-    double *nbeta = (double *)malloc(sizeof(double) * (size_t)K);
-    int rc = 0;
-    (void)B;
-    if (!tr || !ed || !ef || !eb || !cmax || !rmax || !alpha || !w || !beta || !nb || !nbeta) {
-        rc = -1;
-        goto done;
-    }
+/* Scores shared by the forward-backward kernels: trans as double, exp(trans - column max) for the forward
+ * step and exp(trans - row max) for the backward step. */
+typedef struct {
+    int64_t K;
+    double *tr, *ef, *eb, *cmax, *rmax, *w, *nb;
+} Scores;
+
+static void scores_free(Scores *s) {
+    free(s->tr);
+    free(s->ef);
+    free(s->eb);
+    free(s->cmax);
+    free(s->rmax);
+    free(s->w);
+    free(s->nb);
+}
+
+static int scores_init(Scores *s, const float *trans, int64_t K) {
+    s->K = K;
+    s->tr = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K);
+    s->ef = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K);
+    s->eb = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K);
+    s->cmax = (double *)malloc(sizeof(double) * (size_t)K);
+    s->rmax = (double *)malloc(sizeof(double) * (size_t)K);
+    s->w = (double *)malloc(sizeof(double) * (size_t)K);
+    s->nb = (double *)malloc(sizeof(double) * (size_t)K);
+    if (!s->tr || !s->ef || !s->eb || !s->cmax || !s->rmax || !s->w || !s->nb) return -1;
     for (int64_t j = 0; j < K; j++) {
         double c = trans[j], r = trans[j * K];
         for (int64_t i = 1; i < K; i++) {
             if (trans[i * K + j] > c) c = trans[i * K + j];
             if (trans[j * K + i] > r) r = trans[j * K + i];
         }
-        cmax[j] = c;
-        rmax[j] = r;
+        s->cmax[j] = c;
+        s->rmax[j] = r;
     }
-    for (int64_t i = 0; i < K; i++) {
-        ed[i] = end[i];
+    for (int64_t i = 0; i < K; i++)
         for (int64_t j = 0; j < K; j++) {
-            tr[i * K + j] = trans[i * K + j];
-            ef[i * K + j] = exp((double)trans[i * K + j] - cmax[j]);
-            eb[i * K + j] = exp((double)trans[i * K + j] - rmax[i]);
+            s->tr[i * K + j] = trans[i * K + j];
+            s->ef[i * K + j] = exp((double)trans[i * K + j] - s->cmax[j]);
+            s->eb[i * K + j] = exp((double)trans[i * K + j] - s->rmax[i]);
         }
+    return 0;
+}
+
+/* a[j] = logsumexp_i p[i] + trans[i][j], plus e[j]: one matrix-vector product in exp space, exact
+ * (lse2) where it would underflow */
+static void alpha_step(Scores *s, const double *p, double *a, const float *e) {
+    const int64_t K = s->K;
+    double m = p[0];
+    for (int64_t i = 1; i < K; i++) m = p[i] > m ? p[i] : m;
+    for (int64_t i = 0; i < K; i++) s->w[i] = exp(p[i] - m);
+    for (int64_t j = 0; j < K; j++) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < K; i++) acc += s->w[i] * s->ef[i * K + j];
+        a[j] = (acc >= EXACT_BELOW ? log(acc) + m + s->cmax[j] : lse2(p, 1, s->tr + j, K, K)) + e[j];
     }
+}
+
+/* beta_{t-1}(i) = logsumexp_j trans[i][j] + v[j], with v[j] = e_t[j] + beta_t[j] (written to s->nb) */
+static void beta_step(Scores *s, const double *beta, const float *e, double *out) {
+    const int64_t K = s->K;
+    double mv = -DBL_MAX;
+    for (int64_t j = 0; j < K; j++) {
+        s->nb[j] = e[j] + beta[j];
+        mv = s->nb[j] > mv ? s->nb[j] : mv;
+    }
+    for (int64_t j = 0; j < K; j++) s->w[j] = exp(s->nb[j] - mv);
+    for (int64_t i = 0; i < K; i++) {
+        double acc = 0.0;
+        for (int64_t j = 0; j < K; j++) acc += s->eb[i * K + j] * s->w[j];
+        out[i] = acc >= EXACT_BELOW ? log(acc) + mv + s->rmax[i] : lse2(s->tr + i * K, 1, s->nb, 1, K);
+    }
+}
+
+int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float *start,
+                  const float *trans, const float *end, const int64_t *lengths, float *out,
+                  int64_t b0, int64_t b1) {
+    Scores sc = {0};
+    double *ed = (double *)malloc(sizeof(double) * (size_t)K); /* end as double */
+    double *alpha = (double *)malloc(sizeof(double) * (size_t)T * (size_t)K);
+    double *beta = (double *)malloc(sizeof(double) * (size_t)K);
+    double *nbeta = (double *)malloc(sizeof(double) * (size_t)K);
+    int rc = 0;
+    (void)B;
+    if (scores_init(&sc, trans, K) != 0 || !ed || !alpha || !beta || !nbeta) {
+        rc = -1;
+        goto done;
+    }
+    for (int64_t i = 0; i < K; i++) ed[i] = end[i];
     for (int64_t b = b0; b < b1; b++) {
         const int64_t L = lengths[b];
         const float *e = em + (size_t)b * T * K;
         float *o = out + (size_t)b * T * K;
         for (int64_t k = 0; k < K; k++) alpha[k] = (double)start[k] + e[k];
-        for (int64_t t = 1; t < L; t++) {
-            const double *p = alpha + (size_t)(t - 1) * K;
-            double *a = alpha + (size_t)t * K;
-            double m = p[0];
-            for (int64_t i = 1; i < K; i++) m = p[i] > m ? p[i] : m;
-            for (int64_t i = 0; i < K; i++) w[i] = exp(p[i] - m);
-            for (int64_t j = 0; j < K; j++) {
-                double s = 0.0;
-                for (int64_t i = 0; i < K; i++) s += w[i] * ef[i * K + j];
-                a[j] = (s >= EXACT_BELOW ? log(s) + m + cmax[j] : lse2(p, 1, tr + j, K, K)) + e[t * K + j];
-            }
-        }
+        for (int64_t t = 1; t < L; t++)
+            alpha_step(&sc, alpha + (size_t)(t - 1) * K, alpha + (size_t)t * K, e + t * K);
         const double log_z = lse2(alpha + (size_t)(L - 1) * K, 1, ed, 1, K); /* logsumexp alpha + end */
         for (int64_t k = 0; k < K; k++) beta[k] = ed[k];
         for (int64_t t = L - 1;; t--) {
             const double *a = alpha + (size_t)t * K;
             for (int64_t k = 0; k < K; k++) o[t * K + k] = (float)exp(a[k] + beta[k] - log_z);
             if (t == 0) break;
-            /* beta_{t-1}(i) = logsumexp_j trans[i][j] + e[t][j] + beta_t(j) */
-            double mv = -DBL_MAX;
-            for (int64_t j = 0; j < K; j++) {
-                nb[j] = e[t * K + j] + beta[j]; /* v_j, kept for the exact path */
-                mv = nb[j] > mv ? nb[j] : mv;
-            }
-            for (int64_t j = 0; j < K; j++) w[j] = exp(nb[j] - mv);
-            for (int64_t i = 0; i < K; i++) {
-                double acc = 0.0;
-                for (int64_t j = 0; j < K; j++) acc += eb[i * K + j] * w[j];
-                nbeta[i] = acc >= EXACT_BELOW ? log(acc) + mv + rmax[i] : lse2(tr + i * K, 1, nb, 1, K);
-            }
+            beta_step(&sc, beta, e + t * K, nbeta);
             for (int64_t k = 0; k < K; k++) beta[k] = nbeta[k];
         }
         for (int64_t t = L; t < T; t++)
             for (int64_t k = 0; k < K; k++) o[t * K + k] = 0.0f;
     }
 done:
-    free(tr);
+    scores_free(&sc);
     free(ed);
-    free(nbeta);
-    free(ef);
-    free(eb);
-    free(cmax);
-    free(rmax);
     free(alpha);
-    free(w);
     free(beta);
-    free(nb);
+    free(nbeta);
+    return rc;
+}
+
+/* Log-partition of the unconstrained CRF and its gradient, for the training loss.
+ *
+ * Per row b of length L: logz[b] = log sum over all tag paths of exp(score); marg (B, T, K) float32 out:
+ * p(y_t = k) (d logz / d em[b, t, k]; 0 past L; row t = 0 is also d logz / d start, row L-1 is
+ * d logz / d end); pair (B, K, K) float64 out: sum over t of p(y_{t-1} = i, y_t = j) (d logz / d trans).
+ * Forward-backward in float64 in the log domain (as ner_marginals); the pairwise sums are accumulated as
+ * outer products of max-shifted forward and backward vectors, times exp(trans - max trans) at the end,
+ * with an exact per-element fallback for a step whose shift would overflow. Returns 0, or -1 on failed
+ * allocation. */
+int ner_crf_logz_grad(const float *em, int64_t B, int64_t T, int64_t K, const float *start,
+                      const float *trans, const float *end, const int64_t *lengths, double *logz,
+                      float *marg, double *pair, int64_t b0, int64_t b1) {
+    Scores sc = {0};
+    double *ed = (double *)malloc(sizeof(double) * (size_t)K);
+    double *et = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* exp(trans - tmax) */
+    double *alpha = (double *)malloc(sizeof(double) * (size_t)T * (size_t)K);
+    double *beta = (double *)malloc(sizeof(double) * (size_t)K);
+    double *nbeta = (double *)malloc(sizeof(double) * (size_t)K);
+    double *wa = (double *)malloc(sizeof(double) * (size_t)K);
+    double *wb = (double *)malloc(sizeof(double) * (size_t)K);
+    double *acc = (double *)malloc(sizeof(double) * (size_t)K * (size_t)K); /* shifted pairwise sums */
+    int rc = 0;
+    (void)B;
+    if (scores_init(&sc, trans, K) != 0 || !ed || !et || !alpha || !beta || !nbeta || !wa || !wb || !acc) {
+        rc = -1;
+        goto done;
+    }
+    double tmax = -DBL_MAX;
+    for (int64_t i = 0; i < K * K; i++) tmax = sc.tr[i] > tmax ? sc.tr[i] : tmax;
+    for (int64_t i = 0; i < K * K; i++) et[i] = exp(sc.tr[i] - tmax);
+    for (int64_t i = 0; i < K; i++) ed[i] = end[i];
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t L = lengths[b];
+        const float *e = em + (size_t)b * T * K;
+        float *o = marg + (size_t)b * T * K;
+        double *pr = pair + (size_t)b * K * K;
+        for (int64_t k = 0; k < K; k++) alpha[k] = (double)start[k] + e[k];
+        for (int64_t t = 1; t < L; t++)
+            alpha_step(&sc, alpha + (size_t)(t - 1) * K, alpha + (size_t)t * K, e + t * K);
+        const double log_z = lse2(alpha + (size_t)(L - 1) * K, 1, ed, 1, K);
+        logz[b] = log_z;
+        for (int64_t i = 0; i < K * K; i++) acc[i] = pr[i] = 0.0;
+        for (int64_t k = 0; k < K; k++) beta[k] = ed[k];
+        for (int64_t t = L - 1;; t--) {
+            const double *a = alpha + (size_t)t * K;
+            for (int64_t k = 0; k < K; k++) o[t * K + k] = (float)exp(a[k] + beta[k] - log_z);
+            if (t == 0) break;
+            /* with v_j = e_t(j) + beta_t(j) (left in sc.nb by beta_step):
+             * p(y_{t-1} = i, y_t = j) = exp(alpha_{t-1}(i) + trans(i, j) + v_j - log_z) */
+            const double *p = alpha + (size_t)(t - 1) * K;
+            beta_step(&sc, beta, e + t * K, nbeta);
+            const double *v = sc.nb;
+            double ma = -DBL_MAX, mb = -DBL_MAX;
+            for (int64_t k = 0; k < K; k++) {
+                ma = p[k] > ma ? p[k] : ma;
+                mb = v[k] > mb ? v[k] : mb;
+            }
+            const double scale = exp(ma + mb + tmax - log_z);
+            if (isfinite(scale)) {
+                for (int64_t k = 0; k < K; k++) {
+                    wa[k] = exp(p[k] - ma) * scale;
+                    wb[k] = exp(v[k] - mb);
+                }
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t j = 0; j < K; j++) acc[i * K + j] += wa[i] * wb[j];
+            } else { /* exact, element by element */
+                for (int64_t i = 0; i < K; i++)
+                    for (int64_t j = 0; j < K; j++) pr[i * K + j] += exp(p[i] + sc.tr[i * K + j] + v[j] - log_z);
+            }
+            for (int64_t k = 0; k < K; k++) beta[k] = nbeta[k];
+        }
+        for (int64_t i = 0; i < K * K; i++) pr[i] += acc[i] * et[i];
+        for (int64_t t = L; t < T; t++)
+            for (int64_t k = 0; k < K; k++) o[t * K + k] = 0.0f;
+    }
+done:
+    scores_free(&sc);
+    free(ed);
+    free(et);
+    free(alpha);
+    free(beta);
+    free(nbeta);
+    free(wa);
+    free(wb);
+    free(acc);
     return rc;
 }
