@@ -51,7 +51,7 @@ from ner_core.alignment import CharAligner
 from ner_core.batching import EncodedChunk, collate, sliding_windows
 from ner_core.config import PredictionConfig
 from ner_core.precision import Choice, Hardware, Precision, autocast, choose, int8_copy, read_record
-from ner_core.schemes import tags_to_spans
+from ner_core.schemes import span_tuples
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
 #: K float32 per character, 68 MB at 17 tags)
@@ -383,8 +383,7 @@ class Tagger:
         self, text: str, tags: list[str], probs: list[float], confidence: bool
     ) -> list[PredictedEntity]:
         ents = []
-        for sp in tags_to_spans(tags, self.scheme):
-            start, end = sp.start, sp.end
+        for start, end, label in span_tuples(tags, self.scheme):
             # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
             while start < end and text[start].isspace():
                 start += 1
@@ -393,5 +392,5 @@ class Tagger:
             if start == end:
                 continue
             conf = min(probs[start:end]) if confidence else 1.0
-            ents.append(PredictedEntity(start, end, sp.label, text[start:end], round(conf, 6)))
+            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6)))
         return ents

@@ -70,6 +70,7 @@ __all__ = [
     "parse_tag",
     "repair_tags",
     "scheme_spec",
+    "span_tuples",
     "spans_to_tags",
     "spread_tag",
     "tag_set",
@@ -306,6 +307,13 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
     Raises ``ValueError`` naming the position of a tag that is malformed or whose prefix does not
     belong to ``scheme``.
     """
+    # the spans are valid by construction: skip pydantic validation (a large share of the time)
+    return [Entity.model_construct(start=s, end=e, label=lab) for s, e, lab in span_tuples(tags, scheme)]
+
+
+def span_tuples(tags: Sequence[str], scheme: Scheme | str) -> list[tuple[int, int, str]]:
+    """:func:`tags_to_spans` as ``(start, end, label)`` tuples, for hot paths that build their own
+    objects (batch prediction reads one span list per text)."""
     spec = scheme_spec(scheme)
     if isinstance(tags, str):
         raise ValueError(f"expected a sequence of tags, got the string {tags!r}")
@@ -336,8 +344,7 @@ def tags_to_spans(tags: Sequence[str], scheme: Scheme | str) -> list[Entity]:
             open_start, open_label = i, label
     if open_label is not None:
         spans.append((open_start, len(tags), open_label))
-    # the spans are valid by construction: skip pydantic validation (a large share of the time)
-    return [Entity.model_construct(start=s, end=e, label=lab) for s, e, lab in spans]
+    return spans
 
 
 def fast_spans(tags: Sequence[str], scheme: Scheme | str) -> list[tuple[int, int, str]] | None:
