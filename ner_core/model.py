@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ner_core.config import NERConfig, TrainingConfig
 from ner_core.crf import ConstrainedCRF
+from ner_core.fast_dropout import use_fast_dropout
 from ner_core.heads import build_head
 
 __all__ = ["NERModel"]
@@ -60,6 +61,7 @@ class NERModel(nn.Module):
 
             allowed = schemes.allowed_transitions(self.tags, config.data.scheme)
         self.crf = ConstrainedCRF(len(self.tags), allowed)
+        use_fast_dropout(self)  # the encoder's dropouts too: same p, cheaper CPU masks, no parameters
 
     @property
     def num_tags(self) -> int:

@@ -4,6 +4,7 @@ without running code, and those of the pickled format before it still resume."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -310,18 +311,46 @@ def test_a_pickled_checkpoint_that_would_run_code_is_refused_unread(tiny_encoder
     assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "checkpoint.json").exists()
 
 
-def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(legacy_dir):
+def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(legacy_dir, monkeypatch):
     """The fixture's run ...-7b9f2c was killed after epoch 1 of 4 by the code at 3cc253c; run ...-56603a
-    is the same run (same seed and data; only the dead window_stride differs), uninterrupted."""
+    is the same run (same seed and data; only the dead window_stride differs), uninterrupted, by that code.
+
+    Resuming restores exactly what the pickle holds: the model, the optimiser's state and every RNG (checked
+    right after the restore). The epochs after it ran on this code, whose arithmetic and dropout masks differ
+    from 3cc253c's (fused AdamW, oneDNN RNN passes, the C likelihood, fast_dropout's masks), so the rest of
+    the trajectory is compared loosely: epoch 2's loss within 1% (an unrestored optimiser state moved it by
+    1.8%)."""
+    from ner_core import training
+    from ner_core.checkpoint import _legacy_globals
     from ner_core.config import NERConfig
     from ner_core.formats import read_file
-    from ner_core.training import train
 
     run_dir = Path("runs/20261201-152339-sample-bilstm-7b9f2c")
+    with torch.serialization.safe_globals(_legacy_globals()):
+        old = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    seen = {}
+    real_resume = training._resume
+
+    def spy(run):
+        state = real_resume(run)
+        seen["model"] = {k: v.clone() for k, v in run.model.state_dict().items()}
+        seen["optimizer"] = copy.deepcopy(run.optimizer.state_dict())  # live tensors change in place
+        seen["torch_rng"] = torch.get_rng_state().clone()
+        return state
+
+    monkeypatch.setattr(training, "_resume", spy)
     config = NERConfig.from_file(run_dir / "config.json")
     train_docs = read_file(SAMPLE / "train.jsonl").documents
     dev_docs = read_file(SAMPLE / "dev.jsonl").documents
-    res = train(config, train_docs, dev_docs, LABELS, run_dir, resume=True, progress=False)
+    res = training.train(config, train_docs, dev_docs, LABELS, run_dir, resume=True, progress=False)
+    assert seen["model"].keys() == old["model"].keys()
+    assert all(torch.equal(seen["model"][k], old["model"][k]) for k in old["model"])
+    saved_state = old["optimizer"]["state"]
+    assert saved_state.keys() == seen["optimizer"]["state"].keys()
+    for k, slots in saved_state.items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(seen["optimizer"]["state"][k][name], slots[name])
+    assert torch.equal(seen["torch_rng"], old["torch_rng"])
     assert [h.epoch for h in res.history] == [1, 2, 3, 4] and res.stopped_reason == "finished 4 epochs"
     assert not (run_dir / "checkpoint.pt").exists()  # converted once, then replaced by the new format
     assert sorted(p.name for p in run_dir.glob("checkpoint*")) == [
@@ -329,16 +358,13 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
         "checkpoint.json",
     ]
     uninterrupted = json.loads(Path("runs/20261201-152337-sample-bilstm-56603a/history.json").read_text())
-    # Epoch 1 is the killed run's own (read from its checkpoint): identical. Epochs 2-4 ran on this code,
-    # whose arithmetic differs from the fixture's 3cc253c code by float rounding (fused AdamW, oneDNN RNN
-    # passes, the C likelihood gradient): 0.07% in epoch 2's loss. An optimiser state or RNG state left
-    # unrestored moves epoch 2's loss by 1.8% or 0.7% (measured), so 0.2% still tells a broken resume.
     history = json.loads((run_dir / "history.json").read_text())
-    for ours, theirs in zip(history, uninterrupted, strict=True):
+    assert len(history) == len(uninterrupted) == 4
+    assert history[0]["train_loss"] == uninterrupted[0]["train_loss"]  # the killed run's own epoch
+    for ours, theirs in zip(history, uninterrupted):
         assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-9)
-        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=2e-3)
-    assert history[0]["train_loss"] == uninterrupted[0]["train_loss"]
-    assert history[1]["dev_f1"] == pytest.approx(uninterrupted[1]["dev_f1"], abs=5e-3)
+    assert history[1]["train_loss"] == pytest.approx(uninterrupted[1]["train_loss"], rel=1e-2)
+    assert history[-1]["train_loss"] < history[1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
