@@ -248,6 +248,8 @@ class RequestBatcher:
         return batch
 
     def _run(self) -> None:
+        from app.serve_guard import release_freed_memory
+
         while (batch := self._next_batch()) is not None:
             with self._lock:
                 n_chars = sum(len(t) for ts, _ in batch for t in ts)
@@ -273,6 +275,8 @@ class RequestBatcher:
             for ts, done in batch:
                 done.set_result(preds[i : i + len(ts)])
                 i += len(ts)
+            del preds, texts, batch
+            release_freed_memory()  # the batch's buffers go back to the system, not to a growing heap
 
 
 # ----------------------------------------------------------------------------------------- request log
@@ -539,10 +543,11 @@ def _add_seed_route(app, batcher: RequestBatcher, limits: ServeLimits, scheme: s
 
 # ----------------------------------------------------------------------------------------- commands
 def cmd_serve(args: argparse.Namespace) -> int:
-    from app.serve_guard import check_bind, load_api_key, run_server
+    from app.serve_guard import bound_kernel_cache, check_bind, load_api_key, run_server
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    bound_kernel_cache()  # before the model's first operation: a long-running service meets many shapes
 
     api_key = load_api_key(args.api_key_file)
     check_bind(args.host, api_key)  # before the model loads: a refusal is one line, at once

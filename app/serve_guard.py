@@ -15,6 +15,15 @@ uvicorn server that stops gracefully.
 - **Connections.** :class:`IdleTimeoutH11Protocol` closes a connection that has not sent a whole request
   head within the idle timeout (uvicorn only times out connections idle *between* requests, so a client
   that connects and says nothing, or sends its headers a byte at a time, would hold a slot forever).
+- **Memory.** After each batch the model worker calls :func:`release_freed_memory`: glibc keeps the
+  pages of freed blocks (per-thread arenas, a mmap threshold that rises after large frees), so a service
+  fed 10,000-character texts by many clients kept its peak working set and crept up under varied load;
+  ``malloc_trim(0)`` hands the free pages back to the system. Elsewhere (not glibc) it does nothing.
+  :func:`bound_kernel_cache` caps oneDNN's cache of compiled kernels (one per operation and input shape;
+  1,024 by default) at :data:`KERNEL_CACHE_CAPACITY` unless ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` is set:
+  requests of every length make new shapes for as long as the service runs, and the default cache kept
+  growing with them (+15% resident memory after 3 minutes of 64 clients with a cap of 256, still rising;
+  with 64 it stays between +4% and +12%, the load's own working set).
 - **Stopping.** :func:`run_server` runs uvicorn with these settings; on SIGTERM or SIGINT uvicorn stops
   accepting connections, lets the requests in flight finish (at most ``graceful_timeout_s``), then the
   app's shutdown drains and stops the batcher.
@@ -42,6 +51,37 @@ KEY_HINT = "send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
 
 
 # ----------------------------------------------------------------------------------------- API key
+_LIBC: list = []
+#: oneDNN kernels the service keeps compiled (see the module docstring)
+KERNEL_CACHE_CAPACITY = 64
+
+
+def bound_kernel_cache(environ: dict | None = None) -> str:
+    """Cap oneDNN's kernel cache for this process unless the environment already sets it; call before the
+    first tensor operation (oneDNN reads the variable once). Returns the capacity in force."""
+    env = os.environ if environ is None else environ
+    return env.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(KERNEL_CACHE_CAPACITY))
+
+
+def release_freed_memory() -> bool:
+    """Return the allocator's free pages to the system (glibc ``malloc_trim(0)``, which also releases free
+    pages inside the heap and every arena); False where there is no glibc."""
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.append(libc.malloc_trim if hasattr(libc, "malloc_trim") else None)
+        except OSError:
+            _LIBC.append(None)
+    trim = _LIBC[0]
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``); any other name or address,
     ``0.0.0.0`` and ``::`` included, may be reached from other machines."""
