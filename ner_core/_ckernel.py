@@ -4,7 +4,8 @@ Why C: Viterbi and forward-backward are ``T`` sequential steps over tiny ``(B, K
 each step costs a few operator dispatches whose overhead, not the arithmetic, dominates on CPU (and
 pytorch-crf adds a Python loop per row), which matters most for whole texts of thousands of characters.
 :func:`viterbi` keeps a block of 8 rows in one SIMD register per tag and runs the whole recursion and the
-back-tracking without leaving C; :func:`marginals` runs forward-backward per row in float64.
+back-tracking without leaving C; :func:`marginals` runs forward-backward per row in float64, and
+:func:`logz_grad` the same for the training loss, with its gradient.
 
 Build: the first call compiles the source with the system C compiler (``$CC``, else ``cc``/``gcc``;
 ``-O3``, plus ``-mavx2 -mfma`` when the CPU has them) into ``$NER_CACHE_DIR`` (default

@@ -14,7 +14,8 @@ such as ``O -> I-PER`` or a sequence starting with ``I-PER`` or ending in ``B-PE
 out, whatever the emissions. Keeping the loss unconstrained also keeps it finite on a noisy gold
 sequence that breaks the scheme.
 
-Speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor` and :meth:`ConstrainedCRF.marginals` run compiled C
+Speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor`, :meth:`ConstrainedCRF.marginals` and the training
+loss's log-partition with its gradient (:meth:`ConstrainedCRF.neg_log_likelihood`) run compiled C
 kernels (``ner_core/csrc/crf.c``, built on first use by :mod:`ner_core._ckernel`): Viterbi with 8 rows per
 SIMD register, the whole recursion and back-tracking in C; forward-backward in float64 per row; rows split
 across threads. On GPU, or where no C compiler exists, the torch implementations run instead; both give
