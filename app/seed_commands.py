@@ -235,7 +235,8 @@ def _write_predictions(command: str, out: Path, docs, preds, scheme: str) -> lis
     from ner_core.schemes import spans_to_tags
 
     pairs = [
-        [d.text, " ".join(spans_to_tags(len(d.text), ents, scheme))] for d, ents in zip(docs, _spans(preds))
+        [d.text, " ".join(spans_to_tags(len(d.text), ents, scheme))]
+        for d, ents in zip(docs, _spans(preds), strict=True)
     ]
     outputs = out / f"{command}_outputs.txt"
     _write_atomic(outputs, json.dumps(pairs, ensure_ascii=False, indent=4) + "\n")
@@ -248,7 +249,7 @@ def _write_predictions(command: str, out: Path, docs, preds, scheme: str) -> lis
                 ensure_ascii=False,
             )
             + "\n"
-            for d, ents in zip(docs, preds)
+            for d, ents in zip(docs, preds, strict=True)
         ),
     )
     return [outputs, entities]
@@ -261,10 +262,10 @@ def tag_accuracy(docs, preds, scheme: str) -> dict[str, dict[str, float | int]]:
 
     right: dict[str, int] = {}
     total: dict[str, int] = {}
-    for d, ents in zip(docs, _spans(preds)):
+    for d, ents in zip(docs, _spans(preds), strict=True):
         gold = spans_to_tags(len(d.text), d.entities, scheme)
         pred = spans_to_tags(len(d.text), ents, scheme)
-        for g, p in zip(gold, pred):
+        for g, p in zip(gold, pred, strict=True):
             total[g] = total.get(g, 0) + 1
             right[g] = right.get(g, 0) + (g == p)
     return {t: {"right": right[t], "total": total[t], "acc": right[t] / total[t]} for t in sorted(total)}

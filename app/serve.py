@@ -79,7 +79,7 @@ class ServeLimits(BaseModel):
     body_timeout_s: float = Field(20.0, gt=0, description="seconds to receive a request body")
 
     @model_validator(mode="after")
-    def _queue_defaults(self) -> "ServeLimits":
+    def _queue_defaults(self) -> ServeLimits:
         if self.max_queue is None:
             self.max_queue = 2 * self.max_texts
         if self.max_queue_chars is None:
@@ -101,7 +101,7 @@ class PredictRequest(BaseModel):
     texts: list[str] | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "PredictRequest":
+    def _one_of(self) -> PredictRequest:
         if (self.text is None) == (self.texts is None):
             raise ValueError('give exactly one of "text" (a string) or "texts" (a list of strings)')
         if self.texts is not None and not self.texts:
@@ -509,7 +509,8 @@ def _add_routes(app, batcher: RequestBatcher, limits: ServeLimits, info: dict) -
             "model": model_name,
             "seconds": round(time.perf_counter() - t0, 4),
             "results": [
-                {"n_chars": len(t), "entities": [e.to_dict() for e in ents]} for t, ents in zip(texts, preds)
+                {"n_chars": len(t), "entities": [e.to_dict() for e in ents]}
+                for t, ents in zip(texts, preds, strict=True)
             ],
         }
         return JSONResponse(body, headers={CHARS_HEADER: str(total)})
@@ -621,7 +622,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, ensure_ascii=False, indent=2))
         return 0
-    for text, res in zip(texts, body["results"]):
+    for text, res in zip(texts, body["results"], strict=True):
         shown = text if len(text) <= 60 else text[:60] + "…"
         print(f"{shown}  ({len(res['entities'])} entities)")
         for e in res["entities"]:

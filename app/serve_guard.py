@@ -259,7 +259,7 @@ class RequestGuard:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.001))
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 raise _Refused(
                     408,
                     f"request body not received within {self.body_timeout_s:g} s "

@@ -106,7 +106,7 @@ class PredictSummary(_Contract):
     n_new_documents: int | None = None
 
     @classmethod
-    def from_run(cls, run, **reported: Any) -> "PredictSummary":
+    def from_run(cls, run, **reported: Any) -> PredictSummary:
         """The summary of a finished :class:`storage.predictions.PredictionRunWriter`."""
         row = run.row
         return cls(

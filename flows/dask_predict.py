@@ -83,7 +83,7 @@ def tag_shard(
         options = options.model_copy(update={"precision": "fp32"})
     tagger = Tagger.from_loaded(loaded, options)
     preds = tagger.predict_documents([text for _, text in items])
-    return [(doc_id, text, p.entities, p.uncertainty) for (doc_id, text), p in zip(items, preds)]
+    return [(doc_id, text, p.entities, p.uncertainty) for (doc_id, text), p in zip(items, preds, strict=True)]
 
 
 def store_shard_rows(

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from flows.contracts import (
@@ -38,7 +38,7 @@ from storage.review_export import config_with_plus, run_config_plus, training_do
 
 
 def new_run_id(config: NERConfig) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{config.data.dataset}-{config.head.type.value}-{uuid.uuid4().hex[:6]}"
 
 
@@ -344,7 +344,9 @@ def _tag_into(run, tagger, docs: Sequence[Document], batch_docs: int, progress: 
         for b in range(0, len(docs), batch_docs):
             part = docs[b : b + batch_docs]
             preds = tagger.predict_documents([d.text for d in part], progress=bar.update)
-            run.write([(d.doc_id, d.text, p.entities, p.uncertainty) for d, p in zip(part, preds)])
+            run.write(
+                [(d.doc_id, d.text, p.entities, p.uncertainty) for d, p in zip(part, preds, strict=True)]
+            )
     finally:
         bar.close()
 
@@ -387,8 +389,8 @@ def _file_documents(source: FilesSource) -> list[Document]:
     ids = unique_doc_ids([str(f) for f in source.files], [[d.doc_id for d in docs] for docs in per_file])
     return [
         d if d.doc_id == i else d.model_copy(update={"doc_id": i})
-        for docs, new_ids in zip(per_file, ids)
-        for d, i in zip(docs, new_ids)
+        for docs, new_ids in zip(per_file, ids, strict=True)
+        for d, i in zip(docs, new_ids, strict=True)
     ]
 
 

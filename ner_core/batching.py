@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -78,7 +79,7 @@ def training_chunks(docs: Sequence[Document], max_len: int) -> list[Chunk]:
         if not doc.text:
             continue
         cuts = _cut_points(doc.text, doc.entities, max_len)
-        chunks.extend(Chunk(i, a, b) for a, b in zip(cuts, cuts[1:]) if b > a)
+        chunks.extend(Chunk(i, a, b) for a, b in pairwise(cuts) if b > a)
     return chunks
 
 

@@ -121,7 +121,7 @@ class TrainingState:
         return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], torch_rng: Tensor | None) -> "TrainingState":
+    def from_json(cls, data: dict[str, Any], torch_rng: Tensor | None) -> TrainingState:
         data = dict(data)
         data["history"] = [EpochStats(**h) for h in data.get("history", [])]
         return cls(**data, torch_rng=torch_rng)

@@ -13,7 +13,7 @@ The seed's ``tag_padding`` is not needed: padding is handled by masks.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class HeadType(str, Enum):
+class HeadType(StrEnum):
     """Layers between the encoder and the CRF."""
 
     BILSTM = "bilstm"
@@ -224,7 +224,7 @@ class NERConfig(_Strict):
         return self.model_dump_json(indent=2)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "NERConfig":
+    def from_file(cls, path: str | Path) -> NERConfig:
         p = Path(path)
         try:
             raw: Any = json.loads(p.read_text(encoding="utf-8"))
@@ -234,7 +234,7 @@ class NERConfig(_Strict):
             raise ValueError(f"{p}: line {exc.lineno}: not valid JSON ({exc.msg})") from None
         return cls.model_validate(raw)
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "NERConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> NERConfig:
         """Return a copy with dotted keys replaced, e.g. ``{"head.type": "idcnn"}``; validated."""
         data = self.model_dump(mode="json")
         for key, value in overrides.items():

@@ -57,6 +57,6 @@ def unique_doc_ids(sources: list[str], ids: list[list[str]]) -> list[list[str]]:
         if names is None:
             continue
         cut = len(stem)
-        for i, name in zip(members, names):
+        for i, name in zip(members, names, strict=True):
             out[i] = [name + doc_id[cut:] for doc_id in ids[i]]
     return out

@@ -20,7 +20,7 @@ class Entity(BaseModel):
     label: str = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check_order(self) -> "Entity":
+    def _check_order(self) -> Entity:
         if self.end <= self.start:
             raise ValueError(f"entity end ({self.end}) must be greater than start ({self.start})")
         return self
@@ -46,7 +46,7 @@ class Document(BaseModel):
     line: int | None = None
 
     @model_validator(mode="after")
-    def _check_spans(self) -> "Document":
+    def _check_spans(self) -> Document:
         n = len(self.text)
         for e in self.entities:
             if e.end > n:

@@ -368,7 +368,7 @@ class IngestPlan:
 
     def split_rows(self, split: str) -> list[Row]:
         """The rows of one split, in input order."""
-        return [r for r, s in zip(self.rows, self.splits) if s == split]
+        return [r for r, s in zip(self.rows, self.splits, strict=True) if s == split]
 
     def report(self, version: int | None, created: bool) -> IngestReport:
         return IngestReport(
@@ -395,7 +395,7 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
     problems = [p for r in results for p in r.problems]
     files = [
         PlannedFile(f.split, r.source, r.format, r.sha256, Path(r.source).stat().st_size, len(r.records))
-        for f, r in zip(request.files, results)
+        for f, r in zip(request.files, results, strict=True)
     ]
     failed = IngestReport(
         dataset=name,
@@ -419,11 +419,11 @@ def plan_ingest(request: IngestRequest, *, progress: bool = False) -> IngestPlan
     rows: list[Row] = []
     splits: list[str] = []
     doc_ids = unique_doc_ids([r.source for r in results], [[rec[0] for rec in r.records] for r in results])
-    for f, r, ids in zip(request.files, results, doc_ids):
-        for doc_id, rec in zip(ids, r.records):
+    for f, r, ids in zip(request.files, results, doc_ids, strict=True):
+        for doc_id, rec in zip(ids, r.records, strict=True):
             rows.append((doc_id, rec[1], rec[2], rec[3], r.source))
             splits.append(f.split or "")
-    dropped = [(ids[d[0]], *d[1:]) for r, ids in zip(results, doc_ids) for d in r.dropped]
+    dropped = [(ids[d[0]], *d[1:]) for r, ids in zip(results, doc_ids, strict=True) for d in r.dropped]
     if opts.split_ratios:
         _deal_by_ratio(splits, opts.split_ratios, opts.seed)
     _check_doc_ids(name, rows)
@@ -498,7 +498,7 @@ def _shared_across_splits(rows: list[Row], splits: list[str]) -> list[Problem]:
     """A warning for each text already seen in another split (leakage between train and evaluation)."""
     found = []
     first_split: dict[str, tuple[str, str]] = {}
-    for (doc_id, text, _sp, line, source), split in zip(rows, splits):
+    for (doc_id, text, _sp, line, source), split in zip(rows, splits, strict=True):
         seen = first_split.setdefault(text, (split, doc_id))
         if seen[0] != split:
             message = f"{doc_id} ({split}) has the same text as {seen[1]} ({seen[0]})"
@@ -508,7 +508,7 @@ def _shared_across_splits(rows: list[Row], splits: list[str]) -> list[Problem]:
 
 def _counts(rows: list[Row], splits: list[str]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
-    for (_i, text, spans, _l, _s), split in zip(rows, splits):
+    for (_i, text, spans, _l, _s), split in zip(rows, splits, strict=True):
         c = counts.setdefault(split, {"documents": 0, "entities": 0, "characters": 0})
         c["documents"] += 1
         c["entities"] += len(spans)

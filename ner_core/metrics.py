@@ -219,7 +219,7 @@ def _check_tag_pairs(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Seq
             f"expected as many predicted as gold sentences, "
             f"got {len(pred_tags)} predicted and {len(gold_tags)} gold"
         )
-    for i, (g, p) in enumerate(zip(gold_tags, pred_tags)):
+    for i, (g, p) in enumerate(zip(gold_tags, pred_tags, strict=True)):
         if isinstance(g, str) or isinstance(p, str):
             raise ValueError(f"sentence {i}: expected a sequence of tags, got a string")
         if len(g) != len(p):
@@ -236,7 +236,9 @@ def char_accuracy(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequen
     """
     _check_tag_pairs(gold_tags, pred_tags)
     total = sum(len(g) for g in gold_tags)
-    correct = sum(1 for g, p in zip(gold_tags, pred_tags) for a, b in zip(g, p) if a == b)
+    correct = sum(
+        1 for g, p in zip(gold_tags, pred_tags, strict=True) for a, b in zip(g, p, strict=True) if a == b
+    )
     return correct / total if total else 0.0
 
 
@@ -245,7 +247,7 @@ def sentence_accuracy(gold_tags: Sequence[Sequence[str]], pred_tags: Sequence[Se
     _check_tag_pairs(gold_tags, pred_tags)
     if not gold_tags:
         return 0.0
-    return sum(1 for g, p in zip(gold_tags, pred_tags) if list(g) == list(p)) / len(gold_tags)
+    return sum(1 for g, p in zip(gold_tags, pred_tags, strict=True) if list(g) == list(p)) / len(gold_tags)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +290,7 @@ def entity_prf(
     n_gold: dict[str, int] = {}
     n_pred: dict[str, int] = {}
     n_ok: dict[str, int] = {}
-    for i, (g, p) in enumerate(zip(gold, pred)):
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
         gs, ps = _span_set(g, f"gold sentence {i}"), _span_set(p, f"predicted sentence {i}")
         for s in gs:
             n_gold[s[2]] = n_gold.get(s[2], 0) + 1
@@ -436,7 +438,7 @@ def evaluate(
     pred_ents: list[list[Entity]] = []
     errors = ErrorCounts()
     error_sentences: list[ErrorSentence] = []
-    for i, (doc, p) in enumerate(zip(gold, pred)):
+    for i, (doc, p) in enumerate(zip(gold, pred, strict=True)):
         if not isinstance(doc, Document):
             raise ValueError(f"gold[{i}]: expected a Document, got {type(doc).__name__}")
         if isinstance(p, (str, Entity)):

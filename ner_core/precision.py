@@ -184,7 +184,7 @@ class Hardware:
     int8: bool = True
 
     @classmethod
-    def detect(cls, device: str | torch.device = "cpu") -> "Hardware":
+    def detect(cls, device: str | torch.device = "cpu") -> Hardware:
         kind = torch.device(device).type
         cuda_bf16 = False
         if kind == "cuda" and torch.cuda.is_available():

@@ -181,7 +181,7 @@ class Tagger:
         self.model.to(self.device)
 
     @classmethod
-    def from_loaded(cls, loaded, options: PredictionConfig | None = None) -> "Tagger":
+    def from_loaded(cls, loaded, options: PredictionConfig | None = None) -> Tagger:
         """A tagger for a :class:`ner_core.modeldir.LoadedModel`.
 
         Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
@@ -364,7 +364,7 @@ class Tagger:
         return [
             self._entities(text, tags, probs, confidence)
             for text, (tags, probs) in zip(
-                texts, self.tag_texts(texts, confidence=confidence, progress=progress)
+                texts, self.tag_texts(texts, confidence=confidence, progress=progress), strict=True
             )
         ]
 
@@ -376,7 +376,7 @@ class Tagger:
         tagged = self.tag_texts(texts, confidence=True, progress=progress, uncertainty=True)
         return [
             DocumentPrediction(self._entities(text, tags, probs, True), entropy)
-            for text, (tags, probs, entropy) in zip(texts, tagged)
+            for text, (tags, probs, entropy) in zip(texts, tagged, strict=True)
         ]
 
     def _entities(

@@ -45,6 +45,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from functools import lru_cache, partial
+from itertools import pairwise
 from typing import Annotated
 
 import numpy as np
@@ -96,7 +97,7 @@ class Scheme(StrEnum):
     IOB1 = "IOB1"
 
     @classmethod
-    def _missing_(cls, value: object) -> "Scheme | None":
+    def _missing_(cls, value: object) -> Scheme | None:
         if isinstance(value, str):
             key = value.strip().upper()
             key = {"IOB2": "BIO"}.get(key, key)
@@ -272,7 +273,7 @@ def spans_to_tags(length: int, entities: Sequence[Entity], scheme: Scheme | str)
         if e.end > length:
             raise ValueError(f"entity [{e.start}, {e.end}) {e.label} lies outside the text (length {length})")
     ordered = sorted(entities, key=lambda e: (e.start, e.end, e.label))
-    for a, b in zip(ordered, ordered[1:]):
+    for a, b in pairwise(ordered):
         if b.start < a.end:
             raise ValueError(
                 f"entities overlap: [{a.start}, {a.end}) {a.label} and [{b.start}, {b.end}) {b.label}"
@@ -675,7 +676,7 @@ def repair_tags(tags: Sequence[str], scheme: Scheme | str) -> tuple[list[str], l
     for p in problems:
         reasons.setdefault(p.position, []).append(p.message.split(": ", 1)[1])
     warnings = []
-    for i, (old, new) in enumerate(zip(tags, repaired)):
+    for i, (old, new) in enumerate(zip(tags, repaired, strict=True)):
         if old != new:
             why = "; ".join(reasons.get(i, [])) or "to keep the neighbouring tags consistent"
             warnings.append(TagProblem(i, old, "repaired", f"position {i}: {old} -> {new} ({why})"))

@@ -360,7 +360,7 @@ def _write_safetensors(path: Path, ckpt: TFCheckpoint, plan: _Plan) -> int:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for hf_name, tf_name, transpose, _ in plan.items:
+        for _hf_name, tf_name, transpose, _ in plan.items:
             arr = ckpt.read(tf_name)
             if arr.dtype.kind != "f":
                 raise CheckpointError(f"{ckpt.index_path}: variable {tf_name} holds {arr.dtype}, not floats")

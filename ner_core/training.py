@@ -227,7 +227,7 @@ def _resume(run: _Run) -> TrainingState:
             **{k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()},
             **{k: now[k] for k in ("fused", "foreach") if k in now},
         }
-        for saved, now in zip(ckpt.optimizer["param_groups"], live)
+        for saved, now in zip(ckpt.optimizer["param_groups"], live, strict=True)
     ]
     run.optimizer.load_state_dict({**ckpt.optimizer, "param_groups": groups})
     run.scaler.load_state_dict(ckpt.scaler)

@@ -292,7 +292,7 @@ def make_raw(seed: int, pools: Pools) -> dict[str, str]:
         "{ORG}（股票代码：SZ30{N}）今日收涨 {P}%，成交额 {A}元。",
         "备注：以上内容仅供参考，不构成投资建议。Data source: 内部统计，截至 {Y} 年 {M} 月 {D} 日。",
     ]
-    body: list[str] = ["# 金融科技周报 Weekly Fintech Digest No.{n}\n".format(n=rng.randint(10, 99))]
+    body: list[str] = [f"# 金融科技周报 Weekly Fintech Digest No.{rng.randint(10, 99)}\n"]
     i = 0
     while sum(len(p) for p in body) < 2300:
         body.append(render(mixed[i % len(mixed)], rng, pools, 0.5)[0])

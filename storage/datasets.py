@@ -280,7 +280,7 @@ def _write_dropped_spans(
     if not plan.dropped:
         return
     cols = ("doc_id", "start", "end", "label", "reason", "kept_start", "kept_end", "kept_label")
-    dropped = pa.table(dict(zip(cols, map(list, zip(*plan.dropped)))))  # noqa: F841 - replacement scan
+    dropped = pa.table(dict(zip(cols, map(list, zip(*plan.dropped, strict=True)), strict=True)))  # noqa: F841 - replacement scan
     con.execute(
         'INSERT INTO dropped_spans (dataset, version, doc_id, start, "end", label, reason, kept_start, '
         'kept_end, kept_label) SELECT ?, ?, doc_id, start, "end", label, reason, kept_start, kept_end, '
@@ -338,7 +338,7 @@ def list_datasets(db_path: str | Path) -> list[dict]:
             "n_entities, n_characters, n_errors, n_warnings FROM datasets ORDER BY name, version DESC"
         )
         cols = [d[0] for d in cur.description]
-        out = [dict(zip(cols, row)) for row in cur.fetchall()]
+        out = [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
         splits: dict[tuple[str, int], dict] = {}
         for ds, ver, split, nd, ne, nc in con.execute(
             "SELECT dataset, version, split, n_documents, n_entities, n_characters FROM dataset_splits"

@@ -129,7 +129,9 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
         doc_rows["uncertainty"].append(row[3] if len(row) == 4 else None)
         for e in ents:
             for k, v in zip(
-                _ENT_SCHEMA.names, (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence)
+                _ENT_SCHEMA.names,
+                (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence),
+                strict=True,
             ):
                 ent_rows[k].append(v)
     doc_table = pa.table(doc_rows, schema=_DOC_SCHEMA)  # built before the connection: the write is short
@@ -319,7 +321,7 @@ class PredictionRunWriter:
         )
         return self.row
 
-    def __enter__(self) -> "PredictionRunWriter":
+    def __enter__(self) -> PredictionRunWriter:
         self.start()
         return self
 

@@ -179,7 +179,7 @@ def query(
             timer.cancel()
     truncated = limit is not None and len(rows) > limit
     kept = rows[:limit] if limit is not None else rows
-    return QueryResult([dict(zip(cols, r)) for r in kept], cols, truncated)
+    return QueryResult([dict(zip(cols, r, strict=True)) for r in kept], cols, truncated)
 
 
 def relations_frame(db_path: str | Path, *, wait_s: float = 10.0) -> pd.DataFrame:

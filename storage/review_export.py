@@ -159,8 +159,8 @@ def _model_labels(con, runs: list[str]) -> list[str]:
     """The label set the reviewers chose from: each run's model directory's labels.json, else the labels
     of the dataset version the model was trained on; and the labels it predicted."""
     labels: set[str] = set()
-    for pred_run_id, model_dir, ds_labels in con.execute(
-        "SELECT p.pred_run_id, p.model_dir, d.labels FROM prediction_runs p "
+    for model_dir, ds_labels in con.execute(
+        "SELECT p.model_dir, d.labels FROM prediction_runs p "
         "LEFT JOIN runs r USING (run_id) LEFT JOIN datasets d ON d.name = r.dataset AND d.version = "
         "r.dataset_version WHERE list_contains(?, p.pred_run_id)",
         [runs],

@@ -32,7 +32,7 @@ import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ def _timestamp(event: Mapping, index: int) -> datetime:
         except ValueError:
             raise ReviewRefused(index, event, f"created_at {v!r} is not an ISO timestamp") from None
     if isinstance(v, datetime):  # stored as UTC without a zone, as storage.db.now() gives
-        return v if v.tzinfo is None else v.astimezone(timezone.utc).replace(tzinfo=None)
+        return v if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
     raise ReviewRefused(index, event, f"created_at must be a datetime or ISO text, got {type(v).__name__}")
 
 
@@ -586,7 +586,7 @@ def review_queue(
     with _read(db, wait_s) as con:
         cur = con.execute(_QUEUE_SQL[order], params)
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
 def review_progress(db: str | Path, pred_run_id: str, *, wait_s: float = 10.0) -> dict:

@@ -249,7 +249,7 @@ def test_real_tokenizer_keeps_one_position_per_char():
     if DATASETS.is_dir() and (DATASETS / "msra" / "msra_train_bio").is_file():
         chars = []
         with open(DATASETS / "msra" / "msra_train_bio", encoding="utf-8") as fh:
-            for _, line in zip(range(5000), fh):
+            for _, line in zip(range(5000), fh, strict=False):
                 if line.strip():
                     chars.append(line.split("\t")[0])
         text = "".join(chars)

@@ -87,7 +87,7 @@ def brute(crf, em, n, allowed=None):
     best = paths[int(scores.argmax())]
     marg = np.zeros((n, K))
     probs = np.exp(scores - log_z)
-    for p, pr in zip(paths, probs):
+    for p, pr in zip(paths, probs, strict=True):
         for t, k in enumerate(p):
             marg[t, k] += pr
     return log_z, list(best), marg
@@ -178,14 +178,14 @@ def test_c_likelihood_loss_and_gradients_equal_pytorch_crf(B, T, K, threads, sca
     )
     exact = loss_and_grads(lambda x: -ref(x, tags, mask, reduction="mean"), ref, em.double())
     names = ["loss", "emissions", "start", "end", "transitions"]
-    for name, c, t in zip(names, ours, exact):
+    for name, c, t in zip(names, ours, exact, strict=True):
         assert torch.isfinite(c).all(), name
         torch.testing.assert_close(c, t, atol=2e-5, rtol=1e-5, msg=name)
     assert ours[1][~mask].abs().sum() == 0  # padding gets no gradient
     if scale <= 3:
         crf.zero_grad()
         fp32 = loss_and_grads(lambda x: crf.neg_log_likelihood(x, tags, mask, backend="torch"), crf.crf, em)
-        for name, c, t in zip(names, ours, fp32):
+        for name, c, t in zip(names, ours, fp32, strict=True):
             torch.testing.assert_close(c, t, atol=2e-5, rtol=1e-5, msg=name)
     assert crf.neg_log_likelihood(em, tags, mask).item() == ours[0].item()  # "auto": the kernel
 
@@ -382,7 +382,7 @@ def test_constraints_change_the_decoded_path():
     K = len(tags)
     crf = ConstrainedCRF(K, allowed)
     free = ConstrainedCRF(K)
-    free.load_state_dict({k: v for k, v in crf.state_dict().items() if k.startswith("crf.")}, strict=False)
+    free.load_state_dict({k: v for k, v in crf.state_dict().items() if k.startswith("crf.")}, strict=True)
     with torch.no_grad():
         for c in (crf, free):
             c.crf.transitions.zero_()

@@ -270,8 +270,8 @@ def _perturb(rng: random.Random, n: int, gold: list[Entity]) -> list[Entity]:
 
 
 def _assert_agree(gold: list[list[Entity]], pred: list[list[Entity]], lengths: list[int], scheme: str):
-    gold_tags = [spans_to_tags(n, g, scheme) for n, g in zip(lengths, gold)]
-    pred_tags = [spans_to_tags(n, p, scheme) for n, p in zip(lengths, pred)]
+    gold_tags = [spans_to_tags(n, g, scheme) for n, g in zip(lengths, gold, strict=True)]
+    pred_tags = [spans_to_tags(n, p, scheme) for n, p in zip(lengths, pred, strict=True)]
     p, r, f, per = entity_prf(gold, pred)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no UndefinedMetricWarning spam
@@ -296,7 +296,7 @@ def test_agrees_with_seqeval_on_seeded_random_cases(scheme):
     for _ in range(60):
         lengths = [rng.randint(0, 20) for _ in range(rng.randint(1, 6))]
         gold = [_random_spans(rng, n, rng.choice([0.0, 0.1, 0.3])) for n in lengths]
-        pred = [_perturb(rng, n, g) for n, g in zip(lengths, gold)]
+        pred = [_perturb(rng, n, g) for n, g in zip(lengths, gold, strict=True)]
         _assert_agree(gold, pred, lengths, scheme)
 
 
@@ -309,7 +309,7 @@ def _batch(draw):
     gold = [_random_spans(rng, n, 0.3) for n in lengths]
     pred = [
         _perturb(rng, n, g) if rng.random() < 0.7 else _random_spans(rng, n, 0.3)
-        for n, g in zip(lengths, gold)
+        for n, g in zip(lengths, gold, strict=True)
     ]
     return lengths, gold, pred
 

@@ -113,7 +113,7 @@ def test_loss_trains_and_decoding_respects_the_scheme(tiny_encoder_dir, head):
     texts = ["张三在北京工作", "李四去上海", "王强"]
     ents = [[(0, 2, "PER"), (3, 5, "LOC")], [(0, 2, "PER"), (3, 5, "LOC")], [(0, 2, "PER")]]
     gold = []
-    for t, es in zip(texts, ents):
+    for t, es in zip(texts, ents, strict=True):
         from ner_core.documents import Entity
 
         tags = schemes.spans_to_tags(len(t), [Entity(start=s, end=e, label=lab) for s, e, lab in es], "BIOES")

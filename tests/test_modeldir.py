@@ -248,7 +248,7 @@ def test_a_model_directory_written_before_the_restructure_tags_as_it_did(legacy_
             [p.stem for p in raw],
         ).fetchall()
     assert [row[:5] for row in sorted(got)] == [row[:5] for row in stored]
-    for ours, theirs in zip(sorted(got), stored):
+    for ours, theirs in zip(sorted(got), stored, strict=True):
         assert ours[5] == pytest.approx(theirs[5], abs=1e-6)
 
     test_docs = read_file(SAMPLE / "test.jsonl").documents

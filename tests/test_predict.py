@@ -219,7 +219,7 @@ def test_without_the_c_kernels_the_tagger_gives_the_same_result(loaded, long_tex
     expected = tagger.tag_texts(texts)
     monkeypatch.setattr(_ckernel, "load", lambda: None)  # as on a machine without a C compiler
     got = tagger.tag_texts(texts)
-    for (t1, p1), (t2, p2) in zip(expected, got):
+    for (t1, p1), (t2, p2) in zip(expected, got, strict=True):
         assert t1 == t2 and p1 == pytest.approx(p2, abs=1e-5)
 
 
@@ -262,7 +262,7 @@ def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
     tagged = tagger.tag_texts(texts)
     assert len(preds) == len(texts) and preds[-2] == []
     n = 0
-    for text, ents, (tags, probs) in zip(texts, preds, tagged):
+    for text, ents, (tags, probs) in zip(texts, preds, tagged, strict=True):
         expected = []
         for s in tags_to_spans(tags, loaded.scheme):  # whitespace at a span's edges is trimmed
             a, b = s.start, s.end
@@ -293,7 +293,7 @@ def test_document_uncertainty_is_the_summed_token_entropy_of_the_crf_marginals(l
     docs = tagger.predict_documents(texts)
     assert [d.entities for d in docs] == tagger.predict(texts)
     assert docs[1].uncertainty == 0.0 and docs[1].entities == []
-    for text, doc in zip(texts, docs):
+    for text, doc in zip(texts, docs, strict=True):
         if not text:
             continue
         ids = torch.tensor(tagger.aligner.char_ids(text)).unsqueeze(0)  # (1, T)
@@ -328,7 +328,9 @@ def test_a_prediction_run_stores_each_documents_uncertainty(tmp_path, model_dir,
             ).fetchall()
         )
     expected = Tagger.from_loaded(loaded).predict_documents([d.text for d in docs])
-    assert stored == pytest.approx({d.doc_id: e.uncertainty for d, e in zip(docs, expected)}, rel=1e-4)
+    assert stored == pytest.approx(
+        {d.doc_id: e.uncertainty for d, e in zip(docs, expected, strict=True)}, rel=1e-4
+    )
     assert all(v > 0 for v in stored.values())
 
 
@@ -533,10 +535,8 @@ def test_sql_input_runs_read_only(tmp_path, model_dir):
     first = steps.predict_step(
         db, str(model_dir), _docs(3), input_kind="texts", input_ref="three", progress=False
     )
-    sql = (
-        "SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '%s' ORDER BY doc_id"
-        % first.pred_run_id
-    )
+    run = first.pred_run_id
+    sql = f"SELECT doc_id, text FROM predicted_documents WHERE pred_run_id = '{run}' ORDER BY doc_id"
     docs, kind, ref = steps.load_prediction_input(db, SqlSource(sql=sql))
     assert kind == "sql" and ref == sql and [d.doc_id for d in docs] == ["d00", "d01", "d02"]
     assert docs[0].text == _docs(1)[0].text
@@ -617,7 +617,7 @@ def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
     ((tags_fp, _),) = fp.tag_texts([long_text])
     ((tags_q, probs_q),) = q.tag_texts([long_text])
     assert len(tags_q) == len(probs_q) == len(long_text)  # every character tagged
-    same = sum(a == b for a, b in zip(tags_fp, tags_q)) / len(long_text)
+    same = sum(a == b for a, b in zip(tags_fp, tags_q, strict=True)) / len(long_text)
     assert same > 0.8, same  # int8 rounding moves some tags of this untrained model, not most of them
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, fp16, int8, got 'fp4'"):
         Tagger(loaded.model, loaded.tokenizer, max_len=32, precision="fp4")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import unicodedata
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_offsets_valid_and_non_overlapping(splits):
                 mention = text[e["start"] : e["end"]]
                 assert mention.strip() == mention and mention, f"{split}:{i + 1} {e} {mention!r}"
                 assert e["label"] in LABELS
-            for a, b in zip(ents, ents[1:]):
+            for a, b in pairwise(ents):
                 assert a["end"] <= b["start"], f"{split}:{i + 1} overlap {a} {b}"
 
 
@@ -96,7 +97,9 @@ def _readme_table() -> dict[str, dict[str, int]]:
     for ln in text.splitlines():
         cells = [c.strip() for c in ln.strip("|").split("|")]
         if ln.startswith("| ") and cells[0] in SPLITS:
-            rows[cells[0]] = {h: float(c) if "." in c else int(c) for h, c in zip(header[1:], cells[1:])}
+            rows[cells[0]] = {
+                h: float(c) if "." in c else int(c) for h, c in zip(header[1:], cells[1:], strict=True)
+            }
     return rows
 
 

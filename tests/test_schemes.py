@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -306,7 +307,7 @@ def test_spread_tag_of_a_valid_token_sequence_stays_valid(scheme):
             i += n
         tokens = spans_to_tags(length, ents, scheme)
         widths = [rng.randint(1, 3) for _ in tokens]
-        chars = [t for tag, w in zip(tokens, widths) for t in spread_tag(tag, w, scheme)]
+        chars = [t for tag, w in zip(tokens, widths, strict=True) for t in spread_tag(tag, w, scheme)]
         assert validate_tags(chars, scheme) == [], (tokens, widths, chars)
         offsets = [sum(widths[:k]) for k in range(len(widths) + 1)]
         assert _spans(chars, scheme) == [(offsets[e.start], offsets[e.end], e.label) for e in ents]
@@ -414,7 +415,7 @@ def test_brute_force_valid_iff_allowed_iff_canonical(scheme):
     n_valid = 0
     for length in range(1, 5):
         for seq in itertools.product(range(k), repeat=length):
-            steps_ok = bool(start[seq[0]] and end[seq[-1]] and all(trans[a, b] for a, b in zip(seq, seq[1:])))
+            steps_ok = bool(start[seq[0]] and end[seq[-1]] and all(trans[a, b] for a, b in pairwise(seq)))
             t = [tags[i] for i in seq]
             valid = validate_tags(t, scheme) == []
             assert valid == steps_ok, t
@@ -423,7 +424,7 @@ def test_brute_force_valid_iff_allowed_iff_canonical(scheme):
             assert (canonical == t) == valid, t
             fixed, warnings = repair_tags(t, scheme)
             assert fixed == canonical and validate_tags(fixed, scheme) == []
-            assert len(warnings) == sum(a != b for a, b in zip(t, fixed))
+            assert len(warnings) == sum(a != b for a, b in zip(t, fixed, strict=True))
             n_valid += valid
     assert n_valid > 0
 
@@ -446,7 +447,7 @@ def docs(draw):
     length = draw(st.integers(0, 30))
     cuts = sorted(draw(st.sets(st.integers(0, length), max_size=12)))
     ents = []
-    for a, b in zip(cuts, cuts[1:]):
+    for a, b in pairwise(cuts):
         if draw(st.booleans()):
             ents.append(E(a, b, draw(st.sampled_from(LABELS))))
     return length, ents
@@ -474,4 +475,6 @@ def test_repair_any_sequence_is_valid_and_keeps_spans(raw, scheme):
     fixed, warnings = repair_tags(tags, scheme)
     assert validate_tags(fixed, scheme) == []
     assert tags_to_spans(fixed, scheme) == tags_to_spans(tags, scheme)
-    assert [w.position for w in warnings] == [i for i, (a, b) in enumerate(zip(tags, fixed)) if a != b]
+    assert [w.position for w in warnings] == [
+        i for i, (a, b) in enumerate(zip(tags, fixed, strict=True)) if a != b
+    ]

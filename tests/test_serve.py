@@ -94,7 +94,7 @@ def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
     assert len(results) == 3 and results[2] == {"n_chars": 0, "entities": []}
     options = PredictionConfig(window=32, precision="fp32")
     expected = Tagger.from_loaded(load_model_dir(model_dir), options).predict(TEXTS)
-    for text, res, exp in zip(TEXTS, results, expected):
+    for text, res, exp in zip(TEXTS, results, expected, strict=True):
         assert res["n_chars"] == len(text)
         assert [(e["start"], e["end"], e["label"], e["text"]) for e in res["entities"]] == [
             (e.start, e.end, e.label, e.text) for e in exp
@@ -117,7 +117,9 @@ def test_concurrent_requests_get_their_own_results(service):
     cities = ["北京", "上海", "深圳", "广州", "杭州", "南京", "成都", "武汉"] * 2
     texts = [
         f"{name}在{city}的{org}工作。"
-        for name, city, org in zip("张李王赵刘陈杨黄周吴徐孙马朱胡郭", cities, ["ABC资本", "招商银行"] * 8)
+        for name, city, org in zip(
+            "张李王赵刘陈杨黄周吴徐孙马朱胡郭", cities, ["ABC资本", "招商银行"] * 8, strict=True
+        )
     ]
 
     def ask(text):
@@ -132,7 +134,7 @@ def test_concurrent_requests_get_their_own_results(service):
     before = httpx.get(f"{service['url']}/health").json()["served"]
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(ask, texts))
-    for (n1, e1), (n2, e2), text in zip(alone, together, texts):
+    for (n1, e1), (n2, e2), text in zip(alone, together, texts, strict=True):
         assert n1 == n2 == len(text)
         assert [e[:4] for e in e1] == [e[:4] for e in e2]  # same spans, labels and mentions
         assert [e[4] for e in e1] == pytest.approx([e[4] for e in e2], abs=1e-4)  # batched float sums

@@ -279,7 +279,10 @@ def test_dashboard_reads_of_runs_and_evaluations(tmp_path):
     assert r1["config"] == '{"a": 1}' and r1["stopped_reason"] == "finished 2 epochs" and r1["is_production"]
     assert runs.set_index("run_id")["test_f1"].isna().loc["r2"]
     ep = epochs_frame(db, ("r1",), wait_s=0)
-    assert list(zip(ep["run_id"], ep["epoch"], ep["train_loss"])) == [("r1", 1, 0.9), ("r1", 2, 0.5)]
+    assert list(zip(ep["run_id"], ep["epoch"], ep["train_loss"], strict=True)) == [
+        ("r1", 1, 0.9),
+        ("r1", 2, 0.5),
+    ]
     none = epochs_frame(db, (), wait_s=0)
     assert none.empty and {"run_id", "epoch", "dev_f1", "is_best"} <= set(none.columns)
     assert models_frame(db, wait_s=0)["run_id"].tolist() == ["r1"]  # completed with a model only
@@ -290,9 +293,15 @@ def test_dashboard_reads_of_runs_and_evaluations(tmp_path):
     with pytest.raises(KeyError, match="no evaluation 'nope'"):
         evaluation_report(db, "nope", wait_s=0)
     types = evaluation_types_frame(db, "r1-test", wait_s=0)
-    assert list(zip(types["label"], types["support"], types["predicted"])) == [("LOC", 1, 1), ("PER", 2, 3)]
+    assert list(zip(types["label"], types["support"], types["predicted"], strict=True)) == [
+        ("LOC", 1, 1),
+        ("PER", 2, 3),
+    ]
     errs = evaluation_errors_frame(db, "r1-test", wait_s=0)
-    assert sorted(zip(errs["label"], errs["kind"], errs["n"])) == [("PER", "missed", 1), ("PER", "type", 2)]
+    assert sorted(zip(errs["label"], errs["kind"], errs["n"], strict=True)) == [
+        ("PER", "missed", 1),
+        ("PER", "type", 2),
+    ]
     assert list(evaluation_types_frame(db, "nope", wait_s=0).columns)[:2] == ["label", "precision"]
 
 
@@ -317,7 +326,7 @@ def test_dashboard_reads_of_predictions_labels_and_catalogue(tmp_path):
     assert predicted_docs_frame(db, "p1", "", ("LOC",), 500, wait_s=0)["doc_id"].tolist() == ["d1"]
     text, ents = predicted_document(db, "p1", "d1", wait_s=0)
     assert text == "张三在北京见了李四" and list(ents.columns) == ENTITY_COLUMNS
-    spans = list(zip(ents["start"], ents["end"], ents["label"]))
+    spans = list(zip(ents["start"], ents["end"], ents["label"], strict=True))
     assert spans == [(0, 2, "PER"), (3, 5, "LOC"), (7, 9, "PER")]  # by start, from document_entities()
     assert predicted_document(db, "p1", "d2", wait_s=0)[1].empty
     with pytest.raises(KeyError, match="no document 'd3' in prediction run 'p1'"):
@@ -415,7 +424,12 @@ def test_legacy_database_opens_and_the_dashboard_reads_return_its_rows(legacy_db
     report = evaluation_report(legacy_db, eval_id, wait_s=0)
     assert report["n_sentences"] == 80 and [t["label"] for t in report["per_type"]] == LEGACY_LABELS
     types = evaluation_types_frame(legacy_db, eval_id, wait_s=0)
-    assert list(zip(types["label"], types["support"])) == [("FIN", 49), ("LOC", 73), ("ORG", 87), ("PER", 43)]
+    assert list(zip(types["label"], types["support"], strict=True)) == [
+        ("FIN", 49),
+        ("LOC", 73),
+        ("ORG", 87),
+        ("PER", 43),
+    ]
     n_errors = sum(n for kinds in report["errors"].values() for n in kinds.values())
     assert evaluation_errors_frame(legacy_db, eval_id, wait_s=0)["n"].sum() == n_errors == 81
     pr = prediction_runs_frame(legacy_db, wait_s=0)

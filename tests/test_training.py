@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def test_training_chunks_cover_every_character_without_cutting_entities():
     doc = Document(doc_id="d", text=text, entities=ents)
     chunks = training_chunks([doc], max_len=64)
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
-    assert all(a.end == b.start for a, b in zip(chunks, chunks[1:]))  # contiguous: nothing dropped
+    assert all(a.end == b.start for a, b in pairwise(chunks))  # contiguous: nothing dropped
     assert all(0 < len(c) <= 64 for c in chunks)
     cut_points = {c.start for c in chunks[1:]}
     for e in ents:
@@ -206,7 +207,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
     h_full = json.loads(Path(full_run["run_dir"], "history.json").read_text())
     h_res = json.loads(Path(resumed_run["run_dir"], "history.json").read_text())
     assert [h["epoch"] for h in h_res] == [1, 2, 3]
-    for a, b in zip(h_full, h_res):
+    for a, b in zip(h_full, h_res, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["dev_f1"] == pytest.approx(b["dev_f1"], abs=1e-9)
     from safetensors.torch import load_file
@@ -361,7 +362,7 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
     history = json.loads((run_dir / "history.json").read_text())
     assert len(history) == len(uninterrupted) == 4
     assert history[0]["train_loss"] == uninterrupted[0]["train_loss"]  # the killed run's own epoch
-    for ours, theirs in zip(history, uninterrupted):
+    for ours, theirs in zip(history, uninterrupted, strict=True):
         assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-9)
     assert history[1]["train_loss"] == pytest.approx(uninterrupted[1]["train_loss"], rel=1e-2)
     assert history[-1]["train_loss"] < history[1]["train_loss"] < history[0]["train_loss"]
@@ -411,5 +412,5 @@ def test_the_optimiser_is_fused_adamw_where_torch_has_the_kernel():
             model(x).pow(2).sum().backward()
             opt.step()
             opt.zero_grad()
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)

@@ -220,7 +220,7 @@ def test_runs_page_lists_every_run_and_compares_two(app, ui_db):
     assert set(stored) == {t["run_id"] for t in ui_db["train"]}
     table = app.dataframe[0].value
     assert set(table["run_id"]) == set(stored)
-    assert dict(zip(table["run_id"], table["best_dev_f1"])) == pytest.approx(stored)
+    assert dict(zip(table["run_id"], table["best_dev_f1"], strict=True)) == pytest.approx(stored)
     assert {"test_f1", "head", "n_epochs"} <= set(table.columns)
     run_a, run_b = app.selectbox(key="run_a").value, app.selectbox(key="run_b").value
     assert {run_a, run_b} == set(stored)
@@ -243,7 +243,7 @@ def test_curves_page_shows_the_stored_epochs(app, ui_db):
         rows = con.execute(
             "SELECT run_id, epoch, train_loss, dev_f1 FROM epochs ORDER BY run_id, epoch"
         ).fetchall()
-    got = sorted(zip(ep["run_id"], ep["epoch"], ep["train_loss"], ep["dev_f1"]))
+    got = sorted(zip(ep["run_id"], ep["epoch"], ep["train_loss"], ep["dev_f1"], strict=True))
     assert [r[:2] for r in got] == [r[:2] for r in rows]
     assert [r[2] for r in got] == pytest.approx([r[2] for r in rows])
 
@@ -318,14 +318,14 @@ def test_predictions_page_search_document_view_and_frequencies(app, ui_db):
     assert ents, "the tiny model predicted no entity: the pipeline fixture's training is too weak"
     # entity frequencies equal DuckDB's
     freq = next(d.value for d in app.dataframe if "n_distinct" in d.value.columns)
-    assert dict(zip(freq["label"], freq["n_entities"])) == counts
+    assert dict(zip(freq["label"], freq["n_entities"], strict=True)) == counts
     # search by an entity's text: every hit contains it; the document view highlights it
     doc_id, start, end, label, mention = ents[0]
     app.text_input(key="pred_text").set_value(mention).run()
     hits = app.dataframe[0].value
     assert len(hits) >= 1 and all(
         mention in (lc + t + rc)
-        for lc, t, rc in zip(hits["left_context"], hits["text"], hits["right_context"])
+        for lc, t, rc in zip(hits["left_context"], hits["text"], hits["right_context"], strict=True)
     )
     app.selectbox(key=f"pred_doc_{pred_run_id}").set_value(doc_id).run()
     htmls = _texts(app.html)

@@ -133,7 +133,7 @@ def test_javascript_iterates_the_texts_by_code_point_as_python_does(tmp_path):
         encoding="utf-8",
     )
     out = subprocess.run([node, str(script), json.dumps(texts)], capture_output=True, text=True, check=True)
-    for text, got in zip(texts, json.loads(out.stdout)):
+    for text, got in zip(texts, json.loads(out.stdout), strict=True):
         assert got["cps"] == list(text)
     assert json.loads(out.stdout)[0]["units"] == len(EMOJI_TEXT) + 1  # the emoji is two UTF-16 units
 
@@ -224,7 +224,10 @@ def test_two_reviewers_disagree_and_the_later_decision_wins(review_db, monkeypat
     _click(at, "Accept [a]")
     assert "Reviewers disagree" in _texts(at.warning)
     table = at.dataframe[-1].value
-    assert sorted(zip(table["reviewer"], table["action"])) == [("ann", "accept"), ("bob", "reject")]
+    assert sorted(zip(table["reviewer"], table["action"], strict=True)) == [
+        ("ann", "accept"),
+        ("bob", "reject"),
+    ]
     assert _current(review_db)[0] == (0, 2, "PER", "accepted")
 
 

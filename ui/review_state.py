@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 DECISIONS = ("accept", "reject", "relabel", "adjust", "add")  # storage.reviews.ENTITY_ACTIONS
@@ -45,7 +45,7 @@ def _when(e: dict) -> tuple:
         except ValueError:
             at = None
     if isinstance(at, datetime) and at.tzinfo is not None:
-        at = at.astimezone(timezone.utc).replace(tzinfo=None)
+        at = at.astimezone(UTC).replace(tzinfo=None)
     return (at or datetime.min, str(e.get("event_id") or ""))
 
 

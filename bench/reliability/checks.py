@@ -121,7 +121,9 @@ def model_dir_damages(ctx: Context, res: StageResult) -> None:
         return name, argv, rc, out
 
     if ctx.quick:
-        outs = [(name, argv, *r) for (name, argv), r in zip(cases, _cli_batch([a for _, a in cases]))]
+        outs = [
+            (name, argv, *r) for (name, argv), r in zip(cases, _cli_batch([a for _, a in cases]), strict=True)
+        ]
     else:
         with ThreadPoolExecutor(2) as ex:
             outs = list(ex.map(via_child, cases))

@@ -15,6 +15,7 @@ the re-run completes with identical ``model.safetensors`` bytes.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from bench.reliability import workbench as wb
@@ -62,7 +63,7 @@ def _review_db(ctx: Context) -> Path:
         events = []
         for doc_id, text, ents in docs:
             h = reviews.text_hash(text)
-            ev = lambda action, **f: reviews.new_event(PRED_RUN, doc_id, h, "bench", action, **f)  # noqa: E731
+            ev = functools.partial(reviews.new_event, PRED_RUN, doc_id, h, "bench")
             events.append(ev("accept", start=0, end=2, label="PER"))
             k = ents[1].start
             if int(doc_id[1:]) % 5 == 0:

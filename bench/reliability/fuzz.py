@@ -40,7 +40,7 @@ def _head(path: Path, n_bytes: int = 6000) -> bytes:
 
 def _sample_jsonl() -> list[dict]:
     with open(SAMPLE / "train.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line) for _, line in zip(range(30), fh)]
+        return [json.loads(line) for _, line in zip(range(30), fh, strict=False)]
 
 
 def _to_cluener(rec: dict) -> dict:
@@ -68,7 +68,7 @@ def seed_inputs() -> dict[str, list[bytes]]:
     else:
         tags = [" ".join("O" for _ in r["text"]) for r in recs[:10]]
         seeds["seed_json"] = [
-            json.dumps([[r["text"], t] for r, t in zip(recs, tags)], ensure_ascii=False).encode()
+            json.dumps([[r["text"], t] for r, t in zip(recs, tags, strict=True)], ensure_ascii=False).encode()
         ]
         seeds["seed_texts"] = [json.dumps([r["text"] for r in recs], ensure_ascii=False).encode()]
     conll = [DATASETS / "msra" / "msra_test_bio", DATASETS / "peoples-daily" / "example.dev"]
@@ -86,7 +86,9 @@ def _sample_conll(recs: list[dict], bmes: bool = False) -> bytes:
     for r in recs:
         spans = [Entity(start=e["start"], end=e["end"], label=e["label"]) for e in r["entities"]]
         tags = spans_to_tags(len(r["text"]), spans, "BMES" if bmes else "BIO")
-        out.append("".join(f"{c} {t}\n" for c, t in zip(r["text"], tags) if not c.isspace()) + "\n")
+        out.append(
+            "".join(f"{c} {t}\n" for c, t in zip(r["text"], tags, strict=True) if not c.isspace()) + "\n"
+        )
     return "".join(out).encode()
 
 

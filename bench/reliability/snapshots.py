@@ -147,7 +147,7 @@ def model_predictions(model_dir: Path, db: Path, split: str = "dev") -> dict:
     docs = load_documents(db, "sample", split)
     tagger = Tagger.from_loaded(load_model_dir(model_dir))
     ents = {}
-    for d, preds in zip(docs, tagger.predict([d.text for d in docs])):
+    for d, preds in zip(docs, tagger.predict([d.text for d in docs]), strict=True):
         for e in preds:
             ents[(d.doc_id, e.start, e.end, e.label, e.text)] = e.confidence
     return {"docs": {d.doc_id for d in docs}, "ents": ents}

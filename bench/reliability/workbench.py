@@ -318,7 +318,7 @@ def run_kills(ctx: Context, plans: list, launch, check, redraw) -> int:
                 outs = list(ex.map(launch, idx, batch))
         else:
             outs = [launch(idx[0], batch[0])]
-        for plan, (killed, state) in zip(batch, outs):
+        for plan, (killed, state) in zip(batch, outs, strict=True):
             if killed:
                 check(plan, state)
             else:

@@ -177,7 +177,7 @@ def _finish(
             "tokens longer than one character: their tag is spread over the characters",
         )
         new_tags: list[str] = []
-        for ch, t in zip(chars, tags):
+        for ch, t in zip(chars, tags, strict=True):
             new_tags.extend(schemes.spread_tag(t, len(ch), ctx.scheme))
         tags = new_tags
         line_of = lambda _p: first_line  # noqa: E731 - token lines no longer map 1:1 to positions

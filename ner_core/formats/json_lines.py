@@ -8,6 +8,7 @@ A line is one record, numbered from 1 (blank lines are skipped); a bad line reje
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from typing import Any
 
 from ner_core.formats.context import ReadContext, decode_lines, short_repr
@@ -112,7 +113,7 @@ def _check_spans(
     if ok and ctx.policy == "repair":
         return drop_overlaps(ctx, out, line, record)  # nested / crossing / two labels: drop, warn, keep
     out.sort()
-    for a, b in zip(out, out[1:]):
+    for a, b in pairwise(out):
         if b[0] < a[1]:
             ctx.err(
                 line,

@@ -30,6 +30,7 @@ for col, (name, key) in zip(
         ("char accuracy", "char_accuracy"),
         ("sentence accuracy", "sentence_accuracy"),
     ],
+    strict=True,
 ):
     col.metric(name, fmt(row[key]))
 st.caption(
