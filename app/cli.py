@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app import datasets_cmd, exposure, interop, seed_commands, serve
+from app.console import show_library_logs
 from app.options import (
     RETIRED,
     add_prediction_options,
@@ -31,8 +32,8 @@ from app.options import (
     device_from_seed,
     prediction_options,
 )
-from ner_core.config import HeadType, NERConfig
-from ner_core.precision import Precision
+from ner_core.config import HeadType, NERConfig, Precision
+from ner_core.model.encoder import check_encoder, preflight
 
 if TYPE_CHECKING:
     from flows.contracts import PipelineSummary
@@ -256,11 +257,12 @@ def _seed_encoder(args: argparse.Namespace) -> str | None:
     """The encoder folder named by the seed's ``-bert_config`` / ``-bert_checkpoint`` / ``-bert_vocab``.
 
     A ``-bert_checkpoint`` that is not an existing file or folder, or that names a TF checkpoint, is
-    converted (once, cached) by :func:`ner_core.tf_convert.cached_conversion`, which explains in one line
+    converted (once, cached) by :func:`ner_core.artifacts.tf.convert.cached_conversion`, which explains in
+    one line
     what it cannot read; otherwise the three files' common folder is a Hugging Face model folder."""
     ckpt = getattr(args, "bert_checkpoint", None)
     if ckpt:
-        from ner_core.tf_convert import cached_conversion, is_tf_checkpoint
+        from ner_core.artifacts.tf.convert import cached_conversion, is_tf_checkpoint
 
         if is_tf_checkpoint(ckpt) or not Path(ckpt).exists():
             if not (args.bert_config and args.bert_vocab):
@@ -286,43 +288,6 @@ def _seed_encoder(args: argparse.Namespace) -> str | None:
     return folders.pop() if folders else None
 
 
-def check_encoder(name: str) -> None:
-    """Fail early, in one line, when the encoder cannot be loaded offline: not a packaged short name, not a
-    folder, and (with HF_HUB_OFFLINE=1) not in the local Hugging Face cache."""
-    from ner_core.encoder import resolve_encoder
-
-    resolved = resolve_encoder(name)  # ValueError for a broken packaged encoder or a file
-    if Path(resolved).is_dir():
-        if not (Path(resolved) / "config.json").is_file():
-            raise ValueError(f"encoder folder {resolved} has no config.json (not a Hugging Face model)")
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "false", ""):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "config.json")
-        except Exception:  # an invalid repo id, for instance
-            cached = None
-        if not isinstance(cached, str):
-            raise ValueError(
-                f"unknown encoder {name!r}: not a packaged short name (m3e-small), not a folder, "
-                "and not in the local Hugging Face cache (offline: HF_HUB_OFFLINE=1)"
-            )
-
-
-def check_window(config: NERConfig) -> None:
-    """Refuse, before anything is ingested or trained, a ``--max_len`` longer than a local encoder folder's
-    positions allow (:func:`ner_core.training.check_window`; training checks again for every other path)."""
-    from ner_core.encoder import resolve_encoder
-    from ner_core.training import check_window as check
-
-    folder = Path(resolve_encoder(config.encoder.name))
-    if (folder / "config.json").is_file():
-        from transformers import AutoConfig
-
-        check(config.data.max_len, AutoConfig.from_pretrained(str(folder)))
-
-
 def _check_device(device: str) -> None:
     """Refuse a CUDA device on a machine without CUDA before anything is ingested (the seed's README trains
     with ``-device_map "0"``)."""
@@ -343,6 +308,7 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ner_core")
 
 
 def _print_json(result) -> None:
@@ -396,9 +362,10 @@ def cmd_train(args) -> int:
     from flows import steps
 
     config = build_config(args)
-    check_encoder(config.encoder.name)
-    if not args.resume:
-        check_window(config)
+    if args.resume:
+        check_encoder(config.encoder.name)
+    else:
+        preflight(config)
         _check_device(config.training.device)
     files = {
         k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v
@@ -1009,6 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _prefect_env()
+    show_library_logs()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

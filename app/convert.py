@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from ner_core.tf_convert import CheckpointError, convert_checkpoint
+from ner_core.artifacts.tf.convert import TFCheckpointError, convert_checkpoint
 
 __all__ = ["add_parser", "cmd_convert"]
 
@@ -54,7 +54,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         report = convert_checkpoint(
             args.bert_config, args.bert_checkpoint, args.bert_vocab, args.out, albert=bool(args.albert)
         )
-    except (CheckpointError, OSError) as exc:
+    except (TFCheckpointError, OSError) as exc:
         if os.environ.get("NER_DEBUG"):
             raise
         msg = " ".join(str(exc).split("\n"))

@@ -4,7 +4,8 @@
 [--label-config XML]``. The completed annotations come back with ``ner ingest --format label_studio``
 or ``--format doccano`` (both detected from the content too) and become a dataset version's gold.
 Offsets are written in the unit each tool counts (Label Studio: code points; doccano: UTF-16 units);
-``--offsets`` overrides it (see :mod:`ner_core.formats.label_studio` and :mod:`ner_core.formats.doccano`).
+``--offsets`` overrides it (see :mod:`ner_core.data.formats.label_studio` and
+:mod:`ner_core.data.formats.doccano`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ner_core.formats.doccano import write_doccano
-from ner_core.formats.label_studio import label_config, write_atomic, write_label_studio
-from ner_core.formats.offsets import OFFSET_UNITS
+from ner_core.data.formats.doccano import write_doccano
+from ner_core.data.formats.label_studio import label_config, write_atomic, write_label_studio
+from ner_core.data.formats.offsets import OFFSET_UNITS
 from storage.interop import prediction_run_export
 
 __all__ = ["EXPORT_FORMATS", "add_parser", "cmd_export", "export_prediction_run"]

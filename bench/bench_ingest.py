@@ -29,7 +29,7 @@ def main(path: str | Path | None = None) -> dict | None:
     if not src.is_file():
         print(f"bench_ingest: skipped, {src} not found (needs ../shared/datasets/msra)")
         return None
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
     from storage.datasets import ingest_dataset
 
     with src.open("rb") as fh:

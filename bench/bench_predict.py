@@ -19,7 +19,8 @@
 The machine's cores may be shared with other work: timings are noisy; CPU time is printed next to wall
 time. Run: ``python -m bench.bench_predict [--n-texts 100] [--skip-hf] [--skip-f1] [--model-dir DIR]``.
 Two implementations can be compared in one run of the F1 part: ``--compare-with FILE.py`` loads another
-``predict.py`` (e.g. ``git show REV:ner_core/predict.py > /tmp/old_predict.py``) and prints its F1 beside.
+``predict.py`` (e.g. ``git show REV:ner_core/inference/tagger.py > /tmp/old_predict.py``) and prints its F1
+beside.
 """
 
 from __future__ import annotations
@@ -80,14 +81,14 @@ def _encoder_only(tagger, texts: list[str]) -> None:
     """The encoder's forward pass over the tagger's windows (stride = window), nothing else."""
     import torch
 
-    from ner_core.batching import EncodedChunk, collate, sliding_windows
+    from ner_core.data.batching import EncodedChunk, collate, sliding_windows
 
     al = tagger.aligner
     n = tagger.max_len
     wins = sorted(
         ((t, s, e) for t in texts for s, e in sliding_windows(len(t), n, n)), key=lambda w: w[2] - w[1]
     )
-    from ner_core.precision import autocast
+    from ner_core.runtime.precision import autocast
 
     with torch.inference_mode(), autocast(tagger.precision, "cpu"):
         for b in range(0, len(wins), tagger.batch_size):
@@ -101,8 +102,8 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
     import torch
 
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder
-    from ner_core.model import NERModel
+    from ner_core.model.encoder import load_encoder
+    from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
     if threads:
@@ -139,7 +140,7 @@ def bench_speed(n_texts: int, batch_size: int, skip_hf: bool, threads: int | Non
 
 def _time_ours(model, tokenizer, texts: list[str], batch_size: int, report) -> None:
     """Our tagger at every OURS setting, then the CEILINGS (the encoder's forward pass alone)."""
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     for name, window, stride, precision, our_batch in OURS:
         tagger = Tagger(
@@ -180,7 +181,7 @@ def _time_hf_pipeline(texts: list[str], batch_size: int, report) -> None:
     """HF ``pipeline("token-classification")`` on the same encoder at every HF setting."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from ner_core.encoder import resolve_encoder
+    from ner_core.model.encoder import resolve_encoder
 
     where = resolve_encoder("m3e-small")
     hf_model = AutoModelForTokenClassification.from_pretrained(where, num_labels=17).eval()
@@ -226,7 +227,7 @@ def _time_breakdown(model, tokenizer, texts: list[str]) -> dict:
     """Where the time goes at the precision ``auto`` picks here (no record: the hardware rule): encoder,
     head (+ classifier), CRF (Viterbi + marginals), and everything else (windowing, stitching, decoding
     spans), as shares of one ``predict`` call's wall time."""
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     tagger = Tagger(model, tokenizer, max_len=128, stride=112, batch_size=16, device="cpu", precision="auto")
     spent = {"encoder": 0.0, "head": 0.0, "crf": 0.0}
@@ -264,9 +265,9 @@ def _time_breakdown(model, tokenizer, texts: list[str]) -> dict:
 
 def _train_small_model(out: Path, seconds: float) -> Path:
     from ner_core.config import NERConfig
-    from ner_core.encoder import make_tiny_encoder
-    from ner_core.formats import read_file
-    from ner_core.training import train
+    from ner_core.data.formats import read_file
+    from ner_core.model.encoder import make_tiny_encoder
+    from ner_core.training.loop import train
 
     tr = read_file(RESUME / "train.char.bmes").documents
     dev = read_file(RESUME / "dev.char.bmes").documents
@@ -319,12 +320,12 @@ def bench_window_f1(
 ) -> dict | None:
     """Resume NER dev entity F1: whole texts against windows smaller than the longest text (strides of 1/2,
     3/4 and 7/8 of the window), and the int8 encoder against the whole-text float model. With
-    ``compare_with``, the same figures from another implementation of ``ner_core/predict.py``."""
-    from ner_core import predict as ours
+    ``compare_with``, the same figures from another implementation of ``ner_core/inference/tagger.py``."""
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.data.formats import read_file
     from ner_core.documents import Entity
-    from ner_core.formats import read_file
+    from ner_core.inference import tagger as ours
     from ner_core.metrics import evaluate
-    from ner_core.modeldir import load_model_dir
 
     other = _load_predict_module(compare_with) if compare_with else None
     dev = read_file(RESUME / "dev.char.bmes").documents
@@ -394,7 +395,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         default="96,48",
         help="windows for the windowed F1 runs, comma-separated (default %(default)s)",
     )
-    p.add_argument("--compare-with", help="another ner_core/predict.py whose F1 is printed beside ours")
+    p.add_argument(
+        "--compare-with", help="another ner_core/inference/tagger.py whose F1 is printed beside ours"
+    )
     p.add_argument("--train-seconds", type=float, default=150.0)
     args = p.parse_args(argv if argv is not None else [])
     from bench.machine import describe

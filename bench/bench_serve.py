@@ -48,10 +48,10 @@ def _free_port() -> int:
 def _untrained_model(out: Path, which: str) -> Path:
     import torch
 
+    from ner_core.artifacts.modeldir import save_model_dir
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder, make_tiny_encoder
-    from ner_core.model import NERModel
-    from ner_core.modeldir import save_model_dir
+    from ner_core.model.encoder import load_encoder, make_tiny_encoder
+    from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
     if which == "tiny":
@@ -72,7 +72,7 @@ def _untrained_model(out: Path, which: str) -> Path:
 
 
 def _default_model() -> str:
-    from ner_core.encoder import resolve_encoder
+    from ner_core.model.encoder import resolve_encoder
 
     try:
         resolve_encoder("m3e-small")

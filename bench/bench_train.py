@@ -27,7 +27,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def load_split(dataset: str, split: str):
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
 
     if dataset == "resume":
         path = SHARED / "resume-ner" / f"{split}.char.bmes"
@@ -51,10 +51,10 @@ def run_ours(
     out: Path,
     precision: str = "auto",
 ):
+    from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.config import NERConfig
-    from ner_core.evaluation import evaluate_model
-    from ner_core.modeldir import load_model_dir
-    from ner_core.training import train
+    from ner_core.inference.evaluate import evaluate_model
+    from ner_core.training.loop import train
 
     labels = sorted({e.label for d in train_docs for e in d.entities})
     cfg = NERConfig.model_validate(
@@ -117,14 +117,14 @@ def throughput(encoder: str, train_docs, precisions: list[str], n_batches: int, 
     import torch
     from transformers import AutoModelForTokenClassification
 
-    from ner_core.alignment import CharAligner
-    from ner_core.batching import TaggedDataset
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder, resolve_encoder
-    from ner_core.model import NERModel
-    from ner_core.precision import autocast
+    from ner_core.data.alignment import CharAligner
+    from ner_core.data.batching import TaggedDataset
+    from ner_core.model.encoder import load_encoder, resolve_encoder
+    from ner_core.model.network import NERModel
+    from ner_core.runtime.precision import autocast
     from ner_core.schemes import tag_set
-    from ner_core.training import make_optimizer
+    from ner_core.training.loop import make_optimizer
 
     labels = sorted({e.label for d in train_docs for e in d.entities})
     tags = tag_set(labels, "BIOES")
@@ -180,11 +180,11 @@ def run_baseline(encoder: str, train_docs, dev_docs, test_docs, minutes: float, 
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from ner_core.alignment import CharAligner
-    from ner_core.batching import EncodedChunk, TaggedDataset, collate, sliding_windows
+    from ner_core.data.alignment import CharAligner
+    from ner_core.data.batching import EncodedChunk, TaggedDataset, collate, sliding_windows
     from ner_core.documents import Entity
-    from ner_core.encoder import resolve_encoder
     from ner_core.metrics import evaluate
+    from ner_core.model.encoder import resolve_encoder
     from ner_core.schemes import tag_set, tags_to_spans
 
     torch.manual_seed(42)

@@ -7,7 +7,7 @@ def describe() -> str:
     """One line: ``lscpu``'s model name (from /proc/cpuinfo), the bf16/int8 flags, torch threads, CUDA."""
     import torch
 
-    from ner_core.precision import Hardware, cpu_model_name, physical_cores
+    from ner_core.runtime.hardware import Hardware, cpu_model_name, physical_cores
 
     hw = Hardware.detect("cpu")
     flags = ", ".join(sorted(hw.cpu_flags)) or "none of amx_bf16/avx512_bf16/avx512_vnni/avx_vnni/amx_int8"

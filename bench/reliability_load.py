@@ -72,10 +72,10 @@ def build_tiny_model(out: Path) -> Path:
     texts sent here: the figures are the service's own overhead more than the network's."""
     import torch
 
+    from ner_core.artifacts.modeldir import save_model_dir
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder, make_tiny_encoder
-    from ner_core.model import NERModel
-    from ner_core.modeldir import save_model_dir
+    from ner_core.model.encoder import load_encoder, make_tiny_encoder
+    from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
     enc = make_tiny_encoder(out / "encoder", _corpus_texts(), hidden_size=64, intermediate_size=128)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ner_core.tf_checkpoint import DTYPES, TABLE_MAGIC, mask_crc, masked_crc32c, shard_path
+from ner_core.artifacts.tf.reader import DTYPES, TABLE_MAGIC, mask_crc, masked_crc32c, shard_path
 
 __all__ = ["BLOCK_SIZE", "write_bundle", "encode_entry", "encode_header"]
 

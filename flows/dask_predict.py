@@ -66,8 +66,8 @@ def tag_shard(
 
     Returns [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] in the order of ``items`` (picklable
     rows; the uncertainty is the document's summed CRF token entropy, as the single-process path stores)."""
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     if not isinstance(model_dir, str) or not model_dir:
         raise ValueError(f"expected a model directory path, got {model_dir!r}")
@@ -124,7 +124,7 @@ def store_shard_rows(
 
 def _decided(model_dir: str, options: PredictionConfig | None) -> PredictionConfig:
     """``options`` with the precision decided once for all workers (CPU: they tag on the CPU), printed."""
-    from ner_core.precision import choose_for_model_dir
+    from ner_core.inference.tagger import choose_for_model_dir
 
     options = options or PredictionConfig()
     choice = choose_for_model_dir(model_dir, options.precision, device=options.device or "cpu")

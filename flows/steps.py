@@ -28,7 +28,8 @@ from flows.contracts import (
 )
 from ner_core.config import NERConfig, PredictionConfig
 from ner_core.documents import Document
-from ner_core.precision import Hardware, choose
+from ner_core.runtime.hardware import Hardware
+from ner_core.runtime.precision import choose
 from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
 from storage import query as query_db
@@ -103,7 +104,7 @@ def train_step(
 ) -> TrainSummary:
     """Train on the dataset's train split (plus dataset ``plus``'s train split, e.g. a review export),
     early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's config)."""
-    from ner_core.training import train
+    from ner_core.training.loop import train
 
     prev = None
     if resume:
@@ -183,12 +184,12 @@ def evaluate_step(
 ) -> EvaluateSummary:
     """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
     JSON + Markdown reports and DuckDB rows."""
-    from ner_core.evaluation import evaluate_model
-    from ner_core.modeldir import load_model_dir
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.evaluate import evaluate_model
 
     loaded = load_model_dir(model_dir)
     if file:
-        from ner_core.formats import read_file
+        from ner_core.data.formats import read_file
 
         parsed = read_file(file, untyped_label=loaded.config.data.untyped_label)
         docs, dataset, split, version = parsed.documents, Path(file).name, None, None
@@ -252,8 +253,8 @@ def predict_step(
     ``options``: window and speed; the ones left ``None`` come from the model's saved ``prediction``
     configuration (see :meth:`Tagger.from_loaded`).
     """
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     if not isinstance(batch_docs, int) or batch_docs < 1:
         raise ValueError(f"batch_docs must be a positive int, got {batch_docs!r}")
@@ -374,8 +375,8 @@ def load_prediction_input(
 
 
 def _file_documents(source: FilesSource) -> list[Document]:
-    from ner_core.doc_ids import unique_doc_ids
-    from ner_core.formats import detect_format, read_file
+    from ner_core.data.doc_ids import unique_doc_ids
+    from ner_core.data.formats import detect_format, read_file
 
     per_file: list[list[Document]] = []
     for f in source.files:

@@ -19,12 +19,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ner_core.precision import Precision
 from ner_core.schemes import Scheme, TrainingScheme
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Precision(StrEnum):
+    """The ``precision`` setting of ``ner train``, ``ner predict``, ``ner serve`` and the flows (what each
+    value runs and how ``auto`` chooses: :mod:`ner_core.runtime.precision`)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    INT8 = "int8"
 
 
 class HeadType(StrEnum):

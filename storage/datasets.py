@@ -1,11 +1,11 @@
 """Datasets in DuckDB: atomic, idempotent ingest and the read functions the rest of the platform uses.
 
-:func:`ingest_dataset` plans a new dataset version with :mod:`ner_core.ingest` (arguments, splits,
+:func:`ingest_dataset` plans a new dataset version with :mod:`ner_core.data.ingest` (arguments, splits,
 parsing, validation, leakage checks, fingerprint) *before* it takes the write lock, then writes the
 whole plan in one transaction through Arrow tables: either every row of the version is stored or none
 is. Re-ingesting identical files with identical options returns the latest version unchanged
 (``created=False``); changed files create version ``n + 1``. Nothing is stored when the plan raises
-:class:`~ner_core.ingest.IngestError` (see :mod:`ner_core.ingest` for the policies).
+:class:`~ner_core.data.ingest.IngestError` (see :mod:`ner_core.data.ingest` for the policies).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from ner_core.data.formats import Problem, no_gc
+from ner_core.data.formats.problems import problem
+from ner_core.data.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
 from ner_core.documents import Document, Entity
-from ner_core.formats import Problem, no_gc
-from ner_core.formats.problems import problem
-from ner_core.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
 from storage.db import open_db, transaction
 
 
@@ -105,7 +105,7 @@ def ingest_dataset(
 
     ``files`` is ``{split: path}``, or a list of paths whose split comes from the file name
     (train/dev/valid/test) or, with ``split_ratios`` (e.g. ``(0.8, 0.1, 0.1)``), from a seeded shuffle
-    of all their records into train/dev[/test]. Raises :class:`~ner_core.ingest.IngestError` when
+    of all their records into train/dev[/test]. Raises :class:`~ner_core.data.ingest.IngestError` when
     nothing was stored.
     """
     t0 = time.perf_counter()

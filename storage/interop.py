@@ -1,6 +1,7 @@
 """What an export to an annotation tool reads: a prediction run's documents and entities.
 
-The writers (:mod:`ner_core.formats.label_studio`, :mod:`ner_core.formats.doccano`) take the documents
+The writers (:mod:`ner_core.data.formats.label_studio`, :mod:`ner_core.data.formats.doccano`) take the
+documents
 as returned here; offsets are code points, as stored.
 """
 

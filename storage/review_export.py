@@ -30,8 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ner_core.data.ingest import IngestOptions, IngestPlan, PlannedFile, check_dataset_name
 from ner_core.documents import Document
-from ner_core.ingest import IngestOptions, IngestPlan, PlannedFile, check_dataset_name
 from storage.datasets import _resolve_version, load_documents, store_plan
 from storage.db import open_db
 from storage.db import rows as _rows

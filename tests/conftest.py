@@ -41,7 +41,7 @@ def sample_texts() -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory, sample_texts) -> Path:
     """A random-init BERT whose vocabulary covers the sample corpus; built in code, no download."""
-    from ner_core.encoder import make_tiny_encoder
+    from ner_core.model.encoder import make_tiny_encoder
 
     return make_tiny_encoder(tmp_path_factory.mktemp("tiny-encoder"), sample_texts)
 

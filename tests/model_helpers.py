@@ -1,6 +1,6 @@
 """Plain helpers of the model and model-directory tests (their fixtures live in tests/conftest.py): a
 tiny vocabulary's texts and labels, rows of [CLS] chars [SEP] written out without the aligner, and decoding
-the way ner_core.predict decodes (the model's emissions, then its CRF)."""
+the way ner_core.inference.tagger decodes (the model's emissions, then its CRF)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def encode(tokenizer, texts, T=None):
 
 @torch.no_grad()
 def decode(model, ids, am):
-    """Best tag ids per row as production gets them (:mod:`ner_core.predict`): the model's emissions, then
+    """Best tag ids per row as production gets them (:mod:`ner_core.inference.tagger`): the model's
+    emissions, then
     its CRF over the rows that have characters; ``[]`` for a row without any."""
     em, cm = model.emissions(ids, am)  # (B, T-2, K), (B, T-2)
     out = [[] for _ in range(em.shape[0])]

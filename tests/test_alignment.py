@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ner_core.alignment import CharAligner
+from ner_core.data.alignment import CharAligner
 from tests.conftest import SHARED_DATASETS as DATASETS
 
 MIXED = "苹果iPhone 15 Pro发布😀，价格￥7999元　ＡＢＣ"

@@ -321,7 +321,7 @@ def test_workers_tag_on_the_cpu_unless_a_device_is_saved_and_store_the_plain_set
 
     from flows.dask_predict import predict_sharded, tag_shard
     from ner_core.config import PredictionConfig
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
     from storage.predictions import get_prediction_run
 
     devices = []

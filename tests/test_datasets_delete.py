@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ner_core.predict import PredictedEntity
+from ner_core.inference.tagger import PredictedEntity
 from storage.datasets import ingest_dataset, list_datasets
 from storage.db import connect, open_db
 from storage.deletion import delete_dataset, plan_deletion

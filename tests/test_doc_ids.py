@@ -6,8 +6,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from ner_core.doc_ids import unique_doc_ids
-from ner_core.ingest import plan_ingest, prepare_ingest
+from ner_core.data.doc_ids import unique_doc_ids
+from ner_core.data.ingest import plan_ingest, prepare_ingest
 from storage.datasets import ingest_dataset, load_documents
 from tests.conftest import SAMPLE
 

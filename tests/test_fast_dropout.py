@@ -1,11 +1,11 @@
-"""The CPU dropout mask drawn from 16-bit lanes of 64-bit random words (ner_core.fast_dropout)."""
+"""The CPU dropout mask drawn from 16-bit lanes of 64-bit random words (ner_core.model.fast_dropout)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ner_core.fast_dropout import FastDropout, fast_dropout, use_fast_dropout
+from ner_core.model.fast_dropout import FastDropout, fast_dropout, use_fast_dropout
 
 
 def test_drops_with_probability_p_and_scales_the_rest():

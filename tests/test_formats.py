@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import ner_core.formats
-from ner_core.documents import Document
-from ner_core.formats import (
+import ner_core.data.formats
+from ner_core.data.formats import (
     FORMATS,
     ParseResult,
     Problem,
@@ -20,9 +19,10 @@ from ner_core.formats import (
     read_file,
     registry,
 )
-from ner_core.formats import problems as problems_module
-from ner_core.formats.problems import CODES
-from ner_core.formats.registry import register
+from ner_core.data.formats import problems as problems_module
+from ner_core.data.formats.problems import CODES
+from ner_core.data.formats.registry import register
+from ner_core.documents import Document
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 
@@ -169,7 +169,7 @@ def test_problem_codes_are_documented_once():
 
 
 def test_registry_lists_exactly_the_documented_formats():
-    documented = re.findall(r"^``(\w+)``", ner_core.formats.__doc__, re.M)
+    documented = re.findall(r"^``(\w+)``", ner_core.data.formats.__doc__, re.M)
     assert FORMATS == format_names() == tuple(documented)
     assert [get_reader(name).name for name in FORMATS] == list(FORMATS)
     assert get_reader("bmes").read is get_reader("conll").read  # one reader, two tag families
@@ -197,7 +197,7 @@ def test_a_new_format_is_one_registration(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="format must be one of"):
         read_file(p, "whispering")
     # ingest takes it by name too
-    from ner_core.ingest import plan_ingest, prepare_ingest
+    from ner_core.data.ingest import plan_ingest, prepare_ingest
 
     plan = plan_ingest(prepare_ingest("loud", {"train": p}, format="shouting"))
     assert [f.format for f in plan.files] == ["shouting"]

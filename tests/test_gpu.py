@@ -43,7 +43,7 @@ def _config(encoder_dir, precision: str):
 
 
 def _docs(split: str, n: int):
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
 
     return read_file(SAMPLE / f"{split}.jsonl").documents[:n]
 
@@ -59,11 +59,10 @@ def _free() -> int:
 def test_a_training_step_and_prediction_in_each_precision_give_memory_back(
     tiny_encoder_dir, tmp_path, precision
 ):
+    from ner_core.artifacts.modeldir import load_model_dir, read_precision_record
     from ner_core.config import PredictionConfig
-    from ner_core.modeldir import load_model_dir
-    from ner_core.precision import read_record
-    from ner_core.predict import Tagger
-    from ner_core.training import train
+    from ner_core.inference.tagger import Tagger
+    from ner_core.training.loop import train
 
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
@@ -78,7 +77,7 @@ def test_a_training_step_and_prediction_in_each_precision_give_memory_back(
     )
     assert res.precision in _precisions()
     assert torch.isfinite(torch.tensor(res.history[0].train_loss))
-    record = read_record(res.model_dir)
+    record = read_precision_record(res.model_dir)
     assert record is not None and {"fp32", "fp16", "int8"} <= set(record.dev_f1)
     loaded = load_model_dir(res.model_dir, device="cuda")
     for p in _precisions():
@@ -91,7 +90,7 @@ def test_a_training_step_and_prediction_in_each_precision_give_memory_back(
 
 
 def test_the_crf_torch_paths_on_cuda_match_the_cpu_kernels():
-    from ner_core.crf import ConstrainedCRF
+    from ner_core.model.crf import ConstrainedCRF
     from ner_core.schemes import allowed_transitions, tag_set
 
     tags = tag_set(LABELS, "BIOES")

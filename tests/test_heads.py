@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ner_core.config import HeadConfig, HeadType
-from ner_core.heads import BiRNNHead, IDCNNHead, IdentityHead, build_head, head_choices
+from ner_core.model.heads import BiRNNHead, IDCNNHead, IdentityHead, build_head, head_choices
 
 H = 12
 

@@ -1,4 +1,4 @@
-"""Ingest planning (ner_core.ingest): arguments, splits, parsing, leakage, fingerprint; no database."""
+"""Ingest planning (ner_core.data.ingest): arguments, splits, parsing, leakage, fingerprint; no database."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ner_core.ingest import (
+from ner_core.data.ingest import (
     IngestError,
     IngestPlan,
     IngestReport,
@@ -43,12 +43,12 @@ def corpus(tmp_path):
 
 
 def test_module_imports_no_database():
-    tree = ast.parse((REPO / "ner_core" / "ingest.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO / "ner_core" / "data" / "ingest.py").read_text(encoding="utf-8"))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"duckdb", "pyarrow", "storage"}
     code = (
-        "import sys, ner_core.ingest; "
+        "import sys, ner_core.data.ingest; "
         "print(sorted(m for m in ('duckdb', 'pyarrow', 'storage') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
@@ -104,7 +104,7 @@ def test_fingerprint_and_stored_options_keep_their_format(tmp_path):
     assert json.dumps(request.options.as_dict()) == json.dumps(options)  # the stored JSON, key order too
     payload = json.dumps({"files": [["train", sha]], "options": options}, sort_keys=True)
     assert request.fingerprint == hashlib.sha256(payload.encode()).hexdigest()
-    # computed by the code before ner_core.ingest existed (storage.datasets at e4d67d1)
+    # computed by the code before ner_core.data.ingest existed (storage.datasets at e4d67d1)
     assert request.fingerprint == "c950a5a2dee19a8cc0b967838877bcdfb61e14832ea6a245be2f3d1ce28e3e92"
     ratios = prepare_ingest("fp", [f], split_ratios=(0.5, 0.5), seed=3).options.as_dict()
     assert ratios["split_ratios"] == [0.5, 0.5] and ratios["seed"] == 3

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ner_core.formats import read_file
+from ner_core.data.formats import read_file
 from storage.datasets import ingest_dataset, load_documents
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"

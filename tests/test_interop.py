@@ -12,9 +12,9 @@ import pytest
 
 from app import cli
 from app.interop import add_parser, export_prediction_run
-from ner_core.formats import detect_format, read_file
-from ner_core.formats.offsets import from_utf16, to_utf16
-from ner_core.predict import PredictedEntity
+from ner_core.data.formats import detect_format, read_file
+from ner_core.data.formats.offsets import from_utf16, to_utf16
+from ner_core.inference.tagger import PredictedEntity
 from storage.datasets import ingest_dataset, load_documents
 from storage.interop import prediction_run_export
 from storage.predictions import finish_prediction_run, start_prediction_run, write_predictions

@@ -11,8 +11,8 @@ import torch
 
 from ner_core import schemes
 from ner_core.config import EncoderConfig, NERConfig, TrainingConfig
-from ner_core.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
-from ner_core.model import NERModel
+from ner_core.model.encoder import PACKAGED, SPECIAL_TOKENS, load_encoder, make_tiny_encoder, resolve_encoder
+from ner_core.model.network import NERModel
 from tests.model_helpers import LABELS, TEXTS, decode, encode, marginals
 
 pytestmark = pytest.mark.usefixtures("one_thread")

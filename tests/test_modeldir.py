@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ner_core import schemes
+from ner_core.artifacts.layout import FORMAT_VERSION, ModelDirError
+from ner_core.artifacts.modeldir import LoadedModel, load_model_dir, save_model_dir
 from ner_core.config import NERConfig
-from ner_core.encoder import load_encoder, make_tiny_encoder
-from ner_core.model import NERModel
-from ner_core.modeldir import FORMAT_VERSION, LoadedModel, ModelDirError, load_model_dir, save_model_dir
+from ner_core.model.encoder import load_encoder, make_tiny_encoder
+from ner_core.model.network import NERModel
 from tests.model_helpers import LABELS, TEXTS, decode, encode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,10 +224,10 @@ def test_a_model_directory_written_before_the_restructure_tags_as_it_did(legacy_
 
     import duckdb
 
-    from ner_core.evaluation import evaluate_model
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
+    from ner_core.inference.evaluate import evaluate_model
+    from ner_core.inference.tagger import Tagger
     from ner_core.metrics import EvaluationReport
-    from ner_core.predict import Tagger
     from tests.conftest import SAMPLE
 
     run = legacy_dir / "runs" / "20261201-152337-sample-bilstm-56603a"

@@ -1,6 +1,6 @@
 """Damaged or tampered model directories: one line naming the file and the problem, for each of a
 truncated weights file, a configuration that disagrees with the weights, missing tokenizer files and an
-edited label file (ner_core/modeldir_checks.py)."""
+edited label file (ner_core/artifacts/checks.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import shutil
 import pytest
 from safetensors import safe_open
 
-from ner_core.modeldir import ModelDirError, load_model_dir, save_model_dir
-from ner_core.modeldir_checks import TAGS_DIGEST
+from ner_core.artifacts.checks import TAGS_DIGEST
+from ner_core.artifacts.layout import ModelDirError
+from ner_core.artifacts.modeldir import load_model_dir, save_model_dir
 from tests.test_modeldir import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")

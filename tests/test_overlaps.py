@@ -9,8 +9,8 @@ import json
 import duckdb
 import pytest
 
-from ner_core.formats import read_file
-from ner_core.formats.overlaps import resolve_overlaps
+from ner_core.data.formats import read_file
+from ner_core.data.formats.overlaps import resolve_overlaps
 from storage.datasets import ingest_dataset, load_documents
 
 TEXT = "北京大学的张三和李四在上海市工作"

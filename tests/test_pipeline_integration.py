@@ -148,8 +148,8 @@ def test_predicting_again_replaces_rows_and_resume_skips_done_documents(pipeline
 def test_model_directory_loads_alone_and_tags_mixed_text(pipeline_db, tmp_path):
     import shutil
 
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     copy = tmp_path / "copied-model"
     shutil.copytree(pipeline_db["train"].model_dir, copy)
@@ -231,8 +231,8 @@ def test_evaluating_a_file_equals_evaluating_the_stored_split(pipeline_db):
 
 
 def test_predicted_spans_are_trimmed_of_whitespace(pipeline_db):
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     tagger = Tagger.from_loaded(load_model_dir(pipeline_db["train"].model_dir))
     text = "李超 在 上海"

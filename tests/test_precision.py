@@ -10,17 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ner_core.precision import (
-    DevF1Record,
-    Hardware,
-    Precision,
-    PrecisionError,
-    choose,
-    parse_cpu_flags,
-    physical_cores,
-    read_cpu_flags,
-    read_record,
-)
+from ner_core.artifacts.modeldir import read_precision_record
+from ner_core.config import Precision
+from ner_core.runtime.hardware import Hardware, parse_cpu_flags, physical_cores, read_cpu_flags
+from ner_core.runtime.precision import DevF1Record, PrecisionError, choose
 from tests.conftest import SAMPLE
 
 LABELS = ["FIN", "LOC", "ORG", "PER"]
@@ -142,8 +135,8 @@ def test_auto_never_picks_a_precision_more_than_0_2_points_below_fp32_on_dev():
 # ----------------------------------------------------------------------------------------- fp32 CRF
 def _model(tiny_encoder_dir, head="bilstm"):
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder
-    from ner_core.model import NERModel
+    from ner_core.model.encoder import load_encoder
+    from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
     cfg = NERConfig.model_validate(
@@ -155,8 +148,8 @@ def _model(tiny_encoder_dir, head="bilstm"):
 
 
 def test_the_crf_and_the_loss_stay_fp32_under_autocast(tiny_encoder_dir, monkeypatch, one_thread):
-    from ner_core.precision import autocast
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
+    from ner_core.runtime.precision import autocast
 
     model, tokenizer = _model(tiny_encoder_dir)
     seen: list[tuple] = []
@@ -183,20 +176,20 @@ def test_the_crf_and_the_loss_stay_fp32_under_autocast(tiny_encoder_dir, monkeyp
 
 # ----------------------------------------------------------------------------------------- bf16 on CPU
 def _docs(split: str, n: int):
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
 
     return read_file(SAMPLE / f"{split}.jsonl").documents[:n]
 
 
 def test_a_bf16_training_run_records_dev_f1_per_precision_and_saves_fp32_weights(
-    tiny_encoder_dir, tmp_path, one_thread, capsys
+    tiny_encoder_dir, tmp_path, one_thread, caplog
 ):
     from safetensors import safe_open
 
+    from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.config import NERConfig
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
-    from ner_core.training import train
+    from ner_core.inference.tagger import Tagger
+    from ner_core.training.loop import train
 
     cfg = NERConfig.model_validate(
         {
@@ -206,11 +199,13 @@ def test_a_bf16_training_run_records_dev_f1_per_precision_and_saves_fp32_weights
             "training": {"hard_epochs": 1, "batch_size": 16, "precision": "bf16", "warmup_ratio": 0.0},
         }
     )
-    res = train(cfg, _docs("train", 32), _docs("dev", 12), LABELS, tmp_path / "run", progress=False)
+    with caplog.at_level("INFO", logger="ner_core"):
+        res = train(cfg, _docs("train", 32), _docs("dev", 12), LABELS, tmp_path / "run", progress=False)
     assert res.precision == "bf16" and torch.isfinite(torch.tensor(res.history[0].train_loss))
-    assert capsys.readouterr().out.startswith("precision bf16 for training: asked for")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ner_core.training.loop"]
+    assert lines[0].startswith("precision bf16 for training: asked for")
     assert 0.0 <= res.history[0].padding_share < 0.5
-    record = read_record(res.model_dir)
+    record = read_precision_record(res.model_dir)
     assert record is not None and record.trained_in == "bf16"
     assert set(record.dev_f1) == {"fp32", "bf16", "int8"}
     with safe_open(str(Path(res.model_dir) / "model.safetensors"), "pt") as f:
@@ -250,8 +245,8 @@ def test_the_legacy_model_dir_and_database_load_and_keep_their_prediction_run_id
 
     import duckdb
 
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
     from storage.predictions import prediction_run_id
 
     model = Path("runs/20261201-152337-sample-bilstm-56603a/model")
@@ -273,8 +268,8 @@ def test_an_fp32_and_a_bf16_prediction_run_of_one_input_are_two_runs(tmp_path, t
     import duckdb
 
     from flows import steps
+    from ner_core.artifacts.modeldir import save_model_dir
     from ner_core.documents import Document
-    from ner_core.modeldir import save_model_dir
 
     model, tokenizer = _model(tiny_encoder_dir)
     md = save_model_dir(tmp_path / "model", model, tokenizer)
@@ -311,10 +306,10 @@ def test_train_cli_refuses_mixed_precision_in_one_line_and_takes_precision(capsy
 
 # ----------------------------------------------------------------------------------------- padding
 def test_training_batches_of_the_sample_corpus_pad_under_10_percent(tiny_encoder_dir):
-    from ner_core.alignment import CharAligner
-    from ner_core.batching import TaggedDataset, padding_share
     from ner_core.config import EncoderConfig
-    from ner_core.encoder import load_encoder
+    from ner_core.data.alignment import CharAligner
+    from ner_core.data.batching import TaggedDataset, padding_share
+    from ner_core.model.encoder import load_encoder
     from ner_core.schemes import tag_set
 
     _, tokenizer = load_encoder(EncoderConfig(name=str(tiny_encoder_dir)))
@@ -327,7 +322,7 @@ def test_training_batches_of_the_sample_corpus_pad_under_10_percent(tiny_encoder
 
 
 def _unsorted_batches(ds, batch_size):
-    from ner_core.batching import collate
+    from ner_core.data.batching import collate
 
     for b in range(0, len(ds.items), batch_size):
         yield collate(ds.items[b : b + batch_size], ds.cls_id, ds.sep_id, ds.pad_id)
@@ -337,7 +332,7 @@ def test_bf16_prediction_pads_windows_to_few_shapes_and_keeps_the_tags(tiny_enco
     """bf16 kernels are compiled and cached per input shape: windows are padded to a multiple of 16
     positions there (a service's memory grew with every new length without it), and the padding, masked,
     changes no tag; fp32 keeps exact dynamic padding."""
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     model, tokenizer = _model(tiny_encoder_dir)
     texts = ["张三在北京工作", "李四去上海", "王五" * 9, "赵六在广州的ABC公司工作。"]

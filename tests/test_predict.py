@@ -26,10 +26,10 @@ def build_model_dir(
     out: Path, encoder_dir: Path, *, seed: int = 0, head: str = "bilstm", max_len: int = 64
 ) -> Path:
     """An untrained but complete model directory (tiny encoder + head + CRF), deterministic for ``seed``."""
+    from ner_core.artifacts.modeldir import save_model_dir
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder
-    from ner_core.model import NERModel
-    from ner_core.modeldir import save_model_dir
+    from ner_core.model.encoder import load_encoder
+    from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
     cfg = NERConfig.model_validate(
@@ -60,7 +60,7 @@ def other_model_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    from ner_core.modeldir import load_model_dir
+    from ner_core.artifacts.modeldir import load_model_dir
 
     return load_model_dir(model_dir)
 
@@ -92,7 +92,7 @@ class _PositionFreeModel(nn.Module):
 
     def __init__(self, tags: list[str], vocab: int, seed: int = 0, transitions: bool = False):
         from ner_core.config import NERConfig
-        from ner_core.crf import ConstrainedCRF
+        from ner_core.model.crf import ConstrainedCRF
         from ner_core.schemes import allowed_transitions
 
         super().__init__()
@@ -129,7 +129,7 @@ class _EdgeModel(_PositionFreeModel):
 
 # ----------------------------------------------------------------------------------------- tagger
 def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_text):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     tagger = Tagger.from_loaded(loaded, PredictionConfig(window=64, stride=32, batch_size=16))
     ((tags, probs),) = tagger.tag_texts([long_text])
@@ -150,7 +150,7 @@ def test_long_text_gets_a_tag_for_every_char_and_is_deterministic(loaded, long_t
 
 @pytest.mark.parametrize("transitions", [False, True])
 def test_windowed_equals_whole_text_when_the_model_has_no_context(loaded, long_text, transitions):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer), transitions=transitions)
     whole = Tagger(fake, loaded.tokenizer, max_len=510, stride=510).tag_texts([long_text[:500]])[0]
@@ -163,7 +163,7 @@ def test_windowed_equals_whole_text_when_the_model_has_no_context(loaded, long_t
 def test_the_crf_runs_over_the_whole_text_so_tags_never_break_the_scheme(loaded, long_text):
     """Per-window decoding merged by tags could join a B-X of one window to an O or I-Y of the next;
     one CRF pass over the stitched emissions cannot: every sequence is valid in the model's scheme."""
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
     from ner_core.schemes import validate_tags
 
     texts = [long_text[i : i + 700] for i in range(0, 4200, 700)]
@@ -179,8 +179,8 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     window (windows encoded one at a time), then the model's CRF on the whole text."""
     import numpy as np
 
-    from ner_core.batching import EncodedChunk, collate, sliding_windows
-    from ner_core.predict import Tagger
+    from ner_core.data.batching import EncodedChunk, collate, sliding_windows
+    from ner_core.inference.tagger import Tagger
 
     text = long_text[:300]
     tagger = Tagger.from_loaded(
@@ -211,8 +211,8 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
 
 
 def test_without_the_c_kernels_the_tagger_gives_the_same_result(loaded, long_text, monkeypatch):
-    from ner_core import _ckernel
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
+    from ner_core.model import _ckernel
 
     texts = [long_text[:1500], long_text[1500:1600], "短"]
     tagger = Tagger.from_loaded(loaded, PredictionConfig(window=48, stride=40))
@@ -224,7 +224,7 @@ def test_without_the_c_kernels_the_tagger_gives_the_same_result(loaded, long_tex
 
 
 def test_texts_are_tagged_in_bounded_groups_with_the_same_result(loaded, long_text, monkeypatch):
-    import ner_core.predict as predict
+    import ner_core.inference.tagger as predict
 
     texts = [long_text[i : i + 90 + 7 * i // 100] for i in range(0, 4000, 250)] + [""]
     tagger = predict.Tagger.from_loaded(loaded, PredictionConfig(window=32, stride=24))
@@ -241,7 +241,7 @@ def test_texts_are_tagged_in_bounded_groups_with_the_same_result(loaded, long_te
 
 
 def test_each_char_keeps_the_tag_of_its_most_central_window(loaded):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     tags = ["O", "B-X", "I-X", "E-X", "S-X"]
     fake = _EdgeModel(tags, vocab=len(loaded.tokenizer))
@@ -253,7 +253,7 @@ def test_each_char_keeps_the_tag_of_its_most_central_window(loaded):
 
 
 def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
     from ner_core.schemes import tags_to_spans
 
     tagger = Tagger.from_loaded(loaded, PredictionConfig(window=32, stride=16))
@@ -285,7 +285,7 @@ def test_document_uncertainty_is_the_summed_token_entropy_of_the_crf_marginals(l
     marginals of the whole text (recomputed here from the emissions with the torch forward-backward)."""
     import numpy as np
 
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     fake = _PositionFreeModel(loaded.tags, vocab=len(loaded.tokenizer), transitions=True)
     tagger = Tagger(fake, loaded.tokenizer, max_len=40, stride=30)
@@ -317,7 +317,7 @@ def test_document_uncertainty_is_the_summed_token_entropy_of_the_crf_marginals(l
 
 def test_a_prediction_run_stores_each_documents_uncertainty(tmp_path, model_dir, loaded):
     from flows import steps
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     db, docs = str(tmp_path / "u.duckdb"), _docs(4)
     out = steps.predict_step(db, str(model_dir), docs, input_kind="texts", input_ref="four", progress=False)
@@ -335,7 +335,7 @@ def test_a_prediction_run_stores_each_documents_uncertainty(tmp_path, model_dir,
 
 
 def test_tagger_rejects_bad_input(loaded):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     with pytest.raises(ValueError, match="stride .* must not exceed max_len"):
         Tagger.from_loaded(loaded, PredictionConfig(window=16, stride=32))
@@ -418,13 +418,13 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(tmp_path, model
     assert row["status"] == "failed" and row["n_documents"] == 3
 
     tagged = []
-    real_predict = __import__("ner_core.predict", fromlist=["Tagger"]).Tagger.predict_documents
+    real_predict = __import__("ner_core.inference.tagger", fromlist=["Tagger"]).Tagger.predict_documents
 
     def counting_predict(self, texts, **kw):
         tagged.extend(texts)
         return real_predict(self, texts, **kw)
 
-    monkeypatch.setattr("ner_core.predict.Tagger.predict_documents", counting_predict)
+    monkeypatch.setattr("ner_core.inference.tagger.Tagger.predict_documents", counting_predict)
     out = steps.predict_step(
         db, str(model_dir), docs, input_kind="texts", input_ref="seven", batch_docs=3, progress=False
     )
@@ -604,7 +604,7 @@ def test_predict_step_rejects_duplicate_doc_ids(tmp_path, model_dir):
 
 # ----------------------------------------------------------------------------------------- speed settings
 def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     fp = Tagger.from_loaded(loaded, PredictionConfig(window=32, precision="fp32"))
     q = Tagger.from_loaded(loaded, PredictionConfig(window=32, precision="int8"))
@@ -630,7 +630,7 @@ def test_int8_tagger_quantizes_a_copy_of_the_encoder_only(loaded, long_text):
 def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loaded):
     from types import SimpleNamespace
 
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     cfg = loaded.config.model_copy(
         update={
@@ -745,7 +745,7 @@ def saved_settings_model_dir(tmp_path, model_dir) -> Path:
 @pytest.fixture()
 def tagger_spy(monkeypatch) -> list[dict]:
     """Records the settings every Tagger is built with; builds it on the CPU whatever device was asked."""
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     seen: list[dict] = []
     real_init = Tagger.__init__
@@ -787,9 +787,9 @@ def test_commands_and_flows_honour_the_saved_device_and_batch_size(
 def test_a_saved_config_that_names_the_window_max_len_still_loads(tmp_path, model_dir):
     import shutil
 
+    from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.config import NERConfig
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.inference.tagger import Tagger
 
     old = {"batch_size": 32, "max_len": 24, "stride": None, "device": "cpu", "num_threads": None}
     assert NERConfig.model_validate({"prediction": {**old, "quantize": "none"}}).prediction.window == 24

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def _m3e_available() -> bool:
     try:
-        from ner_core.encoder import resolve_encoder
+        from ner_core.model.encoder import resolve_encoder
 
         resolve_encoder("m3e-small")
         return True
@@ -27,11 +27,11 @@ def _m3e_available() -> bool:
 def test_m3e_bilstm_crf_learns_resume_ner(tmp_path):
     import torch
 
+    from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.config import NERConfig
-    from ner_core.evaluation import evaluate_model
-    from ner_core.formats import read_file
-    from ner_core.modeldir import load_model_dir
-    from ner_core.training import train
+    from ner_core.data.formats import read_file
+    from ner_core.inference.evaluate import evaluate_model
+    from ner_core.training.loop import train
 
     train_docs = read_file(RESUME / "train.char.bmes").documents[:800]
     dev_docs = read_file(RESUME / "dev.char.bmes").documents[:100]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ner_core.formats import detect_format, read_file
+from ner_core.data.formats import detect_format, read_file
 
 DEEP = 100_000  # far past Python's recursion limit
 
@@ -138,8 +138,8 @@ def _tiny_model(encoder_dir: Path, seed: int = 0):
 
     from ner_core import schemes
     from ner_core.config import NERConfig
-    from ner_core.encoder import load_encoder
-    from ner_core.model import NERModel
+    from ner_core.model.encoder import load_encoder
+    from ner_core.model.network import NERModel
     from tests.model_helpers import LABELS
 
     cfg = NERConfig().with_overrides(
@@ -153,7 +153,8 @@ def _tiny_model(encoder_dir: Path, seed: int = 0):
 def test_full_disk_during_model_save_names_the_directory_and_keeps_the_old_model(
     tiny_encoder_dir: Path, tmp_path: Path, file_size_limit
 ) -> None:
-    from ner_core.modeldir import ModelDirError, load_model_dir, save_model_dir
+    from ner_core.artifacts.layout import ModelDirError
+    from ner_core.artifacts.modeldir import load_model_dir, save_model_dir
 
     model, tok = _tiny_model(tiny_encoder_dir)
     target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
@@ -174,7 +175,7 @@ def test_full_disk_during_model_save_names_the_directory_and_keeps_the_old_model
 def test_next_save_removes_stale_temps_and_never_the_live_model(
     tiny_encoder_dir: Path, tmp_path: Path
 ) -> None:
-    from ner_core.modeldir import load_model_dir, save_model_dir
+    from ner_core.artifacts.modeldir import load_model_dir, save_model_dir
 
     model, tok = _tiny_model(tiny_encoder_dir)
     target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
@@ -189,7 +190,8 @@ def test_next_save_removes_stale_temps_and_never_the_live_model(
 def test_a_kill_between_the_renames_gets_the_earlier_model_back(
     tiny_encoder_dir: Path, tmp_path: Path
 ) -> None:
-    from ner_core.modeldir import ModelDirError, load_model_dir, recover_model_dir, save_model_dir
+    from ner_core.artifacts.layout import ModelDirError
+    from ner_core.artifacts.modeldir import load_model_dir, recover_model_dir, save_model_dir
 
     model, tok = _tiny_model(tiny_encoder_dir)
     target = save_model_dir(tmp_path / "model", model, tok, metrics={"v": 1})
@@ -205,7 +207,7 @@ def test_a_kill_between_the_renames_gets_the_earlier_model_back(
 def test_checkpoint_save_and_load_remove_killed_writes_temps(tmp_path: Path) -> None:
     import torch
 
-    from ner_core.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+    from ner_core.training.run_state import TrainingState, load_checkpoint, save_checkpoint
 
     stale = [tmp_path / ".checkpoint-e0001.safetensors.tmp-dead0001", tmp_path / ".checkpoint.json.tmp-dead"]
     for p in stale:
@@ -223,11 +225,11 @@ def test_checkpoint_save_and_load_remove_killed_writes_temps(tmp_path: Path) -> 
 
 
 def test_resume_without_a_checkpoint_trains_from_the_beginning(
-    tiny_encoder_dir: Path, tmp_path: Path, capsys, one_thread
+    tiny_encoder_dir: Path, tmp_path: Path, caplog, one_thread
 ) -> None:
     from safetensors.torch import load_file
 
-    from ner_core.training import train
+    from ner_core.training.loop import train
     from tests.test_training import LABELS, _config, _docs
 
     cfg, train_docs, dev_docs = _config(tiny_encoder_dir, hard_epochs=1), _docs("train", 16), _docs("dev", 4)
@@ -235,8 +237,9 @@ def test_resume_without_a_checkpoint_trains_from_the_beginning(
     killed = tmp_path / "killed"
     killed.mkdir()
     (killed / "config.json").write_text(cfg.to_json())  # all a run killed in its first epoch left
-    resumed = train(cfg, train_docs, dev_docs, LABELS, killed, resume=True, progress=False)
-    assert "no checkpoint yet" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="ner_core"):
+        resumed = train(cfg, train_docs, dev_docs, LABELS, killed, resume=True, progress=False)
+    assert "no checkpoint yet" in caplog.text
     assert [h.train_loss for h in resumed.history] == [h.train_loss for h in fresh.history]
     w_fresh, w_res = (load_file(r.model_dir / "model.safetensors") for r in (fresh, resumed))
     assert all(torch_equal(w_fresh[k], w_res[k]) for k in w_fresh)

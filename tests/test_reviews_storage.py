@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ner_core.predict import PredictedEntity
+from ner_core.inference.tagger import PredictedEntity
 from storage import reviews
 from storage.db import open_db
 from storage.predictions import PredictionRunWriter, write_predictions

@@ -99,7 +99,7 @@ def _payloads(marker):
 def test_a_checkpoint_pickle_that_would_run_code_is_refused_unread(tmp_path, kind):
     import torch
 
-    from ner_core.checkpoint import CheckpointError, load_checkpoint
+    from ner_core.training.run_state import CheckpointError, load_checkpoint
 
     marker = tmp_path / "payload-ran"
     run_dir = tmp_path / "run"

@@ -130,9 +130,9 @@ def test_seed_train_converts_the_tf_checkpoint_and_writes_model_configs(seed_mod
 # ---------------------------------------------------------------------------------------- test / predict
 @pytest.mark.parametrize("command", ["test", "predict"])
 def test_seed_test_and_predict_with_the_model_configs_train_wrote(command, seed_models, seed_env):
-    from ner_core.evaluation import evaluate_model
-    from ner_core.formats import read_file
-    from ner_core.modeldir import load_model_dir
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.data.formats import read_file
+    from ner_core.inference.evaluate import evaluate_model
 
     out_dir = seed_env / "test_outputs"
     rc, out, err = run_cli(
@@ -353,7 +353,7 @@ def test_a_window_longer_than_the_positions_is_refused_before_the_first_epoch(tm
 
     from ner_core.config import NERConfig
     from ner_core.documents import Document, Entity
-    from ner_core.training import train
+    from ner_core.training.loop import train
 
     enc = tmp_path / "enc40"
     shutil.copytree(tiny_encoder_dir, enc)

@@ -85,8 +85,8 @@ def test_health_and_model_info(service, model_dir):
 
 
 def test_predict_many_texts_matches_in_process_tagging(service, model_dir):
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     r = httpx.post(f"{service['url']}/predict", json={"texts": TEXTS}, timeout=60)
     assert r.status_code == 200, r.text

@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ner_core.ingest import IngestError, plan_ingest, prepare_ingest
+from ner_core.data.ingest import IngestError, plan_ingest, prepare_ingest
 from storage import datasets as ds
 from storage.datasets import (
     dataset_labels,
@@ -604,7 +604,7 @@ def test_ingest_waits_for_lock_then_fails(tmp_path, corpus):
 
 
 def test_store_plan_persists_a_plan_once(tmp_path, corpus):
-    """storage only persists what ner_core.ingest planned; a plan stored meanwhile by another process
+    """storage only persists what ner_core.data.ingest planned; a plan stored meanwhile by another process
     (same fingerprint) is reported unchanged instead of stored twice."""
     db = tmp_path / "d.duckdb"
     plan = plan_ingest(prepare_ingest("toy", corpus))

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from bench.tf_bundle_writer import write_bundle
-from ner_core import tf_convert
-from ner_core.tf_checkpoint import CheckpointError, TFCheckpoint, mask_crc, resolve_prefix
-from ner_core.tf_convert import cached_conversion, convert_checkpoint, is_tf_checkpoint
+from ner_core.artifacts.tf import convert as tf_convert
+from ner_core.artifacts.tf.convert import cached_conversion, convert_checkpoint, is_tf_checkpoint
+from ner_core.artifacts.tf.reader import TFCheckpoint, TFCheckpointError, mask_crc, resolve_prefix
 from tests.conftest import REPO
 
 FIXTURES = REPO.parent / "shared" / "fixtures" / "tf-checkpoints"
@@ -109,7 +109,7 @@ def test_prefix_resolution_accepts_prefix_index_file_and_folder(tmp_path):
     (copy.parent / "checkpoint").unlink()
     assert resolve_prefix(copy.parent) == copy  # the only *.index
     shutil.copy(f"{copy}.index", copy.parent / "other.ckpt.index")
-    with pytest.raises(CheckpointError, match="several checkpoints"):
+    with pytest.raises(TFCheckpointError, match="several checkpoints"):
         resolve_prefix(copy.parent)
     assert is_tf_checkpoint(prefix) and is_tf_checkpoint(f"{prefix}.index") and is_tf_checkpoint(d)
     assert not is_tf_checkpoint(config) and not is_tf_checkpoint(tmp_path / "nothing")
@@ -142,9 +142,9 @@ def test_exact_gelu_would_drift(converted, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_converted_tokenizer_with_char_alignment_gives_the_expected_ids(converted, kind):
-    from ner_core.alignment import CharAligner
     from ner_core.config import EncoderConfig
-    from ner_core.encoder import load_encoder
+    from ner_core.data.alignment import CharAligner
+    from ner_core.model.encoder import load_encoder
 
     model, tokenizer = load_encoder(EncoderConfig(name=str(converted[kind])))  # the platform's own loading
     assert type(model).__name__ == ("AlbertModel" if kind == "albert" else "BertModel")
@@ -224,7 +224,7 @@ def test_bad_checkpoint_gives_one_clear_line(tmp_path, case):
     config, prefix, vocab, albert = _copy("albert", tmp_path)
     damage(config, prefix)
     out = tmp_path / "out"
-    with pytest.raises(CheckpointError, match=pattern) as info:
+    with pytest.raises(TFCheckpointError, match=pattern) as info:
         convert_checkpoint(config, prefix, vocab, out, albert=albert)
     assert "\n" not in str(info.value)
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))  # nothing half-written
@@ -232,7 +232,7 @@ def test_bad_checkpoint_gives_one_clear_line(tmp_path, case):
 
 def test_a_prefix_that_names_nothing(tmp_path):
     _, config, _, vocab, _ = _fixture("bert")
-    with pytest.raises(CheckpointError, match=r"nope\.ckpt: names no TensorFlow checkpoint"):
+    with pytest.raises(TFCheckpointError, match=r"nope\.ckpt: names no TensorFlow checkpoint"):
         convert_checkpoint(config, tmp_path / "nope.ckpt", vocab, tmp_path / "out")
 
 
@@ -246,7 +246,7 @@ def test_a_prefix_that_names_nothing(tmp_path):
 def test_config_layer_count_must_match_the_checkpoint(tmp_path, layers, pattern):
     config, prefix, vocab, _ = _copy("bert", tmp_path)
     config.write_text(config.read_text().replace('"num_hidden_layers": 2', f'"num_hidden_layers": {layers}'))
-    with pytest.raises(CheckpointError, match=pattern):
+    with pytest.raises(TFCheckpointError, match=pattern):
         convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=False)
 
 
@@ -255,7 +255,7 @@ def test_config_layer_count_must_match_the_checkpoint(tmp_path, layers, pattern)
 )
 def test_albert_flag_mismatch_is_explained(tmp_path, kind, flag, pattern):
     _, config, prefix, vocab, _ = _fixture(kind)
-    with pytest.raises(CheckpointError, match=pattern) as info:
+    with pytest.raises(TFCheckpointError, match=pattern) as info:
         convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=flag)
     assert "\n" not in str(info.value)
 
@@ -279,7 +279,7 @@ def test_brightmart_albert_layout_is_refused(tmp_path):
         + [("global_step", np.int64(7))],
     )
     _, config, _, vocab, _ = _fixture("albert")
-    with pytest.raises(CheckpointError, match="brightmart's albert_zh layout"):
+    with pytest.raises(TFCheckpointError, match="brightmart's albert_zh layout"):
         convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=True)
 
 
@@ -291,7 +291,7 @@ def test_partitioned_variables_are_refused_by_name(tmp_path, monkeypatch):
         writer, "encode_entry", lambda *a: real(*a) + b"\x3a\x00"
     )  # one empty slice (field 7)
     prefix = write_bundle(tmp_path / "p.ckpt", [("w/part", np.zeros(3, np.float32))])
-    with pytest.raises(CheckpointError, match=r"p\.ckpt\.index: variable w/part is partitioned"):
+    with pytest.raises(TFCheckpointError, match=r"p\.ckpt\.index: variable w/part is partitioned"):
         TFCheckpoint(prefix).read("w/part")
 
 
@@ -299,7 +299,7 @@ def test_existing_out_dir_is_refused(tmp_path):
     _, config, prefix, vocab, _ = _fixture("bert")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="already exists and is not empty"):
+    with pytest.raises(TFCheckpointError, match="already exists and is not empty"):
         convert_checkpoint(config, prefix, vocab, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
@@ -318,7 +318,7 @@ def test_cache_converts_once_and_keys_on_the_index(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf_convert, "convert_checkpoint", no_second_conversion)
     assert cached_conversion(config, prefix.parent, vocab, albert=albert, cache_root=root) == first
-    with pytest.raises(CheckpointError, match="drop -albert"):  # the flag is still checked when cached
+    with pytest.raises(TFCheckpointError, match="drop -albert"):  # the flag is still checked when cached
         cached_conversion(config, prefix, vocab, albert=True, cache_root=root)
     monkeypatch.undo()
 
@@ -397,7 +397,7 @@ def test_compressed_blocks_and_big_endian_bundles_are_refused(tmp_path, monkeypa
     import struct
 
     import bench.tf_bundle_writer as writer
-    from ner_core.tf_checkpoint import masked_crc32c
+    from ner_core.artifacts.tf.reader import masked_crc32c
 
     prefix = write_bundle(tmp_path / "c.ckpt", [("w", np.zeros(3, np.float32))])
     index = Path(f"{prefix}.index")
@@ -411,10 +411,10 @@ def test_compressed_blocks_and_big_endian_bundles_are_refused(tmp_path, monkeypa
     raw[n] = 1  # "snappy", with a valid CRC, so the compression is what gets refused
     raw[n + 1 : n + 5] = struct.pack("<I", masked_crc32c(bytes(raw[: n + 1])))
     index.write_bytes(bytes(raw))
-    with pytest.raises(CheckpointError, match=r"c\.ckpt\.index: data block at byte 0 is snappy-compressed"):
+    with pytest.raises(TFCheckpointError, match=r"c\.ckpt\.index: data block at byte 0 is snappy-compressed"):
         TFCheckpoint(prefix)
 
     monkeypatch.setattr(writer, "encode_header", lambda: b"\x08\x01\x10\x01")  # endianness = BIG
     prefix = write_bundle(tmp_path / "b.ckpt", [("w", np.zeros(3, np.float32))])
-    with pytest.raises(CheckpointError, match=r"b\.ckpt\.index: a big-endian bundle"):
+    with pytest.raises(TFCheckpointError, match=r"b\.ckpt\.index: a big-endian bundle"):
         TFCheckpoint(prefix)

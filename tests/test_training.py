@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ner_core.batching import chunk_entities, sliding_windows, training_chunks
+from ner_core.data.batching import chunk_entities, sliding_windows, training_chunks
 from ner_core.documents import Document, Entity
 from ner_core.schemes import spans_to_tags, validate_tags
 from tests.conftest import REPO, SAMPLE
@@ -90,7 +90,7 @@ def _config(encoder_dir, **training):
 
 
 def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
-    from ner_core.training import train
+    from ner_core.training.loop import train
 
     train_docs, dev_docs = _docs("train", 48), _docs("dev", 16)
     labels = ["FIN", "LOC", "ORG", "PER"]
@@ -122,7 +122,7 @@ def test_hard_epochs_and_early_stopping(tiny_encoder_dir, tmp_path):
 
 
 def test_time_budget_stops_training(tiny_encoder_dir, tmp_path):
-    from ner_core.training import train
+    from ner_core.training.loop import train
 
     res = train(
         _config(tiny_encoder_dir, max_epochs=50, max_train_seconds=0.01),
@@ -223,7 +223,7 @@ def test_killed_run_resumes_to_the_same_result(tiny_encoder_dir, tmp_path):
 
 
 def test_lr_schedule_follows_the_time_budget_when_it_is_shorter_than_max_epochs():
-    from ner_core.training import lr_factor
+    from ner_core.training.loop import lr_factor
 
     warmup, total = 50, 500  # 10 % warm-up over 10 epochs of 50 steps
     # no budget: the step schedule alone (unchanged)
@@ -248,8 +248,8 @@ LABELS = ["FIN", "LOC", "ORG", "PER"]
 
 
 def test_checkpoint_is_json_and_safetensors_and_a_changed_tensor_file_is_refused(tiny_encoder_dir, tmp_path):
-    from ner_core.checkpoint import CheckpointError, load_checkpoint
-    from ner_core.training import train
+    from ner_core.training.loop import train
+    from ner_core.training.run_state import CheckpointError, load_checkpoint
 
     run_dir = tmp_path / "run"
     train(
@@ -299,8 +299,8 @@ class _Payload:
 
 
 def test_a_pickled_checkpoint_that_would_run_code_is_refused_unread(tiny_encoder_dir, tmp_path):
-    from ner_core.checkpoint import CheckpointError
-    from ner_core.training import train
+    from ner_core.training.loop import train
+    from ner_core.training.run_state import CheckpointError
 
     marker = tmp_path / "payload-ran"
     run_dir = tmp_path / "run"
@@ -321,10 +321,10 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
     from 3cc253c's (fused AdamW, oneDNN RNN passes, the C likelihood, fast_dropout's masks), so the rest of
     the trajectory is compared loosely: epoch 2's loss within 1% (an unrestored optimiser state moved it by
     1.8%)."""
-    from ner_core import training
-    from ner_core.checkpoint import _legacy_globals
     from ner_core.config import NERConfig
-    from ner_core.formats import read_file
+    from ner_core.data.formats import read_file
+    from ner_core.training import loop as training
+    from ner_core.training.run_state import _legacy_globals
 
     run_dir = Path("runs/20261201-152339-sample-bilstm-7b9f2c")
     with torch.serialization.safe_globals(_legacy_globals()):
@@ -370,7 +370,7 @@ def test_a_run_interrupted_under_the_pickled_checkpoint_format_resumes_exactly(l
 
 def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
     """Tied weights share one storage, which safetensors refuses; the checkpoint copies the second user."""
-    from ner_core.checkpoint import TrainingState, load_checkpoint, save_checkpoint
+    from ner_core.training.run_state import TrainingState, load_checkpoint, save_checkpoint
 
     w = torch.randn(4, 3)
     model = {"embeddings.weight": w, "decoder.weight": w, "rows": w[1:]}
@@ -398,7 +398,7 @@ def test_checkpoint_round_trips_tensors_that_share_storage(tmp_path):
 def test_the_optimiser_is_fused_adamw_where_torch_has_the_kernel():
     """One fused AdamW kernel on CPU (the unfused update cost about a quarter of a bf16 step); the same
     update as the unfused AdamW to float rounding."""
-    from ner_core.training import make_optimizer
+    from ner_core.training.loop import make_optimizer
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)

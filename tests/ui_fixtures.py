@@ -35,7 +35,7 @@ def build_pipeline_db(tmp: Path, n_runs: int = 2) -> dict:
     from flows import steps
     from flows.contracts import FilesSource
     from ner_core.config import NERConfig
-    from ner_core.encoder import make_tiny_encoder
+    from ner_core.model.encoder import make_tiny_encoder
 
     texts = [
         json.loads(line)["text"]
@@ -128,7 +128,7 @@ REVIEW_DOCS = {
 def build_review_db(tmp: Path) -> str:
     """A database holding two prediction runs of :data:`REVIEW_DOCS` (no training: rows written through
     :class:`storage.predictions.PredictionRunWriter`), and a model directory with just its label set."""
-    from ner_core.predict import PredictedEntity
+    from ner_core.inference.tagger import PredictedEntity
     from storage.db import connect
     from storage.predictions import PredictionRunWriter
 

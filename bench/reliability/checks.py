@@ -88,7 +88,8 @@ def _damages() -> list:
 @stage("model directories (damaged)", "bad input")
 def model_dir_damages(ctx: Context, res: StageResult) -> None:
     """Each damage: a one-line ModelDirError from load_model_dir and from ``ner predict`` (exit 2)."""
-    from ner_core.modeldir import ModelDirError, load_model_dir
+    from ner_core.artifacts.layout import ModelDirError
+    from ner_core.artifacts.modeldir import load_model_dir
 
     model_dir = wb.reference_training(ctx)["model_dir"]
     root = ctx.scratch("modeldirs")
@@ -144,7 +145,7 @@ def _pickle_payloads(ctx: Context, res: StageResult) -> None:
 
     import torch
 
-    from ner_core.checkpoint import CheckpointError, load_checkpoint
+    from ner_core.training.run_state import CheckpointError, load_checkpoint
 
     class Runs:
         def __init__(self, fn, *args) -> None:

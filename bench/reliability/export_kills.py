@@ -34,7 +34,7 @@ def _review_db(ctx: Context) -> Path:
     for every document (accept, a relabel in one of five, done)."""
 
     def build() -> Path:
-        from ner_core.predict import PredictedEntity
+        from ner_core.inference.tagger import PredictedEntity
         from storage import reviews
         from storage import runs as runs_db
         from storage.predictions import PredictionRunWriter
@@ -220,7 +220,7 @@ def conversion_kills(ctx: Context, res: StageResult) -> None:
     ref_out = root / "ref"
     duration = ready = None
     if ctx.quick:
-        from ner_core.tf_convert import convert_checkpoint
+        from ner_core.artifacts.tf.convert import convert_checkpoint
 
         with wb.quiet():
             convert_checkpoint(b["config"], b["checkpoint"], b["vocab"], ref_out)
@@ -261,7 +261,7 @@ def conversion_kills(ctx: Context, res: StageResult) -> None:
 
 
 def _check_conversion_kill(res, folder: Path, argv, plan, b: dict, ref, tally) -> None:
-    from ner_core.tf_convert import convert_checkpoint
+    from ner_core.artifacts.tf.convert import convert_checkpoint
 
     res.injected += 1
     how, t = plan

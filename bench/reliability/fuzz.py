@@ -1,8 +1,8 @@
-"""Every reader of :mod:`ner_core.formats` fuzzed: mutations of the real files in ../shared/datasets (the
+"""Every reader of :mod:`ner_core.data.formats` fuzzed: mutations of the real files in ../shared/datasets (the
 sample corpus where a format has none there) and inputs drawn from hypothesis strategies.
 
 Per case: no exception other than a ``ValueError`` naming the file (the ``ner`` command turns that into
-one line); every problem carries a documented code (:data:`ner_core.formats.problems.CODES`) and its line
+one line); every problem carries a documented code (:data:`ner_core.data.formats.problems.CODES`) and its line
 or record; a file read as fatal or with rejected records carries an error problem; what is let in is
 sound (non-empty text, spans inside it, no overlaps, no duplicate ids). A sample of the rejected files is
 then ingested: none may leave a dataset version behind. The readers' sources are also searched for a
@@ -170,10 +170,10 @@ def _replace_somewhere(rng: random.Random, obj, depth: int = 0) -> None:
 
 # ----------------------------------------------------------------------------------------- checks
 class Checker:
-    """Runs one case through :func:`ner_core.formats.read_file` and records what it finds in ``res``."""
+    """Runs one case through :func:`ner_core.data.formats.read_file` and records what it finds in ``res``."""
 
     def __init__(self, res: StageResult, folder: Path) -> None:
-        from ner_core.formats.problems import CODES
+        from ner_core.data.formats.problems import CODES
 
         self.res, self.folder, self.codes = res, folder, set(CODES)
         self.rejected: list[tuple[Path, str | None, str]] = []  # files read as entirely rejected
@@ -181,7 +181,7 @@ class Checker:
         self.codes_seen: dict[str, int] = {}
 
     def __call__(self, data: bytes, fmt: str | None, policy: str, origin: str) -> None:
-        from ner_core.formats import read_file
+        from ner_core.data.formats import read_file
 
         self.res.cases += 1
         path = self.folder / f"case-{self.res.cases % 400}.{fmt or 'detect'}"
@@ -243,7 +243,7 @@ class Checker:
         name = hashlib.sha1(data).hexdigest()[:12] + f".{fmt or 'detect'}"
         (FAILED_CASES / name).write_bytes(data)
         repro = (
-            f'PYTHONPATH=. python -c "from ner_core.formats import read_file; '
+            f'PYTHONPATH=. python -c "from ner_core.data.formats import read_file; '
             f"print(read_file('{FAILED_CASES / name}', format={fmt!r}, policy={policy!r}).problems)\""
         )
         self.res.fail(f"[{fmt or 'detected'}, {policy}, {origin}] {what}", repro)
@@ -338,7 +338,9 @@ def catch_alls() -> list[str]:
     """``file:line`` of every handler in the readers and the ingest planner that catches everything
     (bare ``except``, ``Exception``, ``BaseException``)."""
     found = []
-    for path in sorted((REPO / "ner_core" / "formats").glob("*.py")) + [REPO / "ner_core" / "ingest.py"]:
+    for path in sorted((REPO / "ner_core" / "data" / "formats").glob("*.py")) + [
+        REPO / "ner_core" / "data" / "ingest.py"
+    ]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.ExceptHandler):
                 continue
@@ -352,7 +354,7 @@ def catch_alls() -> list[str]:
 
 @stage("fuzz every reader", "bad input")
 def fuzz_readers(ctx: Context, res: StageResult) -> None:
-    from ner_core.formats import format_names
+    from ner_core.data.formats import format_names
 
     for where in catch_alls():
         res.fail(f"a catch-all exception handler in a reader: {where} (turns any bug into a generic problem)")

@@ -139,8 +139,8 @@ def model_predictions(model_dir: Path, db: Path, split: str = "dev") -> dict:
     """A model's predictions over a stored split, in the form of :func:`prediction_content`."""
     import torch
 
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
     from storage.datasets import load_documents
 
     torch.set_num_threads(1)

@@ -195,7 +195,7 @@ def tiny_encoder(ctx: Context) -> Path:
     """A random-init BERT whose vocabulary covers the sample corpus (as tests/conftest.py builds it)."""
 
     def build() -> Path:
-        from ner_core.encoder import make_tiny_encoder
+        from ner_core.model.encoder import make_tiny_encoder
 
         return make_tiny_encoder(ctx.scratch("tiny-encoder"), sample_texts())
 

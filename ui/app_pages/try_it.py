@@ -14,12 +14,13 @@ EXAMPLE = "张伟于2021年加入北京华为技术有限公司，担任高级�
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=2)
 def load_tagger(model_dir: str):
-    """A :class:`ner_core.predict.Tagger` for ``model_dir``, loaded once per process (never mutated)."""
+    """A :class:`ner_core.inference.tagger.Tagger` for ``model_dir``, loaded once per process (never
+    mutated)."""
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ner_core.modeldir import load_model_dir
-    from ner_core.predict import Tagger
+    from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.tagger import Tagger
 
     loaded = load_model_dir(model_dir)
     return Tagger.from_loaded(loaded), list(loaded.labels)

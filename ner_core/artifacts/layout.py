@@ -1,0 +1,61 @@
+"""The model directory's layout: the one place that spells its file names.
+
+Layout (``FORMAT_VERSION = 1``)::
+
+    <dir>/
+      meta.json            {format_version, created_at, torch, transformers, python}
+      ner_config.json      the NERConfig the model was built from
+      labels.json          {"tags": [...], "scheme": "BIOES", "labels": [...]}
+      metrics.json         whatever the trainer passed ({} when none)
+      precision.json       the best model's dev entity F1 per precision (optional; see
+                           :mod:`ner_core.training.precision_record`)
+      encoder/config.json  the encoder's HF config: rebuilt with AutoConfig + AutoModel.from_config
+      model.safetensors    ALL weights (encoder, head, classifier, CRF incl. its constraint masks)
+      tokenizer/           tokenizer.save_pretrained(...)
+
+Everything else in the project names these files through the constants here (a test checks that no module
+outside ``ner_core/artifacts/`` spells one), and asks :func:`is_model_dir` whether a folder is one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CONFIG",
+    "ENCODER_DIR",
+    "FILE_NAMES",
+    "FORMAT_VERSION",
+    "LABELS",
+    "META",
+    "METRICS",
+    "PRECISION_RECORD",
+    "TOKENIZER_DIR",
+    "WEIGHTS",
+    "ModelDirError",
+    "is_model_dir",
+]
+
+FORMAT_VERSION = 1
+
+META = "meta.json"
+CONFIG = "ner_config.json"
+LABELS = "labels.json"
+METRICS = "metrics.json"
+PRECISION_RECORD = "precision.json"
+ENCODER_DIR = "encoder"
+WEIGHTS = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+#: the file names of a model directory (not its folders, whose names are common words)
+FILE_NAMES = (META, CONFIG, LABELS, METRICS, PRECISION_RECORD, WEIGHTS)
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete, damaged or of an incompatible format version."""
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by :func:`ner_core.artifacts.modeldir.save_model_dir` (it has
+    ``meta.json``, the file a save writes last). Says nothing about whether it loads."""
+    return (Path(path) / META).is_file()

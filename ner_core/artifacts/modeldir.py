@@ -1,0 +1,335 @@
+"""Self-contained model directories: save one, copy it anywhere, load it with one call (no DB, no network).
+
+The files and their names are :mod:`ner_core.artifacts.layout`'s; the checks that turn a damaged or tampered
+file into one line are :mod:`ner_core.artifacts.checks`.
+
+Saving is atomic: everything is written to a temporary sibling folder which is then renamed into place
+(an existing directory at ``path`` is replaced only after the new one is complete).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import platform
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ner_core.artifacts import checks
+from ner_core.artifacts.layout import (
+    CONFIG,
+    ENCODER_DIR,
+    FORMAT_VERSION,
+    LABELS,
+    META,
+    METRICS,
+    PRECISION_RECORD,
+    TOKENIZER_DIR,
+    WEIGHTS,
+    ModelDirError,
+    is_model_dir,
+)
+from ner_core.config import NERConfig
+from ner_core.model.network import NERModel
+from ner_core.runtime.precision import DevF1Record
+from ner_core.schemes import labels_of
+
+__all__ = [
+    "FORMAT_VERSION",
+    "LoadedModel",
+    "ModelDirError",
+    "is_model_dir",
+    "load_model_dir",
+    "model_identity",
+    "read_metrics",
+    "read_precision_record",
+    "read_saved_config",
+    "recover_model_dir",
+    "save_model_dir",
+    "saved_labels",
+    "write_precision_record",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: NERModel
+    tokenizer: Any
+    config: NERConfig
+    tags: list[str]
+    scheme: str
+    metrics: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return labels_of(self.tags)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def save_model_dir(
+    path: str | os.PathLike, model: NERModel, tokenizer: Any, metrics: dict | None = None
+) -> Path:
+    """Write ``model``, ``tokenizer`` (and ``metrics``) as a self-contained directory at ``path``."""
+    if not isinstance(model, NERModel):
+        raise ValueError(f"expected a NERModel, got {type(model).__name__}")
+    if not hasattr(tokenizer, "save_pretrained"):
+        raise ValueError(
+            f"expected a transformers tokenizer with save_pretrained, got {type(tokenizer).__name__}"
+        )
+    if metrics is not None and not isinstance(metrics, dict):
+        raise ValueError(f"expected metrics to be a dict or None, got {type(metrics).__name__}")
+    import transformers
+    from safetensors.torch import save_model
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover_model_dir(target)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _write_json(tmp / CONFIG, json.loads(model.config.to_json()))
+        _write_json(
+            tmp / LABELS,
+            {
+                "tags": model.tags,
+                "scheme": model.config.data.scheme,
+                "labels": labels_of(model.tags),
+            },
+        )
+        _write_json(tmp / METRICS, metrics or {})
+        model.encoder.config.save_pretrained(str(tmp / ENCODER_DIR))
+        # the tags' digest, checked on load
+        meta = {"format_version": str(FORMAT_VERSION), **checks.weights_metadata(model.tags)}
+        save_model(model, str(tmp / WEIGHTS), metadata=meta)
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        _write_json(
+            tmp / META,
+            {
+                "format_version": FORMAT_VERSION,
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+        )
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)  # the earlier model back in place
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _out_of_space(exc):
+            kept = "the earlier model there is intact" if target.exists() else "nothing was written there"
+            raise ModelDirError(
+                f"{target}: cannot save the model, the disk is full ({' '.join(str(exc).split())}); {kept}: "
+                f"free some space and run it again"
+            ) from exc
+        raise
+    return target
+
+
+def recover_model_dir(path: str | os.PathLike) -> list[Path]:
+    """Tidy what killed saves left beside ``path``; returns the folders removed.
+
+    A kill between the two renames of a save leaves no directory at ``path`` and the earlier model in
+    ``.<name>.old-*``: the newest of those is renamed back to ``path``. Every other ``.<name>.tmp-*`` (a
+    save killed while writing) and ``.<name>.old-*`` is removed; ``path`` itself never is.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    tmp_prefix, old_prefix = f".{target.name}.tmp-", f".{target.name}.old-"
+    siblings = [p for p in target.parent.iterdir() if p.name.startswith((tmp_prefix, old_prefix))]
+    olds = sorted((p for p in siblings if p.name.startswith(old_prefix)), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds:
+        restored = olds.pop()
+        os.replace(restored, target)
+        siblings.remove(restored)
+        log.warning("%s: restored the earlier model from %s (a save was interrupted)", target, restored.name)
+    removed = []
+    for p in siblings:
+        if p.name != target.name:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """Whether a save failed for want of space (ENOSPC, or EFBIG under a file-size limit); safetensors
+    and tokenizers report it as their own exceptions with the OS's text."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+        return True
+    return isinstance(exc, Exception) and any(
+        t in str(exc) for t in ("No space left on device", "File too large", "Errno 28", "Errno 27")
+    )
+
+
+def _read_json(root: Path, name: str) -> Any:
+    p = root / name
+    if not p.is_file():
+        raise ModelDirError(f"{root}: missing {name}; not a complete model directory")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelDirError(f"{root}: {name} is damaged (not valid JSON: {exc})") from None
+
+
+def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a directory written by :func:`save_model_dir`; the model is in eval mode on ``device``."""
+    root = Path(path)
+    if not root.is_dir():
+        interrupted = root.parent.is_dir() and any(root.parent.glob(f".{root.name}.old-*"))
+        hint = f" (a save was interrupted: .{root.name}.old-* holds the earlier model)" if interrupted else ""
+        raise ModelDirError(f"{root}: model directory not found{hint}")
+    meta = _read_json(root, META)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelDirError(
+            f"{root}: {META} says format_version {version!r}, this code reads format_version {FORMAT_VERSION}"
+        )
+    try:
+        config = NERConfig.model_validate(_read_json(root, CONFIG))
+    except ModelDirError:
+        raise
+    except ValueError as exc:
+        raise ModelDirError(f"{root}: {CONFIG} is damaged (not a valid NERConfig: {exc})") from None
+    labels = _read_json(root, LABELS)
+    tags = labels.get("tags") if isinstance(labels, dict) else None
+    if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
+        raise ModelDirError(f"{root}: {LABELS} is damaged (expected a non-empty 'tags' list of strings)")
+    scheme = labels.get("scheme", config.data.scheme)
+    checks.check_labels(root, labels, tags, scheme, config)
+    metrics = _read_json(root, METRICS) if (root / METRICS).exists() else {}
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    enc_dir = root / ENCODER_DIR
+    if not (enc_dir / "config.json").is_file():
+        raise ModelDirError(f"{root}: missing {ENCODER_DIR}/config.json (the encoder's configuration)")
+    try:
+        enc_config = AutoConfig.from_pretrained(str(enc_dir))
+        encoder = AutoModel.from_config(enc_config)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelDirError(f"{root}: {ENCODER_DIR}/config.json is damaged: {exc}") from None
+    model = NERModel(config, tags, encoder)
+    weights = root / WEIGHTS
+    if not weights.is_file():
+        raise ModelDirError(f"{root}: missing {WEIGHTS} (the model's weights)")
+    checks.check_weights(root, model, tags)
+    try:
+        load_model(model, str(weights), strict=True, device="cpu")
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+        raise ModelDirError(
+            f"{root}: {WEIGHTS} is damaged or does not match the configuration: {exc}"
+        ) from None
+    tok_dir = root / TOKENIZER_DIR
+    if not tok_dir.is_dir() or not any(tok_dir.iterdir()):
+        raise ModelDirError(f"{root}: missing {TOKENIZER_DIR}/ (the tokenizer files)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelDirError(f"{root}: {TOKENIZER_DIR}/ is damaged: {exc}") from None
+    checks.check_tokenizer(root, tokenizer, enc_config)
+    model.to(device)
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        tags=list(tags),
+        scheme=str(scheme),
+        metrics=metrics if isinstance(metrics, dict) else {},
+        path=root,
+    )
+
+
+# ----------------------------------------------------------------------------------------- small reads
+# What other layers read of a model directory without loading its weights.
+def read_saved_config(path: str | os.PathLike) -> NERConfig:
+    """The :class:`NERConfig` a model directory was built from (``ner_config.json``)."""
+    return NERConfig.from_file(Path(path) / CONFIG)
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    """What the trainer saved in ``metrics.json`` (``{}`` when the file is absent)."""
+    p = Path(path) / METRICS
+    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+
+
+def saved_labels(path: str | os.PathLike | None) -> list[str]:
+    """The label set a model directory saved (``labels.json``'s ``labels``), sorted; ``[]`` when it cannot be
+    read (no directory, no file, not JSON, no list)."""
+    if not path:
+        return []
+    try:
+        data = json.loads((Path(path) / LABELS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    labels = data.get("labels") if isinstance(data, dict) else None
+    return sorted({str(x) for x in labels if isinstance(x, str) and x}) if isinstance(labels, list) else []
+
+
+def model_identity(path: str | os.PathLike) -> str | None:
+    """What identifies one save of a model directory: its ``meta.json`` text (written once per save, with a
+    timestamp); ``None`` when there is none."""
+    p = Path(path) / META
+    return p.read_text(encoding="utf-8") if p.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------- precision.json
+def read_precision_record(path: str | os.PathLike | None) -> DevF1Record | None:
+    """The model directory's ``precision.json``; ``None`` when there is none or it cannot be read."""
+    if path is None:
+        return None
+    p = Path(path) / PRECISION_RECORD
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        f1 = {str(k): float(v) for k, v in raw["dev_f1"].items() if v is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    known = {k: raw[k] for k in ("trained_in", "device", "cpu", "tolerance") if k in raw}
+    return DevF1Record(dev_f1=f1, **known)
+
+
+def write_precision_record(path: str | os.PathLike, record: DevF1Record) -> Path:
+    """Write ``precision.json`` into the model directory ``path`` (through a temporary file, then a
+    rename)."""
+    p = Path(path) / PRECISION_RECORD
+    tmp = p.with_name(p.name + ".tmp")
+    data = {
+        "dev_f1": record.dev_f1,
+        "trained_in": record.trained_in,
+        "device": record.device,
+        "cpu": record.cpu,
+        "tolerance": record.tolerance,
+        **record.extra,
+    }
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, p)
+    return p

@@ -1,0 +1,412 @@
+"""Tagging texts of any length with a trained model.
+
+Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters
+(:func:`ner_core.data.batching.sliding_windows`) go through the encoder and the head; each character keeps the
+*emission scores* of the window in which it sits most centrally (largest distance to the window's nearer
+edge; ties go to the earlier window), so no character is scored at a window's ragged edge when a better
+window exists. The CRF then runs once over each whole text's stitched emissions: one Viterbi path per text,
+with the scheme's constraints and the learned transitions applied across window boundaries too, so the
+tags of a text always form valid spans (merging per-window *tags* instead could join a B-ORG of one window
+to an I-LOC of the next). Every character gets exactly one tag. Spans are read off the tag sequence
+(:func:`ner_core.schemes.tags_to_spans`).
+
+Windows of all texts are pooled, sorted by length and encoded in batches under ``torch.inference_mode``,
+so padding is small; the order of the windows never changes the result. Texts are processed in groups of
+about a million characters, so memory stays bounded however many texts one call gets.
+
+Confidence of an entity: the minimum, over the entity's characters, of the CRF's posterior marginal
+probability ``p(y_t = predicted tag | text)`` (forward-backward over the allowed paths of the whole text's
+stitched emissions). It is 1.0 only when the CRF is certain of every character of the span; a span whose
+weakest character the model hesitates on gets a low confidence.
+
+Uncertainty of a document (:meth:`Tagger.predict_documents`): the summed token entropy of the same CRF
+marginals, ``-sum_t sum_k p(y_t = k | text) * ln p(y_t = k | text)`` in nats: 0 when the CRF is certain
+of every character's tag, larger the more characters it hesitates on and the more it hesitates (a long
+text sums more characters: it also costs a reviewer more). The review queue orders by it.
+
+On CPU the whole-text Viterbi and forward-backward run in the compiled C kernels of
+:mod:`ner_core.model._ckernel` (thousands of sequential steps for a 16,000-character text); without a C
+compiler
+the torch implementations give the same result, more slowly.
+
+Precision (:mod:`ner_core.runtime.precision`): the encoder and the head run under autocast at ``bf16`` or
+``fp16``;
+``int8`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by dynamically quantized int8
+ones (CPU only). The CRF always decodes float32 emissions. ``auto`` (the commands' default) picks the fastest
+precision the hardware runs whose recorded dev F1 stays within 0.2 points of fp32's; a Tagger built directly
+defaults to ``fp32``. Measured in ``bench/bench_predict.py``.
+
+Whitespace at either edge of a predicted span is trimmed (an entity never begins or ends with a space;
+whitespace has its own model position, so a model can tag it); a span of whitespace alone is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ner_core.artifacts.modeldir import read_precision_record, read_saved_config
+from ner_core.config import Precision, PredictionConfig
+from ner_core.data.alignment import CharAligner
+from ner_core.data.batching import EncodedChunk, collate, sliding_windows
+from ner_core.model import _ckernel
+from ner_core.model.encoder import check_window
+from ner_core.runtime.hardware import Hardware
+from ner_core.runtime.precision import Choice, autocast, choose, int8_copy
+from ner_core.schemes import span_tuples
+
+#: characters per group of texts tagged together (the group's stitched emissions are held in memory:
+#: K float32 per character, 68 MB at 17 tags)
+_GROUP_CHARS = 1_000_000
+#: rows and padded positions per batch of the whole-text CRF pass
+_CRF_BATCH = 64
+_CRF_CELLS = 262_144
+
+
+@dataclass(frozen=True)
+class DocumentPrediction:
+    """The entities of one text and its uncertainty (summed token entropy of the CRF marginals, nats;
+    ``None`` when marginals were not computed)."""
+
+    entities: list[PredictedEntity]
+    uncertainty: float | None
+
+
+def token_entropy(marginals: np.ndarray) -> np.ndarray:
+    """Per-position entropy (nats) of marginals of shape (T, K) -> (T,); 0 * ln 0 counts as 0."""
+    p = np.clip(marginals.astype(np.float64), 0.0, 1.0)  # (T, K)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(p > 0, p * np.log(p), 0.0)  # (T, K)
+    return -plogp.sum(axis=-1)  # (T,)
+
+
+@dataclass(frozen=True)
+class PredictedEntity:
+    """A predicted span ``[start, end)`` of the original text, its label, mention and confidence."""
+
+    start: int
+    end: int
+    label: str
+    text: str
+    confidence: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when present, else CPU; otherwise the named device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} asked for, but CUDA is not available here (use cpu or auto)"
+        )
+    return dev
+
+
+def default_stride(max_len: int) -> int:
+    """Prediction windows overlap by 1/8 of their length by default (at least one character)."""
+    return max(1, max_len - max(1, max_len // 8))
+
+
+class Tagger:
+    """Batched, windowed inference for an :class:`ner_core.model.network.NERModel`.
+
+    Args:
+        model: a NERModel (or anything with ``tags``, ``config.data.scheme``, ``emissions`` and ``crf``).
+        tokenizer: the model's tokenizer (characters are mapped one-to-one by :class:`CharAligner`).
+        max_len: characters per window (without [CLS]/[SEP]).
+        stride: characters between window starts, ``1 <= stride <= max_len``; default
+            ``max_len - max_len // 8``: windows overlap by 1/8, so every character sits at least
+            ``max_len // 16`` characters from the edge of the window that tags it and few characters are
+            encoded twice (``bench/bench_predict.py`` compares the F1 of wider and narrower strides).
+        batch_size: windows per forward pass.
+        device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
+        num_threads: torch CPU threads (``None`` leaves torch's setting alone).
+        precision: ``fp32`` (default), ``bf16``, ``fp16``, ``int8`` (dynamic int8 encoder on CPU; the given
+            model is not changed) or ``auto`` (:func:`ner_core.runtime.precision.choose`, gated by
+            ``record``).
+        record: the model directory's dev-F1 record (:func:`ner_core.artifacts.modeldir.read_record`) for
+        ``auto``.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        max_len: int,
+        stride: int | None = None,
+        batch_size: int = 32,
+        device: str | torch.device | None = "cpu",
+        num_threads: int | None = None,
+        precision: str | Precision = Precision.FP32,
+        record=None,
+    ):
+        if not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        if stride is not None and (not isinstance(stride, int) or stride < 1):
+            raise ValueError(f"stride must be a positive int or None, got {stride!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if num_threads is not None:
+            if not isinstance(num_threads, int) or num_threads < 1:
+                raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+            torch.set_num_threads(num_threads)
+        check_window(max_len, getattr(getattr(model, "encoder", None), "config", None), flag="--window")
+        self.model = model.eval()
+        self.aligner = CharAligner(tokenizer)
+        self.tags: list[str] = list(model.tags)
+        self.scheme: str = model.config.data.scheme
+        self.max_len = max_len
+        self.stride = stride or default_stride(max_len)
+        if self.stride > max_len:
+            raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
+        self.batch_size = batch_size
+        self.device = resolve_device(device)
+        self.precision_choice: Choice = choose(
+            precision, purpose="prediction", hardware=Hardware.detect(self.device), record=record
+        )
+        self.precision: Precision = self.precision_choice.precision
+        if self.precision is Precision.INT8:
+            self.model = int8_copy(self.model)
+        # reduced-precision kernels are compiled and cached per shape: window batches are padded to a
+        # multiple of 16 positions there, so a long-running service meets few shapes (see batching.collate)
+        self._pad_to = 16 if self.precision in (Precision.BF16, Precision.FP16) else 1
+        self.model.to(self.device)
+
+    @classmethod
+    def from_loaded(cls, loaded, options: PredictionConfig | None = None) -> Tagger:
+        """A tagger for a :class:`ner_core.artifacts.modeldir.LoadedModel`.
+
+        Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
+        and where that is unset too: the window from the model's ``data.max_len``, batch size 32, device
+        ``auto`` (CUDA when present), precision ``auto`` gated by the model directory's dev-F1 record (the
+        stride from the window, see :func:`default_stride`).
+        """
+        if options is not None and not isinstance(options, PredictionConfig):
+            raise ValueError(f"expected options as a PredictionConfig, got {type(options).__name__}")
+        opts = options or PredictionConfig()
+        saved = loaded.config.prediction
+
+        def pick(name: str, default=None):
+            value = getattr(opts, name)
+            if value is None:
+                value = getattr(saved, name)
+            return default if value is None else value
+
+        return cls(
+            loaded.model,
+            loaded.tokenizer,
+            max_len=pick("window", loaded.config.data.max_len),
+            stride=pick("stride"),
+            batch_size=pick("batch_size", 32),
+            device=pick("device", "auto"),
+            num_threads=pick("num_threads"),
+            precision=pick("precision", Precision.AUTO),
+            record=read_precision_record(getattr(loaded, "path", None)),
+        )
+
+    #: how windows are joined: each character's emissions from its most central window, then one CRF
+    #: pass over the whole text (stored with prediction runs, so a run never resumes under another rule)
+    merge = "emissions"
+
+    @property
+    def settings(self) -> dict:
+        return {
+            "max_len": self.max_len,
+            "stride": self.stride,
+            "batch_size": self.batch_size,
+            "device": str(self.device),
+            "precision": self.precision.value,
+            "merge": self.merge,
+        }
+
+    @staticmethod
+    def _check_texts(texts: Sequence[str]) -> None:
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise ValueError(f"expected a sequence of texts (list of str), got {type(texts).__name__}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"expected every text to be a str, got {type(t).__name__} at index {i}")
+
+    @torch.inference_mode()
+    def tag_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        confidence: bool = True,
+        progress: Callable[[int], None] | None = None,
+        uncertainty: bool = False,
+    ) -> list[tuple]:
+        """Per text: one tag per character and the marginal probability of that tag.
+
+        Args:
+            texts: N texts of any length (empty ones give empty lists).
+            confidence: compute CRF marginals (else every probability is 1.0; a little faster).
+            progress: called after each batch of windows with the number of characters it covered for
+                the first time (overlaps counted once: the calls add up to the texts' total length).
+            uncertainty: also return each text's summed token entropy of the marginals (``None``
+                without ``confidence``; 0.0 for an empty text).
+
+        Returns:
+            N pairs ``(tags, probs)``, each of length ``len(text)``; with ``uncertainty``, N triples
+            ``(tags, probs, entropy)``.
+        """
+        self._check_texts(texts)
+        out: list[tuple[list[str], list[float]]] = []
+        # texts are tagged in groups of at most _GROUP_CHARS characters, so the stitched emissions of a
+        # huge input never all sit in memory at once; windows are pooled and length-sorted within a group
+        group: list[str] = []
+        size = 0
+        for text in texts:
+            if group and size + len(text) > _GROUP_CHARS:
+                out.extend(self._tag_group(group, confidence, progress))
+                group, size = [], 0
+            group.append(text)
+            size += len(text)
+        if group:
+            out.extend(self._tag_group(group, confidence, progress))
+        return out if uncertainty else [(tags, probs) for tags, probs, _ in out]
+
+    def _tag_group(
+        self, texts: Sequence[str], confidence: bool, progress: Callable[[int], None] | None
+    ) -> list[tuple[list[str], list[float], float | None]]:
+        K = len(self.tags)
+        windows: list[tuple[int, int, int]] = []  # (text index, start, end)
+        for ti, text in enumerate(texts):
+            if text:
+                windows.extend((ti, s, e) for s, e in sliding_windows(len(text), self.max_len, self.stride))
+        stitched = [np.zeros((len(t), K), dtype=np.float32) for t in texts]  # per text (L, K) emissions
+        best = [np.full(len(t), -1, dtype=np.int32) for t in texts]  # centrality of the supplying window
+        # stable sort by length: windows of one text stay in order, so ties go to the earlier window
+        order = sorted(range(len(windows)), key=lambda w: windows[w][2] - windows[w][1])
+        for b in range(0, len(order), self.batch_size):
+            batch_w = [windows[w] for w in order[b : b + self.batch_size]]
+            items = [EncodedChunk(None, self.aligner.char_ids(texts[ti][s:e]), None) for ti, s, e in batch_w]
+            enc = collate(
+                items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id, pad_to=self._pad_to
+            )
+            ids = enc["input_ids"].to(self.device)  # (B, T+2)
+            att = enc["attention_mask"].to(self.device)  # (B, T+2)
+            with autocast(self.precision, self.device.type):  # encoder + head; the CRF gets float32
+                emissions, _ = self.model.emissions(ids, att)  # (B, T, K)
+            em = emissions.float().cpu().numpy()  # (B, T, K)
+            first_seen = 0
+            for r, (ti, s, e) in enumerate(batch_w):
+                n = e - s
+                j = np.arange(n)
+                central = np.minimum(j, n - 1 - j)  # (n,) distance to the nearer window edge
+                first_seen += int((best[ti][s:e] < 0).sum())
+                better = central > best[ti][s:e]  # (n,)
+                best[ti][s:e][better] = central[better]
+                stitched[ti][s:e][better] = em[r, :n][better]
+            if progress is not None:
+                progress(first_seen)
+        return self._decode(stitched, confidence)
+
+    def _decode(
+        self, stitched: list[np.ndarray], confidence: bool
+    ) -> list[tuple[list[str], list[float], float | None]]:
+        """One CRF pass over each whole text's stitched emissions: Viterbi tags and, with ``confidence``,
+        the posterior marginal of each chosen tag and the text's summed token entropy. Texts are decoded
+        in length-sorted, padded batches."""
+        crf = self.model.crf
+        # the C kernels run on CPU arrays; without them the torch implementations run where the CRF is
+        where = torch.device("cpu") if _ckernel.load() is not None else crf.allowed_trans.device
+        out: list[tuple[list[str], list[float], float | None]] = [
+            ([], [], 0.0 if confidence else None) for _ in stitched
+        ]
+        order = sorted((i for i, em in enumerate(stitched) if len(em)), key=lambda i: len(stitched[i]))
+        b = 0
+        while b < len(order):
+            # rows of similar length; at most _CRF_BATCH rows and _CRF_CELLS padded positions per batch
+            longest = len(stitched[order[b]])
+            e = b + 1
+            while e < len(order) and e - b < _CRF_BATCH:
+                longest_next = len(stitched[order[e]])
+                if (e - b + 1) * longest_next > _CRF_CELLS:
+                    break
+                longest, e = longest_next, e + 1
+            rows = order[b:e]
+            em = np.zeros((len(rows), longest, len(self.tags)), dtype=np.float32)  # (R, T, K)
+            lengths = np.array([len(stitched[i]) for i in rows], dtype=np.int64)  # (R,)
+            for r, i in enumerate(rows):
+                em[r, : lengths[r]] = stitched[i]
+            em_t = torch.from_numpy(em).to(where)
+            mask = torch.arange(longest).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)  # (R, T)
+            mask = mask.to(where)
+            paths, _ = crf.viterbi_tensor(em_t, mask)  # (R, T)
+            paths = paths.cpu().numpy()
+            marg = crf.marginals(em_t, mask).cpu().numpy() if confidence else None  # (R, T, K)
+            for r, i in enumerate(rows):
+                n = int(lengths[r])
+                path = paths[r, :n]
+                entropy = None
+                if marg is not None:
+                    probs = marg[r, np.arange(n), path].astype(np.float64).tolist()
+                    entropy = round(float(token_entropy(marg[r, :n]).sum()), 6)
+                else:
+                    probs = [1.0] * n
+                out[i] = ([self.tags[k] for k in path.tolist()], probs, entropy)
+            b = e
+        return out
+
+    def predict(
+        self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
+    ) -> list[list[PredictedEntity]]:
+        """Entities per text, half-open character spans over the original text (see module docstring)."""
+        return [
+            self._entities(text, tags, probs, confidence)
+            for text, (tags, probs) in zip(
+                texts, self.tag_texts(texts, confidence=confidence, progress=progress), strict=True
+            )
+        ]
+
+    def predict_documents(
+        self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None
+    ) -> list[DocumentPrediction]:
+        """Per text: its entities (as :meth:`predict`) and its uncertainty, the summed token entropy of the
+        CRF marginals (see module docstring); what a stored prediction run keeps."""
+        tagged = self.tag_texts(texts, confidence=True, progress=progress, uncertainty=True)
+        return [
+            DocumentPrediction(self._entities(text, tags, probs, True), entropy)
+            for text, (tags, probs, entropy) in zip(texts, tagged, strict=True)
+        ]
+
+    def _entities(
+        self, text: str, tags: list[str], probs: list[float], confidence: bool
+    ) -> list[PredictedEntity]:
+        ents = []
+        for start, end, label in span_tuples(tags, self.scheme):
+            # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if start == end:
+                continue
+            conf = min(probs[start:end]) if confidence else 1.0
+            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6)))
+        return ents
+
+
+def choose_for_model_dir(
+    model_dir: str | Path, requested: str | Precision | None = None, *, device: str = "cpu"
+) -> Choice:
+    """The choice :meth:`Tagger.from_loaded` makes for ``model_dir`` on ``device``, without loading its
+    weights: ``requested``, else the model's saved ``prediction.precision``, else ``auto``, gated by its
+    dev-F1 record (a sharded run decides once, before its workers start)."""
+    saved = read_saved_config(model_dir).prediction.precision
+    return choose(
+        requested or saved or Precision.AUTO,
+        purpose="prediction",
+        hardware=Hardware.detect(device),
+        record=read_precision_record(model_dir),
+    )

@@ -1,0 +1,7 @@
+"""The network: encoder loading (``encoder``), heads (``heads``), the constrained CRF (``crf``, with its C
+kernels in ``_ckernel`` / ``csrc/``), dropout masks (``fast_dropout``) and the whole tagger network
+(``network.NERModel``)."""
+
+from ner_core._moved import moved
+
+__getattr__ = moved(__name__, {"NERModel": "ner_core.model.network"})

@@ -1,0 +1,464 @@
+"""Training loop: AdamW with warm-up and linear decay, separate encoder / head / CRF learning rates,
+gradient clipping and accumulation, length-bucketed batches, mixed precision on CUDA, early stopping and
+learning-rate reduction on dev entity F1 (strict), a checkpoint every epoch and exact resumption.
+
+Resumption: the checkpoint (:mod:`ner_core.training.run_state`) holds model, optimiser, schedule position,
+plateau state, history and the torch / python / numpy RNG states at the end of the epoch. Batch order
+depends only on ``(seed, epoch)``. A run killed after epoch k and resumed therefore computes epochs k+1..
+exactly as the uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ner_core.artifacts.modeldir import recover_model_dir, save_model_dir
+from ner_core.config import NERConfig, TrainingConfig
+from ner_core.data.alignment import CharAligner
+from ner_core.data.batching import TaggedDataset
+from ner_core.documents import Document
+from ner_core.inference.evaluate import evaluate_model
+from ner_core.metrics import EvaluationReport
+from ner_core.model.encoder import check_window, load_encoder
+from ner_core.model.network import NERModel
+from ner_core.runtime.hardware import Hardware, default_threads
+from ner_core.runtime.precision import Choice, autocast, choose, needs_grad_scaler
+from ner_core.schemes import tag_set
+from ner_core.training.precision_record import record_dev_f1
+from ner_core.training.run_state import (
+    EpochStats,
+    TrainingState,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EpochStats", "TrainResult", "lr_factor", "make_optimizer", "set_seed", "train"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    best_epoch: int
+    best_dev_f1: float | None
+    history: list[EpochStats] = field(default_factory=list)
+    stopped_reason: str = ""
+    seconds: float = 0.0
+    precision: str = "fp32"
+
+
+def train(
+    config: NERConfig,
+    train_docs: Sequence[Document],
+    dev_docs: Sequence[Document],
+    labels: Sequence[str],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    extra_metadata: dict | None = None,
+    precision: Choice | None = None,
+) -> TrainResult:
+    """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
+
+    ``labels`` are the entity labels fixed when the dataset was ingested; the tag set is derived from them
+    and the run's scheme. With ``resume=True`` the run continues from the checkpoint in ``run_dir``.
+    ``precision``: the choice already made for ``config.training.precision`` (its reason is printed);
+    by default it is made here. At the end the best model's dev F1 in each precision is recorded
+    (:func:`ner_core.training.precision_record.record_dev_f1`).
+    """
+    t0 = time.perf_counter()
+    run = _set_up(config, train_docs, labels, Path(run_dir), precision)
+    state = _resume(run) if resume else TrainingState()
+    stopped = ""
+    for epoch in range(state.epoch + 1, run.n_epochs + 1):
+        ep_t0 = time.perf_counter()
+        totals = _train_epoch(run, state, epoch, ep_t0, progress)
+        stats, report = _evaluate(run, epoch, totals, dev_docs, ep_t0)
+        _keep_best(run, state, stats, report, extra_metadata)
+        _checkpoint(run, state, stats)
+        if on_epoch:
+            on_epoch(stats)
+        _log_epoch(stats)
+        stopped = _stop_reason(run.config.training, state, totals.budget_hit)
+        if stopped:
+            break
+    else:
+        stopped = f"finished {run.n_epochs} epochs"
+    history = [asdict(h) for h in state.history]
+    (run.run_dir / "history.json").write_text(json.dumps(history, indent=2), encoding="utf-8")
+    record_dev_f1(run.model_dir, dev_docs, device=config.training.device, trained_in=run.precision)
+    return TrainResult(
+        run_dir=run.run_dir,
+        model_dir=run.model_dir,
+        best_epoch=state.best_epoch,
+        best_dev_f1=state.best_f1,
+        history=state.history,
+        stopped_reason=stopped,
+        seconds=time.perf_counter() - t0,
+        precision=str(run.precision),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What a run builds once, before its first epoch."""
+
+    config: NERConfig
+    run_dir: Path
+    device: torch.device
+    model: NERModel
+    tokenizer: Any
+    train_set: TaggedDataset
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    n_epochs: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / "model"
+
+
+def make_optimizer(groups: list[dict], weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over ``groups``, fused (one kernel over every parameter, on CPU as on CUDA) where torch has
+    that kernel for the device: the unfused update spent about a quarter of a bf16 training step on CPU
+    (``bench/bench_train.py --throughput``). It is also what HF's Trainer uses by default
+    (``adamw_torch_fused`` with torch >= 2.8). The update is the same AdamW; only the kernel differs."""
+    fused = device.type in ("cpu", "cuda") and all(p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, weight_decay=weight_decay, fused=fused or None)
+
+
+def _set_up(
+    config: NERConfig,
+    train_docs: Sequence[Document],
+    labels: Sequence[str],
+    run_dir: Path,
+    choice: Choice | None,
+) -> _Run:
+    """Check the device, seed every RNG, save the config, build model, data, optimiser and schedule."""
+    tc = config.training
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not train_docs:
+        raise ValueError("no training documents: the training split is empty")
+    threads = tc.num_threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(tc.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {tc.device!r} requested but CUDA is not available on this machine")
+    choice = choice or choose(tc.precision, purpose="training", hardware=Hardware.detect(device))
+    log.info("%s", choice.line("training"))
+    set_seed(tc.seed)
+    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
+
+    tags = tag_set(sorted(labels), config.data.scheme)
+    encoder, tokenizer = load_encoder(config.encoder)
+    check_window(config.data.max_len, encoder.config)
+    model = NERModel(config, tags, encoder).to(device)
+    aligner = CharAligner(tokenizer)
+    train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
+
+    groups = model.param_groups(tc)
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    optimizer = make_optimizer(groups, tc.weight_decay, device)
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / tc.batch_size) / tc.grad_accum_steps)
+    n_epochs = tc.hard_epochs or tc.max_epochs
+    total_steps = steps_per_epoch * n_epochs
+    use_scaler = needs_grad_scaler(choice.precision)
+    return _Run(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        model=model,
+        tokenizer=tokenizer,
+        train_set=train_set,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
+        precision=choice.precision,
+        n_epochs=n_epochs,
+        total_steps=total_steps,
+        warmup_steps=int(total_steps * tc.warmup_ratio),
+    )
+
+
+def _resume(run: _Run) -> TrainingState:
+    """Load the run's checkpoint into model, optimiser, scaler and the global RNGs; return its state.
+
+    A run killed before its first checkpoint starts again from the beginning: the model, optimiser and
+    RNGs are still as :func:`_set_up` seeded them, so the result equals an uninterrupted run's.
+    """
+    recover_model_dir(run.model_dir)  # what a kill during a model save left behind
+    if not has_checkpoint(run.run_dir):
+        log.info(
+            "%s: no checkpoint yet (stopped before its first epoch ended): training this run from the "
+            "beginning",
+            run.run_dir,
+        )
+        return TrainingState()
+    ckpt = load_checkpoint(run.run_dir)
+    run.model.load_state_dict(ckpt.model)
+    # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with
+    # how the update runs (fused, foreach) is this machine's choice, not the checkpoint's
+    live = run.optimizer.param_groups
+    groups = [
+        {
+            **{k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()},
+            **{k: now[k] for k in ("fused", "foreach") if k in now},
+        }
+        for saved, now in zip(ckpt.optimizer["param_groups"], live, strict=True)
+    ]
+    run.optimizer.load_state_dict({**ckpt.optimizer, "param_groups": groups})
+    run.scaler.load_state_dict(ckpt.scaler)
+    ckpt.state.restore_rng()
+    return ckpt.state
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _EpochTotals:
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    n_seen: int = 0
+    chars_seen: int = 0
+    positions: int = 0
+    padded: int = 0
+    budget_hit: bool = False
+
+
+def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, progress: bool) -> _EpochTotals:
+    """One pass over the training set (stopped early when the time budget runs out)."""
+    tc = run.config.training
+    run.model.train()
+    totals = _EpochTotals()
+    n_batches = math.ceil(len(run.train_set) / tc.batch_size)
+    bar = tqdm(
+        total=n_batches,
+        desc=f"epoch {epoch}/{run.n_epochs}",
+        disable=not progress,
+        leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 10.0,
+    )
+    run.optimizer.zero_grad(set_to_none=True)
+    for bi, batch in enumerate(
+        run.train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
+    ):
+        batch = {k: v.to(run.device) for k, v in batch.items()}
+        with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
+            loss = run.model(batch["input_ids"], batch["attention_mask"], batch["tags"])
+        run.scaler.scale(loss / tc.grad_accum_steps).backward()
+        totals.loss_sum += float(loss.detach())
+        totals.loss_n += 1
+        totals.n_seen += batch["input_ids"].size(0)
+        totals.chars_seen += int(batch["attention_mask"].sum()) - 2 * batch["input_ids"].size(0)
+        totals.positions += batch["attention_mask"].numel()
+        totals.padded += batch["attention_mask"].numel() - int(batch["attention_mask"].sum())
+        if (bi + 1) % tc.grad_accum_steps == 0 or bi + 1 == n_batches:
+            _optimizer_step(run, state, ep_t0)
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{totals.loss_sum / totals.loss_n:.3f}",
+            sent_s=f"{totals.n_seen / max(time.perf_counter() - ep_t0, 1e-9):.1f}",
+        )
+        if tc.max_train_seconds and state.elapsed + time.perf_counter() - ep_t0 > tc.max_train_seconds:
+            totals.budget_hit = True
+            break
+    bar.close()
+    return totals
+
+
+def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
+    """Set the scheduled learning rates, clip, step the optimiser (through the AMP scaler)."""
+    tc = run.config.training
+    fraction = (
+        (state.elapsed + time.perf_counter() - ep_t0) / tc.max_train_seconds if tc.max_train_seconds else None
+    )
+    factor = (
+        lr_factor(state.step, run.warmup_steps, run.total_steps, fraction, tc.warmup_ratio)
+        * state.plateau_scale
+    )
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * factor
+    if tc.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluate, keep best
+# ----------------------------------------------------------------------------------------------
+def _evaluate(
+    run: _Run, epoch: int, totals: _EpochTotals, dev_docs: Sequence[Document], ep_t0: float
+) -> tuple[EpochStats, EvaluationReport | None]:
+    """Score the model on the dev split (if any) and sum the epoch up."""
+    tc = run.config.training
+    train_seconds = time.perf_counter() - ep_t0
+    report = (
+        evaluate_model(
+            run.model,
+            run.tokenizer,
+            dev_docs,
+            max_len=run.config.data.max_len,
+            batch_size=max(tc.batch_size, 32),
+            device=tc.device,
+        )
+        if dev_docs
+        else None
+    )
+    stats = EpochStats(
+        epoch=epoch,
+        train_loss=totals.loss_sum / max(1, totals.loss_n),
+        dev_f1=report.f1 if report else None,
+        dev_precision=report.precision if report else None,
+        dev_recall=report.recall if report else None,
+        dev_char_accuracy=report.char_accuracy if report else None,
+        dev_sentence_accuracy=report.sentence_accuracy if report else None,
+        learning_rate=run.optimizer.param_groups[0]["lr"],
+        seconds=time.perf_counter() - ep_t0,
+        sentences_per_second=totals.n_seen / max(train_seconds, 1e-9),
+        chars_per_second=totals.chars_seen / max(train_seconds, 1e-9),
+        padding_share=totals.padded / max(1, totals.positions),
+    )
+    return stats, report
+
+
+def _keep_best(
+    run: _Run,
+    state: TrainingState,
+    stats: EpochStats,
+    report: EvaluationReport | None,
+    extra_metadata: dict | None,
+) -> None:
+    """Save the model directory when dev F1 improved (every epoch without ``best_fit``); otherwise count
+    the epoch towards early stopping and reduce the learning rate on a plateau."""
+    tc = run.config.training
+    f1 = stats.dev_f1
+    improved = state.best_f1 is None or (f1 is not None and f1 > state.best_f1)
+    if improved or not tc.best_fit:
+        state.best_f1, state.best_epoch = f1, stats.epoch
+        state.bad_epochs = state.plateau_bad = 0
+        stats.is_best = True
+        save_model_dir(
+            run.model_dir,
+            run.model,
+            run.tokenizer,
+            metrics={
+                "best_epoch": stats.epoch,
+                "dev": report.summary() if report else None,
+                **(extra_metadata or {}),
+            },
+        )
+        return
+    state.bad_epochs += 1
+    state.plateau_bad += 1
+    if state.plateau_bad >= tc.reduce_lr_patience:
+        state.plateau_scale *= tc.reduce_lr_factor
+        state.plateau_bad = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoint, stop
+# ----------------------------------------------------------------------------------------------
+def _checkpoint(run: _Run, state: TrainingState, stats: EpochStats) -> None:
+    """Close the epoch in ``state`` and write the checkpoint (RNG states as they are now)."""
+    state.history.append(stats)
+    state.epoch = stats.epoch
+    state.elapsed += stats.seconds
+    state.capture_rng()
+    save_checkpoint(
+        run.run_dir,
+        state,
+        model=run.model.state_dict(),
+        optimizer=run.optimizer.state_dict(),
+        scaler=run.scaler.state_dict(),
+    )
+
+
+def _stop_reason(tc: TrainingConfig, state: TrainingState, budget_hit: bool) -> str:
+    """Why training stops after this epoch; empty to go on."""
+    if budget_hit:
+        return f"time budget of {tc.max_train_seconds:.0f} s reached"
+    if tc.best_fit and not tc.hard_epochs and state.bad_epochs >= tc.early_stop_patience:
+        return f"early stop: no dev F1 gain for {state.bad_epochs} epochs"
+    return ""
+
+
+def _log_epoch(stats: EpochStats) -> None:
+    dev = f"dev F1 {stats.dev_f1 * 100:.2f}" if stats.dev_f1 is not None else "no dev set"
+    best = " *best*" if stats.is_best else ""
+    log.info(
+        "epoch %d: loss %.4f, %s, %.1f sent/s, %.1f%% padding, %.1f s%s",
+        stats.epoch,
+        stats.train_loss,
+        dev,
+        stats.sentences_per_second,
+        100 * (stats.padding_share or 0),
+        stats.seconds,
+        best,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def lr_factor(
+    step: int, warmup: int, total: int, time_fraction: float | None = None, warmup_ratio: float = 0.0
+) -> float:
+    """Linear warm-up then linear decay to 0, over ``total`` optimiser steps.
+
+    With a time budget (``time_fraction`` = elapsed / budget, evaluation included) the schedule also runs
+    on the clock and the one further along wins: warm-up ends after ``warmup_ratio`` of the budget at the
+    latest and the rate reaches 0 when the budget does. Without this, a budget that allows only a few of
+    ``max_epochs`` epochs would stop while still warming up, far below the peak rate. Clock-driven rates
+    make a budgeted run depend on the machine's speed, as its number of epochs already does.
+    """
+    by_steps = (
+        (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+    )
+    if time_fraction is None:
+        return by_steps
+    t = min(1.0, max(0.0, time_fraction))
+    in_warmup_by_time = warmup_ratio > 0 and t < warmup_ratio
+    if step < warmup and in_warmup_by_time:  # both still warming up: the further one
+        return max(by_steps, t / warmup_ratio)
+    by_time = max(0.0, (1.0 - t) / (1.0 - warmup_ratio))
+    if step < warmup:  # the clock ended the warm-up
+        return by_time
+    if in_warmup_by_time:  # the steps ended the warm-up
+        return by_steps
+    return min(by_steps, by_time)
