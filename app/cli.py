@@ -308,7 +308,9 @@ def _prefect_env() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # the library's log lines also reach a flow run's log; outside a run they are only shown on stderr
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ner_core")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 
 def _print_json(result) -> None:

@@ -11,8 +11,10 @@ to an I-LOC of the next). Every character gets exactly one tag. Spans are read o
 (:func:`ner_core.schemes.tags_to_spans`).
 
 Windows of all texts are pooled, sorted by length and encoded in batches under ``torch.inference_mode``,
-so padding is small; the order of the windows never changes the result. Texts are processed in groups of
-about a million characters, so memory stays bounded however many texts one call gets.
+so padding is small; in fp32, bf16 and fp16 the order of the windows never changes the result (int8's
+dynamic quantisation scales each batch's activations by that batch's range, so there the batch a window
+lands in moves its scores slightly). Texts are processed in groups of about a million characters, so memory
+stays bounded however many texts one call gets.
 
 Confidence of an entity: the minimum, over the entity's characters, of the CRF's posterior marginal
 probability ``p(y_t = predicted tag | text)`` (forward-backward over the allowed paths of the whole text's

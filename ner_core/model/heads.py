@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ner_core.config import HeadConfig, HeadType
+from ner_core.runtime.hardware import bf16_lstm_runs
 
 __all__ = ["BiRNNHead", "IDCNNHead", "IdentityHead", "build_head", "head_choices"]
 
@@ -95,9 +96,27 @@ class BiRNNHead(nn.Module):
         out, _ = torch.func.functional_call(self._one_way[layer], weights, (x,))
         return out
 
+    def _float32_lstm(self, x: Tensor) -> bool:
+        """Whether this call must run its LSTM in float32: under CPU bf16 autocast on a CPU whose oneDNN
+        cannot run a bf16 LSTM (:func:`ner_core.runtime.hardware.bf16_lstm_runs`). The GRU stays in float32
+        under CPU autocast anyway, and every other layer keeps the run's precision."""
+        return (
+            x.device.type == "cpu"
+            and isinstance(self.rnn, nn.LSTM)
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not bf16_lstm_runs()
+        )
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
         _check_inputs(x, mask, self.input_size)
+        if self._float32_lstm(x):
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(x.float(), mask)
+        return self._forward(x, mask)
+
+    def _forward(self, x: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
         if T == 0:
             return x.new_zeros(B, 0, self.output_size)

@@ -9,6 +9,7 @@ precision choice, the C kernels' build flags and the benches all ask it.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import warnings
@@ -25,6 +26,7 @@ __all__ = [
     "KNOWN_FLAGS",
     "Hardware",
     "all_cpu_flags",
+    "bf16_lstm_runs",
     "cpu_model_name",
     "default_threads",
     "parse_cpu_flags",
@@ -138,6 +140,24 @@ def _cpu_fp16_autocast() -> bool:
         return out.dtype == torch.float16
     except (RuntimeError, TypeError):
         return False
+
+
+@functools.cache
+def bf16_lstm_runs() -> bool:
+    """Whether this CPU runs an LSTM in bf16 under autocast, forward and backward, found by trying once per
+    process on a tiny one (the global RNG untouched). CPU autocast sends ``lstm`` to oneDNN in bf16, and
+    oneDNN builds that primitive only with AVX-512 ("could not create a primitive descriptor for the LSTM
+    forward propagation primitive" on an AVX2-only CPU); the BiLSTM head then runs its LSTM in float32."""
+    with torch.random.fork_rng(devices=[]):
+        lstm = torch.nn.LSTM(8, 4, batch_first=True, bidirectional=True)
+    x = torch.ones(2, 3, 8, requires_grad=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = lstm(x)
+        y.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
