@@ -16,7 +16,6 @@ Two ways to run the same code:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from flows import steps
 from flows.contracts import DatasetSource, PredictionSource, PredictSummary, parse_source
 from ner_core.config import PredictionConfig
 from ner_core.documents import Document
+from ner_core.settings import settings
 from storage.runs import resolve_model
 
 ShardRows = list[tuple[str, str, list]]  # [(doc_id, text, [PredictedEntity, ...]), ...]
@@ -230,9 +230,7 @@ def _dask_run_name() -> str:
 @flow(
     name="dask-predict",
     flow_run_name=_dask_run_name,
-    task_runner=make_task_runner(
-        os.environ.get("NER_DASK_ADDRESS") or None, int(os.environ.get("NER_DASK_WORKERS", "2"))
-    ),
+    task_runner=make_task_runner(settings().dask_address, settings().dask_workers),
 )
 def dask_predict_flow(
     db_path: str,

@@ -15,7 +15,6 @@ Also here, the reads that belong to no single table family: the tables and views
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from ner_core.settings import Settings, settings
 from storage.db import open_db, read_frame
 
 if TYPE_CHECKING:
@@ -57,23 +57,14 @@ class QueryTimeout(SqlRejected):
         )
 
 
-DEFAULT_TIME_LIMIT_S = 10.0
+DEFAULT_TIME_LIMIT_S: float = Settings.model_fields["query_time_limit_s"].default
 """How long one guarded query may run (fetching its rows included) before it is interrupted."""
-_TIME_LIMIT_ENV = "NER_QUERY_TIME_LIMIT_S"
 
 
 def time_limit_from_env() -> float:
-    """``NER_QUERY_TIME_LIMIT_S`` as seconds (> 0), or :data:`DEFAULT_TIME_LIMIT_S` when unset."""
-    raw = os.environ.get(_TIME_LIMIT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIME_LIMIT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{_TIME_LIMIT_ENV}: expected a number of seconds > 0, got {raw!r}")
-    return value
+    """``NER_QUERY_TIME_LIMIT_S`` as seconds (> 0; read through :func:`ner_core.settings.settings`), or
+    :data:`DEFAULT_TIME_LIMIT_S` when unset."""
+    return settings().query_time_limit_s
 
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
