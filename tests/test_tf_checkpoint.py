@@ -336,6 +336,24 @@ def test_cache_converts_once_and_keys_on_the_index(tmp_path, monkeypatch):
 def test_cache_root_defaults_to_ner_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("NER_CACHE_DIR", str(tmp_path))
     assert tf_convert.default_cache_root() == tmp_path / "converted"
+    monkeypatch.delenv("NER_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # one cache root with the C kernels (ner_core.settings): not ~/.cache/ner any more
+    assert tf_convert.default_cache_root() == tmp_path / "xdg" / "zh-ner" / "converted"
+
+
+def test_a_conversion_cached_by_earlier_code_under_the_old_root_is_reused(tmp_path, monkeypatch):
+    """Before the cache roots became one, conversions went to ~/.cache/ner/converted: found there, still
+    reused (the key hashes the inputs), and nothing is converted again."""
+    _, config, prefix, vocab, albert = _fixture("bert")
+    old_root = tmp_path / "home" / ".cache" / "ner" / "converted"
+    earlier = cached_conversion(config, prefix, vocab, albert=albert, cache_root=old_root)
+    monkeypatch.setattr(tf_convert, "LEGACY_CACHE_ROOT", old_root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("NER_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tf_convert, "convert_checkpoint", lambda *a, **k: pytest.fail("converted again"))
+    assert cached_conversion(config, prefix, vocab, albert=albert) == earlier
+    assert not (tmp_path / "xdg").exists()  # read from the old root, nothing written to the new one
 
 
 # ------------------------------------------------------------------------------------------------ CLI
