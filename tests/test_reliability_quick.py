@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow  # about a minute on an idle 2-core machine (child
 def quick_results():
     import torch
 
-    from bench.reliability.harness import run_campaign
+    from bench.reliability.stages import run_campaign
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -24,7 +24,7 @@ def quick_results():
 
 
 def test_every_stage_ran_and_injected_something(quick_results):
-    from bench.reliability.harness import STAGES
+    from bench.reliability.stages import STAGES
 
     assert [r.name for r in quick_results] == [s.name for s in STAGES if s.quick]
     for r in quick_results:

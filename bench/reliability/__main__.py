@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from bench.reliability.harness import run_campaign
+    from bench.reliability.stages import run_campaign
 
     results = run_campaign(args.quick, args.seed, args.only, args.keep)
     return 0 if all(r.ok for r in results) else 1

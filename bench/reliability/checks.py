@@ -312,19 +312,18 @@ def _api_key_check(ctx: Context, res: StageResult, model_dir: str) -> None:
 
 def _delete_checks(ctx: Context, res: StageResult) -> Path:
     """Delete the review export and then 'sample' from a copy of the review database: no orphan rows."""
-    from bench.reliability.export_kills import EXPORT_NAME, PRED_RUN, _review_db
     from storage.deletion import delete_dataset
     from storage.review_export import export_reviews
 
     root = ctx.scratch("delete")
-    db = wb.copy_db(_review_db(ctx), root / "filled.duckdb")
+    db = wb.copy_db(wb.review_db(ctx), root / "filled.duckdb")
     with wb.quiet():
-        export_reviews(db, PRED_RUN, EXPORT_NAME)
+        export_reviews(db, wb.PRED_RUN, wb.EXPORT_NAME)
     before = orphans(db)
     if any(before.values()):
         res.fail(f"orphan rows before any deletion: {before}")
     filled = wb.copy_db(db, root / "filled-copy.duckdb")
-    for name in (EXPORT_NAME, "sample"):
+    for name in (wb.EXPORT_NAME, "sample"):
         res.cases += 1
         done = delete_dataset(db, name)
         left = {t: n for t, n in orphans(db).items() if n}

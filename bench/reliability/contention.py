@@ -20,7 +20,6 @@ from pathlib import Path
 
 from bench.reliability import workbench as wb
 from bench.reliability.harness import Context, StageResult, stage
-from bench.reliability.kills import _ingest_argv, _predict_argv, ingest_files
 
 _HOLD = textwrap.dedent(
     """
@@ -52,10 +51,10 @@ def contention(ctx: Context, res: StageResult) -> None:
     if ctx.quick:  # the read latencies are figures, measured in the full campaign
         return
     model_dir = wb.reference_training(ctx)["model_dir"]
-    name, files = ingest_files()
+    name, files = wb.ingest_files()
     for what, argv in (
-        ("ner predict", _predict_argv(db, model_dir)),
-        ("ner ingest", _ingest_argv(db, name, files)),
+        ("ner predict", wb.predict_argv(db, model_dir)),
+        ("ner ingest", wb.ingest_argv(db, name, files)),
     ):
         _reads_while_writing(res, db, what, argv)
 
@@ -77,8 +76,8 @@ def _two_writers(ctx: Context, res: StageResult, db: Path) -> None:
             if not named:
                 res.fail(f"the lock error does not name the holder's PID {holder.pid}: {exc}")
         if not ctx.quick:
-            name, files = ingest_files()
-            argv = _ingest_argv(db, name, files)
+            name, files = wb.ingest_files()
+            argv = wb.ingest_argv(db, name, files)
             rc, seconds, out = wb.run(argv, db.parent, db.parent / "second-writer.log")
             line = [ln for ln in out.splitlines() if "error:" in ln]
             res.figures["second writer (ner ingest)"] = (

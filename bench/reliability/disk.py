@@ -19,7 +19,6 @@ from pathlib import Path
 
 from bench.reliability import workbench as wb
 from bench.reliability.harness import Context, StageResult, stage
-from bench.reliability.kills import _ingest_argv, _predict_argv, _rerun, ingest_files
 from bench.reliability.snapshots import (
     compare_predictions,
     counter_diff,
@@ -29,6 +28,7 @@ from bench.reliability.snapshots import (
     prediction_runs,
     versions,
 )
+from ner_core.artifacts.layout import WEIGHTS
 
 
 class SmallDisk:
@@ -109,14 +109,14 @@ def full_disk(ctx: Context, res: StageResult) -> None:
 def _ingest_full(ctx: Context, res: StageResult, disk: SmallDisk) -> None:
     from storage.datasets import ingest_dataset
 
-    name, files = ingest_files()
+    name, files = wb.ingest_files()
     base = wb.base_db(ctx)
     earlier = dataset_content(base, "sample")
     ref_db = wb.copy_db(base, ctx.scratch("disk") / "ingest-ref.duckdb")
     ingest_dataset(ref_db, name, files)
     ref = dataset_content(ref_db, name)
     db = wb.copy_db(base, disk.folder / "ingest.duckdb")
-    argv = _ingest_argv(db, name, files)
+    argv = wb.ingest_argv(db, name, files)
     preexec = disk.exhaust(32 * 1024, db)
     rc, _, out = wb.run(argv, disk.folder.parent, disk.folder.parent / "ingest.log", preexec=preexec)
     disk.release()
@@ -126,7 +126,8 @@ def _ingest_full(ctx: Context, res: StageResult, disk: SmallDisk) -> None:
     if half or versions(db, name) or counter_diff(earlier, dataset_content(db, "sample")) != (0, 0):
         res.fail(f"after the full disk: half-written {half}, versions {versions(db, name)}", repro)
         return
-    if _rerun(res, "the ingest with space again", lambda: ingest_dataset(db, name, files), repro) is not None:
+    fn = lambda: ingest_dataset(db, name, files)  # noqa: E731
+    if wb.rerun(res, "the ingest with space again", fn, repro) is not None:
         lost, extra = counter_diff(ref, dataset_content(db, name))
         res.rows_lost += lost
         if lost or extra:
@@ -166,8 +167,9 @@ def _model_save_full(ctx: Context, res: StageResult, disk: SmallDisk) -> None:
     if half:
         res.fail(f"after the full disk: a model directory (or its temporary) is left: {half}", repro)
     config = NERConfig.model_validate(cfg)
-    out = _rerun(res, "training with space again", lambda: train_step(str(db), config, str(runs_root)), repro)
-    if out is not None and not (Path(out.model_dir) / "model.safetensors").is_file():
+    fn = lambda: train_step(str(db), config, str(runs_root))  # noqa: E731
+    out = wb.rerun(res, "training with space again", fn, repro)
+    if out is not None and not (Path(out.model_dir) / WEIGHTS).is_file():
         res.fail("training with space again: no model saved", repro)
 
 
@@ -183,7 +185,7 @@ def _predict_full(ctx: Context, res: StageResult, disk: SmallDisk) -> None:
     ref = prediction_content(ref_db, prediction_runs(ref_db)[0]["pred_run_id"])
     db = wb.copy_db(base, disk.folder / "predict.duckdb")
     earlier = dataset_content(db, "sample")
-    argv = _predict_argv(db, model_dir)
+    argv = wb.predict_argv(db, model_dir)
     preexec = disk.exhaust(32 * 1024, db)
     rc, _, out = wb.run(argv, disk.folder.parent, disk.folder.parent / "predict.log", preexec=preexec)
     disk.release()
@@ -195,7 +197,7 @@ def _predict_full(ctx: Context, res: StageResult, disk: SmallDisk) -> None:
         res.fail(f"after the full disk: half-written {half}, completed runs {completed}", repro)
         return
     fn = lambda: predict_source(str(db), DatasetSource(dataset="sample"), str(model_dir))  # noqa: E731
-    if _rerun(res, "the prediction with space again", fn, repro) is not None:
+    if wb.rerun(res, "the prediction with space again", fn, repro) is not None:
         lost, extra, _ = compare_predictions(
             ref, prediction_content(db, prediction_runs(db)[0]["pred_run_id"])
         )

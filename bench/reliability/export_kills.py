@@ -10,82 +10,30 @@ completes and its gold, documents and recorded events equal the reference's by c
 Checkpoint conversion: a synthetic TF1 bundle (bench/tf_bundle_writer.py; the small fixture under
 --quick) converted uninterrupted first; each kill lands at a spread moment or when the temporary sibling
 folder appears. After it: ``--out`` is absent or complete (the reference's files, byte-identical weights),
-the re-run completes with identical ``model.safetensors`` bytes.
+the re-run completes with identical weights file bytes.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from bench.reliability import workbench as wb
 from bench.reliability.harness import REPO, Context, StageResult, stage
-from bench.reliability.kills import _rerun
 from bench.reliability.snapshots import counter_diff, dataset_content, half_written, versions
+from ner_core.artifacts.tf.convert import WEIGHTS as CONVERTED_WEIGHTS
 from storage.db import open_db
-
-EXPORT_NAME = "reviewed"
-PRED_RUN = "pr-reliability"
 
 
 # ----------------------------------------------------------------------------------------- review export
-def _review_db(ctx: Context) -> Path:
-    """The base database plus a finished run, its prediction run over synthetic texts and review events
-    for every document (accept, a relabel in one of five, done)."""
-
-    def build() -> Path:
-        from ner_core.inference.tagger import PredictedEntity
-        from storage import reviews
-        from storage import runs as runs_db
-        from storage.predictions import PredictionRunWriter
-
-        root = ctx.scratch("review-base")
-        db = wb.copy_db(wb.base_db(ctx), root / "review.duckdb")
-        model_dir = root / "run" / "model"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        cfg = '{"encoder": {"name": "enc"}, "head": {"type": "bilstm"}, "data": {"scheme": "BIOES"}}'
-        runs_db.create_run(db, "run-r", dataset="sample", dataset_version=1, config_json=cfg, run_dir=root)
-        runs_db.finish_run(db, "run-r", status="completed", model_dir=model_dir)
-        names, places = "张王李赵孙周吴郑", "北京上海深圳杭州广州成都"
-        docs = []
-        for i in range(ctx.n(3000, 300)):
-            who = names[i % 8] + names[(i // 8) % 8]
-            where = places[2 * (i % 6) : 2 * (i % 6) + 2]
-            text = f"{who}第{i}次去{where}出差。"
-            k = text.index(where)
-            ents = [PredictedEntity(0, 2, "PER", who, 0.9), PredictedEntity(k, k + 2, "ORG", where, 0.4)]
-            docs.append((f"d{i:05d}", text, ents))
-        with PredictionRunWriter(
-            db, PRED_RUN, model_dir=str(model_dir), run_id="run-r", input_kind="texts", input_ref="t",
-            replace=True,
-        ) as run:  # fmt: skip
-            run.write(docs)
-        events = []
-        for doc_id, text, ents in docs:
-            h = reviews.text_hash(text)
-            ev = functools.partial(reviews.new_event, PRED_RUN, doc_id, h, "bench")
-            events.append(ev("accept", start=0, end=2, label="PER"))
-            k = ents[1].start
-            if int(doc_id[1:]) % 5 == 0:
-                events.append(ev("relabel", start=k, end=k + 2, label="ORG", new_label="LOC"))
-            else:
-                events.append(ev("reject", start=k, end=k + 2, label="ORG"))
-            events.append(ev("done"))
-        reviews.record_events(db, events)
-        return db
-
-    return ctx.once("review_db", build)
-
-
 def _export_events(db: Path) -> set[str]:
     with open_db(db, read_only=True, wait_s=5) as con:
         sql = "SELECT event_id FROM review_exports WHERE dataset = ?"
-        return {r[0] for r in con.execute(sql, [EXPORT_NAME]).fetchall()}
+        return {r[0] for r in con.execute(sql, [wb.EXPORT_NAME]).fetchall()}
 
 
 def _export_argv(db: Path) -> list[str]:
-    return ["review", "export", "--no-prefect", "--db", str(db), "--pred-run", PRED_RUN,
-            "--name", EXPORT_NAME]  # fmt: skip
+    return ["review", "export", "--no-prefect", "--db", str(db), "--pred-run", wb.PRED_RUN,
+            "--name", wb.EXPORT_NAME]  # fmt: skip
 
 
 @stage("kill -9 during review export", "faults")
@@ -93,18 +41,18 @@ def review_export_kills(ctx: Context, res: StageResult) -> None:
     """Kills spread over ``ner review export`` and aimed at its write (the WAL file appearing)."""
     from storage.review_export import export_reviews
 
-    base = _review_db(ctx)
+    base = wb.review_db(ctx)
     root = ctx.scratch("review-kills")
     ref_db = wb.copy_db(base, root / "ref.duckdb")
     duration = ready = None
     if ctx.quick:
         with wb.quiet():
-            export_reviews(ref_db, PRED_RUN, EXPORT_NAME)
+            export_reviews(ref_db, wb.PRED_RUN, wb.EXPORT_NAME)
     else:
         rc, duration, out, ready = wb.run_marked(_export_argv(ref_db), root, root / "ref.log", "dataset")
         if rc != 0:
             raise RuntimeError(f"the uninterrupted review export failed (exit {rc}): {out[-500:]}")
-    ref, ref_events = dataset_content(ref_db, EXPORT_NAME), _export_events(ref_db)
+    ref, ref_events = dataset_content(ref_db, wb.EXPORT_NAME), _export_events(ref_db)
     earlier = dataset_content(base, "sample")
     res.figures["uninterrupted review export"] = (f"{duration:.1f} s, " if duration else "") + (
         f"{sum(ref['docs'].values())} documents, {sum(ref['ents'].values())} gold entities, "
@@ -147,17 +95,17 @@ def _check_export_kill(res, db: Path, argv, plan, ref, ref_events, earlier, tall
     if half:
         res.fail(f"after the kill: {half}", repro)
     else:
-        have = versions(db, EXPORT_NAME)
+        have = versions(db, wb.EXPORT_NAME)
         if have not in ([], [1]):
-            res.fail(f"after the kill: {EXPORT_NAME!r} has versions {have}, expected none or [1]", repro)
+            res.fail(f"after the kill: {wb.EXPORT_NAME!r} has versions {have}, expected none or [1]", repro)
         elif have == [1]:
             tally["visible_after_kill"] += 1
-            if counter_diff(ref, dataset_content(db, EXPORT_NAME)) != (0, 0):
+            if counter_diff(ref, dataset_content(db, wb.EXPORT_NAME)) != (0, 0):
                 res.fail("after the kill: a visible version 1 differs from the reference", repro)
-    fn = lambda: export_reviews(db, PRED_RUN, EXPORT_NAME)  # noqa: E731
-    if _rerun(res, "the re-run of the review export", fn, repro) is not None:
-        have = versions(db, EXPORT_NAME)
-        lost, extra = counter_diff(ref, dataset_content(db, EXPORT_NAME))
+    fn = lambda: export_reviews(db, wb.PRED_RUN, wb.EXPORT_NAME)  # noqa: E731
+    if wb.rerun(res, "the re-run of the review export", fn, repro) is not None:
+        have = versions(db, wb.EXPORT_NAME)
+        lost, extra = counter_diff(ref, dataset_content(db, wb.EXPORT_NAME))
         res.rows_lost += lost
         if have != [1] or lost or extra:
             res.fail(f"after the re-run: versions {have}, {lost} rows missing, {extra} extra", repro)
@@ -209,7 +157,7 @@ def _convert_argv(b: dict, out: Path) -> list[str]:
 
 
 def _folder_state(out: Path) -> tuple[set[str], bytes]:
-    return {p.name for p in out.iterdir()}, (out / "model.safetensors").read_bytes()
+    return {p.name for p in out.iterdir()}, (out / CONVERTED_WEIGHTS).read_bytes()
 
 
 @stage("kill -9 during checkpoint conversion", "faults")
@@ -230,7 +178,7 @@ def conversion_kills(ctx: Context, res: StageResult) -> None:
             raise RuntimeError(f"the uninterrupted conversion failed (exit {rc}): {out[-500:]}")
     ref = _folder_state(ref_out)
     res.figures["uninterrupted conversion"] = (f"{duration:.1f} s, " if duration else "") + (
-        f"{b['what']}, model.safetensors {len(ref[1]) / 1e6:.1f} MB"
+        f"{b['what']}, {CONVERTED_WEIGHTS} {len(ref[1]) / 1e6:.1f} MB"
     )
     rng = ctx.rng("convert")
     n = ctx.n(20, 2)
@@ -280,6 +228,6 @@ def _check_conversion_kill(res, folder: Path, argv, plan, b: dict, ref, tally) -
             res.fail(f"after the kill: {out} exists but is not complete ({sorted(state[0])})", repro)
     else:
         fn = lambda: convert_checkpoint(b["config"], b["checkpoint"], b["vocab"], out)  # noqa: E731
-        if _rerun(res, "the re-run of the conversion", fn, repro) is not None and _folder_state(out) != ref:
-            res.fail("after the re-run: the folder's files or model.safetensors bytes differ", repro)
+        if wb.rerun(res, "the re-run of the conversion", fn, repro) is not None and _folder_state(out) != ref:
+            res.fail(f"after the re-run: the folder's files or {CONVERTED_WEIGHTS} bytes differ", repro)
     res.survived += len(res.failures) == failures

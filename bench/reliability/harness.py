@@ -1,9 +1,12 @@
-"""The campaign's frame: stages registered in a list, their tallies, the table.
+"""The campaign's frame: stages registered in a list, their tallies, the runner and the table.
 
 A stage is a small function ``run(ctx: Context, res: StageResult) -> None`` registered with
 :func:`stage`; it injects faults (or fuzz cases), counts them in ``res`` and records each failure with a
 command that reproduces it. A stage that raises is itself a failure (the traceback is printed, the other
 stages still run). Stages planned for later appear in :data:`PLANNED` as rows to be filled.
+
+This module imports no stage (the stages import it): :mod:`bench.reliability.stages` imports every stage
+module, which registers them in the table's order, and runs them with :func:`run_stages`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,19 +115,20 @@ def stage(name: str, section: str, *, quick: bool = True) -> Callable:
     return decorate
 
 
-def run_campaign(
-    quick: bool, seed: int = 16, only: list[str] | None = None, keep: bool = False
+def run_stages(
+    stages: Sequence[Stage], quick: bool, seed: int = 16, only: list[str] | None = None, keep: bool = False
 ) -> list[StageResult]:
-    """Run every registered stage (``only``: those whose name contains one of the words) in a scratch
-    folder; print the table and the failures; return the results."""
-    from bench.reliability import stages  # noqa: F401  (registers the stages)
-
+    """Run ``stages`` in their order (under ``quick`` those marked quick; ``only``: those whose name
+    contains one of the words) in a scratch folder; print the table and the failures; return the
+    results. ``stages`` is usually :data:`STAGES` once :mod:`bench.reliability.stages` has filled it."""
+    if not stages:
+        raise ValueError("no stage to run: import bench.reliability.stages, which registers them all")
     workdir = Path(tempfile.mkdtemp(prefix="ner-reliability-"))
     ctx = Context(quick=quick, seed=seed, workdir=workdir)
     results = []
     t0 = time.perf_counter()
     try:
-        for st in STAGES:
+        for st in stages:
             if (quick and not st.quick) or (only and not any(w in st.name for w in only)):
                 continue
             results.append(_run_stage(ctx, st))

@@ -12,11 +12,10 @@ The re-runs call, in this process, the step functions that ``ner ... --no-prefec
 
 from __future__ import annotations
 
-import traceback
 from pathlib import Path
 
 from bench.reliability import workbench as wb
-from bench.reliability.harness import DATASETS, Context, StageResult, stage
+from bench.reliability.harness import Context, StageResult, stage
 from bench.reliability.snapshots import (
     compare_predictions,
     counter_diff,
@@ -27,35 +26,10 @@ from bench.reliability.snapshots import (
     prediction_runs,
     versions,
 )
-
-
-def _rerun(res: StageResult, what: str, fn, repro: str):
-    """Call ``fn()``; on an exception record it (with its traceback's last lines) and return None."""
-    try:
-        with wb.quiet():
-            return fn()
-    except Exception as exc:
-        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
-        res.fail(f"{what} raised {type(exc).__name__}: {exc}\n{tail}", repro)
-        return None
+from ner_core.artifacts.layout import WEIGHTS
 
 
 # ----------------------------------------------------------------------------------------- ingest
-def ingest_files() -> tuple[str, dict[str, str]]:
-    """Resume NER's three files (a real dataset) when ../shared/datasets has them; the sample corpus as
-    another dataset otherwise."""
-    folder = DATASETS / "resume-ner"
-    if (folder / "train.char.bmes").is_file():
-        return "resume", {s: str(folder / f"{s}.char.bmes") for s in ("train", "dev", "test")}
-    return "sample2", dict(wb.SAMPLE_FILES)
-
-
-def _ingest_argv(db: Path, name: str, files: dict[str, str]) -> list[str]:
-    return ["ingest", "--no-prefect", "--db", str(db), "--name", name] + [
-        a for split, f in files.items() for a in (f"--{split}", f)
-    ]
-
-
 def _ingest_reference(ctx: Context, res: StageResult, ref_db: Path, name: str, files: dict) -> tuple:
     """Ingest uninterrupted: as a child in the full campaign (its duration), in this process under
     ``--quick`` (None). Raises when it fails."""
@@ -64,7 +38,7 @@ def _ingest_reference(ctx: Context, res: StageResult, ref_db: Path, name: str, f
     if ctx.quick:
         ingest_dataset(ref_db, name, files)
         return None, None
-    argv = _ingest_argv(ref_db, name, files)
+    argv = wb.ingest_argv(ref_db, name, files)
     rc, duration, out, ready = wb.run_marked(argv, ref_db.parent, ref_db.with_suffix(".log"), "reading")
     if rc != 0:
         raise RuntimeError(f"the uninterrupted ingest failed (exit {rc}): {out[-500:]}")
@@ -76,7 +50,7 @@ def ingest_kills(ctx: Context, res: StageResult) -> None:
     """Kills spread over the ingest's duration, a quarter aimed at its write transaction (a random delay
     after it prints "writing N documents"); under --quick only the aimed ones."""
     root = ctx.scratch("ingest-kills")
-    name, files = ingest_files()
+    name, files = wb.ingest_files()
     base = wb.base_db(ctx)
     earlier = dataset_content(base, "sample")
     ref_db = wb.copy_db(base, root / "ref.duckdb")
@@ -93,7 +67,7 @@ def ingest_kills(ctx: Context, res: StageResult) -> None:
 
     def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
         db = wb.copy_db(base, root / f"kill-{i}.duckdb")
-        argv = _ingest_argv(db, name, files)
+        argv = wb.ingest_argv(db, name, files)
         log = db.with_suffix(".log")
         proc = wb.start(argv, db.parent, log)
         how, t = plan
@@ -117,7 +91,7 @@ def _check_ingest_kill(res, db: Path, argv: list, name: str, files: dict, plan: 
     repro = wb.reproducer(argv, f"kill -9 it {when}, then run it again")
     failures = len(res.failures)
     _check_dataset_after_kill(res, db, name, ref, earlier, repro)
-    again = _rerun(res, "the re-run of the ingest", lambda: ingest_dataset(db, name, files), repro)
+    again = wb.rerun(res, "the re-run of the ingest", lambda: ingest_dataset(db, name, files), repro)
     if again is not None:
         _check_dataset_after_rerun(res, db, name, ref, earlier, repro)
     res.survived += len(res.failures) == failures
@@ -252,17 +226,17 @@ def _resume_or_restart(ctx, res, ref, db: Path, runs_root: Path, repro: str, tal
         if (Path(get_run(db, run_id)["run_dir"]) / "checkpoint.json").is_file():
             tally["resumed"] += 1
             fn = lambda: train_step(str(db), config, str(runs_root), run_id=run_id, resume=True)  # noqa: E731
-            out = _rerun(res, f"train --resume {run_id}", fn, repro)
+            out = wb.rerun(res, f"train --resume {run_id}", fn, repro)
             return Path(out.model_dir) if out is not None else None
     tally["restarted"] += 1
-    out = _rerun(res, "a new training run", lambda: train_step(str(db), config, str(runs_root)), repro)
+    out = wb.rerun(res, "a new training run", lambda: train_step(str(db), config, str(runs_root)), repro)
     return Path(out.model_dir) if out is not None else None
 
 
 def _weight_difference(a: Path, b: Path) -> float:
     from safetensors.torch import load_file
 
-    wa, wb_ = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    wa, wb_ = load_file(str(a / WEIGHTS)), load_file(str(b / WEIGHTS))
     if set(wa) != set(wb_):
         return float("inf")
     return max(
@@ -271,11 +245,6 @@ def _weight_difference(a: Path, b: Path) -> float:
 
 
 # ----------------------------------------------------------------------------------------- prediction
-def _predict_argv(db: Path, model_dir: Path) -> list[str]:
-    return ["predict", "--no-prefect", "--db", str(db), "--model-dir", str(model_dir), "--dataset", "sample",
-            "--threads", "1"]  # fmt: skip
-
-
 def _prediction_reference(ctx: Context, ref_db: Path, model_dir: Path) -> tuple:
     """Predict uninterrupted: a child in the full campaign (its duration), this process under --quick."""
     from flows.contracts import DatasetSource
@@ -285,7 +254,7 @@ def _prediction_reference(ctx: Context, ref_db: Path, model_dir: Path) -> tuple:
         with wb.quiet():
             predict_source(str(ref_db), DatasetSource(dataset="sample"), str(model_dir))
         return None, None
-    argv = _predict_argv(ref_db, model_dir)
+    argv = wb.predict_argv(ref_db, model_dir)
     rc, duration, out, ready = wb.run_marked(argv, ref_db.parent, ref_db.with_suffix(".log"), "predict:")
     if rc != 0:
         raise RuntimeError(f"the uninterrupted prediction failed (exit {rc}): {out[-500:]}")
@@ -316,7 +285,7 @@ def predict_kills(ctx: Context, res: StageResult) -> None:
 
     def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
         db = wb.copy_db(base, root / f"kill-{i}.duckdb")
-        argv = _predict_argv(db, model_dir)
+        argv = wb.predict_argv(db, model_dir)
         log = db.with_suffix(".log")
         proc = wb.start(argv, db.parent, log)
         how, t = plan
@@ -352,7 +321,7 @@ def _check_prediction_kill(res, db: Path, argv: list, model_dir: Path, plan: tup
             if compare_predictions(ref, prediction_content(db, run["pred_run_id"]))[:2] != (0, 0):
                 res.fail("after the kill: a run marked completed differs from the reference", repro)
     fn = lambda: predict_source(str(db), DatasetSource(dataset="sample"), str(model_dir))  # noqa: E731
-    out = _rerun(res, "the re-run of the prediction", fn, repro)
+    out = wb.rerun(res, "the re-run of the prediction", fn, repro)
     if out is not None:
         tally["resumed"] += bool(out.resumed)
         runs = prediction_runs(db)

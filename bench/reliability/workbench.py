@@ -1,6 +1,7 @@
-"""What the stages share: the ``ner`` command as a child process, kills at chosen moments, and the
-artefacts built once per campaign (a tiny encoder, a database holding the sample corpus, a reference
-training run).
+"""What the stages share: the ``ner`` command as a child process (and the argument lists of the commands
+several stages run), kills at chosen moments, the re-run that records a failure instead of raising, and
+the artefacts built once per campaign (a tiny encoder, a database holding the sample corpus, a reference
+training run, a database of reviewed predictions).
 
 The children run ``python -m app.cli`` (the ``ner`` entry point) of this checkout with ``--no-prefect``
 (the same steps without Prefect's temporary server, which would dominate the run time), one torch
@@ -10,6 +11,7 @@ thread, offline.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -19,10 +21,11 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.reliability.harness import REPO, SAMPLE, Context
+from bench.reliability.harness import DATASETS, REPO, SAMPLE, Context, StageResult
 
 
 def child_env(workdir: Path) -> dict[str, str]:
@@ -254,11 +257,45 @@ def train_args(ctx: Context, db: Path, runs_root: Path) -> list[str]:
             str(train_config(ctx))]  # fmt: skip
 
 
+def ingest_files() -> tuple[str, dict[str, str]]:
+    """Resume NER's three files (a real dataset) when ../shared/datasets has them; the sample corpus as
+    another dataset otherwise."""
+    folder = DATASETS / "resume-ner"
+    if (folder / "train.char.bmes").is_file():
+        return "resume", {s: str(folder / f"{s}.char.bmes") for s in ("train", "dev", "test")}
+    return "sample2", dict(SAMPLE_FILES)
+
+
+def ingest_argv(db: Path, name: str, files: dict[str, str]) -> list[str]:
+    """``ner ingest`` of ``files`` (split -> path) as dataset ``name`` into ``db``."""
+    return ["ingest", "--no-prefect", "--db", str(db), "--name", name] + [
+        a for split, f in files.items() for a in (f"--{split}", f)
+    ]
+
+
+def predict_argv(db: Path, model_dir: Path) -> list[str]:
+    """``ner predict`` of the stored dataset ``sample`` with the model in ``model_dir``, one thread."""
+    return ["predict", "--no-prefect", "--db", str(db), "--model-dir", str(model_dir), "--dataset", "sample",
+            "--threads", "1"]  # fmt: skip
+
+
 @contextlib.contextmanager
 def quiet():
     """Swallow a step's progress output (bars, reports) when it runs in this process."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
+
+
+def rerun(res: StageResult, what: str, fn: Callable[[], object], repro: str):
+    """Call ``fn()`` quietly; on an exception record it in ``res`` (with its traceback's last lines and
+    the reproducer) and return None, else return what ``fn`` returned."""
+    try:
+        with quiet():
+            return fn()
+    except Exception as exc:
+        tail = "".join(traceback.format_exception(exc)[-3:]).strip()
+        res.fail(f"{what} raised {type(exc).__name__}: {exc}\n{tail}", repro)
+        return None
 
 
 def reference_training(ctx: Context) -> dict:
@@ -297,6 +334,60 @@ def reference_training(ctx: Context) -> dict:
         }
 
     return ctx.once("reference_training", build)
+
+
+#: the dataset a review export writes, and the prediction run it reads (see :func:`review_db`)
+EXPORT_NAME = "reviewed"
+PRED_RUN = "pr-reliability"
+
+
+def review_db(ctx: Context) -> Path:
+    """The base database plus a finished run, its prediction run ``PRED_RUN`` over synthetic texts and
+    review events for every document (accept, a relabel in one of five, done): what the review export's
+    kills and the deletion checks start from."""
+
+    def build() -> Path:
+        from ner_core.inference.tagger import PredictedEntity
+        from storage import reviews
+        from storage import runs as runs_db
+        from storage.predictions import PredictionRunWriter
+
+        root = ctx.scratch("review-base")
+        db = copy_db(base_db(ctx), root / "review.duckdb")
+        model_dir = root / "run" / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        cfg = '{"encoder": {"name": "enc"}, "head": {"type": "bilstm"}, "data": {"scheme": "BIOES"}}'
+        runs_db.create_run(db, "run-r", dataset="sample", dataset_version=1, config_json=cfg, run_dir=root)
+        runs_db.finish_run(db, "run-r", status="completed", model_dir=model_dir)
+        names, places = "张王李赵孙周吴郑", "北京上海深圳杭州广州成都"
+        docs = []
+        for i in range(ctx.n(3000, 300)):
+            who = names[i % 8] + names[(i // 8) % 8]
+            where = places[2 * (i % 6) : 2 * (i % 6) + 2]
+            text = f"{who}第{i}次去{where}出差。"
+            k = text.index(where)
+            ents = [PredictedEntity(0, 2, "PER", who, 0.9), PredictedEntity(k, k + 2, "ORG", where, 0.4)]
+            docs.append((f"d{i:05d}", text, ents))
+        with PredictionRunWriter(
+            db, PRED_RUN, model_dir=str(model_dir), run_id="run-r", input_kind="texts", input_ref="t",
+            replace=True,
+        ) as run:  # fmt: skip
+            run.write(docs)
+        events = []
+        for doc_id, text, ents in docs:
+            h = reviews.text_hash(text)
+            ev = functools.partial(reviews.new_event, PRED_RUN, doc_id, h, "bench")
+            events.append(ev("accept", start=0, end=2, label="PER"))
+            k = ents[1].start
+            if int(doc_id[1:]) % 5 == 0:
+                events.append(ev("relabel", start=k, end=k + 2, label="ORG", new_label="LOC"))
+            else:
+                events.append(ev("reject", start=k, end=k + 2, label="ORG"))
+            events.append(ev("done"))
+        reviews.record_events(db, events)
+        return db
+
+    return ctx.once("review_db", build)
 
 
 def run_kills(ctx: Context, plans: list, launch, check, redraw) -> int:
