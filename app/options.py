@@ -1,5 +1,6 @@
-"""The prediction options of ``ner predict`` and ``ner serve``: one argument group with one name per option,
-read into a :class:`ner_core.config.PredictionConfig` (the typed object the flows and the tagger take).
+"""The prediction options of ``ner predict`` and ``ner serve``: one argument group, generated from the fields
+of :class:`ner_core.config.PredictionConfig` (:data:`PREDICTION_FLAGS`) and read back into one (the typed
+object the flows and the tagger take); the seed's model options of ``test`` / ``predict`` / ``deploy``.
 
 An option left out stays ``None``: the tagger then uses the model's saved prediction setting.
 """
@@ -8,77 +9,49 @@ from __future__ import annotations
 
 import argparse
 
-from ner_core.config import Precision, PredictionConfig
+from app.flags import FlagTable, positive_int
+from ner_core.artifacts import layout
+from ner_core.config import PredictionConfig
 
-# flag -> PredictionConfig field
-FLAGS = {
-    "--window": "window",
-    "--stride": "stride",
-    "--batch-size": "batch_size",
-    "--threads": "num_threads",
-    "--device": "device",
-    "--precision": "precision",
-}
+__all__ = [
+    "PREDICTION_FLAGS",
+    "add_prediction_options",
+    "add_seed_model_options",
+    "chosen_model",
+    "device_from_seed",
+    "prediction_options",
+]
 
-#: retired flags, refused in one line that names the flag to use instead
-RETIRED = {
-    "--quantize": "is replaced by --precision (int8 for --quantize int8, fp32 for --quantize none; "
-    "auto picks the fastest precision that keeps the model's dev F1)",
-    "--mixed_precision": "is replaced by --precision (auto, fp32, bf16 or fp16)",
-}
-
-
-class Retired(argparse.Action):
-    """A flag that is refused with its one-line explanation, whatever value it is given."""
-
-    def __init__(self, option_strings, dest, *, explanation: str, **kwargs):
-        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
-        self.explanation = explanation
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} {self.explanation}")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1, with a one-line message otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+#: the prediction options: PredictionConfig's fields, spelled with dashes; what the command line says
+#: differently from the field's description (an option left out means the model's saved setting)
+PREDICTION_FLAGS = FlagTable(
+    PredictionConfig,
+    dashed=True,
+    renames={"num_threads": "threads"},
+    help={
+        "window": "characters per window, at least 8 and at most the encoder's positions - 2 "
+        "(default: the model's max_len)",
+        "stride": "characters between window starts, <= --window (default: window - window // 8)",
+        "device": "cpu, cuda, cuda:N or auto "
+        "(default: the model's saved device, else auto: CUDA when present)",
+        "precision": "auto (default: the fastest precision the hardware runs whose recorded dev F1 stays "
+        "within 0.2 points of fp32's), fp32, bf16, fp16 or int8 (CPU); the choice and why are printed",
+    },
+    metavars={"window": "CHARS", "stride": "CHARS", "threads": "THREADS"},
+    types=dict.fromkeys(("window", "stride", "batch-size", "threads"), positive_int),
+    retired={
+        "quantize": "is replaced by --precision (int8 for --quantize int8, fp32 for --quantize none; "
+        "auto picks the fastest precision that keeps the model's dev F1)",
+    },
+    default_help=None,
+)
 
 
 def add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--window``, ``--stride``, ``--batch-size``, ``--threads``, ``--device`` and ``--precision``."""
+    """Add ``--window``, ``--stride``, ``--batch-size``, ``--device``, ``--threads`` and ``--precision``
+    (:data:`PREDICTION_FLAGS`), and the retired ``--quantize``."""
     g = parser.add_argument_group("window and speed (defaults: the model's saved prediction settings)")
-    g.add_argument(
-        "--window",
-        type=positive_int,
-        metavar="CHARS",
-        help="characters per window, at least 8 and at most the encoder's positions - 2 "
-        "(default: the model's max_len)",
-    )
-    g.add_argument(
-        "--stride",
-        type=positive_int,
-        metavar="CHARS",
-        help="characters between window starts, <= --window (default: window - window // 8)",
-    )
-    g.add_argument("--batch-size", type=positive_int, help="windows per forward pass (default 32)")
-    g.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
-    g.add_argument(
-        "--device",
-        help="cpu, cuda, cuda:N or auto (default: the model's saved device, else auto: CUDA when present)",
-    )
-    g.add_argument(
-        "--precision",
-        choices=[p.value for p in Precision],
-        help="auto (default: the fastest precision the hardware runs whose recorded dev F1 stays within "
-        "0.2 points of fp32's), fp32, bf16, fp16 or int8 (CPU); the choice and why are printed",
-    )
-    g.add_argument("--quantize", action=Retired, explanation=RETIRED["--quantize"])
+    PREDICTION_FLAGS.add_to(g)
 
 
 def device_from_seed(value: str) -> str:
@@ -97,10 +70,10 @@ def device_from_seed(value: str) -> str:
 def prediction_options(args: argparse.Namespace) -> PredictionConfig:
     """The options given on the command line; the ones left out stay ``None``. The seed's ``-device_map``
     (where the command has it) sets ``--device``; both at once are refused."""
-    opts = {field: getattr(args, flag[2:].replace("-", "_")) for flag, field in FLAGS.items()}
+    opts = PREDICTION_FLAGS.values(args)
     seed_device = getattr(args, "device_map", None)
     if seed_device:
-        if opts["device"]:
+        if opts.get("device"):
             raise ValueError("--device and -device_map both name the device: give one of them")
         opts["device"] = device_from_seed(seed_device)
     return PredictionConfig(**opts)
@@ -133,7 +106,7 @@ def add_seed_model_options(parser: argparse.ArgumentParser) -> argparse._Argumen
         "--model_configs",
         "-model_configs",
         metavar="PATH",
-        help="the model: a model directory, its ner_config.json, a run directory, or the model_configs.json "
+        help=f"the model: a model directory, its {layout.CONFIG}, a run directory, or the model_configs.json "
         "that `ner train -save_path` wrote (Keras .h5/.pkl files of the seed cannot be loaded)",
     )
     g.add_argument(

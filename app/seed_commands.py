@@ -30,6 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ner_core.artifacts import layout
+
 MODEL_CONFIGS = "model_configs.json"
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras", ".pkl", ".pickle")
 DEFAULT_OUTPUT_PATH = "test_outputs"  # the seed's default -output_path
@@ -57,9 +59,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 # ----------------------------------------------------------------------------------------- model_configs
 def _saved_config(model_dir: Path):
-    from ner_core.config import NERConfig
+    from ner_core.artifacts.modeldir import read_saved_config
 
-    return NERConfig.from_file(model_dir / "ner_config.json")
+    return read_saved_config(model_dir)
 
 
 def write_model_configs(
@@ -97,9 +99,9 @@ def resolve_model_configs(value: str | os.PathLike) -> str:
     if p.suffix.lower() in KERAS_SUFFIXES:
         raise ValueError(keras_refusal(p))
     if p.is_dir():
-        if (p / "meta.json").is_file():
+        if layout.is_model_dir(p):
             return str(p)
-        if (p / "model" / "meta.json").is_file():
+        if layout.is_model_dir(p / "model"):
             return str(p / "model")
         if (p / MODEL_CONFIGS).is_file():
             return _from_model_configs(p / MODEL_CONFIGS)
@@ -107,12 +109,12 @@ def resolve_model_configs(value: str | os.PathLike) -> str:
         if keras:
             raise ValueError(keras_refusal(p / keras[0]))
         raise ValueError(
-            f"-model_configs {p}: not a model directory (no meta.json), a run directory (no model/) "
+            f"-model_configs {p}: not a model directory (no {layout.META}), a run directory (no model/) "
             f"and no {MODEL_CONFIGS} in it"
         )
     if not p.is_file():
         raise FileNotFoundError(f"-model_configs {p}: no such file or directory")
-    if p.name != MODEL_CONFIGS and (p.parent / "meta.json").is_file():
+    if p.name != MODEL_CONFIGS and layout.is_model_dir(p.parent):
         return str(p.parent)  # the model directory's ner_config.json (or another of its files)
     return _from_model_configs(p)
 
@@ -131,8 +133,8 @@ def _from_model_configs(path: Path) -> str:
     model_dir = Path(str(data["model_dir"]))
     if not model_dir.is_absolute():
         model_dir = path.parent / model_dir
-    if not (model_dir / "meta.json").is_file():
-        raise ValueError(f"{path}: model_dir {model_dir} is not a model directory (no meta.json)")
+    if not layout.is_model_dir(model_dir):
+        raise ValueError(f"{path}: model_dir {model_dir} is not a model directory (no {layout.META})")
     return str(model_dir)
 
 
@@ -141,10 +143,12 @@ def write_train_log(save_path: str | os.PathLike, summary, *, albert: bool) -> t
     """The seed's ``-do_eval`` log for a finished run (``summary``: a :class:`flows.contracts.TrainSummary`):
     one block per epoch (train loss, dev scores), then the best model's dev figures. Returns the file
     written and its text."""
+    from ner_core.artifacts.modeldir import read_metrics
+
     run_dir, model_dir = Path(summary.run_dir), Path(summary.model_dir)
     config = _saved_config(model_dir)
     history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
-    metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
+    metrics = read_metrics(model_dir)
     head = _HEAD_NAMES.get(config.head.type.value, config.head.type.value.upper())
     name = f"{'ALBERT' if albert else 'BERT'}-{head}-{time.strftime('%Y%m%d_%H%M%S')}.log"
     lines: list[str] = []

@@ -3,7 +3,8 @@ request body (size, read deadline, nesting, text that is not valid Unicode), idl
 uvicorn server that stops gracefully.
 
 - **API key.** :func:`load_api_key` reads it from ``--api-key-file FILE`` or the ``NER_API_KEY``
-  environment variable; :func:`check_bind` refuses to serve a non-loopback address without one. Clients
+  environment variable (through :func:`ner_core.settings.settings`); :func:`app.exposure.check_keyed_bind`
+  refuses to serve a non-loopback address without one. Clients
   send it as ``Authorization: Bearer KEY`` (or ``X-API-Key: KEY``); :class:`RequestGuard` compares it in
   constant time (:func:`hmac.compare_digest`) on every path except ``/health`` and answers 401 otherwise.
 - **Bodies.** :class:`RequestGuard` reads each body itself, up to ``max_body_bytes`` however it is sent
@@ -35,19 +36,21 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-API_KEY_ENV = "NER_API_KEY"
+from app.exposure import API_KEY_HINT
+from ner_core.settings import ENV, Settings, settings
+
+API_KEY_ENV = ENV["api_key"]
 MIN_KEY_CHARS = 16
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers, monitors)
 MAX_JSON_DEPTH = 32  # a valid request nests 2 levels ({"texts": [...]})
-KEY_HINT = "send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'"
 
 
 # ----------------------------------------------------------------------------------------- API key
@@ -82,47 +85,28 @@ def release_freed_memory() -> bool:
     return True
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``); any other name or address,
-    ``0.0.0.0`` and ``::`` included, may be reached from other machines."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def load_api_key(key_file: str | os.PathLike | None, environ: dict | None = None) -> str | None:
-    """The API key from ``key_file`` (its first line, whitespace stripped) if given, else from the
-    ``NER_API_KEY`` environment variable; ``None`` when neither is set. A missing or empty file, or a
-    key shorter than :data:`MIN_KEY_CHARS`, is a ``ValueError`` that says so."""
-    environ = os.environ if environ is None else environ
+def load_api_key(key_file: str | os.PathLike | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key from ``key_file`` (its first line, whitespace stripped) if given, else the settings'
+    ``NER_API_KEY`` (:func:`ner_core.settings.settings`; of ``environ`` instead when given, for tests);
+    ``None`` when neither is set. A missing or empty file, or a key shorter than :data:`MIN_KEY_CHARS`, is
+    a ``ValueError`` that says so."""
     if key_file is not None:
         path = Path(key_file)
         if not path.is_file():
             raise ValueError(f"--api-key-file {path}: no such file")
         lines = path.read_text(encoding="utf-8").strip().splitlines()
         key, where = (lines[0].strip() if lines else ""), f"--api-key-file {path}"
-    elif environ.get(API_KEY_ENV) is not None:
-        key, where = environ[API_KEY_ENV].strip(), f"${API_KEY_ENV}"
     else:
-        return None
+        secret = (settings() if environ is None else Settings.from_env(environ)).api_key
+        if secret is None:
+            return None
+        key, where = secret.get_secret_value().strip(), f"${API_KEY_ENV}"
     if len(key) < MIN_KEY_CHARS:
         raise ValueError(
             f"the API key in {where} has {len(key)} characters; use at least {MIN_KEY_CHARS} "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     return key
-
-
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse (``ValueError``) to serve a non-loopback address without an API key."""
-    if api_key is None and not is_loopback(host):
-        raise ValueError(
-            f"--host {host} is reachable from other machines: set an API key in ${API_KEY_ENV} or "
-            f"--api-key-file FILE (clients {KEY_HINT}), or serve on 127.0.0.1 behind a proxy"
-        )
 
 
 def _key_problem(headers: list[tuple[bytes, bytes]], key: bytes) -> str | None:
@@ -134,7 +118,7 @@ def _key_problem(headers: list[tuple[bytes, bytes]], key: bytes) -> str | None:
         elif name == b"x-api-key":
             given = value.strip()
     if given is None:
-        return f"this service needs an API key: {KEY_HINT}"
+        return f"this service needs an API key: {API_KEY_HINT}"
     if not hmac.compare_digest(given, key):
         return "wrong API key"
     return None

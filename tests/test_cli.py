@@ -412,3 +412,31 @@ def test_predict_and_serve_share_the_prediction_options(command, capsys):
 def test_window_stride_answers_that_it_never_had_an_effect(command, argv, capsys):
     rc, _, err = run([command, *argv], capsys)
     _one_line_error(rc, err, argv[0], "never had an effect", "ner predict --stride", "--max_len")
+
+
+def test_every_command_reads_its_defaults_through_the_settings(monkeypatch, tmp_path):
+    """One name per setting: NER_DB is the --db of every command that has one, NER_NO_PREFECT is read as
+    every switch is (``off`` is off), NER_SERVE_URL is the --url of ner query."""
+    db = str(tmp_path / "from-env.duckdb")
+    monkeypatch.setenv("NER_DB", db)
+    monkeypatch.setenv("NER_NO_PREFECT", "off")
+    monkeypatch.setenv("NER_SERVE_URL", "http://127.0.0.1:9")
+    parser = cli.build_parser()
+    with_db = [
+        ["train"], ["test"], ["predict"], ["ingest", "--name", "x"], ["runs"], ["datasets", "list"],
+        ["datasets", "delete", "x"], ["export", "--pred-run", "p", "--format", "doccano", "--out", "o"],
+        ["serve"], ["prefect", "up"], ["review", "export", "--pred-run", "p", "--name", "n"],
+        ["lineage", "r"], ["promote", "r"], ["ui"],
+    ]  # fmt: skip
+    for argv in with_db:
+        assert parser.parse_args(argv).db == db, argv
+    assert parser.parse_args(["runs"]).no_prefect is False
+    assert parser.parse_args(["query", "x"]).url == "http://127.0.0.1:9"
+    monkeypatch.setenv("NER_NO_PREFECT", "1")
+    assert cli.build_parser().parse_args(["runs"]).no_prefect is True
+
+
+def test_an_unreadable_setting_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv("NER_DASK_WORKERS", "many")
+    rc, _, err = run(["runs"], capsys)
+    _one_line_error(rc, err, "NER_DASK_WORKERS: expected a positive number of workers, got 'many'")

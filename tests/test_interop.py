@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import cli
-from app.interop import add_parser, export_prediction_run
+from app.commands.export import add_parser, export_prediction_run
 from ner_core.data.formats import detect_format, read_file
 from ner_core.data.formats.offsets import from_utf16, to_utf16
 from ner_core.inference.tagger import PredictedEntity

@@ -283,10 +283,10 @@ def test_query_command_prints_entities(service):
 def test_query_without_service_is_one_clear_line():
     import argparse
 
-    from app import serve
+    from app.commands import query
 
     args = argparse.Namespace(texts=["张三"], url=f"http://127.0.0.1:{_free_port()}", json=False, timeout=5.0)
-    assert serve.cmd_query(args) == 2
+    assert query.cmd_query(args) == 2
 
 
 def test_resolve_model_from_runs_table(tmp_path, model_dir):
@@ -321,15 +321,20 @@ def test_every_command_and_flow_resolves_the_model_with_storage_resolve_model():
     import inspect
 
     from app import cli, options, serve
+    from app.commands import predict, test
+    from app.commands import serve as serve_command
     from flows import dask_predict, pipeline
 
     for module in (options, pipeline, dask_predict):
         source = inspect.getsource(module)
         assert "resolve_model(" in source, module.__name__
         assert "production_run(" not in source, module.__name__
-    for module in (cli, serve):  # through app.options.chosen_model, which refuses --model-dir with --run
+    # through app.options.chosen_model, which refuses --model-dir with --run
+    for module in (predict, test, serve_command):
         source = inspect.getsource(module)
         assert "chosen_model(" in source and "production_run(" not in source, module.__name__
+    for module in (cli, serve):  # the parser and the service resolve no model themselves
+        assert "production_run(" not in inspect.getsource(module), module.__name__
     assert not hasattr(cli, "_resolve_model") and not hasattr(pipeline, "_resolve_production")
     assert not hasattr(serve, "resolve_model")
 
@@ -337,14 +342,31 @@ def test_every_command_and_flow_resolves_the_model_with_storage_resolve_model():
 def test_commands_parse_and_alias():
     import argparse
 
-    from app.serve import add_commands, cmd_query, cmd_serve
+    from app.commands import query, serve
+    from app.commands.query import cmd_query
+    from app.commands.serve import cmd_serve
 
     p = argparse.ArgumentParser()
-    add_commands(p.add_subparsers(dest="command"))
+    sub = p.add_subparsers(dest="command")
+    serve.add_parser(sub)
+    query.add_parser(sub)
     a = p.parse_args(["deploy", "--model-dir", "m", "--port", "9001", "--max-texts", "8"])
     assert a.func is cmd_serve and a.host == "127.0.0.1" and a.port == 9001 and a.max_texts == 8
     q = p.parse_args(["query", "张三在北京", "--url", "http://127.0.0.1:9001"])
     assert q.func is cmd_query and q.texts == ["张三在北京"]
+
+
+def test_app_serve_alone_reports_a_bad_flag_in_one_line():
+    """``python -m app.serve`` is the ner parser with two commands: the same one-line usage errors."""
+    r = subprocess.run(
+        [sys.executable, "-m", "app.serve", "serve", "--port", "nine"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "argument --port: invalid int value: 'nine'" in r.stderr and "(see ner serve --help)" in r.stderr
 
 
 def test_cli_wiring():

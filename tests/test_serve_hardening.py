@@ -60,7 +60,8 @@ def _raw(port: int, data: bytes, *, wait: float = 10.0) -> tuple[bytes, float]:
 
 # ----------------------------------------------------------------------------------------- units
 def test_loopback_and_the_api_key_sources(tmp_path):
-    from app.serve_guard import check_bind, is_loopback, load_api_key
+    from app.exposure import check_keyed_bind, is_loopback
+    from app.serve_guard import load_api_key
 
     assert all(map(is_loopback, ["127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.5", "192.168.1.2", "example.org"]))
@@ -75,9 +76,32 @@ def test_loopback_and_the_api_key_sources(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load_api_key(tmp_path / "nope", environ={})
     with pytest.raises(ValueError, match="--host 0.0.0.0 is reachable from other machines"):
-        check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", KEY)
-    check_bind("127.0.0.1", None)
+        check_keyed_bind("0.0.0.0", None)
+    check_keyed_bind("0.0.0.0", KEY)
+    check_keyed_bind("127.0.0.1", None)
+
+
+def test_one_loopback_rule_for_the_dashboard_and_the_service(monkeypatch):
+    """Both bind checks ask app.exposure.is_loopback, which resolves names: a name that reaches only this
+    machine needs neither a key nor --allow-remote, one that reaches another machine needs them."""
+    from app import exposure, serve_guard
+
+    assert not hasattr(serve_guard, "is_loopback") and not hasattr(serve_guard, "check_bind")
+    real = socket.getaddrinfo
+    names = {"api.internal": "127.0.0.1", "api.public": "10.0.0.5"}
+
+    def resolve(host, *args, **kwargs):
+        if host in names:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (names[host], 0))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    exposure.check_keyed_bind("api.internal", None)
+    assert exposure.check_bind("api.internal", 8501, allow_remote=False, what="the dashboard") is None
+    with pytest.raises(ValueError, match="--host api.public is reachable from other machines"):
+        exposure.check_keyed_bind("api.public", None)
+    with pytest.raises(ValueError, match="api.public is not a loopback address"):
+        exposure.check_bind("api.public", 8501, allow_remote=False, what="the dashboard")
 
 
 def test_json_depth_and_text_checks():
@@ -324,10 +348,10 @@ def test_burst_gets_503_past_the_queue_and_sigterm_lets_requests_in_flight_finis
 def test_serve_flags_parse():
     import argparse
 
-    from app.serve import add_commands
+    from app.commands import serve
 
     p = argparse.ArgumentParser()
-    add_commands(p.add_subparsers(dest="command"))
+    serve.add_parser(p.add_subparsers(dest="command"))
     a = p.parse_args(["serve", "--model-dir", "m"])
     assert (a.max_queue, a.max_queue_chars, a.api_key_file) == (None, None, None)
     assert (a.body_timeout, a.idle_timeout, a.graceful_timeout) == (20.0, 5.0, 30.0)

@@ -360,7 +360,7 @@ def test_a_conversion_cached_by_earlier_code_under_the_old_root_is_reused(tmp_pa
 
 
 def _parser():
-    from app import convert
+    from app.commands import convert_checkpoint as convert
 
     p = argparse.ArgumentParser(prog="ner")
     convert.add_parser(p.add_subparsers(dest="command", required=True))

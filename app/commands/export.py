@@ -11,13 +11,10 @@ Offsets are written in the unit each tool counts (Label Studio: code points; doc
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-from ner_core.data.formats.doccano import write_doccano
-from ner_core.data.formats.label_studio import label_config, write_atomic, write_label_studio
+from app.commands.shared import add_db
 from ner_core.data.formats.offsets import OFFSET_UNITS
-from storage.interop import prediction_run_export
 
 __all__ = ["EXPORT_FORMATS", "add_parser", "cmd_export", "export_prediction_run"]
 
@@ -25,11 +22,51 @@ __all__ = ["EXPORT_FORMATS", "add_parser", "cmd_export", "export_prediction_run"
 EXPORT_FORMATS = {"label-studio": "codepoint", "doccano": "utf16"}
 
 
+def add_parser(sub) -> None:
+    """Add ``export`` to an argparse ``subparsers`` object (``ner export``)."""
+    sp = sub.add_parser(
+        "export", help="write a prediction run as Label Studio tasks or doccano JSONL for review there"
+    )
+    sp.add_argument("--pred-run", required=True, help="prediction run id (see the dashboard or `ner query`)")
+    sp.add_argument("--format", required=True, choices=tuple(EXPORT_FORMATS), help="the annotation tool")
+    sp.add_argument("--out", required=True, help="file to write (replaced whole, never half-written)")
+    add_db(sp)
+    sp.add_argument(
+        "--offsets",
+        choices=OFFSET_UNITS,
+        help="offset unit written (default: the tool's own: label-studio codepoint, doccano utf16)",
+    )
+    sp.add_argument(
+        "--label-config",
+        metavar="XML",
+        help="also write the Label Studio labelling config (the run's labels) to this file",
+    )
+    sp.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ner_core.data.formats.label_studio import label_config, write_atomic
+
+    summary = export_prediction_run(args.db, args.pred_run, args.format, args.out, offsets=args.offsets)
+    if args.label_config:
+        write_atomic(args.label_config, label_config(summary["labels"]))
+    print(
+        f"exported prediction run {args.pred_run}: {summary['documents']} documents, "
+        f"{summary['entities']} entities as {args.format} ({summary['offsets']} offsets) to {args.out}"
+        + (f"; labelling config in {args.label_config}" if args.label_config else "")
+    )
+    return 0
+
+
 def export_prediction_run(
     db_path: str | Path, pred_run_id: str, fmt: str, out: str | Path, *, offsets: str | None = None
 ) -> dict:
     """Write prediction run ``pred_run_id`` as ``fmt`` (``label-studio`` or ``doccano``) to ``out``;
     returns ``{"documents", "entities", "labels", "offsets"}``. Nothing is written on error."""
+    from ner_core.data.formats.doccano import write_doccano
+    from ner_core.data.formats.label_studio import write_label_studio
+    from storage.interop import prediction_run_export
+
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {tuple(EXPORT_FORMATS)}, got {fmt!r}")
     unit = offsets or EXPORT_FORMATS[fmt]
@@ -50,39 +87,3 @@ def export_prediction_run(
         "labels": run["labels"],
         "offsets": unit,
     }
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    summary = export_prediction_run(args.db, args.pred_run, args.format, args.out, offsets=args.offsets)
-    if args.label_config:
-        write_atomic(args.label_config, label_config(summary["labels"]))
-    print(
-        f"exported prediction run {args.pred_run}: {summary['documents']} documents, "
-        f"{summary['entities']} entities as {args.format} ({summary['offsets']} offsets) to {args.out}"
-        + (f"; labelling config in {args.label_config}" if args.label_config else "")
-    )
-    return 0
-
-
-def add_parser(sub) -> None:
-    """Add ``export`` to an argparse ``subparsers`` object (``ner export``)."""
-    sp = sub.add_parser(
-        "export", help="write a prediction run as Label Studio tasks or doccano JSONL for review there"
-    )
-    sp.add_argument("--pred-run", required=True, help="prediction run id (see the dashboard or `ner query`)")
-    sp.add_argument("--format", required=True, choices=tuple(EXPORT_FORMATS), help="the annotation tool")
-    sp.add_argument("--out", required=True, help="file to write (replaced whole, never half-written)")
-    sp.add_argument(
-        "--db", default=os.environ.get("NER_DB", "ner.duckdb"), help="DuckDB file (default %(default)s)"
-    )
-    sp.add_argument(
-        "--offsets",
-        choices=OFFSET_UNITS,
-        help="offset unit written (default: the tool's own: label-studio codepoint, doccano utf16)",
-    )
-    sp.add_argument(
-        "--label-config",
-        metavar="XML",
-        help="also write the Label Studio labelling config (the run's labels) to this file",
-    )
-    sp.set_defaults(func=cmd_export)

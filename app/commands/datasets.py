@@ -10,10 +10,34 @@ deleted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-DEFAULT_DB = "ner.duckdb"
+from app.commands.shared import add_db
+
+
+def add_parser(sub) -> None:
+    """``datasets`` with its ``list`` and ``delete`` actions, on the ``ner`` subparsers ``sub``."""
+    sp = sub.add_parser("datasets", help="list the stored datasets, or delete one (personal data)")
+    actions = sp.add_subparsers(dest="action", required=True, parser_class=type(sp))
+    ls = actions.add_parser("list", help="every dataset version with its counts")
+    add_db(ls)
+    ls.set_defaults(func=cmd_datasets_list)
+    rm = actions.add_parser(
+        "delete",
+        help="remove a dataset (or one version) with its documents, gold entities, problems, predictions "
+        "and review events; names the trained models that saw it (kept)",
+    )
+    rm.add_argument("name", help="dataset name")
+    rm.add_argument("--version", type=int, help="only this version (default: every version)")
+    rm.add_argument("--yes", action="store_true", help="do not ask for a confirmation")
+    rm.add_argument(
+        "--no-rewrite",
+        action="store_true",
+        help="skip rewriting the database file afterwards (faster on a large file; the deleted bytes then "
+        "stay in its free space until DuckDB reuses it)",
+    )
+    add_db(rm)
+    rm.set_defaults(func=cmd_datasets_delete)
 
 
 def _confirmed(question: str) -> bool:
@@ -53,30 +77,3 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
             f"{d['n_errors']:>7,}  {d['created_at']:%Y-%m-%d %H:%M}"
         )
     return 0
-
-
-def add_parser(sub) -> None:
-    """``datasets`` with its ``list`` and ``delete`` actions, on the ``ner`` subparsers ``sub``."""
-    sp = sub.add_parser("datasets", help="list the stored datasets, or delete one (personal data)")
-    actions = sp.add_subparsers(dest="action", required=True, parser_class=type(sp))
-    db_help = "DuckDB file (default %(default)s)"
-    default_db = os.environ.get("NER_DB", DEFAULT_DB)
-    ls = actions.add_parser("list", help="every dataset version with its counts")
-    ls.add_argument("--db", default=default_db, help=db_help)
-    ls.set_defaults(func=cmd_datasets_list)
-    rm = actions.add_parser(
-        "delete",
-        help="remove a dataset (or one version) with its documents, gold entities, problems, predictions "
-        "and review events; names the trained models that saw it (kept)",
-    )
-    rm.add_argument("name", help="dataset name")
-    rm.add_argument("--version", type=int, help="only this version (default: every version)")
-    rm.add_argument("--yes", action="store_true", help="do not ask for a confirmation")
-    rm.add_argument(
-        "--no-rewrite",
-        action="store_true",
-        help="skip rewriting the database file afterwards (faster on a large file; the deleted bytes then "
-        "stay in its free space until DuckDB reuses it)",
-    )
-    rm.add_argument("--db", default=default_db, help=db_help)
-    rm.set_defaults(func=cmd_datasets_delete)

@@ -32,51 +32,50 @@ MODELS/deploy_log/ -device_map "cpu"``): ``-log_path DIR`` appends one line per 
 ``DIR/requests.log`` (:class:`RequestLog`: time, method and path, status, milliseconds, characters sent;
 never the texts themselves, which may be private).
 
-The ``ner`` CLI wires these in with ``add_commands(subparsers)``; ``python -m app.serve serve ...`` works
-on its own as well.
+This package is the service; the commands are :mod:`app.commands.serve` (``ner serve``, alias ``deploy``,
+whose limit flags are :class:`ServeLimits`' fields) and :mod:`app.commands.query`. ``python -m app.serve
+serve|query ...`` runs those two without the rest of ``ner`` (:mod:`app.serve.__main__`).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.options import (
-    add_prediction_options,
-    add_seed_model_options,
-    chosen_model,
-    prediction_options,
-)
 from ner_core.config import PredictionConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_URL = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}"
 CHARS_HEADER = "X-NER-Chars"  # characters a /predict or /decode request carried (read by the request log)
 
 
 class ServeLimits(BaseModel):
-    """What one request may carry; anything beyond is answered with 413."""
+    """What one request may carry (anything beyond is answered with 413), what may wait for the model
+    (beyond it, 503 + Retry-After) and how long a body may take (408). Each field is a flag of
+    ``ner serve`` (:data:`app.commands.serve.LIMIT_FLAGS`), its description the flag's help."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_texts: int = Field(64, ge=1, description="texts per request")
     max_chars: int = Field(20_000, ge=1, description="characters per text")
-    max_total_chars: int = Field(200_000, ge=1, description="characters per request, all texts together")
+    max_total_chars: int = Field(200_000, ge=1, description="characters per request")
     # the queue in front of the model: beyond it, 503 + Retry-After (default: two full batches)
-    max_queue: int | None = Field(None, ge=1, description="requests waiting for the model (2 x max_texts)")
-    max_queue_chars: int | None = Field(
-        None, ge=1, description="characters waiting for the model (2 x max_total_chars)"
+    max_queue: int | None = Field(
+        None,
+        ge=1,
+        description="requests waiting for the model before the service answers 503 with Retry-After "
+        "(default 2 x --max-texts: two full batches)",
     )
-    body_timeout_s: float = Field(20.0, gt=0, description="seconds to receive a request body")
+    max_queue_chars: int | None = Field(
+        None, ge=1, description="characters waiting for the model before 503 (default 2 x --max-total-chars)"
+    )
+    body_timeout_s: float = Field(20.0, gt=0, description="seconds to receive a request body before 408")
 
     @model_validator(mode="after")
     def _queue_defaults(self) -> ServeLimits:
@@ -540,243 +539,3 @@ def _add_seed_route(app, batcher: RequestBatcher, limits: ServeLimits, scheme: s
         spans = [Entity(start=e.start, end=e.end, label=e.label) for e in ents]
         body = {"text": req.text, "tags": " ".join(spans_to_tags(len(req.text), spans, scheme))}
         return JSONResponse(body, headers={CHARS_HEADER: str(len(req.text))})
-
-
-# ----------------------------------------------------------------------------------------- commands
-def cmd_serve(args: argparse.Namespace) -> int:
-    from app.serve_guard import bound_kernel_cache, check_bind, load_api_key, run_server
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    bound_kernel_cache()  # before the model's first operation: a long-running service meets many shapes
-
-    api_key = load_api_key(args.api_key_file)
-    check_bind(args.host, api_key)  # before the model loads: a refusal is one line, at once
-    model_dir, run_id = chosen_model(args)
-    limits = ServeLimits(
-        max_texts=args.max_texts,
-        max_chars=args.max_chars,
-        max_total_chars=args.max_total_chars,
-        max_queue=args.max_queue,
-        max_queue_chars=args.max_queue_chars,
-        body_timeout_s=args.body_timeout,
-    )
-    app = create_app(
-        model_dir,
-        run_id=run_id,
-        limits=limits,
-        options=prediction_options(args),
-        batch_requests=args.batch_requests,
-        log_path=args.log_path,
-        api_key=api_key,
-    )
-    print(
-        f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)"
-        + (", API key required (not on /health)" if api_key else "")
-        + (f", request log {app.state.request_log.path}" if args.log_path else ""),
-        flush=True,
-    )
-    run_server(
-        app,
-        host=args.host,
-        port=args.port,
-        idle_timeout_s=args.idle_timeout,
-        max_connections=args.max_connections,
-        graceful_timeout_s=args.graceful_timeout,
-        log_level=args.log_level,
-        access_log=args.access_log,
-    )
-    return 0
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    import httpx
-
-    from app.serve_guard import load_api_key
-
-    texts = list(args.texts)
-    if not texts or texts == ["-"]:
-        texts = [line.strip() for line in sys.stdin if line.strip()]
-    if not texts:
-        raise ValueError('no text given: ner query "TEXT" [TEXT ...] (or lines on stdin with -)')
-    url = args.url.rstrip("/") + "/predict"
-    key = load_api_key(getattr(args, "api_key_file", None))
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    try:
-        r = httpx.post(url, json={"texts": texts}, headers=headers, timeout=args.timeout)
-    except httpx.HTTPError as exc:
-        print(
-            f"ner query: error: cannot reach the service at {args.url} ({type(exc).__name__}: {exc}); "
-            f"start it with `ner serve`",
-            file=sys.stderr,
-        )
-        return 2
-    if r.status_code != 200:
-        try:
-            detail = r.json().get("detail", r.text)
-        except ValueError:
-            detail = r.text
-        print(f"ner query: error: the service answered {r.status_code}: {detail}", file=sys.stderr)
-        return 2
-    body = r.json()
-    if args.json:
-        print(json.dumps(body, ensure_ascii=False, indent=2))
-        return 0
-    for text, res in zip(texts, body["results"], strict=True):
-        shown = text if len(text) <= 60 else text[:60] + "…"
-        print(f"{shown}  ({len(res['entities'])} entities)")
-        for e in res["entities"]:
-            print(
-                f"  {e['label']:<6} [{e['start']}, {e['end']})  {e['text']}  confidence {e['confidence']:.3f}"
-            )
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    """Add ``serve`` (alias ``deploy``) and ``query`` to an argparse ``subparsers`` object."""
-    _add_serve(subparsers)
-    _add_query(subparsers)
-
-
-def _add_serve(subparsers) -> None:
-    d = ServeLimits()
-    sp = subparsers.add_parser(
-        "serve", aliases=["deploy"], help="serve a model over HTTP (FastAPI + uvicorn)"
-    )
-    sp.add_argument("--model-dir", help="model directory (default: --run's or the production run's in --db)")
-    sp.add_argument("--run", help="serve this training run's model (needs --db)")
-    sp.add_argument(
-        "--db",
-        default=os.environ.get("NER_DB", "ner.duckdb"),
-        help="DuckDB file to find --run / the production run in (default %(default)s)",
-    )
-    sp.add_argument(
-        "--host", default=DEFAULT_HOST, help="address to bind (default %(default)s: loopback only)"
-    )
-    sp.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s)")
-    sp.add_argument(
-        "--max-texts", type=int, default=d.max_texts, help="texts per request (default %(default)s)"
-    )
-    sp.add_argument(
-        "--max-chars", type=int, default=d.max_chars, help="characters per text (default %(default)s)"
-    )
-    sp.add_argument(
-        "--max-total-chars",
-        type=int,
-        default=d.max_total_chars,
-        help="characters per request (default %(default)s)",
-    )
-    _add_guard_options(sp, d)
-    add_prediction_options(sp)
-    g = add_seed_model_options(sp)
-    g.add_argument(
-        "--log_path",
-        "-log_path",
-        metavar="DIR",
-        help="append one line per request to DIR/requests.log: time, path, status, milliseconds and "
-        "characters sent (never the texts)",
-    )
-    sp.add_argument(
-        "--batch-requests",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="tag the texts of concurrent requests together in one forward pass (default on)",
-    )
-    sp.add_argument(
-        "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    sp.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="log every request (default off)",
-    )
-    sp.set_defaults(func=cmd_serve)
-
-
-def _add_guard_options(sp, d: ServeLimits) -> None:
-    """The API key, the queue bound, body and connection timeouts of ``ner serve``."""
-    from app.options import positive_int
-
-    g = sp.add_argument_group("access, queue and connections")
-    g.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="require the API key in FILE on every path but /health (default: $NER_API_KEY when set; "
-        "required when --host is not a loopback address)",
-    )
-    g.add_argument(
-        "--max-queue",
-        type=positive_int,
-        help="requests waiting for the model before the service answers 503 with Retry-After "
-        "(default 2 x --max-texts: two full batches)",
-    )
-    g.add_argument(
-        "--max-queue-chars",
-        type=positive_int,
-        help="characters waiting for the model before 503 (default 2 x --max-total-chars)",
-    )
-    g.add_argument(
-        "--body-timeout",
-        type=float,
-        default=d.body_timeout_s,
-        metavar="SECONDS",
-        help="seconds to receive a request body before 408 (default %(default)s)",
-    )
-    g.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=5.0,
-        metavar="SECONDS",
-        help="close a connection that sends no request for this long (default %(default)s)",
-    )
-    g.add_argument(
-        "--max-connections",
-        type=positive_int,
-        default=1000,
-        help="connections and requests at once before uvicorn answers 503 (default %(default)s)",
-    )
-    g.add_argument(
-        "--graceful-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM/SIGINT, wait this long for the requests in flight (default %(default)s)",
-    )
-
-
-def _add_query(subparsers) -> None:
-    sp = subparsers.add_parser("query", help="send texts to a running `ner serve` and print the entities")
-    sp.add_argument("texts", nargs="*", help="texts to tag (none or '-': one per line on stdin)")
-    sp.add_argument(
-        "--url",
-        default=os.environ.get("NER_SERVE_URL", DEFAULT_URL),
-        help="service address (default %(default)s)",
-    )
-    sp.add_argument("--json", action="store_true", help="print the service's JSON answer")
-    sp.add_argument(
-        "--api-key-file",
-        metavar="FILE",
-        help="send the API key in FILE (default: $NER_API_KEY when set)",
-    )
-    sp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default %(default)s)")
-    sp.set_defaults(func=cmd_query)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ner", description="prediction API: serve a model, query it")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        if os.environ.get("NER_DEBUG"):
-            raise
-        print(f"ner {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

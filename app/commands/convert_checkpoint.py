@@ -1,0 +1,64 @@
+"""``ner convert-checkpoint``: a Google TF1 BERT / ALBERT checkpoint -> an ordinary HF model folder.
+
+The flags are the seed's (``-bert_config``, ``-bert_checkpoint``, ``-bert_vocab``, ``-albert``; one or
+two dashes) plus ``--out``. The folder can then be given anywhere an encoder is (``--encoder DIR``).
+Bad input gives one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ner_core.artifacts.tf.convert import WEIGHTS, TFCheckpointError, convert_checkpoint
+from ner_core.settings import settings
+
+__all__ = ["add_parser", "cmd_convert"]
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``convert-checkpoint`` to an argparse ``subparsers`` object; return its parser."""
+    sp = subparsers.add_parser(
+        "convert-checkpoint",
+        help="convert a Google TF1 BERT/ALBERT checkpoint into a Hugging Face model folder (no TensorFlow)",
+        description=(
+            "Read bert_model.ckpt.index + .data-* with bert_config.json and vocab.txt (Google's release "
+            f"layout, also RoBERTa-wwm and Google-format ALBERT) and write config.json, {WEIGHTS}, "
+            "the tokenizer files and conversion_report.json into --out."
+        ),
+    )
+    sp.add_argument("--bert_config", "-bert_config", required=True, metavar="FILE", help="bert_config.json")
+    sp.add_argument(
+        "--bert_checkpoint",
+        "-bert_checkpoint",
+        required=True,
+        metavar="PREFIX",
+        help="checkpoint prefix (.../bert_model.ckpt), its .index file, or its folder",
+    )
+    sp.add_argument("--bert_vocab", "-bert_vocab", required=True, metavar="FILE", help="vocab.txt")
+    sp.add_argument(
+        "--albert",
+        "-albert",
+        action="store_true",
+        help="the checkpoint is Google-format ALBERT (as the seed's -albert); checked against its variables",
+    )
+    sp.add_argument(
+        "--out", "-out", required=True, metavar="DIR", help="new folder to write (must not exist)"
+    )
+    sp.set_defaults(func=cmd_convert)
+    return sp
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        report = convert_checkpoint(
+            args.bert_config, args.bert_checkpoint, args.bert_vocab, args.out, albert=bool(args.albert)
+        )
+    except (TFCheckpointError, OSError) as exc:
+        if settings().debug:
+            raise
+        msg = " ".join(str(exc).split("\n"))
+        print(f"ner convert-checkpoint: error: {msg}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0

@@ -1,0 +1,105 @@
+"""``ner train``: train a model on an ingested dataset (``--dataset``) or on files (the seed's
+``-train_data`` / ``-dev_data`` / ``-test_data``, ingested first); ``--resume RUN_ID`` continues a killed run.
+
+With ``-save_path`` it writes the seed's ``model_configs.json``, with ``-do_eval`` the seed's training log
+(:mod:`app.seed_commands`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from app import seed_commands
+from app.commands.config_options import add_config_args, build_config, check_device
+from app.commands.shared import CLIError, add_common, print_json, run_flow_or_step
+from ner_core.model.encoder import check_encoder, preflight
+
+
+def add_parser(sub) -> None:
+    sp = add_common(
+        sub.add_parser("train", help="train a model on an ingested dataset (--dataset) or on files")
+    )
+    sp.add_argument(
+        "--runs-root",
+        "--save_path",
+        "-save_path",
+        default="runs",
+        help="where run directories go (seed: save_path; default %(default)s)",
+    )
+    sp.add_argument(
+        "--train_data",
+        "-train_data",
+        "--train-data",
+        metavar="FILE",
+        help="ingest this file as the train split of --dataset first (any supported format)",
+    )
+    sp.add_argument("--dev_data", "-dev_data", "--dev-data", metavar="FILE", help="... and this as dev")
+    sp.add_argument("--test_data", "-test_data", "--test-data", metavar="FILE", help="... and this as test")
+    sp.add_argument("--resume", metavar="RUN_ID", help="continue a killed run from its last checkpoint")
+    sp.add_argument(
+        "--plus",
+        metavar="DATASET",
+        help="also train on this dataset's train split (latest version), e.g. a review export; dev and "
+        "test stay --dataset's; label sets must match, or differ only by labels reviewers added",
+    )
+    add_config_args(sp)
+    sp.set_defaults(func=cmd_train)
+
+
+def _data_files(args: argparse.Namespace) -> dict[str, str]:
+    """The seed's -train_data / -dev_data / -test_data, checked: train needs dev, all must exist, and a
+    resumed run takes none."""
+    files = {
+        k: v for k, v in (("train", args.train_data), ("dev", args.dev_data), ("test", args.test_data)) if v
+    }
+    if files:
+        if set(files) < {"train", "dev"}:
+            raise CLIError("--train_data needs --dev_data too (early stopping scores on dev)")
+        for f in files.values():
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"{f}: no such file")
+        if args.resume:
+            raise CLIError("--resume continues a stored run; it cannot take new --train_data")
+    if args.resume and args.plus:
+        raise CLIError("--resume continues a stored run with the datasets it trained on; drop --plus")
+    return files
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from flows import steps
+
+    config = build_config(args)
+    if args.resume:
+        check_encoder(config.encoder.name)
+    else:
+        preflight(config)
+        check_device(config.training.device)
+    files = _data_files(args)
+    if files:
+        ingest = run_flow_or_step(
+            args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
+        )
+        print(f"ingested {config.data.dataset} v{ingest.version}", file=sys.stderr)
+    out = run_flow_or_step(
+        args,
+        "train_flow",
+        steps.train_step if args.no_prefect else None,
+        db_path=args.db,
+        config=config,
+        runs_root=args.runs_root,
+        run_id=args.resume,
+        resume=bool(args.resume),
+        **({"plus": args.plus} if args.plus else {}),
+    )
+    seed_commands.write_model_configs(
+        args.runs_root, out.model_dir, run_id=out.run_id, bert_vocab=args.bert_vocab
+    )
+    if args.do_eval:
+        path, text = seed_commands.write_train_log(args.runs_root, out, albert=args.albert)
+        print(f"{text}\n(-do_eval report written to {path})", file=sys.stderr)
+    if args.tag_padding:  # said after the run, so that a refusal stays one line
+        print("note: -tag_padding is not needed (padding is masked) and was ignored", file=sys.stderr)
+    print_json(out)
+    return 0
