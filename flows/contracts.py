@@ -11,9 +11,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_serializer,
+)
 
-from ner_core.metrics import TypeScores
+from ner_core.metrics import SUMMARY_FIELDS, EvaluationReport, TypeScores
 
 __all__ = [
     "DatasetSource",
@@ -61,30 +69,29 @@ class TrainSummary(_Contract):
     seconds: float
 
 
-class EvaluateSummary(BaseModel):
-    """An evaluation stored by :func:`flows.steps.evaluate_step`: the overall figures, then one
-    ``"<label>.<metric>"`` and ``"errors.<kind>"`` field per label and error kind (they depend on the
-    label set, so they are extra fields). ``markdown`` and ``per_type`` feed the reports and the Prefect
-    artifacts and are left out of the JSON."""
-
+class _EvaluateBase(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     eval_id: str
-    n_sentences: int
-    n_chars: int
-    char_accuracy: float
-    sentence_accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    macro_precision: float
-    macro_recall: float
-    macro_f1: float
-    n_gold: int
-    n_pred: int
-    n_correct: int
-    markdown: str = Field("", exclude=True)
-    per_type: list[TypeScores] = Field(default_factory=list, exclude=True)
+
+
+# The fields of EvaluationReport's figures are not listed again: one per ner_core.metrics.SUMMARY_FIELDS,
+# typed as the report has them, in its order.
+EvaluateSummary = create_model(
+    "EvaluateSummary",
+    __base__=_EvaluateBase,
+    __module__=__name__,
+    __doc__=(
+        "An evaluation stored by :func:`flows.steps.evaluate_step`: ``eval_id``, the overall figures (the "
+        'fields of :data:`ner_core.metrics.SUMMARY_FIELDS`), then one ``"<label>.<metric>"`` and '
+        '``"errors.<kind>"`` field per label and error kind (they depend on the label set, so they are '
+        "extra fields). ``markdown`` and ``per_type`` feed the reports and the Prefect artifacts and are "
+        "left out of the JSON."
+    ),
+    **{name: (EvaluationReport.model_fields[name].annotation, ...) for name in SUMMARY_FIELDS},
+    markdown=(str, Field("", exclude=True)),
+    per_type=(list[TypeScores], Field(default_factory=list, exclude=True)),
+)
 
 
 class PredictSummary(_Contract):

@@ -43,6 +43,7 @@ __all__ = [
     "ErrorCounts",
     "ErrorSentence",
     "EvaluationReport",
+    "SUMMARY_FIELDS",
     "TypeScores",
     "char_accuracy",
     "classify_errors",
@@ -129,22 +130,9 @@ class EvaluationReport(BaseModel):
     error_sentences: list[ErrorSentence] = Field(default_factory=list)
 
     def summary(self) -> dict[str, float | int]:
-        """Flat numbers: the overall figures, ``"<label>.<metric>"`` per type, ``"errors.<kind>"``."""
-        out: dict[str, float | int] = {
-            "n_sentences": self.n_sentences,
-            "n_chars": self.n_chars,
-            "char_accuracy": self.char_accuracy,
-            "sentence_accuracy": self.sentence_accuracy,
-            "precision": self.precision,
-            "recall": self.recall,
-            "f1": self.f1,
-            "macro_precision": self.macro_precision,
-            "macro_recall": self.macro_recall,
-            "macro_f1": self.macro_f1,
-            "n_gold": self.n_gold,
-            "n_pred": self.n_pred,
-            "n_correct": self.n_correct,
-        }
+        """Flat numbers: the overall figures (:data:`SUMMARY_FIELDS`, in field order), ``"<label>.<metric>"``
+        per type, ``"errors.<kind>"``."""
+        out: dict[str, float | int] = {name: getattr(self, name) for name in SUMMARY_FIELDS}
         for t in self.per_type:
             for key in ("precision", "recall", "f1", "support", "predicted", "correct"):
                 out[f"{t.label}.{key}"] = getattr(t, key)
@@ -200,6 +188,14 @@ class EvaluationReport(BaseModel):
             lines.append(f"  - gold: {_mentions(s.text, s.gold)}")
             lines.append(f"  - pred: {_mentions(s.text, s.pred)}")
         return "\n".join(lines) + "\n"
+
+
+#: the overall figures of a report, in field order: its int and float fields (``scheme`` and the lists
+#: are not figures). :meth:`EvaluationReport.summary` and ``flows.contracts.EvaluateSummary`` are built
+#: from it.
+SUMMARY_FIELDS: tuple[str, ...] = tuple(
+    name for name, f in EvaluationReport.model_fields.items() if f.annotation in (int, float)
+)
 
 
 def _mentions(text: str, entities: Sequence[Entity]) -> str:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from ner_core.documents import Document, Entity
 from ner_core.metrics import (
     ERROR_KINDS,
+    SUMMARY_FIELDS,
     ErrorCounts,
     EvaluationReport,
     char_accuracy,
@@ -125,6 +126,25 @@ def test_summary_and_markdown(report):
     # the report survives a JSON round trip (it is stored as JSON)
     again = EvaluationReport.model_validate_json(report.model_dump_json())
     assert again == report
+
+
+def test_the_summary_figures_are_the_reports_number_fields_listed_once(report):
+    """summary() and flows.contracts.EvaluateSummary come from one list, the report's int and float fields,
+    with the keys and order they always had."""
+    from flows.contracts import EvaluateSummary
+
+    figures = ["n_sentences", "n_chars", "char_accuracy", "sentence_accuracy", "precision", "recall", "f1",
+               "macro_precision", "macro_recall", "macro_f1", "n_gold", "n_pred", "n_correct"]  # fmt: skip
+    assert list(SUMMARY_FIELDS) == figures
+    assert list(report.summary())[: len(figures)] == figures
+    assert list(EvaluateSummary.model_fields) == ["eval_id", *figures, "markdown", "per_type"]
+    for name in figures:
+        assert EvaluateSummary.model_fields[name].annotation is EvaluationReport.model_fields[name].annotation
+    out = EvaluateSummary(eval_id="e", **report.summary(), markdown="# m")
+    assert list(json.loads(out.model_dump_json()))[: len(figures) + 1] == ["eval_id", *figures]
+    assert "markdown" not in out.model_dump() and out.model_dump()["PER.precision"] == 0.5
+    with pytest.raises(ValueError, match="n_correct"):
+        EvaluateSummary(eval_id="e", **{k: v for k, v in report.summary().items() if k != "n_correct"})
 
 
 def test_perfect_prediction_and_nothing_predicted():
