@@ -154,7 +154,7 @@ def retrain_from_reviews_flow(
         return RetrainSummary(status="skipped", message=msg, new_decisions=n_new)
     export = export_task(db_path, pred_run_id, name)
     base = config.data.dataset
-    done = review_export.trained_on(db_path, base, latest_version(db_path, base), name, export.version)
+    done = runs_db.trained_on(db_path, base, latest_version(db_path, base), name, export.version)
     if done:
         msg = f"run {done} already trained on {base} + {name} v{export.version}: nothing to retrain"
         print(msg, flush=True)

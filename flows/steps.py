@@ -8,6 +8,7 @@ directly. They take paths, ids and the typed inputs of :mod:`flows.contracts` an
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import uuid
@@ -34,8 +35,7 @@ from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
 from storage import query as query_db
 from storage import runs as runs_db
-from storage.datasets import ingest_dataset, latest_version, load_documents
-from storage.review_export import config_with_plus, run_config_plus, training_documents
+from storage.datasets import ingest_dataset, latest_version, load_documents, training_documents
 
 
 def new_run_id(config: NERConfig) -> str:
@@ -79,9 +79,8 @@ def _stored_run(db_path: str, run_id: str | None) -> tuple[dict, NERConfig, str 
     if not run_id:
         raise ValueError("--resume needs the RUN_ID of the run to continue")
     prev = runs_db.get_run(db_path, run_id)
-    cfg, prev_plus = run_config_plus(prev["config"])
-    plus, plus_version = (prev_plus["dataset"], prev_plus["version"]) if prev_plus else (None, None)
-    return prev, NERConfig.model_validate(cfg), plus, plus_version
+    config = NERConfig.model_validate(json.loads(prev["config"]))
+    return prev, config, prev["plus_dataset"], prev["plus_version"]
 
 
 def _mark_failed(db_path: str, run_id: str, exc: BaseException) -> None:
@@ -103,7 +102,7 @@ def train_step(
     plus_version: int | None = None,
 ) -> TrainSummary:
     """Train on the dataset's train split (plus dataset ``plus``'s train split, e.g. a review export),
-    early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's config)."""
+    early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's row)."""
     from ner_core.training.loop import train
 
     prev = None
@@ -128,8 +127,10 @@ def train_step(
             run_id,
             dataset=ds,
             dataset_version=version,
-            config_json=config_with_plus(config.to_json(), data.plus),
+            config_json=config.to_json(),
             run_dir=run_dir,
+            plus_dataset=data.plus["dataset"] if data.plus else None,
+            plus_version=data.plus["version"] if data.plus else None,
         )
     print(
         f"run {run_id}: {len(train_docs)} train / {len(dev_docs)} dev documents, labels {labels}, "

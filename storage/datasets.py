@@ -6,6 +6,9 @@ whole plan in one transaction through Arrow tables: either every row of the vers
 is. Re-ingesting identical files with identical options returns the latest version unchanged
 (``created=False``); changed files create version ``n + 1``. Nothing is stored when the plan raises
 :class:`~ner_core.data.ingest.IngestError` (see :mod:`ner_core.data.ingest` for the policies).
+
+:func:`training_documents` is what a run trains on: a dataset's train and dev splits, with a second
+dataset's train split added (``ner train --plus``, e.g. a review export).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,12 @@ from ner_core.data.formats.problems import problem
 from ner_core.data.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
 from ner_core.documents import Document, Entity
 from storage.db import open_db, transaction
+
+
+def text_sha1(text: str) -> str:
+    """``documents.text_sha1`` of a text: sha1 of its UTF-8 bytes, hex (how texts are matched across
+    datasets: re-ingest, leak checks)."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def _problem_from_row(row: tuple) -> Problem:
@@ -168,7 +178,7 @@ def _arrow_tables(rows: list[Row], splits: list[str]) -> dict[str, pa.Table]:
             "doc_id": pa.array(doc_ids, pa.string()),
             "ord": pa.array(range(n), pa.int64()),
             "text": pa.array(texts, pa.string()),
-            "text_sha1": pa.array([hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts], pa.string()),
+            "text_sha1": pa.array([text_sha1(t) for t in texts], pa.string()),
             "source": pa.array([r[4] for r in rows], pa.string()),
             "line": pa.array([r[3] for r in rows], pa.int64()),
         }
@@ -411,3 +421,99 @@ def load_problems(db_path: str | Path, dataset: str, version: int | None = None)
                 [dataset, v],
             ).fetchall()
         ]
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainingData:
+    """What a run trains on: ``train`` (base train split + the ``plus`` dataset's train split), ``dev``
+    (the base's), the label set, the plus dataset version (``{"dataset", "version"}`` or ``None``) and
+    one line per adjustment made."""
+
+    train: list[Document]
+    dev: list[Document]
+    labels: list[str]
+    plus: dict | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _reconciled_labels(base: str, bv: int, base_labels: list[str], plus: str, pv: int, row) -> list[str]:
+    plus_labels, options = list(row[0]), json.loads(row[1]) if row[1] else {}
+    added = set(options.get("added_labels") or []) if isinstance(options, dict) else set()
+    missing = sorted(set(base_labels) - set(plus_labels))
+    if missing:
+        raise ValueError(
+            f"dataset {plus!r} v{pv} lacks labels {missing} of {base!r} v{bv}: its documents were not "
+            "annotated for them, so training on both would teach the model to miss them"
+        )
+    extra = sorted(set(plus_labels) - set(base_labels))
+    unexplained = [lab for lab in extra if lab not in added]
+    if unexplained:
+        raise ValueError(
+            f"dataset {plus!r} v{pv} has labels {unexplained} that {base!r} v{bv} lacks and no reviewer "
+            "added explicitly (add_label): refusing to train on differing label sets"
+        )
+    return sorted(set(base_labels) | set(extra))
+
+
+def _combined(dataset: str, version: int, train: list[Document], plus: str, pv: int, extra, held_out):
+    """(train documents, notes): ``train`` with the ``plus`` documents ``extra`` added, those whose text
+    is held out (the base's dev/test) left out and the base's own copies of a reviewed text replaced."""
+    kept = [d for d in extra if text_sha1(d.text) not in held_out]
+    texts = {d.text for d in kept}
+    base_kept = [d for d in train if d.text not in texts]
+    notes = [f"train: {len(base_kept)} documents of {dataset!r} v{version} + {len(kept)} of {plus!r} v{pv}"]
+    if len(kept) < len(extra):
+        notes.append(
+            f"{len(extra) - len(kept)} documents of {plus!r} left out: they are in {dataset!r}'s dev/test"
+        )
+    if len(base_kept) < len(train):
+        notes.append(
+            f"{len(train) - len(base_kept)} documents of {dataset!r} replaced by their reviewed version"
+        )
+    return base_kept + kept, tuple(notes)
+
+
+def training_documents(
+    db_path: str | Path,
+    dataset: str,
+    version: int | None = None,
+    plus: str | None = None,
+    plus_version: int | None = None,
+) -> TrainingData:
+    """The training data of ``dataset`` (its train and dev splits), with ``plus`` (latest version unless
+    ``plus_version``) added to the train split.
+
+    Labels: the union when ``plus`` only adds labels its reviewers added explicitly, else ``ValueError``.
+    A ``plus`` document whose text is in the base's dev/test split is left out (it would leak into the
+    evaluation); a base train document whose text a ``plus`` document also has is replaced by it (the
+    reviewed annotation wins).
+    """
+    with open_db(db_path, read_only=True) as con:
+        version = _resolve_version(con, dataset, version)
+        (base_labels,) = con.execute(
+            "SELECT labels FROM datasets WHERE name = ? AND version = ?", [dataset, version]
+        ).fetchone()
+        if plus is None:
+            labels = sorted(base_labels)
+        else:
+            plus_version = _resolve_version(con, plus, plus_version)
+            row = con.execute(
+                "SELECT labels, options FROM datasets WHERE name = ? AND version = ?", [plus, plus_version]
+            ).fetchone()
+            labels = _reconciled_labels(dataset, version, list(base_labels), plus, plus_version, row)
+            held_out = {
+                r[0]
+                for r in con.execute(
+                    "SELECT text_sha1 FROM documents WHERE dataset = ? AND version = ? "
+                    "AND split IN ('dev', 'test')",
+                    [dataset, version],
+                ).fetchall()
+            }
+    train = load_documents(db_path, dataset, "train", version)
+    dev = load_documents(db_path, dataset, "dev", version)
+    if plus is None:
+        return TrainingData(train, dev, labels)
+    extra = load_documents(db_path, plus, "train", plus_version)
+    train, notes = _combined(dataset, version, train, plus, plus_version, extra, held_out)
+    return TrainingData(train, dev, labels, {"dataset": plus, "version": plus_version}, notes)

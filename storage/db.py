@@ -218,6 +218,20 @@ def open_db(
         raise
 
 
+@contextmanager
+def read_current(path: str | Path, wait_s: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``with read_current(path) as con:`` — a short read-only connection to a database at this code's
+    schema: an older file is migrated once by a short writer connection first (for reads that need a
+    column or view a later migration made)."""
+    with open_db(path, read_only=True, wait_s=wait_s) as con:
+        if current_version(con) >= MIGRATIONS[-1][0]:
+            yield con
+            return
+    connect(path, wait_s=wait_s).close()
+    with open_db(path, read_only=True, wait_s=wait_s) as con:
+        yield con
+
+
 def now() -> datetime:
     """The current UTC time without a zone (DuckDB ``TIMESTAMP``)."""
     return datetime.now(UTC).replace(tzinfo=None)

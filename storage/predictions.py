@@ -200,14 +200,18 @@ def prediction_run_id(model_dir: str, input_ref: str, precision: str | None = No
     duplicating them (unless the run has review events: :class:`PredictionRunWriter` then writes
     ``<id>-r2``), and an fp32 and a bf16 run of one input are two runs.
 
-    The model is identified by its ``meta.json`` (written once per save, with a timestamp) or, failing
-    that, its resolved path; the input by ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
+    The model is identified by :func:`ner_core.artifacts.modeldir.model_identity` (its metadata file,
+    written once per save, with a timestamp) or, failing that, its resolved path; the input by
+    ``input_ref`` (file paths, ``dataset/split`` or the SQL text).
     ``precision`` ``None`` or ``"fp32"`` gives the id of runs stored before precision was part of it.
     """
     if not isinstance(input_ref, str) or not input_ref:
         raise ValueError(f"expected a non-empty input_ref string, got {input_ref!r}")
-    meta = Path(model_dir) / "meta.json"
-    ident = meta.read_text(encoding="utf-8") if meta.exists() else str(Path(model_dir).resolve())
+    from ner_core.artifacts.modeldir import model_identity  # lazy: it imports torch
+
+    ident = model_identity(model_dir)
+    if ident is None:
+        ident = str(Path(model_dir).resolve())
     key = f"{ident}\n{input_ref}" + (f"\nprecision={precision}" if precision not in (None, "fp32") else "")
     return "pred-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 

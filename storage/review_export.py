@@ -1,4 +1,4 @@
-"""Reviewed predictions become gold: a dataset version per export, the training data of ``--plus``, lineage.
+"""Reviewed predictions become gold: a dataset version per export.
 
 :func:`export_reviews` stores every document reviewed so far (a ``done`` event, see ``v_reviewed_documents``)
 with its corrected entities (``v_review_current``) as the next version of a dataset, through the same code
@@ -16,8 +16,9 @@ anything is new), and records in ``review_exports`` which review events made tha
 - Labels: the label set of the model that predicted, plus the labels used, plus every label a reviewer
   added explicitly (``add_label`` events, kept as ``added_labels`` in the version's options).
 
-:func:`training_documents` combines a base dataset with an export for training (``ner train --plus``) and
-:func:`model_lineage` answers which dataset versions and review events made a model.
+Training on a base dataset plus an export (``ner train --plus``) is
+:func:`storage.datasets.training_documents`; which dataset versions and review events made a model is
+:func:`storage.runs.model_lineage`.
 """
 
 from __future__ import annotations
@@ -31,28 +32,19 @@ from typing import Any
 import pyarrow as pa
 
 from ner_core.data.ingest import IngestOptions, IngestPlan, PlannedFile, check_dataset_name
-from ner_core.documents import Document
-from storage.datasets import _resolve_version, load_documents, store_plan
+from storage.datasets import store_plan, text_sha1
 from storage.db import open_db
 from storage.db import rows as _rows
 
 __all__ = [
     "EXPORT_FORMAT",
-    "LINEAGE_SQL",
-    "TrainingData",
     "export_reviews",
-    "model_lineage",
     "latest_reviewed_run",
     "new_decisions",
-    "trained_on",
-    "training_documents",
 ]
 
 EXPORT_FORMAT = "review"  # datasets.format of a review export
 _EVAL_SPLITS = ("dev", "test")
-
-# The lineage rows: the view v_model_lineage (migration 4) holds the SQL.
-LINEAGE_SQL = "SELECT * FROM v_model_lineage"
 
 
 @dataclass(frozen=True)
@@ -74,10 +66,6 @@ class _ExportOptions(IngestOptions):
             "n_events": self.n_events,
             "left_out": [{"doc_id": d, "reason": r} for d, r in self.left_out],
         }
-
-
-def _sha1(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- reads
@@ -156,8 +144,11 @@ def _added_labels(con, runs: list[str]) -> list[str]:
 
 
 def _model_labels(con, runs: list[str]) -> list[str]:
-    """The label set the reviewers chose from: each run's model directory's labels.json, else the labels
-    of the dataset version the model was trained on; and the labels it predicted."""
+    """The label set the reviewers chose from: each run's model directory's saved labels
+    (:func:`ner_core.artifacts.modeldir.saved_labels`), else the labels of the dataset version the model
+    was trained on; and the labels it predicted."""
+    from ner_core.artifacts.modeldir import saved_labels  # lazy: it imports torch
+
     labels: set[str] = set()
     for model_dir, ds_labels in con.execute(
         "SELECT p.model_dir, d.labels FROM prediction_runs p "
@@ -165,11 +156,7 @@ def _model_labels(con, runs: list[str]) -> list[str]:
         "r.dataset_version WHERE list_contains(?, p.pred_run_id)",
         [runs],
     ).fetchall():
-        path = Path(model_dir) / "labels.json"
-        if path.is_file():
-            labels.update(json.loads(path.read_text(encoding="utf-8")).get("labels") or [])
-        elif ds_labels:
-            labels.update(ds_labels)
+        labels.update(saved_labels(model_dir) or ds_labels or [])
     predicted = con.execute(
         "SELECT DISTINCT label FROM predicted_entities WHERE list_contains(?, pred_run_id)", [runs]
     ).fetchall()
@@ -178,7 +165,7 @@ def _model_labels(con, runs: list[str]) -> list[str]:
 
 def _eval_split_texts(con, texts: list[str]) -> dict[str, str]:
     """sha1 of each text in ``texts`` that is in a dev/test split of a stored dataset -> where."""
-    cand = pa.table({"text_sha1": sorted({_sha1(t) for t in texts})})  # noqa: F841
+    cand = pa.table({"text_sha1": sorted({text_sha1(t) for t in texts})})  # noqa: F841
     return {
         h: where
         for h, where in con.execute(
@@ -210,7 +197,7 @@ def _plan(con, pred_run_id: str, name: str, split: str) -> tuple[IngestPlan, lis
     rows, left_out, leaked = [], [], []
     for r in reviewed:
         spans = ents.get((r["pred_run_id"], r["doc_id"]), [])
-        where = leaks.get(_sha1(r["text"]))
+        where = leaks.get(text_sha1(r["text"]))
         problem = f"in {where}" if where else _span_problem(r["text"], spans)
         if problem:
             left_out.append((r["doc_id"], problem))
@@ -373,191 +360,5 @@ def latest_reviewed_run(db_path: str | Path) -> str | None:
     with open_db(db_path, read_only=True) as con:
         row = con.execute(
             "SELECT pred_run_id FROM v_reviewed_documents ORDER BY reviewed_at DESC LIMIT 1"
-        ).fetchone()
-    return row[0] if row else None
-
-
-# ---------------------------------------------------------------------------------------------- training
-@dataclass
-class TrainingData:
-    """What a run trains on: ``train`` (base train split + the ``plus`` dataset's train split), ``dev``
-    (the base's), the label set, the plus dataset version (``{"dataset", "version"}`` or ``None``) and
-    one line per adjustment made."""
-
-    train: list[Document]
-    dev: list[Document]
-    labels: list[str]
-    plus: dict | None = None
-    notes: tuple[str, ...] = ()
-
-
-def _reconciled_labels(base: str, bv: int, base_labels: list[str], plus: str, pv: int, row) -> list[str]:
-    plus_labels, options = list(row[0]), json.loads(row[1]) if row[1] else {}
-    added = set(options.get("added_labels") or []) if isinstance(options, dict) else set()
-    missing = sorted(set(base_labels) - set(plus_labels))
-    if missing:
-        raise ValueError(
-            f"dataset {plus!r} v{pv} lacks labels {missing} of {base!r} v{bv}: its documents were not "
-            "annotated for them, so training on both would teach the model to miss them"
-        )
-    extra = sorted(set(plus_labels) - set(base_labels))
-    unexplained = [lab for lab in extra if lab not in added]
-    if unexplained:
-        raise ValueError(
-            f"dataset {plus!r} v{pv} has labels {unexplained} that {base!r} v{bv} lacks and no reviewer "
-            "added explicitly (add_label): refusing to train on differing label sets"
-        )
-    return sorted(set(base_labels) | set(extra))
-
-
-def training_documents(
-    db_path: str | Path,
-    dataset: str,
-    version: int | None = None,
-    plus: str | None = None,
-    plus_version: int | None = None,
-) -> TrainingData:
-    """The training data of ``dataset`` (its train and dev splits), with ``plus`` (latest version unless
-    ``plus_version``) added to the train split.
-
-    Labels: the union when ``plus`` only adds labels its reviewers added explicitly, else ``ValueError``.
-    A ``plus`` document whose text is in the base's dev/test split is left out (it would leak into the
-    evaluation); a base train document whose text a ``plus`` document also has is replaced by it (the
-    reviewed annotation wins).
-    """
-    with open_db(db_path, read_only=True) as con:
-        version = _resolve_version(con, dataset, version)
-        (base_labels,) = con.execute(
-            "SELECT labels FROM datasets WHERE name = ? AND version = ?", [dataset, version]
-        ).fetchone()
-        if plus is None:
-            labels = sorted(base_labels)
-        else:
-            plus_version = _resolve_version(con, plus, plus_version)
-            row = con.execute(
-                "SELECT labels, options FROM datasets WHERE name = ? AND version = ?", [plus, plus_version]
-            ).fetchone()
-            labels = _reconciled_labels(dataset, version, list(base_labels), plus, plus_version, row)
-            held_out = {
-                r[0]
-                for r in con.execute(
-                    "SELECT text_sha1 FROM documents WHERE dataset = ? AND version = ? "
-                    "AND split IN ('dev', 'test')",
-                    [dataset, version],
-                ).fetchall()
-            }
-    train = load_documents(db_path, dataset, "train", version)
-    dev = load_documents(db_path, dataset, "dev", version)
-    if plus is None:
-        return TrainingData(train, dev, labels)
-    extra = load_documents(db_path, plus, "train", plus_version)
-    kept = [d for d in extra if _sha1(d.text) not in held_out]
-    texts = {d.text for d in kept}
-    base_kept = [d for d in train if d.text not in texts]
-    notes = [
-        f"train: {len(base_kept)} documents of {dataset!r} v{version} + {len(kept)} of {plus!r} "
-        f"v{plus_version}"
-    ]
-    if len(kept) < len(extra):
-        notes.append(
-            f"{len(extra) - len(kept)} documents of {plus!r} left out: they are in {dataset!r}'s dev/test"
-        )
-    if len(base_kept) < len(train):
-        notes.append(
-            f"{len(train) - len(base_kept)} documents of {dataset!r} replaced by their reviewed version"
-        )
-    return TrainingData(
-        base_kept + kept, dev, labels, {"dataset": plus, "version": plus_version}, tuple(notes)
-    )
-
-
-# ---------------------------------------------------------------------------------------------- lineage
-def model_lineage(db_path: str | Path, run_id: str) -> dict:
-    """Which dataset versions and review events made run ``run_id``'s model.
-
-    ``{"run_id", "model_dir", "is_production", "datasets": [{"role": "base"|"plus", "dataset", "version",
-    "is_review_export", "events", "pred_runs", "reviewers"}], "events": [{"event_id", "pred_run_id",
-    "doc_id", "reviewer", "action", "created_at", "dataset", "version"}], "promotions": [...]}``;
-    ``KeyError`` for an unknown run.
-    """
-    with open_db(db_path, read_only=True) as con:
-        run = _rows(con, "SELECT run_id, model_dir, is_production FROM runs WHERE run_id = ?", [run_id])
-        if not run:
-            raise KeyError(f"no run {run_id!r} in {db_path}")
-        rows = _rows(
-            con,
-            f"SELECT * FROM ({LINEAGE_SQL}) WHERE run_id = ? ORDER BY role, created_at, event_id",
-            [run_id],
-        )
-        promotions = _rows(
-            con,
-            "SELECT promoted_at, run_id, previous_run_id, reason, comparison FROM model_promotions "
-            "WHERE run_id = ? OR previous_run_id = ? ORDER BY promoted_at",
-            [run_id, run_id],
-        )
-    datasets: dict[tuple, dict] = {}
-    events = []
-    for r in rows:
-        key = (r["role"], r["dataset"], r["version"])
-        d = datasets.setdefault(
-            key,
-            {
-                "role": r["role"],
-                "dataset": r["dataset"],
-                "version": r["version"],
-                "is_review_export": bool(r["is_review_export"]),
-                "events": 0,
-                "pred_runs": set(),
-                "reviewers": set(),
-            },
-        )
-        if r["event_id"] is not None:
-            d["events"] += 1
-            d["pred_runs"].add(r["pred_run_id"])
-            d["reviewers"].add(r["reviewer"])
-            events.append(
-                {
-                    k: r[k]
-                    for k in (
-                        "event_id",
-                        "pred_run_id",
-                        "doc_id",
-                        "reviewer",
-                        "action",
-                        "created_at",
-                        "dataset",
-                        "version",
-                    )
-                }
-            )
-    for d in datasets.values():
-        d["pred_runs"], d["reviewers"] = sorted(d["pred_runs"]), sorted(d["reviewers"])
-    return {**run[0], "datasets": list(datasets.values()), "events": events, "promotions": promotions}
-
-
-def run_config_plus(config_json: str) -> tuple[dict, dict | None]:
-    """A stored run configuration split into the :class:`~ner_core.config.NERConfig` part and the
-    ``plus`` dataset version it trained on (``None`` without one)."""
-    cfg = json.loads(config_json)
-    return cfg, cfg.pop("plus", None)
-
-
-def config_with_plus(config_json: str, plus: dict | None) -> str:
-    """The run configuration to store: the model's ``config_json`` plus ``{"plus": {"dataset",
-    "version"}}`` when the run trains on a second dataset."""
-    if not plus:
-        return config_json
-    return json.dumps({**json.loads(config_json), "plus": plus}, indent=2, ensure_ascii=False)
-
-
-def trained_on(db_path: str | Path, dataset: str, version: int, plus: str, plus_version: int) -> str | None:
-    """A completed run that trained on exactly ``dataset`` v``version`` + ``plus`` v``plus_version``."""
-    with open_db(db_path, read_only=True) as con:
-        row = con.execute(
-            "SELECT run_id FROM runs WHERE status = 'completed' AND dataset = ? AND dataset_version = ? "
-            "AND json_extract_string(config, '$.plus.dataset') = ? "
-            "AND CAST(json_extract(config, '$.plus.version') AS INTEGER) = ? "
-            "ORDER BY started_at DESC LIMIT 1",
-            [dataset, version, plus, plus_version],
         ).fetchone()
     return row[0] if row else None

@@ -10,11 +10,14 @@ optionally ``new_label``) and ``add`` decide on one entity; ``add_label`` introd
 model's label set (``label`` names it); ``done`` marks the document reviewed (it leaves the queue);
 ``skip`` sends it to the back of the queue; ``undo`` cancels the event named by ``ref_event_id``.
 
-The current entities of a document (view ``v_review_current``) are the predicted ones after the latest
-decision on each key (later ``created_at`` wins, over all reviewers; every event stays), plus the added
-ones, minus the rejected ones, each with a ``state``: ``predicted`` (no decision yet), ``accepted``,
-``corrected`` (relabelled or adjusted) or ``added``. ``v_review_disagreements`` lists the entities on
-which two reviewers' latest decisions differ; ``v_reviewed_documents`` the documents with a ``done``.
+The current entities of a document are the predicted ones after the latest decision on each key (over all
+reviewers; every event stays), plus the added ones, minus the rejected ones, each with a ``state``:
+``predicted`` (no decision yet), ``accepted``, ``corrected`` (relabelled or adjusted) or ``added``. The rule
+and the one order of events (``created_at``, then arrival: the ``seq`` each event gets when it is recorded,
+in batch order) are :mod:`ner_core.review`'s; the view ``v_review_current`` spells them in SQL (migration
+6), :func:`record_events` checks a batch with them, :func:`document_for_review` replays them in Python.
+``v_review_disagreements`` lists the entities on which two reviewers' latest decisions differ;
+``v_reviewed_documents`` the documents with a ``done``.
 
 :func:`record_events` is idempotent on ``event_id`` (a client-made uuid) and all-or-nothing: a decision
 on a document whose text changed since it was predicted, an empty reviewer, an added or adjusted span
@@ -39,10 +42,11 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from storage.db import DatabaseLockedError, connect, current_version, open_db, rollback_quietly
+from ner_core import review as rule
+from storage.db import DatabaseLockedError, open_db, rollback_quietly
 from storage.db import now as _now
+from storage.db import read_current as _read
 from storage.db import rows as _rows
-from storage.schema import SCHEMA_VERSION
 
 __all__ = [
     "ACTIONS",
@@ -64,7 +68,7 @@ __all__ = [
 #: every action a review event may have
 ACTIONS = ("accept", "reject", "relabel", "adjust", "add", "add_label", "done", "skip", "undo")
 #: the actions that decide on one entity (they carry its key: start, end, label)
-ENTITY_ACTIONS = ("accept", "reject", "relabel", "adjust", "add")
+ENTITY_ACTIONS = rule.DECISIONS
 #: the orders of :func:`review_queue`
 ORDERS = ("uncertain", "disagree", "random", "search")
 
@@ -145,20 +149,6 @@ def new_event(
     }
 
 
-# ------------------------------------------------------------------------------------------ connections
-@contextmanager
-def _read(db: str | Path, wait_s: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short read-only connection to a database at the current schema (an older file is migrated once
-    by a short writer connection first)."""
-    with open_db(db, read_only=True, wait_s=wait_s) as con:
-        if current_version(con) >= SCHEMA_VERSION:
-            yield con
-            return
-    connect(db, wait_s=wait_s).close()
-    with open_db(db, read_only=True, wait_s=wait_s) as con:
-        yield con
-
-
 # ------------------------------------------------------------------------------------------ recording
 def _int_or_none(event: Mapping, key: str, index: int) -> int | None:
     v = event.get(key)
@@ -231,26 +221,13 @@ class _Doc:
         self.events = events  # stored ones, then the batch's accepted ones, in order
 
     def state(self) -> dict[tuple[int, int, str], tuple[int, int, str] | None]:
-        """key -> current (start, end, label), or None when rejected; as the view v_review_current does."""
-        undone = {e["ref_event_id"] for e in self.events if e["action"] == "undo"}
-        latest: dict[tuple[int, int, str], dict] = {}
-        ordered = sorted(
-            (e for e in self.events if e["action"] in ENTITY_ACTIONS and e["event_id"] not in undone),
-            key=lambda e: (e["created_at"], e.get("recorded_at") or datetime.max, e["event_id"]),
-        )
-        for e in ordered:
-            latest[(e["start"], e["end"], e["label"])] = e
-        out: dict[tuple[int, int, str], tuple[int, int, str] | None] = {k: k for k in self.predicted}
-        for key, e in latest.items():
-            if e["action"] == "reject":
-                out[key] = None
-            elif e["action"] == "relabel":
-                out[key] = (key[0], key[1], e["new_label"])
-            elif e["action"] == "adjust":
-                out[key] = (e["new_start"], e["new_end"], e["new_label"] or key[2])
-            else:
-                out[key] = key
-        return out
+        """key -> current (start, end, label), or None when rejected (:func:`ner_core.review.replay`; the
+        batch's events, not recorded yet, come after the stored ones of the same ``created_at``)."""
+        predicted = [{"start": a, "end": b, "label": lb} for a, b, lb in self.predicted]
+        return {
+            e.key: None if e.state == "rejected" else (e.start, e.end, e.label)
+            for e in rule.replay(predicted, self.events)
+        }
 
 
 def _run_labels(con: duckdb.DuckDBPyConnection, pred_run_id: str) -> tuple[list[str], list[str]]:
@@ -344,7 +321,7 @@ def _load_docs(
         for ev in _rows(
             con,
             "SELECT * FROM review_events SEMI JOIN _keys USING (pred_run_id, doc_id) "
-            "ORDER BY created_at, recorded_at, event_id",
+            "ORDER BY created_at, seq, event_id",
         ):
             docs[(ev["pred_run_id"], ev["doc_id"])].events.append(ev)
         changed = {(r, d): _changed_message(ds, v) for r, d, ds, v in con.execute(_CHANGED_SQL).fetchall()}
@@ -447,11 +424,13 @@ def record_events(db: str | Path, events: Sequence[Mapping[str, Any]], *, wait_s
     Each event is a dict with ``pred_run_id``, ``doc_id``, ``doc_hash``, ``reviewer``, ``action`` and, as
     the action needs, ``start``, ``end``, ``label``, ``new_start``, ``new_end``, ``new_label``,
     ``ref_event_id``; ``event_id`` (default: a new uuid) and ``created_at`` (datetime or ISO text, UTC;
-    default: now) complete it. An ``event_id`` already stored (or repeated in the batch) is skipped: a
-    retried write never duplicates. The events are checked in order, each against the stored events and the
-    batch's earlier ones; the first that cannot be recorded raises :class:`ReviewRefused` (a ``ValueError``,
-    one line) and nothing is written. :class:`storage.db.DatabaseLockedError` after ``wait_s`` seconds when
-    another process holds the database.
+    default: now) complete it; each new event gets the next ``seq`` (review_event_seq), in batch order: its
+    place among events of the same ``created_at`` (:mod:`ner_core.review`). An ``event_id`` already stored
+    (or repeated in the batch) is skipped: a retried write never duplicates. The events are checked in
+    order, each against the stored events and the batch's earlier ones; the first that cannot be recorded
+    raises :class:`ReviewRefused` (a ``ValueError``, one line) and nothing is written.
+    :class:`storage.db.DatabaseLockedError` after ``wait_s`` seconds when another process holds the
+    database.
     """
     if isinstance(events, Mapping) or not isinstance(events, Sequence):
         raise ValueError(f"expected a list of review event dicts, got {type(events).__name__}")
@@ -475,12 +454,7 @@ def record_events(db: str | Path, events: Sequence[Mapping[str, Any]], *, wait_s
                     new.append((i, e))
             _validate(con, new)
             if new:
-                con.register("_new", pa.table({f: [e[f] for _, e in new] for f in _FIELDS}, schema=_ARROW))
-                cols = ", ".join(_q(f) for f in _FIELDS)
-                con.execute(
-                    f"INSERT INTO review_events ({cols}, recorded_at) SELECT {cols}, ? FROM _new", [_now()]
-                )
-                con.unregister("_new")
+                _insert(con, [e for _, e in new])
             con.execute("COMMIT")
         except BaseException:
             rollback_quietly(con)
@@ -490,6 +464,21 @@ def record_events(db: str | Path, events: Sequence[Mapping[str, Any]], *, wait_s
 
 def _q(field: str) -> str:
     return f'"{field}"' if field in ("start", "end") else field
+
+
+def _insert(con: duckdb.DuckDBPyConnection, events: list[dict]) -> None:
+    """Insert checked events with one ``recorded_at`` and increasing ``seq`` values in their order."""
+    seqs = sorted(
+        r[0]
+        for r in con.execute("SELECT nextval('review_event_seq') FROM range(?)", [len(events)]).fetchall()
+    )
+    table = pa.table({f: [e[f] for e in events] for f in _FIELDS}, schema=_ARROW)
+    con.register("_new", table.append_column("seq", pa.array(seqs, pa.int64())))
+    cols = ", ".join(_q(f) for f in _FIELDS)
+    con.execute(
+        f"INSERT INTO review_events ({cols}, seq, recorded_at) SELECT {cols}, seq, ? FROM _new", [_now()]
+    )
+    con.unregister("_new")
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -624,18 +613,57 @@ def current_entities(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s: f
         return _rows(con, _CURRENT, [pred_run_id, doc_id])
 
 
+_PREDICTED = """
+    SELECT "start", "end", label, text, confidence FROM predicted_entities
+    WHERE pred_run_id = ? AND doc_id = ? ORDER BY "start", "end", label
+"""
+
+
+def _replayed(text: str, predicted: list[dict], events: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(current entities as :func:`current_entities` gives them, rejected keys) of a document, replayed by
+    :func:`ner_core.review.replay` (the view ``v_review_current`` agrees)."""
+    current, rejected = [], []
+    for e in rule.replay(predicted, events):
+        if e.state == "rejected":
+            s, t, label = e.key
+            row = {"start": s, "end": t, "label": label, "text": text[s:t], "reviewer": e.reviewer}
+            rejected.append({**row, "event_id": e.event_id, "decided_at": e.decided_at})
+            continue
+        current.append(
+            {
+                "start": e.start,
+                "end": e.end,
+                "label": e.label,
+                "text": text[e.start : e.end],
+                "confidence": e.confidence,
+                "state": e.state,
+                "key_start": e.key[0],
+                "key_end": e.key[1],
+                "key_label": e.key[2],
+                "last_action": e.action,
+                "reviewer": e.reviewer,
+                "decided_at": e.decided_at,
+                "event_id": e.event_id,
+            }
+        )
+    return current, rejected
+
+
 def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s: float = 10.0) -> dict:
-    """Everything the Review page shows of one document. ``KeyError`` when the run has no such document.
+    """Everything the Review page shows of one document, in one read. ``KeyError`` when the run has no such
+    document.
 
     Returns ``{"pred_run_id", "doc_id", "text", "doc_hash", "uncertainty", "reviewed", "changed",
-    "entities", "rejected", "events", "disagreements", "labels", "added_labels"}``: ``entities`` as
-    :func:`current_entities`; ``rejected``: the keys (``start``, ``end``, ``label``, ``text``,
-    ``reviewer``, ``event_id``) whose latest decision is a reject; ``events``: every event of the document
-    in time order with ``undone`` (bool); ``disagreements``: rows of ``v_review_disagreements`` (one per
-    reviewer: ``start``, ``end``, ``label``, ``reviewer``, ``action``, ``new_*``, ``outcome``,
-    ``created_at``); ``changed``: '' or the one-line reason a decision would be refused because a later
-    ingest changed the text; ``labels``: the model's label set; ``added_labels``: the ones added by
-    ``add_label`` events.
+    "predicted", "entities", "rejected", "events", "disagreements", "labels", "added_labels"}``:
+    ``predicted``: the run's entities of the document (``start``, ``end``, ``label``, ``text``,
+    ``confidence``), what the page replays the events over; ``entities`` as :func:`current_entities`;
+    ``rejected``: the keys (``start``, ``end``, ``label``, ``text``, ``reviewer``, ``event_id``,
+    ``decided_at``) whose latest decision is a reject; ``events``: every event of the document in the
+    order of :mod:`ner_core.review` (``created_at``, then ``seq``) with ``undone`` (bool);
+    ``disagreements``: rows of ``v_review_disagreements`` (one per reviewer: ``start``, ``end``, ``label``,
+    ``reviewer``, ``action``, ``new_*``, ``outcome``, ``created_at``); ``changed``: '' or the one-line
+    reason a decision would be refused because a later ingest changed the text; ``labels``: the model's
+    label set; ``added_labels``: the ones added by ``add_label`` events.
     """
     with _read(db, wait_s) as con:
         row = con.execute(
@@ -647,20 +675,12 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
         if row is None:
             raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
         text, uncertainty, reviewed = row
-        entities = _rows(con, _CURRENT, [pred_run_id, doc_id])
-        rejected = _rows(
-            con,
-            'SELECT "start", "end", label, substr(d.text, "start" + 1, "end" - "start") AS text, reviewer, '
-            "event_id, created_at AS decided_at FROM v_review_latest l JOIN predicted_documents d "
-            "USING (pred_run_id, doc_id) WHERE pred_run_id = ? AND doc_id = ? AND action = 'reject' "
-            'ORDER BY "start"',
-            [pred_run_id, doc_id],
-        )
+        predicted = _rows(con, _PREDICTED, [pred_run_id, doc_id])
         events = _rows(
             con,
             "SELECT e.*, e.event_id IN (SELECT ref_event_id FROM review_events u WHERE u.action = 'undo' "
             "AND u.pred_run_id = e.pred_run_id AND u.doc_id = e.doc_id) AS undone FROM review_events e "
-            "WHERE pred_run_id = ? AND doc_id = ? ORDER BY created_at, recorded_at, event_id",
+            "WHERE pred_run_id = ? AND doc_id = ? ORDER BY created_at, seq, event_id",
             [pred_run_id, doc_id],
         )
         disagreements = _rows(
@@ -671,6 +691,7 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
         )
         changed = _changed_since_predicted(con, pred_run_id, doc_id)
         model, added = _run_labels(con, pred_run_id)
+    entities, rejected = _replayed(text, predicted, events)
     return {
         "pred_run_id": pred_run_id,
         "doc_id": doc_id,
@@ -679,6 +700,7 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
         "uncertainty": uncertainty,
         "reviewed": bool(reviewed),
         "changed": changed,
+        "predicted": predicted,
         "entities": entities,
         "rejected": rejected,
         "events": events,

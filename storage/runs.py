@@ -1,4 +1,10 @@
-"""Training runs and their epochs in DuckDB; the production mark.
+"""Training runs and their epochs in DuckDB; the production mark; lineage.
+
+A run trained on a dataset version (``dataset``, ``dataset_version``) and, with ``ner train --plus``, on a
+second one (``plus_dataset``, ``plus_version``: typed columns since migration 6; runs stored before had it
+in their config JSON and were moved). :func:`model_lineage` answers which dataset versions and review
+events made a run's model (view ``v_model_lineage``); :func:`trained_on` finds a run that trained on exactly
+a base + plus pair.
 
 Every function opens a short-lived connection (:func:`storage.db.open_db`).
 """
@@ -9,8 +15,11 @@ import json
 from pathlib import Path
 
 from storage.db import now as _now
-from storage.db import open_db, read_frame, rollback_quietly
+from storage.db import open_db, read_current, read_frame, rollback_quietly
 from storage.db import rows as _rows
+
+# The lineage rows: the view v_model_lineage (migrations 4 and 6) holds the SQL.
+LINEAGE_SQL = "SELECT * FROM v_model_lineage"
 
 
 def create_run(
@@ -21,16 +30,28 @@ def create_run(
     dataset_version: int | None,
     config_json: str,
     run_dir: str | Path,
+    plus_dataset: str | None = None,
+    plus_version: int | None = None,
 ) -> None:
+    """Store a new run as ``running``: ``config_json`` is the model's configuration
+    (:class:`~ner_core.config.NERConfig` JSON); ``plus_dataset`` / ``plus_version`` the second dataset
+    version it trains on (``ner train --plus``), both or neither."""
+    if (plus_dataset is None) != (plus_version is None):
+        raise ValueError(
+            f"expected plus_dataset and plus_version both or neither, got {plus_dataset!r}, {plus_version!r}"
+        )
     cfg = json.loads(config_json)
     with open_db(db_path) as con:
         con.execute(
-            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, "
-            "status, run_dir, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, plus_dataset, plus_version, "
+            "encoder, head, scheme, config, status, run_dir, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
             [
                 run_id,
                 dataset,
                 dataset_version,
+                plus_dataset,
+                plus_version,
                 cfg["encoder"]["name"],
                 cfg["head"]["type"],
                 cfg["data"]["scheme"],
@@ -99,7 +120,9 @@ def list_runs(db_path: str | Path) -> list[dict]:
 
 
 def get_run(db_path: str | Path, run_id: str) -> dict:
-    with open_db(db_path, read_only=True) as con:
+    """The ``runs`` row of ``run_id`` (``plus_dataset`` and ``plus_version`` included: an older file is
+    migrated first); ``KeyError`` for an unknown run."""
+    with read_current(db_path) as con:
         rows = _rows(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
     if not rows:
         raise KeyError(f"no run {run_id!r} in {db_path}")
@@ -265,3 +288,81 @@ def models_frame(db_path: str | Path, *, wait_s: float = 10.0):
         """,
         wait_s=wait_s,
     )
+
+
+# ---- lineage
+def model_lineage(db_path: str | Path, run_id: str) -> dict:
+    """Which dataset versions and review events made run ``run_id``'s model.
+
+    ``{"run_id", "model_dir", "is_production", "datasets": [{"role": "base"|"plus", "dataset", "version",
+    "is_review_export", "events", "pred_runs", "reviewers"}], "events": [{"event_id", "pred_run_id",
+    "doc_id", "reviewer", "action", "created_at", "dataset", "version"}], "promotions": [...]}``;
+    ``KeyError`` for an unknown run.
+    """
+    with read_current(db_path) as con:
+        run = _rows(con, "SELECT run_id, model_dir, is_production FROM runs WHERE run_id = ?", [run_id])
+        if not run:
+            raise KeyError(f"no run {run_id!r} in {db_path}")
+        rows = _rows(
+            con,
+            f"SELECT * FROM ({LINEAGE_SQL}) WHERE run_id = ? ORDER BY role, created_at, event_id",
+            [run_id],
+        )
+        promotions = _rows(
+            con,
+            "SELECT promoted_at, run_id, previous_run_id, reason, comparison FROM model_promotions "
+            "WHERE run_id = ? OR previous_run_id = ? ORDER BY promoted_at",
+            [run_id, run_id],
+        )
+    return {**run[0], **_lineage_datasets(rows), "promotions": promotions}
+
+
+#: what model_lineage tells of each review event behind the model
+_EVENT_FIELDS = (
+    "event_id",
+    "pred_run_id",
+    "doc_id",
+    "reviewer",
+    "action",
+    "created_at",
+    "dataset",
+    "version",
+)
+
+
+def _lineage_datasets(rows: list[dict]) -> dict:
+    """``{"datasets", "events"}`` of :func:`model_lineage` from the view's rows."""
+    datasets: dict[tuple, dict] = {}
+    events = []
+    for r in rows:
+        d = datasets.setdefault(
+            (r["role"], r["dataset"], r["version"]),
+            {
+                "role": r["role"],
+                "dataset": r["dataset"],
+                "version": r["version"],
+                "is_review_export": bool(r["is_review_export"]),
+                "events": 0,
+                "pred_runs": set(),
+                "reviewers": set(),
+            },
+        )
+        if r["event_id"] is not None:
+            d["events"] += 1
+            d["pred_runs"].add(r["pred_run_id"])
+            d["reviewers"].add(r["reviewer"])
+            events.append({k: r[k] for k in _EVENT_FIELDS})
+    for d in datasets.values():
+        d["pred_runs"], d["reviewers"] = sorted(d["pred_runs"]), sorted(d["reviewers"])
+    return {"datasets": list(datasets.values()), "events": events}
+
+
+def trained_on(db_path: str | Path, dataset: str, version: int, plus: str, plus_version: int) -> str | None:
+    """A completed run that trained on exactly ``dataset`` v``version`` + ``plus`` v``plus_version``."""
+    with read_current(db_path) as con:
+        row = con.execute(
+            "SELECT run_id FROM runs WHERE status = 'completed' AND dataset = ? AND dataset_version = ? "
+            "AND plus_dataset = ? AND plus_version = ? ORDER BY started_at DESC LIMIT 1",
+            [dataset, version, plus, plus_version],
+        ).fetchone()
+    return row[0] if row else None

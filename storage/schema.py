@@ -425,6 +425,98 @@ CREATE TABLE dropped_spans (
 );
 """
 
+# Review events get their arrival order (``seq``: ner_core.review's order breaks a tie of created_at with
+# it), and a run's ``--plus`` dataset version becomes two typed columns instead of a key slipped into its
+# config JSON. Rows stored before keep their answers: events get seq <= 0 in the order the previous views
+# broke ties (recorded_at, then event_id); a run's plus moves from its config to the columns.
+# review_events is made again rather than altered: DuckDB 2.0 cannot replay a write-ahead log holding an
+# ALTER TABLE of a table with this CHECK (it wants to download core_functions), so a crash before the
+# next checkpoint would leave a file that does not open offline.
+_V6_REVIEW_ORDER_AND_RUN_PLUS = """
+CREATE SEQUENCE review_event_seq START 1;
+CREATE TEMP TABLE _review_events_v5 AS
+    SELECT *, row_number() OVER (ORDER BY recorded_at, created_at, event_id) - count(*) OVER () AS seq
+    FROM review_events;
+DROP TABLE review_events;
+CREATE TABLE review_events (                  -- append-only: a row is never updated or deleted
+    event_id     VARCHAR PRIMARY KEY,         -- made by the client (uuid): the spool's idempotency key
+    pred_run_id  VARCHAR   NOT NULL,
+    doc_id       VARCHAR   NOT NULL,
+    doc_hash     VARCHAR   NOT NULL,          -- sha256 of the text the reviewer saw
+    reviewer     VARCHAR   NOT NULL CHECK (length(trim(reviewer)) > 0),
+    action       VARCHAR   NOT NULL CHECK (action IN ('accept', 'reject', 'relabel', 'adjust', 'add',
+                                                      'add_label', 'done', 'skip', 'undo')),
+    "start"      INTEGER,                     -- the entity acted on (its key): the predicted span, or the
+    "end"        INTEGER,                     -- added span for add; NULL for add_label, done, skip, undo
+    label        VARCHAR,                     -- the entity's label; the new label's name for add_label
+    new_start    INTEGER,                     -- adjust: the new boundaries
+    new_end      INTEGER,
+    new_label    VARCHAR,                     -- relabel (and optionally adjust): the new label
+    ref_event_id VARCHAR,                     -- undo: the event it cancels
+    created_at   TIMESTAMP NOT NULL,          -- when the reviewer decided (kept from the spool)
+    recorded_at  TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    seq          BIGINT    NOT NULL DEFAULT nextval('review_event_seq')  -- arrival order (batch order)
+);
+INSERT INTO review_events SELECT * FROM _review_events_v5;
+DROP TABLE _review_events_v5;
+
+ALTER TABLE runs ADD COLUMN plus_dataset VARCHAR;   -- ner train --plus: the second dataset's name
+ALTER TABLE runs ADD COLUMN plus_version INTEGER;   -- ... and the version trained on
+UPDATE runs SET plus_dataset = json_extract_string(config, '$.plus.dataset'),
+                plus_version = CAST(json_extract(config, '$.plus.version') AS INTEGER),
+                config = json_merge_patch(config, '{"plus": null}')
+WHERE json_exists(config, '$.plus');
+
+-- the views over review_events, bound to the new table
+CREATE OR REPLACE VIEW v_review_effective AS
+    SELECT e.* FROM review_events e
+    WHERE e.action <> 'undo'
+      AND NOT EXISTS (SELECT 1 FROM review_events u
+                      WHERE u.action = 'undo' AND u.ref_event_id = e.event_id
+                        AND u.pred_run_id = e.pred_run_id AND u.doc_id = e.doc_id);
+
+-- the latest decision per entity key, over all reviewers, in ner_core.review's order: created_at, then the
+-- order the events arrived in (seq)
+CREATE OR REPLACE VIEW v_review_latest AS
+    SELECT * FROM v_review_effective
+    WHERE action IN ('accept', 'reject', 'relabel', 'adjust', 'add')
+    QUALIFY row_number() OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label
+                               ORDER BY created_at DESC, seq DESC, event_id DESC) = 1;
+
+CREATE OR REPLACE VIEW v_review_disagreements AS
+    WITH per_reviewer AS (
+        SELECT pred_run_id, doc_id, "start", "end", label, reviewer, action, new_start, new_end, new_label,
+               created_at, event_id,
+               CASE WHEN action = 'reject' THEN 'reject'
+                    WHEN action = 'adjust' THEN coalesce(new_label, label) || '[' || new_start || ','
+                                                || new_end || ')'
+                    WHEN action = 'relabel' THEN new_label || '[' || "start" || ',' || "end" || ')'
+                    ELSE label || '[' || "start" || ',' || "end" || ')' END AS outcome
+        FROM v_review_effective
+        WHERE action IN ('accept', 'reject', 'relabel', 'adjust', 'add')
+        QUALIFY row_number() OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label, reviewer
+                                   ORDER BY created_at DESC, seq DESC, event_id DESC) = 1
+    )
+    SELECT * FROM per_reviewer
+    QUALIFY count(DISTINCT outcome) OVER (PARTITION BY pred_run_id, doc_id, "start", "end", label) > 1;
+
+-- One row per (run, dataset version it trained on, review event behind that version): the base dataset
+-- (runs.dataset / dataset_version) and the --plus one (runs.plus_dataset / plus_version)
+CREATE OR REPLACE VIEW v_model_lineage AS
+WITH trained_on AS (
+    SELECT run_id, 'base' AS role, dataset, dataset_version AS version FROM runs
+    UNION ALL
+    SELECT run_id, 'plus' AS role, plus_dataset AS dataset, plus_version AS version
+    FROM runs WHERE plus_dataset IS NOT NULL
+)
+SELECT t.run_id, t.role, t.dataset, t.version, d.format = 'review' AS is_review_export,
+       e.event_id, e.pred_run_id, e.doc_id, e.reviewer, e.action, e.created_at
+FROM trained_on t
+LEFT JOIN datasets d ON d.name = t.dataset AND d.version = t.version
+LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
+LEFT JOIN review_events e ON e.event_id = x.event_id;
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -455,6 +547,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "dropped_spans: entities of span-format records dropped by the repair of overlaps (nested, "
         "crossing, same span)",
         _V5_DROPPED_SPANS,
+    ),
+    (
+        6,
+        "review events' arrival order (seq) and the views that break ties with it; runs.plus_dataset, "
+        "plus_version (from the config JSON of runs stored before) and v_model_lineage over them",
+        _V6_REVIEW_ORDER_AND_RUN_PLUS,
     ),
 ]
 

@@ -55,11 +55,13 @@ def test_the_database_migrates_and_answers_as_the_old_code_did(old_main):
 
 
 def test_the_plus_runs_lineage_survives_the_migration(old_main):
-    from storage import review_export
+    from storage.runs import model_lineage, trained_on
 
-    lineage = review_export.model_lineage("ner.duckdb", RUNS["plus"])
+    lineage = model_lineage("ner.duckdb", RUNS["plus"])
     assert lineage["datasets"] == EXPECTED["lineage_plus"]
     assert [d["role"] for d in lineage["datasets"]] == ["base", "plus"]
+    plus = EXPECTED["lineage_plus"][1]
+    assert trained_on("ner.duckdb", "sample", 1, plus["dataset"], plus["version"]) == RUNS["plus"]
 
 
 def test_the_model_directory_loads_and_tags_as_before(old_main):

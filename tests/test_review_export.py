@@ -16,15 +16,12 @@ from app import cli
 from ner_core.config import NERConfig
 from storage import reviews
 from storage import runs as runs_db
-from storage.datasets import ingest_dataset, list_datasets, load_documents
+from storage.datasets import ingest_dataset, list_datasets, load_documents, training_documents
+from storage.db import migrate
 from storage.predictions import finish_prediction_run, start_prediction_run, write_predictions
-from storage.review_export import (
-    export_reviews,
-    model_lineage,
-    new_decisions,
-    run_config_plus,
-    training_documents,
-)
+from storage.review_export import export_reviews, new_decisions
+from storage.runs import model_lineage
+from storage.schema import MIGRATIONS
 from tests.conftest import SAMPLE
 
 Ent = namedtuple("Ent", "start end label text confidence")
@@ -56,13 +53,12 @@ def _jsonl(path: Path, records: list[dict]) -> str:
 
 
 def _fake_run(db: str, run_id: str, tmp: Path, *, dataset: str = "base", plus: dict | None = None) -> str:
-    from storage.review_export import config_with_plus
-
     model_dir = tmp / run_id / "model"
     model_dir.mkdir(parents=True)
     cfg = json.dumps({"encoder": {"name": "enc"}, "head": {"type": "bilstm"}, "data": {"scheme": "BIOES"}})
+    plus_fields = {"plus_dataset": plus["dataset"], "plus_version": plus["version"]} if plus else {}
     runs_db.create_run(
-        db, run_id, dataset=dataset, dataset_version=1, config_json=config_with_plus(cfg, plus), run_dir=tmp
+        db, run_id, dataset=dataset, dataset_version=1, config_json=cfg, run_dir=tmp, **plus_fields
     )
     runs_db.finish_run(db, run_id, status="completed", model_dir=model_dir)
     return str(model_dir)
@@ -308,6 +304,59 @@ def test_lineage_names_the_dataset_versions_and_review_events(db, tmp_path, caps
     assert "no run 'run-zz'" in capsys.readouterr().err
 
 
+def test_a_plus_run_stored_before_migration_6_keeps_its_lineage(tmp_path):
+    """A file at schema 5 with a --plus run as the previous code stored it (the plus dataset version slipped
+    into the run's config JSON). Migrating moves it to the typed runs.plus_dataset / plus_version: the
+    lineage is what the file answered before, the "already trained on" check and --resume find the plus
+    version, and the stored config is the model's configuration alone."""
+    from flows.steps import _stored_run
+
+    db = str(tmp_path / "v5.duckdb")
+    con = duckdb.connect(db)
+    migrate(con, MIGRATIONS[:5])
+    for name, fmt in (("base", "jsonl"), ("reviews", "review")):
+        con.execute(
+            "INSERT INTO datasets (name, version, format, policy, untyped_label, labels, n_documents, "
+            "n_entities, n_characters, n_errors, n_warnings, fingerprint) "
+            "VALUES (?, 1, ?, 'repair', 'ENT', ['PER'], 1, 1, 5, 0, 0, ?)",
+            [name, fmt, name],
+        )
+    con.execute(
+        "INSERT INTO review_events (event_id, pred_run_id, doc_id, doc_hash, reviewer, action, created_at) "
+        "VALUES ('ev1', 'pr-1', 'd1', 'h', 'ann', 'done', now())"
+    )
+    con.execute("INSERT INTO review_exports VALUES ('reviews', 1, 'ev1')")
+    cfg = NERConfig.model_validate({"data": {"dataset": "base"}, "encoder": {"name": "enc"}})
+    old = json.dumps({**json.loads(cfg.to_json()), "plus": {"dataset": "reviews", "version": 1}}, indent=2)
+    con.execute(
+        "INSERT INTO runs (run_id, dataset, dataset_version, encoder, head, scheme, config, status, run_dir, "
+        "started_at) VALUES ('run-old', 'base', 1, 'enc', 'bilstm', 'BIOES', ?, 'completed', 'r', now())",
+        [old],
+    )
+    lineage_sql = "SELECT role, dataset, version, event_id FROM v_model_lineage ORDER BY role"
+    before = con.execute(lineage_sql).fetchall()
+    con.close()
+    assert before == [("base", "base", 1, None), ("plus", "reviews", 1, "ev1")]
+    lin = model_lineage(db, "run-old")  # an older file is migrated first
+    assert [(d["role"], d["dataset"], d["version"], d["events"]) for d in lin["datasets"]] == [
+        ("base", "base", 1, 0),
+        ("plus", "reviews", 1, 1),
+    ]
+    with duckdb.connect(db, read_only=True) as con:
+        assert con.execute(lineage_sql).fetchall() == before
+    run = runs_db.get_run(db, "run-old")
+    assert (run["plus_dataset"], run["plus_version"]) == ("reviews", 1)
+    assert "plus" not in json.loads(run["config"])
+    assert runs_db.trained_on(db, "base", 1, "reviews", 1) == "run-old"
+    assert runs_db.trained_on(db, "base", 1, "reviews", 2) is None
+    _, config, plus, plus_version = _stored_run(db, "run-old")  # what --resume continues with
+    assert (plus, plus_version) == ("reviews", 1) and config == cfg
+    with pytest.raises(ValueError, match="both or neither"):
+        runs_db.create_run(
+            db, "x", dataset="base", dataset_version=1, config_json="{}", run_dir="r", plus_dataset="p"
+        )
+
+
 def test_review_export_command(db, capsys):
     _first_reviews(db)
     assert (
@@ -465,12 +514,9 @@ def test_train_plus_from_the_command_line_records_both_dataset_versions(
     run_id = json.loads(out[out.index("{\n") :])["run_id"]
     run = runs_db.get_run(db, run_id)
     assert (run["dataset"], run["dataset_version"]) == ("base", 1)
-    assert json.loads(run["config"])["plus"] == {"dataset": "reviews", "version": 1}
-    cfg, plus = run_config_plus(run["config"])  # what --resume reads back
-    assert NERConfig.model_validate(cfg).data.dataset == "base" and plus == {
-        "dataset": "reviews",
-        "version": 1,
-    }
+    assert (run["plus_dataset"], run["plus_version"]) == ("reviews", 1)  # typed, what --resume reads back
+    assert "plus" not in json.loads(run["config"])  # the config is the model's configuration alone
+    assert NERConfig.model_validate_json(run["config"]).data.dataset == "base"
     labels = json.loads((Path(run["model_dir"]) / "labels.json").read_text(encoding="utf-8"))["labels"]
     assert labels == ["LOC", "ORG", "PER", "PRODUCT"]  # the reviewer-added label is learnt too
     assert [d["dataset"] for d in model_lineage(db, run_id)["datasets"]] == ["base", "reviews"]

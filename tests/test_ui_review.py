@@ -343,3 +343,28 @@ def test_a_link_opens_the_named_document_or_says_no_run_holds_it(review_db, monk
     assert "queue position 4 of 5 · uncertainty not stored" in _texts(at.caption)
     at = _page(review_db, monkeypatch, doc="test-000042")
     assert "No prediction run holds document 'test-000042'" in _texts(at.warning)
+
+
+def test_the_page_reads_the_document_once_per_rerun(review_db, monkeypatch):
+    """document_for_review brings the predicted entities with the events: the page replays those, and
+    reads nothing else of the document (no second read of its predicted entities)."""
+    import storage.predictions as predictions
+    import storage.reviews as reviews
+
+    calls: list[str] = []
+    real_doc, real_predicted = reviews.document_for_review, predictions.predicted_document
+
+    def doc(*a, **k):
+        calls.append("document_for_review")
+        return real_doc(*a, **k)
+
+    def predicted(*a, **k):
+        calls.append("predicted_document")
+        return real_predicted(*a, **k)
+
+    monkeypatch.setattr(reviews, "document_for_review", doc)
+    monkeypatch.setattr(predictions, "predicted_document", predicted)
+    at = _page(review_db, monkeypatch, doc=EMOJI_DOC)
+    assert calls == ["document_for_review"]
+    shown = [f"{lb} {EMOJI_TEXT[s:e]!r} [{s}, {e}) · predicted" for s, e, lb, _ in REVIEW_DOCS[EMOJI_DOC][2]]
+    assert at.selectbox(key=ENT).options[1:] == shown  # the predicted entities it got, replayed

@@ -292,7 +292,7 @@ def review_progress(db_path: str, pred_run_id: str, stamp: int = 0) -> dict:
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def review_document(db_path: str, pred_run_id: str, doc_id: str, stamp: int = 0) -> dict:
-    """One document with its current entities, events, disagreements and labels
+    """One document with its predicted and current entities, events, disagreements and labels, in one read
     (:func:`storage.reviews.document_for_review`); ``KeyError`` when the run has no such document."""
     return _reviews.document_for_review(_check_path(db_path), pred_run_id, doc_id, wait_s=LOCK_WAIT_S)
 

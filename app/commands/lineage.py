@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
-    from storage.review_export import model_lineage
+    from storage.runs import model_lineage
 
     lin = model_lineage(args.db, args.run_id)
     star = " [production]" if lin["is_production"] else ""

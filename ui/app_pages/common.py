@@ -7,13 +7,12 @@ background colour per label; every piece of text is escaped with :func:`html.esc
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 import streamlit as st
 
-DEFAULT_DB = "ner.duckdb"
+from ner_core.settings import settings
 
 # Readable light backgrounds; labels are coloured by their sorted position, so a label keeps its colour
 # across pages as long as the label set is the same.
@@ -34,8 +33,10 @@ PALETTE: tuple[str, ...] = (
 
 
 def db_path() -> str:
-    """The database path, read from ``NER_DB`` at every rerun (``ner ui --db X`` sets it)."""
-    return os.environ.get("NER_DB") or DEFAULT_DB
+    """The database path: :func:`ner_core.settings.settings`' ``db`` (``NER_DB``, which ``ner ui --db X``
+    sets; default :data:`ner_core.settings.DEFAULT_DB`), read at every rerun (the settings are parsed
+    again when the environment changed)."""
+    return settings().db
 
 
 def label_colours(labels: Iterable[str]) -> dict[str, str]:

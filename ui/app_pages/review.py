@@ -3,7 +3,8 @@
 Every decision is a review event (:mod:`storage.reviews`): it goes to a spool file beside the database
 first (fsync'd) and from there to DuckDB; while another process holds the database the decisions wait in
 the spool (the page says how many) and are written on a later rerun, each exactly once. The page shows a
-document as the stored events plus those still waiting make it (:func:`ui.review_state.replay`).
+document as the stored events plus those still waiting make it (:func:`ui.review_state.replay`, the rule of
+:mod:`ner_core.review`), from one read of the document per rerun.
 
 Query parameters keep the place across a reload: ``reviewer``, ``run``, ``doc`` (the Evaluation page links
 here with ``doc`` and ``run``).
@@ -16,6 +17,7 @@ import html
 import pandas as pd
 import streamlit as st
 
+from ner_core.review import adjust_fields, relabel_fields
 from storage.db import DatabaseLockedError
 from storage.reviews import ReviewSpool, new_event
 from ui import queries
@@ -143,11 +145,11 @@ def _how_ordered(order: str, queue: pd.DataFrame, compare: str | None, search: s
 
 
 def _load(run: str, doc_id: str) -> dict | None:
-    """The document as stored plus its predicted entities; when the database is busy, the copy this
-    session read last (so decisions can go on into the spool). ``KeyError`` when the run lacks it."""
+    """The document as stored, with its predicted entities and events (one read); when the database is busy,
+    the copy this session read last (so decisions can go on into the spool). ``KeyError`` when the run
+    lacks it."""
     try:
         doc = queries.review_document(db, run, doc_id, ss.review_stamp)
-        _, ents = queries.predicted_document(db, run, doc_id)
     except DatabaseLockedError:
         last = ss.get("review_last_doc")
         if last and last["pred_run_id"] == run and last["doc_id"] == doc_id:
@@ -157,7 +159,6 @@ def _load(run: str, doc_id: str) -> dict | None:
             return last
         st.warning("The database is busy and this document was not read yet: press **Retry now**.")
         return None
-    doc = {**doc, "predicted": ents.to_dict("records")}
     ss.review_last_doc = doc
     return doc
 
@@ -209,14 +210,10 @@ def _key_fields(ent: dict) -> dict:
 def _relabel(
     doc: dict, ent: dict, label: str, doc_id: str | None = None, doc_hash: str | None = None
 ) -> dict:
-    """Change an entity's label. An entity whose boundaries were fixed keeps them: the decision in force is
-    the latest one per entity, so a plain relabel would undo the adjustment; an adjust carries both."""
+    """Change an entity's label; boundaries fixed before are kept (:func:`ner_core.review.relabel_fields`)."""
     ctx = {**doc, "doc_id": doc_id or doc["doc_id"], "doc_hash": doc_hash or doc["doc_hash"]}
-    if (ent["start"], ent["end"]) != ent["key"][:2]:
-        return _ev(
-            ctx, "adjust", **_key_fields(ent), new_start=ent["start"], new_end=ent["end"], new_label=label
-        )
-    return _ev(ctx, "relabel", **_key_fields(ent), new_label=label)
+    action, fields = relabel_fields(ent["key"], (ent["start"], ent["end"]), label)
+    return _ev(ctx, action, **fields)
 
 
 def _mentions(doc: dict, ents: list[dict], ent: dict) -> list[tuple[str, str, dict]]:
@@ -335,10 +332,8 @@ def _adjust(doc: dict, ents: list[dict], ent: dict, start: int, end: int) -> Non
             f"Not changed: [{start}, {end}) overlaps {hit['label']} [{hit['start']}, {hit['end']})."
         )
         return
-    fields = {**_key_fields(ent), "new_start": start, "new_end": end}
-    if ent["label"] != ent["key"][2]:
-        fields["new_label"] = ent["label"]
-    _submit([_ev(doc, "adjust", **fields)], doc_id=doc["doc_id"])
+    action, fields = adjust_fields(ent["key"], ent["label"], start, end)
+    _submit([_ev(doc, action, **fields)], doc_id=doc["doc_id"])
     ss.review_sel_span = None
 
 
