@@ -68,6 +68,9 @@ def stop_service(service: dict) -> None:
 def service(model_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     limits = ["--max-texts", "4", "--max-chars", "3000", "--max-total-chars", "5000", "--window", "32"]
+    # a queue that holds the 16 concurrent clients below: with the default (2 x --max-texts) a slow moment
+    # answers some of them 503 (the bound itself is tested in test_serve_hardening.py)
+    limits += ["--max-queue", "32"]
     # fp32: the tests compare confidences to 1e-4 (bf16 moves them by ~1e-3)
     svc = start_service(model_dir, log, *limits, "--precision", "fp32")
     yield svc
