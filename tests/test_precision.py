@@ -353,3 +353,18 @@ def test_bf16_prediction_pads_windows_to_few_shapes_and_keeps_the_tags(tiny_enco
     assert all(width % 16 == 0 for _, width in seen["bf16"])
     assert any(width % 16 for _, width in seen["fp32"])  # exact: 5+2, 7+2, ... positions
     assert tags["bf16"] == tags["fp32"]
+
+
+def test_the_dev_f1_record_skips_bf16_where_it_is_emulated_unless_the_run_trained_in_it():
+    """bf16 on a CPU without bf16 units is emulated (several times slower than fp32) and auto never picks it
+    there: scoring it at the end of every training only cost time."""
+    from ner_core.runtime.hardware import Hardware
+    from ner_core.training.precision_record import _worth_scoring
+
+    avx2 = Hardware(device="cpu", cpu_flags=frozenset())
+    amx = Hardware(device="cpu", cpu_flags=frozenset({"amx_bf16", "amx_int8"}))
+    assert _worth_scoring(avx2, "fp32") == [Precision.FP32, Precision.INT8]
+    assert _worth_scoring(avx2, Precision.BF16) == [Precision.FP32, Precision.BF16, Precision.INT8]
+    assert _worth_scoring(amx, "fp32") == [Precision.FP32, Precision.BF16, Precision.INT8]
+    cuda = Hardware(device="cuda", cuda_bf16=True)
+    assert _worth_scoring(cuda, "fp32") == cuda.runnable()
