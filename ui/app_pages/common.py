@@ -39,6 +39,20 @@ def db_path() -> str:
     return settings().db
 
 
+#: every ASCII punctuation character: CommonMark lets a backslash escape each, and Streamlit's own syntax
+#: (``:red[...]``, ``:material/icon:``, ``$...$``) is built from them
+_MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def escape_markdown(text: object) -> str:
+    """``text`` (data, a URL parameter: anything not written by this code) for a Streamlit element that
+    renders Markdown (``st.caption``, ``st.markdown``, widget labels): every ASCII punctuation character
+    backslash-escaped, so a text shows as itself and never becomes a link, an image, emphasis, an icon or a
+    colour directive; line breaks become spaces (a label is one line)."""
+    one_line = " ".join(str(text).splitlines())
+    return "".join("\\" + c if c in _MARKDOWN_PUNCTUATION else c for c in one_line)
+
+
 def label_colours(labels: Iterable[str]) -> dict[str, str]:
     """``{label: background colour}``, deterministic in the sorted label set."""
     labels = sorted(set(labels))
