@@ -436,3 +436,154 @@ def test_compressed_blocks_and_big_endian_bundles_are_refused(tmp_path, monkeypa
     prefix = write_bundle(tmp_path / "b.ckpt", [("w", np.zeros(3, np.float32))])
     with pytest.raises(TFCheckpointError, match=r"b\.ckpt\.index: a big-endian bundle"):
         TFCheckpoint(prefix)
+
+
+# ------------------------------------------------------------------------------------------------ untrusted
+
+
+def _zeros_crc(n: int) -> int:
+    """The masked CRC32C of ``n`` zero bytes (what a hole reads as), computed 1 MiB at a time."""
+    import google_crc32c
+
+    crc, zeros = 0, bytes(1 << 20)
+    while n:
+        k = min(n, len(zeros))
+        crc, n = google_crc32c.extend(crc, zeros[:k]), n - k
+    return mask_crc(crc)
+
+
+def _rewrite_index(prefix: Path, entries: dict[str, tuple]) -> None:
+    """Write ``prefix.index`` anew: one shard, ``entries`` name -> (dtype code, shape, offset, size, crc)."""
+    import bench.tf_bundle_writer as writer
+
+    pairs = [(b"", writer.encode_header())]
+    pairs += sorted(
+        (n.encode(), writer.encode_entry(d, s, 0, o, z, c)) for n, (d, s, o, z, c) in entries.items()
+    )
+    writer._write_table(Path(f"{prefix}.index"), pairs, writer.BLOCK_SIZE)
+
+
+def _declare_word_embeddings(tmp_path: Path, rows: int, *, sparse: bool) -> tuple[Path, Path, Path]:
+    """A copy of the BERT fixture whose word embeddings (and config) say ``rows`` rows: with ``sparse``, the
+    rows are a hole appended to the shard (``truncate``), with a checksum that matches the zeros it reads
+    as; otherwise the index keeps the embeddings' real offset and size. (config, prefix, vocab)."""
+    config, prefix, vocab, _ = _copy("bert", tmp_path)
+    ckpt = TFCheckpoint(prefix)
+    entries = {n: (e.dtype_code, e.shape, e.offset, e.size, e.crc32c) for n, e in ckpt.entries.items()}
+    raw = json.loads(config.read_text())
+    name, hidden = "bert/embeddings/word_embeddings", raw["hidden_size"]
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    if sparse:
+        end, size = shard.stat().st_size, rows * hidden * 4
+        entries[name] = (1, (rows, hidden), end, size, _zeros_crc(size))
+        with open(shard, "r+b") as fh:
+            fh.truncate(end + size)
+    else:
+        entries[name] = (1, (rows, hidden), *entries[name][2:])
+    _rewrite_index(prefix, entries)
+    config.write_text(json.dumps(raw | {"vocab_size": rows}))
+    return config, prefix, vocab
+
+
+def _cli_error(capsys, config, prefix, vocab, out) -> str:
+    argv = ["convert-checkpoint", "-bert_config", str(config), "-bert_checkpoint", str(prefix)]
+    args = _parser().parse_args([*argv, "-bert_vocab", str(vocab), "--out", str(out)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ner convert-checkpoint: error: ") and "\n" not in err, err
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}.tmp-*"))  # nothing (half-)written
+    return err
+
+
+def test_a_sparse_shard_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A shard whose tensors lie in a hole (an 88 KiB file truncated to 1 GB, say) passes a size check; it
+    is measured by its data, so the conversion refuses before writing (it wrote the declared size)."""
+    config, prefix, vocab = _declare_word_embeddings(tmp_path, 100_000, sparse=True)
+    shard = Path(f"{prefix}.data-00000-of-00001")
+    if shard.stat().st_blocks * 512 >= shard.stat().st_size:
+        pytest.skip("this file system stores no holes")
+    with pytest.raises(TFCheckpointError) as info:
+        convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=False)
+    msg = str(info.value)
+    assert msg.startswith(f"{shard}: holds ") and "\n" not in msg
+    assert "variable bert/embeddings/word_embeddings declares 12,800,000 bytes of which" in msg
+    assert "are holes" in msg and not (tmp_path / "out").exists()
+    err = _cli_error(capsys, config, prefix, vocab, tmp_path / "o")
+    assert "bert/embeddings/word_embeddings declares" in err
+    with pytest.raises(TFCheckpointError, match="are holes"):  # the reader alone refuses it too
+        TFCheckpoint(prefix).read("bert/embeddings/word_embeddings")
+
+
+def test_zero_runs_stored_as_holes_still_convert(tmp_path):
+    """Adam slots saved before the first step are zeros, which sparse-aware copies store as holes (the
+    shared fixtures are such files): a checkpoint copied so still converts."""
+    _, config, prefix, vocab, _ = _fixture("bert")
+    dst = tmp_path / "sparse"
+    dst.mkdir()
+    for src in prefix.parent.iterdir():
+        with open(src, "rb") as fi, open(dst / src.name, "wb") as fo:
+            while block := fi.read(4096):  # as cp --sparse=always: seek over zero blocks
+                fo.seek(len(block), 1) if not block.strip(b"\0") else fo.write(block)
+            fo.truncate()
+    shard = dst / f"{prefix.name}.data-00000-of-00001"
+    from ner_core.artifacts.tf.reader import data_segments
+
+    if sum(b - a for a, b in data_segments(shard)) >= shard.stat().st_size:
+        pytest.skip("this file system stores no holes")
+    report = convert_checkpoint(dst / config.name, dst / prefix.name, dst / vocab.name, tmp_path / "out")
+    assert report.mapped == 39 and (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_a_shape_past_int64_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """numpy's int64 product of (2**62 + 1, 4) wraps around to 4: the exact size is compared instead."""
+    import bench.tf_bundle_writer as writer
+
+    real = writer.encode_entry
+    monkeypatch.setattr(writer, "encode_entry", lambda code, shape, *a: real(code, (2**62 + 1, 4), *a))
+    prefix = write_bundle(tmp_path / "p.ckpt", [("w", np.zeros(4, np.float32))])
+    monkeypatch.undo()
+    pattern = (
+        r"p\.ckpt\.index: variable w: shape \(4611686018427387905, 4\) of float32 needs "
+        r"73,786,976,294,838,206,480 bytes, the index gives 16$"
+    )
+    with pytest.raises(TFCheckpointError, match=pattern):
+        TFCheckpoint(prefix).read("w")
+    # the same through the converter (config and checkpoint agreeing on 2**62 + 1 rows): one line, exit 2
+    config, prefix, vocab = _declare_word_embeddings(tmp_path / "c", 2**62 + 1, sparse=False)
+    err = _cli_error(capsys, config, prefix, vocab, tmp_path / "out")
+    assert "variable bert/embeddings/word_embeddings: shape (4611686018427387905, 32) of float32 needs" in err
+
+
+def test_a_config_with_more_layers_than_the_checkpoint_can_fill_is_refused_at_once(tmp_path):
+    config, prefix, vocab, _ = _copy("bert", tmp_path)
+    config.write_text(config.read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 1000000'))
+    with pytest.raises(TFCheckpointError, match=r"bert_config\.json: asks for num_hidden_layers 1,000,000"):
+        convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "pattern"),
+    [
+        ("bert_model.ckpt.index", 300 << 20, r"more than the 256 MiB a checkpoint index may have"),
+        ("bert_config.json", 5 << 20, r"more than the 4 MiB a config file may have"),
+        ("vocab.txt", 40 << 20, r"more than the 32 MiB a vocabulary file may have"),
+    ],
+)
+def test_oversized_side_files_are_refused_before_they_are_read(tmp_path, name, size, pattern):
+    config, prefix, vocab, _ = _copy("bert", tmp_path)
+    with open(prefix.parent / name, "r+b") as fh:
+        fh.truncate(size)  # a hole: cheap to make, as large as it says when read
+    with pytest.raises(TFCheckpointError, match=rf"{name}: {size:,} bytes, {pattern}"):
+        convert_checkpoint(config, prefix, vocab, tmp_path / "out", albert=False)
+
+
+def test_a_checkpoint_file_naming_a_prefix_elsewhere_stays_in_its_folder(tmp_path):
+    """TensorFlow writes the training machine's path into ``checkpoint``: a folder never sends the reader to
+    a checkpoint outside it; the name is looked for inside the folder."""
+    _, mine, _, _ = _copy("bert", tmp_path / "a")
+    _, other, _, _ = _copy("albert", tmp_path / "b")
+    for named in (str(other), f"../../b/{other.parent.name}/{other.name}"):
+        (mine.parent / "checkpoint").write_text(f'model_checkpoint_path: "{named}"\n')
+        assert resolve_prefix(mine.parent) == mine
+    (mine.parent / "checkpoint").write_text(f'model_checkpoint_path: "/train/run-7/{mine.name}"\n')
+    assert resolve_prefix(mine.parent) == mine

@@ -22,6 +22,12 @@ name ``BertTokenizer`` explicitly.
 
 Memory: tensors are read memory-mapped one at a time and streamed into the safetensors file, so the
 conversion holds about one tensor (plus its transpose) at a time, never a randomly initialised model.
+
+Untrusted input: a checkpoint may come from anywhere, so before the model is even built on the meta device
+the config's layer and group counts must be fillable by the checkpoint's variables, and every data shard
+must hold as data the bytes its index declares (:meth:`TFCheckpoint.check_shards`: exact sizes, no sparse
+holes); the output is then never larger than what the checkpoint really holds. The config and the
+vocabulary are read only up to :data:`MAX_CONFIG_BYTES` / :data:`MAX_VOCAB_BYTES`.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -41,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ner_core.artifacts.tf.reader import TFCheckpoint, TFCheckpointError, resolve_prefix
+from ner_core.artifacts.tf.reader import MAX_INDEX_BYTES, TFCheckpoint, TFCheckpointError, resolve_prefix
 from ner_core.settings import settings
 
 __all__ = [
@@ -56,6 +63,8 @@ __all__ = [
 ]
 
 CONVERTER_VERSION = 1  # part of the cache key: bump when the output of a conversion changes
+MAX_CONFIG_BYTES = 4 << 20  # a bert_config.json is a few hundred bytes
+MAX_VOCAB_BYTES = 32 << 20  # a 250k-token vocab.txt is about 3 MB
 REPORT = "conversion_report.json"
 WEIGHTS = "model.safetensors"
 
@@ -183,12 +192,24 @@ def _check_layout(ckpt: TFCheckpoint, albert: bool | None) -> bool:
 # ---------------------------------------------------------------------------------------- config
 
 
+def _small_file(path: Path, cap: int, what: str) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``cap`` bytes (refused in one line otherwise)."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise TFCheckpointError(f"{path}: {what} not found") from None
+    if not path.is_file():
+        raise TFCheckpointError(f"{path}: {what} is not a regular file")
+    if size > cap:
+        raise TFCheckpointError(f"{path}: {size:,} bytes, more than the {cap >> 20} MiB a {what} may have")
+    with open(path, "rb") as fh:
+        return fh.read(cap + 1)
+
+
 def _read_config(path: Path, is_albert: bool) -> dict[str, Any]:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TFCheckpointError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = json.loads(_small_file(path, MAX_CONFIG_BYTES, "config file").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise TFCheckpointError(f"{path}: not a readable JSON config: {exc}") from None
     if not isinstance(raw, dict):
         raise TFCheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
@@ -236,14 +257,35 @@ def _hf_config(raw: dict[str, Any], is_albert: bool):
     )
 
 
-def _expected_shapes(hf_config) -> dict[str, tuple[int, ...]]:
+def _bound_counts(raw: dict[str, Any], ckpt: TFCheckpoint, path: Path, is_albert: bool) -> None:
+    """The config's layers (BERT) or groups x inner groups (ALBERT) each need variables of their own, so
+    there can be no more of them than the checkpoint has variables: checked before the name table and the
+    meta-device model are made for them (a million layers would cost minutes and gigabytes of objects)."""
+    fields = ("num_hidden_groups", "inner_group_num") if is_albert else ("num_hidden_layers",)
+    counts = {f: raw.get(f, 1) for f in fields}
+    bad = [f for f, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
+    if bad:
+        raise TFCheckpointError(f"{path}: {', '.join(bad)} must be a positive integer")
+    if math.prod(counts.values()) > len(ckpt.entries):
+        shown = " x ".join(f"{f} {v:,}" for f, v in counts.items())
+        raise TFCheckpointError(
+            f"{path}: asks for {shown} layers, more than the checkpoint's {len(ckpt.entries):,} variables "
+            f"could fill ({ckpt.index_path.name}); the config does not belong to this checkpoint"
+        )
+
+
+def _expected_shapes(hf_config, config_path: Path) -> dict[str, tuple[int, ...]]:
     """HF parameter name -> shape, from a model built on the meta device (no memory, no init)."""
     import torch
     from transformers import AlbertModel, BertModel
 
     cls = AlbertModel if hf_config.model_type == "albert" else BertModel
-    with torch.device("meta"):
-        model = cls(hf_config)
+    try:
+        with torch.device("meta"):
+            model = cls(hf_config)
+    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:  # sizes past int64, say
+        why = " ".join(str(exc).split())[:200]
+        raise TFCheckpointError(f"{config_path}: describes a model that cannot be built: {why}") from None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -306,7 +348,7 @@ class _Plan:
 
 
 def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path) -> _Plan:
-    shapes = _expected_shapes(hf_config)
+    shapes = _expected_shapes(hf_config, config_path)
     wanted = expected_variables(hf_config)
     unfilled = sorted(set(shapes) - {hf for hf, _ in wanted.values()})
     if unfilled:  # the name table and transformers' model disagree: a bug here, not bad input
@@ -353,7 +395,7 @@ def _write_safetensors(path: Path, ckpt: TFCheckpoint, plan: _Plan) -> int:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for hf_name, _, _, shape in plan.items:
-        n = int(np.prod(shape)) * 4
+        n = math.prod(shape) * 4  # exact (numpy's int64 product wraps around)
         header[hf_name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -376,9 +418,7 @@ def _write_safetensors(path: Path, ckpt: TFCheckpoint, plan: _Plan) -> int:
 
 def _read_vocab(path: Path, vocab_size: int) -> list[str]:
     try:
-        tokens = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise TFCheckpointError(f"{path}: vocabulary file not found") from None
+        tokens = _small_file(path, MAX_VOCAB_BYTES, "vocabulary file").decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise TFCheckpointError(f"{path}: not a readable UTF-8 vocabulary: {exc}") from None
     while tokens and not tokens[-1].strip():
@@ -456,9 +496,10 @@ def _convert_into(
     t0 = time.perf_counter()
     is_albert = _check_layout(ckpt, albert)
     raw = _read_config(config_file, is_albert)
+    _bound_counts(raw, ckpt, config_file, is_albert)
+    ckpt.check_shards()  # before anything is built or written: what the index declares is really there
     hf_config = _hf_config(raw, is_albert)
     plan = _plan(ckpt, hf_config, config_file)
-    ckpt.check_shards()
     tmp.mkdir(parents=True)
     do_lower_case = _write_tokenizer(tmp, vocab_file, hf_config.vocab_size, hf_config.max_position_embeddings)
     hf_config.save_pretrained(str(tmp))
@@ -516,11 +557,13 @@ def _cache_key(config_file: Path, checkpoint: str | os.PathLike, vocab_file: Pat
     """The ``.index`` (every tensor's checksum), config and vocabulary bytes, and the converter version."""
     index = Path(f"{resolve_prefix(checkpoint)}.index")
     h = hashlib.sha256(f"tf-convert-v{CONVERTER_VERSION}\0".encode())
-    for path in (index, config_file, vocab_file):
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise TFCheckpointError(f"{path}: not found") from None
+    files = (
+        (index, MAX_INDEX_BYTES, "checkpoint index"),
+        (config_file, MAX_CONFIG_BYTES, "config file"),
+        (vocab_file, MAX_VOCAB_BYTES, "vocabulary file"),
+    )
+    for path, cap, what in files:
+        data = _small_file(path, cap, what)
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()[:32]

@@ -19,11 +19,23 @@ blocks, big-endian bundles, dtypes it does not know. Strings are listed but cann
 
 Tensors are read memory-mapped, one mapping per tensor, so reading a large checkpoint tensor by tensor
 keeps only the tensor in hand resident.
+
+A checkpoint may come from anywhere, so what its index declares is checked against what its files really
+hold before anything is read or written from it (:meth:`TFCheckpoint.check_shards`): sizes are exact Python
+integers (a shape such as ``(2**62 + 1, 4)`` overflows numpy's int64 arithmetic into a small number), the
+index is at most :data:`MAX_INDEX_BYTES`, and the tensors of a shard may not overlap nor declare far more
+bytes than the shard holds as data (:func:`beyond_data`). A sparse file's holes read as zeros but are not
+stored, so its size says nothing: a few kilobytes truncated to a gigabyte would otherwise be converted into
+a gigabyte of weights (:func:`data_segments` measures the data with ``SEEK_DATA`` / ``SEEK_HOLE``).
 """
 
 from __future__ import annotations
 
+import errno
+import math
+import os
 import re
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +50,10 @@ __all__ = [
     "TensorEntry",
     "TFCheckpoint",
     "DTYPES",
+    "MAX_INDEX_BYTES",
     "TABLE_MAGIC",
+    "beyond_data",
+    "data_segments",
     "mask_crc",
     "masked_crc32c",
     "resolve_prefix",
@@ -49,6 +64,13 @@ TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48  # two block handles padded to 40 bytes + 8-byte magic
 BLOCK_TRAILER_SIZE = 5  # 1 byte compression type + 4 bytes masked CRC32C
 _MASK_DELTA = 0xA282EAD8
+#: an index file this reader reads whole (BERT-large with its Adam slots: about 60 KB)
+MAX_INDEX_BYTES = 256 << 20
+#: bytes in holes a file may declare per byte of data, plus :data:`HOLE_SLACK`: optimiser slots saved
+#: before the first step are zeros, which sparse-aware copies (cp, rsync -S, tar -S) store as holes; the
+#: two Adam slots of a model are twice its size (the shared test fixtures are such files)
+HOLES_PER_DATA_BYTE = 3
+HOLE_SLACK = 1 << 20
 _U32 = 0xFFFFFFFF
 
 #: TensorFlow ``DataType`` enum value -> (name, numpy dtype or None when not readable as raw bytes).
@@ -265,9 +287,32 @@ def _handle(buf: bytes, pos: int = 0) -> tuple[tuple[int, int], int]:
     return (offset, size), pos
 
 
+def _read_index(path: Path) -> bytes:
+    """The bytes of the index file: a regular file of at most :data:`MAX_INDEX_BYTES`, all of it data."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise TFCheckpointError(f"{path}: missing (the checkpoint's index)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise TFCheckpointError(f"{path}: not a regular file")
+    if st.st_size > MAX_INDEX_BYTES:
+        raise TFCheckpointError(
+            f"{path}: {st.st_size:,} bytes, more than the {MAX_INDEX_BYTES >> 20} MiB a checkpoint index "
+            "may have"
+        )
+    held = sum(end - start for start, end in data_segments(path))
+    if beyond_data(st.st_size, held):
+        raise TFCheckpointError(
+            f"{path}: {st.st_size:,} bytes of which only {held:,} hold data (a sparse file); not an index "
+            "TensorFlow wrote"
+        )
+    with open(path, "rb") as fh:
+        return fh.read(MAX_INDEX_BYTES + 1)
+
+
 def read_table(path: Path) -> list[tuple[bytes, bytes]]:
     """Every ``(key, value)`` of the SSTable file at ``path``, in file order (sorted by key)."""
-    data = path.read_bytes()
+    data = _read_index(path)
     if len(data) < FOOTER_SIZE:
         raise TFCheckpointError(f"{path}: {len(data)} bytes, too short for an SSTable footer (truncated?)")
     footer = data[-FOOTER_SIZE:]
@@ -297,14 +342,19 @@ def shard_path(prefix: Path, shard_id: int, num_shards: int) -> Path:
 
 
 def _prefix_in_folder(folder: Path) -> Path:
+    """The prefix the folder's ``checkpoint`` file names, when it lies inside the folder (a name elsewhere,
+    such as the training machine's absolute path, is looked for by its file name inside the folder: a folder
+    never makes this reader open files outside it); else the folder's one ``*.index``."""
     state = folder / "checkpoint"
-    if state.is_file():
+    if state.is_file() and state.stat().st_size <= 1 << 20:
         m = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(errors="replace"), re.M)
         if m:
             named = Path(m.group(1))
-            prefix = named if named.is_absolute() else folder / named
-            if Path(f"{prefix}.index").is_file():
-                return prefix
+            base = folder.resolve()
+            for prefix in (named if named.is_absolute() else folder / named, folder / named.name):
+                index = Path(f"{prefix}.index")
+                if named.name and base in index.resolve().parents and index.is_file():
+                    return prefix
     found = sorted(folder.glob("*.index"))
     if len(found) == 1:
         return found[0].with_suffix("")
@@ -337,6 +387,51 @@ def resolve_prefix(path: str | Path) -> Path:
     )
 
 
+# ---------------------------------------------------------------------------------------- extents
+
+
+def data_segments(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """The ``[start, end)`` byte ranges of the file at ``path`` that hold data, in order; the rest of its
+    size is holes (a sparse file), which read as zeros but are not stored. A file whose allocated blocks
+    cover its size has none; otherwise ``SEEK_DATA`` / ``SEEK_HOLE`` find them. Where the file system cannot
+    tell (no ``SEEK_DATA``), its allocated bytes (``st_blocks``) count as one range from the start."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        size = st.st_size
+        allocated = getattr(st, "st_blocks", size // 512 + 1) * 512
+        if allocated >= size:  # every byte has its block: no holes
+            return [(0, size)]
+        if not hasattr(os, "SEEK_DATA"):
+            return [(0, allocated)]
+        segments: list[tuple[int, int]] = []
+        pos = 0
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # nothing but a hole after pos
+                    break
+                return [(0, allocated)]  # EINVAL / ENOTSUP: no hole information here
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end))
+            pos = end
+        return segments
+    finally:
+        os.close(fd)
+
+
+def beyond_data(declared: int, held: int) -> bool:
+    """Whether ``declared`` bytes lie far beyond the ``held`` bytes of data a file really has: more than
+    :data:`HOLES_PER_DATA_BYTE` bytes of holes per byte of data, plus :data:`HOLE_SLACK`."""
+    return declared - held > HOLES_PER_DATA_BYTE * held + HOLE_SLACK
+
+
+def _overlap(segments: list[tuple[int, int]], start: int, end: int) -> int:
+    """Bytes of ``[start, end)`` inside ``segments``."""
+    return sum(max(0, min(end, b) - max(start, a)) for a, b in segments)
+
+
 # ---------------------------------------------------------------------------------------- reader
 
 
@@ -365,6 +460,7 @@ class TFCheckpoint:
             )
         if self.header.num_shards < 1:
             raise TFCheckpointError(f"{self.index_path}: bundle header gives {self.header.num_shards} shards")
+        self._shards_checked: set[int] = set()
         self.entries: dict[str, TensorEntry] = {}
         for key, value in pairs[1:]:
             name = key.decode("utf-8", errors="replace")
@@ -385,21 +481,63 @@ class TFCheckpoint:
         return shard_path(self.prefix, entry.shard_id, self.header.num_shards)
 
     def check_shards(self) -> None:
-        """Every data shard exists and is long enough for the tensors it holds."""
-        need: dict[int, int] = {}
-        for e in self.entries.values():
-            need[e.shard_id] = max(need.get(e.shard_id, 0), e.offset + e.size)
+        """Every data shard exists and holds as data the bytes its tensors declare (:meth:`_check_shard`)."""
         for shard_id in range(self.header.num_shards):
-            path = shard_path(self.prefix, shard_id, self.header.num_shards)
-            if not path.is_file():
+            self._check_shard(shard_id)
+
+    def _check_shard(self, shard_id: int) -> None:
+        """Shard ``shard_id`` is a file, its tensors' byte ranges lie in it without overlapping, and the bytes
+        they declare (exact integers) are not far beyond the bytes it holds as data (:func:`beyond_data`);
+        checked once per shard, before any of its tensors is read."""
+        if shard_id in self._shards_checked:
+            return
+        path = shard_path(self.prefix, shard_id, self.header.num_shards)
+        if not path.is_file():
+            raise TFCheckpointError(f"{path}: missing data shard {shard_id + 1} of {self.header.num_shards}")
+        entries = sorted((e for e in self.entries.values() if e.shard_id == shard_id), key=lambda e: e.offset)
+        self._check_ranges(path, entries)
+        declared = sum(e.size for e in entries)
+        segments = data_segments(path)
+        held = sum(b - a for a, b in segments)
+        if beyond_data(declared, held):
+
+            def in_holes(e: TensorEntry) -> int:
+                return e.size - _overlap(segments, e.offset, e.offset + e.size)
+
+            worst = max(entries, key=in_holes)
+            raise TFCheckpointError(
+                f"{path}: holds {held:,} bytes of data but its variables declare {declared:,}, more than "
+                f"{1 + HOLES_PER_DATA_BYTE} times as many (+1 MiB); variable "
+                f"{worst.name} declares {worst.size:,} bytes of which {in_holes(worst):,} are holes "
+                "(a sparse or damaged file: copy the checkpoint whole, without --sparse)"
+            )
+        self._shards_checked.add(shard_id)
+
+    def _check_ranges(self, path: Path, entries: list[TensorEntry]) -> None:
+        """The tensors' byte ranges (``entries`` sorted by offset) lie inside ``path`` and do not overlap."""
+        size = path.stat().st_size
+        end, last = 0, None
+        for e in entries:
+            if e.offset < 0 or e.size < 0:
                 raise TFCheckpointError(
-                    f"{path}: missing data shard {shard_id + 1} of {self.header.num_shards}"
+                    f"{self.index_path}: variable {e.name} has offset {e.offset} and size {e.size} "
+                    "(damaged index)"
                 )
-            size = path.stat().st_size
-            if size < need.get(shard_id, 0):
+            readable = e.dtype_code in DTYPES and DTYPES[e.dtype_code][1] is not None and not e.num_slices
+            if readable:
+                self._checked_entry(e.name)  # its shape's exact bytes are its size
+            if e.offset + e.size > size:
                 raise TFCheckpointError(
-                    f"{path}: truncated data shard ({size} bytes, its variables need {need[shard_id]})"
+                    f"{path}: truncated data shard: variable {e.name} needs bytes "
+                    f"{e.offset:,}..{e.offset + e.size:,}, the file has {size:,}"
                 )
+            if last is not None and e.size and e.offset < end:
+                raise TFCheckpointError(
+                    f"{self.index_path}: variables {last.name} and {e.name} share bytes of {path.name} "
+                    "(damaged index)"
+                )
+            if e.size:
+                end, last = e.offset + e.size, e
 
     def _checked_entry(self, name: str) -> tuple[TensorEntry, np.dtype]:
         if name not in self.entries:
@@ -417,8 +555,13 @@ class TFCheckpoint:
             raise TFCheckpointError(f"{where} holds {e.dtype} data, which this reader does not load")
         if not 0 <= e.shard_id < self.header.num_shards:
             raise TFCheckpointError(f"{where} is in shard {e.shard_id} of {self.header.num_shards}")
-        if any(d < 0 for d in e.shape) or int(np.prod(e.shape)) * np_dtype.itemsize != e.size:
-            raise TFCheckpointError(f"{where}: shape {e.shape} of {e.dtype} does not fit its {e.size} bytes")
+        if any(d < 0 for d in e.shape):
+            raise TFCheckpointError(f"{where} has shape {e.shape}, with a negative dimension (damaged index)")
+        needed = math.prod(e.shape) * np_dtype.itemsize  # exact: numpy's int64 would wrap around
+        if needed != e.size:
+            raise TFCheckpointError(
+                f"{where}: shape {e.shape} of {e.dtype} needs {needed:,} bytes, the index gives {e.size:,}"
+            )
         return e, np_dtype
 
     def read(self, name: str, *, verify: bool = True) -> np.ndarray:
@@ -426,14 +569,7 @@ class TFCheckpoint:
         to float32, a copy). ``verify`` checks the tensor's CRC32C against the index."""
         e, np_dtype = self._checked_entry(name)
         path = self.shard(e)
-        if not path.is_file():
-            raise TFCheckpointError(f"{path}: missing data shard (needed for variable {name})")
-        size = path.stat().st_size
-        if e.offset + e.size > size:
-            raise TFCheckpointError(
-                f"{path}: truncated data shard: variable {name} needs bytes {e.offset}..{e.offset + e.size}, "
-                f"the file has {size}"
-            )
+        self._check_shard(e.shard_id)  # exists, long enough, its tensors in its real data
         if e.size == 0:
             arr = np.zeros(e.shape, dtype=np_dtype)
         else:
