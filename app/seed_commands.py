@@ -33,6 +33,7 @@ from typing import Any
 from ner_core.artifacts import layout
 
 MODEL_CONFIGS = "model_configs.json"
+MAX_MODEL_CONFIGS_BYTES = 1 << 20  # what ner train writes is a few hundred bytes
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras", ".pkl", ".pickle")
 DEFAULT_OUTPUT_PATH = "test_outputs"  # the seed's default -output_path
 UNLABELLED_FORMATS = ("seed_texts", "text")  # formats that carry texts only (the seed's test.txt is one)
@@ -120,19 +121,40 @@ def resolve_model_configs(value: str | os.PathLike) -> str:
 
 
 def _from_model_configs(path: Path) -> str:
+    """The model directory a ``model_configs.json`` names. The file may come with a folder from anyone, so it
+    is read within :data:`MAX_MODEL_CONFIGS_BYTES`, and a relative ``model_dir`` must stay inside the file's
+    folder (``"../../.."`` or a symlink out of it is refused); an absolute one is what ``ner train
+    -save_path`` writes for a model outside that folder, and is taken as written."""
+    if path.stat().st_size > MAX_MODEL_CONFIGS_BYTES:
+        raise ValueError(
+            f"{path}: {path.stat().st_size:,} bytes, more than the {MAX_MODEL_CONFIGS_BYTES >> 10} KiB a "
+            f"{MODEL_CONFIGS} may have"
+        )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read(MAX_MODEL_CONFIGS_BYTES + 1).decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with model_dir, got {type(data).__name__}")
     if "model_dir" not in data:
         if "model_path" in data:  # the seed's own file: {max_len, tag_padding, model_path (.h5), bert_vocab}
-            raise ValueError(keras_refusal(f"{path} (model_path {data['model_path']})"))
+            raise ValueError(keras_refusal(f"{path} (model_path {str(data['model_path'])[:200]})"))
         raise ValueError(f"{path}: no model_dir (not a {MODEL_CONFIGS} written by `ner train -save_path`)")
-    model_dir = Path(str(data["model_dir"]))
+    named = data["model_dir"]
+    if not isinstance(named, str) or not named or "\0" in named:
+        raise ValueError(f"{path}: model_dir must be a path (a non-empty string), got {str(named)[:100]!r}")
+    model_dir = Path(named)
     if not model_dir.is_absolute():
+        folder = path.parent.resolve()
         model_dir = path.parent / model_dir
+        real = model_dir.resolve()
+        if real != folder and folder not in real.parents:
+            raise ValueError(
+                f"{path}: model_dir {named[:200]!r} leads outside the file's folder {folder}; a relative "
+                "model_dir must lie inside it (give the model directory with --model-dir, or write its "
+                "absolute path)"
+            )
     if not layout.is_model_dir(model_dir):
         raise ValueError(f"{path}: model_dir {model_dir} is not a model directory (no {layout.META})")
     return str(model_dir)

@@ -205,6 +205,36 @@ def test_model_configs_names_a_model_in_every_form(tmp_path, tiny_encoder_dir):
     )
 
 
+def test_model_configs_may_not_lead_out_of_its_folder(seed_env, tiny_encoder_dir):
+    """A model_configs.json comes with a folder from anyone: a relative model_dir that climbs out of that
+    folder (or leaves it through a symlink) is refused in one line; an absolute one (what ``ner train
+    -save_path`` writes for a model elsewhere) is taken as written."""
+    import os
+
+    from app.seed_commands import resolve_model_configs
+    from tests.test_predict import build_model_dir
+
+    outside = build_model_dir(seed_env / "mine" / "model", tiny_encoder_dir)
+    folder = seed_env / "downloaded" / "a" / "b"
+    folder.mkdir(parents=True)
+    (folder / "link").symlink_to(outside.parent, target_is_directory=True)
+    configs = folder / "model_configs.json"
+    data = seed_env / "t.txt"
+    data.write_text('["文本"]', encoding="utf-8")
+    for named in (os.path.relpath(outside, folder), "../../..", "link/model"):
+        configs.write_text(json.dumps({"model_dir": named}), encoding="utf-8")
+        with pytest.raises(ValueError, match=f"model_dir '{named}' leads outside the file's folder"):
+            resolve_model_configs(configs)
+        rc, _, err = run_cli(["test", "-test_data", str(data), "-model_configs", str(configs)])
+        one_line_error(rc, err, str(configs), "leads outside")
+    assert not (seed_env / "test_outputs").exists()
+    configs.write_text(json.dumps({"model_dir": str(outside)}), encoding="utf-8")
+    assert resolve_model_configs(configs) == str(outside)
+    configs.write_text(json.dumps({"model_dir": str(outside)}) + " " * (2 << 20), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"2,097,\d+ bytes, more than the 1024 KiB a model_configs\.json"):
+        resolve_model_configs(configs)
+
+
 @pytest.mark.parametrize("command", ["test", "predict", "deploy"])
 def test_keras_artefacts_are_refused_in_one_line(command, seed_env):
     models = seed_env / "models"
