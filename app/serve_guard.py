@@ -2,6 +2,13 @@
 request body (size, read deadline, nesting, text that is not valid Unicode), idle connections and the
 uvicorn server that stops gracefully.
 
+- **Host.** A service on loopback is still reachable from a web page through DNS rebinding (the page's own
+  name made to resolve to 127.0.0.1): the browser then sends that name in ``Host``. :class:`HostPolicy`
+  answers only the names the service is bound to (its ``--host``; localhost, 127.0.0.1 and ::1 on loopback;
+  any IP address and this machine's name on 0.0.0.0 / ::) and those of ``--allowed-hosts`` /
+  ``$NER_ALLOWED_HOSTS`` (``*``: any); ports are not compared (an ssh tunnel or a proxy changes them, a
+  rebinding attack changes the name). Any other name -> 421 Misdirected Request, on every path. A request
+  without ``Host`` (HTTP/1.0 tools; every browser sends one) is answered.
 - **API key.** :func:`load_api_key` reads it from ``--api-key-file FILE`` or the ``NER_API_KEY``
   environment variable (through :func:`ner_core.settings.settings`); :func:`app.exposure.check_keyed_bind`
   refuses to serve a non-loopback address without one. Clients
@@ -36,14 +43,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import os
 import re
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app import exposure
 from app.exposure import API_KEY_HINT
 from ner_core.settings import ENV, Settings, settings
 
@@ -51,6 +62,90 @@ API_KEY_ENV = ENV["api_key"]
 MIN_KEY_CHARS = 16
 OPEN_PATHS = frozenset({"/health"})  # answered without the API key (load balancers, monitors)
 MAX_JSON_DEPTH = 32  # a valid request nests 2 levels ({"texts": [...]})
+
+
+# ----------------------------------------------------------------------------------------- Host
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+_HOST_NAME = re.compile(r"^(\*|[a-z0-9_-]+(\.[a-z0-9_-]+)*|[0-9a-f:.]+)$")
+
+
+def _normal_name(name: str) -> str:
+    """A host name as compared: lower case, without IPv6 brackets or a final dot."""
+    return name.strip().lower().removeprefix("[").removesuffix("]").removesuffix(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host_header(value: str) -> str | None:
+    """The name in a ``Host`` header (``name``, ``name:port``, ``[v6]``, ``[v6]:port``), normalised; ``None``
+    when it is malformed."""
+    value = value.strip()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+    else:
+        name, _, port = value.partition(":")
+        if ":" in port or (port and not port.isdigit()):
+            return None
+    name = _normal_name(name)
+    return name if name and name != "*" and _HOST_NAME.match(name) else None
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which names the service answers for in ``Host`` (see the module's doc): ``names``, plus any IP
+    address when ``any_ip`` (bound to every interface), or anything when ``any_name``."""
+
+    names: frozenset[str]
+    any_ip: bool = False
+    any_name: bool = False
+
+    @classmethod
+    def for_bind(cls, host: str, allowed_hosts: Iterable[str] = ()) -> HostPolicy:
+        """The policy of a service bound to ``host`` with the extra names ``allowed_hosts`` (``*``: any);
+        a name that cannot be a host name is a ``ValueError`` (one line)."""
+        extra = [_normal_name(n) for n in allowed_hosts if n.strip()]
+        bad = [n for n in extra if not _HOST_NAME.match(n)]
+        if bad:
+            raise ValueError(
+                f"--allowed-hosts: {bad[0]!r} is not a host name or address (give names such as "
+                "ner.example.com or 10.0.0.5, separated by commas; * for any)"
+            )
+        names = {_normal_name(host), *extra}
+        wildcard = _normal_name(host) in WILDCARD_BINDS
+        if wildcard or exposure.is_loopback(host):
+            names.update(LOOPBACK_NAMES)
+        if wildcard:
+            names.update(_normal_name(n) for n in (socket.gethostname(), socket.getfqdn()) if n)
+        return cls(frozenset(names - {""}), any_ip=wildcard, any_name="*" in names)
+
+    def problem(self, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """Why a request with these headers is not answered (its ``Host`` names another server), or
+        ``None``."""
+        if self.any_name:
+            return None
+        for key, value in headers:
+            if key != b"host":
+                continue
+            shown = value.decode("latin-1")[:100]
+            name = split_host_header(value.decode("latin-1"))
+            if name is None:
+                return f"malformed Host header {shown!r}"
+            if name not in self.names and not (self.any_ip and _is_ip(name)):
+                return (
+                    f"this service does not answer for host {shown!r}, only for the names of the address it "
+                    f"listens on; start it with --allowed-hosts {name} (or ${ENV['allowed_hosts']}) to "
+                    "serve that name"
+                )
+        return None
 
 
 # ----------------------------------------------------------------------------------------- API key
@@ -188,7 +283,8 @@ async def _reply(send, status: int, detail: str, extra: dict[str, str] | None = 
 
 
 class RequestGuard:
-    """ASGI middleware: the API key (when one is set; not on :data:`OPEN_PATHS`), then the body read
+    """ASGI middleware: the ``Host`` (``hosts``, :class:`HostPolicy`; 421 for another name), the API key
+    (when one is set; not on :data:`OPEN_PATHS`), then the body read
     whole within ``max_body_bytes`` and ``body_timeout_s`` and checked for nesting, then handed on to the
     app unchanged. ``limits_hint`` ends the 413 message (what the limit derives from)."""
 
@@ -200,8 +296,10 @@ class RequestGuard:
         body_timeout_s: float,
         api_key: str | None = None,
         limits_hint: str = "",
+        hosts: HostPolicy | None = None,
     ) -> None:
         self.app = app
+        self.hosts = hosts
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
         self.key = api_key.encode("utf-8") if api_key is not None else None
@@ -210,6 +308,8 @@ class RequestGuard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.hosts is not None and (problem := self.hosts.problem(scope["headers"])) is not None:
+            return await _reply(send, 421, problem)
         if self.key is not None and scope["path"] not in OPEN_PATHS:
             problem = _key_problem(scope["headers"], self.key)
             if problem is not None:

@@ -299,7 +299,8 @@ def _request(
 ) -> bytes:
     """A raw POST of ``body`` with ``Content-Length: length`` (default: the body's length)."""
     auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
-    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"  # a name the service answers for (421 otherwise)
+    head += "Content-Type: application/json\r\nConnection: close\r\n"
     size = len(body) if length is None else length
     return head.encode() + auth + f"Content-Length: {size}\r\n\r\n".encode() + body
 
@@ -325,13 +326,13 @@ def _fixed_cases(limit: int) -> list[tuple[str, bytes, set[int], bytes]]:
         ("wrong API key", _request(b'{"text": "a"}', key=FUZZ_KEY + "x"), {401}, b"wrong API key"),
         (
             "health needs no key",
-            b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             {200},
             b"ok",
         ),
         (
             "chunked body past the limit",
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
             + f"Authorization: Bearer {FUZZ_KEY}\r\n\r\n".encode()
             + chunked * (limit // 10_000 + 2),
             {413},
@@ -388,7 +389,7 @@ def _slow_cases(port: int, tally: dict, idle_timeout: float, body_timeout: float
         tally["missed"].append(f"never-ending body: got {status} after {secs:.1f} s: {out[-120:]!r}")
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
     for s in idle[:50]:
-        s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # a head that never completes
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # a head that never completes
     tally["cases"] += len(idle)
     t0 = time.monotonic()
     r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"text": "张三"}, headers={"X-API-Key": FUZZ_KEY})

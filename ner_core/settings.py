@@ -19,6 +19,9 @@ variable                   field                 meaning (default)
                                                  (on)
 ``NER_API_KEY``            ``api_key``           the key ``ner serve`` asks clients for (none; see
                                                  ``--api-key-file``)
+``NER_ALLOWED_HOSTS``      ``allowed_hosts``     more names ``ner serve`` answers for in ``Host``,
+                                                 comma-separated (none: its bind address; see
+                                                 ``--allowed-hosts``)
 ``NER_QUERY_TIME_LIMIT_S`` ``query_time_limit_s`` seconds one guarded SQL query may run (10)
 ``NER_SERVE_URL``          ``serve_url``         the service ``ner query`` asks (``http://127.0.0.1:8000``)
 ``NER_DASK_ADDRESS``       ``dask_address``      the Dask scheduler of the sharded prediction deployment
@@ -61,6 +64,7 @@ ENV: dict[str, str] = {
     "debug": "NER_DEBUG",
     "crf_kernel": "NER_CRF_KERNEL",
     "api_key": "NER_API_KEY",
+    "allowed_hosts": "NER_ALLOWED_HOSTS",
     "query_time_limit_s": "NER_QUERY_TIME_LIMIT_S",
     "serve_url": "NER_SERVE_URL",
     "dask_address": "NER_DASK_ADDRESS",
@@ -98,6 +102,7 @@ class Settings(BaseModel):
     debug: bool = False
     crf_kernel: bool = True
     api_key: SecretStr | None = None
+    allowed_hosts: tuple[str, ...] = ()
     query_time_limit_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     serve_url: str = DEFAULT_SERVE_URL
     dask_address: str | None = None
@@ -107,6 +112,11 @@ class Settings(BaseModel):
     @classmethod
     def _switch(cls, v: Any) -> Any:
         return is_on(v) if isinstance(v, str) else v
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        return tuple(n.strip() for n in v.split(",") if n.strip()) if isinstance(v, str) else v
 
     @property
     def converted_dir(self) -> Path:

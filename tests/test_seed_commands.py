@@ -315,7 +315,7 @@ def test_deploy_takes_the_seed_flags_and_logs_every_request(seed_env, tiny_encod
     log = seed_env / "models" / "deploy_log" / "requests.log"
     assert str(log) in out
     secret = "张伟在北京的ABC资本工作。"
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:  # a Host the service answers
         assert client.post("/predict", json={"texts": [secret, "上海"]}).status_code == 200
         seed_answer = client.post("/decode", json={"text": secret})  # what the seed's query.py posts
         assert client.get("/health").status_code == 200

@@ -189,7 +189,131 @@ def test_serve_refuses_a_public_address_without_a_key(tmp_path):
     assert r.returncode == 2 and "no such model directory" in r.stderr
 
 
+def _host_ok(policy, value: str) -> bool:
+    return policy.problem([(b"host", value.encode("latin-1"))]) is None
+
+
+def test_host_policy_answers_for_the_bound_names_only():
+    """DNS rebinding: a page's own name resolved to 127.0.0.1 reaches a loopback service, and the browser
+    sends that name in Host. Only the bound address's names (and --allowed-hosts) are answered."""
+    from app.serve_guard import HostPolicy
+
+    loop = HostPolicy.for_bind("127.0.0.1")
+    for value in ("127.0.0.1:8000", "127.0.0.1", "localhost:8000", "LOCALHOST.", "[::1]:8000", "[::1]"):
+        assert _host_ok(loop, value), value
+    for value in ("rebind.example:8000", "127.0.0.1.nip.io", "10.0.0.5:8000", "a:b:c", "[::1", ":8000", ""):
+        assert not _host_ok(loop, value), value
+    assert loop.problem([]) is None  # no Host at all: not a browser (HTTP/1.0 tools)
+    detail = loop.problem([(b"host", b"rebind.example:8000")])
+    assert detail.startswith("this service does not answer for host 'rebind.example:8000', only for ")
+    assert "--allowed-hosts rebind.example (or $NER_ALLOWED_HOSTS)" in detail and "\n" not in detail
+    extra = HostPolicy.for_bind("127.0.0.1", ["ner.example.com", " "])
+    assert _host_ok(extra, "NER.example.com:443") and not _host_ok(extra, "x.ner.example.com")
+    assert _host_ok(HostPolicy.for_bind("127.0.0.1", ["*"]), "anything.example")
+    every = HostPolicy.for_bind("0.0.0.0")  # every interface: any address, never a foreign name
+    assert all(_host_ok(every, v) for v in ("10.0.0.5:8000", "[fe80::1]:8000", "localhost"))
+    assert not _host_ok(every, "rebind.example:8000")
+    bound = HostPolicy.for_bind("10.0.0.5")
+    assert _host_ok(bound, "10.0.0.5:8000") and not any(_host_ok(bound, v) for v in ("localhost", "10.0.0.6"))
+    with pytest.raises(ValueError, match="--allowed-hosts: 'http://x' is not a host name or address"):
+        HostPolicy.for_bind("127.0.0.1", ["http://x"])
+
+
+def test_allowed_hosts_come_from_the_flag_or_the_environment(model_dir, monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from app import cli
+
+    served: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setenv("NER_ALLOWED_HOSTS", "env.example, other.example")
+    for flag, answered, refused in (
+        (["--allowed-hosts", "ner.example.com"], "ner.example.com", "env.example"),  # the flag wins
+        ([], "env.example", "rebind.example"),
+    ):
+        assert cli.main(["serve", "--model-dir", str(model_dir), *flag]) == 0
+        with TestClient(served["app"], base_url=f"http://{answered}:8000") as client:
+            assert client.get("/health").status_code == 200
+            r = client.get("/health", headers={"Host": f"{refused}:8000"})
+            assert r.status_code == 421 and f"does not answer for host '{refused}:8000'" in r.json()["detail"]
+    capsys.readouterr()
+    assert cli.main(["serve", "--model-dir", str(model_dir / "none"), "--allowed-hosts", "a b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--allowed-hosts: 'a b' is not a host name" in err and "\n" not in err  # before the model loads
+
+
+def _model_copy(model_dir: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(model_dir, dst)
+    return dst
+
+
+def test_model_serves_only_the_metrics_the_trainer_writes(model_dir, tmp_path):
+    """metrics.json comes with the model folder: GET /model serves its known keys as plain values (a NaN,
+    which JSON cannot carry, as null), nothing else."""
+    from fastapi.testclient import TestClient
+
+    from app.serve import create_app
+    from ner_core.artifacts.layout import METRICS
+
+    md = _model_copy(model_dir, tmp_path / "model")
+    metrics = {
+        "best_epoch": 3,
+        "run_id": "r" * 1000,
+        "dev": {"f1": 0.5, "PER.f1": float("nan"), "note": "text", "errors.boundary": 2, "x": [1]},
+        "plus": {"dataset": "review", "version": 2, "path": "/home/me/secret"},
+        "note": "ok",
+        "token": "s3cret",
+        "history": [{"a": 1}] * 1000,
+    }
+    (md / METRICS).write_text(json.dumps(metrics), encoding="utf-8")
+    with TestClient(create_app(md), base_url="http://127.0.0.1:8000") as client:
+        r = client.get("/model")
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"] == {
+        "best_epoch": 3,
+        "run_id": "r" * 200,
+        "note": "ok",
+        "plus": {"dataset": "review", "version": 2},
+        "dev": {"f1": 0.5, "PER.f1": None, "errors.boundary": 2},
+    }
+
+
+def test_a_metrics_json_linked_out_of_the_model_dir_is_refused(model_dir, tmp_path):
+    """A metrics.json that is a symlink to a file outside the folder (any file the service can read) is
+    refused when the model loads, in one line that shows nothing of the file."""
+    from app.serve import create_app
+    from ner_core.artifacts.layout import METRICS, ModelDirError
+
+    md = _model_copy(model_dir, tmp_path / "model")
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"note": "s3cret", "best_epoch": 7}), encoding="utf-8")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    for target in (secrets, passwd):
+        (md / METRICS).unlink()
+        (md / METRICS).symlink_to(target)
+        with pytest.raises(ModelDirError, match=f"{METRICS} is a symlink to .*, outside the folder") as info:
+            create_app(md)
+        assert "s3cret" not in str(info.value) and "root:x" not in str(info.value)
+        assert "\n" not in str(info.value)
+
+
 # ----------------------------------------------------------------------------------------- real server
+def test_a_rebound_host_name_gets_421_on_every_path(guarded):
+    url, port = guarded["url"], guarded["port"]
+    for method, path in [("GET", "/health"), ("GET", "/model"), ("POST", "/predict"), ("GET", "/docs")]:
+        headers = AUTH | {"Host": f"rebind.example:{port}"}
+        r = httpx.request(method, f"{url}{path}", json={"text": "张三"}, headers=headers)
+        assert r.status_code == 421, (path, r.text)
+        assert r.json()["detail"].startswith("this service does not answer for host 'rebind.example:")
+    assert httpx.get(f"{url}/model", headers=AUTH | {"Host": f"localhost:{port}"}).status_code == 200
+    out, _ = _raw(port, b"GET /health HTTP/1.0\r\n\r\n")  # no Host: not a browser
+    assert out.startswith(b"HTTP/1.1 200 ")
+
+
 def test_api_key_on_every_path_but_health(guarded):
     url = guarded["url"]
     assert httpx.get(f"{url}/health").status_code == 200
@@ -259,7 +383,7 @@ def test_chunked_body_past_the_limit_is_413_without_reading_it_all(guarded):
     assert sent < 100_000_000  # stopped long before the generator ran dry
     status, _ = _raw(
         guarded["port"],
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n"
         + (b"2710\r\n" + b"x" * 10_000 + b"\r\n")
         * (limit // 10_000 + 2),
@@ -269,7 +393,8 @@ def test_chunked_body_past_the_limit_is_413_without_reading_it_all(guarded):
 
 def test_body_that_never_ends_is_408_and_closed(guarded):
     head = (
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n"
         b"Authorization: Bearer " + KEY.encode() + b'\r\n\r\n{"text": "ab'
     )
     out, seconds = _raw(guarded["port"], head)

@@ -3,7 +3,9 @@
 The model is ``--model-dir``, ``--run RUN_ID`` or the production run of ``--db`` (or the seed's
 ``-model_configs``); the request limits are the fields of :class:`app.serve.ServeLimits`
 (:data:`LIMIT_FLAGS`), the window and speed options those of ``ner predict`` (:mod:`app.options`). On an
-address other than loopback an API key is required (:func:`app.exposure.check_keyed_bind`).
+address other than loopback an API key is required (:func:`app.exposure.check_keyed_bind`), and on every
+address only the names it is bound to (plus ``--allowed-hosts`` / ``$NER_ALLOWED_HOSTS``) are answered in
+``Host`` (:class:`app.serve_guard.HostPolicy`).
 """
 
 from __future__ import annotations
@@ -77,6 +79,13 @@ def _add_guard_options(sp) -> None:
         help="require the API key in FILE on every path but /health (default: $NER_API_KEY when set; "
         "required when --host is not a loopback address)",
     )
+    g.add_argument(
+        "--allowed-hosts",
+        metavar="NAME[,NAME...]",
+        type=lambda v: tuple(n.strip() for n in v.split(",") if n.strip()),
+        help="more names to answer for in the Host header, e.g. the name a proxy forwards (default "
+        "$NER_ALLOWED_HOSTS; * for any); other names than the bound address's get 421 (DNS rebinding)",
+    )
     LIMIT_FLAGS.add_to(g, only=[f.key for f in LIMIT_FLAGS.flags if f.key not in _PER_REQUEST])
     g.add_argument(
         "--idle-timeout",
@@ -103,7 +112,8 @@ def _add_guard_options(sp) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.exposure import check_keyed_bind
     from app.serve import create_app
-    from app.serve_guard import bound_kernel_cache, load_api_key, run_server
+    from app.serve_guard import HostPolicy, bound_kernel_cache, load_api_key, run_server
+    from ner_core.settings import settings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -111,6 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     api_key = load_api_key(args.api_key_file)
     check_keyed_bind(args.host, api_key)  # before the model loads: a refusal is one line, at once
+    allowed = args.allowed_hosts if args.allowed_hosts is not None else settings().allowed_hosts
+    HostPolicy.for_bind(args.host, allowed)  # so is a name that cannot be a host's
     model_dir, run_id = chosen_model(args)
     app = create_app(
         model_dir,
@@ -120,6 +132,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_requests=args.batch_requests,
         log_path=args.log_path,
         api_key=api_key,
+        host=args.host,
+        allowed_hosts=allowed,
     )
     print(
         f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)"

@@ -8,6 +8,8 @@
   half-open ``[start, end)`` character offsets of the text sent. Long texts are tagged whole (windows).
 - ``GET /health``    ``{"status": "ok", "served": {"requests", "texts", "batches"}, ...}``
 - ``GET /model``     the model's configuration, labels, metrics, window settings and the request limits.
+  Of the model directory's metrics only the keys the trainer writes are served, each a plain value
+  (:func:`public_metrics`): a model folder may come from anyone, and its metrics are not a channel.
 - ``POST /decode``   the seed's endpoint, for its clients: body ``{"text": "..."}`` -> ``{"text", "tags"}``
   with one space-separated tag per character in the model's scheme (the whole text, not cut at max_len).
 
@@ -16,8 +18,9 @@ in one request, or a body larger than allowed (by ``Content-Length`` or as it st
 message saying what the limit is; a malformed body (no text, wrong types, unknown fields, JSON nested too
 deep, a lone surrogate or NUL in a text) -> 422 with a readable ``detail``; a body not received within
 ``--body-timeout`` -> 408. Nothing a client sends crashes the service. On an address other than loopback
-an API key is required (``NER_API_KEY`` or ``--api-key-file``) on every path but ``/health``; the guards
-live in :mod:`app.serve_guard`.
+an API key is required (``NER_API_KEY`` or ``--api-key-file``) on every path but ``/health``. A ``Host``
+header naming another server than the one bound to (DNS rebinding) -> 421 on every path, unless the name
+is in ``--allowed-hosts`` / ``$NER_ALLOWED_HOSTS``. The guards live in :mod:`app.serve_guard`.
 
 Concurrent requests are tagged together (:class:`RequestBatcher`): whenever the model is free, the texts
 of every request waiting go through it in one batch, so throughput grows with the number of clients while
@@ -41,9 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -340,22 +345,28 @@ def create_app(
     batch_requests: bool = True,
     log_path: str | os.PathLike | None = None,
     api_key: str | None = None,
+    host: str = DEFAULT_HOST,
+    allowed_hosts: Iterable[str] = (),
 ):
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
     ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
     concurrent requests together (:class:`RequestBatcher`). ``log_path``: a folder for the request log
     (:class:`RequestLog`). ``api_key``: required on every path but ``/health``
-    (:class:`app.serve_guard.RequestGuard`). The app's shutdown tags what is queued, then stops."""
+    (:class:`app.serve_guard.RequestGuard`). ``host``: the address it is bound to, whose names (and
+    ``allowed_hosts``) it answers for in ``Host`` (:class:`app.serve_guard.HostPolicy`). The app's
+    shutdown tags what is queued, then stops."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
 
+    from app.serve_guard import HostPolicy
     from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.inference.tagger import Tagger
 
     limits = limits or ServeLimits()
     if not isinstance(limits, ServeLimits):
         raise ValueError(f"expected limits to be a ServeLimits, got {type(limits).__name__}")
+    hosts = HostPolicy.for_bind(host, allowed_hosts)  # a bad name is refused before the model loads
     loaded = load_model_dir(model_dir)
     tagger = Tagger.from_loaded(loaded, options)
     print(tagger.precision_choice.line("serving"), flush=True)
@@ -387,13 +398,50 @@ def create_app(
     )
     app.state.info = info
     app.state.batcher = batcher
-    _add_request_guards(app, limits, api_key)
+    _add_request_guards(app, limits, api_key, hosts)
     if log_path is not None:
         app.state.request_log = RequestLog(log_path)
         _add_request_log(app, app.state.request_log)
     _add_routes(app, batcher, limits, info)
     _add_seed_route(app, batcher, limits, loaded.scheme)
     return app
+
+
+#: the keys of a model directory's metrics.json that ``GET /model`` serves: what the trainer writes
+#: (:func:`ner_core.training.loop.train`, the flows' run metadata) and a test model's note and seed
+SCALAR_METRICS = ("best_epoch", "run_id", "dataset", "dataset_version", "note", "seed")
+MAX_METRIC_CHARS = 200  # a served string metric, at most
+MAX_DEV_FIGURES = 2_000  # "dev": the overall figures, 6 per entity type, one per error kind
+
+
+def _plain(value):
+    """``value`` when it is a JSON scalar fit to serve (a string cut to :data:`MAX_METRIC_CHARS`; a
+    non-finite float, which JSON cannot carry, as None); else None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value[:MAX_METRIC_CHARS]
+    return value if value is None or isinstance(value, (bool, int)) else None
+
+
+def public_metrics(metrics: dict) -> dict:
+    """What ``GET /model`` serves of a model directory's metrics: the keys of :data:`SCALAR_METRICS` as
+    plain values, ``plus`` as ``{"dataset", "version"}``, and ``dev`` as its numeric figures (at most
+    :data:`MAX_DEV_FIGURES`); any other key, or a value of another shape, is left out."""
+    out = {k: _plain(metrics[k]) for k in SCALAR_METRICS if k in metrics}
+    if "plus" in metrics:
+        plus = metrics["plus"]
+        shown = {k: _plain(plus.get(k)) for k in ("dataset", "version")} if isinstance(plus, dict) else None
+        out["plus"] = shown
+    if "dev" in metrics:
+        dev = metrics["dev"] if isinstance(metrics["dev"], dict) else None
+        figures = [
+            (str(k)[:MAX_METRIC_CHARS], _plain(v))
+            for k, v in (dev or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        out["dev"] = dict(figures[:MAX_DEV_FIGURES]) if dev is not None else None
+    return out
 
 
 def _model_info(model_dir, run_id: str | None, loaded, tagger_settings: dict, limits: ServeLimits) -> dict:
@@ -409,16 +457,16 @@ def _model_info(model_dir, run_id: str | None, loaded, tagger_settings: dict, li
         "labels": loaded.labels,
         "tags": loaded.tags,
         "config": json.loads(loaded.config.to_json()),
-        "metrics": loaded.metrics,
+        "metrics": public_metrics(loaded.metrics),
         "tagger": tagger_settings,
         "limits": limits.model_dump() | {"max_body_bytes": limits.max_body_bytes},
     }
 
 
-def _add_request_guards(app, limits: ServeLimits, api_key: str | None = None) -> None:
-    """The API key, 413 for a body larger than the limits allow (however it is sent), 408 for one that
-    does not arrive in time (:class:`app.serve_guard.RequestGuard`); 422 with a readable ``detail`` for a
-    malformed one."""
+def _add_request_guards(app, limits: ServeLimits, api_key: str | None = None, hosts=None) -> None:
+    """421 for a ``Host`` the service does not answer for (``hosts``), the API key, 413 for a body larger
+    than the limits allow (however it is sent), 408 for one that does not arrive in time
+    (:class:`app.serve_guard.RequestGuard`); 422 with a readable ``detail`` for a malformed one."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -431,6 +479,7 @@ def _add_request_guards(app, limits: ServeLimits, api_key: str | None = None) ->
         body_timeout_s=limits.body_timeout_s,
         api_key=api_key,
         limits_hint=f"max_total_chars={limits.max_total_chars}",
+        hosts=hosts,
     )
 
     @app.exception_handler(RequestValidationError)
