@@ -3,6 +3,7 @@ leaving no row that points at a deleted parent; the trained models that saw the 
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -271,3 +272,273 @@ def test_ner_datasets_delete_asks_first_and_names_the_models(filled, capsys, mon
     rc, out, err = _ner(["datasets", "delete", "people", "--yes", "--db", db], capsys, monkeypatch)
     assert rc == 2 and err.startswith("ner datasets: error: dataset 'people' not found")
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------ every copy of the texts
+# The issue: after `ner datasets delete NAME --yes` a text of the deleted dataset survived in a review export
+# made from it, in a prediction run over a file holding it under another doc id, in evaluation reports, in
+# the refused review spool, in the seed's -output_path files, in DuckDB's spill files and in Prefect's
+# artifact. Each copy below is made by the platform's own code; the checks grep the bytes of every file.
+MARK = "档案标记Q7"  # in every text of dataset "cv", in no other
+
+
+def _marked(n: int = 6) -> list[dict]:
+    from tests.conftest import SAMPLE
+
+    rows = [json.loads(line) for line in (SAMPLE / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [{**r, "text": r["text"] + f"{MARK}{i}"} for i, r in enumerate(rows[:n])]  # entities keep offsets
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, tiny_encoder_dir) -> Path:
+    """A model directory trained for one epoch on the sample corpus (labels PER, LOC, ORG, FIN)."""
+    from flows.steps import train_step
+    from ner_core.config import NERConfig
+    from tests.conftest import SAMPLE
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    db = root / "t.duckdb"
+    ingest_dataset(db, "sample", {"train": SAMPLE / "train.jsonl", "dev": SAMPLE / "dev.jsonl"})
+    cfg = NERConfig.model_validate(
+        {
+            "encoder": {"name": str(tiny_encoder_dir)},
+            "data": {"dataset": "sample", "max_len": 64},
+            "head": {"rnn_units": 16},
+            "training": {"hard_epochs": 1, "batch_size": 32, "num_threads": 1, "seed": 3},
+        }
+    )
+    return Path(train_step(str(db), cfg, str(root / "runs")).model_dir)
+
+
+def _spill(db: Path) -> list[Path]:
+    """Make DuckDB spill rows holding the texts into ``<db>.tmp`` and kill the process there: what a query
+    stopped under its memory limit leaves behind."""
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import duckdb, sys, time\n"
+        "con = duckdb.connect(sys.argv[1], read_only=True)\n"
+        "con.execute(\"SET memory_limit = '32MB'\"); con.execute('SET threads = 1')\n"
+        "con.execute(\"CREATE TEMP TABLE s AS SELECT text || repeat('x', 1500) || r.range AS t \"\n"
+        "            \"FROM documents d, range(6000) r WHERE d.dataset = 'cv'\")\n"
+        "print('spilled', flush=True); time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "spilled"
+        time.sleep(0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+    return [p for p in Path(f"{db}.tmp").iterdir() if p.stat().st_size]
+
+
+@pytest.fixture
+def traced(tmp_path, tiny_model, monkeypatch) -> dict:
+    """Dataset "cv" (texts holding MARK) copied everywhere the platform copies a text, and dataset "other"
+    with its own copies, which must stay."""
+    import shutil
+
+    from app import cli
+    from flows import steps
+    from ner_core.data.formats import read_file
+    from storage import reviews
+    from storage.datasets import load_documents
+    from storage.footprint import review_spool
+    from storage.review_export import export_reviews
+    from storage.runs import create_run, finish_run
+    from tests.conftest import SAMPLE
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))  # no Prefect database here
+    db, inputs, run_dir = tmp_path / "ner.duckdb", tmp_path / "inputs", tmp_path / "runs" / "r1"
+    inputs.mkdir()
+    cv = inputs / "cv.jsonl"
+    cv.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _marked()), encoding="utf-8")
+    same = inputs / "same-texts.txt"  # the same texts under the file's own doc ids, and one more text
+    same.write_text("".join(r["text"] + "\n" for r in _marked()) + "张三在北京\n", encoding="utf-8")
+    ingest_dataset(db, "other", {"test": SAMPLE / "test.jsonl"})
+    ingest_dataset(db, "cv", {"train": cv})  # train: a review export leaves test texts out
+    model = run_dir / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = '{"encoder": {"name": "enc"}, "head": {"type": "bilstm"}, "data": {"scheme": "BIOES"}}'
+    create_run(db, "r1", dataset="other", dataset_version=1, config_json=cfg, run_dir=run_dir)
+    finish_run(db, "r1", status="completed", model_dir=model)
+    for ds, split, file in (("cv", "train", None), ("other", "test", None), (None, None, str(cv))):
+        steps.evaluate_step(str(db), str(model), ds, split, run_id="r1", file=file)
+    docs = read_file(same).documents
+    steps.predict_step(str(db), str(model), docs, input_kind="file", input_ref=str(same), progress=False)
+    cv_docs = load_documents(db, "cv", "train")
+    pred = steps.predict_step(
+        str(db), str(model), cv_docs, input_kind="dataset", input_ref="cv/train", progress=False
+    ).pred_run_id
+    done = [reviews.new_event(pred, d.doc_id, reviews.text_hash(d.text), "ann", "done") for d in cv_docs]
+    reviews.record_events(db, done)
+    export_reviews(db, pred, "cv-reviewed")
+    # the spool: an addition refused for its overlap (the reason quotes the text), and pending decisions
+    d0 = cv_docs[0]
+    k = d0.text.index(MARK)
+    ev = functools.partial(reviews.new_event, pred, d0.doc_id, reviews.text_hash(d0.text), "ann", "add")
+    spool = reviews.ReviewSpool(review_spool(db))
+    spool.submit(db, [ev(start=k, end=k + 4, label="PER"), ev(start=k + 2, end=k + 6, label="PER")])
+    spool.add([ev(start=k + 4, end=k + 6, label="LOC")])
+    other_pred = _other_prediction(db, model)
+    spool.add([reviews.new_event(other_pred[0], other_pred[1], other_pred[2], "ann", "done")])
+    # the seed's way: files out, recorded beside the database
+    for data, out in ((cv, "seed-cv"), (SAMPLE / "test.jsonl", "seed-other")):
+        argv = ["test", "-test_data", str(data), "-model_configs", str(model), "-output_path",
+                str(tmp_path / out), "--db", str(db), "--no-prefect"]  # fmt: skip
+        assert cli.main(argv) == 0
+    spilled = _spill(db)
+    shutil.copyfile(db, f"{db}.rewrite")  # what a rewrite killed half-way leaves: a copy of the old file
+    return {"db": db, "root": tmp_path, "inputs": inputs, "run_dir": run_dir, "spilled": spilled}
+
+
+def _other_prediction(db: Path, model: Path) -> tuple[str, str, str]:
+    """A prediction run over dataset "other": (pred_run_id, a doc_id, its text hash)."""
+    from flows import steps
+    from storage.datasets import load_documents
+    from storage.reviews import text_hash
+
+    docs = load_documents(db, "other", "test")[:2]
+    pred = steps.predict_step(
+        str(db), str(model), docs, input_kind="dataset", input_ref="other/test", progress=False
+    )
+    return pred.pred_run_id, docs[0].doc_id, text_hash(docs[0].text)
+
+
+def _needles() -> list[bytes]:
+    from storage.footprint import byte_forms
+    from storage.reviews import text_hash
+
+    texts = [r["text"] for r in _marked()]
+    return [*byte_forms(MARK), *(text_hash(t).encode() for t in texts)]
+
+
+def _traces(t: dict) -> dict[str, int]:
+    """Every file below the test's folder (the user's input files aside) that holds MARK (any encoding) or
+    a marked text's sha256, with the count."""
+    from storage.footprint import files_below, hits
+
+    files = [p for p in files_below(t["root"]) if t["inputs"] not in p.parents]
+    return {str(p.relative_to(t["root"])): n for p, n in sorted(hits(files, _needles()).items())}
+
+
+def test_the_plan_names_every_copy_of_the_texts(traced):
+    db, root = traced["db"], traced["root"]
+    before = _traces(traced)
+    # each copy the issue names is there before the deletion (else this test would prove nothing)
+    for where in ("ner.duckdb", "ner.duckdb.rewrite", "runs/r1/eval-cv-train.json",
+                  "runs/r1/eval-cv-train.md", "runs/r1/eval-cv.jsonl.json", "runs/r1/eval-cv.jsonl.md",
+                  "seed-cv/test_outputs.txt", "ner.duckdb.review-spool.jsonl",
+                  "ner.duckdb.review-spool.jsonl.refused"):  # fmt: skip
+        assert before.get(where), (where, before)
+    assert any(k.startswith("ner.duckdb.tmp/") for k in before), before
+    plan = plan_deletion(db, "cv")
+    assert [(d["dataset"], d["version"], d["n_holding"]) for d in plan.derived_datasets] == [
+        ("cv-reviewed", 1, 6)
+    ]
+    files = {str(Path(f["path"]).relative_to(root)) for f in plan.files}
+    assert files == {
+        "runs/r1/eval-cv-train.json", "runs/r1/eval-cv-train.md", "runs/r1/eval-cv.jsonl.json",
+        "runs/r1/eval-cv.jsonl.md", "seed-cv/test_outputs.txt", "seed-cv/test_entities.jsonl",
+        "seed-cv/test_report.txt", "seed-cv/test_report.json",
+    }  # fmt: skip
+    assert plan.rows["evaluations"] == 2  # on cv v1, and on the file holding its texts
+    assert list(plan.prediction_runs_trimmed.values()) == [6]  # the file run: its 7th text is not cv's
+    spool = f"{db}.review-spool.jsonl"
+    refused = Path(spool + ".refused").read_text(encoding="utf-8").splitlines()
+    assert (
+        plan.spool_lines == {spool: 1, spool + ".refused": len(refused)} and refused
+    )  # "other"'s line stays
+    assert f"{db}.rewrite" in plan.spill_files and all(str(p) in plan.spill_files for p in traced["spilled"])
+    assert plan.sources == [str(traced["inputs"] / "cv.jsonl")] and plan.shared == {}
+    text = "\n".join(plan.summary())
+    assert "'cv-reviewed' v1 (review: 6 of its 6 documents hold its texts)" in text
+    assert "runs/r1/eval-cv-train.md (evaluation report)" in text
+    assert "test_outputs.txt (written by ner test -test_data)" in text
+    assert _traces(traced) == before  # planning wrote nothing
+
+
+def test_after_the_deletion_no_file_the_platform_wrote_holds_the_texts(traced):
+    db, root = traced["db"], traced["root"]
+    kept_files = [root / "runs/r1/eval-other-test.json", root / "seed-other/test_outputs.txt"]
+    done = delete_dataset(db, "cv")
+    assert _traces(traced) == {}
+    assert done.done and not done.left, done.left
+    assert [(d["name"], d["version"]) for d in list_datasets(db)] == [("other", 1)]
+    assert all(p.is_file() for p in kept_files)  # what another dataset's data made stays
+    assert _count(db, "SELECT count(*) FROM evaluations") == 1
+    from storage.footprint import recorded_outputs, review_spool
+
+    assert [Path(r["files"][0]).parent.name for r in recorded_outputs(db)] == ["seed-other"]
+    pending = [json.loads(line) for line in review_spool(db).read_text(encoding="utf-8").splitlines()]
+    assert [e["action"] for e in pending] == ["done"]  # the decision on "other" still waits
+    assert not Path(f"{db}.rewrite").exists() and not any(Path(f"{db}.tmp").iterdir())
+    assert not any(_orphans(db).values()), _orphans(db)
+
+
+def test_keep_derived_keeps_the_derived_copies_and_names_them(traced):
+    db, root = traced["db"], traced["root"]
+    done = delete_dataset(db, "cv", keep_derived=True)
+    text = "\n".join(done.summary())
+    assert "derived datasets holding its texts, KEPT (--keep-derived):" in text
+    assert "files holding its texts, KEPT (--keep-derived):" in text
+    assert ("cv-reviewed", 1) in [(d["name"], d["version"]) for d in list_datasets(db)]
+    assert (root / "runs/r1/eval-cv-train.json").is_file() and (root / "seed-cv/test_outputs.txt").is_file()
+    # the export still holds the texts, so their predictions and the export's lineage stay
+    assert _count(db, "SELECT count(*) FROM review_exports WHERE dataset = 'cv-reviewed'") == 6
+    left = _traces(traced)
+    assert "ner.duckdb.review-spool.jsonl.refused" not in left and not any(
+        k.startswith("ner.duckdb.tmp/") for k in left
+    )
+
+
+def test_ner_datasets_delete_names_what_it_deletes_and_keeps(traced, capsys, monkeypatch):
+    db = str(traced["db"])
+    rc, out, err = _ner(["datasets", "delete", "cv", "--db", db], capsys, monkeypatch)
+    assert rc == 1 and "derived datasets holding its texts, to delete:" in out
+    assert (
+        "review spool lines on its documents, to delete:" in out and "the files it was ingested from" in out
+    )
+    rc, out, err = _ner(["datasets", "delete", "cv", "--yes", "--db", db], capsys, monkeypatch)
+    assert rc == 0 and "files holding its texts, deleted:" in out, err
+    assert _traces(traced) == {}
+    rc, out, err = _ner(["datasets", "delete", "--help"], capsys, monkeypatch)
+    assert "--keep-derived" in out
+
+
+@pytest.mark.slow  # a real Prefect flow run in a child process (Prefect's temporary server: ~30 s)
+def test_prefect_artifact_quoting_the_texts_goes_from_prefects_database(traced):
+    """`ner test` as a Prefect flow publishes the report (its error sentences) as the artifact
+    run-report-cv: Prefect's database holds it in three rows (artifact, collection, event)."""
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    db = traced["db"]
+    home = Path(os.environ["PREFECT_HOME"])  # the fixture's, in the test's folder
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home), "NER_NO_PREFECT": "0"}
+    env.pop("PREFECT_API_URL", None)
+    argv = [sys.executable, "-m", "app.cli", "test", "--dataset", "cv", "--split", "train",
+            "--model-dir", str(traced["run_dir"] / "model"), "--db", str(db)]  # fmt: skip
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    deadline = time.monotonic() + 30  # the event reaches the database a moment after the run
+    while time.monotonic() < deadline:
+        with sqlite3.connect(home / "prefect.db") as con:
+            n = con.execute("SELECT count(*) FROM events WHERE event LIKE 'prefect.artifact%'").fetchone()[0]
+        if n >= 2:
+            break
+        time.sleep(0.5)
+    assert any(k.startswith(f"{home.name}/prefect.db") for k in _traces(traced)), _traces(traced)
+    done = delete_dataset(db, "cv")
+    assert _traces(traced) == {}
+    assert not done.left, done.left
+    assert sorted(done.prefect_rows) == ["artifact", "artifact_collection", "events"], done.prefect_rows
+    assert {k for rows in done.prefect_rows.values() for _, k in rows} >= {"run-report-cv"}

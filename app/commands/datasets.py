@@ -1,10 +1,17 @@
-"""``ner datasets list`` and ``ner datasets delete NAME [--version V] [--yes]``.
+"""``ner datasets list`` and ``ner datasets delete NAME [--version V] [--yes] [--keep-derived]``.
 
-``delete`` shows what it would remove (:func:`storage.deletion.plan_deletion`: rows per table, prediction
-runs, and the trained models that saw the data, which are kept), asks for a confirmation unless ``--yes``,
-then deletes in one transaction and rewrites the database file so no deleted text stays on disk
-(:func:`storage.deletion.delete_dataset`). Without a terminal to answer and without ``--yes`` nothing is
-deleted.
+``delete`` shows what it would remove (:func:`storage.deletion.plan_deletion`): the rows per table and
+prediction runs; the derived datasets (review exports) holding its texts; the files holding them
+(evaluation reports in the run folders, the seed's ``-output_path`` files); the review spool's lines on its
+documents; Prefect's artifact rows and events quoting it; DuckDB's spill files; then what is kept (other
+datasets holding the same texts, the files it was ingested from, the trained models that saw it). It asks
+for a confirmation unless ``--yes``, then deletes all of it, the database's rows in one transaction, and
+rewrites the database file so no deleted text stays on disk (:func:`storage.deletion.delete_dataset`).
+Without a terminal to answer and without ``--yes`` nothing is deleted.
+
+Derived data is deleted by default; ``--keep-derived`` keeps the derived datasets, files and Prefect
+records (the plan lists them as kept). Exit status 1 when something could not be removed (each named on a
+``LEFT:`` line).
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ def add_parser(sub) -> None:
     ls.set_defaults(func=cmd_datasets_list)
     rm = actions.add_parser(
         "delete",
-        help="remove a dataset (or one version) with its documents, gold entities, problems, predictions "
-        "and review events; names the trained models that saw it (kept)",
+        help="remove a dataset (or one version) and every copy of its texts: documents, gold entities, "
+        "problems, predictions of the same texts (any input, any doc id), review events, derived datasets "
+        "(review exports), evaluation reports and seed -output_path files holding them, review spool lines, "
+        "Prefect artifacts quoting them, DuckDB spill files; names what it keeps (trained models that saw "
+        "it, the files it was ingested from, other datasets holding the same texts)",
     )
     rm.add_argument("name", help="dataset name")
     rm.add_argument("--version", type=int, help="only this version (default: every version)")
@@ -35,6 +45,13 @@ def add_parser(sub) -> None:
         action="store_true",
         help="skip rewriting the database file afterwards (faster on a large file; the deleted bytes then "
         "stay in its free space until DuckDB reuses it)",
+    )
+    rm.add_argument(
+        "--keep-derived",
+        action="store_true",
+        help="keep what was made from the data (derived datasets such as review exports, evaluation reports "
+        "and -output_path files holding its texts, Prefect artifacts quoting them): listed as kept. By "
+        "default they are deleted with it",
     )
     add_db(rm)
     rm.set_defaults(func=cmd_datasets_delete)
@@ -51,15 +68,20 @@ def _confirmed(question: str) -> bool:
 def cmd_datasets_delete(args: argparse.Namespace) -> int:
     from storage.deletion import delete_dataset, plan_deletion
 
-    plan = plan_deletion(args.db, args.name, args.version)
+    plan = plan_deletion(args.db, args.name, args.version, keep_derived=args.keep_derived)
     print("\n".join(plan.summary()), flush=True)
     if not args.yes and not _confirmed("delete this? type 'yes' to confirm [y/N] "):
         print("nothing deleted (confirm at the prompt, or pass --yes)", file=sys.stderr)
         return 1
-    done = delete_dataset(args.db, args.name, args.version, rewrite=not args.no_rewrite)
+    done = delete_dataset(
+        args.db, args.name, args.version, rewrite=not args.no_rewrite, keep_derived=args.keep_derived
+    )
     print("\n".join(done.summary()))
     if not args.no_rewrite:
         print(f"{args.db} was rewritten: the deleted text no longer sits in the file's free space")
+    if done.left:
+        print(f"{len(done.left)} thing(s) could not be removed: see the LEFT: lines", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -122,6 +122,13 @@ def seed_outputs(command: str, args: argparse.Namespace) -> int:
         options = PredictionConfig(device=device_from_seed(args.device_map) if args.device_map else None)
     output_path = args.output_path or seed_commands.DEFAULT_OUTPUT_PATH
     summary = seed_commands.tag_to_outputs(command, args.test_data, model_dir, output_path, options)
+    if getattr(args, "db", None):  # so that `ner datasets delete` finds these files (they hold the texts)
+        from storage.footprint import record_outputs
+
+        out_dir = Path(summary["output_path"])
+        record_outputs(
+            args.db, f"ner {command} -test_data", [out_dir / f for f in summary["files"]], args.test_data
+        )
     if summary["labelled"]:
         print((Path(output_path) / f"{command}_report.txt").read_text(encoding="utf-8"))
     else:
