@@ -21,6 +21,7 @@ file or on another dataset that quotes the text is found as well.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -61,6 +62,18 @@ def _present(con: sqlite3.Connection) -> set[str]:
     return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
+def _key(table: str, key, value: str) -> str:
+    """The artifact key a row is about (an event's payload names it), else the event's name."""
+    if table == "events":
+        try:
+            payload = json.loads(value)
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("key"), str):
+            return payload["key"]
+    return str(key or "")
+
+
 def candidate_rows(path: Path) -> Iterator[tuple[str, str, str, set[str]]]:
     """``(table, id, key or event name, sha1s of the strings it holds)`` of every row of :data:`TABLES`,
     read without writing (a read-only connection)."""
@@ -75,7 +88,7 @@ def candidate_rows(path: Path) -> Iterator[tuple[str, str, str, set[str]]]:
                 if isinstance(value, bytes):
                     value = value.decode("utf-8", errors="replace")
                 if isinstance(value, str):
-                    yield table, str(row_id), str(key or ""), sha1_held(value)
+                    yield table, str(row_id), _key(table, key, value), sha1_held(value)
 
 
 def rows_holding(path: Path, gone: set[str]) -> dict[str, list[tuple[str, str]]]:

@@ -14,6 +14,8 @@ from bench.reliability import contention  # noqa: F401  # isort: skip
 from bench.reliability import export_kills  # noqa: F401  # isort: skip
 from bench.reliability import service  # noqa: F401  # isort: skip
 from bench.reliability import checks  # noqa: F401  # isort: skip
+from bench.reliability import sql_limits  # noqa: F401  # isort: skip
+from bench.reliability import erasure  # noqa: F401  # isort: skip
 from bench.reliability.harness import STAGES, StageResult, run_stages  # isort: skip
 
 __all__ = ["STAGES", "run_campaign"]
