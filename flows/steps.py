@@ -398,7 +398,7 @@ def _file_documents(source: FilesSource) -> list[Document]:
 
 def _sql_documents(db_path: str, sql: str) -> list[Document]:
     try:
-        rows = query_db.query(db_path, sql)
+        rows = query_db.query(db_path, sql, profile=query_db.BATCH)  # an operator's query: large results
     except FileNotFoundError:
         raise
     except Exception as exc:  # refused by the guard, or a duckdb error: parser, catalog, read-only

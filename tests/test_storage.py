@@ -42,9 +42,10 @@ from storage.predictions import (
     prediction_runs_frame,
     top_entities_frame,
 )
-from storage.query import SqlRejected, check_sql, entity_labels, query, relations_frame
+from storage.query import BATCH, INTERACTIVE, SqlRejected, check_sql, entity_labels, query, relations_frame
 from storage.runs import epochs_frame, models_frame, runs_frame
 from storage.schema import MIGRATIONS, SCHEMA_VERSION, check_migrations
+from storage.sql_sandbox import configure
 
 BAD = Path(__file__).resolve().parent / "data" / "bad"
 REPO = Path(__file__).resolve().parents[1]
@@ -199,10 +200,11 @@ def test_check_sql_accepts_single_read_only_queries(sql):
         ("COPY runs TO 'out.csv'", "COPY statements are not allowed"),
         ("SELECT 1; DROP TABLE runs", "expected one statement, got 2"),
         ("SELECT * FROM read_csv('/etc/passwd')", "read_csv(...) reads or writes files"),
-        ("SELECT * FROM READ_PARQUET ('x.parquet')", "READ_PARQUET(...) reads or writes files"),
+        ("SELECT * FROM READ_PARQUET ('x.parquet')", "read_parquet(...) reads or writes files"),
         ("SELECT * FROM glob('*')", "glob(...) reads or writes files"),
-        ("SELECT * FROM '/etc/passwd'", "names a file path or URL"),
+        ("SELECT * FROM '/etc/passwd'", "names a file path or URL (/etc/passwd)"),
         ("SELECT * FROM 'https://example.com/x.csv'", "names a file path or URL"),
+        ("SELECT * FROM 'secret.csv'", "names a file path or URL (secret.csv)"),
         ("   ", "the query is empty"),
         ("SELEC 1", "does not parse"),
     ],
@@ -220,12 +222,18 @@ def test_query_limits_rows_and_blocks_file_access_inside_duckdb(tmp_path, monkey
     res = query(db, "SELECT * FROM range(3) t(i)", limit=3)
     assert len(res) == 3 and not res.truncated
     assert len(query(db, "SELECT * FROM range(10) t(i) WHERE i >= ?", [4])) == 6  # no limit, parameters
-    # a relative file name slips past the text checks; DuckDB itself must refuse to read it
+    # past the checks (as if one missed a file name), the configured connection itself refuses to read it
     (tmp_path / "secret.csv").write_text("a,b\n1,2\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert check_sql("SELECT * FROM 'secret.csv'")
-    with pytest.raises(SqlRejected, match="The query failed"):
+    with pytest.raises(SqlRejected, match=re.escape("names a file path or URL (secret.csv)")):
         query(db, "SELECT * FROM 'secret.csv'", limit=5)
+    for profile in (INTERACTIVE, BATCH):
+        with open_db(db, read_only=True) as con:
+            configure(con, profile, tmp_path / "spill")  # DuckDB allows its spill folder; not this one
+            with pytest.raises(duckdb.PermissionException, match="disabled by configuration"):
+                con.execute("SELECT * FROM 'secret.csv'").fetchall()
+            with pytest.raises(duckdb.InvalidInputException, match="configuration has been locked"):
+                con.execute("SET enable_external_access = true")
     with pytest.raises(ValueError, match="expected limit as an int >= 1 or None, got 0"):
         query(db, "SELECT 1", limit=0)
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -1,13 +1,16 @@
 """SQL: read-only queries over the tables and views, with a row limit.
 
-Only a single SELECT / WITH / SHOW / DESCRIBE statement runs; file-reading table functions and file paths
-are rejected, and the connection is read-only with external access disabled (see storage.query.query).
+Only a single SELECT / WITH / SHOW / DESCRIBE statement runs; file-reading functions and file paths are
+rejected, and the connection is read-only with external access disabled. Each query runs under the
+INTERACTIVE profile of storage.query: a process of its own, capped in memory and result size and stopped
+at its time limit, so that whatever is typed here cannot take the machine down.
 """
 
 from __future__ import annotations
 
 import streamlit as st
 
+from storage.query import INTERACTIVE, time_limit_from_env
 from ui import queries
 from ui.app_pages.common import db_path
 
@@ -19,7 +22,8 @@ db = db_path()
 st.title("SQL")
 st.caption(
     "Read-only: one SELECT / WITH / SHOW / DESCRIBE statement over the database's tables and views. "
-    "No writes, no file access."
+    f"No writes, no file access. Each query may use {INTERACTIVE.cap_mb} MB of memory, return "
+    f"{INTERACTIVE.max_result_mb:g} MB and run {time_limit_from_env():g} s."
 )
 with st.expander("Tables and views"):
     st.dataframe(queries.views(db), hide_index=True)
