@@ -5,7 +5,7 @@ Personal data (resumes, social posts) must be removable. :func:`delete_dataset` 
 
 - the version rows and what the ingest stored: ``datasets``, ``dataset_files``, ``dataset_splits``,
   ``documents``, ``gold_entities``, ``ingest_problems``, ``dropped_spans``;
-- derived datasets: versions of a dataset made by the platform from other data (:data:`DERIVED_FORMATS`:
+- derived datasets: versions of another dataset made by the platform from other data (:data:`DERIVED_FORMATS`:
   review exports; silver data, adaptation corpora, teacher targets and Label Studio imports join here) that
   hold one of the deleted texts. They go whole, with what was made from them in turn (their evaluations,
   the prediction runs over them); a review export is rebuilt from the review events that remain by
@@ -84,8 +84,7 @@ _SETUP: tuple[str, ...] = (
        SELECT s.name AS dataset, s.version, s.format, s.n_documents, count(*) AS n_holding
        FROM datasets s JOIN documents d ON d.dataset = s.name AND d.version = s.version
        SEMI JOIN _asked_texts t ON t.text = d.text
-       WHERE list_contains($formats, s.format)
-         AND NOT EXISTS (SELECT 1 FROM _del_versions v WHERE v.dataset = s.name AND v.version = s.version)
+       WHERE list_contains($formats, s.format) AND s.name <> $name  -- its own versions are not derived
        GROUP BY ALL""",
     "INSERT INTO _del_versions SELECT dataset, version, true FROM _derived WHERE NOT $keep",
     # the texts that go: no remaining version holds them
@@ -183,7 +182,7 @@ class DeletionPlan:
     prefect_database: str | None = None
     prefect_rows: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # table -> [(id, key)]
     spill_files: list[str] = field(default_factory=list)  # DuckDB's, and a killed rewrite's copy
-    shared: dict[str, int] = field(default_factory=dict)  # other dataset -> texts it holds too (kept)
+    shared: dict[str, int] = field(default_factory=dict)  # dataset -> texts its kept versions hold too
     sources: list[str] = field(default_factory=list)  # the files the dataset was ingested from (kept)
     models: list[dict] = field(default_factory=list)  # runs that trained on the data: kept
     notes: list[str] = field(default_factory=list)  # what was not looked at, and why
@@ -245,8 +244,8 @@ class DeletionPlan:
         if self.shared:
             held = ", ".join(f"{d!r} ({n:,})" for d, n in self.shared.items())
             lines.append(
-                "other datasets hold some of its texts too and are kept (ingested from their own files): "
-                + held
+                "other dataset versions hold some of its texts too and are kept (delete them as well if "
+                "they are copies): " + held
             )
         if self.sources:
             lines.append(f"the files it was ingested from are yours and are kept: {', '.join(self.sources)}")

@@ -542,3 +542,20 @@ def test_prefect_artifact_quoting_the_texts_goes_from_prefects_database(traced):
     assert not done.left, done.left
     assert sorted(done.prefect_rows) == ["artifact", "artifact_collection", "events"], done.prefect_rows
     assert {k for rows in done.prefect_rows.values() for _, k in rows} >= {"run-report-cv"}
+
+
+def test_a_prefect_database_out_of_reach_is_named_in_the_plan(filled, monkeypatch):
+    from storage.footprint import review_spool
+    from ui.review_state import spool_path
+
+    assert str(review_spool(filled)) == spool_path(str(filled))  # the page's spool is the one cleaned
+    monkeypatch.setenv("PREFECT_API_URL", "https://prefect.example.org/api")
+    plan = plan_deletion(filled, "people")
+    assert plan.prefect_database is None
+    assert (
+        "note: Prefect records not checked: PREFECT_API_URL is https://prefect.example.org/api"
+        in "\n".join(plan.summary())
+    )
+    monkeypatch.delenv("PREFECT_API_URL")
+    monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", "postgresql+asyncpg://u@db/prefect")
+    assert "names a postgresql+asyncpg database" in "\n".join(plan_deletion(filled, "people").notes)
