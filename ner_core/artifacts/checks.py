@@ -1,18 +1,23 @@
 """Checks that turn a damaged or tampered model directory into one line naming the file and the problem.
 
-:func:`ner_core.artifacts.modeldir.load_model_dir` calls them at three points:
+:func:`ner_core.artifacts.modeldir.load_model_dir` calls them at four points:
 
 - :func:`check_labels` before anything is built: ``labels.json`` agrees with itself and with
   ``ner_config.json`` (distinct tags, an ``O``, every tag valid in the configured scheme, its ``scheme`` and
   ``labels`` fields consistent with the tags);
-- :func:`check_weights` before the weights are copied into the model: ``model.safetensors`` is complete
-  (a truncated file fails on its header), was saved with these tags (a digest of the tag list in its
-  metadata, written by :func:`weights_metadata`; older files without it are checked through the CRF's
-  stored transition masks), and holds exactly the tensors, of the shapes, that ``ner_config.json`` and
-  ``encoder/config.json`` build (the first difference is named, with the count of the others);
+- :func:`read_weights_header` and :func:`check_weights` before the model is built: ``model.safetensors``'
+  header, read in bounded bytes (:func:`ner_core.model.untrusted.safetensors_shapes`: capped, every tensor
+  inside the file's real data, a sparse file's holes not counted), is complete (a truncated file fails on
+  its header), was saved with these tags (a digest of the tag list in its metadata, written by
+  :func:`weights_metadata`), and holds exactly the tensors, of the shapes, that ``ner_config.json`` and
+  ``encoder/config.json`` build, compared with the model built on the meta device (the first difference
+  is named, with the count of the others), so a configuration never allocates what the file does not hold;
+- :func:`check_masks` once the model is built, before the weights are copied into it: files without the
+  digest (older ones) are checked through the CRF's stored transition masks;
 - :func:`check_tokenizer` after the tokenizer is loaded: its files are there (``transformers`` otherwise
   builds a tokenizer that maps every character to ``[UNK]``, or one without ``[CLS]``/``[SEP]``), it has
-  the special tokens the model needs and no token id beyond the encoder's embedding.
+  the special tokens the model needs and no token id beyond the encoder's embedding. Before it is loaded,
+  :func:`ner_core.model.untrusted.check_tokenizer_files` bounds its files by that embedding.
 """
 
 from __future__ import annotations
@@ -27,8 +32,18 @@ import torch
 from ner_core import schemes
 from ner_core.artifacts.layout import CONFIG, ENCODER_DIR, LABELS, TOKENIZER_DIR, WEIGHTS, ModelDirError
 from ner_core.config import NERConfig
+from ner_core.model import untrusted
 
-__all__ = ["TAGS_DIGEST", "check_labels", "check_tokenizer", "check_weights", "weights_metadata"]
+__all__ = [
+    "TAGS_DIGEST",
+    "WeightsHeader",
+    "check_labels",
+    "check_masks",
+    "check_tokenizer",
+    "check_weights",
+    "read_weights_header",
+    "weights_metadata",
+]
 
 TAGS_DIGEST = "tags_sha256"  # key in model.safetensors' metadata
 _MASKS = ("crf.allowed_start", "crf.allowed_trans", "crf.allowed_end")
@@ -70,15 +85,16 @@ def check_labels(root: Path, labels: dict, tags: list[str], scheme: Any, config:
         )
 
 
-def _header(root: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str], Any]:
-    from safetensors import safe_open
+WeightsHeader = untrusted.TensorShapes
 
+
+def read_weights_header(root: Path) -> WeightsHeader:
+    """``model.safetensors``' tensors and metadata from its header alone (bounded bytes; see the module's
+    doc); :class:`ModelDirError` for a damaged, truncated, sparse or out-of-folder file."""
     try:
-        handle = safe_open(str(root / WEIGHTS), framework="pt")
-        shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
-    except Exception as exc:  # SafetensorError and the OSError of an unreadable file
-        raise ModelDirError(f"{root}: {WEIGHTS} is damaged or truncated: {exc}") from None
-    return shapes, handle.metadata() or {}, handle
+        return untrusted.safetensors_shapes(root, WEIGHTS)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
 
 
 def _shape_problems(file: dict[str, tuple], model: dict[str, tuple]) -> list[str]:
@@ -89,34 +105,47 @@ def _shape_problems(file: dict[str, tuple], model: dict[str, tuple]) -> list[str
     return out
 
 
-def check_weights(root: Path, model: torch.nn.Module, tags: list[str]) -> None:
-    """``model.safetensors`` is complete and fits ``model`` (built from the directory's configuration) and
-    ``tags``; else :class:`ModelDirError` naming the first difference."""
-    shapes, meta, handle = _header(root)
-    digest = meta.get(TAGS_DIGEST)
+def check_weights(
+    root: Path, header: WeightsHeader, wanted: dict[str, tuple[int, ...]], tags: list[str]
+) -> None:
+    """``model.safetensors`` (its ``header``) fits ``tags`` and the model the directory's configuration
+    builds (``wanted``: its state dict's shapes, from the meta device); else :class:`ModelDirError` naming
+    the first difference."""
+    digest = header.metadata.get(TAGS_DIGEST)
     if digest is not None and digest != _digest(tags):
         raise ModelDirError(
             f"{root}: {LABELS} is not the tag list {WEIGHTS} was saved with "
             "(tags edited, reordered or renamed)"
         )
-    n_file = shapes.get("classifier.weight", (len(tags),))[0]
+    n_file = header.shapes.get("classifier.weight", (len(tags),))[0]
     if n_file != len(tags):
         raise ModelDirError(
             f"{root}: {LABELS} lists {len(tags)} tags but {WEIGHTS} was trained with {n_file} "
             "(classifier.weight)"
         )
-    wanted = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = _shape_problems(shapes, wanted)
+    problems = _shape_problems(header.shapes, wanted)
     if problems:
         more = f" ({len(problems) - 1} more differences)" if len(problems) > 1 else ""
         raise ModelDirError(
             f"{root}: {WEIGHTS} does not match the configuration ({CONFIG}, {ENCODER_DIR}/config.json): "
             f"{problems[0]}{more}"
         )
+
+
+def check_masks(root: Path, header: WeightsHeader, model: torch.nn.Module) -> None:
+    """A file saved before the tags' digest: the CRF's transition masks it holds are the ones the tags of
+    ``labels.json`` give (``model``: built from them, the weights not copied in yet); else
+    :class:`ModelDirError`."""
+    if TAGS_DIGEST in header.metadata:
+        return
+    from safetensors import safe_open
+
     buffers = model.state_dict()
-    if digest is None and any(
-        k in shapes and not torch.equal(handle.get_tensor(k), buffers[k].cpu()) for k in _MASKS
-    ):
+    with safe_open(str(root / WEIGHTS), framework="pt") as handle:
+        differs = any(
+            k in header.shapes and not torch.equal(handle.get_tensor(k), buffers[k].cpu()) for k in _MASKS
+        )
+    if differs:
         raise ModelDirError(
             f"{root}: the tags of {LABELS} do not give the transitions {WEIGHTS} was trained with "
             "(tags reordered or renamed)"

