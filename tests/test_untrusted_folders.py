@@ -69,7 +69,8 @@ def _edit_json(path: Path, **fields) -> None:
 
 def _plant_custom_code(folder: Path, marker: Path, monkeypatch) -> None:
     (folder / "evil.py").write_text(EVIL_PY, encoding="utf-8")
-    _edit_json(folder / "config.json", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"})
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    _edit_json(folder / "config.json", auto_map=auto_map)
     monkeypatch.setenv("NER_TEST_MARKER", str(marker))
 
 
@@ -186,16 +187,16 @@ def test_a_tokenizer_json_symlinked_to_a_sparse_file_outside_is_refused(model_di
     tok.symlink_to(big)
     with pytest.raises(ModelDirError) as info:
         load_model_dir(model_dir)
-    assert "tokenizer/tokenizer.json is a symlink to" in _one_line(info.value) and "outside the folder" in str(
-        info.value
-    )
+    msg = _one_line(info.value)
+    assert "tokenizer/tokenizer.json is a symlink to" in msg and "outside the folder" in msg
 
 
 def test_a_sparse_2_gib_tokenizer_json_inside_is_refused_by_its_size(model_dir):
     tok = model_dir / "tokenizer" / "tokenizer.json"
     _sparse(tok, 2 * GiB, b'{"model": {"vocab": {"')
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(ModelDirError, match=r"tokenizer/tokenizer.json is 2,147,483,648 bytes, more than the"):
+    too_big = r"tokenizer/tokenizer.json is 2,147,483,648 bytes, more than the"
+    with pytest.raises(ModelDirError, match=too_big):
         load_model_dir(model_dir)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 512, grown_mib
@@ -237,7 +238,8 @@ def test_weights_that_declare_more_bytes_than_the_file_holds_are_refused(model_d
         fh.seek(8 + len(blob) + end + grow)  # a hole where the grown tensor's bytes would be
         fh.write(data[end:])
     assert data_bytes(weights) < weights.stat().st_size  # really sparse here
-    with pytest.raises(ModelDirError, match=r"model.safetensors declares [\d,]+ bytes of tensors but holds only"):
+    sparse = r"model.safetensors declares [\d,]+ bytes of tensors but holds only"
+    with pytest.raises(ModelDirError, match=sparse):
         load_model_dir(model_dir)
 
 
