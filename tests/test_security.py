@@ -59,7 +59,7 @@ def test_ner_ui_on_another_address_needs_allow_remote_and_says_there_is_no_login
     from app.commands import ui
 
     started = []
-    monkeypatch.setattr(ui.subprocess, "call", lambda cmd, env: started.append(cmd) or 0)
+    monkeypatch.setattr(ui, "run_child", lambda cmd, env: started.append(cmd) or 0)
     db = str(tmp_path / "x.duckdb")
     assert cli.main(["ui", "--host", "0.0.0.0", "--db", db]) == 2
     err = capsys.readouterr().err
