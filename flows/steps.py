@@ -210,7 +210,7 @@ def evaluate_step(
         db_path,
         eval_id,
         report,
-        model_dir=model_dir,
+        model_dir=str(Path(model_dir).resolve()),
         dataset=dataset,
         split=split,
         run_id=run_id,

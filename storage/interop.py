@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from storage.db import open_db
+from storage.predictions import unknown_prediction_run
 
 __all__ = ["prediction_run_export"]
 
@@ -30,7 +31,7 @@ def prediction_run_export(db_path: str | Path, pred_run_id: str, *, wait_s: floa
             [pred_run_id],
         ).fetchone()
         if run is None:
-            raise KeyError(f"no prediction run {pred_run_id!r} in {db_path}")
+            raise KeyError(unknown_prediction_run(con, pred_run_id, db_path))
         has_uncertainty = con.execute(
             "SELECT count(*) FROM information_schema.columns "
             "WHERE table_name = 'predicted_documents' AND column_name = 'uncertainty'"

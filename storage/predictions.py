@@ -6,6 +6,10 @@ transaction per batch of documents; completed or failed). Bulk rows go in throug
 A prediction run with review events (``storage.reviews``) is never replaced, added to or deleted: the
 reviews point at the entities the reviewer saw. Re-running the same model on the same input then writes a
 new run, ``<id>-r2`` (``-r3``, ...: the first without review events), and the reviewed one keeps its rows.
+
+The model directory is stored absolute and read back absolute (older relative ones:
+:func:`storage.runs.stored_path`). :func:`unknown_prediction_run` is the message for an id not stored,
+naming the closest ones.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from storage.db import now as _now
 from storage.db import open_db, read_frame, transaction
 from storage.db import rows as _rows
 from storage.query import query
+from storage.runs import frame_with_stored_paths, unknown_id, with_stored_paths
 
 _DOC_SCHEMA = pa.schema(
     [
@@ -58,7 +63,32 @@ def get_prediction_run(db_path: str | Path, pred_run_id: str) -> dict | None:
         ).fetchone()[0]:
             return None
         rows = _rows(con, "SELECT * FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id])
-    return rows[0] if rows else None
+    return with_stored_paths(db_path, rows[0]) if rows else None
+
+
+def list_prediction_runs(db_path: str | Path) -> list[dict]:
+    """Every prediction run, newest first: ``pred_run_id``, ``run_id``, ``status``, ``input_kind``,
+    ``input_ref``, ``started_at``, ``n_documents``, ``n_entities``, ``model_dir`` (absolute)."""
+    with open_db(db_path, read_only=True) as con:
+        rows = _rows(
+            con,
+            "SELECT pred_run_id, run_id, status, input_kind, input_ref, started_at, n_documents, n_entities, "
+            "model_dir FROM prediction_runs ORDER BY started_at DESC, pred_run_id",
+        )
+    return [with_stored_paths(db_path, r) for r in rows]
+
+
+def unknown_prediction_run(con, pred_run_id: str, db_path: str | Path) -> str:
+    """The message for a prediction run id that the database (open as ``con``) does not hold: ``no
+    prediction run '<id>' in <db>``, the closest stored ids (or the newest) and the command that lists
+    them. Raise it as the caller's error type (``KeyError(...)``, ``ValueError(...)``)."""
+    known = [
+        r[0]
+        for r in con.execute(
+            "SELECT pred_run_id FROM prediction_runs ORDER BY started_at DESC, pred_run_id"
+        ).fetchall()
+    ]
+    return unknown_id("prediction run", pred_run_id, known, db_path, "ner runs --predictions")
 
 
 def start_prediction_run(
@@ -82,6 +112,7 @@ def start_prediction_run(
         raise ValueError(f"expected a non-empty pred_run_id, got {pred_run_id!r}")
     if input_kind not in ("file", "dataset", "sql", "texts"):
         raise ValueError(f"input_kind must be file, dataset, sql or texts, got {input_kind!r}")
+    model_path = str(Path(model_dir).resolve())  # absolute: found from any folder
     with open_db(db_path) as con:
         if replace and _n_review_events(con, pred_run_id):
             raise ValueError(
@@ -96,7 +127,7 @@ def start_prediction_run(
             con.execute(
                 "INSERT INTO prediction_runs (pred_run_id, model_dir, run_id, input_kind, input_ref, config, "
                 "status, started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-                [pred_run_id, str(model_dir), run_id, input_kind, input_ref, config_json, _now()],
+                [pred_run_id, model_path, run_id, input_kind, input_ref, config_json, _now()],
             )
             done = {
                 r[0]
@@ -405,8 +436,8 @@ def label_examples(db_path: str | Path, pred_run_id: str) -> list[dict]:
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
 # read-only connection that waits at most wait_s seconds for a writer.
 def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
-    """Prediction runs from the view ``v_prediction_runs``, newest first."""
-    return read_frame(
+    """Prediction runs from the view ``v_prediction_runs``, newest first (``model_dir`` absolute)."""
+    frame = read_frame(
         db_path,
         """
         SELECT pred_run_id, run_id, status, input_kind, input_ref, started_at, seconds, n_documents, n_chars,
@@ -415,6 +446,7 @@ def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
         """,
         wait_s=wait_s,
     )
+    return frame_with_stored_paths(db_path, frame)
 
 
 def _check_limit(limit: int) -> None:

@@ -35,6 +35,7 @@ from ner_core.data.ingest import IngestOptions, IngestPlan, PlannedFile, check_d
 from storage.datasets import store_plan, text_sha1
 from storage.db import open_db
 from storage.db import rows as _rows
+from storage.predictions import unknown_prediction_run
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -82,7 +83,7 @@ def _export_runs(con, name: str, pred_run_id: str) -> list[str]:
         con.execute("SELECT count(*) FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id]).fetchone()[0]
         == 0
     ):
-        raise ValueError(f"no prediction run {pred_run_id!r}")
+        raise ValueError(unknown_prediction_run(con, pred_run_id, "the database"))
     earlier = con.execute(
         "SELECT DISTINCT e.pred_run_id FROM review_exports x JOIN review_events e USING (event_id) "
         "WHERE x.dataset = ?",

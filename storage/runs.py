@@ -6,12 +6,21 @@ in their config JSON and were moved). :func:`model_lineage` answers which datase
 events made a run's model (view ``v_model_lineage``); :func:`trained_on` finds a run that trained on exactly
 a base + plus pair.
 
+Paths: model and run directories are stored absolute. Code before stored them as given, relative to the
+folder the command ran in; every read here returns them absolute (:func:`stored_path`), so a dashboard or a
+command started elsewhere finds them.
+
+An unknown run id is a ``KeyError`` that names the closest stored ids (:func:`unknown_id`).
+
 Every function opens a short-lived connection (:func:`storage.db.open_db`).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from storage.db import now as _now
@@ -20,6 +29,64 @@ from storage.db import rows as _rows
 
 # The lineage rows: the view v_model_lineage (migrations 4 and 6) holds the SQL.
 LINEAGE_SQL = "SELECT * FROM v_model_lineage"
+#: the columns of runs and prediction runs that hold a directory (read back with stored_path)
+PATH_COLUMNS = ("model_dir", "run_dir")
+
+
+def stored_path(db_path: str | Path, value):
+    """A directory as stored in a row of ``db_path`` (``model_dir``, ``run_dir``), made absolute.
+
+    Absolute values come back as they are. A relative one was stored by code before absolute paths,
+    relative to the folder its command ran in: it resolves against the database file's folder or the nearest
+    folder above it where it exists (``ner demo`` stored ``demo_out/runs/<id>/model`` beside
+    ``demo_out/ner.duckdb``), else against the current directory where it exists (what that code did), else
+    against the database's folder (so a message names a full path). Anything not a non-empty str
+    (``None``) comes back unchanged.
+    """
+    if not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    if str(db_path) == ":memory:":
+        return os.path.abspath(value)
+    folder = Path(db_path).resolve().parent
+    for base in (folder, *folder.parents):
+        candidate = os.path.normpath(os.path.join(base, value))
+        if os.path.exists(candidate):
+            return candidate
+    here = os.path.abspath(value)
+    return here if os.path.exists(here) else os.path.normpath(os.path.join(folder, value))
+
+
+def with_stored_paths(db_path: str | Path, row: dict) -> dict:
+    """``row`` with its :data:`PATH_COLUMNS` absolute (:func:`stored_path`); a new dict."""
+    return {k: stored_path(db_path, v) if k in PATH_COLUMNS else v for k, v in row.items()}
+
+
+def frame_with_stored_paths(db_path: str | Path, frame):
+    """A DataFrame's :data:`PATH_COLUMNS` made absolute (:func:`stored_path`), in place; returns it."""
+    for col in PATH_COLUMNS:
+        if col in frame.columns:
+            frame[col] = [stored_path(db_path, v) for v in frame[col]]
+    return frame
+
+
+def unknown_id(what: str, wanted: str, known: Sequence[str], db_path: str | Path, listing: str) -> str:
+    """The message for an id that ``db_path`` does not hold: ``no <what> '<wanted>' in <db>``, then the
+    closest of ``known`` (difflib's close matches; without one, the first three of ``known``, which callers
+    order newest first) and the command that lists them all (``listing``)."""
+    head = f"no {what} {wanted!r} in {db_path}"
+    if not known:
+        return f"{head}: it holds none yet"
+    close = difflib.get_close_matches(str(wanted), list(known), n=3, cutoff=0.6)
+    shown = ", ".join(close or list(known)[:3])
+    return f"{head}; {'closest' if close else 'newest'}: {shown} (`{listing}` lists them)"
+
+
+def _run_ids(con) -> list[str]:
+    return [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY started_at DESC, run_id").fetchall()]
+
+
+def _unknown_run(con, run_id: str, db_path: str | Path) -> KeyError:
+    return KeyError(unknown_id("run", run_id, _run_ids(con), db_path, "ner runs"))
 
 
 def create_run(
@@ -41,6 +108,7 @@ def create_run(
             f"expected plus_dataset and plus_version both or neither, got {plus_dataset!r}, {plus_version!r}"
         )
     cfg = json.loads(config_json)
+    run_dir = Path(run_dir).resolve()  # absolute: the run is found from any folder
     with open_db(db_path) as con:
         con.execute(
             "INSERT OR REPLACE INTO runs (run_id, dataset, dataset_version, plus_dataset, plus_version, "
@@ -102,7 +170,7 @@ def finish_run(
             "stopped_reason = ?, error = ?, finished_at = ? WHERE run_id = ?",
             [
                 status,
-                str(model_dir) if model_dir else None,
+                str(Path(model_dir).resolve()) if model_dir else None,
                 best_epoch,
                 best_dev_f1,
                 seconds,
@@ -115,18 +183,20 @@ def finish_run(
 
 
 def list_runs(db_path: str | Path) -> list[dict]:
+    """Rows of ``v_run_summary``, newest first (directories absolute)."""
     with open_db(db_path, read_only=True) as con:
-        return _rows(con, "SELECT * FROM v_run_summary ORDER BY started_at DESC")
+        rows = _rows(con, "SELECT * FROM v_run_summary ORDER BY started_at DESC")
+    return [with_stored_paths(db_path, r) for r in rows]
 
 
 def get_run(db_path: str | Path, run_id: str) -> dict:
     """The ``runs`` row of ``run_id`` (``plus_dataset`` and ``plus_version`` included: an older file is
-    migrated first); ``KeyError`` for an unknown run."""
+    migrated first; directories absolute); ``KeyError`` for an unknown run, naming the closest ids."""
     with read_current(db_path) as con:
         rows = _rows(con, "SELECT * FROM runs WHERE run_id = ?", [run_id])
-    if not rows:
-        raise KeyError(f"no run {run_id!r} in {db_path}")
-    return rows[0]
+        if not rows:
+            raise _unknown_run(con, run_id, db_path)
+    return with_stored_paths(db_path, rows[0])
 
 
 def resolve_model(
@@ -172,7 +242,7 @@ def promote_run(
     with open_db(db_path) as con:
         row = con.execute("SELECT status, model_dir FROM runs WHERE run_id = ?", [run_id]).fetchone()
         if row is None:
-            raise KeyError(f"no run {run_id!r} in {db_path}")
+            raise _unknown_run(con, run_id, db_path)
         if row[0] != "completed" or not row[1]:
             raise ValueError(
                 f"run {run_id!r} is {row[0]} and has no model: only a completed run can be promoted"
@@ -232,9 +302,10 @@ def promotion_history(db_path: str | Path) -> list[dict]:
 
 
 def production_run(db_path: str | Path) -> dict | None:
+    """The production run's ``runs`` row (directories absolute), ``None`` when no run was promoted."""
     with open_db(db_path, read_only=True) as con:
         rows = _rows(con, "SELECT * FROM runs WHERE is_production")
-    return rows[0] if rows else None
+    return with_stored_paths(db_path, rows[0]) if rows else None
 
 
 # ---- reads for the dashboard
@@ -244,8 +315,8 @@ def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """One row per training run (newest first): :data:`v_run_summary`'s columns, the run's stopped
     reason and config JSON, and the scores of its latest evaluation on the test split (or, without one,
     its latest evaluation) as ``test_f1``, ``test_precision``, ``test_recall``, ``test_char_accuracy``,
-    ``test_sentence_accuracy``."""
-    return read_frame(
+    ``test_sentence_accuracy``. ``model_dir`` is absolute (:func:`stored_path`)."""
+    frame = read_frame(
         db_path,
         """
         SELECT s.run_id, s.dataset, s.encoder, s.head, s.scheme, s.status, s.started_at, s.seconds,
@@ -262,6 +333,7 @@ def runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
         """,
         wait_s=wait_s,
     )
+    return frame_with_stored_paths(db_path, frame)
 
 
 def epochs_frame(db_path: str | Path, run_ids: tuple[str, ...] | list[str], *, wait_s: float = 10.0):
@@ -278,8 +350,9 @@ def epochs_frame(db_path: str | Path, run_ids: tuple[str, ...] | list[str], *, w
 
 
 def models_frame(db_path: str | Path, *, wait_s: float = 10.0):
-    """Completed runs that have a model directory, the production model first, then the newest."""
-    return read_frame(
+    """Completed runs that have a model directory (absolute: :func:`stored_path`), the production model
+    first, then the newest."""
+    frame = read_frame(
         db_path,
         """
         SELECT run_id, dataset, head, encoder, best_dev_f1, is_production, model_dir
@@ -288,6 +361,7 @@ def models_frame(db_path: str | Path, *, wait_s: float = 10.0):
         """,
         wait_s=wait_s,
     )
+    return frame_with_stored_paths(db_path, frame)
 
 
 # ---- lineage
@@ -302,7 +376,7 @@ def model_lineage(db_path: str | Path, run_id: str) -> dict:
     with read_current(db_path) as con:
         run = _rows(con, "SELECT run_id, model_dir, is_production FROM runs WHERE run_id = ?", [run_id])
         if not run:
-            raise KeyError(f"no run {run_id!r} in {db_path}")
+            raise _unknown_run(con, run_id, db_path)
         rows = _rows(
             con,
             f"SELECT * FROM ({LINEAGE_SQL}) WHERE run_id = ? ORDER BY role, created_at, event_id",
@@ -314,7 +388,7 @@ def model_lineage(db_path: str | Path, run_id: str) -> dict:
             "WHERE run_id = ? OR previous_run_id = ? ORDER BY promoted_at",
             [run_id, run_id],
         )
-    return {**run[0], **_lineage_datasets(rows), "promotions": promotions}
+    return {**with_stored_paths(db_path, run[0]), **_lineage_datasets(rows), "promotions": promotions}
 
 
 #: what model_lineage tells of each review event behind the model

@@ -368,7 +368,10 @@ def test_review_export_command(db, capsys):
     assert "1 documents left out: they are in a dev/test split" in out
     rc = cli.main(["review", "export", "--no-prefect", "--db", db, "--pred-run", "nope", "--name", "rv"])
     err = capsys.readouterr().err
-    assert rc == 2 and err.strip() == "ner review: error: no prediction run 'nope'"
+    assert rc == 2 and err.strip() == (
+        "ner review: error: no prediction run 'nope' in the database; newest: pr-1 (`ner runs --predictions` "
+        "lists them)"
+    )
 
 
 def test_train_plus_refuses_differing_labels_in_one_line(db, tmp_path, tiny_encoder_dir, capsys):

@@ -1,5 +1,6 @@
 """``ner train``: train a model on an ingested dataset (``--dataset``) or on files (the seed's
-``-train_data`` / ``-dev_data`` / ``-test_data``, ingested first); ``--resume RUN_ID`` continues a killed run.
+``-train_data`` / ``-dev_data`` / ``-test_data``, ingested first, under ``--dataset`` or a name made from the
+files); ``--resume RUN_ID`` continues a killed run.
 
 With ``-save_path`` it writes the seed's ``model_configs.json``, with ``-do_eval`` the seed's training log
 (:mod:`app.seed_commands`).
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from app import seed_commands
-from app.commands.config_options import add_config_args, build_config, check_device
+from app.commands.config_options import add_config_args, build_config, check_device, dataset_from_files
 from app.commands.shared import CLIError, add_common, print_json, run_flow_or_step
 from ner_core.model.encoder import check_encoder, preflight
 
@@ -33,7 +34,8 @@ def add_parser(sub) -> None:
         "-train_data",
         "--train-data",
         metavar="FILE",
-        help="ingest this file as the train split of --dataset first (any supported format)",
+        help="ingest this file as the train split of --dataset first (any supported format); without "
+        "--dataset the dataset is named after the files (their common stem, else their folder)",
     )
     sp.add_argument("--dev_data", "-dev_data", "--dev-data", metavar="FILE", help="... and this as dev")
     sp.add_argument("--test_data", "-test_data", "--test-data", metavar="FILE", help="... and this as test")
@@ -77,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preflight(config)
         check_device(config.training.device)
     files = _data_files(args)
+    config = dataset_from_files(args, config, list(files.values()))
     if files:
         ingest = run_flow_or_step(
             args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
