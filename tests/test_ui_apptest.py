@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.ui_crafted import PAYLOAD, add_crafted_rows
 from tests.ui_fixtures import APP, PAGES
 from ui import queries
-from ui.app_pages.common import fmt, highlight_html, label_colours, legend_html
+from ui.app_pages.common import WORD_JOINER, fmt, highlight_html, label_colours, legend_html
 
 
 def _fresh_db(path: Path) -> str:
@@ -45,6 +46,40 @@ def _texts(elements) -> list[str]:
 
 def _strip_tags(s: str) -> str:
     return html.unescape(re.sub(r"<sup[^>]*>.*?</sup>|<[^>]+>", "", s))
+
+
+def _shown(markdown: str) -> tuple[str, set[str]]:
+    """What a Markdown element shows: its text (CommonMark, as Streamlit's renderer reads it; the invisible
+    word joiners left in) and the kinds of inline token it makes (``link_open``, ``image``, ...)."""
+    from markdown_it import MarkdownIt
+
+    text, kinds = [], set()
+    for block in MarkdownIt("commonmark").parse(markdown):
+        for tok in block.children or []:
+            kinds.add(tok.type)
+            text.append(" " if tok.type in ("softbreak", "hardbreak") else tok.content)
+    return "".join(text), kinds
+
+
+def _markdown_shown(at: AppTest) -> list[str]:
+    """The Markdown source of every element of the page that renders Markdown from the script's strings."""
+    elements = (*at.caption, *at.markdown, *at.info, *at.warning, *at.error, *at.success)
+    return [e.value for e in elements] + [x.label for x in at.expander]
+
+
+def _assert_data_as_data(at: AppTest, data: str) -> str:
+    """``data`` shows as itself in some Markdown element of ``at``, and no element makes a link or an image
+    or keeps a Streamlit directive or bare URL of it; returns the element's visible text."""
+    found = None
+    for md in _markdown_shown(at):
+        text, kinds = _shown(md)
+        assert not kinds & {"link_open", "image", "html_inline"}, (md, kinds)
+        assert not re.search(r"(?<!\\)(:red\[|:material/|\$x)", md), md  # Streamlit's own syntax
+        assert "http://" not in text, text  # GFM would link it: a word joiner sits in it
+        if data in text.replace(WORD_JOINER, ""):
+            found = text
+    assert found is not None, (data, _markdown_shown(at))
+    return found
 
 
 # ------------------------------------------------------------------------------------------- SQL
@@ -134,7 +169,8 @@ def test_error_sentences_filter_by_label_and_kind():
 def test_missing_database_shows_a_clear_error(tmp_path, monkeypatch):
     at = _app(tmp_path / "nope.duckdb", monkeypatch)
     assert not at.exception
-    assert any("does not exist" in e and "nope.duckdb" in e for e in _texts(at.error))
+    assert any("does not exist" in e and "nope.duckdb" in e for e in (_shown(e)[0] for e in _texts(at.error)))
+    assert _assert_data_as_data(at, str(tmp_path / "nope.duckdb"))  # the path is shown escaped
 
 
 def test_empty_database_says_it_is_empty(tmp_path, monkeypatch):
@@ -174,6 +210,99 @@ def test_busy_database_shows_a_clear_warning(tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
+
+
+# ------------------------------------------------------------------------ hostile data, old paths
+@pytest.fixture
+def crafted(tmp_path) -> dict:
+    """A database holding only :mod:`tests.ui_crafted`'s rows (no training: fast), its model directory an
+    empty folder stored relative to the database's folder, as code before absolute paths stored it."""
+    model = tmp_path / "elsewhere" / "model"
+    model.mkdir(parents=True)
+    db = tmp_path / "db" / "crafted.duckdb"
+    db.parent.mkdir()
+    return {**add_crafted_rows(db, model, tmp_path / "work"), "db": str(db), "model": str(model)}
+
+
+def test_pages_show_ids_texts_and_url_parameters_as_data(crafted, monkeypatch):
+    """Run ids, stopped reasons, SQL inputs, document texts and ?line= reach captions, warnings and labels
+    escaped: no link, image, directive or bare URL made of them (the browser test checks the rendering)."""
+    at = _app(crafted["db"], monkeypatch)
+    assert not at.exception
+    _assert_data_as_data(at, crafted["run_id"])  # the Runs page's comparison caption
+    _assert_data_as_data(at, PAYLOAD)  # its stopped reason
+    assert [c for c in _texts(at.caption) if c.startswith("1 run,")], _texts(at.caption)  # not "1 runs"
+    at.switch_page(PAGES["predictions"]).run()
+    assert not at.exception
+    _assert_data_as_data(at, f"input SELECT 'd' AS doc_id, '{PAYLOAD}' AS text")
+    _assert_data_as_data(at, "1 entity in this document")
+    at.switch_page(PAGES["problems"])
+    at.query_params["line"] = PAYLOAD
+    at.run()
+    assert not at.exception and at.number_input(key="prob_line").value == 0
+    _assert_data_as_data(at, f"Ignored the link's line {PAYLOAD}: not a line number.")
+
+
+def test_try_it_finds_a_model_stored_relative_to_the_database_folder(crafted, monkeypatch):
+    """Code before absolute paths stored ``runs/<id>/model`` relative to the folder its command ran in: the
+    page resolves it against the database's folder, whatever folder the dashboard started in."""
+    at = _app(crafted["db"], monkeypatch)
+    at.switch_page(PAGES["try_it"]).run()
+    assert not at.exception and not Path(crafted["model_dir"]).is_absolute()
+    assert at.selectbox(key="try_model").value == crafted["run_id"]
+    assert _assert_data_as_data(at, f"model directory: {crafted['model']}") == _shown(at.caption[0].value)[0]
+
+
+def test_runs_table_shows_the_scores_first(crafted, monkeypatch):
+    at = _app(crafted["db"], monkeypatch)
+    assert list(at.dataframe[0].value.columns[:5]) == [
+        "run_id",
+        "best_dev_f1",
+        "test_f1",
+        "test_precision",
+        "test_recall",
+    ]
+
+
+def test_curves_show_one_epoch_runs_and_mark_best_and_early_stop(crafted, monkeypatch):
+    """Each epoch is a point (a one-epoch run is one point, no line), the best epoch a diamond, an early
+    stop a dashed rule at the epoch it stopped."""
+    import json
+
+    import pyarrow as pa
+
+    from ner_core.config import NERConfig
+    from storage import runs as runs_db
+
+    db = crafted["db"]
+    runs_db.create_run(
+        db, "run-early", dataset="x", dataset_version=1, config_json=NERConfig().to_json(), run_dir="r"
+    )
+    for epoch, f1 in ((1, 0.2), (2, 0.5), (3, 0.4), (4, 0.3)):
+        runs_db.record_epoch(db, "run-early", {"epoch": epoch, "train_loss": 5.0 - epoch, "dev_f1": f1})
+    stop = "early stop: no dev F1 gain for 2 epochs"
+    runs_db.finish_run(
+        db, "run-early", status="completed", best_epoch=2, best_dev_f1=0.5, seconds=1.0, stopped_reason=stop
+    )
+    at = _app(db, monkeypatch)
+    at.switch_page(PAGES["curves"]).run()
+    assert not at.exception
+    assert set(at.multiselect(key="curve_runs").value) == {"run-early", crafted["run_id"]}
+    specs = [(c.proto, json.loads(c.proto.spec)) for c in at.get("vega_lite_chart")]
+    chart, spec = next((c, s) for c, s in specs if s["layer"][0]["encoding"]["y"]["field"] == "dev_f1")
+    layers = spec["layer"]
+    tables = {d.name: pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in chart.datasets}
+    line, best, rule = layers
+    assert line["mark"]["type"] == "line" and line["mark"]["point"]  # points: one epoch shows
+    points = tables[line["data"]["name"]]
+    assert sorted(points.loc[points["run_id"] == crafted["run_id"], "epoch"]) == [1]
+    assert best["mark"]["shape"] == "diamond" and best["transform"] == [{"filter": "datum.best"}]
+    marked = points[points["best"]]
+    best_epochs = sorted(zip(marked["run_id"], marked["epoch"], strict=True))
+    assert best_epochs == [(crafted["run_id"], 1), ("run-early", 2)]
+    stops = tables[rule["data"]["name"]]
+    assert rule["mark"]["type"] == "rule" and "strokeDash" in rule["mark"]
+    assert stops.loc[stops["run_id"] == "run-early", "stop_epoch"].tolist() == [4]
 
 
 # ---------------------------------------------------------------- pages on the legacy database

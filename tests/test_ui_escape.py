@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import string
 
-from ui.app_pages.common import escape_markdown
+from ui.app_pages.common import WORD_JOINER, escape_markdown
 
 
 def test_every_ascii_punctuation_character_is_escaped_and_nothing_else():
     text = "张三 " + string.punctuation + " abc 123"
     out = escape_markdown(text)
-    assert out == "张三 " + "".join("\\" + c for c in string.punctuation) + " abc 123"
+    escaped = "".join("\\" + c + (WORD_JOINER if c == "@" else "") for c in string.punctuation)
+    assert out == "张三 " + escaped + " abc 123"  # and a word joiner after @: no e-mail autolink
 
 
 def test_links_images_directives_and_line_breaks_do_not_survive():
@@ -20,4 +21,5 @@ def test_links_images_directives_and_line_breaks_do_not_survive():
     assert "\n" not in out
     # no punctuation character is left unescaped: no link, image or directive can start
     assert not re.search(r"(?<!\\)[\[\]()!:]", out.replace("\\\\", ""))
-    assert out.replace("\\", "") == crafted.replace("\n", " ")  # the text itself, every character kept
+    # the text itself, every character kept; a word joiner in each http:// stops GFM's autolinks
+    assert out.replace("\\", "") == crafted.replace("\n", " ").replace("http:", "http:" + WORD_JOINER)

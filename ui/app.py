@@ -4,6 +4,10 @@ The database path comes from the environment variable ``NER_DB`` and is read aga
 Pages live in ``ui/app_pages/``; the shared chrome (database path, refresh button, database checks) runs
 before the selected page. Reads go through :mod:`ui.queries`; the one page that writes, Review, records
 decisions through :mod:`storage.reviews` (a spool file first, so a busy database loses none).
+
+Nothing is fetched from outside: the page icons are the Material Symbols font Streamlit bundles, and the
+favicon is an emoji (Streamlit turns a ``:material/...:`` favicon into a link to fonts.gstatic.com). Data
+and URL parameters shown through Markdown go through :func:`ui.app_pages.common.escape_markdown`.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import streamlit as st  # noqa: E402
 
 from storage.db import DatabaseLockedError  # noqa: E402
 from ui import queries  # noqa: E402
-from ui.app_pages.common import db_path  # noqa: E402
+from ui.app_pages.common import db_path, escape_markdown  # noqa: E402
 
-st.set_page_config(page_title="Chinese NER review", page_icon=":material/label:", layout="wide")
+# an emoji favicon is drawn by the browser (a data: URL); a :material/...: one would load from a CDN
+st.set_page_config(page_title="Chinese NER review", page_icon="🏷️", layout="wide")
 
 PAGES = [
     st.Page("app_pages/runs.py", title="Runs", icon=":material/table_rows:", default=True),
@@ -59,5 +64,6 @@ try:
     page.run()
 except DatabaseLockedError as exc:
     st.warning(
-        f"The database is busy: {exc} Press **Refresh data** to try again.", icon=":material/hourglass_top:"
+        f"The database is busy: {escape_markdown(exc)} Press **Refresh data** to try again.",
+        icon=":material/hourglass_top:",
     )

@@ -29,6 +29,7 @@ from storage import reviews as _reviews
 from storage import runs as _runs
 from storage.db import DatabaseLockedError, row_counts
 from storage.query import SqlRejected, entity_labels, query, relations_frame
+from ui.app_pages.common import escape_markdown
 
 TTL_S = 30  # seconds a query result stays cached; the sidebar's Refresh button clears all caches
 LOCK_WAIT_S = 1.0  # how long a read waits for a writer before DatabaseLockedError
@@ -84,7 +85,8 @@ _COUNTED = ("datasets", "runs", "evaluations", "prediction_runs")  # what "empty
 
 @dataclass(frozen=True)
 class DbState:
-    """What the chrome shows before a page runs. ``state`` is ok | missing | locked | empty."""
+    """What the chrome shows before a page runs. ``state`` is ok | missing | locked | empty; ``message`` is
+    Markdown, the path and DuckDB's words in it escaped (:func:`ui.app_pages.common.escape_markdown`)."""
 
     state: str
     message: str
@@ -97,23 +99,25 @@ def db_state(db_path: str) -> DbState:
     Not cached: it is one cheap query per rerun and must notice a database that appears or fills up.
     """
     path = Path(_check_path(db_path))
+    shown = escape_markdown(path)
     if not path.exists():
         msg = (
-            f"Database file {path} does not exist. Create it with `ner pipeline ...` (or `ner ingest ...`), "
+            f"Database file {shown} does not exist. Create it with `ner pipeline ...` (or `ner ingest ...`), "
             f"or start the dashboard with `ner ui --db PATH`."
         )
         return DbState("missing", msg, {})
     try:
         found = row_counts(path, sorted({*_NEEDED, *_COUNTED}), wait_s=LOCK_WAIT_S)
     except DatabaseLockedError as exc:
-        return DbState("locked", f"The database is busy: {exc}", {})
+        return DbState("locked", f"The database is busy: {escape_markdown(exc)}", {})
     except duckdb.Error as exc:
-        return DbState("missing", f"Database {path} could not be opened read-only: {exc}", {})
+        msg = f"Database {shown} could not be opened read-only: {escape_markdown(exc)}"
+        return DbState("missing", msg, {})
     missing = sorted(set(_NEEDED) - set(found))
     if missing:
         return DbState(
             "empty",
-            f"Database {path} has no NER schema yet (missing tables: {', '.join(missing)}). "
+            f"Database {shown} has no NER schema yet (missing tables: {', '.join(missing)}). "
             f"Run `ner pipeline ...` first.",
             {},
         )
@@ -121,7 +125,7 @@ def db_state(db_path: str) -> DbState:
     if not any(counts.values()):
         return DbState(
             "empty",
-            f"Database {path} is empty: no datasets, runs or predictions yet. "
+            f"Database {shown} is empty: no datasets, runs or predictions yet. "
             f"Run `ner pipeline ...` to fill it.",
             counts,
         )

@@ -7,6 +7,7 @@ background colour per label; every piece of text is escaped with :func:`html.esc
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
@@ -42,15 +43,33 @@ def db_path() -> str:
 #: every ASCII punctuation character: CommonMark lets a backslash escape each, and Streamlit's own syntax
 #: (``:red[...]``, ``:material/icon:``, ``$...$``) is built from them
 _MARKDOWN_PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+#: U+2060 WORD JOINER: invisible, no line break
+WORD_JOINER = "\u2060"
+#: where GitHub-flavoured Markdown links plain text: ``http://``, ``https://``, ``www.`` and e-mail addresses.
+#: Streamlit's renderer finds them in the text after escapes are undone, so a backslash cannot stop them;
+#: a word joiner inside the pattern does
+_AUTOLINK = re.compile(r"(?<=http:)(?=//)|(?<=https:)(?=//)|(?<=www)(?=\.)|@", re.IGNORECASE)
 
 
 def escape_markdown(text: object) -> str:
     """``text`` (data, a URL parameter: anything not written by this code) for a Streamlit element that
     renders Markdown (``st.caption``, ``st.markdown``, widget labels): every ASCII punctuation character
     backslash-escaped, so a text shows as itself and never becomes a link, an image, emphasis, an icon or a
-    colour directive; line breaks become spaces (a label is one line)."""
+    colour directive; a :data:`WORD_JOINER` after ``http:`` / ``https:`` before ``//``, after ``www`` before
+    ``.`` and after ``@``, so no bare URL or e-mail address becomes a link either (the joiner is invisible;
+    copied text carries it); line breaks become spaces (a label is one line)."""
     one_line = " ".join(str(text).splitlines())
-    return "".join("\\" + c if c in _MARKDOWN_PUNCTUATION else c for c in one_line)
+    joined = _AUTOLINK.sub(lambda m: m.group(0) + WORD_JOINER, one_line)
+    return "".join("\\" + c if c in _MARKDOWN_PUNCTUATION else c for c in joined)
+
+
+def count(n, one: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``0 entities`` (``many`` for an irregular plural; default ``one + "s"``);
+    ``- runs`` for a count not known (None, NA: a run still running has not counted its rows)."""
+    plural = many or one + "s"
+    if n is None or n is pd.NA or n != n:
+        return f"- {plural}"
+    return f"{n} {one if n == 1 else plural}"
 
 
 def label_colours(labels: Iterable[str]) -> dict[str, str]:

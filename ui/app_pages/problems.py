@@ -1,12 +1,34 @@
 """Ingest problems: what the readers and the ingest found wrong with a dataset version's files, browsed by
-code, file and line (repaired transitions, duplicates, ... are warnings: the records were kept)."""
+code, file and line (repaired transitions, duplicates, ... are warnings: the records were kept).
+
+A link may name the dataset, file and line (``?dataset=...&file=...&line=...``); a value that names nothing
+stored is ignored, and one shown back goes through :func:`ui.app_pages.common.escape_markdown`.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from ui import queries
-from ui.app_pages.common import db_path
+from ui.app_pages.common import count, db_path, escape_markdown
+
+MAX_LINE = 2**31 - 1  # what a number input holds safely
+
+
+def line_param(value: str | None) -> int:
+    """The ``?line=`` of a link as a line number (0: none); a value that is not a line number (a number from
+    0 to :data:`MAX_LINE`) says so and is ignored."""
+    if not value:
+        return 0
+    try:
+        line = int(value)
+    except ValueError:
+        line = -1
+    if not 0 <= line <= MAX_LINE:
+        st.warning(f"Ignored the link's line {escape_markdown(value)}: not a line number.")
+        return 0
+    return line
+
 
 db = db_path()
 st.title("Ingest problems")
@@ -29,7 +51,7 @@ m[0].metric("documents", int(row["n_documents"]))
 m[1].metric("errors (records left out)", int((problems["severity"] == "error").sum()))
 m[2].metric("warnings (records kept)", int((problems["severity"] == "warning").sum()))
 if problems.empty:
-    st.success(f"{name} v{version}: the ingest found no problem.")
+    st.success(f"{escape_markdown(name)} v{version}: the ingest found no problem.")
     st.stop()
 
 st.subheader("By code")
@@ -47,7 +69,7 @@ file = f2.selectbox(
     "File", files, index=files.index(wanted_file) if wanted_file in files else 0, key=f"prob_file_{name}"
 )
 line = f3.number_input(
-    "From line", min_value=0, value=int(st.query_params.get("line", 0) or 0), step=1, key="prob_line"
+    "From line", min_value=0, value=line_param(st.query_params.get("line")), step=1, key="prob_line"
 )
 needle = f4.text_input("Message contains", value="", key="prob_text")
 
@@ -60,5 +82,5 @@ if line:
     shown = shown[shown["line"].fillna(0) >= line]
 if needle.strip():
     shown = shown[shown["message"].str.contains(needle.strip(), case=False, regex=False)]
-st.caption(f"{len(shown)} of {len(problems)} problems shown (line and record numbers are 1-based).")
+st.caption(f"{len(shown)} of {count(len(problems), 'problem')} shown (line and record numbers are 1-based).")
 st.dataframe(shown, hide_index=True, width="stretch")

@@ -1,4 +1,8 @@
-"""Runs: every training run with its configuration and best scores; two runs side by side."""
+"""Runs: every training run with its configuration and best scores; two runs side by side.
+
+The table shows the scores right after the run id (pinned), so they stay in view however wide the other
+columns are.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,20 @@ import pandas as pd
 import streamlit as st
 
 from ui import queries
-from ui.app_pages.common import db_path, fmt
+from ui.app_pages.common import count, db_path, escape_markdown, fmt
+
+#: the scores, first after the run id; the remaining columns follow in the order the query gives them
+SCORE_COLUMNS = [
+    "best_dev_f1",
+    "test_f1",
+    "test_precision",
+    "test_recall",
+    "test_char_accuracy",
+    "test_sentence_accuracy",
+    "best_epoch",
+    "n_epochs",
+]
+HIDDEN_COLUMNS = ["config", "model_dir"]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -30,16 +47,21 @@ if runs.empty:
     st.stop()
 
 st.caption(
-    f"{len(runs)} runs, newest first. Scores: best dev entity F1 during training and the latest "
+    f"{count(len(runs), 'run')}, newest first. Scores: best dev entity F1 during training and the latest "
     f"evaluation on the test split."
 )
+first = ["run_id", *SCORE_COLUMNS]
+shown = runs[first + [c for c in runs.columns if c not in first and c not in HIDDEN_COLUMNS]]
 st.dataframe(
-    runs.drop(columns=["config", "model_dir"]),
+    shown,
     hide_index=True,
     column_config={
-        c: st.column_config.NumberColumn(format="%.4f")
-        for c in runs.columns
-        if c.startswith("test_") or c == "best_dev_f1"
+        "run_id": st.column_config.TextColumn(pinned=True),
+        **{
+            c: st.column_config.NumberColumn(format="%.4f")
+            for c in shown.columns
+            if c.startswith("test_") or c == "best_dev_f1"
+        },
     },
 )
 
@@ -57,10 +79,8 @@ for col, rid in ((col_a, run_a), (col_b, run_b)):
         m1.metric("best dev F1", fmt(r["best_dev_f1"]))
         m2.metric("test F1", fmt(r["test_f1"]))
         m3.metric("epochs", fmt(r["n_epochs"]))
-        st.caption(
-            f"**{rid}** · {r['status']} · head {r['head']} · scheme {r['scheme']} · "
-            f"stopped: {r['stopped_reason']}"
-        )
+        facts = (r["status"], f"head {r['head']}", f"scheme {r['scheme']}", f"stopped: {r['stopped_reason']}")
+        st.caption(" · ".join([f"**{escape_markdown(rid)}**", *(escape_markdown(f) for f in facts)]))
 
 cfg = {rid: _flatten(json.loads(rows[rid]["config"])) for rid in (run_a, run_b)}
 keys = sorted(set(cfg[run_a]) | set(cfg[run_b]))

@@ -1,4 +1,9 @@
-"""Try it: paste text, pick a trained model, see the tagged text."""
+"""Try it: paste text, pick a trained model, see the tagged text.
+
+Model directories come from :func:`ui.queries.models`, absolute (an older database's relative ones are
+resolved against its folder by :func:`storage.runs.stored_path`), so the page works wherever ``ner ui``
+started.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,15 @@ from pathlib import Path
 import streamlit as st
 
 from ui import queries
-from ui.app_pages.common import db_path, label_colours, legend_html, show_highlighted
+from ui.app_pages.common import (
+    count,
+    db_path,
+    escape_markdown,
+    fmt,
+    label_colours,
+    legend_html,
+    show_highlighted,
+)
 
 EXAMPLE = "张伟于2021年加入北京华为技术有限公司，担任高级工程师，常驻上海浦东新区。"
 
@@ -34,22 +47,29 @@ if models.empty:
     st.stop()
 
 names = {
-    r.run_id: f"{r.run_id}{'  ★ production' if r.is_production else ''}  (dev F1 {r.best_dev_f1:.3f})"
+    r.run_id: f"{r.run_id}{'  ★ production' if r.is_production else ''}  (dev F1 {fmt(r.best_dev_f1, 3)})"
     for r in models.itertuples()
 }
 run_id = st.selectbox("Model", list(names), format_func=names.get, key="try_model")
 model_dir = str(models.loc[models["run_id"] == run_id, "model_dir"].iloc[0])
-st.caption(f"model directory: {model_dir}")
+st.caption(f"model directory: {escape_markdown(model_dir)}")
 text = st.text_area("Text", value=EXAMPLE, height=150, key="try_text")
 
 if st.button("Tag", type="primary", key="try_tag"):
     if not Path(model_dir).is_dir():
-        st.error(f"The model directory {model_dir} does not exist on this machine (moved or deleted?).")
+        st.error(
+            f"The model directory {escape_markdown(model_dir)} does not exist on this machine "
+            "(moved or deleted?)."
+        )
         st.stop()
     if not text.strip():
         st.warning("Paste some text first.")
         st.stop()
-    tagger, labels = load_tagger(model_dir)
+    try:
+        tagger, labels = load_tagger(model_dir)
+    except ValueError as exc:  # ModelDirError: damaged, incomplete or of another format version
+        st.error(f"The model in {escape_markdown(model_dir)} cannot be loaded: {escape_markdown(exc)}")
+        st.stop()
     [ents] = tagger.predict([text])
     colours = label_colours([*queries.all_labels(db), *(labels or []), *(e.label for e in ents)])
     st.html(legend_html(colours))
@@ -67,4 +87,4 @@ if st.button("Tag", type="primary", key="try_tag"):
         ],
         hide_index=True,
     )
-    st.caption(f"{len(ents)} entities found.")
+    st.caption(f"{count(len(ents), 'entity', 'entities')} found.")
