@@ -390,6 +390,9 @@ def traced(tmp_path, tiny_model, monkeypatch) -> dict:
         argv = ["test", "-test_data", str(data), "-model_configs", str(model), "-output_path",
                 str(tmp_path / out), "--db", str(db), "--no-prefect"]  # fmt: skip
         assert cli.main(argv) == 0
+    # an export for an annotation tool holds the texts too (recorded beside the database like the seed's)
+    out = str(tmp_path / "exported.jsonl")
+    assert cli.main(["export", "--pred-run", pred, "--format", "doccano", "--out", out, "--db", str(db)]) == 0
     spilled = _spill(db)
     shutil.copyfile(db, f"{db}.rewrite")  # what a rewrite killed half-way leaves: a copy of the old file
     return {"db": db, "root": tmp_path, "inputs": inputs, "run_dir": run_dir, "spilled": spilled}
@@ -443,7 +446,7 @@ def test_the_plan_names_every_copy_of_the_texts(traced):
     assert files == {
         "runs/r1/eval-cv-train.json", "runs/r1/eval-cv-train.md", "runs/r1/eval-cv.jsonl.json",
         "runs/r1/eval-cv.jsonl.md", "seed-cv/test_outputs.txt", "seed-cv/test_entities.jsonl",
-        "seed-cv/test_report.txt", "seed-cv/test_report.json",
+        "seed-cv/test_report.txt", "seed-cv/test_report.json", "exported.jsonl",
     }  # fmt: skip
     assert plan.rows["evaluations"] == 2  # on cv v1, and on the file holding its texts
     assert list(plan.prediction_runs_trimmed.values()) == [6]  # the file run: its 7th text is not cv's
@@ -458,6 +461,7 @@ def test_the_plan_names_every_copy_of_the_texts(traced):
     assert "'cv-reviewed' v1 (review: 6 of its 6 documents hold its texts)" in text
     assert "runs/r1/eval-cv-train.md (evaluation report)" in text
     assert "test_outputs.txt (written by ner test -test_data)" in text
+    assert "exported.jsonl (written by ner export --pred-run " in text
     assert _traces(traced) == before  # planning wrote nothing
 
 

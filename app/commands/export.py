@@ -46,10 +46,13 @@ def add_parser(sub) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ner_core.data.formats.label_studio import label_config, write_atomic
+    from storage.footprint import record_outputs
 
     summary = export_prediction_run(args.db, args.pred_run, args.format, args.out, offsets=args.offsets)
     if args.label_config:
         write_atomic(args.label_config, label_config(summary["labels"]))
+    # the file holds the run's texts: `ner datasets delete` finds it through the manifest
+    record_outputs(args.db, f"ner export --pred-run {args.pred_run}", [args.out])
     print(
         f"exported prediction run {args.pred_run}: {summary['documents']} documents, "
         f"{summary['entities']} entities as {args.format} ({summary['offsets']} offsets) to {args.out}"
