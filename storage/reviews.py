@@ -37,10 +37,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
+from pydantic import ValidationError
 
 from ner_core import review as rule
 from storage.db import DatabaseLockedError, open_db, rollback_quietly
@@ -60,8 +61,10 @@ __all__ = [
     "new_event",
     "record_events",
     "review_labels",
+    "evaluation_review_run",
     "review_progress",
     "review_queue",
+    "reviewed_documents",
     "text_hash",
 ]
 
@@ -70,7 +73,7 @@ ACTIONS = ("accept", "reject", "relabel", "adjust", "add", "add_label", "done", 
 #: the actions that decide on one entity (they carry its key: start, end, label)
 ENTITY_ACTIONS = rule.DECISIONS
 #: the orders of :func:`review_queue`
-ORDERS = ("uncertain", "disagree", "random", "search")
+ORDERS = ("uncertain", "uncertain_per_char", "disagree", "random", "search")
 
 _FIELDS = (
     "event_id",
@@ -231,14 +234,22 @@ class _Doc:
 
 
 def _run_labels(con: duckdb.DuckDBPyConnection, pred_run_id: str) -> tuple[list[str], list[str]]:
-    """(the model's labels: the training dataset's label set, or failing that the run's predicted labels;
-    the labels added by add_label events)."""
+    """(the model's labels: the training dataset's label set, or failing that, for a run over a stored
+    dataset, that dataset's latest label set, plus the run's predicted labels; the labels added by
+    add_label events)."""
     row = con.execute(
         "SELECT ds.labels FROM prediction_runs p JOIN runs r USING (run_id) "
         "JOIN datasets ds ON ds.name = r.dataset AND ds.version = coalesce(r.dataset_version, "
         "(SELECT max(version) FROM datasets WHERE name = r.dataset)) WHERE p.pred_run_id = ?",
         [pred_run_id],
     ).fetchone()
+    if not (row and row[0]):  # e.g. an evaluation's run of a model no training run is stored for
+        row = con.execute(
+            "SELECT ds.labels FROM prediction_runs p JOIN datasets ds ON p.input_kind = 'dataset' "
+            "AND ds.name = regexp_extract(p.input_ref, '^(.*)/[^/]*$', 1) WHERE p.pred_run_id = ? "
+            "ORDER BY ds.version DESC LIMIT 1",
+            [pred_run_id],
+        ).fetchone()
     predicted = [
         r[0]
         for r in con.execute(
@@ -484,6 +495,7 @@ def _insert(con: duckdb.DuckDBPyConnection, events: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------ reading
 _DOCS = f"""
     SELECT d.doc_id, left(d.text, 80) AS preview, length(d.text) AS n_chars, d.n_entities, d.uncertainty,
+           d.uncertainty / nullif(length(d.text), 0) AS uncertainty_per_char,
            (SELECT min(e.confidence) FROM predicted_entities e
             WHERE e.pred_run_id = d.pred_run_id AND e.doc_id = d.doc_id) AS min_confidence,
            EXISTS (SELECT 1 FROM v_review_effective s WHERE s.pred_run_id = d.pred_run_id
@@ -496,16 +508,24 @@ _DOCS = f"""
 """
 
 _BY_UNCERTAINTY = "uncertainty DESC NULLS LAST, min_confidence ASC NULLS LAST, doc_id"
+_BY_UNCERTAINTY_PER_CHAR = "uncertainty_per_char DESC NULLS LAST, min_confidence ASC NULLS LAST, doc_id"
+
+
+def _near_dup_queue(by: str) -> str:
+    """The queue most uncertain first by ``by``; of the texts sharing a near-duplicate key only the first
+    is in the front part."""
+    return f"""
+        WITH q AS ({_DOCS}), r AS (
+            SELECT *, row_number() OVER (PARTITION BY near_dup_key ORDER BY {by}) > 1 AS near_duplicate
+            FROM q)
+        SELECT * EXCLUDE (text, near_dup_key) FROM r
+        ORDER BY skipped, near_duplicate, {by} LIMIT $limit"""
+
 
 _QUEUE_SQL = {
     # near-duplicates: only the most uncertain text of each near-duplicate key is in the front part
-    "uncertain": f"""
-        WITH q AS ({_DOCS}), r AS (
-            SELECT *, row_number() OVER (PARTITION BY near_dup_key ORDER BY {_BY_UNCERTAINTY}) > 1
-                   AS near_duplicate
-            FROM q)
-        SELECT * EXCLUDE (text, near_dup_key) FROM r
-        ORDER BY skipped, near_duplicate, {_BY_UNCERTAINTY} LIMIT $limit""",
+    "uncertain": _near_dup_queue(_BY_UNCERTAINTY),
+    "uncertain_per_char": _near_dup_queue(_BY_UNCERTAINTY_PER_CHAR),
     "disagree": f"""
         WITH q AS ({_DOCS}), dis AS (
             SELECT doc_id, count(*) AS n_disagreements FROM predicted_disagreements($run, $other)
@@ -543,15 +563,20 @@ def review_queue(
       marginals, stored at prediction time); rows without it (written by older code) come after, by their
       lowest entity confidence. Near-duplicates do not crowd the top: of the texts sharing one key (the
       lower-cased NFC text without spaces, punctuation, symbols and digits) only the most uncertain is
-      in the front part; the others (``near_duplicate`` true) follow all of those.
+      in the front part; the others (``near_duplicate`` true) follow all of those. A sum grows with the
+      text, so this order puts long documents first.
+    - ``uncertain_per_char``: as ``uncertain``, by the uncertainty per character (``uncertainty_per_char``,
+      the sum over the text's length in code points): the documents that are uncertain throughout, whatever
+      their length.
     - ``disagree``: only documents where ``compare_run`` predicted other entities (same doc_id), the most
       disagreements first (``n_disagreements``).
     - ``random``: a shuffle fixed by ``seed``.
     - ``search``: documents whose text contains ``search`` (case-insensitive), most uncertain first.
 
     Skipped documents (a ``skip`` event) come last in every order. Each row: ``doc_id``, ``preview`` (the
-    first 80 characters), ``n_chars``, ``n_entities``, ``uncertainty``, ``min_confidence``, ``skipped``,
-    and ``near_duplicate`` (uncertain) or ``n_disagreements`` (disagree).
+    first 80 characters), ``n_chars``, ``n_entities``, ``uncertainty``, ``uncertainty_per_char``,
+    ``min_confidence``, ``skipped``, and ``near_duplicate`` (the uncertain orders) or ``n_disagreements``
+    (disagree).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -576,6 +601,24 @@ def review_queue(
         cur = con.execute(_QUEUE_SQL[order], params)
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def reviewed_documents(
+    db: str | Path, pred_run_id: str, *, limit: int = 50, wait_s: float = 10.0
+) -> list[dict]:
+    """The run's reviewed documents (a ``done`` in force), the latest reviewed first, at most ``limit``:
+    ``doc_id``, ``preview`` (the first 80 characters), ``n_chars``, ``reviewed_at``, ``reviewers``. The
+    queue leaves them out; this is how a reviewer finds one again to reopen it."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"expected limit >= 1, got {limit!r}")
+    with _read(db, wait_s) as con:
+        return _rows(
+            con,
+            "SELECT r.doc_id, left(d.text, 80) AS preview, length(d.text) AS n_chars, r.reviewed_at, "
+            "r.reviewers FROM v_reviewed_documents r JOIN predicted_documents d USING (pred_run_id, doc_id) "
+            "WHERE r.pred_run_id = ? ORDER BY r.reviewed_at DESC, r.doc_id LIMIT ?",
+            [pred_run_id, limit],
+        )
 
 
 def review_progress(db: str | Path, pred_run_id: str, *, wait_s: float = 10.0) -> dict:
@@ -747,6 +790,98 @@ def review_labels(db: str | Path, pred_run_id: str, *, wait_s: float = 10.0) -> 
     with _read(db, wait_s) as con:
         model, added = _run_labels(con, pred_run_id)
     return {"model": model, "added": added}
+
+
+# ------------------------------------------------------------------------------------------ evaluations
+class _EvalEntity(NamedTuple):
+    """An entity as :func:`storage.predictions.write_predictions` takes it; an evaluation stored none of
+    the model's confidences."""
+
+    start: int
+    end: int
+    label: str
+    text: str
+    confidence: float | None = None
+
+
+def _error_documents(eval_id: str, report: Mapping[str, Any]) -> list[tuple]:
+    """The report's sentences with errors as prediction rows ``(doc_id, text, entities, None)``; a sentence
+    whose predicted spans leave its text or overlap refuses the whole evaluation in one line."""
+    from ner_core.metrics import ErrorSentence
+
+    out, seen = [], set()
+    for i, raw in enumerate(report.get("error_sentences") or []):
+        try:
+            sent = ErrorSentence.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"]) or "the sentence"
+            raise ValueError(
+                f"evaluation {eval_id!r}: error sentence {i + 1}: {where}: {err['msg']}"
+            ) from None
+        if sent.doc_id in seen:
+            continue
+        seen.add(sent.doc_id)
+        ents, end = [], 0
+        for e in sorted(sent.pred, key=lambda x: (x.start, x.end)):
+            if e.end > len(sent.text) or e.start < end:
+                raise ValueError(
+                    f"evaluation {eval_id!r}: document {sent.doc_id!r} has a predicted span [{e.start}, "
+                    f"{e.end}) outside its {len(sent.text)} characters or overlapping another"
+                )
+            ents.append(_EvalEntity(e.start, e.end, e.label, sent.text[e.start : e.end]))
+            end = e.end
+        out.append((sent.doc_id, sent.text, ents, None))
+    return out
+
+
+def evaluation_review_run(db: str | Path, eval_id: str, *, wait_s: float = 10.0) -> str:
+    """The prediction run to review an evaluation's predictions in; returns its ``pred_run_id``.
+
+    An evaluation scores a split without storing a prediction run, so its error browser had nothing to
+    open. Its stored report holds the model's predictions of every sentence with an error: those become
+    a prediction run ``eval-<eval_id>`` (input ``dataset/split``, so a later ingest that changes a text is
+    caught as for any dataset run; no confidences or uncertainty), written the first time it is asked for
+    (no model runs) and found again afterwards. When the evaluation is stored again (same id, new report),
+    the run is written again; one with review events is kept and the new one is ``eval-<eval_id>-r2``.
+    ``KeyError`` for an unknown evaluation; ``ValueError`` (one line) when its report holds no sentence
+    with errors or a malformed one.
+    """
+    from storage.predictions import PredictionRunWriter
+
+    with _read(db, wait_s) as con:
+        row = con.execute(
+            "SELECT run_id, model_dir, dataset, split, created_at, report FROM evaluations WHERE eval_id = ?",
+            [eval_id],
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no evaluation {eval_id!r} in {db}")
+        run_id, model_dir, dataset, split, created_at, report = row
+        found = con.execute(
+            "SELECT pred_run_id FROM prediction_runs WHERE (pred_run_id = $id OR starts_with(pred_run_id, "
+            "$id || '-r')) AND status = 'completed' AND json_extract_string(config, '$.evaluation') = $eval "
+            "AND json_extract_string(config, '$.evaluated_at') = $at ORDER BY started_at DESC LIMIT 1",
+            {"id": f"eval-{eval_id}", "eval": eval_id, "at": created_at.isoformat()},
+        ).fetchone()
+    if found:
+        return found[0]
+    docs = _error_documents(eval_id, json.loads(report) if report else {})
+    if not docs:
+        raise ValueError(f"evaluation {eval_id!r} stored no sentence with errors: nothing to review")
+    kind, ref = ("dataset", f"{dataset}/{split}") if split else ("file", dataset)
+    with PredictionRunWriter(
+        db,
+        f"eval-{eval_id}",
+        model_dir=model_dir,
+        run_id=run_id,
+        input_kind=kind,
+        input_ref=ref,
+        settings={"evaluation": eval_id, "evaluated_at": created_at.isoformat()},
+        extra={"source": "the evaluation report's sentences with errors"},
+        replace=True,
+    ) as writer:
+        writer.write(docs)
+    return writer.pred_run_id
 
 
 # ------------------------------------------------------------------------------------------ the spool

@@ -239,10 +239,135 @@ def test_queue_orders_and_reviewed_documents_leave_it(tmp_path):
     assert _ids(reviews.review_queue(db, "old", "uncertain"))[0] == "a"  # another run: its own reviews
 
 
+def test_the_per_character_order_does_not_put_the_longest_document_first(tmp_path):
+    """A summed entropy grows with the text: a long, mostly sure document outranks short, unsure ones."""
+    db = str(tmp_path / "len.duckdb")
+    long_text = "甲公司发布了财报。" * 200  # 1,800 characters, summed uncertainty 20 (0.011 per character)
+    docs = [
+        ("long", long_text, [(0, 3, "ORG", 0.9)], 20.0),
+        ("short", "乙银行在上海开业", [(0, 3, "ORG", 0.5)], 4.0),  # 8 characters: 0.5 per character
+        ("mid", "丙先生到了北京。" * 4, [(0, 2, "PER", 0.7)], 6.0),  # 32 characters: 0.19
+        ("none", "丁没有熵", [], None),
+    ]
+    _write_run(db, "p", docs)
+    assert _ids(reviews.review_queue(db, "p", "uncertain")) == ["long", "mid", "short", "none"]
+    rows = reviews.review_queue(db, "p", "uncertain_per_char")
+    assert _ids(rows) == ["short", "mid", "long", "none"]
+    assert [r["n_chars"] for r in rows] == [8, 32, 1800, 4]
+    assert rows[0]["uncertainty_per_char"] == pytest.approx(0.5) and rows[-1]["uncertainty_per_char"] is None
+
+
+def test_reviewed_documents_are_listed_latest_first_and_an_undone_done_leaves_the_list(db):
+    assert reviews.reviewed_documents(db, "p1") == []
+    d2 = "李四去了上海"
+    first, second = _ev("done", "d1", at=1), _ev("done", "d2", d2, at=2)
+    record_events(db, [first, second])
+    rows = reviews.reviewed_documents(db, "p1")
+    assert [(r["doc_id"], r["n_chars"], r["reviewers"]) for r in rows] == [
+        ("d2", 6, "ann"),
+        ("d1", 10, "ann"),
+    ]
+    assert rows[1]["preview"] == TEXT and reviews.reviewed_documents(db, "p1", limit=1)[0]["doc_id"] == "d2"
+    record_events(db, [_ev("undo", "d2", d2, at=3, ref_event_id=second["event_id"])])
+    assert [r["doc_id"] for r in reviews.reviewed_documents(db, "p1")] == ["d1"]
+    with pytest.raises(ValueError, match="expected limit >= 1"):
+        reviews.reviewed_documents(db, "p1", limit=0)
+
+
+def _evaluated_db(tmp_path) -> tuple[str, object]:
+    """A stored dataset ``toy`` and an evaluation of its test split with two sentences in error (no model:
+    the predictions are written into the report as an evaluation would)."""
+    from ner_core.documents import Entity
+    from ner_core.metrics import evaluate
+    from storage.datasets import ingest_dataset, load_documents
+    from storage.evaluations import save_evaluation
+
+    db = str(tmp_path / "e.duckdb")
+    files = {}
+    for split, rows in {
+        "train": [("张三在北京", [(0, 2, "PER")])],
+        "test": [("李四在上海", [(0, 2, "PER"), (3, 5, "LOC")]), ("王五去广州", [(0, 2, "PER")]), ("好", [])],
+    }.items():
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text(
+            "".join(
+                json.dumps({"text": t, "entities": [{"start": a, "end": b, "label": c} for a, b, c in e]})
+                + "\n"
+                for t, e in rows
+            ),
+            encoding="utf-8",
+        )
+    ingest_dataset(db, "toy", files)
+    gold = load_documents(db, "toy", "test")
+    pred = {
+        "李四在上海": [
+            Entity(start=0, end=2, label="PER"),
+            Entity(start=3, end=5, label="ORG"),
+        ],  # type error
+        "王五去广州": [Entity(start=0, end=3, label="PER")],  # boundary error
+        "好": [],
+    }
+    report = evaluate(gold, [pred[d.text] for d in gold])
+    save_evaluation(db, "ev1", report, model_dir="m", dataset="toy", split="test", dataset_version=1)
+    return db, report
+
+
+def test_an_evaluation_is_reviewed_through_a_run_made_from_its_report(tmp_path):
+    from storage.evaluations import save_evaluation
+
+    db, report = _evaluated_db(tmp_path)
+    run = reviews.evaluation_review_run(db, "ev1")
+    assert run == "eval-ev1"
+    assert reviews.evaluation_review_run(db, "ev1") == run  # found again, not written again
+    with open_db(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM prediction_runs").fetchone()[0] == 1
+        kind, ref = con.execute("SELECT input_kind, input_ref FROM prediction_runs").fetchone()
+    assert (kind, ref) == ("dataset", "toy/test")
+    errors = [s.doc_id for s in report.error_sentences]
+    assert len(errors) == 2 and [r["doc_id"] for r in reviews.review_queue(db, run, "random")] != []
+    doc = reviews.document_for_review(db, run, errors[0])
+    assert doc["text"] == "李四在上海" and not doc["changed"]
+    assert [(e["start"], e["end"], e["label"]) for e in doc["predicted"]] == [(0, 2, "PER"), (3, 5, "ORG")]
+    assert doc["labels"] == ["LOC", "ORG", "PER"]  # no training run stored: the dataset's and predicted
+    fix = new_event(run, errors[0], text_hash("李四在上海"), "ann", "relabel", start=3, end=5, label="ORG")
+    fix["new_label"] = "PER"
+    assert record_events(db, [fix]) == 1
+
+    save_evaluation(db, "ev1", report, model_dir="m", dataset="toy", split="test", dataset_version=1)
+    again = reviews.evaluation_review_run(db, "ev1")  # a new report: the reviewed run stays as it is
+    assert again == "eval-ev1-r2" and reviews.evaluation_review_run(db, "ev1") == again
+    assert reviews.current_entities(db, run, errors[0])[1]["state"] == "corrected"
+    with pytest.raises(KeyError, match="no evaluation 'ev9'"):
+        reviews.evaluation_review_run(db, "ev9")
+
+
+def test_an_evaluation_without_errors_or_with_a_broken_report_is_refused_in_one_line(tmp_path):
+    db, report = _evaluated_db(tmp_path)
+    with open_db(db) as con:
+        con.execute(
+            "UPDATE evaluations SET report = ?",
+            [report.model_copy(update={"error_sentences": []}).model_dump_json()],
+        )
+    with pytest.raises(ValueError, match="stored no sentence with errors"):
+        reviews.evaluation_review_run(db, "ev1")
+    bad = json.loads(report.model_dump_json())
+    bad["error_sentences"][0]["pred"] = [{"start": 0, "end": 99, "label": "PER"}]
+    with open_db(db) as con:
+        con.execute("UPDATE evaluations SET report = ?", [json.dumps(bad)])
+    with pytest.raises(ValueError, match="outside its 5 characters") as err:
+        reviews.evaluation_review_run(db, "ev1")
+    assert "\n" not in str(err.value)
+    bad["error_sentences"][0]["pred"] = [{"start": 3, "end": 1, "label": "PER"}]
+    with open_db(db) as con:
+        con.execute("UPDATE evaluations SET report = ?", [json.dumps(bad)])
+    with pytest.raises(ValueError, match=r"error sentence 1: pred\.0"):
+        reviews.evaluation_review_run(db, "ev1")
+
+
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"order": "best"}, "order must be one of uncertain, disagree, random, search"),
+        ({"order": "best"}, "order must be one of uncertain, uncertain_per_char, disagree, random, search"),
         ({"order": "disagree"}, "needs compare_run"),
         ({"order": "search", "search": " "}, "needs a non-empty search text"),
         ({"order": "uncertain", "limit": 0}, "expected limit >= 1"),
