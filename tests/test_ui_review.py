@@ -10,10 +10,12 @@ is reloaded (a new session) in between, the lock is released: every decision is 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import duckdb
 import pytest
@@ -23,8 +25,6 @@ from storage.reviews import new_event, record_events, text_hash
 from tests.ui_fixtures import APP, EMOJI_DOC, EMOJI_TEXT, PAGES, REVIEW_DOCS, REVIEW_RUN, build_review_db
 from ui.components import checked_selection
 from ui.review_state import overlapping, replay, spool_path, undo_target
-
-ENT = f"review_ent_{REVIEW_RUN}_{EMOJI_DOC}"
 
 
 @pytest.fixture
@@ -47,9 +47,24 @@ def _page(db: str, monkeypatch, reviewer: str | None = "ann", **params) -> AppTe
 
 
 def _click(at: AppTest, label: str) -> AppTest:
-    next(b for b in at.button if b.label == label).click().run()
+    next(b for b in at.button if _plain(b.label) == label).click().run()
     assert not at.exception, at.exception
     return at
+
+
+def _select(at: AppTest, label: str):
+    return next(s for s in at.selectbox if s.label == label)
+
+
+def _choose(at: AppTest, label: str, value: str) -> AppTest:
+    _select(at, label).set_value(value).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _pick(at: AppTest, ref: str) -> AppTest:
+    """Select the entity named ``start:end:label`` (its key) in the panel's picker."""
+    return _choose(at, "Entity", ref)
 
 
 def _events(db: str) -> list[tuple]:
@@ -69,8 +84,13 @@ def _current(db: str, doc_id: str = EMOJI_DOC) -> list[tuple]:
         ).fetchall()
 
 
+def _plain(markdown: str) -> str:
+    """Text the page escaped for Markdown (:func:`ui.app_pages.common.escape_markdown`) as it reads."""
+    return re.sub(r"\\(.)", r"\1", str(markdown)).replace("\u2060", "")
+
+
 def _texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+    return "\n".join(_plain(e.value) for e in elements)
 
 
 # ------------------------------------------------------------------------------- without Streamlit
@@ -155,12 +175,12 @@ def test_the_reviewer_gives_a_name_once_and_an_empty_one_is_refused(review_db, m
 
 def test_decisions_states_undo_and_accept_the_rest(review_db, monkeypatch):
     at = _page(review_db, monkeypatch)
-    at.selectbox(key=ENT).set_value("0:2:PER").run()
+    _pick(at, "0:2:PER")
     _click(at, "Accept [a]")
-    at.selectbox(key=ENT).set_value("11:13:ORG").run()
+    _pick(at, "11:13:ORG")
     _click(at, "Reject [r]")
-    at.selectbox(key=ENT).set_value("4:8:LOC").run()
-    at.selectbox(key=f"{ENT}_label").set_value("ORG").run()
+    _pick(at, "4:8:LOC")
+    _choose(at, "Label", "ORG")
     _click(at, "Change label")
     at.number_input(key="review_typed_s").set_value(14).run()
     at.number_input(key="review_typed_e").set_value(16).run()
@@ -196,12 +216,197 @@ def test_decisions_states_undo_and_accept_the_rest(review_db, monkeypatch):
     assert "0 reviewed / 5 queued" in at.get("progress")[0].proto.text
 
 
+def _number(at: AppTest, label: str):
+    return next(n for n in at.number_input if n.label == label)
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def _other_reviewer(db: str, action: str, **fields) -> None:
+    """A decision by bob, recorded directly (another session), and the page's cached reads dropped (as the
+    sidebar's Refresh or the cache's expiry would)."""
+    from ui import queries
+
+    record_events(db, [new_event(REVIEW_RUN, EMOJI_DOC, text_hash(EMOJI_TEXT), "bob", action, **fields)])
+    queries.review_document.clear()
+
+
+def test_after_each_decision_the_panel_shows_the_entity_as_it_is_now(review_db, monkeypatch):
+    """Use the selection as the boundaries, change the label, accept another entity: each time the panel's
+    picker, label, Start/End and buttons hold the new state (widgets keyed by the entity alone kept the
+    old span, and an enabled Fix boundaries then wrote it back)."""
+    at = _page(review_db, monkeypatch)
+    _pick(at, "4:8:LOC")
+    at.number_input(key="review_typed_s").set_value(4).run()
+    at.number_input(key="review_typed_e").set_value(6).run()
+    _click(at, "Select")
+    next(b for b in at.button if _plain(b.label).startswith("Use the selection [4, 6) '阿里'")).click().run()
+    assert _current(review_db)[1] == (4, 6, "LOC", "corrected")
+    assert (_number(at, "Start").value, _number(at, "End").value) == (4, 6)
+    assert _button(at, "Fix boundaries").disabled  # nothing to fix: no action built from the old span
+    assert _select(at, "Entity").value == "4:8:LOC"
+    assert "LOC '阿里' [4, 6) · corrected" in _select(at, "Entity").options
+    assert not any(
+        _plain(b.label).startswith("Use the selection") for b in at.button
+    )  # the selection was used
+
+    _choose(at, "Label", "ORG")
+    _click(at, "Change label")
+    assert _current(review_db)[1] == (4, 6, "ORG", "corrected")  # the fixed span is kept
+    assert _select(at, "Label").value == "ORG" and _button(at, "Change label").disabled
+    assert "ORG '阿里' [4, 6) · corrected" in _select(at, "Entity").options
+    assert (_number(at, "Start").value, _number(at, "End").value) == (4, 6)
+
+    _pick(at, "0:2:PER")
+    _click(at, "Accept [a]")
+    bar = next(m for m in _texts(at.markdown).splitlines() if m.startswith("**Selected:**"))
+    assert "张伟" in bar and bar.endswith("· accepted")
+    assert (
+        _button(at, "Accept [a]").disabled and "PER '张伟' [0, 2) · accepted" in _select(at, "Entity").options
+    )
+
+
+def test_a_button_drawn_before_another_decision_records_nothing(review_db, monkeypatch):
+    """Bob moves the entity after ann's panel was drawn: ann's Fix boundaries (built for the old state)
+    is refused beside the panel, bob's span stands, and the panel then shows it."""
+    at = _page(review_db, monkeypatch)
+    _pick(at, "4:8:LOC")
+    _number(at, "End").set_value(7).run()
+    assert not _button(at, "Fix boundaries").disabled
+    _other_reviewer(review_db, "adjust", start=4, end=8, label="LOC", new_start=5, new_end=8)
+    _click(at, "Fix boundaries")
+    assert _events(review_db) == [(EMOJI_DOC, "adjust", 4, 8, "LOC", None, "bob")]
+    assert _current(review_db)[1] == (5, 8, "LOC", "corrected")
+    panel = at.get_by_key("review_entity_panel")
+    assert "the entity changed since this button was drawn" in _texts(panel.error)
+    assert (_number(at, "Start").value, _number(at, "End").value) == (5, 8)
+    assert "were for the entity before it moved: it is now on [5, 8)" in _texts(at.caption)
+
+
+def test_a_typed_offset_is_kept_while_other_widgets_change(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch)
+    _pick(at, "4:8:LOC")
+    _number(at, "End").set_value(6).run()
+    _pick(at, "0:2:PER")  # another entity, and a decision on it
+    _click(at, "Accept [a]")
+    at.checkbox(key="review_apply_all").check().run()
+    at.checkbox(key="review_apply_all").uncheck().run()
+    _pick(at, "4:8:LOC")
+    assert _number(at, "End").value == 6 and not _button(at, "Fix boundaries").disabled
+    _click(at, "Fix boundaries")
+    assert _current(review_db)[1] == (4, 6, "LOC", "corrected")
+    assert (_number(at, "Start").value, _number(at, "End").value) == (4, 6)
+
+
+def test_refusals_are_shown_beside_the_control_that_caused_them(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch)
+    _pick(at, "4:8:LOC")
+    at.number_input(key="review_typed_s").set_value(5).run()
+    at.number_input(key="review_typed_e").set_value(12).run()
+    _click(at, "Select")
+    _click(at, "Add entity")  # overlaps 阿里巴巴 and 开会: said in the add panel, not at the top
+    assert [c for c in at.main.children.values() if getattr(c, "type", None) == "error"] == []
+    assert "Not added: [5, 12) overlaps LOC [4, 8)" in _texts(at.get_by_key("review_add_panel").error)
+    _click(at, "Use the selection [5, 12) '里巴巴在杭州开' as its boundaries")  # overlaps 开会
+    assert "Not changed: [5, 12) overlaps ORG [11, 13)" in _texts(at.get_by_key("review_entity_panel").error)
+    top = [c for c in at.main.children.values() if getattr(c, "type", None) == "error"]
+    assert top == [] and _events(review_db) == []  # none at the top of the page, nothing written
+    _click(at, "Undo [u]")  # nothing to undo: said in the decision bar
+    assert "Nothing to undo" in _texts(at.get_by_key("review_bar").error)
+
+
+def test_accept_the_rest_asks_first_when_entities_were_never_on_screen(review_db, monkeypatch):
+    """AppTest has no browser, so no entity was reported on screen: the page asks, names them, and
+    accepts them all only when the reviewer confirms (the browser test scrolls a long text)."""
+    at = _page(review_db, monkeypatch)
+    _pick(at, "0:2:PER")
+    _click(at, "Accept [a]")
+    _click(at, "Accept the rest and next [n]")
+    assert [e[1] for e in _events(review_db)] == ["accept"]  # nothing more written yet
+    bar = _texts(at.get_by_key("review_bar").warning)
+    assert "2 of the 2 entities this would accept were never on screen" in bar and "开会" in bar
+    _click(at, "Cancel")
+    assert "never on screen" not in _texts(at.warning) and _texts(at.subheader) == f"Document {EMOJI_DOC}"
+    _click(at, "Accept the rest and next [n]")
+    _click(at, "Accept all 2 and next")
+    assert [e[1] for e in _events(review_db)] == ["accept", "accept", "accept", "done"]
+    assert _texts(at.subheader) == "Document d-beijing-1"
+
+
+def test_the_queue_orders_per_character_and_shows_each_length(review_db, monkeypatch):
+    at = _page(review_db, monkeypatch)
+    queue = at.dataframe[0].value
+    assert queue["document"].tolist()[:2] == [EMOJI_DOC, "d-beijing-1"]  # summed: the longest text first
+    assert queue["characters"].tolist()[:2] == [20, 8]
+    at.radio(key="review_order").set_value("uncertain_per_char").run()
+    queue = at.dataframe[0].value
+    assert queue["document"].tolist() == ["d-beijing-1", EMOJI_DOC, "d-beijing-2b", "d-old", "d-beijing-2"]
+    assert queue["per character"].tolist()[:2] == [5.0 / 8, 9.0 / 20]
+    assert "divided by its length in characters" in _texts(at.caption)
+    assert "queue position 2 of 5 · 20 characters · uncertainty 9.000 (0.4500 per character)" in _texts(
+        at.caption
+    )
+
+
+def test_a_reviewed_document_is_listed_and_reopened(review_db, monkeypatch):
+    text = REVIEW_DOCS["d-beijing-1"][0]
+    record_events(review_db, [new_event(REVIEW_RUN, "d-beijing-1", text_hash(text), "bob", "done")])
+    at = _page(review_db, monkeypatch)
+    assert "1 reviewed / 4 queued" in at.get("progress")[0].proto.text
+    reopen = at.selectbox(key=f"review_reopen_{REVIEW_RUN}")
+    assert reopen.options == ["d-beijing-1 · 8 characters · bob · 李雷在北京工作。"]
+    _click(at, "Reopen")
+    assert _texts(at.subheader) == "Document d-beijing-1" and at.query_params["doc"] == "d-beijing-1"
+    assert "already reviewed" in _texts(at.info)
+    _pick(at, "3:5:ORG")
+    _click(at, "Reject [r]")  # a decision on it still counts
+    assert _current(review_db, "d-beijing-1") == [(0, 2, "PER", "predicted")]
+
+
+def test_an_evaluation_link_opens_its_predictions_for_review(tmp_path, monkeypatch):
+    """The Evaluation page's Review links name the evaluation: the Review page opens the run made from its
+    report at that document, and decisions on it are recorded (no model runs, nothing trained)."""
+    from tests.test_reviews_storage import _evaluated_db
+
+    db, report = _evaluated_db(tmp_path)
+    monkeypatch.setenv("NER_DB", db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/evaluation.py")
+    at.run()
+    assert not at.exception, at.exception
+    links = [x.proto for x in at.get("page_link") if x.proto.label == "Review"]
+    doc_id = report.error_sentences[0].doc_id
+    assert len(links) == 2 and parse_qs(links[0].query_string) == {"doc": [doc_id], "eval": ["ev1"]}
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/review.py")
+    for k, v in {"reviewer": "ann", "doc": doc_id, "eval": "ev1"}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    assert _texts(at.subheader) == f"Document {doc_id}" and at.query_params["run"] == "eval-ev1"
+    assert "eval" not in at.query_params
+    _pick(at, "3:5:ORG")
+    _choose(at, "Label", "LOC")
+    _click(at, "Change label")
+    with duckdb.connect(db, read_only=True) as con:
+        got = con.execute("SELECT pred_run_id, doc_id, action, new_label FROM review_events").fetchall()
+    assert got == [("eval-ev1", doc_id, "relabel", "LOC")]
+
+    at.query_params["eval"] = "no-such-eval"
+    at.run()
+    assert "The evaluation's predictions cannot be opened: no evaluation 'no-such-eval' in " in _texts(
+        at.error
+    )
+
+
 def test_relabel_every_identical_mention_and_add_a_label(review_db, monkeypatch):
     at = _page(review_db, monkeypatch, doc="d-beijing-1")
-    ent = "review_ent_pred-review-a_d-beijing-1"
-    at.selectbox(key=ent).set_value("3:5:ORG").run()
+    _pick(at, "3:5:ORG")
     at.checkbox(key="review_apply_all").check().run()
-    at.selectbox(key=f"{ent}_label").set_value("LOC").run()
+    _choose(at, "Label", "LOC")
     _click(at, "Change label")
     assert "Applied to 3 identical mentions" in _texts(at.info)
     relabels = sorted(e[0] for e in _events(review_db) if e[1] == "relabel")
@@ -220,7 +425,7 @@ def test_two_reviewers_disagree_and_the_later_decision_wins(review_db, monkeypat
         review_db, [new_event(REVIEW_RUN, EMOJI_DOC, h, "bob", "reject", start=0, end=2, label="PER")]
     )
     at = _page(review_db, monkeypatch)
-    at.selectbox(key=ENT).set_value("0:2:PER").run()
+    _pick(at, "0:2:PER")
     _click(at, "Accept [a]")
     assert "Reviewers disagree" in _texts(at.warning)
     table = at.dataframe[-1].value
@@ -237,10 +442,10 @@ def test_queue_orders_disagreements_and_search(review_db, monkeypatch):
     at.radio(key="review_order").set_value("disagree").run()
     assert "predicted other entities, most disagreements first" in _texts(at.caption)
     queue = at.dataframe[0].value
-    assert set(queue["doc_id"]) == {EMOJI_DOC, "d-beijing-1", "d-beijing-2", "d-beijing-2b"}
+    assert set(queue["document"]) == {EMOJI_DOC, "d-beijing-1", "d-beijing-2", "d-beijing-2b"}
     at.radio(key="review_order").set_value("search").run()
     at.text_input(key="review_search").input("上海").run()
-    assert at.dataframe[0].value["doc_id"].tolist() == ["d-old"]
+    assert at.dataframe[0].value["document"].tolist() == ["d-old"]
 
 
 # --------------------------------------------------------------------------------- the lock test
@@ -264,9 +469,9 @@ def test_decisions_wait_in_the_spool_while_another_process_holds_the_database(re
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        at.selectbox(key=ENT).set_value("0:2:PER").run()
+        _pick(at, "0:2:PER")
         _click(at, "Accept [a]")
-        at.selectbox(key=ENT).set_value("11:13:ORG").run()
+        _pick(at, "11:13:ORG")
         _click(at, "Reject [r]")
         assert "2 decisions waiting, the database is busy" in _texts(at.warning)
         assert "1 accepted" in _texts(at.caption) and "1 rejected" in _texts(at.caption)  # shown meanwhile
@@ -277,8 +482,8 @@ def test_decisions_wait_in_the_spool_while_another_process_holds_the_database(re
 
         at = _page(review_db, monkeypatch)  # a reload: a new session, the spool is on disk
         assert "2 decisions waiting, the database is busy" in _texts(at.warning)
-        at.selectbox(key=ENT).set_value("4:8:LOC").run()
-        at.selectbox(key=f"{ENT}_label").set_value("ORG").run()
+        _pick(at, "4:8:LOC")
+        _choose(at, "Label", "ORG")
         _click(at, "Change label")
         assert "3 decisions waiting, the database is busy" in _texts(at.warning)
     finally:
@@ -340,9 +545,10 @@ def test_a_link_opens_the_named_document_or_says_no_run_holds_it(review_db, monk
     """The Evaluation page links an error's document here with ``doc`` (and ``run`` when one covers it)."""
     at = _page(review_db, monkeypatch, doc="d-old")
     assert _texts(at.subheader) == "Document d-old"
-    assert "queue position 4 of 5 · uncertainty not stored" in _texts(at.caption)
+    assert "queue position 4 of 5 · 8 characters · uncertainty not stored" in _texts(at.caption)
     at = _page(review_db, monkeypatch, doc="test-000042")
     assert "No prediction run holds document 'test-000042'" in _texts(at.warning)
+    assert _texts(at.subheader) == f"Document {EMOJI_DOC}"  # and the queue goes on, from its head
 
 
 def test_the_page_reads_the_document_once_per_rerun(review_db, monkeypatch):
@@ -367,4 +573,4 @@ def test_the_page_reads_the_document_once_per_rerun(review_db, monkeypatch):
     at = _page(review_db, monkeypatch, doc=EMOJI_DOC)
     assert calls == ["document_for_review"]
     shown = [f"{lb} {EMOJI_TEXT[s:e]!r} [{s}, {e}) · predicted" for s, e, lb, _ in REVIEW_DOCS[EMOJI_DOC][2]]
-    assert at.selectbox(key=ENT).options[1:] == shown  # the predicted entities it got, replayed
+    assert _select(at, "Entity").options[1:] == shown  # the predicted entities it got, replayed

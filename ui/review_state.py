@@ -10,6 +10,7 @@ which the view leaves out.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 
@@ -24,9 +25,13 @@ __all__ = [
     "DECISIONS",
     "STATES",
     "effective",
+    "entity_digest",
+    "entity_ref",
+    "never_seen",
     "overlapping",
     "replay",
     "spool_path",
+    "state_digest",
     "undo_target",
 ]
 
@@ -52,3 +57,37 @@ def overlapping(entities: Iterable[dict], start: int, end: int, *, skip: tuple |
         if ent["start"] < end and start < ent["end"]:
             return ent
     return None
+
+
+def entity_ref(ent: dict) -> str:
+    """``"start:end:label"`` of the entity's key: how the page names an entity across decisions (a decision
+    changes its span, label and state, never its key)."""
+    return "{}:{}:{}".format(*ent["key"])
+
+
+def _digest(parts: Iterable) -> str:
+    return hashlib.sha1(repr(list(parts)).encode("utf-8")).hexdigest()[:12]
+
+
+def _facts(ent: dict) -> tuple:
+    return (entity_ref(ent), ent["start"], ent["end"], ent["label"], ent["state"], ent.get("event_id"))
+
+
+def entity_digest(ent: dict) -> str:
+    """A short digest of what the entity is now (span, label, state and the deciding event): it changes
+    with every decision on the entity, the same before and after the spool is written. The page keys the
+    entity's widgets by it, so a decision gives fresh widgets showing the new state, and refuses an action
+    whose button was drawn for another digest (built from a stale state)."""
+    return _digest(_facts(ent))
+
+
+def state_digest(entities: Iterable[dict]) -> str:
+    """:func:`entity_digest` over a whole document: changes with any decision on any of its entities."""
+    return _digest(_facts(e) for e in entities)
+
+
+def never_seen(entities: Iterable[dict], seen: Iterable[str]) -> list[dict]:
+    """The entities still only predicted whose :func:`entity_ref` is not in ``seen`` (what the browser
+    reported as having been on screen): "accept the rest" would accept them unseen."""
+    shown = set(seen)
+    return [e for e in entities if e["state"] == "predicted" and entity_ref(e) not in shown]

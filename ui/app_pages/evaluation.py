@@ -73,11 +73,8 @@ n_stored = len(report.get("error_sentences", []))
 st.caption(f"{len(sentences)} sentences with errors match (of {n_stored} stored).")
 colours = label_colours([*queries.all_labels(db), *all_labels])
 st.html(legend_html(colours))
-# A document can be opened in the Review page when a prediction run of this model covered the dataset
-# (`ner predict --dataset ...`); the Review page looks in the other runs when this one lacks it.
-pruns = queries.prediction_runs(db)
-covering = pruns[(pruns["input_kind"] == "dataset") & (pruns["run_id"] == row["run_id"])]
-review_run = covering["pred_run_id"].iloc[0] if not covering.empty else None
+# "Review" opens a document with this evaluation's predictions: the Review page reviews them in the
+# prediction run made from the stored report (storage.reviews.evaluation_review_run; no model runs).
 st.page_link(
     "app_pages/problems.py",
     label=f"Ingest problems of {row['dataset']} (gold can be wrong: repaired transitions, duplicates)",
@@ -88,7 +85,7 @@ for s in sentences[: int(limit)]:
     with st.container(border=True):
         head, link = st.columns([4, 1])
         head.caption(f"{s['doc_id']} · {', '.join(s.get('kinds', []))}")
-        params = {"doc": s["doc_id"], **({"run": review_run} if review_run else {})}
+        params = {"doc": s["doc_id"], "eval": eval_id}
         link.page_link(
             "app_pages/review.py", label="Review", icon=":material/rate_review:", query_params=params
         )

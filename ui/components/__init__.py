@@ -3,7 +3,8 @@ this package, passed inline to :func:`st.components.v2.component`; no npm build,
 
 ``span_select``: a document whose characters can be selected with the mouse; it reports the selection as
 Python code-point offsets (see ``span_select/span_select.js`` for why they are exact on emoji too), a click
-on a highlighted entity, and the review page's keyboard shortcuts.
+on a highlighted entity, the review page's keyboard shortcuts, and which entities have been on screen (so
+"accept the rest" knows what the reviewer never scrolled to).
 """
 
 from __future__ import annotations
@@ -62,16 +63,22 @@ def span_select(
     hint: str = "",
 ) -> dict:
     """Show ``text`` with ``entities`` (dicts with ``i``, ``start``, ``end``, ``label``, ``state``,
-    ``colour``) and return this rerun's events: ``{"selection": Selection | None, "pick": int | None,
-    "key": str | None}``. Each event is reported on exactly one rerun (a Streamlit trigger value)."""
+    ``colour`` and ``ref``, a name that lasts across reruns) and return this rerun's events:
+    ``{"selection": Selection | None, "pick": int | None, "key": str | None, "seen": set[str]}``. Each
+    event is reported on exactly one rerun (a Streamlit trigger value); ``seen`` is a state value: the refs
+    of the entities that have been on screen (at least half visible) since the component was first drawn
+    under ``key``."""
+    seen = _seen(st.session_state.get(key))
     data = {
         "text": text,
         "entities": [
-            {k: e[k] for k in ("i", "start", "end", "label", "state", "colour") if k in e} for e in entities
+            {k: e[k] for k in ("i", "start", "end", "label", "state", "colour", "ref") if k in e}
+            for e in entities
         ],
         "selected": -1 if selected is None else int(selected),
         "shortcuts": bool(shortcuts),
         "hint": hint,
+        "seen": sorted(seen),  # the script knows these already: the browser sends only new ones
     }
     noop = lambda: None  # noqa: E731  (a callback per trigger registers it; the value is read below)
     result = _component()(
@@ -80,10 +87,19 @@ def span_select(
         on_selection_change=noop,
         on_pick_change=noop,
         on_key_change=noop,
+        on_seen_change=noop,
     )
     pick, sel, key_ev = result.get("pick"), result.get("selection"), result.get("key")  # a dict subclass
     return {
         "selection": checked_selection(text, sel),
         "pick": int(pick["idx"]) if isinstance(pick, dict) and isinstance(pick.get("idx"), int) else None,
         "key": key_ev.get("key") if isinstance(key_ev, dict) else None,
+        "seen": seen | _seen(result),
     }
+
+
+def _seen(state: object) -> set[str]:
+    """The ``seen`` state value of the component's state (a list of str from the browser), as a set; bad
+    values are left out."""
+    got = state.get("seen") if hasattr(state, "get") else None
+    return {x for x in got if isinstance(x, str)} if isinstance(got, list) else set()
