@@ -14,6 +14,16 @@ from tests.ui_crafted import PAYLOAD, add_crafted_rows
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+def _host(url: str) -> str | None:
+    """The host a request goes to; ``None`` for one that stays in the browser (``data:``); a ``blob:`` URL
+    names the origin that made it."""
+    if url.startswith("data:"):
+        return None
+    if url.startswith("blob:"):
+        url = url[len("blob:") :]
+    return urlsplit(url).hostname or url[:40]
+
+
 @pytest.fixture(scope="module")
 def crafted_db(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("crafted")
@@ -33,13 +43,13 @@ def test_crafted_data_renders_as_text_and_nothing_is_fetched_from_outside(crafte
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(90_000)
-        page.on("request", lambda req: hosts.append(urlsplit(req.url).hostname or req.url[:40]))
+        page.on("request", lambda req: hosts.append(_host(req.url)))
         visits = [
             ("", "Training runs"),
             ("predictions", "Predictions"),
             (f"problems?line={quote(PAYLOAD)}", "Ingest problems"),
             ("try_it", "Try it"),
-            # (f"review?doc={quote(PAYLOAD)}&reviewer={quote(PAYLOAD)}", "Review"),
+            (f"review?doc={quote(PAYLOAD)}&reviewer={quote(PAYLOAD)}&eval={quote(PAYLOAD)}", "Review"),
         ]
         shown = []
         for path, title in visits:
@@ -52,7 +62,7 @@ def test_crafted_data_renders_as_text_and_nothing_is_fetched_from_outside(crafte
             shown.append(page.inner_text("body"))
             page.screenshot(path=str(tmp_path / f"{path.split('?')[0] or 'runs'}.png"), full_page=True)
         browser.close()
-    outside = sorted({h for h in hosts if h not in ("127.0.0.1", "localhost")} - {None})
+    outside = sorted({h for h in hosts if h is not None and h not in ("127.0.0.1", "localhost")})
     assert not outside, f"the dashboard reached outside the machine: {outside}"
     # the payload shows as its own text (a word joiner, invisible, sits in its URLs)
     body = "\n".join(shown).replace("\u2060", "")
