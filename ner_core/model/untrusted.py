@@ -49,6 +49,7 @@ __all__ = [
     "check_tokenizer_files",
     "config_from_dict",
     "data_bytes",
+    "data_segments",
     "meta_shapes",
     "read_capped",
     "read_json",
@@ -207,28 +208,40 @@ def check_entries(root: Path, rel: str = "") -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------- extents
-def data_bytes(path: str | os.PathLike) -> int:
-    """Bytes of the file at ``path`` that hold data: its size less its holes (a sparse file's holes read as
-    zeros but are not stored). Where the file system cannot tell (no ``SEEK_DATA``), its size."""
+def data_segments(path: str | os.PathLike) -> list[tuple[int, int]]:
+    """The ``[start, end)`` byte ranges of the file at ``path`` that hold data, in order; the rest of its
+    size is holes (a sparse file), which read as zeros but are not stored. A file whose allocated blocks
+    cover its size has none; otherwise ``SEEK_DATA`` / ``SEEK_HOLE`` find them. Where the file system cannot
+    tell (no ``SEEK_DATA``), its allocated bytes (``st_blocks``) count as one range from the start."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
+        allocated = getattr(st, "st_blocks", size // 512 + 1) * 512
+        if allocated >= size:  # every byte has its block: no holes
+            return [(0, size)]
         if not hasattr(os, "SEEK_DATA"):
-            return size
-        pos = total = 0
+            return [(0, allocated)]
+        segments: list[tuple[int, int]] = []
+        pos = 0
         while pos < size:
             try:
                 start = os.lseek(fd, pos, os.SEEK_DATA)
             except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole after pos
+                if exc.errno == errno.ENXIO:  # nothing but a hole after pos
                     break
-                return size  # EINVAL / ENOTSUP: no hole information here
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            total += min(end, size) - start
+                return [(0, allocated)]  # EINVAL / ENOTSUP: no hole information here
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end))
             pos = end
-        return total
+        return segments
     finally:
         os.close(fd)
+
+
+def data_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the file at ``path`` that hold data: its size less its holes (:func:`data_segments`)."""
+    return sum(end - start for start, end in data_segments(path))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ a gigabyte of weights (:func:`data_segments` measures the data with ``SEEK_DATA`
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import re
@@ -43,6 +42,8 @@ from pathlib import Path
 
 import google_crc32c
 import numpy as np
+
+from ner_core.model.untrusted import data_segments
 
 __all__ = [
     "TFCheckpointError",
@@ -388,37 +389,6 @@ def resolve_prefix(path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- extents
-
-
-def data_segments(path: str | os.PathLike) -> list[tuple[int, int]]:
-    """The ``[start, end)`` byte ranges of the file at ``path`` that hold data, in order; the rest of its
-    size is holes (a sparse file), which read as zeros but are not stored. A file whose allocated blocks
-    cover its size has none; otherwise ``SEEK_DATA`` / ``SEEK_HOLE`` find them. Where the file system cannot
-    tell (no ``SEEK_DATA``), its allocated bytes (``st_blocks``) count as one range from the start."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        size = st.st_size
-        allocated = getattr(st, "st_blocks", size // 512 + 1) * 512
-        if allocated >= size:  # every byte has its block: no holes
-            return [(0, size)]
-        if not hasattr(os, "SEEK_DATA"):
-            return [(0, allocated)]
-        segments: list[tuple[int, int]] = []
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # nothing but a hole after pos
-                    break
-                return [(0, allocated)]  # EINVAL / ENOTSUP: no hole information here
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            segments.append((start, end))
-            pos = end
-        return segments
-    finally:
-        os.close(fd)
 
 
 def beyond_data(declared: int, held: int) -> bool:
