@@ -224,12 +224,20 @@ def _print_speedups(rows: dict[str, dict]) -> None:
 
 
 def _time_breakdown(model, tokenizer, texts: list[str]) -> dict:
-    """Where the time goes at the precision ``auto`` picks here (no record: the hardware rule): encoder,
-    head (+ classifier), CRF (Viterbi + marginals), and everything else (windowing, stitching, decoding
+    """Where the time goes at the precision ``auto`` picks here (no record: the fastest timed, printed with
+    its figures; cached per machine and model shape, ``NER_PRECISION_AUTO`` pins it): encoder, head (+
+    classifier), CRF (Viterbi + marginals), and everything else (windowing, stitching, decoding
     spans), as shares of one ``predict`` call's wall time."""
     from ner_core.inference.tagger import Tagger
 
+    t0 = time.perf_counter()
     tagger = Tagger(model, tokenizer, max_len=128, stride=112, batch_size=16, device="cpu", precision="auto")
+    timing = tagger.precision_choice.timing
+    print(
+        f"  calibration for auto ({time.perf_counter() - t0:.1f} s to build the tagger): "
+        + (timing.describe() if timing else "none, nothing to choose between here"),
+        flush=True,
+    )
     spent = {"encoder": 0.0, "head": 0.0, "crf": 0.0}
 
     def timed(part: str, fn):
@@ -260,7 +268,8 @@ def _time_breakdown(model, tokenizer, texts: list[str]) -> dict:
         f"{wall:.2f} s wall: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + " (goal: else <= 5%)",
         flush=True,
     )
-    return {"precision": str(tagger.precision), "wall_s": wall, **shares}
+    calibration = timing.to_dict() if timing else None
+    return {"precision": str(tagger.precision), "wall_s": wall, "calibration": calibration, **shares}
 
 
 def _train_small_model(out: Path, seconds: float) -> Path:

@@ -122,12 +122,28 @@ def store_shard_rows(
     return PredictSummary.from_run(run, n_shards=len(shard_rows))
 
 
-def _decided(model_dir: str, options: PredictionConfig | None) -> PredictionConfig:
-    """``options`` with the precision decided once for all workers (CPU: they tag on the CPU), printed."""
+def _decided(model_dir: str, options: PredictionConfig | None, scheduler: str | None) -> PredictionConfig:
+    """``options`` with the precision decided once for all workers (CPU: they tag on the CPU), printed.
+
+    ``auto`` is timed on this machine (:func:`ner_core.inference.tagger.choose_for_model_dir`), whose CPU a
+    local cluster's workers share. A ``scheduler``'s workers may run on other CPUs, where another precision
+    may be the fastest, and the run's id names one precision for all of them: there ``auto`` is refused
+    unless ``NER_PRECISION_AUTO`` pins it."""
+    from ner_core.artifacts.modeldir import read_saved_config
     from ner_core.inference.tagger import choose_for_model_dir
+    from ner_core.runtime.calibrate import PIN_VARIABLE, pinned
+    from ner_core.runtime.precision import is_auto
 
     options = options or PredictionConfig()
-    choice = choose_for_model_dir(model_dir, options.precision, device=options.device or "cpu")
+    asked = options.precision or read_saved_config(model_dir).prediction.precision
+    if scheduler and is_auto(asked) and pinned() is None:
+        raise ValueError(
+            f"precision auto is chosen by timing this machine, but the workers of the Dask scheduler "
+            f"{scheduler} may run on other CPUs, where another precision may be the fastest: name one "
+            f"(--precision fp32, bf16 or int8), or pin auto with {PIN_VARIABLE}=<precision>"
+        )
+    device = options.device or "cpu"
+    choice = choose_for_model_dir(model_dir, options.precision, device=device, options=options)
     print(choice.line("prediction on the Dask workers"), file=sys.stderr, flush=True)
     return options.model_copy(update={"precision": choice.precision})
 
@@ -164,7 +180,7 @@ def predict_sharded(
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    options = _decided(model_dir, options)
+    options = _decided(model_dir, options, address)
     shards = _payload(shard_documents(docs, n_shards))
     cluster = (
         None
@@ -219,6 +235,13 @@ def tag_shard_task(
     return tag_shard(model_dir, items, options)
 
 
+def _flow_scheduler() -> str | None:
+    """The scheduler address this flow run's Dask task runner connects to (``None``: a local cluster)."""
+    from prefect.context import FlowRunContext
+
+    return getattr(getattr(FlowRunContext.get(), "task_runner", None), "address", None)
+
+
 def _dask_run_name() -> str:
     from prefect.runtime import flow_run
 
@@ -255,7 +278,7 @@ def dask_predict_flow(
         kind, ref = "dataset", source.input_ref
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
-    options = _decided(model_dir, options)
+    options = _decided(model_dir, options, _flow_scheduler())
     shards = _payload(shard_documents(docs, n_shards))
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]

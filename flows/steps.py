@@ -29,8 +29,6 @@ from flows.contracts import (
 )
 from ner_core.config import NERConfig, PredictionConfig
 from ner_core.documents import Document
-from ner_core.runtime.hardware import Hardware
-from ner_core.runtime.precision import choose
 from storage import evaluations as evaluations_db
 from storage import predictions as predictions_db
 from storage import query as query_db
@@ -103,6 +101,7 @@ def train_step(
 ) -> TrainSummary:
     """Train on the dataset's train split (plus dataset ``plus``'s train split, e.g. a review export),
     early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's row)."""
+    from ner_core.training.calibration import choose_training_precision
     from ner_core.training.loop import train
 
     prev = None
@@ -117,9 +116,7 @@ def train_step(
     run_id = run_id or new_run_id(config)
     run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
     # ``auto`` is decided once, here: the run's stored config holds the precision it trains (and resumes) in
-    choice = choose(
-        config.training.precision, purpose="training", hardware=Hardware.detect(config.training.device)
-    )
+    choice = choose_training_precision(config, labels)  # auto: timed here once per machine and model shape
     config = config.with_overrides({"training.precision": choice.precision.value})
     if not resume:
         runs_db.create_run(
@@ -282,7 +279,12 @@ def predict_step(
             "precision": tagger.precision.value,
             "merge": tagger.merge,
         },
-        extra={"batch_size": tagger.batch_size, "device": str(tagger.device), "batch_docs": batch_docs},
+        extra={
+            "batch_size": tagger.batch_size,
+            "device": str(tagger.device),
+            "batch_docs": batch_docs,
+            **({"precision_timing": timing.to_dict()} if (timing := tagger.precision_choice.timing) else {}),
+        },
         replace=replace,
         t0=t0,
     )

@@ -27,6 +27,10 @@ variable                   field                 meaning (default)
 ``NER_DASK_ADDRESS``       ``dask_address``      the Dask scheduler of the sharded prediction deployment
                                                  (none: a local cluster)
 ``NER_DASK_WORKERS``       ``dask_workers``      workers of that local cluster (2)
+``NER_PRECISION_AUTO``     ``precision_auto``    what ``--precision auto`` takes as fastest: ``fp32``,
+                                                 ``bf16``, ``fp16`` or ``int8``, nothing timed (none:
+                                                 timed once per machine, see
+                                                 :mod:`ner_core.runtime.calibrate`)
 =========================  ====================  ==========================================================
 
 A switch is off when its variable is unset, empty, ``0``, ``false``, ``no`` or ``off`` (any case), and on
@@ -45,7 +49,7 @@ import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -69,6 +73,7 @@ ENV: dict[str, str] = {
     "serve_url": "NER_SERVE_URL",
     "dask_address": "NER_DASK_ADDRESS",
     "dask_workers": "NER_DASK_WORKERS",
+    "precision_auto": "NER_PRECISION_AUTO",
 }
 
 
@@ -77,6 +82,7 @@ _EXPECTED = {
     "query_time_limit_s": "expected a number of seconds > 0",
     "dask_workers": "expected a positive number of workers",
     "db": "expected a database file name",
+    "precision_auto": "expected fp32, bf16, fp16 or int8",
 }
 
 
@@ -107,11 +113,17 @@ class Settings(BaseModel):
     serve_url: str = DEFAULT_SERVE_URL
     dask_address: str | None = None
     dask_workers: int = Field(2, ge=1)
+    precision_auto: Literal["fp32", "bf16", "fp16", "int8"] | None = None
 
     @field_validator("offline", "no_prefect", "debug", "crf_kernel", mode="before")
     @classmethod
     def _switch(cls, v: Any) -> Any:
         return is_on(v) if isinstance(v, str) else v
+
+    @field_validator("precision_auto", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ``--precision auto`` takes fp32 without timing anything (tests/test_calibrate.py unsets it to time)
+os.environ.setdefault("NER_PRECISION_AUTO", "fp32")
 
 import pytest  # noqa: E402
 

@@ -35,8 +35,9 @@ Precision (:mod:`ner_core.runtime.precision`): the encoder and the head run unde
 ``fp16``;
 ``int8`` replaces the encoder's ``nn.Linear`` layers of a *copy* of the model by dynamically quantized int8
 ones (CPU only). The CRF always decodes float32 emissions. ``auto`` (the commands' default) picks the fastest
-precision the hardware runs whose recorded dev F1 stays within 0.2 points of fp32's; a Tagger built directly
-defaults to ``fp32``. Measured in ``bench/bench_predict.py``.
+precision *measured on this machine* (:func:`calibrate_prediction`, timed once and cached) whose recorded
+dev F1 stays within 0.2 points of fp32's; a Tagger built directly defaults to ``fp32``. Measured in
+``bench/bench_predict.py``.
 
 Whitespace at either edge of a predicted span is trimmed (an entity never begins or ends with a space;
 whitespace has its own model position, so a model can tag it); a span of whitespace alone is dropped.
@@ -57,8 +58,9 @@ from ner_core.data.alignment import CharAligner
 from ner_core.data.batching import EncodedChunk, collate, sliding_windows
 from ner_core.model import _ckernel
 from ner_core.model.encoder import check_window
+from ner_core.runtime.calibrate import Timing, calibrated, calibration_key, model_shape, pinned
 from ner_core.runtime.hardware import Hardware
-from ner_core.runtime.precision import Choice, autocast, choose, int8_copy
+from ner_core.runtime.precision import Choice, autocast, choose, int8_copy, is_auto, measurable
 from ner_core.schemes import span_tuples
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
@@ -67,6 +69,8 @@ _GROUP_CHARS = 1_000_000
 #: rows and padded positions per batch of the whole-text CRF pass
 _CRF_BATCH = 64
 _CRF_CELLS = 262_144
+#: windows per timed call of :func:`calibrate_prediction` (at most the batch size): a few seconds in all
+_CALIBRATION_WINDOWS = 4
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,19 @@ class Tagger:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
         self.batch_size = batch_size
         self.device = resolve_device(device)
+        hardware = Hardware.detect(self.device)
+        timing = None
+        if is_auto(precision):
+            timing = calibrate_prediction(
+                model,
+                tokenizer,
+                max_len=max_len,
+                batch_size=batch_size,
+                device=self.device,
+                hardware=hardware,
+            )
         self.precision_choice: Choice = choose(
-            precision, purpose="prediction", hardware=Hardware.detect(self.device), record=record
+            precision, purpose="prediction", hardware=hardware, record=record, timing=timing
         )
         self.precision: Precision = self.precision_choice.precision
         if self.precision is Precision.INT8:
@@ -399,16 +414,67 @@ class Tagger:
         return ents
 
 
+def calibration_text(n_chars: int, seed: int = 0) -> str:
+    """A fixed text of ``n_chars`` CJK characters (what it says does not change the speed)."""
+    return "".join(chr(0x4E00 + (seed * 7919 + i * 104729) % 20902) for i in range(n_chars))
+
+
+def calibrate_prediction(
+    model, tokenizer, *, max_len: int, batch_size: int, device: torch.device, hardware: Hardware
+) -> Timing | None:
+    """How fast this machine tags with ``model`` in each precision ``auto`` may choose: the tagger's
+    whole path (windows, encoder, head, CRF Viterbi and marginals) over a batch of full windows, one
+    tagger per precision (:func:`ner_core.runtime.calibrate.calibrated`: pinned, cached, or timed now).
+    ``None`` when there is nothing to choose between."""
+    todo = measurable("prediction", hardware)
+    if len(todo) < 2:
+        return None
+    fixed = pinned()  # no model shape needed: nothing is timed
+    if fixed is not None:
+        return fixed
+    n = max(1, min(batch_size, _CALIBRATION_WINDOWS))
+    texts = [calibration_text(max_len, i) for i in range(n)]  # one full window each
+
+    def build(p: Precision) -> Callable[[], Callable[[], int]]:
+        def make() -> Callable[[], int]:
+            tagger = Tagger(model, tokenizer, max_len=max_len, batch_size=n, device=device, precision=p)
+
+            def step() -> int:
+                tagger.tag_texts(texts, uncertainty=True)  # with marginals, as a stored run tags
+                return n * max_len
+
+            return step
+
+        return make
+
+    shape = model_shape(model, window=max_len, windows=n)
+    key = calibration_key("prediction", device, shape)
+    with torch.random.fork_rng(devices=[]):
+        return calibrated(key, {p: build(p) for p in todo}, purpose="prediction")
+
+
 def choose_for_model_dir(
-    model_dir: str | Path, requested: str | Precision | None = None, *, device: str = "cpu"
+    model_dir: str | Path,
+    requested: str | Precision | None = None,
+    *,
+    device: str = "cpu",
+    options: PredictionConfig | None = None,
 ) -> Choice:
-    """The choice :meth:`Tagger.from_loaded` makes for ``model_dir`` on ``device``, without loading its
-    weights: ``requested``, else the model's saved ``prediction.precision``, else ``auto``, gated by its
-    dev-F1 record (a sharded run decides once, before its workers start)."""
-    saved = read_saved_config(model_dir).prediction.precision
+    """The choice :meth:`Tagger.from_loaded` makes for ``model_dir`` on ``device``: ``requested``, else the
+    model's saved ``prediction.precision``, else ``auto``, gated by its dev-F1 record (a sharded run decides
+    once, before its workers start). An unpinned ``auto`` loads the model and times it here (once per
+    machine, cached) with ``options``' window and batch size; otherwise the weights are not loaded."""
+    asked = requested or read_saved_config(model_dir).prediction.precision or Precision.AUTO
+    hardware = Hardware.detect(device)
+    if is_auto(asked) and pinned() is None and len(measurable("prediction", hardware)) > 1:
+        from ner_core.artifacts.modeldir import load_model_dir
+
+        opts = (options or PredictionConfig()).model_copy(update={"precision": asked, "device": device})
+        return Tagger.from_loaded(load_model_dir(model_dir), opts).precision_choice
     return choose(
-        requested or saved or Precision.AUTO,
+        asked,
         purpose="prediction",
-        hardware=Hardware.detect(device),
+        hardware=hardware,
         record=read_precision_record(model_dir),
+        timing=pinned() if is_auto(asked) else None,
     )

@@ -1,8 +1,12 @@
 """Numeric precision: which one a run uses (``auto``, ``fp32``, ``bf16``, ``fp16``, ``int8``) and why.
 
 The setting itself is :class:`ner_core.config.Precision`; what the machine has is
-:class:`ner_core.runtime.hardware.Hardware`. ``auto`` reads the hardware; where the CPU flags cannot be read
-no unit is assumed and the choice is the conservative one.
+:class:`ner_core.runtime.hardware.Hardware`. ``auto`` with a :class:`ner_core.runtime.calibrate.Timing`
+(what the runs that hold a model pass: the tagger, training, the Dask driver) takes the fastest *measured*
+precision among :func:`measurable` that the dev-F1 record does not veto: the CPU flags say what can run, not
+what runs fastest (an EPYC with AVX512-BF16 and VNNI but no AMX runs int8 faster than bf16, a Xeon with AMX
+the other way round). Without a timing ``auto`` falls back to the hardware rule below; where the CPU flags
+cannot be read no unit is assumed and the choice is the conservative one.
 
 ===============  ==========================================  ==============================================
 device           training (``auto``)                         prediction (``auto``)
@@ -17,9 +21,9 @@ other CPUs       fp32                                        int8 dynamic quanti
 Accuracy decides with speed: at the end of training the best model is scored on dev in every precision the
 machine can run and the entity F1 of each is written to ``precision.json`` in the model directory
 (:func:`ner_core.training.precision_record.record_dev_f1`; :class:`DevF1Record` is what it holds). At
-prediction ``auto`` walks the list above and skips any precision whose recorded dev F1 is more than
-:data:`F1_TOLERANCE` (0.2 points) below fp32's; a model directory without the record falls back to the
-hardware rule and says so.
+prediction ``auto`` walks the measured order (or the list above) and skips any precision whose recorded dev
+F1 is more than :data:`F1_TOLERANCE` (0.2 points) below fp32's; a model directory without the record is
+decided by speed alone and says so.
 
 What runs in reduced precision: the encoder and the head only (:func:`autocast` around them). The CRF's
 likelihood, Viterbi and marginals, and the loss, always run in float32 on float32 emissions
@@ -40,6 +44,7 @@ from typing import Literal
 import torch
 
 from ner_core.config import Precision
+from ner_core.runtime.calibrate import Timing
 from ner_core.runtime.hardware import Hardware
 
 __all__ = [
@@ -50,6 +55,8 @@ __all__ = [
     "autocast",
     "choose",
     "int8_copy",
+    "is_auto",
+    "measurable",
     "needs_grad_scaler",
 ]
 
@@ -94,6 +101,7 @@ class Choice:
     precision: Precision
     requested: Precision
     reason: str
+    timing: Timing | None = None  # what ``auto`` measured (or the pin), for a run's record
 
     def line(self, purpose: str) -> str:
         asked = "" if self.requested is self.precision else f" (asked {self.requested})"
@@ -151,12 +159,57 @@ def _candidates(purpose: str, hw: Hardware) -> list[Precision]:
     return [*fast, Precision.FP32]
 
 
+def is_auto(requested: str | Precision | None) -> bool:
+    """Whether ``requested`` leaves the choice to ``auto`` (``None`` does)."""
+    return requested is None or str(requested).strip().lower() == Precision.AUTO.value
+
+
+def measurable(purpose: str, hw: Hardware) -> list[Precision]:
+    """What ``auto`` times on ``hw`` for ``purpose``, fp32 first: what runs natively there (no emulated bf16
+    on a CPU without bf16 units, no CPU fp16, int8 for prediction on a CPU only); one entry means there is
+    nothing to choose between."""
+    if hw.device == "cuda":
+        return [Precision.FP32, *([Precision.BF16] if hw.cuda_bf16 else []), Precision.FP16]
+    out = [Precision.FP32, *([Precision.BF16] if hw.bf16_units else [])]
+    return out + ([Precision.INT8] if purpose != "training" and hw.int8 else [])
+
+
+def _measured_order(purpose: str, hw: Hardware, timing: Timing) -> list[Precision]:
+    """The timing's order, keeping what can run for ``purpose`` on ``hw``; fp32 last when it was slower
+    or not timed."""
+    out: list[Precision] = []
+    for p in timing.fastest_first():
+        try:
+            _check_runnable(p, purpose, hw)
+        except PrecisionError:
+            continue
+        out.append(p)
+    return out if Precision.FP32 in out else [*out, Precision.FP32]
+
+
+def _why(p: Precision, purpose: str, hw: Hardware, record: DevF1Record | None, timing: Timing | None) -> str:
+    note = _hardware_note(hw) if timing is None else timing.describe()
+    if purpose == "training":
+        if timing is None and p is Precision.FP32:
+            return f"{note}: fp32 is the fast safe choice for training"
+        return note
+    if record is None:
+        rule = "the hardware rule alone decided" if timing is None else "the timing alone decided"
+        return f"{note}; no dev-F1 record in the model directory, so {rule}"
+    seen = ", ".join(f"{k} {v * 100:.2f}" for k, v in sorted(record.dev_f1.items()))
+    why = f"{note}; recorded dev F1 {seen}"
+    if p.value not in record.dev_f1:
+        why += f" ({p} not recorded: the {'hardware rule' if timing is None else 'timing'} decided)"
+    return why
+
+
 def choose(
     requested: str | Precision | None,
     *,
     purpose: Literal["training", "prediction"],
     hardware: Hardware,
     record: DevF1Record | None = None,
+    timing: Timing | None = None,
 ) -> Choice:
     """The precision a run uses.
 
@@ -168,6 +221,8 @@ def choose(
             without bf16 units).
         hardware: :meth:`Hardware.detect` of the run's device.
         record: the model directory's dev-F1 record (prediction): ``auto`` skips what it blocks.
+        timing: what :mod:`ner_core.runtime.calibrate` measured (or pinned) on this machine: ``auto`` then
+            walks its order, fastest first, instead of the hardware rule's.
 
     Returns:
         a :class:`Choice`, never ``auto``.
@@ -181,25 +236,17 @@ def choose(
         raise PrecisionError(f"precision must be one of {choices}, got {requested!r}") from None
     if asked is not Precision.AUTO:
         return Choice(asked, asked, _check_runnable(asked, purpose, hardware))
-    note = _hardware_note(hardware)
+    order = _candidates(purpose, hardware) if timing is None else _measured_order(purpose, hardware, timing)
     skipped: list[str] = []
-    for p in _candidates(purpose, hardware):
+    for p in order:
         blocked = record.blocks(p) if (record is not None and purpose == "prediction") else None
         if blocked:
             skipped.append(blocked)
             continue
-        if purpose == "training":
-            why = note if p is not Precision.FP32 else f"{note}: fp32 is the fast safe choice for training"
-        elif record is None:
-            why = f"{note}; no dev-F1 record in the model directory, so the hardware rule alone decided"
-        else:
-            seen = ", ".join(f"{k} {v * 100:.2f}" for k, v in sorted(record.dev_f1.items()))
-            why = f"{note}; recorded dev F1 {seen}"
-            if p.value not in record.dev_f1:
-                why += f" ({p} not recorded: the hardware rule decided)"
+        why = _why(p, purpose, hardware, record, timing)
         if skipped:
             why += "; skipped: " + "; ".join(skipped)
-        return Choice(p, asked, why)
+        return Choice(p, asked, why, timing)
     raise AssertionError("fp32 is always a candidate")
 
 

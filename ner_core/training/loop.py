@@ -34,9 +34,10 @@ from ner_core.inference.evaluate import evaluate_model
 from ner_core.metrics import EvaluationReport
 from ner_core.model.encoder import check_window, load_encoder
 from ner_core.model.network import NERModel
-from ner_core.runtime.hardware import Hardware, default_threads
-from ner_core.runtime.precision import Choice, autocast, choose, needs_grad_scaler
+from ner_core.runtime.hardware import default_threads
+from ner_core.runtime.precision import Choice, autocast, needs_grad_scaler
 from ner_core.schemes import tag_set
+from ner_core.training.calibration import choose_training_precision
 from ner_core.training.precision_record import record_dev_f1
 from ner_core.training.run_state import (
     EpochStats,
@@ -169,7 +170,7 @@ def _set_up(
     device = torch.device(tc.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {tc.device!r} requested but CUDA is not available on this machine")
-    choice = choice or choose(tc.precision, purpose="training", hardware=Hardware.detect(device))
+    choice = choice or choose_training_precision(config, labels)
     log.info("%s", choice.line("training"))
     set_seed(tc.seed)
     (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
