@@ -46,6 +46,13 @@ ui: setup
 clean:
 	rm -rf $(VENV) .prefect runs demo_out *.egg-info
 
+# The GPU check (bench/gpu_check.sh): gpu-marked tests, BERT-base-size training and prediction throughput,
+# one table. No `setup`: the accelerator machine has no network; the script uses .venv when it exists, else
+# python3 with the wheels carried in .whl/ (bash bench/gpu_wheels.sh). Without CUDA it skips in one line.
+.PHONY: gpu-check
+gpu-check:
+	bash bench/gpu_check.sh
+
 # Local, offline Prefect: a server on 127.0.0.1, a process worker, the deployments of prefect.yaml.
 # PREFECT_PORT=4200 by default; NER_DB is the DuckDB file the deployments use.
 PREFECT_PORT ?= 4200

@@ -2,7 +2,9 @@
 
 Benchmarks print numbers; they never assert timings. Each module in bench/ named ``bench_*.py`` exposes
 ``main()``; one that needs absent data or packages prints why it skipped. Options after one benchmark's
-name go to its ``main(argv)``: ``python -m bench active --quick``.
+name go to its ``main(argv)``: ``python -m bench active --quick``. ``python -m bench scaling`` draws the cost
+curves (``bench_scaling.py``: PNG and tables in ``runs/bench-scaling``). The GPU check is not one of them:
+it runs apart, on a machine with CUDA (``bench/gpu_check.sh`` or ``make gpu-check``).
 """
 
 from __future__ import annotations
