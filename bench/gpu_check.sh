@@ -22,7 +22,7 @@ else
   PY=python3
 fi
 SITE=${GPU_CHECK_SITE:-/tmp/site}
-if ! "$PY" -c "import importlib.metadata as m; m.version('zh-ner')" 2>/dev/null; then
+if ! "$PY" -I -c "import importlib.metadata as m; m.version('zh-ner')" 2>/dev/null; then  # -I: not the checkout's own zh_ner.egg-info
   if compgen -G ".whl/*.whl" >/dev/null; then
     echo "gpu_check: the project is not installed for $PY: installing the carried wheels from .whl/ into $SITE"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \

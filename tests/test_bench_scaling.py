@@ -53,6 +53,17 @@ def test_the_quick_scaling_bench_prints_four_tables_and_writes_a_png(tmp_path, c
     assert all(set(r["queries"]) == set(README_QUERIES) for r in stored)
 
 
+def test_times_extend_along_a_line_and_memory_never_faster_than_linearly():
+    from bench.bench_scaling import extend, extend_memory
+
+    assert extend([1, 2, 4], [3, 5, 9], 100) == pytest.approx(201)  # fixed cost 1, 2 per unit
+    assert extend([1, 2], [5, 4], 10) == 5  # never below the largest measured value
+    assert extend_memory([10, 20], [100, 100], 1e6) == pytest.approx(100)  # stopped growing: flat
+    assert extend_memory([10, 20], [100, 90], 1e6) == pytest.approx(100)
+    assert extend_memory([10, 20], [100, 400], 40) == pytest.approx(800)  # faster than linear: linear
+    assert extend_memory([10, 40], [100, 200], 160) == pytest.approx(400)  # square root: kept
+
+
 def test_the_timed_queries_are_the_readmes():
     from bench.bench_scaling import README_QUERIES
 
