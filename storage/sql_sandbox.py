@@ -12,8 +12,11 @@ frames from its stdout: an 8-byte length, then a pickle, read back by :func:`saf
 plain values only. The child opens the database read-only, applies the profile (:func:`configure`), caps
 its address space and says ``ready``; the deadline starts then, so waiting for a writer's lock is not
 query time. It sends the rows in chunks of about a megabyte and stops at the result cap. The caller kills
-it at the deadline, or when it sends more than the cap, removes its spill folder and reads its peak
-resident memory from ``wait4``.
+it at the deadline, or when it sends more than the cap, and removes its spill folder. Peak memory is the
+child's own high-water mark (``VmHWM``: the child reports it last, or the caller reads it just before a
+kill), not ``wait4``'s ``ru_maxrss``: on Linux a process started from a large one inherits that one's
+resident size in ``ru_maxrss`` at ``exec``, so a dashboard or test runner of 2 GB would make every query
+look like 2 GB.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 import duckdb
 
-__all__ = ["Outcome", "Profile", "child_main", "configure", "run_isolated", "safe_loads"]
+__all__ = ["Outcome", "Profile", "child_main", "configure", "run_isolated", "safe_loads", "vm_hwm_mb"]
 
 _MIB = 1 << 20
 _ROOT = str(Path(__file__).resolve().parents[1])
@@ -226,6 +229,22 @@ def child_main() -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
         with suppress(OSError):
             _send(fd, ("failed", f"{type(exc).__name__}: {' '.join(str(exc).split())}"))
+    finally:
+        with suppress(OSError):
+            _send(fd, ("peak", vm_hwm_mb("self")))
+
+
+def vm_hwm_mb(pid: int | str) -> float | None:
+    """Peak resident memory (``VmHWM``) of process ``pid`` (or ``"self"``) in MiB; ``None`` where it cannot
+    be read (a process already gone, no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 # ------------------------------------------------------------------------------------------- parent
@@ -269,27 +288,30 @@ def run_isolated(
         cap = None if profile.max_result_mb is None else int(profile.max_result_mb * _MIB) + _SLACK
         _collect(proc.stdout.fileno(), out, wait_s + _START_S, limit_s, cap)
     finally:
-        status, usage = _reap(proc.pid, _EXIT_GRACE_S if out.ended == "exited" else 0.0)
+        status, before_kill = _reap(proc.pid, _EXIT_GRACE_S if out.ended == "exited" else 0.0)
         proc.returncode = out.exit_code = os.waitstatus_to_exitcode(status)  # Popen must not wait again
         proc.stdout.close()
-        out.peak_rss_mb = usage.ru_maxrss / 1024
+        known = [m for m in (out.peak_rss_mb, before_kill) if m is not None]
+        out.peak_rss_mb = max(known) if known else None
         shutil.rmtree(spill, ignore_errors=True)
     return out
 
 
-def _reap(pid: int, grace_s: float) -> tuple[int, Any]:
-    """Wait up to ``grace_s`` for the child to exit, then kill it; its wait status and resource usage. Until
-    it is reaped here its pid cannot be reused, so the kill reaches this child and no other process."""
+def _reap(pid: int, grace_s: float) -> tuple[int, float | None]:
+    """Wait up to ``grace_s`` for the child to exit, then kill it; its wait status and, when it had to be
+    killed, its peak memory read just before (:func:`vm_hwm_mb`). Until it is reaped here its pid cannot be
+    reused, so the kill reaches this child and no other process."""
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
+        done, status = os.waitpid(pid, os.WNOHANG)
         if done:
-            return status, usage
+            return status, None
         time.sleep(0.01)
+    peak = vm_hwm_mb(pid)
     with suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    _, status, usage = os.wait4(pid, 0)
-    return status, usage
+    _, status = os.waitpid(pid, 0)
+    return status, peak
 
 
 def _collect(fd: int, out: Outcome, start_s: float, limit_s: float, cap: int | None) -> None:
@@ -323,5 +345,7 @@ def _collect(fd: int, out: Outcome, start_s: float, limit_s: float, cap: int | N
                 out.columns = frame[1]
             elif frame[0] == "rows":
                 out.rows.extend(frame[1])
+            elif frame[0] == "peak":  # the child's own high-water mark, sent last
+                out.peak_rss_mb = frame[1]
             else:
                 out.last = frame

@@ -3,7 +3,7 @@ memory, result bytes and time (storage.sql_sandbox); the prediction flow's SQL s
 results (the BATCH profile); the guard reads the parse tree, not the text.
 
 The attacks are the issue's own (bench/reliability/sql_limits.py), each in a fresh interpreter whose peak
-resident memory, and that of the query's process, is read from wait4."""
+resident memory, and that of the query's process, is their own high-water mark (VmHWM)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ def db(tmp_path):
     path = tmp_path / "q.duckdb"
     connect(path).close()
     return path
+
+
+def test_a_large_caller_does_not_make_a_small_query_look_large(db):
+    """The query's peak is its own process's: ``ru_maxrss`` from ``wait4`` would carry the resident size of
+    the process that started it (a 2 GB test runner made every query read 2 GB)."""
+    ballast = bytearray(1500 << 20)  # this process: 1.5 GB resident
+    ballast[:: 1 << 12] = b"x" * len(ballast[:: 1 << 12])
+    rows = query(db, "SELECT 42 AS answer")
+    assert rows == [{"answer": 42}] and rows.peak_rss_mb is not None
+    assert rows.peak_rss_mb < BASE_MB + 128, rows.peak_rss_mb
+    del ballast
 
 
 @pytest.mark.parametrize("name", list(ATTACKS))
