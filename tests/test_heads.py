@@ -200,3 +200,33 @@ def test_an_lstm_the_cpu_cannot_run_in_bf16_runs_in_float32_and_learns(monkeypat
     torch.testing.assert_close(low, exact, atol=0.02, rtol=0.02)  # the input was rounded to bf16
     low.sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.rnn.parameters())
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "bigru"])
+def test_rnn_inference_on_cpu_runs_on_one_thread_and_restores_the_callers_setting(kind, monkeypatch):
+    """An RNN pass is a chain of small per-step products: threaded, every step waits for every thread (on a
+    busy machine a scheduler slice each), so inference runs it on one thread; training keeps the setting."""
+    head = build_head(cfg(kind), H).eval()
+    seen: list[int] = []
+    real = type(head.rnn).forward
+    monkeypatch.setattr(
+        type(head.rnn),
+        "forward",
+        lambda self, *a, **k: seen.append(torch.get_num_threads()) or real(self, *a, **k),
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, mask = batch()
+        full = torch.ones_like(mask)
+        with torch.inference_mode():
+            padded, unpadded = head(x, mask), head(x, full)
+        assert seen and set(seen) == {1}  # both the padded (one-way passes) and the unpadded path
+        assert torch.get_num_threads() == 2
+        with torch.no_grad():
+            assert torch.equal(head(x, mask), padded) and torch.equal(head(x, full), unpadded)
+        seen.clear()
+        head(x, mask).sum().backward()  # training: torch's setting
+        assert seen and set(seen) == {2} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

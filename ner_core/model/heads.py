@@ -17,7 +17,8 @@ Every head maps ``x (B, T, H)`` and a right-padded bool ``mask (B, T)`` to ``(B,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -111,10 +112,11 @@ class BiRNNHead(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
         _check_inputs(x, mask, self.input_size)
-        if self._float32_lstm(x):
-            with torch.autocast("cpu", enabled=False):
-                return self._forward(x.float(), mask)
-        return self._forward(x, mask)
+        with _one_cpu_thread(x):
+            if self._float32_lstm(x):
+                with torch.autocast("cpu", enabled=False):
+                    return self._forward(x.float(), mask)
+            return self._forward(x, mask)
 
     def _forward(self, x: Tensor, mask: Tensor) -> Tensor:
         B, T, _ = x.shape
@@ -133,6 +135,25 @@ class BiRNNHead(nn.Module):
             h = torch.cat([forward, backward], dim=-1)  # (B, T, 2U)
         y = h * mask.unsqueeze(2).to(h.dtype)  # (B, T, 2U)
         return self.dropout(y)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(x: Tensor) -> Iterator[None]:
+    """One torch thread for an inference pass of an RNN on CPU, the caller's setting restored after.
+
+    An RNN is a chain of small per-step products: split over several threads, every step waits for all of
+    them, and on a busy machine each such wait can last a scheduler time slice, so the threaded pass is
+    many times slower than one thread (``bench/bench_predict.py``). Training (gradients on) keeps torch's
+    setting: its backward pass has other costs."""
+    threads = torch.get_num_threads()
+    if threads == 1 or x.device.type != "cpu" or torch.is_grad_enabled():
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _reverse_index(mask: Tensor) -> Tensor:
