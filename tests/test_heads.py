@@ -230,3 +230,44 @@ def test_rnn_inference_on_cpu_runs_on_one_thread_and_restores_the_callers_settin
         assert seen and set(seen) == {2} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["bilstm", "bigru"])
+def test_an_int8_rnn_head_stays_close_to_float_and_training_keeps_the_float_weights(kind):
+    """int8 prediction quantizes the RNN head of its copy too: inference (padded and unpadded rows) runs
+    the int8 one-way passes, close to the float head; with gradients on, the float weights still run."""
+    head = build_head(cfg(kind), H).eval()
+    x, mask = batch()
+    full = torch.ones_like(mask)
+    with torch.inference_mode():
+        ref_padded, ref_full = head(x, mask), head(x, full)
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    head.quantize_int8()
+    calls: list[int] = []
+    for pair in head._int8:
+        for one in pair:
+            one.register_forward_hook(lambda *_: calls.append(1))
+    with torch.inference_mode():
+        got_padded, got_full = head(x, mask), head(x, full)
+    assert len(calls) == 2 * 2 * cfg(kind).rnn_num_hidden_layers  # both directions, both calls
+    for got, ref in ((got_padded, ref_padded), (got_full, ref_full)):
+        assert not torch.equal(got, ref)  # it did run in int8
+        assert (got - ref).norm() / ref.norm() < 0.05
+    assert (got_padded[~mask] == 0).all()  # padding stays zero
+    calls.clear()
+    train_out = head(x, mask)
+    assert not calls and torch.allclose(train_out, ref_padded, atol=1e-5)  # float weights with gradients
+    assert all(torch.equal(v, state[k]) for k, v in head.state_dict().items())
+
+
+def test_whether_the_cpu_runs_a_bf16_lstm_does_not_depend_on_where_it_is_first_asked():
+    """The answer is cached per process: asked first under the tagger's inference_mode it must be the
+    same as asked with gradients on (the trial's backward pass would fail there on any CPU)."""
+    from ner_core.runtime.hardware import bf16_lstm_runs
+
+    bf16_lstm_runs.cache_clear()
+    with torch.inference_mode():
+        inside = bf16_lstm_runs()
+    bf16_lstm_runs.cache_clear()
+    outside = bf16_lstm_runs()
+    assert inside == outside

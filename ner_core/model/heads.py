@@ -18,6 +18,7 @@ Every head maps ``x (B, T, H)`` and a right-padded bool ``mask (B, T)`` to ``(B,
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from ner_core.config import HeadConfig, HeadType
 from ner_core.runtime.hardware import bf16_lstm_runs
 
-__all__ = ["BiRNNHead", "IDCNNHead", "IdentityHead", "build_head", "head_choices"]
+__all__ = ["BiRNNHead", "IDCNNHead", "IdentityHead", "build_head", "head_choices", "one_cpu_thread"]
 
 
 def _check_inputs(x: Tensor, mask: Tensor, input_size: int) -> None:
@@ -86,9 +87,38 @@ class BiRNNHead(nn.Module):
             cell(input_size if layer == 0 else 2 * units, units, batch_first=True, device="meta")
             for layer in range(cfg.rnn_num_hidden_layers)
         ]
+        # per layer, the (forward, backward) one-way passes quantized to int8 by :meth:`quantize_int8`
+        self._int8: list[tuple[nn.Module, nn.Module]] | None = None
+
+    def quantize_int8(self) -> None:
+        """Run this head's inference in int8 from now on: each direction of each layer as a dynamically
+        quantized one-way RNN (``torch.ao``'s int8 weights, activations quantized per call, CPU only),
+        built from the float weights, which stay as they are (and are what a state dict holds; training
+        still uses them). In place: for the copy of a model that int8 prediction makes, whose encoder's
+        products are int8 already, so the head no longer runs float products beside them."""
+        quantize_dynamic = torch.ao.quantization.quantize_dynamic
+        cell = type(self.rnn)
+        passes = []
+        for layer, template in enumerate(self._one_way):
+            pair = []
+            for reverse in (False, True):
+                one = cell(template.input_size, template.hidden_size, batch_first=True)
+                with torch.no_grad():
+                    for name, _ in one.named_parameters():  # weight_ih_l0 <- weight_ih_l{layer}[_reverse]
+                        source = name.replace("_l0", f"_l{layer}" + ("_reverse" if reverse else ""))
+                        getattr(one, name).copy_(getattr(self.rnn, source))
+                with warnings.catch_warnings():  # torch marks the eager API deprecated; it runs int8 here
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+                    pair.append(quantize_dynamic(nn.Sequential(one.eval()), {cell}, dtype=torch.qint8)[0])
+            passes.append((pair[0], pair[1]))
+        self._int8 = passes
 
     def _direction(self, layer: int, x: Tensor, reverse: bool) -> Tensor:
         """One direction of one layer over padded rows ``x (B, T, I)`` -> ``(B, T, U)``."""
+        if self._int8 is not None and not torch.is_grad_enabled():
+            out, _ = self._int8[layer][int(reverse)](x.float())
+            return out
         suffix = f"_l{layer}" + ("_reverse" if reverse else "")
         weights = {
             f"{name}_l0": getattr(self.rnn, f"{name}{suffix}")
@@ -112,7 +142,7 @@ class BiRNNHead(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
         _check_inputs(x, mask, self.input_size)
-        with _one_cpu_thread(x):
+        with one_cpu_thread(x):
             if self._float32_lstm(x):
                 with torch.autocast("cpu", enabled=False):
                     return self._forward(x.float(), mask)
@@ -122,7 +152,8 @@ class BiRNNHead(nn.Module):
         B, T, _ = x.shape
         if T == 0:
             return x.new_zeros(B, 0, self.output_size)
-        if bool(mask.all()):  # no padding (most prediction batches): torch's own bidirectional pass
+        if bool(mask.all()) and (self._int8 is None or torch.is_grad_enabled()):
+            # no padding (most prediction batches): torch's own bidirectional pass
             y, _ = self.rnn(x)  # (B, T, 2U)
             return self.dropout(y)
         index = _reverse_index(mask)  # (B, T)
@@ -138,13 +169,15 @@ class BiRNNHead(nn.Module):
 
 
 @contextlib.contextmanager
-def _one_cpu_thread(x: Tensor) -> Iterator[None]:
-    """One torch thread for an inference pass of an RNN on CPU, the caller's setting restored after.
+def one_cpu_thread(x: Tensor) -> Iterator[None]:
+    """One torch thread for an inference pass of small products on CPU (an RNN, the classifier), the
+    caller's setting restored after.
 
     An RNN is a chain of small per-step products: split over several threads, every step waits for all of
     them, and on a busy machine each such wait can last a scheduler time slice, so the threaded pass is
-    many times slower than one thread (``bench/bench_predict.py``). Training (gradients on) keeps torch's
-    setting: its backward pass has other costs."""
+    many times slower than one thread (``bench/bench_predict.py``); a product as small as the classifier's
+    costs less than waking the other threads at all. Training (gradients on) keeps torch's setting: its
+    backward pass has other costs."""
     threads = torch.get_num_threads()
     if threads == 1 or x.device.type != "cpu" or torch.is_grad_enabled():
         yield

@@ -150,13 +150,16 @@ def bf16_lstm_runs() -> bool:
     forward propagation primitive" on an AVX2-only CPU); the BiLSTM head then runs its LSTM in float32."""
     with torch.random.fork_rng(devices=[]):
         lstm = torch.nn.LSTM(8, 4, batch_first=True, bidirectional=True)
-    x = torch.ones(2, 3, 8, requires_grad=True)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y, _ = lstm(x)
-        y.float().sum().backward()
-    except RuntimeError:
-        return False
+    # with gradients even when first asked under inference_mode or no_grad (the tagger's): the answer is
+    # cached for the process, and a backward there would fail whatever the CPU
+    with torch.inference_mode(False), torch.enable_grad():
+        x = torch.ones(2, 3, 8, requires_grad=True)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, _ = lstm(x)
+            y.float().sum().backward()
+        except RuntimeError:
+            return False
     return True
 
 
