@@ -78,16 +78,30 @@ VARIANTS: dict[str, tuple[dict | None, str]] = {
     "pc8": ({"per_channel": True, "full_range": True}, "fp32"),
     "pc8 keep ffn_out": ({"full_range": True, "keep_float": ["ffn_out"]}, "fp32"),
     "pc8 keep ffn_in": ({"full_range": True, "keep_float": ["ffn_in"]}, "fp32"),
+    "pc8 smooth": ({"full_range": True, "smooth": "train"}, "fp32"),
+    "pc8 smooth keep ffn_out": ({"full_range": True, "smooth": "train", "keep_float": ["ffn_out"]}, "fp32"),
+    "pc8 smooth ffn_out bf16": (
+        {"full_range": True, "smooth": "train", "keep_float": ["ffn_out"], "kept": "bf16"},
+        "fp32",
+    ),
+    "pc8 synth ffn_out bf16": (
+        {"full_range": True, "smooth": "synthetic", "keep_float": ["ffn_out"], "kept": "bf16"},
+        "fp32",
+    ),
+    "pc8 ffn_out bf16": ({"full_range": True, "keep_float": ["ffn_out"], "kept": "bf16"}, "fp32"),
     "w8 bf16-act": ({"activations": "bf16"}, "bf16"),
 }
+#: training sentences whose activation ranges calibrate the ``smooth`` variant
+CALIBRATION_SENTENCES = 256
 _SCHEMES = {
     "pt7": {"per_channel": False, "full_range": False},
     "pc8": {"per_channel": True, "full_range": True},
 }
 
 
-def build(model, kwargs: dict | None):
-    """The model a variant tags with: the float model itself, or its int8 copy."""
+def build(model, kwargs: dict | None, calibrate=None):
+    """The model a variant tags with: the float model itself, or its int8 copy (``calibrate(source)``:
+    the activation ranges a ``smooth`` variant needs, from ``train`` texts or ``synthetic`` rows)."""
     from ner_core.runtime import quantize
 
     if kwargs is None:
@@ -96,7 +110,28 @@ def build(model, kwargs: dict | None):
         from ner_core.runtime.precision import int8_copy as today
 
         return today(model)
+    kwargs = dict(kwargs)
+    if kwargs.get("smooth"):
+        kwargs["ranges"] = calibrate(kwargs.pop("smooth"))
     return quantize.int8_copy(model, **kwargs)
+
+
+def calibration(model, tokenizer, ds: str):
+    """A function giving the activation ranges of ``model`` on the first training sentences of ``ds``."""
+    from bench import splits
+    from ner_core.runtime.quantize import activation_ranges, synthetic_batches
+
+    def ranges(source: str):
+        if source == "synthetic":
+            return activation_ranges(model, synthetic_batches(tokenizer, rows=CALIBRATION_SENTENCES))
+        texts = [d.text[:MAX_LEN] for d in splits.load(ds, "train")[:CALIBRATION_SENTENCES] if d.text]
+        batches = []
+        for i in range(0, len(texts), 32):
+            b = tokenizer(texts[i : i + 32], padding=True, return_tensors="pt")
+            batches.append((b["input_ids"], b["attention_mask"]))
+        return activation_ranges(model, batches)
+
+    return ranges
 
 
 def score(model, tokenizer, docs, precision: str) -> float:
@@ -180,7 +215,7 @@ def bench_dataset(ds: str, model_dir: Path, variants: dict, args) -> list[str]:
     rows: dict[str, dict] = {}
     timed: dict[str, tuple] = {}
     for name, (kwargs, precision) in variants.items():
-        variant = build(loaded.model, kwargs)
+        variant = build(loaded.model, kwargs, calibration(loaded.model, loaded.tokenizer, ds))
         f1 = score(variant, loaded.tokenizer, docs, precision)
         err = emission_error(loaded.model, variant, loaded.tokenizer, docs, precision)
         rows[name] = {"f1": f1, "delta": (f1 - rows.get("fp32", {"f1": f1})["f1"]) * 100, "emission_err": err}

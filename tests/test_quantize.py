@@ -182,3 +182,37 @@ def test_the_copys_emissions_stay_close_and_it_copies_and_pickles(tiny_encoder_d
         got, _ = q.emissions(ids, am)
         for twin in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
             assert torch.equal(twin.emissions(ids, am)[0], got)
+
+
+def test_smoothing_by_calibrated_input_ranges_cuts_the_error_an_outlier_channel_causes(one_thread):
+    """SmoothQuant: an input channel 30x larger than the rest sets the dynamic step of every channel;
+    dividing it out (into the weights) by the calibrated per-channel range makes the int8 product closer."""
+    from ner_core.runtime.quantize import _smoothing
+
+    torch.manual_seed(3)
+    lin = nn.Linear(128, 64)
+    x = torch.randn(4, 32, 128)
+    x[..., 5] *= 30.0
+    smooth = _smoothing("l", lin, x.reshape(-1, 128).abs().amax(0), 0.8)
+    with torch.no_grad():
+        ref = lin(x)
+        plain = _rel_err(Int8Linear(lin, reduce_range=False)(x), ref)
+        smoothed = _rel_err(Int8Linear(lin, reduce_range=False, smooth=smooth)(x), ref)
+    assert smoothed < 0.6 * plain
+    with pytest.raises(QuantizeError, match="activation range for l has shape \\(3,\\)"):
+        _smoothing("l", lin, torch.ones(3), 0.8)
+
+
+def test_activation_ranges_record_each_linears_largest_input_per_channel(tiny_encoder_dir, one_thread):
+    from ner_core.runtime.quantize import activation_ranges, int8_copy, quantizable
+
+    model, _ = _model(tiny_encoder_dir)
+    ids = torch.randint(5, model.encoder.config.vocab_size, (2, 12))
+    ranges = activation_ranges(model, [(ids, torch.ones_like(ids))])
+    names = [n for n, _g, _l in quantizable(model.encoder)]
+    assert sorted(ranges) == sorted(names)
+    for n in names:
+        lin = model.encoder.get_submodule(n)
+        assert ranges[n].shape == (lin.in_features,) and (ranges[n] >= 0).all() and ranges[n].max() > 0
+    copy = int8_copy(model, ranges=ranges, full_range=True)
+    assert "smoothed" in repr(copy.encoder)

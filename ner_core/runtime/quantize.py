@@ -49,7 +49,10 @@ __all__ = [
     "GROUPS",
     "Int8Linear",
     "QuantizeError",
+    "Bf16Linear",
     "WeightOnlyInt8Linear",
+    "activation_ranges",
+    "synthetic_batches",
     "full_range_ok",
     "group_of",
     "int8_copy",
@@ -125,9 +128,20 @@ class Int8Linear(nn.Module):
     """``nn.Linear`` with int8 weights (per row or per tensor) and dynamically quantised activations,
     on torch's quantised CPU kernels; float in, float out."""
 
-    def __init__(self, linear: nn.Linear, *, per_channel: bool = True, reduce_range: bool = True):
+    def __init__(
+        self,
+        linear: nn.Linear,
+        *,
+        per_channel: bool = True,
+        reduce_range: bool = True,
+        smooth: torch.Tensor | None = None,
+    ):
         super().__init__()
-        q, scale = _int8_weight(linear.weight, per_channel)
+        weight = linear.weight.detach().float()  # (out, in)
+        if smooth is not None:  # x W^T = (x / s)(W s)^T: the input's outlier channels move into the weights
+            weight = weight * smooth[None, :]
+        self.register_buffer("inv_smooth", None if smooth is None else (1.0 / smooth).float())  # (in,)
+        q, scale = _int8_weight(weight, per_channel)
         zeros = torch.zeros_like(scale, dtype=torch.long)
         bias = None if linear.bias is None else linear.bias.detach().float().clone()
         with warnings.catch_warnings():  # quantized tensors are marked deprecated; the int8 kernels take them
@@ -141,13 +155,16 @@ class Int8Linear(nn.Module):
         self.per_channel, self.reduce_range = per_channel, reduce_range
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.quantized.linear_dynamic(x.float(), self._packed, reduce_range=self.reduce_range)
+        xf = x.float() if self.inv_smooth is None else x.float() * self.inv_smooth
+        y = torch.ops.quantized.linear_dynamic(xf, self._packed, reduce_range=self.reduce_range)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         weights = "per-channel" if self.per_channel else "per-tensor"
         bits = 7 if self.reduce_range else 8
-        return f"in={self.in_features}, out={self.out_features}, {weights} int8 weights, {bits}-bit inputs"
+        smooth = ", smoothed" if self.inv_smooth is not None else ""
+        shape = f"in={self.in_features}, out={self.out_features}"
+        return f"{shape}, {weights} int8 weights, {bits}-bit inputs{smooth}"
 
 
 class WeightOnlyInt8Linear(nn.Module):
@@ -174,6 +191,81 @@ class WeightOnlyInt8Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, per-channel int8 weights, bf16 activations"
 
 
+def activation_ranges(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per encoder Linear (by module name), the largest ``|input|`` of each input channel over ``batches``
+    of ``(input_ids, attention_mask)``: the calibration that :func:`int8_copy`'s ``ranges`` smooths by."""
+    encoder = model.encoder
+    ranges: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module, inputs, _output):
+            amax = inputs[0].detach().float().reshape(-1, module.in_features).abs().amax(0)  # (in,)
+            ranges[name] = torch.maximum(ranges[name], amax) if name in ranges else amax
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in encoder.named_modules() if type(m) is nn.Linear]
+    try:
+        with torch.inference_mode():
+            for input_ids, attention_mask in batches:
+                encoder(input_ids=input_ids, attention_mask=attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return ranges
+
+
+def _smoothing(name: str, linear: nn.Linear, amax: torch.Tensor | None, alpha: float) -> torch.Tensor | None:
+    """SmoothQuant's per-input-channel factor ``max|x_j|^a / max|W_:j|^(1-a)`` (``None`` without a range)."""
+    if amax is None:
+        return None
+    if amax.shape != (linear.in_features,):
+        raise QuantizeError(
+            f"activation range for {name} has shape {tuple(amax.shape)}, "
+            f"expected ({linear.in_features},): ranges from another model?"
+        )
+    w = linear.weight.detach().float().abs().amax(0).clamp(min=1e-5)  # (in,)
+    return (amax.float().clamp(min=1e-5) ** alpha / w ** (1 - alpha)).clamp(min=1e-2, max=1e2)
+
+
+class Bf16Linear(nn.Module):
+    """A layer kept out of int8, in bf16: bf16 weights and matmul, float in, float out."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.register_buffer("weight", linear.weight.detach().to(torch.bfloat16).clone())
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16).clone()
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+
+def synthetic_batches(
+    tokenizer, *, rows: int = 256, length: int = 128, batch_size: int = 32, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Calibration rows without texts: ``[CLS]`` + random one-character tokens of the vocabulary +
+    ``[SEP]`` (seeded), for :func:`activation_ranges` where no training texts are at hand."""
+    vocab = tokenizer.get_vocab()
+    special = set(tokenizer.all_special_ids)
+    ids = sorted(i for t, i in vocab.items() if len(t) == 1 and i not in special)
+    if not ids or tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
+        raise QuantizeError(
+            "synthetic calibration needs a tokenizer with [CLS], [SEP] and one-character tokens"
+        )
+    pool = torch.tensor(ids)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, rows, batch_size):
+        n = min(batch_size, rows - start)
+        body = pool[torch.randint(len(pool), (n, length - 2), generator=g)]  # (n, length-2)
+        cls = torch.full((n, 1), tokenizer.cls_token_id)
+        sep = torch.full((n, 1), tokenizer.sep_token_id)
+        input_ids = torch.cat([cls, body, sep], dim=1)  # (n, length)
+        out.append((input_ids, torch.ones_like(input_ids)))
+    return out
+
+
 def quantizable(encoder: nn.Module) -> list[tuple[str, str, int | None]]:
     """``(module name, group, layer)`` of every ``nn.Linear`` in ``encoder``, in module order."""
     return [(n, *group_of(n)) for n, m in encoder.named_modules() if type(m) is nn.Linear]
@@ -191,6 +283,9 @@ def int8_copy(
     keep_float: Iterable[str] = (),
     activations: Activations = "dynamic",
     full_range: bool | None = None,
+    ranges: dict[str, torch.Tensor] | None = None,
+    alpha: float = 0.8,
+    kept: Literal["fp32", "bf16"] = "fp32",
 ):
     """A copy of ``model`` whose encoder Linear layers hold int8 weights (CPU); the given model is unchanged.
 
@@ -203,12 +298,19 @@ def int8_copy(
             weights only; run the copy under bf16 autocast).
         full_range: 8-bit activations (``None``: where :func:`full_range_ok`; ``True`` elsewhere risks the
             16-bit saturation of AVX2 kernels).
+        ranges: :func:`activation_ranges` of the float model on calibration texts: each Linear's input is
+            divided per channel by SmoothQuant's factor (``alpha`` between the input's and the weight's
+            range) and the weight multiplied by it, so outlier channels no longer set the input's step.
+        kept: what the ``keep_float`` layers run in: ``fp32``, or ``bf16`` (bf16 weights and matmul, for
+            CPUs with bf16 units: a kept layer then costs about what an int8 one does).
     """
     encoder = getattr(model, "encoder", None)
     if not isinstance(encoder, nn.Module):
         raise QuantizeError(f"int8 needs a model with an encoder module, got {type(model).__name__}")
     if activations not in ("dynamic", "bf16"):
         raise QuantizeError(f"activations must be 'dynamic' or 'bf16', got {activations!r}")
+    if kept not in ("fp32", "bf16"):
+        raise QuantizeError(f"kept must be 'fp32' or 'bf16', got {kept!r}")
     if activations == "dynamic" and "x86" in torch.backends.quantized.supported_engines:
         torch.backends.quantized.engine = "x86"  # prepacked weights belong to the engine that packed them
     keep = _check_keep(keep_float)
@@ -216,13 +318,16 @@ def int8_copy(
     out = copy.deepcopy(model).cpu()
     done = 0
     for name, _group, _layer in quantizable(out.encoder):
-        if _kept(name, keep):
-            continue
         linear = out.encoder.get_submodule(name)
+        if _kept(name, keep):
+            if kept == "bf16":
+                _set(out.encoder, name, Bf16Linear(linear))
+            continue
         if activations == "bf16":
             new: nn.Module = WeightOnlyInt8Linear(linear)
         else:
-            new = Int8Linear(linear, per_channel=per_channel, reduce_range=reduce_range)
+            smooth = _smoothing(name, linear, (ranges or {}).get(name), alpha)
+            new = Int8Linear(linear, per_channel=per_channel, reduce_range=reduce_range, smooth=smooth)
         _set(out.encoder, name, new)
         done += 1
     log.debug("int8 copy: %d encoder Linear layers quantised, kept float: %s", done, sorted(keep) or "none")
