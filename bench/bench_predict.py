@@ -363,7 +363,7 @@ def bench_window_f1(
         for w in windows:
             variants += [
                 (f"window {w} stride {st}", w, st, "fp32")
-                for st in dict.fromkeys((max(1, w // 2), max(1, w * 3 // 4), max(1, w * 7 // 8)))
+                for st in dict.fromkeys((max(1, w // 2), max(1, w * 3 // 4), max(1, w * 7 // 8), w))
             ]
         variants.append(("whole, bf16", whole_len, whole_len, "bf16"))
         variants.append(("whole, int8", whole_len, whole_len, "int8"))

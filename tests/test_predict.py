@@ -179,8 +179,8 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     window (windows encoded one at a time), then the model's CRF on the whole text."""
     import numpy as np
 
-    from ner_core.data.batching import EncodedChunk, collate, sliding_windows
-    from ner_core.inference.tagger import Tagger
+    from ner_core.data.batching import EncodedChunk, collate
+    from ner_core.inference.tagger import Tagger, tagging_windows
 
     text = long_text[:300]
     tagger = Tagger.from_loaded(
@@ -191,7 +191,7 @@ def test_the_whole_text_crf_equals_decoding_the_stitched_emissions_directly(load
     em = np.zeros((len(text), K), np.float32)
     best = np.full(len(text), -1)
     with torch.inference_mode():
-        for s, e in sliding_windows(len(text), 40, 30):
+        for s, e in tagging_windows(len(text), 40, 30):
             enc = collate(
                 [EncodedChunk(None, tagger.aligner.char_ids(text[s:e]), None)],
                 tagger.aligner.cls_id,
@@ -253,6 +253,68 @@ def test_each_char_keeps_the_tag_of_its_most_central_window(loaded):
     edges = [i for i, t in enumerate(got) if t == "S-X"]
     # only the text's own ends have no window in which they sit more centrally
     assert edges == [0, 1, 2, 3, 496, 497, 498, 499]
+
+
+def _encoded_shapes(monkeypatch) -> list[tuple[int, int, int]]:
+    """(rows, positions, real characters) of every window batch the tagger encodes from now on."""
+    import ner_core.inference.tagger as predict
+
+    seen: list[tuple[int, int, int]] = []
+    real = predict.collate
+
+    def spy(*args, **kwargs):
+        enc = real(*args, **kwargs)
+        rows, positions = enc["input_ids"].shape
+        seen.append((rows, positions, int(enc["attention_mask"].sum()) - 2 * rows))
+        return enc
+
+    monkeypatch.setattr(predict, "collate", spy)
+    return seen
+
+
+def test_windows_are_as_many_as_fixed_ones_but_spread_evenly_so_every_boundary_overlaps(loaded):
+    """As many windows of ``max_len`` as fixed windows every ``stride`` characters (the same encoding work),
+    starts at most ``stride`` apart; but no last window pinned to the text's end takes all the surplus
+    overlap while the others get the minimum: the overlaps differ by at most one character, so at
+    ``stride == max_len`` a text that is not a multiple of the window still has no boundary without
+    overlap (a character there would be tagged at a window's edge)."""
+    from ner_core.data.batching import sliding_windows
+    from ner_core.inference.tagger import Tagger, tagging_windows
+
+    for length in range(1, 400):
+        for max_len in (1, 7, 32, 128):
+            for stride in {1, max(1, max_len // 2), max_len - max_len // 8, max_len}:
+                wins = tagging_windows(length, max_len, stride)
+                assert len(wins) == len(sliding_windows(length, max_len, stride)), (length, max_len, stride)
+                assert wins[0][0] == 0 and wins[-1][1] == length
+                assert {e - s for s, e in wins} == {min(length, max_len)}
+                overlaps = [e1 - s2 for (_, e1), (s2, _) in zip(wins, wins[1:], strict=False)]
+                assert all(max_len - stride <= o < max_len for o in overlaps), (length, max_len, stride)
+                assert not overlaps or max(overlaps) - min(overlaps) <= 1, (length, max_len, stride)
+    assert tagging_windows(300, 128, 128) == [(0, 128), (86, 214), (172, 300)]  # fixed: (128, 256) next
+    with pytest.raises(ValueError, match="stride \\(9\\) must not exceed max_len \\(8\\)"):
+        tagging_windows(20, 8, 9)
+    tags = ["O", "B-X", "I-X", "E-X", "S-X"]
+    fake = _EdgeModel(tags, vocab=len(loaded.tokenizer))  # S-X on the 4 first and last positions of a window
+    got, _ = Tagger(fake, loaded.tokenizer, max_len=128, stride=128).tag_texts(["中" * 300])[0]
+    assert [i for i, t in enumerate(got) if t == "S-X"] == [0, 1, 2, 3, 296, 297, 298, 299]
+
+
+def test_reduced_precision_batches_are_rounded_to_16_positions_but_never_beyond_the_window(
+    loaded, monkeypatch
+):
+    """bf16 rounds each batch's positions up to a multiple of 16 (few shapes for oneDNN to compile), but a
+    batch of full windows keeps the window's own length: padding it would add positions to every batch."""
+    from ner_core.inference.tagger import Tagger
+
+    shapes = _encoded_shapes(monkeypatch)
+    tagger = Tagger(loaded.model, loaded.tokenizer, max_len=40, stride=40, batch_size=4, precision="bf16")
+    tagger.tag_texts(["中" * 160, "短文本" * 3])  # windows 9, 40, 40, 40 | 40 characters
+    assert [(rows, positions) for rows, positions, _ in shapes] == [(4, 42), (1, 42)]  # not (4, 48), (1, 48)
+    shapes.clear()
+    tagger.tag_texts(["短文本" * 3])
+    Tagger(loaded.model, loaded.tokenizer, max_len=40, stride=40, precision="fp32").tag_texts(["短文本" * 3])
+    assert [(rows, positions) for rows, positions, _ in shapes] == [(1, 16), (1, 11)]  # fp32, int8: as is
 
 
 def test_entities_have_true_offsets_and_min_marginal_confidence(loaded):
@@ -500,8 +562,10 @@ def test_changed_window_settings_replace_instead_of_resuming(tmp_path, model_dir
     assert not again.resumed and again.skipped_already_done == 0 and again.n_documents == 4
 
 
-def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir):
-    """Runs stored by the per-window merge (no "merge" in their config) tagged differently: never mix."""
+@pytest.mark.parametrize("stored_merge", [None, "emissions"])
+def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path, model_dir, stored_merge):
+    """Runs stored by the per-window merge (no "merge" in their config) or with fixed windows every stride
+    ("emissions") tagged differently: never mix."""
     from flows import steps
     from storage import predictions as predictions_db
 
@@ -517,8 +581,11 @@ def test_a_run_stored_before_the_whole_text_crf_is_replaced_not_resumed(tmp_path
             "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [first.pred_run_id]
         ).fetchone()[0]
     )
-    assert cfg["merge"] == "emissions"
-    del cfg["merge"]
+    assert cfg["merge"] == "emissions/even-windows"
+    if stored_merge is None:
+        del cfg["merge"]
+    else:
+        cfg["merge"] = stored_merge
     con.execute(
         "UPDATE prediction_runs SET config = ? WHERE pred_run_id = ?", [json.dumps(cfg), first.pred_run_id]
     )
@@ -650,7 +717,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         "batch_size": 3,
         "device": "cpu",
         "precision": "fp32",
-        "merge": "emissions",
+        "merge": "emissions/even-windows",
     }
     options = PredictionConfig(window=40, stride=20, batch_size=5, precision="fp32")
     assert Tagger.from_loaded(saved, options).settings == {
@@ -659,7 +726,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
         "batch_size": 5,
         "device": "cpu",
         "precision": "fp32",
-        "merge": "emissions",
+        "merge": "emissions/even-windows",
     }
     # no saved prediction window: the model's training max_len, stride half of it
     assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len

@@ -171,14 +171,24 @@ class TaggedDataset:
 
 
 def collate(
-    items: Sequence[EncodedChunk], cls_id: int, sep_id: int, pad_id: int, *, pad_to: int = 1
+    items: Sequence[EncodedChunk],
+    cls_id: int,
+    sep_id: int,
+    pad_id: int,
+    *,
+    pad_to: int = 1,
+    max_chars: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Dynamic padding: input_ids/attention_mask (B, T+2) and tags (B, T), T = longest chunk in the batch,
-    rounded up so that T+2 is a multiple of ``pad_to`` (1: no rounding). Rounding bounds the number of
-    distinct shapes a reduced-precision CPU backend compiles and caches a kernel for (oneDNN's bf16
-    primitives are per shape: unrounded, a long-running service's memory grows with every new length)."""
-    T = max(len(it.char_ids) for it in items)
-    T = -(-(T + 2) // pad_to) * pad_to - 2 if pad_to > 1 else T
+    rounded up so that T+2 is a multiple of ``pad_to`` (1: no rounding) but never beyond ``max_chars`` (the
+    window: a batch of full windows is not padded at all, whatever ``pad_to``). Rounding bounds the number
+    of distinct shapes a reduced-precision CPU backend compiles and caches a kernel for (oneDNN's bf16
+    primitives are per shape: unrounded, a long-running service's memory grows with every new length); the
+    cap adds one shape, the window's own, which full windows have anyway."""
+    longest = max(len(it.char_ids) for it in items)
+    T = -(-(longest + 2) // pad_to) * pad_to - 2 if pad_to > 1 else longest
+    if max_chars is not None:
+        T = max(longest, min(T, max_chars))
     B = len(items)
     input_ids = torch.full((B, T + 2), pad_id, dtype=torch.long)  # (B, T+2)
     attention = torch.zeros((B, T + 2), dtype=torch.long)  # (B, T+2)

@@ -1,13 +1,14 @@
 """Tagging texts of any length with a trained model.
 
-Long texts are tagged whole: overlapping windows of ``max_len`` characters every ``stride`` characters
-(:func:`ner_core.data.batching.sliding_windows`) go through the encoder and the head; each character keeps the
-*emission scores* of the window in which it sits most centrally (largest distance to the window's nearer
-edge; ties go to the earlier window), so no character is scored at a window's ragged edge when a better
-window exists. The CRF then runs once over each whole text's stitched emissions: one Viterbi path per text,
-with the scheme's constraints and the learned transitions applied across window boundaries too, so the
-tags of a text always form valid spans (merging per-window *tags* instead could join a B-ORG of one window
-to an I-LOC of the next). Every character gets exactly one tag. Spans are read off the tag sequence
+Long texts are tagged whole: windows of ``max_len`` characters whose starts lie at most ``stride``
+characters apart, as few as fixed windows every ``stride`` characters but spread evenly over the text
+(:func:`tagging_windows`), go through the encoder and the head; each character keeps the *emission
+scores* of the window in which it sits most centrally (largest distance to the window's nearer edge; ties
+go to the earlier window), so no character is scored at a window's ragged edge when a better window exists.
+The CRF then runs once over each whole text's stitched emissions: one Viterbi path per text, with the
+scheme's constraints and the learned transitions applied across window boundaries too, so the tags of a
+text always form valid spans (merging per-window *tags* instead could join a B-ORG of one window to an
+I-LOC of the next). Every character gets exactly one tag. Spans are read off the tag sequence
 (:func:`ner_core.schemes.tags_to_spans`).
 
 Windows of all texts are pooled, sorted by length and encoded in batches under ``torch.inference_mode``,
@@ -55,7 +56,7 @@ import torch
 from ner_core.artifacts.modeldir import read_precision_record, read_saved_config
 from ner_core.config import Precision, PredictionConfig
 from ner_core.data.alignment import CharAligner
-from ner_core.data.batching import EncodedChunk, collate, sliding_windows
+from ner_core.data.batching import EncodedChunk, collate
 from ner_core.model import _ckernel
 from ner_core.model.encoder import check_window
 from ner_core.runtime.calibrate import Timing, calibrated, calibration_key, model_shape, pinned
@@ -114,6 +115,28 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"device {str(device)!r} asked for, but CUDA is not available here (use cpu or auto)"
         )
     return dev
+
+
+def tagging_windows(length: int, max_len: int, stride: int) -> list[tuple[int, int]]:
+    """The windows ``[start, end)`` that tag a text of ``length`` characters: as few windows of ``max_len``
+    characters as fixed windows every ``stride`` characters would take, their starts spread evenly from
+    the text's start to ``length - max_len``, so consecutive windows overlap by at least ``max_len - stride``
+    characters and usually more (a text no longer than ``max_len`` is one window).
+
+    Fixed windows every ``stride`` characters end with one pinned to the text's end that overlaps its
+    neighbour by up to ``max_len - 1`` characters while every other pair overlaps by the minimum; here the
+    same windows' surplus is shared out, so every boundary gets the extra context at no extra encoding."""
+    if max_len < 1 or stride < 1:
+        raise ValueError(f"max_len and stride must be positive, got {max_len} and {stride}")
+    if stride > max_len:
+        raise ValueError(
+            f"stride ({stride}) must not exceed max_len ({max_len}): characters would be skipped"
+        )
+    if length <= max_len:
+        return [(0, length)]
+    n = 1 + -(-(length - max_len) // stride)  # what fixed windows every stride take
+    # starts step by at most ceil((length - max_len) / (n - 1)) <= stride characters
+    return [(start, start + max_len) for start in (i * (length - max_len) // (n - 1) for i in range(n))]
 
 
 def default_stride(max_len: int) -> int:
@@ -193,8 +216,12 @@ class Tagger:
         self.precision: Precision = self.precision_choice.precision
         if self.precision is Precision.INT8:
             self.model = int8_copy(self.model)
+            quantize = getattr(getattr(self.model, "head", None), "quantize_int8", None)
+            if quantize is not None:  # the copy's RNN head (its own copy): int8 products like its encoder's
+                quantize()
         # reduced-precision kernels are compiled and cached per shape: window batches are padded to a
-        # multiple of 16 positions there, so a long-running service meets few shapes (see batching.collate)
+        # multiple of 16 positions there, so a long-running service meets few shapes, but never beyond the
+        # window, so full windows are not padded (see batching.collate)
         self._pad_to = 16 if self.precision in (Precision.BF16, Precision.FP16) else 1
         self.model.to(self.device)
 
@@ -230,9 +257,10 @@ class Tagger:
             record=read_precision_record(getattr(loaded, "path", None)),
         )
 
-    #: how windows are joined: each character's emissions from its most central window, then one CRF
-    #: pass over the whole text (stored with prediction runs, so a run never resumes under another rule)
-    merge = "emissions"
+    #: how windows are placed and joined: evenly spread windows (:func:`tagging_windows`), each character's
+    #: emissions from its most central one, then one CRF pass over the whole text (stored with prediction
+    #: runs, so a run never resumes under another rule: "emissions" was fixed windows every stride)
+    merge = "emissions/even-windows"
 
     @property
     def settings(self) -> dict:
@@ -299,7 +327,7 @@ class Tagger:
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
             if text:
-                windows.extend((ti, s, e) for s, e in sliding_windows(len(text), self.max_len, self.stride))
+                windows.extend((ti, s, e) for s, e in tagging_windows(len(text), self.max_len, self.stride))
         stitched = [np.zeros((len(t), K), dtype=np.float32) for t in texts]  # per text (L, K) emissions
         best = [np.full(len(t), -1, dtype=np.int32) for t in texts]  # centrality of the supplying window
         # stable sort by length: windows of one text stay in order, so ties go to the earlier window
@@ -307,9 +335,8 @@ class Tagger:
         for b in range(0, len(order), self.batch_size):
             batch_w = [windows[w] for w in order[b : b + self.batch_size]]
             items = [EncodedChunk(None, self.aligner.char_ids(texts[ti][s:e]), None) for ti, s, e in batch_w]
-            enc = collate(
-                items, self.aligner.cls_id, self.aligner.sep_id, self.aligner.pad_id, pad_to=self._pad_to
-            )
+            al = self.aligner
+            enc = collate(items, al.cls_id, al.sep_id, al.pad_id, pad_to=self._pad_to, max_chars=self.max_len)
             ids = enc["input_ids"].to(self.device)  # (B, T+2)
             att = enc["attention_mask"].to(self.device)  # (B, T+2)
             with autocast(self.precision, self.device.type):  # encoder + head; the CRF gets float32

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ner_core.config import NERConfig, TrainingConfig
 from ner_core.model.crf import ConstrainedCRF
 from ner_core.model.fast_dropout import use_fast_dropout
-from ner_core.model.heads import build_head
+from ner_core.model.heads import build_head, one_cpu_thread
 
 __all__ = ["NERModel"]
 
@@ -110,7 +110,8 @@ class NERModel(nn.Module):
         )  # (B, T-2)
         x = self.dropout(hidden[:, 1:-1])  # (B, T-2, H)
         h = self.head(x, char_mask)  # (B, T-2, F)
-        return self.classifier(h), char_mask  # (B, T-2, K), (B, T-2)
+        with one_cpu_thread(h):  # a product this small costs less than waking torch's other threads
+            return self.classifier(h), char_mask  # (B, T-2, K), (B, T-2)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tags: Tensor) -> Tensor:
         """Mean CRF negative log-likelihood over rows with at least one character.
