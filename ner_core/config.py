@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -109,6 +109,44 @@ class HeadConfig(_Strict):
 
 class CRFConfig(_Strict):
     constrained: bool = Field(True, description="forbid transitions the scheme disallows (O -> I-X, ...)")
+
+
+class DecoderType(StrEnum):
+    """What turns the head's features into entities: the CRF over tags (flat entities only) or the span
+    decoder (Efficient GlobalPointer, :mod:`ner_core.model.span`: every (start, end, label) scored on its
+    own, so entities may nest or share a span)."""
+
+    CRF = "crf"
+    SPAN = "span"
+
+
+class DecoderConfig(_Strict):
+    """The decoder. A configuration saved before the span decoder has no ``decoder`` section and reads as
+    the CRF; the span settings below mean nothing to a CRF model."""
+
+    type: DecoderType = Field(DecoderType.CRF, description="crf (flat entities) | span (nested entities)")
+    max_span_len: int | None = Field(
+        None,
+        ge=1,
+        description="span: longest entity scored, in characters (default: the training data's longest "
+        "entity, set when training starts and saved)",
+    )
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="span: an entity is every span whose probability reaches this"
+    )
+    overlap: Literal["allow", "flat"] | None = Field(
+        None,
+        description="span: allow nested output, or flat (overlaps resolved greedily by score); default: "
+        "allow when the training data has nested entities, else flat (set when training starts)",
+    )
+    head_size: int = Field(64, ge=2, description="span: size of the start/end projections (even, RoPE)")
+
+    @field_validator("head_size")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"head_size must be even (rotary encoding rotates pairs), got {v}")
+        return v
 
 
 class TrainingConfig(_Strict):
@@ -227,10 +265,16 @@ class NERConfig(_Strict):
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     crf: CRFConfig = Field(default_factory=CRFConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
 
     def to_json(self) -> str:
+        """The configuration as JSON. A default ``decoder`` section (the CRF) is left out, so a CRF model's
+        saved configuration stays what code from before the span decoder reads (it forbids unknown keys);
+        reading it back gives the same configuration."""
+        if self.decoder == DecoderConfig():
+            return self.model_dump_json(indent=2, exclude={"decoder"})
         return self.model_dump_json(indent=2)
 
     @classmethod

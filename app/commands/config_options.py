@@ -60,6 +60,9 @@ CONFIG_FLAGS = FlagTable(
         "encoder.freeze": "freeze_encoder",
         "encoder.dropout_rate": "encoder_dropout_rate",
         "head.type": "head",
+        "decoder.type": "decoder",
+        "decoder.threshold": "span_threshold",
+        "decoder.head_size": "span_head_size",
     },
     single_dash=frozenset(SEED_FLAGS),
     extra_help={
@@ -157,6 +160,13 @@ def build_config(args: argparse.Namespace) -> NERConfig:
     given = CONFIG_FLAGS.values(args)
     overrides = dict(given)
     model_type, cell_type = getattr(args, "model_type", None), getattr(args, "cell_type", None)
+    if str(overrides.get("decoder.type", cfg.decoder.type)) == "span":
+        seed = "--crf_only" if getattr(args, "crf_only", False) else "-model_type" if model_type else None
+        if seed:
+            raise CLIError(
+                f"{seed} is the seed's flag for a CRF model and cannot be combined with --decoder span: "
+                "choose the head with --head (none, bilstm, bigru, idcnn)"
+            )
     if getattr(args, "crf_only", False):
         if model_type or overrides.get("head.type") not in (None, "none"):
             raise CLIError("--crf_only means no head; it cannot be combined with --head/--model_type")

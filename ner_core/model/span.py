@@ -1,0 +1,147 @@
+"""The span decoder: Efficient GlobalPointer with rotary position encoding, and its loss.
+
+Every span ``(i, j, c)`` (characters ``i..j`` inclusive, label ``c``) gets a score of its own, so entities
+may nest or share a span with two labels; a span is an entity when ``sigmoid(score) >= threshold``.
+Efficient GlobalPointer (Su Jianlin, kexue.fm/archives/8877, after GlobalPointer, archives/8373) shares
+one start/end projection between the labels and adds a per-label bias for the start and for the end::
+
+    s_c(i, j) = <R_i q_i, R_j k_j> / sqrt(d) + b_c^start . h_i + b_c^end . h_j
+
+with ``[q_i; k_i]`` the projection of character ``i``'s features and ``R_i`` its rotation (RoPE), which
+makes the first term depend on ``i`` and ``j`` only through ``j - i``: the decoder sees span lengths
+without learning them per position. Cells that are no span (``j < i``, padding, longer than
+``max_span_len``) are set to :data:`MASKED` (finite, so sums stay defined; ``sigmoid`` gives 0).
+
+The projection, the scores and the loss run in float32 even under autocast: a score near the threshold
+loses its resolution in bf16 (8 bits of mantissa), as the CRF's scores would.
+
+The loss is GlobalPointer's multi-label "circle" cross-entropy (Su, kexue.fm/archives/7359): for one row
+and label, with ``P`` its gold spans and ``N`` every other valid cell,
+``log(1 + sum_{N} e^{s}) + log(1 + sum_{P} e^{-s})``, which pushes every positive above 0 and every
+negative below it without weighting the (many) negatives by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MASKED", "EfficientGlobalPointer", "circle_loss", "decode_spans", "rope", "span_mask"]
+
+#: the score of a cell that is no span: far below any real score, finite (``-inf`` would make 0 * inf)
+MASKED = -1e12
+
+
+def rope(x: Tensor) -> Tensor:
+    """Rotary position encoding of ``x`` ``(B, L, D)`` (``D`` even): pair ``(x_{2m}, x_{2m+1})`` at position
+    ``p`` is rotated by the angle ``p * 10000^(-2m/D)``. So ``<rope(q)_i, rope(k)_j>`` is a function of
+    ``q_i``, ``k_j`` and ``j - i``."""
+    _, L, D = x.shape
+    inv = torch.pow(10000.0, -torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D)  # (D/2,)
+    angle = torch.arange(L, dtype=torch.float32, device=x.device)[:, None] * inv[None, :]  # (L, D/2)
+    cos, sin = angle.cos(), angle.sin()  # (L, D/2)
+    even, odd = x[..., 0::2], x[..., 1::2]  # (B, L, D/2)
+    out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (B, L, D/2, 2)
+    return out.flatten(-2)  # (B, L, D)
+
+
+def span_mask(char_mask: Tensor, max_span_len: int | None) -> Tensor:
+    """``(B, L, L)`` bool: cell ``(i, j)`` is a span (``i <= j``, both characters, ``j - i < max_span_len``
+    when a limit is given)."""
+    L = char_mask.shape[1]
+    idx = torch.arange(L, device=char_mask.device)
+    width = idx[None, :] - idx[:, None]  # (L, L) j - i
+    ok = width >= 0
+    if max_span_len is not None:
+        ok = ok & (width < max_span_len)
+    return ok[None] & char_mask[:, :, None] & char_mask[:, None, :]  # (B, L, L)
+
+
+class EfficientGlobalPointer(nn.Module):
+    """Span scores ``(B, C, L, L)`` from features ``(B, L, F)``; see the module's doc.
+
+    Args:
+        in_features: ``F``, the head's output size.
+        num_labels: ``C``.
+        head_size: ``d``, the size of the start and of the end projection (even).
+    """
+
+    def __init__(self, in_features: int, num_labels: int, head_size: int = 64) -> None:
+        if head_size < 2 or head_size % 2:
+            raise ValueError(f"expected an even head_size >= 2, got {head_size}")
+        if num_labels < 1:
+            raise ValueError(f"expected at least one label, got {num_labels}")
+        super().__init__()
+        self.head_size = head_size
+        self.num_labels = num_labels
+        self.proj = nn.Linear(in_features, 2 * head_size)  # [q_i; k_i] interleaved
+        self.bias = nn.Linear(2 * head_size, 2 * num_labels)  # per label: start bias, end bias
+
+    def forward(self, h: Tensor, char_mask: Tensor, max_span_len: int | None = None) -> Tensor:
+        """``h`` ``(B, L, F)`` (any dtype), ``char_mask`` ``(B, L)`` bool -> float32 scores ``(B, C, L, L)``,
+        :data:`MASKED` on every cell that is no span."""
+        with torch.autocast(h.device.type, enabled=False):
+            x = self.proj(h.float())  # (B, L, 2d)
+            q, k = rope(x[..., 0::2]), rope(x[..., 1::2])  # (B, L, d) each
+            scores = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)  # (B, L, L)
+            bias = self.bias(x).transpose(1, 2) / 2  # (B, 2C, L)
+            # start bias indexed by the row (i), end bias by the column (j)
+            logits = scores[:, None] + bias[:, 0::2, :, None] + bias[:, 1::2, None, :]  # (B, C, L, L)
+            valid = span_mask(char_mask, max_span_len)  # (B, L, L)
+            return logits.masked_fill(~valid[:, None], MASKED)
+
+
+def circle_loss(logits: Tensor, gold: Tensor, valid: Tensor) -> Tensor:
+    """Multi-label circle cross-entropy per (row, label), over the row's valid cells: ``(B, C)`` float32.
+
+    Args:
+        logits: ``(B, C, L, L)`` scores.
+        gold: ``(B, C, L, L)`` bool, the gold spans (only valid cells may be set).
+        valid: ``(B, L, L)`` bool, the cells that are spans.
+    """
+    s = logits.float().flatten(2)  # (B, C, L*L)
+    pos = gold.flatten(2)  # (B, C, L*L)
+    ok = valid.flatten(1)[:, None, :].expand_as(pos)  # (B, C, L*L)
+    neg_scores = s.masked_fill(pos | ~ok, MASKED)  # negatives: their score
+    pos_scores = (-s).masked_fill(~pos, MASKED)  # positives: minus their score
+    zero = s.new_zeros(s.shape[:2] + (1,))  # the "1 +" inside each log
+    neg = torch.logsumexp(torch.cat((neg_scores, zero), dim=-1), dim=-1)  # (B, C)
+    pos_l = torch.logsumexp(torch.cat((pos_scores, zero), dim=-1), dim=-1)  # (B, C)
+    return neg + pos_l
+
+
+@torch.no_grad()
+def decode_spans(
+    logits: Tensor, char_mask: Tensor, threshold: float, overlap: str = "allow"
+) -> list[list[tuple[int, int, int, float]]]:
+    """Entities per row from span scores: every cell with ``sigmoid >= threshold``, as
+    ``(start, end_exclusive, label_id, probability)`` sorted by position.
+
+    ``overlap="flat"`` keeps a non-overlapping subset, greedily by probability (the highest first, then
+    the earlier, then the shorter span); ``"allow"`` keeps every one (nested, two labels on one span).
+    """
+    if overlap not in ("allow", "flat"):
+        raise ValueError(f"expected overlap 'allow' or 'flat', got {overlap!r}")
+    probs = torch.sigmoid(logits.float())  # (B, C, L, L), 0 on masked cells
+    probs = probs.masked_fill(~char_mask[:, None, :, None], 0.0)
+    hits = (probs >= threshold).nonzero().tolist()  # [[b, c, i, j], ...]
+    rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(logits.shape[0])]
+    for b, c, i, j in hits:
+        rows[b].append((i, j + 1, c, float(probs[b, c, i, j])))
+    for b, spans in enumerate(rows):
+        if overlap == "flat":
+            spans = _greedy_flat(spans)
+        rows[b] = sorted(spans, key=lambda s: (s[0], s[1], s[2]))
+    return rows
+
+
+def _greedy_flat(spans: list[tuple[int, int, int, float]]) -> list[tuple[int, int, int, float]]:
+    kept: list[tuple[int, int, int, float]] = []
+    taken: set[int] = set()
+    for s in sorted(spans, key=lambda s: (-s[3], s[0], s[1] - s[0], s[2])):
+        if not taken.intersection(range(s[0], s[1])):
+            kept.append(s)
+            taken.update(range(s[0], s[1]))
+    return kept
