@@ -2,7 +2,10 @@
 
 1. Head-only inference time of BiLSTM, BiGRU and IDCNN (default HeadConfig sizes) at batch 64 x 256
    characters with 512-dim inputs (m3e-small's width), and IDCNN's speed-up over each RNN.
-2. When the packaged m3e-small encoder is installed: head + emission layer + constrained CRF decode time
+2. The RNN heads' inference per precision at batch 16 x 128 (prediction windows): fp32, under bf16 autocast
+   (where oneDNN has a bf16 kernel; the GRU has none and runs float32 there), the int8 copy's one-way passes
+   (``BiRNNHead.quantize_int8``) and ``run_in_bf16``, so the int8 tagger's head choice can be checked.
+3. When the packaged m3e-small encoder is installed: head + emission layer + constrained CRF decode time
    as a share of the encoder's forward time on CPU at batch 32 x 128 (goal <= 10%), per head.
 
 Prints best-of-N wall times; never asserts. Run: ``python -m bench.bench_heads``.
@@ -82,7 +85,32 @@ def encoder_share(B: int = 32, T: int = 128, repeats: int = 3) -> list[dict] | N
     return rows
 
 
+def precision_times(B: int = 16, T: int = 128, H: int = 512, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Per RNN head, inference seconds: fp32, bf16 autocast, int8 one-way passes, bf16 for an int8 copy."""
+    torch.manual_seed(0)
+    x = torch.randn(B, T, H)  # (B, T, H)
+    mask = torch.ones(B, T, dtype=torch.bool)  # (B, T)
+    out: dict[str, dict[str, float]] = {}
+    for kind in (HeadType.BILSTM, HeadType.BIGRU):
+        head = build_head(HeadConfig(type=kind), H).eval()
+        row = {}
+        with torch.inference_mode():
+            row["fp32"] = _best(lambda head=head: head(x, mask), repeats)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                row["bf16 autocast"] = _best(lambda head=head: head(x, mask), repeats)
+            head.quantize_int8()
+            row["int8"] = _best(lambda head=head: head(x, mask), repeats)
+            head._int8 = None
+            head.run_in_bf16()
+            row["run_in_bf16"] = _best(lambda head=head: head(x, mask), repeats)
+        out[kind.value] = row
+    return out
+
+
 def main() -> dict:
+    from bench.machine import describe
+
+    print(describe())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     times = head_times()
     print("head-only inference, batch 64 x 256, input 512 (best of 3):")
@@ -93,6 +121,10 @@ def main() -> dict:
         f"{times['bigru'] / times['idcnn']:.1f}x vs BiGRU",
         flush=True,
     )
+    per_precision = precision_times()
+    print("RNN head inference per precision, batch 16 x 128, input 512 (best of 5):")
+    for name, row in per_precision.items():
+        print(f"  {name:>7}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in row.items()))
     share = encoder_share()
     if share:
         print(
@@ -105,7 +137,7 @@ def main() -> dict:
                 f"head+CRF {r['head_crf_s'] * 1e3:8.1f} ms"
                 f" = {r['share']:.1%}"
             )
-    return {"heads": times, "share": share}
+    return {"heads": times, "per_precision": per_precision, "share": share}
 
 
 if __name__ == "__main__":

@@ -271,3 +271,52 @@ def test_whether_the_cpu_runs_a_bf16_lstm_does_not_depend_on_where_it_is_first_a
     bf16_lstm_runs.cache_clear()
     outside = bf16_lstm_runs()
     assert inside == outside
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_gru_runs_in_float32_under_bf16_autocast(padded):
+    """oneDNN has no bf16 GRU: under CPU bf16 autocast torch sends it to a reference kernel several times
+    slower than float32, so the head runs its GRU in float32 there (the result equals the float32 head)."""
+    torch.manual_seed(4)
+    head = build_head(cfg("bigru", rnn_units=16), H).eval()
+    x, mask = batch()
+    if not padded:
+        mask = torch.ones_like(mask)
+    seen: list[bool] = []  # autocast on when the GRU ran
+    for module in (head.rnn, *head._one_way):
+        module.register_forward_pre_hook(lambda _m, _a: seen.append(torch.is_autocast_enabled("cpu")))
+    exact = head(x, mask)
+    with torch.inference_mode():
+        seen.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = head(x, mask)
+    assert seen and set(seen) == {False}
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, exact)
+
+
+def test_an_int8_copys_lstm_runs_in_bf16_where_the_cpu_has_bf16_units_else_in_int8(monkeypatch):
+    """int8 prediction: the LSTM head of the copy runs in bf16 where oneDNN's bf16 LSTM runs and the CPU has
+    bf16 units (faster there than the int8 LSTM); elsewhere, and for the GRU, in int8."""
+    from ner_core.inference import tagger
+    from ner_core.runtime.hardware import Hardware
+
+    for kind, flags, lstm_ok, want in [
+        ("bilstm", {"avx512_bf16"}, True, "bf16"),
+        ("bilstm", set(), True, "int8"),
+        ("bilstm", {"avx512_bf16"}, False, "int8"),
+        ("bigru", {"avx512_bf16"}, True, "int8"),
+    ]:
+        monkeypatch.setattr(
+            tagger.Hardware,
+            "detect",
+            classmethod(lambda cls, d="cpu", f=flags: Hardware("cpu", frozenset(f))),
+        )
+        monkeypatch.setattr(tagger, "bf16_lstm_runs", lambda ok=lstm_ok: ok)
+        head = build_head(cfg(kind), H).eval()
+        tagger._int8_head(head)
+        assert ("bf16" if head._bf16_inference else "int8" if head._int8 else "float") == want, (kind, flags)
+        x, mask = batch()
+        with torch.inference_mode():
+            out = head(x, mask)
+        assert out.dtype == torch.float32 and (out[~mask] == 0).all()

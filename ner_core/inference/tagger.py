@@ -57,12 +57,16 @@ from ner_core.artifacts.modeldir import read_precision_record, read_saved_config
 from ner_core.config import Precision, PredictionConfig
 from ner_core.data.alignment import CharAligner
 from ner_core.data.batching import EncodedChunk, collate
+from ner_core.data.formats.overlaps import outermost
+from ner_core.documents import Entity
+from ner_core.inference import spans as span_decoding
 from ner_core.model import _ckernel
 from ner_core.model.encoder import check_window
+from ner_core.model.heads import BiRNNHead
 from ner_core.runtime.calibrate import Timing, calibrated, calibration_key, model_shape, pinned
-from ner_core.runtime.hardware import Hardware
+from ner_core.runtime.hardware import Hardware, bf16_lstm_runs
 from ner_core.runtime.precision import Choice, autocast, choose, int8_copy, is_auto, measurable
-from ner_core.schemes import span_tuples
+from ner_core.schemes import span_tuples, spans_to_tags, tag_set
 
 #: characters per group of texts tagged together (the group's stitched emissions are held in memory:
 #: K float32 per character, 68 MB at 17 tags)
@@ -139,9 +143,48 @@ def tagging_windows(length: int, max_len: int, stride: int) -> list[tuple[int, i
     return [(start, start + max_len) for start in (i * (length - max_len) // (n - 1) for i in range(n))]
 
 
+def _int8_head(head) -> None:
+    """The RNN head of an int8 copy (its own copy): an LSTM in bf16 where the CPU has bf16 units and oneDNN
+    runs a bf16 LSTM (faster there than the int8 LSTM), else int8 products like the encoder's (the GRU
+    always: it has no bf16 kernel). Other heads stay as they are."""
+    if not isinstance(head, BiRNNHead):
+        return
+    if isinstance(head.rnn, torch.nn.LSTM) and Hardware.detect("cpu").bf16_units and bf16_lstm_runs():
+        head.run_in_bf16()
+    else:
+        head.quantize_int8()
+
+
 def default_stride(max_len: int) -> int:
     """Prediction windows overlap by 1/8 of their length by default (at least one character)."""
     return max(1, max_len - max(1, max_len // 8))
+
+
+def is_span_model(model) -> bool:
+    """Whether ``model`` decodes spans (:mod:`ner_core.model.span`) rather than tags with a CRF."""
+    decoder = getattr(model, "decoder", None) or getattr(getattr(model.config, "decoder", None), "type", None)
+    return str(decoder or "crf") == "span"
+
+
+def _span_settings(
+    model, max_len: int, threshold: float | None, overlap: str | None
+) -> span_decoding.SpanSettings | None:
+    """A span model's decoding settings: the given threshold and overlap, else the model's saved ones
+    (overlap "allow" when the model names none); ``None`` for a CRF model, which takes neither. A model
+    without a recorded span limit (not trained yet) is windowed as if the limit were the CRF's overlap."""
+    if not is_span_model(model):
+        if threshold is not None or overlap is not None:
+            raise ValueError(
+                "a span threshold and the overlap mode apply to a span-decoder model only; this model "
+                "decodes with a CRF"
+            )
+        return None
+    cfg = model.config.decoder
+    return span_decoding.SpanSettings(
+        threshold=float(cfg.threshold if threshold is None else threshold),
+        overlap=overlap or cfg.overlap or "allow",
+        max_span_len=cfg.max_span_len or max(1, max_len - default_stride(max_len)),
+    )
 
 
 class Tagger:
@@ -177,6 +220,8 @@ class Tagger:
         num_threads: int | None = None,
         precision: str | Precision = Precision.FP32,
         record=None,
+        span_threshold: float | None = None,
+        overlap: str | None = None,
     ):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
@@ -191,10 +236,17 @@ class Tagger:
         check_window(max_len, getattr(getattr(model, "encoder", None), "config", None), flag="--window")
         self.model = model.eval()
         self.aligner = CharAligner(tokenizer)
-        self.tags: list[str] = list(model.tags)
         self.scheme: str = model.config.data.scheme
         self.max_len = max_len
-        self.stride = stride or default_stride(max_len)
+        self.span: span_decoding.SpanSettings | None = _span_settings(model, max_len, span_threshold, overlap)
+        if self.span is None:
+            self.tags: list[str] = list(model.tags)
+            self.stride = stride or default_stride(max_len)
+        else:  # tags of a span model: those of its outermost entities (tag_texts)
+            self.labels: list[str] = list(model.labels)
+            self.tags = tag_set(self.labels, self.scheme)
+            overlap_crf = max_len - default_stride(max_len)
+            self.stride = span_decoding.span_stride(max_len, self.span.max_span_len, stride, overlap_crf)
         if self.stride > max_len:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
         self.batch_size = batch_size
@@ -216,9 +268,7 @@ class Tagger:
         self.precision: Precision = self.precision_choice.precision
         if self.precision is Precision.INT8:
             self.model = int8_copy(self.model)
-            quantize = getattr(getattr(self.model, "head", None), "quantize_int8", None)
-            if quantize is not None:  # the copy's RNN head (its own copy): int8 products like its encoder's
-                quantize()
+            _int8_head(getattr(self.model, "head", None))
         # reduced-precision kernels are compiled and cached per shape: window batches are padded to a
         # multiple of 16 positions there, so a long-running service meets few shapes, but never beyond the
         # window, so full windows are not padded (see batching.collate)
@@ -240,9 +290,9 @@ class Tagger:
         saved = loaded.config.prediction
 
         def pick(name: str, default=None):
-            value = getattr(opts, name)
+            value = getattr(opts, name, None)  # the span options exist only where the config has them
             if value is None:
-                value = getattr(saved, name)
+                value = getattr(saved, name, None)
             return default if value is None else value
 
         return cls(
@@ -255,12 +305,31 @@ class Tagger:
             num_threads=pick("num_threads"),
             precision=pick("precision", Precision.AUTO),
             record=read_precision_record(getattr(loaded, "path", None)),
+            span_threshold=pick("span_threshold"),
+            overlap=pick("overlap"),
         )
 
     #: how windows are placed and joined: evenly spread windows (:func:`tagging_windows`), each character's
     #: emissions from its most central one, then one CRF pass over the whole text (stored with prediction
     #: runs, so a run never resumes under another rule: "emissions" was fixed windows every stride)
     merge = "emissions/even-windows"
+    #: a span model's rule: evenly spread windows overlapping by at least max_span_len, each span scored in
+    #: the window where it sits most centrally (:mod:`ner_core.inference.spans`)
+    span_merge = "spans/most-central-window"
+
+    @property
+    def decoding(self) -> dict:
+        """What turns scores into entities, beside the windows: ``{"decoder": "crf"}``, or for a span model
+        the decoder, its threshold, overlap mode and span limit (stored with prediction runs: a run never
+        resumes under other values)."""
+        if self.span is None:
+            return {"decoder": "crf"}
+        return {
+            "decoder": "span",
+            "span_threshold": self.span.threshold,
+            "overlap": self.span.overlap,
+            "max_span_len": self.span.max_span_len,
+        }
 
     @property
     def settings(self) -> dict:
@@ -270,7 +339,8 @@ class Tagger:
             "batch_size": self.batch_size,
             "device": str(self.device),
             "precision": self.precision.value,
-            "merge": self.merge,
+            "merge": self.merge if self.span is None else self.span_merge,
+            **self.decoding,
         }
 
     @staticmethod
@@ -305,6 +375,12 @@ class Tagger:
             ``(tags, probs, entropy)``.
         """
         self._check_texts(texts)
+        if self.span is not None:  # a span model: the tags of its outermost entities
+            tagged = [
+                self._span_tags(t, sc)
+                for t, sc in zip(texts, self._score_spans(texts, progress), strict=True)
+            ]
+            return tagged if uncertainty else [(tags, probs) for tags, probs, _ in tagged]
         out: list[tuple[list[str], list[float]]] = []
         # texts are tagged in groups of at most _GROUP_CHARS characters, so the stitched emissions of a
         # huge input never all sit in memory at once; windows are pooled and length-sorted within a group
@@ -405,7 +481,13 @@ class Tagger:
     def predict(
         self, texts: Sequence[str], *, confidence: bool = True, progress: Callable[[int], None] | None = None
     ) -> list[list[PredictedEntity]]:
-        """Entities per text, half-open character spans over the original text (see module docstring)."""
+        """Entities per text, half-open character spans over the original text (see module docstring).
+        A span model's entities may overlap, and carry their span probability whatever ``confidence``
+        says (it costs nothing there)."""
+        if self.span is not None:
+            self._check_texts(texts)
+            scored = self._score_spans(texts, progress)
+            return [self._span_entities(t, sc) for t, sc in zip(texts, scored, strict=True)]
         return [
             self._entities(text, tags, probs, confidence)
             for text, (tags, probs) in zip(
@@ -417,7 +499,15 @@ class Tagger:
         self, texts: Sequence[str], *, progress: Callable[[int], None] | None = None
     ) -> list[DocumentPrediction]:
         """Per text: its entities (as :meth:`predict`) and its uncertainty, the summed token entropy of the
-        CRF marginals (see module docstring); what a stored prediction run keeps."""
+        CRF marginals (see module docstring), or for a span model the summed binary entropy of its scored
+        spans (:mod:`ner_core.inference.spans`); what a stored prediction run keeps."""
+        if self.span is not None:
+            self._check_texts(texts)
+            scored = self._score_spans(texts, progress)
+            return [
+                DocumentPrediction(self._span_entities(t, sc), span_decoding.binary_entropy_sum(sc.probs))
+                for t, sc in zip(texts, scored, strict=True)
+            ]
         tagged = self.tag_texts(texts, confidence=True, progress=progress, uncertainty=True)
         return [
             DocumentPrediction(self._entities(text, tags, probs, True), entropy)
@@ -439,6 +529,107 @@ class Tagger:
             conf = min(probs[start:end]) if confidence else 1.0
             ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6)))
         return ents
+
+    # ------------------------------------------------------------------ span models
+    def _score_spans(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None
+    ) -> list[span_decoding.ScoredSpans]:
+        """Each text's scored spans (:class:`span_decoding.ScoredSpans`), in groups of about
+        ``_GROUP_CHARS`` characters (their windows pooled and length-sorted, as the CRF path's)."""
+        out: list[span_decoding.ScoredSpans] = []
+        group: list[str] = []
+        size = 0
+        for text in texts:
+            if group and size + len(text) > _GROUP_CHARS:
+                out.extend(self._span_group(group, progress))
+                group, size = [], 0
+            group.append(text)
+            size += len(text)
+        if group:
+            out.extend(self._span_group(group, progress))
+        return out
+
+    def _span_group(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None
+    ) -> list[span_decoding.ScoredSpans]:
+        """Windows of ``texts`` through the encoder, head and span scorer; of each window's cells above the
+        floor, those whose most central window it is (:func:`span_decoding.owner_windows`)."""
+        assert self.span is not None
+        floor = min(self.span.threshold, span_decoding.ENTROPY_BAND[0])
+        starts = [np.array([s for s, _ in tagging_windows(len(t), self.max_len, self.stride)]) for t in texts]
+        windows = [(ti, k, int(s)) for ti, st in enumerate(starts) if texts[ti] for k, s in enumerate(st)]
+        width = [min(len(t), self.max_len) for t in texts]
+        seen = [np.zeros(len(t), dtype=bool) for t in texts]
+        parts: list[list[span_decoding.ScoredSpans]] = [[] for _ in texts]
+        al = self.aligner
+        windows.sort(key=lambda w: width[w[0]])  # stable: the windows of one text stay in order
+        for b in range(0, len(windows), self.batch_size):
+            batch_w = windows[b : b + self.batch_size]
+            items = [
+                EncodedChunk(None, al.char_ids(texts[ti][s : s + width[ti]]), None) for ti, _, s in batch_w
+            ]
+            enc = collate(items, al.cls_id, al.sep_id, al.pad_id, pad_to=self._pad_to, max_chars=self.max_len)
+            with autocast(self.precision, self.device.type):  # encoder + head; the span scores are float32
+                logits, char_mask = self.model.span_logits(
+                    enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+                )  # (B, C, L, L), (B, L)
+            first_seen = 0
+            for (ti, k, s), (lab, a, z, p) in zip(
+                batch_w, span_decoding.window_candidates(logits, char_mask, floor), strict=True
+            ):
+                i, j = a + s, z + s
+                own = span_decoding.owner_windows(starts[ti], width[ti], i, j) == k
+                parts[ti].append(span_decoding.ScoredSpans(lab[own], i[own], j[own] + 1, p[own]))
+                first_seen += int((~seen[ti][s : s + width[ti]]).sum())
+                seen[ti][s : s + width[ti]] = True
+            if progress is not None:
+                progress(first_seen)
+        return [span_decoding.ScoredSpans.join(p) for p in parts]
+
+    def _span_entities(self, text: str, scored: span_decoding.ScoredSpans) -> list[PredictedEntity]:
+        """The entities of one text: its spans at or above the threshold, whitespace at their edges trimmed
+        (a span trimmed onto another keeps the higher probability), flat or not, by position."""
+        assert self.span is not None
+        best: dict[tuple[int, int, str], float] = {}
+        hit = scored.probs >= self.span.threshold
+        for c, start, end, p in zip(
+            scored.labels[hit].tolist(),
+            scored.starts[hit].tolist(),
+            scored.ends[hit].tolist(),
+            scored.probs[hit].tolist(),
+            strict=True,
+        ):
+            while start < end and text[start].isspace():
+                start += 1
+            while end > start and text[end - 1].isspace():
+                end -= 1
+            if start < end:
+                key = (start, end, self.labels[c])
+                best[key] = max(best.get(key, 0.0), p)
+        spans = [(s, e, lab, p) for (s, e, lab), p in best.items()]
+        if self.span.overlap == "flat":
+            spans = span_decoding.flat_subset(spans, {lab: i for i, lab in enumerate(self.labels)})
+        return [
+            PredictedEntity(s, e, lab, text[s:e], round(p, 6))
+            for s, e, lab, p in sorted(spans, key=lambda x: x[:3])
+        ]
+
+    def _span_tags(
+        self, text: str, scored: span_decoding.ScoredSpans
+    ) -> tuple[list[str], list[float], float]:
+        """Tags of the outermost entities (:func:`ner_core.data.formats.overlaps.outermost`); per character
+        the probability of the outermost entity holding it, elsewhere 1 minus the highest probability of a
+        scored span over it; and the document's uncertainty."""
+        ents = self._span_entities(text, scored)
+        outer = outermost([Entity(start=e.start, end=e.end, label=e.label) for e in ents])
+        probs = np.ones(len(text), dtype=np.float64)
+        for s, e, p in zip(scored.starts.tolist(), scored.ends.tolist(), scored.probs.tolist(), strict=True):
+            probs[s:e] = np.minimum(probs[s:e], 1.0 - p)
+        conf = {(e.start, e.end, e.label): e.confidence for e in ents}
+        for e in outer:
+            probs[e.start : e.end] = conf[(e.start, e.end, e.label)]
+        tags = spans_to_tags(len(text), outer, self.scheme)
+        return tags, probs.tolist(), span_decoding.binary_entropy_sum(scored.probs)
 
 
 def calibration_text(n_chars: int, seed: int = 0) -> str:

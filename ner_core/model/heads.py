@@ -89,6 +89,7 @@ class BiRNNHead(nn.Module):
         ]
         # per layer, the (forward, backward) one-way passes quantized to int8 by :meth:`quantize_int8`
         self._int8: list[tuple[nn.Module, nn.Module]] | None = None
+        self._bf16_inference = False  # set by :meth:`run_in_bf16`
 
     def quantize_int8(self) -> None:
         """Run this head's inference in int8 from now on: each direction of each layer as a dynamically
@@ -127,23 +128,32 @@ class BiRNNHead(nn.Module):
         out, _ = torch.func.functional_call(self._one_way[layer], weights, (x,))
         return out
 
-    def _float32_lstm(self, x: Tensor) -> bool:
-        """Whether this call must run its LSTM in float32: under CPU bf16 autocast on a CPU whose oneDNN
-        cannot run a bf16 LSTM (:func:`ner_core.runtime.hardware.bf16_lstm_runs`). The GRU stays in float32
-        under CPU autocast anyway, and every other layer keeps the run's precision."""
-        return (
+    def _float32_rnn(self, x: Tensor) -> bool:
+        """Whether this call must run its RNN in float32 under CPU bf16 autocast: always for the GRU (oneDNN
+        has no bf16 GRU: autocast sends it to a reference kernel several times slower than float32, measured
+        in ``bench/bench_heads.py``), and for the LSTM on a CPU whose oneDNN cannot run a bf16 LSTM
+        (:func:`ner_core.runtime.hardware.bf16_lstm_runs`). Every other layer keeps the run's precision."""
+        if not (
             x.device.type == "cpu"
-            and isinstance(self.rnn, nn.LSTM)
             and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and not bf16_lstm_runs()
-        )
+        ):
+            return False
+        return isinstance(self.rnn, nn.GRU) or not bf16_lstm_runs()
+
+    def run_in_bf16(self) -> None:
+        """Run this head's inference under CPU bf16 autocast from now on, whatever the caller's precision:
+        for an int8 copy's LSTM on a CPU with bf16 units, where oneDNN's bf16 LSTM beats the int8 one."""
+        self._bf16_inference = True
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (B, T, H), mask (B, T) bool right-padded -> (B, T, 2 * rnn_units), zero on padding."""
         _check_inputs(x, mask, self.input_size)
         with one_cpu_thread(x):
-            if self._float32_lstm(x):
+            if self._bf16_inference and x.device.type == "cpu" and not torch.is_grad_enabled():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return self._forward(x, mask).to(x.dtype)
+            if self._float32_rnn(x):
                 with torch.autocast("cpu", enabled=False):
                     return self._forward(x.float(), mask)
             return self._forward(x, mask)
