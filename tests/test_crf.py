@@ -414,7 +414,7 @@ def constrained_problems(draw):
     trans[0, 0] = start[0] = end[0] = True
     B = draw(st.integers(1, 6))
     T = draw(st.integers(1, 12))
-    scale = draw(st.sampled_from([1.0, 10.0, 100.0]))
+    scale = draw(st.sampled_from([1.0, 10.0, 100.0, 1.0e5]))
     return (start, trans, end), B, T, scale, seed
 
 

@@ -9,10 +9,17 @@ Constraints and training
 ------------------------
 Constraints apply at **decoding and in the marginals only**, as in allennlp: the training loss is plain
 pytorch-crf. Gold paths are valid by construction, so the learned transition scores of disallowed moves
-simply drift low; decoding then forbids them outright (a score of :data:`DISALLOWED` is added), so a path
-such as ``O -> I-PER`` or a sequence starting with ``I-PER`` or ending in ``B-PER`` (BIOES) never comes
-out, whatever the emissions. Keeping the loss unconstrained also keeps it finite on a noisy gold
-sequence that breaks the scheme.
+simply drift low; decoding then removes them outright (their scores become ``-inf``), so a path such as
+``O -> I-PER`` or a sequence starting with ``I-PER`` or ending in ``B-PER`` (BIOES) never comes out,
+whatever the emissions, and the marginals put exactly zero on it. A finite penalty would not do: emissions
+larger than the penalty buy a forbidden path back. Keeping the loss unconstrained also keeps it finite on
+a noisy gold sequence that breaks the scheme.
+
+No allowed path: masks can contradict themselves for some lengths (say, a tag that may only start a
+sequence and only follow itself, but never end one). Such a row is decoded, and its marginals computed,
+with a finite penalty of :data:`DISALLOWED` per forbidden start, move or end instead (the least bad path
+for ordinary scores), so it still gets an answer and never NaN; rows that have an allowed path are not
+affected by that fallback.
 
 Speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor`, :meth:`ConstrainedCRF.marginals` and the training
 loss's log-partition with its gradient (:meth:`ConstrainedCRF.neg_log_likelihood`) run compiled C
@@ -40,10 +47,12 @@ from ner_core.model import _ckernel
 
 __all__ = ["DISALLOWED", "ConstrainedCRF"]
 
-#: Score added to a disallowed start / transition / end during decoding. Finite (not -inf) so that a
-#: problem with no allowed path at all still decodes (to the least bad path) instead of producing NaN.
+#: Score added to each disallowed start / transition / end for a row that has no allowed path at all, so
+#: it still decodes (to the least bad path) instead of producing NaN. Rows with an allowed path are
+#: decoded with the disallowed moves removed (``-inf``), never with this penalty.
 DISALLOWED = -1.0e4
 
+Scores = tuple[Tensor, Tensor, Tensor]
 AllowedMasks = tuple[
     np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence, np.ndarray | Tensor | Sequence
 ]
@@ -60,18 +69,35 @@ def _as_bool_tensor(value: object, shape: tuple[int, ...], what: str) -> Tensor:
     return t.clone()
 
 
+#: Below this, a shifted exp-space product has lost its terms (underflow, or only removed moves lead
+#: there): the entry is recomputed as an exact log-sum-exp (as the C kernel does).
+_EXACT_BELOW = 1e-280
+
+
+def _finite_or_zero(x: Tensor) -> Tensor:
+    """``x`` with infinite entries (a max over removed moves only: ``-inf``) replaced by 0, so shifting
+    by it never computes ``-inf - -inf``."""
+    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def _log_matmul_exp(a: Tensor, m: Tensor) -> Tensor:
     """``out[b, j] = logsumexp_i a[b, i] + m[i, j]`` for a (B, K), m (K, K), as one matmul in exp space.
 
-    Both sides are shifted by their maxima first, so nothing overflows; a state no path reaches gets a
-    very low finite score instead of -inf (no NaN even when the constraints leave no path at all).
-    Callers use float64: exact while the scores within one row of ``a`` span less than ~700 (float32: ~85).
+    Both sides are shifted by their maxima first, so nothing overflows; ``-inf`` entries (removed moves,
+    unreachable states) contribute exactly 0, and an all ``-inf`` row or column is shifted by 0 instead
+    of by its ``-inf`` maximum. Where the product underflows (the scores of one step span more than
+    ~650, or no allowed move leads to the state) the entries are recomputed as an exact log-sum-exp, so
+    a state no allowed path reaches gets exactly ``-inf`` and large scores stay exact. Callers use float64.
     """
-    a_max = a.max(dim=1, keepdim=True).values  # (B, 1)
-    m_max = m.max(dim=0, keepdim=True).values  # (1, K)
+    a_max = _finite_or_zero(a.max(dim=1, keepdim=True).values)  # (B, 1)
+    m_max = _finite_or_zero(m.max(dim=0, keepdim=True).values)  # (1, K)
     prod = torch.exp(a - a_max) @ torch.exp(m - m_max)  # (B, K)
-    tiny = torch.finfo(prod.dtype).tiny
-    return torch.log(prod.clamp_min(tiny)) + a_max + m_max  # (B, K)
+    low = prod < _EXACT_BELOW  # (B, K)
+    out = torch.log(prod.clamp_min(_EXACT_BELOW)) + a_max + m_max  # (B, K)
+    if bool(low.any()):  # rare with ordinary scores: the (B, K, K) exact form only then
+        exact = torch.logsumexp(a.unsqueeze(2) + m.unsqueeze(0), dim=1)  # (B, K); all -inf -> -inf
+        out = torch.where(low, exact, out)
+    return out
 
 
 class ConstrainedCRF(nn.Module):
@@ -151,19 +177,43 @@ class ConstrainedCRF(nn.Module):
         return emissions
 
     # ------------------------------------------------------------------ scores
-    def _constrained_scores(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """Start (K,), transition (K, K) and end (K,) scores with :data:`DISALLOWED` added where forbidden."""
-        zero = torch.zeros((), dtype=dtype, device=self.allowed_trans.device)
-        pen = torch.tensor(DISALLOWED, dtype=dtype, device=self.allowed_trans.device)
+    def _constrained_scores(self, dtype: torch.dtype, penalty: float | None = None) -> Scores:
+        """Start (K,), transition (K, K) and end (K,) scores with the forbidden ones removed (``-inf``),
+        or, given a finite ``penalty`` (the no-allowed-path fallback), with ``penalty`` added to them."""
+        dev = self.allowed_trans.device
+        if penalty is None:
+            off = torch.tensor(float("-inf"), dtype=dtype, device=dev)
+            return (
+                torch.where(self.allowed_start, self.crf.start_transitions.to(dtype), off),  # (K,)
+                torch.where(self.allowed_trans, self.crf.transitions.to(dtype), off),  # (K, K)
+                torch.where(self.allowed_end, self.crf.end_transitions.to(dtype), off),  # (K,)
+            )
+        zero = torch.zeros((), dtype=dtype, device=dev)
+        pen = torch.tensor(penalty, dtype=dtype, device=dev)
         start = self.crf.start_transitions.to(dtype) + torch.where(self.allowed_start, zero, pen)  # (K,)
         trans = self.crf.transitions.to(dtype) + torch.where(self.allowed_trans, zero, pen)  # (K, K)
         end = self.crf.end_transitions.to(dtype) + torch.where(self.allowed_end, zero, pen)  # (K,)
         return start, trans, end
 
-    def _scores_numpy(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The constrained start, transition and end scores as float32 numpy arrays (for the C kernels)."""
-        start, trans, end = (x.detach().cpu().numpy() for x in self._constrained_scores(torch.float32))
+    def _scores_numpy(self, penalty: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_constrained_scores` as float32 numpy arrays (for the C kernels)."""
+        start, trans, end = (
+            x.detach().cpu().numpy() for x in self._constrained_scores(torch.float32, penalty)
+        )
         return start, trans, end
+
+    def _paths_allowed(self, paths: Tensor, lengths: Tensor) -> Tensor:
+        """``(B,)`` bool: whether each row's path ``(B, T)`` (up to its length) starts, moves and ends as
+        allowed. Exact decoding returns an allowed path for every row that has one, so a row failing this
+        check has none."""
+        B, T = paths.shape
+        rows = torch.arange(B, device=paths.device)
+        ok = self.allowed_start[paths[:, 0]] & self.allowed_end[paths[rows, lengths - 1]]  # (B,)
+        if T > 1:
+            moves = self.allowed_trans[paths[:, :-1], paths[:, 1:]]  # (B, T-1)
+            on = torch.arange(1, T, device=paths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T-1)
+            ok &= (moves | ~on).all(dim=1)
+        return ok
 
     @staticmethod
     def _use_kernel(backend: str, emissions: Tensor, what: str) -> bool:
@@ -239,20 +289,34 @@ class ConstrainedCRF(nn.Module):
 
         ``backend``: ``"c"`` the compiled CPU kernel (:mod:`ner_core.model._ckernel`), ``"torch"`` the tensor
         implementation below (any device), ``"auto"`` the kernel for CPU tensors when it is available.
-        Both return identical paths.
+        Both return identical paths: the best allowed path of each row, exactly (removed moves are
+        ``-inf``); a row with no allowed path gets the penalised fallback of the module doc.
         """
-        if self._use_kernel(backend, emissions, "Viterbi"):
+        kernel = self._use_kernel(backend, emissions, "Viterbi")
+        paths, lengths = self._viterbi_with(emissions, mask, kernel, None)
+        if self.is_constrained:
+            stuck = ~self._paths_allowed(paths, lengths)  # (B,): rows with no allowed path at all
+            if bool(stuck.any()):
+                sub, _ = self._viterbi_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
+                paths[stuck] = sub
+        return paths, lengths
+
+    def _viterbi_with(
+        self, emissions: Tensor, mask: Tensor, kernel: bool, penalty: float | None
+    ) -> tuple[Tensor, Tensor]:
+        """Viterbi by the C kernel or the tensor implementation, under :meth:`_constrained_scores`."""
+        if kernel:
             lengths = mask.sum(dim=1)  # (B,)
             paths = _ckernel.viterbi(
                 emissions.detach().float().numpy(force=True),
-                *self._scores_numpy(),
+                *self._scores_numpy(penalty),
                 lengths.numpy(),
                 threads=torch.get_num_threads(),
             )
             return torch.from_numpy(paths), lengths
-        return self._viterbi_torch(emissions, mask)
+        return self._viterbi_torch(emissions, mask, self._constrained_scores(torch.float32, penalty))
 
-    def _viterbi_torch(self, emissions: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _viterbi_torch(self, emissions: Tensor, mask: Tensor, scores: Scores) -> tuple[Tensor, Tensor]:
         """The tensor implementation of :meth:`viterbi_tensor`.
 
         The forward pass runs unmasked (a step only depends on earlier ones, so each row's scores up to
@@ -264,7 +328,7 @@ class ConstrainedCRF(nn.Module):
         B, T, K = emissions.shape
         device = emissions.device
         em = emissions.float().transpose(0, 1).contiguous()  # (T, B, K)
-        start, trans, end = self._constrained_scores(em.dtype)
+        start, trans, end = scores  # -inf entries are fine here: max and + never meet +inf
         trans_t = trans.t().contiguous().unsqueeze(0)  # (1, K_to, K_from): reduce over the last dim
         scores = torch.empty(T, B, K, dtype=em.dtype, device=device)  # best score ending in each tag
         history = torch.empty(T, B, K, dtype=torch.long, device=device)  # backpointers: tag at t -> t-1
@@ -304,7 +368,9 @@ class ConstrainedCRF(nn.Module):
 
     @torch.no_grad()
     def marginals(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> Tensor:
-        """Posterior tag probabilities by forward-backward over the allowed paths.
+        """Posterior tag probabilities by forward-backward over the allowed paths (exactly: a forbidden
+        start, move or end gets probability 0 whatever the emissions; a row with no allowed path gets the
+        penalised fallback of the module doc).
 
         Args:
             emissions: ``(B, T, K)``; mask: ``(B, T)`` bool, right-padded, first step on.
@@ -317,21 +383,32 @@ class ConstrainedCRF(nn.Module):
             Computed in float64: alpha + beta - log Z cancels large magnitudes on long sequences.
         """
         self._validate(emissions, mask)
-        if self._use_kernel(backend, emissions, "marginals"):
+        kernel = self._use_kernel(backend, emissions, "marginals")
+        out = self._marginals_with(emissions, mask, kernel, None)
+        if self.is_constrained:
+            stuck = torch.isnan(out).flatten(1).any(dim=1)  # (B,): rows with no allowed path at all
+            if bool(stuck.any()):
+                out[stuck] = self._marginals_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
+        return out
+
+    def _marginals_with(self, emissions: Tensor, mask: Tensor, kernel: bool, penalty: float | None) -> Tensor:
+        """Marginals by the C kernel or the tensor implementation, under :meth:`_constrained_scores`; a
+        row with no allowed path comes back NaN (its log-partition is ``-inf``)."""
+        if kernel:
             out = _ckernel.marginals(
                 emissions.detach().float().numpy(force=True),
-                *self._scores_numpy(),
+                *self._scores_numpy(penalty),
                 mask.sum(dim=1).numpy(),
                 threads=torch.get_num_threads(),
             )
             return torch.from_numpy(out)
-        return self._marginals_torch(emissions, mask)
+        return self._marginals_torch(emissions, mask, self._constrained_scores(torch.float64, penalty))
 
-    def _marginals_torch(self, emissions: Tensor, mask: Tensor) -> Tensor:
+    def _marginals_torch(self, emissions: Tensor, mask: Tensor, scores: Scores) -> Tensor:
         """The tensor implementation of :meth:`marginals` (inputs validated there)."""
         em = emissions.double()  # (B, T, K)
         B, T, K = em.shape
-        start, trans, end = self._constrained_scores(em.dtype)
+        start, trans, end = scores
         alphas = self._forward_alphas(em, mask, start, trans)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
         trans_t = trans.t()  # (K, K) [to, from]
@@ -344,8 +421,9 @@ class ConstrainedCRF(nn.Module):
             beta = torch.where(mask[:, t + 1].unsqueeze(1), nxt, end_b)  # (B, K)
             betas.append(beta)
         betas_t = torch.stack(betas[::-1], dim=1)  # (B, T, K)
-        log_z = torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1)  # (B,)
+        log_z = torch.logsumexp(alphas[:, -1] + end.unsqueeze(0), dim=1)  # (B,); -inf: no allowed path
         post = torch.exp(alphas + betas_t - log_z.view(B, 1, 1))  # (B, T, K)
+        post = torch.where(torch.isinf(log_z).view(B, 1, 1), torch.nan, post)
         return (post * mask.unsqueeze(2).to(post.dtype)).float()  # (B, T, K)
 
 

@@ -12,8 +12,11 @@
  * the GIL).
  *
  * em (B, T, K) float32 C-contiguous; start (K), trans (K, K) [from, to], end (K) with the scheme's
- * constraints already added; lengths (B) in [1, T]; paths (B, T) int64 out: steps past a row's
- * length repeat its last tag. Returns 0, or -1 when memory could not be allocated.
+ * constraints already applied: a forbidden entry is -INFINITY (max and + handle it exactly; no +inf
+ * ever meets it), so the path is the best allowed one whatever the emissions. A row with no allowed
+ * path at all comes back with some forbidden path (the caller checks and decodes such rows again with
+ * finite penalties). lengths (B) in [1, T]; paths (B, T) int64 out: steps past a row's length repeat
+ * its last tag. Returns 0, or -1 when memory could not be allocated.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -115,15 +118,17 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
 
 /* Posterior marginals p(y_t = k | x) of a linear-chain CRF by forward-backward in log space.
  *
- * Same inputs as ner_viterbi (start, trans and end with the constraint penalties already added), and
+ * Same inputs as ner_viterbi (start, trans and end with forbidden entries -INFINITY), and
  * the same arithmetic as ConstrainedCRF.marginals' torch implementation, in float64: every step is a
  * log-sum-exp over the previous tag written as one small product in exp space, each side shifted by its
  * maximum (the state vector by its max, the transition matrix by its column max for the forward pass and
  * its row max for the backward pass), so nothing overflows. Where that product underflows (below
  * EXACT_BELOW: the scores of one step span more than ~650, so the terms that survived the shift may all
  * be negligible or forbidden) the entry is recomputed as an exact log-sum-exp over the K terms, so the
- * marginals stay exact at any scale; a state that no allowed path reaches at all gets a very low but
- * finite score, never NaN.
+ * marginals stay exact at any scale; a state that no allowed path reaches gets exactly -INFINITY (a
+ * column or row of trans with no allowed entry contributes 0 to the product instead of exp(-inf - -inf),
+ * and lse2 shifts by -DBL_MAX, never by -inf). A row with no allowed path at all (log Z = -inf) gets NaN
+ * at every step, for the caller to compute again with finite penalties.
  * Only the forward scores are stored ((T, K) doubles per row); the backward pass runs from the row's end
  * and writes the posteriors as it goes. Rows [b0, b1) are computed; out (B, T, K) float32, padded steps 0.
  * Returns 0, or -1 when memory could not be allocated.
@@ -178,8 +183,9 @@ static int scores_init(Scores *s, const float *trans, int64_t K) {
             if (trans[i * K + j] > c) c = trans[i * K + j];
             if (trans[j * K + i] > r) r = trans[j * K + i];
         }
-        s->cmax[j] = c;
-        s->rmax[j] = r;
+        /* an all-forbidden column / row: shift by 0, so its entries give exp(-inf) = 0, not NaN */
+        s->cmax[j] = isinf(c) ? 0.0 : c;
+        s->rmax[j] = isinf(r) ? 0.0 : r;
     }
     for (int64_t i = 0; i < K; i++)
         for (int64_t j = 0; j < K; j++) {
@@ -196,6 +202,7 @@ static void alpha_step(Scores *s, const double *p, double *a, const float *e) {
     const int64_t K = s->K;
     double m = p[0];
     for (int64_t i = 1; i < K; i++) m = p[i] > m ? p[i] : m;
+    if (isinf(m)) m = 0.0; /* no state reachable: every term is exp(-inf) = 0, then lse2 gives -inf */
     for (int64_t i = 0; i < K; i++) s->w[i] = exp(p[i] - m);
     for (int64_t j = 0; j < K; j++) {
         double acc = 0.0;
@@ -243,6 +250,10 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
         for (int64_t t = 1; t < L; t++)
             alpha_step(&sc, alpha + (size_t)(t - 1) * K, alpha + (size_t)t * K, e + t * K);
         const double log_z = lse2(alpha + (size_t)(L - 1) * K, 1, ed, 1, K); /* logsumexp alpha + end */
+        if (!(log_z > -INFINITY)) { /* no allowed path: NaN, for the caller to redo with penalties */
+            for (int64_t i = 0; i < T * K; i++) o[i] = NAN;
+            continue;
+        }
         for (int64_t k = 0; k < K; k++) beta[k] = ed[k];
         for (int64_t t = L - 1;; t--) {
             const double *a = alpha + (size_t)t * K;
