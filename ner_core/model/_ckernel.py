@@ -180,7 +180,9 @@ def viterbi(
 
     Args:
         em: ``(B, T, K)`` float32 emissions; start ``(K,)``, trans ``(K, K)`` [from, to], end ``(K,)``
-            float32 with constraint penalties already added; lengths ``(B,)`` int64 in ``[1, T]``.
+            float32 with the constraints applied (forbidden entries ``-inf``, or a finite penalty added);
+            lengths ``(B,)`` int64 in ``[1, T]``. A row with no allowed path comes back with some
+            forbidden path (the caller checks).
         threads: split the rows over this many threads.
 
     Raises:
@@ -201,7 +203,8 @@ def marginals(
     threads: int = 1,
 ) -> np.ndarray:
     """Posterior tag probabilities ``(B, T, K)`` float32 by forward-backward (computed in float64);
-    steps past a row's length are 0. Inputs and errors as in :func:`viterbi`."""
+    steps past a row's length are 0, every step of a row with no allowed path is NaN. Inputs and errors
+    as in :func:`viterbi`."""
     em, start, trans, end, lengths = _inputs(em, start, trans, end, lengths)
     out = np.empty(em.shape, dtype=np.float32)  # (B, T, K)
     _call("ner_marginals", em, start, trans, end, lengths, out, threads, block=1)
@@ -221,7 +224,7 @@ def logz_grad(
     Returns ``(logz (B,) float64, marginals (B, T, K) float32, pairs (B, K, K) float64)``: ``marginals`` is
     d logz / d em (its step 0 is also d logz / d start and its step ``length - 1`` d logz / d end; 0 past a
     row's length), ``pairs[b, i, j]`` the expected number of ``i -> j`` transitions, d logz / d trans.
-    Inputs (scores without constraint penalties) and errors as in :func:`viterbi`.
+    Inputs (scores without constraints) and errors as in :func:`viterbi`.
     """
     em, start, trans, end, lengths = _inputs(em, start, trans, end, lengths)
     B, T, K = em.shape
