@@ -619,7 +619,8 @@ class Tagger:
     ) -> tuple[list[str], list[float], float]:
         """Tags of the outermost entities (:func:`ner_core.data.formats.overlaps.outermost`); per character
         the probability of the outermost entity holding it, elsewhere 1 minus the highest probability of a
-        scored span over it; and the document's uncertainty."""
+        span over it (of those scoring at least the entropy band's 0.05; 1.0 where none does); and the
+        document's uncertainty."""
         ents = self._span_entities(text, scored)
         outer = outermost([Entity(start=e.start, end=e.end, label=e.label) for e in ents])
         probs = np.ones(len(text), dtype=np.float64)

@@ -1,0 +1,270 @@
+"""Tagging with a span-decoder model: windows that overlap by the span limit, each span from its most
+central window, threshold, allow|flat, span confidence and the summed binary entropy of a document; the
+prediction plumbing (stored runs, overlapping predicted entities in DuckDB and its views)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+LABELS = ["LOC", "ORG", "PER"]
+#: what the dictionary fake knows: nested (北京大学 ORG holds 北京 LOC), two labels on one span (华为)
+DICTIONARY = {"北京大学": ("ORG", 4.0), "北京": ("LOC", 3.0), "张三": ("PER", 2.0), "华为": ("ORG", 1.0)}
+UNSURE = {"大学": ("ORG", 0.2), "华为": ("LOC", -0.3)}  # near 0.5: counted in the uncertainty
+
+
+def _config(max_span_len: int | None = 6, threshold: float = 0.5, overlap: str | None = None):
+    decoder = SimpleNamespace(type="span", max_span_len=max_span_len, threshold=threshold, overlap=overlap)
+    return SimpleNamespace(data=SimpleNamespace(scheme="BIOES"), decoder=decoder)
+
+
+class _DictionarySpanModel(nn.Module):
+    """A span model whose score of a span depends only on its characters (a dictionary lookup; every
+    other span scores -8): windowed tagging must then equal whole-text tagging, whatever the windows."""
+
+    decoder = "span"
+
+    def __init__(self, tokenizer, max_span_len: int | None = 6, **decoder):
+        from ner_core.data.alignment import CharAligner
+
+        super().__init__()
+        self.labels = list(LABELS)
+        self.config = _config(max_span_len, **decoder)
+        al = CharAligner(tokenizer)
+        self.table = {
+            (tuple(al.char_ids(word)), LABELS.index(label)): score
+            for table in (DICTIONARY, UNSURE)
+            for word, (label, score) in table.items()
+        }
+        self.limit = max_span_len
+        self.calls = 0
+
+    def span_logits(self, ids, att):
+        self.calls += 1
+        B, T = ids.shape
+        L = T - 2
+        n = att.long().sum(1) - 2  # (B,)
+        char_mask = torch.arange(L).unsqueeze(0) < n.unsqueeze(1)  # (B, L)
+        out = torch.full((B, len(LABELS), L, L), -1e12)  # (B, C, L, L)
+        for b in range(B):
+            chars = ids[b, 1 : 1 + int(n[b])].tolist()
+            for i in range(len(chars)):
+                for j in range(i, min(len(chars), i + (self.limit or len(chars)))):
+                    out[b, :, i, j] = -8.0
+                    for c in range(len(LABELS)):
+                        score = self.table.get((tuple(chars[i : j + 1]), c))
+                        if score is not None:
+                            out[b, c, i, j] = score
+        return out, char_mask
+
+
+class _CentralitySpanModel(_DictionarySpanModel):
+    """Scores every one- and two-character span of label 0 by where it sits in its window: lower the
+    more central, and (to tell tied windows apart) slightly lower the later it starts in the window; so
+    taking any window's score, or the highest, is not taking the most central window's."""
+
+    def span_logits(self, ids, att):
+        out, char_mask = super().span_logits(ids, att)
+        out[:] = -1e12
+        for b in range(ids.shape[0]):
+            n = int(char_mask[b].sum())
+            for i in range(n):
+                for j in (i, i + 1):
+                    if j < n:
+                        out[b, 0, i, j] = _central_logit(i, j, n)
+        return out, char_mask
+
+
+def _central_logit(a: int, b: int, n: int) -> float:
+    return 2.0 - 0.25 * min(a, n - 1 - b) - 0.001 * a
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_encoder_dir):
+    from ner_core.config import EncoderConfig
+    from ner_core.model.encoder import load_encoder
+
+    return load_encoder(EncoderConfig(name=str(tiny_encoder_dir)))[1]
+
+
+TEXT = "张三在北京大学读书，后来去了华为。" * 3 + "北京的张三说：北京大学很好。"
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _expected(text: str, threshold: float = 0.5) -> list[tuple[int, int, str, float]]:
+    """Every dictionary span of ``text`` reaching ``threshold`` (what the dictionary fake scores)."""
+    out = []
+    for table in (DICTIONARY, UNSURE):
+        for word, (label, score) in table.items():
+            p = _sigmoid(score)
+            start = text.find(word)
+            while start >= 0:
+                if p >= threshold:
+                    out.append((start, start + len(word), label, round(p, 6)))
+                start = text.find(word, start + 1)
+    return sorted(out, key=lambda x: x[:3])
+
+
+# ----------------------------------------------------------------------------------------- windows
+def test_each_span_is_owned_by_the_window_where_it_sits_most_centrally():
+    """owner_windows against brute force: the largest distance to the nearer window edge among the
+    windows holding the span, ties to the earlier window, for many lengths, windows and strides."""
+    from ner_core.inference.spans import owner_windows
+    from ner_core.inference.tagger import tagging_windows
+
+    rng = np.random.default_rng(0)
+    for length, max_len, stride in [(300, 64, 40), (301, 32, 20), (97, 16, 9), (50, 64, 56), (400, 40, 33)]:
+        wins = tagging_windows(length, max_len, stride)
+        n = wins[0][1] - wins[0][0]
+        first = rng.integers(0, length, 400)
+        last = np.minimum(first + rng.integers(0, max_len - stride + 1, 400), length - 1)
+        got = owner_windows(np.array([s for s, _ in wins]), n, first, last)
+        for i, j, k in zip(first.tolist(), last.tolist(), got.tolist(), strict=True):
+            cent = [min(i - s, e - 1 - j) if s <= i and j < e else -1 for s, e in wins]
+            assert k == cent.index(max(cent)) and cent[k] >= 0, (length, max_len, stride, i, j)
+
+
+def test_span_windows_overlap_by_the_span_limit_and_a_stride_that_breaks_it_is_refused(tokenizer):
+    from ner_core.inference.tagger import Tagger
+
+    fake = _DictionarySpanModel(tokenizer, max_span_len=12)
+    assert Tagger(fake, tokenizer, max_len=64).stride == 64 - 12  # the span limit beats the CRF's 1/8
+    assert Tagger(_DictionarySpanModel(tokenizer, max_span_len=3), tokenizer, max_len=64).stride == 56
+    assert Tagger(fake, tokenizer, max_len=64, stride=52).stride == 52
+    with pytest.raises(ValueError, match=r"^stride 53 leaves windows of 64 overlapping by 11 characters.*"):
+        Tagger(fake, tokenizer, max_len=64, stride=53)
+    with pytest.raises(
+        ValueError, match="window of 12 characters must be longer than the model's max_span_len"
+    ):
+        Tagger(fake, tokenizer, max_len=12)
+
+
+def test_a_crf_model_refuses_the_span_options_in_one_line(tokenizer):
+    from ner_core.inference.tagger import Tagger
+    from ner_core.schemes import tag_set
+    from tests.test_predict import _PositionFreeModel
+
+    crf = _PositionFreeModel(tag_set(LABELS, "BIOES"), vocab=len(tokenizer))
+    for kwargs in ({"span_threshold": 0.3}, {"overlap": "flat"}):
+        with pytest.raises(
+            ValueError, match="apply to a span-decoder model only; this model decodes with a CRF"
+        ):
+            Tagger(crf, tokenizer, max_len=32, **kwargs)
+    assert Tagger(crf, tokenizer, max_len=32).settings["decoder"] == "crf"
+
+
+# ----------------------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("max_len,stride", [(64, None), (16, 10), (12, 6), (9, 3)])
+def test_windowed_span_tagging_equals_the_dictionary_whatever_the_windows(tokenizer, max_len, stride):
+    """A position-free span model: every dictionary span, nested ones and two labels on one span
+    included, is found once with its own probability, wherever the window edges fall."""
+    from ner_core.inference.tagger import Tagger
+
+    fake = _DictionarySpanModel(tokenizer)
+    tagger = Tagger(fake, tokenizer, max_len=max_len, stride=stride, batch_size=3)
+    texts = [TEXT, "", "北京", TEXT[5:40]]
+    got = tagger.predict(texts)
+    for text, ents in zip(texts, got, strict=True):
+        assert [(e.start, e.end, e.label, e.confidence) for e in ents] == _expected(text)
+        assert all(text[e.start : e.end] == e.text for e in ents)
+    assert {("北京大学", "ORG"), ("北京", "LOC"), ("华为", "ORG")} <= {(e.text, e.label) for e in got[0]}
+    assert tagger.settings["merge"] == "spans/most-central-window" and tagger.settings["decoder"] == "span"
+
+
+def test_threshold_and_flat_overlap(tokenizer):
+    from ner_core.inference.tagger import Tagger
+
+    fake = _DictionarySpanModel(tokenizer)
+    low = Tagger(fake, tokenizer, max_len=16, span_threshold=0.4).predict([TEXT])[0]
+    assert [(e.start, e.end, e.label, e.confidence) for e in low] == _expected(TEXT, 0.4)
+    assert ("大学", "ORG") in {(e.text, e.label) for e in low}  # p = 0.55 and 0.43 (华为 LOC) now in
+    flat = Tagger(fake, tokenizer, max_len=16, span_threshold=0.4, overlap="flat").predict([TEXT])[0]
+    # greedy by probability: 北京大学 ORG (0.98) beats 北京 LOC and 大学 ORG; 华为 ORG (0.73) beats 华为 LOC
+    assert [(e.text, e.label) for e in flat if e.start < 17] == [
+        ("张三", "PER"),
+        ("北京大学", "ORG"),
+        ("华为", "ORG"),
+    ]
+    taken = [i for e in flat for i in range(e.start, e.end)]
+    assert len(taken) == len(set(taken))
+    saved_flat = _DictionarySpanModel(tokenizer, overlap="flat", threshold=0.4)
+    assert Tagger(saved_flat, tokenizer, max_len=16).predict([TEXT])[0] == flat  # the model's saved mode
+    assert Tagger(saved_flat, tokenizer, max_len=16, overlap="allow").predict([TEXT])[0] == low
+
+
+def test_tags_of_a_span_model_are_those_of_its_outermost_entities(tokenizer):
+    from ner_core.inference.tagger import Tagger
+    from ner_core.schemes import tags_to_spans
+
+    tagger = Tagger(_DictionarySpanModel(tokenizer), tokenizer, max_len=16)
+    (tags, probs, entropy), (empty_tags, _, empty_h) = tagger.tag_texts([TEXT, ""], uncertainty=True)
+    spans = [(s.start, s.end, s.label) for s in tags_to_spans(tags, "BIOES")]
+    assert (3, 7, "ORG") in spans and (3, 5, "LOC") not in spans  # the outer 北京大学, not 北京 inside it
+    assert (14, 16, "ORG") in spans  # 华为 ORG (0.73; 华为 LOC, 0.43, is below the threshold)
+    assert probs[3] == pytest.approx(_sigmoid(4.0), abs=1e-6) and probs[0] == pytest.approx(
+        _sigmoid(2.0), abs=1e-6
+    )
+    assert probs[2] == 1.0  # 在: no span over it scores 0.05 or more
+    ((tags, probs),) = Tagger(
+        _DictionarySpanModel(tokenizer), tokenizer, max_len=16, span_threshold=0.6
+    ).tag_texts(
+        ["大学很好"]
+    )  # 大学 ORG (0.55) is no entity at 0.6: its characters are O, with probability 1 - 0.55
+    assert tags == ["O"] * 4 and probs == pytest.approx([1 - _sigmoid(0.2)] * 2 + [1.0] * 2, abs=1e-6)
+    assert empty_tags == [] and empty_h == 0.0 and entropy == tagger.predict_documents([TEXT])[0].uncertainty
+
+
+def test_a_span_is_scored_in_its_most_central_window(tokenizer):
+    """The centrality fake scores a span lower the more central it sits in its window; every span's
+    probability must be the one of the window where it sits most centrally (ties: the earlier one), and
+    every span is reported once."""
+    from ner_core.inference.tagger import Tagger, tagging_windows
+
+    text = "中" * 150
+    fake = _CentralitySpanModel(tokenizer, max_span_len=2, threshold=0.05)
+    for max_len, stride in ((32, 20), (24, 12), (40, 38)):
+        got = Tagger(fake, tokenizer, max_len=max_len, stride=stride).predict([text])[0]
+        wins = tagging_windows(len(text), max_len, stride)
+        expected = []
+        for i in range(len(text)):
+            for j in (i, i + 1):
+                if j >= len(text):
+                    continue
+                cent = [(min(i - s, e - 1 - j), -k) for k, (s, e) in enumerate(wins) if s <= i and j < e]
+                _, neg_k = max(cent)
+                s = wins[-neg_k][0]
+                p = _sigmoid(_central_logit(i - s, j - s, max_len))
+                if p >= 0.05:
+                    expected.append((i, j + 1, round(p, 6)))
+        assert [(e.start, e.end) for e in got] == [x[:2] for x in expected], (max_len, stride)
+        assert [e.confidence for e in got] == pytest.approx([x[2] for x in expected], abs=2e-6)
+
+
+def test_document_uncertainty_is_the_summed_binary_entropy_of_spans_near_the_threshold(tokenizer):
+    from ner_core.inference.tagger import Tagger
+
+    tagger = Tagger(_DictionarySpanModel(tokenizer), tokenizer, max_len=16, stride=8)
+    texts = [TEXT, "", "张三", "北京大学"]
+    docs = tagger.predict_documents(texts)
+    for text, doc in zip(texts, docs, strict=True):
+        probs = [
+            _sigmoid(score)
+            for table in (DICTIONARY, UNSURE)
+            for word, (_, score) in table.items()
+            for _ in range(text.count(word))
+        ]
+        h = sum(-(p * math.log(p) + (1 - p) * math.log(1 - p)) for p in probs if 0.05 <= p <= 0.95)
+        assert doc.uncertainty == pytest.approx(h, abs=1e-5)
+    assert docs[0].uncertainty > docs[2].uncertainty > 0  # 张三: p = 0.88, inside the band
+    # 北京大学 (0.98) and 北京 (0.95) are sure; 大学 ORG (0.55) is not
+    assert docs[3].uncertainty == pytest.approx(-(0.55 * math.log(0.55) + 0.45 * math.log(0.45)), abs=2e-3)
+    assert docs[1].uncertainty == 0.0
+    assert [d.entities for d in docs] == tagger.predict(texts)
