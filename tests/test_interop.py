@@ -112,12 +112,12 @@ def test_label_studio_round_trip(pred_db, tmp_path, capsys):
 
 
 def test_label_studio_old_utf16_offsets_are_converted(tmp_path):
-    """Label Studio before 2022 counted UTF-16 units: ``value.text`` tells which unit a span is in."""
+    """Label Studio before 2022 counted UTF-16 units: ``value.text`` tells which unit a task is in."""
     text = f"{EMOJI}{EMOJI} 李四去了上海"
     result = [
-        {"type": "labels", "value": {"start": 5, "end": 7, "text": "李四", "labels": ["PER"]}},  # UTF-16
-        {"type": "labels", "value": {"start": 7, "end": 9, "text": "上海", "labels": ["LOC"]}},  # code points
-    ]
+        {"type": "labels", "value": {"start": 5, "end": 7, "text": "李四", "labels": ["PER"]}},
+        {"type": "labels", "value": {"start": 9, "end": 11, "text": "上海", "labels": ["LOC"]}},
+    ]  # UTF-16 units
     p = tmp_path / "old.json"
     p.write_text(
         json.dumps([{"data": {"text": text}, "annotations": [{"result": result}]}]), encoding="utf-8"

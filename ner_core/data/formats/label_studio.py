@@ -13,14 +13,21 @@ Reading: the annotations are the gold. Each task's latest annotation that was no
 (by ``updated_at``, then ``created_at``, then position); a task without one (only predictions, or
 only cancelled annotations) is skipped with an ``unannotated`` warning. Results of another type than
 ``labels`` (relations, choices, ...) are ignored; a result with several labels gives one entity each
-(they overlap, so the record is refused). Records are numbered from 1 in array order.
+(one span with two labels: under ``repair`` the first is kept and the others go to ``dropped_spans`` as
+``same_span``, like every overlap, see :mod:`~ner_core.data.formats.overlaps`; ``strict`` refuses the
+record). Records are numbered from 1 in array order.
 
 Offsets: Label Studio's ``Text`` tag counts code points, like Python (its own end-to-end test
 ``web/libs/editor/tests/integration/e2e/ner/emoji.cy.ts``, "Should calculate offsets by code points
 in text"); versions before the 2022 fix (label-studio#1559, label-studio-frontend#308) counted UTF-16
 units. The writer writes code points by default (``offsets="utf16"`` for those old versions). The
-reader takes each span in code points when ``value.text`` is found there, and converts it from UTF-16
-units when it is found there instead; a span without ``value.text`` is taken in code points.
+reader decides the unit once per task, never per span (a span read in the wrong unit can land on
+another occurrence of its mention, or two adjacent spans on one): a span *decides* when its
+``value.text`` is found at its offsets in one unit only, never by slicing past the end of the text.
+A task is read in the unit its deciding spans agree on; a task without one (no character outside the
+BMP, no ``value.text``, or only spans that fit both) in the unit the whole file's deciding spans agree
+on, else in code points. A task whose spans decide for both units is refused (``mention_mismatch``):
+one export counts one way.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from xml.sax.saxutils import quoteattr
 from ner_core.data.formats.context import ReadContext, short_repr
 from ner_core.data.formats.json_arrays import _read_json_array
 from ner_core.data.formats.json_lines import _check_spans, _is_int
-from ner_core.data.formats.offsets import from_utf16, span_to_unit
+from ner_core.data.formats.offsets import from_utf16, has_astral, span_to_unit
 from ner_core.data.formats.registry import register
 
 __all__ = ["label_config", "read_label_studio", "write_atomic", "write_label_studio"]
@@ -142,22 +149,50 @@ def _latest_annotation(annotations: list) -> dict | None:
     return max(done, key=lambda t: (t[0], t[1]))[2] if done else None
 
 
-def _code_points(text: str, s: int, e: int, mention: str | None) -> tuple[int, int]:
-    """``[s, e)`` in code points: as given when ``mention`` is there (or absent), else converted from
-    UTF-16 units when that finds ``mention``; unchanged otherwise (the mention check reports it)."""
-    if mention is None or text[s:e] == mention:
-        return s, e
-    cs, ce = from_utf16(text, s), from_utf16(text, e)
-    if cs is not None and ce is not None and text[cs:ce] == mention:
-        return cs, ce
-    return s, e
+RawSpan = tuple[int, int, str, "str | None"]  # (start, end, label, mention|None) in the file's unit
 
 
-def _result_spans(text: str, result: Any) -> list[tuple[int, int, str, str | None]] | None:
-    """The ``labels`` results as ``(start, end, label, mention|None)``; ``None`` for a malformed one."""
+def _fits(text: str, s: int, e: int, mention: str, unit: str) -> bool:
+    """Whether ``mention`` is at ``[s, e)`` of ``text`` counted in ``unit``; never slices past the end."""
+    if unit == "utf16":
+        cs, ce = from_utf16(text, s), from_utf16(text, e)
+        return cs is not None and ce is not None and cs < ce and text[cs:ce] == mention
+    return 0 <= s < e <= len(text) and text[s:e] == mention
+
+
+def _deciding(text: str, raw: list[RawSpan]) -> dict[str, RawSpan]:
+    """The units that some span of ``raw`` fits in alone, each with its first such span."""
+    out: dict[str, RawSpan] = {}
+    if not has_astral(text):  # both units count the same: nothing to decide
+        return out
+    for span in raw:
+        s, e, _, mention = span
+        if mention is None:
+            continue
+        cp, u16 = _fits(text, s, e, mention, "codepoint"), _fits(text, s, e, mention, "utf16")
+        if cp != u16:
+            out.setdefault("codepoint" if cp else "utf16", span)
+    return out
+
+
+def _in_code_points(text: str, raw: list[RawSpan], unit: str) -> list[RawSpan]:
+    """``raw`` in code points; a UTF-16 offset that splits a character is kept as given (the span checks
+    then report it, or the mention check does)."""
+    if unit != "utf16":
+        return raw
+    out = []
+    for s, e, lab, mention in raw:
+        cs, ce = from_utf16(text, s), from_utf16(text, e)
+        out.append((s, e, lab, mention) if cs is None or ce is None else (cs, ce, lab, mention))
+    return out
+
+
+def _result_spans(result: Any) -> list[RawSpan] | None:
+    """The ``labels`` results as ``(start, end, label, mention|None)`` in the file's unit; ``None`` for a
+    malformed one."""
     if not isinstance(result, list):
         return None
-    raw: list[tuple[int, int, str, str | None]] = []
+    raw: list[RawSpan] = []
     for item in result:
         if not isinstance(item, dict):
             return None
@@ -176,8 +211,7 @@ def _result_spans(text: str, result: Any) -> list[tuple[int, int, str, str | Non
         ):
             return None
         mention = value.get("text") if isinstance(value.get("text"), str) else None
-        s, e = _code_points(text, value["start"], value["end"], mention)
-        raw.extend((s, e, lab, mention) for lab in labels)
+        raw.extend((value["start"], value["end"], lab, mention) for lab in labels)
     return raw
 
 
@@ -187,14 +221,40 @@ _SHAPE = (
 )
 
 
+def _task_unit(
+    ctx: ReadContext, line: int, record: int, decided: dict[str, RawSpan], default: str
+) -> str | None:
+    """The unit a task is read in (see the module doc); ``None`` after reporting a task that mixes both."""
+    if len(decided) < 2:
+        return next(iter(decided), default)
+    (cs, ce, clab, cm), (us, ue, ulab, um) = decided["codepoint"], decided["utf16"]
+    ctx.err(
+        line,
+        record,
+        "mention_mismatch",
+        f"entity [{cs}, {ce}) {clab} {cm!r} fits only in code points, entity [{us}, {ue}) {ulab} {um!r} "
+        "only in UTF-16 units: one task cannot mix the two (a Label Studio export counts one way)",
+    )
+    return None
+
+
 @register("label_studio")
 def read_label_studio(ctx: ReadContext, data: bytes) -> bool:
     items = _read_json_array(ctx, data)
     if items is None:
         return False
+    tasks = []  # (record, line, task, text, annotations, annotation, raw spans)
+    file_units: set[str] = set()
     for record, line, task in items:
         text = _task_text(task)
         annotations = task.get("annotations", []) if isinstance(task, dict) else None
+        ann = _latest_annotation(annotations) if isinstance(annotations, list) else None
+        raw = _result_spans(ann.get("result")) if ann is not None else None
+        if text is not None and raw is not None:
+            file_units.update(_deciding(text, raw))
+        tasks.append((record, line, task, text, annotations, ann, raw))
+    file_unit = next(iter(file_units)) if len(file_units) == 1 else "codepoint"
+    for record, line, task, text, annotations, ann, raw in tasks:
         if text is None or not isinstance(annotations, list):
             ctx.err(line, record, "bad_record", f"{_SHAPE}, got {short_repr(task)}")
             ctx.rejected += 1
@@ -203,20 +263,21 @@ def read_label_studio(ctx: ReadContext, data: bytes) -> bool:
             ctx.err(line, record, "empty_text", "the text is empty")
             ctx.rejected += 1
             continue
-        ann = _latest_annotation(annotations)
         if ann is None:
             ctx.warn(
                 line, record, "unannotated", "no completed annotation (predictions are not gold): skipped"
             )
             continue
-        raw = _result_spans(text, ann.get("result"))
         if raw is None:
             ctx.err(
                 line, record, "bad_record", f"{_SHAPE}; annotation result is {short_repr(ann.get('result'))}"
             )
             ctx.rejected += 1
             continue
-        spans = _check_spans(ctx, text, raw, line, record)
+        unit = _task_unit(ctx, line, record, _deciding(text, raw), file_unit)
+        spans = None
+        if unit is not None:
+            spans = _check_spans(ctx, text, _in_code_points(text, raw, unit), line, record)
         if spans is None:
             ctx.rejected += 1
             continue
