@@ -137,6 +137,9 @@ def _add_seed_args(p: argparse.ArgumentParser) -> None:
         help="seed: the TF checkpoint is Google-format ALBERT (a mismatch is explained in one line); "
         "with a Hugging Face folder the architecture is read from its config.json",
     )
+    from app.commands.convert_checkpoint import add_family_args
+
+    add_family_args(s)  # --gelu, --family: how a TF checkpoint is converted, as convert-checkpoint's
     s.add_argument(
         "--do_eval",
         "-do_eval",
@@ -203,7 +206,16 @@ def _seed_encoder(args: argparse.Namespace) -> str | None:
                     f"-bert_checkpoint {ckpt} names a TensorFlow checkpoint: give -bert_config and "
                     "-bert_vocab too (the seed needed all three)"
                 )
-            return str(cached_conversion(args.bert_config, ckpt, args.bert_vocab, albert=args.albert))
+            return str(
+                cached_conversion(
+                    args.bert_config,
+                    ckpt,
+                    args.bert_vocab,
+                    albert=args.albert,
+                    family=getattr(args, "family", None),
+                    gelu=getattr(args, "gelu", "tanh"),
+                )
+            )
     folders = {
         str(
             Path(f).resolve().parent

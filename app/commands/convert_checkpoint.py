@@ -1,7 +1,9 @@
-"""``ner convert-checkpoint``: a Google TF1 BERT / ALBERT checkpoint -> an ordinary HF model folder.
+"""``ner convert-checkpoint``: a TF1 BERT / ALBERT / ELECTRA / RoFormer checkpoint -> an HF model folder.
 
 The flags are the seed's (``-bert_config``, ``-bert_checkpoint``, ``-bert_vocab``, ``-albert``; one or
-two dashes) plus ``--out``. The folder can then be given anywhere an encoder is (``--encoder DIR``).
+two dashes) plus ``--out``, ``--gelu`` (how the config's ``gelu`` is read: ``tanh``, what Google's code and
+the seed ran, or ``erf``, bert4keras' default) and ``--family`` (RoFormer shares BERT's variable names
+with NEZHA, so it must be named). The folder can then be given anywhere an encoder is (``--encoder DIR``).
 Bad input gives one line on stderr and exit status 2.
 """
 
@@ -10,17 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ner_core.artifacts.tf.convert import WEIGHTS, TFCheckpointError, convert_checkpoint
+from ner_core.artifacts.tf.convert import FAMILIES, GELU, WEIGHTS, TFCheckpointError, convert_checkpoint
 from ner_core.settings import settings
 
-__all__ = ["add_parser", "cmd_convert"]
+__all__ = ["add_family_args", "add_parser", "cmd_convert"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``convert-checkpoint`` to an argparse ``subparsers`` object; return its parser."""
     sp = subparsers.add_parser(
         "convert-checkpoint",
-        help="convert a Google TF1 BERT/ALBERT checkpoint into a Hugging Face model folder (no TensorFlow)",
+        help="convert a TF1 BERT/ALBERT/ELECTRA/RoFormer checkpoint into a Hugging Face model folder "
+        "(no TensorFlow)",
         description=(
             "Read bert_model.ckpt.index + .data-* with bert_config.json and vocab.txt (Google's release "
             f"layout, also RoBERTa-wwm and Google-format ALBERT) and write config.json, {WEIGHTS}, "
@@ -42,6 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="the checkpoint is Google-format ALBERT (as the seed's -albert); checked against its variables",
     )
+    add_family_args(sp)
     sp.add_argument(
         "--out", "-out", required=True, metavar="DIR", help="new folder to write (must not exist)"
     )
@@ -49,10 +53,36 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return sp
 
 
+def add_family_args(p) -> None:
+    """``--gelu`` and ``--family``: here and among the seed's train flags (which convert too)."""
+    p.add_argument(
+        "--gelu",
+        "-gelu",
+        choices=tuple(GELU),
+        default="tanh",
+        help="how the config's hidden_act gelu is computed: tanh (the approximation Google's BERT code "
+        "and the seed used; default) or erf (exact; bert4keras' default); the conversion report says "
+        "which",
+    )
+    p.add_argument(
+        "--family",
+        "-family",
+        choices=FAMILIES,
+        help="the checkpoint's family when its variable names cannot tell (RoFormer and NEZHA share "
+        "BERT's names); checked against the variables; default: detected",
+    )
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     try:
         report = convert_checkpoint(
-            args.bert_config, args.bert_checkpoint, args.bert_vocab, args.out, albert=bool(args.albert)
+            args.bert_config,
+            args.bert_checkpoint,
+            args.bert_vocab,
+            args.out,
+            albert=bool(args.albert),
+            family=args.family,
+            gelu=args.gelu,
         )
     except (TFCheckpointError, OSError) as exc:
         if settings().debug:

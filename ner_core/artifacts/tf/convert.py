@@ -48,17 +48,30 @@ from typing import Any
 
 import numpy as np
 
+from ner_core.artifacts.tf.families import (
+    FAMILIES,
+    ROTARY,
+    Family,
+    detect_layout,
+    expected_variables,
+    resolve_family,
+    rotary_table,
+    skip_kind,
+)
 from ner_core.artifacts.tf.reader import MAX_INDEX_BYTES, TFCheckpoint, TFCheckpointError, resolve_prefix
 from ner_core.settings import settings
 
 __all__ = [
     "CONVERTER_VERSION",
+    "FAMILIES",
+    "GELU",
     "TFCheckpointError",
     "ConversionReport",
     "CheckpointFile",
     "cached_conversion",
     "convert_checkpoint",
     "detect_layout",
+    "expected_variables",
     "is_tf_checkpoint",
 ]
 
@@ -69,39 +82,20 @@ REPORT = "conversion_report.json"
 WEIGHTS = "model.safetensors"
 
 #: Google ``hidden_act`` -> HF name (Google's ``gelu`` is the tanh approximation).
+#: ``--gelu`` -> the HF name of a config's ``gelu``: Google's BERT / ALBERT / ELECTRA code computes the tanh
+#: approximation (HF ``gelu_new``), bert4keras the exact erf form (HF ``gelu``)
+GELU = {"tanh": "gelu_new", "erf": "gelu"}
+#: the config's ``hidden_act`` -> HF name, ``gelu`` decided by ``--gelu``
 _ACTIVATIONS = {
-    "gelu": "gelu_new",
+    "gelu": None,
     "gelu_new": "gelu_new",
     "relu": "relu",
     "tanh": "tanh",
     "linear": "linear",
 }
 _REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
-# per-layer variables: TF suffix under the layer scope -> HF suffix under the layer module
-_BERT_LAYER = {
-    "attention/self/query": "attention.self.query",
-    "attention/self/key": "attention.self.key",
-    "attention/self/value": "attention.self.value",
-    "attention/output/dense": "attention.output.dense",
-    "attention/output/LayerNorm": "attention.output.LayerNorm",
-    "intermediate/dense": "intermediate.dense",
-    "output/dense": "output.dense",
-    "output/LayerNorm": "output.LayerNorm",
-}
-_ALBERT_LAYER = {
-    "attention_1/self/query": "attention.query",
-    "attention_1/self/key": "attention.key",
-    "attention_1/self/value": "attention.value",
-    "attention_1/output/dense": "attention.dense",
-    "LayerNorm": "attention.LayerNorm",
-    "ffn_1/intermediate/dense": "ffn",
-    "ffn_1/intermediate/output/dense": "ffn_output",
-    "LayerNorm_1": "full_layer_layer_norm",
-}
-_DENSE_LEAVES = (("kernel", "weight", True), ("bias", "bias", False))
-_NORM_LEAVES = (("gamma", "weight", False), ("beta", "bias", False))
-_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+#: RoFormer's positions are computed up to ``max_position_embeddings``: no variable bounds the table
+MAX_ROTARY_POSITIONS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -115,18 +109,21 @@ class CheckpointFile:
 class ConversionReport:
     """What :func:`convert_checkpoint` read, mapped, skipped and wrote (also ``conversion_report.json``)."""
 
-    model_type: str  # "bert" or "albert"
+    model_type: str  # the HF model written: "bert", "albert", "electra", "roformer"
     out_dir: str
     checkpoint: str  # the prefix
     sources: list[CheckpointFile]
     mapped: int  # checkpoint variables written as HF parameters
     parameters: int  # numbers in the written weights
-    skipped: dict[str, int]  # kind -> count: optimizer_slots, global_step, pretraining_heads, other
+    skipped: dict[str, int]  # kind -> count: optimizer_slots, global_step, pretraining_heads, other (pooler)
     skipped_other: list[str] = field(default_factory=list)  # names of the "other" ones
-    hidden_act: str = ""  # HF activation written (Google's gelu -> gelu_new)
+    hidden_act: str = ""  # HF activation written (the config's gelu -> gelu_new or gelu, by ``gelu``)
     do_lower_case: bool = True
     converter_version: int = CONVERTER_VERSION
     seconds: float = 0.0
+    gelu: str = "tanh"  # how the config's "gelu" was read: "tanh" (Google's code) or "erf" (bert4keras)
+    family: str = ""  # the checkpoint's layout (families.Family.name); "" in reports of earlier versions
+    computed: list[str] = field(default_factory=list)  # HF parameters computed, not read (RoFormer's table)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,54 +136,13 @@ class ConversionReport:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {k}" for k, n in sorted(self.skipped.items()) if n) or "none"
+        family = f" ({self.family})" if self.family and self.family != self.model_type else ""
         return (
-            f"converted {self.model_type} checkpoint {self.checkpoint} -> {self.out_dir}\n"
+            f"converted {self.model_type}{family} checkpoint {self.checkpoint} -> {self.out_dir}\n"
             f"  {self.mapped} variables mapped ({self.parameters:,} parameters), skipped: {skipped}\n"
-            f"  hidden_act {self.hidden_act}, lower-case {self.do_lower_case}, {self.seconds:.1f} s"
+            f"  hidden_act {self.hidden_act} (GELU: --gelu {self.gelu}), lower-case {self.do_lower_case}, "
+            f"{self.seconds:.1f} s"
         )
-
-
-# ---------------------------------------------------------------------------------------- layout
-
-
-def detect_layout(names: list[str] | set[str]) -> str:
-    """``"bert"``, ``"albert"`` (Google's layout), ``"brightmart_albert"`` or ``"unknown"`` from the
-    variable names of a checkpoint."""
-    names = set(names)
-    if any("/layer_shared/" in n or n.startswith("bert/embeddings/word_embeddings_2") for n in names):
-        return "brightmart_albert"
-    if any(
-        n.startswith(("bert/encoder/transformer/", "bert/encoder/embedding_hidden_mapping_in")) for n in names
-    ):
-        return "albert"
-    if any(n.startswith("bert/encoder/layer_") for n in names):
-        return "bert"
-    return "unknown"
-
-
-def _check_layout(ckpt: TFCheckpoint, albert: bool | None) -> bool:
-    """Whether the checkpoint is ALBERT, checked against the caller's ``albert`` flag."""
-    where = ckpt.index_path
-    layout = detect_layout(ckpt.names())
-    if layout == "brightmart_albert":
-        raise TFCheckpointError(
-            f"{where}: brightmart's albert_zh layout (variables such as bert/encoder/layer_shared/... or "
-            "bert/embeddings/word_embeddings_2), not Google's ALBERT; only Google-format ALBERT is supported"
-        )
-    if layout == "unknown":
-        sample = ", ".join(ckpt.names()[:3]) or "no variables"
-        raise TFCheckpointError(f"{where}: no Google BERT or ALBERT encoder variables (found {sample}, ...)")
-    if albert is True and layout == "bert":
-        raise TFCheckpointError(
-            f"{where}: holds BERT variables (bert/encoder/layer_N/...), but ALBERT was asked for (-albert): "
-            "drop -albert, or give an ALBERT checkpoint"
-        )
-    if albert is False and layout == "albert":
-        raise TFCheckpointError(
-            f"{where}: holds Google ALBERT variables (bert/encoder/transformer/group_0/...), but -albert "
-            "was not given: add -albert (the seed's flag for ALBERT checkpoints)"
-        )
-    return layout == "albert"
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -206,17 +162,26 @@ def _small_file(path: Path, cap: int, what: str) -> bytes:
         return fh.read(cap + 1)
 
 
-def _read_config(path: Path, is_albert: bool) -> dict[str, Any]:
+def _load_config(path: Path) -> dict[str, Any]:
+    """The config file as a JSON object (capped in size); its fields are checked by :func:`_check_config`."""
     try:
         raw = json.loads(_small_file(path, MAX_CONFIG_BYTES, "config file").decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise TFCheckpointError(f"{path}: not a readable JSON config: {exc}") from None
     if not isinstance(raw, dict):
         raise TFCheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    required = (*_REQUIRED, "embedding_size") if is_albert else _REQUIRED
+    return raw
+
+
+def _check_config(raw: dict[str, Any], path: Path, fam: Family, ckpt: TFCheckpoint) -> None:
+    required = (*_REQUIRED, "embedding_size") if fam.factorised else _REQUIRED
     missing = [k for k in required if not isinstance(raw.get(k), int) or raw[k] <= 0]
     if missing:
-        raise TFCheckpointError(f"{path}: missing or non-positive {', '.join(missing)} (a Google config?)")
+        ends = ("mapping_in/kernel", "project/kernel")
+        projection = next((n for n in ckpt.names() if n.endswith(ends)), "")
+        why = f" (the checkpoint has {projection}: factorised embeddings)" if projection else ""
+        why = why or " (a Google config?)"
+        raise TFCheckpointError(f"{path}: missing or non-positive {', '.join(missing)}{why}")
     act = raw.get("hidden_act", "gelu")
     if act not in _ACTIVATIONS:
         raise TFCheckpointError(f"{path}: hidden_act {act!r} is not one of {sorted(_ACTIVATIONS)}")
@@ -225,31 +190,45 @@ def _read_config(path: Path, is_albert: bool) -> dict[str, Any]:
             f"{path}: hidden_size {raw['hidden_size']} is not divisible by "
             f"num_attention_heads {raw['num_attention_heads']}"
         )
-    return raw
+    positions = raw.get("max_position_embeddings", 512)
+    if fam.name == "roformer" and not (isinstance(positions, int) and 0 < positions <= MAX_ROTARY_POSITIONS):
+        raise TFCheckpointError(
+            f"{path}: max_position_embeddings {positions!r}: RoFormer's positions are computed, up to "
+            f"{MAX_ROTARY_POSITIONS:,}"
+        )
 
 
-def _hf_config(raw: dict[str, Any], is_albert: bool):
-    """The HF ``BertConfig`` / ``AlbertConfig`` for a Google config dict (already checked)."""
-    from transformers import AlbertConfig, BertConfig
+def _hf_config(raw: dict[str, Any], fam: Family, gelu: str):
+    """The HF config for a Google / bert4keras config dict (already checked) and the family to write."""
+    from transformers import AlbertConfig, BertConfig, ElectraConfig, RoFormerConfig
 
+    act = _ACTIVATIONS[raw.get("hidden_act", "gelu")] or GELU[gelu]
     common = {k: raw[k] for k in _REQUIRED}
     common.update(
-        hidden_act=_ACTIVATIONS[raw.get("hidden_act", "gelu")],
+        hidden_act=act,
         hidden_dropout_prob=float(raw.get("hidden_dropout_prob", 0.1)),
         attention_probs_dropout_prob=float(raw.get("attention_probs_dropout_prob", 0.1)),
         max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
         type_vocab_size=int(raw.get("type_vocab_size", 2)),
         initializer_range=float(raw.get("initializer_range", 0.02)),
-        layer_norm_eps=1e-12,  # Google's layer_norm
+        layer_norm_eps=1e-12,  # Google's layer_norm, bert4keras' LayerNormalization
         pad_token_id=0,
     )
-    if not is_albert:
+    embedding_size = raw["embedding_size"] if fam.factorised else raw["hidden_size"]
+    if fam.model_type == "bert":
         return BertConfig(architectures=["BertModel"], **common)
+    if fam.model_type == "electra":
+        return ElectraConfig(architectures=["ElectraModel"], embedding_size=embedding_size, **common)
+    if fam.model_type == "roformer":
+        return RoFormerConfig(
+            architectures=["RoFormerModel"], embedding_size=embedding_size, rotary_value=False, **common
+        )
+    per_layer = fam.name == "bert_factorised"  # one group of one layer per BERT layer
     return AlbertConfig(
         architectures=["AlbertModel"],
-        embedding_size=raw["embedding_size"],
-        num_hidden_groups=int(raw.get("num_hidden_groups", 1)),
-        inner_group_num=int(raw.get("inner_group_num", 1)),
+        embedding_size=embedding_size,
+        num_hidden_groups=raw["num_hidden_layers"] if per_layer else int(raw.get("num_hidden_groups", 1)),
+        inner_group_num=1 if per_layer else int(raw.get("inner_group_num", 1)),
         classifier_dropout_prob=float(raw.get("hidden_dropout_prob", 0.1)),
         bos_token_id=None,
         eos_token_id=None,
@@ -257,11 +236,11 @@ def _hf_config(raw: dict[str, Any], is_albert: bool):
     )
 
 
-def _bound_counts(raw: dict[str, Any], ckpt: TFCheckpoint, path: Path, is_albert: bool) -> None:
+def _bound_counts(raw: dict[str, Any], ckpt: TFCheckpoint, path: Path, fam: Family) -> None:
     """The config's layers (BERT) or groups x inner groups (ALBERT) each need variables of their own, so
     there can be no more of them than the checkpoint has variables: checked before the name table and the
     meta-device model are made for them (a million layers would cost minutes and gigabytes of objects)."""
-    fields = ("num_hidden_groups", "inner_group_num") if is_albert else ("num_hidden_layers",)
+    fields = ("num_hidden_groups", "inner_group_num") if fam.name == "albert" else ("num_hidden_layers",)
     counts = {f: raw.get(f, 1) for f in fields}
     bad = [f for f, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
     if bad:
@@ -277,12 +256,12 @@ def _bound_counts(raw: dict[str, Any], ckpt: TFCheckpoint, path: Path, is_albert
 def _expected_shapes(hf_config, config_path: Path) -> dict[str, tuple[int, ...]]:
     """HF parameter name -> shape, from a model built on the meta device (no memory, no init)."""
     import torch
-    from transformers import AlbertModel, BertModel
+    from transformers import AlbertModel, BertModel, ElectraModel, RoFormerModel
 
-    cls = AlbertModel if hf_config.model_type == "albert" else BertModel
+    classes = {"albert": AlbertModel, "bert": BertModel, "electra": ElectraModel, "roformer": RoFormerModel}
     try:
         with torch.device("meta"):
-            model = cls(hf_config)
+            model = classes[hf_config.model_type](hf_config)
     except (RuntimeError, ValueError, OverflowError, TypeError) as exc:  # sizes past int64, say
         why = " ".join(str(exc).split())[:200]
         raise TFCheckpointError(f"{config_path}: describes a model that cannot be built: {why}") from None
@@ -292,82 +271,47 @@ def _expected_shapes(hf_config, config_path: Path) -> dict[str, tuple[int, ...]]
 # ---------------------------------------------------------------------------------------- mapping
 
 
-def _leaves(tf_scope: str, hf_module: str, leaves) -> dict[str, tuple[str, bool]]:
-    return {f"{tf_scope}/{tf}": (f"{hf_module}.{hf}", transpose) for tf, hf, transpose in leaves}
-
-
-def _scope(tf_scope: str, hf_module: str) -> dict[str, tuple[str, bool]]:
-    """One dense or LayerNorm scope (told apart by the last TF name part)."""
-    is_norm = tf_scope.rsplit("/", 1)[-1].startswith("LayerNorm")
-    return _leaves(tf_scope, hf_module, _NORM_LEAVES if is_norm else _DENSE_LEAVES)
-
-
-def expected_variables(hf_config) -> dict[str, tuple[str, bool]]:
-    """TF variable name -> (HF parameter name, transpose?) for every parameter of the HF model."""
-    out: dict[str, tuple[str, bool]] = {}
-    for emb in _EMBEDDINGS:
-        out[f"bert/embeddings/{emb}"] = (f"embeddings.{emb}.weight", False)
-    out.update(_scope("bert/embeddings/LayerNorm", "embeddings.LayerNorm"))
-    if hf_config.model_type == "albert":
-        out.update(_scope("bert/encoder/embedding_hidden_mapping_in", "encoder.embedding_hidden_mapping_in"))
-        for g in range(hf_config.num_hidden_groups):
-            for i in range(hf_config.inner_group_num):
-                tf = f"bert/encoder/transformer/group_{g}/inner_group_{i}"
-                hf = f"encoder.albert_layer_groups.{g}.albert_layers.{i}"
-                for tf_part, hf_part in _ALBERT_LAYER.items():
-                    out.update(_scope(f"{tf}/{tf_part}", f"{hf}.{hf_part}"))
-        out.update(_scope("bert/pooler/dense", "pooler"))
-    else:
-        for n in range(hf_config.num_hidden_layers):
-            for tf_part, hf_part in _BERT_LAYER.items():
-                out.update(_scope(f"bert/encoder/layer_{n}/{tf_part}", f"encoder.layer.{n}.{hf_part}"))
-        out.update(_scope("bert/pooler/dense", "pooler.dense"))
-    return out
-
-
-def _skip_kind(name: str) -> str | None:
-    """Why a checkpoint variable is not part of the encoder, or None when it should be."""
-    if name.endswith(("/adam_m", "/adam_v", "/Adam", "/Adam_1")):
-        return "optimizer_slots"
-    if name == "global_step":
-        return "global_step"
-    if name.startswith("cls/"):
-        return "pretraining_heads"
-    if name.startswith("bert/"):
-        return None
-    return "other"
-
-
 @dataclass
 class _Plan:
     """Which variable fills which HF parameter, in the order they are written."""
 
-    items: list[tuple[str, str, bool, tuple[int, ...]]]  # (hf name, tf name, transpose, hf shape)
+    items: list[tuple[str, str | None, bool, tuple[int, ...]]]  # (hf name, tf name or None, transpose, shape)
     skipped: dict[str, int]
     skipped_other: list[str]
+    computed: dict[str, np.ndarray] = field(default_factory=dict)  # hf name -> values (tf name None)
 
 
-def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path) -> _Plan:
-    shapes = _expected_shapes(hf_config, config_path)
-    wanted = expected_variables(hf_config)
-    unfilled = sorted(set(shapes) - {hf for hf, _ in wanted.values()})
-    if unfilled:  # the name table and transformers' model disagree: a bug here, not bad input
-        raise RuntimeError(f"no TensorFlow variable is known for HF parameters {unfilled}")
+def _skipped(ckpt: TFCheckpoint, wanted: dict, fam: Family, hf_config, config_path: Path):
+    """Count the checkpoint's variables the model does not use, by kind; refuse an encoder variable the
+    config does not account for."""
     skipped = {"optimizer_slots": 0, "global_step": 0, "pretraining_heads": 0, "other": 0}
     other: list[str] = []
     for name in ckpt.names():
         if name in wanted:
             continue
-        kind = _skip_kind(name)
+        kind = skip_kind(name, fam)
         if kind is None:
             raise TFCheckpointError(
                 f"{ckpt.index_path}: variable {name} is not part of the {hf_config.model_type} model that "
                 f"{config_path.name} describes (its num_hidden_layers / num_hidden_groups disagree?)"
             )
-        skipped[kind] += 1
+        skipped[kind] = skipped.get(kind, 0) + 1
         if kind == "other":
             other.append(name)
-    items = []
+    return skipped, other
+
+
+def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path, fam: Family) -> _Plan:
+    shapes = _expected_shapes(hf_config, config_path)
+    wanted = expected_variables(hf_config, fam)
+    computed = {}
+    if fam.name == "roformer":
+        computed[ROTARY] = rotary_table(*shapes[ROTARY])
+    unfilled = sorted(set(shapes) - {hf for hf, _ in wanted.values()} - set(computed))
+    if unfilled:  # the name table and transformers' model disagree: a bug here, not bad input
+        raise RuntimeError(f"no TensorFlow variable is known for HF parameters {unfilled}")
+    skipped, other = _skipped(ckpt, wanted, fam, hf_config, config_path)
+    items: list[tuple[str, str | None, bool, tuple[int, ...]]] = []
     for tf_name, (hf_name, transpose) in wanted.items():
         if tf_name not in ckpt:
             raise TFCheckpointError(
@@ -383,7 +327,8 @@ def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path) -> _Plan:
                 f"{want_tf}"
             )
         items.append((hf_name, tf_name, transpose, hf_shape))
-    return _Plan(items=items, skipped=skipped, skipped_other=other)
+    items += [(hf_name, None, False, arr.shape) for hf_name, arr in computed.items()]
+    return _Plan(items=items, skipped=skipped, skipped_other=other, computed=computed)
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -403,8 +348,8 @@ def _write_safetensors(path: Path, ckpt: TFCheckpoint, plan: _Plan) -> int:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for _hf_name, tf_name, transpose, _ in plan.items:
-            arr = ckpt.read(tf_name)
+        for hf_name, tf_name, transpose, _ in plan.items:
+            arr = plan.computed[hf_name] if tf_name is None else ckpt.read(tf_name)
             if arr.dtype.kind != "f":
                 raise TFCheckpointError(
                     f"{ckpt.index_path}: variable {tf_name} holds {arr.dtype}, not floats"
@@ -490,16 +435,25 @@ def is_tf_checkpoint(path: str | os.PathLike) -> bool:
     return p.parent.is_dir() and any(p.parent.glob(f"{glob.escape(p.name)}.data-*-of-*"))
 
 
+def _family(ckpt: TFCheckpoint, config_file: Path, albert, family) -> tuple[Family, dict[str, Any]]:
+    """The family to convert and the config dict, checked against each other and the checkpoint."""
+    raw = _load_config(config_file)
+    fam = resolve_family(
+        ckpt.names(), raw, albert=albert, family=family, where=ckpt.index_path, config_path=config_file
+    )
+    _check_config(raw, config_file, fam, ckpt)
+    return fam, raw
+
+
 def _convert_into(
-    tmp: Path, config_file: Path, ckpt: TFCheckpoint, vocab_file: Path, albert
+    tmp: Path, config_file: Path, ckpt: TFCheckpoint, vocab_file: Path, albert, family, gelu: str
 ) -> ConversionReport:
     t0 = time.perf_counter()
-    is_albert = _check_layout(ckpt, albert)
-    raw = _read_config(config_file, is_albert)
-    _bound_counts(raw, ckpt, config_file, is_albert)
+    fam, raw = _family(ckpt, config_file, albert, family)
+    _bound_counts(raw, ckpt, config_file, fam)
     ckpt.check_shards()  # before anything is built or written: what the index declares is really there
-    hf_config = _hf_config(raw, is_albert)
-    plan = _plan(ckpt, hf_config, config_file)
+    hf_config = _hf_config(raw, fam, gelu)
+    plan = _plan(ckpt, hf_config, config_file, fam)
     tmp.mkdir(parents=True)
     do_lower_case = _write_tokenizer(tmp, vocab_file, hf_config.vocab_size, hf_config.max_position_embeddings)
     hf_config.save_pretrained(str(tmp))
@@ -509,14 +463,23 @@ def _convert_into(
         out_dir="",
         checkpoint=str(ckpt.prefix),
         sources=_sources(ckpt, config_file, vocab_file),
-        mapped=len(plan.items),
+        mapped=len(plan.items) - len(plan.computed),
         parameters=parameters,
         skipped=plan.skipped,
         skipped_other=plan.skipped_other,
         hidden_act=hf_config.hidden_act,
         do_lower_case=do_lower_case,
         seconds=round(time.perf_counter() - t0, 3),
+        gelu=gelu,
+        family=fam.name,
+        computed=sorted(plan.computed),
     )
+
+
+def _check_gelu(gelu: str) -> str:
+    if gelu not in GELU:
+        raise TFCheckpointError(f"gelu {gelu!r} is not one of {', '.join(GELU)}")
+    return gelu
 
 
 def convert_checkpoint(
@@ -526,11 +489,16 @@ def convert_checkpoint(
     out_dir: str | os.PathLike,
     *,
     albert: bool | None = None,
+    family: str | None = None,
+    gelu: str = "tanh",
 ) -> ConversionReport:
-    """Convert a Google TF1 BERT / ALBERT checkpoint into the HF model folder ``out_dir``.
+    """Convert a TF1 BERT / ALBERT / ELECTRA / RoFormer checkpoint into the HF model folder ``out_dir``.
 
     ``checkpoint`` is the prefix (``.../bert_model.ckpt``), its ``.index`` file or its folder. ``albert``:
-    True / False says what the checkpoint must be (a mismatch is an error), None detects it. The folder
+    True / False says whether the checkpoint must be Google's ALBERT (a mismatch is an error), None
+    detects it; ``family`` (one of :data:`FAMILIES`) names the family where the variable names cannot
+    (RoFormer) and is checked against them. ``gelu``: how the config's ``gelu`` is read, ``tanh`` (Google's
+    code, the seed's users) or ``erf`` (bert4keras' default). The folder
     is written to a temporary sibling and renamed into place, so ``out_dir`` is complete or absent; an
     existing non-empty ``out_dir`` is refused. Raises :class:`TFCheckpointError` (one line) on bad input.
     """
@@ -541,9 +509,8 @@ def convert_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        report = _convert_into(
-            tmp, Path(config_file).expanduser(), ckpt, Path(vocab_file).expanduser(), albert
-        )
+        config, vocab = Path(config_file).expanduser(), Path(vocab_file).expanduser()
+        report = _convert_into(tmp, config, ckpt, vocab, albert, family, _check_gelu(gelu))
         report.out_dir = str(out)
         (tmp / REPORT).write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, out)  # an empty existing out_dir is replaced too
@@ -553,10 +520,13 @@ def convert_checkpoint(
     return report
 
 
-def _cache_key(config_file: Path, checkpoint: str | os.PathLike, vocab_file: Path) -> str:
-    """The ``.index`` (every tensor's checksum), config and vocabulary bytes, and the converter version."""
+def _cache_key(config_file: Path, checkpoint: str | os.PathLike, vocab_file: Path, gelu: str) -> str:
+    """The ``.index`` (every tensor's checksum), config and vocabulary bytes, the converter version, and
+    ``gelu`` when it is not the default (so the folders cached before ``--gelu`` existed keep their keys)."""
     index = Path(f"{resolve_prefix(checkpoint)}.index")
     h = hashlib.sha256(f"tf-convert-v{CONVERTER_VERSION}\0".encode())
+    if gelu != "tanh":
+        h.update(f"gelu={gelu}\0".encode())
     files = (
         (index, MAX_INDEX_BYTES, "checkpoint index"),
         (config_file, MAX_CONFIG_BYTES, "config file"),
@@ -594,28 +564,30 @@ def cached_conversion(
     vocab_file: str | os.PathLike,
     *,
     albert: bool | None = None,
+    family: str | None = None,
+    gelu: str = "tanh",
     cache_root: Path | None = None,
 ) -> Path:
     """The converted HF folder for a TF checkpoint: converted once, then reused.
 
     The cache key hashes the ``.index`` file (which holds every tensor's checksum), the config and the
     vocabulary; a folder is reused only when complete (its report written last, then renamed into
-    place). The ``albert`` flag is checked against the checkpoint on every call, cached or not.
+    place). ``albert`` and ``family`` are checked against the checkpoint on every call, cached or not;
+    ``gelu`` is part of the key.
     """
     config_file, vocab_file = Path(config_file).expanduser(), Path(vocab_file).expanduser()
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    key = _cache_key(config_file, checkpoint, vocab_file)
+    key = _cache_key(config_file, checkpoint, vocab_file, _check_gelu(gelu))
     target = root / key
     found = _cached(root, key, legacy=cache_root is None)
     if found is not None:
-        target = found
-        report = json.loads((target / REPORT).read_text(encoding="utf-8"))
-        detected = report.get("model_type")
-        if albert is not None and (detected == "albert") != albert:
-            _check_layout(TFCheckpoint(checkpoint), albert)  # raises the one-line mismatch
-        return target
+        if albert is not None or family is not None:
+            _family(TFCheckpoint(checkpoint), config_file, albert, family)  # raises the one-line mismatch
+        return found
     try:
-        convert_checkpoint(config_file, checkpoint, vocab_file, target, albert=albert)
+        convert_checkpoint(
+            config_file, checkpoint, vocab_file, target, albert=albert, family=family, gelu=gelu
+        )
     except (TFCheckpointError, OSError):
         if (target / REPORT).is_file():  # another process finished the same conversion first
             return target
