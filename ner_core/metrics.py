@@ -321,9 +321,12 @@ def seqeval_prf(
 ) -> tuple[float, float, float, dict[str, dict[str, float]]]:
     """The same strict entity scores computed by seqeval (the cross-check).
 
-    Tags in BIO/BIOES go to seqeval as they are (``mode="strict"``, scheme IOB2/IOBES); BMES and IOB1
-    are first converted to BIOES/BIO with :func:`ner_core.schemes.convert_tags` (seqeval knows neither).
-    Strict seqeval drops ill-formed entities, so figures equal :func:`entity_prf`'s for canonical tags.
+    Every scheme's tags are first read as the project reads them (leniently, conlleval-like: an ``I-``
+    without its ``B-`` opens an entity) and rewritten canonically with
+    :func:`ner_core.schemes.convert_tags`: BIO and BIOES as themselves, BMES as BIOES and IOB1 as BIO
+    (seqeval knows neither), then scored by seqeval (``mode="strict"``, scheme IOB2/IOBES). Strict
+    seqeval on raw tags would drop ill-formed entities instead, so the check would differ from
+    :func:`entity_prf` on exactly the sequences it should cover.
     Returns ``(micro_p, micro_r, micro_f1, {label: {"precision", "recall", "f1", "support"}})`` plus
     the key ``"macro avg"`` in the dict. Zero divisions give 0 without warnings.
     """
@@ -332,11 +335,10 @@ def seqeval_prf(
 
     _check_tag_pairs(gold_tags, pred_tags)
     sch = scheme_spec(scheme).scheme  # ValueError listing the schemes for an unknown name
-    if sch in (Scheme.BMES, Scheme.IOB1):
-        dst = Scheme.BIOES if sch == Scheme.BMES else Scheme.BIO
-        gold_tags = [convert_tags(t, sch, dst) for t in gold_tags]
-        pred_tags = [convert_tags(t, sch, dst) for t in pred_tags]
-        sch = dst
+    dst = Scheme.BIOES if sch in (Scheme.BMES, Scheme.BIOES) else Scheme.BIO
+    gold_tags = [convert_tags(t, sch, dst) for t in gold_tags]
+    pred_tags = [convert_tags(t, sch, dst) for t in pred_tags]
+    sch = dst
     seq_scheme = IOBES if sch == Scheme.BIOES else IOB2
     y_true = [list(t) for t in gold_tags]
     y_pred = [list(t) for t in pred_tags]
