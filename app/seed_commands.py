@@ -13,11 +13,17 @@
 
   ``<cmd>_outputs.txt``    the seed's shape: a JSON array of ``[text, "tag tag ..."]`` pairs, one tag per
                            character in the model's scheme (the seed cut texts at max_len; here every text
-                           is tagged whole, in windows)
+                           is tagged whole, in windows). Tags cannot nest: a span model's (possibly
+                           nested) entities are written as the tags of the outermost ones (the ingest's
+                           rules, :func:`ner_core.schemes.outermost`), and the summary's
+                           ``tags`` line says so
   ``<cmd>_entities.jsonl`` one line per text: ``{"doc_id", "text", "entities": [{start, end, label, text,
                            confidence}]}`` (half-open character spans)
   ``<cmd>_report.txt``     when the file holds gold entities: the seed's accuracy report (sentence accuracy,
-                           then right / total / accuracy per tag), character accuracy and the entity scores
+                           then right / total / accuracy per tag), character accuracy and the entity scores;
+                           for a span model the gold includes the file's nested spans (the reader's
+                           dropped ``nested`` / ``same_span`` spans) and the tag figures come from the
+                           outermost spans
   ``<cmd>_report.json``    the same figures as JSON (the evaluation report plus ``tag_accuracy``)
 """
 
@@ -214,16 +220,18 @@ def tag_to_outputs(
     ``output_path`` (see the module docstring); scores too when the file holds gold entities."""
     from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.data.formats import read_file
+    from ner_core.data.formats.overlaps import nested_documents
     from ner_core.inference.tagger import Tagger
 
     if not Path(test_data).is_file():
         raise FileNotFoundError(f"{test_data}: no such file")
     loaded = load_model_dir(model_dir)
+    span = is_span_model(loaded.config)
     parsed = read_file(test_data, untyped_label=loaded.config.data.untyped_label)
     if parsed.fatal or not parsed.documents:
         first = next((str(p) for p in parsed.problems if p.severity == "error"), "")
         raise ValueError(first or f"{test_data}: no texts to tag")
-    docs = parsed.documents
+    docs = nested_documents(parsed)[0] if span else parsed.documents
     labelled = parsed.format not in UNLABELLED_FORMATS
     if labelled:
         unknown = sorted({e.label for d in docs for e in d.entities} - set(loaded.labels))
@@ -234,7 +242,7 @@ def tag_to_outputs(
     preds = Tagger.from_loaded(loaded, options).predict([d.text for d in docs])
     out = Path(output_path)
     out.mkdir(parents=True, exist_ok=True)
-    written = _write_predictions(command, out, docs, preds, loaded.scheme)
+    written, flattened = _write_predictions(command, out, docs, preds, loaded.scheme)
     summary: dict[str, Any] = {
         "output_path": str(out.resolve()),
         "model_dir": str(Path(model_dir).resolve()),
@@ -242,8 +250,13 @@ def tag_to_outputs(
         "n_entities": sum(map(len, preds)),
         "labelled": labelled,
     }
+    if span or flattened:
+        summary["tags"] = (
+            f"{command}_outputs.txt holds the tags of the outermost entities ({flattened} nested or "
+            f"overlapping entities have no tags); {command}_entities.jsonl holds every entity"
+        )
     if labelled:
-        report_files, figures = _write_report(command, out, docs, preds, loaded.scheme)
+        report_files, figures = _write_report(command, out, docs, preds, loaded.scheme, span)
         written += report_files
         summary.update(figures)
     summary["files"] = [p.name for p in written]
@@ -257,13 +270,22 @@ def _spans(preds) -> list[list]:
     return [[Entity(start=e.start, end=e.end, label=e.label) for e in p] for p in preds]
 
 
-def _write_predictions(command: str, out: Path, docs, preds, scheme: str) -> list[Path]:
-    from ner_core.schemes import spans_to_tags
+def is_span_model(config) -> bool:
+    """Whether ``config`` (a model directory's NERConfig) has a span decoder (configs without a
+    ``decoder`` are CRF models)."""
+    return str(getattr(getattr(config, "decoder", None), "type", "crf")) == "span"
 
-    pairs = [
-        [d.text, " ".join(spans_to_tags(len(d.text), ents, scheme))]
-        for d, ents in zip(docs, _spans(preds), strict=True)
-    ]
+
+def _write_predictions(command: str, out: Path, docs, preds, scheme: str) -> tuple[list[Path], int]:
+    """The outputs and entities files; plus how many predicted entities the tags leave out (nested)."""
+    from ner_core.schemes import outermost, spans_to_tags
+
+    pairs = []
+    flattened = 0
+    for d, ents in zip(docs, _spans(preds), strict=True):
+        flat = outermost(ents)
+        flattened += len(ents) - len(flat)
+        pairs.append([d.text, " ".join(spans_to_tags(len(d.text), flat, scheme))])
     outputs = out / f"{command}_outputs.txt"
     _write_atomic(outputs, json.dumps(pairs, ensure_ascii=False, indent=4) + "\n")
     entities = out / f"{command}_entities.jsonl"
@@ -278,29 +300,30 @@ def _write_predictions(command: str, out: Path, docs, preds, scheme: str) -> lis
             for d, ents in zip(docs, preds, strict=True)
         ),
     )
-    return [outputs, entities]
+    return [outputs, entities], flattened
 
 
 def tag_accuracy(docs, preds, scheme: str) -> dict[str, dict[str, float | int]]:
     """The seed's per-tag accuracy: for each gold tag, the characters carrying it and how many of them the
-    model tagged the same (tags in ``scheme``); summed over the tags this is the character accuracy."""
-    from ner_core.schemes import spans_to_tags
+    model tagged the same (tags in ``scheme``); summed over the tags this is the character accuracy. Tags
+    are those of the outermost spans (gold and predicted entities may nest for a span model)."""
+    from ner_core.schemes import outermost, spans_to_tags
 
     right: dict[str, int] = {}
     total: dict[str, int] = {}
     for d, ents in zip(docs, _spans(preds), strict=True):
-        gold = spans_to_tags(len(d.text), d.entities, scheme)
-        pred = spans_to_tags(len(d.text), ents, scheme)
+        gold = spans_to_tags(len(d.text), outermost(d.entities), scheme)
+        pred = spans_to_tags(len(d.text), outermost(ents), scheme)
         for g, p in zip(gold, pred, strict=True):
             total[g] = total.get(g, 0) + 1
             right[g] = right.get(g, 0) + (g == p)
     return {t: {"right": right[t], "total": total[t], "acc": right[t] / total[t]} for t in sorted(total)}
 
 
-def _write_report(command: str, out: Path, docs, preds, scheme: str) -> tuple[list[Path], dict]:
+def _write_report(command: str, out: Path, docs, preds, scheme: str, span: bool) -> tuple[list[Path], dict]:
     from ner_core.metrics import evaluate
 
-    report = evaluate(docs, _spans(preds), scheme)
+    report = evaluate(docs, _spans(preds), scheme, outermost_tags=span or None)
     per_tag = tag_accuracy(docs, preds, scheme)
     n_right = round(report.sentence_accuracy * report.n_sentences)
     lines = [

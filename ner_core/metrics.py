@@ -4,7 +4,10 @@ Definitions (those of the seed, keras-bert-ner, made explicit):
 
 * **Character accuracy**: correct tags over all non-padding positions, ``O`` included. Tags are in
   the run's scheme and derived from spans with :func:`ner_core.schemes.spans_to_tags`, so gold and
-  prediction are compared in the same canonical encoding.
+  prediction are compared in the same canonical encoding. A tag sequence holds no overlapping
+  entities: when gold or prediction nest (a span decoder's run), both accuracies are computed from the
+  outermost spans (:func:`ner_core.schemes.outermost`, the ingest's rules) and the report
+  says so (``tags_from``).
 * **Sentence accuracy**: the share of sentences whose every tag is right (a sentence with no
   characters counts as right).
 * **Entity level**: strict exact-span match: a predicted entity is correct iff a gold entity has the
@@ -13,10 +16,21 @@ Definitions (those of the seed, keras-bert-ner, made explicit):
   Conventions: precision with nothing predicted is 0, recall with no gold entity is 0, and F1 is 0
   when ``p + r == 0``. No warnings are emitted.
 
-The entity figures are computed from span sets; :func:`seqeval_prf` computes the same figures with
-seqeval (strict mode, IOB2 or IOBES) and the tests check that the two agree.
+The entity figures are computed from span sets, so they hold for nested sets as they are;
+:func:`seqeval_prf` computes the same figures with seqeval (strict mode, IOB2 or IOBES) and the tests
+check that the two agree on flat data.
 
-Error kinds (:data:`ERROR_KINDS`), per sentence, after removing exact matches:
+Nesting levels (:func:`level_prf`): the *depth* of a span in its set is the number of other spans of the
+set (with other boundaries) that contain it; ``outer`` spans have depth 0, ``nested`` ones depth >= 1.
+A gold entity's level is its depth among the gold entities. A prediction that exactly matches a gold
+entity takes that entity's level (a correct answer is scored where the answer lies, even when the model
+missed the span around it); any other prediction takes its depth among the predictions. Each level then
+gets strict P/R/F1; the two levels together add up to the overall counts.
+
+Error kinds (:data:`ERROR_KINDS`), per sentence, after removing exact matches; a gold entity is only
+compared with the predictions at its own nesting depth (depths as above, each in its own set: an inner
+gold entity with the model's inner predictions, an outer one with the outer ones), so on flat data,
+where every depth is 0, the kinds are exactly those of the flat rules:
 
 * ``boundary``: a gold entity overlapped by a prediction of the same label with other boundaries;
 * ``type``: a gold entity predicted with exactly its span but another label;
@@ -26,7 +40,10 @@ Error kinds (:data:`ERROR_KINDS`), per sentence, after removing exact matches:
 
 Each unmatched gold entity gets one kind (the first that applies in the order type, boundary,
 boundary+type), counted under the *gold* label; ``spurious`` is counted under the *predicted* label.
-A prediction spanning two gold entities therefore yields two errors (one per gold entity).
+A prediction spanning two gold entities therefore yields two errors (one per gold entity). With
+nesting, a prediction of an inner span where gold has none at that depth is ``spurious``, and an outer
+prediction that misses the outer gold entity's boundaries is a ``boundary`` error of that entity, never
+of the inner gold entities it also overlaps.
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel, Field
 
 from ner_core.documents import Document, Entity
-from ner_core.schemes import Scheme, convert_tags, scheme_spec, spans_to_tags
+from ner_core.schemes import Scheme, convert_tags, has_overlaps, outermost, scheme_spec, spans_to_tags
 
 __all__ = [
     "ERROR_KINDS",
@@ -49,6 +66,8 @@ __all__ = [
     "classify_errors",
     "entity_prf",
     "evaluate",
+    "level_prf",
+    "nesting_depths",
     "prf",
     "sentence_accuracy",
     "seqeval_prf",
@@ -128,6 +147,16 @@ class EvaluationReport(BaseModel):
     per_type: list[TypeScores] = Field(default_factory=list)
     errors: dict[str, dict[str, int]] = Field(default_factory=dict)
     error_sentences: list[ErrorSentence] = Field(default_factory=list)
+    tags_from: str = Field(
+        "spans",
+        description='what the character/sentence accuracies were computed from: "spans" (all of them, '
+        'flat) or "outermost spans" (gold or prediction nest; see the module docstring)',
+    )
+    levels: list[TypeScores] = Field(
+        default_factory=list,
+        description='strict scores of the "outer" and "nested" entities (:func:`level_prf`), present '
+        "when the gold entities or the predictions nest, or the run's decoder can nest (outermost_tags)",
+    )
 
     def summary(self) -> dict[str, float | int]:
         """Flat numbers: the overall figures (:data:`SUMMARY_FIELDS`, in field order), ``"<label>.<metric>"``
@@ -138,6 +167,9 @@ class EvaluationReport(BaseModel):
                 out[f"{t.label}.{key}"] = getattr(t, key)
         for kind in ERROR_KINDS:
             out[f"errors.{kind}"] = sum(c.get(kind, 0) for c in self.errors.values())
+        for t in self.levels:
+            for key in ("precision", "recall", "f1", "support", "predicted", "correct"):
+                out[f"levels.{t.label}.{key}"] = getattr(t, key)
         return out
 
     def to_markdown(self, max_error_sentences: int = 20) -> str:
@@ -159,6 +191,7 @@ class EvaluationReport(BaseModel):
             f"| entity F1 (macro) | {self.macro_f1:.4f} |",
             f"| gold / predicted / correct entities | {self.n_gold} / {self.n_pred} / {self.n_correct} |",
             "",
+            *self._nesting_lines(),
             "### Per type",
             "",
             "| type | precision | recall | F1 | support | predicted | correct |",
@@ -188,6 +221,25 @@ class EvaluationReport(BaseModel):
             lines.append(f"  - gold: {_mentions(s.text, s.gold)}")
             lines.append(f"  - pred: {_mentions(s.text, s.pred)}")
         return "\n".join(lines) + "\n"
+
+    def _nesting_lines(self) -> list[str]:
+        out = []
+        if self.tags_from != "spans":
+            out += [f"Character and sentence accuracy are computed from the {self.tags_from}.", ""]
+        if self.levels:
+            out += [
+                "### Outer and nested entities",
+                "",
+                "| level | precision | recall | F1 | support | predicted | correct |",
+                "|---|---|---|---|---|---|---|",
+                *(
+                    f"| {t.label} | {t.precision:.4f} | {t.recall:.4f} | {t.f1:.4f} | {t.support} | "
+                    f"{t.predicted} | {t.correct} |"
+                    for t in self.levels
+                ),
+                "",
+            ]
+        return out
 
 
 #: the overall figures of a report, in field order: its int and float fields (``scheme`` and the lists
@@ -369,18 +421,82 @@ def _overlap(a: _Span, b: _Span) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
+def _any_overlap(sorted_spans: list[_Span]) -> bool:
+    end = -1
+    for s, e, _lab in sorted_spans:
+        if s < end:
+            return True
+        end = max(end, e)
+    return False
+
+
+def nesting_depths(spans: set[_Span] | Sequence[_Span]) -> dict[_Span, int]:
+    """The depth of each ``(start, end, label)`` span in its set: how many spans of the set with other
+    boundaries contain it (0 for all of a flat set; a span with two labels is one span twice)."""
+    keys = sorted(set(spans))
+    out = dict.fromkeys(keys, 0)
+    if not _any_overlap(keys):
+        return out  # flat: nothing contains anything
+    bounds = sorted({k[:2] for k in keys})
+    for k in keys:
+        out[k] = sum(1 for b in bounds if b != k[:2] and b[0] <= k[0] and k[1] <= b[1])
+    return out
+
+
+def _levels_of(gs: set[_Span], ps: set[_Span]) -> tuple[dict[_Span, int], dict[_Span, int]]:
+    """0 (outer) or 1 (nested) per gold and per predicted span, by the module docstring's rule."""
+    gd, pd = nesting_depths(gs), nesting_depths(ps)
+    g_lev = {g: min(d, 1) for g, d in gd.items()}
+    p_lev = {p: g_lev[p] if p in g_lev else min(d, 1) for p, d in pd.items()}
+    return g_lev, p_lev
+
+
+def level_prf(gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity]]) -> list[TypeScores]:
+    """Strict scores of the ``outer`` and the ``nested`` entities (levels: see the module docstring), as
+    two :class:`TypeScores` labelled ``"outer"`` and ``"nested"``; their counts add up to the overall
+    ones of :func:`entity_prf`."""
+    if len(gold) != len(pred):
+        raise ValueError(f"expected as many predicted as gold sentences, got {len(pred)} and {len(gold)}")
+    n_gold, n_pred, n_ok = [0, 0], [0, 0], [0, 0]
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        gs, ps = _span_set(g, f"gold sentence {i}"), _span_set(p, f"predicted sentence {i}")
+        g_lev, p_lev = _levels_of(gs, ps)
+        for lev in g_lev.values():
+            n_gold[lev] += 1
+        for lev in p_lev.values():
+            n_pred[lev] += 1
+        for s in gs & ps:
+            n_ok[g_lev[s]] += 1
+    out = []
+    for lev, name in enumerate(("outer", "nested")):
+        p_, r_, f_ = prf(n_ok[lev], n_pred[lev], n_gold[lev])
+        out.append(
+            TypeScores(
+                label=name,
+                precision=p_,
+                recall=r_,
+                f1=f_,
+                support=n_gold[lev],
+                predicted=n_pred[lev],
+                correct=n_ok[lev],
+            )  # fmt: skip
+        )
+    return out
+
+
 def classify_errors(gold: Sequence[Entity], pred: Sequence[Entity]) -> list[tuple[str, str]]:
     """The errors of one sentence as ``(label, kind)`` pairs (see the module docstring for the rules).
 
     Exact matches are not errors; an empty list means the sentence's entities are all right.
     """
     gs, ps = _span_set(gold, "gold"), _span_set(pred, "predicted")
+    gd, pd = nesting_depths(gs), nesting_depths(ps)
     ok = gs & ps
     g_rem = sorted(gs - ok)
     p_rem = sorted(ps - ok)
     out: list[tuple[str, str]] = []
     for g in g_rem:
-        hits = [p for p in p_rem if _overlap(g, p)]
+        hits = [p for p in p_rem if pd[p] == gd[g] and _overlap(g, p)]
         if not hits:
             out.append((g[2], "missed"))
         elif any(p[:2] == g[:2] for p in hits):
@@ -390,7 +506,7 @@ def classify_errors(gold: Sequence[Entity], pred: Sequence[Entity]) -> list[tupl
         else:
             out.append((g[2], "boundary+type"))
     for p in p_rem:
-        if not any(_overlap(g, p) for g in g_rem):
+        if not any(gd[g] == pd[p] and _overlap(g, p) for g in g_rem):
             out.append((p[2], "spurious"))
     return out
 
@@ -414,18 +530,61 @@ def _check_evaluate_args(
         raise ValueError(f"expected max_error_sentences >= 0 or None, got {max_error_sentences}")
 
 
+def _sentence_tags(
+    doc: Document, p: list[Entity], sch: Scheme, resolve: bool
+) -> tuple[list[str], list[str], bool]:
+    """Gold and predicted tags of one document, from the outermost spans when ``resolve``; plus whether
+    the gold or the predicted entities overlap."""
+    n = len(doc.text)
+    where = f"prediction for document {doc.doc_id!r}"
+    _span_set(p, where)  # Entity objects only
+    for e in p:  # checked here: outermost() may leave an inner span out of the tags
+        if e.end > n:
+            raise ValueError(
+                f"{where}: entity [{e.start}, {e.end}) {e.label} lies outside the text (length {n})"
+            )
+    nested = has_overlaps(doc.entities) or has_overlaps(p)
+    g, q = (outermost(doc.entities), outermost(p)) if resolve else (doc.entities, p)
+    try:
+        gold_tags = spans_to_tags(n, g, sch)
+    except ValueError as err:
+        raise ValueError(f"gold document {doc.doc_id!r}: {err}") from None
+    try:
+        pred_tags = spans_to_tags(n, q, sch)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return gold_tags, pred_tags, nested
+
+
+def _error_sentence(doc: Document, p: list[Entity], errs: list[tuple[str, str]]) -> ErrorSentence:
+    kinds = {k for _, k in errs}
+    return ErrorSentence(
+        doc_id=doc.doc_id,
+        text=doc.text,
+        gold=doc.sorted_entities(),
+        pred=sorted(p, key=lambda e: (e.start, e.end, e.label)),
+        kinds=[k for k in ERROR_KINDS if k in kinds],
+    )
+
+
 def evaluate(
     gold: Sequence[Document],
     pred: Sequence[Sequence[Entity]],
     scheme: Scheme | str = "BIOES",
     *,
     max_error_sentences: int | None = None,
+    outermost_tags: bool | None = None,
 ) -> EvaluationReport:
     """Evaluate predicted entities against gold documents.
 
-    ``pred[i]`` are the predicted entities of ``gold[i]`` (half-open spans over ``gold[i].text``; they
-    must lie inside the text and not overlap). Tags for the character/sentence accuracies are derived
-    in ``scheme``. ``max_error_sentences`` caps the sentences kept in ``error_sentences`` (None: all).
+    ``pred[i]`` are the predicted entities of ``gold[i]`` (half-open spans over ``gold[i].text``, inside
+    the text; gold and predictions may nest or overlap: the entity scores are set matches). Tags for the
+    character/sentence accuracies are derived in ``scheme`` from the outermost spans when
+    ``outermost_tags`` (a span decoder's run: the report says so even when this data set happens to be
+    flat), from all spans when it is False (overlapping entities then raise ``ValueError``, the strict
+    check of a flat model's output); None (the default) resolves them only when some gold or predicted
+    entities overlap. On flat data all three give the same figures. ``max_error_sentences`` caps the
+    sentences kept in ``error_sentences`` (None: all).
     """
     _check_evaluate_args(gold, pred, max_error_sentences)
     sch = scheme_spec(scheme).scheme  # ValueError listing the schemes for an unknown name
@@ -436,21 +595,17 @@ def evaluate(
     pred_ents: list[list[Entity]] = []
     errors = ErrorCounts()
     error_sentences: list[ErrorSentence] = []
+    any_nested = False
     for i, (doc, p) in enumerate(zip(gold, pred, strict=True)):
         if not isinstance(doc, Document):
             raise ValueError(f"gold[{i}]: expected a Document, got {type(doc).__name__}")
         if isinstance(p, (str, Entity)):
             raise ValueError(f"pred[{i}]: expected a sequence of Entity, got {type(p).__name__}")
         p = list(p)
-        n = len(doc.text)
-        try:
-            gold_tags.append(spans_to_tags(n, doc.entities, sch))
-        except ValueError as err:
-            raise ValueError(f"gold document {doc.doc_id!r}: {err}") from None
-        try:
-            pred_tags.append(spans_to_tags(n, p, sch))
-        except ValueError as err:
-            raise ValueError(f"prediction for document {doc.doc_id!r}: {err}") from None
+        g_tags, p_tags, nested = _sentence_tags(doc, p, sch, outermost_tags is not False)
+        any_nested |= nested
+        gold_tags.append(g_tags)
+        pred_tags.append(p_tags)
         gold_ents.append(list(doc.entities))
         pred_ents.append(p)
         for e in [*doc.entities, *p]:
@@ -459,19 +614,11 @@ def evaluate(
         for label, kind in errs:
             errors.add(label, kind)
         if errs and (max_error_sentences is None or len(error_sentences) < max_error_sentences):
-            kinds = {k for _, k in errs}
-            error_sentences.append(
-                ErrorSentence(
-                    doc_id=doc.doc_id,
-                    text=doc.text,
-                    gold=doc.sorted_entities(),
-                    pred=sorted(p, key=lambda e: (e.start, e.end, e.label)),
-                    kinds=[k for k in ERROR_KINDS if k in kinds],
-                )
-            )
+            error_sentences.append(_error_sentence(doc, p, errs))
 
     p_, r_, f_, per_type = entity_prf(gold_ents, pred_ents)
     mp, mr, mf = _macro(per_type)
+    levels = level_prf(gold_ents, pred_ents) if any_nested or outermost_tags else []
     return EvaluationReport(
         scheme=sch.value,
         n_sentences=len(gold),
@@ -490,4 +637,6 @@ def evaluate(
         per_type=list(per_type.values()),
         errors=errors.as_dict(),
         error_sentences=error_sentences,
+        tags_from="outermost spans" if outermost_tags or (outermost_tags is None and any_nested) else "spans",
+        levels=levels,
     )

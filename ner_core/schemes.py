@@ -41,7 +41,7 @@ sequence ``spans_to_tags(len(t), tags_to_spans(t)) == t`` and :func:`repair_tags
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from functools import lru_cache, partial
@@ -66,10 +66,13 @@ __all__ = [
     "convert_tags",
     "fast_decoder",
     "fast_spans",
+    "has_overlaps",
     "is_transition_allowed",
     "labels_of",
+    "outermost",
     "parse_tag",
     "repair_tags",
+    "resolve_overlaps",
     "scheme_spec",
     "span_tuples",
     "spans_to_tags",
@@ -681,3 +684,73 @@ def repair_tags(tags: Sequence[str], scheme: Scheme | str) -> tuple[list[str], l
             why = "; ".join(reasons.get(i, [])) or "to keep the neighbouring tags consistent"
             warnings.append(TagProblem(i, old, "repaired", f"position {i}: {old} -> {new} ({why})"))
     return repaired, warnings
+
+
+# ----------------------------------------------------------------------------------------------
+# Overlapping spans: what a tag sequence can hold
+# ----------------------------------------------------------------------------------------------
+_Span = tuple[int, int, str]
+
+
+def _reason(dropped: _Span, kept: _Span) -> str:
+    if dropped[:2] == kept[:2]:
+        return "same_span"
+    if kept[0] <= dropped[0] and dropped[1] <= kept[1]:
+        return "nested"
+    return "crossing"
+
+
+def resolve_overlaps(spans: list[_Span]) -> tuple[list[_Span], list[tuple[_Span, _Span, str]]]:
+    """Split ``(start, end, label)`` ``spans`` (in the record's order, no exact duplicates) into the kept
+    spans (sorted) and the dropped ones as ``(dropped, kept span it overlaps, reason)`` in the record's
+    order. The rules (see :mod:`ner_core.data.formats.overlaps`, which applies them at ingest): longer
+    spans first, then earlier starts, then the record's order; each span is kept unless it overlaps a span
+    kept before it; the reason is ``nested`` (inside the kept one), ``crossing`` or ``same_span``."""
+    order = sorted(range(len(spans)), key=lambda i: (spans[i][0] - spans[i][1], spans[i][0], i))
+    kept: list[_Span] = []
+    dropped: dict[int, tuple[_Span, _Span, str]] = {}
+    for i in order:
+        s, e, _lab = span = spans[i]
+        blocker = next((k for k in kept if k[0] < e and s < k[1]), None)
+        if blocker is None:
+            kept.append(span)
+        else:
+            dropped[i] = (span, blocker, _reason(span, blocker))
+    return sorted(kept), [dropped[i] for i in sorted(dropped)]
+
+
+def _key(e: Entity) -> tuple[int, int, str]:
+    return (e.start, e.end, e.label)
+
+
+def _crossing_sorted(keys: list[tuple[int, int, str]]) -> bool:
+    end = -1
+    for s, e, _lab in keys:
+        if s < end:
+            return True
+        end = max(end, e)
+    return False
+
+
+def has_overlaps(entities: Iterable[Entity]) -> bool:
+    """Whether two of ``entities`` share a character (an exact duplicate does not count)."""
+    return _crossing_sorted(sorted({_key(e) for e in entities}))
+
+
+def outermost(entities: Iterable[Entity]) -> list[Entity]:
+    """A flat subset of ``entities`` by the ingest's rules (:func:`resolve_overlaps`), what a tag sequence
+    (:func:`spans_to_tags`) can hold: of a nested pair
+    the outer, of crossing spans the longer (the earlier when as long), of one span with two labels the
+    first listed; exact duplicates count once. Sorted by ``(start, end, label)``.
+
+    On entities that do not overlap it returns them all (sorted), so a CRF consumer that calls it first
+    sees flat data exactly as before; the Entity objects are the given ones.
+    """
+    first: dict[tuple[int, int, str], Entity] = {}
+    for e in entities:
+        first.setdefault(_key(e), e)
+    keys = sorted(first)
+    if not _crossing_sorted(keys):
+        return [first[k] for k in keys]
+    kept, _dropped = resolve_overlaps(list(first))  # the record's order decides same-span ties
+    return [first[k] for k in kept]

@@ -9,6 +9,13 @@ is. Re-ingesting identical files with identical options returns the latest versi
 
 :func:`training_documents` is what a run trains on: a dataset's train and dev splits, with a second
 dataset's train split added (``ner train --plus``, e.g. a review export).
+
+Nested entities: a stored version keeps the outer spans in ``gold_entities`` and the spans the ingest's
+overlap repair dropped in ``dropped_spans`` (reason ``nested``, ``crossing`` or ``same_span``). The reads
+return the outer (flat) entities, what a CRF run trains and is scored on; with ``nested=True`` they put
+the ``nested`` and ``same_span`` spans back (:data:`ner_core.data.formats.overlaps.NESTED_REASONS`), what
+a span decoder trains and is scored on, and leave the ``crossing`` ones out
+(:func:`dropped_span_counts` counts them).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from ner_core.data.formats import Problem, no_gc
+from ner_core.data.formats.overlaps import NESTED_REASONS, with_spans
 from ner_core.data.formats.problems import problem
 from ner_core.data.ingest import IngestPlan, IngestReport, Row, plan_ingest, prepare_ingest
 from ner_core.documents import Document, Entity
@@ -371,22 +379,77 @@ def dataset_labels(db_path: str | Path, dataset: str, version: int | None = None
         )
 
 
-def load_documents(
-    db_path: str | Path, dataset: str, split: str | None = None, version: int | None = None
-) -> list[Document]:
-    """Documents with their gold entities, in input order; latest version unless ``version`` is given."""
+def _check_split(con: duckdb.DuckDBPyConnection, dataset: str, v: int, split: str | None) -> None:
+    if split is None:
+        return
+    have = [
+        r[0]
+        for r in con.execute(
+            "SELECT split FROM dataset_splits WHERE dataset = ? AND version = ? ORDER BY split", [dataset, v]
+        ).fetchall()
+    ]
+    if split not in have:
+        raise ValueError(f"dataset {dataset!r} version {v} has no split {split!r}; splits: {have}")
+
+
+def _nested_spans(
+    con: duckdb.DuckDBPyConnection, dataset: str, v: int, split: str | None
+) -> dict[str, list[tuple[int, int, str]]]:
+    """The dropped ``nested`` / ``same_span`` spans per doc_id (of ``split`` when given)."""
+    only_split = " AND d.split = ?" if split is not None else ""
+    rows = con.execute(
+        'SELECT s.doc_id, s.start, s."end", s.label FROM dropped_spans s JOIN documents d '
+        "USING (dataset, version, doc_id) WHERE d.dataset = ? AND d.version = ? "
+        f"AND s.reason IN ({', '.join('?' * len(NESTED_REASONS))}){only_split}",
+        [dataset, v, *NESTED_REASONS, *([split] if split is not None else [])],
+    ).fetchall()
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for doc_id, s, e, lab in rows:
+        out.setdefault(doc_id, []).append((s, e, lab))
+    return out
+
+
+def _dropped_counts(
+    con: duckdb.DuckDBPyConnection, dataset: str, v: int, splits: tuple[str, ...] | None
+) -> dict[str, int]:
+    only = f" AND d.split IN ({', '.join('?' * len(splits))})" if splits else ""
+    rows = con.execute(
+        "SELECT s.reason, count(*) FROM dropped_spans s JOIN documents d USING (dataset, version, doc_id) "
+        f"WHERE d.dataset = ? AND d.version = ?{only} GROUP BY s.reason",
+        [dataset, v, *(splits or ())],
+    ).fetchall()
+    counts = dict.fromkeys(("nested", "crossing", "same_span"), 0)
+    counts.update({reason: int(n) for reason, n in rows})
+    return counts
+
+
+def dropped_span_counts(
+    db_path: str | Path, dataset: str, version: int | None = None, split: str | None = None
+) -> dict[str, int]:
+    """How many spans the ingest's overlap repair dropped, per reason (every reason present, 0 when none),
+    over the version's documents or one ``split``; ``crossing`` ones are what a span run leaves out."""
     with open_db(db_path, read_only=True) as con:
         v = _resolve_version(con, dataset, version)
-        if split is not None:
-            have = [
-                r[0]
-                for r in con.execute(
-                    "SELECT split FROM dataset_splits WHERE dataset = ? AND version = ? ORDER BY split",
-                    [dataset, v],
-                ).fetchall()
-            ]
-            if split not in have:
-                raise ValueError(f"dataset {dataset!r} version {v} has no split {split!r}; splits: {have}")
+        _check_split(con, dataset, v, split)
+        return _dropped_counts(con, dataset, v, None if split is None else (split,))
+
+
+def load_documents(
+    db_path: str | Path,
+    dataset: str,
+    split: str | None = None,
+    version: int | None = None,
+    *,
+    nested: bool = False,
+) -> list[Document]:
+    """Documents with their gold entities, in input order; latest version unless ``version`` is given.
+
+    ``nested=True`` adds the dropped ``nested`` and ``same_span`` spans to each document's entities (a
+    span decoder's data: they may then overlap); ``crossing`` ones stay out (see the module docstring).
+    """
+    with open_db(db_path, read_only=True) as con:
+        v = _resolve_version(con, dataset, version)
+        _check_split(con, dataset, v, split)
         only_split = " AND d.split = ?" if split is not None else ""
         params: list[Any] = [dataset, v] + ([split] if split is not None else [])
         docs = con.execute(
@@ -400,13 +463,15 @@ def load_documents(
             'ORDER BY d.ord, e.start, e."end", e.label',
             params,
         ).fetchall()
+        extra = _nested_spans(con, dataset, v, split) if nested else {}
     by_doc: dict[str, list[Entity]] = {}
     for doc_id, s, e, lab in ents:
         by_doc.setdefault(doc_id, []).append(Entity.model_construct(start=s, end=e, label=lab))
-    return [
+    out = [
         Document.model_construct(doc_id=i, text=t, entities=by_doc.get(i, []), split=sp, source=src, line=ln)
         for i, t, sp, src, ln in docs
     ]
+    return [with_spans(d, extra[d.doc_id]) if d.doc_id in extra else d for d in out] if extra else out
 
 
 def load_problems(db_path: str | Path, dataset: str, version: int | None = None) -> list[Problem]:
@@ -428,13 +493,16 @@ def load_problems(db_path: str | Path, dataset: str, version: int | None = None)
 class TrainingData:
     """What a run trains on: ``train`` (base train split + the ``plus`` dataset's train split), ``dev``
     (the base's), the label set, the plus dataset version (``{"dataset", "version"}`` or ``None``) and
-    one line per adjustment made."""
+    one line per adjustment made. ``dropped`` counts the base dataset's train and dev spans the ingest's
+    overlap repair dropped, per reason (:func:`dropped_span_counts`): with ``nested=True`` the ``nested``
+    and ``same_span`` ones are in the documents, the ``crossing`` ones left out."""
 
     train: list[Document]
     dev: list[Document]
     labels: list[str]
     plus: dict | None = None
     notes: tuple[str, ...] = ()
+    dropped: dict[str, int] | None = None
 
 
 def _reconciled_labels(base: str, bv: int, base_labels: list[str], plus: str, pv: int, row) -> list[str]:
@@ -480,6 +548,8 @@ def training_documents(
     version: int | None = None,
     plus: str | None = None,
     plus_version: int | None = None,
+    *,
+    nested: bool = False,
 ) -> TrainingData:
     """The training data of ``dataset`` (its train and dev splits), with ``plus`` (latest version unless
     ``plus_version``) added to the train split.
@@ -488,6 +558,9 @@ def training_documents(
     A ``plus`` document whose text is in the base's dev/test split is left out (it would leak into the
     evaluation); a base train document whose text a ``plus`` document also has is replaced by it (the
     reviewed annotation wins).
+
+    ``nested=True`` (a span decoder's run) loads every document with its nested and same-span entities
+    (:func:`load_documents`) and adds a note counting the ``crossing`` spans left out.
     """
     with open_db(db_path, read_only=True) as con:
         version = _resolve_version(con, dataset, version)
@@ -510,10 +583,28 @@ def training_documents(
                     [dataset, version],
                 ).fetchall()
             }
-    train = load_documents(db_path, dataset, "train", version)
-    dev = load_documents(db_path, dataset, "dev", version)
+        dropped = _dropped_counts(con, dataset, version, ("train", "dev"))
+    train = load_documents(db_path, dataset, "train", version, nested=nested)
+    dev = load_documents(db_path, dataset, "dev", version, nested=nested)
+    nested_notes = _nested_notes(dataset, version, dropped) if nested else ()
     if plus is None:
-        return TrainingData(train, dev, labels)
-    extra = load_documents(db_path, plus, "train", plus_version)
+        return TrainingData(train, dev, labels, notes=nested_notes, dropped=dropped)
+    extra = load_documents(db_path, plus, "train", plus_version, nested=nested)
     train, notes = _combined(dataset, version, train, plus, plus_version, extra, held_out)
-    return TrainingData(train, dev, labels, {"dataset": plus, "version": plus_version}, notes)
+    plus_info = {"dataset": plus, "version": plus_version}
+    return TrainingData(train, dev, labels, plus_info, notes + nested_notes, dropped)
+
+
+def _nested_notes(dataset: str, version: int, dropped: dict[str, int]) -> tuple[str, ...]:
+    notes = []
+    if dropped["nested"] or dropped["same_span"]:
+        notes.append(
+            f"nested entities of {dataset!r} v{version} (train + dev): {dropped['nested']} nested spans and "
+            f"{dropped['same_span']} second labels of a span added to the outer ones"
+        )
+    if dropped["crossing"]:
+        notes.append(
+            f"{dropped['crossing']} crossing spans of {dataset!r} v{version} (train + dev) left out: "
+            "they cut across a kept entity (stored in dropped_spans, not trained on)"
+        )
+    return tuple(notes)

@@ -175,8 +175,10 @@ def test_perfect_prediction_and_nothing_predicted():
         ([], [E(3, 5, "LOC")], [("LOC", "spurious")]),
         # one prediction merging two gold entities: one boundary error per gold entity
         ([E(0, 2, "LOC"), E(2, 4, "LOC")], [E(0, 4, "LOC")], [("LOC", "boundary"), ("LOC", "boundary")]),
-        # the same span with another label beats an overlapping same-label prediction
-        ([E(0, 3, "ORG")], [E(0, 3, "FIN"), E(1, 2, "ORG")], [("ORG", "type")]),
+        # the same span with another label beats an overlapping same-label prediction; the prediction
+        # nested inside it is compared with nested gold entities only (none here): spurious
+        ([E(0, 3, "ORG")], [E(0, 3, "FIN"), E(1, 2, "ORG")], [("ORG", "type"), ("ORG", "spurious")]),
+        ([E(0, 3, "ORG")], [E(0, 3, "FIN"), E(1, 4, "ORG")], [("ORG", "type")]),
         # a correct entity next to an error in the same sentence
         ([E(0, 2, "PER"), E(5, 7, "LOC")], [E(0, 2, "PER"), E(5, 6, "ORG")], [("LOC", "boundary+type")]),
     ],
@@ -237,7 +239,7 @@ def test_evaluate_input_checks():
     with pytest.raises(ValueError, match="at least one gold document"):
         evaluate([], [])
     with pytest.raises(ValueError, match="prediction for document 'A'.*overlap"):
-        evaluate(GOLD[:1], [[E(0, 2, "PER"), E(1, 3, "LOC")]])
+        evaluate(GOLD[:1], [[E(0, 2, "PER"), E(1, 3, "LOC")]], outermost_tags=False)
     with pytest.raises(ValueError, match="prediction for document 'D'.*outside the text"):
         evaluate(GOLD[3:], [[E(4, 9, "ORG")]])
     with pytest.raises(ValueError, match="expected a tag scheme"):

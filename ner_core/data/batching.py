@@ -6,7 +6,10 @@ Spans -> tags in the run's scheme -> tag ids; texts -> one model position per ch
 
 Training never truncates: a text longer than ``max_len`` is cut into chunks at sentence ends where
 possible, otherwise at a character that no entity spans, so every character is trained exactly once and
-every chunk's tags are valid in the scheme. Prediction uses overlapping windows (see
+every chunk's tags are valid in the scheme. A tag sequence holds no overlapping entities, so a document whose
+entities overlap (a nested dataset loaded for a span run) is tagged from its outermost spans
+(:func:`ner_core.schemes.outermost`, the ingest's rules): the CRF trains on the outer ones.
+Prediction uses overlapping windows (see
 :mod:`ner_core.inference.tagger`).
 """
 
@@ -20,7 +23,7 @@ from itertools import pairwise
 import torch
 
 from ner_core.documents import Document, Entity
-from ner_core.schemes import spans_to_tags
+from ner_core.schemes import outermost, spans_to_tags
 
 SENTENCE_ENDS = frozenset("。！？!?；;\n")
 
@@ -85,8 +88,12 @@ def training_chunks(docs: Sequence[Document], max_len: int) -> list[Chunk]:
 
 def chunk_entities(doc: Document, chunk: Chunk) -> list[Entity]:
     """Entities of ``doc`` clipped to ``chunk`` and shifted to chunk coordinates."""
+    return _clipped(doc.entities, chunk)
+
+
+def _clipped(entities: Sequence[Entity], chunk: Chunk) -> list[Entity]:
     out = []
-    for e in doc.entities:
+    for e in entities:
         s, t = max(e.start, chunk.start), min(e.end, chunk.end)
         if s < t:
             out.append(Entity(start=s - chunk.start, end=t - chunk.start, label=e.label))
@@ -132,10 +139,13 @@ class TaggedDataset:
         self.tag_to_id = {t: i for i, t in enumerate(self.tags)}
         self.scheme = scheme
         self.items: list[EncodedChunk] = []
+        flat: dict[int, list[Entity]] = {}  # outermost entities per document, the CRF's view
         for chunk in training_chunks(self.docs, max_len):
             doc = self.docs[chunk.doc_index]
+            if chunk.doc_index not in flat:
+                flat[chunk.doc_index] = outermost(doc.entities)
             text = doc.text[chunk.start : chunk.end]
-            seq = spans_to_tags(len(text), chunk_entities(doc, chunk), scheme)
+            seq = spans_to_tags(len(text), _clipped(flat[chunk.doc_index], chunk), scheme)
             try:
                 tag_ids = [self.tag_to_id[t] for t in seq]
             except KeyError as exc:

@@ -10,44 +10,43 @@ They follow from one order: longer spans first, then earlier starts, then the or
 each span is kept unless it overlaps a span kept before it. A dropped span is reported as an
 ``overlap_dropped`` warning naming both spans, and the ingest stores it in ``dropped_spans`` so nested
 annotations stay queryable. Under ``strict`` an overlap still rejects the record (``span_overlap``).
+
+:func:`resolve_overlaps` and :func:`outermost` are defined in :mod:`ner_core.schemes` (beside
+:func:`~ner_core.schemes.spans_to_tags`, so the top-level modules reach them) and re-exported here.
+:func:`outermost` applies the same rules to :class:`~ner_core.documents.Entity` lists: it is what every
+consumer of tags (CRF batching, character/sentence accuracy, the seed's tag outputs) calls first, since a
+span decoder's predictions and a nested dataset's entities may overlap and a tag sequence cannot.
 """
 
 from __future__ import annotations
 
-from ner_core.data.formats.context import ReadContext, Span
+from collections.abc import Iterable
 
-__all__ = ["REASONS", "drop_overlaps", "resolve_overlaps"]
+from ner_core.data.formats.context import ParseResult, ReadContext, Span
+from ner_core.documents import Document, Entity
+from ner_core.schemes import has_overlaps, outermost, resolve_overlaps  # the rules live beside the tags
+
+__all__ = [
+    "NESTED_REASONS",
+    "REASONS",
+    "drop_overlaps",
+    "has_overlaps",
+    "nested_documents",
+    "outermost",
+    "resolve_overlaps",
+    "with_spans",
+]
 
 REASONS = ("nested", "crossing", "same_span")
+#: the dropped spans a span decoder trains and is scored on: an inner span, and a second label of one span
+#: (the decoder is multi-label per span). ``crossing`` spans are left out: two annotations that cut across
+#: each other are almost always an annotation slip, not two readings of the text.
+NESTED_REASONS = ("nested", "same_span")
 _KEPT = {
     "nested": "kept the outer",
     "crossing": "kept the longer (the earlier when as long)",
     "same_span": "one span with two labels: kept the first",
 }
-
-
-def _reason(dropped: Span, kept: Span) -> str:
-    if dropped[:2] == kept[:2]:
-        return "same_span"
-    if kept[0] <= dropped[0] and dropped[1] <= kept[1]:
-        return "nested"
-    return "crossing"
-
-
-def resolve_overlaps(spans: list[Span]) -> tuple[list[Span], list[tuple[Span, Span, str]]]:
-    """Split ``spans`` (in the record's order, no exact duplicates) into the kept spans (sorted) and the
-    dropped ones as ``(dropped, kept span it overlaps, reason)`` in the record's order."""
-    order = sorted(range(len(spans)), key=lambda i: (spans[i][0] - spans[i][1], spans[i][0], i))
-    kept: list[Span] = []
-    dropped: dict[int, tuple[Span, Span, str]] = {}
-    for i in order:
-        s, e, _lab = span = spans[i]
-        blocker = next((k for k in kept if k[0] < e and s < k[1]), None)
-        if blocker is None:
-            kept.append(span)
-        else:
-            dropped[i] = (span, blocker, _reason(span, blocker))
-    return sorted(kept), [dropped[i] for i in sorted(dropped)]
 
 
 def drop_overlaps(ctx: ReadContext, spans: list[Span], line: int | None, record: int | None) -> list[Span]:
@@ -64,3 +63,27 @@ def drop_overlaps(ctx: ReadContext, spans: list[Span], line: int | None, record:
         )
         ctx.pending_dropped.append((ds, de, dlab, reason, ks, ke, klab))
     return kept
+
+
+def with_spans(doc: Document, spans: Iterable[Span]) -> Document:
+    """``doc`` with ``spans`` (``(start, end, label)``) added to its entities, exact duplicates once,
+    sorted by ``(start, end, label)``; the entities may then overlap (a span decoder's view)."""
+    first: dict[tuple[int, int, str], Entity] = {(e.start, e.end, e.label): e for e in doc.entities}
+    for s, e, lab in spans:
+        first.setdefault((s, e, lab), Entity.model_construct(start=s, end=e, label=lab))
+    ents = [first[k] for k in sorted(first)]
+    return doc.model_copy(update={"entities": ents})
+
+
+def nested_documents(parsed: ParseResult) -> tuple[list[Document], int]:
+    """The documents of ``parsed`` with their dropped ``nested`` and ``same_span`` spans put back
+    (:data:`NESTED_REASONS`), and the number of ``crossing`` spans left out."""
+    extra: dict[int, list[Span]] = {}
+    crossing = 0
+    for index, s, e, lab, reason, *_kept in parsed.dropped:
+        if reason in NESTED_REASONS:
+            extra.setdefault(index, []).append((s, e, lab))
+        else:
+            crossing += 1
+    docs = parsed.documents
+    return [with_spans(d, extra[i]) if i in extra else d for i, d in enumerate(docs)], crossing
