@@ -209,6 +209,18 @@ class PredictionConfig(_Strict):
         description="auto, fp32, bf16, fp16 or int8 (default auto: the fastest the hardware runs whose "
         "recorded dev F1 stays within 0.2 points of fp32's)",
     )
+    span_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="span models: an entity is every span whose probability reaches this (default: the "
+        "model's decoder.threshold); refused for a CRF model",
+    )
+    overlap: Literal["allow", "flat"] | None = Field(
+        None,
+        description="span models: allow nested entities, or flat (overlaps resolved greedily by probability) "
+        "(default: the model's decoder.overlap); refused for a CRF model",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -269,13 +281,33 @@ class NERConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     prediction: PredictionConfig = Field(default_factory=PredictionConfig)
 
+    @model_validator(mode="after")
+    def _span_settings_need_the_span_decoder(self) -> NERConfig:
+        # a CRF model has no use for them; refusing them also keeps a CRF configuration's ``decoder``
+        # section at its default, which to_json leaves out (older code reads the file)
+        if self.decoder.type is DecoderType.CRF:
+            default = DecoderConfig()
+            given = [k for k in ("max_span_len", "threshold", "overlap", "head_size")
+                     if getattr(self.decoder, k) != getattr(default, k)]  # fmt: skip
+            if given:
+                raise ValueError(
+                    f"decoder.{given[0]} applies to the span decoder only: add --decoder span "
+                    "(decoder.type: span) or leave it out"
+                )
+        return self
+
     def to_json(self) -> str:
         """The configuration as JSON. A default ``decoder`` section (the CRF) is left out, so a CRF model's
         saved configuration stays what code from before the span decoder reads (it forbids unknown keys);
-        reading it back gives the same configuration."""
+        reading it back gives the same configuration. So are the prediction section's span options while
+        unset."""
+        exclude: dict[str, Any] = {}
         if self.decoder == DecoderConfig():
-            return self.model_dump_json(indent=2, exclude={"decoder"})
-        return self.model_dump_json(indent=2)
+            exclude["decoder"] = True
+        unset = {k for k in ("span_threshold", "overlap") if getattr(self.prediction, k) is None}
+        if unset:
+            exclude["prediction"] = unset
+        return self.model_dump_json(indent=2, exclude=exclude or None)
 
     @classmethod
     def from_file(cls, path: str | Path) -> NERConfig:

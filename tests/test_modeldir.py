@@ -138,11 +138,16 @@ def test_copied_directory_loads_without_the_encoder_folder(tmp_path):
         ),
         (
             lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
-            "format_version 2, this code reads format_version 1",
+            "format_version 2 does not go with ner_config.json's decoder 'crf'",
+        ),
+        (
+            lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 3})),
+            r"written by a newer version of this software \(meta.json format_version 3; this code reads "
+            r"format_version 1 and 2\): upgrade to load it",
         ),
         (
             lambda d: (d / "meta.json").write_text(json.dumps({"created_at": "x"})),
-            "format_version None, this code reads format_version 1",
+            "format_version None, this code reads format_version 1 and 2",
         ),
     ],
 )

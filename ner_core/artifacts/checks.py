@@ -30,7 +30,15 @@ from typing import Any
 import torch
 
 from ner_core import schemes
-from ner_core.artifacts.layout import CONFIG, ENCODER_DIR, LABELS, TOKENIZER_DIR, WEIGHTS, ModelDirError
+from ner_core.artifacts.layout import (
+    CONFIG,
+    ENCODER_DIR,
+    LABELS,
+    SPAN_LABELS,
+    TOKENIZER_DIR,
+    WEIGHTS,
+    ModelDirError,
+)
 from ner_core.config import NERConfig
 from ner_core.model import untrusted
 
@@ -39,6 +47,7 @@ __all__ = [
     "WeightsHeader",
     "check_labels",
     "check_masks",
+    "check_span_labels",
     "check_tokenizer",
     "check_weights",
     "read_weights_header",
@@ -83,6 +92,28 @@ def check_labels(root: Path, labels: dict, tags: list[str], scheme: Any, config:
             f"{root}: {LABELS} is damaged: its 'labels' {labels['labels']!r} are not the labels of its tags "
             f"{schemes.labels_of(tags)!r}"
         )
+
+
+def check_span_labels(root: Path, data: Any, config: NERConfig) -> list[str]:
+    """A span model's ``span_labels.json``: a non-empty list of distinct label strings (no ``O``, no
+    whitespace), its scheme that of ``ner_config.json``; returns the labels, else :class:`ModelDirError`."""
+    labels = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ModelDirError(
+            f"{root}: {SPAN_LABELS} is damaged (expected a non-empty 'labels' list of strings)"
+        )
+    bad = next((x for x in labels if x == "O" or any(c.isspace() for c in x)), None)
+    dup = next((x for i, x in enumerate(labels) if x in labels[:i]), None)
+    if bad is not None or dup is not None:
+        what = f"label {dup!r} is listed twice" if dup is not None else f"{bad!r} is no entity label"
+        raise ModelDirError(f"{root}: {SPAN_LABELS} is damaged: {what}")
+    scheme = data.get("scheme", config.data.scheme)
+    if str(scheme) != str(config.data.scheme):
+        raise ModelDirError(
+            f"{root}: {SPAN_LABELS} says scheme {scheme!r} but {CONFIG} says {str(config.data.scheme)!r}; "
+            "one of them was edited"
+        )
+    return list(labels)
 
 
 WeightsHeader = untrusted.TensorShapes

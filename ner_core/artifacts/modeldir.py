@@ -32,12 +32,15 @@ from ner_core.artifacts.layout import (
     META,
     METRICS,
     PRECISION_RECORD,
+    READABLE_VERSIONS,
+    SPAN_FORMAT_VERSION,
+    SPAN_LABELS,
     TOKENIZER_DIR,
     WEIGHTS,
     ModelDirError,
     is_model_dir,
 )
-from ner_core.config import NERConfig
+from ner_core.config import DecoderType, NERConfig
 from ner_core.model import untrusted
 from ner_core.model.network import NERModel
 from ner_core.runtime.precision import DevF1Record
@@ -73,7 +76,15 @@ class LoadedModel:
     path: Path | None = None
 
     @property
+    def decoder(self) -> DecoderType:
+        """``crf`` or ``span`` (the model's ``config.decoder.type``)."""
+        return self.config.decoder.type
+
+    @property
     def labels(self) -> list[str]:
+        """The entity labels: a span model's own list (index = label id), else those of the tags."""
+        if self.decoder is DecoderType.SPAN:
+            return list(self.model.labels)
         return labels_of(self.tags)
 
 
@@ -103,24 +114,17 @@ def save_model_dir(
     tmp.mkdir()
     try:
         _write_json(tmp / CONFIG, json.loads(model.config.to_json()))
-        _write_json(
-            tmp / LABELS,
-            {
-                "tags": model.tags,
-                "scheme": model.config.data.scheme,
-                "labels": labels_of(model.tags),
-            },
-        )
+        version, ids = _write_labels(tmp, model)
         _write_json(tmp / METRICS, metrics or {})
         model.encoder.config.save_pretrained(str(tmp / ENCODER_DIR))
-        # the tags' digest, checked on load
-        meta = {"format_version": str(FORMAT_VERSION), **checks.weights_metadata(model.tags)}
+        # the digest of the tags (a span model's labels), checked on load
+        meta = {"format_version": str(version), **checks.weights_metadata(ids)}
         save_model(model, str(tmp / WEIGHTS), metadata=meta)
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         _write_json(
             tmp / META,
             {
-                "format_version": FORMAT_VERSION,
+                "format_version": version,
                 "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
@@ -148,6 +152,17 @@ def save_model_dir(
             ) from exc
         raise
     return target
+
+
+def _write_labels(tmp: Path, model: NERModel) -> tuple[int, list[str]]:
+    """``labels.json`` (a CRF model) or ``span_labels.json`` (a span model); returns the directory's
+    format version and the list the weights' digest covers (tags, or a span model's labels)."""
+    scheme = model.config.data.scheme
+    if model.decoder is DecoderType.SPAN:
+        _write_json(tmp / SPAN_LABELS, {"labels": model.labels, "scheme": scheme, "decoder": "span"})
+        return SPAN_FORMAT_VERSION, list(model.labels)
+    _write_json(tmp / LABELS, {"tags": model.tags, "scheme": scheme, "labels": labels_of(model.tags)})
+    return FORMAT_VERSION, list(model.tags)
 
 
 def recover_model_dir(path: str | os.PathLike) -> list[Path]:
@@ -212,29 +227,55 @@ def _check_entries(root: Path) -> None:
         raise ModelDirError(str(exc)) from None
 
 
-def _read_parts(root: Path) -> tuple[NERConfig, list[str], str, dict]:
-    """``meta.json``'s format version, then ``ner_config.json``, ``labels.json`` (checked against it) and
-    ``metrics.json``: ``(config, tags, scheme, metrics)``."""
+def _format_version(root: Path) -> int:
+    """``meta.json``'s format version, one this code reads; else :class:`ModelDirError` (a newer one: a
+    line that says to upgrade)."""
     meta = _read_json(root, META)
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
+    if version in READABLE_VERSIONS and isinstance(version, int):
+        return version
+    readable = " and ".join(map(str, READABLE_VERSIONS))
+    if isinstance(version, int) and not isinstance(version, bool) and version > max(READABLE_VERSIONS):
         raise ModelDirError(
-            f"{root}: {META} says format_version {version!r}, this code reads format_version {FORMAT_VERSION}"
+            f"{root}: written by a newer version of this software ({META} format_version {version}; this "
+            f"code reads format_version {readable}): upgrade to load it"
         )
+    raise ModelDirError(
+        f"{root}: {META} says format_version {version!r}, this code reads format_version {readable}"
+    )
+
+
+def _read_parts(root: Path) -> tuple[NERConfig, list[str], str, dict]:
+    """``meta.json``'s format version, then ``ner_config.json``, ``labels.json`` (checked against it) and
+    ``metrics.json``: ``(config, tags, scheme, metrics)``; for a span model the second item is its label
+    list (``span_labels.json``)."""
+    version = _format_version(root)
     try:
         config = NERConfig.model_validate(_read_json(root, CONFIG))
     except ModelDirError:
         raise
     except ValueError as exc:
         raise ModelDirError(f"{root}: {CONFIG} is damaged (not a valid NERConfig: {exc})") from None
+    metrics = _read_json(root, METRICS) if os.path.lexists(root / METRICS) else {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    span = config.decoder.type is DecoderType.SPAN
+    if span != (version == SPAN_FORMAT_VERSION):
+        raise ModelDirError(
+            f"{root}: {META} format_version {version} does not go with {CONFIG}'s decoder "
+            f"{config.decoder.type.value!r} (a span model is version {SPAN_FORMAT_VERSION}, a CRF model "
+            f"{FORMAT_VERSION}); one of them was edited"
+        )
+    if span:
+        data = _read_json(root, SPAN_LABELS)
+        labels = checks.check_span_labels(root, data, config)
+        return config, labels, str(data.get("scheme", config.data.scheme)), metrics
     labels = _read_json(root, LABELS)
     tags = labels.get("tags") if isinstance(labels, dict) else None
     if not isinstance(tags, list) or not tags or not all(isinstance(t, str) for t in tags):
         raise ModelDirError(f"{root}: {LABELS} is damaged (expected a non-empty 'tags' list of strings)")
     scheme = labels.get("scheme", config.data.scheme)
     checks.check_labels(root, labels, tags, scheme, config)
-    metrics = _read_json(root, METRICS) if os.path.lexists(root / METRICS) else {}
-    return config, tags, str(scheme), metrics if isinstance(metrics, dict) else {}
+    return config, tags, str(scheme), metrics
 
 
 def _encoder_config(root: Path):
@@ -328,7 +369,7 @@ def load_model_dir(path: str | os.PathLike, device: str | torch.device = "cpu") 
         model=model,
         tokenizer=tokenizer,
         config=config,
-        tags=list(tags),
+        tags=list(model.tags),
         scheme=scheme,
         metrics=metrics,
         path=root,
@@ -373,7 +414,8 @@ def saved_labels(path: str | os.PathLike | None) -> list[str]:
     if not path:
         return []
     try:
-        data = json.loads((_small(path, LABELS) or b"").decode("utf-8"))
+        raw = _small(path, LABELS)
+        data = json.loads((raw if raw is not None else _small(path, SPAN_LABELS) or b"").decode("utf-8"))
     except (OSError, ValueError):
         return []
     labels = data.get("labels") if isinstance(data, dict) else None

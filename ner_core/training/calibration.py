@@ -53,14 +53,20 @@ def _time_training(config: NERConfig, labels: Sequence[str], hardware: Hardware)
     device = torch.device(config.training.device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         encoder, _ = load_encoder(config.encoder)
-        tags = tag_set(sorted(labels), config.data.scheme)
+        span = config.decoder.type == "span"  # a span model: labels, span targets (none: all negatives)
+        tags = sorted(labels) if span else tag_set(sorted(labels), config.data.scheme)
         model = NERModel(config, tags, encoder).to(device).train()
         n = max(1, min(config.training.batch_size, _WINDOWS))
         length = config.data.max_len
         vocab = max(2, int(getattr(encoder.config, "vocab_size", 2)))
         ids = (torch.arange(n * (length + 2)) * 7919 % (vocab - 1) + 1).view(n, length + 2).to(device)
         mask = torch.ones_like(ids)
-        gold = torch.full((n, length), tags.index("O") if "O" in tags else 0, dtype=torch.long, device=device)
+        outside = tags.index("O") if "O" in tags else 0
+        gold = (
+            torch.zeros((0, 4), dtype=torch.long, device=device)
+            if span
+            else torch.full((n, length), outside, dtype=torch.long, device=device)
+        )
 
         def build(p: Precision) -> Callable[[], Callable[[], int]]:
             def step() -> int:

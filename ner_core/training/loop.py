@@ -6,6 +6,11 @@ Resumption: the checkpoint (:mod:`ner_core.training.run_state`) holds model, opt
 plateau state, history and the torch / python / numpy RNG states at the end of the epoch. Batch order
 depends only on ``(seed, epoch)``. A run killed after epoch k and resumed therefore computes epochs k+1..
 exactly as the uninterrupted run (on CPU).
+
+A span-decoder run (``config.decoder.type == "span"``) trains on documents whose entities may overlap
+(nested, or one span with two labels), with span targets (:mod:`ner_core.data.span_batching`) and dev F1
+from exact span sets (:mod:`ner_core.training.span_eval`); its open decoder settings are fixed when it
+starts (:func:`resolve_decoder`) and saved with the model.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ner_core.artifacts.modeldir import recover_model_dir, save_model_dir
-from ner_core.config import NERConfig, TrainingConfig
+from ner_core.config import DecoderType, NERConfig, TrainingConfig
 from ner_core.data.alignment import CharAligner
 from ner_core.data.batching import TaggedDataset
+from ner_core.data.span_batching import SpanDataset, count_longer, span_stats
 from ner_core.documents import Document
 from ner_core.inference.evaluate import evaluate_model
 from ner_core.metrics import EvaluationReport
@@ -46,10 +52,11 @@ from ner_core.training.run_state import (
     load_checkpoint,
     save_checkpoint,
 )
+from ner_core.training.span_eval import evaluate_spans
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EpochStats", "TrainResult", "lr_factor", "make_optimizer", "set_seed", "train"]
+__all__ = ["EpochStats", "TrainResult", "lr_factor", "make_optimizer", "resolve_decoder", "set_seed", "train"]
 
 
 @dataclass
@@ -130,7 +137,7 @@ class _Run:
     device: torch.device
     model: NERModel
     tokenizer: Any
-    train_set: TaggedDataset
+    train_set: TaggedDataset | SpanDataset
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     precision: str
@@ -173,14 +180,26 @@ def _set_up(
     choice = choice or choose_training_precision(config, labels)
     log.info("%s", choice.line("training"))
     set_seed(tc.seed)
+
+    span = config.decoder.type is DecoderType.SPAN
+    if span:
+        config, notes = resolve_decoder(config, train_docs)
+        for note in notes:
+            log.info("%s", note)
     (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
 
-    tags = tag_set(sorted(labels), config.data.scheme)
     encoder, tokenizer = load_encoder(config.encoder)
     check_window(config.data.max_len, encoder.config)
-    model = NERModel(config, tags, encoder).to(device)
     aligner = CharAligner(tokenizer)
-    train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
+    if span:
+        model = NERModel(config, sorted(labels), encoder).to(device)
+        train_set: TaggedDataset | SpanDataset = SpanDataset(
+            train_docs, aligner, model.labels, config.data.max_len, config.decoder.max_span_len
+        )
+    else:
+        tags = tag_set(sorted(labels), config.data.scheme)
+        model = NERModel(config, tags, encoder).to(device)
+        train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
 
     groups = model.param_groups(tc)
     for g in groups:
@@ -271,7 +290,8 @@ def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, prog
     ):
         batch = {k: v.to(run.device) for k, v in batch.items()}
         with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
-            loss = run.model(batch["input_ids"], batch["attention_mask"], batch["tags"])
+            gold = batch["tags"] if "tags" in batch else batch["targets"]  # span model: (N, 4) targets
+            loss = run.model(batch["input_ids"], batch["attention_mask"], gold)
         run.scaler.scale(loss / tc.grad_accum_steps).backward()
         totals.loss_sum += float(loss.detach())
         totals.loss_n += 1
@@ -323,8 +343,9 @@ def _evaluate(
     """Score the model on the dev split (if any) and sum the epoch up."""
     tc = run.config.training
     train_seconds = time.perf_counter() - ep_t0
+    score = evaluate_spans if run.model.decoder is DecoderType.SPAN else evaluate_model
     report = (
-        evaluate_model(
+        score(
             run.model,
             run.tokenizer,
             dev_docs,
@@ -431,6 +452,33 @@ def _log_epoch(stats: EpochStats) -> None:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+def resolve_decoder(config: NERConfig, train_docs: Sequence[Document]) -> tuple[NERConfig, list[str]]:
+    """A span run's decoder settings fixed from its training data, and the lines that say so.
+
+    ``max_span_len`` left open becomes the longest training entity; ``overlap`` left open becomes
+    ``allow`` when the training data nests (or gives a span two labels), else ``flat``. Both are saved in
+    the run's configuration and the model directory. The lines count the gold entities the limit leaves
+    out (never scored, so never predicted). A CRF configuration is returned as it is, without lines.
+    """
+    dec = config.decoder
+    if dec.type is not DecoderType.SPAN:
+        return config, []
+    stats = span_stats(train_docs)
+    limit = dec.max_span_len or max(1, stats.longest)
+    overlap = dec.overlap or ("allow" if stats.nested else "flat")
+    config = config.with_overrides({"decoder.max_span_len": limit, "decoder.overlap": overlap})
+    source = "given" if dec.max_span_len else "the training data's longest entity"
+    longer = count_longer(train_docs, limit)
+    nested = "has nested or overlapping entities" if stats.nested else "is flat"
+    notes = [
+        f"span decoder: max_span_len {limit} ({source}); spans longer than that are not scored: "
+        f"{longer} of {stats.entities} gold training entities are longer and left out",
+        f"span decoder: overlap {overlap} ({'given' if dec.overlap else f'the training data {nested}'}), "
+        f"threshold {dec.threshold}",
+    ]
+    return config, notes
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

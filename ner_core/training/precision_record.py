@@ -18,6 +18,7 @@ from ner_core.config import Precision
 from ner_core.inference.evaluate import evaluate_model
 from ner_core.runtime.hardware import Hardware, cpu_model_name
 from ner_core.runtime.precision import DevF1Record
+from ner_core.training.span_eval import evaluate_spans
 
 __all__ = ["record_dev_f1"]
 
@@ -45,8 +46,9 @@ def record_dev_f1(
     if hw.device == "cuda" and hw.int8 and precisions is None:
         todo.append((Precision.INT8, "cpu"))
     f1: dict[str, float] = {}
+    score = evaluate_spans if loaded.model.decoder == "span" else evaluate_model
     for p, where in todo:
-        report = evaluate_model(
+        report = score(
             loaded.model,
             loaded.tokenizer,
             dev_docs,

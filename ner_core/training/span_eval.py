@@ -1,0 +1,90 @@
+"""Scoring a span model on a labelled split during training (dev F1 for early stopping, the precision
+record): exact (start, end, label) set P/R/F1, valid for nested sets (:func:`ner_core.metrics.evaluate`).
+
+Texts longer than the model's window are cut into consecutive pieces, at sentence ends where possible
+(:func:`ner_core.data.batching.training_chunks` on the text alone: the gold entities do not steer the
+cuts), and each piece is scored whole: an entity across a cut is lost, as it is in training. Prediction
+for users (overlapping windows, a span taken where it sits most centrally) is
+:class:`ner_core.inference.tagger.Tagger`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ner_core.data.alignment import CharAligner
+from ner_core.data.batching import EncodedChunk, collate, training_chunks
+from ner_core.documents import Document, Entity
+from ner_core.metrics import EvaluationReport, evaluate
+from ner_core.model.network import NERModel
+from ner_core.model.span import decode_spans
+from ner_core.runtime.precision import autocast
+
+__all__ = ["evaluate_spans", "predict_spans"]
+
+
+@torch.no_grad()
+def predict_spans(
+    model: NERModel,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_len: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> list[list[tuple[Entity, float]]]:
+    """Every span of ``texts`` whose probability reaches the model's threshold, with that probability,
+    resolved as the model's ``decoder.overlap`` says (``None`` counts as allow)."""
+    dec = model.config.decoder
+    run = model
+    if str(precision) == "int8":
+        from ner_core.runtime.precision import int8_copy
+
+        run, device = int8_copy(model), "cpu"
+    was_training = run.training
+    run.eval().to(device)
+    aligner = CharAligner(tokenizer)
+    docs = [Document(doc_id=str(i), text=t) for i, t in enumerate(texts)]
+    chunks = training_chunks(docs, max_len)
+    out: list[list[tuple[Entity, float]]] = [[] for _ in texts]
+    for b in range(0, len(chunks), batch_size):
+        part = chunks[b : b + batch_size]
+        items = [EncodedChunk(c, aligner.char_ids(texts[c.doc_index][c.start : c.end]), None) for c in part]
+        batch = collate(items, aligner.cls_id, aligner.sep_id, aligner.pad_id)
+        with autocast("fp32" if str(precision) == "int8" else precision, torch.device(device).type):
+            logits, char_mask = run.span_logits(
+                batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            )
+        rows = decode_spans(logits, char_mask, dec.threshold, dec.overlap or "allow")
+        for c, spans in zip(part, rows, strict=True):
+            for s, e, label, p in spans:
+                ent = Entity(start=c.start + s, end=c.start + e, label=model.labels[label])
+                out[c.doc_index].append((ent, p))
+    run.train(was_training)
+    return out
+
+
+def evaluate_spans(
+    model: NERModel,
+    tokenizer,
+    docs: Sequence[Document],
+    *,
+    max_len: int,
+    batch_size: int = 32,
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> EvaluationReport:
+    """Tag ``docs`` with the span model at ``precision`` and score them against their gold entities."""
+    preds = predict_spans(
+        model,
+        tokenizer,
+        [d.text for d in docs],
+        max_len=max_len,
+        batch_size=batch_size,
+        device=device,
+        precision=precision,
+    )
+    return evaluate(docs, [[e for e, _ in p] for p in preds], scheme=model.config.data.scheme)
