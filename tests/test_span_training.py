@@ -267,3 +267,33 @@ def test_a_symlinked_span_label_file_is_refused(encoder_dir, tmp_path):
     (d / "span_labels.json").write_text(json.dumps({"labels": ["LOC"] * 10, "pad": "x" * (2 << 20)}))
     with pytest.raises(ModelDirError, match="span_labels.json"):
         load_model_dir(d)
+
+
+# ------------------------------------------------------------------ ner train flags
+@pytest.mark.parametrize(
+    "argv,needles",
+    [
+        (["--decoder", "span", "-crf_only"], ["--crf_only is the seed's flag for a CRF model", "--head"]),
+        (["--decoder", "span", "-model_type", "rnn"], ["-model_type is the seed's flag for a CRF model"]),
+        (["--max_span_len", "5"], ["decoder.max_span_len applies to the span decoder only"]),
+        (["--decoder", "span", "--span_head_size", "7"], ["head_size must be even"]),
+        (["--decoder", "span", "--overlap", "nested"], ["invalid choice: 'nested'"]),
+    ],
+)
+def test_span_flags_of_ner_train_refuse_in_one_line(argv, needles, capsys, tmp_path):
+    from tests.test_cli import _one_line_error, run
+
+    rc, _, err = run(["train", *argv, "--no-prefect", "--db", str(tmp_path / "x.duckdb")], capsys)
+    _one_line_error(rc, err, *needles)
+
+
+def test_span_flags_of_ner_train_reach_the_config():
+    from app import cli
+    from app.commands.config_options import build_config
+
+    args = cli.build_parser().parse_args(
+        ["train", "--decoder", "span", "--max_span_len", "6", "--overlap", "flat", "--span_threshold", "0.4"]
+    )
+    dec = build_config(args).decoder
+    assert (dec.type, dec.max_span_len, dec.overlap, dec.threshold) == ("span", 6, "flat", 0.4)
+    assert build_config(cli.build_parser().parse_args(["train"])).decoder.type == "crf"
