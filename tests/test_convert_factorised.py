@@ -55,28 +55,42 @@ def make_weights(family: str, seed: int = 0) -> dict[str, np.ndarray]:
     """The encoder's variables as the family's TF code names them (random N(0, 0.2); gamma around 1).
 
     ``bert_factorised``: bert4keras' BERT with ``embedding_size`` (RoBERTa-tiny / SimBERT-small layout);
-    ``electra``: Google's ELECTRA discriminator; ``roformer``: RoFormer v1 (no position table)."""
+    ``electra``: Google's ELECTRA discriminator; ``roformer``: RoFormer v1 (no position table);
+    ``brightmart``: brightmart's albert_zh (word embeddings projected by ``word_embeddings_2``, no bias,
+    before the hidden-size positions and segments are added; one shared layer)."""
     rng = np.random.default_rng(seed)
     root = "electra" if family == "electra" else "bert"
+    width = HIDDEN if family == "brightmart" else EMB  # what positions, segments and LayerNorm see
     w = {
         f"{root}/embeddings/word_embeddings": _normal(rng, (len(VOCAB), EMB)),
-        f"{root}/embeddings/token_type_embeddings": _normal(rng, (2, EMB)),
+        f"{root}/embeddings/token_type_embeddings": _normal(rng, (2, width)),
     }
     if family != "roformer":
-        w[f"{root}/embeddings/position_embeddings"] = _normal(rng, (POSITIONS, EMB))
-    w.update(_norm(rng, f"{root}/embeddings/LayerNorm", EMB))
-    project = (
-        "electra/embeddings_project" if family == "electra" else "bert/encoder/embedding_hidden_mapping_in"
-    )
-    w.update(_dense(rng, project, EMB, HIDDEN))
-    for n in range(LAYERS):
-        layer = f"{root}/encoder/layer_{n}"
+        w[f"{root}/embeddings/position_embeddings"] = _normal(rng, (POSITIONS, width))
+    w.update(_norm(rng, f"{root}/embeddings/LayerNorm", width))
+    if family == "brightmart":
+        w["bert/embeddings/word_embeddings_2"] = _normal(rng, (EMB, HIDDEN))
+    else:
+        w.update(_dense(rng, _projection(family), EMB, HIDDEN))
+    for layer in _layer_scopes(family):
         for scope, (n_in, n_out) in LAYER_DENSE.items():
             w.update(_dense(rng, f"{layer}/{scope}", n_in, n_out))
         w.update(_norm(rng, f"{layer}/attention/output/LayerNorm", HIDDEN))
         w.update(_norm(rng, f"{layer}/output/LayerNorm", HIDDEN))
     w.update(_dense(rng, f"{root}/pooler/dense", HIDDEN, HIDDEN))
     return w
+
+
+def _projection(family: str) -> str:
+    return "electra/embeddings_project" if family == "electra" else "bert/encoder/embedding_hidden_mapping_in"
+
+
+def _layer_scopes(family: str) -> list[str]:
+    """The TF scope of each layer's weights, in order (brightmart: one scope for all)."""
+    if family == "brightmart":
+        return ["bert/encoder/layer_shared"]
+    root = "electra" if family == "electra" else "bert"
+    return [f"{root}/encoder/layer_{n}" for n in range(LAYERS)]
 
 
 def _extras(family: str, weights: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
@@ -177,21 +191,23 @@ def attention(x: np.ndarray, mask: np.ndarray, w, scope: str, rotary: bool) -> n
 def forward(w, family: str, ids, types, mask, act: str = "tanh") -> tuple[np.ndarray, np.ndarray]:
     """(sequence output, pooled output) of the published forward pass, in float64: embeddings (word +
     segment [+ learned position]) -> LayerNorm over embedding_size -> projection to hidden_size -> post-LN
-    Transformer layers (RoFormer: rotary q and k) -> pooler tanh(dense(first token))."""
+    Transformer layers (RoFormer: rotary q and k) -> pooler tanh(dense(first token)). brightmart's
+    albert_zh projects the word embeddings first, normalises over hidden_size and reuses one layer."""
     w = {k: v.astype(np.float64) for k, v in w.items()}
     root = "electra" if family == "electra" else "bert"
-    x = w[f"{root}/embeddings/word_embeddings"][ids] + w[f"{root}/embeddings/token_type_embeddings"][types]
+    x = w[f"{root}/embeddings/word_embeddings"][ids]
+    if family == "brightmart":  # brightmart's embedding_lookup_factorized: project, then add
+        x = x @ w["bert/embeddings/word_embeddings_2"]
+    x = x + w[f"{root}/embeddings/token_type_embeddings"][types]
     if family != "roformer":
         x = x + w[f"{root}/embeddings/position_embeddings"][: ids.shape[1]][None]
     x = layer_norm(x, w, f"{root}/embeddings/LayerNorm")
-    x = dense(
-        x,
-        w,
-        "electra/embeddings_project" if family == "electra" else "bert/encoder/embedding_hidden_mapping_in",
-    )
+    if family != "brightmart":
+        x = dense(x, w, _projection(family))
     mask = mask.astype(np.float64)
+    scopes = _layer_scopes(family)
     for n in range(LAYERS):
-        layer = f"{root}/encoder/layer_{n}"
+        layer = scopes[min(n, len(scopes) - 1)]
         a = attention(x, mask, w, f"{layer}/attention", rotary=family == "roformer")
         x = layer_norm(x + a, w, f"{layer}/attention/output/LayerNorm")
         h = dense(gelu(dense(x, w, f"{layer}/intermediate/dense"), act), w, f"{layer}/output/dense")
@@ -338,7 +354,7 @@ def test_roformer_is_refused_unless_named_then_matches_the_rotary_forward(roform
     model, seq, _ = _hf_outputs(tmp_path / "hf")
     assert type(model).__name__ == "RoFormerModel" and report.family == "roformer"
     assert _diff(seq, forward(weights, "roformer", *_inputs())[0]) <= 1e-5
-    assert report.computed == ["encoder.embed_positions.weight"] and report.skipped["pooler"] == 2
+    assert list(report.computed) == ["encoder.embed_positions.weight"] and report.skipped["pooler"] == 2
     with pytest.raises(TFCheckpointError, match="holds bert/embeddings/position_embeddings .*not RoFormer"):
         bert = write_checkpoint(tmp_path / "bert", "bert_factorised", make_weights("bert_factorised"))
         convert_checkpoint(*bert, tmp_path / "x", family="roformer")
@@ -468,3 +484,34 @@ def test_seed_train_flags_pass_gelu_and_family_to_the_conversion(roformer, tmp_p
     assert folder.parent == tmp_path / "cache" / "converted"
     with pytest.raises(TFCheckpointError, match="--family roformer"):
         _seed_encoder(build_parser().parse_args(argv))  # not named: refused, not guessed
+
+
+def test_brightmart_albert_zh_converts_with_the_projection_folded_in(tmp_path):
+    weights = make_weights("brightmart")
+    files = write_checkpoint(tmp_path / "ckpt", "brightmart", weights)
+    report = convert_checkpoint(*files, tmp_path / "hf", albert=True)  # the seed's users gave -albert
+    model, seq, pooled = _hf_outputs(tmp_path / "hf")
+    assert type(model).__name__ == "AlbertModel" and model.config.num_hidden_groups == 1
+    assert model.config.embedding_size == HIDDEN
+    want_seq, want_pooled = forward(weights, "brightmart", *_inputs())
+    assert _diff(seq, want_seq) <= 1e-5 and np.abs(pooled - want_pooled).max() <= 1e-5
+    assert report.family == "brightmart_albert" and report.mapped == len(weights)
+    assert report.computed["embeddings.word_embeddings.weight"] == (
+        "bert/embeddings/word_embeddings @ bert/embeddings/word_embeddings_2"
+    )
+    assert convert_checkpoint(*files, tmp_path / "noflag").family == "brightmart_albert"  # detected
+
+
+def test_brightmart_pre_ln_and_oversized_products_are_refused(tmp_path):
+    weights = make_weights("brightmart")
+    files = write_checkpoint(tmp_path / "preln", "brightmart", weights, {"ln_type": "preln"})
+    with pytest.raises(TFCheckpointError, match=r"brightmart's albert_zh layout .*ln_type 'preln'"):
+        convert_checkpoint(*files, tmp_path / "out")
+    # a tall, one-column word table times a wide projection declares a product far beyond the file
+    rng = np.random.default_rng(0)
+    weights["bert/embeddings/word_embeddings"] = _normal(rng, (200_000, 1))
+    weights["bert/embeddings/word_embeddings_2"] = _normal(rng, (1, HIDDEN))
+    files = write_checkpoint(tmp_path / "tall", "brightmart", weights, {"vocab_size": 200_000})
+    with pytest.raises(TFCheckpointError, match=r"embeddings\.word_embeddings\.weight .*more than 4 times"):
+        convert_checkpoint(*files, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(no TensorFlow)",
         description=(
             "Read bert_model.ckpt.index + .data-* with bert_config.json and vocab.txt (Google's release "
-            f"layout, also RoBERTa-wwm and Google-format ALBERT) and write config.json, {WEIGHTS}, "
+            "layout, also RoBERTa-wwm, factorised-embedding BERT, Google-format ALBERT, brightmart's "
+            f"albert_zh, ELECTRA discriminators and RoFormer) and write config.json, {WEIGHTS}, "
             "the tokenizer files and conversion_report.json into --out."
         ),
     )

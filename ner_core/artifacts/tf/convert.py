@@ -1,20 +1,24 @@
-"""Convert Google TF1 BERT / ALBERT checkpoints into ordinary Hugging Face model folders.
+"""Convert TF1 BERT / ALBERT / ELECTRA / RoFormer checkpoints into ordinary Hugging Face model folders.
 
 Google's releases (``chinese_L-12_H-768_A-12``, the RoBERTa-wwm releases in BERT layout, Google-format
 ALBERT) ship ``bert_config.json`` / ``albert_config.json``, ``*.ckpt.index`` + ``*.ckpt.data-*`` and
 ``vocab.txt``. :func:`convert_checkpoint` reads them with :mod:`ner_core.artifacts.tf.reader` (no TensorFlow)
 and writes a folder that ``AutoModel`` / ``AutoTokenizer`` load like any other encoder:
 ``config.json``, ``model.safetensors``, ``vocab.txt`` + tokenizer files, and ``conversion_report.json``.
+The other layouts bert4keras loads (factorised-embedding BERT, ELECTRA, RoFormer, brightmart's albert_zh)
+are told apart, or refused, by :mod:`ner_core.artifacts.tf.families`.
 
 How the variables map: the expected TensorFlow names are generated from the config (one entry per HF
-parameter of ``BertModel`` / ``AlbertModel``), so every encoder parameter is filled from exactly one
-variable, or the conversion fails naming what is missing. Dense kernels are stored ``(in, out)`` by
+parameter of the model written), so every encoder parameter is filled from exactly one variable (or, for
+the few a family does not store, computed: RoFormer's sinusoidal table, brightmart's projected word
+embeddings), or the conversion fails naming what is missing. Dense kernels are stored ``(in, out)`` by
 TensorFlow and ``(out, in)`` by torch: they are transposed. Optimiser slots (``adam_m`` / ``adam_v``),
 ``global_step`` and the pre-training heads (``cls/...``) are skipped and counted; a variable under
 ``bert/`` that the config does not account for (more layers than ``num_hidden_layers``, say) is an error.
 
-Why ``gelu_new``: Google's model code computes GELU with the tanh approximation, which HF calls
-``gelu_new``; HF's ``gelu`` is the exact erf form and its outputs drift from the released model's.
+Why ``gelu_new`` by default: Google's model code computes GELU with the tanh approximation, which HF calls
+``gelu_new``, and the seed's users ran it so; HF's ``gelu`` is the exact erf form, which bert4keras
+computes by default. ``gelu="erf"`` (``--gelu erf``) writes that instead; the report records which.
 
 Why the BERT tokenizer for ALBERT too: Google's Chinese ALBERT uses the WordPiece ``vocab.txt``; an
 ``albert`` config would make ``AutoTokenizer`` look for a SentencePiece model, so the tokenizer files
@@ -50,12 +54,12 @@ import numpy as np
 
 from ner_core.artifacts.tf.families import (
     FAMILIES,
-    ROTARY,
+    Computed,
     Family,
+    computed_parameters,
     detect_layout,
     expected_variables,
     resolve_family,
-    rotary_table,
     skip_kind,
 )
 from ner_core.artifacts.tf.reader import MAX_INDEX_BYTES, TFCheckpoint, TFCheckpointError, resolve_prefix
@@ -123,7 +127,7 @@ class ConversionReport:
     seconds: float = 0.0
     gelu: str = "tanh"  # how the config's "gelu" was read: "tanh" (Google's code) or "erf" (bert4keras)
     family: str = ""  # the checkpoint's layout (families.Family.name); "" in reports of earlier versions
-    computed: list[str] = field(default_factory=list)  # HF parameters computed, not read (RoFormer's table)
+    computed: dict[str, str] = field(default_factory=dict)  # HF parameter -> what it was computed from
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,12 +227,16 @@ def _hf_config(raw: dict[str, Any], fam: Family, gelu: str):
         return RoFormerConfig(
             architectures=["RoFormerModel"], embedding_size=embedding_size, rotary_value=False, **common
         )
-    per_layer = fam.name == "bert_factorised"  # one group of one layer per BERT layer
+    groups, inner = int(raw.get("num_hidden_groups", 1)), int(raw.get("inner_group_num", 1))
+    if fam.name == "bert_factorised":  # one group of one layer per BERT layer
+        groups, inner = raw["num_hidden_layers"], 1
+    elif fam.name == "brightmart_albert":  # one shared layer
+        groups, inner = 1, 1
     return AlbertConfig(
         architectures=["AlbertModel"],
         embedding_size=embedding_size,
-        num_hidden_groups=raw["num_hidden_layers"] if per_layer else int(raw.get("num_hidden_groups", 1)),
-        inner_group_num=1 if per_layer else int(raw.get("inner_group_num", 1)),
+        num_hidden_groups=groups,
+        inner_group_num=inner,
         classifier_dropout_prob=float(raw.get("hidden_dropout_prob", 0.1)),
         bos_token_id=None,
         eos_token_id=None,
@@ -240,7 +248,9 @@ def _bound_counts(raw: dict[str, Any], ckpt: TFCheckpoint, path: Path, fam: Fami
     """The config's layers (BERT) or groups x inner groups (ALBERT) each need variables of their own, so
     there can be no more of them than the checkpoint has variables: checked before the name table and the
     meta-device model are made for them (a million layers would cost minutes and gigabytes of objects)."""
-    fields = ("num_hidden_groups", "inner_group_num") if fam.name == "albert" else ("num_hidden_layers",)
+    fields: tuple[str, ...] = ("num_hidden_layers",)
+    if fam.name in ("albert", "brightmart_albert"):  # shared layers: their count costs no objects
+        fields = ("num_hidden_groups", "inner_group_num") if fam.name == "albert" else ()
     counts = {f: raw.get(f, 1) for f in fields}
     bad = [f for f, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 1]
     if bad:
@@ -278,16 +288,16 @@ class _Plan:
     items: list[tuple[str, str | None, bool, tuple[int, ...]]]  # (hf name, tf name or None, transpose, shape)
     skipped: dict[str, int]
     skipped_other: list[str]
-    computed: dict[str, np.ndarray] = field(default_factory=dict)  # hf name -> values (tf name None)
+    computed: dict[str, Computed] = field(default_factory=dict)  # hf name -> how (tf name None)
 
 
-def _skipped(ckpt: TFCheckpoint, wanted: dict, fam: Family, hf_config, config_path: Path):
+def _skipped(ckpt: TFCheckpoint, used: set[str], fam: Family, hf_config, config_path: Path):
     """Count the checkpoint's variables the model does not use, by kind; refuse an encoder variable the
     config does not account for."""
     skipped = {"optimizer_slots": 0, "global_step": 0, "pretraining_heads": 0, "other": 0}
     other: list[str] = []
     for name in ckpt.names():
-        if name in wanted:
+        if name in used:
             continue
         kind = skip_kind(name, fam)
         if kind is None:
@@ -301,22 +311,46 @@ def _skipped(ckpt: TFCheckpoint, wanted: dict, fam: Family, hf_config, config_pa
     return skipped, other
 
 
+def _check_computed(ckpt: TFCheckpoint, computed: dict[str, Computed], shapes, config_path: Path) -> None:
+    """A parameter computed from variables (brightmart's word embeddings: a product of two) has the shape
+    the config gives, and is not far larger than what the checkpoint really holds: two small factors may
+    declare a product of any size."""
+    held = sum(e.size for e in ckpt.entries.values())
+    for hf_name, how in computed.items():
+        missing = [n for n in how.sources if n not in ckpt]
+        if missing:
+            raise TFCheckpointError(f"{ckpt.index_path}: no variable {missing[0]} (for {hf_name})")
+        if len(how.sources) == 2:
+            (a, inner), (inner_b, b) = (ckpt.entries[n].shape[:2] for n in how.sources)
+            if (a, b) != shapes[hf_name] or inner != inner_b:
+                raise TFCheckpointError(
+                    f"{ckpt.index_path}: {how.what} is ({a}, {inner}) @ ({inner_b}, {b}), but "
+                    f"{config_path.name} gives {shapes[hf_name]}"
+                )
+        size = math.prod(shapes[hf_name]) * 4
+        if size > 4 * held + (1 << 20):
+            raise TFCheckpointError(
+                f"{ckpt.index_path}: {hf_name} ({how.what}) would be {size:,} bytes, more than 4 times the "
+                f"checkpoint's {held:,}; not converted"
+            )
+
+
 def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path, fam: Family) -> _Plan:
     shapes = _expected_shapes(hf_config, config_path)
     wanted = expected_variables(hf_config, fam)
-    computed = {}
-    if fam.name == "roformer":
-        computed[ROTARY] = rotary_table(*shapes[ROTARY])
+    computed = computed_parameters(fam, shapes)
     unfilled = sorted(set(shapes) - {hf for hf, _ in wanted.values()} - set(computed))
     if unfilled:  # the name table and transformers' model disagree: a bug here, not bad input
         raise RuntimeError(f"no TensorFlow variable is known for HF parameters {unfilled}")
-    skipped, other = _skipped(ckpt, wanted, fam, hf_config, config_path)
+    used = set(wanted) | {n for how in computed.values() for n in how.sources}
+    skipped, other = _skipped(ckpt, used, fam, hf_config, config_path)
+    read_as = f" (read as {fam.label})" if fam.name not in ("bert", "albert") else ""
     items: list[tuple[str, str | None, bool, tuple[int, ...]]] = []
     for tf_name, (hf_name, transpose) in wanted.items():
         if tf_name not in ckpt:
             raise TFCheckpointError(
                 f"{ckpt.index_path}: no variable {tf_name} (for {hf_name}); the checkpoint does not match "
-                f"{config_path.name}"
+                f"{config_path.name}{read_as}"
             )
         hf_shape = shapes[hf_name]
         tf_shape = ckpt.entries[tf_name].shape
@@ -327,7 +361,8 @@ def _plan(ckpt: TFCheckpoint, hf_config, config_path: Path, fam: Family) -> _Pla
                 f"{want_tf}"
             )
         items.append((hf_name, tf_name, transpose, hf_shape))
-    items += [(hf_name, None, False, arr.shape) for hf_name, arr in computed.items()]
+    _check_computed(ckpt, computed, shapes, config_path)
+    items += [(hf_name, None, False, shapes[hf_name]) for hf_name in computed]
     return _Plan(items=items, skipped=skipped, skipped_other=other, computed=computed)
 
 
@@ -349,7 +384,7 @@ def _write_safetensors(path: Path, ckpt: TFCheckpoint, plan: _Plan) -> int:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for hf_name, tf_name, transpose, _ in plan.items:
-            arr = plan.computed[hf_name] if tf_name is None else ckpt.read(tf_name)
+            arr = plan.computed[hf_name].make(ckpt.read) if tf_name is None else ckpt.read(tf_name)
             if arr.dtype.kind != "f":
                 raise TFCheckpointError(
                     f"{ckpt.index_path}: variable {tf_name} holds {arr.dtype}, not floats"
@@ -463,7 +498,7 @@ def _convert_into(
         out_dir="",
         checkpoint=str(ckpt.prefix),
         sources=_sources(ckpt, config_file, vocab_file),
-        mapped=len(plan.items) - len(plan.computed),
+        mapped=len(plan.items) - len(plan.computed) + sum(len(c.sources) for c in plan.computed.values()),
         parameters=parameters,
         skipped=plan.skipped,
         skipped_other=plan.skipped_other,
@@ -472,7 +507,7 @@ def _convert_into(
         seconds=round(time.perf_counter() - t0, 3),
         gelu=gelu,
         family=fam.name,
-        computed=sorted(plan.computed),
+        computed={k: c.what for k, c in plan.computed.items()},
     )
 
 

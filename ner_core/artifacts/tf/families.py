@@ -19,12 +19,22 @@ bert4keras loads more than Google's BERT and ALBERT, so the seed's users hold th
   by the caller's ``family``; with neither, the checkpoint is refused rather than guessed. HF
   ``RoFormerModel`` has no pooler either; its sinusoidal table is computed here as transformers does.
 
+- ``brightmart_albert``: brightmart's albert_zh (``bert/embeddings/word_embeddings_2``, one
+  ``bert/encoder/layer_shared/...`` BERT layer used by every layer). Its code projects the word embeddings
+  (``word_embeddings @ word_embeddings_2``, no bias) *before* adding the hidden-size position and segment
+  embeddings and normalising, which HF ALBERT's embeddings (normalise, then project) cannot do in that
+  order; the product is linear, so it is computed once (as bojone/albert_zh converts these checkpoints for
+  bert4keras) and written as ALBERT with ``embedding_size = hidden_size``, one shared group and an
+  identity ``embedding_hidden_mapping_in``: the same arithmetic, the sharing kept. Its pre-LayerNorm
+  variant (config ``ln_type: preln``) has no HF model and is refused.
+
 Refused, each naming the variables or config keys that identify it: NEZHA (transformers 5 has no NEZHA
-model), RoFormer-V2 (no biases, no LayerNorm parameters: no HF model), brightmart's albert_zh.
+model), RoFormer-V2 (no biases, no LayerNorm parameters: no HF model), brightmart's pre-LN albert_zh.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +43,16 @@ import numpy as np
 
 from ner_core.artifacts.tf.reader import TFCheckpointError
 
-__all__ = ["FAMILIES", "Family", "detect_layout", "expected_variables", "resolve_family", "rotary_table"]
+__all__ = [
+    "FAMILIES",
+    "Computed",
+    "Family",
+    "computed_parameters",
+    "detect_layout",
+    "expected_variables",
+    "resolve_family",
+    "rotary_table",
+]
 
 #: what a caller may name (``--family``); ``bert`` covers factorised BERT too, as in bert4keras
 FAMILIES = ("bert", "albert", "roformer", "electra", "nezha")
@@ -46,15 +65,27 @@ _NEZHA_KEYS = ("max_relative_position", "use_relative_position")
 class Family:
     """A checkpoint layout this module converts."""
 
-    name: str  # "bert", "bert_factorised", "albert", "electra", "roformer"
+    name: str  # "bert", "bert_factorised", "albert", "electra", "roformer", "brightmart_albert"
     root: str  # the encoder's TF scope
     model_type: str  # the HF model written
     factorised: bool = False  # embeddings smaller than the hidden size, projected
 
     @property
+    def label(self) -> str:
+        """How the checkpoint was read, for messages."""
+        return _LABELS.get(self.name, self.name)
+
+    @property
     def has_pooler(self) -> bool:
         return self.model_type in ("bert", "albert")
 
+
+_LABELS = {
+    "bert_factorised": "BERT with factorised embeddings",
+    "brightmart_albert": "brightmart's albert_zh layout",
+    "electra": "ELECTRA",
+    "roformer": "RoFormer",
+}
 
 # per-layer variables: TF suffix under the layer scope -> HF suffix under the layer module
 BERT_LAYER = {
@@ -126,11 +157,6 @@ def _is_nezha(raw: dict[str, Any]) -> list[str]:
 
 
 def _refuse_layout(layout: str, where: Path) -> None:
-    if layout == "brightmart_albert":
-        raise TFCheckpointError(
-            f"{where}: brightmart's albert_zh layout (variables such as bert/encoder/layer_shared/... or "
-            "bert/embeddings/word_embeddings_2), not Google's ALBERT; only Google-format ALBERT is supported"
-        )
     if layout == "roformer_v2":
         raise TFCheckpointError(
             f"{where}: RoFormer-V2 layout (bert/encoder/layer_0/attention/self/query/kernel without a bias "
@@ -152,6 +178,18 @@ def _no_positions(family: str | None, raw: dict[str, Any], names: set[str], wher
         f"variable names) and {cfg.name} names neither; give --family roformer for a RoFormer checkpoint "
         "(NEZHA cannot be converted: transformers 5 has no NEZHA model)"
     )
+
+
+def _brightmart(family: str | None, raw: dict[str, Any], where: Path, cfg: Path) -> Family:
+    found = "brightmart's albert_zh layout (bert/embeddings/word_embeddings_2, bert/encoder/layer_shared/...)"
+    if family not in (None, "albert"):
+        raise TFCheckpointError(f"{where}: {found}, not {family}")
+    if raw.get("ln_type", "postln") != "postln":
+        raise TFCheckpointError(
+            f"{where}: {found} with {cfg.name} ln_type {raw['ln_type']!r} (pre-LayerNorm layers): "
+            "transformers has no model for it"
+        )
+    return Family("brightmart_albert", "bert", "albert")
 
 
 def _check_albert_flag(layout: str, family: str | None, albert: bool | None, where: Path) -> None:
@@ -215,6 +253,8 @@ def resolve_family(
             f"{where}: NEZHA ({why}; variables bert/encoder/layer_N/...): transformers 5 has no NEZHA model, "
             "so it cannot be converted"
         )
+    if layout == "brightmart_albert":
+        return _brightmart(family, raw, where, config_path)
     if layout == "no_positions":
         return _no_positions(family, raw, names_set, where, config_path)
     if layout == "electra":
@@ -252,7 +292,11 @@ def _scope(tf_scope: str, hf_module: str) -> dict[str, tuple[str, bool]]:
 
 def _embeddings(fam: Family) -> dict[str, tuple[str, bool]]:
     out: dict[str, tuple[str, bool]] = {}
-    kinds = ("word_embeddings", "token_type_embeddings")
+    kinds = (
+        ("token_type_embeddings",)
+        if fam.name == "brightmart_albert"
+        else ("word_embeddings", "token_type_embeddings")
+    )
     if fam.name != "roformer":
         kinds += ("position_embeddings",)
     for emb in kinds:
@@ -274,7 +318,15 @@ def expected_variables(hf_config, fam: Family | None = None) -> dict[str, tuple[
         albert = hf_config.model_type == "albert"
         fam = Family("albert", "bert", "albert", True) if albert else Family("bert", "bert", "bert")
     out = _embeddings(fam)
-    if fam.name == "albert":
+    if fam.name == "brightmart_albert":  # one shared BERT layer
+        for tf_part, hf_part in BERT_LAYER_AS_ALBERT.items():
+            out.update(
+                _scope(
+                    f"bert/encoder/layer_shared/{tf_part}",
+                    f"encoder.albert_layer_groups.0.albert_layers.0.{hf_part}",
+                )
+            )
+    elif fam.name == "albert":
         for g in range(hf_config.num_hidden_groups):
             for i in range(hf_config.inner_group_num):
                 tf = f"bert/encoder/transformer/group_{g}/inner_group_{i}"
@@ -321,3 +373,39 @@ def rotary_table(n_pos: int, dim: int) -> np.ndarray:
     out[:, :half] = np.sin(angle[:, 0::2])
     out[:, half:] = np.cos(angle[:, 1::2])
     return out
+
+
+@dataclass(frozen=True)
+class Computed:
+    """An HF parameter made from checkpoint variables (or from nothing) rather than copied from one."""
+
+    sources: tuple[str, ...]  # the TF variables it is made from
+    make: Callable[[Callable[[str], np.ndarray]], np.ndarray]  # read(name) -> array -> the parameter
+    what: str  # for the conversion report
+
+
+def _product(read: Callable[[str], np.ndarray]) -> np.ndarray:
+    words = np.asarray(read("bert/embeddings/word_embeddings"), dtype=np.float64)
+    return (words @ np.asarray(read(BRIGHTMART_PROJECTION), dtype=np.float64)).astype(np.float32)
+
+
+BRIGHTMART_PROJECTION = "bert/embeddings/word_embeddings_2"
+
+
+def computed_parameters(fam: Family, shapes: dict[str, tuple[int, ...]]) -> dict[str, Computed]:
+    """HF parameter -> how it is made, for the parameters of ``fam`` no single variable holds."""
+    if fam.name == "roformer":
+        return {ROTARY: Computed((), lambda read: rotary_table(*shapes[ROTARY]), "sinusoidal table")}
+    if fam.name != "brightmart_albert":
+        return {}
+    mapping = "encoder.embedding_hidden_mapping_in"
+    hidden = shapes[f"{mapping}.bias"][0]
+    return {
+        "embeddings.word_embeddings.weight": Computed(
+            ("bert/embeddings/word_embeddings", BRIGHTMART_PROJECTION),
+            _product,
+            "bert/embeddings/word_embeddings @ bert/embeddings/word_embeddings_2",
+        ),
+        f"{mapping}.weight": Computed((), lambda read: np.eye(hidden, dtype=np.float32), "identity"),
+        f"{mapping}.bias": Computed((), lambda read: np.zeros(hidden, dtype=np.float32), "zeros"),
+    }
