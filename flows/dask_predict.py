@@ -148,13 +148,17 @@ def _decided(model_dir: str, options: PredictionConfig | None, scheduler: str | 
     return options.model_copy(update={"precision": choice.precision})
 
 
-def _stored(options: PredictionConfig | None) -> dict:
+def _stored(model_dir: str, options: PredictionConfig | None) -> dict:
     """The options given (not the model's saved ones), as stored in the prediction run's config: under the
-    names :func:`flows.steps.predict_step` stores (the tagger's ``settings``: the window is ``max_len``)."""
+    names :func:`flows.steps.predict_step` stores (the tagger's ``settings``: the window is ``max_len``),
+    and the decoder with the settings it decodes by (a span model's threshold, overlap and span limit)."""
+    from ner_core.artifacts.modeldir import read_saved_config
+    from ner_core.inference.tagger import planned_decoding
+
     given = options.model_dump(exclude_none=True) if options is not None else {}
     if "window" in given:
         given["max_len"] = given.pop("window")
-    return given
+    return given | planned_decoding(read_saved_config(model_dir), options)
 
 
 def _payload(shards: list[list[Document]]) -> list[list[tuple[str, str]]]:
@@ -203,7 +207,7 @@ def predict_sharded(
         input_kind=input_kind,
         input_ref=input_ref,
         run_id=run_id,
-        config={"n_shards": len(shards), "dask": address or "local", **_stored(options)},
+        config={"n_shards": len(shards), "dask": address or "local", **_stored(model_dir, options)},
         t0=t0,
     )
 
@@ -289,7 +293,7 @@ def dask_predict_flow(
         input_kind=kind,
         input_ref=ref,
         run_id=run_id,
-        config={"n_shards": len(shards), **_stored(options)},
+        config={"n_shards": len(shards), **_stored(model_dir, options)},
         replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
         t0=t0,
     )

@@ -109,7 +109,9 @@ def train_step(
         prev, config, plus, plus_version = _stored_run(db_path, run_id)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
-    data = training_documents(db_path, ds, version, plus, plus_version)
+    # a span run trains on the nested and same-span entities too (GlobalPointer scores each span)
+    nested = config.decoder.type == "span"
+    data = training_documents(db_path, ds, version, plus, plus_version, nested=nested)
     train_docs, dev_docs, labels = data.train, data.dev, data.labels
     for note in data.notes:
         print(note, flush=True)
@@ -277,7 +279,8 @@ def predict_step(
             "max_len": tagger.max_len,
             "stride": tagger.stride,
             "precision": tagger.precision.value,
-            "merge": tagger.merge,
+            "merge": tagger.settings["merge"],
+            **tagger.decoding,  # the decoder; a span model's threshold, overlap and span limit
         },
         extra={
             "batch_size": tagger.batch_size,

@@ -247,8 +247,9 @@ def prediction_run_id(model_dir: str, input_ref: str, precision: str | None = No
     return "pred-" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-#: the value a setting had when a stored run's config does not name it
-_STORED_DEFAULTS = {"quantize": "none", "precision": "fp32"}
+#: the value a setting had when a stored run's config does not name it (runs stored before the span
+#: decoder were all CRF runs)
+_STORED_DEFAULTS = {"quantize": "none", "precision": "fp32", "decoder": "crf"}
 
 
 def _stored_setting(stored: Mapping[str, Any], key: str) -> Any:
@@ -379,7 +380,9 @@ def prediction_disagreements(db_path: str | Path, run_a: str, run_b: str) -> lis
             raise ValueError(f"expected {name} to be a prediction run id, got {v!r}")
     with open_db(db_path, read_only=True) as con:
         return _rows(
-            con, 'SELECT * FROM predicted_disagreements(?, ?) ORDER BY doc_id, "start", side', [run_a, run_b]
+            con,
+            'SELECT * FROM predicted_disagreements(?, ?) ORDER BY doc_id, "start", side, "end", label',
+            [run_a, run_b],
         )
 
 
@@ -504,7 +507,7 @@ def entity_search_frame(
         WHERE pred_run_id = ?
           AND (? = '' OR contains(lower(left_context || text || right_context), lower(?)))
           AND (len(?) = 0 OR list_contains(?, label))
-        ORDER BY doc_id, start LIMIT ?
+        ORDER BY doc_id, start, "end", label LIMIT ?
         """,
         [pred_run_id, text, text, list(labels), list(labels), limit],
         wait_s=wait_s,
@@ -542,7 +545,8 @@ def predicted_docs_frame(
 def predicted_document(db_path: str | Path, pred_run_id: str, doc_id: str, *, wait_s: float = 10.0):
     """``(text, entities)`` of one predicted document: the entities (``start``, ``end``, ``label``,
     ``text``, ``confidence``) come from the schema's ``document_entities(run, doc)`` table macro, ordered
-    by start and end, as a DataFrame. ``KeyError`` when the run has no such document."""
+    by start, end and label (a span run's entities may nest or share a span), as a DataFrame.
+    ``KeyError`` when the run has no such document."""
     with open_db(db_path, read_only=True, wait_s=wait_s) as con:
         row = con.execute(
             "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
@@ -551,7 +555,7 @@ def predicted_document(db_path: str | Path, pred_run_id: str, doc_id: str, *, wa
             raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
         ents = con.execute(
             'SELECT "start", "end", label, text, confidence FROM document_entities(?, ?) '
-            'ORDER BY "start", "end"',
+            'ORDER BY "start", "end", label',
             [pred_run_id, doc_id],
         ).df()
     return row[0], ents

@@ -4,6 +4,7 @@ prediction plumbing (stored runs, overlapping predicted entities in DuckDB and i
 
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -158,7 +159,7 @@ def test_a_crf_model_refuses_the_span_options_in_one_line(tokenizer):
             ValueError, match="apply to a span-decoder model only; this model decodes with a CRF"
         ):
             Tagger(crf, tokenizer, max_len=32, **kwargs)
-    assert Tagger(crf, tokenizer, max_len=32).settings["decoder"] == "crf"
+    assert Tagger(crf, tokenizer, max_len=32).decoding == {"decoder": "crf"}
 
 
 # ----------------------------------------------------------------------------------------- decoding
@@ -268,3 +269,272 @@ def test_document_uncertainty_is_the_summed_binary_entropy_of_spans_near_the_thr
     assert docs[3].uncertainty == pytest.approx(-(0.55 * math.log(0.55) + 0.45 * math.log(0.45)), abs=2e-3)
     assert docs[1].uncertainty == 0.0
     assert [d.entities for d in docs] == tagger.predict(texts)
+
+
+# ----------------------------------------------------------------------------------------- storage
+NESTED_TEXT = "张三在北京大学读书，后来去了华为。"
+#: a span run's rows (nested, and one span with two labels) and a flat run's, for the same document
+SPAN_ROWS = [(0, 2, "PER"), (3, 7, "ORG"), (3, 5, "LOC"), (5, 7, "ORG"), (14, 16, "ORG"), (14, 16, "LOC")]
+FLAT_ROWS = [(0, 2, "PER"), (3, 7, "ORG"), (14, 16, "LOC"), (10, 12, "LOC")]
+
+
+def _store(db: str, pred_run_id: str, rows, docs=(("n1", NESTED_TEXT), ("n2", "北京")), decoder="span"):
+    from ner_core.inference.tagger import PredictedEntity
+    from storage.predictions import PredictionRunWriter
+
+    settings = {"max_len": 64, "stride": 56, "precision": "fp32", "decoder": decoder}
+    with PredictionRunWriter(
+        db, pred_run_id, model_dir="m", run_id=None, input_kind="texts", input_ref="x", settings=settings
+    ) as run:
+        run.write(
+            [
+                (
+                    doc_id,
+                    text,
+                    [
+                        PredictedEntity(s, e, lab, text[s:e], 0.9 - 0.1 * k)
+                        for k, (s, e, lab) in enumerate(rows)
+                    ]
+                    if doc_id == "n1"
+                    else [PredictedEntity(0, 2, "LOC", "北京", 0.8)],
+                    1.5,
+                )
+                for doc_id, text in docs
+            ]
+        )
+
+
+def test_nested_predicted_entities_in_duckdb_views_and_macros(tmp_path):
+    """Overlapping rows of a span run (nested spans, one span with two labels) are stored and read back
+    whole, in a stable order, by the views, the macros and the dashboard's reads."""
+    from storage import predictions as predictions_db
+    from storage import query as query_db
+
+    db = str(tmp_path / "nested.duckdb")
+    _store(db, "span-run", SPAN_ROWS)
+    _store(db, "flat-run", FLAT_ROWS, decoder="crf")
+    key = sorted(SPAN_ROWS)
+    text, ents = predictions_db.predicted_document(db, "span-run", "n1")
+    assert text == NESTED_TEXT and list(zip(ents["start"], ents["end"], ents["label"], strict=True)) == key
+    ctx = query_db.query(db, "SELECT * FROM document_entities(?, ?)", ["span-run", "n1"])
+    assert sorted((r["start"], r["end"], r["label"]) for r in ctx) == key
+    for r in ctx:
+        s, e = r["start"], r["end"]
+        assert (r["text"], r["left_context"], r["right_context"]) == (
+            NESTED_TEXT[s:e],
+            NESTED_TEXT[max(0, s - 20) : s],
+            NESTED_TEXT[e : e + 20],
+        )
+    found = predictions_db.entity_search_frame(db, "span-run")
+    assert list(zip(found["doc_id"], found["start"], found["end"], found["label"], strict=True)) == [
+        ("n1", *k) for k in key
+    ] + [("n2", 0, 2, "LOC")]
+    counts = query_db.query(
+        db, "SELECT label, n_entities FROM v_predicted_label_counts WHERE pred_run_id = ?", ["span-run"]
+    )
+    assert {r["label"]: r["n_entities"] for r in counts} == {"LOC": 3, "ORG": 3, "PER": 1}
+    docs = query_db.query(
+        db, "SELECT doc_id, n_entities FROM predicted_documents WHERE pred_run_id = 'span-run'"
+    )
+    assert {r["doc_id"]: r["n_entities"] for r in docs} == {"n1": 6, "n2": 1}
+    summary = query_db.query(db, "SELECT * FROM v_prediction_runs WHERE pred_run_id = 'span-run'")[0]
+    assert summary["n_entities_stored"] == 7
+
+
+def test_disagreements_between_a_span_run_and_a_flat_run_are_exact_set_differences(tmp_path):
+    from storage import predictions as predictions_db
+
+    db = str(tmp_path / "nested.duckdb")
+    _store(db, "span-run", SPAN_ROWS)
+    _store(db, "flat-run", FLAT_ROWS, decoder="crf")
+    rows = predictions_db.prediction_disagreements(db, "span-run", "flat-run")
+    got = [(r["side"], r["start"], r["end"], r["label"]) for r in rows]
+    only_a = sorted(set(SPAN_ROWS) - set(FLAT_ROWS))
+    only_b = sorted(set(FLAT_ROWS) - set(SPAN_ROWS))
+    assert sorted(got) == sorted([("only_a", *k) for k in only_a] + [("only_b", *k) for k in only_b])
+    assert [g[1:] for g in got if g[0] == "only_a"] == only_a  # by start, then end, then label
+    for r in rows:  # every row names the other run's entities it overlaps, nested ones included
+        other = FLAT_ROWS if r["side"] == "only_a" else SPAN_ROWS
+        expected = {f"{lab}[{s},{e})" for s, e, lab in other if s < r["end"] and r["start"] < e}
+        assert set((r["other_run_overlaps"] or "").split()) == expected, r
+    assert predictions_db.prediction_disagreements(db, "span-run", "span-run") == []
+
+
+def test_a_prediction_run_resumes_only_under_the_same_decoder_settings(tmp_path):
+    """A run stored before the decoder was recorded is a CRF run and resumes as one; a span run stored
+    with one threshold or overlap is replaced, never resumed, under another."""
+    from storage import predictions as predictions_db
+
+    db = str(tmp_path / "resume.duckdb")
+    base = {"max_len": 64, "stride": 56, "precision": "fp32", "merge": "emissions/even-windows"}
+    predictions_db.start_prediction_run(
+        db,
+        "old",
+        model_dir="m",
+        run_id=None,
+        input_kind="texts",
+        input_ref="x",
+        config_json=json.dumps(base),
+        replace=True,
+    )
+    predictions_db.finish_prediction_run(db, "old", status="failed", seconds=1.0)
+    prev = predictions_db.get_prediction_run(db, "old")
+    assert predictions_db._resumable(prev, base | {"decoder": "crf"})
+    assert not predictions_db._resumable(prev, base | {"decoder": "span"})
+    span = base | {"decoder": "span", "span_threshold": 0.5, "overlap": "allow", "max_span_len": 8}
+    predictions_db.start_prediction_run(
+        db,
+        "span",
+        model_dir="m",
+        run_id=None,
+        input_kind="texts",
+        input_ref="x",
+        config_json=json.dumps(span),
+        replace=True,
+    )
+    predictions_db.finish_prediction_run(db, "span", status="failed", seconds=1.0)
+    prev = predictions_db.get_prediction_run(db, "span")
+    assert predictions_db._resumable(prev, span)
+    for change in ({"span_threshold": 0.3}, {"overlap": "flat"}, {"max_span_len": 9}):
+        assert not predictions_db._resumable(prev, span | change), change
+
+
+# ----------------------------------------------------------------------------------------- commands
+def test_predict_refuses_the_span_options_for_a_crf_model_in_one_line(tmp_path, tiny_encoder_dir, capsys):
+    from app import cli
+    from tests.test_predict import RAW, build_model_dir
+
+    crf_dir = build_model_dir(tmp_path / "crf", tiny_encoder_dir)
+    db = str(tmp_path / "p.duckdb")
+    capsys.readouterr()
+    for flags, named in (
+        (["--span-threshold", "0.3"], "--span-threshold"),
+        (["--overlap", "flat"], "--overlap"),
+    ):
+        argv = ["predict", "--no-prefect", "--db", db, "--model-dir", str(crf_dir), RAW[0], *flags]
+        assert cli.main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err and "decodes with a CRF" in err, err
+    assert not (tmp_path / "p.duckdb").exists()  # refused before any run started
+
+
+def test_a_crf_config_saves_no_span_prediction_options():
+    """Older code forbids unknown keys in ner_config.json: unset span options are left out of it."""
+    from ner_core.config import NERConfig, PredictionConfig
+
+    saved = json.loads(NERConfig().to_json())
+    assert "span_threshold" not in saved["prediction"] and "overlap" not in saved["prediction"]
+    given = NERConfig(prediction=PredictionConfig(span_threshold=0.3, overlap="flat"))
+    assert NERConfig.model_validate_json(given.to_json()) == given
+
+
+# ----------------------------------------------------------------------------------------- real span models
+def build_span_model_dir(out, encoder_dir, *, seed: int = 0, max_span_len: int = 6, **decoder):
+    """An untrained but complete span-decoder model directory (tiny encoder, BiLSTM head, Efficient
+    GlobalPointer), deterministic for ``seed``; its span scores are spread out so that some spans of
+    every text reach the threshold, some nested."""
+    from ner_core.artifacts.modeldir import save_model_dir
+    from ner_core.config import NERConfig
+    from ner_core.model.encoder import load_encoder
+    from ner_core.model.network import NERModel
+
+    cfg = NERConfig.model_validate(
+        {
+            "data": {"dataset": "sample", "max_len": 32},
+            "encoder": {"name": str(encoder_dir)},
+            "head": {"type": "bilstm", "rnn_units": 16},
+            "decoder": {"type": "span", "max_span_len": max_span_len, "head_size": 16, **decoder},
+        }
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder, tokenizer = load_encoder(cfg.encoder)
+        model = NERModel(cfg, list(LABELS), encoder)
+        with torch.no_grad():
+            model.span.proj.weight.mul_(6.0)
+            model.span.bias.bias.add_(-1.0)
+    return save_model_dir(out, model, tokenizer, metrics={"note": "untrained span test model", "seed": seed})
+
+
+@pytest.fixture(scope="module")
+def span_model_dir(tmp_path_factory, tiny_encoder_dir):
+    return build_span_model_dir(tmp_path_factory.mktemp("span-model") / "model", tiny_encoder_dir)
+
+
+@pytest.fixture(scope="module")
+def span_loaded(span_model_dir):
+    from ner_core.artifacts.modeldir import load_model_dir
+
+    return load_model_dir(span_model_dir)
+
+
+def _by_hand(loaded, text: str, max_len: int, stride: int, threshold: float) -> list[tuple]:
+    """Each window encoded alone, every cell at or above the threshold kept from the window where the
+    span sits most centrally (brute force over the windows), as (start, end, label, probability)."""
+    from ner_core.data.alignment import CharAligner
+    from ner_core.data.batching import EncodedChunk, collate
+    from ner_core.inference.tagger import tagging_windows
+
+    al = CharAligner(loaded.tokenizer)
+    wins = tagging_windows(len(text), max_len, stride)
+    best: dict[tuple, tuple] = {}
+    with torch.inference_mode():
+        for k, (s, e) in enumerate(wins):
+            enc = collate([EncodedChunk(None, al.char_ids(text[s:e]), None)], al.cls_id, al.sep_id, al.pad_id)
+            logits, _ = loaded.model.span_logits(enc["input_ids"], enc["attention_mask"])
+            probs = torch.sigmoid(logits[0].double())  # (C, n, n)
+            for c, i, j in (probs >= threshold).nonzero().tolist():
+                cent = (min(i, e - s - 1 - j), -k)
+                key = (s + i, s + j + 1, loaded.model.labels[c])
+                if key not in best or cent > best[key][0]:
+                    best[key] = (cent, float(probs[c, i, j]))
+    # only spans whose most central window of all (not only of those scoring them) is the one kept
+    out = []
+    for (a, b, lab), (cent, p) in best.items():
+        owner = max((min(a - s, e - 1 - (b - 1)), -k) for k, (s, e) in enumerate(wins) if s <= a and b <= e)
+        if owner == cent:
+            out.append((a, b, lab, round(p, 6)))
+    return sorted(out, key=lambda x: x[:3])
+
+
+def test_a_real_span_model_tags_as_its_windows_score_by_hand(span_loaded):
+    from ner_core.config import PredictionConfig
+    from ner_core.inference.tagger import Tagger
+
+    text = (TEXT * 3)[:150]
+    tagger = Tagger.from_loaded(span_loaded, PredictionConfig(window=24, batch_size=5, precision="fp32"))
+    assert tagger.stride == 24 - 6 and tagger.span.max_span_len == 6
+    got = tagger.predict([text])[0]
+    expected = _by_hand(span_loaded, text, 24, 18, 0.5)
+    assert [(e.start, e.end, e.label) for e in got] == [x[:3] for x in expected]
+    assert [e.confidence for e in got] == pytest.approx([x[3] for x in expected], abs=1e-5)
+    nested = [(a, b) for a in got for b in got if a is not b and a.start <= b.start and b.end <= a.end]
+    assert len(got) > 5 and nested  # the untrained model's spans overlap: all are kept ("allow")
+    doc = tagger.predict_documents([text])[0]
+    assert doc.entities == got and doc.uncertainty > 0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_span_model_tags_in_reduced_precision_with_float32_span_scores(span_loaded, precision):
+    from ner_core.config import PredictionConfig
+    from ner_core.inference.tagger import Tagger
+    from ner_core.runtime.hardware import Hardware
+
+    if precision == "bf16" and not Hardware.detect("cpu").bf16_units:
+        pytest.skip("this CPU has no bf16 units")
+    seen = []
+    tagger = Tagger.from_loaded(span_loaded, PredictionConfig(window=24, precision=precision, device="cpu"))
+    real = tagger.model.span_logits
+    tagger.model.span_logits = lambda *a: seen.append(real(*a)[0].dtype) or real(*a)
+    texts = [(TEXT * 3)[:150], "北京"]
+    got = tagger.predict(texts)
+    fp32 = Tagger.from_loaded(
+        span_loaded, PredictionConfig(window=24, precision="fp32", device="cpu")
+    ).predict(texts)
+    assert set(seen) == {torch.float32} and tagger.precision.value == precision
+    keys = {(e.start, e.end, e.label) for e in got[0]}
+    ref = {(e.start, e.end, e.label) for e in fp32[0]}
+    assert len(keys & ref) >= 0.8 * len(ref)  # close to fp32's, not equal
+    if precision == "int8":
+        assert tagger.model is not span_loaded.model  # a copy; the loaded model is not changed
+        assert span_loaded.model.encoder.encoder.layer[0].attention.self.query.__class__ is nn.Linear

@@ -65,6 +65,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
     options = prediction_options(args)
+    _check_span_options(model_dir, options)
     if args.only_new and (args.files or not run_id):
         raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
     if args.dask or args.scheduler:
@@ -77,6 +78,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out = pipeline.predict_flow(args.db, source, model_dir, run_id, options)
     print_json(out)
     return 0
+
+
+def _check_span_options(model_dir: str, options) -> None:
+    """``--span-threshold`` and ``--overlap`` are refused for a CRF model before any run starts."""
+    from ner_core.artifacts.modeldir import read_saved_config
+
+    flags = (("--span-threshold", options.span_threshold), ("--overlap", options.overlap))
+    given = [flag for flag, value in flags if value is not None]
+    decoder = str(getattr(getattr(read_saved_config(model_dir), "decoder", None), "type", "crf"))
+    if given and decoder != "span":
+        raise CLIError(
+            f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a span-decoder model "
+            f"only; {model_dir} decodes with a CRF"
+        )
 
 
 def _predict_dask(args, model_dir: str, run_id: str | None, source, options):

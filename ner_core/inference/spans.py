@@ -132,7 +132,7 @@ def window_candidates(
     """Per row of a window batch: the cells with ``sigmoid(score) >= floor`` as ``(label, first, last,
     prob)`` arrays (window positions, ``last`` inclusive). The comparison runs on the float32 scores, on
     the scores' device: only the few cells above the floor leave it."""
-    scores = logits.float()  # (B, C, L, L)
+    scores = logits.detach().float()  # (B, C, L, L)
     cut = math.log(floor / (1.0 - floor)) - 1e-4  # in logit space; the exact test is on the probability
     valid = char_mask[:, None, :, None] & char_mask[:, None, None, :]  # (B, 1, L, L)
     hits = ((scores >= cut) & valid).nonzero()  # (N, 4): row, label, first, last

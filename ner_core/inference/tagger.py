@@ -162,29 +162,61 @@ def default_stride(max_len: int) -> int:
 
 def is_span_model(model) -> bool:
     """Whether ``model`` decodes spans (:mod:`ner_core.model.span`) rather than tags with a CRF."""
-    decoder = getattr(model, "decoder", None) or getattr(getattr(model.config, "decoder", None), "type", None)
-    return str(decoder or "crf") == "span"
+    return _is_span_config(model.config)
+
+
+def _is_span_config(config) -> bool:
+    return str(getattr(getattr(config, "decoder", None), "type", None) or "crf") == "span"
 
 
 def _span_settings(
-    model, max_len: int, threshold: float | None, overlap: str | None
+    config, max_len: int, threshold: float | None, overlap: str | None
 ) -> span_decoding.SpanSettings | None:
     """A span model's decoding settings: the given threshold and overlap, else the model's saved ones
     (overlap "allow" when the model names none); ``None`` for a CRF model, which takes neither. A model
     without a recorded span limit (not trained yet) is windowed as if the limit were the CRF's overlap."""
-    if not is_span_model(model):
+    if not _is_span_config(config):
         if threshold is not None or overlap is not None:
             raise ValueError(
                 "a span threshold and the overlap mode apply to a span-decoder model only; this model "
                 "decodes with a CRF"
             )
         return None
-    cfg = model.config.decoder
+    cfg = config.decoder
     return span_decoding.SpanSettings(
         threshold=float(cfg.threshold if threshold is None else threshold),
         overlap=overlap or cfg.overlap or "allow",
         max_span_len=cfg.max_span_len or max(1, max_len - default_stride(max_len)),
     )
+
+
+def _decoding(span: span_decoding.SpanSettings | None) -> dict:
+    if span is None:
+        return {"decoder": "crf"}
+    return {
+        "decoder": "span",
+        "span_threshold": span.threshold,
+        "overlap": span.overlap,
+        "max_span_len": span.max_span_len,
+    }
+
+
+def _pick(options: PredictionConfig, saved: PredictionConfig, name: str, default=None):
+    """An option: given, else the model's saved prediction setting, else ``default``."""
+    value = getattr(options, name, None)
+    if value is None:
+        value = getattr(saved, name, None)
+    return default if value is None else value
+
+
+def planned_decoding(config, options: PredictionConfig | None = None) -> dict:
+    """:attr:`Tagger.decoding` of ``Tagger.from_loaded(loaded, options)`` for a model whose saved
+    configuration is ``config``, without loading its weights (a sharded run records it once); refuses the
+    span options for a CRF model as the tagger does."""
+    opts, saved = options or PredictionConfig(), config.prediction
+    window = _pick(opts, saved, "window", config.data.max_len)
+    threshold, overlap = _pick(opts, saved, "span_threshold"), _pick(opts, saved, "overlap")
+    return _decoding(_span_settings(config, window, threshold, overlap))
 
 
 class Tagger:
@@ -238,13 +270,15 @@ class Tagger:
         self.aligner = CharAligner(tokenizer)
         self.scheme: str = model.config.data.scheme
         self.max_len = max_len
-        self.span: span_decoding.SpanSettings | None = _span_settings(model, max_len, span_threshold, overlap)
+        self.span: span_decoding.SpanSettings | None = _span_settings(
+            model.config, max_len, span_threshold, overlap
+        )
         if self.span is None:
             self.tags: list[str] = list(model.tags)
             self.stride = stride or default_stride(max_len)
         else:  # tags of a span model: those of its outermost entities (tag_texts)
             self.labels: list[str] = list(model.labels)
-            self.tags = tag_set(self.labels, self.scheme)
+            self.tags = list(getattr(model, "tags", None) or tag_set(self.labels, self.scheme))
             overlap_crf = max_len - default_stride(max_len)
             self.stride = span_decoding.span_stride(max_len, self.span.max_span_len, stride, overlap_crf)
         if self.stride > max_len:
@@ -290,10 +324,7 @@ class Tagger:
         saved = loaded.config.prediction
 
         def pick(name: str, default=None):
-            value = getattr(opts, name, None)  # the span options exist only where the config has them
-            if value is None:
-                value = getattr(saved, name, None)
-            return default if value is None else value
+            return _pick(opts, saved, name, default)
 
         return cls(
             loaded.model,
@@ -322,14 +353,7 @@ class Tagger:
         """What turns scores into entities, beside the windows: ``{"decoder": "crf"}``, or for a span model
         the decoder, its threshold, overlap mode and span limit (stored with prediction runs: a run never
         resumes under other values)."""
-        if self.span is None:
-            return {"decoder": "crf"}
-        return {
-            "decoder": "span",
-            "span_threshold": self.span.threshold,
-            "overlap": self.span.overlap,
-            "max_span_len": self.span.max_span_len,
-        }
+        return _decoding(self.span)
 
     @property
     def settings(self) -> dict:
@@ -340,7 +364,7 @@ class Tagger:
             "device": str(self.device),
             "precision": self.precision.value,
             "merge": self.merge if self.span is None else self.span_merge,
-            **self.decoding,
+            **({} if self.span is None else self.decoding),  # a CRF tagger's settings are as before
         }
 
     @staticmethod
@@ -531,6 +555,7 @@ class Tagger:
         return ents
 
     # ------------------------------------------------------------------ span models
+    @torch.inference_mode()
     def _score_spans(
         self, texts: Sequence[str], progress: Callable[[int], None] | None
     ) -> list[span_decoding.ScoredSpans]:
