@@ -297,3 +297,33 @@ def test_span_flags_of_ner_train_reach_the_config():
     dec = build_config(args).decoder
     assert (dec.type, dec.max_span_len, dec.overlap, dec.threshold) == ("span", 6, "flat", 0.4)
     assert build_config(cli.build_parser().parse_args(["train"])).decoder.type == "crf"
+
+
+def test_ner_train_decoder_span_trains_on_the_nested_spans_of_an_ingested_corpus(capsys, tmp_path):
+    """``ner train --decoder span`` end to end (files ingested, then trained without Prefect): the run
+    loads the nested spans (so overlap resolves to allow), says its span limit, and saves a span model."""
+    from ner_core.artifacts.modeldir import load_model_dir
+    from tests.test_cli import run
+    from tests.test_nested_data import _corpus_module
+
+    corpus = tmp_path / "corpus"
+    _corpus_module().write_corpus(corpus, seed=3, sizes={"train": 40, "dev": 10, "test": 10})
+    texts = [
+        json.loads(line)["text"]
+        for split in ("train", "dev", "test")
+        for line in (corpus / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    enc = make_tiny_encoder(tmp_path / "enc", texts)
+    argv = ["train", "--no-prefect", "--db", str(tmp_path / "n.duckdb"), "--encoder", str(enc)]
+    argv += ["--dataset", "nested", "--decoder", "span", "--head", "none", "-max_epochs", "1"]
+    argv += ["-max_len", "48", "-save_path", str(tmp_path / "runs")]
+    for split in ("train", "dev", "test"):
+        argv += [f"-{split}_data", str(corpus / f"{split}.jsonl")]
+    rc, out, err = run(argv, capsys)
+    assert rc == 0, err
+    assert "span decoder: max_span_len" in err and "the training data's longest entity" in err
+    assert "overlap allow (the training data has nested or overlapping entities)" in err
+    trained = json.loads(out[out.index("{") :])
+    loaded = load_model_dir(trained["model_dir"])
+    assert loaded.decoder == "span" and loaded.labels == ["LOC", "ORG", "PER", "PRODUCT"]
+    assert loaded.config.decoder.overlap == "allow" and loaded.config.decoder.max_span_len >= 4
