@@ -109,9 +109,7 @@ def train_step(
         prev, config, plus, plus_version = _stored_run(db_path, run_id)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
-    # a span run trains on the nested and same-span entities too (GlobalPointer scores each span)
-    nested = config.decoder.type == "span"
-    data = training_documents(db_path, ds, version, plus, plus_version, nested=nested)
+    data = training_documents(db_path, ds, version, plus, plus_version, nested=config.decoder.type == "span")
     train_docs, dev_docs, labels = data.train, data.dev, data.labels
     for note in data.notes:
         print(note, flush=True)
