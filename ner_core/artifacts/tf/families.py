@@ -207,7 +207,7 @@ def _check_albert_flag(layout: str, family: str | None, albert: bool | None, whe
         raise TFCheckpointError(
             f"{where}: holds BERT variables with factorised embeddings (bert/encoder/layer_N/... and "
             f"{_MAPPING_IN}, one set of weights per layer), not ALBERT's shared "
-            "bert/encoder/transformer/group_N/...: drop -albert"
+            "bert/encoder/transformer/group_N/...: drop -albert (bert4keras loads it as BERT)"
         )
     if layout == "bert" and family == "albert":
         raise TFCheckpointError(
