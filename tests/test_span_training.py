@@ -327,3 +327,46 @@ def test_ner_train_decoder_span_trains_on_the_nested_spans_of_an_ingested_corpus
     loaded = load_model_dir(trained["model_dir"])
     assert loaded.decoder == "span" and loaded.labels == ["LOC", "ORG", "PER", "PRODUCT"]
     assert loaded.config.decoder.overlap == "allow" and loaded.config.decoder.max_span_len >= 4
+
+
+def test_a_span_run_stopped_after_an_epoch_resumes_to_the_same_model(encoder_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from ner_core.artifacts.layout import WEIGHTS
+    from ner_core.training.loop import train
+
+    train_docs, dev_docs = nested_docs(16, 4), nested_docs(4, 5)
+    cfg = config(encoder_dir, hard_epochs=2, batch_size=4)
+    whole = train(cfg, train_docs, dev_docs, ["LOC", "ORG", "PER"], tmp_path / "whole", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(stats):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(
+            cfg, train_docs, dev_docs, ["LOC", "ORG", "PER"], tmp_path / "cut", progress=False, on_epoch=kill
+        )
+    resumed = train(
+        cfg, train_docs, dev_docs, ["LOC", "ORG", "PER"], tmp_path / "cut", resume=True, progress=False
+    )
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert [h.train_loss for h in resumed.history] == [h.train_loss for h in whole.history]
+    a, b = load_file(str(whole.model_dir / WEIGHTS)), load_file(str(resumed.model_dir / WEIGHTS))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_span_run_trains_in_bf16_and_records_its_dev_f1_per_precision(encoder_dir, tmp_path):
+    from ner_core.artifacts.modeldir import read_precision_record
+    from ner_core.training.loop import train
+
+    cfg = config(encoder_dir, hard_epochs=1, precision="bf16")
+    res = train(
+        cfg, nested_docs(12, 6), nested_docs(4, 7), ["LOC", "ORG", "PER"], tmp_path / "r", progress=False
+    )
+    assert res.precision == "bf16" and all(h.train_loss == h.train_loss > 0 for h in res.history)
+    record = read_precision_record(res.model_dir)
+    assert record is not None and record.trained_in == "bf16" and "fp32" in record.dev_f1
+    assert all(0.0 <= f <= 1.0 for f in record.dev_f1.values())

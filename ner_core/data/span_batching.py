@@ -19,6 +19,7 @@ import torch
 
 from ner_core.data.batching import Chunk, EncodedChunk, collate, training_chunks
 from ner_core.documents import Document, Entity
+from ner_core.schemes import has_overlaps
 
 __all__ = ["SpanDataset", "SpanStats", "count_longer", "has_overlaps", "span_stats"]
 
@@ -47,22 +48,6 @@ def _unique(entities: Sequence[Entity]) -> list[Entity]:
             seen.add(key)
             out.append(e)
     return out
-
-
-def has_overlaps(entities: Sequence[Entity]) -> bool:
-    """Whether two of ``entities`` share a character (nested, crossing, or one span with two labels)."""
-    spans = sorted({(e.start, e.end) for e in entities})
-    labels_per_span: dict[tuple[int, int], int] = {}
-    for e in _unique(entities):
-        labels_per_span[(e.start, e.end)] = labels_per_span.get((e.start, e.end), 0) + 1
-    if any(n > 1 for n in labels_per_span.values()):
-        return True
-    reach = -1
-    for s, e in spans:
-        if s < reach:
-            return True
-        reach = max(reach, e)
-    return False
 
 
 def span_stats(docs: Sequence[Document]) -> SpanStats:

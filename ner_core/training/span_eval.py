@@ -1,5 +1,6 @@
 """Scoring a span model on a labelled split during training (dev F1 for early stopping, the precision
-record): exact (start, end, label) set P/R/F1, valid for nested sets (:func:`ner_core.metrics.evaluate`).
+record): exact (start, end, label) set P/R/F1, valid for nested sets, and the character and sentence
+accuracies from the outermost spans (:func:`ner_core.metrics.evaluate`).
 
 Texts longer than the model's window are cut into consecutive pieces, at sentence ends where possible
 (:func:`ner_core.data.batching.training_chunks` on the text alone: the gold entities do not steer the
@@ -87,4 +88,6 @@ def evaluate_spans(
         device=device,
         precision=precision,
     )
-    return evaluate(docs, [[e for e, _ in p] for p in preds], scheme=model.config.data.scheme)
+    pred_ents = [[e for e, _ in p] for p in preds]
+    # character and sentence accuracy from the outermost spans, as for every span run
+    return evaluate(docs, pred_ents, scheme=model.config.data.scheme, outermost_tags=True)
