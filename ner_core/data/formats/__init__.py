@@ -19,6 +19,11 @@ Formats (:data:`FORMATS`), detected from the content by :func:`detect_format` or
 ``doccano``    doccano sequence-labelling JSON lines ``{"text": ..., "label": [[start, end, label], ...]}``
                or ``"entities": [{"start_offset", "end_offset", "label"}]``, offsets in UTF-16 units.
 
+The span formats (``cluener``, ``jsonl``, ``label_studio``, ``doccano``) can carry nested and overlapping
+entities; under ``repair`` a record keeps its outer spans as entities and the others go, with a reason, to
+``ParseResult.dropped`` (the ingest stores them in ``dropped_spans``; a span decoder trains on the nested
+ones): see :mod:`~ner_core.data.formats.overlaps`. Tag formats are flat by nature.
+
 Each format is read by the module of its family (:mod:`~ner_core.data.formats.json_arrays`,
 :mod:`~ner_core.data.formats.conll`, :mod:`~ner_core.data.formats.json_lines`,
 :mod:`~ner_core.data.formats.plain`,
