@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -538,3 +539,164 @@ def test_a_span_model_tags_in_reduced_precision_with_float32_span_scores(span_lo
     if precision == "int8":
         assert tagger.model is not span_loaded.model  # a copy; the loaded model is not changed
         assert span_loaded.model.encoder.encoder.layer[0].attention.self.query.__class__ is nn.Linear
+
+
+def _stored_config(db: str, pred_run_id: str) -> dict:
+    import duckdb
+
+    with duckdb.connect(db, read_only=True) as con:
+        (config,) = con.execute(
+            "SELECT config FROM prediction_runs WHERE pred_run_id = ?", [pred_run_id]
+        ).fetchone()
+    return json.loads(config)
+
+
+SPAN_TEXTS = [(TEXT * 2)[:70], "北京大学", "后来。", TEXT[:20]]
+
+
+def test_predict_cli_stores_a_span_run_with_its_decoder_settings(
+    tmp_path, span_model_dir, span_loaded, capsys
+):
+    """``ner predict`` with a span model: overlapping rows stored as the tagger gives them, the run's
+    config records the decoder and the threshold/overlap given; other settings replace the run."""
+    from app import cli
+    from ner_core.config import PredictionConfig
+    from ner_core.inference.tagger import Tagger
+    from tests.test_dask_predict import _rows
+
+    files = []
+    for i, t in enumerate(SPAN_TEXTS):
+        (tmp_path / f"t{i}.txt").write_text(t, encoding="utf-8")
+        files.append(str(tmp_path / f"t{i}.txt"))
+    db = str(tmp_path / "span.duckdb")
+    base = ["predict", "--no-prefect", "--db", db, "--model-dir", str(span_model_dir), *files]
+    base += ["--precision", "fp32", "--window", "24"]
+    assert cli.main([*base, "--span-threshold", "0.4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    config = _stored_config(db, out["pred_run_id"])
+    assert {k: config[k] for k in ("decoder", "span_threshold", "overlap", "max_span_len", "merge")} == {
+        "decoder": "span",
+        "span_threshold": 0.4,
+        "overlap": "allow",
+        "max_span_len": 6,
+        "merge": "spans/most-central-window",
+    }
+    docs, ents = _rows(db, out["pred_run_id"])
+    tagger = Tagger.from_loaded(
+        span_loaded, PredictionConfig(window=24, precision="fp32", span_threshold=0.4)
+    )
+    expected = {Path(f).stem: d for f, d in zip(files, tagger.predict_documents(SPAN_TEXTS), strict=True)}
+    stored = {}
+    for doc_id, start, end, label, _text, conf in ents:
+        stored.setdefault(Path(doc_id).stem, []).append((start, end, label, conf))
+    for stem, d in expected.items():
+        want = sorted((e.start, e.end, e.label) for e in d.entities)
+        assert sorted(r[:3] for r in stored.get(stem, [])) == want, stem
+    assert [u for *_, u in docs] == pytest.approx(
+        [expected[Path(d[0]).stem].uncertainty for d in docs], abs=1e-4
+    )
+    assert len(ents) == out["n_entities"]
+    assert any(a[0] == b[0] and a[1] <= b[1] and b[2] <= a[2] for a in ents for b in ents if a != b)  # nested
+    assert cli.main([*base, "--span-threshold", "0.4", "--overlap", "flat"]) == 0
+    flat = json.loads(capsys.readouterr().out)
+    assert flat["pred_run_id"] == out["pred_run_id"] and flat["resumed"] is False  # replaced, not resumed
+    _, flat_ents = _rows(db, flat["pred_run_id"])
+    assert _stored_config(db, flat["pred_run_id"])["overlap"] == "flat" and len(flat_ents) < len(ents)
+    for doc in {r[0] for r in flat_ents}:
+        spans = sorted((r[1], r[2]) for r in flat_ents if r[0] == doc)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), doc
+
+
+def test_the_dask_flow_tags_with_a_span_model_as_one_process_does(tmp_path, span_model_dir):
+    """The Prefect flow on a Dask LocalCluster and the plain single-process step store the same rows for a
+    span model, and both record its decoder."""
+    from flows import steps
+    from flows.contracts import FilesSource
+    from flows.dask_predict import run_dask_predict
+    from ner_core.config import PredictionConfig
+    from tests.test_dask_predict import _rows, _same
+
+    files = []
+    for i, t in enumerate(SPAN_TEXTS):
+        (tmp_path / f"t{i}.txt").write_text(t, encoding="utf-8")
+        files.append(str(tmp_path / f"t{i}.txt"))
+    db, source = str(tmp_path / "dask.duckdb"), FilesSource(files=files)
+    options = PredictionConfig(precision="fp32", window=24, span_threshold=0.45)
+    docs, kind, ref = steps.load_prediction_input(db, source)
+    single = steps.predict_step(
+        db, str(span_model_dir), docs, input_kind=kind, input_ref=ref, options=options
+    )
+    expected = _rows(db, single.pred_run_id)
+    state = run_dask_predict(
+        db,
+        source,
+        str(span_model_dir),
+        None,
+        n_shards=2,
+        n_workers=2,
+        processes=False,
+        return_state=True,
+        options=options,
+    )
+    assert state.is_completed(), state
+    out = state.result()
+    assert out.pred_run_id == single.pred_run_id and out.n_entities == single.n_entities > 0
+    _same(_rows(db, out.pred_run_id), expected)
+    config = _stored_config(db, out.pred_run_id)
+    assert (config["decoder"], config["span_threshold"], config["overlap"], config["max_span_len"]) == (
+        "span",
+        0.45,
+        "allow",
+        6,
+    )
+
+
+def test_serve_tags_with_a_span_model(tmp_path, span_model_dir, span_loaded):
+    import httpx
+
+    from ner_core.config import PredictionConfig
+    from ner_core.inference.tagger import Tagger
+    from tests.test_serve import start_service, stop_service
+
+    args = ["--window", "24", "--precision", "fp32", "--span-threshold", "0.45", "--overlap", "allow"]
+    svc = start_service(span_model_dir, tmp_path / "serve.log", *args)
+    try:
+        info = httpx.get(f"{svc['url']}/model").json()
+        assert info["labels"] == LABELS and info["config"]["decoder"]["type"] == "span"
+        assert {k: info["tagger"][k] for k in ("decoder", "span_threshold", "overlap", "stride")} == {
+            "decoder": "span",
+            "span_threshold": 0.45,
+            "overlap": "allow",
+            "stride": 18,
+        }
+        r = httpx.post(f"{svc['url']}/predict", json={"texts": SPAN_TEXTS}, timeout=60)
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+    finally:
+        stop_service(svc)
+    options = PredictionConfig(window=24, precision="fp32", span_threshold=0.45)
+    expected = Tagger.from_loaded(span_loaded, options).predict(SPAN_TEXTS)
+    for res, exp in zip(results, expected, strict=True):
+        assert [(e["start"], e["end"], e["label"]) for e in res["entities"]] == [
+            (e.start, e.end, e.label) for e in exp
+        ]
+        assert [e["confidence"] for e in res["entities"]] == pytest.approx(
+            [e.confidence for e in exp], abs=1e-4
+        )
+    ents = results[0]["entities"]
+    assert any(a["start"] <= b["start"] and b["end"] <= a["end"] for a in ents for b in ents if a is not b)
+
+
+def test_evaluate_model_scores_a_span_model_by_span_sets_and_outermost_tags(tokenizer):
+    """Even where gold and predictions happen to be flat, a span model's report says its tag accuracies
+    come from the outermost spans (the decoder can nest); the entity scores are exact span-set matches."""
+    from ner_core.documents import Document, Entity
+    from ner_core.inference.evaluate import evaluate_model
+
+    fake = _DictionarySpanModel(tokenizer, overlap="flat")
+    gold = [Entity(start=3, end=7, label="ORG"), Entity(start=0, end=2, label="LOC")]
+    docs = [Document(doc_id="a", text=NESTED_TEXT, entities=gold), Document(doc_id="b", text="后来")]
+    report = evaluate_model(fake, tokenizer, docs, max_len=16)
+    assert report.tags_from == "outermost spans"
+    # predicted (flat): 张三 PER, 北京大学 ORG, 华为 ORG; right: 北京大学 ORG
+    assert (report.precision, report.recall) == pytest.approx((1 / 3, 1 / 2))

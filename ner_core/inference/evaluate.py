@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ner_core.documents import Document, Entity
-from ner_core.inference.tagger import Tagger
+from ner_core.inference.tagger import Tagger, is_span_model
 from ner_core.metrics import EvaluationReport, evaluate
 from ner_core.model.network import NERModel
 
@@ -20,10 +20,13 @@ def evaluate_model(
     device: str = "cpu",
     precision: str = "fp32",
 ) -> EvaluationReport:
-    """Tag ``docs`` (whole, windowed) at ``precision`` and score them against their gold entities."""
+    """Tag ``docs`` (whole, windowed) at ``precision`` and score them against their gold entities. A span
+    model's character and sentence accuracies come from the tags of its outermost entities (and the
+    report says so)."""
     tagger = Tagger(
         model, tokenizer, max_len=max_len, batch_size=batch_size, device=device, precision=precision
     )
     preds = tagger.predict([d.text for d in docs], confidence=False)
     pred_ents = [[Entity(start=p.start, end=p.end, label=p.label) for p in ps] for ps in preds]
-    return evaluate(docs, pred_ents, scheme=model.config.data.scheme)
+    span = True if is_span_model(model) else None
+    return evaluate(docs, pred_ents, scheme=model.config.data.scheme, outermost_tags=span)
