@@ -12,7 +12,12 @@ anything is new), and records in ``review_exports`` which review events made tha
   where it was reviewed last. Exporting with no new review event stores nothing (``created`` false).
 - Leak check: into a ``train`` split, a document whose text is in a dev or test split of any stored
   dataset (any version) is left out: it would leak into the evaluation that decides promotion.
-- A document whose corrected entities overlap or leave the text is left out too (both counted).
+- A document whose corrected entities leave the text is left out too (counted); so is one whose entities
+  overlap when it was reviewed in a flat (CRF) prediction run. A span run's document (its config's
+  ``decoder`` is ``span``, :func:`storage.reviews.run_decoder`) keeps its overlapping entities, stored as
+  an ingest stores a nested record: the outermost spans in ``gold_entities``, the others in
+  ``dropped_spans`` with their reason (nested | crossing | same_span, the rules of
+  :func:`ner_core.data.formats.overlaps.resolve_overlaps`), where a span-decoder training reads them.
 - Labels: the label set of the model that predicted, plus the labels used, plus every label a reviewer
   added explicitly (``add_label`` events, kept as ``added_labels`` in the version's options).
 
@@ -31,11 +36,13 @@ from typing import Any
 
 import pyarrow as pa
 
+from ner_core.data.formats.overlaps import resolve_overlaps
 from ner_core.data.ingest import IngestOptions, IngestPlan, PlannedFile, check_dataset_name
 from storage.datasets import store_plan, text_sha1
 from storage.db import open_db
 from storage.db import rows as _rows
 from storage.predictions import unknown_prediction_run
+from storage.reviews import run_decoder
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -177,15 +184,23 @@ def _eval_split_texts(con, texts: list[str]) -> dict[str, str]:
     }
 
 
-def _span_problem(text: str, spans: list[tuple[int, int, str]]) -> str | None:
+def _span_problem(text: str, spans: list[tuple[int, int, str]], nested: bool = False) -> str | None:
+    """Why the document cannot be exported (``None`` when it can); ``nested``: overlaps are allowed (a
+    span run's document)."""
     prev_end = -1
     for s, e, lab in sorted(spans):
         if not (0 <= s < e <= len(text)):
             return f"entity {lab}[{s},{e}) lies outside the text of {len(text)} characters"
-        if s < prev_end:
-            return f"entities overlap at {lab}[{s},{e})"
-        prev_end = e
+        if s < prev_end and not nested:
+            return f"entities overlap at {lab}[{s},{e}) (a flat prediction run's document)"
+        prev_end = max(prev_end, e)
     return None
+
+
+def _split_nested(doc_id: str, spans: list[tuple[int, int, str]]) -> tuple[list, list[tuple]]:
+    """(the outermost spans, the others as ``IngestPlan.dropped`` rows with their reason)."""
+    kept, dropped = resolve_overlaps(sorted(set(spans)))
+    return kept, [(doc_id, *d, reason, *k) for d, k, reason in dropped]
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -195,19 +210,24 @@ def _plan(con, pred_run_id: str, name: str, split: str) -> tuple[IngestPlan, lis
     reviewed = _reviewed(con, runs)
     ents = _current_entities(con, runs)
     leaks = _eval_split_texts(con, [r["text"] for r in reviewed]) if split == "train" else {}
-    rows, left_out, leaked = [], [], []
+    nested = {run for run in runs if run_decoder(con, run) == "span"}
+    rows, left_out, leaked, dropped = [], [], [], []
     for r in reviewed:
         spans = ents.get((r["pred_run_id"], r["doc_id"]), [])
         where = leaks.get(text_sha1(r["text"]))
-        problem = f"in {where}" if where else _span_problem(r["text"], spans)
+        problem = f"in {where}" if where else _span_problem(r["text"], spans, r["pred_run_id"] in nested)
         if problem:
             left_out.append((r["doc_id"], problem))
             leaked += [r["doc_id"]] if where else []
             continue
+        if r["pred_run_id"] in nested:
+            spans, inner = _split_nested(r["doc_id"], spans)
+            dropped += inner
         rows.append((r["doc_id"], r["text"], spans, None, f"review:{r['pred_run_id']}"))
     events = _events(con, [(row[4].removeprefix("review:"), row[0]) for row in rows], runs)
     added = _added_labels(con, runs)
-    labels = sorted(set(_model_labels(con, runs)) | set(added) | {lab for r in rows for _, _, lab in r[2]})
+    used = {lab for r in rows for _, _, lab in r[2]} | {d[3] for d in dropped}
+    labels = sorted(set(_model_labels(con, runs)) | set(added) | used)
     options = _ExportOptions(
         format=EXPORT_FORMAT,
         pred_runs=tuple(runs),
@@ -250,8 +270,10 @@ def _plan(con, pred_run_id: str, name: str, split: str) -> tuple[IngestPlan, lis
         EXPORT_FORMAT,
         None,
         0,
+        dropped,
     )
-    return plan, events, {"left_out": left_out, "leaked": leaked, "added_labels": added, "runs": runs}
+    facts = {"left_out": left_out, "leaked": leaked, "added_labels": added, "runs": runs, "nested": dropped}
+    return plan, events, facts
 
 
 def export_reviews(db_path: str | Path, pred_run_id: str, name: str, split: str = "train") -> dict:
@@ -259,7 +281,9 @@ def export_reviews(db_path: str | Path, pred_run_id: str, name: str, split: str 
     dataset ``name``, split ``split``; record its review events in ``review_exports``.
 
     Returns ``{"dataset", "version", "created", "split", "documents", "entities", "labels", "added_labels",
-    "events", "new_events", "left_out", "left_out_leak", "left_out_docs", "message"}``; ``created`` is false
+    "events", "new_events", "left_out", "left_out_leak", "left_out_docs", "nested", "message"}``
+    (``entities``: the outermost ones; ``nested``: the other entities of span runs' documents, stored in
+    ``dropped_spans``); ``created`` is false
     (and ``version`` the latest one) when no review event is new. ``ValueError`` (one line) for an unknown
     prediction run, a bad name, a name that belongs to an ingested dataset, or nothing reviewed yet.
     """
@@ -320,6 +344,12 @@ def _result(plan: IngestPlan, report, events: list[str], before: set[str], facts
             f"{len(leaked)} documents left out: they are in a dev/test split of a stored dataset "
             f"({', '.join(leaked[:5])}{', ...' if len(leaked) > 5 else ''})"
         )
+    if facts["nested"]:
+        reasons = sorted({d[4] for d in facts["nested"]})
+        lines.append(
+            f"{len(facts['nested'])} more entities overlap another ({', '.join(reasons)}; span runs): "
+            f"kept in dropped_spans, where a span-decoder training reads them"
+        )
     if len(left_out) > len(leaked):
         other = [f"{d}: {why}" for d, why in left_out if d not in set(leaked)]
         lines.append(f"{len(other)} documents left out for their spans ({'; '.join(other[:3])})")
@@ -338,6 +368,7 @@ def _result(plan: IngestPlan, report, events: list[str], before: set[str], facts
         "left_out": len(left_out),
         "left_out_leak": len(leaked),
         "left_out_docs": [{"doc_id": d, "reason": r} for d, r in left_out],
+        "nested": len(facts["nested"]),
         "message": "\n".join(lines),
     }
 

@@ -21,9 +21,18 @@ in batch order) are :mod:`ner_core.review`'s; the view ``v_review_current`` spel
 
 :func:`record_events` is idempotent on ``event_id`` (a client-made uuid) and all-or-nothing: a decision
 on a document whose text changed since it was predicted, an empty reviewer, an added or adjusted span
-overlapping another current entity, an unknown entity or label... is refused with one :class:`ReviewRefused`
-line and nothing is written. :class:`ReviewSpool` keeps decisions in a JSONL file (fsync'd) while another
-process holds the database, and :meth:`ReviewSpool.flush` writes each exactly once when it can.
+overlapping another current entity (in a flat run's document: see below), an unknown entity or label... is
+refused with one :class:`ReviewRefused` line and nothing is written.
+
+Flat and span runs: a prediction run's stored config names its ``decoder`` (``crf`` or ``span``; absent:
+``crf``, as runs stored before the span decoder; :func:`run_decoder`). A CRF model predicts no overlapping
+entities and a CRF dataset cannot hold them, so in a ``crf`` run's document an added or adjusted span may
+not overlap another current entity. A span model predicts nested entities and trains on them, so a
+``span`` run's document may hold overlapping ones (an inner span added inside an outer one); there only a
+second current entity on the very same span with the same label is refused (it would be one entity twice).
+
+:class:`ReviewSpool` keeps decisions in a JSONL file (fsync'd) while another process holds the database,
+and :meth:`ReviewSpool.flush` writes each exactly once when it can.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ __all__ = [
     "ORDERS",
     "ReviewRefused",
     "ReviewSpool",
+    "DECODERS",
     "current_entities",
     "document_for_review",
     "identical_mentions",
@@ -65,6 +75,7 @@ __all__ = [
     "review_progress",
     "review_queue",
     "reviewed_documents",
+    "run_decoder",
     "text_hash",
 ]
 
@@ -74,6 +85,8 @@ ACTIONS = ("accept", "reject", "relabel", "adjust", "add", "add_label", "done", 
 ENTITY_ACTIONS = rule.DECISIONS
 #: the orders of :func:`review_queue`
 ORDERS = ("uncertain", "uncertain_per_char", "disagree", "random", "search")
+#: the decoders a prediction run's config may name (``prediction_runs.config``'s ``decoder``)
+DECODERS = ("crf", "span")
 
 _FIELDS = (
     "event_id",
@@ -361,8 +374,33 @@ def _overlap(doc: _Doc, state: dict, key: tuple[int, int, str]) -> str:
     return ""
 
 
-def _problem(doc: _Doc, ev: dict, labels: set[str]) -> str:
-    """Why ``ev`` cannot follow ``doc.events`` ('' when it can)."""
+def _duplicate(doc: _Doc, state: dict, key: tuple[int, int, str]) -> str:
+    """A span run's rule: no two current entities on the same span with the same label."""
+    cur = state.get(key)
+    if cur is None:
+        return ""
+    for other_key, other in state.items():
+        if other_key != key and other == cur:
+            return (
+                f"{cur[2]} [{cur[0]}, {cur[1]}) {doc.text[cur[0] : cur[1]]!r} is already a current entity "
+                f"(named {other_key[2]} [{other_key[0]}, {other_key[1]})): decide on that one"
+            )
+    return ""
+
+
+def run_decoder(con: duckdb.DuckDBPyConnection, pred_run_id: str) -> str:
+    """``crf`` or ``span``: the decoder prediction run ``pred_run_id``'s stored config names; a config
+    without one (runs stored before the span decoder), an unreadable one or an unknown run is ``crf``."""
+    row = con.execute(
+        "SELECT json_extract_string(config, '$.decoder') FROM prediction_runs WHERE pred_run_id = ?",
+        [pred_run_id],
+    ).fetchone()
+    return row[0] if row and row[0] in DECODERS else "crf"
+
+
+def _problem(doc: _Doc, ev: dict, labels: set[str], decoder: str = "crf") -> str:
+    """Why ``ev`` cannot follow ``doc.events`` ('' when it can); ``decoder``: the run's (overlapping
+    entities are refused in a ``crf`` run's document only)."""
     if ev["doc_hash"] != doc.hash:
         return (
             "the document's text differs from the one the reviewer saw (doc_hash mismatch: it changed since "
@@ -403,7 +441,7 @@ def _problem(doc: _Doc, ev: dict, labels: set[str]) -> str:
             return bad
     doc.events.append(ev)  # tentatively: the overlap rule looks at the state after the decision
     try:
-        return _overlap(doc, doc.state(), key)
+        return (_duplicate if decoder == "span" else _overlap)(doc, doc.state(), key)
     finally:
         doc.events.pop()
 
@@ -411,6 +449,7 @@ def _problem(doc: _Doc, ev: dict, labels: set[str]) -> str:
 def _validate(con: duckdb.DuckDBPyConnection, events: list[tuple[int, dict]]) -> None:
     docs, changed = _load_docs(con, sorted({(ev["pred_run_id"], ev["doc_id"]) for _, ev in events}))
     labels: dict[str, set[str]] = {}
+    decoders: dict[str, str] = {}
     for index, ev in events:
         run, doc_id = ev["pred_run_id"], ev["doc_id"]
         if (run, doc_id) not in docs:
@@ -420,8 +459,9 @@ def _validate(con: duckdb.DuckDBPyConnection, events: list[tuple[int, dict]]) ->
         if run not in labels:
             model, added = _run_labels(con, run)
             labels[run] = set(model) | set(added)
+            decoders[run] = run_decoder(con, run)
         doc = docs[(run, doc_id)]
-        problem = _problem(doc, ev, labels[run])
+        problem = _problem(doc, ev, labels[run], decoders[run])
         if problem:
             raise ReviewRefused(index, ev, problem)
         doc.events.append(ev)
@@ -706,7 +746,8 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
     ``disagreements``: rows of ``v_review_disagreements`` (one per reviewer: ``start``, ``end``, ``label``,
     ``reviewer``, ``action``, ``new_*``, ``outcome``, ``created_at``); ``changed``: '' or the one-line
     reason a decision would be refused because a later ingest changed the text; ``labels``: the model's
-    label set; ``added_labels``: the ones added by ``add_label`` events.
+    label set; ``added_labels``: the ones added by ``add_label`` events; ``decoder``: the run's
+    (:func:`run_decoder`: ``span`` when its entities may overlap).
     """
     with _read(db, wait_s) as con:
         row = con.execute(
@@ -734,6 +775,7 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
         )
         changed = _changed_since_predicted(con, pred_run_id, doc_id)
         model, added = _run_labels(con, pred_run_id)
+        decoder = run_decoder(con, pred_run_id)
     entities, rejected = _replayed(text, predicted, events)
     return {
         "pred_run_id": pred_run_id,
@@ -750,6 +792,7 @@ def document_for_review(db: str | Path, pred_run_id: str, doc_id: str, *, wait_s
         "disagreements": disagreements,
         "labels": model,
         "added_labels": added,
+        "decoder": decoder,
     }
 
 
@@ -804,12 +847,25 @@ class _EvalEntity(NamedTuple):
     confidence: float | None = None
 
 
-def _error_documents(eval_id: str, report: Mapping[str, Any]) -> list[tuple]:
-    """The report's sentences with errors as prediction rows ``(doc_id, text, entities, None)``; a sentence
-    whose predicted spans leave its text or overlap refuses the whole evaluation in one line."""
+def _report_decoder(report: Mapping[str, Any]) -> str | None:
+    """The decoder an evaluation report names (``decoder``, or ``config.decoder`` as a string or as a
+    ``{"type": ...}`` mapping); ``None`` when it names none (reports stored before the span decoder)."""
+    for got in (report.get("decoder"), (report.get("config") or {}).get("decoder")):
+        got = got.get("type") if isinstance(got, Mapping) else got
+        if got in DECODERS:
+            return got
+    return None
+
+
+def _error_documents(eval_id: str, report: Mapping[str, Any]) -> tuple[list[tuple], str]:
+    """(the report's sentences with errors as prediction rows ``(doc_id, text, entities, None)``, the
+    decoder). A span model's predictions may overlap: the decoder is the report's, else ``span`` when
+    some sentence's predictions overlap (a CRF predicts none), else ``crf``. A sentence whose predicted
+    spans leave its text, or overlap in a CRF model's report, refuses the whole evaluation in one line."""
     from ner_core.metrics import ErrorSentence
 
-    out, seen = [], set()
+    named = _report_decoder(report) if isinstance(report, Mapping) else None
+    out, seen, overlaps = [], set(), False
     for i, raw in enumerate(report.get("error_sentences") or []):
         try:
             sent = ErrorSentence.model_validate(raw)
@@ -824,15 +880,17 @@ def _error_documents(eval_id: str, report: Mapping[str, Any]) -> list[tuple]:
         seen.add(sent.doc_id)
         ents, end = [], 0
         for e in sorted(sent.pred, key=lambda x: (x.start, x.end)):
-            if e.end > len(sent.text) or e.start < end:
+            overlap = e.start < end
+            if e.end > len(sent.text) or overlap and named == "crf":
                 raise ValueError(
                     f"evaluation {eval_id!r}: document {sent.doc_id!r} has a predicted span [{e.start}, "
                     f"{e.end}) outside its {len(sent.text)} characters or overlapping another"
                 )
+            overlaps |= overlap
             ents.append(_EvalEntity(e.start, e.end, e.label, sent.text[e.start : e.end]))
-            end = e.end
+            end = max(end, e.end)
         out.append((sent.doc_id, sent.text, ents, None))
-    return out
+    return out, named or ("span" if overlaps else "crf")
 
 
 def evaluation_review_run(db: str | Path, eval_id: str, *, wait_s: float = 10.0) -> str:
@@ -865,7 +923,7 @@ def evaluation_review_run(db: str | Path, eval_id: str, *, wait_s: float = 10.0)
         ).fetchone()
     if found:
         return found[0]
-    docs = _error_documents(eval_id, json.loads(report) if report else {})
+    docs, decoder = _error_documents(eval_id, json.loads(report) if report else {})
     if not docs:
         raise ValueError(f"evaluation {eval_id!r} stored no sentence with errors: nothing to review")
     kind, ref = ("dataset", f"{dataset}/{split}") if split else ("file", dataset)
@@ -877,7 +935,7 @@ def evaluation_review_run(db: str | Path, eval_id: str, *, wait_s: float = 10.0)
         input_kind=kind,
         input_ref=ref,
         settings={"evaluation": eval_id, "evaluated_at": created_at.isoformat()},
-        extra={"source": "the evaluation report's sentences with errors"},
+        extra={"source": "the evaluation report's sentences with errors", "decoder": decoder},
         replace=True,
     ) as writer:
         writer.write(docs)

@@ -3,6 +3,8 @@
 ``ner export --pred-run ID --format label-studio|doccano --out FILE [--db DB] [--offsets UNIT]
 [--label-config XML]``. The completed annotations come back with ``ner ingest --format label_studio``
 or ``--format doccano`` (both detected from the content too) and become a dataset version's gold.
+Every entity is written, a span run's overlapping (nested) ones too: both tools hold overlapping spans and
+their readers give them back (the ingest keeps the outer ones as gold, the others in ``dropped_spans``).
 Offsets are written in the unit each tool counts (Label Studio: code points; doccano: UTF-16 units);
 ``--offsets`` overrides it (see :mod:`ner_core.data.formats.label_studio` and
 :mod:`ner_core.data.formats.doccano`).
@@ -53,10 +55,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         write_atomic(args.label_config, label_config(summary["labels"]))
     # the file holds the run's texts: `ner datasets delete` finds it through the manifest
     record_outputs(args.db, f"ner export --pred-run {args.pred_run}", [args.out])
+    nested = f" ({summary['overlapping']} overlap another: nested)" if summary["overlapping"] else ""
     print(
         f"exported prediction run {args.pred_run}: {summary['documents']} documents, "
-        f"{summary['entities']} entities as {args.format} ({summary['offsets']} offsets) to {args.out}"
-        + (f"; labelling config in {args.label_config}" if args.label_config else "")
+        f"{summary['entities']} entities{nested} as {args.format} ({summary['offsets']} offsets) "
+        f"to {args.out}" + (f"; labelling config in {args.label_config}" if args.label_config else "")
     )
     return 0
 
@@ -65,7 +68,8 @@ def export_prediction_run(
     db_path: str | Path, pred_run_id: str, fmt: str, out: str | Path, *, offsets: str | None = None
 ) -> dict:
     """Write prediction run ``pred_run_id`` as ``fmt`` (``label-studio`` or ``doccano``) to ``out``;
-    returns ``{"documents", "entities", "labels", "offsets"}``. Nothing is written on error."""
+    returns ``{"documents", "entities", "overlapping", "labels", "offsets"}`` (``overlapping``: entities
+    overlapping an earlier one, a span run's nested ones). Nothing is written on error."""
     from ner_core.data.formats.doccano import write_doccano
     from ner_core.data.formats.label_studio import write_label_studio
     from storage.interop import prediction_run_export
@@ -87,6 +91,7 @@ def export_prediction_run(
     return {
         "documents": len(docs),
         "entities": sum(len(d["entities"]) for d in docs),
+        "overlapping": run["overlapping"],
         "labels": run["labels"],
         "offsets": unit,
     }
