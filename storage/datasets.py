@@ -392,10 +392,19 @@ def _check_split(con: duckdb.DuckDBPyConnection, dataset: str, v: int, split: st
         raise ValueError(f"dataset {dataset!r} version {v} has no split {split!r}; splits: {have}")
 
 
+def _has_dropped_spans(con: duckdb.DuckDBPyConnection) -> bool:
+    """Files older than schema version 5 have no ``dropped_spans`` table (read-only opens do not migrate):
+    nothing was dropped there."""
+    sql = "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'dropped_spans' AND schema_name = 'main'"
+    return bool(con.execute(sql).fetchone()[0])
+
+
 def _nested_spans(
     con: duckdb.DuckDBPyConnection, dataset: str, v: int, split: str | None
 ) -> dict[str, list[tuple[int, int, str]]]:
     """The dropped ``nested`` / ``same_span`` spans per doc_id (of ``split`` when given)."""
+    if not _has_dropped_spans(con):
+        return {}
     only_split = " AND d.split = ?" if split is not None else ""
     rows = con.execute(
         'SELECT s.doc_id, s.start, s."end", s.label FROM dropped_spans s JOIN documents d '
@@ -412,13 +421,15 @@ def _nested_spans(
 def _dropped_counts(
     con: duckdb.DuckDBPyConnection, dataset: str, v: int, splits: tuple[str, ...] | None
 ) -> dict[str, int]:
+    counts = dict.fromkeys(("nested", "crossing", "same_span"), 0)
+    if not _has_dropped_spans(con):
+        return counts
     only = f" AND d.split IN ({', '.join('?' * len(splits))})" if splits else ""
     rows = con.execute(
         "SELECT s.reason, count(*) FROM dropped_spans s JOIN documents d USING (dataset, version, doc_id) "
         f"WHERE d.dataset = ? AND d.version = ?{only} GROUP BY s.reason",
         [dataset, v, *(splits or ())],
     ).fetchall()
-    counts = dict.fromkeys(("nested", "crossing", "same_span"), 0)
     counts.update({reason: int(n) for reason, n in rows})
     return counts
 

@@ -325,3 +325,15 @@ def test_ner_test_scores_overlapping_predictions_on_a_stored_split(cli_env, tiny
     assert "Character and sentence accuracy are computed from the outermost spans" in stdout
     summary = json.loads(stdout[stdout.rindex("\n{") :])
     assert summary["recall"] == 1.0 and summary["char_accuracy"] == 1.0 and summary["precision"] < 1.0
+
+
+def test_a_database_from_before_dropped_spans_still_trains_and_loads(legacy_db):
+    """A file written before schema version 5 has no dropped_spans table; read-only reads do not migrate."""
+    with duckdb.connect(legacy_db, read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert "gold_entities" in tables and "dropped_spans" not in tables
+    plain = training_documents(legacy_db, "sample")
+    nested = training_documents(legacy_db, "sample", nested=True)
+    assert plain.dropped == nested.dropped == {"nested": 0, "crossing": 0, "same_span": 0}
+    assert [d.entities for d in nested.train] == [d.entities for d in plain.train] and plain.train
+    assert load_documents(legacy_db, "sample", "dev", nested=True) == plain.dev
