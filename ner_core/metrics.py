@@ -5,9 +5,9 @@ Definitions (those of the seed, keras-bert-ner, made explicit):
 * **Character accuracy**: correct tags over all non-padding positions, ``O`` included. Tags are in
   the run's scheme and derived from spans with :func:`ner_core.schemes.spans_to_tags`, so gold and
   prediction are compared in the same canonical encoding. A tag sequence holds no overlapping
-  entities: when gold or prediction nest (a span decoder's run), both accuracies are computed from the
-  outermost spans (:func:`ner_core.schemes.outermost`, the ingest's rules) and the report
-  says so (``tags_from``).
+  entities: when gold or prediction nest, and always for a span decoder's run (``evaluate(...,
+  outermost_tags=True)``), both accuracies are computed from the outermost spans
+  (:func:`ner_core.schemes.outermost`, the ingest's rules) and the report says so (``tags_from``).
 * **Sentence accuracy**: the share of sentences whose every tag is right (a sentence with no
   characters counts as right).
 * **Entity level**: strict exact-span match: a predicted entity is correct iff a gold entity has the
