@@ -700,3 +700,57 @@ def test_evaluate_model_scores_a_span_model_by_span_sets_and_outermost_tags(toke
     assert report.tags_from == "outermost spans"
     # predicted (flat): 张三 PER, 北京大学 ORG, 华为 ORG; right: 北京大学 ORG
     assert (report.precision, report.recall) == pytest.approx((1 / 3, 1 / 2))
+
+
+def test_seed_predict_with_a_span_model_writes_outermost_tags_and_every_span(
+    tmp_path, monkeypatch, span_model_dir, span_loaded, tiny_encoder_dir, capsys
+):
+    """``ner predict -test_data``: the tag list holds the tags of the outermost entities and the summary
+    says so; the entities file holds every span; --span-threshold reaches the tagger (refused for a CRF
+    model in one line)."""
+    from app import cli
+    from ner_core.config import PredictionConfig
+    from ner_core.data.formats.overlaps import outermost
+    from ner_core.documents import Entity
+    from ner_core.inference.tagger import Tagger
+    from ner_core.schemes import spans_to_tags
+    from tests.test_predict import build_model_dir
+
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "texts.txt"
+    data.write_text(SPAN_TEXTS[0], encoding="utf-8")
+    out = tmp_path / "seed_out"
+    argv = [
+        "predict",
+        "-test_data",
+        str(data),
+        "-model_configs",
+        str(span_model_dir),
+        "-output_path",
+        str(out),
+    ]
+    argv += ["--window", "24", "--precision", "fp32", "--span-threshold", "0.45"]
+    assert cli.main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (
+        "outermost entities" in summary["tags"]
+        and "predict_entities.jsonl holds every entity" in summary["tags"]
+    )
+    expected = Tagger.from_loaded(
+        span_loaded, PredictionConfig(window=24, precision="fp32", span_threshold=0.45)
+    )
+    ents = expected.predict([SPAN_TEXTS[0]])[0]
+    (line,) = (out / "predict_entities.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [(e["start"], e["end"], e["label"]) for e in json.loads(line)["entities"]] == [
+        (e.start, e.end, e.label) for e in ents
+    ]
+    ((text, tags),) = json.loads((out / "predict_outputs.txt").read_text(encoding="utf-8"))
+    outer = outermost([Entity(start=e.start, end=e.end, label=e.label) for e in ents])
+    assert text == SPAN_TEXTS[0] and tags.split(" ") == spans_to_tags(len(text), outer, "BIOES")
+    assert len(outer) < len(ents) == summary["n_entities"]
+    crf_dir = build_model_dir(tmp_path / "crf", tiny_encoder_dir)
+    capsys.readouterr()
+    crf_argv = ["predict", "-test_data", str(data), "-model_configs", str(crf_dir), "--overlap", "flat"]
+    assert cli.main(crf_argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decodes with a CRF" in err[0], err

@@ -27,6 +27,14 @@ marginals, ``-sum_t sum_k p(y_t = k | text) * ln p(y_t = k | text)`` in nats: 0 
 of every character's tag, larger the more characters it hesitates on and the more it hesitates (a long
 text sums more characters: it also costs a reviewer more). The review queue orders by it.
 
+A span-decoder model (``config.decoder.type == "span"``) takes another path, with no tags and no CRF
+(:mod:`ner_core.inference.spans`): windows overlapping by at least its ``max_span_len``, each span scored in
+the window where it sits most centrally, entities = spans whose probability reaches the threshold (nested
+or flat), confidence = the span's probability, and document uncertainty = the summed binary entropy (nats)
+of the scored spans with probability in [0.05, 0.95], ``-sum (p ln p + (1 - p) ln (1 - p))``: 0 when the
+model is sure of every span, so the review queue orders both decoders' documents by one kind of figure.
+:meth:`Tagger.tag_texts` gives a span model's tags as those of its outermost entities.
+
 On CPU the whole-text Viterbi and forward-backward run in the compiled C kernels of
 :mod:`ner_core.model._ckernel` (thousands of sequential steps for a 16,000-character text); without a C
 compiler
@@ -691,7 +699,10 @@ def calibrate_prediction(
 
         return make
 
-    shape = model_shape(model, window=max_len, windows=n)
+    # a span model's path costs differently from a CRF model's of the same encoder: its own cache entry
+    shape = model_shape(
+        model, window=max_len, windows=n, **({"decoder": "span"} if is_span_model(model) else {})
+    )
     key = calibration_key("prediction", device, shape)
     with torch.random.fork_rng(devices=[]):
         return calibrated(key, {p: build(p) for p in todo}, purpose="prediction")
