@@ -186,11 +186,14 @@ def evaluate_step(
     from ner_core.inference.evaluate import evaluate_model
 
     loaded = load_model_dir(model_dir)
+    nested = loaded.config.decoder.type == "span"  # a span model is scored on the nested gold as well
     if file:
         from ner_core.data.formats import read_file
+        from ner_core.data.formats.overlaps import nested_documents
 
         parsed = read_file(file, untyped_label=loaded.config.data.untyped_label)
-        docs, dataset, split, version = parsed.documents, Path(file).name, None, None
+        docs = nested_documents(parsed)[0] if nested else parsed.documents
+        dataset, split, version = Path(file).name, None, None
         unknown = sorted({e.label for d in docs for e in d.entities} - set(loaded.labels))
         if unknown:
             raise ValueError(f"{file}: labels {unknown} are not in the model's label set {loaded.labels}")
@@ -198,7 +201,7 @@ def evaluate_step(
         if not dataset:
             raise ValueError("evaluation needs a dataset (and split) or a file")
         version = latest_version(db_path, dataset)
-        docs = load_documents(db_path, dataset, split, version)
+        docs = load_documents(db_path, dataset, split, version, nested=nested)
     if not docs:
         raise ValueError(f"no labelled documents to evaluate in {file or f'{dataset}/{split}'}")
     report = evaluate_model(loaded.model, loaded.tokenizer, docs, max_len=loaded.config.data.max_len)

@@ -268,18 +268,16 @@ def cli_env(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.mark.parametrize("span_model", [False, True])
-def test_seed_test_outputs_tag_the_outermost_spans_and_say_so(cli_env, tiny_encoder_dir, nested_corpus,
-                                                              monkeypatch, span_model):  # fmt: skip
-    import app.seed_commands as seed
+def test_seed_test_outputs_tag_the_outermost_spans_and_say_so(
+    cli_env, tiny_encoder_dir, nested_corpus, span_model_dir, monkeypatch, span_model
+):
     from tests.test_predict import build_model_dir
 
     out, splits = nested_corpus
-    model_dir = build_model_dir(cli_env / "m", tiny_encoder_dir)
+    model_dir = span_model_dir if span_model else build_model_dir(cli_env / "m", tiny_encoder_dir)
     docs = splits["test"]
-    if span_model:
-        monkeypatch.setattr(seed, "is_span_model", lambda config: True)
     data = cli_env / "test.jsonl"
-    # the model's labels are FIN/LOC/ORG/PER: keep the fixture's LOC/ORG/PER entities
+    # the models' labels are (FIN/)LOC/ORG/PER: keep the fixture's LOC/ORG/PER entities
     kept = [
         {"text": d["text"], "entities": [e for e in d["entities"] if e["label"] != "PRODUCT"]} for d in docs
     ]
@@ -307,24 +305,43 @@ def test_seed_test_outputs_tag_the_outermost_spans_and_say_so(cli_env, tiny_enco
         assert report["recall"] == 1.0 and report["precision"] < 1.0
 
 
-def test_ner_test_scores_overlapping_predictions_on_a_stored_split(cli_env, tiny_encoder_dir, nested_corpus,
-                                                                   monkeypatch):  # fmt: skip
-    """``ner test`` on a stored split when the predictions nest (a span model's): scored, no tag error."""
+@pytest.fixture(scope="module")
+def span_model_dir(tmp_path_factory, tiny_encoder_dir) -> Path:
+    from tests.test_span_predict import build_span_model_dir
+
+    return build_span_model_dir(tmp_path_factory.mktemp("span-model") / "model", tiny_encoder_dir)
+
+
+@pytest.mark.parametrize("decoder", ["crf", "span"])
+def test_ner_test_scores_nested_predictions_against_the_gold_of_the_model_kind(
+    cli_env, tiny_encoder_dir, nested_corpus, span_model_dir, monkeypatch, decoder
+):
+    """``ner test`` on a stored split and on a file when the predictions nest: scored, no tag error; a span
+    model is scored on the nested gold (every prediction right here), a CRF model on the outer spans (its
+    inner predictions are wrong)."""
     from tests.test_predict import build_model_dir
 
     out, splits = nested_corpus
-    model_dir = build_model_dir(cli_env / "m", tiny_encoder_dir)
+    model_dir = span_model_dir if decoder == "span" else build_model_dir(cli_env / "m", tiny_encoder_dir)
     db = cli_env / "ner.duckdb"
     ingest_dataset(db, "nested", {name: out / f"{name}.jsonl" for name in ("train", "dev", "test")})
-    spans = {d["text"]: [(e["start"], e["end"], e["label"]) for e in d["entities"]] for d in splits["test"]}
-    _predict_every_gold_span(monkeypatch, spans)
-    rc, stdout, err = _run_cli(
-        ["test", "--no-prefect", "--db", str(db), "--dataset", "nested", "--model-dir", str(model_dir)]
-    )
-    assert rc == 0, err
-    assert "Character and sentence accuracy are computed from the outermost spans" in stdout
-    summary = json.loads(stdout[stdout.rindex("\n{") :])
-    assert summary["recall"] == 1.0 and summary["char_accuracy"] == 1.0 and summary["precision"] < 1.0
+    file = cli_env / "labelled.jsonl"  # the test models have no PRODUCT label: a file without it
+    kept = [{"text": d["text"], "entities": [e for e in d["entities"] if e["label"] != "PRODUCT"]}
+            for d in splits["test"]]  # fmt: skip
+    file.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in kept), encoding="utf-8")
+    for data, docs in ((["--dataset", "nested"], splits["test"]), (["--file", str(file)], kept)):
+        spans = {d["text"]: [(e["start"], e["end"], e["label"]) for e in d["entities"]] for d in docs}
+        _predict_every_gold_span(monkeypatch, spans)
+        argv = ["test", "--no-prefect", "--db", str(db), *data, "--model-dir", str(model_dir)]
+        rc, stdout, err = _run_cli(argv)
+        assert rc == 0, err
+        assert "Character and sentence accuracy are computed from the outermost spans" in stdout
+        summary = json.loads(stdout[stdout.rindex("\n{") :])
+        assert summary["recall"] == 1.0 and summary["char_accuracy"] == 1.0
+        if decoder == "span":
+            assert summary["precision"] == 1.0 and "| nested | 1.0000 | 1.0000 |" in stdout
+        else:
+            assert summary["precision"] < 1.0
 
 
 def test_a_database_from_before_dropped_spans_still_trains_and_loads(legacy_db):
