@@ -354,3 +354,21 @@ def test_a_database_from_before_dropped_spans_still_trains_and_loads(legacy_db):
     assert plain.dropped == nested.dropped == {"nested": 0, "crossing": 0, "same_span": 0}
     assert [d.entities for d in nested.train] == [d.entities for d in plain.train] and plain.train
     assert load_documents(legacy_db, "sample", "dev", nested=True) == plain.dev
+
+
+def test_the_seed_decode_route_answers_nested_entities_with_outer_tags(span_model_dir, monkeypatch):
+    """``POST /decode`` (the seed's answer: one tag per character) with a span model whose entities nest."""
+    from fastapi.testclient import TestClient
+
+    from app.serve import create_app
+
+    text = "他在北京大学读书"
+    _predict_every_gold_span(monkeypatch, {text: [(2, 6, "ORG"), (2, 4, "LOC")]})
+    app = create_app(span_model_dir, batch_requests=False)
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        answer = client.post("/decode", json={"text": text})
+        nested = client.post("/predict", json={"texts": [text]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["tags"] == "O O B-ORG I-ORG I-ORG E-ORG O O"
+    (result,) = nested.json()["results"]  # /predict keeps every span
+    assert [(e["start"], e["end"], e["label"]) for e in result["entities"]] == [(2, 6, "ORG"), (2, 4, "LOC")]

@@ -573,18 +573,19 @@ class DecodeRequest(BaseModel):
 
 
 def _add_seed_route(app, batcher: RequestBatcher, limits: ServeLimits, scheme: str) -> None:
-    """``POST /decode``: the seed's request and answer (``{"text"}`` -> ``{"text", "tags"}``)."""
+    """``POST /decode``: the seed's request and answer (``{"text"}`` -> ``{"text", "tags"}``); tags cannot
+    nest, so a span model's answer holds the tags of its outermost entities."""
     from fastapi import HTTPException
     from fastapi.responses import JSONResponse
 
     from ner_core.documents import Entity
-    from ner_core.schemes import spans_to_tags
+    from ner_core.schemes import outermost, spans_to_tags
 
     @app.post("/decode")
     async def decode(req: DecodeRequest):
         if len(req.text) > limits.max_chars:
             raise HTTPException(413, f"text has {len(req.text)} characters; at most {limits.max_chars}")
         (ents,) = await _tag(batcher, [req.text])
-        spans = [Entity(start=e.start, end=e.end, label=e.label) for e in ents]
+        spans = outermost(Entity(start=e.start, end=e.end, label=e.label) for e in ents)
         body = {"text": req.text, "tags": " ".join(spans_to_tags(len(req.text), spans, scheme))}
         return JSONResponse(body, headers={CHARS_HEADER: str(len(req.text))})
