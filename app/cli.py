@@ -1,8 +1,9 @@
 """The ``ner`` command line: it assembles the commands of :mod:`app.commands` (one module each) into one
 parser and runs the one asked for. Subcommands mirror the seed (``train``, ``test``, ``predict``,
-``deploy`` = ``serve``) plus ``ingest``, ``datasets``, ``pipeline``, ``demo``, ``runs``, ``promote``
-(``--rollback``), ``review export``, ``lineage``, ``export`` (Label Studio / doccano), ``ui``, ``bench``,
-``query``, ``prefect`` (``up`` / ``down`` / ``status`` of a local server + worker + deployments) and
+``deploy`` = ``serve``) plus ``adapt`` (MLM pretraining on unlabeled text), ``ingest``, ``datasets``,
+``pipeline``, ``demo``, ``runs``, ``promote`` (``--rollback``), ``review export``, ``lineage``, ``export``
+(Label Studio / doccano), ``ui``, ``bench``, ``query``, ``prefect`` (``up`` / ``down`` / ``status`` of a
+local server + worker + deployments) and
 ``convert-checkpoint`` (a Google TF1 BERT/ALBERT checkpoint to a Hugging Face folder).
 
 Each command runs its Prefect flow; ``--no-prefect`` (or ``NER_NO_PREFECT=1``) runs the same steps without
@@ -23,6 +24,7 @@ from types import ModuleType
 from pydantic import ValidationError
 
 from app.commands import (
+    adapt,
     bench,
     convert_checkpoint,
     datasets,
@@ -54,6 +56,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     ingest,
     datasets,
     train,
+    adapt,
     test,
     predict,
     pipeline,
