@@ -181,8 +181,8 @@ def viterbi(
     Args:
         em: ``(B, T, K)`` float32 emissions; start ``(K,)``, trans ``(K, K)`` [from, to], end ``(K,)``
             float32 with the constraints applied (forbidden entries ``-inf``, or a finite penalty added);
-            lengths ``(B,)`` int64 in ``[1, T]``. A row with no allowed path comes back with some
-            forbidden path (the caller checks).
+            lengths ``(B,)`` int64 in ``[1, T]``. A row with no allowed path (its best score is
+            ``-inf``) comes back as all -1.
         threads: split the rows over this many threads.
 
     Raises:

@@ -74,29 +74,33 @@ def _as_bool_tensor(value: object, shape: tuple[int, ...], what: str) -> Tensor:
 _EXACT_BELOW = 1e-280
 
 
-def _finite_or_zero(x: Tensor) -> Tensor:
-    """``x`` with infinite entries (a max over removed moves only: ``-inf``) replaced by 0, so shifting
-    by it never computes ``-inf - -inf``."""
-    return torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+class _ShiftedExp:
+    """A score matrix m (K, K) with ``exp(m - column max)`` precomputed for :func:`_log_matmul_exp` (the
+    scores do not change across the steps). An all ``-inf`` column (no allowed move into that state) is
+    shifted by 0, so it gives exp(-inf) = 0 rather than exp(-inf - -inf) = NaN."""
+
+    def __init__(self, m: Tensor) -> None:
+        self.m = m  # (K, K)
+        self.col_max = m.max(dim=0, keepdim=True).values.nan_to_num(neginf=0.0)  # (1, K)
+        self.exp = torch.exp(m - self.col_max)  # (K, K)
 
 
-def _log_matmul_exp(a: Tensor, m: Tensor) -> Tensor:
+def _log_matmul_exp(a: Tensor, m: _ShiftedExp) -> Tensor:
     """``out[b, j] = logsumexp_i a[b, i] + m[i, j]`` for a (B, K), m (K, K), as one matmul in exp space.
 
     Both sides are shifted by their maxima first, so nothing overflows; ``-inf`` entries (removed moves,
-    unreachable states) contribute exactly 0, and an all ``-inf`` row or column is shifted by 0 instead
-    of by its ``-inf`` maximum. Where the product underflows (the scores of one step span more than
-    ~650, or no allowed move leads to the state) the entries are recomputed as an exact log-sum-exp, so
-    a state no allowed path reaches gets exactly ``-inf`` and large scores stay exact. Callers use float64.
+    unreachable states) contribute exactly 0, and an all ``-inf`` row of ``a`` (or column of ``m``) is
+    shifted by 0 instead of by its ``-inf`` maximum. Where the product underflows (the scores of one step
+    span more than ~650, or no allowed move leads to the state) the entries are recomputed as an exact
+    log-sum-exp, so a state no allowed path reaches gets exactly ``-inf`` and large scores stay exact.
+    Callers use float64.
     """
-    a_max = _finite_or_zero(a.max(dim=1, keepdim=True).values)  # (B, 1)
-    m_max = _finite_or_zero(m.max(dim=0, keepdim=True).values)  # (1, K)
-    prod = torch.exp(a - a_max) @ torch.exp(m - m_max)  # (B, K)
-    low = prod < _EXACT_BELOW  # (B, K)
-    out = torch.log(prod.clamp_min(_EXACT_BELOW)) + a_max + m_max  # (B, K)
-    if bool(low.any()):  # rare with ordinary scores: the (B, K, K) exact form only then
-        exact = torch.logsumexp(a.unsqueeze(2) + m.unsqueeze(0), dim=1)  # (B, K); all -inf -> -inf
-        out = torch.where(low, exact, out)
+    a_max = a.max(dim=1, keepdim=True).values.nan_to_num(neginf=0.0)  # (B, 1)
+    prod = torch.exp(a - a_max) @ m.exp  # (B, K)
+    out = torch.log(prod) + (a_max + m.col_max)  # (B, K); -inf where prod underflowed to 0
+    if float(prod.min()) < _EXACT_BELOW:  # rare with ordinary scores: the (B, K, K) exact form only then
+        exact = torch.logsumexp(a.unsqueeze(2) + m.m.unsqueeze(0), dim=1)  # (B, K); all -inf -> -inf
+        out = torch.where(prod < _EXACT_BELOW, exact, out)
     return out
 
 
@@ -202,19 +206,6 @@ class ConstrainedCRF(nn.Module):
         )
         return start, trans, end
 
-    def _paths_allowed(self, paths: Tensor, lengths: Tensor) -> Tensor:
-        """``(B,)`` bool: whether each row's path ``(B, T)`` (up to its length) starts, moves and ends as
-        allowed. Exact decoding returns an allowed path for every row that has one, so a row failing this
-        check has none."""
-        B, T = paths.shape
-        rows = torch.arange(B, device=paths.device)
-        ok = self.allowed_start[paths[:, 0]] & self.allowed_end[paths[rows, lengths - 1]]  # (B,)
-        if T > 1:
-            moves = self.allowed_trans[paths[:, :-1], paths[:, 1:]]  # (B, T-1)
-            on = torch.arange(1, T, device=paths.device).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T-1)
-            ok &= (moves | ~on).all(dim=1)
-        return ok
-
     @staticmethod
     def _use_kernel(backend: str, emissions: Tensor, what: str) -> bool:
         if backend not in ("auto", "c", "torch"):
@@ -293,30 +284,33 @@ class ConstrainedCRF(nn.Module):
         ``-inf``); a row with no allowed path gets the penalised fallback of the module doc.
         """
         kernel = self._use_kernel(backend, emissions, "Viterbi")
-        paths, lengths = self._viterbi_with(emissions, mask, kernel, None)
-        if self.is_constrained:
-            stuck = ~self._paths_allowed(paths, lengths)  # (B,): rows with no allowed path at all
-            if bool(stuck.any()):
-                sub, _ = self._viterbi_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
-                paths[stuck] = sub
+        paths, lengths, stuck = self._viterbi_with(emissions, mask, kernel, None)
+        if bool(stuck.any()):  # rows with no allowed path at all (never without constraints)
+            paths[stuck] = self._viterbi_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)[0]
         return paths, lengths
 
     def _viterbi_with(
         self, emissions: Tensor, mask: Tensor, kernel: bool, penalty: float | None
-    ) -> tuple[Tensor, Tensor]:
-        """Viterbi by the C kernel or the tensor implementation, under :meth:`_constrained_scores`."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Viterbi by the C kernel or the tensor implementation, under :meth:`_constrained_scores`:
+        paths ``(B, T)``, lengths ``(B,)`` and ``(B,)`` bool, True for a row with no allowed path (its
+        path is meaningless)."""
         if kernel:
             lengths = mask.sum(dim=1)  # (B,)
-            paths = _ckernel.viterbi(
-                emissions.detach().float().numpy(force=True),
-                *self._scores_numpy(penalty),
-                lengths.numpy(),
-                threads=torch.get_num_threads(),
+            paths = torch.from_numpy(
+                _ckernel.viterbi(
+                    emissions.detach().float().numpy(force=True),
+                    *self._scores_numpy(penalty),
+                    lengths.numpy(),
+                    threads=torch.get_num_threads(),
+                )
             )
-            return torch.from_numpy(paths), lengths
+            return paths, lengths, paths[:, 0] < 0  # the kernel writes -1 for a row with no allowed path
         return self._viterbi_torch(emissions, mask, self._constrained_scores(torch.float32, penalty))
 
-    def _viterbi_torch(self, emissions: Tensor, mask: Tensor, scores: Scores) -> tuple[Tensor, Tensor]:
+    def _viterbi_torch(
+        self, emissions: Tensor, mask: Tensor, scores: Scores
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """The tensor implementation of :meth:`viterbi_tensor`.
 
         The forward pass runs unmasked (a step only depends on earlier ones, so each row's scores up to
@@ -342,6 +336,7 @@ class ConstrainedCRF(nn.Module):
         rows = torch.arange(B, device=device)
         final = scores[lengths - 1, rows] + end.unsqueeze(0)  # (B, K)
         last = final.argmax(dim=1)  # (B,)
+        stuck = torch.isneginf(final.amax(dim=1))  # (B,): no allowed path
         # Steps past a row's end get identity backpointers, so back-tracking from the last column
         # carries the row's last tag through its padding unchanged.
         identity = torch.arange(K, device=device).view(1, 1, K)  # (1, 1, K)
@@ -351,17 +346,18 @@ class ConstrainedCRF(nn.Module):
         for t in range(T - 1, 0, -1):  # one batched gather per step, never a loop per sequence
             torch.gather(history[t], 1, path_tb[t], out=path_tb[t - 1])  # (B, 1)
         paths = path_tb.squeeze(2).t()  # (B, T)
-        return paths, lengths
+        return paths, lengths, stuck
 
     @staticmethod
     def _forward_alphas(em: Tensor, mask: Tensor, start: Tensor, trans: Tensor) -> Tensor:
         """Forward log-scores ``(B, T, K)`` under the given start (K,) and transition (K, K) scores;
         padded steps repeat the row's last."""
         T = em.shape[1]
+        shifted = _ShiftedExp(trans)
         alpha = start.unsqueeze(0) + em[:, 0]  # (B, K)
         out = [alpha]
         for t in range(1, T):
-            nxt = _log_matmul_exp(alpha, trans) + em[:, t]  # (B, K)
+            nxt = _log_matmul_exp(alpha, shifted) + em[:, t]  # (B, K)
             alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)  # (B, K)
             out.append(alpha)
         return torch.stack(out, dim=1)  # (B, T, K)
@@ -385,10 +381,9 @@ class ConstrainedCRF(nn.Module):
         self._validate(emissions, mask)
         kernel = self._use_kernel(backend, emissions, "marginals")
         out = self._marginals_with(emissions, mask, kernel, None)
-        if self.is_constrained:
-            stuck = torch.isnan(out).flatten(1).any(dim=1)  # (B,): rows with no allowed path at all
-            if bool(stuck.any()):
-                out[stuck] = self._marginals_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
+        stuck = torch.isnan(out[:, 0, 0])  # (B,): no allowed path (the whole row is NaN; step 0 is on)
+        if bool(stuck.any()):
+            out[stuck] = self._marginals_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
         return out
 
     def _marginals_with(self, emissions: Tensor, mask: Tensor, kernel: bool, penalty: float | None) -> Tensor:
@@ -411,7 +406,7 @@ class ConstrainedCRF(nn.Module):
         start, trans, end = scores
         alphas = self._forward_alphas(em, mask, start, trans)  # (B, T, K)
         end_b = end.unsqueeze(0).expand(B, K)  # (B, K)
-        trans_t = trans.t()  # (K, K) [to, from]
+        trans_t = _ShiftedExp(trans.t())  # (K, K) [to, from]
         beta = end_b
         betas = [beta]
         for t in range(T - 2, -1, -1):

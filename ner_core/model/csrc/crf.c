@@ -13,11 +13,12 @@
  *
  * em (B, T, K) float32 C-contiguous; start (K), trans (K, K) [from, to], end (K) with the scheme's
  * constraints already applied: a forbidden entry is -INFINITY (max and + handle it exactly; no +inf
- * ever meets it), so the path is the best allowed one whatever the emissions. A row with no allowed
- * path at all comes back with some forbidden path (the caller checks and decodes such rows again with
- * finite penalties). lengths (B) in [1, T]; paths (B, T) int64 out: steps past a row's length repeat
- * its last tag. Returns 0, or -1 when memory could not be allocated.
+ * ever meets it), so the path is the best allowed one whatever the emissions. lengths (B) in [1, T];
+ * paths (B, T) int64 out: steps past a row's length repeat its last tag; a row with no allowed path at
+ * all (its best score is -inf) is all -1, for the caller to decode again with finite penalties.
+ * Returns 0, or -1 when memory could not be allocated.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #if defined(__AVX__) || defined(__SSE__)
@@ -94,6 +95,10 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
                     tag = j;
                 }
             }
+            if (!(top > -INFINITY)) { /* no allowed path */
+                for (int64_t t = 0; t < T; t++) out[t] = -1;
+                continue;
+            }
             for (int64_t t = L - 1; t < T; t++) out[t] = tag;
             for (int64_t t = L - 1; t > 0; t--) {
                 const float *p = sc + (size_t)(t - 1) * K * LANES;
@@ -134,7 +139,6 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
  * Returns 0, or -1 when memory could not be allocated.
  */
 #include <float.h>
-#include <math.h>
 
 #define EXACT_BELOW 1e-280
 
