@@ -31,7 +31,7 @@ class _DictionarySpanModel(nn.Module):
 
     decoder = "span"
 
-    def __init__(self, tokenizer, max_span_len: int | None = 6, **decoder):
+    def __init__(self, tokenizer, max_span_len: int | None = 6, extra: dict | None = None, **decoder):
         from ner_core.data.alignment import CharAligner
 
         super().__init__()
@@ -40,7 +40,7 @@ class _DictionarySpanModel(nn.Module):
         al = CharAligner(tokenizer)
         self.table = {
             (tuple(al.char_ids(word)), LABELS.index(label)): score
-            for table in (DICTIONARY, UNSURE)
+            for table in (DICTIONARY, UNSURE, extra or {})
             for word, (label, score) in table.items()
         }
         self.limit = max_span_len
@@ -200,6 +200,21 @@ def test_threshold_and_flat_overlap(tokenizer):
     saved_flat = _DictionarySpanModel(tokenizer, overlap="flat", threshold=0.4)
     assert Tagger(saved_flat, tokenizer, max_len=16).predict([TEXT])[0] == flat  # the model's saved mode
     assert Tagger(saved_flat, tokenizer, max_len=16, overlap="allow").predict([TEXT])[0] == low
+
+
+def test_whitespace_at_a_spans_edges_is_trimmed_and_a_trimmed_duplicate_kept_once(tokenizer):
+    from ner_core.inference.tagger import Tagger
+
+    extra = {" 北京": ("LOC", 1.0), "北京 ": ("LOC", 5.0), "  ": ("PER", 3.0), "京 大": ("ORG", 2.0)}
+    fake = _DictionarySpanModel(tokenizer, extra=extra)
+    text = "在  北京 大学"
+    got = Tagger(fake, tokenizer, max_len=16).predict([text])[0]
+    # " 北京" and "北京 " both become 北京 LOC, kept once with the higher probability (5.0 over 3.0 and 1.0)
+    assert [(e.start, e.end, e.label, e.text, e.confidence) for e in got] == [
+        (3, 5, "LOC", "北京", round(_sigmoid(5.0), 6)),
+        (4, 7, "ORG", "京 大", round(_sigmoid(2.0), 6)),  # an inner space stays
+        (6, 8, "ORG", "大学", round(_sigmoid(0.2), 6)),
+    ]  # and "  " PER, whitespace alone, is no entity
 
 
 def test_tags_of_a_span_model_are_those_of_its_outermost_entities(tokenizer):

@@ -24,6 +24,7 @@ is sure of everywhere, so the review queue orders documents of both decoders by 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ import torch
 #: probabilities counted in a document's uncertainty (spans outside it are near-certain answers)
 ENTROPY_BAND = (0.05, 0.95)
 OVERLAP_MODES = ("allow", "flat")
+_SPACE = re.compile(r"\s")
 
 __all__ = [
     "ENTROPY_BAND",
@@ -40,6 +42,7 @@ __all__ = [
     "ScoredSpans",
     "SpanSettings",
     "binary_entropy_sum",
+    "entity_spans",
     "flat_subset",
     "owner_windows",
     "span_stride",
@@ -134,17 +137,56 @@ def window_candidates(
     the scores' device: only the few cells above the floor leave it."""
     scores = logits.detach().float()  # (B, C, L, L)
     cut = math.log(floor / (1.0 - floor)) - 1e-4  # in logit space; the exact test is on the probability
-    valid = char_mask[:, None, :, None] & char_mask[:, None, None, :]  # (B, 1, L, L)
-    hits = ((scores >= cut) & valid).nonzero()  # (N, 4): row, label, first, last
+    hits = (scores >= cut).nonzero()  # (N, 4): row, label, first, last (padding cells are masked scores)
     probs = torch.sigmoid(scores[hits[:, 0], hits[:, 1], hits[:, 2], hits[:, 3]]).double()  # (N,)
     hits, probs = hits.cpu().numpy(), probs.cpu().numpy()
-    keep = probs >= floor
+    char_ok = (
+        char_mask.cpu().numpy()
+    )  # (B, L): a cell of a padding position is never a span, whatever its score
+    keep = (probs >= floor) & char_ok[hits[:, 0], hits[:, 2]] & char_ok[hits[:, 0], hits[:, 3]]
     hits, probs = hits[keep], probs[keep]
-    out = []
-    for r in range(scores.shape[0]):
-        sel = hits[:, 0] == r
-        out.append((hits[sel, 1], hits[sel, 2], hits[sel, 3], probs[sel]))
-    return out
+    bounds = np.searchsorted(hits[:, 0], np.arange(scores.shape[0] + 1))  # rows come sorted from nonzero
+    return [
+        (hits[a:b, 1], hits[a:b, 2], hits[a:b, 3], probs[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+
+
+def entity_spans(
+    text: str, scored: ScoredSpans, threshold: float, labels: Sequence[str]
+) -> list[tuple[int, int, str, float]]:
+    """The spans of ``scored`` at or above ``threshold`` as ``(start, end, label, prob)``, sorted by start,
+    end and label; whitespace at a span's edges trimmed (an entity never begins or ends with a space), a
+    span of whitespace alone dropped, and a span trimmed onto another of the same label kept once, with
+    the higher probability."""
+    hit = scored.probs >= threshold
+    s, e, c, p = scored.starts[hit], scored.ends[hit], scored.labels[hit], scored.probs[hit]
+    if not len(s):
+        return []
+    space = np.zeros(len(text) + 1, dtype=bool)
+    space[[m.start() for m in _SPACE.finditer(text)]] = True
+    edge = np.flatnonzero(space[s] | space[e - 1])
+    if len(edge):  # rare: trimmed one by one, then duplicates dropped
+        s, e = s.copy(), e.copy()
+        for k in edge.tolist():
+            while s[k] < e[k] and space[s[k]]:
+                s[k] += 1
+            while e[k] > s[k] and space[e[k] - 1]:
+                e[k] -= 1
+        keep = s < e
+        s, e, c, p = s[keep], e[keep], c[keep], p[keep]
+    rank = np.argsort(np.argsort(np.asarray(labels, dtype=object)))  # label id -> place by name
+    order = np.lexsort((-p, rank[c], e, s))  # by start, end, label; the most probable first of equals
+    s, e, c, p = s[order], e[order], c[order], p[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = (s[1:] != s[:-1]) | (e[1:] != e[:-1]) | (c[1:] != c[:-1])
+    names = list(labels)
+    return [
+        (a, b, names[k], q)
+        for a, b, k, q in zip(
+            s[first].tolist(), e[first].tolist(), c[first].tolist(), p[first].tolist(), strict=True
+        )
+    ]
 
 
 def binary_entropy_sum(probs: np.ndarray) -> float:

@@ -621,31 +621,13 @@ class Tagger:
 
     def _span_entities(self, text: str, scored: span_decoding.ScoredSpans) -> list[PredictedEntity]:
         """The entities of one text: its spans at or above the threshold, whitespace at their edges trimmed
-        (a span trimmed onto another keeps the higher probability), flat or not, by position."""
+        (:func:`span_decoding.entity_spans`), flat or not, by start, end and label."""
         assert self.span is not None
-        best: dict[tuple[int, int, str], float] = {}
-        hit = scored.probs >= self.span.threshold
-        for c, start, end, p in zip(
-            scored.labels[hit].tolist(),
-            scored.starts[hit].tolist(),
-            scored.ends[hit].tolist(),
-            scored.probs[hit].tolist(),
-            strict=True,
-        ):
-            while start < end and text[start].isspace():
-                start += 1
-            while end > start and text[end - 1].isspace():
-                end -= 1
-            if start < end:
-                key = (start, end, self.labels[c])
-                best[key] = max(best.get(key, 0.0), p)
-        spans = [(s, e, lab, p) for (s, e, lab), p in best.items()]
+        spans = span_decoding.entity_spans(text, scored, self.span.threshold, self.labels)
         if self.span.overlap == "flat":
-            spans = span_decoding.flat_subset(spans, {lab: i for i, lab in enumerate(self.labels)})
-        return [
-            PredictedEntity(s, e, lab, text[s:e], round(p, 6))
-            for s, e, lab, p in sorted(spans, key=lambda x: x[:3])
-        ]
+            flat = span_decoding.flat_subset(spans, {lab: i for i, lab in enumerate(self.labels)})
+            spans = sorted(flat, key=lambda x: x[:3])
+        return [PredictedEntity(s, e, lab, text[s:e], round(p, 6)) for s, e, lab, p in spans]
 
     def _span_tags(
         self, text: str, scored: span_decoding.ScoredSpans
