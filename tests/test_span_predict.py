@@ -769,3 +769,18 @@ def test_seed_predict_with_a_span_model_writes_outermost_tags_and_every_span(
     assert cli.main(crf_argv) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "decodes with a CRF" in err[0], err
+
+
+def test_predict_refuses_a_stride_that_would_cut_spans_before_any_run(tmp_path, span_model_dir, capsys):
+    from app import cli
+
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    db = tmp_path / "s.duckdb"
+    argv = ["predict", "--db", str(db), "--model-dir", str(span_model_dir), str(tmp_path / "t.txt")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--window", "24", "--stride", "19"]) != 0  # overlap 5 < max_span_len 6
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--window/--stride: stride 19 leaves windows of 24 overlapping by 5" in err[0], (
+        err
+    )
+    assert "use a stride of at most 18" in err[0] and not db.exists()

@@ -81,17 +81,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _check_span_options(model_dir: str, options) -> None:
-    """``--span-threshold`` and ``--overlap`` are refused for a CRF model before any run starts."""
+    """Before any run starts: ``--span-threshold`` and ``--overlap`` are refused for a CRF model, and a span
+    model's ``--window``/``--stride`` whose windows would overlap by less than its span limit."""
     from ner_core.artifacts.modeldir import read_saved_config
+    from ner_core.inference.tagger import planned_decoding
 
+    config = read_saved_config(model_dir)
     flags = (("--span-threshold", options.span_threshold), ("--overlap", options.overlap))
     given = [flag for flag, value in flags if value is not None]
-    decoder = str(getattr(getattr(read_saved_config(model_dir), "decoder", None), "type", "crf"))
+    decoder = str(getattr(getattr(config, "decoder", None), "type", "crf"))
     if given and decoder != "span":
         raise CLIError(
             f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to a span-decoder model "
             f"only; {model_dir} decodes with a CRF"
         )
+    if decoder == "span":
+        try:
+            planned_decoding(config, options)
+        except ValueError as exc:
+            raise CLIError(f"--window/--stride: {exc}") from None
 
 
 def _predict_dask(args, model_dir: str, run_id: str | None, source, options):

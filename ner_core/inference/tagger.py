@@ -219,12 +219,16 @@ def _pick(options: PredictionConfig, saved: PredictionConfig, name: str, default
 
 def planned_decoding(config, options: PredictionConfig | None = None) -> dict:
     """:attr:`Tagger.decoding` of ``Tagger.from_loaded(loaded, options)`` for a model whose saved
-    configuration is ``config``, without loading its weights (a sharded run records it once); refuses the
-    span options for a CRF model as the tagger does."""
+    configuration is ``config``, without loading its weights (a sharded run records it once); refuses
+    what the tagger would refuse: the span options for a CRF model, a span model's window no longer than
+    its span limit or a stride whose windows overlap by less."""
     opts, saved = options or PredictionConfig(), config.prediction
     window = _pick(opts, saved, "window", config.data.max_len)
     threshold, overlap = _pick(opts, saved, "span_threshold"), _pick(opts, saved, "overlap")
-    return _decoding(_span_settings(config, window, threshold, overlap))
+    span = _span_settings(config, window, threshold, overlap)
+    if span is not None:
+        span_decoding.span_stride(window, span.max_span_len, _pick(opts, saved, "stride"), 1)
+    return _decoding(span)
 
 
 class Tagger:
