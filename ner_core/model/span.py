@@ -9,8 +9,12 @@ one start/end projection between the labels and adds a per-label bias for the st
 
 with ``[q_i; k_i]`` the projection of character ``i``'s features and ``R_i`` its rotation (RoPE), which
 makes the first term depend on ``i`` and ``j`` only through ``j - i``: the decoder sees span lengths
-without learning them per position. Cells that are no span (``j < i``, padding, longer than
-``max_span_len``) are set to :data:`MASKED` (finite, so sums stay defined; ``sigmoid`` gives 0).
+without learning them per position. The features are layer-normalised first (not in Su's code, which
+projects BERT's output, already normalised): a BiLSTM's or IDCNN's outputs start out small, and a score
+that is a product of two projections of small features moves slowly, so without it a span decoder
+behind a head learnt much more slowly than behind the encoder alone. Cells that are no span (``j < i``,
+padding, longer than ``max_span_len``) are set to :data:`MASKED` (finite, so sums stay defined;
+``sigmoid`` gives 0).
 
 The projection, the scores and the loss run in float32 even under autocast: a score near the threshold
 loses its resolution in bf16 (8 bits of mantissa), as the CRF's scores would.
@@ -76,6 +80,7 @@ class EfficientGlobalPointer(nn.Module):
         super().__init__()
         self.head_size = head_size
         self.num_labels = num_labels
+        self.norm = nn.LayerNorm(in_features)
         self.proj = nn.Linear(in_features, 2 * head_size)  # [q_i; k_i] interleaved
         self.bias = nn.Linear(2 * head_size, 2 * num_labels)  # per label: start bias, end bias
 
@@ -83,7 +88,7 @@ class EfficientGlobalPointer(nn.Module):
         """``h`` ``(B, L, F)`` (any dtype), ``char_mask`` ``(B, L)`` bool -> float32 scores ``(B, C, L, L)``,
         :data:`MASKED` on every cell that is no span."""
         with torch.autocast(h.device.type, enabled=False):
-            x = self.proj(h.float())  # (B, L, 2d)
+            x = self.proj(self.norm(h.float()))  # (B, L, 2d)
             q, k = rope(x[..., 0::2]), rope(x[..., 1::2])  # (B, L, d) each
             scores = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)  # (B, L, L)
             bias = self.bias(x).transpose(1, 2) / 2  # (B, 2C, L)
