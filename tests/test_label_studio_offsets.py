@@ -8,6 +8,7 @@ import json
 
 from ner_core.data.formats import read_file
 from ner_core.data.formats.label_studio import write_label_studio
+from ner_core.data.formats.offsets import from_utf16, utf16_table
 
 
 def span(start: int, end: int, text: str, label: str = "X") -> dict:
@@ -103,3 +104,10 @@ def test_utf16_export_round_trips(tmp_path):
         [(1, 2)],
         [(1, 2), (2, 3)],
     ]
+
+
+def test_utf16_table_equals_from_utf16_at_every_offset():
+    """The one-pass table the reader uses (instead of a scan of the text per span) is from_utf16."""
+    for text in ["", "北京", "😀", "😀aa", "深圳👍", "a😀😀b𠀀c", "😀李李"]:
+        units = sum(2 if ord(c) > 0xFFFF else 1 for c in text)
+        assert utf16_table(text) == [from_utf16(text, u) for u in range(units + 1)], text

@@ -43,7 +43,7 @@ from xml.sax.saxutils import quoteattr
 from ner_core.data.formats.context import ReadContext, short_repr
 from ner_core.data.formats.json_arrays import _read_json_array
 from ner_core.data.formats.json_lines import _check_spans, _is_int
-from ner_core.data.formats.offsets import from_utf16, has_astral, span_to_unit
+from ner_core.data.formats.offsets import has_astral, span_to_unit, utf16_table
 from ner_core.data.formats.registry import register
 
 __all__ = ["label_config", "read_label_studio", "write_atomic", "write_label_studio"]
@@ -152,10 +152,15 @@ def _latest_annotation(annotations: list) -> dict | None:
 RawSpan = tuple[int, int, str, "str | None"]  # (start, end, label, mention|None) in the file's unit
 
 
-def _fits(text: str, s: int, e: int, mention: str, unit: str) -> bool:
+def _cp(table: list[int | None], unit: int) -> int | None:
+    """Code-point offset of UTF-16 offset ``unit`` by :func:`utf16_table`; ``None`` outside or inside."""
+    return table[unit] if 0 <= unit < len(table) else None
+
+
+def _fits(text: str, table: list[int | None], s: int, e: int, mention: str, unit: str) -> bool:
     """Whether ``mention`` is at ``[s, e)`` of ``text`` counted in ``unit``; never slices past the end."""
     if unit == "utf16":
-        cs, ce = from_utf16(text, s), from_utf16(text, e)
+        cs, ce = _cp(table, s), _cp(table, e)
         return cs is not None and ce is not None and cs < ce and text[cs:ce] == mention
     return 0 <= s < e <= len(text) and text[s:e] == mention
 
@@ -165,11 +170,12 @@ def _deciding(text: str, raw: list[RawSpan]) -> dict[str, RawSpan]:
     out: dict[str, RawSpan] = {}
     if not has_astral(text):  # both units count the same: nothing to decide
         return out
+    table = utf16_table(text)
     for span in raw:
         s, e, _, mention = span
         if mention is None:
             continue
-        cp, u16 = _fits(text, s, e, mention, "codepoint"), _fits(text, s, e, mention, "utf16")
+        cp, u16 = _fits(text, table, s, e, mention, "codepoint"), _fits(text, table, s, e, mention, "utf16")
         if cp != u16:
             out.setdefault("codepoint" if cp else "utf16", span)
     return out
@@ -178,11 +184,12 @@ def _deciding(text: str, raw: list[RawSpan]) -> dict[str, RawSpan]:
 def _in_code_points(text: str, raw: list[RawSpan], unit: str) -> list[RawSpan]:
     """``raw`` in code points; a UTF-16 offset that splits a character is kept as given (the span checks
     then report it, or the mention check does)."""
-    if unit != "utf16":
+    if unit != "utf16" or not has_astral(text):
         return raw
+    table = utf16_table(text)
     out = []
     for s, e, lab, mention in raw:
-        cs, ce = from_utf16(text, s), from_utf16(text, e)
+        cs, ce = _cp(table, s), _cp(table, e)
         out.append((s, e, lab, mention) if cs is None or ce is None else (cs, ce, lab, mention))
     return out
 
@@ -243,18 +250,18 @@ def read_label_studio(ctx: ReadContext, data: bytes) -> bool:
     items = _read_json_array(ctx, data)
     if items is None:
         return False
-    tasks = []  # (record, line, task, text, annotations, annotation, raw spans)
+    tasks = []  # (record, line, task, text, annotations, annotation, raw spans, deciding spans)
     file_units: set[str] = set()
     for record, line, task in items:
         text = _task_text(task)
         annotations = task.get("annotations", []) if isinstance(task, dict) else None
         ann = _latest_annotation(annotations) if isinstance(annotations, list) else None
         raw = _result_spans(ann.get("result")) if ann is not None else None
-        if text is not None and raw is not None:
-            file_units.update(_deciding(text, raw))
-        tasks.append((record, line, task, text, annotations, ann, raw))
+        decided = _deciding(text, raw) if text is not None and raw is not None else {}
+        file_units.update(decided)
+        tasks.append((record, line, task, text, annotations, ann, raw, decided))
     file_unit = next(iter(file_units)) if len(file_units) == 1 else "codepoint"
-    for record, line, task, text, annotations, ann, raw in tasks:
+    for record, line, task, text, annotations, ann, raw, decided in tasks:
         if text is None or not isinstance(annotations, list):
             ctx.err(line, record, "bad_record", f"{_SHAPE}, got {short_repr(task)}")
             ctx.rejected += 1
@@ -274,7 +281,7 @@ def read_label_studio(ctx: ReadContext, data: bytes) -> bool:
             )
             ctx.rejected += 1
             continue
-        unit = _task_unit(ctx, line, record, _deciding(text, raw), file_unit)
+        unit = _task_unit(ctx, line, record, decided, file_unit)
         spans = None
         if unit is not None:
             spans = _check_spans(ctx, text, _in_code_points(text, raw, unit), line, record)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["OFFSET_UNITS", "OffsetUnit", "from_utf16", "has_astral", "span_to_unit", "to_utf16"]
+__all__ = [
+    "OFFSET_UNITS",
+    "OffsetUnit",
+    "from_utf16",
+    "has_astral",
+    "span_to_unit",
+    "to_utf16",
+    "utf16_table",
+]
 
 OffsetUnit = Literal["codepoint", "utf16"]
 OFFSET_UNITS: tuple[str, ...] = ("codepoint", "utf16")
@@ -39,6 +47,19 @@ def from_utf16(text: str, unit: int) -> int | None:
         if u > unit:
             return None
     return len(text) if u == unit else None
+
+
+def utf16_table(text: str) -> list[int | None]:
+    """:func:`from_utf16` for every UTF-16 unit offset ``0 .. len`` at once (one pass over ``text``, so
+    a text with many spans is not rescanned per span): the code-point offset, ``None`` between the two
+    halves of one character."""
+    out: list[int | None] = []
+    for i, c in enumerate(text):
+        out.append(i)
+        if ord(c) > 0xFFFF:
+            out.append(None)
+    out.append(len(text))
+    return out
 
 
 def span_to_unit(text: str, start: int, end: int, unit: str) -> tuple[int, int]:
