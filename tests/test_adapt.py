@@ -255,5 +255,6 @@ def test_adapt_step_reads_a_stored_dataset(tiny_encoder_dir, tmp_path):
     res = adapt_step(cfg, str(tmp_path / "out"), dataset="sample", split="dev", db_path=db, progress=False)
     n_dev = sum(1 for line in open(SAMPLE / "dev.jsonl", encoding="utf-8") if line.strip())
     assert res.corpus_texts == n_dev and res.masking == "char" and res.segmenter is None
+    assert res.source == {"dataset": "sample", "split": "dev", "version": 1, "db": str(Path(db).resolve())}
     with pytest.raises(ValueError, match="exactly one"):
         adapt_step(cfg, str(tmp_path / "o2"), corpus=["x.txt"], dataset="sample", db_path=db)

@@ -135,6 +135,7 @@ class AdaptResult(BaseModel):
     windows: int
     corpus_texts: int
     corpus_sha256: str
+    source: dict | None = Field(None, description="how the corpus was named: files, or a dataset version")
     seconds: float = Field(description="training seconds, all resumes together")
     steps_per_second: float
     eval_loss_before: float | None = Field(description="MLM loss on the fixed held-out windows, at step 0")
@@ -399,6 +400,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     corpus_sha: str
     n_texts: int
+    source: dict | None
     order: tuple[int, np.ndarray] | None = None  # (pass over the corpus, its window order)
 
 
@@ -546,6 +548,7 @@ def _set_up(cfg: AdaptConfig, texts, work: Path, out: Path, resume: bool, source
         optimizer=optimizer,
         corpus_sha=sha,
         n_texts=len(texts),
+        source=source,
     )
 
 
@@ -737,6 +740,7 @@ def _result(run: _Run, state: TrainingState, before, after, stopped: str) -> Ada
         windows=len(run.windows),
         corpus_texts=run.n_texts,
         corpus_sha256=run.corpus_sha,
+        source=run.source,
         seconds=round(state.elapsed, 3),
         steps_per_second=state.step / max(state.elapsed, 1e-9),
         eval_loss_before=before,
