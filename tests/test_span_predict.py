@@ -784,3 +784,21 @@ def test_predict_refuses_a_stride_that_would_cut_spans_before_any_run(tmp_path, 
         err
     )
     assert "use a stride of at most 18" in err[0] and not db.exists()
+
+
+def test_span_tagging_in_bounded_groups_gives_the_same_result_and_counts_progress(tokenizer, monkeypatch):
+    import ner_core.inference.tagger as predict
+
+    texts = [TEXT[i:] * (1 + i % 3) for i in range(0, 40, 3)] + ["", "北京"]
+    tagger = predict.Tagger(_DictionarySpanModel(tokenizer), tokenizer, max_len=16, batch_size=4)
+    seen: list[int] = []
+    expected = tagger.predict_documents(texts, progress=seen.append)
+    assert sum(seen) == sum(map(len, texts)) and len(seen) > 1  # each character counted once
+    groups = []
+    real = predict.Tagger._span_group
+    monkeypatch.setattr(
+        predict.Tagger, "_span_group", lambda self, g, *a: groups.append(len(g)) or real(self, g, *a)
+    )
+    monkeypatch.setattr(predict, "_GROUP_CHARS", 100)
+    assert tagger.predict_documents(texts) == expected
+    assert len(groups) > 3 and sum(groups) == len(texts)
