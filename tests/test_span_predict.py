@@ -802,3 +802,24 @@ def test_span_tagging_in_bounded_groups_gives_the_same_result_and_counts_progres
     monkeypatch.setattr(predict, "_GROUP_CHARS", 100)
     assert tagger.predict_documents(texts) == expected
     assert len(groups) > 3 and sum(groups) == len(texts)
+
+
+def test_the_prefect_predict_flow_passes_a_span_model_and_its_options(tmp_path, span_model_dir):
+    from flows import pipeline, steps
+    from flows.contracts import FilesSource
+    from ner_core.config import PredictionConfig
+    from tests.test_dask_predict import _rows, _same
+
+    files = []
+    for i, t in enumerate(SPAN_TEXTS):
+        (tmp_path / f"t{i}.txt").write_text(t, encoding="utf-8")
+        files.append(str(tmp_path / f"t{i}.txt"))
+    source = FilesSource(files=files)
+    options = PredictionConfig(precision="fp32", window=24, overlap="flat")
+    flow_db, plain_db = str(tmp_path / "flow.duckdb"), str(tmp_path / "plain.duckdb")
+    out = pipeline.predict_flow(flow_db, source, str(span_model_dir), None, options)
+    plain = steps.predict_source(plain_db, source, str(span_model_dir), None, options)
+    assert out.n_entities == plain.n_entities > 0
+    _same(_rows(flow_db, out.pred_run_id), _rows(plain_db, plain.pred_run_id))
+    config = _stored_config(flow_db, out.pred_run_id)
+    assert (config["decoder"], config["overlap"], config["span_threshold"]) == ("span", "flat", 0.5)
