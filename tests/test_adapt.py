@@ -258,3 +258,58 @@ def test_adapt_step_reads_a_stored_dataset(tiny_encoder_dir, tmp_path):
     assert res.source == {"dataset": "sample", "split": "dev", "version": 1, "db": str(Path(db).resolve())}
     with pytest.raises(ValueError, match="exactly one"):
         adapt_step(cfg, str(tmp_path / "o2"), corpus=["x.txt"], dataset="sample", db_path=db)
+
+
+def _family_folder(tiny_encoder_dir, folder: Path, model) -> Path:
+    """``model`` saved with the tiny encoder's tokenizer: an encoder folder of another kind."""
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(str(folder))
+    AutoTokenizer.from_pretrained(str(tiny_encoder_dir)).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_head_in_the_weights_is_used_and_other_families_adapt(tiny_encoder_dir, tmp_path):
+    """A BertForMaskedLM folder gives its own head (not a fresh one); an ELECTRA encoder, whose head this
+    module does not run on the chosen positions alone, adapts through the model's own loss."""
+    from transformers import AutoConfig, BertForMaskedLM, BertModel, ElectraConfig, ElectraModel
+
+    from ner_core.training.adapt import adapt
+
+    texts = _sample_texts()[:24]
+    config = AutoConfig.from_pretrained(str(tiny_encoder_dir))
+    torch.manual_seed(1)
+    with_head = BertForMaskedLM(config)  # the tiny encoder's weights, a head of its own
+    with_head.bert.load_state_dict(
+        BertModel.from_pretrained(str(tiny_encoder_dir)).state_dict(), strict=False
+    )
+    folder = _family_folder(tiny_encoder_dir, tmp_path / "mlm", with_head)
+    res = adapt(_config(folder, max_steps=2), texts, tmp_path / "w1", tmp_path / "o1", progress=False)
+    assert res.mlm_head.startswith("the encoder's own"), res.mlm_head
+    fresh = adapt(
+        _config(tiny_encoder_dir, max_steps=2), texts, tmp_path / "w0", tmp_path / "o0", progress=False
+    )
+    assert fresh.mlm_head.startswith("initialised")
+    assert res.eval_loss_before != pytest.approx(fresh.eval_loss_before)  # same encoder, another head
+
+    electra = ElectraConfig(
+        vocab_size=config.vocab_size, embedding_size=32, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, max_position_embeddings=512,
+    )  # fmt: skip
+    folder = _family_folder(tiny_encoder_dir, tmp_path / "electra", ElectraModel(electra))
+    res = adapt(_config(folder, max_steps=30), texts * 3, tmp_path / "w2", tmp_path / "o2", progress=False)
+    assert res.eval_loss_after < res.eval_loss_before - 0.3
+    assert AutoConfig.from_pretrained(res.out_dir).model_type == "electra"
+
+
+def test_bf16_autocast_adapts_and_saves_fp32_weights(tiny_encoder_dir, tmp_path):
+    from safetensors.torch import load_file
+    from transformers.utils import SAFE_WEIGHTS_NAME
+
+    from ner_core.training.adapt import adapt
+
+    cfg = _config(tiny_encoder_dir, max_steps=3, precision="bf16", eval_windows=8)
+    res = adapt(cfg, _sample_texts()[:16], tmp_path / "w", tmp_path / "o", progress=False)
+    assert res.steps == 3 and res.eval_loss_after is not None
+    weights = load_file(Path(res.out_dir) / SAFE_WEIGHTS_NAME)
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float32}

@@ -313,29 +313,35 @@ def _build_mlm(encoder_name: str, seed: int) -> tuple[Any, Any, Any, str]:
 
 
 def _head_from_weights(mlm, folder: Path) -> str:
-    """Load the MLM head's tensors from the folder's (already checked) safetensors weights, when every one
-    of them is there with the head's shapes; returns where the head came from, for the log and result."""
+    """Load the MLM head's tensors from the folder's (already checked) safetensors weights, when each of
+    its parameters is there under one of its names (tied ones have several) with its shape; returns where
+    the head came from, for the log and the result."""
     from safetensors import safe_open
     from transformers.utils import SAFE_WEIGHTS_NAME
 
-    prefix = mlm.base_model_prefix + "."
-    own = {k: v for k, v in mlm.state_dict().items() if not k.startswith(prefix)}
-    tied = {
-        n for n, p in mlm.named_parameters(remove_duplicate=False) if p is mlm.get_input_embeddings().weight
-    }
-    wanted = {k: v for k, v in own.items() if k not in tied}
     initialised = "initialised (the encoder's weights hold no MLM head), tied to the word embeddings"
+    embedding = mlm.get_input_embeddings().weight
+    base = {id(q) for q in mlm.get_submodule(mlm.base_model_prefix).parameters()}
+    names: dict[int, list[str]] = {}  # the head's parameters (by identity) -> their names
+    params = {}
+    for n, p in mlm.named_parameters(remove_duplicate=False):
+        if p is not embedding and id(p) not in base:
+            names.setdefault(id(p), []).append(n)
+            params[id(p)] = p
     path = folder / SAFE_WEIGHTS_NAME
-    if not path.is_file() or not wanted:
+    if not path.is_file() or not names:
         return initialised
     with safe_open(str(path), framework="pt") as fh:
-        names = set(fh.keys())
-        if not all(
-            k in names and tuple(fh.get_slice(k).get_shape()) == tuple(v.shape) for k, v in wanted.items()
-        ):
-            return initialised
-        state = {k: fh.get_tensor(k) for k in wanted}
-    mlm.load_state_dict(state, strict=False)
+        held = set(fh.keys())
+        found = {}
+        for pid, ns in names.items():
+            n = next((n for n in ns if n in held), None)
+            if n is None or tuple(fh.get_slice(n).get_shape()) != tuple(params[pid].shape):
+                return initialised
+            found[pid] = fh.get_tensor(n)
+    with torch.no_grad():
+        for pid, tensor in found.items():
+            params[pid].copy_(tensor)
     return "the encoder's own (from its weights), tied to the word embeddings"
 
 
