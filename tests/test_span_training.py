@@ -69,7 +69,7 @@ def config(encoder_dir, decoder="span", **training):
         {
             "data": {"max_len": 16, "dataset": "nested-toy"},
             "encoder": {"name": str(encoder_dir), "dropout_rate": 0.0},
-            "head": {"type": "none", "dropout_rate": 0.0},
+            "head": {"type": "bilstm", "rnn_units": 16, "dropout_rate": 0.0},
             "decoder": {"type": decoder, **({"head_size": 16} if decoder == "span" else {})},
             "training": {
                 "batch_size": 8,
