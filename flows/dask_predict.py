@@ -185,6 +185,7 @@ def predict_sharded(
 
     t0 = time.perf_counter()
     options = _decided(model_dir, options, address)
+    stored = _stored(model_dir, options)  # before the workers: refuses what their taggers would
     shards = _payload(shard_documents(docs, n_shards))
     cluster = (
         None
@@ -207,7 +208,7 @@ def predict_sharded(
         input_kind=input_kind,
         input_ref=input_ref,
         run_id=run_id,
-        config={"n_shards": len(shards), "dask": address or "local", **_stored(model_dir, options)},
+        config={"n_shards": len(shards), "dask": address or "local", **stored},
         t0=t0,
     )
 
@@ -283,6 +284,7 @@ def dask_predict_flow(
     else:
         docs, kind, ref = steps.load_prediction_input(db_path, source)
     options = _decided(model_dir, options, _flow_scheduler())
+    stored = _stored(model_dir, options)  # before the workers: refuses what their taggers would
     shards = _payload(shard_documents(docs, n_shards))
     futures = tag_shard_task.map(unmapped(model_dir), shards, unmapped(options))
     rows = [f.result() for f in futures]
@@ -293,7 +295,7 @@ def dask_predict_flow(
         input_kind=kind,
         input_ref=ref,
         run_id=run_id,
-        config={"n_shards": len(shards), **_stored(model_dir, options)},
+        config={"n_shards": len(shards), **stored},
         replace=not only_new,  # only_new: add to the existing prediction run instead of replacing it
         t0=t0,
     )

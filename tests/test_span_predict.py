@@ -823,3 +823,27 @@ def test_the_prefect_predict_flow_passes_a_span_model_and_its_options(tmp_path, 
     _same(_rows(flow_db, out.pred_run_id), _rows(plain_db, plain.pred_run_id))
     config = _stored_config(flow_db, out.pred_run_id)
     assert (config["decoder"], config["overlap"], config["span_threshold"]) == ("span", "flat", 0.5)
+
+
+def test_sharded_prediction_refuses_span_options_for_a_crf_model_before_starting_workers(
+    tmp_path, tiny_encoder_dir, monkeypatch
+):
+    import distributed
+
+    from flows.dask_predict import predict_sharded
+    from ner_core.config import PredictionConfig
+    from ner_core.documents import Document
+    from tests.test_predict import build_model_dir
+
+    crf_dir = build_model_dir(tmp_path / "crf", tiny_encoder_dir)
+    monkeypatch.setattr(distributed, "LocalCluster", lambda *a, **k: pytest.fail("a cluster was started"))
+    with pytest.raises(ValueError, match="apply to a span-decoder model only; this model decodes with a CRF"):
+        predict_sharded(
+            str(tmp_path / "d.duckdb"),
+            str(crf_dir),
+            [Document(doc_id="a", text=TEXT)],
+            input_kind="texts",
+            input_ref="x",
+            options=PredictionConfig(precision="fp32", span_threshold=0.3),
+        )
+    assert not (tmp_path / "d.duckdb").exists()
