@@ -80,6 +80,8 @@ def _time_training(config: NERConfig, labels: Sequence[str], hardware: Hardware)
 
             return lambda: step
 
-        shape = model_shape(model, window=length, windows=n, frozen=config.encoder.freeze)
+        # a span model's timing is its own (the key of a CRF model's stays as it was)
+        decoder = {"decoder": "span", "head_size": config.decoder.head_size} if span else {}
+        shape = model_shape(model, window=length, windows=n, frozen=config.encoder.freeze, **decoder)
         key = calibration_key("training", device, shape)
         return calibrated(key, {p: build(p) for p in measurable("training", hardware)}, purpose="training")
