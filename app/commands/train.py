@@ -2,6 +2,11 @@
 ``-train_data`` / ``-dev_data`` / ``-test_data``, ingested first, under ``--dataset`` or a name made from the
 files); ``--resume RUN_ID`` continues a killed run.
 
+``--decoder span`` trains the span decoder (:mod:`ner_core.model.span`) on the dataset's outer entities plus
+its nested and same-span ones (crossing spans are left out and counted); ``--max_span_len`` and
+``--overlap`` default to what the training data shows (said when training starts). The seed's
+``--crf_only`` / ``-model_type`` describe a CRF model and are refused with it.
+
 With ``-save_path`` it writes the seed's ``model_configs.json``, with ``-do_eval`` the seed's training log
 (:mod:`app.seed_commands`).
 """
