@@ -111,9 +111,11 @@ def test_highlight_html_escapes_text_and_wraps_each_span():
     assert _strip_tags(out) == text
 
 
-def test_highlight_html_skips_overlaps_and_checks_bounds():
-    out = highlight_html("中华人民共和国", [(0, 4, "LOC"), (2, 7, "ORG")], {"LOC": "#fff"})
-    assert out.count('class="ent"') == 1 and _strip_tags(out) == "中华人民共和国"
+def test_highlight_html_cuts_crossing_spans_and_checks_bounds():
+    out = highlight_html("中华人民共和国", [(0, 4, "LOC"), (2, 7, "ORG")], {"LOC": "#fff", "ORG": "#eee"})
+    # ORG crosses LOC: cut into two pieces (one inside LOC) so the elements nest; both labels shown
+    assert out.count('class="ent"') == 3 and _strip_tags(out) == "中华人民共和国"
+    assert re.findall(r">(\w+)</sup>", out) == ["LOC", "ORG"]
     assert "background:#dddddd" not in out  # LOC has its colour
     with pytest.raises(ValueError, match=r"span \[2, 9\) PER lies outside the text \(length 4\)"):
         highlight_html("张伟来了", [(2, 9, "PER")], {})

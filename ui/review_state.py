@@ -27,6 +27,7 @@ __all__ = [
     "effective",
     "entity_digest",
     "entity_ref",
+    "nesting_levels",
     "never_seen",
     "overlapping",
     "replay",
@@ -91,3 +92,15 @@ def never_seen(entities: Iterable[dict], seen: Iterable[str]) -> list[dict]:
     reported as having been on screen): "accept the rest" would accept them unseen."""
     shown = set(seen)
     return [e for e in entities if e["state"] == "predicted" and entity_ref(e) not in shown]
+
+
+def nesting_levels(entities: Sequence[dict]) -> dict[str, int]:
+    """:func:`entity_ref` -> nesting level: 1 for an entity inside no other, else 1 + how many spans of
+    other entities enclose it (they hold its span and are longer; rejected ones enclose nothing). Entities
+    on the same span (two labels) share a level. A flat document's entities are all on level 1."""
+    live = {(e["start"], e["end"]) for e in entities if e["state"] != "rejected"}
+    return {
+        entity_ref(e): 1
+        + sum(s <= e["start"] and e["end"] <= t and (s, t) != (e["start"], e["end"]) for s, t in live)
+        for e in entities
+    }

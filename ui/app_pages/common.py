@@ -1,11 +1,13 @@
 """Helpers the pages share: the database path, entity highlighting, colours and the legend.
 
 Highlighting renders half-open ``[start, end)`` character spans as HTML ``<span>`` elements with a
-background colour per label; every piece of text is escaped with :func:`html.escape`.
+background colour per label, nested entities as nested elements with stacked underlines; every piece of
+text is escaped with :func:`html.escape`.
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import re
 from collections.abc import Iterable, Sequence
@@ -80,35 +82,108 @@ def label_colours(labels: Iterable[str]) -> dict[str, str]:
     return {lb: PALETTE[i % len(PALETTE)] for i, lb in enumerate(labels)}
 
 
-def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> str:
-    """``text`` as HTML with each ``(start, end, label)`` span wrapped in a coloured ``<span>``.
+#: how far below its inner entities an enclosing entity's underline is drawn, per nesting level (px)
+LEVEL_PX = 5
 
-    Spans are half-open character offsets into ``text``. A span that overlaps an earlier one (by start)
-    is skipped, so the output always contains ``text`` exactly once, in order. Labels without a colour
-    get grey.
+
+class _Piece:
+    """One element of the highlighted text: an entity, or the part of a crossing entity that fits inside
+    the entity it crosses (the rest is another piece), with the pieces nested inside it."""
+
+    __slots__ = ("children", "end", "first", "label", "last", "start", "whole")
+
+    def __init__(self, start: int, end: int, label: str, whole: tuple[int, int], first: bool, last: bool):
+        self.start, self.end, self.label, self.whole = start, end, label, whole
+        self.first, self.last = first, last
+        self.children: list[_Piece] = []
+
+    def height(self) -> int:
+        """1 for a piece with nothing inside, else 1 + its tallest child's: its underline's level."""
+        return 1 + max((c.height() for c in self.children), default=0)
+
+
+def nest_spans(spans: Sequence[tuple[int, int, str]]) -> list[_Piece]:
+    """The spans as a forest of nested pieces, every span in it (none skipped): a span inside another
+    (nested, or the same span with another label) is its child; a span crossing another is cut where the
+    other ends, the first part inside it and the rest placed after it, so the HTML elements nest."""
+    heap = [(s, -e, lb, i, s, e) for i, (s, e, lb) in enumerate(spans)]
+    heapq.heapify(heap)
+    roots: list[_Piece] = []
+    stack: list[_Piece] = []
+    while heap:
+        s, neg_e, label, i, ws, we = heapq.heappop(heap)
+        e = -neg_e
+        while stack and stack[-1].end <= s:
+            stack.pop()
+        if stack and stack[-1].end < e:  # crossing: the rest goes on after the piece it crosses
+            heapq.heappush(heap, (stack[-1].end, -e, label, i, ws, we))
+            e = stack[-1].end
+        piece = _Piece(s, e, label, (ws, we), first=s == ws, last=e == we)
+        (stack[-1].children if stack else roots).append(piece)
+        stack.append(piece)
+    return roots
+
+
+def _darker(colour: str) -> str:
+    """The underline colour of a background colour ``#rrggbb``: the same hue, darker (grey for others)."""
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+        return "#777777"
+    return "#" + "".join(f"{int(colour[k : k + 2], 16) * 55 // 100:02x}" for k in (1, 3, 5))
+
+
+def _piece_html(text: str, piece: _Piece, colours: dict[str, str], outer: tuple[str, ...]) -> str:
+    label = piece.label
+    colour = colours.get(label, "#dddddd")
+    ws, we = piece.whole
+    here = f"{label} [{ws}, {we}) {text[ws:we]}"
+    title = " · inside ".join((here, *reversed(outer)))
+    inner, cursor = [], piece.start
+    for child in piece.children:
+        inner.append(html.escape(text[cursor : child.start]))
+        inner.append(_piece_html(text, child, colours, (*outer, here)))
+        cursor = child.end
+    inner.append(html.escape(text[cursor : piece.end]))
+    part = "" if piece.first and piece.last else ' data-part="1"'
+    sup = (
+        f'<sup style="font-size:0.65em;opacity:0.7;margin-left:1px;">{html.escape(label)}</sup>'
+        if piece.last
+        else ""
+    )
+    return (
+        f'<span class="ent" data-label="{html.escape(label)}" data-level="{len(outer) + 1}"{part} '
+        f'title="{html.escape(title)}" style="background:{colour};padding:0 2px '
+        f"{(piece.height() - 1) * LEVEL_PX}px;border-radius:3px;"
+        f'border-bottom:3px solid {_darker(colour)};">{"".join(inner)}{sup}</span>'
+    )
+
+
+def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> str:
+    """``text`` as HTML with each ``(start, end, label)`` span wrapped in a coloured ``<span class="ent">``.
+
+    Spans are half-open character offsets into ``text``. Nested entities (a span model's output) are
+    nested elements, every one shown: each has its label after it and an underline in its label's colour,
+    an enclosing entity's underline one level lower than those inside it (stacked underlines, one per
+    nesting level), and its title (the hover text) names it and every entity it lies inside. A span
+    crossing another is cut into pieces (``data-part``) so the elements nest. The output contains ``text``
+    exactly once, in order, escaped. Labels without a colour get grey.
     """
     if not isinstance(text, str):
         raise ValueError(f"expected text as a str, got {type(text).__name__}")
-    parts: list[str] = []
-    cursor = 0
-    for start, end, label in sorted(spans, key=lambda s: (s[0], -s[1])):
+    for start, end, label in spans:
         if not (0 <= start < end <= len(text)):
             raise ValueError(f"span [{start}, {end}) {label} lies outside the text (length {len(text)})")
-        if start < cursor:
-            continue
-        parts.append(html.escape(text[cursor:start]))
-        colour = colours.get(label, "#dddddd")
-        parts.append(
-            f'<span class="ent" data-label="{html.escape(label)}" title="{html.escape(label)}" '
-            f'style="background:{colour};padding:0 2px;border-radius:3px;">{html.escape(text[start:end])}'
-            f'<sup style="font-size:0.65em;opacity:0.7;margin-left:1px;">{html.escape(label)}</sup></span>'
-        )
-        cursor = end
+    parts: list[str] = []
+    cursor = 0
+    roots = nest_spans(spans)
+    for piece in roots:
+        parts.append(html.escape(text[cursor : piece.start]))
+        parts.append(_piece_html(text, piece, colours, ()))
+        cursor = piece.end
     parts.append(html.escape(text[cursor:]))
+    levels = max((p.height() for p in roots), default=1)
     return (
-        '<div class="ner-text" style="white-space:pre-wrap;line-height:1.9;font-size:1.05em;">'
-        + "".join(parts)
-        + "</div>"
+        '<div class="ner-text" style="white-space:pre-wrap;font-size:1.05em;'
+        f'line-height:calc(1.9em + {(levels - 1) * LEVEL_PX}px);">' + "".join(parts) + "</div>"
     )
 
 

@@ -16,6 +16,15 @@ decision buttons sit in a bar that stays at the bottom of the window while a lon
 "accept the rest" asks first when some of the entities it would accept were never on screen (the
 span-selection component reports which were).
 
+Nested entities: a span model's prediction run (its config's ``decoder`` is ``span``) may hold entities
+inside others (北京 inside 北京大学). The text draws every level (each entity outlined and labelled, an
+enclosing one's outline a level lower); a click picks the innermost entity under the mouse, a click again
+on the same character the one enclosing it, a click on a label that entity. "Entities by nesting level"
+lists each level with Pick, Accept and Reject per entity; a selection dragged inside an entity adds an
+inner one. Only a flat (CRF) run's document refuses an added or moved span that overlaps another entity
+(:mod:`storage.reviews` says the same); a span run's refuses only a second entity on the same span with
+the same label.
+
 Query parameters keep the place across a reload: ``reviewer``, ``run``, ``doc``. The Evaluation page links
 here with ``doc`` and ``eval``: the evaluation's predictions are reviewed in the prediction run made from
 its report (:func:`storage.reviews.evaluation_review_run`).
@@ -31,6 +40,7 @@ from storage.db import DatabaseLockedError
 from storage.reviews import ReviewSpool, new_event
 from ui import queries, review_queries
 from ui.app_pages.common import (
+    count,
     db_path,
     escape_markdown,
     label_colours,
@@ -44,6 +54,7 @@ from ui.review_state import (
     effective,
     entity_digest,
     entity_ref,
+    nesting_levels,
     never_seen,
     overlapping,
     replay,
@@ -59,6 +70,9 @@ ORDERS = {
     "random": "random",
     "search": "search",
 }
+NESTED_HINT = (
+    " · nested entities: click again on a character for the entity around it, or click an entity's label"
+)
 SHORTCUTS = (
     "Keys (outside text boxes): **a** accept · **r** reject · **1-9** label the selection (add) or the "
     "selected entity (relabel) · **n** accept the rest and next · **s** skip · **u** undo · **x** / Esc "
@@ -203,7 +217,8 @@ def _how_ordered(order: str, queue: pd.DataFrame, compare: str | None, search: s
     if order in ("uncertain", "uncertain_per_char"):
         have = int(queue["uncertainty"].notna().sum()) if "uncertainty" in queue else 0
         measure = (
-            "the document's summed token entropy of the CRF marginals (stored at prediction time)"
+            "the document's uncertainty stored at prediction time (a CRF run: the summed token entropy of "
+            "its marginals; a span run: the summed binary entropy of its scored spans)"
             if have
             else "the lowest entity confidence (this run stored no per-document entropy)"
         )
@@ -486,8 +501,27 @@ def _on_decide(run: str, doc_id: str, ref: str, shown: str, action: str, label_k
         _decide(*got, action, ss[label_key] if label_key else None)
 
 
+def _blocker(doc: dict, ents: list[dict], start: int, end: int, label: str, skip=None) -> dict | None:
+    """The current entity that refuses ``[start, end)`` ``label``: in a flat run's document one that
+    overlaps it, in a span run's one on the same span with the same label (an inner span is welcome)."""
+    if doc.get("decoder") != "span":
+        return overlapping(ents, start, end, skip=skip)
+    same = (start, end, label)
+    return next(
+        (
+            e
+            for e in ents
+            if e["state"] != "rejected" and e["key"] != skip and (e["start"], e["end"], e["label"]) == same
+        ),
+        None,
+    )
+
+
 def _add(doc: dict, ents: list[dict], start: int, end: int, label: str) -> None:
-    hit = overlapping(ents, start, end)
+    hit = _blocker(doc, ents, start, end, label)
+    if hit is not None and doc.get("decoder") == "span":
+        _say("add", f"Not added: {label} [{start}, {end}) is already an entity ({hit['state']}).")
+        return
     if hit is not None:
         _say(
             "add",
@@ -520,7 +554,10 @@ def _adjust(doc: dict, ents: list[dict], ent: dict, start: int, end: int) -> Non
     if (start, end) == (ent["start"], ent["end"]):
         _say("entity", f"Not changed: the entity is already on [{start}, {end}).", "info")
         return
-    hit = overlapping(ents, start, end, skip=ent["key"])
+    hit = _blocker(doc, ents, start, end, ent["label"], skip=ent["key"])
+    if hit is not None and doc.get("decoder") == "span":
+        _say("entity", f"Not changed: {ent['label']} [{start}, {end}) is already an entity ({hit['state']}).")
+        return
     if hit is not None:
         _say(
             "entity", f"Not changed: [{start}, {end}) overlaps {hit['label']} [{hit['start']}, {hit['end']})."
@@ -633,11 +670,60 @@ def _confirm_rest(doc: dict, ents: list[dict], queue: pd.DataFrame, seen: frozen
     c[1].button("Cancel", key="review_confirm_cancel", on_click=lambda: ss.pop("review_confirm", None))
 
 
+def _select_ref(pick_key: str, ref: str) -> None:
+    ss[pick_key] = ref
+
+
+def _levels_panel(doc: dict, ents: list[dict], pick_key: str) -> None:
+    """A span run's entities level by level (outermost first), each with Pick (into the panel below:
+    label, boundaries), Accept and Reject; shown for a flat run's document only when its entities nest."""
+    levels = nesting_levels(ents)
+    depth = max(levels.values(), default=1)
+    if doc.get("decoder") != "span" and depth == 1:
+        return
+    run, doc_id, chosen = doc["pred_run_id"], doc["doc_id"], ss.get(pick_key)
+    title = f"Entities by nesting level: {count(len(ents), 'entity', 'entities')} on {count(depth, 'level')}"
+    with st.expander(title, expanded=True), st.container(key="review_levels"):
+        for lv in range(1, depth + 1):
+            where = "outermost" if lv == 1 else f"inside {count(lv - 1, 'other entity', 'other entities')}"
+            st.markdown(f"**Level {lv}** ({where})")
+            for i, e in enumerate(ents):
+                ref, shown = entity_ref(e), entity_digest(e)
+                if levels[ref] != lv:
+                    continue
+                c = st.columns([6, 1, 1, 1], vertical_alignment="center")
+                name = escape_markdown(_ent_name(e, doc["text"]))
+                c[0].markdown(f"**{name}** ◀ selected" if ref == chosen else name)
+                c[1].button(
+                    "Pick",
+                    help="show it in the Selected entity panel: its label and boundaries",
+                    key=f"review_lvl_sel_{i}_{shown}",
+                    disabled=ref == chosen,
+                    on_click=_select_ref,
+                    args=(pick_key, ref),
+                )
+                c[2].button(
+                    "Accept",
+                    key=f"review_lvl_acc_{i}_{shown}",
+                    disabled=e["state"] not in ("predicted", "rejected"),
+                    on_click=_on_decide,
+                    args=(run, doc_id, ref, shown, "accept", None),
+                )
+                c[3].button(
+                    "Reject",
+                    key=f"review_lvl_rej_{i}_{shown}",
+                    disabled=e["state"] == "rejected",
+                    on_click=_on_decide,
+                    args=(run, doc_id, ref, shown, "reject", None),
+                )
+
+
 def _picker(doc: dict, ents: list[dict], pick_key: str) -> None:
     """The entity picker. Its options show each entity's current state, and a select box keeps the label it
     first drew for a value: so the widget is keyed by the document's state (and the choice), made anew
     whenever either changes; the choice itself lives in ``ss[pick_key]``."""
     by_ref = {entity_ref(e): e for e in ents}
+    levels = nesting_levels(ents)
     chosen = ss.get(pick_key) or ""
     options = ["", *by_ref]
     widget = f"{pick_key}_pick_{state_digest(ents)}_{chosen}"
@@ -652,7 +738,9 @@ def _picker(doc: dict, ents: list[dict], pick_key: str) -> None:
         key=widget,
         on_change=copy,
         format_func=lambda k: (
-            "(click an entity in the text, or choose here)" if not k else _ent_name(by_ref[k], doc["text"])
+            "(click an entity in the text, or choose here)"
+            if not k
+            else "↳ " * (levels[k] - 1) + _ent_name(by_ref[k], doc["text"])
         ),
     )
 
@@ -830,7 +918,8 @@ def _document(doc: dict, queue: pd.DataFrame, compare: str | None) -> None:
         key=f"span_{doc['pred_run_id']}_{doc['doc_id']}",
         selected=refs.index(chosen) if chosen in refs else None,
         hint=f"{len(doc['text'])} characters · labels: "
-        + " ".join(f"{i}={lb}" for i, lb in enumerate(labels[:9], 1)),
+        + " ".join(f"{i}={lb}" for i, lb in enumerate(labels[:9], 1))
+        + (NESTED_HINT if doc.get("decoder") == "span" else ""),
     )
     if got["selection"] is not None:
         sel = got["selection"]
@@ -841,6 +930,7 @@ def _document(doc: dict, queue: pd.DataFrame, compare: str | None) -> None:
     seen = frozenset(got["seen"])
     _bar(doc, ents, ent, queue, seen)
     st.html(legend_html(colours))
+    _levels_panel(doc, ents, pick_key)
     left, right = st.columns(2)
     with left, st.container(key="review_entity_panel"):
         st.markdown("**Selected entity**")

@@ -28,43 +28,89 @@ function typing(target) {
   return tag === "input" || tag === "textarea" || tag === "select" || el.isContentEditable;
 }
 
+// Nested entities (a span model's) are nested wrappers, every one drawn: an enclosing entity's wrapper is
+// padded LEVEL_PX lower per level of entities inside it, so the outlines and labels of the levels stack and
+// each is visible. A span crossing another is cut where the other ends (the rest is another piece,
+// data-part), so the wrappers nest. owner[k] lists the entities over character k, the innermost first: a
+// click picks the innermost, a click again on the same character its enclosing one (and round again); a
+// click on an entity's label (its <sup>) picks that entity.
+const LEVEL_PX = 6;
+
+function nest(entities, n) {
+  const cmp = (p, q) => p.s - q.s || q.e - p.e || p.ent.i - q.ent.i;
+  const queue = entities
+    .filter((e) => Number.isInteger(e.start) && Number.isInteger(e.end) && e.start >= 0 && e.end <= n && e.start < e.end)
+    .map((e) => ({ s: e.start, e: e.end, ent: e }))
+    .sort(cmp);
+  const roots = [];
+  const stack = [];
+  while (queue.length) {
+    const item = queue.shift();
+    let end = item.e;
+    while (stack.length && stack[stack.length - 1].e <= item.s) stack.pop();
+    const top = stack.length ? stack[stack.length - 1] : null;
+    if (top && top.e < end) {
+      queue.push({ s: top.e, e: end, ent: item.ent }); // the rest, after the piece it crosses
+      queue.sort(cmp);
+      end = top.e;
+    }
+    const piece = { s: item.s, e: end, ent: item.ent, children: [], height: 1 };
+    piece.first = item.s === item.ent.start;
+    piece.last = end === item.ent.end;
+    (top ? top.children : roots).push(piece);
+    stack.push(piece);
+  }
+  const height = (p) => (p.height = 1 + Math.max(0, ...p.children.map(height)));
+  roots.forEach(height);
+  return roots;
+}
+
+function drawPiece(parent, piece, chars, owner, selected, outer) {
+  const e = piece.ent;
+  const wrap = document.createElement("span");
+  wrap.className = `ss-ent ss-${e.state}` + (e.i === selected ? " ss-current" : "");
+  wrap.dataset.e = String(e.i);
+  wrap.dataset.label = e.label;
+  wrap.dataset.state = e.state;
+  wrap.dataset.level = String(outer.length + 1);
+  if (!(piece.first && piece.last)) wrap.dataset.part = "1";
+  if (e.ref) wrap.dataset.ref = e.ref;
+  const here = `${e.label} (${e.state}) [${e.start}, ${e.end})`;
+  wrap.title = [here, ...outer.map((o) => `inside ${o}`).reverse()].join(" · ");
+  if (e.colour) wrap.style.background = e.colour;
+  wrap.style.paddingBottom = `${(piece.height - 1) * LEVEL_PX}px`;
+  let k = piece.s;
+  const chain = [...outer, here];
+  for (const child of piece.children) {
+    for (; k < child.s; k++) wrap.appendChild(charSpan(chars[k], k));
+    drawPiece(wrap, child, chars, owner, selected, chain);
+    k = child.e;
+  }
+  for (; k < piece.e; k++) wrap.appendChild(charSpan(chars[k], k));
+  for (let j = piece.s; j < piece.e; j++) owner[j].push(e.i); // children pushed theirs first: innermost first
+  if (piece.last) {
+    const sup = document.createElement("sup");
+    sup.textContent = e.label;
+    sup.dataset.pick = String(e.i);
+    wrap.appendChild(sup);
+  }
+  parent.appendChild(wrap);
+}
+
 function render(box, text, entities, selected) {
   box.textContent = "";
   const chars = Array.from(text); // code points, the same units as Python's str
-  const owner = new Array(chars.length).fill(-1);
-  // entities sorted by start; an entity overlapping an earlier one is drawn without its own wrapper
-  const order = entities.slice().sort((p, q) => p.start - q.start || q.end - p.end);
-  const heads = new Map();
-  let cursor = 0;
-  for (const e of order) {
-    if (e.start < cursor || e.start < 0 || e.end > chars.length || e.start >= e.end) continue;
-    heads.set(e.start, e);
-    for (let k = e.start; k < e.end; k++) owner[k] = e.i;
-    cursor = e.end;
-  }
+  const owner = chars.map(() => []);
+  const roots = nest(entities, chars.length);
   let i = 0;
-  while (i < chars.length) {
-    const e = heads.get(i);
-    if (e) {
-      const wrap = document.createElement("span");
-      wrap.className = `ss-ent ss-${e.state}` + (e.i === selected ? " ss-current" : "");
-      wrap.dataset.e = String(e.i);
-      wrap.dataset.label = e.label;
-      wrap.dataset.state = e.state;
-      if (e.ref) wrap.dataset.ref = e.ref;
-      wrap.title = `${e.label} (${e.state}) [${e.start}, ${e.end})`;
-      if (e.colour) wrap.style.background = e.colour;
-      for (let k = e.start; k < e.end; k++) wrap.appendChild(charSpan(chars[k], k));
-      const sup = document.createElement("sup");
-      sup.textContent = e.label;
-      wrap.appendChild(sup);
-      box.appendChild(wrap);
-      i = e.end;
-    } else {
-      box.appendChild(charSpan(chars[i], i));
-      i += 1;
-    }
+  for (const piece of roots) {
+    for (; i < piece.s; i++) box.appendChild(charSpan(chars[i], i));
+    drawPiece(box, piece, chars, owner, selected, []);
+    i = piece.e;
   }
+  for (; i < chars.length; i++) box.appendChild(charSpan(chars[i], i));
+  const levels = Math.max(1, ...roots.map((p) => p.height));
+  box.style.lineHeight = `calc(2.1em + ${(levels - 1) * LEVEL_PX}px)`;
   return { chars, owner };
 }
 
@@ -83,7 +129,7 @@ const INSTANCES = new Map();
 function instance(key, data) {
   let st = INSTANCES.get(key);
   if (!st) {
-    st = { anchor: -1, focus: -1, seen: new Set(), sent: 0, timer: null };
+    st = { anchor: -1, focus: -1, seen: new Set(), sent: 0, timer: null, selected: -1, picks: [], base: -1, refs: "" };
     INSTANCES.set(key, st);
   }
   const known = Array.isArray(data && data.seen) ? data.seen : [];
@@ -98,10 +144,31 @@ export default function (component) {
   const hint = parentElement.querySelector(".ss-hint");
   const text = (data && data.text) || "";
   const entities = (data && data.entities) || [];
-  const selected = data && Number.isInteger(data.selected) ? data.selected : -1;
-  const { chars, owner } = render(box, text, entities, selected);
-  hint.textContent = (data && data.hint) || "";
   const st = instance(key, data);
+  // The selected entity: the script's, or the latest pick made here. The rerun a pick starts draws this
+  // component before the script reads the pick, so data.selected lags one pick behind: while it names the
+  // entity selected before the picks made here, or one of those picks but the latest, the latest stands (it
+  // is outlined, and a click again on the same character goes on from it). Anything else the script sends
+  // (its picker, a Pick button, other entities) is the selection.
+  const given = data && Number.isInteger(data.selected) ? data.selected : -1;
+  const refs = entities.map((e) => e.ref).join("|");
+  const last = st.picks.length ? st.picks[st.picks.length - 1] : null;
+  if (last !== null && refs === st.refs && given !== last && (given === st.base || st.picks.includes(given))) {
+    st.selected = last;
+  } else {
+    st.picks = [];
+    st.selected = given;
+  }
+  st.refs = refs;
+  const { chars, owner } = render(box, text, entities, st.selected);
+  hint.textContent = (data && data.hint) || "";
+  const pick = (idx) => {
+    if (!st.picks.length) st.base = st.selected;
+    st.picks = [...st.picks.slice(-20), idx];
+    st.selected = idx;
+    for (const el of box.querySelectorAll(".ss-ent")) el.classList.toggle("ss-current", Number(el.dataset.e) === idx);
+    trigger("pick", { idx });
+  };
 
   const indexOf = (ev) => {
     const target = ev.composedPath ? ev.composedPath()[0] : ev.target; // inside the shadow root too
@@ -120,6 +187,14 @@ export default function (component) {
   if (st.anchor >= 0) paint();
   const onDown = (ev) => {
     if (ev.button !== 0) return;
+    const target = ev.composedPath ? ev.composedPath()[0] : ev.target;
+    const label = target && target.closest ? target.closest("sup[data-pick]") : null;
+    if (label && box.contains(label)) {
+      ev.preventDefault(); // an entity's label: pick that entity (an enclosing one whose text is all inner)
+      st.anchor = -1;
+      pick(Number(label.dataset.pick));
+      return;
+    }
     const k = indexOf(ev);
     if (k < 0) return;
     const active = document.activeElement;
@@ -158,9 +233,11 @@ export default function (component) {
     const lo = Math.min(st.anchor, st.focus);
     const hi = Math.max(st.anchor, st.focus);
     st.anchor = -1;
-    if (lo === hi && owner[lo] >= 0) {
+    if (lo === hi && owner[lo].length) {
       paint();
-      trigger("pick", { idx: owner[lo] });
+      const chain = owner[lo]; // innermost first; a click again goes one level out
+      const at = chain.indexOf(st.selected);
+      pick(chain[at >= 0 ? (at + 1) % chain.length : 0]);
       return;
     }
     trigger("selection", { start: lo, end: hi + 1, text: chars.slice(lo, hi + 1).join("") });
