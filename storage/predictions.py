@@ -250,6 +250,8 @@ def prediction_run_id(model_dir: str, input_ref: str, precision: str | None = No
 #: the value a setting had when a stored run's config does not name it (runs stored before the span
 #: decoder were all CRF runs)
 _STORED_DEFAULTS = {"quantize": "none", "precision": "fp32", "decoder": "crf"}
+#: the settings that turn a model's scores into entities (a span run's may not change within one run)
+_DECODING_KEYS = ("decoder", "span_threshold", "overlap", "max_span_len")
 
 
 def _stored_setting(stored: Mapping[str, Any], key: str) -> Any:
@@ -333,6 +335,8 @@ class PredictionRunWriter:
         replace = self.replace
         if replace is None:
             replace = not _resumable(get_prediction_run(self.db_path, self.pred_run_id), self.settings)
+        elif not replace:
+            self._check_same_decoding()
         self.done = start_prediction_run(
             self.db_path,
             self.pred_run_id,
@@ -345,6 +349,23 @@ class PredictionRunWriter:
         )
         self.resumed = not replace
         return self.done
+
+    def _check_same_decoding(self) -> None:
+        """Adding documents to a stored run (``replace=False``) under another decoder, span threshold,
+        overlap mode or span limit would leave rows of two settings under one config: refused."""
+        prev = get_prediction_run(self.db_path, self.pred_run_id)
+        if prev is None:
+            return
+        stored = json.loads(prev["config"]) if prev.get("config") else {}
+        new = {**self.settings, **self.extra}
+        for key in _DECODING_KEYS:
+            was = _stored_setting(stored, key)
+            if key in new and was != new[key]:
+                raise ValueError(
+                    f"prediction run {self.pred_run_id} was stored with {key} {was!r}: adding documents with "
+                    f"{new[key]!r} would mix two settings in one run (tag them all again instead, which "
+                    "replaces the run)"
+                )
 
     def write(self, docs: Sequence[tuple[str, str, list]]) -> int:
         """Store one batch (see :func:`write_predictions`) in one transaction; entity rows written."""

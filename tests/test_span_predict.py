@@ -847,3 +847,36 @@ def test_sharded_prediction_refuses_span_options_for_a_crf_model_before_starting
             options=PredictionConfig(precision="fp32", span_threshold=0.3),
         )
     assert not (tmp_path / "d.duckdb").exists()
+
+
+def test_adding_documents_to_a_span_run_under_other_decoding_settings_is_refused(tmp_path):
+    """``--only-new`` adds documents to a stored run (replace=False): under another threshold or overlap its
+    rows would come from two settings while the run's config names one."""
+    from ner_core.inference.tagger import PredictedEntity
+    from storage.predictions import PredictionRunWriter
+
+    db = str(tmp_path / "add.duckdb")
+    span = {"decoder": "span", "span_threshold": 0.5, "overlap": "allow", "max_span_len": 6}
+
+    def add(doc_id: str, decoding: dict, replace: bool):
+        with PredictionRunWriter(
+            db,
+            "r",
+            model_dir="m",
+            run_id=None,
+            input_kind="dataset",
+            input_ref="x",
+            extra=decoding,
+            replace=replace,
+        ) as run:
+            run.write([(doc_id, "北京", [PredictedEntity(0, 2, "LOC", "北京", 0.9)], 0.1)])
+        return run
+
+    add("a", span, True)
+    assert add("b", span, False).done == {"a"}  # same settings: added
+    for change in ({"span_threshold": 0.3}, {"overlap": "flat"}, {"decoder": "crf"}):
+        with pytest.raises(ValueError, match="would mix two settings in one run"):
+            add("c", span | change, False)
+    assert _stored_config(db, "r")["span_threshold"] == 0.5
+    add("old", {}, True)  # a run stored before the decoder was recorded is a CRF run
+    add("new", {"decoder": "crf"}, False)
