@@ -65,7 +65,8 @@ def tag_shard(
     whatever GPU it may find.
 
     Returns [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] in the order of ``items`` (picklable
-    rows; the uncertainty is the document's summed CRF token entropy, as the single-process path stores)."""
+    rows; the uncertainty is the document's summed CRF token entropy, or a span model's summed binary span
+    entropy, as the single-process path stores)."""
     from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.inference.tagger import Tagger
 

@@ -140,7 +140,8 @@ def start_prediction_run(
 
 def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tuple]) -> int:
     """Store one batch: ``docs`` = [(doc_id, text, [PredictedEntity, ...], uncertainty), ...] (the
-    uncertainty, the document's summed CRF token entropy, may be left out or ``None``), in one transaction.
+    uncertainty, the document's summed CRF token entropy or a span model's summed binary span entropy,
+    may be left out or ``None``), in one transaction. A span run's entities may overlap.
 
     Idempotent per document: rows of these doc_ids already stored for the run are replaced. Returns the
     number of entity rows written.

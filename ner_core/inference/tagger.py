@@ -88,8 +88,8 @@ _CALIBRATION_WINDOWS = 4
 
 @dataclass(frozen=True)
 class DocumentPrediction:
-    """The entities of one text and its uncertainty (summed token entropy of the CRF marginals, nats;
-    ``None`` when marginals were not computed)."""
+    """The entities of one text and its uncertainty (summed token entropy of the CRF marginals, or a span
+    model's summed binary entropy of its scored spans, nats; ``None`` when marginals were not computed)."""
 
     entities: list[PredictedEntity]
     uncertainty: float | None
@@ -403,8 +403,9 @@ class Tagger:
             confidence: compute CRF marginals (else every probability is 1.0; a little faster).
             progress: called after each batch of windows with the number of characters it covered for
                 the first time (overlaps counted once: the calls add up to the texts' total length).
-            uncertainty: also return each text's summed token entropy of the marginals (``None``
-                without ``confidence``; 0.0 for an empty text).
+            uncertainty: also return each text's summed token entropy of the marginals (a span
+                model's: summed binary entropy of its spans; ``None`` without ``confidence`` for a CRF
+                model; 0.0 for an empty text).
 
         Returns:
             N pairs ``(tags, probs)``, each of length ``len(text)``; with ``uncertainty``, N triples
