@@ -45,7 +45,7 @@ from torchcrf import CRF
 
 from ner_core.model import _ckernel
 
-__all__ = ["DISALLOWED", "ConstrainedCRF"]
+__all__ = ["DISALLOWED", "ConstrainedCRF", "mask_emissions"]
 
 #: Score added to each disallowed start / transition / end for a row that has no allowed path at all, so
 #: it still decodes (to the least bad path) instead of producing NaN. Rows with an allowed path are
@@ -102,6 +102,30 @@ def _log_matmul_exp(a: Tensor, m: _ShiftedExp) -> Tensor:
         exact = torch.logsumexp(a.unsqueeze(2) + m.m.unsqueeze(0), dim=1)  # (B, K); all -inf -> -inf
         out = torch.where(prod < _EXACT_BELOW, exact, out)
     return out
+
+
+def mask_emissions(emissions: Tensor, allowed_tags: Tensor | None, penalty: float | None = None) -> Tensor:
+    """Emissions ``(B, T, K)`` with each position's disallowed tags removed: ``-inf`` (or, given a finite
+    ``penalty``, the no-allowed-path fallback, that score added) where ``allowed_tags`` ``(B, T, K)`` is off.
+
+    Why emissions: a per-position restriction is exactly a ``-inf`` emission, and both backends already
+    treat ``-inf`` scores exactly (the C kernels' max-plus and shifted log-sum-exp, and
+    :func:`_log_matmul_exp`), so the same Viterbi and forward-backward give the best allowed path and the
+    marginals conditioned on the restriction, with no separate code path to keep in step.
+    """
+    if allowed_tags is None:
+        return emissions
+    if not isinstance(allowed_tags, Tensor) or allowed_tags.shape != emissions.shape:
+        got = tuple(allowed_tags.shape) if isinstance(allowed_tags, Tensor) else type(allowed_tags).__name__
+        want = tuple(emissions.shape)
+        raise ValueError(f"expected allowed_tags of shape {want} like the emissions, got {got}")
+    if allowed_tags.dtype != torch.bool:
+        raise ValueError(f"expected allowed_tags to be boolean, got dtype {allowed_tags.dtype}")
+    em = emissions.float()
+    allowed = allowed_tags.to(em.device)
+    if penalty is None:
+        return em.masked_fill(~allowed, float("-inf"))
+    return em + torch.where(allowed, 0.0, penalty).to(em.dtype)
 
 
 class ConstrainedCRF(nn.Module):
@@ -274,7 +298,9 @@ class ConstrainedCRF(nn.Module):
         return [row[:n] for row, n in zip(rows, lengths.tolist(), strict=True)]
 
     @torch.no_grad()
-    def viterbi_tensor(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    def viterbi_tensor(
+        self, emissions: Tensor, mask: Tensor, backend: str = "auto", allowed_tags: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Batched Viterbi returning tensors: paths ``(B, T)`` long (steps past a row's length repeat its
         last tag) and lengths ``(B,)`` long. Inputs as in :meth:`decode` (validated there).
 
@@ -282,11 +308,17 @@ class ConstrainedCRF(nn.Module):
         implementation below (any device), ``"auto"`` the kernel for CPU tensors when it is available.
         Both return identical paths: the best allowed path of each row, exactly (removed moves are
         ``-inf``); a row with no allowed path gets the penalised fallback of the module doc.
+
+        ``allowed_tags``: optional ``(B, T, K)`` bool, the tags each position may take (a user dictionary's
+        forced spans, :mod:`ner_core.inference.dictionary`); the path is then the best one through allowed
+        tags only (see :func:`mask_emissions`), on either backend.
         """
         kernel = self._use_kernel(backend, emissions, "Viterbi")
-        paths, lengths, stuck = self._viterbi_with(emissions, mask, kernel, None)
+        em = mask_emissions(emissions, allowed_tags)
+        paths, lengths, stuck = self._viterbi_with(em, mask, kernel, None)
         if bool(stuck.any()):  # rows with no allowed path at all (never without constraints)
-            paths[stuck] = self._viterbi_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)[0]
+            em = mask_emissions(emissions, allowed_tags, DISALLOWED)
+            paths[stuck] = self._viterbi_with(em[stuck], mask[stuck], kernel, DISALLOWED)[0]
         return paths, lengths
 
     def _viterbi_with(
@@ -363,7 +395,9 @@ class ConstrainedCRF(nn.Module):
         return torch.stack(out, dim=1)  # (B, T, K)
 
     @torch.no_grad()
-    def marginals(self, emissions: Tensor, mask: Tensor, backend: str = "auto") -> Tensor:
+    def marginals(
+        self, emissions: Tensor, mask: Tensor, backend: str = "auto", allowed_tags: Tensor | None = None
+    ) -> Tensor:
         """Posterior tag probabilities by forward-backward over the allowed paths (exactly: a forbidden
         start, move or end gets probability 0 whatever the emissions; a row with no allowed path gets the
         penalised fallback of the module doc).
@@ -373,6 +407,8 @@ class ConstrainedCRF(nn.Module):
             backend: ``"c"`` the compiled CPU kernel (:func:`ner_core.model._ckernel.marginals`), ``"torch"``
                 the tensor implementation below (any device), ``"auto"`` the kernel for CPU tensors when
                 it is available. Both compute the same float64 arithmetic (tested to agree).
+            allowed_tags: optional ``(B, T, K)`` bool, the tags each position may take: the marginals are
+                then conditioned on the path going through allowed tags only (as in :meth:`viterbi_tensor`).
 
         Returns:
             ``(B, T, K)`` float32: ``p(y_t = k | x)``; each on step sums to 1, padded steps are all 0.
@@ -380,10 +416,11 @@ class ConstrainedCRF(nn.Module):
         """
         self._validate(emissions, mask)
         kernel = self._use_kernel(backend, emissions, "marginals")
-        out = self._marginals_with(emissions, mask, kernel, None)
+        out = self._marginals_with(mask_emissions(emissions, allowed_tags), mask, kernel, None)
         stuck = torch.isnan(out[:, 0, 0])  # (B,): no allowed path (the whole row is NaN; step 0 is on)
         if bool(stuck.any()):
-            out[stuck] = self._marginals_with(emissions[stuck], mask[stuck], kernel, DISALLOWED)
+            em = mask_emissions(emissions, allowed_tags, DISALLOWED)
+            out[stuck] = self._marginals_with(em[stuck], mask[stuck], kernel, DISALLOWED)
         return out
 
     def _marginals_with(self, emissions: Tensor, mask: Tensor, kernel: bool, penalty: float | None) -> Tensor:
