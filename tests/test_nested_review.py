@@ -386,3 +386,15 @@ def test_an_inner_span_is_added_on_a_span_runs_page_and_refused_on_a_flat_ones(n
     _add_typed(at, 3, 6, "LOC")
     assert "Not added: [3, 6) overlaps LOC [0, 6)" in _texts(at.get_by_key("review_add_panel").error)
     assert _current(nested_db, CRF_RUN, "n-2") == [(0, 6, "LOC", "predicted")]
+
+
+def test_the_predictions_page_shows_the_nested_entities_of_a_span_run(nested_db, monkeypatch):
+    monkeypatch.setenv("NER_DB", nested_db)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("app_pages/predictions.py")
+    at.run()
+    at.selectbox(key="pred_run").set_value(SPAN_RUN).run()
+    assert not at.exception, at.exception
+    body = next(h.proto.body for h in at.get("html") if 'class="ner-text"' in h.proto.body)
+    # the first document by the page's order is shown with both levels: 北京 LOC inside 北京大学 ORG
+    assert re.findall(r'data-label="(\w+)" data-level="(\d)"', body) == [("ORG", "1"), ("LOC", "2")]
