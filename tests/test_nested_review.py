@@ -398,3 +398,25 @@ def test_the_predictions_page_shows_the_nested_entities_of_a_span_run(nested_db,
     body = next(h.proto.body for h in at.get("html") if 'class="ner-text"' in h.proto.body)
     # the first document by the page's order is shown with both levels: 北京 LOC inside 北京大学 ORG
     assert re.findall(r'data-label="(\w+)" data-level="(\d)"', body) == [("ORG", "1"), ("LOC", "2")]
+
+
+def test_ner_export_then_ner_ingest_keeps_every_nested_span(nested_db, tmp_path, capsys):
+    """The commands a user runs: `ner export` (says how many entities overlap), the file back through
+    `ner ingest`: gold_entities hold the outermost spans, dropped_spans the nested ones: all seven."""
+    from app import cli
+
+    out = tmp_path / "span.jsonl"
+    argv = ["export", "--db", nested_db, "--pred-run", SPAN_RUN, "--format", "doccano", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert "3 documents, 7 entities (3 overlap another: nested) as doccano" in capsys.readouterr().out
+    argv = ["ingest", "--db", nested_db, "--name", "back", "--train", str(out), "--no-prefect"]
+    assert cli.main(argv) == 0
+    with duckdb.connect(nested_db, read_only=True) as con:
+        got = con.execute(
+            'SELECT d.text, g."start", g."end", g.label FROM gold_entities g JOIN documents d '
+            "USING (dataset, version, doc_id) WHERE dataset = 'back' UNION ALL "
+            'SELECT d.text, s."start", s."end", s.label FROM dropped_spans s JOIN documents d '
+            "USING (dataset, version, doc_id) WHERE dataset = 'back'"
+        ).fetchall()
+    want = {(text, s, e, lb) for text, _, ents in NESTED_DOCS.values() for s, e, lb, _ in ents}
+    assert sorted(got) == sorted(want)

@@ -1,5 +1,7 @@
 """``ner review export``: the documents reviewed so far in a prediction run, corrected, stored as the next
-version of a dataset (the review loop's way back into training)."""
+version of a dataset (the review loop's way back into training). A span run's nested entities are kept (the
+outermost as gold, the others in ``dropped_spans``, where a span-decoder training reads them; the printed
+``nested`` counts them); a flat run's document whose entities overlap is left out, as before."""
 
 from __future__ import annotations
 
