@@ -72,13 +72,14 @@ def train_model(dataset: str, out: Path, minutes: float, encoder: str = "m3e-sma
 VARIANTS: dict[str, tuple[dict | None, str]] = {
     "fp32": (None, "fp32"),
     "bf16": (None, "bf16"),
-    "int8 today": ({"today": True}, "fp32"),
+    "int8 shipped": ({"shipped": True}, "fp32"),
     "pt7": ({"per_channel": False, "full_range": False}, "fp32"),
     "pc7": ({"per_channel": True, "full_range": False}, "fp32"),
     "pc8": ({"per_channel": True, "full_range": True}, "fp32"),
     "pc8 keep ffn_out": ({"full_range": True, "keep_float": ["ffn_out"]}, "fp32"),
     "pc8 keep ffn_in": ({"full_range": True, "keep_float": ["ffn_in"]}, "fp32"),
     "pc8 smooth": ({"full_range": True, "smooth": "train"}, "fp32"),
+    "pc8 synth": ({"full_range": True, "smooth": "synthetic"}, "fp32"),
     "pc8 smooth keep ffn_out": ({"full_range": True, "smooth": "train", "keep_float": ["ffn_out"]}, "fp32"),
     "pc8 smooth ffn_out bf16": (
         {"full_range": True, "smooth": "train", "keep_float": ["ffn_out"], "kept": "bf16"},
@@ -99,17 +100,19 @@ _SCHEMES = {
 }
 
 
-def build(model, kwargs: dict | None, calibrate=None):
+def build(model, kwargs: dict | None, calibrate=None, tokenizer=None):
     """The model a variant tags with: the float model itself, or its int8 copy (``calibrate(source)``:
-    the activation ranges a ``smooth`` variant needs, from ``train`` texts or ``synthetic`` rows)."""
+    the activation ranges a ``smooth`` variant needs, from ``train`` texts or ``synthetic`` rows;
+    ``int8 shipped``: what ``--precision int8`` tags with, ``ner_core.runtime.precision.int8_copy``; torch's
+    plain dynamic int8, shipped before it, is ``pt7``)."""
     from ner_core.runtime import quantize
 
     if kwargs is None:
         return model
-    if kwargs.get("today"):
-        from ner_core.runtime.precision import int8_copy as today
+    if kwargs.get("shipped"):
+        from ner_core.runtime.precision import int8_copy as shipped
 
-        return today(model)
+        return shipped(model, tokenizer)
     kwargs = dict(kwargs)
     if kwargs.get("smooth"):
         kwargs["ranges"] = calibrate(kwargs.pop("smooth"))
@@ -215,7 +218,8 @@ def bench_dataset(ds: str, model_dir: Path, variants: dict, args) -> list[str]:
     rows: dict[str, dict] = {}
     timed: dict[str, tuple] = {}
     for name, (kwargs, precision) in variants.items():
-        variant = build(loaded.model, kwargs, calibration(loaded.model, loaded.tokenizer, ds))
+        tok = loaded.tokenizer
+        variant = build(loaded.model, kwargs, calibration(loaded.model, tok, ds), tok)
         f1 = score(variant, loaded.tokenizer, docs, precision)
         err = emission_error(loaded.model, variant, loaded.tokenizer, docs, precision)
         rows[name] = {"f1": f1, "delta": (f1 - rows.get("fp32", {"f1": f1})["f1"]) * 100, "emission_err": err}

@@ -330,8 +330,8 @@ def _unsorted_batches(ds, batch_size):
 
 def test_bf16_prediction_pads_windows_to_few_shapes_and_keeps_the_tags(tiny_encoder_dir, one_thread):
     """bf16 kernels are compiled and cached per input shape: windows are padded to a multiple of 16
-    positions there (a service's memory grew with every new length without it), and the padding, masked,
-    changes no tag; fp32 keeps exact dynamic padding."""
+    positions there (a service's memory grew with every new length without it), but never beyond the full
+    window's own length, and the padding, masked, changes no tag; fp32 keeps exact dynamic padding."""
     from ner_core.inference.tagger import Tagger
 
     model, tokenizer = _model(tiny_encoder_dir)
@@ -350,7 +350,8 @@ def test_bf16_prediction_pads_windows_to_few_shapes_and_keeps_the_tags(tiny_enco
         tagger.model.emissions = spy
         tags[p] = [t for t, _ in tagger.tag_texts(texts)]
         del tagger.model.emissions
-    assert all(width % 16 == 0 for _, width in seen["bf16"])
+    assert all(width % 16 == 0 or width == 16 + 2 for _, width in seen["bf16"])
+    assert any(width % 16 == 0 for _, width in seen["bf16"])
     assert any(width % 16 for _, width in seen["fp32"])  # exact: 5+2, 7+2, ... positions
     assert tags["bf16"] == tags["fp32"]
 

@@ -313,7 +313,7 @@ class Tagger:
         )
         self.precision: Precision = self.precision_choice.precision
         if self.precision is Precision.INT8:
-            self.model = int8_copy(self.model)
+            self.model = int8_copy(self.model, tokenizer)
             _int8_head(getattr(self.model, "head", None))
         # reduced-precision kernels are compiled and cached per shape: window batches are padded to a
         # multiple of 16 positions there, so a long-running service meets few shapes, but never beyond the

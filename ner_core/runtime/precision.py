@@ -36,8 +36,6 @@ run-time choice.
 from __future__ import annotations
 
 import contextlib
-import copy
-import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -264,21 +262,43 @@ def needs_grad_scaler(precision: Precision | str) -> bool:
     return Precision(precision) is Precision.FP16
 
 
-def int8_copy(model):
-    """A copy of ``model`` whose encoder ``nn.Linear`` layers are dynamically quantized to int8 (CPU).
+#: synthetic calibration rows whose activation ranges smooth the int8 copy (``bench/bench_int8.py``)
+INT8_CALIBRATION_ROWS = 64
+#: encoder Linear groups the int8 copy keeps out of int8 (in bf16 where the CPU has bf16 units): the FFN's
+#: output layer, whose input (the GELU output) synthetic rows do not calibrate well (``bench/bench_int8.py``)
+INT8_KEPT = ("ffn_out",)
 
-    Only the encoder: the head and the CRF stay float32; the given model is not changed."""
-    quantization = getattr(getattr(torch, "ao", None), "quantization", None)
-    quantize_dynamic = getattr(quantization, "quantize_dynamic", None)
-    if quantize_dynamic is None:
+
+def int8_copy(model, tokenizer=None):
+    """A copy of ``model`` whose encoder ``nn.Linear`` layers run in int8 (CPU); the given model is unchanged.
+
+    Per-channel int8 weights, 8-bit activations where the CPU accumulates int8 products in 32 bits (7-bit
+    elsewhere), each Linear's input smoothed per channel (SmoothQuant) by ranges calibrated on
+    :data:`INT8_CALIBRATION_ROWS` synthetic rows of ``tokenizer``'s one-character tokens, so no training
+    text is needed and the copy is the same for every input, and the :data:`INT8_KEPT` layers in bf16 (fp32
+    on CPUs without bf16 units). See :mod:`ner_core.runtime.quantize` for why torch's plain dynamic int8
+    lost up to half a point of entity F1 and ``bench/bench_int8.py`` for what each choice wins. Without a
+    tokenizer the ranges are skipped (unsmoothed per-channel int8).
+    The calibration runs the float encoder once, under bf16 autocast where the CPU has bf16 units.
+    Only the encoder: the head and the CRF (or span scores) stay as they are."""
+    from ner_core.runtime import quantize
+
+    if not getattr(torch.backends.quantized, "supported_engines", None) or not hasattr(
+        torch.ops.quantized, "linear_dynamic"
+    ):
         raise PrecisionError(
-            f"precision int8 needs torch's dynamic quantization, missing in torch {torch.__version__}"
+            f"precision int8 needs torch's quantized CPU kernels, missing in torch {torch.__version__}"
         )
-    if "x86" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "x86"
-    out = copy.deepcopy(model).cpu()
-    with warnings.catch_warnings():  # torch marks the eager API deprecated; it is what runs int8 on CPU here
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-        out.encoder = quantize_dynamic(out.encoder, {torch.nn.Linear}, dtype=torch.qint8)
-    return out.eval()
+    ranges = None
+    if tokenizer is not None:
+        batches = quantize.synthetic_batches(tokenizer, rows=INT8_CALIBRATION_ROWS)
+        bf16 = bool(Hardware.detect("cpu").bf16_units)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                ranges = quantize.activation_ranges(model, batches)
+        finally:
+            model.train(was_training)
+    kept = "bf16" if Hardware.detect("cpu").bf16_units else "fp32"
+    return quantize.int8_copy(model, ranges=ranges, keep_float=INT8_KEPT, kept=kept).eval()

@@ -44,7 +44,7 @@ def predict_spans(
     if str(precision) == "int8":
         from ner_core.runtime.precision import int8_copy
 
-        run, device = int8_copy(model), "cpu"
+        run, device = int8_copy(model, tokenizer), "cpu"
     was_training = run.training
     run.eval().to(device)
     aligner = CharAligner(tokenizer)
