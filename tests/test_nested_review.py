@@ -338,6 +338,9 @@ def test_the_review_page_shows_each_level_and_acts_on_each_span(nested_db, monke
     shown = _texts(levels.markdown)
     assert "Level 1** (outermost)" in shown and "Level 2** (inside 1 other entity)" in shown
     assert "ORG '北京大学' [2, 6) · predicted" in shown and "LOC '北京' [2, 4) · predicted" in shown
+    table = next(d.value for d in at.dataframe if "mention" in d.value.columns)
+    got = table[["level", "label", "mention"]].values.tolist()
+    assert got == [[2, "LOC", "北京"], [1, "ORG", "北京大学"]]  # the level column: 1 the outermost
     # the picker shows the inner one a level in
     picker = next(s for s in at.selectbox if s.label == "Entity")
     assert "↳ LOC '北京' [2, 4) · predicted" in picker.options

@@ -964,6 +964,9 @@ def _details(doc: dict, ents: list[dict], compare: str | None, colours: dict) ->
         ],
         columns=["label", "mention", "start", "end", "state", "confidence", "reviewer"],
     )
+    levels = nesting_levels(ents)
+    if doc.get("decoder") == "span" or max(levels.values(), default=1) > 1:
+        table.insert(0, "level", [levels[entity_ref(e)] for e in ents])  # 1: outermost
     st.dataframe(table, hide_index=True, key="review_entities")
     if doc["disagreements"]:
         st.warning(
