@@ -64,6 +64,13 @@ class _DictionarySpanModel(nn.Module):
                             out[b, c, i, j] = score
         return out, char_mask
 
+    def span_band(self, ids, att):
+        """What the tagger reads: :meth:`span_logits` on the band of cells a span can occupy."""
+        from ner_core.model.span import band_width, to_band
+
+        out, char_mask = self.span_logits(ids, att)
+        return to_band(out, band_width(out.shape[-1], self.limit)), char_mask
+
 
 class _CentralitySpanModel(_DictionarySpanModel):
     """Scores every one- and two-character span of label 0 by where it sits in its window: lower the
@@ -540,8 +547,8 @@ def test_a_span_model_tags_in_reduced_precision_with_float32_span_scores(span_lo
         pytest.skip("this CPU has no bf16 units")
     seen = []
     tagger = Tagger.from_loaded(span_loaded, PredictionConfig(window=24, precision=precision, device="cpu"))
-    real = tagger.model.span_logits
-    tagger.model.span_logits = lambda *a: seen.append(real(*a)[0].dtype) or real(*a)
+    real = tagger.model.span_band
+    tagger.model.span_band = lambda *a: seen.append(real(*a)[0].dtype) or real(*a)
     texts = [(TEXT * 3)[:150], "北京"]
     got = tagger.predict(texts)
     fp32 = Tagger.from_loaded(

@@ -130,19 +130,20 @@ class ScoredSpans:
 
 
 def window_candidates(
-    logits: torch.Tensor, char_mask: torch.Tensor, floor: float
+    band: torch.Tensor, char_mask: torch.Tensor, floor: float
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per row of a window batch: the cells with ``sigmoid(score) >= floor`` as ``(label, first, last,
-    prob)`` arrays (window positions, ``last`` inclusive). The comparison runs on the float32 scores, on
-    the scores' device: only the few cells above the floor leave it."""
-    scores = logits.detach().float()  # (B, C, L, L)
+    """Per row of a window batch: the cells of the span-score band (``band[b, c, i, w]``, the span
+    ``i..i+w``, :meth:`ner_core.model.network.NERModel.span_band`) with ``sigmoid(score) >= floor`` as
+    ``(label, first, last, prob)`` arrays (window positions, ``last`` inclusive). The comparison runs on the
+    float32 scores, on the scores' device: only the few cells above the floor leave it."""
+    scores = band.detach().float()  # (B, C, L, W)
     cut = math.log(floor / (1.0 - floor)) - 1e-4  # in logit space; the exact test is on the probability
-    hits = (scores >= cut).nonzero()  # (N, 4): row, label, first, last (padding cells are masked scores)
+    hits = (scores >= cut).nonzero()  # (N, 4): row, label, first, width (padding cells are masked scores)
     probs = torch.sigmoid(scores[hits[:, 0], hits[:, 1], hits[:, 2], hits[:, 3]]).double()  # (N,)
     hits, probs = hits.cpu().numpy(), probs.cpu().numpy()
-    char_ok = (
-        char_mask.cpu().numpy()
-    )  # (B, L): a cell of a padding position is never a span, whatever its score
+    hits[:, 3] += hits[:, 2]  # width -> last
+    # a cell of a padding position (or past the row) is never a span, whatever its score
+    char_ok = np.pad(char_mask.cpu().numpy(), ((0, 0), (0, max(scores.shape[3] - 1, 0))))  # (B, L + W - 1)
     keep = (probs >= floor) & char_ok[hits[:, 0], hits[:, 2]] & char_ok[hits[:, 0], hits[:, 3]]
     hits, probs = hits[keep], probs[keep]
     bounds = np.searchsorted(hits[:, 0], np.arange(scores.shape[0] + 1))  # rows come sorted from nonzero

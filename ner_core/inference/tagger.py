@@ -608,12 +608,12 @@ class Tagger:
             ]
             enc = collate(items, al.cls_id, al.sep_id, al.pad_id, pad_to=self._pad_to, max_chars=self.max_len)
             with autocast(self.precision, self.device.type):  # encoder + head; the span scores are float32
-                logits, char_mask = self.model.span_logits(
+                band, char_mask = self.model.span_band(
                     enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-                )  # (B, C, L, L), (B, L)
+                )  # (B, C, L, W): only the cells a span can occupy, (B, L)
             first_seen = 0
             for (ti, k, s), (lab, a, z, p) in zip(
-                batch_w, span_decoding.window_candidates(logits, char_mask, floor), strict=True
+                batch_w, span_decoding.window_candidates(band, char_mask, floor), strict=True
             ):
                 i, j = a + s, z + s
                 own = span_decoding.owner_windows(starts[ti], width[ti], i, j) == k

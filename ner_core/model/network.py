@@ -26,7 +26,7 @@ from ner_core.config import DecoderType, NERConfig, TrainingConfig
 from ner_core.model.crf import ConstrainedCRF
 from ner_core.model.fast_dropout import use_fast_dropout
 from ner_core.model.heads import build_head, one_cpu_thread
-from ner_core.model.span import EfficientGlobalPointer, circle_loss, span_mask
+from ner_core.model.span import EfficientGlobalPointer, band_mask, circle_loss
 
 __all__ = ["NERModel"]
 
@@ -166,6 +166,16 @@ class NERModel(nn.Module):
         h, char_mask = self._features(input_ids, attention_mask)  # (B, T-2, F), (B, T-2)
         return self.span(h, char_mask, self.max_span_len), char_mask
 
+    def span_band(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`span_logits` on the band of cells a span can occupy: ``band[b, c, i, w]`` (float32,
+        ``(B, C, T-2, W)``, ``W = min(T-2, max_span_len)``) is the score of characters ``i..i+w``; the
+        same values, without the dense tensor's cells that can never be a span (what prediction and the
+        loss read). See :meth:`ner_core.model.span.EfficientGlobalPointer.band`."""
+        if self.decoder is not DecoderType.SPAN:
+            raise ValueError("span_band needs a span model (decoder span); this one decodes with a CRF")
+        h, char_mask = self._features(input_ids, attention_mask)  # (B, T-2, F), (B, T-2)
+        return self.span.band(h, char_mask, self.max_span_len), char_mask
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tags: Tensor) -> Tensor:
         """Mean CRF negative log-likelihood over rows with at least one character; for a span model the
         mean circle loss (:meth:`span_loss`, ``tags`` then being the ``(N, 4)`` span targets).
@@ -205,23 +215,29 @@ class NERModel(nn.Module):
         if not isinstance(targets, Tensor) or targets.dim() != 2 or targets.shape[1] != 4:
             got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
             raise ValueError(f"expected span targets of shape (N, 4): [row, label, start, end], got {got}")
-        logits, char_mask = self.span_logits(input_ids, attention_mask)  # (B, C, L, L), (B, L)
-        L = logits.shape[-1]
-        t = targets.long().to(logits.device)
+        # the band holds every valid cell, the dense tensor's others are masked: exp(MASKED) is 0 in the
+        # loss, so the banded loss equals the dense one
+        band, char_mask = self.span_band(input_ids, attention_mask)  # (B, C, L, W), (B, L)
+        L, W = band.shape[2], band.shape[3]
+        t = targets.long().to(band.device)
         C = len(self.labels)
         limits = torch.tensor([B, C, L, L], device=t.device)
         if t.numel() and bool(((t < 0) | (t >= limits)).any()):
             raise ValueError(f"span targets outside the batch: rows < {B}, labels < {C}, positions < {L}")
         rows = char_mask[:, 0] if L else char_mask.new_zeros(B)  # (B,) rows with characters
         if not bool(rows.any()):
-            return logits.sum() * 0.0  # keeps the graph; nothing to learn from
-        valid = span_mask(char_mask, self.max_span_len)  # (B, L, L)
-        gold = torch.zeros_like(logits, dtype=torch.bool)  # (B, C, L, L)
-        gold[t[:, 0], t[:, 1], t[:, 2], t[:, 3]] = True
+            return band.sum() * 0.0  # keeps the graph; nothing to learn from
+        width = t[:, 3] - t[:, 2]  # (N,) span length - 1: the band column
+        no_span = "a span target is no span the model scores (padding, end < start or too long)"
+        if bool(((width < 0) | (width >= W)).any()):
+            raise ValueError(no_span)
+        valid = band_mask(char_mask, W, self.max_span_len)  # (B, L, W)
+        gold = torch.zeros_like(band, dtype=torch.bool)  # (B, C, L, W)
+        gold[t[:, 0], t[:, 1], t[:, 2], width] = True
         if bool((gold & ~valid[:, None]).any()):
-            raise ValueError("a span target is no span the model scores (padding, end < start or too long)")
-        with torch.autocast(logits.device.type, enabled=False):
-            return circle_loss(logits, gold, valid)[rows].mean()
+            raise ValueError(no_span)
+        with torch.autocast(band.device.type, enabled=False):
+            return circle_loss(band, gold, valid)[rows].mean()
 
     # ------------------------------------------------------------------ optimisation
     def param_groups(self, tcfg: TrainingConfig) -> list[dict]:

@@ -32,10 +32,42 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MASKED", "EfficientGlobalPointer", "circle_loss", "decode_spans", "rope", "span_mask"]
+__all__ = [
+    "MASKED",
+    "EfficientGlobalPointer",
+    "band_mask",
+    "band_width",
+    "circle_loss",
+    "decode_spans",
+    "rope",
+    "span_mask",
+    "to_band",
+]
 
 #: the score of a cell that is no span: far below any real score, finite (``-inf`` would make 0 * inf)
 MASKED = -1e12
+
+
+#: RoPE's cos/sin tables by (length, dim, device, dtype): every window of a run has one of a few lengths,
+#: so the tables are computed once instead of on every batch (bounded: cleared when it holds too many)
+_ROPE_TABLES: dict[tuple[int, int, str, torch.dtype], tuple[Tensor, Tensor]] = {}
+_ROPE_TABLES_MAX = 64
+
+
+def _rope_tables(L: int, D: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``cos`` and ``sin`` ``(L, D/2)`` of the angles ``p * 10000^(-2m/D)``, computed in float32."""
+    key = (L, D, str(device), dtype)
+    tables = _ROPE_TABLES.get(key)
+    if tables is None:
+        # plain tensors even when first asked for under inference_mode, so training may use them later
+        with torch.inference_mode(False), torch.no_grad():
+            inv = torch.pow(10000.0, -torch.arange(0, D, 2, dtype=torch.float32, device=device) / D)
+            angle = torch.arange(L, dtype=torch.float32, device=device)[:, None] * inv[None, :]  # (L, D/2)
+            tables = (angle.cos().to(dtype), angle.sin().to(dtype))
+        if len(_ROPE_TABLES) >= _ROPE_TABLES_MAX:
+            _ROPE_TABLES.clear()
+        _ROPE_TABLES[key] = tables
+    return tables
 
 
 def rope(x: Tensor) -> Tensor:
@@ -43,9 +75,7 @@ def rope(x: Tensor) -> Tensor:
     ``p`` is rotated by the angle ``p * 10000^(-2m/D)``. So ``<rope(q)_i, rope(k)_j>`` is a function of
     ``q_i``, ``k_j`` and ``j - i``."""
     _, L, D = x.shape
-    inv = torch.pow(10000.0, -torch.arange(0, D, 2, dtype=torch.float32, device=x.device) / D)  # (D/2,)
-    angle = torch.arange(L, dtype=torch.float32, device=x.device)[:, None] * inv[None, :]  # (L, D/2)
-    cos, sin = angle.cos(), angle.sin()  # (L, D/2)
+    cos, sin = _rope_tables(L, D, x.device, x.dtype)  # (L, D/2)
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, L, D/2)
     out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (B, L, D/2, 2)
     return out.flatten(-2)  # (B, L, D)
@@ -61,6 +91,42 @@ def span_mask(char_mask: Tensor, max_span_len: int | None) -> Tensor:
     if max_span_len is not None:
         ok = ok & (width < max_span_len)
     return ok[None] & char_mask[:, :, None] & char_mask[:, None, :]  # (B, L, L)
+
+
+def band_width(L: int, max_span_len: int | None) -> int:
+    """``W``, the number of span lengths a band of ``L`` characters holds: ``min(L, max_span_len)``."""
+    return L if max_span_len is None else min(L, max_span_len)
+
+
+def _band_index(L: int, W: int, device: torch.device) -> Tensor:
+    """``(L, W)`` long: ``i + w``, the end of the span of start ``i`` and length ``w + 1``, clipped to the
+    last position (the clipped cells are masked)."""
+    return (torch.arange(L, device=device)[:, None] + torch.arange(W, device=device)[None, :]).clamp(
+        max=max(L - 1, 0)
+    )
+
+
+def band_mask(char_mask: Tensor, W: int, max_span_len: int | None) -> Tensor:
+    """``(B, L, W)`` bool: band cell ``(i, w)``, the span ``i..i+w``, is a span (both ends characters,
+    ``i + w < L``, ``w < max_span_len`` when a limit is given): :func:`span_mask` read along the band."""
+    L = char_mask.shape[1]
+    i = torch.arange(L, device=char_mask.device)[:, None]
+    w = torch.arange(W, device=char_mask.device)[None, :]
+    ok = (i + w) < L  # (L, W)
+    if max_span_len is not None:
+        ok = ok & (w < max_span_len)
+    end_ok = char_mask[:, _band_index(L, W, char_mask.device)]  # (B, L, W)
+    return ok[None] & char_mask[:, :, None] & end_ok
+
+
+def to_band(logits: Tensor, W: int) -> Tensor:
+    """Dense scores ``(..., L, L)`` as a band ``(..., L, W)``: ``band[..., i, w] = logits[..., i, i + w]``,
+    :data:`MASKED` where ``i + w >= L``."""
+    L = logits.shape[-1]
+    idx = _band_index(L, W, logits.device)  # (L, W)
+    band = torch.gather(logits, -1, idx.expand(logits.shape[:-1] + (W,)))
+    beyond = (torch.arange(L, device=logits.device)[:, None] + torch.arange(W, device=logits.device)) >= L
+    return band.masked_fill(beyond, MASKED)
 
 
 class EfficientGlobalPointer(nn.Module):
@@ -84,18 +150,40 @@ class EfficientGlobalPointer(nn.Module):
         self.proj = nn.Linear(in_features, 2 * head_size)  # [q_i; k_i] interleaved
         self.bias = nn.Linear(2 * head_size, 2 * num_labels)  # per label: start bias, end bias
 
+    def _parts(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """float32 ``q``, ``k`` ``(B, L, d)`` (rotated) and the label biases ``(B, 2C, L)`` (start, end
+        interleaved, halved); call with autocast off."""
+        x = self.proj(self.norm(h.float()))  # (B, L, 2d)
+        q, k = rope(x[..., 0::2]), rope(x[..., 1::2])  # (B, L, d) each
+        return q, k, self.bias(x).transpose(1, 2) / 2  # (B, 2C, L)
+
     def forward(self, h: Tensor, char_mask: Tensor, max_span_len: int | None = None) -> Tensor:
         """``h`` ``(B, L, F)`` (any dtype), ``char_mask`` ``(B, L)`` bool -> float32 scores ``(B, C, L, L)``,
         :data:`MASKED` on every cell that is no span."""
         with torch.autocast(h.device.type, enabled=False):
-            x = self.proj(self.norm(h.float()))  # (B, L, 2d)
-            q, k = rope(x[..., 0::2]), rope(x[..., 1::2])  # (B, L, d) each
+            q, k, bias = self._parts(h)
             scores = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)  # (B, L, L)
-            bias = self.bias(x).transpose(1, 2) / 2  # (B, 2C, L)
             # start bias indexed by the row (i), end bias by the column (j)
             logits = scores[:, None] + bias[:, 0::2, :, None] + bias[:, 1::2, None, :]  # (B, C, L, L)
             valid = span_mask(char_mask, max_span_len)  # (B, L, L)
             return logits.masked_fill(~valid[:, None], MASKED)
+
+    def band(self, h: Tensor, char_mask: Tensor, max_span_len: int | None = None) -> Tensor:
+        """The scores of :meth:`forward` on the band of cells a span can occupy, ``(B, C, L, W)`` float32
+        with ``W = band_width(L, max_span_len)``: ``band[b, c, i, w]`` is the score of characters
+        ``i..i+w``, :data:`MASKED` where that is no span. Every span the model scores is in the band, and
+        the band is ``L / W`` times smaller than the dense ``(B, C, L, L)``, most of which is masked."""
+        with torch.autocast(h.device.type, enabled=False):
+            q, k, bias = self._parts(h)
+            B, L, _ = q.shape
+            W = band_width(L, max_span_len)
+            idx = _band_index(L, W, h.device)  # (L, W) the end of each band cell
+            # the same product as forward's, read on the band: one matrix product beats W small ones
+            scores = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)  # (B, L, L)
+            scores = torch.gather(scores, 2, idx.expand(B, L, W))  # (B, L, W)
+            end_bias = bias[:, 1::2, idx]  # (B, C, L, W)
+            logits = scores[:, None] + bias[:, 0::2, :, None] + end_bias  # (B, C, L, W)
+            return logits.masked_fill(~band_mask(char_mask, W, max_span_len)[:, None], MASKED)
 
 
 def circle_loss(logits: Tensor, gold: Tensor, valid: Tensor) -> Tensor:
