@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: setup demo lint test test-fast bench ui clean
+.PHONY: setup demo lint test test-fast test-label-studio bench ui clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,13 @@ test: setup lint
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# `ner serve --label-studio` against a real Label Studio on loopback. Not part of `test`: it installs the
+# label-studio package (large) into its own venv, $(LS_VENV) (outside the checkout, reused); the test skips
+# when pip cannot install it.
+LS_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/ner/label-studio-venv
+test-label-studio: setup
+	NER_LABEL_STUDIO_LIVE=1 NER_LABEL_STUDIO_VENV=$(LS_VENV) $(PY) -m pytest -q -p no:cacheprovider tests/label_studio_live
 
 bench: setup
 	$(PY) -m bench

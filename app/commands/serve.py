@@ -67,7 +67,40 @@ def add_parser(sub) -> None:
         default=False,
         help="log every request (default off)",
     )
+    _add_label_studio_options(sp)
     sp.set_defaults(func=cmd_serve)
+
+
+def _add_label_studio_options(sp) -> None:
+    """``--label-studio`` and its settings (:mod:`app.serve.label_studio`)."""
+    g = sp.add_argument_group("Label Studio ML backend")
+    g.add_argument(
+        "--label-studio",
+        action="store_true",
+        help="speak Label Studio's ML backend protocol (/health, /setup, /predict, /webhook) instead of the "
+        "plain routes; answers and annotations are stored in --db",
+    )
+    g.add_argument(
+        "--label-studio-url", metavar="URL", help="Label Studio's address (default $LABEL_STUDIO_URL)"
+    )
+    g.add_argument(
+        "--label-studio-token-file",
+        metavar="FILE",
+        help="file holding Label Studio's API token, to read annotations a webhook does not carry "
+        "(default $LABEL_STUDIO_API_KEY)",
+    )
+    g.add_argument(
+        "--retrain-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="start the retrain deployment after every N annotations stored (0: never; default %(default)s)",
+    )
+    g.add_argument(
+        "--retrain-deployment",
+        default="retrain-from-reviews/retrain-from-reviews",
+        help="the Prefect deployment started (default %(default)s)",
+    )
 
 
 def _add_guard_options(sp) -> None:
@@ -124,6 +157,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     allowed = args.allowed_hosts if args.allowed_hosts is not None else settings().allowed_hosts
     HostPolicy.for_bind(args.host, allowed)  # so is a name that cannot be a host's
     model_dir, run_id = chosen_model(args)
+    ls = None
+    if args.label_studio:
+        from app.serve.label_studio import env_settings
+        from app.serve.ls_backend import LabelStudioOptions
+
+        url, token = env_settings(args.label_studio_url, args.label_studio_token_file)
+        ls = LabelStudioOptions(args.db, url, token, max(args.retrain_every, 0), args.retrain_deployment)
     app = create_app(
         model_dir,
         run_id=run_id,
@@ -134,9 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=api_key,
         host=args.host,
         allowed_hosts=allowed,
+        label_studio=ls,
     )
+    routes = "POST /setup /predict /webhook, GET /health" if ls else "POST /predict, GET /health, GET /model"
     print(
-        f"serving {model_dir} on http://{args.host}:{args.port}  (POST /predict, GET /health, GET /model)"
+        f"serving {model_dir} on http://{args.host}:{args.port}  ({routes})"
         + (", API key required (not on /health)" if api_key else "")
         + (f", request log {app.state.request_log.path}" if args.log_path else ""),
         flush=True,

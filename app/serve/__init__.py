@@ -347,14 +347,17 @@ def create_app(
     api_key: str | None = None,
     host: str = DEFAULT_HOST,
     allowed_hosts: Iterable[str] = (),
+    label_studio=None,
 ):
     """A FastAPI app serving the model in ``model_dir``; the model is loaded here, once, and tags with
     ``options`` (unset ones: the model's saved prediction settings). ``batch_requests``: tag the texts of
     concurrent requests together (:class:`RequestBatcher`). ``log_path``: a folder for the request log
     (:class:`RequestLog`). ``api_key``: required on every path but ``/health``
     (:class:`app.serve_guard.RequestGuard`). ``host``: the address it is bound to, whose names (and
-    ``allowed_hosts``) it answers for in ``Host`` (:class:`app.serve_guard.HostPolicy`). The app's
-    shutdown tags what is queued, then stops."""
+    ``allowed_hosts``) it answers for in ``Host`` (:class:`app.serve_guard.HostPolicy`).
+    ``label_studio``: a :class:`app.serve.ls_backend.LabelStudioOptions` to speak Label Studio's ML
+    backend protocol instead of the plain routes (:mod:`app.serve.label_studio`). The app's shutdown tags
+    what is queued, then stops."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -371,8 +374,13 @@ def create_app(
     tagger = Tagger.from_loaded(loaded, options)
     print(tagger.precision_choice.line("serving"), flush=True)
     # one tagger call at a time (torch already uses every thread it has); concurrent requests share it
+    served = tagger
+    if label_studio is not None:  # Label Studio's answers need each document's uncertainty too
+        from app.serve.ls_backend import DocumentTagger
+
+        served = DocumentTagger(tagger)
     batcher = RequestBatcher(
-        tagger,
+        served,
         max_texts=limits.max_texts,
         max_chars=limits.max_total_chars,
         coalesce=batch_requests,
@@ -402,9 +410,32 @@ def create_app(
     if log_path is not None:
         app.state.request_log = RequestLog(log_path)
         _add_request_log(app, app.state.request_log)
+    if label_studio is not None:
+        _add_label_studio(app, label_studio, batcher, limits, info, tagger, loaded)
+        return app
     _add_routes(app, batcher, limits, info)
     _add_seed_route(app, batcher, limits, loaded.scheme)
     return app
+
+
+def _add_label_studio(app, options, batcher, limits, info: dict, tagger, loaded) -> None:
+    """Label Studio's routes (:func:`app.serve.ls_backend.add_label_studio_routes`) and HTTP Basic auth
+    with the API key as the password, in front of the guard
+    (:class:`app.serve.label_studio.BasicAuthAsBearer`)."""
+    from app.serve.label_studio import BasicAuthAsBearer
+    from app.serve.ls_backend import LabelStudioBackend, add_label_studio_routes
+
+    backend = LabelStudioBackend(
+        options,
+        model_dir=info["model_dir"],
+        run_id=info["run_id"],
+        tagger=tagger,
+        labels=loaded.labels,
+        model_version=f"ner-{info['model']}",
+    )
+    app.state.label_studio = backend
+    app.add_middleware(BasicAuthAsBearer)  # added last: runs first, before the API key is checked
+    add_label_studio_routes(app, batcher, limits, info, backend, _tag)
 
 
 #: the keys of a model directory's metrics.json that ``GET /model`` serves: what the trainer writes
