@@ -369,3 +369,52 @@ def test_crf_allowed_tags_with_no_allowed_path_fall_back_to_penalties_not_nan(ba
     assert paths[1, 1] == tags.index("B-LOC") and float(marg[1, 1, tags.index("B-LOC")]) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="allowed_tags of shape"):
         crf.viterbi_tensor(em, mask, backend, allowed_tags=ok[:, :3])
+
+
+@pytest.mark.skipif(BACKENDS[1].marks[0].args[0], reason="no C compiler for the CRF kernel")
+@pytest.mark.parametrize("scheme", ["BIO", "BIOES"])
+def test_c_kernel_and_torch_agree_on_a_batch_of_mixed_rows(scheme):
+    """More rows than the kernel's 8-row block, some with forced / forbidden spans and some without, of
+    several lengths: the sparse (masked) and dense paths of the kernel give the torch results."""
+    tags = tag_set(scheme)
+    crf = make_crf(len(tags), hand_allowed(tags, scheme), seed=7)
+    rng = np.random.default_rng(7)
+    R, T = 11, 30
+    em = torch.from_numpy(rng.normal(size=(R, T, len(tags))).astype(np.float32) * 3)
+    lengths = [T, 12, 30, 7, 30, 25, 30, 1, 30, 18, 29]
+    plans = []
+    for r in range(R):
+        spans = [
+            (s, s + k, ["PER", "LOC"][int(rng.integers(2))])
+            for s, k in zip(
+                rng.integers(0, max(lengths[r] - 3, 1), size=4).tolist(),
+                rng.integers(1, 4, size=4).tolist(),
+                strict=True,
+            )
+            if s + k <= lengths[r]
+        ]
+        plans.append(None if r % 3 == 0 else DictionaryPlan(forced=spans[:1], forbidden=spans[1:]))
+    # a forbid equal to a forced span: the force stands
+    plans[1] = DictionaryPlan(forced=[(2, 5, "PER")], forbidden=[(2, 5, "PER"), (0, 2, "LOC")])
+    by = {b: run(crf, em, lengths, plans, tags, scheme, b) for b in ("c", "torch")}
+    assert by["c"][0] == by["torch"][0]
+    np.testing.assert_allclose(by["c"][1].numpy(), by["torch"][1].numpy(), atol=1e-5)
+    for r, plan in enumerate(plans):
+        ents = set(span_tuples([tags[k] for k in by["c"][0][r]], scheme))
+        if plan:
+            assert set(plan.forced) <= ents and not ents & (set(plan.forbidden) - set(plan.forced)), (
+                r,
+                plan,
+                ents,
+            )
+
+
+def test_plans_that_contradict_themselves_are_refused_in_one_line():
+    tags = tag_set("BIO")
+    crf = make_crf(len(tags), hand_allowed(tags, "BIO"), seed=0)
+    em, mask = torch.zeros(1, 5, len(tags)), torch.ones(1, 5, dtype=torch.bool)
+    bad = DictionaryPlan(forced=[(0, 3, "PER"), (2, 4, "LOC")])
+    with pytest.raises(ValueError, match=r"row 0: forced span \[2, 4\) LOC overlaps another"):
+        decode_with_dictionary(crf, em, mask, [bad], tags, "BIO")
+    with pytest.raises(ValueError, match="row 0: a forbidden span lies outside"):
+        decode_with_dictionary(crf, em, mask, [DictionaryPlan(forbidden=[(3, 6, "PER")])], tags, "BIO")

@@ -553,15 +553,44 @@ def _decode_expanded(
     base, slot, code, where = _expanded_states(info, counts)
     exp = _expanded_crf(crf, info, base, slot, code)
     b = torch.as_tensor(base, device=em.device)
-    em_x = em.float().index_select(2, b)  # (R, T, K')
-    ok = torch.from_numpy(_slot_masks(allowed, base, slot, where, info, rows_slots)).to(em.device)
-    paths_x, _ = exp.viterbi_tensor(em_x, mask, backend, allowed_tags=ok)
+    ok = _slot_masks(allowed, base, slot, where, info, rows_slots)  # (R, T, K')
+    # masked once here (numpy's gather and where are far faster than torch's on CPU), not by each call:
+    # an allowed path always remains (module doc), so the CRF's no-allowed-path fallback is never needed
+    if em.device.type == "cpu":
+        em_x = torch.from_numpy(np.where(ok, em.float().numpy()[:, :, base], np.float32(-np.inf)))
+    else:
+        em_x = em.float().index_select(2, b).masked_fill(~torch.from_numpy(ok).to(em.device), float("-inf"))
+    paths_x, _ = exp.viterbi_tensor(em_x, mask, backend)
     paths = b[paths_x]  # (R, T)
     if not confidence:
         return paths, None
-    marg_x = exp.marginals(em_x, mask, backend, allowed_tags=ok)  # (R, T, K')
-    marg = torch.zeros(em.shape, dtype=marg_x.dtype, device=marg_x.device).index_add_(2, b, marg_x)
+    marg_x = exp.marginals(em_x, mask, backend)  # (R, T, K'); the first K states are the tags themselves
+    marg = (
+        marg_x[:, :, : len(info.roles)]
+        .clone()
+        .index_add_(2, b[len(info.roles) :], marg_x[:, :, len(info.roles) :])
+    )
     return paths, marg
+
+
+def _checked(plan: DictionaryPlan | None, length: int, row: int) -> DictionaryPlan | None:
+    """A plan as :meth:`UserDictionary.plan` makes them: spans inside the row, forced spans apart; a
+    forbidden span equal to a forced one is left out (the forced one stands). Else a one-line error."""
+    if not plan:
+        return plan
+    last = 0
+    for s, e, lab in sorted(plan.forced):
+        if not 0 <= s < e <= length or s < last:
+            raise ValueError(
+                f"row {row}: forced span [{s}, {e}) {lab} overlaps another or lies outside 0..{length}"
+            )
+        last = e
+    if any(not 0 <= s < e <= length for s, e, _ in plan.forbidden):
+        raise ValueError(f"row {row}: a forbidden span lies outside the row's {length} positions")
+    forced = set(plan.forced)
+    if forced & set(plan.forbidden):
+        return DictionaryPlan(plan.forced, [f for f in plan.forbidden if f not in forced], plan.dropped)
+    return plan
 
 
 def decode_with_dictionary(
@@ -588,11 +617,14 @@ def decode_with_dictionary(
         return paths, crf.marginals(emissions, mask, backend) if confidence else None
     info = _Tags.of(tags, scheme)
     lengths = mask.sum(dim=1).tolist()
+    plans = [_checked(p, n, r) for r, (p, n) in enumerate(zip(plans, lengths, strict=True))]
     allowed = _forced_mask(info, plans, T, lengths)  # (R, T, K)
     paths = torch.empty(R, T, dtype=torch.long, device=emissions.device)
-    marg = torch.zeros(R, T, K, dtype=torch.float32, device=emissions.device) if confidence else None
+    marg = torch.empty(R, T, K, dtype=torch.float32, device=emissions.device) if confidence else None
     hard = [r for r, p in enumerate(plans) if p and p.forbidden]
     plain = [r for r, p in enumerate(plans) if not (p and p.forbidden)]
+    if not plain:  # every row has a forbidden span: no copies of row subsets
+        return _decode_expanded(crf, info, emissions, mask, allowed, list(plans), confidence, backend)
     if plain:
         idx = torch.tensor(plain, device=emissions.device)
         forced = any(plans[r] and plans[r].forced for r in plain)

@@ -21,6 +21,11 @@ with a finite penalty of :data:`DISALLOWED` per forbidden start, move or end ins
 for ordinary scores), so it still gets an answer and never NaN; rows that have an allowed path are not
 affected by that fallback.
 
+Per-position restrictions: :meth:`ConstrainedCRF.viterbi_tensor` and :meth:`ConstrainedCRF.marginals` take
+``allowed_tags`` ``(B, T, K)``, the tags each position may take (a user dictionary's forced spans,
+:mod:`ner_core.inference.dictionary`): applied as ``-inf`` emissions (:func:`mask_emissions`), exact on both
+backends, so the path is the best one through allowed tags and the marginals are conditioned on them.
+
 Speed: on CPU, :meth:`ConstrainedCRF.viterbi_tensor`, :meth:`ConstrainedCRF.marginals` and the training
 loss's log-partition with its gradient (:meth:`ConstrainedCRF.neg_log_likelihood`) run compiled C
 kernels (``ner_core/csrc/crf.c``, built on first use by :mod:`ner_core.model._ckernel`): Viterbi with 8 rows

@@ -16,6 +16,9 @@
  * ever meets it), so the path is the best allowed one whatever the emissions. lengths (B) in [1, T];
  * paths (B, T) int64 out: steps past a row's length repeat its last tag; a row with no allowed path at
  * all (its best score is -inf) is all -1, for the caller to decode again with finite penalties.
+ * Emissions may be -inf (per-position tag masks, e.g. a user dictionary's expanded states): a block
+ * with any such entry runs a sparse recursion that skips states no row of the block can be in (as
+ * sources and as targets), so masked-off states cost next to nothing; the result is the same.
  * Returns 0, or -1 when memory could not be allocated.
  */
 #include <math.h>
@@ -45,14 +48,27 @@ static inline void maxplus8(float *out, const float *p, float tr) {
 #endif
 }
 
+/* Whether any of the 8 lanes is above -inf (a state some row of the block can be in, or may take). */
+static inline int any_live8(const float *p) {
+#if defined(__AVX__)
+    return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_set1_ps(-INFINITY), _CMP_GT_OQ)) != 0;
+#else
+    for (int l = 0; l < LANES; l++)
+        if (p[l] > -INFINITY) return 1;
+    return 0;
+#endif
+}
+
 int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *start,
                 const float *trans, const float *end, const int64_t *lengths, int64_t *paths,
                 int64_t b0, int64_t b1) {
     float *emT = (float *)malloc(sizeof(float) * (size_t)T * (size_t)K * LANES);
     float *sc = (float *)malloc(sizeof(float) * (size_t)T * (size_t)K * LANES);
-    if (emT == NULL || sc == NULL) {
+    int64_t *live = (int64_t *)malloc(sizeof(int64_t) * (size_t)K);
+    if (emT == NULL || sc == NULL || live == NULL) {
         free(emT);
         free(sc);
+        free(live);
         return -1;
     }
     (void)B;
@@ -62,11 +78,14 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
         for (int64_t l = 0; l < n; l++)
             if (lengths[r0 + l] > tmax) tmax = lengths[r0 + l];
         /* transpose this block's emissions to (t, k, lane); unused lanes get zeros */
+        int masked = 0; /* any -inf emission (per-position masks): then the sparse recursion below */
         for (int64_t t = 0; t < tmax; t++)
             for (int64_t k = 0; k < K; k++) {
                 float *dst = emT + ((size_t)t * K + k) * LANES;
-                for (int64_t l = 0; l < LANES; l++)
+                for (int64_t l = 0; l < LANES; l++) {
                     dst[l] = l < n ? em[((size_t)(r0 + l) * T + t) * K + k] : 0.0f;
+                    masked |= !(dst[l] > -INFINITY);
+                }
             }
         for (int64_t k = 0; k < K; k++)
             for (int l = 0; l < LANES; l++) sc[k * LANES + l] = emT[k * LANES + l] + start[k];
@@ -74,11 +93,27 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
             const float *p = sc + (size_t)(t - 1) * K * LANES;
             float *cur = sc + (size_t)t * K * LANES;
             const float *e = emT + (size_t)t * K * LANES;
+            if (!masked) {
+                for (int64_t j = 0; j < K; j++) {
+                    float acc[LANES];
+                    float tr = trans[j];
+                    for (int l = 0; l < LANES; l++) acc[l] = p[l] + tr;
+                    for (int64_t i = 1; i < K; i++) maxplus8(acc, p + i * LANES, trans[i * K + j]);
+                    for (int l = 0; l < LANES; l++) cur[j * LANES + l] = acc[l] + e[j * LANES + l];
+                }
+                continue;
+            }
+            /* -inf scores (states no row of the block can be in: per-position masks, as a dictionary's
+             * expanded states give) are skipped as sources and as targets; max is exact in any order */
+            int64_t n_live = 0;
+            for (int64_t i = 0; i < K; i++)
+                if (any_live8(p + i * LANES)) live[n_live++] = i;
             for (int64_t j = 0; j < K; j++) {
                 float acc[LANES];
-                float tr = trans[j];
-                for (int l = 0; l < LANES; l++) acc[l] = p[l] + tr;
-                for (int64_t i = 1; i < K; i++) maxplus8(acc, p + i * LANES, trans[i * K + j]);
+                for (int l = 0; l < LANES; l++) acc[l] = -INFINITY;
+                if (any_live8(e + j * LANES))
+                    for (int64_t a = 0; a < n_live; a++)
+                        maxplus8(acc, p + live[a] * LANES, trans[live[a] * K + j]);
                 for (int l = 0; l < LANES; l++) cur[j * LANES + l] = acc[l] + e[j * LANES + l];
             }
         }
@@ -118,6 +153,7 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
     }
     free(emT);
     free(sc);
+    free(live);
     return 0;
 }
 
@@ -133,7 +169,8 @@ int ner_viterbi(const float *em, int64_t B, int64_t T, int64_t K, const float *s
  * marginals stay exact at any scale; a state that no allowed path reaches gets exactly -INFINITY (a
  * column or row of trans with no allowed entry contributes 0 to the product instead of exp(-inf - -inf),
  * and lse2 shifts by -DBL_MAX, never by -inf). A row with no allowed path at all (log Z = -inf) gets NaN
- * at every step, for the caller to compute again with finite penalties.
+ * at every step, for the caller to compute again with finite penalties. States at -inf (masked-off
+ * emissions) are skipped in the sums (their terms are exactly 0), so masks make steps cheaper.
  * Only the forward scores are stored ((T, K) doubles per row); the backward pass runs from the row's end
  * and writes the posteriors as it goes. Rows [b0, b1) are computed; out (B, T, K) float32, padded steps 0.
  * Returns 0, or -1 when memory could not be allocated.
@@ -159,6 +196,7 @@ static double lse2(const double *x, int64_t xs, const double *y, int64_t ys, int
 typedef struct {
     int64_t K;
     double *tr, *ef, *eb, *cmax, *rmax, *w, *nb;
+    int64_t *live; /* indices of the states above -inf in the current step */
 } Scores;
 
 static void scores_free(Scores *s) {
@@ -169,6 +207,7 @@ static void scores_free(Scores *s) {
     free(s->rmax);
     free(s->w);
     free(s->nb);
+    free(s->live);
 }
 
 static int scores_init(Scores *s, const float *trans, int64_t K) {
@@ -180,7 +219,8 @@ static int scores_init(Scores *s, const float *trans, int64_t K) {
     s->rmax = (double *)malloc(sizeof(double) * (size_t)K);
     s->w = (double *)malloc(sizeof(double) * (size_t)K);
     s->nb = (double *)malloc(sizeof(double) * (size_t)K);
-    if (!s->tr || !s->ef || !s->eb || !s->cmax || !s->rmax || !s->w || !s->nb) return -1;
+    s->live = (int64_t *)malloc(sizeof(int64_t) * (size_t)K);
+    if (!s->tr || !s->ef || !s->eb || !s->cmax || !s->rmax || !s->w || !s->nb || !s->live) return -1;
     for (int64_t j = 0; j < K; j++) {
         double c = trans[j], r = trans[j * K];
         for (int64_t i = 1; i < K; i++) {
@@ -207,26 +247,49 @@ static void alpha_step(Scores *s, const double *p, double *a, const float *e) {
     double m = p[0];
     for (int64_t i = 1; i < K; i++) m = p[i] > m ? p[i] : m;
     if (isinf(m)) m = 0.0; /* no state reachable: every term is exp(-inf) = 0, then lse2 gives -inf */
-    for (int64_t i = 0; i < K; i++) s->w[i] = exp(p[i] - m);
+    int64_t n_live = 0; /* states with alpha > -inf: the only terms that are not exactly 0 */
+    for (int64_t i = 0; i < K; i++)
+        if (p[i] > -INFINITY) {
+            s->w[i] = exp(p[i] - m);
+            s->live[n_live++] = i;
+        }
     for (int64_t j = 0; j < K; j++) {
+        if (!(e[j] > -INFINITY)) { /* a masked-off state: -inf whatever comes before */
+            a[j] = -INFINITY;
+            continue;
+        }
         double acc = 0.0;
-        for (int64_t i = 0; i < K; i++) acc += s->w[i] * s->ef[i * K + j];
+        if (n_live == K) /* dense: the plain loop, which the compiler vectorises */
+            for (int64_t i = 0; i < K; i++) acc += s->w[i] * s->ef[i * K + j];
+        else
+            for (int64_t q = 0; q < n_live; q++) acc += s->w[s->live[q]] * s->ef[s->live[q] * K + j];
         a[j] = (acc >= EXACT_BELOW ? log(acc) + m + s->cmax[j] : lse2(p, 1, s->tr + j, K, K)) + e[j];
     }
 }
 
-/* beta_{t-1}(i) = logsumexp_j trans[i][j] + v[j], with v[j] = e_t[j] + beta_t[j] (written to s->nb) */
-static void beta_step(Scores *s, const double *beta, const float *e, double *out) {
+/* beta_{t-1}(i) = logsumexp_j trans[i][j] + v[j], with v[j] = e_t[j] + beta_t[j] (written to s->nb).
+ * Given e_prev (the emissions of step t-1), a state masked off there (-inf) gets -inf without the sum:
+ * its marginal is 0 and the next step adds its -inf emission anyway, so nothing changes but the time. */
+static void beta_step(Scores *s, const double *beta, const float *e, const float *e_prev, double *out) {
     const int64_t K = s->K;
     double mv = -DBL_MAX;
+    int64_t n_live = 0;
     for (int64_t j = 0; j < K; j++) {
         s->nb[j] = e[j] + beta[j];
         mv = s->nb[j] > mv ? s->nb[j] : mv;
+        if (s->nb[j] > -INFINITY) s->live[n_live++] = j;
     }
-    for (int64_t j = 0; j < K; j++) s->w[j] = exp(s->nb[j] - mv);
+    for (int64_t q = 0; q < n_live; q++) s->w[s->live[q]] = exp(s->nb[s->live[q]] - mv);
     for (int64_t i = 0; i < K; i++) {
+        if (e_prev != NULL && !(e_prev[i] > -INFINITY)) {
+            out[i] = -INFINITY;
+            continue;
+        }
         double acc = 0.0;
-        for (int64_t j = 0; j < K; j++) acc += s->eb[i * K + j] * s->w[j];
+        if (n_live == K)
+            for (int64_t j = 0; j < K; j++) acc += s->eb[i * K + j] * s->w[j];
+        else
+            for (int64_t q = 0; q < n_live; q++) acc += s->eb[i * K + s->live[q]] * s->w[s->live[q]];
         out[i] = acc >= EXACT_BELOW ? log(acc) + mv + s->rmax[i] : lse2(s->tr + i * K, 1, s->nb, 1, K);
     }
 }
@@ -263,7 +326,7 @@ int ner_marginals(const float *em, int64_t B, int64_t T, int64_t K, const float 
             const double *a = alpha + (size_t)t * K;
             for (int64_t k = 0; k < K; k++) o[t * K + k] = (float)exp(a[k] + beta[k] - log_z);
             if (t == 0) break;
-            beta_step(&sc, beta, e + t * K, nbeta);
+            beta_step(&sc, beta, e + t * K, e + (t - 1) * K, nbeta);
             for (int64_t k = 0; k < K; k++) beta[k] = nbeta[k];
         }
         for (int64_t t = L; t < T; t++)
@@ -328,7 +391,7 @@ int ner_crf_logz_grad(const float *em, int64_t B, int64_t T, int64_t K, const fl
             /* with v_j = e_t(j) + beta_t(j) (left in sc.nb by beta_step):
              * p(y_{t-1} = i, y_t = j) = exp(alpha_{t-1}(i) + trans(i, j) + v_j - log_z) */
             const double *p = alpha + (size_t)(t - 1) * K;
-            beta_step(&sc, beta, e + t * K, nbeta);
+            beta_step(&sc, beta, e + t * K, NULL, nbeta);
             const double *v = sc.nb;
             double ma = -DBL_MAX, mb = -DBL_MAX;
             for (int64_t k = 0; k < K; k++) {
