@@ -40,11 +40,22 @@ def review_server(tmp_path):
 def _expect(read, want, timeout_s: float = 30.0) -> None:
     """Assert that ``read()`` comes to equal ``want`` within ``timeout_s``: on a loaded machine a rerun can
     start after the settle's first wait, so what the page shows is polled, not read once."""
+    from playwright.sync_api import Error as PlaywrightError
+
     deadline = time.monotonic() + timeout_s
-    got = read()
+
+    def attempt():
+        try:
+            return read()
+        except PlaywrightError as e:  # mid-rerun a strict locator can briefly match two widgets
+            if time.monotonic() >= deadline:
+                raise
+            return e
+
+    got = attempt()
     while got != want and time.monotonic() < deadline:
         time.sleep(0.2)
-        got = read()
+        got = attempt()
     assert got == want
 
 

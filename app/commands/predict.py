@@ -65,9 +65,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not Path(f).exists():
             raise FileNotFoundError(f"{f}: no such file")
     options = prediction_options(args)
-    _check_span_options(model_dir, options)
     if args.only_new and (args.files or not run_id):
         raise CLIError("--only-new tags a stored --dataset with a run's model (--run or the production run)")
+    _check_span_options(model_dir, options)
     if args.dask or args.scheduler:
         out = _predict_dask(args, model_dir, run_id, source, options)
     elif args.only_new:
