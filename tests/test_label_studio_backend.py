@@ -207,3 +207,43 @@ def test_basic_auth_with_the_api_key(served, headers, status):
     assert c.get("/health").status_code == 200  # open, as in plain mode
     r = c.post("/setup", json={"project": "7", "schema": CONFIG}, headers={**headers, "Host": "evil.example"})
     assert r.status_code == 421  # the Host rule holds in this mode too
+
+
+def test_cli_process_label_studio_mode(model_dir, tmp_path):
+    """``python -m app.serve serve --label-studio``: the flags reach the app, /health is Label Studio's,
+    Basic auth with the API key answers /setup, and the Label Studio token is never printed."""
+    import httpx
+
+    from tests.test_serve import start_service, stop_service
+
+    token_file = tmp_path / "ls-token"
+    token_file.write_text("ls-secret-token-do-not-print\n")
+    svc = start_service(
+        model_dir,
+        tmp_path / "serve.log",
+        "--label-studio",
+        "--db",
+        str(tmp_path / "cli.duckdb"),
+        "--label-studio-url",
+        "http://127.0.0.1:9",
+        "--label-studio-token-file",
+        str(token_file),
+        "--retrain-every",
+        "3",
+        "--precision",
+        "fp32",
+        env={"NER_API_KEY": KEY},
+    )
+    try:
+        health = httpx.get(f"{svc['url']}/health", timeout=10).json()
+        assert health["status"] == "UP" and health["retrain"]["every"] == 3
+        basic = "Basic " + base64.b64encode(f"label-studio:{KEY}".encode()).decode()
+        body = {"project": "1.1", "schema": CONFIG}
+        r = httpx.post(f"{svc['url']}/setup", json=body, headers={"Authorization": basic}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert httpx.post(f"{svc['url']}/setup", json=body, timeout=30).status_code == 401
+        r = httpx.post(f"{svc['url']}/decode", json={"text": "张三"}, headers={"X-API-Key": KEY}, timeout=30)
+        assert r.status_code == 404  # the plain routes give way to Label Studio's in this mode
+    finally:
+        stop_service(svc)
+    assert "ls-secret-token-do-not-print" not in svc["log"].read_text()
