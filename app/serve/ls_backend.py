@@ -203,6 +203,8 @@ async def _body(request) -> Mapping | None:
 def add_label_studio_routes(app, batcher, limits, info: dict, backend: LabelStudioBackend, tag) -> None:
     """``GET /health``, ``GET /model``, ``POST /setup``, ``POST /predict``, ``POST /webhook``; ``tag``:
     awaits the batcher's answer for texts (:func:`app.serve._tag`: its 422 and 503 rules)."""
+    from storage.db import DatabaseLockedError
+
     started = time.time()
 
     @app.get("/health")
@@ -246,7 +248,10 @@ def add_label_studio_routes(app, batcher, limits, info: dict, backend: LabelStud
         if problem:
             return _json_error(413, problem)
         preds = await tag(batcher, [t for _, t in docs]) if docs else []
-        await asyncio.to_thread(backend.record, project, docs, preds)
+        try:
+            await asyncio.to_thread(backend.record, project, docs, preds)
+        except DatabaseLockedError as exc:  # unrecorded answers could not be reviewed: Label Studio retries
+            return _json_error(503, f"the answers could not be stored: {exc}")
         return {"results": [task_result(control, p, backend.model_version) for p in preds]}
 
     @app.post("/webhook")
@@ -258,6 +263,8 @@ def add_label_studio_routes(app, batcher, limits, info: dict, backend: LabelStud
             return await asyncio.to_thread(backend.webhook, body)
         except ValueError as exc:  # LabelStudioError, ReviewRefused: one line
             return _json_error(422, str(exc))
+        except DatabaseLockedError as exc:
+            return _json_error(503, f"the annotation could not be stored: {exc}")
 
 
 def _too_large(texts: list[str], limits) -> str | None:
