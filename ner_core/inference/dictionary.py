@@ -507,18 +507,22 @@ def _expanded_crf(crf: ConstrainedCRF, info: _Tags, base, slot, code) -> Constra
     return exp.to(crf.crf.transitions.device)
 
 
-def _slot_masks(
-    allowed: np.ndarray, base: np.ndarray, slot: np.ndarray, where: dict, info: _Tags, rows_slots: list
+def _expanded_emissions(
+    em: np.ndarray, allowed: np.ndarray, base: np.ndarray, where: dict, info: _Tags, rows_slots: list
 ) -> np.ndarray:
-    """``(R, T, K')`` allowed states: the ordinary tags as the forced masks say, except that an entity may
-    not start at a forbidden start of its label outside that start's slot; each slot's copies only where
-    its entity can be (from its start to its last forbidden end - 1), in the variant that position
-    requires, and only where the forced masks allow the tag."""
-    out = allowed[:, :, base] & (slot == 0)  # (R, T, K')
+    """``(R, T, K')`` emissions of the expanded chain, ``-inf`` where a state is not allowed: the ordinary
+    tags as the forced masks say, except that an entity may not start at a forbidden start of its label
+    outside that start's slot; each slot's copies only where its entity can be (from its start to its last
+    forbidden end - 1), in the variant that position requires, and only where the forced masks allow the
+    tag. Built in numpy (its fills and gathers are far faster than torch's on CPU), once for both calls;
+    an allowed path always remains (module doc), so the CRF's no-allowed-path fallback is never needed."""
+    R, T, K = em.shape
+    out = np.full((R, T, len(base)), -np.inf, dtype=np.float32)
+    out[:, :, :K] = np.where(allowed, em, np.float32(-np.inf))
     bio = info.family == "bio"
     for r, slots in enumerate(rows_slots):
         for lab, j, s, ends, last in slots:
-            out[r, s, info.starts(lab)] = False
+            out[r, s, info.starts(lab)] = -np.inf
             for t in range(s, last):
                 role = Role.BEGIN if t == s else Role.INSIDE
                 states = []
@@ -530,7 +534,9 @@ def _slot_masks(
                     states.append(where[(lab, j, role, _FREE)])
                     if t + 1 not in ends:
                         states.append(where[(lab, j, Role.SINGLE if t == s else Role.LAST, _FREE)])
-                out[r, t, states] = allowed[r, t, base[states]]
+                for x in states:
+                    if allowed[r, t, base[x]]:
+                        out[r, t, x] = em[r, t, base[x]]
     return out
 
 
@@ -540,12 +546,13 @@ def _decode_expanded(
     em: Tensor,
     mask: Tensor,
     allowed: np.ndarray,
-    plans: list[DictionaryPlan],
+    plans: list[DictionaryPlan | None],
     confidence: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor | None]:
-    """Rows with forbidden spans: Viterbi and marginals on the expanded chain, mapped back to the tags."""
-    rows_slots = [_slots(p.forbidden) for p in plans]
+    """Viterbi and marginals on the expanded chain, mapped back to the tags. Rows without a forbidden span
+    go through it too (their copies are all ``-inf``, which the C kernels skip), sparing row copies."""
+    rows_slots = [_slots(p.forbidden) if p else [] for p in plans]
     counts: dict[str, int] = {}
     for slots in rows_slots:
         for lab, j, *_ in slots:
@@ -553,24 +560,15 @@ def _decode_expanded(
     base, slot, code, where = _expanded_states(info, counts)
     exp = _expanded_crf(crf, info, base, slot, code)
     b = torch.as_tensor(base, device=em.device)
-    ok = _slot_masks(allowed, base, slot, where, info, rows_slots)  # (R, T, K')
-    # masked once here (numpy's gather and where are far faster than torch's on CPU), not by each call:
-    # an allowed path always remains (module doc), so the CRF's no-allowed-path fallback is never needed
-    if em.device.type == "cpu":
-        em_x = torch.from_numpy(np.where(ok, em.float().numpy()[:, :, base], np.float32(-np.inf)))
-    else:
-        em_x = em.float().index_select(2, b).masked_fill(~torch.from_numpy(ok).to(em.device), float("-inf"))
+    em_np = em.detach().float().cpu().numpy()
+    em_x = torch.from_numpy(_expanded_emissions(em_np, allowed, base, where, info, rows_slots)).to(em.device)
     paths_x, _ = exp.viterbi_tensor(em_x, mask, backend)
     paths = b[paths_x]  # (R, T)
     if not confidence:
         return paths, None
+    K = len(info.roles)
     marg_x = exp.marginals(em_x, mask, backend)  # (R, T, K'); the first K states are the tags themselves
-    marg = (
-        marg_x[:, :, : len(info.roles)]
-        .clone()
-        .index_add_(2, b[len(info.roles) :], marg_x[:, :, len(info.roles) :])
-    )
-    return paths, marg
+    return paths, marg_x[:, :, :K].clone().index_add_(2, b[K:], marg_x[:, :, K:])
 
 
 def _checked(plan: DictionaryPlan | None, length: int, row: int) -> DictionaryPlan | None:
@@ -619,25 +617,8 @@ def decode_with_dictionary(
     lengths = mask.sum(dim=1).tolist()
     plans = [_checked(p, n, r) for r, (p, n) in enumerate(zip(plans, lengths, strict=True))]
     allowed = _forced_mask(info, plans, T, lengths)  # (R, T, K)
-    paths = torch.empty(R, T, dtype=torch.long, device=emissions.device)
-    marg = torch.empty(R, T, K, dtype=torch.float32, device=emissions.device) if confidence else None
-    hard = [r for r, p in enumerate(plans) if p and p.forbidden]
-    plain = [r for r, p in enumerate(plans) if not (p and p.forbidden)]
-    if not plain:  # every row has a forbidden span: no copies of row subsets
-        return _decode_expanded(crf, info, emissions, mask, allowed, list(plans), confidence, backend)
-    if plain:
-        idx = torch.tensor(plain, device=emissions.device)
-        forced = any(plans[r] and plans[r].forced for r in plain)
-        ok = torch.from_numpy(allowed[plain]).to(emissions.device) if forced else None
-        paths[idx] = crf.viterbi_tensor(emissions[idx], mask[idx], backend, allowed_tags=ok)[0]
-        if marg is not None:
-            marg[idx] = crf.marginals(emissions[idx], mask[idx], backend, allowed_tags=ok)
-    if hard:
-        idx = torch.tensor(hard, device=emissions.device)
-        p, m = _decode_expanded(
-            crf, info, emissions[idx], mask[idx], allowed[hard], [plans[r] for r in hard], confidence, backend
-        )
-        paths[idx] = p
-        if marg is not None and m is not None:
-            marg[idx] = m.to(marg.dtype)
-    return paths, marg
+    if any(p and p.forbidden for p in plans):  # the expanded chain, for every row (no row copies)
+        return _decode_expanded(crf, info, emissions, mask, allowed, plans, confidence, backend)
+    ok = torch.from_numpy(allowed).to(emissions.device)
+    paths, _ = crf.viterbi_tensor(emissions, mask, backend, allowed_tags=ok)
+    return paths, crf.marginals(emissions, mask, backend, allowed_tags=ok) if confidence else None
