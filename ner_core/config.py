@@ -173,6 +173,27 @@ class TrainingConfig(_Strict):
     )
     max_train_seconds: float | None = Field(None, gt=0, description="time budget; stops after the epoch")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    # Recipes (issue 26). Each is off by default and a configuration saved before them, which lacks the
+    # field, reads as off: an old run resumes exactly as it was trained.
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise LR decay: encoder layer i of L trains at learning_rate * decay^(L - i), the "
+        "embeddings at decay^(L + 1) (unset or 1.0: off)",
+    )
+    adversarial: Literal["none", "fgm"] = Field(
+        "none",
+        description="fgm: a second forward/backward pass with the word embeddings moved along their gradient",
+    )
+    adv_epsilon: float = Field(1.0, gt=0.0, description="fgm: norm of the word-embedding perturbation")
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="exponential moving average of the weights (e.g. 0.999), evaluated and saved instead of "
+        "the raw weights (unset: off)",
+    )
 
     @field_validator("device")
     @classmethod

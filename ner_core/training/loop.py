@@ -11,10 +11,17 @@ A span-decoder run (``config.decoder.type == "span"``) trains on documents whose
 (nested, or one span with two labels), with span targets (:mod:`ner_core.data.span_batching`) and dev F1
 from exact span sets (:mod:`ner_core.training.span_eval`); its open decoder settings are fixed when it
 starts (:func:`resolve_decoder`) and saved with the model.
+
+Recipes (:mod:`ner_core.training.recipes`, each off unless its option is set): layer-wise learning-rate
+decay (``layer_lr_decay``: one named optimiser group per encoder layer; a checkpoint's groups are matched
+to the optimiser's by name), FGM adversarial training on the word embeddings (``adversarial``) and a moving
+average of the weights (``ema_decay``: dev F1 and the saved model use the average, which the checkpoint
+holds too, so a resumed run continues it exactly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -45,6 +52,7 @@ from ner_core.runtime.precision import Choice, autocast, needs_grad_scaler
 from ner_core.schemes import tag_set
 from ner_core.training.calibration import choose_training_precision
 from ner_core.training.precision_record import record_dev_f1
+from ner_core.training.recipes import EMA, FGM, layer_groups, match_groups
 from ner_core.training.run_state import (
     EpochStats,
     TrainingState,
@@ -99,8 +107,9 @@ def train(
     for epoch in range(state.epoch + 1, run.n_epochs + 1):
         ep_t0 = time.perf_counter()
         totals = _train_epoch(run, state, epoch, ep_t0, progress)
-        stats, report = _evaluate(run, epoch, totals, dev_docs, ep_t0)
-        _keep_best(run, state, stats, report, extra_metadata)
+        with run.ema.applied() if run.ema else contextlib.nullcontext():  # the average is what is scored
+            stats, report = _evaluate(run, epoch, totals, dev_docs, ep_t0)
+            _keep_best(run, state, stats, report, extra_metadata)
         _checkpoint(run, state, stats)
         if on_epoch:
             on_epoch(stats)
@@ -144,6 +153,8 @@ class _Run:
     n_epochs: int
     total_steps: int
     warmup_steps: int
+    fgm: FGM | None = None
+    ema: EMA | None = None
 
     @property
     def model_dir(self) -> Path:
@@ -201,7 +212,7 @@ def _set_up(
         model = NERModel(config, tags, encoder).to(device)
         train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
 
-    groups = model.param_groups(tc)
+    groups = layer_groups(model, model.param_groups(tc), tc.layer_lr_decay, _n_layers(encoder))
     for g in groups:
         g["initial_lr"] = g["lr"]
     optimizer = make_optimizer(groups, tc.weight_decay, device)
@@ -222,7 +233,17 @@ def _set_up(
         n_epochs=n_epochs,
         total_steps=total_steps,
         warmup_steps=int(total_steps * tc.warmup_ratio),
+        fgm=FGM(model.encoder.get_input_embeddings(), tc.adv_epsilon) if tc.adversarial == "fgm" else None,
+        ema=EMA(model, tc.ema_decay) if tc.ema_decay else None,
     )
+
+
+def _n_layers(encoder: Any) -> int:
+    """The encoder's number of transformer layers (its HF config's ``num_hidden_layers``)."""
+    n = getattr(encoder.config, "num_hidden_layers", None) or getattr(encoder.config, "num_layers", None)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"layer_lr_decay: the encoder's config names no number of layers ({n!r})")
+    return n
 
 
 def _resume(run: _Run) -> TrainingState:
@@ -244,15 +265,18 @@ def _resume(run: _Run) -> TrainingState:
     # JSON has no tuples: give values such as AdamW's betas back the type the optimiser built them with
     # how the update runs (fused, foreach) is this machine's choice, not the checkpoint's
     live = run.optimizer.param_groups
+    where = str(run.run_dir / "checkpoint.json")
     groups = [
         {
             **{k: tuple(v) if isinstance(now.get(k), tuple) else v for k, v in saved.items()},
             **{k: now[k] for k in ("fused", "foreach") if k in now},
         }
-        for saved, now in zip(ckpt.optimizer["param_groups"], live, strict=True)
+        for saved, now in zip(match_groups(ckpt.optimizer["param_groups"], live, where), live, strict=True)
     ]
     run.optimizer.load_state_dict({**ckpt.optimizer, "param_groups": groups})
     run.scaler.load_state_dict(ckpt.scaler)
+    if run.ema:
+        run.ema.load_state_dict(ckpt.extra, where)
     ckpt.state.restore_rng()
     return ckpt.state
 
@@ -289,10 +313,7 @@ def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, prog
         run.train_set.batches(tc.batch_size, shuffle=True, seed=tc.seed * 1000 + epoch)
     ):
         batch = {k: v.to(run.device) for k, v in batch.items()}
-        with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
-            gold = batch["tags"] if "tags" in batch else batch["targets"]  # span model: (N, 4) targets
-            loss = run.model(batch["input_ids"], batch["attention_mask"], gold)
-        run.scaler.scale(loss / tc.grad_accum_steps).backward()
+        loss = _forward_backward(run, batch)
         totals.loss_sum += float(loss.detach())
         totals.loss_n += 1
         totals.n_seen += batch["input_ids"].size(0)
@@ -313,6 +334,24 @@ def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, prog
     return totals
 
 
+def _forward_backward(run: _Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's loss and its backward pass (scaled for AMP and accumulation); with FGM a second pass on
+    embeddings moved along this batch's gradient adds its gradient too. Returns the clean loss."""
+    accum = run.config.training.grad_accum_steps
+    gold = batch["tags"] if "tags" in batch else batch["targets"]  # span model: (N, 4) targets
+    before = run.fgm.rows_grad(batch["input_ids"]) if run.fgm else None
+    with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
+        loss = run.model(batch["input_ids"], batch["attention_mask"], gold)
+    run.scaler.scale(loss / accum).backward()
+    if run.fgm and before is not None:
+        with run.fgm.attack(*before) as moved:
+            if moved:
+                with autocast(run.precision, run.device.type):
+                    adv = run.model(batch["input_ids"], batch["attention_mask"], gold)
+                run.scaler.scale(adv / accum).backward()
+    return loss
+
+
 def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
     """Set the scheduled learning rates, clip, step the optimiser (through the AMP scaler)."""
     tc = run.config.training
@@ -331,6 +370,8 @@ def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.ema:
+        run.ema.update()
     state.step += 1
 
 
@@ -422,6 +463,7 @@ def _checkpoint(run: _Run, state: TrainingState, stats: EpochStats) -> None:
         model=run.model.state_dict(),
         optimizer=run.optimizer.state_dict(),
         scaler=run.scaler.state_dict(),
+        extra=run.ema.state_dict() if run.ema else None,
     )
 
 

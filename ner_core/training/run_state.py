@@ -3,7 +3,8 @@
 Layout, in the run directory (``FORMAT_VERSION = 1``)::
 
     checkpoint.json                 {format_version, tensors: {file, sha256}, state, optimizer, scaler}
-    checkpoint-e0003.safetensors    model.<name>, optimizer.<param index>.<key>, rng.torch
+    checkpoint-e0003.safetensors    model.<name>, optimizer.<param index>.<key>, rng.torch, and the
+                                    tensors of training recipes (``ema.<name>``, ``ema_updates``)
 
 ``state`` is a :class:`TrainingState` (counters, plateau state, history, the Python and numpy RNG states
 as lists of ints); ``optimizer`` holds the optimiser's ``param_groups`` and any non-tensor per-parameter
@@ -135,6 +136,8 @@ class Checkpoint:
     model: dict[str, Tensor]
     optimizer: dict[str, Any]
     scaler: dict[str, Any]
+    #: tensors of training recipes (the moving average's ``ema.<name>``); empty in checkpoints without them
+    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 def _python_rng_json(state: tuple) -> list:
@@ -215,9 +218,11 @@ def save_checkpoint(
     model: dict[str, Tensor],
     optimizer: dict[str, Any],
     scaler: dict[str, Any],
+    extra: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write the checkpoint of ``state`` (RNG states captured) and the three state dicts into ``run_dir``;
-    returns the path of ``checkpoint.json``."""
+    returns the path of ``checkpoint.json``. ``extra``: further tensors (names without ``model.``,
+    ``optimizer.`` or ``rng.``), given back as :attr:`Checkpoint.extra`."""
     from safetensors.torch import save_file
 
     if state.torch_rng is None:
@@ -228,6 +233,10 @@ def save_checkpoint(
     tensors = {f"model.{k}": v for k, v in model.items()}
     tensors.update(opt_tensors)
     tensors["rng.torch"] = state.torch_rng
+    for k, v in (extra or {}).items():
+        if k.split(".", 1)[0] in ("model", "optimizer", "rng"):
+            raise ValueError(f"extra checkpoint tensor {k!r} uses a reserved prefix")
+        tensors[k] = v
     tensors = _own_storage(tensors)
     name = f"{_TENSOR_PREFIX}{state.epoch:04d}.safetensors"
     _write_atomic(run_dir / name, lambda p: save_file(tensors, str(p)))
@@ -299,7 +308,8 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: damaged ({type(exc).__name__}: {exc})") from None
     model = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    return Checkpoint(state=state, model=model, optimizer=optimizer, scaler=scaler)
+    extra = {k: v for k, v in tensors.items() if not k.startswith(("model.", "optimizer."))}
+    return Checkpoint(state=state, model=model, optimizer=optimizer, scaler=scaler, extra=extra)
 
 
 def _read_tensors(run_dir: Path, ref: dict[str, str]) -> dict[str, Tensor]:
