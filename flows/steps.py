@@ -135,6 +135,7 @@ def train_step(
         flush=True,
     )
     try:
+        config = _adapt_encoder(config, run_dir, train_docs, dict(db=db_path, dataset=ds, version=version))
         result = train(
             config,
             train_docs,
@@ -168,6 +169,35 @@ def train_step(
         stopped_reason=result.stopped_reason,
         seconds=round(result.seconds, 1),
     )
+
+
+def _adapt_encoder(config: NERConfig, run_dir: Path, docs: Sequence[Document], source: dict) -> NERConfig:
+    """With ``training.adapt_seconds`` (otherwise ``config`` as it is): the encoder adapted to the run's
+    training texts by masked-LM (:mod:`ner_core.training.adapt`), once per run, in
+    ``run_dir/adapted-encoder``; the configuration given back trains on it. A run killed while adapting
+    continues the adaptation on ``--resume`` (its work folder); one killed later finds the adapted encoder
+    and goes straight to training. The run's stored configuration keeps the encoder it started from, so a
+    resume takes this same path."""
+    from ner_core.training.adapt import ADAPT_RECORD, AdaptConfig, adapt
+
+    if not config.training.adapt_seconds:
+        return config
+    source = {**source, "split": "train", "db": str(Path(source["db"]).resolve())}
+    enc, work = run_dir / "adapted-encoder", run_dir / "adapt-work"
+    if not (enc / ADAPT_RECORD).is_file():
+        tc = config.training
+        cfg = AdaptConfig(
+            encoder=config.encoder.name,
+            max_train_seconds=tc.adapt_seconds,
+            max_len=config.data.max_len,
+            seed=tc.seed,
+            num_threads=tc.num_threads,
+            device=tc.device,
+        )
+        print(f"adapting encoder {config.encoder.name} for {tc.adapt_seconds:g} s to {enc}", flush=True)
+        texts = [d.text for d in docs]
+        adapt(cfg, texts, work, enc, resume=(work / ADAPT_RECORD).is_file(), source=source)
+    return config.with_overrides({"encoder.name": str(enc)})
 
 
 def evaluate_step(

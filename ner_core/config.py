@@ -194,6 +194,12 @@ class TrainingConfig(_Strict):
         description="exponential moving average of the weights (e.g. 0.999), evaluated and saved instead of "
         "the raw weights (unset: off)",
     )
+    adapt_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="first adapt the encoder to the training texts (masked-LM, `ner adapt`) for this many "
+        "seconds, then train on the adapted encoder (unset: off)",
+    )
 
     @field_validator("device")
     @classmethod

@@ -1,4 +1,4 @@
-"""Training recipes (layer-wise LR decay, FGM, EMA): each changes training as it says,
+"""Training recipes (layer-wise LR decay, FGM, EMA, adapt-then-train): each changes training as it says,
 a configuration saved without them reads them as off, and a run using them resumes exactly."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ner_core.documents import Document, Entity
 from tests.conftest import SAMPLE
 
 LABELS = ["FIN", "LOC", "ORG", "PER"]
-RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay")
+RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "adapt_seconds")
 
 
 def _docs(split: str, n: int | None = None) -> list[Document]:
@@ -100,7 +100,7 @@ def test_a_configuration_saved_without_the_recipes_reads_them_as_off(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(doc))
     tc = NERConfig.from_file(tmp_path / "config.json").training
     assert tc.layer_lr_decay is None and tc.adversarial == "none" and tc.ema_decay is None
-    assert tc.adv_epsilon == 1.0
+    assert tc.adapt_seconds is None and tc.adv_epsilon == 1.0
 
 
 def test_the_recipes_are_flags_of_ner_train_with_their_defaults(capsys):
@@ -109,7 +109,7 @@ def test_the_recipes_are_flags_of_ner_train_with_their_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for flag in ("--layer_lr_decay", "--adversarial", "--adv_epsilon", "--ema_decay"):
+    for flag in ("--layer_lr_decay", "--adversarial", "--adv_epsilon", "--ema_decay", "--adapt_seconds"):
         assert flag in out, flag
     assert "(default: None)" in out and "{none,fgm}" in out
 
@@ -249,3 +249,31 @@ def test_all_recipes_at_once_resume_exactly_on_the_span_decoder(deep_encoder, tm
     _train(config, tmp_path / "whole")
     _killed_then_resumed(config, tmp_path / "part")
     assert _same(_weights(tmp_path / "whole"), _weights(tmp_path / "part"))
+
+
+# ------------------------------------------------------------------ adapt then train
+def test_adapt_seconds_adapts_the_encoder_on_the_training_texts_then_trains_on_it(tiny_encoder_dir, tmp_path):
+    from flows import steps
+    from ner_core.training.adapt import ADAPT_RECORD
+
+    db = str(tmp_path / "ner.duckdb")
+    steps.ingest_step(db, "sample", {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev")})
+    config = _config(tiny_encoder_dir, hard_epochs=1, adapt_seconds=1.0).with_overrides(
+        {"data.dataset": "sample"}
+    )
+    out = steps.train_step(db, config, str(tmp_path / "runs"))
+    run_dir = Path(out.run_dir)
+    record = json.loads((run_dir / "adapted-encoder" / ADAPT_RECORD).read_text())
+    assert record["source"]["dataset"] == "sample" and record["source"]["split"] == "train"
+    assert not (run_dir / "adapt-work").exists()
+    used = json.loads((run_dir / "config.json").read_text())["encoder"]["name"]
+    assert used == str(run_dir / "adapted-encoder")
+    # the model starts from the adapted encoder, not the original one
+    adapted = load_file(str(run_dir / "adapted-encoder" / "model.safetensors"))
+    original = load_file(str(Path(tiny_encoder_dir) / "model.safetensors"))
+    key = next(k for k in adapted if k.endswith("word_embeddings.weight"))
+    assert not torch.equal(adapted[key], original[key])
+    # a resume finds the adapted encoder and does not adapt again
+    mtime = (run_dir / "adapted-encoder" / ADAPT_RECORD).stat().st_mtime_ns
+    steps.train_step(db, config, str(tmp_path / "runs"), run_id=out.run_id, resume=True)
+    assert (run_dir / "adapted-encoder" / ADAPT_RECORD).stat().st_mtime_ns == mtime
