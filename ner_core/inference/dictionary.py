@@ -421,12 +421,22 @@ def _forced_mask(
     may not continue it; everything else is open."""
     K = len(info.roles)
     allowed = np.ones((len(plans), T, K), dtype=bool)
+    rows: list[int] = []  # every forced position: row, step, its one tag
+    steps: list[int] = []
+    tag_ids: list[int] = []
+    after: list[tuple[int, int, int]] = []  # (row, step, tag) a span's next position may not take
     for r, plan in enumerate(plans):
         for s, e, lab in plan.forced if plan else ():
-            allowed[r, s:e] = False
-            allowed[r, np.arange(s, e), info.encoding(lab, e - s)] = True
+            rows += [r] * (e - s)
+            steps += range(s, e)
+            tag_ids += info.encoding(lab, e - s)
             if e < lengths[r]:
-                allowed[r, e, info.continuations(lab)] = False
+                after += [(r, e, k) for k in info.continuations(lab)]
+    if rows:
+        allowed[rows, steps] = False
+        allowed[rows, steps, tag_ids] = True
+    if after:
+        allowed[tuple(np.array(after).T)] = False
     return allowed
 
 
