@@ -192,6 +192,8 @@ def test_overlapping_forced_matches_longest_first_then_priority_then_earlier():
     assert dropped == {(0, 2, "LOC"), (2, 5, "LOC"), (4, 6, "LOC")}
     assert all("forced span" in why and ":" in why for *_, why in plan.dropped)
     assert plan.is_forced(0, 4, "ORG") and not plan.is_forced(0, 2, "LOC")
+    assert not plan.is_forbidden(0, 4, "ORG")
+    assert entries(("ab", "PER", "forbid", 0)).plan("xab").is_forbidden(1, 3, "PER")
     # equal length and priority: the earlier start wins
     plan = entries(("ab", "PER", "force", 0), ("bc", "PER", "force", 0)).plan("abc")
     assert plan.forced == [(0, 2, "PER")]

@@ -126,6 +126,11 @@ class DictionaryPlan:
         """Whether the entity ``[start, end) label`` came from the dictionary (a kept forced span)."""
         return (start, end, label) in set(self.forced)
 
+    def is_forbidden(self, start: int, end: int, label: str) -> bool:
+        """Whether ``[start, end) label`` is forbidden: decoding never produces it, but an entity trimmed
+        of edge whitespace afterwards can become it, so a caller that trims filters with this."""
+        return (start, end, label) in set(self.forbidden)
+
 
 # ---------------------------------------------------------------------------------------------- reading
 def _check_record(text: object, label: object, mode: object, priority: object) -> str | None:
