@@ -278,12 +278,13 @@ def test_every_bad_record_is_one_line_naming_file_line_and_problem(tmp_path):
         '{"text": "钱七", "label": "PER", "mode": "force", "weight": 2}',
         '{"text": "孙八", "label": "ORG", "mode": "force"}',
         "[1, 2]",
+        "[" * 2000 + "]" * 2000,
     ]
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(DictionaryError) as exc:
         load_dictionary(p, labels=["PER"])
     lines = str(exc.value).splitlines()
-    assert [ln.split(": ", 1)[0] for ln in lines] == [f"{p}:{i}" for i in range(2, 10)]
+    assert [ln.split(": ", 1)[0] for ln in lines] == [f"{p}:{i}" for i in range(2, 11)]
     for ln, word in zip(
         lines,
         [
@@ -295,6 +296,7 @@ def test_every_bad_record_is_one_line_naming_file_line_and_problem(tmp_path):
             "unknown field",
             "label 'ORG'",
             "JSON object",
+            "nested too deeply",
         ],
         strict=True,
     ):

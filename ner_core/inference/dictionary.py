@@ -156,7 +156,9 @@ def _parse_line(raw: str, jsonl: bool, lineno: int) -> tuple[Entry | None, str |
         try:
             rec = json.loads(raw)
         except ValueError as exc:
-            return None, f"not valid JSON ({exc.msg})"
+            return None, f"not valid JSON ({getattr(exc, 'msg', exc)})"
+        except RecursionError:  # a line of thousands of nested brackets
+            return None, "not a dictionary record (JSON nested too deeply)"
         if not isinstance(rec, dict):
             return None, f"expected a JSON object, got {type(rec).__name__}"
         extra = sorted(set(rec) - _JSON_KEYS)
