@@ -162,3 +162,19 @@ def test_tagger_reading_the_band_finds_the_dense_decoding(tiny_encoder_dir, max_
         assert sorted(found) == [(s, e, c) for s, e, c, _ in row]
         for s, e, c, p in row:
             assert found[(s, e, c)] == pytest.approx(p, abs=1e-5)
+
+
+@pytest.mark.parametrize("overlap", ["allow", "flat"])
+@pytest.mark.parametrize("max_span_len", [None, 4])
+def test_decoding_the_band_finds_the_dense_decoding(tiny_encoder_dir, overlap, max_span_len):
+    model, tok = build_span(tiny_encoder_dir, head="bilstm", **{"decoder.max_span_len": max_span_len})
+    model.eval()
+    ids, am = encode(tok, TEXTS)
+    with torch.inference_mode():
+        dense, cm = model.span_logits(ids, am)
+        band, _ = model.span_band(ids, am)
+    want = decode_spans(dense, cm, 0.5, overlap)
+    got = decode_spans(band, cm, 0.5, overlap, band=True)
+    assert any(want) and [[s[:3] for s in r] for r in got] == [[s[:3] for s in r] for r in want]
+    for g, w in zip(sum(got, []), sum(want, []), strict=True):
+        assert g[3] == pytest.approx(w[3], abs=1e-5)

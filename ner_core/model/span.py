@@ -207,22 +207,27 @@ def circle_loss(logits: Tensor, gold: Tensor, valid: Tensor) -> Tensor:
 
 @torch.no_grad()
 def decode_spans(
-    logits: Tensor, char_mask: Tensor, threshold: float, overlap: str = "allow"
+    logits: Tensor, char_mask: Tensor, threshold: float, overlap: str = "allow", *, band: bool = False
 ) -> list[list[tuple[int, int, int, float]]]:
     """Entities per row from span scores: every cell with ``sigmoid >= threshold``, as
     ``(start, end_exclusive, label_id, probability)`` sorted by position.
 
     ``overlap="flat"`` keeps a non-overlapping subset, greedily by probability (the highest first, then
     the earlier, then the shorter span); ``"allow"`` keeps every one (nested, two labels on one span).
+    ``band=True``: ``logits`` is the band ``(B, C, L, W)`` of :meth:`EfficientGlobalPointer.band` (cell
+    ``(i, w)`` the span ``i..i+w``), which gives the same entities as the dense scores.
     """
     if overlap not in ("allow", "flat"):
         raise ValueError(f"expected overlap 'allow' or 'flat', got {overlap!r}")
-    probs = torch.sigmoid(logits.float())  # (B, C, L, L), 0 on masked cells
+    probs = torch.sigmoid(logits.float())  # (B, C, L, L) or (B, C, L, W), 0 on masked cells
     probs = probs.masked_fill(~char_mask[:, None, :, None], 0.0)
-    hits = (probs >= threshold).nonzero().tolist()  # [[b, c, i, j], ...]
+    hits = (probs >= threshold).nonzero()  # (N, 4): b, c, i, j (or w)
+    found = probs[hits[:, 0], hits[:, 1], hits[:, 2], hits[:, 3]].tolist()
+    if band:
+        hits[:, 3] += hits[:, 2]  # width -> last
     rows: list[list[tuple[int, int, int, float]]] = [[] for _ in range(logits.shape[0])]
-    for b, c, i, j in hits:
-        rows[b].append((i, j + 1, c, float(probs[b, c, i, j])))
+    for (b, c, i, j), p in zip(hits.tolist(), found, strict=True):
+        rows[b].append((i, j + 1, c, p))
     for b, spans in enumerate(rows):
         if overlap == "flat":
             spans = _greedy_flat(spans)

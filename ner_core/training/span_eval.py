@@ -56,10 +56,10 @@ def predict_spans(
         items = [EncodedChunk(c, aligner.char_ids(texts[c.doc_index][c.start : c.end]), None) for c in part]
         batch = collate(items, aligner.cls_id, aligner.sep_id, aligner.pad_id)
         with autocast("fp32" if str(precision) == "int8" else precision, torch.device(device).type):
-            logits, char_mask = run.span_logits(
+            band, char_mask = run.span_band(  # only the cells a span can occupy
                 batch["input_ids"].to(device), batch["attention_mask"].to(device)
             )
-        rows = decode_spans(logits, char_mask, dec.threshold, dec.overlap or "allow")
+        rows = decode_spans(band, char_mask, dec.threshold, dec.overlap or "allow", band=True)
         for c, spans in zip(part, rows, strict=True):
             for s, e, label, p in spans:
                 ent = Entity(start=c.start + s, end=c.start + e, label=model.labels[label])
