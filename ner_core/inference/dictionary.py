@@ -3,8 +3,9 @@
 A dictionary is a JSONL or TSV file of records ``text, label, mode (force|forbid), priority (optional int,
 default 0)`` (:func:`load_dictionary`). It is untrusted input: the file must be a regular file of at most
 :data:`MAX_FILE_BYTES`, each line at most :data:`MAX_LINE_BYTES`, each text at most :data:`MAX_TEXT_CHARS`
-characters, at most :data:`MAX_ENTRIES` records; it is read line by line, so nothing is allocated beyond a
-small multiple of its real size. A bad record is reported in one line naming the file, the line and the
+characters, at most :data:`MAX_ENTRIES` records; it is read line by line, and what it costs in memory
+(the entries and the automaton's trie nodes) is a constant factor of its real size, which the size limit
+bounds. A bad record is reported in one line naming the file, the line and the
 problem (all of them, up to :data:`MAX_ERRORS_SHOWN`, in one :class:`DictionaryError`).
 
 Matching: every occurrence of every entry's text, by an Aho-Corasick automaton (the ``pyahocorasick`` C
@@ -84,10 +85,10 @@ log = logging.getLogger(__name__)
 
 MODES = ("force", "forbid")
 #: limits on an untrusted dictionary file
-MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_LINE_BYTES = 4096
 MAX_TEXT_CHARS = 256
-MAX_ENTRIES = 5_000_000
+MAX_ENTRIES = 2_000_000
 MAX_ERRORS_SHOWN = 20
 _PRIORITY_LIMIT = 10**9
 _JSON_KEYS = {"text", "label", "mode", "priority"}
@@ -99,7 +100,7 @@ class DictionaryError(ValueError):
     """A dictionary file that cannot be used; one line per problem, each naming the file and line."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One dictionary record; ``line`` is its 1-based line in the file (the order tie-break)."""
 
