@@ -277,3 +277,40 @@ def test_adapt_seconds_adapts_the_encoder_on_the_training_texts_then_trains_on_i
     mtime = (run_dir / "adapted-encoder" / ADAPT_RECORD).stat().st_mtime_ns
     steps.train_step(db, config, str(tmp_path / "runs"), run_id=out.run_id, resume=True)
     assert (run_dir / "adapted-encoder" / ADAPT_RECORD).stat().st_mtime_ns == mtime
+
+
+def test_ner_train_killed_at_a_checkpoint_resumes_with_its_recipes_to_the_same_model(deep_encoder, tmp_path):
+    """kill -9 after epoch 1's checkpoint; ``--resume RUN_ID`` reads the recipes back from the run's stored
+    configuration and ends with the uninterrupted run's (averaged) weights."""
+    import signal
+    import time
+
+    from flows import steps
+    from tests.test_training import _ner
+
+    db = str(tmp_path / "ner.duckdb")
+    steps.ingest_step(db, "sample", {s: str(SAMPLE / f"{s}.jsonl") for s in ("train", "dev")})
+    common = ["train", "--no-prefect", "--db", db, "--encoder", str(deep_encoder), "--head", "bigru"]
+    common += ["--rnn_units", "16", "--max_len", "48", "--hard_epochs", "3", "--batch_size", "32"]
+    common += ["--learning_rate", "1e-3", "--num_threads", "1", "--precision", "fp32"]
+    common += ["--layer_lr_decay", "0.8", "--adversarial", "fgm", "--ema_decay", "0.9"]
+    full = _ner(*common, "--runs-root", str(tmp_path / "full"))
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+    full_run = json.loads(out[out.index("{") :])
+
+    killed = _ner(*common, "--runs-root", str(tmp_path / "killed"))
+    deadline, ckpt = time.time() + 600, None
+    while time.time() < deadline and ckpt is None:
+        ckpt = next(iter((tmp_path / "killed").glob("*/checkpoint.json")), None)
+        time.sleep(0.2)
+    assert ckpt is not None, "no checkpoint written"
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate(timeout=60)
+    assert not (ckpt.parent / "history.json").exists()  # it really did not finish
+    resumed = _ner("train", "--no-prefect", "--db", db, "--resume", ckpt.parent.name)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    stored = json.loads((ckpt.parent / "config.json").read_text())["training"]
+    assert (stored["layer_lr_decay"], stored["adversarial"], stored["ema_decay"]) == (0.8, "fgm", 0.9)
+    assert _same(_weights(Path(full_run["run_dir"])), _weights(ckpt.parent))
