@@ -127,6 +127,9 @@ def test_layer_lr_decay_gives_each_encoder_layer_its_named_rate(deep_encoder, tm
     assert lr["encoder.layer.0_no_decay"] == lr["encoder.layer.0"]
     assert lr["head"] == pytest.approx(1e-3) and lr["crf"] == pytest.approx(1e-2)
     assert not any(g["name"] in ("encoder", "encoder_no_decay") for g in groups)
+    # the epoch reports the encoder's undecayed rate, not the embeddings' (the first group)
+    first = json.loads((run / "history.json").read_text())[0]["learning_rate"]
+    assert first == pytest.approx(groups[0]["lr"] / 0.0625)
     # the layers' rates differ, so the run differs from one without the decay
     off = tmp_path / "off"
     _train(_config(deep_encoder, hard_epochs=1), off)

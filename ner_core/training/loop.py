@@ -405,13 +405,23 @@ def _evaluate(
         dev_recall=report.recall if report else None,
         dev_char_accuracy=report.char_accuracy if report else None,
         dev_sentence_accuracy=report.sentence_accuracy if report else None,
-        learning_rate=run.optimizer.param_groups[0]["lr"],
+        learning_rate=_reported_lr(run),
         seconds=time.perf_counter() - ep_t0,
         sentences_per_second=totals.n_seen / max(train_seconds, 1e-9),
         chars_per_second=totals.chars_seen / max(train_seconds, 1e-9),
         padding_share=totals.padded / max(1, totals.positions),
     )
     return stats, report
+
+
+def _reported_lr(run: _Run) -> float:
+    """The learning rate an epoch reports: the first group's; with layer-wise decay, whose first group is
+    the embeddings', the undecayed encoder rate on the same schedule (what ``learning_rate`` names)."""
+    g = run.optimizer.param_groups[0]
+    decay = run.config.training.layer_lr_decay
+    if decay is None or decay == 1.0:
+        return g["lr"]
+    return g["lr"] / g["initial_lr"] * run.config.training.learning_rate
 
 
 def _keep_best(
