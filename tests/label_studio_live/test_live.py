@@ -45,7 +45,8 @@ def _venv() -> Path:
     try:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, f"label-studio=={LS_VERSION}"], check=True, timeout=1800)
+        # label-studio 1.23.2 asks for sentry-sdk>=2.16 without an upper bound; 3.x refuses its options
+        subprocess.run([*pip, f"label-studio=={LS_VERSION}", "sentry-sdk<3"], check=True, timeout=1800)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         pytest.skip(f"could not install label-studio=={LS_VERSION} into {venv}: {exc}")
     return venv
@@ -79,6 +80,8 @@ def label_studio(tmp_path_factory):
     data, port = tmp_path_factory.mktemp("ls-data"), _free_port()
     log = data / "label-studio.log"
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "DJANGO_DB": "sqlite"}
+    # Label Studio refuses backend and webhook URLs on loopback unless its SSRF guards are off (a test server)
+    env |= {"SSRF_PROTECTION_ENABLED": "false", "ML_BLOCK_LOCAL_IP": "false"}
     cmd = [str(venv / "bin" / "label-studio"), "start", "--no-browser", "--data-dir", str(data)]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--username", "live@example.com"]
     cmd += ["--password", "live-test-password-1", "--user-token", TOKEN, "--enable-legacy-api-token"]
