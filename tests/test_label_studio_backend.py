@@ -247,3 +247,52 @@ def test_cli_process_label_studio_mode(model_dir, tmp_path):
     finally:
         stop_service(svc)
     assert "ls-secret-token-do-not-print" not in svc["log"].read_text()
+
+
+def test_webhook_without_result_fetches_the_annotation_from_label_studio(served):
+    """A webhook that carries only the annotation's id: the annotation is read from Label Studio's API
+    (a real HTTP server on loopback here) with ``Authorization: Token <token>``."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from app.serve.label_studio import LabelStudioClient
+    from storage.reviews import current_entities
+
+    text, seen = TEXTS[1], []
+    annotation = _annotation(text, [(0, 2, "PER")], ann_id=77)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps(annotation).encode()
+            self.send_response(200 if self.path == "/api/annotations/77/" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    c, app = served["client"], served["app"]
+    try:
+        backend = app.state.label_studio
+        backend.client = LabelStudioClient(f"http://127.0.0.1:{server.server_address[1]}", "ls-token-1")
+        assert _predict(c, [{"id": 12, "data": {"content": text}}]).status_code == 200
+        payload = {
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": 7},
+            "task": {"id": 12},
+            "annotation": {"id": 77},
+        }
+        r = c.post("/webhook", json=payload)
+        assert r.status_code == 200, r.text
+    finally:
+        server.shutdown()
+    assert seen == [("/api/annotations/77/", "Token ls-token-1")]
+    run = backend.base_run_id("7")
+    assert {(e["start"], e["end"], e["label"]) for e in current_entities(served["db"], run, "task-12")} == {
+        (0, 2, "PER")
+    }
