@@ -312,6 +312,7 @@ def predict_step(
             "precision": tagger.precision.value,
             "merge": tagger.settings["merge"],
             **tagger.decoding,  # the decoder; a span model's threshold, overlap and span limit
+            **{k: v for k, v in tagger.settings.items() if k == "dictionary"},  # a user dictionary's hash
         },
         extra={
             "batch_size": tagger.batch_size,

@@ -248,6 +248,11 @@ class PredictionConfig(_Strict):
         description="span models: allow nested entities, or flat (overlaps resolved greedily by probability) "
         "(default: the model's decoder.overlap); refused for a CRF model",
     )
+    dictionary: str | None = Field(
+        None,
+        description="a user dictionary file (JSONL or TSV: text, label, mode force|forbid, optional "
+        "priority): forced spans are always entities, forbidden ones never (ner_core.inference.dictionary)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -299,6 +304,10 @@ def legacy_precision(data: Any, key: str) -> Any:
     return data
 
 
+#: training options added with the recipes, left out of a saved configuration while at their defaults
+_RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "adapt_seconds")
+
+
 class NERConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
@@ -326,14 +335,21 @@ class NERConfig(_Strict):
     def to_json(self) -> str:
         """The configuration as JSON. A default ``decoder`` section (the CRF) is left out, so a CRF model's
         saved configuration stays what code from before the span decoder reads (it forbids unknown keys);
-        reading it back gives the same configuration. So are the prediction section's span options while
-        unset."""
+        reading it back gives the same configuration. So are the prediction section's span options and user
+        dictionary while unset, and the training recipes while off."""
         exclude: dict[str, Any] = {}
         if self.decoder == DecoderConfig():
             exclude["decoder"] = True
-        unset = {k for k in ("span_threshold", "overlap") if getattr(self.prediction, k) is None}
+        unset = {
+            k for k in ("span_threshold", "overlap", "dictionary") if getattr(self.prediction, k) is None
+        }
         if unset:
             exclude["prediction"] = unset
+        # the training recipes while off (their defaults): a run without them saves what older code reads
+        defaults = TrainingConfig.model_fields
+        off = {k for k in _RECIPE_FIELDS if getattr(self.training, k) == defaults[k].default}
+        if off:
+            exclude["training"] = off
         return self.model_dump_json(indent=2, exclude=exclude or None)
 
     @classmethod

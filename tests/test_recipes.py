@@ -317,3 +317,20 @@ def test_ner_train_killed_at_a_checkpoint_resumes_with_its_recipes_to_the_same_m
     stored = json.loads((ckpt.parent / "config.json").read_text())["training"]
     assert (stored["layer_lr_decay"], stored["adversarial"], stored["ema_decay"]) == (0.8, "fgm", 0.9)
     assert _same(_weights(Path(full_run["run_dir"])), _weights(ckpt.parent))
+
+
+def test_a_config_without_recipes_saves_what_older_code_reads():
+    """Older code forbids unknown keys: the recipes (and a prediction dictionary) are left out of a saved
+    configuration while off, written when on, and either reads back as it was."""
+    import json
+
+    from ner_core.config import NERConfig
+
+    plain = NERConfig()
+    saved = json.loads(plain.to_json())
+    fields = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "adapt_seconds")
+    assert not set(fields) & set(saved["training"]) and "dictionary" not in saved["prediction"]
+    on = NERConfig.model_validate({"training": {"ema_decay": 0.99, "layer_lr_decay": 0.8}})
+    assert {"ema_decay", "layer_lr_decay"} <= set(json.loads(on.to_json())["training"])
+    assert NERConfig.model_validate_json(on.to_json()) == on
+    assert NERConfig.model_validate_json(plain.to_json()) == plain

@@ -54,6 +54,7 @@ whitespace has its own model position, so a model can tag it); a span of whitesp
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -68,6 +69,13 @@ from ner_core.data.batching import EncodedChunk, collate
 from ner_core.data.formats.overlaps import outermost
 from ner_core.documents import Entity
 from ner_core.inference import spans as span_decoding
+from ner_core.inference.dictionary import (
+    DictionaryPlan,
+    UserDictionary,
+    apply_to_spans,
+    decode_with_dictionary,
+    load_dictionary,
+)
 from ner_core.model import _ckernel
 from ner_core.model.encoder import check_window
 from ner_core.model.heads import BiRNNHead
@@ -112,9 +120,13 @@ class PredictedEntity:
     label: str
     text: str
     confidence: float
+    from_dictionary: bool = False  # forced by the user dictionary (its confidence is then under that force)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.from_dictionary:  # the key only where a dictionary put the entity there
+            del d["from_dictionary"]
+        return d
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -161,6 +173,20 @@ def _int8_head(head) -> None:
         head.run_in_bf16()
     else:
         head.quantize_int8()
+
+
+def _dictionary_id(dictionary: UserDictionary) -> str:
+    """A user dictionary's identity in a prediction run's settings: its entries' hash (a run never resumes
+    under another dictionary)."""
+    digest = hashlib.sha256()
+    for e in dictionary.entries:
+        digest.update(f"{e.text}\t{e.label}\t{e.mode}\t{e.priority}\n".encode())
+    return f"{len(dictionary)} entries, sha256 {digest.hexdigest()[:16]}"
+
+
+def _tag_labels(tags: Sequence[str]) -> list[str]:
+    """The entity labels of a tag list (``B-PER``, ``I-PER`` ... -> ``PER``)."""
+    return sorted({t.split("-", 1)[1] for t in tags if "-" in t})
 
 
 def default_stride(max_len: int) -> int:
@@ -266,6 +292,7 @@ class Tagger:
         record=None,
         span_threshold: float | None = None,
         overlap: str | None = None,
+        dictionary: UserDictionary | None = None,
     ):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
@@ -295,6 +322,9 @@ class Tagger:
             self.stride = span_decoding.span_stride(max_len, self.span.max_span_len, stride, overlap_crf)
         if self.stride > max_len:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
+        if dictionary is not None:
+            dictionary.check_labels(self.labels if self.span is not None else _tag_labels(self.tags))
+        self.dictionary = dictionary
         self.batch_size = batch_size
         self.device = resolve_device(device)
         hardware = Hardware.detect(self.device)
@@ -350,6 +380,8 @@ class Tagger:
             record=read_precision_record(getattr(loaded, "path", None)),
             span_threshold=pick("span_threshold"),
             overlap=pick("overlap"),
+            # the caller's file only: a model directory's saved settings never name a file to read
+            dictionary=load_dictionary(opts.dictionary) if opts.dictionary else None,
         )
 
     #: how windows are placed and joined: evenly spread windows (:func:`tagging_windows`), each character's
@@ -377,6 +409,7 @@ class Tagger:
             "precision": self.precision.value,
             "merge": self.merge if self.span is None else self.span_merge,
             **({} if self.span is None else self.decoding),  # a CRF tagger's settings are as before
+            **({} if self.dictionary is None else {"dictionary": _dictionary_id(self.dictionary)}),
         }
 
     @staticmethod
@@ -466,10 +499,11 @@ class Tagger:
                 stitched[ti][s:e][better] = em[r, :n][better]
             if progress is not None:
                 progress(first_seen)
-        return self._decode(stitched, confidence)
+        plans = [self.dictionary.plan(t) for t in texts] if self.dictionary is not None else None
+        return self._decode(stitched, confidence, plans)
 
     def _decode(
-        self, stitched: list[np.ndarray], confidence: bool
+        self, stitched: list[np.ndarray], confidence: bool, plans: list[DictionaryPlan] | None = None
     ) -> list[tuple[list[str], list[float], float | None]]:
         """One CRF pass over each whole text's stitched emissions: Viterbi tags and, with ``confidence``,
         the posterior marginal of each chosen tag and the text's summed token entropy. Texts are decoded
@@ -499,9 +533,16 @@ class Tagger:
             em_t = torch.from_numpy(em).to(where)
             mask = torch.arange(longest).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)  # (R, T)
             mask = mask.to(where)
-            paths, _ = crf.viterbi_tensor(em_t, mask)  # (R, T)
+            if plans is None:
+                paths, _ = crf.viterbi_tensor(em_t, mask)  # (R, T)
+                marg_t = crf.marginals(em_t, mask) if confidence else None  # (R, T, K)
+            else:  # the best path holding every forced span and no forbidden one, marginals under that
+                row_plans = [plans[i] for i in rows]
+                paths, marg_t = decode_with_dictionary(
+                    crf, em_t, mask, row_plans, self.tags, self.scheme, confidence=confidence
+                )
             paths = paths.cpu().numpy()
-            marg = crf.marginals(em_t, mask).cpu().numpy() if confidence else None  # (R, T, K)
+            marg = marg_t.cpu().numpy() if marg_t is not None else None
             for r, i in enumerate(rows):
                 n = int(lengths[r])
                 path = paths[r, :n]
@@ -555,16 +596,18 @@ class Tagger:
         self, text: str, tags: list[str], probs: list[float], confidence: bool
     ) -> list[PredictedEntity]:
         ents = []
+        plan = self.dictionary.plan(text) if self.dictionary is not None else None
         for start, end, label in span_tuples(tags, self.scheme):
             # an entity never begins or ends with whitespace: trim it ("李超 " -> "李超")
             while start < end and text[start].isspace():
                 start += 1
             while end > start and text[end - 1].isspace():
                 end -= 1
-            if start == end:
+            if start == end or (plan and plan.is_forbidden(start, end, label)):  # trimming can make one
                 continue
             conf = min(probs[start:end]) if confidence else 1.0
-            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6)))
+            forced = bool(plan) and plan.is_forced(start, end, label)
+            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6), forced))
         return ents
 
     # ------------------------------------------------------------------ span models
@@ -629,10 +672,18 @@ class Tagger:
         (:func:`span_decoding.entity_spans`), flat or not, by start, end and label."""
         assert self.span is not None
         spans = span_decoding.entity_spans(text, scored, self.span.threshold, self.labels)
+        forced: set[tuple[int, int, str]] = set()
+        if self.dictionary is not None:  # forbidden spans out, forced ones in (probability 1.0)
+            marked = apply_to_spans(spans, self.dictionary.plan(text), flat=self.span.overlap == "flat")
+            forced = {(s, e, lab) for s, e, lab, _p, f in marked if f}
+            spans = [(s, e, lab, p) for s, e, lab, p, _f in marked]
         if self.span.overlap == "flat":
             flat = span_decoding.flat_subset(spans, {lab: i for i, lab in enumerate(self.labels)})
             spans = sorted(flat, key=lambda x: x[:3])
-        return [PredictedEntity(s, e, lab, text[s:e], round(p, 6)) for s, e, lab, p in spans]
+        return [
+            PredictedEntity(s, e, lab, text[s:e], round(p, 6), (s, e, lab) in forced)
+            for s, e, lab, p in spans
+        ]
 
     def _span_tags(
         self, text: str, scored: span_decoding.ScoredSpans
