@@ -16,7 +16,9 @@
    spans (it has one tag per character), the span model on every span.
 
 The CPU may be shared with other work: the load average is printed with the machine line.
-Run: ``python -m bench.bench_span speed [--n-texts 100]`` and
+``speed --tiny`` swaps in a tiny random encoder without a head (8 labels, 150 texts of 400 characters), so
+the decoders' own cost is what is timed.
+Run: ``python -m bench.bench_span speed [--n-texts 100] [--tiny]`` and
 ``python -m bench.bench_span train [--minutes 10] [--datasets resume,msra,peoples-daily,nested]``.
 m3e-small: research / non-commercial use only.
 """
@@ -38,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 FINANCE_TEST = REPO.parent / "shared" / "datasets" / "keras-bert-ner-finance" / "test.txt"
 FINANCE_LABELS = ["FIN", "LOC", "ORG", "PER"]
+TINY_LABELS = [f"L{k}" for k in range(8)]
 GOAL = 1.2  # the span path's prediction time at most this many times the CRF path's
 DATASETS = ("resume", "msra", "peoples-daily", "nested")
 WINDOW = 128
@@ -56,38 +59,49 @@ def finance_texts(n: int) -> list[str]:
     return [t for t in texts if t.strip()][:n]
 
 
-def _config(decoder: str, max_span_len: int | None, **training):
+def _config(decoder: str, max_span_len: int | None, encoder="m3e-small", head="bilstm", **training):
     from ner_core.config import NERConfig
 
     dec = {"type": decoder} if decoder == "crf" else {"type": "span", "max_span_len": max_span_len}
     return NERConfig.model_validate(
         {
             "data": {"max_len": WINDOW},
-            "encoder": {"name": "m3e-small"},
-            "head": {"type": "bilstm"},
+            "encoder": {"name": encoder},
+            "head": {"type": head},
             "decoder": dec,
             **({"training": training} if training else {}),
         }
     )
 
 
-def speed_models(max_span_len: int):
-    """An untrained CRF model and span model on the same m3e-small weights and BiLSTM head size."""
+def speed_models(max_span_len: int, tiny: Path | None = None):
+    """An untrained CRF model and span model on the same encoder weights (m3e-small + BiLSTM; with
+    ``tiny``, a tiny random encoder built in that folder and no head, so the decoders' own cost shows)."""
     import torch
 
-    from ner_core.model.encoder import load_encoder
+    from ner_core.model.encoder import load_encoder, make_tiny_encoder
     from ner_core.model.network import NERModel
     from ner_core.schemes import tag_set
 
-    crf_cfg, span_cfg = _config("crf", None), _config("span", max_span_len)
+    where = {}
+    if tiny is not None:
+        where = {"encoder": str(make_tiny_encoder(tiny, finance_texts(1000))), "head": "none"}
+    labels = FINANCE_LABELS if tiny is None else TINY_LABELS
+    crf_cfg, span_cfg = _config("crf", None, **where), _config("span", max_span_len, **where)
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(crf_cfg.encoder)
-    crf = NERModel(crf_cfg, tag_set(FINANCE_LABELS, "BIOES"), encoder).eval()
+    crf = NERModel(crf_cfg, tag_set(labels, "BIOES"), encoder).eval()
     torch.manual_seed(0)
-    span = NERModel(span_cfg, list(FINANCE_LABELS), load_encoder(span_cfg.encoder)[0]).eval()
+    span = NERModel(span_cfg, list(labels), load_encoder(span_cfg.encoder)[0]).eval()
     with torch.no_grad():
         span.span.bias.bias[:] = -8.0  # see the module's doc: few cells above the threshold
     return crf, span, tokenizer
+
+
+def tiny_texts(n: int = 150, size: int = 400) -> list[str]:
+    """``n`` texts of ``size`` characters cut from the finance test texts (the tiny-encoder setting)."""
+    joined = "".join(finance_texts(10_000))
+    return [joined[k * size : (k + 1) * size] for k in range(n)]
 
 
 class _DenseScoring:
@@ -103,21 +117,23 @@ class _DenseScoring:
         return to_band(dense, band_width(dense.shape[-1], self.model.max_span_len)), char_mask
 
 
-def bench_speed(n_texts: int, max_span_len: int, repeats: int, batch_size: int) -> dict:
+def bench_speed(n_texts: int, max_span_len: int, repeats: int, batch_size: int, tiny: bool = False) -> dict:
     """Best-of-``repeats`` wall time of each tagger over the same texts, rounds interleaved."""
     from ner_core.inference.tagger import Tagger
 
-    texts = finance_texts(n_texts)
+    texts = tiny_texts() if tiny else finance_texts(n_texts)
     n_chars = sum(len(t) for t in texts)
-    crf, span, tok = speed_models(max_span_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        crf, span, tok = speed_models(max_span_len, Path(tmp) if tiny else None)
     taggers = {
         "crf": Tagger(crf, tok, max_len=WINDOW, batch_size=batch_size),
         "span": Tagger(span, tok, max_len=WINDOW, batch_size=batch_size),
         "span, dense scores (before)": Tagger(span, tok, max_len=WINDOW, batch_size=batch_size),
     }
+    what = "tiny random encoder, no head" if tiny else "m3e-small + BiLSTM"
     print(
-        f"speed: {len(texts)} finance test texts, {n_chars} chars, m3e-small + BiLSTM, window {WINDOW}, "
-        f"batch {batch_size}, fp32, {len(FINANCE_LABELS)} labels, span max_span_len {max_span_len}, "
+        f"speed: {len(texts)} finance test texts, {n_chars} chars, {what}, window {WINDOW}, "
+        f"batch {batch_size}, fp32, {len(span.labels)} labels, span max_span_len {max_span_len}, "
         f"strides crf {taggers['crf'].stride} / span {taggers['span'].stride}; best of {repeats}",
         flush=True,
     )
@@ -259,13 +275,18 @@ def main(argv: list[str] | None = None) -> None:
     sp.add_argument("--max-span-len", type=int, default=12)
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--batch-size", type=int, default=32)
+    sp.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny random encoder, no head, 8 labels, 150 texts of 400 chars: the decoders' own cost",
+    )
     tr = sub.add_parser("train", help="F1, training sentences/s and prediction chars/s per decoder")
     tr.add_argument("--minutes", type=float, default=10.0)
     tr.add_argument("--datasets", default=",".join(DATASETS))
     args = ap.parse_args(argv)
     print(machine_line(), flush=True)
     if args.what == "speed":
-        bench_speed(args.n_texts, args.max_span_len, args.repeats, args.batch_size)
+        bench_speed(args.n_texts, args.max_span_len, args.repeats, args.batch_size, args.tiny)
     else:
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
         bad = [n for n in names if n not in DATASETS]

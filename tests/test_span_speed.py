@@ -94,6 +94,29 @@ def test_band_scores_equal_the_dense_scores(precision, max_span_len):
     assert torch.equal(to_band(dense, band.shape[-1]), band)
 
 
+def _formula_scores(gp: EfficientGlobalPointer, h: torch.Tensor, cm: torch.Tensor, limit) -> torch.Tensor:
+    """The dense scores of the module's doc written out: RoPE on the interleaved projection (no reordered
+    rows), the per-label start and end biases, every cell that is no span masked."""
+    x = gp.proj(gp.norm(h.float()))
+    q, k = _dense_rope(x[..., 0::2]), _dense_rope(x[..., 1::2])
+    bias = gp.bias(x).transpose(1, 2) / 2
+    s = torch.einsum("bmd,bnd->bmn", q, k) / gp.head_size**0.5
+    logits = s[:, None] + bias[:, 0::2, :, None] + bias[:, 1::2, None, :]
+    return logits.masked_fill(~span_mask(cm, limit)[:, None], MASKED)
+
+
+@pytest.mark.parametrize("max_span_len", [None, 3])
+def test_band_and_dense_scores_equal_the_formula(max_span_len):
+    torch.manual_seed(1)
+    gp = EfficientGlobalPointer(10, 4, head_size=8)
+    h = torch.randn(2, 11, 10)
+    cm = torch.tensor([[1] * 11, [1] * 6 + [0] * 5], dtype=torch.bool)
+    with torch.no_grad():
+        want = _formula_scores(gp, h, cm, max_span_len)
+        assert torch.allclose(gp(h, cm, max_span_len), want, atol=1e-5, rtol=0)
+        _assert_band_equals_dense(gp.band(h, cm, max_span_len), want, cm, max_span_len)
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("max_span_len", [None, 3])
 def test_model_span_band_equals_span_logits(tiny_encoder_dir, precision, max_span_len):

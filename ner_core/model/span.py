@@ -31,6 +31,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 __all__ = [
     "MASKED",
@@ -79,6 +80,12 @@ def rope(x: Tensor) -> Tensor:
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, L, D/2)
     out = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (B, L, D/2, 2)
     return out.flatten(-2)  # (B, L, D)
+
+
+def _proj_order(d: int, device: torch.device) -> Tensor:
+    """The projection's ``2d`` outputs (``q_m`` at ``2m``, ``k_m`` at ``2m + 1``) reordered as ``q``'s even
+    then odd dimensions, then ``k``'s: RoPE rotates the pairs ``(q_{2n}, q_{2n+1})``, here contiguous."""
+    return torch.cat([torch.arange(r, 2 * d, 4, device=device) for r in (0, 2, 1, 3)])
 
 
 def span_mask(char_mask: Tensor, max_span_len: int | None) -> Tensor:
@@ -152,10 +159,24 @@ class EfficientGlobalPointer(nn.Module):
 
     def _parts(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """float32 ``q``, ``k`` ``(B, L, d)`` (rotated) and the label biases ``(B, 2C, L)`` (start, end
-        interleaved, halved); call with autocast off."""
-        x = self.proj(self.norm(h.float()))  # (B, L, 2d)
-        q, k = rope(x[..., 0::2]), rope(x[..., 1::2])  # (B, L, d) each
-        return q, k, self.bias(x).transpose(1, 2) / 2  # (B, 2C, L)
+        interleaved, halved); call with autocast off.
+
+        ``q`` and ``k`` are :func:`rope` of the projection's even and odd outputs, with their dimensions
+        in another order (the rotated even pair members first, then the odd ones): a dot product does not
+        depend on the order of the dimensions, so the scores are the same, and the projection's rows taken
+        in that order give contiguous blocks to rotate instead of every fourth output."""
+        B, L, _ = h.shape
+        d = self.head_size
+        order = _proj_order(d, h.device)  # [q even, q odd, k even, k odd] of the interleaved outputs
+        y = F.linear(self.norm(h.float()), self.proj.weight[order], self.proj.bias[order])  # (B, L, 2d)
+        bias = F.linear(y, self.bias.weight[:, order], self.bias.bias)  # = self.bias(proj(...)), (B, L, 2C)
+        cos, sin = _rope_tables(L, d, h.device, y.dtype)  # (L, d/2)
+        cos, sin = cos[:, None], sin[:, None]  # (L, 1, d/2): the same for q and k
+        v = y.view(B, L, 2, 2, d // 2)  # (B, L, q|k, even|odd, d/2)
+        even, odd = v[:, :, :, 0], v[:, :, :, 1]  # (B, L, 2, d/2)
+        rot = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=3)  # (B, L, 2, 2, d/2)
+        q, k = rot[:, :, 0].reshape(B, L, d), rot[:, :, 1].reshape(B, L, d)  # (B, L, d) each
+        return q, k, bias.transpose(1, 2) / 2  # (B, 2C, L)
 
     def forward(self, h: Tensor, char_mask: Tensor, max_span_len: int | None = None) -> Tensor:
         """``h`` ``(B, L, F)`` (any dtype), ``char_mask`` ``(B, L)`` bool -> float32 scores ``(B, C, L, L)``,
@@ -179,11 +200,11 @@ class EfficientGlobalPointer(nn.Module):
             W = band_width(L, max_span_len)
             idx = _band_index(L, W, h.device)  # (L, W) the end of each band cell
             # the same product as forward's, read on the band: one matrix product beats W small ones
-            scores = torch.einsum("bmd,bnd->bmn", q, k) / math.sqrt(self.head_size)  # (B, L, L)
-            scores = torch.gather(scores, 2, idx.expand(B, L, W))  # (B, L, W)
-            end_bias = bias[:, 1::2, idx]  # (B, C, L, W)
-            logits = scores[:, None] + bias[:, 0::2, :, None] + end_bias  # (B, C, L, W)
-            return logits.masked_fill(~band_mask(char_mask, W, max_span_len)[:, None], MASKED)
+            scores = torch.einsum("bmd,bnd->bmn", q, k)  # (B, L, L)
+            scores = torch.gather(scores, 2, idx.expand(B, L, W)) / math.sqrt(self.head_size)  # (B, L, W)
+            logits = scores[:, None] + bias[:, 0::2, :, None]  # (B, C, L, W) start bias by the row (i)
+            logits += bias[:, 1::2, idx]  # end bias by the span's end (i + w); in place, as forward's order
+            return logits.masked_fill_(~band_mask(char_mask, W, max_span_len)[:, None], MASKED)
 
 
 def circle_loss(logits: Tensor, gold: Tensor, valid: Tensor) -> Tensor:
