@@ -291,7 +291,10 @@ def int8_copy(model, tokenizer=None):
         )
     ranges = None
     if tokenizer is not None:
-        batches = quantize.synthetic_batches(tokenizer, rows=INT8_CALIBRATION_ROWS)
+        encoder_config = getattr(getattr(model, "encoder", None), "config", None)
+        positions = getattr(encoder_config, "max_position_embeddings", 0)
+        length = min(128, positions) if isinstance(positions, int) and positions > 2 else 128
+        batches = quantize.synthetic_batches(tokenizer, rows=INT8_CALIBRATION_ROWS, length=length)
         bf16 = bool(Hardware.detect("cpu").bf16_units)
         was_training = model.training
         model.eval()
