@@ -31,7 +31,8 @@ PREDICTION_FLAGS = FlagTable(
     help={
         "window": "characters per window, at least 8 and at most the encoder's positions - 2 "
         "(default: the model's max_len)",
-        "stride": "characters between window starts, <= --window (default: window - window // 8)",
+        "stride": "the most characters between window starts, <= --window (default: the window, windows "
+        "spread evenly; a span model: the window minus its span limit)",
         "device": "cpu, cuda, cuda:N or auto "
         "(default: the model's saved device, else auto: CUDA when present)",
         "precision": "auto (default: the fastest precision the hardware runs whose recorded dev F1 stays "

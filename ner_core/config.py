@@ -224,7 +224,10 @@ class PredictionConfig(_Strict):
         None, ge=8, description="characters per window (default: the model's data.max_len)"
     )
     stride: int | None = Field(
-        None, ge=1, description="characters between window starts, <= window (default: window - window // 8)"
+        None,
+        ge=1,
+        description="the most characters between window starts, <= window (default: the window; windows "
+        "spread evenly)",
     )
     batch_size: int | None = Field(None, ge=1, description="windows per forward pass (default 32)")
     device: str | None = Field(

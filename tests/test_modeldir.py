@@ -224,32 +224,34 @@ def test_saved_configs_with_the_removed_window_stride_still_load(saved, tmp_path
 def test_a_model_directory_written_before_the_restructure_tags_as_it_did(legacy_dir, monkeypatch):
     """The fixture's completed run (written at 3cc253c; its config still has data.window_stride and
     prediction.max_len) loads and tags the first two raw sample texts as that code stored them in DuckDB,
-    with the model's saved settings and that code's window placement (fixed windows every stride; windows
-    are spread evenly now, which moves a few boundary decisions, so a stored run is not resumed under the
-    new rule); its stored test-split evaluation comes out the same too."""
+    with the model's saved settings, and that code's default stride (window - window // 8) and window
+    placement (fixed windows every stride): windows are spread evenly now and the stride defaults to the
+    window, which moves a few boundary decisions (a stored run is not resumed under the new rule); its
+    stored test-split evaluation comes out the same too."""
     import gzip
-
-    import ner_core.inference.tagger as tagger_module
-    from ner_core.data.batching import sliding_windows
-
-    monkeypatch.setattr(tagger_module, "tagging_windows", sliding_windows)
 
     import duckdb
 
+    import ner_core.inference.tagger as tagger_module
+    from ner_core.config import PredictionConfig
+    from ner_core.data.batching import sliding_windows
     from ner_core.data.formats import read_file
     from ner_core.inference.evaluate import evaluate_model
     from ner_core.inference.tagger import Tagger
     from ner_core.metrics import EvaluationReport
     from tests.conftest import SAMPLE
 
+    monkeypatch.setattr(tagger_module, "tagging_windows", sliding_windows)
     run = legacy_dir / "runs" / "20261201-152337-sample-bilstm-56603a"
     loaded = load_model_dir(run / "model")
+    window = loaded.config.prediction.window or loaded.config.data.max_len
+    old_default = PredictionConfig(stride=loaded.config.prediction.stride or window - window // 8)
     raw = sorted((SAMPLE / "raw").glob("*.txt"))[:2]
     assert [p.name[:3] for p in raw] == ["01_", "02_"]
     texts = [p.read_text(encoding="utf-8").strip() for p in raw]  # as the prediction step reads a text file
     got = [
         (p.stem, e.start, e.end, e.label, e.text, e.confidence)
-        for p, ents in zip(raw, Tagger.from_loaded(loaded).predict(texts), strict=True)
+        for p, ents in zip(raw, Tagger.from_loaded(loaded, old_default).predict(texts), strict=True)
         for e in ents
     ]
     db = legacy_dir / "ner.duckdb"

@@ -735,7 +735,7 @@ def test_from_loaded_takes_the_saved_prediction_settings_unless_overridden(loade
     }
     # no saved prediction window: the model's training max_len, stride half of it
     assert Tagger.from_loaded(loaded).settings["max_len"] == loaded.config.data.max_len
-    assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len * 7 // 8  # overlap 1/8
+    assert Tagger.from_loaded(loaded).settings["stride"] == loaded.config.data.max_len  # stride = window
     limit = loaded.model.encoder.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"exceeds the encoder's {limit} positions"):
         Tagger.from_loaded(loaded, PredictionConfig(window=limit))

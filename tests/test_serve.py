@@ -83,7 +83,7 @@ def test_health_and_model_info(service, model_dir):
     m = httpx.get(f"{service['url']}/model").json()
     assert m["labels"] == ["FIN", "LOC", "ORG", "PER"] and m["scheme"] == "BIOES"
     assert m["config"]["head"]["type"] == "bilstm" and m["metrics"]["note"] == "untrained test model"
-    assert m["tagger"]["max_len"] == 32 and m["tagger"]["stride"] == 28  # default overlap: 1/8 of the window
+    assert m["tagger"]["max_len"] == 32 and m["tagger"]["stride"] == 32  # default: stride = window
     assert m["limits"]["max_texts"] == 4 and m["model_dir"] == str(Path(model_dir).resolve())
 
 

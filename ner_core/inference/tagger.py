@@ -190,8 +190,17 @@ def _tag_labels(tags: Sequence[str]) -> list[str]:
 
 
 def default_stride(max_len: int) -> int:
-    """Prediction windows overlap by 1/8 of their length by default (at least one character)."""
-    return max(1, max_len - max(1, max_len // 8))
+    """A CRF model's default stride: the window. Windows are spread evenly (:func:`tagging_windows`), so
+    the boundaries of a text that is not a multiple of the window still overlap a little, and on Resume NER
+    dev stride = window scored as stride 7/8 did at every window tried (``bench/bench_predict.py``'s
+    windowed-F1 table); each character is encoded about once (the 1/8 overlap cost an eighth more
+    encoding on long texts). A span model's windows follow :func:`_span_min_overlap` instead."""
+    return max_len
+
+
+def _span_min_overlap(max_len: int) -> int:
+    """The least overlap of a span model's windows, whatever its span limit: 1/8 of the window."""
+    return max(1, max_len // 8)
 
 
 def is_span_model(model) -> bool:
@@ -220,7 +229,7 @@ def _span_settings(
     return span_decoding.SpanSettings(
         threshold=float(cfg.threshold if threshold is None else threshold),
         overlap=overlap or cfg.overlap or "allow",
-        max_span_len=cfg.max_span_len or max(1, max_len - default_stride(max_len)),
+        max_span_len=cfg.max_span_len or _span_min_overlap(max_len),
     )
 
 
@@ -264,10 +273,10 @@ class Tagger:
         model: a NERModel (or anything with ``tags``, ``config.data.scheme``, ``emissions`` and ``crf``).
         tokenizer: the model's tokenizer (characters are mapped one-to-one by :class:`CharAligner`).
         max_len: characters per window (without [CLS]/[SEP]).
-        stride: characters between window starts, ``1 <= stride <= max_len``; default
-            ``max_len - max_len // 8``: windows overlap by 1/8, so every character sits at least
-            ``max_len // 16`` characters from the edge of the window that tags it and few characters are
-            encoded twice (``bench/bench_predict.py`` compares the F1 of wider and narrower strides).
+        stride: the most characters between window starts, ``1 <= stride <= max_len``; default the window
+            for a CRF model (:func:`default_stride`: windows spread evenly, so boundaries still overlap;
+            ``bench/bench_predict.py`` compares the F1 of wider and narrower strides), for a span model
+            the window minus its span limit (at least 1/8 of the window).
         batch_size: windows per forward pass.
         device: ``cpu``, ``cuda[:N]`` or ``auto`` (CUDA when present).
         num_threads: torch CPU threads (``None`` leaves torch's setting alone).
@@ -318,7 +327,7 @@ class Tagger:
         else:  # tags of a span model: those of its outermost entities (tag_texts)
             self.labels: list[str] = list(model.labels)
             self.tags = list(getattr(model, "tags", None) or tag_set(self.labels, self.scheme))
-            overlap_crf = max_len - default_stride(max_len)
+            overlap_crf = _span_min_overlap(max_len)
             self.stride = span_decoding.span_stride(max_len, self.span.max_span_len, stride, overlap_crf)
         if self.stride > max_len:
             raise ValueError(f"stride ({self.stride}) must not exceed max_len ({max_len})")
