@@ -67,7 +67,10 @@ BUDGET_S = 4.0
 #: CPU flags besides :data:`KNOWN_FLAGS` that change which precision is fastest (vector width, AMX tiles,
 #: fp16 units, ARM's vector extensions): part of the cache key
 _SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_fp16", "amx_tile", "amx_fp16", "sve", "sve2")
-_CACHE_FORMAT = 1
+#: the timings' format and what was timed: bumped when the code of a precision's path changes its speed
+#: (2: the int8 copy became per-channel, smoothed, FFN output in bf16; windows at stride = window), so a
+#: timing cached by older code is not reused
+_CACHE_FORMAT = 2
 _MAX_CACHE_BYTES = 65_536
 
 #: one timed call: runs the work once and says how many characters it covered
