@@ -165,19 +165,29 @@ class TaggedDataset:
         The order depends only on ``seed`` (not on global RNG state), so a resumed run sees the same
         batches as an uninterrupted one.
         """
-        idx = list(range(len(self.items)))
-        rng = random.Random(seed)
-        if shuffle:
-            rng.shuffle(idx)
-        pool = batch_size * 50
-        batches: list[list[int]] = []
-        for p in range(0, len(idx), pool):
-            part = sorted(idx[p : p + pool], key=lambda i: len(self.items[i].char_ids))
-            batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
-        if shuffle:
-            rng.shuffle(batches)
-        for b in batches:
+        for b in length_buckets(
+            [len(it.char_ids) for it in self.items], batch_size, shuffle=shuffle, seed=seed
+        ):
             yield collate([self.items[i] for i in b], self.cls_id, self.sep_id, self.pad_id)
+
+
+def length_buckets(
+    lengths: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0
+) -> list[list[int]]:
+    """Indices of items of ``lengths`` in batches: sorted by length inside pools of 50 batches, the batch
+    order shuffled; the order depends only on ``seed`` (a resumed run sees the same batches)."""
+    idx = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(idx)
+    pool = batch_size * 50
+    batches: list[list[int]] = []
+    for p in range(0, len(idx), pool):
+        part = sorted(idx[p : p + pool], key=lambda i: lengths[i])
+        batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
 
 
 def collate(

@@ -11,13 +11,12 @@ no target; :attr:`SpanDataset.excluded` counts them.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ner_core.data.batching import Chunk, EncodedChunk, collate, training_chunks
+from ner_core.data.batching import Chunk, EncodedChunk, collate, length_buckets, training_chunks
 from ner_core.documents import Document, Entity
 from ner_core.schemes import has_overlaps
 
@@ -122,17 +121,8 @@ class SpanDataset:
     def batches(self, batch_size: int, *, shuffle: bool, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Length-bucketed batches as :meth:`ner_core.data.batching.TaggedDataset.batches` makes them (the
         order depends only on ``seed``), with ``targets`` ``(N, 4)`` in place of ``tags``."""
-        idx = list(range(len(self.items)))
-        rng = random.Random(seed)
-        if shuffle:
-            rng.shuffle(idx)
-        pool = batch_size * 50
-        batches: list[list[int]] = []
-        for p in range(0, len(idx), pool):
-            part = sorted(idx[p : p + pool], key=lambda i: len(self.items[i].encoded.char_ids))
-            batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
-        if shuffle:
-            rng.shuffle(batches)
+        lengths = [len(it.encoded.char_ids) for it in self.items]
+        batches = length_buckets(lengths, batch_size, shuffle=shuffle, seed=seed)
         for b in batches:
             yield self.collate([self.items[i] for i in b])
 
