@@ -44,6 +44,22 @@ A prediction spanning two gold entities therefore yields two errors (one per gol
 nesting, a prediction of an inner span where gold has none at that depth is ``spurious``, and an outer
 prediction that misses the outer gold entity's boundaries is a ``boundary`` error of that entity, never
 of the inner gold entities it also overlaps.
+
+Confusion cells (:func:`confusion_cells`, ``EvaluationReport.confusion``): per document, predicted and gold
+entities are paired by identical ``(start, end)``. A span both sides have gives ``(gold label, predicted
+label)`` cells: its labels common to both sides pair with themselves (the diagonal), the rest pair in sorted
+order (a span with two labels on one side and one on the other leaves one label over); a gold label left
+over gives ``(gold label, "O")``, a predicted one ``("O", predicted label)``. Duplicates count once, as in
+the entity scores, so the cells of a gold label add up to its support and those of a predicted label to
+its predicted count.
+
+Calibration (:class:`CalibrationReport`, filled by :mod:`ner_core.inference.calibration`): is a predicted
+entity with confidence ``p`` correct (the strict match above) with probability ``p``? Confidences fall in
+10 equal-width bins over [0, 1] (bin ``k`` holds ``[k/10, (k+1)/10)``, the last one 1.0 as well; the bin
+is ``floor(10 p)``, capped at 9); the expected calibration error is ``sum_k (n_k / N) |accuracy_k -
+mean_confidence_k|``, an empty bin contributing 0 (it is still listed, with zeros). The threshold curve
+keeps the entities whose confidence is at least ``t``: precision over those kept, recall over every gold
+entity of the split.
 """
 
 from __future__ import annotations
@@ -57,23 +73,40 @@ from ner_core.schemes import Scheme, convert_tags, has_overlaps, outermost, sche
 
 __all__ = [
     "ERROR_KINDS",
+    "N_BINS",
+    "THRESHOLDS",
+    "CalibrationReport",
+    "ConfusionCell",
     "ErrorCounts",
     "ErrorSentence",
     "EvaluationReport",
+    "ReliabilityBin",
     "SUMMARY_FIELDS",
+    "ThresholdPoint",
     "TypeScores",
+    "bins_ece",
+    "calibration_report",
     "char_accuracy",
     "classify_errors",
+    "confusion_cells",
+    "entity_correctness",
     "entity_prf",
     "evaluate",
+    "expected_calibration_error",
     "level_prf",
     "nesting_depths",
     "prf",
+    "reliability_bins",
     "sentence_accuracy",
     "seqeval_prf",
+    "threshold_curve",
 ]
 
 ERROR_KINDS: tuple[str, ...] = ("boundary", "type", "boundary+type", "missed", "spurious")
+#: reliability bins over [0, 1]
+N_BINS = 10
+#: the confidence thresholds of :func:`threshold_curve`: 0.00, 0.05, ..., 0.95
+THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(20))
 
 _Span = tuple[int, int, str]
 
@@ -127,6 +160,70 @@ class ErrorSentence(BaseModel):
     kinds: list[str]
 
 
+class ReliabilityBin(BaseModel):
+    """One bin of a reliability table: confidences in ``[lo, hi)`` (the last bin: ``[lo, hi]``)."""
+
+    lo: float
+    hi: float
+    n: int
+    mean_confidence: float
+    accuracy: float
+
+
+class ThresholdPoint(BaseModel):
+    """Strict entity scores of the predicted entities whose confidence is at least ``threshold``."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+    n_kept: int
+
+
+class ConfusionCell(BaseModel):
+    """How often gold label ``gold`` and predicted label ``pred`` share a span (``"O"``: no entity there)."""
+
+    gold: str
+    pred: str
+    n: int
+
+
+class CalibrationReport(BaseModel):
+    """The calibration of one evaluation's entity confidences, raw and under the model's temperature."""
+
+    temperature: float = Field(description="the one applied (1.0 where the model directory has none)")
+    fitted_on: str = Field(description='what the temperature was fitted on, e.g. "dev" or "none"')
+    precision: str = Field(description='the precision the evaluation ran in, e.g. "fp32"')
+    n_entities: int = Field(description="predicted entities scored")
+    ece_raw: float
+    ece_calibrated: float
+    bins_raw: list[ReliabilityBin] = Field(default_factory=list)
+    bins_calibrated: list[ReliabilityBin] = Field(default_factory=list)
+    thresholds: list[ThresholdPoint] = Field(
+        default_factory=list, description="calibrated confidence >= t for t in THRESHOLDS"
+    )
+
+    def to_markdown(self) -> list[str]:
+        """The lines of the report's calibration section."""
+        lines = [
+            "### Calibration",
+            "",
+            f"Expected calibration error of {self.n_entities} predicted entities ({self.precision}): "
+            f"{self.ece_raw:.4f} raw -> {self.ece_calibrated:.4f} at temperature {self.temperature:.4g} "
+            f"(fitted on: {self.fitted_on}).",
+            "",
+            "| confidence | n | mean confidence | accuracy | n (calibrated) | mean confidence | accuracy |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for raw, cal in zip(self.bins_raw, self.bins_calibrated, strict=False):
+            close = "]" if raw.hi >= 1.0 else ")"
+            lines.append(
+                f"| [{raw.lo:.1f}, {raw.hi:.1f}{close} | {raw.n} | {raw.mean_confidence:.4f} | "
+                f"{raw.accuracy:.4f} | {cal.n} | {cal.mean_confidence:.4f} | {cal.accuracy:.4f} |"
+            )
+        return [*lines, ""]
+
+
 class EvaluationReport(BaseModel):
     """Everything one evaluation produces. Entity-level figures are strict and micro unless ``macro_``."""
 
@@ -156,6 +253,12 @@ class EvaluationReport(BaseModel):
         default_factory=list,
         description='strict scores of the "outer" and "nested" entities (:func:`level_prf`), present '
         "when the gold entities or the predictions nest, or the run's decoder can nest (outermost_tags)",
+    )
+    calibration: CalibrationReport | None = Field(
+        None, description="entity confidence calibration; None when the evaluation had no confidences"
+    )
+    confusion: list[ConfusionCell] = Field(
+        default_factory=list, description="every non-zero (gold label, predicted label) cell"
     )
 
     def summary(self) -> dict[str, float | int]:
@@ -213,6 +316,8 @@ class EvaluationReport(BaseModel):
             lines.append(
                 f"| {label} | " + " | ".join(str(self.errors[label].get(k, 0)) for k in ERROR_KINDS) + " |"
             )
+        if self.calibration is not None:
+            lines += ["", *self.calibration.to_markdown()[:-1]]
         shown = self.error_sentences[:max_error_sentences]
         lines += ["", f"### Sentences with errors ({len(shown)} of {len(self.error_sentences)} shown)", ""]
         for s in shown:
@@ -512,6 +617,154 @@ def classify_errors(gold: Sequence[Entity], pred: Sequence[Entity]) -> list[tupl
 
 
 # ----------------------------------------------------------------------------------------------
+# Confusion and calibration
+# ----------------------------------------------------------------------------------------------
+def confusion_cells(
+    gold_docs_entities: Sequence[Sequence[Entity]], pred_entities: Sequence[Sequence[Entity]]
+) -> list[ConfusionCell]:
+    """The non-zero ``(gold label, predicted label)`` cells of all documents (pairing by identical span:
+    see the module docstring), sorted by gold then predicted label; ``"O"`` stands for no entity."""
+    if len(gold_docs_entities) != len(pred_entities):
+        raise ValueError(
+            f"expected as many predicted as gold documents, got {len(pred_entities)} and "
+            f"{len(gold_docs_entities)}"
+        )
+    counts: dict[tuple[str, str], int] = {}
+    for i, (g, p) in enumerate(zip(gold_docs_entities, pred_entities, strict=True)):
+        by_span: dict[tuple[int, int], tuple[set[str], set[str]]] = {}
+        for s, e, label in _span_set(g, f"gold document {i}"):
+            by_span.setdefault((s, e), (set(), set()))[0].add(label)
+        for s, e, label in _span_set(p, f"predicted document {i}"):
+            by_span.setdefault((s, e), (set(), set()))[1].add(label)
+        for gold, pred in by_span.values():
+            pairs = [(lab, lab) for lab in sorted(gold & pred)]
+            g_rest, p_rest = sorted(gold - pred), sorted(pred - gold)
+            pairs += list(zip(g_rest, p_rest, strict=False))
+            pairs += [(lab, "O") for lab in g_rest[len(p_rest) :]]
+            pairs += [("O", lab) for lab in p_rest[len(g_rest) :]]
+            for pair in pairs:
+                counts[pair] = counts.get(pair, 0) + 1
+    return [ConfusionCell(gold=g, pred=q, n=n) for (g, q), n in sorted(counts.items())]
+
+
+def _check_scores(conf: Sequence[float], correct: Sequence[bool]) -> tuple[list[float], list[bool]]:
+    c, ok = [float(x) for x in conf], [bool(x) for x in correct]
+    if len(c) != len(ok):
+        raise ValueError(f"expected one correctness flag per confidence, got {len(ok)} for {len(c)}")
+    bad = next((x for x in c if not 0.0 <= x <= 1.0), None)  # NaN fails both comparisons
+    if bad is not None:
+        raise ValueError(f"expected confidences in [0, 1], got {bad!r}")
+    return c, ok
+
+
+def reliability_bins(
+    conf: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS
+) -> list[ReliabilityBin]:
+    """``n_bins`` equal-width bins over [0, 1] of the confidences ``conf`` of predicted entities and
+    whether each was correct: per bin its count, mean confidence and accuracy (all 0 for an empty bin)."""
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"expected a positive int n_bins, got {n_bins!r}")
+    c, ok = _check_scores(conf, correct)
+    n = [0] * n_bins
+    conf_sum = [0.0] * n_bins
+    ok_sum = [0] * n_bins
+    for x, y in zip(c, ok, strict=True):
+        k = min(int(x * n_bins), n_bins - 1)
+        n[k] += 1
+        conf_sum[k] += x
+        ok_sum[k] += y
+    return [
+        ReliabilityBin(
+            lo=k / n_bins,
+            hi=(k + 1) / n_bins,
+            n=n[k],
+            mean_confidence=conf_sum[k] / n[k] if n[k] else 0.0,
+            accuracy=ok_sum[k] / n[k] if n[k] else 0.0,
+        )
+        for k in range(n_bins)
+    ]
+
+
+def expected_calibration_error(conf: Sequence[float], correct: Sequence[bool], n_bins: int = N_BINS) -> float:
+    """ECE of predicted entities' confidences and correctness (:func:`reliability_bins`, then
+    :func:`bins_ece`); 0.0 with no entity at all."""
+    return bins_ece(reliability_bins(conf, correct, n_bins))
+
+
+def bins_ece(bins: Sequence[ReliabilityBin]) -> float:
+    """ECE of a reliability table: the count-weighted mean of ``|accuracy - mean confidence|``."""
+    total = sum(b.n for b in bins)
+    if not total:
+        return 0.0
+    return sum(b.n / total * abs(b.accuracy - b.mean_confidence) for b in bins)
+
+
+def threshold_curve(
+    conf: Sequence[float],
+    correct: Sequence[bool],
+    n_gold: int,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> list[ThresholdPoint]:
+    """Per threshold ``t``: strict precision, recall and F1 of the predicted entities with confidence >= t
+    (recall over all ``n_gold`` gold entities), and how many were kept."""
+    c, ok = _check_scores(conf, correct)
+    if n_gold < sum(ok):
+        raise ValueError(f"expected n_gold >= the correct entities ({sum(ok)}), got {n_gold}")
+    out = []
+    for t in thresholds:
+        kept = [y for x, y in zip(c, ok, strict=True) if x >= t]
+        p, r, f = prf(sum(kept), len(kept), n_gold)
+        out.append(ThresholdPoint(threshold=float(t), precision=p, recall=r, f1=f, n_kept=len(kept)))
+    return out
+
+
+def entity_correctness(
+    gold: Sequence[Sequence[Entity]], pred: Sequence[Sequence[Entity]]
+) -> list[list[bool]]:
+    """Per document and predicted entity: whether a gold entity of the document has its exact start, end
+    and label (the strict match of the entity scores)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"expected as many predicted as gold documents, got {len(pred)} and {len(gold)}")
+    out = []
+    for i, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        gs = _span_set(g, f"gold document {i}")
+        _span_set(p, f"predicted document {i}")
+        out.append([(e.start, e.end, e.label) in gs for e in p])
+    return out
+
+
+def calibration_report(
+    raw: Sequence[float],
+    calibrated: Sequence[float],
+    correct: Sequence[bool],
+    n_gold: int,
+    *,
+    temperature: float,
+    fitted_on: str,
+    precision: str,
+) -> CalibrationReport:
+    """The :class:`CalibrationReport` of predicted entities' raw and calibrated confidences (parallel
+    sequences) and correctness; the threshold curve is over the calibrated confidences."""
+    if len(raw) != len(calibrated):
+        raise ValueError(
+            f"expected as many calibrated as raw confidences, got {len(calibrated)} and {len(raw)}"
+        )
+    bins_raw = reliability_bins(raw, correct)
+    bins_cal = reliability_bins(calibrated, correct)
+    return CalibrationReport(
+        temperature=float(temperature),
+        fitted_on=fitted_on,
+        precision=precision,
+        n_entities=len(raw),
+        ece_raw=bins_ece(bins_raw),
+        ece_calibrated=bins_ece(bins_cal),
+        bins_raw=bins_raw,
+        bins_calibrated=bins_cal,
+        thresholds=threshold_curve(calibrated, correct, n_gold),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # Everything together
 # ----------------------------------------------------------------------------------------------
 def _check_evaluate_args(
@@ -639,4 +892,5 @@ def evaluate(
         error_sentences=error_sentences,
         tags_from="outermost spans" if outermost_tags or (outermost_tags is None and any_nested) else "spans",
         levels=levels,
+        confusion=confusion_cells(gold_ents, pred_ents),
     )
