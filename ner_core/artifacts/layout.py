@@ -10,6 +10,8 @@ Layout (``FORMAT_VERSION = 1``; a span-decoder model ``SPAN_FORMAT_VERSION = 2``
       metrics.json         whatever the trainer passed ({} when none)
       precision.json       the best model's dev entity F1 per precision (optional; see
                            :mod:`ner_core.training.precision_record`)
+      calibration.json     the entity-confidence temperature per precision, fitted on dev (optional;
+                           :mod:`ner_core.artifacts.calibration_file`)
       encoder/config.json  the encoder's HF config: rebuilt with AutoConfig + AutoModel.from_config
       model.safetensors    ALL weights (encoder, head, classifier, CRF incl. its constraint masks)
       tokenizer/           tokenizer.save_pretrained(...)
@@ -30,6 +32,7 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "CALIBRATION",
     "CONFIG",
     "ENCODER_DIR",
     "FILE_NAMES",
@@ -59,11 +62,12 @@ LABELS = "labels.json"
 SPAN_LABELS = "span_labels.json"
 METRICS = "metrics.json"
 PRECISION_RECORD = "precision.json"
+CALIBRATION = "calibration.json"
 ENCODER_DIR = "encoder"
 WEIGHTS = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 #: the file names of a model directory (not its folders, whose names are common words)
-FILE_NAMES = (META, CONFIG, LABELS, SPAN_LABELS, METRICS, PRECISION_RECORD, WEIGHTS)
+FILE_NAMES = (META, CONFIG, LABELS, SPAN_LABELS, METRICS, PRECISION_RECORD, CALIBRATION, WEIGHTS)
 
 
 class ModelDirError(ValueError):

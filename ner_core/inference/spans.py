@@ -44,7 +44,9 @@ __all__ = [
     "binary_entropy_sum",
     "entity_spans",
     "flat_subset",
+    "logits_of",
     "owner_windows",
+    "scored_entity_spans",
     "span_stride",
     "window_candidates",
 ]
@@ -107,48 +109,57 @@ def owner_windows(starts: np.ndarray, length: int, first: np.ndarray, last: np.n
 
 @dataclass
 class ScoredSpans:
-    """One text's scored spans: label ids, starts, exclusive ends and probabilities (each from its owner
-    window), every span with probability at least the lower of the threshold and the entropy band's."""
+    """One text's scored spans: label ids, starts, exclusive ends, probabilities and the scores (logits)
+    they are the sigmoid of (each from its owner window), every span with probability at least the lower
+    of the threshold and the entropy band's. ``logits`` may be left out (then read back from the
+    probabilities, :func:`logits_of`)."""
 
     labels: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
     probs: np.ndarray
+    logits: np.ndarray | None = None
 
     @classmethod
     def empty(cls) -> ScoredSpans:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z.copy(), z.copy(), np.zeros(0, dtype=np.float64))
+        return cls(z, z.copy(), z.copy(), np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64))
 
     @classmethod
     def join(cls, parts: Sequence[ScoredSpans]) -> ScoredSpans:
         if not parts:
             return cls.empty()
-        return cls(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("labels", "starts", "ends", "probs"))
-        )
+        cat = [np.concatenate([getattr(p, f) for p in parts]) for f in ("labels", "starts", "ends", "probs")]
+        logits = np.concatenate([p.score_logits() for p in parts])
+        return cls(*cat, logits)
+
+    def score_logits(self) -> np.ndarray:
+        """The spans' logits: as scored, else read back from the probabilities."""
+        return self.logits if self.logits is not None else logits_of(self.probs)
 
 
 def window_candidates(
     band: torch.Tensor, char_mask: torch.Tensor, floor: float
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per row of a window batch: the cells of the span-score band (``band[b, c, i, w]``, the span
     ``i..i+w``, :meth:`ner_core.model.network.NERModel.span_band`) with ``sigmoid(score) >= floor`` as
-    ``(label, first, last, prob)`` arrays (window positions, ``last`` inclusive). The comparison runs on the
-    float32 scores, on the scores' device: only the few cells above the floor leave it."""
+    ``(label, first, last, prob, logit)`` arrays (window positions, ``last`` inclusive; ``logit`` the
+    float32 score, which a temperature divides). The comparison runs on the float32 scores, on the scores'
+    device: only the few cells above the floor leave it."""
     scores = band.detach().float()  # (B, C, L, W)
     cut = math.log(floor / (1.0 - floor)) - 1e-4  # in logit space; the exact test is on the probability
     hits = (scores >= cut).nonzero()  # (N, 4): row, label, first, width (padding cells are masked scores)
-    probs = torch.sigmoid(scores[hits[:, 0], hits[:, 1], hits[:, 2], hits[:, 3]]).double()  # (N,)
-    hits, probs = hits.cpu().numpy(), probs.cpu().numpy()
+    logits = scores[hits[:, 0], hits[:, 1], hits[:, 2], hits[:, 3]]  # (N,)
+    probs = torch.sigmoid(logits).double()  # (N,)
+    hits, probs, logits = hits.cpu().numpy(), probs.cpu().numpy(), logits.double().cpu().numpy()
     hits[:, 3] += hits[:, 2]  # width -> last
     # a cell of a padding position (or past the row) is never a span, whatever its score
     char_ok = np.pad(char_mask.cpu().numpy(), ((0, 0), (0, max(scores.shape[3] - 1, 0))))  # (B, L + W - 1)
     keep = (probs >= floor) & char_ok[hits[:, 0], hits[:, 2]] & char_ok[hits[:, 0], hits[:, 3]]
-    hits, probs = hits[keep], probs[keep]
+    hits, probs, logits = hits[keep], probs[keep], logits[keep]
     bounds = np.searchsorted(hits[:, 0], np.arange(scores.shape[0] + 1))  # rows come sorted from nonzero
     return [
-        (hits[a:b, 1], hits[a:b, 2], hits[a:b, 3], probs[a:b])
+        (hits[a:b, 1], hits[a:b, 2], hits[a:b, 3], probs[a:b], logits[a:b])
         for a, b in zip(bounds[:-1], bounds[1:], strict=True)
     ]
 
@@ -160,8 +171,17 @@ def entity_spans(
     end and label; whitespace at a span's edges trimmed (an entity never begins or ends with a space), a
     span of whitespace alone dropped, and a span trimmed onto another of the same label kept once, with
     the higher probability."""
+    return [x[:4] for x in scored_entity_spans(text, scored, threshold, labels)]
+
+
+def scored_entity_spans(
+    text: str, scored: ScoredSpans, threshold: float, labels: Sequence[str]
+) -> list[tuple[int, int, str, float, float]]:
+    """:func:`entity_spans` with each span's logit as a fifth item (of the kept span, the one with the
+    highest probability, among equal probabilities the highest logit)."""
     hit = scored.probs >= threshold
     s, e, c, p = scored.starts[hit], scored.ends[hit], scored.labels[hit], scored.probs[hit]
+    lg = scored.score_logits()[hit]
     if not len(s):
         return []
     space = np.zeros(len(text) + 1, dtype=bool)
@@ -175,19 +195,31 @@ def entity_spans(
             while e[k] > s[k] and space[e[k] - 1]:
                 e[k] -= 1
         keep = s < e
-        s, e, c, p = s[keep], e[keep], c[keep], p[keep]
+        s, e, c, p, lg = s[keep], e[keep], c[keep], p[keep], lg[keep]
     rank = np.argsort(np.argsort(np.asarray(labels, dtype=object)))  # label id -> place by name
-    order = np.lexsort((-p, rank[c], e, s))  # by start, end, label; the most probable first of equals
-    s, e, c, p = s[order], e[order], c[order], p[order]
+    order = np.lexsort((-lg, -p, rank[c], e, s))  # by start, end, label; the most probable first of equals
+    s, e, c, p, lg = s[order], e[order], c[order], p[order], lg[order]
     first = np.ones(len(s), dtype=bool)
     first[1:] = (s[1:] != s[:-1]) | (e[1:] != e[:-1]) | (c[1:] != c[:-1])
     names = list(labels)
     return [
-        (a, b, names[k], q)
-        for a, b, k, q in zip(
-            s[first].tolist(), e[first].tolist(), c[first].tolist(), p[first].tolist(), strict=True
+        (a, b, names[k], q, z)
+        for a, b, k, q, z in zip(
+            s[first].tolist(),
+            e[first].tolist(),
+            c[first].tolist(),
+            p[first].tolist(),
+            lg[first].tolist(),
+            strict=True,
         )
     ]
+
+
+def logits_of(probs: np.ndarray | Sequence[float]) -> np.ndarray:
+    """The logits of probabilities (``+-inf`` at 1 and 0)."""
+    p = np.asarray(probs, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
 
 
 def binary_entropy_sum(probs: np.ndarray) -> float:

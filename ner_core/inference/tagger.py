@@ -22,6 +22,15 @@ probability ``p(y_t = predicted tag | text)`` (forward-backward over the allowed
 stitched emissions). It is 1.0 only when the CRF is certain of every character of the span; a span whose
 weakest character the model hesitates on gets a low confidence.
 
+Calibrated confidence (:mod:`ner_core.inference.temperature`): a tagger with a temperature ``T != 1`` (read
+by :meth:`Tagger.from_loaded` from the model directory's ``calibration.json``, fitted on dev at the end of
+training: :mod:`ner_core.inference.calibration`) also gives each entity ``confidence_calibrated``: the same
+minimum over its characters, of the marginals of the emissions and CRF scores divided by ``T`` (the Viterbi
+path and so the entities are those of ``T = 1``); for a span model ``sigmoid(logit / T)``. The raw
+``confidence`` is unchanged, so thresholds and the review queue built on it keep their meaning. An entity a
+user dictionary forces is calibrated under the same force (the scaled marginals are conditioned on the
+dictionary's spans as the raw ones are; a span model's forced entity keeps 1.0 in both).
+
 Uncertainty of a document (:meth:`Tagger.predict_documents`): the summed token entropy of the same CRF
 marginals, ``-sum_t sum_k p(y_t = k | text) * ln p(y_t = k | text)`` in nats: 0 when the CRF is certain
 of every character's tag, larger the more characters it hesitates on and the more it hesitates (a long
@@ -62,6 +71,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ner_core.artifacts.calibration_file import check_temperature, read_calibration
 from ner_core.artifacts.modeldir import read_precision_record, read_saved_config
 from ner_core.config import Precision, PredictionConfig
 from ner_core.data.alignment import CharAligner
@@ -76,6 +86,7 @@ from ner_core.inference.dictionary import (
     decode_with_dictionary,
     load_dictionary,
 )
+from ner_core.inference.temperature import scaled_crf, scaled_marginals, sigmoid_at
 from ner_core.model import _ckernel
 from ner_core.model.encoder import check_window
 from ner_core.model.heads import BiRNNHead
@@ -92,6 +103,52 @@ _CRF_BATCH = 64
 _CRF_CELLS = 262_144
 #: windows per timed call of :func:`calibrate_prediction` (at most the batch size): a few seconds in all
 _CALIBRATION_WINDOWS = 4
+
+
+def _groups(texts: Sequence[str]) -> list[list[str]]:
+    """``texts`` in consecutive groups of about :data:`_GROUP_CHARS` characters (a longer text alone)."""
+    groups: list[list[str]] = []
+    group: list[str] = []
+    size = 0
+    for text in texts:
+        if group and size + len(text) > _GROUP_CHARS:
+            groups.append(group)
+            group, size = [], 0
+        group.append(text)
+        size += len(text)
+    if group:
+        groups.append(group)
+    return groups
+
+
+def crf_batches(lengths: Sequence[int]) -> list[list[int]]:
+    """The indices of the non-empty sequences of ``lengths`` in batches for one whole-text CRF pass each:
+    sorted by length, at most :data:`_CRF_BATCH` rows and :data:`_CRF_CELLS` padded positions a batch
+    (a longer sequence alone)."""
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: lengths[i])
+    out = []
+    b = 0
+    while b < len(order):
+        e = b + 1
+        while e < len(order) and e - b < _CRF_BATCH and (e - b + 1) * lengths[order[e]] <= _CRF_CELLS:
+            e += 1
+        out.append(order[b:e])
+        b = e
+    return out
+
+
+def padded(
+    stitched: Sequence[np.ndarray], rows: Sequence[int], K: int, where: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The emissions ``(R, T, K)`` of ``stitched[i]`` for ``i`` in ``rows``, right-padded to the longest,
+    and their mask ``(R, T)``, on ``where``."""
+    lengths = np.array([len(stitched[i]) for i in rows], dtype=np.int64)  # (R,)
+    longest = int(lengths.max())
+    em = np.zeros((len(rows), longest, K), dtype=np.float32)  # (R, T, K)
+    for r, i in enumerate(rows):
+        em[r, : lengths[r]] = stitched[i]
+    mask = torch.arange(longest).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)  # (R, T)
+    return torch.from_numpy(em).to(where), mask.to(where)
 
 
 @dataclass(frozen=True)
@@ -113,7 +170,8 @@ def token_entropy(marginals: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PredictedEntity:
-    """A predicted span ``[start, end)`` of the original text, its label, mention and confidence."""
+    """A predicted span ``[start, end)`` of the original text, its label, mention and confidence; with a
+    temperature, its calibrated confidence too (``None`` without one)."""
 
     start: int
     end: int
@@ -121,12 +179,26 @@ class PredictedEntity:
     text: str
     confidence: float
     from_dictionary: bool = False  # forced by the user dictionary (its confidence is then under that force)
+    confidence_calibrated: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if not self.from_dictionary:  # the key only where a dictionary put the entity there
             del d["from_dictionary"]
+        if self.confidence_calibrated is None:  # the key only where a temperature was applied
+            del d["confidence_calibrated"]
         return d
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    """One text's tags, the marginal of each (1.0 without confidence), its summed token entropy (None
+    without confidence) and, under a temperature, the scaled marginal of each tag."""
+
+    tags: list[str]
+    probs: list[float]
+    entropy: float | None
+    calibrated: list[float] | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -285,6 +357,7 @@ class Tagger:
             ``record``).
         record: the model directory's dev-F1 record (:func:`ner_core.artifacts.modeldir.read_record`) for
         ``auto``.
+        temperature: the entity-confidence temperature (1.0: none; see the module docstring).
     """
 
     def __init__(
@@ -302,6 +375,7 @@ class Tagger:
         span_threshold: float | None = None,
         overlap: str | None = None,
         dictionary: UserDictionary | None = None,
+        temperature: float = 1.0,
     ):
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
@@ -359,6 +433,23 @@ class Tagger:
         # window, so full windows are not padded (see batching.collate)
         self._pad_to = 16 if self.precision in (Precision.BF16, Precision.FP16) else 1
         self.model.to(self.device)
+        self.temperature = temperature
+
+    @property
+    def temperature(self) -> float:
+        """The entity-confidence temperature: 1.0 gives raw confidences only; any other value adds
+        ``confidence_calibrated`` to every entity (see the module docstring)."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self._temperature = check_temperature(value)
+        self._scaled = None  # the CRF with its scores divided by the temperature, made on first use
+
+    def _scaled_crf(self):
+        if self._scaled is None:
+            self._scaled = scaled_crf(self.model.crf, self._temperature)
+        return self._scaled
 
     @classmethod
     def from_loaded(cls, loaded, options: PredictionConfig | None = None) -> Tagger:
@@ -367,7 +458,9 @@ class Tagger:
         Every field of ``options`` left ``None`` comes from the model's saved ``prediction`` configuration,
         and where that is unset too: the window from the model's ``data.max_len``, batch size 32, device
         ``auto`` (CUDA when present), precision ``auto`` gated by the model directory's dev-F1 record (the
-        stride from the window, see :func:`default_stride`).
+        stride from the window, see :func:`default_stride`). The temperature is the model directory's
+        for the precision chosen, else its fp32 one, else none (``calibration.json``; a refused file stops
+        here in one line naming it).
         """
         if options is not None and not isinstance(options, PredictionConfig):
             raise ValueError(f"expected options as a PredictionConfig, got {type(options).__name__}")
@@ -377,7 +470,8 @@ class Tagger:
         def pick(name: str, default=None):
             return _pick(opts, saved, name, default)
 
-        return cls(
+        stored = read_calibration(getattr(loaded, "path", None))  # refused before the model is copied
+        tagger = cls(
             loaded.model,
             loaded.tokenizer,
             max_len=pick("window", loaded.config.data.max_len),
@@ -392,6 +486,9 @@ class Tagger:
             # the caller's file only: a model directory's saved settings never name a file to read
             dictionary=load_dictionary(opts.dictionary) if opts.dictionary else None,
         )
+        t = stored.temperature_for(tagger.precision) if stored is not None else None
+        tagger.temperature = 1.0 if t is None else t
+        return tagger
 
     #: how windows are placed and joined: evenly spread windows (:func:`tagging_windows`), each character's
     #: emissions from its most central one, then one CRF pass over the whole text (stored with prediction
@@ -419,6 +516,7 @@ class Tagger:
             "merge": self.merge if self.span is None else self.span_merge,
             **({} if self.span is None else self.decoding),  # a CRF tagger's settings are as before
             **({} if self.dictionary is None else {"dictionary": _dictionary_id(self.dictionary)}),
+            **({} if self.temperature == 1.0 else {"temperature": self.temperature}),
         }
 
     @staticmethod
@@ -451,7 +549,7 @@ class Tagger:
 
         Returns:
             N pairs ``(tags, probs)``, each of length ``len(text)``; with ``uncertainty``, N triples
-            ``(tags, probs, entropy)``.
+            ``(tags, probs, entropy)``. The probabilities are the raw ones, whatever the temperature.
         """
         self._check_texts(texts)
         if self.span is not None:  # a span model: the tags of its outermost entities
@@ -460,24 +558,48 @@ class Tagger:
                 for t, sc in zip(texts, self._score_spans(texts, progress), strict=True)
             ]
             return tagged if uncertainty else [(tags, probs) for tags, probs, _ in tagged]
-        out: list[tuple[list[str], list[float]]] = []
+        out = self._tag_crf(texts, confidence, progress, calibrate=False)
+        return [(r.tags, r.probs, r.entropy) if uncertainty else (r.tags, r.probs) for r in out]
+
+    def _tag_crf(
+        self,
+        texts: Sequence[str],
+        confidence: bool,
+        progress: Callable[[int], None] | None,
+        *,
+        calibrate: bool,
+    ) -> list[_Tagged]:
+        """A CRF model's :class:`_Tagged` per text; ``calibrate`` adds the scaled marginals (with
+        ``confidence``, under a temperature other than 1)."""
         # texts are tagged in groups of at most _GROUP_CHARS characters, so the stitched emissions of a
         # huge input never all sit in memory at once; windows are pooled and length-sorted within a group
-        group: list[str] = []
-        size = 0
-        for text in texts:
-            if group and size + len(text) > _GROUP_CHARS:
-                out.extend(self._tag_group(group, confidence, progress))
-                group, size = [], 0
-            group.append(text)
-            size += len(text)
-        if group:
-            out.extend(self._tag_group(group, confidence, progress))
-        return out if uncertainty else [(tags, probs) for tags, probs, _ in out]
+        return [
+            r for group in _groups(texts) for r in self._tag_group(group, confidence, progress, calibrate)
+        ]
 
     def _tag_group(
-        self, texts: Sequence[str], confidence: bool, progress: Callable[[int], None] | None
-    ) -> list[tuple[list[str], list[float], float | None]]:
+        self,
+        texts: Sequence[str],
+        confidence: bool,
+        progress: Callable[[int], None] | None,
+        calibrate: bool = False,
+    ) -> list[_Tagged]:
+        stitched = self._stitch(texts, progress)
+        plans = [self.dictionary.plan(t) for t in texts] if self.dictionary is not None else None
+        return self._decode(stitched, confidence, plans, calibrate=calibrate)
+
+    @torch.inference_mode()
+    def stitched_emissions(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's stitched emissions ``(len(text), K)`` float32: what the CRF decodes (a CRF model's
+        only; :mod:`ner_core.inference.calibration` runs the CRF on them at many temperatures)."""
+        self._check_texts(texts)
+        if self.span is not None:
+            raise ValueError("a span model has no emissions: its spans are scored directly")
+        return [em for group in _groups(texts) for em in self._stitch(group, None)]
+
+    def _stitch(self, texts: Sequence[str], progress: Callable[[int], None] | None) -> list[np.ndarray]:
+        """The windows of ``texts`` through the encoder and the head; each character's emissions from the
+        window where it sits most centrally (see the module docstring)."""
         K = len(self.tags)
         windows: list[tuple[int, int, int]] = []  # (text index, start, end)
         for ti, text in enumerate(texts):
@@ -508,61 +630,57 @@ class Tagger:
                 stitched[ti][s:e][better] = em[r, :n][better]
             if progress is not None:
                 progress(first_seen)
-        plans = [self.dictionary.plan(t) for t in texts] if self.dictionary is not None else None
-        return self._decode(stitched, confidence, plans)
+        return stitched
+
+    def crf_device(self) -> torch.device:
+        """Where the whole-text CRF runs: on CPU when the C kernels are there, else where the CRF is."""
+        return torch.device("cpu") if _ckernel.load() is not None else self.model.crf.allowed_trans.device
 
     def _decode(
-        self, stitched: list[np.ndarray], confidence: bool, plans: list[DictionaryPlan] | None = None
-    ) -> list[tuple[list[str], list[float], float | None]]:
+        self,
+        stitched: list[np.ndarray],
+        confidence: bool,
+        plans: list[DictionaryPlan] | None = None,
+        *,
+        calibrate: bool = False,
+    ) -> list[_Tagged]:
         """One CRF pass over each whole text's stitched emissions: Viterbi tags and, with ``confidence``,
-        the posterior marginal of each chosen tag and the text's summed token entropy. Texts are decoded
-        in length-sorted, padded batches."""
+        the posterior marginal of each chosen tag and the text's summed token entropy; with ``calibrate``
+        too (and a temperature other than 1), the chosen tags' marginals under the temperature. Texts are
+        decoded in length-sorted, padded batches (:func:`crf_batches`)."""
         crf = self.model.crf
-        # the C kernels run on CPU arrays; without them the torch implementations run where the CRF is
-        where = torch.device("cpu") if _ckernel.load() is not None else crf.allowed_trans.device
-        out: list[tuple[list[str], list[float], float | None]] = [
-            ([], [], 0.0 if confidence else None) for _ in stitched
-        ]
-        order = sorted((i for i, em in enumerate(stitched) if len(em)), key=lambda i: len(stitched[i]))
-        b = 0
-        while b < len(order):
-            # rows of similar length; at most _CRF_BATCH rows and _CRF_CELLS padded positions per batch
-            longest = len(stitched[order[b]])
-            e = b + 1
-            while e < len(order) and e - b < _CRF_BATCH:
-                longest_next = len(stitched[order[e]])
-                if (e - b + 1) * longest_next > _CRF_CELLS:
-                    break
-                longest, e = longest_next, e + 1
-            rows = order[b:e]
-            em = np.zeros((len(rows), longest, len(self.tags)), dtype=np.float32)  # (R, T, K)
-            lengths = np.array([len(stitched[i]) for i in rows], dtype=np.int64)  # (R,)
-            for r, i in enumerate(rows):
-                em[r, : lengths[r]] = stitched[i]
-            em_t = torch.from_numpy(em).to(where)
-            mask = torch.arange(longest).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)  # (R, T)
-            mask = mask.to(where)
-            if plans is None:
+        where = self.crf_device()
+        calibrate = calibrate and confidence and self.temperature != 1.0
+        out = [_Tagged([], [], 0.0 if confidence else None, [] if calibrate else None) for _ in stitched]
+        for rows in crf_batches([len(em) for em in stitched]):
+            em_t, mask = padded(stitched, rows, len(self.tags), where)
+            row_plans = [plans[i] for i in rows] if plans is not None else None
+            if row_plans is None:
                 paths, _ = crf.viterbi_tensor(em_t, mask)  # (R, T)
                 marg_t = crf.marginals(em_t, mask) if confidence else None  # (R, T, K)
             else:  # the best path holding every forced span and no forbidden one, marginals under that
-                row_plans = [plans[i] for i in rows]
                 paths, marg_t = decode_with_dictionary(
                     crf, em_t, mask, row_plans, self.tags, self.scheme, confidence=confidence
                 )
+            cal_t = None
+            if calibrate:  # the same path; the marginals of the scaled scores, under the same dictionary
+                cal_t = scaled_marginals(
+                    crf, em_t, mask, self.temperature, scaled=self._scaled_crf(), plans=row_plans,
+                    tags=self.tags, scheme=self.scheme,
+                )  # fmt: skip
             paths = paths.cpu().numpy()
             marg = marg_t.cpu().numpy() if marg_t is not None else None
+            cal = cal_t.cpu().numpy() if cal_t is not None else None
             for r, i in enumerate(rows):
-                n = int(lengths[r])
+                n = len(stitched[i])
                 path = paths[r, :n]
-                entropy = None
+                entropy, probs, scaled = None, [1.0] * n, None
                 if marg is not None:
                     probs = marg[r, np.arange(n), path].astype(np.float64).tolist()
                     entropy = round(float(token_entropy(marg[r, :n]).sum()), 6)
-                else:
-                    probs = [1.0] * n
-                out[i] = ([self.tags[k] for k in path.tolist()], probs, entropy)
-            b = e
+                if cal is not None:
+                    scaled = cal[r, np.arange(n), path].astype(np.float64).tolist()
+                out[i] = _Tagged([self.tags[k] for k in path.tolist()], probs, entropy, scaled)
         return out
 
     def predict(
@@ -570,11 +688,18 @@ class Tagger:
     ) -> list[list[PredictedEntity]]:
         """Entities per text, half-open character spans over the original text (see module docstring).
         A span model's entities may overlap, and carry their span probability whatever ``confidence``
-        says (it costs nothing there)."""
+        says (it costs nothing there). Under a temperature (and with ``confidence``) each entity also
+        carries its calibrated confidence."""
         if self.span is not None:
             self._check_texts(texts)
             scored = self._score_spans(texts, progress)
             return [self._span_entities(t, sc) for t, sc in zip(texts, scored, strict=True)]
+        if self.temperature != 1.0 and confidence:
+            self._check_texts(texts)
+            with torch.inference_mode():
+                tagged = self._tag_crf(texts, True, progress, calibrate=True)
+            pairs = zip(texts, tagged, strict=True)
+            return [self._entities(t, r.tags, r.probs, True, r.calibrated) for t, r in pairs]
         return [
             self._entities(text, tags, probs, confidence)
             for text, (tags, probs) in zip(
@@ -595,14 +720,21 @@ class Tagger:
                 DocumentPrediction(self._span_entities(t, sc), span_decoding.binary_entropy_sum(sc.probs))
                 for t, sc in zip(texts, scored, strict=True)
             ]
-        tagged = self.tag_texts(texts, confidence=True, progress=progress, uncertainty=True)
+        self._check_texts(texts)
+        with torch.inference_mode():
+            tagged = self._tag_crf(texts, True, progress, calibrate=True)
         return [
-            DocumentPrediction(self._entities(text, tags, probs, True), entropy)
-            for text, (tags, probs, entropy) in zip(texts, tagged, strict=True)
+            DocumentPrediction(self._entities(text, r.tags, r.probs, True, r.calibrated), r.entropy)
+            for text, r in zip(texts, tagged, strict=True)
         ]
 
     def _entities(
-        self, text: str, tags: list[str], probs: list[float], confidence: bool
+        self,
+        text: str,
+        tags: list[str],
+        probs: list[float],
+        confidence: bool,
+        calibrated: list[float] | None = None,
     ) -> list[PredictedEntity]:
         ents = []
         plan = self.dictionary.plan(text) if self.dictionary is not None else None
@@ -615,8 +747,9 @@ class Tagger:
             if start == end or (plan and plan.is_forbidden(start, end, label)):  # trimming can make one
                 continue
             conf = min(probs[start:end]) if confidence else 1.0
+            cal = round(min(calibrated[start:end]), 6) if calibrated is not None else None
             forced = bool(plan) and plan.is_forced(start, end, label)
-            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6), forced))
+            ents.append(PredictedEntity(start, end, label, text[start:end], round(conf, 6), forced, cal))
         return ents
 
     # ------------------------------------------------------------------ span models
@@ -664,12 +797,12 @@ class Tagger:
                     enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
                 )  # (B, C, L, W): only the cells a span can occupy, (B, L)
             first_seen = 0
-            for (ti, k, s), (lab, a, z, p) in zip(
+            for (ti, k, s), (lab, a, z, p, lg) in zip(
                 batch_w, span_decoding.window_candidates(band, char_mask, floor), strict=True
             ):
                 i, j = a + s, z + s
                 own = span_decoding.owner_windows(starts[ti], width[ti], i, j) == k
-                parts[ti].append(span_decoding.ScoredSpans(lab[own], i[own], j[own] + 1, p[own]))
+                parts[ti].append(span_decoding.ScoredSpans(lab[own], i[own], j[own] + 1, p[own], lg[own]))
                 first_seen += int((~seen[ti][s : s + width[ti]]).sum())
                 seen[ti][s : s + width[ti]] = True
             if progress is not None:
@@ -678,9 +811,12 @@ class Tagger:
 
     def _span_entities(self, text: str, scored: span_decoding.ScoredSpans) -> list[PredictedEntity]:
         """The entities of one text: its spans at or above the threshold, whitespace at their edges trimmed
-        (:func:`span_decoding.entity_spans`), flat or not, by start, end and label."""
+        (:func:`span_decoding.entity_spans`), flat or not, by start, end and label; under a temperature
+        each with ``sigmoid(logit / T)`` too (1.0 for a span the dictionary forces)."""
         assert self.span is not None
-        spans = span_decoding.entity_spans(text, scored, self.span.threshold, self.labels)
+        full = span_decoding.scored_entity_spans(text, scored, self.span.threshold, self.labels)
+        logit = {(s, e, lab): z for s, e, lab, _p, z in full}
+        spans = [x[:4] for x in full]
         forced: set[tuple[int, int, str]] = set()
         if self.dictionary is not None:  # forbidden spans out, forced ones in (probability 1.0)
             marked = apply_to_spans(spans, self.dictionary.plan(text), flat=self.span.overlap == "flat")
@@ -689,9 +825,14 @@ class Tagger:
         if self.span.overlap == "flat":
             flat = span_decoding.flat_subset(spans, {lab: i for i, lab in enumerate(self.labels)})
             spans = sorted(flat, key=lambda x: x[:3])
+        cal: list[float | None] = [None] * len(spans)
+        if self.temperature != 1.0:
+            keys = [(s, e, lab) for s, e, lab, _p in spans]
+            z = np.array([np.inf if k in forced else logit.get(k, np.inf) for k in keys], dtype=np.float64)
+            cal = [round(float(c), 6) for c in sigmoid_at(z, self.temperature)]
         return [
-            PredictedEntity(s, e, lab, text[s:e], round(p, 6), (s, e, lab) in forced)
-            for s, e, lab, p in spans
+            PredictedEntity(s, e, lab, text[s:e], round(p, 6), (s, e, lab) in forced, c)
+            for (s, e, lab, p), c in zip(spans, cal, strict=True)
         ]
 
     def _span_tags(
