@@ -15,7 +15,8 @@ Personal data (resumes, social posts) must be removable. :func:`delete_dataset` 
   A dataset ingested from its own files that holds the same text keeps it (the plan names it), and so does
   what was made from it;
 - evaluations measured on the deleted versions, and any evaluation whose stored report quotes a gone text
-  (an evaluation on a file holding it): their per-type and error rows with them;
+  (an evaluation on a file holding it): their per-type, error, reliability, threshold and confusion rows
+  with them;
 - predictions of a gone text, whatever the prediction run's input and the document's id there (a file run
   over the same text under another id holds the same text); when every version goes, also every prediction
   run whose input is the dataset (``input_kind = 'dataset'``, ``input_ref = 'name/<split>'``). Their
@@ -146,6 +147,9 @@ _DELETES: tuple[tuple[str, str], ...] = (
     ("prediction_runs", _RUN),
     ("evaluation_types", _EVAL),
     ("evaluation_errors", _EVAL),
+    ("evaluation_reliability", _EVAL),
+    ("evaluation_thresholds", _EVAL),
+    ("evaluation_confusion", _EVAL),
     ("evaluations", _EVAL),
     ("dropped_spans", _VERSION),
     ("ingest_problems", _VERSION),

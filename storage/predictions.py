@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage.db import now as _now
-from storage.db import open_db, read_frame, transaction
+from storage.db import open_db, read_current, read_frame, transaction
 from storage.db import rows as _rows
 from storage.query import query
 from storage.runs import frame_with_stored_paths, unknown_id, with_stored_paths
@@ -49,8 +49,12 @@ _ENT_SCHEMA = pa.schema(
         ("label", pa.string()),
         ("text", pa.string()),
         ("confidence", pa.float64()),
+        ("confidence_calibrated", pa.float64()),  # NULL: the model directory has no temperature
     ]
 )
+
+
+_ENT_COLUMNS = ", ".join(f'"{c}"' for c in _ENT_SCHEMA.names)
 
 
 def get_prediction_run(db_path: str | Path, pred_run_id: str) -> dict | None:
@@ -162,7 +166,16 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
         for e in ents:
             for k, v in zip(
                 _ENT_SCHEMA.names,
-                (pred_run_id, doc_id, e.start, e.end, e.label, e.text, e.confidence),
+                (
+                    pred_run_id,
+                    doc_id,
+                    e.start,
+                    e.end,
+                    e.label,
+                    e.text,
+                    e.confidence,
+                    getattr(e, "confidence_calibrated", None),
+                ),
                 strict=True,
             ):
                 ent_rows[k].append(v)
@@ -192,7 +205,7 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
                 "SELECT pred_run_id, doc_id, text, n_entities, uncertainty FROM _docs"
             )
             con.register("_ents", ent_table)
-            con.execute("INSERT INTO predicted_entities SELECT * FROM _ents")
+            con.execute(f"INSERT INTO predicted_entities ({_ENT_COLUMNS}) SELECT * FROM _ents")
     return len(ent_rows["doc_id"])
 
 
@@ -459,7 +472,8 @@ def label_examples(db_path: str | Path, pred_run_id: str) -> list[dict]:
 
 # ---- reads for the dashboard
 # Each returns a pandas DataFrame made by DuckDB's own conversion (storage.db.read_frame) on a short-lived
-# read-only connection that waits at most wait_s seconds for a writer.
+# read-only connection that waits at most wait_s seconds for a writer; those listing entity confidence read
+# through read_current (a file written before the calibrated confidence is migrated first).
 def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
     """Prediction runs from the view ``v_prediction_runs``, newest first (``model_dir`` absolute)."""
     frame = read_frame(
@@ -472,6 +486,13 @@ def prediction_runs_frame(db_path: str | Path, *, wait_s: float = 10.0):
         wait_s=wait_s,
     )
     return frame_with_stored_paths(db_path, frame)
+
+
+def _current_frame(db_path: str | Path, sql: str, params: list, wait_s: float):
+    """``sql``'s rows as a DataFrame from the database at this code's schema (a file written by older code
+    is migrated first: ``confidence_calibrated`` is migration 7's)."""
+    with read_current(db_path, wait_s=wait_s) as con:
+        return con.execute(sql, params).df()
 
 
 def _check_limit(limit: int) -> None:
@@ -493,18 +514,20 @@ def label_counts_frame(db_path: str | Path, pred_run_id: str, *, wait_s: float =
 def top_entities_frame(
     db_path: str | Path, pred_run_id: str, label: str | None = None, limit: int = 50, *, wait_s: float = 10.0
 ):
-    """The ``limit`` most frequent predicted mentions of a prediction run (of one ``label``, or all)."""
+    """The ``limit`` most frequent predicted mentions of a prediction run (of one ``label``, or all), their
+    mean calibrated confidence last (missing where the model had no temperature)."""
     _check_limit(limit)
-    return read_frame(
+    return _current_frame(
         db_path,
         """
-        SELECT label, text, n, n_documents, round(mean_confidence, 3) AS mean_confidence
+        SELECT label, text, n, n_documents, round(mean_confidence, 3) AS mean_confidence,
+               round(mean_confidence_calibrated, 3) AS mean_confidence_calibrated
         FROM v_top_predicted_entities
         WHERE pred_run_id = ? AND (? IS NULL OR label = ?)
         ORDER BY n DESC, label, text LIMIT ?
         """,
         [pred_run_id, label, label, limit],
-        wait_s=wait_s,
+        wait_s,
     )
 
 
@@ -518,13 +541,14 @@ def entity_search_frame(
     wait_s: float = 10.0,
 ):
     """Predicted entities whose mention or 20-character context contains ``text`` (case-insensitive;
-    ``""`` matches all), of ``labels`` (empty: any), by document and start, at most ``limit``."""
+    ``""`` matches all), of ``labels`` (empty: any), by document and start, at most ``limit``; the
+    calibrated confidence last (missing where the model had no temperature)."""
     _check_limit(limit)
-    return read_frame(
+    return _current_frame(
         db_path,
         """
         SELECT doc_id, start, "end", label, text, round(confidence, 3) AS confidence, left_context,
-               right_context
+               right_context, round(confidence_calibrated, 3) AS confidence_calibrated
         FROM v_predicted_entities_in_context
         WHERE pred_run_id = ?
           AND (? = '' OR contains(lower(left_context || text || right_context), lower(?)))
@@ -532,7 +556,7 @@ def entity_search_frame(
         ORDER BY doc_id, start, "end", label LIMIT ?
         """,
         [pred_run_id, text, text, list(labels), list(labels), limit],
-        wait_s=wait_s,
+        wait_s,
     )
 
 
@@ -566,17 +590,18 @@ def predicted_docs_frame(
 
 def predicted_document(db_path: str | Path, pred_run_id: str, doc_id: str, *, wait_s: float = 10.0):
     """``(text, entities)`` of one predicted document: the entities (``start``, ``end``, ``label``,
-    ``text``, ``confidence``) come from the schema's ``document_entities(run, doc)`` table macro, ordered
-    by start, end and label (a span run's entities may nest or share a span), as a DataFrame.
-    ``KeyError`` when the run has no such document."""
-    with open_db(db_path, read_only=True, wait_s=wait_s) as con:
+    ``text``, ``confidence``, ``confidence_calibrated``) come from the schema's ``document_entities(run,
+    doc)`` table macro, ordered by start, end and label (a span run's entities may nest or share a span),
+    as a DataFrame. ``KeyError`` when the run has no such document."""
+    with read_current(db_path, wait_s=wait_s) as con:
         row = con.execute(
             "SELECT text FROM predicted_documents WHERE pred_run_id = ? AND doc_id = ?", [pred_run_id, doc_id]
         ).fetchone()
         if row is None:
             raise KeyError(f"no document {doc_id!r} in prediction run {pred_run_id!r}")
         ents = con.execute(
-            'SELECT "start", "end", label, text, confidence FROM document_entities(?, ?) '
+            'SELECT "start", "end", label, text, confidence, confidence_calibrated '
+            "FROM document_entities(?, ?) "
             'ORDER BY "start", "end", label',
             [pred_run_id, doc_id],
         ).df()

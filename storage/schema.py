@@ -517,6 +517,94 @@ LEFT JOIN review_exports x ON x.dataset = t.dataset AND x.version = t.version
 LEFT JOIN review_events e ON e.event_id = x.event_id;
 """
 
+# Calibrated entity confidence (issue 27): predicted entities get a calibrated confidence beside the raw one
+# (NULL for rows stored before, or by a model directory without a temperature); the views that list entity
+# confidence show both, and v_low_confidence_entities ranks by the calibrated one where it exists and says
+# which it used. An evaluation stores its calibration (temperature, ECE before and after, the reliability
+# table of each, precision/recall at confidence thresholds) and its (gold label, predicted label) pairs, so
+# the dashboard can draw a reliability diagram and a confusion matrix. document_entities() orders entities
+# that share a start (a span run's nested entities) by end and label too.
+# The ALTERs touch tables without a CHECK (see _V6's note on DuckDB's write-ahead log).
+_V7_CALIBRATION = """
+ALTER TABLE predicted_entities ADD COLUMN confidence_calibrated DOUBLE;
+ALTER TABLE evaluations ADD COLUMN temperature DOUBLE;            -- the one applied; 1.0: not calibrated
+ALTER TABLE evaluations ADD COLUMN ece_raw DOUBLE;                -- expected calibration error, 10 bins
+ALTER TABLE evaluations ADD COLUMN ece_calibrated DOUBLE;
+ALTER TABLE evaluations ADD COLUMN calibration_precision VARCHAR; -- fp32, bf16, ...: what it ran in
+
+CREATE TABLE evaluation_reliability (         -- 10 equal-width confidence bins per kind; empty ones too
+    eval_id         VARCHAR NOT NULL,
+    kind            VARCHAR NOT NULL,         -- 'raw' | 'calibrated'
+    bin             INTEGER NOT NULL,         -- 0..9: confidences in [lo, hi) (the last bin includes 1.0)
+    lo              DOUBLE  NOT NULL,
+    hi              DOUBLE  NOT NULL,
+    n               BIGINT  NOT NULL,         -- predicted entities in the bin
+    mean_confidence DOUBLE  NOT NULL,
+    accuracy        DOUBLE  NOT NULL,         -- share of them that are exactly a gold entity
+    PRIMARY KEY (eval_id, kind, bin)
+);
+CREATE TABLE evaluation_thresholds (          -- entities kept at calibrated confidence >= threshold
+    eval_id     VARCHAR NOT NULL,
+    threshold   DOUBLE  NOT NULL,
+    "precision" DOUBLE  NOT NULL,
+    recall      DOUBLE  NOT NULL,
+    f1          DOUBLE  NOT NULL,
+    n_kept      BIGINT  NOT NULL,
+    PRIMARY KEY (eval_id, threshold)
+);
+CREATE TABLE evaluation_confusion (           -- entities paired by identical span; 'O': no entity there
+    eval_id    VARCHAR NOT NULL,
+    gold_label VARCHAR NOT NULL,
+    pred_label VARCHAR NOT NULL,
+    n          BIGINT  NOT NULL,
+    PRIMARY KEY (eval_id, gold_label, pred_label)
+);
+
+CREATE OR REPLACE VIEW v_predicted_entities_in_context AS
+    SELECT e.pred_run_id, e.doc_id, e."start", e."end", e.label, e.text, e.confidence,
+           substr(d.text, greatest(1, e."start" + 1 - 20), least(e."start", 20)) AS left_context,
+           substr(d.text, e."end" + 1, 20) AS right_context, e.confidence_calibrated
+    FROM predicted_entities e JOIN predicted_documents d USING (pred_run_id, doc_id);
+CREATE OR REPLACE VIEW v_top_predicted_entities AS
+    SELECT pred_run_id, label, text, count(*) AS n, count(DISTINCT doc_id) AS n_documents,
+           avg(confidence) AS mean_confidence, avg(confidence_calibrated) AS mean_confidence_calibrated
+    FROM predicted_entities GROUP BY pred_run_id, label, text;
+CREATE OR REPLACE MACRO document_entities(run, doc) AS TABLE
+    SELECT "start", "end", label, text, confidence, left_context, right_context, confidence_calibrated
+    FROM v_predicted_entities_in_context WHERE pred_run_id = run AND doc_id = doc
+    ORDER BY "start", "end", label;
+-- below 0.5 by the calibrated confidence where the entity has one (confidence_source says which), lowest
+-- first
+CREATE OR REPLACE VIEW v_low_confidence_entities AS
+    SELECT pred_run_id, doc_id, "start", "end", label, text, confidence, left_context, right_context,
+           confidence_calibrated,
+           CASE WHEN confidence_calibrated IS NULL THEN 'raw' ELSE 'calibrated' END AS confidence_source
+    FROM v_predicted_entities_in_context
+    WHERE coalesce(confidence_calibrated, confidence) < 0.5
+    ORDER BY coalesce(confidence_calibrated, confidence), pred_run_id, doc_id, "start", "end", label;
+CREATE OR REPLACE MACRO predicted_disagreements(run_a, run_b) AS TABLE
+    WITH shared AS (
+        SELECT doc_id FROM predicted_documents WHERE pred_run_id = run_a
+        INTERSECT
+        SELECT doc_id FROM predicted_documents WHERE pred_run_id = run_b
+    ),
+    a AS (SELECT e.* FROM predicted_entities e SEMI JOIN shared USING (doc_id) WHERE e.pred_run_id = run_a),
+    b AS (SELECT e.* FROM predicted_entities e SEMI JOIN shared USING (doc_id) WHERE e.pred_run_id = run_b),
+    only_a AS (SELECT * FROM a ANTI JOIN b USING (doc_id, "start", "end", label)),
+    only_b AS (SELECT * FROM b ANTI JOIN a USING (doc_id, "start", "end", label))
+    SELECT 'only_a' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
+           (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
+            FROM b y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
+           AS other_run_overlaps, x.confidence_calibrated
+    FROM only_a x
+    UNION ALL
+    SELECT 'only_b' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
+           (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
+            FROM a y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
+           AS other_run_overlaps, x.confidence_calibrated
+    FROM only_b x;
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -553,6 +641,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "review events' arrival order (seq) and the views that break ties with it; runs.plus_dataset, "
         "plus_version (from the config JSON of runs stored before) and v_model_lineage over them",
         _V6_REVIEW_ORDER_AND_RUN_PLUS,
+    ),
+    (
+        7,
+        "calibrated entity confidence: predicted_entities.confidence_calibrated (in the entity views; "
+        "v_low_confidence_entities ranks by it), evaluations' temperature and ECE, evaluation_reliability, "
+        "evaluation_thresholds, evaluation_confusion; document_entities() by start, end, label",
+        _V7_CALIBRATION,
     ),
 ]
 

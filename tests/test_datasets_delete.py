@@ -84,6 +84,9 @@ def filled(tmp_path) -> Path:
             )
             con.execute("INSERT INTO evaluation_types (eval_id, label) VALUES (?, 'PER')", [eid])
             con.execute("INSERT INTO evaluation_errors VALUES (?, 'PER', 'missed', 1)", [eid])
+            con.execute("INSERT INTO evaluation_reliability VALUES (?, 'raw', 9, 0.9, 1, 1, 0.95, 1)", [eid])
+            con.execute("INSERT INTO evaluation_thresholds VALUES (?, 0.5, 1.0, 0.5, 0.667, 1)", [eid])
+            con.execute("INSERT INTO evaluation_confusion VALUES (?, 'PER', 'O', 1)", [eid])
     return db
 
 
@@ -164,6 +167,8 @@ def test_deleting_a_whole_dataset_removes_what_was_made_from_it_and_leaves_no_or
     assert _count(db, "SELECT count(*) FROM review_events") == 1
     assert _count(db, "SELECT count(*) FROM review_exports") == 1
     assert _count(db, "SELECT count(*) FROM evaluation_types") == 1
+    for table in ("evaluation_reliability", "evaluation_thresholds", "evaluation_confusion"):
+        assert _count(db, f"SELECT string_agg(eval_id) FROM {table}") == "ev2", table  # other's evaluation
     row = _count(
         db, "SELECT n_documents * 100 + n_entities FROM prediction_runs WHERE pred_run_id = 'pred-sql'"
     )

@@ -241,7 +241,8 @@ def test_query_limits_rows_and_blocks_file_access_inside_duckdb(tmp_path, monkey
 
 
 # ------------------------------------------------------------------------------- dashboard reads
-ENTITY_COLUMNS = ["start", "end", "label", "text", "confidence"]  # of a predicted document's entities
+# of a predicted document's entities
+ENTITY_COLUMNS = ["start", "end", "label", "text", "confidence", "confidence_calibrated"]
 
 
 def _fill_reads_db(db: Path) -> None:
@@ -271,7 +272,8 @@ def _fill_reads_db(db: Path) -> None:
                 ('p1', 'd1/model', 'r1', 'texts', 'two', 'completed', TIMESTAMP '2026-01-03 10:00:00', 2, 3);
             INSERT INTO predicted_documents (pred_run_id, doc_id, text, n_entities) VALUES
                 ('p1', 'd1', '张三在北京见了李四', 3), ('p1', 'd2', '没有实体', 0);
-            INSERT INTO predicted_entities VALUES ('p1', 'd1', 7, 9, 'PER', '李四', 0.8),
+            INSERT INTO predicted_entities (pred_run_id, doc_id, "start", "end", label, text, confidence)
+            VALUES ('p1', 'd1', 7, 9, 'PER', '李四', 0.8),
                 ('p1', 'd1', 0, 2, 'PER', '张三', 0.91234), ('p1', 'd1', 3, 5, 'LOC', '北京', 0.7);
             """
         )
