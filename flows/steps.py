@@ -211,11 +211,14 @@ def evaluate_step(
     file: str | None = None,
 ) -> EvaluateSummary:
     """Score a model directory on a stored split, or on a labelled ``file`` in any supported format;
-    JSON + Markdown reports and DuckDB rows."""
+    JSON + Markdown reports and DuckDB rows. The report's calibration is that of the model directory's
+    fp32 temperature (none: 1.0) on the evaluated split: on test, the calibration error a user meets."""
     from ner_core.artifacts.modeldir import load_model_dir
+    from ner_core.inference.calibration import stored_temperature
     from ner_core.inference.evaluate import evaluate_model
 
     loaded = load_model_dir(model_dir)
+    temperature, fitted_on = stored_temperature(model_dir, "fp32")  # a refused file: one line, before tagging
     nested = loaded.config.decoder.type == "span"  # a span model is scored on the nested gold as well
     if file:
         from ner_core.data.formats import read_file
@@ -234,7 +237,14 @@ def evaluate_step(
         docs = load_documents(db_path, dataset, split, version, nested=nested)
     if not docs:
         raise ValueError(f"no labelled documents to evaluate in {file or f'{dataset}/{split}'}")
-    report = evaluate_model(loaded.model, loaded.tokenizer, docs, max_len=loaded.config.data.max_len)
+    report = evaluate_model(
+        loaded.model,
+        loaded.tokenizer,
+        docs,
+        max_len=loaded.config.data.max_len,
+        temperature=temperature,
+        fitted_on=fitted_on,
+    )
     eval_id = f"{run_id or Path(model_dir).name}-{dataset}-v{version}-{split or 'file'}"
     evaluations_db.save_evaluation(
         db_path,

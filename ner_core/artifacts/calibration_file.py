@@ -35,6 +35,7 @@ __all__ = [
     "CalibrationRecord",
     "PrecisionCalibration",
     "check_temperature",
+    "clear_calibration",
     "read_calibration",
     "write_calibration",
 ]
@@ -49,15 +50,21 @@ T_BOUNDS = (0.05, 20.0)
 _PRECISIONS = tuple(p.value for p in Precision if p is not Precision.AUTO)
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut short: a refusal stays one short line whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def check_temperature(value: Any, where: str = "temperature") -> float:
     """``value`` as a float temperature: finite and within :data:`T_BOUNDS`; else ``ValueError`` naming
     ``where``."""
     lo, hi = T_BOUNDS
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        raise ValueError(f"{where}: expected a number, got {type(value).__name__} {_shown(value)}")
     t = float(value)
     if not math.isfinite(t) or not lo <= t <= hi:
-        raise ValueError(f"{where}: expected a finite temperature in [{lo}, {hi}], got {value!r}")
+        raise ValueError(f"{where}: expected a finite temperature in [{lo}, {hi}], got {_shown(value)}")
     return t
 
 
@@ -104,7 +111,7 @@ def _number(raw: dict, key: str, where: str, *, lo: float, hi: float, integer: b
     ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float))
     if not ok or not lo <= v <= hi:  # NaN fails the comparison; a huge int is never converted
         kind = "an integer" if integer else "a finite number"
-        raise ValueError(f"{where}: expected {key} as {kind} in [{lo}, {hi}], got {v!r}")
+        raise ValueError(f"{where}: expected {key} as {kind} in [{lo}, {hi}], got {_shown(v)}")
     return v
 
 
@@ -125,13 +132,13 @@ def _parse(raw: Any) -> CalibrationRecord:
         raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
     version = raw.get("format_version")
     if version != CALIBRATION_VERSION or isinstance(version, bool):
-        raise ValueError(f"unknown format_version {version!r} (this code reads {CALIBRATION_VERSION})")
+        raise ValueError(f"unknown format_version {_shown(version)} (this code reads {CALIBRATION_VERSION})")
     precisions = raw.get("precisions")
     if not isinstance(precisions, dict):
         raise ValueError(f"expected 'precisions' as an object, got {type(precisions).__name__}")
     unknown = sorted(str(k) for k in precisions if k not in _PRECISIONS)
     if unknown:
-        raise ValueError(f"unknown precision {unknown[0]!r} (known: {', '.join(_PRECISIONS)})")
+        raise ValueError(f"unknown precision {_shown(unknown[0])} (known: {', '.join(_PRECISIONS)})")
     texts = {k: raw.get(k, "") for k in ("split", "cpu", "device")}
     bad = next((k for k, v in texts.items() if not isinstance(v, str) or len(v) > 200), None)
     if bad:
@@ -179,3 +186,13 @@ def write_calibration(path: str | os.PathLike, record: CalibrationRecord) -> Pat
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, p)
     return p
+
+
+def clear_calibration(path: str | os.PathLike) -> bool:
+    """Remove the model directory's ``calibration.json`` (a refit that fitted nothing must not leave an
+    earlier fit's temperatures beside new weights); whether there was one."""
+    p = Path(path) / CALIBRATION
+    if not os.path.lexists(p):
+        return False
+    p.unlink()
+    return True
