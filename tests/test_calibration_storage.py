@@ -4,12 +4,11 @@ views say which they rank by; a file written at schema 6 migrates with its rows 
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import duckdb
 import pytest
 
 from ner_core import metrics
+from ner_core.inference.tagger import PredictedEntity
 from storage import evaluations as ev
 from storage import predictions as pr
 from storage.db import connect, migrate, open_db
@@ -66,24 +65,6 @@ def plain_report(**fields) -> metrics.EvaluationReport:
 
 
 def _entity(start: int, end: int, label: str, text: str, confidence: float, calibrated: float | None):
-    """A PredictedEntity with a calibrated confidence (an object with its attributes before the tagger has
-    the field: the writer reads attributes)."""
-    try:
-        return _tagger_entity(start, end, label, text, confidence, calibrated)
-    except TypeError:
-        return SimpleNamespace(
-            start=start,
-            end=end,
-            label=label,
-            text=text,
-            confidence=confidence,
-            confidence_calibrated=calibrated,
-        )
-
-
-def _tagger_entity(start, end, label, text, confidence, calibrated):
-    from ner_core.inference.tagger import PredictedEntity
-
     return PredictedEntity(start, end, label, text, confidence, confidence_calibrated=calibrated)
 
 
@@ -188,11 +169,7 @@ def test_predicted_entities_keep_the_calibrated_confidence_and_the_views_say_whi
         "mean_confidence",
         "mean_confidence_calibrated",
     ]
-
-
-def test_disagreements_list_the_calibrated_confidence_after_the_old_columns(tmp_path):
-    db = tmp_path / "p.duckdb"
-    _store(db, "p1")
+    # disagreements with a run that found only 张三 list the calibrated confidence after the old columns
     with pr.PredictionRunWriter(
         db, "p2", model_dir="m", run_id=None, input_kind="texts", input_ref="x", replace=True
     ) as run:
