@@ -45,7 +45,10 @@ __all__ = [
     "epochs",
     "error_sentences",
     "evaluation",
+    "evaluation_confusion",
     "evaluation_errors",
+    "evaluation_reliability",
+    "evaluation_thresholds",
     "evaluation_types",
     "evaluations",
     "label_counts",
@@ -190,6 +193,24 @@ def evaluation_errors(db_path: str, eval_id: str) -> pd.DataFrame:
     wide = wide.reindex(columns=[*ERROR_KINDS, *extra], fill_value=0).astype(int)
     wide["total"] = wide.sum(axis=1)
     return wide.reset_index().sort_values("label").reset_index(drop=True)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def evaluation_reliability(db_path: str, eval_id: str) -> pd.DataFrame:
+    """Reliability bins (raw and calibrated) of ``eval_id``; empty for an evaluation without calibration."""
+    return _evaluations.reliability_frame(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def evaluation_thresholds(db_path: str, eval_id: str) -> pd.DataFrame:
+    """Precision, recall and F1 of ``eval_id`` against the calibrated confidence threshold."""
+    return _evaluations.thresholds_frame(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def evaluation_confusion(db_path: str, eval_id: str) -> pd.DataFrame:
+    """(gold label, predicted label) counts of ``eval_id`` in long form, 'O' for no entity."""
+    return _evaluations.confusion_frame(_check_path(db_path), eval_id, wait_s=LOCK_WAIT_S)
 
 
 def error_sentences(report: dict, *, label: str | None = None, kind: str | None = None) -> list[dict]:

@@ -217,3 +217,16 @@ def fmt(x, digits: int = 4) -> str:
     if x is None or x is pd.NA or x != x:  # None, NA or NaN
         return "-"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def beside_raw(frame: pd.DataFrame, raw: str, calibrated: str) -> pd.DataFrame:
+    """``frame`` with column ``calibrated`` moved right after ``raw`` (the calibrated entity confidence
+    beside the raw one), or dropped when no row has one (a model without a temperature, rows stored before
+    calibration): a column of blanks says nothing. A copy; the cached frame is not touched."""
+    if calibrated not in frame.columns:
+        return frame
+    if frame[calibrated].isna().all():
+        return frame.drop(columns=[calibrated])
+    cols = [c for c in frame.columns if c != calibrated]
+    at = cols.index(raw) + 1 if raw in cols else len(cols)
+    return frame[[*cols[:at], calibrated, *cols[at:]]]

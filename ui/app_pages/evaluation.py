@@ -1,10 +1,13 @@
-"""Evaluation: per-type scores, error counts by kind, and an error browser (gold vs predicted spans)."""
+"""Evaluation: per-type scores, error counts by kind, calibration of entity confidence (reliability diagram,
+confidence histogram, precision/recall against a confidence threshold), a per-label confusion matrix, and an
+error browser (gold vs predicted spans)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from ner_core.metrics import ERROR_KINDS
+from ui import calibration_charts as charts
 from ui import queries
 from ui.app_pages.common import db_path, fmt, label_colours, legend_html, show_highlighted, spans_of
 
@@ -59,8 +62,43 @@ st.caption(
     "(counted under the predicted label)."
 )
 
-st.subheader("Error browser")
 report = queries.evaluation(db, eval_id)
+
+
+def show_calibration() -> None:
+    """The calibration charts and the confusion matrix of the selected evaluation; one line instead where
+    it stored none (evaluated before calibration was measured, or without confidences)."""
+    bins = queries.evaluation_reliability(db, eval_id)
+    cells = queries.evaluation_confusion(db, eval_id)
+    if bins.empty and cells.empty:
+        st.caption("No calibration or confusion data for this evaluation (stored before they were measured).")
+        return
+    if bins.empty:
+        st.caption("No calibration data for this evaluation (its predictions had no confidences).")
+    else:
+        st.subheader("Confidence calibration")
+        st.caption(charts.calibration_caption(row, report.get("calibration") or {}))
+        r1, r2 = st.columns(2)
+        r1.markdown("**Reliability diagram** (dashed: perfectly calibrated)")
+        r1.altair_chart(charts.reliability_chart(bins))
+        r2.markdown("**Confidence histogram**")
+        r2.altair_chart(charts.histogram_chart(bins))
+        points = queries.evaluation_thresholds(db, eval_id)
+        if not points.empty:
+            st.markdown("**Precision, recall and F1 against the confidence threshold**")
+            st.altair_chart(charts.thresholds_chart(points))
+    if not cells.empty:
+        st.subheader("Confusion matrix")
+        st.caption(
+            "Entities paired by identical span: rows gold label, columns predicted label; O: no entity on "
+            "that span (row O: spurious predictions, column O: missed gold entities)."
+        )
+        st.altair_chart(charts.confusion_chart(cells), width="content")  # square cells
+
+
+show_calibration()
+
+st.subheader("Error browser")
 all_labels = sorted({t["label"] for t in report.get("per_type", [])} | set(types["label"]))
 f1, f2, f3 = st.columns(3)
 label = f1.selectbox("Entity type", ["(all)", *all_labels], key="err_label")

@@ -10,6 +10,7 @@ import streamlit as st
 
 from ui import queries
 from ui.app_pages.common import (
+    beside_raw,
     count,
     db_path,
     escape_markdown,
@@ -46,7 +47,7 @@ text = s1.text_input("Text contains", value="", key="pred_text", placeholder="e.
 chosen = s2.multiselect("Labels", labels, default=[], key="pred_labels")
 found = queries.search_entities(db, pred_run_id, text.strip(), tuple(chosen), 200)
 st.caption(f"{count(len(found), 'entity', 'entities')} shown (at most 200).")
-st.dataframe(found, hide_index=True)
+st.dataframe(beside_raw(found, "confidence", "confidence_calibrated"), hide_index=True)
 
 st.subheader("Document")
 docs = queries.predicted_docs(db, pred_run_id, text.strip(), tuple(chosen), 500)
@@ -63,7 +64,7 @@ else:
     st.html(legend_html(colours))
     show_highlighted(doc_text, spans_of(ents.to_dict("records")), colours)
     with st.expander(f"{count(len(ents), 'entity', 'entities')} in this document"):
-        st.dataframe(ents, hide_index=True)
+        st.dataframe(beside_raw(ents, "confidence", "confidence_calibrated"), hide_index=True)
 
 st.subheader("Entity frequencies")
 f1, f2 = st.columns([1, 2])
@@ -73,7 +74,5 @@ with f1:
         st.bar_chart(counts.set_index("label")["n_entities"])
 with f2:
     top_label = st.selectbox("Most frequent mentions of", ["(all)", *labels], key=f"top_label_{pred_run_id}")
-    st.dataframe(
-        queries.top_entities(db, pred_run_id, None if top_label == "(all)" else top_label, 50),
-        hide_index=True,
-    )
+    top = queries.top_entities(db, pred_run_id, None if top_label == "(all)" else top_label, 50)
+    st.dataframe(beside_raw(top, "mean_confidence", "mean_confidence_calibrated"), hide_index=True)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from ui import queries
 from ui.app_pages.common import (
+    beside_raw,
     count,
     db_path,
     escape_markdown,
@@ -74,17 +76,19 @@ if st.button("Tag", type="primary", key="try_tag"):
     colours = label_colours([*queries.all_labels(db), *(labels or []), *(e.label for e in ents)])
     st.html(legend_html(colours))
     show_highlighted(text, [(e.start, e.end, e.label) for e in ents], colours)
-    st.dataframe(
+    rows = pd.DataFrame(
         [
             {
                 "start": e.start,
                 "end": e.end,
                 "label": e.label,
                 "text": e.text,
-                "confidence": round(e.confidence, 3),
+                "confidence": e.confidence,
+                "confidence_calibrated": e.confidence_calibrated,
             }
             for e in ents
         ],
-        hide_index=True,
+        columns=["start", "end", "label", "text", "confidence", "confidence_calibrated"],
     )
+    st.dataframe(beside_raw(rows.round(3), "confidence", "confidence_calibrated"), hide_index=True)
     st.caption(f"{count(len(ents), 'entity', 'entities')} found.")
