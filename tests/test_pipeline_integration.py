@@ -239,6 +239,7 @@ def test_predicted_spans_are_trimmed_of_whitespace(pipeline_db):
     tags = ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "B-LOC", "E-LOC"]
     probs = [0.9, 0.8, 0.3, 1.0, 0.5, 0.7, 0.6]
     tagger.tag_texts = lambda texts, **kw: [(tags, probs)]
+    tagger.temperature = 1.0  # raw confidences only: the trained model's temperature would tag past tag_texts
     ents = tagger.predict([text])[0]
     assert [(e.start, e.end, e.label, e.text, e.confidence) for e in ents] == [
         (0, 2, "PER", "李超", 0.8),
