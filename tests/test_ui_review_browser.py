@@ -89,8 +89,24 @@ def _picked(page) -> str:
     return box.locator("input").first.input_value()
 
 
+def _box(page, i: int, timeout_s: float = 30.0) -> dict:
+    """Where character ``i`` is drawn. A rerun can redraw the component between a wait and this read, and
+    a detached element has no box (``None``): read again until it is drawn."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        loc = _char(page, i)
+        loc.wait_for(state="visible")
+        box = loc.bounding_box()
+        if box is not None:
+            return box
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"character {i} is not drawn after {timeout_s} s")
+        page.wait_for_timeout(200)
+
+
 def _drag(page, first_i: int, last_i: int) -> None:
-    first, last = _char(page, first_i).bounding_box(), _char(page, last_i).bounding_box()
+    _settle(page)
+    first, last = _box(page, first_i), _box(page, last_i)
     page.mouse.move(first["x"] + 2, first["y"] + first["height"] / 2)
     page.mouse.down()
     page.mouse.move(last["x"] + last["width"] - 2, last["y"] + last["height"] / 2, steps=4)
