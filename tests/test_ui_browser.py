@@ -143,6 +143,9 @@ def test_every_page_renders_in_chromium(page, server, ui_db, tmp_path):
         best_pred = con.execute(
             "SELECT pred_run_id FROM prediction_runs ORDER BY n_entities DESC LIMIT 1"
         ).fetchone()[0]
+        calibrated = con.execute(  # the evaluation whose model predicted entities: calibration to draw
+            "SELECT eval_id FROM evaluation_reliability GROUP BY eval_id HAVING sum(n) > 0 LIMIT 1"
+        ).fetchone()[0]
 
     _open(page, server, "", "Training runs")
     body = page.inner_text("body")
@@ -163,6 +166,21 @@ def test_every_page_renders_in_chromium(page, server, ui_db, tmp_path):
     page.screenshot(path=str(shots / "evaluation.png"), full_page=True)
     ents.first.scroll_into_view_if_needed()
     page.screenshot(path=str(shots / "evaluation_errors.png"))
+    if calibrated not in page.inner_text("body"):  # Vega-Lite draws the four calibration pictures
+        choose = page.locator("input[aria-label='Evaluation']")  # the select box, not the page's title
+        choose.click()
+        choose.fill(calibrated)  # the box filters its options: the one left is picked
+        page.get_by_role("option").first.wait_for()
+        page.keyboard.press("Enter")
+        _settle(page)
+    page.get_by_text("Reliability diagram").first.wait_for()
+    drawn = page.locator("[data-testid='stVegaLiteChart'] svg.marks")  # the per-type bars, then those four
+    drawn.nth(4).wait_for()
+    for i in range(1, 5):
+        box, marks = drawn.nth(i).bounding_box(), drawn.nth(i).locator("g[class*='mark-'] path").count()
+        assert box["width"] > 100 and box["height"] > 100 and marks > 0, (i, box, marks)
+    page.get_by_text("Reliability diagram").first.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "evaluation_calibration.png"), full_page=True)
 
     _open(page, server, "predictions", "Predictions")
     if best_pred not in page.inner_text("body"):  # pick the prediction run that has entities

@@ -19,7 +19,7 @@ from storage.predictions import PredictionRunWriter
 from tests.test_calibration_storage import CONFUSION, calibrated_report, plain_report
 from tests.ui_fixtures import APP, PAGES
 
-OLD_EVAL, NEW_EVAL = "eval-old", "eval-calibrated"
+OLD_EVAL, NEW_EVAL, EMPTY_EVAL = "eval-old", "eval-calibrated", "eval-no-entities"
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,11 @@ def db(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("ui-cal") / "cal.duckdb")
     connect(path).close()
     save_evaluation(path, OLD_EVAL, plain_report(), model_dir="m", dataset="d", split="test")
+    none = calibrated_report()  # a model that predicted no entity: every bin empty
+    none.calibration.n_entities = 0
+    for b in (*none.calibration.bins_raw, *none.calibration.bins_calibrated):
+        b.n, b.mean_confidence, b.accuracy = 0, 0.0, 0.0
+    save_evaluation(path, EMPTY_EVAL, none, model_dir="m", dataset="d", split="test")
     save_evaluation(path, NEW_EVAL, calibrated_report(), model_dir="m", dataset="d", split="test")
     text = "张三在北京工作"
     for run, cal in (("pred-raw", None), ("pred-cal", 0.25)):
@@ -134,6 +139,15 @@ def test_the_evaluation_page_draws_the_calibration_and_says_when_an_evaluation_h
         "No calibration or confusion data for this evaluation (stored before they were measured)."
     ]
     assert "Confidence calibration" not in [s.value for s in at.subheader]
+
+    # a model that predicted no entity: one line for the calibration, the confusion matrix still drawn
+    at.selectbox(key="eval_id").set_value(EMPTY_EVAL).run()
+    assert not at.exception
+    said = [c.value for c in at.caption if "calibration" in c.value.lower()]
+    assert said == ["No calibration to show: the model predicted no entity on this split."]
+    assert [json.loads(c.proto.spec)["layer"][0]["mark"]["type"] for c in at.get("vega_lite_chart")] == [
+        "rect"
+    ]
 
 
 def test_the_predictions_page_shows_the_calibrated_confidence_beside_the_raw_one(db, monkeypatch):

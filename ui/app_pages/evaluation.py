@@ -75,6 +75,8 @@ def show_calibration() -> None:
         return
     if bins.empty:
         st.caption("No calibration data for this evaluation (its predictions had no confidences).")
+    elif not bins["n"].any():
+        st.caption("No calibration to show: the model predicted no entity on this split.")
     else:
         st.subheader("Confidence calibration")
         st.caption(charts.calibration_caption(row, report.get("calibration") or {}))
