@@ -557,3 +557,17 @@ def test_the_end_of_training_record_fits_and_writes_the_temperature(tmp_path, cr
     wrong = [d.model_copy(update={"entities": []}) for d in dev_docs]
     record_dev_f1(model, wrong, device="cpu", trained_in="fp32", precisions=[Precision.FP32])
     assert read_calibration(model) is None and not (model / "calibration.json").exists()
+
+
+def test_a_dictionary_forced_entity_is_calibrated_under_the_same_force(crf_loaded, dev_docs):
+    """The scaled marginals are conditioned on the forced span as the raw ones are: the forced entity is
+    certain at any temperature, and a text the dictionary does not touch is calibrated as without it."""
+    from ner_core.inference.dictionary import Entry, UserDictionary
+
+    dictionary = UserDictionary([Entry("北京", "LOC", "force", line=1)])
+    texts = ["我在北京工作了三年", dev_docs[0].text]
+    assert "北京" not in texts[1]
+    got = _tagger(crf_loaded, temperature=2.0, dictionary=dictionary).predict(texts)
+    forced = [e for e in got[0] if e.from_dictionary]
+    assert [(e.text, e.confidence, e.confidence_calibrated) for e in forced] == [("北京", 1.0, 1.0)]
+    assert got[1] == _tagger(crf_loaded, temperature=2.0).predict(texts[1:])[0]
