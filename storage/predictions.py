@@ -50,6 +50,7 @@ _ENT_SCHEMA = pa.schema(
         ("text", pa.string()),
         ("confidence", pa.float64()),
         ("confidence_calibrated", pa.float64()),  # NULL: the model directory has no temperature
+        ("from_dictionary", pa.bool_()),  # forced by a user dictionary (PredictedEntity.from_dictionary)
     ]
 )
 
@@ -175,6 +176,7 @@ def write_predictions(db_path: str | Path, pred_run_id: str, docs: Sequence[tupl
                     e.text,
                     e.confidence,
                     getattr(e, "confidence_calibrated", None),
+                    bool(getattr(e, "from_dictionary", False)),
                 ),
                 strict=True,
             ):

@@ -523,10 +523,13 @@ LEFT JOIN review_events e ON e.event_id = x.event_id;
 # which it used. An evaluation stores its calibration (temperature, ECE before and after, the reliability
 # table of each, precision/recall at confidence thresholds) and its (gold label, predicted label) pairs, so
 # the dashboard can draw a reliability diagram and a confusion matrix. document_entities() orders entities
-# that share a start (a span run's nested entities) by end and label too.
+# that share a start (a span run's nested entities) by end and label too. A predicted entity also says
+# whether a user dictionary forced it (from_dictionary: NULL for rows stored before, false otherwise); the
+# entity views list it last.
 # The ALTERs touch tables without a CHECK (see _V6's note on DuckDB's write-ahead log).
 _V7_CALIBRATION = """
 ALTER TABLE predicted_entities ADD COLUMN confidence_calibrated DOUBLE;
+ALTER TABLE predicted_entities ADD COLUMN from_dictionary BOOLEAN;    -- forced by a user dictionary
 ALTER TABLE evaluations ADD COLUMN temperature DOUBLE;            -- the one applied; 1.0: not calibrated
 ALTER TABLE evaluations ADD COLUMN ece_raw DOUBLE;                -- expected calibration error, 10 bins
 ALTER TABLE evaluations ADD COLUMN ece_calibrated DOUBLE;
@@ -563,14 +566,15 @@ CREATE TABLE evaluation_confusion (           -- entities paired by identical sp
 CREATE OR REPLACE VIEW v_predicted_entities_in_context AS
     SELECT e.pred_run_id, e.doc_id, e."start", e."end", e.label, e.text, e.confidence,
            substr(d.text, greatest(1, e."start" + 1 - 20), least(e."start", 20)) AS left_context,
-           substr(d.text, e."end" + 1, 20) AS right_context, e.confidence_calibrated
+           substr(d.text, e."end" + 1, 20) AS right_context, e.confidence_calibrated, e.from_dictionary
     FROM predicted_entities e JOIN predicted_documents d USING (pred_run_id, doc_id);
 CREATE OR REPLACE VIEW v_top_predicted_entities AS
     SELECT pred_run_id, label, text, count(*) AS n, count(DISTINCT doc_id) AS n_documents,
            avg(confidence) AS mean_confidence, avg(confidence_calibrated) AS mean_confidence_calibrated
     FROM predicted_entities GROUP BY pred_run_id, label, text;
 CREATE OR REPLACE MACRO document_entities(run, doc) AS TABLE
-    SELECT "start", "end", label, text, confidence, left_context, right_context, confidence_calibrated
+    SELECT "start", "end", label, text, confidence, left_context, right_context, confidence_calibrated,
+           from_dictionary
     FROM v_predicted_entities_in_context WHERE pred_run_id = run AND doc_id = doc
     ORDER BY "start", "end", label;
 -- below 0.5 by the calibrated confidence where the entity has one (confidence_source says which), lowest
@@ -578,7 +582,8 @@ CREATE OR REPLACE MACRO document_entities(run, doc) AS TABLE
 CREATE OR REPLACE VIEW v_low_confidence_entities AS
     SELECT pred_run_id, doc_id, "start", "end", label, text, confidence, left_context, right_context,
            confidence_calibrated,
-           CASE WHEN confidence_calibrated IS NULL THEN 'raw' ELSE 'calibrated' END AS confidence_source
+           CASE WHEN confidence_calibrated IS NULL THEN 'raw' ELSE 'calibrated' END AS confidence_source,
+           from_dictionary
     FROM v_predicted_entities_in_context
     WHERE coalesce(confidence_calibrated, confidence) < 0.5
     ORDER BY coalesce(confidence_calibrated, confidence), pred_run_id, doc_id, "start", "end", label;
@@ -595,13 +600,13 @@ CREATE OR REPLACE MACRO predicted_disagreements(run_a, run_b) AS TABLE
     SELECT 'only_a' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
            (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
             FROM b y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
-           AS other_run_overlaps, x.confidence_calibrated
+           AS other_run_overlaps, x.confidence_calibrated, x.from_dictionary
     FROM only_a x
     UNION ALL
     SELECT 'only_b' AS side, x.doc_id, x."start", x."end", x.label, x.text, x.confidence,
            (SELECT string_agg(y.label || '[' || y."start" || ',' || y."end" || ')', ' ' ORDER BY y."start")
             FROM a y WHERE y.doc_id = x.doc_id AND y."start" < x."end" AND x."start" < y."end")
-           AS other_run_overlaps, x.confidence_calibrated
+           AS other_run_overlaps, x.confidence_calibrated, x.from_dictionary
     FROM only_b x;
 """
 
@@ -646,7 +651,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         7,
         "calibrated entity confidence: predicted_entities.confidence_calibrated (in the entity views; "
         "v_low_confidence_entities ranks by it), evaluations' temperature and ECE, evaluation_reliability, "
-        "evaluation_thresholds, evaluation_confusion; document_entities() by start, end, label",
+        "evaluation_thresholds, evaluation_confusion; document_entities() by start, end, label; "
+        "predicted_entities.from_dictionary (last in the entity views)",
         _V7_CALIBRATION,
     ),
 ]

@@ -147,7 +147,7 @@ def test_predicted_entities_keep_the_calibrated_confidence_and_the_views_say_whi
     ]
     assert macro == [(0, 2, "PER"), (3, 4, "LOC"), (3, 5, "LOC"), (3, 5, "ORG"), (7, 9, "PER")]
     assert cols[:7] == ["start", "end", "label", "text", "confidence", "left_context", "right_context"]
-    assert cols[7:] == ["confidence_calibrated"]
+    assert cols[7:] == ["confidence_calibrated", "from_dictionary"]
     assert top == [(0.4, 0.7)]
 
     text, ents = pr.predicted_document(db, "p1", "d1", wait_s=0)
@@ -175,7 +175,7 @@ def test_predicted_entities_keep_the_calibrated_confidence_and_the_views_say_whi
     ) as run:
         run.write([("d1", DOC, [_entity(0, 2, "PER", DOC[:2], 0.4, None)])])
     rows = pr.prediction_disagreements(db, "p1", "p2")
-    assert list(rows[0])[-2:] == ["other_run_overlaps", "confidence_calibrated"]
+    assert list(rows[0])[-3:] == ["other_run_overlaps", "confidence_calibrated", "from_dictionary"]
     assert {(r["start"], r["label"], r["confidence_calibrated"]) for r in rows} == {
         (3, "LOC", 0.3), (3, "ORG", 0.45), (3, "LOC", 0.6), (7, "PER", None)
     }  # fmt: skip
@@ -216,9 +216,13 @@ def test_a_schema_6_file_migrates_with_its_rows_intact(tmp_path):
         assert {
             r[0] for r in con.execute("SELECT confidence_source FROM v_low_confidence_entities").fetchall()
         } == {"raw"}
-        rows = con.execute("SELECT * EXCLUDE (confidence_calibrated) FROM predicted_entities").fetchall()
+        rows = con.execute(
+            "SELECT * EXCLUDE (confidence_calibrated, from_dictionary) FROM predicted_entities"
+        ).fetchall()
         assert sorted(rows) == entities_before
-        assert con.execute("SELECT count(confidence_calibrated) FROM predicted_entities").fetchone()[0] == 0
+        assert con.execute(
+            "SELECT count(confidence_calibrated), count(from_dictionary) FROM predicted_entities"
+        ).fetchone() == (0, 0)  # NULL: stored before either existed
         assert con.execute("SELECT label, f1, support FROM evaluation_types").fetchall() == [
             ("PER", 0.75, 10)
         ]

@@ -86,7 +86,13 @@ def test_ner_predict_takes_a_dictionary(loaded, tmp_path, capsys):
     import duckdb
 
     with duckdb.connect(str(db), read_only=True) as con:
-        rows = con.execute("SELECT text, label FROM predicted_entities WHERE text = '北京大学'").fetchall()
+        rows = con.execute(
+            "SELECT text, label, from_dictionary FROM predicted_entities WHERE text = '北京大学'"
+        ).fetchall()
+        others = con.execute(
+            "SELECT DISTINCT from_dictionary FROM predicted_entities WHERE text <> '北京大学'"
+        ).fetchall()
         config = json.loads(con.execute("SELECT config FROM prediction_runs").fetchone()[0])
-    assert rows == [("北京大学", "ORG")] * 4
+    assert rows == [("北京大学", "ORG", True)] * 4  # stored as forced
+    assert others == [(False,)]  # the model's own entities: false, not NULL
     assert "sha256" in json.dumps(config)
