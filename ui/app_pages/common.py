@@ -131,33 +131,48 @@ def _darker(colour: str) -> str:
     return "#" + "".join(f"{int(colour[k : k + 2], 16) * 55 // 100:02x}" for k in (1, 3, 5))
 
 
-def _piece_html(text: str, piece: _Piece, colours: dict[str, str], outer: tuple[str, ...]) -> str:
+#: after the label of an entity a user dictionary forced (``highlight_html``'s ``marked``)
+DICTIONARY_MARK = "·dict"
+
+
+def _piece_html(
+    text: str, piece: _Piece, colours: dict[str, str], outer: tuple[str, ...], marked: frozenset = frozenset()
+) -> str:
     label = piece.label
     colour = colours.get(label, "#dddddd")
     ws, we = piece.whole
-    here = f"{label} [{ws}, {we}) {text[ws:we]}"
+    forced = (ws, we, label) in marked
+    here = f"{label} [{ws}, {we}) {text[ws:we]}" + (" (from the user dictionary)" if forced else "")
     title = " · inside ".join((here, *reversed(outer)))
     inner, cursor = [], piece.start
     for child in piece.children:
         inner.append(html.escape(text[cursor : child.start]))
-        inner.append(_piece_html(text, child, colours, (*outer, here)))
+        inner.append(_piece_html(text, child, colours, (*outer, here), marked))
         cursor = child.end
     inner.append(html.escape(text[cursor : piece.end]))
     part = "" if piece.first and piece.last else ' data-part="1"'
+    mark = ' data-dictionary="1"' if forced else ""
     sup = (
-        f'<sup style="font-size:0.65em;opacity:0.7;margin-left:1px;">{html.escape(label)}</sup>'
+        f'<sup style="font-size:0.65em;opacity:0.7;margin-left:1px;">'
+        f"{html.escape(label)}{DICTIONARY_MARK if forced else ''}</sup>"
         if piece.last
         else ""
     )
     return (
-        f'<span class="ent" data-label="{html.escape(label)}" data-level="{len(outer) + 1}"{part} '
+        f'<span class="ent" data-label="{html.escape(label)}" data-level="{len(outer) + 1}"{part}{mark} '
         f'title="{html.escape(title)}" style="background:{colour};padding:0 2px '
         f"{(piece.height() - 1) * LEVEL_PX}px;border-radius:3px;"
+        f"{'outline:1px dashed #333;' if forced else ''}"
         f'border-bottom:3px solid {_darker(colour)};">{"".join(inner)}{sup}</span>'
     )
 
 
-def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> str:
+def highlight_html(
+    text: str,
+    spans: Sequence[tuple[int, int, str]],
+    colours: dict[str, str],
+    marked: Iterable[tuple[int, int, str]] = (),
+) -> str:
     """``text`` as HTML with each ``(start, end, label)`` span wrapped in a coloured ``<span class="ent">``.
 
     Spans are half-open character offsets into ``text``. Nested entities (a span model's output) are
@@ -165,7 +180,9 @@ def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: di
     an enclosing entity's underline one level lower than those inside it (stacked underlines, one per
     nesting level), and its title (the hover text) names it and every entity it lies inside. A span
     crossing another is cut into pieces (``data-part``) so the elements nest. The output contains ``text``
-    exactly once, in order, escaped. Labels without a colour get grey.
+    exactly once, in order, escaped. Labels without a colour get grey. Spans also in ``marked`` (those a
+    user dictionary forced) carry ``data-dictionary``, a dashed outline and :data:`DICTIONARY_MARK` after
+    their label.
     """
     if not isinstance(text, str):
         raise ValueError(f"expected text as a str, got {type(text).__name__}")
@@ -175,9 +192,10 @@ def highlight_html(text: str, spans: Sequence[tuple[int, int, str]], colours: di
     parts: list[str] = []
     cursor = 0
     roots = nest_spans(spans)
+    marked = frozenset(marked)
     for piece in roots:
         parts.append(html.escape(text[cursor : piece.start]))
-        parts.append(_piece_html(text, piece, colours, ()))
+        parts.append(_piece_html(text, piece, colours, (), marked))
         cursor = piece.end
     parts.append(html.escape(text[cursor:]))
     levels = max((p.height() for p in roots), default=1)
@@ -207,8 +225,13 @@ def spans_of(entities: Iterable) -> list[tuple[int, int, str]]:
     return out
 
 
-def show_highlighted(text: str, spans: Sequence[tuple[int, int, str]], colours: dict[str, str]) -> None:
-    st.html(highlight_html(text, spans, colours))
+def show_highlighted(
+    text: str,
+    spans: Sequence[tuple[int, int, str]],
+    colours: dict[str, str],
+    marked: Iterable[tuple[int, int, str]] = (),
+) -> None:
+    st.html(highlight_html(text, spans, colours, marked))
 
 
 def fmt(x, digits: int = 4) -> str:
