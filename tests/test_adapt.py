@@ -161,7 +161,7 @@ def test_killed_run_resumes_to_the_same_encoder(tiny_encoder_dir, tmp_path):
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(_sample_texts()), encoding="utf-8")
-    common = ["--encoder", str(tiny_encoder_dir), "--corpus", str(corpus), "--max_steps", "300"]
+    common = ["--encoder", str(tiny_encoder_dir), "--corpus", str(corpus), "--max_steps", "120"]
     common += ["--checkpoint_steps", "10", "--batch_size", "8", "--max_len", "32", "--num_threads", "1"]
     full = _ner(*common, "--out", str(tmp_path / "full"))
     out, _ = full.communicate(timeout=600)
@@ -177,14 +177,14 @@ def test_killed_run_resumes_to_the_same_encoder(tiny_encoder_dir, tmp_path):
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed").exists(), "the run finished before it was killed"
     at = json.loads(ckpt.read_text())["state"]["step"]
-    assert 0 < at < 300
+    assert 0 < at < 120
 
     resumed = _ner("--out", str(tmp_path / "killed"), "--resume")
     out_r, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out_r
     assert f"resuming at step {at}" in out_r
     a, b = _result(out), _result(out_r)
-    assert a["steps"] == b["steps"] == 300
+    assert a["steps"] == b["steps"] == 120
     assert a["eval_loss_after"] == pytest.approx(b["eval_loss_after"], rel=1e-6)
     w_full = load_file(tmp_path / "full" / SAFE_WEIGHTS_NAME)
     w_res = load_file(tmp_path / "killed" / SAFE_WEIGHTS_NAME)
