@@ -6,6 +6,8 @@
 - ``POST /predict``  body ``{"text": "..."}`` or ``{"texts": ["...", ...]}`` -> ``{"results": [{"entities":
   [{"start", "end", "label", "text", "confidence"}, ...], "n_chars"}], "model", "seconds"}``; spans are
   half-open ``[start, end)`` character offsets of the text sent. Long texts are tagged whole (windows).
+  A model whose directory holds a fitted temperature adds ``"confidence_calibrated"`` to each entity, and
+  a user dictionary ``"from_dictionary": true`` to the entities it forced.
 - ``GET /health``    ``{"status": "ok", "served": {"requests", "texts", "batches"}, ...}``
 - ``GET /model``     the model's configuration, labels, metrics, window settings and the request limits.
   Of the model directory's metrics only the keys the trainer writes are served, each a plain value
