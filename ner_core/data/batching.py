@@ -128,13 +128,24 @@ class EncodedChunk:
     chunk: Chunk
     char_ids: list[int]
     tag_ids: list[int] | None
+    weight: float = 1.0  #: the loss weight of its document (a self-training silver document weighs less)
 
 
 class TaggedDataset:
-    """Documents encoded once: character ids and tag ids per chunk, ready for batching."""
+    """Documents encoded once: character ids and tag ids per chunk, ready for batching. ``weights``: each
+    document's loss weight (default 1), carried by its chunks into the batches (:func:`collate`)."""
 
-    def __init__(self, docs: Sequence[Document], aligner, tags: Sequence[str], scheme: str, max_len: int):
+    def __init__(
+        self,
+        docs: Sequence[Document],
+        aligner,
+        tags: Sequence[str],
+        scheme: str,
+        max_len: int,
+        weights: Sequence[float] | None = None,
+    ):
         self.docs = list(docs)
+        weights = check_weights(weights, len(self.docs))
         self.tags = list(tags)
         self.tag_to_id = {t: i for i, t in enumerate(self.tags)}
         self.scheme = scheme
@@ -153,7 +164,8 @@ class TaggedDataset:
                     f"document {doc.doc_id!r}: tag {exc.args[0]} is not in the model's label set "
                     f"({len(self.tags)} tags); was the dataset ingested with other labels?"
                 ) from None
-            self.items.append(EncodedChunk(chunk, aligner.char_ids(text), tag_ids))
+            weight = weights[chunk.doc_index] if weights else 1.0
+            self.items.append(EncodedChunk(chunk, aligner.char_ids(text), tag_ids, weight))
         self.cls_id, self.sep_id, self.pad_id = aligner.cls_id, aligner.sep_id, aligner.pad_id
 
     def __len__(self) -> int:
@@ -204,7 +216,8 @@ def collate(
     window: a batch of full windows is not padded at all, whatever ``pad_to``). Rounding bounds the number
     of distinct shapes a reduced-precision CPU backend compiles and caches a kernel for (oneDNN's bf16
     primitives are per shape: unrounded, a long-running service's memory grows with every new length); the
-    cap adds one shape, the window's own, which full windows have anyway."""
+    cap adds one shape, the window's own, which full windows have anyway. When an item's loss weight is not
+    1 (a self-training silver document's), ``weight`` (B,) holds each item's; otherwise there is none."""
     longest = max(len(it.char_ids) for it in items)
     T = -(-(longest + 2) // pad_to) * pad_to - 2 if pad_to > 1 else longest
     if max_chars is not None:
@@ -221,7 +234,22 @@ def collate(
         attention[b, : n + 2] = 1
         if it.tag_ids is not None:
             tags[b, :n] = torch.tensor(it.tag_ids, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention, "tags": tags}
+    out = {"input_ids": input_ids, "attention_mask": attention, "tags": tags}
+    if any(it.weight != 1.0 for it in items):
+        out["weight"] = torch.tensor([it.weight for it in items], dtype=torch.float32)  # (B,)
+    return out
+
+
+def check_weights(weights: Sequence[float] | None, n_docs: int) -> list[float] | None:
+    """Per-document loss weights checked: one per document, each finite and >= 0 (``None``: all 1)."""
+    if weights is None:
+        return None
+    out = [float(w) for w in weights]
+    if len(out) != n_docs:
+        raise ValueError(f"expected one loss weight per document ({n_docs}), got {len(out)}")
+    if any(not (w >= 0.0 and w != float("inf")) for w in out):
+        raise ValueError(f"document loss weights must be finite and >= 0, got {min(out)} .. {max(out)}")
+    return out
 
 
 def padding_share(batches: Iterable[dict[str, torch.Tensor]]) -> float:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ner_core.data.batching import Chunk, EncodedChunk, collate, length_buckets, training_chunks
+from ner_core.data.batching import (
+    Chunk,
+    EncodedChunk,
+    check_weights,
+    collate,
+    length_buckets,
+    training_chunks,
+)
 from ner_core.documents import Document, Entity
 from ner_core.schemes import has_overlaps
 
@@ -76,6 +83,7 @@ class SpanDataset:
         labels: the model's labels, index = label id.
         max_len: characters per chunk.
         max_span_len: the longest span that is a target (``None``: every one).
+        weights: each document's loss weight (``None``: all 1), carried into the batches' ``weight``.
     """
 
     def __init__(
@@ -85,8 +93,10 @@ class SpanDataset:
         labels: Sequence[str],
         max_len: int,
         max_span_len: int | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         self.docs = list(docs)
+        weights = check_weights(weights, len(self.docs))
         self.labels = list(labels)
         label_id = {x: i for i, x in enumerate(self.labels)}
         self.items: list[SpanChunk] = []
@@ -108,7 +118,8 @@ class SpanDataset:
                     continue
                 spans.append((label_id[e.label], e.start - chunk.start, e.end - 1 - chunk.start))
             text = doc.text[chunk.start : chunk.end]
-            self.items.append(SpanChunk(EncodedChunk(chunk, aligner.char_ids(text), None), spans))
+            weight = weights[chunk.doc_index] if weights else 1.0
+            self.items.append(SpanChunk(EncodedChunk(chunk, aligner.char_ids(text), None, weight), spans))
         self.cls_id, self.sep_id, self.pad_id = aligner.cls_id, aligner.sep_id, aligner.pad_id
 
     def __len__(self) -> int:

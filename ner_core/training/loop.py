@@ -17,6 +17,10 @@ decay (``layer_lr_decay``: one named optimiser group per encoder layer; a checkp
 to the optimiser's by name), FGM adversarial training on the word embeddings (``adversarial``) and a moving
 average of the weights (``ema_decay``: dev F1 and the saved model use the average, which the checkpoint
 holds too, so a resumed run continues it exactly).
+
+Silver documents (``silver=``, self-training's: :mod:`ner_core.training.self_training`) train beside the
+gold ones with the loss weight ``training.silver_weight`` (:func:`weighted_loss`); the decoder's open
+settings are fixed from the gold documents alone.
 """
 
 from __future__ import annotations
@@ -64,7 +68,16 @@ from ner_core.training.span_eval import evaluate_spans
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EpochStats", "TrainResult", "lr_factor", "make_optimizer", "resolve_decoder", "set_seed", "train"]
+__all__ = [
+    "EpochStats",
+    "TrainResult",
+    "lr_factor",
+    "make_optimizer",
+    "resolve_decoder",
+    "set_seed",
+    "train",
+    "weighted_loss",
+]
 
 
 @dataclass
@@ -91,6 +104,7 @@ def train(
     progress: bool = True,
     extra_metadata: dict | None = None,
     precision: Choice | None = None,
+    silver: Sequence[Document] = (),
 ) -> TrainResult:
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
@@ -98,10 +112,11 @@ def train(
     and the run's scheme. With ``resume=True`` the run continues from the checkpoint in ``run_dir``.
     ``precision``: the choice already made for ``config.training.precision`` (its reason is printed);
     by default it is made here. At the end the best model's dev F1 in each precision is recorded
-    (:func:`ner_core.training.precision_record.record_dev_f1`).
+    (:func:`ner_core.training.precision_record.record_dev_f1`). ``silver``: machine-labelled documents
+    trained on with the loss weight ``training.silver_weight`` (self-training).
     """
     t0 = time.perf_counter()
-    run = _set_up(config, train_docs, labels, Path(run_dir), precision)
+    run = _set_up(config, train_docs, labels, Path(run_dir), precision, silver)
     state = _resume(run) if resume else TrainingState()
     stopped = ""
     for epoch in range(state.epoch + 1, run.n_epochs + 1):
@@ -176,6 +191,7 @@ def _set_up(
     labels: Sequence[str],
     run_dir: Path,
     choice: Choice | None,
+    silver: Sequence[Document] = (),
 ) -> _Run:
     """Check the device, seed every RNG, save the config, build model, data, optimiser and schedule."""
     tc = config.training
@@ -201,16 +217,9 @@ def _set_up(
 
     encoder, tokenizer = load_encoder(config.encoder)
     check_window(config.data.max_len, encoder.config)
-    aligner = CharAligner(tokenizer)
-    if span:
-        model = NERModel(config, sorted(labels), encoder).to(device)
-        train_set: TaggedDataset | SpanDataset = SpanDataset(
-            train_docs, aligner, model.labels, config.data.max_len, config.decoder.max_span_len
-        )
-    else:
-        tags = tag_set(sorted(labels), config.data.scheme)
-        model = NERModel(config, tags, encoder).to(device)
-        train_set = TaggedDataset(train_docs, aligner, tags, config.data.scheme, config.data.max_len)
+    model = NERModel(config, sorted(labels) if span else tag_set(sorted(labels), config.data.scheme), encoder)
+    model = model.to(device)
+    train_set = _dataset(config, model, CharAligner(tokenizer), train_docs, silver)
 
     groups = layer_groups(model, model.param_groups(tc), tc.layer_lr_decay, _n_layers(encoder))
     for g in groups:
@@ -236,6 +245,22 @@ def _set_up(
         fgm=FGM(model.encoder.get_input_embeddings(), tc.adv_epsilon) if tc.adversarial == "fgm" else None,
         ema=EMA(model, tc.ema_decay) if tc.ema_decay else None,
     )
+
+
+def _dataset(
+    config: NERConfig,
+    model: NERModel,
+    aligner: CharAligner,
+    gold: Sequence[Document],
+    silver: Sequence[Document],
+) -> TaggedDataset | SpanDataset:
+    """The training set: the gold documents, then the silver ones with their loss weight."""
+    docs = [*gold, *silver]
+    weights = [1.0] * len(gold) + [config.training.silver_weight] * len(silver) if silver else None
+    max_len = config.data.max_len
+    if model.decoder is DecoderType.SPAN:
+        return SpanDataset(docs, aligner, model.labels, max_len, config.decoder.max_span_len, weights)
+    return TaggedDataset(docs, aligner, model.tags, config.data.scheme, max_len, weights)
 
 
 def _n_layers(encoder: Any) -> int:
@@ -338,18 +363,55 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor]) -> torch.Tensor
     """The batch's loss and its backward pass (scaled for AMP and accumulation); with FGM a second pass on
     embeddings moved along this batch's gradient adds its gradient too. Returns the clean loss."""
     accum = run.config.training.grad_accum_steps
-    gold = batch["tags"] if "tags" in batch else batch["targets"]  # span model: (N, 4) targets
     before = run.fgm.rows_grad(batch["input_ids"]) if run.fgm else None
     with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
-        loss = run.model(batch["input_ids"], batch["attention_mask"], gold)
+        loss = weighted_loss(run.model, batch)
     run.scaler.scale(loss / accum).backward()
     if run.fgm and before is not None:
         with run.fgm.attack(*before) as moved:
             if moved:
                 with autocast(run.precision, run.device.type):
-                    adv = run.model(batch["input_ids"], batch["attention_mask"], gold)
+                    adv = weighted_loss(run.model, batch)
                 run.scaler.scale(adv / accum).backward()
     return loss
+
+
+def weighted_loss(model: NERModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's loss: the model's mean over rows, or with ``batch["weight"]`` (B,) (silver documents)
+    ``sum_b w_b * loss_b / B``, each row's loss scaled by its document's weight (as Keras' sample weights:
+    a batch of silver documents at weight w counts w times a gold batch, and a row of weight 0 adds nothing
+    to the gradient).
+
+    The model gives the mean loss over the rows it is handed, so the rows of each distinct weight go through
+    it as one sub-batch (same width and padding, hence the same per-row values as in the whole batch) and
+    the means are combined; rows of weight 0 are not run. A batch without ``weight`` is one call, as before
+    self-training existed.
+    """
+    gold = batch["tags"] if "tags" in batch else batch["targets"]  # span model: (N, 4) targets
+    weight = batch.get("weight")
+    if weight is None:
+        return model(batch["input_ids"], batch["attention_mask"], gold)
+    B = weight.shape[0]
+    total = None
+    for w in sorted({float(x) for x in weight.tolist()}):
+        if w == 0.0:
+            continue
+        rows = (weight == w).nonzero().squeeze(1)  # (R,)
+        part = model(batch["input_ids"][rows], batch["attention_mask"][rows], _rows_of(gold, rows, B, batch))
+        total = part * (w * len(rows) / B) if total is None else total + part * (w * len(rows) / B)
+    if total is None:  # every row weighs 0: a zero loss that still reaches every parameter the batch uses
+        return model(batch["input_ids"], batch["attention_mask"], gold) * 0.0
+    return total
+
+
+def _rows_of(gold: torch.Tensor, rows: torch.Tensor, B: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The targets of batch rows ``rows``: tags ``(R, T)``, or span targets ``(N', 4)`` renumbered."""
+    if "tags" in batch:
+        return gold[rows]
+    new = torch.full((B,), -1, dtype=torch.long, device=gold.device)  # (B,) old row -> new row
+    new[rows] = torch.arange(len(rows), device=gold.device)
+    kept = gold[new[gold[:, 0]] >= 0]  # (N', 4)
+    return torch.cat([new[kept[:, 0]].unsqueeze(1), kept[:, 1:]], dim=1)
 
 
 def _optimizer_step(run: _Run, state: TrainingState, ep_t0: float) -> None:
