@@ -200,6 +200,38 @@ class TrainingConfig(_Strict):
         description="first adapt the encoder to the training texts (masked-LM, `ner adapt`) for this many "
         "seconds, then train on the adapted encoder (unset: off)",
     )
+    # Self-training (issue 26, ner_core.training.self_training): off unless an unlabeled source is given;
+    # the silver settings below apply to it only.
+    unlabeled: list[str] | None = Field(
+        None,
+        description="self-training: unlabeled text files (one text a line, or any supported format, labels "
+        "ignored) that the trained model tags; its confident documents become weighted silver training "
+        "data of another round (unset: off)",
+    )
+    unlabeled_dataset: str | None = Field(
+        None,
+        description="self-training: the texts of this stored dataset (every split, its latest version when "
+        "the run starts) instead of files (unset: off)",
+    )
+    silver_min_confidence: float = Field(
+        0.9,
+        gt=0.0,
+        le=1.0,
+        description="self-training: a tagged document with entities is silver when each entity's raw "
+        "(uncalibrated) confidence reaches this",
+    )
+    silver_max_uncertainty: float = Field(
+        0.01,
+        ge=0.0,
+        description="self-training: a tagged document without entities is silver when its uncertainty per "
+        "character (summed entropy / characters, nats) is at most this",
+    )
+    silver_weight: float = Field(
+        0.5, gt=0.0, le=1.0, description="self-training: loss weight of a silver document (gold: 1)"
+    )
+    self_train_rounds: int = Field(
+        1, ge=1, description="self-training: rounds of tagging and retraining after the first training"
+    )
 
     @field_validator("device")
     @classmethod
@@ -213,6 +245,28 @@ class TrainingConfig(_Strict):
     def _mixed_precision(cls, data: Any) -> Any:
         # configurations saved before ``precision`` carry ``mixed_precision`` (see legacy_precision)
         return legacy_precision(data, "mixed_precision")
+
+    @property
+    def self_training(self) -> bool:
+        """Whether the run self-trains: an unlabeled source is set."""
+        return bool(self.unlabeled or self.unlabeled_dataset)
+
+    @model_validator(mode="after")
+    def _silver_settings_need_an_unlabeled_source(self) -> TrainingConfig:
+        # without one they mean nothing; refusing them also keeps a plain run's saved configuration free of
+        # them (to_json), so older code reads it
+        if self.unlabeled is not None and self.unlabeled_dataset is not None:
+            raise ValueError("give the unlabeled texts as files (unlabeled) or a dataset, not both")
+        if self.unlabeled is not None and not self.unlabeled:
+            raise ValueError("unlabeled: no files given")
+        if not self.self_training:
+            given = [k for k in _SILVER_FIELDS if getattr(self, k) != TrainingConfig.model_fields[k].default]
+            if given:
+                raise ValueError(
+                    f"training.{given[0]} applies to self-training only: add --unlabeled FILES (or "
+                    "--unlabeled_dataset NAME) or leave it out"
+                )
+        return self
 
 
 class PredictionConfig(_Strict):
@@ -309,6 +363,10 @@ def legacy_precision(data: Any, key: str) -> Any:
 
 #: training options added with the recipes, left out of a saved configuration while at their defaults
 _RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "adapt_seconds")
+#: self-training's settings: all written while it is on (a resume then keeps them whatever later defaults
+#: become), all left out while it is off (it is off unless an unlabeled source is given)
+_SILVER_FIELDS = ("silver_min_confidence", "silver_max_uncertainty", "silver_weight", "self_train_rounds")
+_SELF_TRAINING_FIELDS = ("unlabeled", "unlabeled_dataset", *_SILVER_FIELDS)
 
 
 class NERConfig(_Strict):
@@ -339,7 +397,7 @@ class NERConfig(_Strict):
         """The configuration as JSON. A default ``decoder`` section (the CRF) is left out, so a CRF model's
         saved configuration stays what code from before the span decoder reads (it forbids unknown keys);
         reading it back gives the same configuration. So are the prediction section's span options and user
-        dictionary while unset, and the training recipes while off."""
+        dictionary while unset, the training recipes while off and self-training's fields while it is off."""
         exclude: dict[str, Any] = {}
         if self.decoder == DecoderConfig():
             exclude["decoder"] = True
@@ -351,6 +409,9 @@ class NERConfig(_Strict):
         # the training recipes while off (their defaults): a run without them saves what older code reads
         defaults = TrainingConfig.model_fields
         off = {k for k in _RECIPE_FIELDS if getattr(self.training, k) == defaults[k].default}
+        off |= {k for k in _SELF_TRAINING_FIELDS if getattr(self.training, k) is None}
+        if not self.training.self_training:
+            off |= set(_SILVER_FIELDS)
         if off:
             exclude["training"] = off
         return self.model_dump_json(indent=2, exclude=exclude or None)
