@@ -100,12 +100,12 @@ def train_step(
     plus_version: int | None = None,
 ) -> TrainSummary:
     """Train on the dataset's train split (plus dataset ``plus``'s train split, e.g. a review export),
-    early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's row)."""
+    early-stop on its dev split; rows in runs / epochs (``plus`` and its version in the run's row). With
+    an unlabeled source (``training.unlabeled`` / ``unlabeled_dataset``) the run self-trains."""
     from ner_core.training.calibration import choose_training_precision
-    from ner_core.training.loop import train
 
-    prev = None
-    if resume:
+    prev, config = None, _absolute_unlabeled(config)
+    if resume:  # the stored configuration, whatever the caller's
         prev, config, plus, plus_version = _stored_run(db_path, run_id)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
@@ -136,12 +136,12 @@ def train_step(
     )
     try:
         config = _adapt_encoder(config, run_dir, train_docs, dict(db=db_path, dataset=ds, version=version))
-        result = train(
+        result = _train_or_self_train(
+            db_path,
             config,
-            train_docs,
-            dev_docs,
-            labels,
+            data,
             run_dir,
+            version,
             resume=resume,
             on_epoch=lambda s: runs_db.record_epoch(db_path, run_id, s.__dict__),
             extra_metadata={"run_id": run_id, "dataset": ds, "dataset_version": version, "plus": data.plus},
@@ -198,6 +198,78 @@ def _adapt_encoder(config: NERConfig, run_dir: Path, docs: Sequence[Document], s
         texts = [d.text for d in docs]
         adapt(cfg, texts, work, enc, resume=(work / ADAPT_RECORD).is_file(), source=source)
     return config.with_overrides({"encoder.name": str(enc)})
+
+
+def _train_or_self_train(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
+    """:func:`ner_core.training.loop.train` on ``data`` (a :class:`storage.datasets.TrainingData`), or
+    self-training (:func:`_self_train`) when the configuration names an unlabeled source."""
+    if config.training.self_training:
+        return _self_train(db_path, config, data, run_dir, version, **kwargs)
+    from ner_core.training.loop import train
+
+    return train(config, data.train, data.dev, data.labels, run_dir, **kwargs)
+
+
+def _absolute_unlabeled(config: NERConfig) -> NERConfig:
+    """The unlabeled files as absolute paths (the run's stored configuration: a resume from another
+    folder reads the same files); a missing one is refused in one line before anything is stored."""
+    files = config.training.unlabeled
+    if not files:
+        return config
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{f}: no such file (--unlabeled)")
+    return config.with_overrides({"training.unlabeled": [str(Path(f).resolve()) for f in files]})
+
+
+def _unlabeled_texts(db_path: str, config: NERConfig, recorded: dict | None) -> tuple[list[str], dict]:
+    """The unlabeled texts and their source for the record: the files with their sha256, or the dataset
+    and its version (the one the run recorded when it started, else the latest)."""
+    import hashlib
+
+    from ner_core.training.adapt import read_corpus
+
+    tc = config.training
+    if tc.unlabeled:
+        files = []
+        for f in tc.unlabeled:
+            digest = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            files.append({"path": f, "sha256": digest.hexdigest()})
+        return read_corpus(tc.unlabeled), {"files": files}
+    name = tc.unlabeled_dataset
+    version = (recorded or {}).get("version") or latest_version(db_path, name)
+    texts = [d.text for d in load_documents(db_path, name, None, version)]
+    return texts, {"dataset": name, "version": version}
+
+
+def _self_train(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
+    """Self-training (:mod:`ner_core.training.self_training`): the run's epochs numbered on across rounds,
+    silver never from a text of the dataset's dev or test split (matched by text hash, as the review
+    export matches texts); the final model's metrics.json and ``run_dir/self-train`` hold the lineage."""
+    from ner_core.training.self_training import recorded_source, self_train
+    from storage.datasets import text_sha1
+
+    texts, source = _unlabeled_texts(db_path, config, recorded_source(run_dir))
+    ds = config.data.dataset
+    held_out = {
+        text_sha1(d.text) for d in load_documents(db_path, ds, None, version) if d.split in ("dev", "test")
+    }
+    out = self_train(
+        config, data.train, data.dev, data.labels, run_dir, texts, held_out=held_out, source=source, **kwargs
+    )
+    for r in out.lineage["rounds"]:
+        rejected = ", ".join(
+            f"{n} {why}" for why, n in r["counts"].items() if why not in ("with_entities", "without_entities")
+        )
+        print(
+            f"self-training round {r['round']}: {r['selected']} silver of {len(texts)} unlabeled texts "
+            f"(teacher {r['teacher']}); left out: {rejected}",
+            flush=True,
+        )
+    return out.result
 
 
 def evaluate_step(

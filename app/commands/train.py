@@ -2,6 +2,10 @@
 ``-train_data`` / ``-dev_data`` / ``-test_data``, ingested first, under ``--dataset`` or a name made from the
 files); ``--resume RUN_ID`` continues a killed run.
 
+``--unlabeled FILES`` (or ``--unlabeled_dataset NAME``) self-trains: the trained model tags the texts, the
+documents it is sure of become silver data of loss weight ``--silver_weight``, and it trains again
+(:mod:`ner_core.training.self_training`; with Prefect, the ``self-train`` flow runs it).
+
 ``--decoder span`` trains the span decoder (:mod:`ner_core.model.span`) on the dataset's outer entities plus
 its nested and same-span ones (crossing spans are left out and counted); ``--max_span_len`` and
 ``--overlap`` default to what the training data shows (said when training starts). The seed's
@@ -71,6 +75,13 @@ def _data_files(args: argparse.Namespace) -> dict[str, str]:
             raise CLIError("--resume continues a stored run; it cannot take new --train_data")
     if args.resume and args.plus:
         raise CLIError("--resume continues a stored run with the datasets it trained on; drop --plus")
+    for f in args.cfg__unlabeled or []:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"{f}: no such file (--unlabeled)")
+    if args.resume and (args.cfg__unlabeled or args.cfg__unlabeled_dataset):
+        raise CLIError(
+            "--resume continues a stored run with the unlabeled texts it started with; drop --unlabeled"
+        )
     return files
 
 
@@ -90,17 +101,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             args, "ingest_flow", steps.ingest_step, db_path=args.db, name=config.data.dataset, files=files
         )
         print(f"ingested {config.data.dataset} v{ingest.version}", file=sys.stderr)
-    out = run_flow_or_step(
-        args,
-        "train_flow",
-        steps.train_step if args.no_prefect else None,
-        db_path=args.db,
-        config=config,
-        runs_root=args.runs_root,
-        run_id=args.resume,
-        resume=bool(args.resume),
-        **({"plus": args.plus} if args.plus else {}),
-    )
+    kwargs = dict(db_path=args.db, config=config, runs_root=args.runs_root, run_id=args.resume)
+    kwargs.update(resume=bool(args.resume), **({"plus": args.plus} if args.plus else {}))
+    if config.training.self_training and not args.no_prefect:
+        from flows.self_train import self_train_flow
+
+        out = self_train_flow(**kwargs)
+    else:
+        out = run_flow_or_step(args, "train_flow", steps.train_step if args.no_prefect else None, **kwargs)
     seed_commands.write_model_configs(
         args.runs_root, out.model_dir, run_id=out.run_id, bert_vocab=args.bert_vocab
     )
