@@ -163,3 +163,25 @@ def test_the_predictions_page_shows_the_calibrated_confidence_beside_the_raw_one
             else:
                 assert cols[cols.index(raw) + 1] == f"{raw}_calibrated"
                 assert sorted(frame[f"{raw}_calibrated"]) == calibrated
+
+
+def test_a_threshold_that_keeps_no_entity_draws_no_precision_point():
+    """Precision over zero kept entities is undefined (stored as 0): the line must not drop to 0 there;
+    recall and F1 (0 when nothing is kept) are drawn."""
+    import pandas as pd
+
+    from ui.calibration_charts import thresholds_chart
+
+    points = pd.DataFrame(
+        {
+            "threshold": [0.0, 0.5, 0.95],
+            "precision": [0.8, 0.9, 0.0],
+            "recall": [0.7, 0.5, 0.0],
+            "f1": [0.75, 0.64, 0.0],
+            "n_kept": [10, 5, 0],
+        }
+    )
+    data = thresholds_chart(points).data
+    drawn = {(r.score, r.threshold) for r in data.itertuples()}
+    assert ("precision", 0.95) not in drawn
+    assert {("recall", 0.95), ("f1", 0.95), ("precision", 0.5)} <= drawn

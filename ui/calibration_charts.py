@@ -87,10 +87,13 @@ def histogram_chart(bins: pd.DataFrame) -> alt.Chart:
 
 
 def thresholds_chart(points: pd.DataFrame) -> alt.Chart:
-    """Precision, recall and F1 when only entities with calibrated confidence >= the threshold are kept."""
+    """Precision, recall and F1 when only entities with calibrated confidence >= the threshold are kept.
+    Where a threshold keeps no entity its precision is undefined (stored as 0): that point is left out, so
+    the line does not drop to 0 as if every kept entity were wrong."""
     data = points.melt(
         id_vars=["threshold", "n_kept"], value_vars=["precision", "recall", "f1"], var_name="score"
     )
+    data = data[~((data["score"] == "precision") & (data["n_kept"] == 0))]
     return (
         alt.Chart(data)
         .mark_line(point=alt.OverlayMarkDef(size=30, filled=True))
