@@ -310,3 +310,18 @@ def test_ner_train_unlabeled_self_trains_records_its_silver_and_resumes_after_a_
         load_file(str(part / "model/model.safetensors")),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unlabeled_dataset_texts_come_from_the_version_the_run_started_with(tiny_data, tmp_path):
+    from flows import steps
+    from ner_core.config import NERConfig
+
+    db = str(tmp_path / "ner.duckdb")
+    steps.ingest_step(db, "raw", {"train": tiny_data["files"]["dev"]})
+    steps.ingest_step(db, "raw", {"train": tiny_data["files"]["test"]})  # version 2
+    config = NERConfig.model_validate({"training": {"unlabeled_dataset": "raw"}})
+    texts, source = steps._unlabeled_texts(db, config, None)
+    assert source == {"dataset": "raw", "version": 2}
+    assert texts == [r["text"] for r in _records("test")[:6]]
+    texts, source = steps._unlabeled_texts(db, config, {"dataset": "raw", "version": 1})  # a resume's
+    assert source["version"] == 1 and texts == [r["text"] for r in _records("dev")[:6]]
