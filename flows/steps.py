@@ -104,9 +104,11 @@ def train_step(
     an unlabeled source (``training.unlabeled`` / ``unlabeled_dataset``) the run self-trains."""
     from ner_core.training.calibration import choose_training_precision
 
-    prev, config = None, _absolute_unlabeled(config)
-    if resume:  # the stored configuration, whatever the caller's
+    prev = None
+    if resume:  # the stored configuration, whatever the caller's (its unlabeled paths already absolute)
         prev, config, plus, plus_version = _stored_run(db_path, run_id)
+    else:
+        config = _absolute_unlabeled(config)
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
     data = training_documents(db_path, ds, version, plus, plus_version, nested=config.decoder.type == "span")
