@@ -32,13 +32,12 @@ import torch
 
 from bench.machine import describe
 from ner_core.inference.dictionary import decode_with_dictionary, load_dictionary
+from ner_core.inference.tagger import crf_batches
 from ner_core.model.crf import ConstrainedCRF
 from ner_core.schemes import allowed_transitions, tag_set
 
 LABELS = ["LOC", "ORG", "PER", "TITLE"]
 GOAL = 1.2
-_CRF_BATCH = 64
-_CRF_CELLS = 262_144
 
 
 def _chars(rng: np.random.Generator, n: int) -> str:
@@ -77,19 +76,6 @@ def make_texts(words: list[str], n_texts: int, every: int, seed: int) -> list[st
     return out
 
 
-def batches(lengths: list[int]) -> list[list[int]]:
-    """The tagger's CRF batches: length-sorted rows, at most _CRF_BATCH rows and _CRF_CELLS cells."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, b = [], 0
-    while b < len(order):
-        e = b + 1
-        while e < len(order) and e - b < _CRF_BATCH and (e - b + 1) * lengths[order[e]] <= _CRF_CELLS:
-            e += 1
-        out.append(order[b:e])
-        b = e
-    return out
-
-
 def padded(stitched: list[np.ndarray], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max(len(stitched[i]) for i in rows)
     em = np.zeros((len(rows), longest, stitched[0].shape[1]), dtype=np.float32)
@@ -113,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     texts = make_texts(words, args.texts, args.every, args.seed)
     rng = np.random.default_rng(args.seed + 2)
     stitched = [(rng.standard_normal((len(t), len(tags))) * 3).astype(np.float32) for t in texts]
-    groups = [(rows, *padded(stitched, rows)) for rows in batches([len(t) for t in texts])]
+    groups = [(rows, *padded(stitched, rows)) for rows in crf_batches([len(t) for t in texts])]
 
     def plain() -> None:
         for _, em, mask in groups:
