@@ -208,7 +208,8 @@ def _wait_for_prefect_event(home: Path, limit_s: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-@stage("dataset deletion leaves no copy", "personal data")
+# not in --quick: the test suite checks the same deletion in tests/test_datasets_delete.py
+@stage("dataset deletion leaves no copy", "personal data", quick=False)
 def erasure(ctx: Context, res: StageResult) -> None:
     from storage.datasets import list_datasets
 
