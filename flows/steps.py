@@ -105,16 +105,14 @@ def train_step(
     from ner_core.training.calibration import choose_training_precision
 
     prev = None
-    if resume:  # the stored configuration, whatever the caller's (its unlabeled paths already absolute)
+    if resume:  # the stored configuration, whatever the caller's
         prev, config, plus, plus_version = _stored_run(db_path, run_id)
-    else:
-        config = _absolute_unlabeled(config)
+    config = _absolute_unlabeled(config)  # a stored run's paths are absolute already
     ds = config.data.dataset
     version = prev["dataset_version"] if prev and prev["dataset_version"] else latest_version(db_path, ds)
     data = training_documents(db_path, ds, version, plus, plus_version, nested=config.decoder.type == "span")
     train_docs, dev_docs, labels = data.train, data.dev, data.labels
-    for note in data.notes:
-        print(note, flush=True)
+    print("".join(f"{note}\n" for note in data.notes), end="", flush=True)
     run_id = run_id or new_run_id(config)
     run_dir = Path(prev["run_dir"]) if prev else Path(runs_root) / run_id
     # ``auto`` is decided once, here: the run's stored config holds the precision it trains (and resumes) in
