@@ -394,6 +394,7 @@ def predict_step(
             "precision": tagger.precision.value,
             "merge": tagger.settings["merge"],
             **tagger.decoding,  # the decoder; a span model's threshold, overlap and span limit
+            "temperature": tagger.temperature,  # the calibrated confidence's (1.0: none)
             **{k: v for k, v in tagger.settings.items() if k == "dictionary"},  # a user dictionary's hash
         },
         extra={

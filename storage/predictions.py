@@ -264,10 +264,11 @@ def prediction_run_id(model_dir: str, input_ref: str, precision: str | None = No
 
 
 #: the value a setting had when a stored run's config does not name it (runs stored before the span
-#: decoder were all CRF runs)
-_STORED_DEFAULTS = {"quantize": "none", "precision": "fp32", "decoder": "crf"}
-#: the settings that turn a model's scores into entities (a span run's may not change within one run)
-_DECODING_KEYS = ("decoder", "span_threshold", "overlap", "max_span_len")
+#: decoder were all CRF runs; runs stored before calibration had no temperature)
+_STORED_DEFAULTS = {"quantize": "none", "precision": "fp32", "decoder": "crf", "temperature": 1.0}
+#: the settings that turn a model's scores into entities or their calibrated confidence (may not change
+#: within one run: a calibrated column of two temperatures would read as one)
+_DECODING_KEYS = ("decoder", "span_threshold", "overlap", "max_span_len", "temperature")
 
 
 def _stored_setting(stored: Mapping[str, Any], key: str) -> Any:

@@ -571,3 +571,44 @@ def test_a_dictionary_forced_entity_is_calibrated_under_the_same_force(crf_loade
     forced = [e for e in got[0] if e.from_dictionary]
     assert [(e.text, e.confidence, e.confidence_calibrated) for e in forced] == [("北京", 1.0, 1.0)]
     assert got[1] == _tagger(crf_loaded, temperature=2.0).predict(texts[1:])[0]
+
+
+def test_a_prediction_run_resumes_only_under_the_same_temperature(calibrated_dir, dev_docs, tmp_path):
+    """The calibrated column of one run is at one temperature: an interrupted run resumes under the same
+    one, is tagged again under another (the model was calibrated again), and adding documents under
+    another is refused; a run stored before calibration (no temperature) counts as ``T = 1``."""
+    from flows.steps import predict_step
+    from ner_core.artifacts.calibration_file import write_calibration
+    from ner_core.config import PredictionConfig
+    from storage import predictions as predictions_db
+
+    db = str(tmp_path / "p.duckdb")
+    docs, fp32 = dev_docs[:6], PredictionConfig(precision="fp32", device="cpu")
+
+    def tag(replace=None, batch=slice(None)):
+        return predict_step(
+            db,
+            str(calibrated_dir),
+            docs[batch],
+            input_kind="texts",
+            input_ref="dev",
+            replace=replace,
+            options=fp32,
+            progress=False,
+        )
+
+    first = tag(batch=slice(0, 3))
+    pid = first.pred_run_id
+    predictions_db.finish_prediction_run(db, pid, status="failed", seconds=1.0)
+    assert tag().resumed  # same temperature: only the three documents not stored yet are tagged
+    predictions_db.finish_prediction_run(db, pid, status="failed", seconds=1.0)
+    write_calibration(calibrated_dir, _record(fp32=3.0, int8=3.0))  # calibrated again
+    with pytest.raises(ValueError, match="temperature 2.0"):
+        tag(replace=False)
+    assert not tag().resumed  # replaced: every row at the new temperature
+    stored = json.loads(predictions_db.get_prediction_run(db, pid)["config"])
+    assert stored["temperature"] == 3.0
+    prev = predictions_db.get_prediction_run(db, pid) | {"status": "failed"}
+    old = {k: v for k, v in stored.items() if k != "temperature"}
+    assert predictions_db._resumable(prev | {"config": json.dumps(old)}, old | {"temperature": 1.0})
+    assert not predictions_db._resumable(prev | {"config": json.dumps(old)}, old | {"temperature": 3.0})

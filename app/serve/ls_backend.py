@@ -126,6 +126,7 @@ class LabelStudioBackend:
                 "precision": self.tagger.precision.value,
                 "merge": self.tagger.settings["merge"],
                 **self.tagger.decoding,
+                "temperature": self.tagger.temperature,
             }
             writer = PredictionRunWriter(
                 self.options.db_path,
