@@ -263,7 +263,8 @@ class EvaluationReport(BaseModel):
 
     def summary(self) -> dict[str, float | int]:
         """Flat numbers: the overall figures (:data:`SUMMARY_FIELDS`, in field order), ``"<label>.<metric>"``
-        per type, ``"errors.<kind>"``."""
+        per type, ``"errors.<kind>"``, and with a calibration ``"calibration.<temperature|ece_raw|
+        ece_calibrated>"``."""
         out: dict[str, float | int] = {name: getattr(self, name) for name in SUMMARY_FIELDS}
         for t in self.per_type:
             for key in ("precision", "recall", "f1", "support", "predicted", "correct"):
@@ -273,6 +274,9 @@ class EvaluationReport(BaseModel):
         for t in self.levels:
             for key in ("precision", "recall", "f1", "support", "predicted", "correct"):
                 out[f"levels.{t.label}.{key}"] = getattr(t, key)
+        if self.calibration is not None:
+            for key in ("temperature", "ece_raw", "ece_calibrated"):
+                out[f"calibration.{key}"] = getattr(self.calibration, key)
         return out
 
     def to_markdown(self, max_error_sentences: int = 20) -> str:

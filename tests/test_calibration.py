@@ -539,6 +539,9 @@ def test_evaluate_step_uses_the_model_directorys_temperature(calibrated_dir, dev
     report = EvaluationReport.model_validate_json(next(out.glob("eval-*.json")).read_text(encoding="utf-8"))
     assert report.calibration.temperature == 2.0 and report.calibration.fitted_on == "dev"
     assert "### Calibration" in summary.markdown and report.confusion
+    flat = summary.model_dump()  # what the flow returns and Prefect shows carries the ECE too
+    assert flat["calibration.temperature"] == 2.0
+    assert flat["calibration.ece_calibrated"] == report.calibration.ece_calibrated
 
 
 def test_the_end_of_training_record_fits_and_writes_the_temperature(tmp_path, crf_dir, dev_docs, one_thread):
