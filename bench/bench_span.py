@@ -18,8 +18,11 @@
 The CPU may be shared with other work: the load average is printed with the machine line.
 ``speed --tiny`` swaps in a tiny random encoder without a head (8 labels, 150 texts of 400 characters), so
 the decoders' own cost is what is timed.
+``train --concurrent`` trains the two decoders of a data set at the same time, each a process of one torch
+thread, so that other work on a shared machine slows both alike (the figures are then one core's each).
 Run: ``python -m bench.bench_span speed [--n-texts 100] [--tiny]`` and
-``python -m bench.bench_span train [--minutes 10] [--datasets resume,msra,peoples-daily,nested]``.
+``python -m bench.bench_span train [--minutes 10] [--datasets resume,msra,peoples-daily,nested]
+[--concurrent]``.
 m3e-small: research / non-commercial use only.
 """
 
@@ -244,10 +247,46 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def bench_train(datasets: list[str], minutes: float) -> list[dict]:
+def _concurrent_pair(name: str, minutes: float, tmp: Path) -> list[dict]:
+    """Both decoders of one data set at once, each a process of one torch thread (``train-one``), so that
+    whatever else loads the machine loads both alike; their rows, CRF first."""
+    procs = {}
+    for decoder in ("crf", "span"):
+        out = tmp / f"{name}-{decoder}.json"
+        cmd = [sys.executable, "-m", "bench.bench_span", "train-one", "--dataset", name, "--decoder", decoder]
+        cmd += ["--minutes", str(minutes), "--json", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        procs[decoder] = (subprocess.Popen(cmd, cwd=REPO, env=env), out)
+    rows = []
+    for decoder, (proc, out) in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} / {decoder}: the training process failed (exit {proc.returncode})")
+        rows.append(json.loads(out.read_text(encoding="utf-8")))
+    return rows
+
+
+def _train_one_cli(dataset: str, decoder: str, minutes: float, out_json: str) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = load_dataset(dataset, Path(tmp))
+        if data is None:
+            raise SystemExit(f"{dataset}: not in ../shared/datasets")
+        row = {"dataset": dataset, **train_one(decoder, data, minutes, Path(tmp) / dataset)}
+    Path(out_json).write_text(json.dumps(row), encoding="utf-8")
+
+
+def bench_train(datasets: list[str], minutes: float, concurrent: bool = False) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in datasets:
+            if concurrent:
+                print(f"{name}: crf and span at once, one thread each, {minutes} min ...", flush=True)
+                print(f"  {machine_line()}", flush=True)
+                rows += _concurrent_pair(name, minutes, Path(tmp))
+                print(f"  {rows[-2]}\n  {rows[-1]}\n  {machine_line()}", flush=True)
+                continue
             data = load_dataset(name, Path(tmp))
             if data is None:
                 print(f"{name}: not in ../shared/datasets, skipped", flush=True)
@@ -258,7 +297,11 @@ def bench_train(datasets: list[str], minutes: float) -> list[dict]:
                 rows.append(row)
                 print(f"  {row}", flush=True)
     print()
-    print(f"training: same budget {minutes} min each, m3e-small + BiLSTM, window {WINDOW}, fp32, batch 32")
+    how = "at once, one torch thread each" if concurrent else "one after the other"
+    print(
+        f"training: same budget {minutes} min each ({how}), m3e-small + BiLSTM, window {WINDOW}, fp32, "
+        "batch 32"
+    )
     print("| data set | decoder | test F1 | outer F1 | nested F1 | epochs | train sent/s | predict chars/s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -285,7 +328,20 @@ def main(argv: list[str] | None = None) -> None:
     tr = sub.add_parser("train", help="F1, training sentences/s and prediction chars/s per decoder")
     tr.add_argument("--minutes", type=float, default=10.0)
     tr.add_argument("--datasets", default=",".join(DATASETS))
+    tr.add_argument(
+        "--concurrent",
+        action="store_true",
+        help="train both decoders at once, one torch thread each (fair on a shared machine)",
+    )
+    one = sub.add_parser("train-one", help="(used by train --concurrent) one decoder, one data set")
+    one.add_argument("--dataset", choices=DATASETS, required=True)
+    one.add_argument("--decoder", choices=("crf", "span"), required=True)
+    one.add_argument("--minutes", type=float, required=True)
+    one.add_argument("--json", required=True, help="where the row is written")
     args = ap.parse_args(argv)
+    if args.what == "train-one":
+        _train_one_cli(args.dataset, args.decoder, args.minutes, args.json)
+        return
     print(machine_line(), flush=True)
     if args.what == "speed":
         bench_speed(args.n_texts, args.max_span_len, args.repeats, args.batch_size, args.tiny)
@@ -294,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         bad = [n for n in names if n not in DATASETS]
         if bad:
             ap.error(f"unknown data set(s) {bad}: choose from {', '.join(DATASETS)}")
-        bench_train(names, args.minutes)
+        bench_train(names, args.minutes, args.concurrent)
     print(machine_line(), flush=True)
 
 
