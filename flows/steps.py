@@ -202,7 +202,10 @@ def _adapt_encoder(config: NERConfig, run_dir: Path, docs: Sequence[Document], s
 
 def _train_or_self_train(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
     """:func:`ner_core.training.loop.train` on ``data`` (a :class:`storage.datasets.TrainingData`), or
-    self-training (:func:`_self_train`) when the configuration names an unlabeled source."""
+    self-training (:func:`_self_train`) when the configuration names an unlabeled source, or distillation
+    (:func:`_distill`) when it names a teacher."""
+    if config.training.distilling:
+        return _distill(db_path, config, data, run_dir, version, **kwargs)
     if config.training.self_training:
         return _self_train(db_path, config, data, run_dir, version, **kwargs)
     from ner_core.training.loop import train
@@ -211,8 +214,12 @@ def _train_or_self_train(db_path: str, config: NERConfig, data, run_dir: Path, v
 
 
 def _absolute_unlabeled(config: NERConfig) -> NERConfig:
-    """The unlabeled files as absolute paths (the run's stored configuration: a resume from another
-    folder reads the same files); a missing one is refused in one line before anything is stored."""
+    """The unlabeled files (and a teacher given as a folder) as absolute paths (the run's stored
+    configuration: a resume from another folder reads the same files); a missing one is refused in one line
+    before anything is stored."""
+    teacher = config.training.teacher
+    if teacher and Path(teacher).is_dir():
+        config = config.with_overrides({"training.teacher": str(Path(teacher).resolve())})
     files = config.training.unlabeled
     if not files:
         return config
@@ -269,6 +276,43 @@ def _self_train(db_path: str, config: NERConfig, data, run_dir: Path, version: i
             f"(teacher {r['teacher']}); left out: {rejected}",
             flush=True,
         )
+    return out.result
+
+
+def _teacher_dir(db_path: str, teacher: str) -> Path:
+    """``--teacher``: a model directory, else the model of the run of that id in the database."""
+    if Path(teacher).is_dir():
+        return Path(teacher).resolve()
+    try:
+        model_dir = runs_db.get_run(db_path, teacher).get("model_dir")
+    except KeyError:
+        model_dir = None
+    if not model_dir:
+        raise ValueError(
+            f"--teacher {teacher}: neither a model directory nor a run with a model in {db_path}"
+        )
+    return Path(model_dir)
+
+
+def _distill(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
+    """Distillation (:mod:`ner_core.training.distillation`): gold plus the teacher's soft targets, also on
+    the unlabeled texts (never one of the dev or test split); the lineage in the model's metrics.json."""
+    from ner_core.training.distillation import distill, recorded_unlabeled
+    from storage.datasets import text_sha1
+
+    tc = config.training
+    texts, source = [], None
+    if tc.unlabeled or tc.unlabeled_dataset:
+        texts, source = _unlabeled_texts(db_path, config, recorded_unlabeled(run_dir))
+    held_out = {
+        text_sha1(d.text) for d in load_documents(db_path, config.data.dataset, None, version)
+        if d.split in ("dev", "test")
+    }  # fmt: skip
+    out = distill(config, data.train, data.dev, data.labels, run_dir, texts, teacher_dir=_teacher_dir(
+        db_path, tc.teacher), teacher=tc.teacher, source=source, held_out=held_out, **kwargs)  # fmt: skip
+    corpus = out.lineage["unlabeled"] or {"texts": 0}
+    print(f"distillation: teacher {out.lineage['teacher']} (sha256 {out.lineage['teacher_sha256'][:12]}), "
+          f"{corpus['texts']} unlabeled texts", flush=True)  # fmt: skip
     return out.result
 
 

@@ -232,6 +232,24 @@ class TrainingConfig(_Strict):
     self_train_rounds: int = Field(
         1, ge=1, description="self-training: rounds of tagging and retraining after the first training"
     )
+    # Distillation (issue 26, ner_core.training.distillation): off unless a teacher is given; with one, the
+    # unlabeled texts above are distilled on (the teacher's soft targets only) instead of self-trained on.
+    teacher: str | None = Field(
+        None,
+        description="distillation: a teacher's model directory or run id; the student trains on gold plus "
+        "the teacher's soft targets (CRF marginals, span probabilities), also on --unlabeled texts "
+        "(unset: off)",
+    )
+    distill_alpha: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="distillation: weight of the teacher's targets; gold documents' loss is (1 - alpha) * "
+        "gold + alpha * teacher, unlabeled documents' alpha * teacher",
+    )
+    distill_temperature: float = Field(
+        1.0, gt=0.0, description="distillation: the teacher's scores are divided by this before its targets"
+    )
 
     @field_validator("device")
     @classmethod
@@ -248,8 +266,14 @@ class TrainingConfig(_Strict):
 
     @property
     def self_training(self) -> bool:
-        """Whether the run self-trains: an unlabeled source is set."""
-        return bool(self.unlabeled or self.unlabeled_dataset)
+        """Whether the run self-trains: an unlabeled source is set and no teacher (with one, the unlabeled
+        texts are distilled on)."""
+        return bool(self.unlabeled or self.unlabeled_dataset) and not self.teacher
+
+    @property
+    def distilling(self) -> bool:
+        """Whether the run distils a teacher (``teacher`` set)."""
+        return bool(self.teacher)
 
     @model_validator(mode="after")
     def _silver_settings_need_an_unlabeled_source(self) -> TrainingConfig:
@@ -261,10 +285,23 @@ class TrainingConfig(_Strict):
             raise ValueError("unlabeled: no files given")
         if not self.self_training:
             given = [k for k in _SILVER_FIELDS if getattr(self, k) != TrainingConfig.model_fields[k].default]
+            if given and self.teacher:
+                raise ValueError(
+                    f"training.{given[0]} applies to self-training, which --teacher replaces (its unlabeled "
+                    "texts are distilled on): drop one of them"
+                )
             if given:
                 raise ValueError(
                     f"training.{given[0]} applies to self-training only: add --unlabeled FILES (or "
                     "--unlabeled_dataset NAME) or leave it out"
+                )
+        if not self.teacher:
+            given = [
+                k for k in _DISTILL_SETTINGS if getattr(self, k) != TrainingConfig.model_fields[k].default
+            ]
+            if given:
+                raise ValueError(
+                    f"training.{given[0]} applies to distillation only: add --teacher or leave it out"
                 )
         return self
 
@@ -367,6 +404,9 @@ _RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "
 #: become), all left out while it is off (it is off unless an unlabeled source is given)
 _SILVER_FIELDS = ("silver_min_confidence", "silver_max_uncertainty", "silver_weight", "self_train_rounds")
 _SELF_TRAINING_FIELDS = ("unlabeled", "unlabeled_dataset", *_SILVER_FIELDS)
+#: distillation's settings: all written while a teacher is set, all left out while none is (old code reads it)
+_DISTILL_SETTINGS = ("distill_alpha", "distill_temperature")
+_DISTILL_FIELDS = ("teacher", *_DISTILL_SETTINGS)
 
 
 class NERConfig(_Strict):
@@ -397,7 +437,8 @@ class NERConfig(_Strict):
         """The configuration as JSON. A default ``decoder`` section (the CRF) is left out, so a CRF model's
         saved configuration stays what code from before the span decoder reads (it forbids unknown keys);
         reading it back gives the same configuration. So are the prediction section's span options and user
-        dictionary while unset, the training recipes while off and self-training's fields while it is off."""
+        dictionary while unset, the training recipes while off and self-training's and distillation's fields
+        while they are off."""
         exclude: dict[str, Any] = {}
         if self.decoder == DecoderConfig():
             exclude["decoder"] = True
@@ -412,6 +453,8 @@ class NERConfig(_Strict):
         off |= {k for k in _SELF_TRAINING_FIELDS if getattr(self.training, k) is None}
         if not self.training.self_training:
             off |= set(_SILVER_FIELDS)
+        if not self.training.distilling:
+            off |= set(_DISTILL_FIELDS)
         if off:
             exclude["training"] = off
         return self.model_dump_json(indent=2, exclude=exclude or None)

@@ -50,6 +50,7 @@ def test_one_deployment_per_flow_on_one_shared_pool(spec):
         "flows/review.py:retrain_from_reviews_flow",
         "flows/adapt.py:adapt_flow",
         "flows/self_train.py:self_train_flow",
+        "flows/distill.py:distill_flow",
     } == flows
     pool = spec["definitions"]["work_pools"]["local_pool"]
     assert all(d["work_pool"] == pool for d in deployments) and pool["name"] == "ner-local"

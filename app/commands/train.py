@@ -6,6 +6,10 @@ files); ``--resume RUN_ID`` continues a killed run.
 documents it is sure of become silver data of loss weight ``--silver_weight``, and it trains again
 (:mod:`ner_core.training.self_training`; with Prefect, the ``self-train`` flow runs it).
 
+``--teacher RUN_ID|MODEL_DIR`` distils: the student trains on gold plus the teacher's soft targets, also on
+the ``--unlabeled`` texts, which are then not self-trained on (:mod:`ner_core.training.distillation`; with
+Prefect, the ``distill`` flow runs it).
+
 ``--decoder span`` trains the span decoder (:mod:`ner_core.model.span`) on the dataset's outer entities plus
 its nested and same-span ones (crossing spans are left out and counted); ``--max_span_len`` and
 ``--overlap`` default to what the training data shows (said when training starts). The seed's
@@ -78,6 +82,8 @@ def _data_files(args: argparse.Namespace) -> dict[str, str]:
     for f in args.cfg__unlabeled or []:
         if not Path(f).is_file():
             raise FileNotFoundError(f"{f}: no such file (--unlabeled)")
+    if args.resume and args.cfg__teacher:
+        raise CLIError("--resume continues a stored run with the teacher it started with; drop --teacher")
     if args.resume and (args.cfg__unlabeled or args.cfg__unlabeled_dataset):
         raise CLIError(
             "--resume continues a stored run with the unlabeled texts it started with; drop --unlabeled"
@@ -103,7 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"ingested {config.data.dataset} v{ingest.version}", file=sys.stderr)
     kwargs = dict(db_path=args.db, config=config, runs_root=args.runs_root, run_id=args.resume)
     kwargs.update(resume=bool(args.resume), **({"plus": args.plus} if args.plus else {}))
-    if config.training.self_training and not args.no_prefect:
+    if config.training.distilling and not args.no_prefect:
+        from flows.distill import distill_flow
+
+        out = distill_flow(**kwargs)
+    elif config.training.self_training and not args.no_prefect:
         from flows.self_train import self_train_flow
 
         out = self_train_flow(**kwargs)

@@ -21,6 +21,10 @@ holds too, so a resumed run continues it exactly).
 Silver documents (``silver=``, self-training's: :mod:`ner_core.training.self_training`) train beside the
 gold ones with the loss weight ``training.silver_weight`` (:func:`weighted_loss`); the decoder's open
 settings are fixed from the gold documents alone.
+
+Distillation (``distill=``, :class:`ner_core.training.distillation.Distiller`): its unlabeled documents train
+beside the gold ones at gold weight 0, the batches carry the teacher's input ids, and its loss (gold plus the
+teacher's soft targets) replaces :func:`weighted_loss`.
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ def train(
     extra_metadata: dict | None = None,
     precision: Choice | None = None,
     silver: Sequence[Document] = (),
+    distill: Any = None,
 ) -> TrainResult:
     """Train a model; the best one (dev entity F1) is saved to ``run_dir/model``.
 
@@ -113,10 +118,11 @@ def train(
     ``precision``: the choice already made for ``config.training.precision`` (its reason is printed);
     by default it is made here. At the end the best model's dev F1 in each precision is recorded
     (:func:`ner_core.training.precision_record.record_dev_f1`). ``silver``: machine-labelled documents
-    trained on with the loss weight ``training.silver_weight`` (self-training).
+    trained on with the loss weight ``training.silver_weight`` (self-training). ``distill``: a
+    :class:`ner_core.training.distillation.Distiller` (its teacher's targets join the loss).
     """
     t0 = time.perf_counter()
-    run = _set_up(config, train_docs, labels, Path(run_dir), precision, silver)
+    run = _set_up(config, train_docs, labels, Path(run_dir), precision, silver, distill)
     state = _resume(run) if resume else TrainingState()
     stopped = ""
     for epoch in range(state.epoch + 1, run.n_epochs + 1):
@@ -170,6 +176,7 @@ class _Run:
     warmup_steps: int
     fgm: FGM | None = None
     ema: EMA | None = None
+    distill: Any = None  #: a Distiller, whose loss replaces weighted_loss
 
     @property
     def model_dir(self) -> Path:
@@ -192,6 +199,7 @@ def _set_up(
     run_dir: Path,
     choice: Choice | None,
     silver: Sequence[Document] = (),
+    distill: Any = None,
 ) -> _Run:
     """Check the device, seed every RNG, save the config, build model, data, optimiser and schedule."""
     tc = config.training
@@ -219,7 +227,7 @@ def _set_up(
     check_window(config.data.max_len, encoder.config)
     model = NERModel(config, sorted(labels) if span else tag_set(sorted(labels), config.data.scheme), encoder)
     model = model.to(device)
-    train_set = _dataset(config, model, CharAligner(tokenizer), train_docs, silver)
+    train_set = _dataset(config, model, CharAligner(tokenizer), train_docs, silver, distill)
 
     groups = layer_groups(model, model.param_groups(tc), tc.layer_lr_decay, _n_layers(encoder))
     for g in groups:
@@ -244,6 +252,7 @@ def _set_up(
         warmup_steps=int(total_steps * tc.warmup_ratio),
         fgm=FGM(model.encoder.get_input_embeddings(), tc.adv_epsilon) if tc.adversarial == "fgm" else None,
         ema=EMA(model, tc.ema_decay) if tc.ema_decay else None,
+        distill=distill,
     )
 
 
@@ -253,14 +262,21 @@ def _dataset(
     aligner: CharAligner,
     gold: Sequence[Document],
     silver: Sequence[Document],
-) -> TaggedDataset | SpanDataset:
-    """The training set: the gold documents, then the silver ones with their loss weight."""
-    docs = [*gold, *silver]
+    distill: Any = None,
+) -> Any:
+    """The training set: the gold documents, then the silver ones with their loss weight; distilling, then
+    the unlabeled ones at weight 0, each batch with the teacher's input ids too."""
+    extra = list(distill.unlabeled) if distill else []
+    docs = [*gold, *silver, *extra]
     weights = [1.0] * len(gold) + [config.training.silver_weight] * len(silver) if silver else None
+    if extra:
+        weights = (weights or [1.0] * len(gold)) + [0.0] * len(extra)
     max_len = config.data.max_len
     if model.decoder is DecoderType.SPAN:
-        return SpanDataset(docs, aligner, model.labels, max_len, config.decoder.max_span_len, weights)
-    return TaggedDataset(docs, aligner, model.tags, config.data.scheme, max_len, weights)
+        out = SpanDataset(docs, aligner, model.labels, max_len, config.decoder.max_span_len, weights)
+    else:
+        out = TaggedDataset(docs, aligner, model.tags, config.data.scheme, max_len, weights)
+    return distill.dataset(out) if distill else out
 
 
 def _n_layers(encoder: Any) -> int:
@@ -364,14 +380,15 @@ def _forward_backward(run: _Run, batch: dict[str, torch.Tensor]) -> torch.Tensor
     embeddings moved along this batch's gradient adds its gradient too. Returns the clean loss."""
     accum = run.config.training.grad_accum_steps
     before = run.fgm.rows_grad(batch["input_ids"]) if run.fgm else None
+    loss_of = run.distill.loss if run.distill else weighted_loss
     with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
-        loss = weighted_loss(run.model, batch)
+        loss = loss_of(run.model, batch)
     run.scaler.scale(loss / accum).backward()
     if run.fgm and before is not None:
         with run.fgm.attack(*before) as moved:
             if moved:
                 with autocast(run.precision, run.device.type):
-                    adv = weighted_loss(run.model, batch)
+                    adv = loss_of(run.model, batch)
                 run.scaler.scale(adv / accum).backward()
     return loss
 
