@@ -256,6 +256,8 @@ def test_ner_train_teacher_distils_records_its_teacher_and_resumes_after_a_kill(
     model loads and tags, its metrics.json names the teacher; killed -9 after its first checkpoint and
     resumed, it ends at the uninterrupted run's weights."""
     from app.cli import main
+    from flows.contracts import TrainSummary
+    from flows.distill import distill_markdown
     from ner_core.artifacts.modeldir import load_model_dir
     from ner_core.inference.tagger import Tagger
     from ner_core.training.distillation import teacher_sha256
@@ -280,6 +282,8 @@ def test_ner_train_teacher_distils_records_its_teacher_and_resumes_after_a_kill(
     tagger = Tagger(loaded.model, loaded.tokenizer, max_len=48, precision="fp32")
     assert len(tagger.predict_documents(["张三在北京工作"])) == 1
     assert [e["epoch"] for e in runs_db.epochs(setup["db"], full["run_id"])] == [1, 2, 3]
+    report = distill_markdown(TrainSummary(**full))  # the distill flow's artifact
+    assert f"teacher: `{setup['teacher'].resolve()}`" in report and "30 texts from" in report
 
     killed = _ner(*student, "--runs-root", str(tmp_path / "killed"))
     deadline, ckpt = time.time() + 600, None
@@ -320,6 +324,10 @@ def test_a_teacher_that_cannot_teach_this_student_is_refused_in_one_line(setup, 
         load_teacher(teacher, cfg.with_overrides({"data.scheme": "BIO"}), labels)
     with pytest.raises(ValueError, match="its decoder is crf, the student's span"):
         load_teacher(teacher, cfg.with_overrides({"decoder.type": "span"}), labels)
+    # a run id names its model (the teacher's run is in the database)
+    from flows import steps
+
+    assert steps._teacher_dir(setup["db"], teacher.parent.name) == teacher
     # through the command line: one line, exit status 2, no run started
     args = [a for a in setup["student"] if a != str(teacher)]
     i = args.index("--teacher")
