@@ -254,19 +254,17 @@ def _unlabeled_texts(db_path: str, config: NERConfig, recorded: dict | None) -> 
 
 def _self_train(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
     """Self-training (:mod:`ner_core.training.self_training`): the run's epochs numbered on across rounds,
-    silver never from a text of the dataset's dev or test split (matched by text hash, as the review
-    export matches texts); the final model's metrics.json and ``run_dir/self-train`` hold the lineage."""
+    silver never from a text of the dataset's dev or test split, nor of any other stored dataset version's
+    (matched by text hash, as the review export matches texts; counted apart); the final model's
+    metrics.json and ``run_dir/self-train`` hold the lineage."""
     from ner_core.training.self_training import recorded_source, self_train
-    from storage.datasets import text_sha1
+    from storage.run_sources import dev_test_hashes
 
     texts, source = _unlabeled_texts(db_path, config, recorded_source(run_dir))
-    ds = config.data.dataset
-    held_out = {
-        text_sha1(d.text) for d in load_documents(db_path, ds, None, version) if d.split in ("dev", "test")
-    }
-    out = self_train(
-        config, data.train, data.dev, data.labels, run_dir, texts, held_out=held_out, source=source, **kwargs
-    )
+    held_out = dev_test_hashes(db_path, config.data.dataset, version)
+    exclude = dev_test_hashes(db_path) - held_out
+    out = self_train(config, data.train, data.dev, data.labels, run_dir, texts, held_out=held_out,
+                     exclude=exclude, source=source, **kwargs)  # fmt: skip
     for r in out.lineage["rounds"]:
         rejected = ", ".join(
             f"{n} {why}" for why, n in r["counts"].items() if why not in ("with_entities", "without_entities")

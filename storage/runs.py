@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from storage.db import now as _now
-from storage.db import open_db, read_current, read_frame, rollback_quietly
+from storage.db import open_db, read_current, read_frame, rollback_quietly, transaction
 from storage.db import rows as _rows
+from storage.run_sources import read_for_record, run_sources, write_sources
 
 # The lineage rows: the view v_model_lineage (migrations 4 and 6) holds the SQL.
 LINEAGE_SQL = "SELECT * FROM v_model_lineage"
@@ -164,7 +165,12 @@ def finish_run(
     stopped_reason: str | None = None,
     error: str | None = None,
 ) -> None:
-    with open_db(db_path) as con:
+    """Record the run's end. A completed run's training sources beyond its datasets (adapt corpus,
+    unlabeled texts, silver rounds, teacher: :mod:`storage.run_sources`) are read from its model directory
+    and stored with it, in one transaction; a record that is refused is stored as its one-line problem."""
+    completed = status == "completed"
+    sources, problem = read_for_record(model_dir) if completed else ([], None)
+    with open_db(db_path) as con, transaction(con):
         con.execute(
             "UPDATE runs SET status = ?, model_dir = ?, best_epoch = ?, best_dev_f1 = ?, seconds = ?, "
             "stopped_reason = ?, error = ?, finished_at = ? WHERE run_id = ?",
@@ -180,6 +186,8 @@ def finish_run(
                 run_id,
             ],
         )
+        if completed:
+            write_sources(con, run_id, sources, problem)
 
 
 def list_runs(db_path: str | Path) -> list[dict]:
@@ -370,7 +378,9 @@ def model_lineage(db_path: str | Path, run_id: str) -> dict:
 
     ``{"run_id", "model_dir", "is_production", "datasets": [{"role": "base"|"plus", "dataset", "version",
     "is_review_export", "events", "pred_runs", "reviewers"}], "events": [{"event_id", "pred_run_id",
-    "doc_id", "reviewer", "action", "created_at", "dataset", "version"}], "promotions": [...]}``;
+    "doc_id", "reviewer", "action", "created_at", "dataset", "version"}], "promotions": [...],
+    "sources": {"recorded", "problem", "items"}}``: ``sources`` are the training sources beyond datasets
+    (:func:`storage.run_sources.run_sources`; ``recorded`` false for a run stored before they were);
     ``KeyError`` for an unknown run.
     """
     with read_current(db_path) as con:
@@ -388,7 +398,13 @@ def model_lineage(db_path: str | Path, run_id: str) -> dict:
             "WHERE run_id = ? OR previous_run_id = ? ORDER BY promoted_at",
             [run_id, run_id],
         )
-    return {**with_stored_paths(db_path, run[0]), **_lineage_datasets(rows), "promotions": promotions}
+        sources = run_sources(con, run_id)
+    return {
+        **with_stored_paths(db_path, run[0]),
+        **_lineage_datasets(rows),
+        "promotions": promotions,
+        "sources": sources,
+    }
 
 
 #: what model_lineage tells of each review event behind the model

@@ -610,6 +610,42 @@ CREATE OR REPLACE MACRO predicted_disagreements(run_a, run_b) AS TABLE
     FROM only_b x;
 """
 
+# Training sources beyond datasets (issue 26): what a run's model came from besides the dataset versions of
+# v_model_lineage: the corpus its encoder was adapted on (``ner adapt``, ``--adapt_seconds``), the unlabeled
+# texts it self-trained or distilled on, each self-training round's silver data, the teacher it was
+# distilled from. Read from the model directory (metrics.json) and its encoder folder's adapt record when
+# the run is recorded as completed (storage.run_sources). run_source_records says which runs were read
+# (a run recorded before this migration has no row there: its sources are "not recorded", which is not
+# "none") and holds the one line refusing a metrics.json that could not be read. No CHECK on kind: see
+# _V6's note on ALTERs of tables with a CHECK.
+_V8_RUN_SOURCES = """
+CREATE TABLE run_sources (
+    run_id         VARCHAR NOT NULL,
+    ord            INTEGER NOT NULL,          -- order within the run
+    kind           VARCHAR NOT NULL,          -- 'adapt_corpus' | 'unlabeled' | 'silver_round' | 'teacher'
+    name           VARCHAR,                   -- the files or dataset version, the silver file, the teacher
+    fingerprint    VARCHAR,                   -- sha256 of the corpus's texts, the silver file, the weights
+    n_docs         BIGINT,                    -- texts in the corpus; silver documents of the round
+    source_dataset VARCHAR,                   -- the stored dataset the texts came from (NULL: files)
+    source_version INTEGER,
+    detail         JSON,                      -- the rest of the record: settings, counts per reason, ...
+    PRIMARY KEY (run_id, ord)
+);
+CREATE TABLE run_source_records (             -- the runs whose sources were read when they completed
+    run_id      VARCHAR PRIMARY KEY,
+    recorded_at TIMESTAMP NOT NULL,
+    problem     VARCHAR                       -- the line refusing the model's record (NULL: read)
+);
+-- one row per (run, source); a run without one has a row with kind NULL, and recorded says whether its
+-- sources were read at all
+CREATE VIEW v_model_sources AS
+SELECT r.run_id, r.status, r.model_dir, c.run_id IS NOT NULL AS recorded, c.problem, s.ord, s.kind, s.name,
+       s.fingerprint, s.n_docs, s.source_dataset, s.source_version, s.detail
+FROM runs r
+LEFT JOIN run_source_records c USING (run_id)
+LEFT JOIN run_sources s USING (run_id);
+"""
+
 # (version, description, SQL). APPEND ONLY.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -654,6 +690,12 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "evaluation_thresholds, evaluation_confusion; document_entities() by start, end, label; "
         "predicted_entities.from_dictionary (last in the entity views)",
         _V7_CALIBRATION,
+    ),
+    (
+        8,
+        "training sources beyond datasets: run_sources (adapt corpus, unlabeled texts, silver rounds, "
+        "teacher), run_source_records (which runs were read) + v_model_sources",
+        _V8_RUN_SOURCES,
     ),
 ]
 

@@ -82,6 +82,7 @@ def test_silver_selection_rules_on_tagger_outputs():
         "with_entities": 1,
         "without_entities": 1,
         "in_dev_test": 1,
+        "in_other_dev_test": 0,
         "in_train": 1,
         "duplicate": 1,
         "low_confidence": 2,

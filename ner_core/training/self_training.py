@@ -7,8 +7,10 @@ Which tagged documents become silver (:func:`select_silver`), in this order of r
 
 - a text whose hash (sha1 of its UTF-8 bytes, DuckDB's ``documents.text_sha1``, as the review export
   matches texts) is in the dev or test split: it would leak into the evaluation that chooses the epoch and
-  scores the model; one that is in the gold training data (it has its gold labels already); a text seen
-  earlier in the unlabeled corpus;
+  scores the model; one in the ``exclude`` set the caller passes (the storage side passes the dev and test
+  texts of every other stored dataset version, so a model scored on another data set here has not trained
+  on its test texts; counted apart, as ``in_other_dev_test``); one that is in the gold training data (it
+  has its gold labels already); a text seen earlier in the unlabeled corpus;
 - a document with entities: kept when *every* entity's confidence reaches ``silver_min_confidence``. The
   confidence is the model's raw one (:attr:`PredictedEntity.confidence`), never a calibrated one: the
   threshold then means the same for every model, whatever temperature its dev split fitted;
@@ -79,7 +81,14 @@ _CORPUS = "unlabeled.json"
 #: what :func:`ner_core.training.loop.train` writes when a run has finished (a round done)
 _HISTORY = "history.json"
 #: why a tagged document is not silver, in the order the rules are tried
-REJECTED = ("in_dev_test", "in_train", "duplicate", "low_confidence", "uncertain_no_entity")
+REJECTED = (
+    "in_dev_test",
+    "in_other_dev_test",
+    "in_train",
+    "duplicate",
+    "low_confidence",
+    "uncertain_no_entity",
+)
 
 
 def text_hash(text: str) -> str:
@@ -121,6 +130,7 @@ def select_silver(
     held_out: Iterable[str] = (),
     train_hashes: Iterable[str] = (),
     round_no: int = 1,
+    exclude: Iterable[str] = (),
 ) -> SilverSelection:
     """The silver documents among the tagged ``texts`` (see the module's doc for the rules).
 
@@ -128,17 +138,19 @@ def select_silver(
         texts: the unlabeled texts; ``predictions``: the tagger's, one per text, each with ``entities``
             (carrying the raw ``confidence``) and ``uncertainty`` (summed, nats; ``None``: not computed,
             so a document without entities is not kept).
-        held_out: text hashes of the dev and test splits; ``train_hashes``: those of the gold training data.
+        held_out: text hashes of the dev and test splits; ``train_hashes``: those of the gold training data;
+            ``exclude``: other text hashes no silver document may have (counted as ``in_other_dev_test``).
         round_no: names the silver documents (``silver<round>:<index in texts>``).
     """
     if len(texts) != len(predictions):
         raise ValueError(f"expected one prediction per text, got {len(predictions)} for {len(texts)} texts")
-    held, gold, seen = set(held_out), set(train_hashes), set()
+    held, gold, seen, other = set(held_out), set(train_hashes), set(), set(exclude)
     counts = dict.fromkeys(("with_entities", "without_entities", *REJECTED), 0)
     docs = []
     for i, (text, pred) in enumerate(zip(texts, predictions, strict=True)):
         h = text_hash(text)
-        reason = _rejected(h, text, pred, held, gold, seen, min_confidence, max_uncertainty)
+        reason = "in_other_dev_test" if h in other and h not in held else None
+        reason = reason or _rejected(h, text, pred, held, gold, seen, min_confidence, max_uncertainty)
         seen.add(h)
         if reason:
             counts[reason] += 1
@@ -206,6 +218,7 @@ class _Rounds:
     run_dir: Path
     texts: Sequence[str]
     held_out: set[str]
+    exclude: set[str]
     resume: bool
     progress: bool
     on_epoch: Callable[[EpochStats], None] | None
@@ -232,21 +245,23 @@ def self_train(
     progress: bool = True,
     extra_metadata: dict | None = None,
     precision: Choice | None = None,
+    exclude: Iterable[str] = (),
 ) -> SelfTrainResult:
     """Round 0 on gold, then ``training.self_train_rounds`` rounds on gold + silver (module doc).
 
     ``unlabeled``: the texts to tag; ``source``: how they were named (recorded, checked on resume);
-    ``held_out``: the text hashes of the dev and test splits. ``on_epoch`` sees every round's epochs,
-    numbered on from the earlier rounds' (1..n0 the teacher's, then n0+1..). The other arguments are
-    :func:`ner_core.training.loop.train`'s, used for every round.
+    ``held_out``: the text hashes of the dev and test splits; ``exclude``: other text hashes no silver
+    document may have (the dev and test texts of other datasets: the caller knows them). ``on_epoch`` sees
+    every round's epochs, numbered on from the earlier rounds' (1..n0 the teacher's, then n0+1..). The
+    other arguments are :func:`ner_core.training.loop.train`'s, used for every round.
     """
     if not config.training.self_training:
         raise ValueError("self-training needs unlabeled texts: training.unlabeled or unlabeled_dataset")
     texts = [t for t in unlabeled if t.strip()]
     if not texts:
         raise ValueError("self-training: the unlabeled corpus holds no text")
-    r = _Rounds(config, train_docs, dev_docs, labels, Path(run_dir), texts, set(held_out), resume, progress,
-                on_epoch, dict(extra_metadata or {}), precision)  # fmt: skip
+    r = _Rounds(config, train_docs, dev_docs, labels, Path(run_dir), texts, set(held_out), set(exclude),
+                resume, progress, on_epoch, dict(extra_metadata or {}), precision)  # fmt: skip
     r.work.mkdir(parents=True, exist_ok=True)
     lineage: dict[str, Any] = {"unlabeled": _corpus_record(r.work, texts, source, resume), "rounds": []}
     lineage["settings"] = {k: getattr(config.training, k) for k in _SETTINGS}
@@ -361,6 +376,7 @@ def _silver(r: _Rounds, k: int, teacher: Path | None) -> tuple[SilverSelection, 
         held_out=r.held_out,
         train_hashes={text_hash(d.text) for d in r.train_docs},
         round_no=k,
+        exclude=r.exclude,
     )
     c = selection.counts
     log.info(
