@@ -25,7 +25,8 @@ Personal data (resumes, social posts) must be removable. :func:`delete_dataset` 
 - review events on those predicted documents, and review-export lineage rows of the deleted versions or of
   the deleted events;
 - outside the database (:mod:`storage.footprint` lists where the platform writes): evaluation reports
-  (``eval-*.json`` / ``.md`` in the run folders) and recorded command outputs (the seed's ``-output_path``
+  (``eval-*.json`` / ``.md`` in the run folders), self-training rounds' silver files (found through the
+  runs' recorded training sources) and recorded command outputs (the seed's ``-output_path``
   files) that hold a gone text, deleted whole; the review spool's lines (pending and refused) on a deleted
   document, the files rewritten without them; Prefect's artifact rows and events holding a gone text
   (:mod:`storage.prefect_records`); DuckDB's spill files (``<db>.tmp``) and a killed rewrite's copy
@@ -41,7 +42,8 @@ bytes in the file's free blocks until they are reused, so by default the file is
 (:func:`rewrite_file`: every table, view and macro copied into a fresh file that replaces it): the deleted
 text is gone from the disk, not only from the tables. Run it while no other process uses the database.
 
-Trained models (``runs``) that saw the data are not deleted: :attr:`DeletionPlan.models` lists them, since
+Trained models (``runs``) that saw the data are not deleted: :attr:`DeletionPlan.models` lists them (those
+that adapted, self-trained or were distilled on its texts too, by their recorded sources), since
 their weights may still hold what they learned; neither are the files the dataset was ingested from (the
 user's own). :func:`plan_deletion` computes the same plan read-only, for a confirmation prompt.
 """
@@ -357,17 +359,25 @@ def _plan_runs(con: duckdb.DuckDBPyConnection, plan: DeletionPlan) -> None:
 
 
 def _plan_models(con: duckdb.DuckDBPyConnection, plan: DeletionPlan) -> None:
+    """The runs that trained on the data: on a deleted version as their dataset or ``--plus`` one, or on its
+    texts as a training source (``run_sources``: adapted, self-trained or distilled on it)."""
     plus = (
         " OR EXISTS (SELECT 1 FROM _del_versions v "
         "WHERE v.dataset = r.plus_dataset AND v.version = r.plus_version)"
         if {"plus_dataset", "plus_version"} <= _columns(con, "runs")
         else ""
     )
+    sources = (
+        " OR EXISTS (SELECT 1 FROM run_sources s JOIN _del_versions v ON v.dataset = s.source_dataset "
+        "AND (v.version = s.source_version OR s.source_version IS NULL) WHERE s.run_id = r.run_id)"
+        if "run_sources" in _tables(con)
+        else ""
+    )
     plan.models = _rows(
         con,
         "SELECT run_id, status, model_dir, is_production, dataset, dataset_version FROM runs r "
         "WHERE EXISTS (SELECT 1 FROM _del_versions v WHERE v.dataset = r.dataset "
-        f"AND (v.version = r.dataset_version OR r.dataset_version IS NULL)){plus} "
+        f"AND (v.version = r.dataset_version OR r.dataset_version IS NULL)){plus}{sources} "
         "ORDER BY started_at, run_id",
     )
 
@@ -431,6 +441,29 @@ def _report_folders(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> list
     return sorted(out)
 
 
+def _silver_groups(con: duckdb.DuckDBPyConnection, db_path: str | Path) -> list[list[Path]]:
+    """Each self-training round's silver documents and their hash list (the texts a model tagged), found
+    through the run's recorded sources (``run_sources``, migration 8); a name that leads out of its run
+    folder (the record came from a model directory) is ignored."""
+    if "run_sources" not in _tables(con):
+        return []
+    found = con.execute(
+        "SELECT r.run_dir, s.name, json_extract_string(s.detail, '$.silver_hashes') FROM run_sources s "
+        "JOIN runs r USING (run_id) WHERE s.kind = 'silver_round' AND s.name IS NOT NULL ORDER BY 1, 2"
+    ).fetchall()
+    out = []
+    for run_dir, *names in found:
+        base = _resolved(db_path, run_dir)
+        if base is None or not base.is_dir():
+            continue
+        base = base.resolve()
+        files = [(base / n).resolve() for n in names if n]
+        files = [f for f in files if base in f.parents and f.is_file()]
+        if files:
+            out.append(files)
+    return out
+
+
 def report_folders(db_path: str | Path) -> list[Path]:
     """The run folders of ``db_path`` that exist: every ``runs.run_dir`` and the folder above every model
     directory a run, an evaluation or a prediction run names (where evaluation reports are written)."""
@@ -467,6 +500,7 @@ def _plan_files(con: duckdb.DuckDBPyConnection, db_path: str | Path, plan: Delet
     """Evaluation reports in the run folders and recorded outputs that hold a gone text: a report's JSON and
     Markdown go together, and so do the files one command wrote."""
     groups = [(g, "evaluation report") for g in footprint.report_groups(_report_folders(con, db_path))]
+    groups += [(g, "silver data") for g in _silver_groups(con, db_path)]
     for row in footprint.recorded_outputs(db_path):
         files = [Path(f) for f in row["files"] if isinstance(f, str) and os.path.isfile(f)]
         groups.append((files, f"written by {row.get('kind') or 'a command'}"))

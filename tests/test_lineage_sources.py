@@ -244,3 +244,38 @@ def test_select_silver_counts_excluded_texts_apart_from_its_own_dev_test():
     sel = select_silver(texts, preds, min_confidence=0.9, max_uncertainty=0.1, held_out=own, exclude=other)
     assert [d.text for d in sel.docs] == [texts[1], texts[3]]
     assert sel.counts["in_dev_test"] == 1 and sel.counts["in_other_dev_test"] == 1
+
+
+# ------------------------------------------------------------------ deletion
+def test_deleting_an_unlabeled_dataset_names_the_model_and_removes_its_silver_files(tmp_path):
+    """A run self-trained on a stored dataset's texts: deleting that dataset lists the run among the models
+    that saw the data and deletes the silver files holding its texts, but never a file a record names
+    outside the run folder."""
+    from flows import steps
+    from storage.deletion import delete_dataset, plan_deletion
+    from storage.runs import model_lineage
+
+    db = str(tmp_path / "ner.duckdb")
+    texts = [r["text"] for r in _records("train")[:4]]
+    steps.ingest_step(db, "raw", {"train": _jsonl(tmp_path / "raw.jsonl", [{"text": t} for t in texts])})
+    run_dir = tmp_path / "runs" / "st"
+    (run_dir / "self-train").mkdir(parents=True)
+    silver = run_dir / "self-train" / "silver-1.jsonl"
+    _jsonl(silver, [{"doc_id": "silver1:0", "text": texts[0], "entities": []}])
+    (run_dir / "self-train" / "silver-1.sha1").write_text("x\n", encoding="utf-8")
+    outside = _jsonl(tmp_path / "users-own.jsonl", [{"text": texts[1]}])  # the user's file, not ours
+    rounds = [{"round": 1, "selected": 1, "silver": "self-train/silver-1.jsonl",
+               "silver_hashes": "self-train/silver-1.sha1"},
+              {"round": 2, "selected": 1, "silver": "../../users-own.jsonl"}]  # fmt: skip
+    metrics = {"self_training": {"unlabeled": {"source": {"dataset": "raw", "version": 1}, "texts": 4},
+                                 "rounds": rounds}}  # fmt: skip
+    _stored_run(db, "st", _model_dir(run_dir, metrics))
+    plan = plan_deletion(db, "raw")
+    assert [m["run_id"] for m in plan.models] == ["st"]
+    assert {f["path"] for f in plan.files if f["kind"] == "silver data"} == {
+        str(silver.resolve()),
+        str((run_dir / "self-train" / "silver-1.sha1").resolve()),
+    }
+    delete_dataset(db, "raw")
+    assert not silver.exists() and Path(outside).is_file()
+    assert len(model_lineage(db, "st")["sources"]["items"]) == 3  # the lineage says what the model saw
