@@ -9,7 +9,10 @@ no train (its example.train was not obtained, see SOURCES.md). The rule, applied
   first :data:`DEV_SENTENCES` become dev; the rest keep the file's role;
 * a training set is capped at :data:`TRAIN_SENTENCES`: the first that many of the same seeded shuffle
   (after the dev sentences), so CPU benches train in minutes;
-* an official split that exists is used whole, as shipped.
+* an official split that exists is used whole, as shipped;
+* ``heldout`` (MSRA only): the sentences of the same seeded shuffle after the dev ones and the capped
+  training set, which no bench trains on; more held-out text where a figure needs a bigger sample than
+  dev (:mod:`bench.bench_calibration`'s ``--fit-on heldout``).
 
 =================  ==================================  ==================================  ==============
 data set           train                               dev                                 test
@@ -75,9 +78,11 @@ def available(dataset: str) -> bool:
 
 def load(dataset: str, split: str) -> list:
     """The documents of ``split`` (train, dev, test) of ``dataset`` under the rule above."""
+    if split == "heldout":
+        return _heldout(dataset)
     rel, part = _RULE[_check(dataset)].get(split, (None, None))
     if rel is None:
-        raise ValueError(f"split must be train, dev or test, got {split!r}")
+        raise ValueError(f"split must be train, dev, test or heldout, got {split!r}")
     docs = list(_read(rel))
     cap = TRAIN_SENTENCES if split == "train" else None
     if part == "all":
@@ -86,6 +91,16 @@ def load(dataset: str, split: str) -> list:
     random.Random(SEED).shuffle(order)
     picked = order[:DEV_SENTENCES] if part == "dev" else order[DEV_SENTENCES:]
     return [docs[i] for i in picked[:cap]]
+
+
+def _heldout(dataset: str) -> list:
+    """MSRA's train sentences that are neither dev nor in the capped training set."""
+    if dataset != "msra":
+        raise ValueError(f"only msra has a heldout split (the rest of its train file), not {dataset!r}")
+    docs = list(_read(_RULE["msra"]["train"][0]))
+    order = list(range(len(docs)))
+    random.Random(SEED).shuffle(order)
+    return [docs[i] for i in order[DEV_SENTENCES + TRAIN_SENTENCES :]]
 
 
 def _check(dataset: str) -> str:
