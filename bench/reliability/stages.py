@@ -8,6 +8,7 @@ no stage. :func:`run_campaign` is what ``python -m bench.reliability`` and the t
 from __future__ import annotations
 
 from bench.reliability import kills  # noqa: F401  # isort: skip
+from bench.reliability import recipe_kills  # noqa: F401  # isort: skip
 from bench.reliability import fuzz  # noqa: F401  # isort: skip
 from bench.reliability import disk  # noqa: F401  # isort: skip
 from bench.reliability import contention  # noqa: F401  # isort: skip
