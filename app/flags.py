@@ -12,6 +12,7 @@ field type                             option
 ``int``, ``float``, ``str``, ``Path``  one value of that type
 an ``Enum``, a ``Literal``             one of its values (``choices``, listed in ``--help``)
 ``list[X]``                            one or more values (``nargs="+"``), X any of the above but bool
+``int | Literal["w"]`` (or ``float``)  a number or one of the words (``--learning_rate auto``)
 ``X | None``                           as X; left out, the option is ``None`` ("not given")
 a pydantic model (a section)           its fields, each keyed ``section.field``
 =====================================  ==============================================================
@@ -233,7 +234,7 @@ def _form(info: FieldInfo, where: str) -> dict[str, Any]:
     if many:
         (ann,) = typing.get_args(ann) or (None,)
         ann = _optional_of(ann)
-    form = _one_value(ann, info.metadata if not many else [])
+    form = _one_value(ann, info.metadata if not many else []) or _number_or_words(ann)
     if form is None:
         raise TypeError(
             f"{where}: a field of type {info.annotation!r} has no flag form (bool, int, float, str, Path, an "
@@ -262,6 +263,37 @@ def _one_value(ann: Any, metadata: list) -> dict[str, Any] | None:
     if ann in _SCALARS:
         return {"type": ann}
     return None
+
+
+def _number_or_words(ann: Any) -> dict[str, Any] | None:
+    """``type`` for ``float | Literal["auto", ...]`` (or ``int``): a number, or one of the words as it is;
+    ``None`` for any other type."""
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType):
+        return None
+    words: list[str] = []
+    kinds: list[Any] = []
+    for arg in typing.get_args(ann):
+        if typing.get_origin(arg) is typing.Annotated:
+            arg = typing.get_args(arg)[0]
+        if typing.get_origin(arg) is typing.Literal and all(isinstance(w, str) for w in typing.get_args(arg)):
+            words += typing.get_args(arg)
+        else:
+            kinds.append(arg)
+    if not words or len(kinds) != 1 or kinds[0] not in (int, float):
+        return None
+    kind = kinds[0]
+
+    def number_or_word(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a number or {' or '.join(words)}, got {text!r}"
+            ) from None
+
+    return {"type": number_or_word}
 
 
 def _optional_of(ann: Any) -> Any:

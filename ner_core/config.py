@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -157,7 +157,12 @@ class TrainingConfig(_Strict):
     reduce_lr_patience: int = Field(1, ge=1)
     reduce_lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-5, gt=0, description="encoder learning rate")
+    learning_rate: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        5e-5,
+        description="encoder learning rate; auto: chosen by the encoder's parameter count (under 40M 1e-4, "
+        "under 300M 5e-5, else 2e-5; ner_core.training.recipes.encoder_learning_rate) when training starts, "
+        "and saved as that number",
+    )
     head_learning_rate: float = Field(1e-3, gt=0)
     crf_learning_rate: float = Field(1e-2, gt=0, description="the CRF usually needs a much larger one")
     weight_decay: float = Field(0.01, ge=0)
@@ -182,11 +187,19 @@ class TrainingConfig(_Strict):
         description="layer-wise LR decay: encoder layer i of L trains at learning_rate * decay^(L - i), the "
         "embeddings at decay^(L + 1) (unset or 1.0: off)",
     )
-    adversarial: Literal["none", "fgm"] = Field(
+    adversarial: Literal["none", "fgm", "pgd"] = Field(
         "none",
-        description="fgm: a second forward/backward pass with the word embeddings moved along their gradient",
+        description="fgm: a second forward/backward pass with the word embeddings moved along their "
+        "gradient; pgd: adv_steps such moves of adv_alpha each, kept within adv_epsilon, the last one's "
+        "gradient kept",
     )
-    adv_epsilon: float = Field(1.0, gt=0.0, description="fgm: norm of the word-embedding perturbation")
+    adv_epsilon: float = Field(
+        1.0, gt=0.0, description="fgm, pgd: L2 norm of the word-embedding perturbation (pgd: its bound)"
+    )
+    adv_steps: int = Field(3, ge=1, description="pgd: ascent steps per batch")
+    adv_alpha: float | None = Field(
+        None, gt=0.0, description="pgd: L2 norm of one ascent step (unset: adv_epsilon / adv_steps)"
+    )
     ema_decay: float | None = Field(
         None,
         gt=0.0,
@@ -274,6 +287,14 @@ class TrainingConfig(_Strict):
     def distilling(self) -> bool:
         """Whether the run distils a teacher (``teacher`` set)."""
         return bool(self.teacher)
+
+    @model_validator(mode="after")
+    def _pgd_settings_need_pgd(self) -> TrainingConfig:
+        # meaningless otherwise; refusing them also keeps them out of a saved configuration (to_json)
+        given = [k for k in _PGD_SETTINGS if getattr(self, k) != TrainingConfig.model_fields[k].default]
+        if given and self.adversarial != "pgd":
+            raise ValueError(f"training.{given[0]} applies to --adversarial pgd only: add it or leave it out")
+        return self
 
     @model_validator(mode="after")
     def _silver_settings_need_an_unlabeled_source(self) -> TrainingConfig:
@@ -399,7 +420,17 @@ def legacy_precision(data: Any, key: str) -> Any:
 
 
 #: training options added with the recipes, left out of a saved configuration while at their defaults
-_RECIPE_FIELDS = ("layer_lr_decay", "adversarial", "adv_epsilon", "ema_decay", "adapt_seconds")
+_RECIPE_FIELDS = (
+    "layer_lr_decay",
+    "adversarial",
+    "adv_epsilon",
+    "adv_steps",
+    "adv_alpha",
+    "ema_decay",
+    "adapt_seconds",
+)
+#: PGD's own settings: refused without ``adversarial pgd`` (they would mean nothing)
+_PGD_SETTINGS = ("adv_steps", "adv_alpha")
 #: self-training's settings: all written while it is on (a resume then keeps them whatever later defaults
 #: become), all left out while it is off (it is off unless an unlabeled source is given)
 _SILVER_FIELDS = ("silver_min_confidence", "silver_max_uncertainty", "silver_weight", "self_train_rounds")
@@ -450,6 +481,9 @@ class NERConfig(_Strict):
         # the training recipes while off (their defaults): a run without them saves what older code reads
         defaults = TrainingConfig.model_fields
         off = {k for k in _RECIPE_FIELDS if getattr(self.training, k) == defaults[k].default}
+        # an attack's settings are written while it is on, so a resume keeps them whatever later defaults are
+        if self.training.adversarial != "none":
+            off -= {"adv_epsilon", *(_PGD_SETTINGS if self.training.adversarial == "pgd" else ())}
         off |= {k for k in _SELF_TRAINING_FIELDS if getattr(self.training, k) is None}
         if not self.training.self_training:
             off |= set(_SILVER_FIELDS)

@@ -111,7 +111,7 @@ def test_the_recipes_are_flags_of_ner_train_with_their_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for flag in ("--layer_lr_decay", "--adversarial", "--adv_epsilon", "--ema_decay", "--adapt_seconds"):
         assert flag in out, flag
-    assert "(default: None)" in out and "{none,fgm}" in out
+    assert "(default: None)" in out and "{none,fgm,pgd}" in out
 
 
 # ------------------------------------------------------------------ layer-wise learning-rate decay

@@ -14,9 +14,11 @@ starts (:func:`resolve_decoder`) and saved with the model.
 
 Recipes (:mod:`ner_core.training.recipes`, each off unless its option is set): layer-wise learning-rate
 decay (``layer_lr_decay``: one named optimiser group per encoder layer; a checkpoint's groups are matched
-to the optimiser's by name), FGM adversarial training on the word embeddings (``adversarial``) and a moving
-average of the weights (``ema_decay``: dev F1 and the saved model use the average, which the checkpoint
-holds too, so a resumed run continues it exactly).
+to the optimiser's by name), FGM or PGD adversarial training on the word embeddings (``adversarial``: the
+adversarial passes use the run's loss, distillation's too), an encoder learning rate chosen by the encoder's
+size (``learning_rate="auto"``: resolved when the run starts, the number saved) and a moving average of the
+weights (``ema_decay``: dev F1 and the saved model use the average, which the checkpoint holds too, so a
+resumed run continues it exactly).
 
 Silver documents (``silver=``, self-training's: :mod:`ner_core.training.self_training`) train beside the
 gold ones with the loss weight ``training.silver_weight`` (:func:`weighted_loss`); the decoder's open
@@ -60,7 +62,7 @@ from ner_core.runtime.precision import Choice, autocast, needs_grad_scaler
 from ner_core.schemes import tag_set
 from ner_core.training.calibration import choose_training_precision
 from ner_core.training.precision_record import record_dev_f1
-from ner_core.training.recipes import EMA, FGM, layer_groups, match_groups
+from ner_core.training.recipes import EMA, FGM, PGD, layer_groups, match_groups, resolve_learning_rate
 from ner_core.training.run_state import (
     EpochStats,
     TrainingState,
@@ -174,7 +176,7 @@ class _Run:
     n_epochs: int
     total_steps: int
     warmup_steps: int
-    fgm: FGM | None = None
+    adversary: FGM | None = None  #: FGM or PGD
     ema: EMA | None = None
     distill: Any = None  #: a Distiller, whose loss replaces weighted_loss
 
@@ -221,9 +223,10 @@ def _set_up(
         config, notes = resolve_decoder(config, train_docs)
         for note in notes:
             log.info("%s", note)
-    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
-
     encoder, tokenizer = load_encoder(config.encoder)
+    config = resolve_learning_rate(config, encoder)  # "auto": the number, saved below and with the model
+    tc = config.training
+    (run_dir / "config.json").write_text(config.to_json(), encoding="utf-8")
     check_window(config.data.max_len, encoder.config)
     model = NERModel(config, sorted(labels) if span else tag_set(sorted(labels), config.data.scheme), encoder)
     model = model.to(device)
@@ -250,10 +253,20 @@ def _set_up(
         n_epochs=n_epochs,
         total_steps=total_steps,
         warmup_steps=int(total_steps * tc.warmup_ratio),
-        fgm=FGM(model.encoder.get_input_embeddings(), tc.adv_epsilon) if tc.adversarial == "fgm" else None,
+        adversary=_adversary(model, config.training),
         ema=EMA(model, tc.ema_decay) if tc.ema_decay else None,
         distill=distill,
     )
+
+
+def _adversary(model: NERModel, tc: TrainingConfig) -> FGM | None:
+    """The run's attack on the word embeddings (``adversarial``), or ``None``."""
+    embedding = model.encoder.get_input_embeddings()
+    if tc.adversarial == "fgm":
+        return FGM(embedding, tc.adv_epsilon)
+    if tc.adversarial == "pgd":
+        return PGD(embedding, tc.adv_epsilon, tc.adv_steps, tc.adv_alpha)
+    return None
 
 
 def _dataset(
@@ -376,20 +389,27 @@ def _train_epoch(run: _Run, state: TrainingState, epoch: int, ep_t0: float, prog
 
 
 def _forward_backward(run: _Run, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The batch's loss and its backward pass (scaled for AMP and accumulation); with FGM a second pass on
-    embeddings moved along this batch's gradient adds its gradient too. Returns the clean loss."""
+    """The batch's loss and its backward pass (scaled for AMP and accumulation); with FGM or PGD a pass on
+    embeddings moved along this batch's gradient adds its gradient too (PGD's earlier steps only move
+    them). Every pass uses the same loss (distillation's when distilling). Returns the clean loss."""
     accum = run.config.training.grad_accum_steps
-    before = run.fgm.rows_grad(batch["input_ids"]) if run.fgm else None
+    adversary = run.adversary
+    before = adversary.rows_grad(batch["input_ids"]) if adversary else None
     loss_of = run.distill.loss if run.distill else weighted_loss
-    with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
+
+    def scaled_loss() -> torch.Tensor:
+        """The loss at the embeddings as they are now, scaled for the backward pass."""
+        with autocast(run.precision, run.device.type):  # encoder + head; the CRF and the loss stay fp32
+            now = loss_of(run.model, batch)
+        return run.scaler.scale(now / accum)
+
+    with autocast(run.precision, run.device.type):
         loss = loss_of(run.model, batch)
     run.scaler.scale(loss / accum).backward()
-    if run.fgm and before is not None:
-        with run.fgm.attack(*before) as moved:
+    if adversary and before is not None:
+        with adversary.attack(*before, scaled_loss) as moved:
             if moved:
-                with autocast(run.precision, run.device.type):
-                    adv = loss_of(run.model, batch)
-                run.scaler.scale(adv / accum).backward()
+                scaled_loss().backward()
     return loss
 
 
