@@ -294,18 +294,17 @@ def _teacher_dir(db_path: str, teacher: str) -> Path:
 
 def _distill(db_path: str, config: NERConfig, data, run_dir: Path, version: int, **kwargs):
     """Distillation (:mod:`ner_core.training.distillation`): gold plus the teacher's soft targets, also on
-    the unlabeled texts (never one of the dev or test split); the lineage in the model's metrics.json."""
+    the unlabeled texts, never one of the dev or test split of any stored dataset version (a text some
+    evaluation here scores must not be trained on; matched by text hash as self-training's silver is,
+    counted in the lineage's left_out as in_dev_test); the lineage in the model's metrics.json."""
     from ner_core.training.distillation import distill, recorded_unlabeled
-    from storage.datasets import text_sha1
+    from storage.run_sources import dev_test_hashes
 
     tc = config.training
     texts, source = [], None
     if tc.unlabeled or tc.unlabeled_dataset:
         texts, source = _unlabeled_texts(db_path, config, recorded_unlabeled(run_dir))
-    held_out = {
-        text_sha1(d.text) for d in load_documents(db_path, config.data.dataset, None, version)
-        if d.split in ("dev", "test")
-    }  # fmt: skip
+    held_out = dev_test_hashes(db_path) if texts else set()
     out = distill(config, data.train, data.dev, data.labels, run_dir, texts, teacher_dir=_teacher_dir(
         db_path, tc.teacher), teacher=tc.teacher, source=source, held_out=held_out, **kwargs)  # fmt: skip
     corpus = out.lineage["unlabeled"] or {"texts": 0}

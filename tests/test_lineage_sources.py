@@ -233,6 +233,41 @@ def test_silver_is_never_a_dev_or_test_text_of_another_stored_dataset(tiny_encod
     assert "silver round 1: 7 documents" in text and "3 in_other_dev_test" in text
 
 
+def test_distillation_never_uses_a_dev_or_test_text_of_another_stored_dataset(tiny_encoder_dir, tmp_path):
+    """A real distillation (a one-epoch teacher, a one-epoch student): unlabeled texts that are another
+    stored dataset's test texts are not distilled on, counted in the lineage's left_out and in storage."""
+    from flows import steps
+    from ner_core.config import NERConfig
+    from storage.runs import model_lineage
+
+    train, dev, test = _records("train"), _records("dev"), _records("test")
+    d = tmp_path / "data"
+    d.mkdir()
+    db = str(tmp_path / "ner.duckdb")
+    steps.ingest_step(db, "tiny", {"train": _jsonl(d / "train.jsonl", train[:16]),
+                                   "dev": _jsonl(d / "dev.jsonl", dev[:4]),
+                                   "test": _jsonl(d / "test.jsonl", test[:4])})  # fmt: skip
+    steps.ingest_step(db, "other", {"train": _jsonl(d / "o-train.jsonl", train[40:42]),
+                                    "test": _jsonl(d / "o-test.jsonl", train[24:27])})  # fmt: skip
+    unlabeled = d / "unlabeled.txt"
+    unlabeled.write_text("\n".join(r["text"] for r in train[24:30] + dev[:1]) + "\n", encoding="utf-8")
+    settings = {
+        "encoder": {"name": str(tiny_encoder_dir)}, "data": {"dataset": "tiny", "max_len": 48},
+        "head": {"type": "bigru", "rnn_units": 16},
+        "training": {"hard_epochs": 1, "batch_size": 8, "num_threads": 1, "precision": "fp32"},
+    }  # fmt: skip
+    teacher = steps.train_step(db, NERConfig.model_validate(settings), str(tmp_path / "teacher"))
+    settings["training"] |= {"teacher": teacher.run_id, "unlabeled": [str(unlabeled)]}
+    out = steps.train_step(db, NERConfig.model_validate(settings), str(tmp_path / "runs"))
+    lineage = json.loads(Path(out.model_dir, "metrics.json").read_text(encoding="utf-8"))["distillation"]
+    # 7 texts: 3 in other's test split, 1 in tiny's own dev split, 3 distilled on
+    assert lineage["unlabeled"]["texts"] == 3
+    assert lineage["unlabeled"]["left_out"] == {"in_dev_test": 4, "duplicate": 0}
+    items = {i["kind"]: i for i in model_lineage(db, out.run_id)["sources"]["items"]}
+    assert sorted(items) == ["teacher", "unlabeled"] and items["unlabeled"]["n_docs"] == 3
+    assert items["unlabeled"]["detail"]["left_out"]["in_dev_test"] == 4
+
+
 def test_select_silver_counts_excluded_texts_apart_from_its_own_dev_test():
     from types import SimpleNamespace
 
