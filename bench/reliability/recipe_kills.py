@@ -1,6 +1,6 @@
 """``kill -9`` during the issue-26 recipes that run for minutes: ``ner adapt`` (masked-LM adaptation of the
-encoder) and ``ner train --unlabeled`` (self-training). Full campaign only: each needs a reference run and
-one child per kill, too long for the quick part the tests run.
+encoder), ``ner train --unlabeled`` (self-training) and ``ner train --teacher`` (distillation). Full campaign
+only: each needs a reference run and one child per kill, too long for the quick part the tests run.
 
 As in :mod:`bench.reliability.kills`: the command runs uninterrupted first (the reference, and its
 duration), then per kill a fresh copy of the base database, the real ``ner`` command as a child killed at
@@ -12,7 +12,10 @@ new run when the killed one had not started its record) and the result compared 
   computes the same steps); a step budget rather than a time budget, whose learning rate follows the clock;
 - self-training: the silver of round 1 is the reference's (same counts, same file sha256: the teacher it
   came from was the same), the final model tags dev as the reference does, and the run's recorded training
-  sources (``run_sources``) name the same corpus and silver; the largest weight difference is reported.
+  sources (``run_sources``) name the same corpus and silver; the largest weight difference is reported;
+- distillation: the student's weights are bit-identical (fixed epochs, one thread, the teacher a fixed
+  folder: the resumed run sees the same batches and the same soft targets), its recorded sources (teacher
+  sha256, unlabeled corpus and what was left out) the reference's.
 """
 
 from __future__ import annotations
@@ -132,6 +135,19 @@ def _check_adapt_kill(res, ref: dict, plan: tuple, folder: Path, out_dir: Path, 
 
 
 # ----------------------------------------------------------------------------------------- self-training
+def _raw_unlabeled(ctx: Context) -> Path:
+    """The sample corpus's raw texts, one a line: the unlabeled corpus of self-training and distillation."""
+
+    def build() -> Path:
+        lines = [ln.strip() for p in sorted((SAMPLE / "raw").glob("*.txt"))
+                 for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]  # fmt: skip
+        unlabeled = ctx.scratch("unlabeled") / "unlabeled.txt"
+        unlabeled.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return unlabeled
+
+    return ctx.once("raw_unlabeled", build)
+
+
 def _self_train_config(ctx: Context) -> Path:
     """The reliability training config made a self-training run: the sample corpus's raw texts unlabeled,
     one round, thresholds that keep most texts (a tiny random encoder is never sure), 3 epochs a round."""
@@ -140,13 +156,9 @@ def _self_train_config(ctx: Context) -> Path:
         from ner_core.config import NERConfig
 
         folder = ctx.scratch("self-train-config")
-        lines = [ln.strip() for p in sorted((SAMPLE / "raw").glob("*.txt"))
-                 for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]  # fmt: skip
-        unlabeled = folder / "unlabeled.txt"
-        unlabeled.write_text("\n".join(lines) + "\n", encoding="utf-8")
         cfg = NERConfig.model_validate_json(wb.train_config(ctx).read_text(encoding="utf-8"))
         cfg = cfg.with_overrides({
-            "training.unlabeled": [str(unlabeled)], "training.self_train_rounds": 1,
+            "training.unlabeled": [str(_raw_unlabeled(ctx))], "training.self_train_rounds": 1,
             "training.hard_epochs": 3, "training.silver_min_confidence": 1e-6,
             "training.silver_max_uncertainty": 100.0,
         })  # fmt: skip
@@ -278,4 +290,151 @@ def _check_self_train_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root
                 f"the final model's dev predictions differ: {lost} lost, {extra} extra ({worst:.2e})", repro
             )
         tally["weights"] = max(tally["weights"], _weight_difference(ref["model_dir"], got["model_dir"]))
+    res.survived += len(res.failures) == failures
+
+
+# ----------------------------------------------------------------------------------------- distillation
+#: the student's epochs (each a checkpoint) and the teacher's, in the full campaign
+DISTILL_EPOCHS, TEACHER_EPOCHS = 4, 2
+
+
+def _distill_config(ctx: Context) -> Path:
+    """The reliability training config made a distillation: a tiny teacher model directory trained here
+    (in this process, on the sample corpus, the tiny encoder), the sample's raw texts as unlabeled texts."""
+
+    def build() -> Path:
+        from flows.steps import train_step
+        from ner_core.config import NERConfig
+
+        folder = ctx.scratch("distill-config")
+        cfg = NERConfig.model_validate_json(wb.train_config(ctx).read_text(encoding="utf-8"))
+        db = wb.copy_db(wb.base_db(ctx), folder / "teacher.duckdb")
+        with wb.quiet():
+            teacher = train_step(str(db), cfg.with_overrides({"training.hard_epochs": TEACHER_EPOCHS}),
+                                 str(folder / "teacher"))  # fmt: skip
+        cfg = cfg.with_overrides({
+            "training.teacher": str(Path(teacher.model_dir).resolve()),
+            "training.unlabeled": [str(_raw_unlabeled(ctx))], "training.hard_epochs": DISTILL_EPOCHS,
+        })  # fmt: skip
+        path = folder / "config.json"
+        path.write_text(cfg.to_json(), encoding="utf-8")
+        return path
+
+    return ctx.once("distill_config", build)
+
+
+def _distill_argv(ctx: Context, db: Path, runs_root: Path) -> list[str]:
+    return ["train", "--no-prefect", "--db", str(db), "--runs-root", str(runs_root), "--config",
+            str(_distill_config(ctx))]  # fmt: skip
+
+
+def _distill_outcome(db: Path, run_id: str) -> dict:
+    """What a finished distillation must share with the reference: its recorded sources (the teacher's
+    sha256, the unlabeled corpus with what was left out) and its model's dev predictions."""
+    from storage.runs import get_run, model_lineage
+
+    model_dir = Path(get_run(db, run_id)["model_dir"])
+    sources = [
+        (s["kind"], s["fingerprint"], s["n_docs"], json.dumps(s["detail"].get("left_out"), sort_keys=True))
+        for s in model_lineage(db, run_id)["sources"]["items"]
+    ]
+    return {"sources": sorted(sources), "model_dir": model_dir, "dev": model_predictions(model_dir, db)}
+
+
+def _distill_plans(ctx: Context, seconds: float, ready: float) -> list[tuple[str, float, str]]:
+    """(what, seconds to wait, glob under the runs folder that triggers the kill; "" = none)."""
+    from ner_core.training.distillation import RECORD
+
+    rng = ctx.rng("distill")
+    n = ctx.n(8, 3)
+    k = max(1, n // 4)
+    plans = [("at", t, "") for t in wb.spread_marked(rng, n - 2 * k, ready, seconds)]
+    for what, pattern, share in (  # files that stay: a tiny model's writes are too short to catch in the act
+        ("distillation record (teacher and corpus recorded)", f"*/{RECORD}", 0.3),
+        ("checkpoint", "*/checkpoint.json", 0.7),
+    ):
+        plans += [(what, rng.uniform(0, share * seconds), pattern) for _ in range(k)]
+    return plans
+
+
+@stage("kill -9 during distillation", "faults", quick=False)
+def distill_kills(ctx: Context, res: StageResult) -> None:
+    """Kills spread over ``ner train --teacher DIR --unlabeled FILE``, just after the run records its
+    teacher and corpus, and at a checkpoint after a random moment; then ``--resume`` (or a new run) and the
+    student's weights, recorded sources and dev predictions compared with the uninterrupted run's."""
+    from storage.runs import list_runs
+
+    root = ctx.scratch("distill-kills")
+    base = wb.base_db(ctx)
+    ref_db = wb.copy_db(base, root / "ref" / "ref.duckdb")
+    argv = _distill_argv(ctx, ref_db, root / "ref" / "runs")
+    rc, seconds, out, ready = wb.run_marked(argv, root / "ref", root / "ref" / "train.log", " train / ")
+    if rc != 0:
+        raise RuntimeError(f"the uninterrupted distillation failed (exit {rc}):\n{out[-2000:]}")
+    ref = _distill_outcome(ref_db, list_runs(ref_db)[0]["run_id"])
+    res.figures["uninterrupted distillation"] = (
+        f"{seconds:.1f} s (a child process), {DISTILL_EPOCHS} epochs, {len(ref['dev']['ents'])} entities "
+        f"predicted on dev"
+    )
+    tally = {"resumed": 0, "restarted": 0, "weights": 0.0}
+
+    def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
+        folder = root / f"kill-{i}"
+        folder.mkdir(parents=True, exist_ok=True)
+        db, runs_root = wb.copy_db(base, folder / "k.duckdb"), folder / "runs"
+        argv = _distill_argv(ctx, db, runs_root)
+        proc = wb.start(argv, folder, folder / "train.log")
+        what, after, pattern = plan
+        killed = wb.kill_after(proc, after) if what == "at" else wb.kill_when(proc, runs_root, pattern, after)
+        return killed, (db, runs_root, argv)
+
+    def check(plan: tuple, state: tuple) -> None:
+        _check_distill_kill(ctx, res, ref, plan, *state, tally)
+
+    plans = _distill_plans(ctx, seconds, ready)
+    early = wb.run_kills(ctx, plans, launch, check, lambda p: (p[0], p[1] * 0.7, p[2]))
+    res.figures["after the kills"] = (
+        f"{tally['resumed']} resumed with --resume, {tally['restarted']} started again (killed before the "
+        f"run was registered); largest weight difference from the reference {tally['weights']:.2e}"
+    )
+    if early:
+        res.notes.append(f"{early} of {len(plans)} children finished before their kill moment (not counted)")
+
+
+def _check_distill_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root: Path, argv, tally) -> None:
+    from bench.reliability.kills import _weight_difference
+    from flows.steps import train_step
+    from ner_core.config import NERConfig
+    from storage.runs import list_runs
+
+    res.injected += 1
+    what, after, _ = plan
+    note = f"kill -9 it after {after:.2f} s" + (f", at the next {what}" if what != "at" else "")
+    repro = wb.reproducer(argv, f"{note}; then ner train --resume RUN_ID --db {db} --no-prefect")
+    failures = len(res.failures)
+    half = half_written(db)
+    if half:
+        res.fail(f"after the kill: {half}", repro)
+    runs = list_runs(db)
+    if runs:
+        tally["resumed"] += 1
+        run_id = runs[0]["run_id"]
+        fn = lambda: train_step(str(db), NERConfig(), str(runs_root), run_id=run_id, resume=True)  # noqa: E731
+    else:
+        tally["restarted"] += 1
+        config = NERConfig.model_validate_json(_distill_config(ctx).read_text(encoding="utf-8"))
+        fn = lambda: train_step(str(db), config, str(runs_root))  # noqa: E731
+    done = wb.rerun(res, "the resumed distillation" if runs else "a new distillation run", fn, repro)
+    if done is not None:
+        got = _distill_outcome(db, done.run_id)
+        if got["sources"] != ref["sources"]:
+            res.fail(f"after the kill: the run's sources differ: {got['sources']} vs {ref['sources']}", repro)
+        worst = _weight_difference(ref["model_dir"], got["model_dir"])
+        tally["weights"] = max(tally["weights"], worst)
+        if worst != 0.0:
+            res.fail(f"the student's weights differ from the uninterrupted run's ({worst:.2e})", repro)
+        lost, extra, diff = compare_predictions(ref["dev"], got["dev"])
+        res.rows_lost += lost
+        if lost or extra:
+            res.fail(f"the student's dev predictions differ: {lost} lost, {extra} extra ({diff:.2e})", repro)
     res.survived += len(res.failures) == failures
