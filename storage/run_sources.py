@@ -232,7 +232,10 @@ def _adapt_row(encoder: Path, record: Any) -> dict:
 
 def _adapt_rows(model_dir: Path) -> list[dict]:
     """The adapt record of the encoder folder the model's own configuration names (the folder the training
-    loaded it from: ``ner adapt``'s output, or a run's ``--adapt_seconds`` encoder), when it has one."""
+    loaded it from: ``ner adapt``'s output, or a run's ``--adapt_seconds`` encoder), when it has one. A
+    folder without a configuration names no encoder: no adapt record (not a refusal)."""
+    if not (model_dir / CONFIG).exists() and not (model_dir / CONFIG).is_symlink():
+        return []
     try:
         config = untrusted.read_json(model_dir, CONFIG)
     except untrusted.UntrustedFileError as exc:
