@@ -21,6 +21,8 @@ new run when the killed one had not started its record) and the result compared 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.reliability import workbench as wb
@@ -169,11 +171,6 @@ def _self_train_config(ctx: Context) -> Path:
     return ctx.once("self_train_config", build)
 
 
-def _self_train_argv(ctx: Context, db: Path, runs_root: Path) -> list[str]:
-    return ["train", "--no-prefect", "--db", str(db), "--runs-root", str(runs_root), "--config",
-            str(_self_train_config(ctx))]  # fmt: skip
-
-
 def _outcome(db: Path, run_id: str) -> dict:
     """What a finished self-training run must share with the reference: its silver record and recorded
     sources (without the run's own paths), and its model's dev predictions."""
@@ -214,83 +211,8 @@ def self_train_kills(ctx: Context, res: StageResult) -> None:
     """Kills spread over ``ner train --unlabeled`` (two rounds) and at the teacher's first checkpoint
     after a random moment, when the silver file appears, and at the student's first checkpoint; then
     ``--resume`` (or a new run) and the silver, the recorded sources and the dev predictions compared with
-    the uninterrupted run's."""
-    from storage.runs import list_runs
-
-    root = ctx.scratch("self-train-kills")
-    base = wb.base_db(ctx)
-    ref_db = wb.copy_db(base, root / "ref" / "ref.duckdb")
-    argv = _self_train_argv(ctx, ref_db, root / "ref" / "runs")
-    rc, seconds, out, ready = wb.run_marked(argv, root / "ref", root / "ref" / "train.log", " train / ")
-    if rc != 0:
-        raise RuntimeError(f"the uninterrupted self-training failed (exit {rc}):\n{out[-2000:]}")
-    ref = _outcome(ref_db, list_runs(ref_db)[0]["run_id"])
-    res.figures["uninterrupted self-training"] = (
-        f"{seconds:.1f} s (a child process), {ref['silver']['selected']} silver documents, "
-        f"{len(ref['dev']['ents'])} entities predicted on dev"
-    )
-    tally = {"resumed": 0, "restarted": 0, "weights": 0.0}
-
-    def launch(i: int, plan: tuple) -> tuple[bool, tuple]:
-        folder = root / f"kill-{i}"
-        folder.mkdir(parents=True, exist_ok=True)
-        db, runs_root = wb.copy_db(base, folder / "k.duckdb"), folder / "runs"
-        argv = _self_train_argv(ctx, db, runs_root)
-        proc = wb.start(argv, folder, folder / "train.log")
-        what, after, pattern = plan
-        killed = wb.kill_after(proc, after) if what == "at" else wb.kill_when(proc, runs_root, pattern, after)
-        return killed, (db, runs_root, argv)
-
-    def check(plan: tuple, state: tuple) -> None:
-        _check_self_train_kill(ctx, res, ref, plan, *state, tally)
-
-    plans = _self_train_plans(ctx, seconds, ready)
-    early = wb.run_kills(ctx, plans, launch, check, lambda p: (p[0], p[1] * 0.7, p[2]))
-    res.figures["after the kills"] = (
-        f"{tally['resumed']} resumed with --resume, {tally['restarted']} started again (killed before the "
-        f"run was registered); largest weight difference from the reference {tally['weights']:.2e}"
-    )
-    if early:
-        res.notes.append(f"{early} of {len(plans)} children finished before their kill moment (not counted)")
-
-
-def _check_self_train_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root: Path, argv, tally) -> None:
-    from bench.reliability.kills import _weight_difference
-    from flows.steps import train_step
-    from ner_core.config import NERConfig
-    from storage.runs import list_runs
-
-    res.injected += 1
-    what, after, _ = plan
-    note = f"kill -9 it after {after:.2f} s" + (f", at the next {what}" if what != "at" else "")
-    repro = wb.reproducer(argv, f"{note}; then ner train --resume RUN_ID --db {db} --no-prefect")
-    failures = len(res.failures)
-    half = half_written(db)
-    if half:
-        res.fail(f"after the kill: {half}", repro)
-    runs = list_runs(db)
-    if runs:
-        tally["resumed"] += 1
-        run_id = runs[0]["run_id"]
-        fn = lambda: train_step(str(db), NERConfig(), str(runs_root), run_id=run_id, resume=True)  # noqa: E731
-    else:
-        tally["restarted"] += 1
-        config = NERConfig.model_validate_json(_self_train_config(ctx).read_text(encoding="utf-8"))
-        fn = lambda: train_step(str(db), config, str(runs_root))  # noqa: E731
-    done = wb.rerun(res, "the resumed self-training" if runs else "a new self-training run", fn, repro)
-    if done is not None:
-        got = _outcome(db, done.run_id)
-        for key in ("silver", "sources"):
-            if got[key] != ref[key]:
-                res.fail(f"after the kill: the run's {key} differ: {got[key]} vs {ref[key]}", repro)
-        lost, extra, worst = compare_predictions(ref["dev"], got["dev"])
-        res.rows_lost += lost
-        if lost or extra:
-            res.fail(
-                f"the final model's dev predictions differ: {lost} lost, {extra} extra ({worst:.2e})", repro
-            )
-        tally["weights"] = max(tally["weights"], _weight_difference(ref["model_dir"], got["model_dir"]))
-    res.survived += len(res.failures) == failures
+    the uninterrupted run's (the largest weight difference reported)."""
+    _train_kills(ctx, res, _SELF_TRAIN)
 
 
 # ----------------------------------------------------------------------------------------- distillation
@@ -321,11 +243,6 @@ def _distill_config(ctx: Context) -> Path:
         return path
 
     return ctx.once("distill_config", build)
-
-
-def _distill_argv(ctx: Context, db: Path, runs_root: Path) -> list[str]:
-    return ["train", "--no-prefect", "--db", str(db), "--runs-root", str(runs_root), "--config",
-            str(_distill_config(ctx))]  # fmt: skip
 
 
 def _distill_outcome(db: Path, run_id: str) -> dict:
@@ -361,20 +278,55 @@ def _distill_plans(ctx: Context, seconds: float, ready: float) -> list[tuple[str
 def distill_kills(ctx: Context, res: StageResult) -> None:
     """Kills spread over ``ner train --teacher DIR --unlabeled FILE``, just after the run records its
     teacher and corpus, and at a checkpoint after a random moment; then ``--resume`` (or a new run) and the
-    student's weights, recorded sources and dev predictions compared with the uninterrupted run's."""
+    student's weights (bit for bit), recorded sources and dev predictions compared with the uninterrupted
+    run's."""
+    _train_kills(ctx, res, _DISTILL)
+
+
+# ----------------------------------------------------------------------------------------- the driver
+@dataclass(frozen=True)
+class _Recipe:
+    """What differs between the ``ner train`` recipes killed here."""
+
+    what: str  # "self-training", "distillation"
+    config: Callable[[Context], Path]  # the run's config file
+    outcome: Callable[[Path, str], dict]  # what a finished run must share with the reference
+    plans: Callable[[Context, float, float], list[tuple[str, float, str]]]
+    same: tuple[str, ...]  # outcome keys that must equal the reference's
+    exact_weights: bool  # a weight difference fails (else it is reported)
+    detail: Callable[[dict], str]  # the reference run's figure, after its seconds
+
+
+_SELF_TRAIN = _Recipe(
+    "self-training", _self_train_config, _outcome, _self_train_plans, ("silver", "sources"), False,
+    lambda ref: f"{ref['silver']['selected']} silver documents",
+)  # fmt: skip
+_DISTILL = _Recipe(
+    "distillation", _distill_config, _distill_outcome, _distill_plans, ("sources",), True,
+    lambda ref: f"{DISTILL_EPOCHS} epochs",
+)  # fmt: skip
+
+
+def _train_argv(ctx: Context, recipe: _Recipe, db: Path, runs_root: Path) -> list[str]:
+    return ["train", "--no-prefect", "--db", str(db), "--runs-root", str(runs_root), "--config",
+            str(recipe.config(ctx))]  # fmt: skip
+
+
+def _train_kills(ctx: Context, res: StageResult, recipe: _Recipe) -> None:
+    """The uninterrupted run, then one child per planned kill, each resumed and compared."""
     from storage.runs import list_runs
 
-    root = ctx.scratch("distill-kills")
+    root = ctx.scratch(f"{recipe.what}-kills")
     base = wb.base_db(ctx)
     ref_db = wb.copy_db(base, root / "ref" / "ref.duckdb")
-    argv = _distill_argv(ctx, ref_db, root / "ref" / "runs")
+    argv = _train_argv(ctx, recipe, ref_db, root / "ref" / "runs")
     rc, seconds, out, ready = wb.run_marked(argv, root / "ref", root / "ref" / "train.log", " train / ")
     if rc != 0:
-        raise RuntimeError(f"the uninterrupted distillation failed (exit {rc}):\n{out[-2000:]}")
-    ref = _distill_outcome(ref_db, list_runs(ref_db)[0]["run_id"])
-    res.figures["uninterrupted distillation"] = (
-        f"{seconds:.1f} s (a child process), {DISTILL_EPOCHS} epochs, {len(ref['dev']['ents'])} entities "
-        f"predicted on dev"
+        raise RuntimeError(f"the uninterrupted {recipe.what} failed (exit {rc}):\n{out[-2000:]}")
+    ref = recipe.outcome(ref_db, list_runs(ref_db)[0]["run_id"])
+    res.figures[f"uninterrupted {recipe.what}"] = (
+        f"{seconds:.1f} s (a child process), {recipe.detail(ref)}, {len(ref['dev']['ents'])} entities "
+        "predicted on dev"
     )
     tally = {"resumed": 0, "restarted": 0, "weights": 0.0}
 
@@ -382,16 +334,16 @@ def distill_kills(ctx: Context, res: StageResult) -> None:
         folder = root / f"kill-{i}"
         folder.mkdir(parents=True, exist_ok=True)
         db, runs_root = wb.copy_db(base, folder / "k.duckdb"), folder / "runs"
-        argv = _distill_argv(ctx, db, runs_root)
+        argv = _train_argv(ctx, recipe, db, runs_root)
         proc = wb.start(argv, folder, folder / "train.log")
         what, after, pattern = plan
         killed = wb.kill_after(proc, after) if what == "at" else wb.kill_when(proc, runs_root, pattern, after)
         return killed, (db, runs_root, argv)
 
     def check(plan: tuple, state: tuple) -> None:
-        _check_distill_kill(ctx, res, ref, plan, *state, tally)
+        _check_train_kill(ctx, res, recipe, ref, plan, *state, tally)
 
-    plans = _distill_plans(ctx, seconds, ready)
+    plans = recipe.plans(ctx, seconds, ready)
     early = wb.run_kills(ctx, plans, launch, check, lambda p: (p[0], p[1] * 0.7, p[2]))
     res.figures["after the kills"] = (
         f"{tally['resumed']} resumed with --resume, {tally['restarted']} started again (killed before the "
@@ -401,7 +353,8 @@ def distill_kills(ctx: Context, res: StageResult) -> None:
         res.notes.append(f"{early} of {len(plans)} children finished before their kill moment (not counted)")
 
 
-def _check_distill_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root: Path, argv, tally) -> None:
+def _check_train_kill(ctx, res, recipe: _Recipe, ref: dict, plan, db: Path, runs_root: Path, argv, tally):
+    """One killed child: nothing half-written, then resumed (or run again) and compared with ``ref``."""
     from bench.reliability.kills import _weight_difference
     from flows.steps import train_step
     from ner_core.config import NERConfig
@@ -422,19 +375,22 @@ def _check_distill_kill(ctx, res, ref: dict, plan: tuple, db: Path, runs_root: P
         fn = lambda: train_step(str(db), NERConfig(), str(runs_root), run_id=run_id, resume=True)  # noqa: E731
     else:
         tally["restarted"] += 1
-        config = NERConfig.model_validate_json(_distill_config(ctx).read_text(encoding="utf-8"))
+        config = NERConfig.model_validate_json(recipe.config(ctx).read_text(encoding="utf-8"))
         fn = lambda: train_step(str(db), config, str(runs_root))  # noqa: E731
-    done = wb.rerun(res, "the resumed distillation" if runs else "a new distillation run", fn, repro)
+    done = wb.rerun(res, f"the resumed {recipe.what}" if runs else f"a new {recipe.what} run", fn, repro)
     if done is not None:
-        got = _distill_outcome(db, done.run_id)
-        if got["sources"] != ref["sources"]:
-            res.fail(f"after the kill: the run's sources differ: {got['sources']} vs {ref['sources']}", repro)
+        got = recipe.outcome(db, done.run_id)
+        for key in recipe.same:
+            if got[key] != ref[key]:
+                res.fail(f"after the kill: the run's {key} differ: {got[key]} vs {ref[key]}", repro)
         worst = _weight_difference(ref["model_dir"], got["model_dir"])
         tally["weights"] = max(tally["weights"], worst)
-        if worst != 0.0:
-            res.fail(f"the student's weights differ from the uninterrupted run's ({worst:.2e})", repro)
+        if recipe.exact_weights and worst != 0.0:
+            res.fail(f"the final model's weights differ from the uninterrupted run's ({worst:.2e})", repro)
         lost, extra, diff = compare_predictions(ref["dev"], got["dev"])
         res.rows_lost += lost
         if lost or extra:
-            res.fail(f"the student's dev predictions differ: {lost} lost, {extra} extra ({diff:.2e})", repro)
+            res.fail(
+                f"the final model's dev predictions differ: {lost} lost, {extra} extra ({diff:.2e})", repro
+            )
     res.survived += len(res.failures) == failures
