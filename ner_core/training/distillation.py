@@ -75,7 +75,7 @@ from ner_core.schemes import tag_set
 from ner_core.training.adapt import corpus_sha256
 from ner_core.training.loop import TrainResult, train
 from ner_core.training.run_state import EpochStats
-from ner_core.training.self_training import text_hash
+from ner_core.training.self_training import read_json_object, text_hash
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ def recorded_unlabeled(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / RECORD
     if not path.is_file():
         return None
-    return (_read_json(path).get("unlabeled") or {}).get("source")
+    return (read_json_object(path).get("unlabeled") or {}).get("source")
 
 
 def _unlabeled_docs(texts: Iterable[str], held_out: set[str]) -> tuple[list[Document], dict[str, int]]:
@@ -394,7 +394,7 @@ def _record(run_dir: Path, lineage: dict, resume: bool) -> dict:
     """Write the run's record; a resume must find the same teacher weights and unlabeled texts."""
     path = run_dir / RECORD
     if resume and path.is_file():
-        old = _read_json(path)
+        old = read_json_object(path)
         for key, what in (("teacher_sha256", "teacher's weights"), ("unlabeled", "unlabeled texts")):
             a = old.get(key) if key != "unlabeled" else (old.get(key) or {}).get("sha256")
             b = lineage.get(key) if key != "unlabeled" else (lineage.get(key) or {}).get("sha256")
@@ -412,16 +412,6 @@ def _record(run_dir: Path, lineage: dict, resume: bool) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     return lineage
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        out = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot be read ({exc})") from None
-    if not isinstance(out, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return out
 
 
 @dataclass

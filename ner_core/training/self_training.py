@@ -69,6 +69,7 @@ __all__ = [
     "SELF_TRAIN_DIR",
     "SelfTrainResult",
     "SilverSelection",
+    "read_json_object",
     "recorded_source",
     "select_silver",
     "self_train",
@@ -334,7 +335,7 @@ def recorded_source(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / SELF_TRAIN_DIR / _CORPUS
     if not path.is_file():
         return None
-    return _read_json(path).get("source")
+    return read_json_object(path).get("source")
 
 
 def _corpus_record(work: Path, texts: Sequence[str], source: dict, resume: bool) -> dict:
@@ -342,7 +343,7 @@ def _corpus_record(work: Path, texts: Sequence[str], source: dict, resume: bool)
     path = work / _CORPUS
     record = {"source": source, "texts": len(texts), "sha256": corpus_sha256(texts)}
     if resume and path.is_file():
-        old = _read_json(path)
+        old = read_json_object(path)
         if old.get("sha256") != record["sha256"]:
             raise ValueError(
                 f"{path}: the unlabeled texts are not those the run started with ({old.get('texts')} texts, "
@@ -359,7 +360,7 @@ def _silver(r: _Rounds, k: int, teacher: Path | None) -> tuple[SilverSelection, 
     stem = r.work / f"silver-{k}"
     record_path = stem.with_suffix(".json")
     if record_path.is_file():
-        record = _read_json(record_path)
+        record = read_json_object(record_path)
         selection = SilverSelection(_read_silver(stem.with_suffix(".jsonl"), record), record["counts"])
         log.info(
             "self-training round %d: %d silver documents read back from %s", k, len(selection.docs), stem
@@ -428,7 +429,9 @@ def _read_silver(path: Path, record: dict) -> list[Document]:
     return [Document.model_validate_json(line) for line in data.decode("utf-8").splitlines() if line]
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A run folder's JSON record (a lineage or silver record): its object, or one ``ValueError`` line
+    naming the file."""
     try:
         out = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
