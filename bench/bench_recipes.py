@@ -149,16 +149,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
-    from bench.bench_train import load_split
+    from bench.bench_train import load_resume
     from bench.machine import describe
 
     args = _parse(argv if argv is not None else [])
     print(describe(), flush=True)
-    train_docs = load_split("resume", "train")
-    if train_docs is None:
-        print("skipped: no Resume NER data in ../shared/datasets/resume-ner")
+    splits = load_resume()
+    if splits is None:
         return None
-    dev, test = load_split("resume", "dev"), load_split("resume", "test")
+    train_docs, dev, test = splits
     data = {
         "train": train_docs[: args.train_limit] if args.train_limit else train_docs,
         "dev": dev[: args.eval_limit] if args.eval_limit else dev,

@@ -40,6 +40,16 @@ def load_split(dataset: str, split: str):
     return read_file(path, untyped_label="FIN").documents
 
 
+def load_resume() -> tuple[list, list, list] | None:
+    """Resume NER's train, dev and test documents, or ``None`` (with the skip line printed) where
+    ../shared lacks them: the opening of every recipe bench."""
+    train_docs = load_split("resume", "train")
+    if train_docs is None:
+        print("skipped: no Resume NER data in ../shared/datasets/resume-ner")
+        return None
+    return train_docs, load_split("resume", "dev"), load_split("resume", "test")
+
+
 def run_ours(
     head: str,
     encoder: str,
